@@ -1,0 +1,7 @@
+"""modelgate: an open model catalogue and chat gateway."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

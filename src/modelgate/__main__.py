@@ -1,0 +1,5 @@
+"""``python -m modelgate`` → the CLI."""
+
+from modelgate.cli import main
+
+main()

@@ -1,0 +1,210 @@
+"""``create_app(settings, catalogue)`` → the ASGI app.
+
+The lifespan owns the shared upstream HTTP client and the provider instances; the catalogue is one
+reference on ``GatewayState`` that reloads swap atomically. Every ``ModelgateError`` (and every
+unexpected exception) is mapped to JSON here, in the seed's shape ``{"statusCode", "statusMessage"}``
+or, under ``/v1``, in OpenAI's ``{"error": {...}}`` shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from modelgate.catalogue import Catalogue, load_catalogue
+from modelgate.errors import BadRequest, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.providers import PROVIDERS, Connection, Provider
+from modelgate.settings import DEFAULT_BASE_URLS, Settings
+
+log = logging.getLogger("modelgate")
+
+JSON = "application/json"
+
+
+class GatewayState:
+    """Everything a request needs, owned by one app instance (no module-level state)."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
+        self._catalogue = catalogue
+        self.http: httpx.AsyncClient | None = None
+        self.providers: dict[str, Provider] = {}
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self._catalogue
+
+    def swap_catalogue(self, catalogue: Catalogue) -> None:
+        """Atomically replace the catalogue: one reference assignment, so a request sees old or new."""
+        providers = self._build_providers(catalogue) if self.http is not None else {}
+        self._catalogue = catalogue
+        if self.http is not None:
+            self.providers = providers
+
+    def reload(self) -> Catalogue:
+        """Load the catalogue file again and swap it in. Raises ``CatalogueError`` and keeps the old one."""
+        catalogue = load_catalogue(self.settings.config_path)
+        self.swap_catalogue(catalogue)
+        log.info("catalogue reloaded from %s (%d models)", catalogue.source, len(catalogue.models))
+        return catalogue
+
+    def connection(self, provider: str, catalogue: Catalogue | None = None) -> Connection:
+        entry = (catalogue or self._catalogue).provider_entry(provider)
+        base_url = (
+            self.settings.base_url_overrides.get(provider) or entry.base_url or DEFAULT_BASE_URLS[provider]
+        ).rstrip("/")
+        return Connection(
+            base_url=base_url,
+            credentials=dict(self.settings.credentials.get(provider, {})),
+            connect_timeout=entry.connect_timeout,
+            first_token_timeout=entry.first_token_timeout,
+            idle_timeout=entry.idle_timeout,
+        )
+
+    def _build_providers(self, catalogue: Catalogue) -> dict[str, Provider]:
+        assert self.http is not None
+        return {name: cls(self.connection(name, catalogue), self.http) for name, cls in PROVIDERS.items()}
+
+    async def start(self) -> None:
+        # No total timeout: streams are bounded by the providers' connect/first-token/idle timeouts.
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+            trust_env=False,
+        )
+        self.providers = self._build_providers(self._catalogue)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+
+def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    catalogue = catalogue or load_catalogue(settings.config_path)
+    state = GatewayState(settings, catalogue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="modelgate",
+        summary="An open model catalogue and chat gateway",
+        version=_version(),
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.gateway = state
+    _install_error_handlers(app)
+
+    from modelgate.routes import ROUTERS
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def gateway(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+# --- errors at the boundary ---------------------------------------------------------------------
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_body(exc: ModelgateError, path: str) -> bytes:
+    if is_openai_path(path):
+        return orjson.dumps({"error": openai_error(exc)})
+    body: dict[str, Any] = {"statusCode": exc.status, "statusMessage": exc.message}
+    if exc.data is not None:
+        body["data"] = exc.data
+    return orjson.dumps(body)
+
+
+_OPENAI_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "model_not_allowed"),
+    404: ("invalid_request_error", None),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def openai_error(exc: ModelgateError) -> dict[str, Any]:
+    kind, code = _OPENAI_TYPES.get(exc.status, ("server_error", None))
+    param = getattr(exc, "param", None)
+    if exc.status == 404 and isinstance(exc.data, dict) and "model" in exc.data:
+        code, param = "model_not_found", "model"
+    return {"message": exc.message, "type": kind, "param": param, "code": code}
+
+
+def error_response(exc: ModelgateError, path: str) -> Response:
+    return Response(error_body(exc, path), status_code=exc.status, media_type=JSON, headers=exc.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_modelgate_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ModelgateError)
+        return error_response(exc, request.url.path)
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        mapped: ModelgateError
+        if exc.status_code == 404:
+            mapped = NotFound(f"Page not found: {request.url.path}")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            mapped = MethodNotAllowed(
+                f"Method {request.method} not allowed", allow=[m.strip() for m in allow.split(",") if m.strip()]
+            )
+        else:
+            mapped = ModelgateError(str(exc.detail), status=exc.status_code)
+        return error_response(mapped, request.url.path)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "", "message": "invalid request"}
+        mapped = BadRequest(f"Invalid request: {first['field']}: {first['message']}", data=problems)
+        mapped.param = first["field"] or None
+        return error_response(mapped, request.url.path)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(ModelgateError("Internal Server Error"), request.url.path)
+
+    app.add_exception_handler(ModelgateError, on_modelgate_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _version() -> str:
+    from modelgate import __version__
+
+    return __version__

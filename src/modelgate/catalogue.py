@@ -1,0 +1,401 @@
+"""Load and validate the catalogue file into a frozen ``Catalogue``; resolve models; build ``/models``.
+
+The catalogue file (TOML) is the only place models are declared. Loading does all the work once:
+validation with messages that name the file, the model and the field; the ``GET /models`` document
+with the seed's orders; its JSON body, gzip body and ETag; the route table that the chat routes
+resolve through. Listing and calling share that table, so a listed model is always routable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelgate.chat import GenerationParams
+from modelgate.errors import CatalogueError, NotFound
+from modelgate.schema import Endpoints, ModelParameters
+from modelgate.templates import TEMPLATE_NAMES
+
+#: The providers the seed's ``endpoints`` object knows, in its key order.
+PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
+
+#: A name usable as one URL path segment without escaping (and never "." or "..").
+SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+
+DEFAULT_CATALOGUE = "catalogue.toml"
+
+
+def default_catalogue_path() -> Path:
+    return Path(str(resources.files("modelgate").joinpath(DEFAULT_CATALOGUE)))
+
+
+# --- the file's shape -------------------------------------------------------------------------
+
+_closed = ConfigDict(extra="forbid", strict=False)
+
+
+class ParametersEntry(BaseModel):
+    model_config = _closed
+
+    max_new_tokens: Annotated[int, Field(gt=0, description="Maximum number of tokens to generate")]
+    typical_p: Annotated[int | float, Field(description="In (0, 1), or -1 for the provider's default")]
+    repetition_penalty: Annotated[int | float, Field(description="> 0, or -1 for the provider's default")]
+    truncate: Annotated[int, Field(gt=0, description="Keep only the last N prompt tokens")]
+    return_full_text: bool = False
+    temperature: Annotated[int | float | None, Field(ge=0)] = None
+
+    @field_validator("typical_p")
+    @classmethod
+    def _typical_p(cls, value: float) -> float:
+        if value != -1 and not 0 < value < 1:
+            raise ValueError(f"must be in (0, 1) or -1, got {value}")
+        return value
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def _repetition_penalty(cls, value: float) -> float:
+        if value != -1 and not value > 0:
+            raise ValueError(f"must be > 0 or -1, got {value}")
+        return value
+
+
+class ConfigurationEntry(BaseModel):
+    model_config = _closed
+
+    model: Annotated[str, Field(min_length=1, description="The provider's model identifier")]
+    parameters: ParametersEntry
+
+
+class ModelEntry(BaseModel):
+    model_config = _closed
+
+    publisher: str
+    name: str
+    provider: str
+    description: str = ""
+    icon: str = ""
+    type: Literal["instruct", "chat"]
+    configuration: ConfigurationEntry
+    template: str | None = Field(default=None, description="Chat template (huggingface text-generation only)")
+    context_length: Annotated[int | None, Field(gt=0)] = None
+    fallbacks: list[str] = Field(default_factory=list, description="Other models tried in order")
+    max_concurrency: Annotated[int | None, Field(gt=0)] = None
+
+    @field_validator("publisher", "name")
+    @classmethod
+    def _safe_segment(cls, value: str) -> str:
+        if not SAFE_SEGMENT.match(value):
+            raise ValueError(f"{value!r} is not safe as a URL path segment (use letters, digits, '.', '_', '~', '-')")
+        return value
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDER_NAMES:
+            raise ValueError(f"unknown provider {value!r} (known: {', '.join(PROVIDER_NAMES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _template_fits_provider(self) -> ModelEntry:
+        if self.provider == "huggingface":
+            if self.template is None:
+                raise ValueError(f"template: required for huggingface models (one of: {', '.join(TEMPLATE_NAMES)})")
+            if self.template not in TEMPLATE_NAMES:
+                raise ValueError(f"template: unknown template {self.template!r} (known: {', '.join(TEMPLATE_NAMES)})")
+        elif self.template is not None:
+            raise ValueError(f"template: only huggingface models take a template (provider is {self.provider!r})")
+        return self
+
+
+class ProviderEntry(BaseModel):
+    model_config = _closed
+
+    base_url: str | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    max_concurrency: Annotated[int | None, Field(gt=0)] = None
+
+
+class ServerEntry(BaseModel):
+    model_config = _closed
+
+    cache_max_age: Annotated[int, Field(ge=0)] = 60
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    keys_file: str | None = None
+
+
+class CatalogueFile(BaseModel):
+    model_config = _closed
+
+    models_order: list[str] | None = None
+    server: ServerEntry = Field(default_factory=ServerEntry)
+    providers: dict[str, ProviderEntry] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: dict[str, ProviderEntry]) -> dict[str, ProviderEntry]:
+        for name in value:
+            if name not in PROVIDER_NAMES:
+                raise ValueError(f"unknown provider {name!r} (known: {', '.join(PROVIDER_NAMES)})")
+        return value
+
+
+# --- the loaded catalogue ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueModel:
+    publisher: str
+    name: str
+    provider: str
+    description: str
+    icon: str
+    type: Literal["instruct", "chat"]
+    upstream_model: str
+    parameters: ModelParameters
+    template: str | None
+    context_length: int
+    fallbacks: tuple[str, ...]
+    max_concurrency: int | None
+    #: Parameter values as written in the file (ints stay ints), in the seed's key order.
+    wire_parameters: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.publisher}/{self.name}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"/api/ai/{self.provider}/{self.name}/chat"
+
+    @property
+    def defaults(self) -> GenerationParams:
+        p = self.parameters
+        return GenerationParams.from_catalogue(
+            max_new_tokens=p.max_new_tokens,
+            typical_p=p.typical_p,
+            repetition_penalty=p.repetition_penalty,
+            truncate=p.truncate,
+            temperature=p.temperature,
+        )
+
+    def configuration(self) -> dict[str, Any]:
+        """This model's entry under ``configurations`` in ``GET /models``."""
+        return {
+            "publisher": self.publisher,
+            "name": self.name,
+            "description": self.description,
+            "icon": self.icon,
+            "type": self.type,
+            "configuration": {"model": self.upstream_model, "parameters": dict(self.wire_parameters)},
+        }
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """An immutable, validated catalogue. Reloading builds a new one and swaps the reference."""
+
+    source: str
+    #: In the order of the ``models`` list of ``GET /models``.
+    models: tuple[CatalogueModel, ...]
+    #: In declaration order (publishers by first appearance, models as written).
+    declared: tuple[CatalogueModel, ...]
+    providers: Mapping[str, ProviderEntry]
+    server: ServerEntry
+    by_id: Mapping[str, CatalogueModel] = field(init=False)
+    #: ``/api/ai/{first}/{second}/chat`` → model: both the advertised form and the publisher form.
+    routes: Mapping[tuple[str, str], CatalogueModel] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_id", {m.id: m for m in self.models})
+        object.__setattr__(self, "routes", _route_table(self.source, self.models))
+
+    # -- lookups --
+
+    def get(self, model_id: str) -> CatalogueModel:
+        try:
+            return self.by_id[model_id]
+        except KeyError:
+            raise NotFound(f"The model '{model_id}' does not exist", data={"model": model_id}) from None
+
+    def resolve_route(self, first: str, second: str, third: str | None = None) -> CatalogueModel:
+        """Resolve ``/api/ai/{first}/{second}[/{third}]/chat``.
+
+        Two segments: an advertised ``{provider}/{name}`` or a ``{publisher}/{name}``.
+        Three: ``{provider}/{publisher}/{name}`` where the model is served by that provider.
+        """
+        if third is None:
+            model = self.routes.get((first, second))
+        else:
+            model = self.by_id.get(f"{second}/{third}")
+            if model is not None and model.provider != first:
+                model = None
+        if model is None:
+            path = "/".join(s for s in (first, second, third) if s is not None)
+            raise NotFound(f"No model is served at /api/ai/{path}/chat", data={"path": path})
+        return model
+
+    def provider_entry(self, provider: str) -> ProviderEntry:
+        return self.providers.get(provider) or ProviderEntry()
+
+    # -- the GET /models document, built once --
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        configurations: dict[str, dict[str, Any]] = {}
+        for model in self.declared:
+            configurations.setdefault(model.publisher, {})[model.name] = model.configuration()
+        endpoints: dict[str, list[str]] = {name: [] for name in PROVIDER_NAMES}
+        for model in self.models:
+            endpoints[model.provider].append(model.endpoint)
+        return {"configurations": configurations, "models": [m.id for m in self.models], "endpoints": endpoints}
+
+    @cached_property
+    def body(self) -> bytes:
+        return orjson.dumps(self.document)
+
+    @cached_property
+    def gzip_body(self) -> bytes:
+        # mtime=0 keeps the bytes (and so the ETag of the gzip variant) stable across reloads.
+        return gzip.compress(self.body, compresslevel=9, mtime=0)
+
+    @cached_property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+
+
+def _route_table(source: str, models: tuple[CatalogueModel, ...]) -> dict[tuple[str, str], CatalogueModel]:
+    table: dict[tuple[str, str], CatalogueModel] = {}
+    for model in models:
+        for key in ((model.provider, model.name), (model.publisher, model.name)):
+            other = table.get(key)
+            if other is not None and other is not model:
+                raise CatalogueError(
+                    f"{source}: model '{model.id}': /api/ai/{key[0]}/{key[1]}/chat would also serve "
+                    f"'{other.id}'; rename one of them"
+                )
+            table[key] = model
+    return table
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+_PARAMETER_ORDER = ("max_new_tokens", "typical_p", "repetition_penalty", "temperature", "truncate", "return_full_text")
+
+
+def load_catalogue(path: Path | str | None = None) -> Catalogue:
+    """Read, validate and build a catalogue. Raises ``CatalogueError`` with one clear message."""
+    file = Path(path) if path is not None else default_catalogue_path()
+    source = str(file)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogueError(f"{source}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogueError(f"{source}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
+    return parse_catalogue(raw, source=source)
+
+
+def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
+    try:
+        parsed = CatalogueFile.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogueError(_describe(exc, raw, source)) from None
+
+    declared: list[CatalogueModel] = []
+    seen: set[str] = set()
+    for entry in parsed.models:
+        model = _build_model(entry)
+        if model.id in seen:
+            raise CatalogueError(f"{source}: model '{model.id}': declared twice (publisher/name must be unique)")
+        seen.add(model.id)
+        declared.append(model)
+
+    by_id = {m.id: m for m in declared}
+    order = parsed.models_order if parsed.models_order is not None else [m.id for m in declared]
+    ordered: list[CatalogueModel] = []
+    for model_id in order:
+        if model_id not in by_id:
+            raise CatalogueError(f"{source}: models_order: names '{model_id}', which is not a declared model")
+        if by_id[model_id] in ordered:
+            raise CatalogueError(f"{source}: models_order: names '{model_id}' twice")
+        ordered.append(by_id[model_id])
+    skipped = [m.id for m in declared if m not in ordered]
+    if skipped:
+        raise CatalogueError(f"{source}: models_order: does not name {', '.join(repr(s) for s in skipped)}")
+
+    for model in declared:
+        for fallback in model.fallbacks:
+            if fallback not in by_id:
+                raise CatalogueError(f"{source}: model '{model.id}': fallbacks: '{fallback}' is not a declared model")
+            if fallback == model.id:
+                raise CatalogueError(f"{source}: model '{model.id}': fallbacks: a model cannot fall back to itself")
+
+    return Catalogue(
+        source=source,
+        models=tuple(ordered),
+        declared=tuple(declared),
+        providers=parsed.providers,
+        server=parsed.server,
+    )
+
+
+def _build_model(entry: ModelEntry) -> CatalogueModel:
+    params = entry.configuration.parameters
+    written = params.model_dump(exclude_none=True)
+    wire = {key: written[key] for key in _PARAMETER_ORDER if key in written}
+    return CatalogueModel(
+        publisher=entry.publisher,
+        name=entry.name,
+        provider=entry.provider,
+        description=entry.description,
+        icon=entry.icon,
+        type=entry.type,
+        upstream_model=entry.configuration.model,
+        parameters=ModelParameters.model_validate(wire),
+        template=entry.template,
+        context_length=entry.context_length or params.truncate,
+        fallbacks=tuple(entry.fallbacks),
+        max_concurrency=entry.max_concurrency,
+        wire_parameters=wire,
+    )
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+    """One readable line per problem: file, model (by publisher/name when known), field, what is wrong."""
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+            where = f"model {_model_label(raw, loc[1])}: "
+            loc = loc[2:]
+        field_path = ".".join(str(part) for part in loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {where}{field_path}: {message}")
+    return "\n".join(lines)
+
+
+def _model_label(raw: dict[str, Any], index: int) -> str:
+    try:
+        entry = raw["models"][index]
+        return f"'{entry['publisher']}/{entry['name']}'"
+    except (KeyError, IndexError, TypeError):
+        return f"#{index + 1}"

@@ -1,0 +1,169 @@
+"""Every error modelgate raises, with the HTTP status it maps to at the boundary.
+
+::
+
+    ModelgateError                      500  base; `status`, `message`, `data`
+    ├── CatalogueError                       invalid catalogue file (never served; refuses to start)
+    ├── BadRequest                      400  malformed or out-of-range input; `data` says what
+    ├── Unauthorized                    401  missing or unknown API key
+    ├── Forbidden                       403  the key may not use this model
+    ├── NotFound                        404  unknown path or model
+    ├── MethodNotAllowed                405  carries `allow`
+    ├── PayloadTooLarge                 413
+    ├── RateLimited                     429  our own limits; carries `retry_after`
+    ├── ProviderNotConfigured           503  credentials missing; names the variable to set
+    └── UpstreamError                   502  the provider failed; carries `provider`
+        ├── UpstreamAuthError           502  the provider refused our credentials
+        ├── UpstreamRateLimited         429  the provider said 429; carries `retry_after`
+        ├── UpstreamUnavailable         503  the provider said 503 / overloaded; `retry_after`
+        ├── UpstreamBadRequest          400  the provider rejected the request as invalid
+        ├── UpstreamTimeout             504  no first byte (or no next chunk) in time
+        └── UpstreamProtocolError       502  the provider broke its own protocol (truncated stream…)
+
+Foreign exceptions (httpx, json) are translated into this tree in one place per layer, with
+``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelgateError(Exception):
+    status: int = 500
+    transient: bool = False
+
+    def __init__(self, message: str, *, data: Any = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        if status is not None:
+            self.status = status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class CatalogueError(ModelgateError):
+    """The catalogue file is invalid; the message names the file, the model and the field."""
+
+
+class BadRequest(ModelgateError):
+    status = 400
+
+    def __init__(self, message: str, *, data: Any = None, param: str | None = None) -> None:
+        super().__init__(message, data=data)
+        self.param = param
+
+
+class Unauthorized(ModelgateError):
+    status = 401
+
+
+class Forbidden(ModelgateError):
+    status = 403
+
+
+class NotFound(ModelgateError):
+    status = 404
+
+
+class MethodNotAllowed(ModelgateError):
+    status = 405
+
+    def __init__(self, message: str, *, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
+class PayloadTooLarge(ModelgateError):
+    status = 413
+
+
+class _RetryAfter:
+    retry_after: float | None = None
+
+    def retry_after_headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class RateLimited(_RetryAfter, ModelgateError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, data: Any = None) -> None:
+        super().__init__(message, data=data)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.retry_after_headers()
+
+
+class ProviderNotConfigured(ModelgateError):
+    status = 503
+
+    def __init__(self, provider: str, variables: list[str]) -> None:
+        super().__init__(
+            f"Provider '{provider}' is not configured: set {' and '.join(variables)}",
+            data={"provider": provider, "missing": variables},
+        )
+        self.provider = provider
+
+
+class UpstreamError(_RetryAfter, ModelgateError):
+    status = 502
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        super().__init__(f"Upstream provider error ({provider}): {message}")
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        if transient is not None:
+            self.transient = transient
+        self.data = {"provider": provider, "upstreamStatus": upstream_status}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.retry_after_headers()
+
+
+class UpstreamAuthError(UpstreamError):
+    pass
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    transient = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    transient = True
+
+
+class UpstreamBadRequest(UpstreamError):
+    status = 400
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    transient = True
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass

@@ -1,0 +1,10 @@
+"""HTTP routes, one module per surface. Thin: parse → resolve → provider → encoder."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from modelgate.routes.models import router as models_router
+
+#: Included by ``create_app`` in this order.
+ROUTERS: list[APIRouter] = [models_router]
