@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from modelgate.catalogue import Catalogue, load_catalogue
-from modelgate.errors import BadRequest, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.cors import CatalogueCORS
+from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
 from modelgate.providers import PROVIDERS, Connection, Provider
+from modelgate.reload import catalogue_reloading, one_line
 from modelgate.settings import DEFAULT_BASE_URLS, Settings
 
 log = logging.getLogger("modelgate")
@@ -89,7 +91,10 @@ class GatewayState:
             self.http = None
 
 
-def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, catalogue: Catalogue | None = None, *, handle_sighup: bool = False
+) -> FastAPI:
+    """``handle_sighup``: reload the catalogue on SIGHUP (``modelgate serve`` sets it; main thread only)."""
     settings = settings or Settings.from_env()
     catalogue = catalogue or load_catalogue(settings.config_path)
     state = GatewayState(settings, catalogue)
@@ -98,7 +103,8 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
         try:
-            yield
+            async with catalogue_reloading(state, sighup=handle_sighup):
+                yield
         finally:
             await state.stop()
 
@@ -113,12 +119,37 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     )
     app.state.gateway = state
     _install_error_handlers(app)
+    _install_middleware(app, state)
 
     from modelgate.routes import ROUTERS
 
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Import-string factory for ``modelgate serve --workers N`` (config via ``MODELGATE_CONFIG``).
+
+    Runs in each uvicorn worker. An invalid file logs one line and exits with uvicorn's startup-failure
+    code, so a SIGHUP rolling restart keeps the old worker serving.
+    """
+    settings = Settings.from_env()
+    try:
+        catalogue = load_catalogue(settings.config_path)
+    except CatalogueError as exc:
+        log.error("invalid catalogue, worker not started: %s", one_line(exc.message))
+        raise SystemExit(3) from None  # uvicorn.config.STARTUP_FAILURE
+    return create_app(settings, catalogue, handle_sighup=True)
+
+
+def _install_middleware(app: FastAPI, state: GatewayState) -> None:
+    # add_middleware wraps what is already there, so the first added is innermost: the /models fast path
+    # answers inside CORS, and observability middleware added after these wraps both.
+    from modelgate.routes.models import ModelsFastPath
+
+    app.add_middleware(ModelsFastPath, state=state)
+    app.add_middleware(CatalogueCORS, state=state)
 
 
 def gateway(request: Request) -> GatewayState:

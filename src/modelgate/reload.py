@@ -1,0 +1,103 @@
+"""Reload the catalogue without a restart: on SIGHUP and, opt-in, when the file changes.
+
+A reload builds a complete new ``Catalogue`` and swaps one reference (``GatewayState.swap_catalogue``),
+so a request sees the old or the new catalogue, never a mix. A broken new file never takes the service
+down: the last good catalogue keeps serving and one log line says why.
+
+Both triggers run their reload on the event loop thread (a signal handler registered with
+``loop.add_signal_handler`` and an ``asyncio`` task), so a swap never races a request half-way
+through reading the catalogue. With ``modelgate serve --workers N`` uvicorn's supervisor owns SIGHUP
+and replaces the workers one by one (a worker that cannot load the file exits and the old one stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from watchfiles import Change, awatch
+
+from modelgate.catalogue import default_catalogue_path
+from modelgate.errors import CatalogueError
+
+if TYPE_CHECKING:
+    from modelgate.app import GatewayState
+
+log = logging.getLogger("modelgate.reload")
+
+
+def one_line(message: str) -> str:
+    """A multi-problem ``CatalogueError`` message as one log line."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def reload_catalogue(state: GatewayState, trigger: str) -> bool:
+    """Load the file again and swap it in; on a broken file keep the last good catalogue and log why."""
+    previous = state.catalogue
+    try:
+        state.reload()
+    except CatalogueError as exc:
+        log.error(
+            "catalogue reload (%s) failed, still serving the last good catalogue (%d models): %s",
+            trigger,
+            len(previous.models),
+            one_line(exc.message),
+        )
+        return False
+    return True
+
+
+def catalogue_file(state: GatewayState) -> Path:
+    return (state.settings.config_path or default_catalogue_path()).resolve()
+
+
+async def watch_catalogue(state: GatewayState, stop: asyncio.Event) -> None:
+    """Reload whenever the catalogue file is written, replaced or re-created, until ``stop`` is set.
+
+    The parent directory is watched rather than the file: editors and ``mv`` replace the file by a
+    rename, after which a watch on the old inode would stay silent.
+    """
+    target = catalogue_file(state)
+
+    def is_target(change: Change, path: str) -> bool:
+        return change != Change.deleted and Path(path).resolve() == target
+
+    log.info("watching %s for changes", target)
+    try:
+        async for _ in awatch(target.parent, watch_filter=is_target, stop_event=stop, recursive=False):
+            reload_catalogue(state, "file changed")
+    except Exception as exc:  # e.g. out of inotify watches: serving goes on, SIGHUP still reloads
+        log.error("watching %s stopped: %s", target, exc)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@asynccontextmanager
+async def catalogue_reloading(state: GatewayState, *, sighup: bool) -> AsyncIterator[None]:
+    """For the app's lifespan: SIGHUP (when asked and in the main thread) and the opt-in file watch."""
+    loop = asyncio.get_running_loop()
+    # Signal handlers belong to the process: only the main thread of ``modelgate serve`` installs one,
+    # never an app served from a test thread.
+    sighup_installed = sighup and _in_main_thread() and hasattr(signal, "SIGHUP")
+    if sighup_installed:
+        loop.add_signal_handler(signal.SIGHUP, reload_catalogue, state, "SIGHUP")
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_catalogue(state, stop)) if state.settings.watch_config else None
+    try:
+        yield
+    finally:
+        if sighup_installed:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if watcher is not None:
+            stop.set()
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
