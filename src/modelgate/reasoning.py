@@ -1,0 +1,109 @@
+"""Split a model's streamed text into reasoning (``<think>…</think>``) and answer, incrementally.
+
+Reasoning models (DeepSeek-R1 and its distills, QwQ) write their chain of thought first, inside one
+``<think>…</think>`` block, then the answer. Providers that do not separate it (TGI, Cloudflare, some
+Ollama versions) stream the tags as plain text, split across tokens at any character (``<th`` + ``ink>``).
+
+Rules, chosen to match how these models actually emit the block:
+
+* One block, at the start. ``<think>`` opens it only before any other text (leading whitespace allowed);
+  after the block, or once the answer has begun, tags are ordinary text, because an answer may well
+  talk *about* ``<think>`` tags and must not be swallowed.
+* ``starts_in_reasoning``: the prompt already opened the block (DeepSeek-R1-Distill's generation prompt
+  ends in ``<think>\\n``), so the output begins inside it and only ``</think>`` appears; everything up to it
+  is reasoning. A ``<think>`` the model writes anyway at the very start is swallowed, so both revisions of
+  that template work.
+* Nothing is stripped: the newlines around the tags belong to the text they sit in (the ``\\n\\n`` after
+  ``</think>`` starts the answer, as the model wrote it).
+* A partial tag at the end of a feed is held back until the next feed (or ``flush``) decides it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from modelgate.chat import ReasoningDelta, TextDelta
+
+_OPEN = "<think>"
+_CLOSE = "</think>"
+
+Delta = TextDelta | ReasoningDelta
+
+
+class _State(Enum):
+    START = "start"  # nothing but whitespace seen yet: a <think> may still open the block
+    REASONING = "reasoning"
+    ANSWER = "answer"  # the block is over (or never came): everything is text
+
+
+class ReasoningSplitter:
+    """Feed text as it streams; get back ``TextDelta``/``ReasoningDelta`` in order. Call ``flush`` at the end."""
+
+    def __init__(self, *, starts_in_reasoning: bool = False) -> None:
+        self._starts_in_reasoning = starts_in_reasoning
+        self._state = _State.START
+        self._pending = ""  # text held back: possibly the start of a tag
+
+    def feed(self, text: str) -> list[Delta]:
+        if self._state is _State.ANSWER:  # the hot path once the answer streams: no buffering, no search
+            return [TextDelta(text)] if text else []
+        self._pending += text
+        out: list[Delta] = []
+        if self._state is _State.START:
+            self._leave_start(out)
+        if self._state is _State.REASONING:
+            self._scan_reasoning(out)
+        elif self._state is _State.ANSWER and self._pending:
+            out.append(TextDelta(self._pending))
+            self._pending = ""
+        return out
+
+    def flush(self) -> list[Delta]:
+        """Whatever is still held back, as the kind of text it was in."""
+        pending, self._pending = self._pending, ""
+        if not pending:
+            return []
+        if self._state is _State.REASONING or (self._state is _State.START and self._starts_in_reasoning):
+            return [ReasoningDelta(pending)]
+        return [TextDelta(pending)]
+
+    def _leave_start(self, out: list[Delta]) -> None:
+        body = self._pending.lstrip()
+        if len(body) < len(_OPEN) and _OPEN.startswith(body):
+            return  # only whitespace and maybe the beginning of "<think>": wait for more
+        lead = self._pending[: len(self._pending) - len(body)]
+        if body.startswith(_OPEN):
+            self._pending = body[len(_OPEN) :]
+            if lead:
+                out.append(ReasoningDelta(lead) if self._starts_in_reasoning else TextDelta(lead))
+            self._state = _State.REASONING
+        elif self._starts_in_reasoning:
+            self._state = _State.REASONING  # lead stays in _pending: it is reasoning text
+        else:
+            self._state = _State.ANSWER
+
+    def _scan_reasoning(self, out: list[Delta]) -> None:
+        pending = self._pending
+        end = pending.find(_CLOSE)
+        if end >= 0:
+            if end:
+                out.append(ReasoningDelta(pending[:end]))
+            self._state = _State.ANSWER
+            self._pending = ""
+            rest = pending[end + len(_CLOSE) :]
+            if rest:
+                out.append(TextDelta(rest))
+            return
+        keep = _partial_tag_length(pending, _CLOSE)
+        if len(pending) > keep:
+            out.append(ReasoningDelta(pending[: len(pending) - keep]))
+        self._pending = pending[len(pending) - keep :]
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag`` (a tag cut by the stream)."""
+    start = text.rfind("<", max(0, len(text) - len(tag) + 1))
+    if start < 0:
+        return 0
+    suffix = text[start:]
+    return len(suffix) if tag.startswith(suffix) else 0

@@ -1,0 +1,113 @@
+"""ReasoningSplitter: <think> blocks split out of streamed text, whatever the chunk boundaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelgate.chat import ReasoningDelta, TextDelta
+from modelgate.reasoning import ReasoningSplitter
+
+Delta = TextDelta | ReasoningDelta
+
+
+def merged(deltas: list[Delta]) -> list[tuple[str, str]]:
+    """Adjacent deltas of one kind joined: what a client shows, independent of chunking."""
+    out: list[tuple[str, str]] = []
+    for delta in deltas:
+        kind = "reasoning" if isinstance(delta, ReasoningDelta) else "text"
+        assert delta.text, "no empty deltas"
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1] + delta.text)
+        else:
+            out.append((kind, delta.text))
+    return out
+
+
+def run(chunks: list[str], *, starts_in_reasoning: bool = False) -> list[tuple[str, str]]:
+    splitter = ReasoningSplitter(starts_in_reasoning=starts_in_reasoning)
+    deltas: list[Delta] = []
+    for chunk in chunks:
+        deltas += splitter.feed(chunk)
+    deltas += splitter.flush()
+    return merged(deltas)
+
+
+CASES: list[tuple[str, bool, list[tuple[str, str]]]] = [
+    # (stream, starts_in_reasoning, expected)
+    (
+        "<think>\nThe user greets.\n</think>\n\nHello!",
+        False,
+        [("reasoning", "\nThe user greets.\n"), ("text", "\n\nHello!")],
+    ),
+    ("Plain answer, no reasoning.", False, [("text", "Plain answer, no reasoning.")]),
+    (
+        "Okay, 2+2.\n</think>\n\nIt is 4.",  # R1-Distill: the prompt opened the block
+        True,
+        [("reasoning", "Okay, 2+2.\n"), ("text", "\n\nIt is 4.")],
+    ),
+    ("<think>\nHmm.\n</think>\n\n4", True, [("reasoning", "\nHmm.\n"), ("text", "\n\n4")]),
+    ("Use the <think> tag like <think>x</think>.", False, [("text", "Use the <think> tag like <think>x</think>.")]),
+    (
+        "<think>a < b and </thin is not a tag</think>Answer: </think> stays",
+        False,
+        [("reasoning", "a < b and </thin is not a tag"), ("text", "Answer: </think> stays")],
+    ),
+    ("\n <think>r</think>t", False, [("text", "\n "), ("reasoning", "r"), ("text", "t")]),
+    ("<think>never closed (length limit)", False, [("reasoning", "never closed (length limit)")]),
+    ("<thin", False, [("text", "<thin")]),
+    ("</thi", True, [("reasoning", "</thi")]),
+    ("<think></think>", False, []),
+    ("ünïcödé <think>🙂</think>", False, [("text", "ünïcödé <think>🙂</think>")]),
+]
+
+
+@pytest.mark.parametrize(("stream", "starts_in_reasoning", "expected"), CASES)
+def test_whole_stream(stream: str, starts_in_reasoning: bool, expected: list[tuple[str, str]]) -> None:
+    assert run([stream], starts_in_reasoning=starts_in_reasoning) == expected
+
+
+@pytest.mark.parametrize(("stream", "starts_in_reasoning", "expected"), CASES)
+def test_every_split_point(stream: str, starts_in_reasoning: bool, expected: list[tuple[str, str]]) -> None:
+    for cut in range(len(stream) + 1):
+        got = run([stream[:cut], stream[cut:]], starts_in_reasoning=starts_in_reasoning)
+        assert got == expected, f"split at {cut}: {stream[:cut]!r} | {stream[cut:]!r}"
+
+
+@pytest.mark.parametrize(("stream", "starts_in_reasoning", "expected"), CASES)
+def test_every_pair_of_split_points(stream: str, starts_in_reasoning: bool, expected: list[tuple[str, str]]) -> None:
+    for first in range(len(stream) + 1):
+        for second in range(first, len(stream) + 1):
+            chunks = [stream[:first], stream[first:second], stream[second:]]
+            assert run(chunks, starts_in_reasoning=starts_in_reasoning) == expected, chunks
+
+
+@pytest.mark.parametrize(("stream", "starts_in_reasoning", "expected"), CASES)
+def test_one_character_at_a_time(stream: str, starts_in_reasoning: bool, expected: list[tuple[str, str]]) -> None:
+    assert run(list(stream), starts_in_reasoning=starts_in_reasoning) == expected
+
+
+def test_text_is_released_as_soon_as_it_cannot_be_a_tag() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed("<think>I am thinking") == [ReasoningDelta("I am thinking")]
+    assert splitter.feed(" more </thi") == [ReasoningDelta(" more ")]  # "</thi" held back
+    assert splitter.feed("nk>\n\nDone") == [TextDelta("\n\nDone")]
+    assert splitter.feed(" <think>") == [TextDelta(" <think>")]  # the answer streams through untouched
+    assert splitter.flush() == []
+
+
+def test_a_held_back_prefix_that_turns_out_not_to_be_a_tag_is_released() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed("<th") == []
+    assert splitter.feed("ese are words") == [TextDelta("<these are words")]
+
+
+def test_starts_in_reasoning_releases_reasoning_before_the_close() -> None:
+    splitter = ReasoningSplitter(starts_in_reasoning=True)
+    assert splitter.feed("Step one.") == [ReasoningDelta("Step one.")]
+    assert splitter.feed("</think>Four.") == [TextDelta("Four.")]
+
+
+def test_flush_is_empty_when_nothing_is_held() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed("") == []
+    assert splitter.flush() == []
