@@ -50,7 +50,7 @@ class ReasoningSplitter:
         self._pending += text
         out: list[Delta] = []
         if self._state is _State.START:
-            self._leave_start(out)
+            self._state = self._leave_start(out)
         if self._state is _State.REASONING:
             self._scan_reasoning(out)
         elif self._state is _State.ANSWER and self._pending:
@@ -67,20 +67,19 @@ class ReasoningSplitter:
             return [ReasoningDelta(pending)]
         return [TextDelta(pending)]
 
-    def _leave_start(self, out: list[Delta]) -> None:
+    def _leave_start(self, out: list[Delta]) -> _State:
+        """The state the pending text puts us in; a swallowed ``<think>`` and the whitespace before it go out."""
         body = self._pending.lstrip()
         if len(body) < len(_OPEN) and _OPEN.startswith(body):
-            return  # only whitespace and maybe the beginning of "<think>": wait for more
+            return _State.START  # only whitespace and maybe the beginning of "<think>": wait for more
         lead = self._pending[: len(self._pending) - len(body)]
         if body.startswith(_OPEN):
             self._pending = body[len(_OPEN) :]
             if lead:
                 out.append(ReasoningDelta(lead) if self._starts_in_reasoning else TextDelta(lead))
-            self._state = _State.REASONING
-        elif self._starts_in_reasoning:
-            self._state = _State.REASONING  # lead stays in _pending: it is reasoning text
-        else:
-            self._state = _State.ANSWER
+            return _State.REASONING
+        # No block opened here: the lead stays in _pending, as reasoning or as the answer's first text.
+        return _State.REASONING if self._starts_in_reasoning else _State.ANSWER
 
     def _scan_reasoning(self, out: list[Delta]) -> None:
         pending = self._pending
