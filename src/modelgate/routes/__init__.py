@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from modelgate.routes.models import router as models_router
+from modelgate.routes.openai import router as openai_router
 
 #: Included by ``create_app`` in this order.
-ROUTERS: list[APIRouter] = [models_router]
+ROUTERS: list[APIRouter] = [models_router, openai_router]

@@ -1,0 +1,182 @@
+"""StreamEvents → OpenAI Chat Completions: ``chat.completion.chunk`` SSE, or one ``chat.completion``.
+
+Follows the OpenAI API reference for the chat completion and chunk objects, including
+``stream_options.include_usage`` (the usage chunk with ``"choices": []`` after the finish chunk) and the
+stream error convention that openai-python ``_streaming.py`` turns into ``APIError`` (a data payload with
+an ``error`` key). The golden bytes in ``tests/test_openai_encoder.py`` pin the exact frames.
+
+Non-standard, documented: reasoning text (``ReasoningDelta``) is sent as ``reasoning_content`` (in
+``delta`` when streaming, in ``message`` otherwise), DeepSeek's API convention, so that reasoning never
+mixes into ``content``. Clients that do not know the field ignore it.
+
+Per-token cost: a content chunk is ``prefix + orjson.dumps(text) + suffix``, with prefix and suffix
+built once per response; only the token text is serialized per event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
+
+log = logging.getLogger("modelgate.openai")
+
+MEDIA_TYPE = "text/event-stream"
+#: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
+HEADERS: Mapping[str, str] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+
+#: Our (AI SDK, hyphenated) finish reasons → OpenAI's. ``error`` is absent on purpose: a reply that
+#: finished with an error is reported as an error, never as a normal end.
+FINISH_REASONS: Mapping[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "content-filter": "content_filter",
+    "tool-calls": "tool_calls",
+    "other": "stop",
+    "unknown": "stop",
+}
+
+_ENDED_EARLY = "the reply ended before it finished"
+_ENDED_WITH_ERROR = "the provider ended the reply with an error"
+
+
+def usage_object(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def error_chunk(message: str) -> bytes:
+    """The in-stream error event (OpenAI SDKs raise ``APIError`` on it)."""
+    error = {"message": message, "type": "server_error", "param": None, "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+class ChunkEncoder:
+    """Encodes one reply as ``chat.completion.chunk`` events; one instance per response."""
+
+    def __init__(self, *, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self._head: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        # The head serialized without its closing brace, so choices can follow it.
+        head = b"data: " + orjson.dumps(self._head)[:-1]
+        # Only with include_usage do the earlier chunks carry "usage": null (reference 5.4).
+        tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        choice_tail = b'},"logprobs":null,"finish_reason":null}]' + tail
+        self._content_prefix = head + b',"choices":[{"index":0,"delta":{"content":'
+        self._reasoning_prefix = head + b',"choices":[{"index":0,"delta":{"reasoning_content":'
+        self._delta_suffix = choice_tail
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, *, usage_chunk: bool = False) -> bytes:
+        body: dict[str, Any] = {**self._head, "choices": choices}
+        if usage_chunk:
+            body["usage"] = usage_object(usage) if usage is not None else None
+        elif self.include_usage:
+            body["usage"] = None
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def role_chunk(self) -> bytes:
+        delta = {"role": "assistant", "content": ""}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def content_chunk(self, text: str) -> bytes:
+        return self._content_prefix + orjson.dumps(text) + self._delta_suffix
+
+    def reasoning_chunk(self, text: str) -> bytes:
+        return self._reasoning_prefix + orjson.dumps(text) + self._delta_suffix
+
+    def finish_chunks(self, finish: Finish) -> bytes:
+        reason = FINISH_REASONS[finish.reason]
+        out = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
+        if self.include_usage and finish.usage is not None:
+            out += self._chunk([], finish.usage, usage_chunk=True)
+        return out
+
+    async def encode(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+        """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``.
+
+        A ``ModelgateError`` from ``events`` (or a stream that ends without ``Finish``) becomes an
+        error event before ``[DONE]``: never a silent end.
+        """
+        yield self.role_chunk()
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        yield self.content_chunk(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    if event.text:
+                        yield self.reasoning_chunk(event.text)
+                elif isinstance(event, Finish):
+                    if event.reason == "error":
+                        yield error_chunk(_ENDED_WITH_ERROR)
+                    else:
+                        yield self.finish_chunks(event)
+                    break
+            else:
+                yield error_chunk(_ENDED_EARLY)
+        except ModelgateError as exc:
+            yield error_chunk(exc.message)
+        except Exception as exc:
+            log.error("unexpected error while streaming a chat completion", exc_info=exc)
+            yield error_chunk("Internal Server Error")
+        finally:
+            await _close(events)
+        yield DONE
+
+
+async def collect_completion(
+    events: AsyncIterator[StreamEvent], *, completion_id: str, created: int, model: str, provider: str
+) -> dict[str, Any]:
+    """Drain ``events`` into one ``chat.completion`` object. Raises ``ModelgateError`` on a failure."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    finish: Finish | None = None
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                reasoning.append(event.text)
+            elif isinstance(event, Finish):
+                finish = event
+                break
+    finally:
+        await _close(events)
+    if finish is None:
+        raise UpstreamProtocolError(provider, _ENDED_EARLY)
+    if finish.reason == "error":
+        raise UpstreamError(provider, _ENDED_WITH_ERROR)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text), "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_REASONS[finish.reason]}],
+        "usage": usage_object(finish.usage) if finish.usage is not None else None,
+    }
+
+
+async def _close(events: AsyncIterator[StreamEvent]) -> None:
+    # Closing the gateway's iterator closes the provider's generator and so the upstream response.
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

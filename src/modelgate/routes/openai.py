@@ -1,0 +1,346 @@
+"""The OpenAI-compatible surface: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``.
+
+Same catalogue resolver (``Catalogue.get``) and the same ``gateway.open_stream`` as ``/api/ai/...``:
+this module only translates OpenAI's request into a ``ChatRequest`` and the events back (via
+``encoders.openai``). Errors are raised from the ``modelgate.errors`` tree; ``app.py`` renders them in
+OpenAI's ``{"error": {...}}`` shape for every ``/v1`` path.
+
+Model objects carry extra fields next to OpenAI's four (``id``, ``object``, ``created``, ``owned_by``),
+as OpenRouter's and LiteLLM's listings do: SDKs keep unknown fields.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from html.parser import HTMLParser
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response, StreamingResponse
+
+from modelgate.app import gateway
+from modelgate.catalogue import CatalogueModel
+from modelgate.chat import ChatRequest, GenerationParams, Message, Role
+from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
+from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
+from modelgate.encoders.openai import ChunkEncoder, collect_completion
+from modelgate.errors import BadRequest
+from modelgate.gateway import open_stream
+from modelgate.providers import PROVIDERS
+
+router = APIRouter(tags=["OpenAI compatible"])
+
+JSON = "application/json"
+
+#: ``created`` of every model object. The catalogue records no dates; a constant keeps the listing
+#: byte-stable across restarts and reloads (the value of the reference example, providers.md 5.5).
+MODEL_CREATED = 1_700_000_000
+
+#: The one mapping between our ``GenerationParams`` fields and OpenAI request fields. The request
+#: parser, ``supported_parameters`` and the dropped-parameters header all read it. The first name is
+#: the preferred one (OpenAI deprecated ``max_tokens`` in favour of ``max_completion_tokens``).
+OPENAI_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "max_new_tokens": ("max_completion_tokens", "max_tokens"),
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "stop": ("stop",),
+    "seed": ("seed",),
+    "presence_penalty": ("presence_penalty",),
+    "frequency_penalty": ("frequency_penalty",),
+}
+
+
+# --- model objects ------------------------------------------------------------------------------
+
+
+class _PlainText(HTMLParser):
+    """Text of an HTML fragment as a browser lays it out: tags dropped, entities decoded, runs of
+    source whitespace collapsed to one space, ``<br>`` and block ends as line breaks."""
+
+    _BREAKS = frozenset({"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table"})
+    _HIDDEN = frozenset({"script", "style", "template"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden += 1
+        elif tag in self._BREAKS:
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._BREAKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in self._BREAKS and tag != "br":
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def plain_text(html: str) -> str:
+    """The catalogue's HTML description as plain text (one line per ``<br>``, no blank-line runs)."""
+    parser = _PlainText()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def supported_parameters(provider: str) -> list[str]:
+    """OpenAI request fields that ``provider`` actually carries upstream."""
+    cls = PROVIDERS.get(provider)
+    honoured = cls.supported_params if cls is not None else frozenset()
+    return sorted(name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names)
+
+
+def default_parameters(model: CatalogueModel) -> dict[str, Any]:
+    """The catalogue's parameters as written, ``-1`` ("provider default") as ``null``."""
+    values: dict[str, Any] = {key: (None if value == -1 else value) for key, value in model.wire_parameters.items()}
+    values.setdefault("temperature", None)
+    return values
+
+
+def model_object(model: CatalogueModel) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": MODEL_CREATED,
+        "owned_by": model.publisher,
+        "name": model.name,
+        "description": plain_text(model.description),
+        "type": model.type,
+        "provider": model.provider,
+        "endpoint": model.endpoint,
+        "context_length": model.context_length,
+        "max_completion_tokens": model.parameters.max_new_tokens,
+        "supported_parameters": supported_parameters(model.provider),
+        "default_parameters": default_parameters(model),
+    }
+
+
+class ModelObject(BaseModel):
+    """One model (for the OpenAPI document; the body is built by ``model_object``)."""
+
+    id: str = Field(description="publisher/name, the value to send as `model`")
+    object: Literal["model"]
+    created: int
+    owned_by: str = Field(description="The publisher")
+    name: str = Field(description="Display name")
+    description: str = Field(description="Plain text")
+    type: Literal["instruct", "chat"]
+    provider: str
+    endpoint: str = Field(description="The model's /api/ai chat path")
+    context_length: int
+    max_completion_tokens: int = Field(description="Upper bound for max_tokens / max_completion_tokens")
+    supported_parameters: list[str] = Field(description="OpenAI request fields this model's provider honours")
+    default_parameters: dict[str, Any] = Field(description="The catalogue's parameters; null = provider default")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+@router.get("/v1/models", summary="List models (OpenAI shape)", responses={200: {"model": ModelList}})
+async def list_models(request: Request) -> Response:
+    models = gateway(request).catalogue.models
+    return Response(orjson.dumps({"object": "list", "data": [model_object(m) for m in models]}), media_type=JSON)
+
+
+@router.get("/v1/models/{model_id:path}", summary="One model (OpenAI shape)", responses={200: {"model": ModelObject}})
+async def get_model(model_id: str, request: Request) -> Response:
+    model = gateway(request).catalogue.get(model_id)
+    return Response(orjson.dumps(model_object(model)), media_type=JSON)
+
+
+# --- chat completions: the request --------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # OpenAI messages carry fields we do not use (name, refusal, ...): ignored, as compatible servers do.
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request body (providers.md 5.2). Unknown fields are ignored, not rejected: SDKs and
+    agents send extras (``store``, ``metadata``, ...), so this edge is deliberately open."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="A catalogue id, publisher/name")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: tuple[str, ...] | None = Field(default=None, description="A string or up to 4 strings")
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = Field(default=None, description="Accepted; not forwarded to providers")
+    n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
+    # Accepted only so that they can be refused with a clear message (see ``_refuse_unsupported``).
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            if len(value) > 4:
+                raise ValueError(f"at most 4 stop sequences are allowed, got {len(value)}")
+            return tuple(value) or None
+        return value
+
+
+def _refuse_unsupported(body: ChatCompletionRequest) -> None:
+    """Features we cannot serve are a clear 400, never silently ignored."""
+    refusals: list[tuple[str, bool, str]] = [
+        ("n", (body.n or 1) > 1, "only one choice per request is supported; n must be 1"),
+        ("tools", bool(body.tools), "tool calling is not supported"),
+        ("functions", bool(body.functions), "function calling is not supported"),
+        ("tool_choice", body.tool_choice not in (None, "none"), "tool calling is not supported"),
+        ("response_format", (body.response_format or {}).get("type", "text") != "text", "only text is supported"),
+        ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "log probabilities are not supported"),
+        ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
+        ("modalities", any(m != "text" for m in body.modalities or ()), "only text output is supported"),
+        ("audio", body.audio is not None, "audio output is not supported"),
+    ]
+    for param, refused, reason in refusals:
+        if refused:
+            raise BadRequest(f"{param}: {reason}", param=param)
+
+
+#: OpenAI's ``developer`` role is the newer name of ``system`` (o-series models).
+_ROLES: Mapping[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _messages(body: ChatCompletionRequest) -> tuple[Message, ...]:
+    messages = []
+    for index, message in enumerate(body.messages):
+        where = f"messages[{index}]"
+        if message.role in ("tool", "function") or message.tool_calls or message.function_call is not None:
+            raise BadRequest(f"{where}: tool and function messages are not supported", param="messages")
+        messages.append(Message(role=_ROLES[message.role], content=_text(message.content, where)))
+    return tuple(messages)
+
+
+def _text(content: str | list[ContentPart] | None, where: str) -> str:
+    if content is None:
+        raise BadRequest(f"{where}.content: required", param="messages")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for index, part in enumerate(content):
+        if part.type != "text":
+            raise BadRequest(
+                f"{where}.content[{index}]: content of type '{part.type}' is not supported; send text only",
+                param="messages",
+            )
+        if part.text is None:
+            raise BadRequest(f"{where}.content[{index}].text: required", param="messages")
+        texts.append(part.text)
+    # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
+    return "\n".join(texts)
+
+
+def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationParams:
+    """The catalogue's defaults with this call's values applied, after checking the model's limits."""
+    overrides: dict[str, object] = {}
+    for field, names in OPENAI_PARAMS.items():
+        for name in names:
+            value = getattr(body, name)
+            if value is not None:
+                overrides[field] = value
+                break
+    limit = model.parameters.max_new_tokens
+    for name in OPENAI_PARAMS["max_new_tokens"]:
+        value = getattr(body, name)
+        if value is not None and value > limit:
+            raise BadRequest(
+                f"{name}: {value} is above the limit of {limit} completion tokens for model '{model.id}'",
+                param=name,
+                data={"limit": limit},
+            )
+    return model.defaults.merged(**overrides)
+
+
+def openai_param_names(fields: Iterable[str]) -> list[str]:
+    """Our ``GenerationParams`` field names as the OpenAI caller knows them (catalogue-only ones as is)."""
+    return sorted({OPENAI_PARAMS.get(field, (field,))[0] for field in fields})
+
+
+def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel) -> ChatRequest:
+    _refuse_unsupported(body)
+    return ChatRequest(messages=_messages(body), params=_params(body, model))
+
+
+# --- chat completions: the route ----------------------------------------------------------------
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state = gateway(request)
+    model = state.catalogue.get(body.model)
+    start = await open_stream(state, model, to_chat_request(body, model))
+    headers = {"X-Modelgate-Model": start.model.id}
+    dropped = openai_param_names(start.dropped_params)
+    if dropped:
+        headers["X-Modelgate-Dropped-Params"] = ",".join(dropped)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        encoder = ChunkEncoder(
+            completion_id=completion_id, created=created, model=start.model.id, include_usage=include_usage
+        )
+        return StreamingResponse(
+            encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
+        )
+    completion = await collect_completion(
+        start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
+    )
+    return Response(orjson.dumps(completion), media_type=JSON, headers=headers)
