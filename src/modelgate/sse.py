@@ -1,0 +1,136 @@
+"""One Server-Sent Events decoder/encoder and one NDJSON line splitter, both incremental.
+
+The decoder follows the WHATWG "event stream interpretation" algorithm
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation), as
+openai-python's ``SSEDecoder`` does: lines end in CRLF, LF or CR; a blank line dispatches; a line
+starting with ``:`` is a comment (TGI's ``:`` keep-alive, OpenRouter's ``: OPENROUTER PROCESSING``);
+``name:value`` loses exactly one optional space after the colon (TGI writes ``data:{…}``, the others
+``data: {…}``); several ``data`` lines join with ``\\n``. Never ``payload.lstrip("data:")``: that strips
+a set of characters, not a prefix.
+
+Both decoders take raw network chunks. They split on ASCII line terminators *before* decoding
+UTF-8, so a chunk boundary anywhere — inside a line, between CR and LF, or inside a multi-byte
+character — cannot corrupt text: only complete lines are ever decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["NDJSONDecoder", "SSEDecoder", "ServerSentEvent", "format_sse"]
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+
+
+class SSEDecoder:
+    """Bytes in, complete events out. One instance per stream."""
+
+    __slots__ = ("_data", "_event", "_last_id", "_partial", "_pending_cr", "retry")
+
+    def __init__(self) -> None:
+        self._partial = b""  # the bytes of a line whose terminator has not arrived yet
+        self._pending_cr = False  # the last chunk ended in CR: an LF starting the next one belongs to it
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        #: The last valid ``retry:`` value in milliseconds (kept for completeness; no provider sends it).
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buffer = self._partial + chunk if self._partial else chunk
+        if b"\r" in buffer:
+            lines = _LINE_BREAK.split(buffer)
+            # A trailing CR may be the first half of a CRLF split across chunks.
+            self._pending_cr = buffer.endswith(b"\r")
+        else:
+            lines = buffer.split(b"\n")
+        self._partial = lines.pop()  # the unterminated rest ("" when the chunk ended a line)
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            if line:
+                self._field(line)
+            elif self._data:
+                events.append(ServerSentEvent("\n".join(self._data), self._event or "message", self._last_id))
+                self._data = []
+                self._event = ""
+            else:
+                self._event = ""  # a blank line without data dispatches nothing
+        return events
+
+    def flush(self) -> list[ServerSentEvent]:
+        """End of stream. Per the spec an event not closed by a blank line is discarded, never guessed."""
+        self._partial = b""
+        self._pending_cr = False
+        self._data = []
+        self._event = ""
+        return []
+
+    @property
+    def pending(self) -> bool:
+        """True when the stream so far ends inside an event (what ``flush`` would discard)."""
+        return bool(self._partial or self._data)
+
+    def _field(self, line: bytes) -> None:
+        if line[:5] == b"data:":  # the hot path: nearly every line of every provider
+            value = line[6:] if line[5:6] == b" " else line[5:]
+            self._data.append(value.decode("utf-8", "replace"))
+            return
+        if line[:1] == b":":
+            return  # comment
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":  # "data" with no colon: an empty data line
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\0" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self.retry = int(value)
+        # any other field name is ignored, as the spec says
+
+
+class NDJSONDecoder:
+    """Bytes in, complete lines out (without their terminator; blank lines skipped). One per stream."""
+
+    __slots__ = ("_partial",)
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self._partial + chunk if self._partial else chunk
+        lines = buffer.split(b"\n")
+        self._partial = lines.pop()
+        return [line.rstrip(b"\r") for line in lines if line and line != b"\r"]
+
+    def flush(self) -> list[bytes]:
+        """End of stream: a last line without its newline is still a complete JSON value."""
+        rest, self._partial = self._partial.strip(), b""
+        return [rest] if rest else []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._partial.strip())
+
+
+def format_sse(data: str | bytes) -> bytes:
+    """One unnamed event: ``data: <data>\\n\\n`` (one ``data:`` line per line of ``data``)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if b"\n" in raw or b"\r" in raw:
+        return b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(raw)) + b"\n"
+    return b"data: " + raw + b"\n\n"
