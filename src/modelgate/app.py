@@ -20,9 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.limits import Limiter
 from modelgate.providers import PROVIDERS, Connection, Provider
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.settings import DEFAULT_BASE_URLS, Settings
@@ -40,6 +42,9 @@ class GatewayState:
         self._catalogue = catalogue
         self.http: httpx.AsyncClient | None = None
         self.providers: dict[str, Provider] = {}
+        #: API keys (``auth.py``): from the environment and the catalogue's keys file; swapped with it.
+        self.keys: KeyRing = load_keyring(settings, catalogue)
+        self.limiter = Limiter.from_settings(settings)
 
     @property
     def catalogue(self) -> Catalogue:
@@ -48,7 +53,9 @@ class GatewayState:
     def swap_catalogue(self, catalogue: Catalogue) -> None:
         """Atomically replace the catalogue: one reference assignment, so a request sees old or new."""
         providers = self._build_providers(catalogue) if self.http is not None else {}
+        keys = load_keyring(self.settings, catalogue)  # a broken keys file keeps the old catalogue too
         self._catalogue = catalogue
+        self.keys = keys
         if self.http is not None:
             self.providers = providers
 
@@ -84,8 +91,10 @@ class GatewayState:
             trust_env=False,
         )
         self.providers = self._build_providers(self._catalogue)
+        await self.limiter.start()
 
     async def stop(self) -> None:
+        await self.limiter.stop()
         if self.http is not None:
             await self.http.aclose()
             self.http = None
@@ -137,10 +146,10 @@ def create_app_from_env() -> FastAPI:
     settings = Settings.from_env()
     try:
         catalogue = load_catalogue(settings.config_path)
+        return create_app(settings, catalogue, handle_sighup=True)  # also loads the keys file
     except CatalogueError as exc:
         log.error("invalid catalogue, worker not started: %s", one_line(exc.message))
         raise SystemExit(3) from None  # uvicorn.config.STARTUP_FAILURE
-    return create_app(settings, catalogue, handle_sighup=True)
 
 
 def _install_middleware(app: FastAPI, state: GatewayState) -> None:
@@ -149,6 +158,8 @@ def _install_middleware(app: FastAPI, state: GatewayState) -> None:
     from modelgate.routes.models import ModelsFastPath
 
     app.add_middleware(ModelsFastPath, state=state)
+    # Inside CORS, so a 401 still carries the CORS headers a browser needs to read it.
+    app.add_middleware(AccessMiddleware, respond=error_response)
     app.add_middleware(CatalogueCORS, state=state)
 
 

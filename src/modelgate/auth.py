@@ -1,0 +1,382 @@
+"""API keys: who is calling, and which models they may use.
+
+Keys come from ``MODELGATE_API_KEYS`` (comma-separated, every model, no limits) and from the keys file
+named by the catalogue's ``[server] keys_file`` (TOML, path relative to the catalogue file)::
+
+    [[keys]]
+    name = "ci"                                  # shown in logs; defaults to "key-<key_id>"
+    sha256 = "9f86d081884c7d65..."                # or key = "..." (plaintext); exactly one of the two
+    models = ["qwen/*", "google/gemma-2-27b-it"]  # fnmatch globs over publisher/name; default ["*"]
+    requests_per_minute = 60                     # optional
+    concurrent_streams = 2                       # optional
+
+With any key configured, ``/api/ai/...`` and ``/v1/...`` need ``Authorization: Bearer <key>``; every
+other path stays public. A presented key is hashed once and compared against the SHA-256 digest of
+*every* configured key with ``hmac.compare_digest`` (no early exit), so timing says nothing about
+which prefix matched. A key is never logged or echoed: ``key_id`` (a short SHA-256 prefix) names it.
+
+``may_call`` is the one policy: ``/v1/models`` lists exactly the models it allows, and ``admit``
+(``limits.py``) refuses exactly the ones it does not — lists and authorization cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelgate.errors import CatalogueError, ModelgateError, Unauthorized
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import Catalogue, CatalogueModel
+    from modelgate.settings import Settings
+
+log = logging.getLogger("modelgate.auth")
+
+#: Characters a key may contain: printable ASCII without spaces, so it survives any HTTP header as-is.
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: Length of ``key_id``: enough to tell keys apart in logs, far too short to matter as a hash leak.
+KEY_ID_LENGTH = 12
+
+#: ``scope["state"]`` entries the access middleware maintains (Starlette's ``request.state``).
+PRINCIPAL_STATE = "modelgate_principal"
+CLEANUPS_STATE = "modelgate_cleanups"
+
+
+def key_digest(key: str | bytes) -> bytes:
+    return hashlib.sha256(key.encode("ascii") if isinstance(key, str) else key).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One configured key, held only as its SHA-256 digest."""
+
+    digest: bytes
+    name: str
+    models: tuple[str, ...] = ("*",)
+    requests_per_minute: int | None = None
+    concurrent_streams: int | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.digest.hex()[:KEY_ID_LENGTH]
+
+    def __repr__(self) -> str:  # never the digest in full, in case a repr reaches a log
+        return f"ApiKey(name={self.name!r}, key_id={self.key_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request: a configured key, or nobody when the service has no keys."""
+
+    key: ApiKey | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.key_id if self.key else None
+
+    @property
+    def name(self) -> str | None:
+        return self.key.name if self.key else None
+
+
+#: The caller when no key is configured (an open service).
+ANONYMOUS = Principal()
+
+
+def may_call(principal: Principal, model_id: str) -> bool:
+    """The one access policy: may ``principal`` use the catalogue model ``model_id`` (``publisher/name``)?"""
+    if principal.key is None:
+        return True
+    return any(fnmatchcase(model_id, pattern) for pattern in principal.key.models)
+
+
+def visible_models(principal: Principal, catalogue: Catalogue) -> list[CatalogueModel]:
+    """The catalogue models ``principal`` may call, in ``GET /models`` order (what ``/v1/models`` lists)."""
+    return [model for model in catalogue.models if may_call(principal, model.id)]
+
+
+# --- the key ring -------------------------------------------------------------------------------
+
+
+class BearerUnauthorized(Unauthorized):
+    """401 with the ``WWW-Authenticate`` challenge RFC 9110 §11.6.1 requires on every 401."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="modelgate"'}
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    keys: tuple[ApiKey, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def identify(self, presented: bytes) -> ApiKey | None:
+        """The configured key equal to ``presented``, compared in constant time against every key."""
+        digest = key_digest(presented)
+        found: ApiKey | None = None
+        for key in self.keys:  # no early exit: every digest is compared whatever matches
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        return found
+
+    def authenticate(self, authorization: bytes | None) -> Principal:
+        """The principal for an ``Authorization`` header value; raises ``Unauthorized`` (401)."""
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization:
+            raise BearerUnauthorized("Missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.strip().partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise BearerUnauthorized("Malformed Authorization header: expected 'Bearer <key>'")
+        key = self.identify(token)
+        if key is None:
+            raise BearerUnauthorized("Invalid API key")
+        return Principal(key)
+
+
+# --- the keys file --------------------------------------------------------------------------------
+
+_closed = ConfigDict(extra="forbid")
+
+
+class KeyEntry(BaseModel):
+    model_config = _closed
+
+    name: Annotated[str | None, Field(min_length=1, max_length=64, description="Shown in logs")] = None
+    key: Annotated[str | None, Field(description="The key itself (plaintext)")] = None
+    sha256: Annotated[str | None, Field(description="Hex SHA-256 of the key, so the file need not hold it")] = None
+    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["*"], description="fnmatch globs over publisher/name"
+    )
+    requests_per_minute: Annotated[int | None, Field(gt=0)] = None
+    concurrent_streams: Annotated[int | None, Field(gt=0)] = None
+
+    @field_validator("key")
+    @classmethod
+    def _key_chars(cls, value: str | None) -> str | None:
+        if value is not None and not _KEY_CHARS.match(value):
+            raise ValueError("must be non-empty printable ASCII without spaces")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not _HEX64.match(value):
+            raise ValueError("must be 64 hex digits (e.g. the output of: printf %s KEY | sha256sum)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyEntry:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("set exactly one of 'key' and 'sha256'")
+        return self
+
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.sha256) if self.sha256 is not None else key_digest(self.key or "")
+
+
+class KeysFile(BaseModel):
+    model_config = _closed
+
+    keys: list[KeyEntry] = Field(default_factory=list)
+
+
+def keys_file_path(catalogue: Catalogue) -> Path | None:
+    """The keys file named by the catalogue, resolved relative to the catalogue file."""
+    if not catalogue.server.keys_file:
+        return None
+    return Path(catalogue.source).parent / catalogue.server.keys_file
+
+
+def load_keyring(settings: Settings, catalogue: Catalogue) -> KeyRing:
+    """Every configured key: the keys file's, then ``MODELGATE_API_KEYS``'. Raises ``CatalogueError``."""
+    keys: list[ApiKey] = []
+    path = keys_file_path(catalogue)
+    if path is not None:
+        keys.extend(_load_keys_file(path, catalogue))
+    known = {key.digest for key in keys}
+    for index, value in enumerate(settings.api_keys, start=1):
+        if not _KEY_CHARS.match(value):
+            raise CatalogueError(f"MODELGATE_API_KEYS: key #{index}: must be printable ASCII without spaces")
+        digest = key_digest(value)
+        if digest not in known:  # the file's entry (with its models and limits) wins
+            known.add(digest)
+            keys.append(ApiKey(digest=digest, name=f"env-{index}"))
+    _check_unique_ids(keys, str(path) if path else "MODELGATE_API_KEYS")
+    return KeyRing(tuple(keys))
+
+
+def _load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogueError(
+            f"{source}: keys file not found (named by [server] keys_file in {catalogue.source})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogueError(f"{source}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        parsed = KeysFile.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogueError(_describe(exc, raw, source)) from None
+
+    keys: list[ApiKey] = []
+    digests: set[bytes] = set()
+    names: set[str] = set()
+    for index, entry in enumerate(parsed.keys):
+        digest = entry.digest()
+        name = entry.name or f"key-{digest.hex()[:KEY_ID_LENGTH]}"
+        label = f"{source}: keys[{index}] ({name})"
+        if digest in digests:
+            raise CatalogueError(f"{label}: the same key is listed twice")
+        if name in names:
+            raise CatalogueError(f"{label}: name: '{name}' is used by another key")
+        for pattern in entry.models:
+            if not any(fnmatchcase(model.id, pattern) for model in catalogue.models):
+                raise CatalogueError(
+                    f"{label}: models: '{pattern}' matches no catalogue model (models are 'publisher/name')"
+                )
+        digests.add(digest)
+        names.add(name)
+        keys.append(
+            ApiKey(
+                digest=digest,
+                name=name,
+                models=tuple(entry.models),
+                requests_per_minute=entry.requests_per_minute,
+                concurrent_streams=entry.concurrent_streams,
+            )
+        )
+    return keys
+
+
+def _check_unique_ids(keys: Iterable[ApiKey], source: str) -> None:
+    # key_id names a key in logs and in limit counters, so two keys must never share one.
+    seen: dict[str, str] = {}
+    for key in keys:
+        if key.key_id in seen:
+            raise CatalogueError(f"{source}: keys '{seen[key.key_id]}' and '{key.name}' share key_id {key.key_id}")
+        seen[key.key_id] = key.name
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "keys" and isinstance(loc[1], int):
+            where = f"keys[{loc[1]}]{_entry_name(raw, loc[1])}: "
+            loc = loc[2:]
+        field_path = ".".join(str(part) for part in loc) or "(entry)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {where}{field_path}: {message}")
+    return "\n".join(lines)
+
+
+def _entry_name(raw: dict[str, Any], index: int) -> str:
+    try:
+        name = raw["keys"][index]["name"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return f" ({name})" if isinstance(name, str) else ""
+
+
+# --- the request boundary -------------------------------------------------------------------------
+
+
+def is_protected_path(path: str) -> bool:
+    """Paths that need a key when keys are configured: the chat endpoints and the OpenAI surface."""
+    return path.startswith("/api/ai/") or path == "/v1" or path.startswith("/v1/")
+
+
+Cleanup = Callable[[], Awaitable[None]]
+ErrorResponder = Callable[[ModelgateError, str], Response]
+
+
+class AccessMiddleware:
+    """Authenticates protected paths before routing, and runs per-request cleanups at the very end.
+
+    Authenticating here (not in each route) means a route that forgets to ask still cannot be
+    reached without a key, and an unknown ``/v1/...`` path answers 401, not 404. The cleanups
+    (concurrency slots taken by ``admit``) run when the ASGI call returns — after the response
+    finished, failed, or the client went away — which a body iterator's ``finally`` cannot promise.
+    """
+
+    def __init__(self, app: ASGIApp, *, respond: ErrorResponder) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: MutableMapping[str, Any] = scope.setdefault("state", {})
+        cleanups: list[Cleanup] = []
+        state[CLEANUPS_STATE] = cleanups
+        path: str = scope["path"]
+        # CORS preflights carry no credentials by design; they never reach a handler that does work.
+        if is_protected_path(path) and scope["method"] != "OPTIONS":
+            keyring: KeyRing = scope["app"].state.gateway.keys
+            try:
+                state[PRINCIPAL_STATE] = keyring.authenticate(_header(scope, b"authorization"))
+            except ModelgateError as exc:
+                await self.respond(exc, path)(scope, receive, send)
+                return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for cleanup in reversed(cleanups):
+                try:
+                    await cleanup()
+                except Exception:  # one failed cleanup must not skip the others
+                    log.exception("request cleanup failed on %s", path)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+def request_principal(request: Request) -> Principal:
+    """The caller of ``request``: authenticated by the middleware, or now for an unprotected path."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(principal, Principal):
+        return principal
+    keyring: KeyRing = request.app.state.gateway.keys
+    principal = keyring.authenticate(request.headers.get("authorization", "").encode("latin-1") or None)
+    request.scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
+    return principal
+
+
+def on_request_end(request: Request, cleanup: Cleanup) -> None:
+    """Run ``cleanup`` when the whole request is over (response sent, failed, or client gone)."""
+    cleanups = request.scope.get("state", {}).get(CLEANUPS_STATE)
+    if cleanups is None:
+        raise RuntimeError("AccessMiddleware is not installed (create_app installs it)")
+    cleanups.append(cleanup)

@@ -1,0 +1,304 @@
+"""API keys: the keys file, constant-time identification, the access policy, and 401s on a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.auth import (
+    ANONYMOUS,
+    ApiKey,
+    KeyRing,
+    Principal,
+    is_protected_path,
+    key_digest,
+    load_keyring,
+    may_call,
+    visible_models,
+)
+from modelgate.catalogue import load_catalogue
+from modelgate.errors import CatalogueError, Unauthorized
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.servers import serve_in_thread
+
+FULL_KEY = "mg-test-full-0123456789abcdef"
+QWEN_KEY = "mg-test-qwen-fedcba9876543210"
+HASHED_KEY = "mg-test-hashed-aaaabbbbccccdddd"
+ENV_KEY = "mg-test-env-5555666677778888"
+
+MODELS = (
+    model_toml("acme", "tiny"),
+    model_toml("acme", "big"),
+    model_toml("qwen", "small", provider="openrouter", upstream="qwen/small"),
+    model_toml("qwen", "large", provider="openrouter", upstream="qwen/large"),
+)
+
+KEYS_TOML = f"""
+[[keys]]
+name = "full"
+key = "{FULL_KEY}"
+
+[[keys]]
+name = "qwen-only"
+key = "{QWEN_KEY}"
+models = ["qwen/*"]
+requests_per_minute = 5
+concurrent_streams = 2
+
+[[keys]]
+name = "hashed"
+sha256 = "{hashlib.sha256(HASHED_KEY.encode()).hexdigest()}"
+models = ["acme/tiny", "qwen/large"]
+"""
+
+
+def write_files(tmp_path: Path, keys_toml: str = KEYS_TOML, keys_file: str = "keys.toml") -> Path:
+    (tmp_path / "keys.toml").write_text(keys_toml, encoding="utf-8")
+    return write_catalogue(tmp_path / "catalogue.toml", *MODELS, header=f'[server]\nkeys_file = "{keys_file}"\n')
+
+
+def keyring_for(tmp_path: Path, keys_toml: str, **settings: object) -> KeyRing:
+    catalogue = load_catalogue(write_files(tmp_path, keys_toml))
+    return load_keyring(Settings(**settings), catalogue)  # type: ignore[arg-type]
+
+
+# --- the keys file ---------------------------------------------------------------------------------
+
+
+def test_keys_file_is_read_relative_to_the_catalogue(tmp_path: Path) -> None:
+    ring = keyring_for(tmp_path, KEYS_TOML)
+    assert [k.name for k in ring.keys] == ["full", "qwen-only", "hashed"]
+    qwen = ring.keys[1]
+    assert qwen.models == ("qwen/*",)
+    assert (qwen.requests_per_minute, qwen.concurrent_streams) == (5, 2)
+    assert ring.keys[0].models == ("*",)
+    assert ring.identify(HASHED_KEY.encode()) is ring.keys[2]
+    assert ring.identify(FULL_KEY.encode()) is ring.keys[0]
+
+
+def test_environment_keys_are_added_and_the_file_entry_wins_for_a_shared_key(tmp_path: Path) -> None:
+    ring = keyring_for(tmp_path, KEYS_TOML, api_keys=(ENV_KEY, QWEN_KEY))
+    assert [k.name for k in ring.keys] == ["full", "qwen-only", "hashed", "env-1"]
+    env = ring.identify(ENV_KEY.encode())
+    assert env is not None and env.models == ("*",) and env.requests_per_minute is None
+    assert ring.identify(QWEN_KEY.encode()) is ring.keys[1]
+
+
+def test_only_environment_keys(tmp_path: Path) -> None:
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", *MODELS))
+    ring = load_keyring(Settings(api_keys=(ENV_KEY,)), catalogue)
+    assert ring.enabled and ring.identify(ENV_KEY.encode()) is not None
+    assert not load_keyring(Settings(), catalogue).enabled
+
+
+def test_no_plaintext_key_is_kept_in_memory(tmp_path: Path) -> None:
+    ring = keyring_for(tmp_path, KEYS_TOML)
+    for key in ring.keys:
+        assert FULL_KEY not in repr(key) and key.digest.hex() not in repr(key)
+        assert len(key.key_id) == 12 and key.digest.hex().startswith(key.key_id)
+
+
+@pytest.mark.parametrize(
+    ("keys_toml", "message"),
+    [
+        ('[[keys]]\nname = "x"\n', r"keys\[0\] \(x\): \(entry\): set exactly one of 'key' and 'sha256'"),
+        (
+            f'[[keys]]\nkey = "{FULL_KEY}"\nsha256 = "{"0" * 64}"\n',
+            r"keys\[0\]: \(entry\): set exactly one of 'key' and 'sha256'",
+        ),
+        ('[[keys]]\nsha256 = "abc"\n', r"keys\[0\]: sha256: must be 64 hex digits"),
+        ('[[keys]]\nkey = "has space"\n', r"keys\[0\]: key: must be non-empty printable ASCII"),
+        (f'[[keys]]\nkey = "{FULL_KEY}"\nrpm = 5\n', r"keys\[0\]: rpm: unknown key"),
+        (f'[[keys]]\nkey = "{FULL_KEY}"\nrequests_per_minute = 0\n', r"keys\[0\]: requests_per_minute: "),
+        (f'[[keys]]\nkey = "{FULL_KEY}"\nmodels = []\n', r"keys\[0\]: models: "),
+        (
+            f'[[keys]]\nname = "typo"\nkey = "{FULL_KEY}"\nmodels = ["qwen/Qwen*"]\n',
+            r"keys\[0\] \(typo\): models: 'qwen/Qwen\*' matches no catalogue model",
+        ),
+        (
+            f'[[keys]]\nkey = "{FULL_KEY}"\n[[keys]]\nsha256 = "{hashlib.sha256(FULL_KEY.encode()).hexdigest()}"\n',
+            r"keys\[1\] \(key-[0-9a-f]{12}\): the same key is listed twice",
+        ),
+        (
+            f'[[keys]]\nname = "a"\nkey = "{FULL_KEY}"\n[[keys]]\nname = "a"\nkey = "{QWEN_KEY}"\n',
+            r"keys\[1\] \(a\): name: 'a' is used by another key",
+        ),
+        ("[[keys]\n", r"not valid TOML"),
+        ('keys = "x"\n', r"keys: "),
+    ],
+)
+def test_invalid_keys_file_refuses_with_a_clear_message(tmp_path: Path, keys_toml: str, message: str) -> None:
+    with pytest.raises(CatalogueError, match=message) as caught:
+        keyring_for(tmp_path, keys_toml)
+    assert str(tmp_path / "keys.toml") in caught.value.message
+    assert FULL_KEY not in caught.value.message  # a key is never echoed, not even in a config error
+
+
+def test_missing_keys_file_names_the_catalogue(tmp_path: Path) -> None:
+    path = write_files(tmp_path, keys_file="nope.toml")
+    with pytest.raises(CatalogueError, match=r"nope\.toml: keys file not found \(named by \[server\] keys_file in"):
+        create_app(Settings(config_path=path))
+
+
+def test_an_invalid_keys_file_keeps_the_app_from_starting(tmp_path: Path) -> None:
+    path = write_files(tmp_path, '[[keys]]\nname = "x"\n')
+    with pytest.raises(CatalogueError):
+        create_app(Settings(config_path=path))
+
+
+def test_reload_swaps_keys_and_keeps_the_old_ones_on_a_broken_file(tmp_path: Path) -> None:
+    path = write_files(tmp_path)
+    app = create_app(Settings(config_path=path))
+    state = app.state.gateway
+    assert state.keys.identify(QWEN_KEY.encode()) is not None
+    (tmp_path / "keys.toml").write_text(f'[[keys]]\nkey = "{ENV_KEY}"\n', encoding="utf-8")
+    state.reload()
+    assert state.keys.identify(QWEN_KEY.encode()) is None
+    assert state.keys.identify(ENV_KEY.encode()) is not None
+    (tmp_path / "keys.toml").write_text("[[keys]]\n", encoding="utf-8")
+    with pytest.raises(CatalogueError):
+        state.reload()
+    assert state.keys.identify(ENV_KEY.encode()) is not None
+
+
+# --- identification and policy -------------------------------------------------------------------
+
+
+def test_authenticate() -> None:
+    key = ApiKey(digest=key_digest(FULL_KEY), name="full")
+    ring = KeyRing((key,))
+    assert ring.authenticate(b"Bearer " + FULL_KEY.encode()) == Principal(key)
+    assert ring.authenticate(b"bearer  " + FULL_KEY.encode() + b" ") == Principal(key)
+    for header, message in [
+        (None, "Missing API key"),
+        (b"", "Missing API key"),
+        (b"Basic " + FULL_KEY.encode(), "Malformed Authorization header"),
+        (b"Bearer", "Malformed Authorization header"),
+        (FULL_KEY.encode(), "Malformed Authorization header"),
+        (b"Bearer " + FULL_KEY.encode()[:-1], "Invalid API key"),
+        (b"Bearer " + FULL_KEY.encode() + b"x", "Invalid API key"),
+    ]:
+        with pytest.raises(Unauthorized, match=message) as caught:
+            ring.authenticate(header)
+        assert caught.value.headers == {"WWW-Authenticate": 'Bearer realm="modelgate"'}
+
+
+def test_no_keys_means_anonymous() -> None:
+    assert KeyRing().authenticate(None) is ANONYMOUS
+    assert KeyRing().authenticate(b"Bearer whatever") is ANONYMOUS
+
+
+def test_may_call_and_visible_models_agree_for_every_key(tmp_path: Path) -> None:
+    catalogue = load_catalogue(write_files(tmp_path))
+    ring = load_keyring(Settings(), catalogue)
+    expected = {
+        "full": {"acme/tiny", "acme/big", "qwen/small", "qwen/large"},
+        "qwen-only": {"qwen/small", "qwen/large"},
+        "hashed": {"acme/tiny", "qwen/large"},
+    }
+    for key in ring.keys:
+        principal = Principal(key)
+        listed = {m.id for m in visible_models(principal, catalogue)}
+        assert listed == expected[key.name]
+        assert listed == {m.id for m in catalogue.models if may_call(principal, m.id)}
+    assert len(visible_models(ANONYMOUS, catalogue)) == 4
+
+
+def test_globs_are_case_sensitive_and_whole_id() -> None:
+    principal = Principal(ApiKey(digest=b"x" * 32, name="k", models=("qwen/*",)))
+    assert may_call(principal, "qwen/large")
+    assert not may_call(principal, "Qwen/large")
+    assert not may_call(principal, "notqwen/large")
+
+
+@pytest.mark.parametrize(
+    ("path", "protected"),
+    [
+        ("/api/ai/ollama/tiny/chat", True),
+        ("/v1", True),
+        ("/v1/models", True),
+        ("/v1/chat/completions", True),
+        ("/v1x", False),
+        ("/models", False),
+        ("/api/models", False),
+        ("/health", False),
+        ("/ready", False),
+        ("/", False),
+        ("/docs", False),
+        ("/openapi.json", False),
+    ],
+)
+def test_protected_paths(path: str, protected: bool) -> None:
+    assert is_protected_path(path) is protected
+
+
+# --- over a real socket --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[str]:
+    app = create_app(Settings(config_path=write_files(tmp_path)))
+    with serve_in_thread(app) as base:
+        yield base
+
+
+@pytest.mark.parametrize("path", ["/models", "/api/models", "/openapi.json", "/docs"])
+def test_public_paths_need_no_key(keyed: str, path: str) -> None:
+    assert httpx.get(keyed + path).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/nonexistent", "/v1"])
+def test_v1_without_a_key_is_401_in_openai_shape(keyed: str, path: str) -> None:
+    response = httpx.get(keyed + path)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="modelgate"'
+    assert response.json() == {
+        "error": {
+            "message": "Missing API key: send 'Authorization: Bearer <key>'",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+
+
+def test_chat_with_an_unknown_key_is_401_in_seed_shape(keyed: str) -> None:
+    response = httpx.post(
+        keyed + "/api/ai/ollama/tiny/chat",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": "Bearer not-a-key"},
+    )
+    assert response.status_code == 401
+    assert response.json() == {"statusCode": 401, "statusMessage": "Invalid API key"}
+    assert "not-a-key" not in response.text
+
+
+def test_a_cors_preflight_needs_no_key(keyed: str) -> None:
+    response = httpx.options(
+        keyed + "/v1/chat/completions",
+        headers={
+            "Origin": "https://example.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert "access-control-allow-origin" in response.headers
+
+
+def test_a_401_carries_cors_headers_so_a_browser_can_read_it(keyed: str) -> None:
+    response = httpx.get(keyed + "/v1/models", headers={"Origin": "https://example.org"})
+    assert response.status_code == 401
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_without_keys_v1_is_open(tmp_path: Path) -> None:
+    app = create_app(Settings(config_path=write_catalogue(tmp_path / "c.toml", *MODELS)))
+    with serve_in_thread(app) as base:
+        assert httpx.get(base + "/v1/nonexistent").status_code == 404
