@@ -139,7 +139,8 @@ def test_an_unexpected_exception_is_a_generic_error_event(caplog: pytest.LogCapt
     assert b'"message":"Internal Server Error"' in body
     assert b"secret detail" not in body
     assert body.endswith(b"data: [DONE]\n\n")
-    assert "unexpected error while streaming" in caplog.text
+    assert "unexpected error while streaming a chat completion: RuntimeError" in caplog.text
+    assert "secret detail" not in caplog.text
 
 
 def test_collect_completion_builds_the_reference_object() -> None:

@@ -132,7 +132,8 @@ class ChunkEncoder:
         except ModelgateError as exc:
             yield error_chunk(exc.message)
         except Exception as exc:
-            log.error("unexpected error while streaming a chat completion", exc_info=exc)
+            # Only the type: a foreign exception's text may carry URLs or headers we must not leak.
+            log.error("unexpected error while streaming a chat completion: %s", type(exc).__name__)
             yield error_chunk("Internal Server Error")
         finally:
             await _close(events)
