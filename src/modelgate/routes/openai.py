@@ -24,13 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
 from modelgate.app import gateway
+from modelgate.auth import may_call, request_principal, visible_models
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, GenerationParams, Message, Role
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import ChunkEncoder, collect_completion
-from modelgate.errors import BadRequest
+from modelgate.errors import BadRequest, NotFound
 from modelgate.gateway import open_stream
+from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
 
 router = APIRouter(tags=["OpenAI compatible"])
@@ -157,13 +159,15 @@ class ModelList(BaseModel):
 
 @router.get("/v1/models", summary="List models (OpenAI shape)", responses={200: {"model": ModelList}})
 async def list_models(request: Request) -> Response:
-    models = gateway(request).catalogue.models
+    models = visible_models(request_principal(request), gateway(request).catalogue)  # == what admit() allows
     return Response(orjson.dumps({"object": "list", "data": [model_object(m) for m in models]}), media_type=JSON)
 
 
 @router.get("/v1/models/{model_id:path}", summary="One model (OpenAI shape)", responses={200: {"model": ModelObject}})
 async def get_model(model_id: str, request: Request) -> Response:
     model = gateway(request).catalogue.get(model_id)
+    if not may_call(request_principal(request), model.id):  # invisible to this key, as in /v1/models
+        raise NotFound(f"The model '{model_id}' does not exist", data={"model": model_id})
     return Response(orjson.dumps(model_object(model)), media_type=JSON)
 
 
@@ -325,6 +329,7 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel) -> ChatR
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = gateway(request)
     model = state.catalogue.get(body.model)
+    await admit(state, request, model)  # key, policy (403) and limits (429); slots held until the reply ends
     start = await open_stream(state, model, to_chat_request(body, model))
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params)
