@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelgate.chat import GenerationParams
 from modelgate.errors import CatalogueError, NotFound
@@ -42,18 +42,30 @@ def default_catalogue_path() -> Path:
 
 # --- the file's shape -------------------------------------------------------------------------
 
-_closed = ConfigDict(extra="forbid", strict=False)
+# Strict: a quoted "512" or a `true` where a number belongs is a mistake in the file, not something to coerce.
+_closed = ConfigDict(extra="forbid", strict=True)
+
+
+def _plain_number(value: object) -> object:
+    # Checked before the int|float union so a wrong type gives one message, not one per union member.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+#: A number as written in the file (ints stay ints, so ``-1`` is served as ``-1``).
+Number = Annotated[int | float, BeforeValidator(_plain_number)]
 
 
 class ParametersEntry(BaseModel):
     model_config = _closed
 
     max_new_tokens: Annotated[int, Field(gt=0, description="Maximum number of tokens to generate")]
-    typical_p: Annotated[int | float, Field(description="In (0, 1), or -1 for the provider's default")]
-    repetition_penalty: Annotated[int | float, Field(description="> 0, or -1 for the provider's default")]
+    typical_p: Annotated[Number, Field(description="In (0, 1), or -1 for the provider's default")]
+    repetition_penalty: Annotated[Number, Field(description="> 0, or -1 for the provider's default")]
     truncate: Annotated[int, Field(gt=0, description="Keep only the last N prompt tokens")]
     return_full_text: bool = False
-    temperature: Annotated[int | float | None, Field(ge=0)] = None
+    temperature: Annotated[Number | None, Field(ge=0)] = None
 
     @field_validator("typical_p")
     @classmethod
@@ -126,6 +138,14 @@ class ProviderEntry(BaseModel):
     first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
+    max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
+    retry_base_delay: Annotated[float, Field(gt=0, description="Backoff base, seconds (doubles per retry)")] = 0.25
+    retry_max_delay: Annotated[float, Field(gt=0, description="Backoff cap; a longer Retry-After is not waited")] = 4.0
+    breaker_threshold: Annotated[int, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
+    breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
+    breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
+    probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
 
 
 class ServerEntry(BaseModel):
@@ -284,7 +304,7 @@ def _route_table(source: str, models: tuple[CatalogueModel, ...]) -> dict[tuple[
             other = table.get(key)
             if other is not None and other is not model:
                 raise CatalogueError(
-                    f"{source}: model '{model.id}': /api/ai/{key[0]}/{key[1]}/chat would also serve "
+                    f"{source}: model '{model.id}': name: /api/ai/{key[0]}/{key[1]}/chat would also serve "
                     f"'{other.id}'; rename one of them"
                 )
             table[key] = model
@@ -318,12 +338,15 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
         raise CatalogueError(_describe(exc, raw, source)) from None
 
     declared: list[CatalogueModel] = []
-    seen: set[str] = set()
-    for entry in parsed.models:
+    seen: dict[str, int] = {}
+    for position, entry in enumerate(parsed.models, start=1):
         model = _build_model(entry)
         if model.id in seen:
-            raise CatalogueError(f"{source}: model '{model.id}': declared twice (publisher/name must be unique)")
-        seen.add(model.id)
+            raise CatalogueError(
+                f"{source}: model '{model.id}': publisher/name: declared twice (models #{seen[model.id]} and "
+                f"#{position}); each publisher/name must be unique"
+            )
+        seen[model.id] = position
         declared.append(model)
 
     by_id = {m.id: m for m in declared}
@@ -378,18 +401,23 @@ def _build_model(entry: ModelEntry) -> CatalogueModel:
 
 def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
     """One readable line per problem: file, model (by publisher/name when known), field, what is wrong."""
-    lines = []
+    lines: list[str] = []
     for error in exc.errors():
         loc = list(error["loc"])
         where = ""
         if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
             where = f"model {_model_label(raw, loc[1])}: "
             loc = loc[2:]
-        field_path = ".".join(str(part) for part in loc) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{source}: {where}{field_path}: {message}")
+        elif error["type"] not in ("missing", "value_error") and isinstance(error.get("input"), str | int | float):
+            message += f" (got {error['input']!r})"
+        # A model-level check (template vs provider) already starts its message with the field name.
+        field_path = ".".join(str(part) for part in loc) + ": " if loc else ("" if where else "(top level): ")
+        line = f"{source}: {where}{field_path}{message}"
+        if line not in lines:
+            lines.append(line)
     return "\n".join(lines)
 
 
