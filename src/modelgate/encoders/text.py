@@ -1,0 +1,47 @@
+"""StreamEvents → the Vercel AI SDK **plain text stream protocol** (``ai`` 3.x to 5.x).
+
+Pinned to ``ai@4.3.19`` ``processTextStream`` / ``streamText().toTextStreamResponse()`` and ``ai@5``
+``TextStreamChatTransport``: the body is the raw assistant text, UTF-8, as it arrives; no framing, no
+metadata, no finish part. The protocol has no reasoning or error channel, so:
+
+* reasoning is not sent (a client of this protocol would show it as answer text);
+* a failure after the stream started is appended as a visible line, ``\\n[error: <message>]``, since
+  the status code has already gone out and silence would look like a complete answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
+from typing import Final
+
+from modelgate.chat import ReasoningDelta, StreamEvent, TextDelta
+from modelgate.encoders.base import close, ended_early, failure_message
+
+MEDIA_TYPE: Final = "text/plain; charset=utf-8"
+HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+def error_line(message: str) -> bytes:
+    return f"\n[error: {message}]".encode()
+
+
+class TextStreamEncoder:
+    media_type: str = MEDIA_TYPE
+    headers: Mapping[str, str] = HEADERS
+
+    async def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        yield event.text.encode()
+                elif isinstance(event, ReasoningDelta):
+                    continue
+                else:
+                    return
+            yield error_line(ended_early(message_id))
+        except Exception as exc:
+            yield error_line(failure_message(exc, message_id=message_id))
+        finally:
+            await close(events)

@@ -1,0 +1,119 @@
+"""StreamEvents → the Vercel AI SDK **UI message stream protocol v1** (``ai`` ≥ 5.0, ``useChat`` of AI SDK 5/6).
+
+Pinned to ``ai@5.0.0`` ``src/ui-message-stream/ui-message-chunks.ts`` (``uiMessageChunkSchema``),
+``ui-message-stream-headers.ts`` and ``json-to-sse-transform-stream.ts``; ``tests/js`` checks our bytes
+against ``ai@5.0.0`` and a current 5.x. Server-sent events, one JSON chunk per event, then ``[DONE]``:
+
+    data: {"type":"start","messageId":"msg-…"}
+    data: {"type":"start-step"}
+    data: {"type":"reasoning-start","id":"reasoning-1"}       ┐ while ReasoningDeltas arrive
+    data: {"type":"reasoning-delta","id":"reasoning-1","delta":"…"}
+    data: {"type":"reasoning-end","id":"reasoning-1"}         ┘
+    data: {"type":"text-start","id":"text-1"}                 ┐ while TextDeltas arrive
+    data: {"type":"text-delta","id":"text-1","delta":"…"}
+    data: {"type":"text-end","id":"text-1"}                   ┘
+    data: {"type":"finish-step"}
+    data: {"type":"finish","messageMetadata":{"finishReason":"stop","usage":{…}}}
+    data: [DONE]
+
+A failure ends the stream with ``{"type":"error","errorText":…}`` and ``[DONE]`` (what ``streamText``'s
+``toUIMessageStreamResponse`` sends; v5 forwards real messages).
+
+In ``ai`` 5.0.0 to 5.0.216 every chunk schema is strict (zod ``strictObject``): an unknown key makes the
+client throw. So only the fields above are sent; there is no usage field in this protocol, and a
+top-level ``finishReason`` on ``finish`` only exists from 5.0.92. Finish reason and usage therefore
+travel as message metadata on ``finish`` (allowed by 5.0.0's schema), with the AI SDK 5 usage names
+``{"inputTokens","outputTokens","totalTokens"}`` and ``"usageEstimated": true`` when we counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
+from typing import Final
+
+import orjson
+
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta
+from modelgate.encoders.base import close, ended_early, failure_message
+
+MEDIA_TYPE: Final = "text/event-stream"
+HEADER: Final = "x-vercel-ai-ui-message-stream"
+HEADER_VALUE: Final = "v1"
+HEADERS: Final[Mapping[str, str]] = MappingProxyType({HEADER: HEADER_VALUE})
+
+DATA: Final = b"data: "
+END_OF_EVENT: Final = b"\n\n"
+DONE: Final = b"data: [DONE]\n\n"
+START_STEP: Final = b'data: {"type":"start-step"}\n\n'
+FINISH_STEP: Final = b'data: {"type":"finish-step"}\n\n'
+
+
+def chunk(payload: dict[str, object]) -> bytes:
+    return DATA + orjson.dumps(payload) + END_OF_EVENT
+
+
+def error_chunks(message: str) -> bytes:
+    return chunk({"type": "error", "errorText": message}) + DONE
+
+
+def finish_metadata(finish: Finish) -> dict[str, object]:
+    metadata: dict[str, object] = {"finishReason": finish.reason}
+    if finish.usage is not None:
+        metadata["usage"] = {
+            "inputTokens": finish.usage.prompt_tokens,
+            "outputTokens": finish.usage.completion_tokens,
+            "totalTokens": finish.usage.total_tokens,
+        }
+        if finish.usage.estimated:
+            metadata["usageEstimated"] = True
+    return metadata
+
+
+class _Part:
+    """One open text or reasoning part with its prebuilt frames, so a delta costs one ``orjson.dumps(str)``."""
+
+    __slots__ = ("delta_prefix", "end", "kind", "start")
+
+    def __init__(self, kind: type[TextDelta | ReasoningDelta], number: int) -> None:
+        name = "text" if kind is TextDelta else "reasoning"
+        part_id = f"{name}-{number}"
+        self.kind = kind
+        self.start = f'data: {{"type":"{name}-start","id":"{part_id}"}}\n\n'.encode()
+        self.delta_prefix = f'data: {{"type":"{name}-delta","id":"{part_id}","delta":'.encode()
+        self.end = f'data: {{"type":"{name}-end","id":"{part_id}"}}\n\n'.encode()
+
+
+_DELTA_END: Final = b"}" + END_OF_EVENT
+
+
+class UIMessageStreamEncoder:
+    media_type: str = MEDIA_TYPE
+    headers: Mapping[str, str] = HEADERS
+
+    async def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]:
+        yield chunk({"type": "start", "messageId": message_id}) + START_STEP
+        dumps = orjson.dumps
+        part: _Part | None = None  # the open part; deltas of the other kind close it and open a new one
+        count = 0
+        try:
+            async for event in events:
+                if isinstance(event, Finish):
+                    closing = part.end if part is not None else b""
+                    finish = chunk({"type": "finish", "messageMetadata": finish_metadata(event)})
+                    yield closing + FINISH_STEP + finish + DONE
+                    return
+                if not event.text:
+                    continue
+                if part is not None and part.kind is type(event):
+                    yield part.delta_prefix + dumps(event.text) + _DELTA_END
+                    continue
+                closing = part.end if part is not None else b""
+                count += 1
+                part = _Part(type(event), count)
+                yield closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
+            yield error_chunks(ended_early(message_id))
+        except Exception as exc:
+            yield error_chunks(failure_message(exc, message_id=message_id))
+        finally:
+            await close(events)
