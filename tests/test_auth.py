@@ -18,6 +18,7 @@ from modelgate.auth import (
     is_protected_path,
     key_digest,
     load_keyring,
+    load_keys_file,
     may_call,
     visible_models,
 )
@@ -302,3 +303,14 @@ def test_without_keys_v1_is_open(tmp_path: Path) -> None:
     app = create_app(Settings(config_path=write_catalogue(tmp_path / "c.toml", *MODELS)))
     with serve_in_thread(app) as base:
         assert httpx.get(base + "/v1/nonexistent").status_code == 404
+
+
+def test_the_readme_keys_file_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "keys.toml").write_text(readme.split("```toml\n# keys.toml\n", 1)[1].split("```", 1)[0])
+    catalogue = load_catalogue()
+    ring = KeyRing(tuple(load_keys_file(tmp_path / "keys.toml", catalogue)))
+    assert [k.name for k in ring.keys] == ["playground", "ci"]
+    assert ring.identify(b"mg-playground-secret") is ring.keys[0]
+    assert ring.identify(b"mg-ci-change-me") is ring.keys[1]
+    assert (ring.keys[0].requests_per_minute, ring.keys[0].concurrent_streams) == (60, 4)

@@ -212,7 +212,7 @@ def load_keyring(settings: Settings, catalogue: Catalogue) -> KeyRing:
     keys: list[ApiKey] = []
     path = keys_file_path(catalogue)
     if path is not None:
-        keys.extend(_load_keys_file(path, catalogue))
+        keys.extend(load_keys_file(path, catalogue))
     known = {key.digest for key in keys}
     for index, value in enumerate(settings.api_keys, start=1):
         if not _KEY_CHARS.match(value):
@@ -225,7 +225,7 @@ def load_keyring(settings: Settings, catalogue: Catalogue) -> KeyRing:
     return KeyRing(tuple(keys))
 
 
-def _load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
+def load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
     source = str(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
