@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
+
+from modelgate.catalogue import Catalogue
 
 
 def model_toml(
@@ -46,3 +49,19 @@ def catalogue_toml(*models: str, header: str = "") -> str:
 def write_catalogue(path: Path, *models: str, header: str = "") -> Path:
     path.write_text(catalogue_toml(*models, header=header), encoding="utf-8")
     return path
+
+
+class BrokenCatalogue(Catalogue):
+    """A valid catalogue whose ``/models`` body cannot be built: stands in for an unexpected bug."""
+
+    failure = "detail-only-for-the-log-7f3a"
+
+    @cached_property
+    def body(self) -> bytes:
+        raise ValueError(self.failure)
+
+
+def broken_copy(good: Catalogue) -> BrokenCatalogue:
+    return BrokenCatalogue(
+        source=good.source, models=good.models, declared=good.declared, providers=good.providers, server=good.server
+    )

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from functools import cached_property
 
 import httpx
 import pytest
 
 from modelgate.app import create_app
-from modelgate.catalogue import Catalogue, load_catalogue
+from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
+from tests.catalogue_files import BrokenCatalogue, broken_copy
 from tests.servers import serve_in_thread
 
 INTERNAL = {"statusCode": 500, "statusMessage": "Internal Server Error"}
-SECRET = "detail-only-for-the-log-7f3a"
+SECRET = BrokenCatalogue.failure
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +73,9 @@ def test_unexpected_error_in_a_route_is_an_opaque_500(caplog: pytest.LogCaptureF
     assert "GET /boom" in logged[0].getMessage()
 
 
-class _BrokenCatalogue(Catalogue):
-    """A catalogue whose document cannot be built: a bug behind the /models fast path."""
-
-    @cached_property
-    def body(self) -> bytes:
-        raise ValueError(SECRET)
-
-
 def test_unexpected_error_in_the_models_fast_path_is_an_opaque_500(caplog: pytest.LogCaptureFixture) -> None:
     good = load_catalogue()
-    broken = _BrokenCatalogue(
-        source="broken", models=good.models, declared=good.declared, providers={}, server=good.server
-    )
+    broken = broken_copy(good)
     app = create_app(Settings(), good)
     caplog.set_level(logging.ERROR, logger="modelgate")
     with serve_in_thread(app) as base:

@@ -1,0 +1,294 @@
+"""Python clients for a modelgate service: the catalogue and streaming chat.
+
+``ModelgateClient`` (sync) and ``AsyncModelgateClient`` mirror each other::
+
+    with ModelgateClient("http://127.0.0.1:8000") as client:
+        catalogue = client.get_models()              # the seed's ModelsResponse, validated
+        client.endpoints("openrouter")               # ["/api/ai/openrouter/deepseek-chat/chat", ...]
+        for chunk in client.chat("qwen/Qwen2.5-72B-Instruct", "Hello"):
+            print(chunk, end="")
+
+Chat reads the Vercel AI SDK data stream v1 (one ``<code>:<JSON>`` part per line; see
+``modelgate.encoders.data``): ``0:`` text is yielded, ``g:`` reasoning and other parts are skipped,
+``3:`` raises ``ModelgateStreamError``, ``d:`` finishes. Lines are split on ``\\n`` only: the JSON may
+hold U+2028 and friends, which ``str.splitlines`` (and so ``httpx.Response.iter_lines``) would split on.
+A non-2xx answer raises ``ModelgateAPIError`` with the seed's ``statusCode``/``statusMessage``.
+Depends only on the leaves (``schema``), never on the server modules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from modelgate.schema import ModelsResponse
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+MODELS_PATH = "/api/models"
+
+Messages = Sequence[Mapping[str, Any]] | str
+
+
+class ModelgateClientError(Exception):
+    """Base of the errors the client raises."""
+
+
+class ModelgateAPIError(ModelgateClientError):
+    """The service answered with a non-2xx status. Carries the seed's error fields."""
+
+    def __init__(self, status_code: int, status_message: str, data: Any = None) -> None:
+        super().__init__(f"{status_code} {status_message}")
+        self.status_code = status_code
+        self.statusCode = status_code  # the seed's wire name
+        self.statusMessage = status_message  # the seed's wire name
+        self.data = data
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ModelgateAPIError:
+        """Read the seed shape (or OpenAI's ``{"error": {...}}``); fall back to the reason phrase."""
+        message = response.reason_phrase or "HTTP error"
+        data: Any = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+            text = response.text.strip()
+            if text:
+                message = text[:500]
+        if isinstance(body, dict):
+            if isinstance(body.get("statusMessage"), str):
+                message = body["statusMessage"]
+                data = body.get("data")
+            elif isinstance(body.get("error"), dict) and isinstance(body["error"].get("message"), str):
+                message = body["error"]["message"]
+                data = body["error"]
+        return cls(response.status_code, message, data)
+
+
+class ModelgateStreamError(ModelgateClientError):
+    """The reply stream reported an error part (``3:``) or ended without finishing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- the data stream v1 ---------------------------------------------------------------------------
+
+
+class DataStreamDecoder:
+    """Incremental ``<code>:<JSON>\\n`` splitter: bytes in, ``(code, value)`` parts out."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, Any]]:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [part for line in lines if (part := self._parse(line)) is not None]
+
+    def flush(self) -> list[tuple[str, Any]]:
+        line, self._buffer = self._buffer, b""
+        part = self._parse(line)
+        return [] if part is None else [part]
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[str, Any] | None:
+        line = line.rstrip(b"\r")
+        if not line:
+            return None
+        code, sep, payload = line.partition(b":")
+        if not sep:
+            raise ModelgateStreamError(f"malformed data stream line: {line[:80]!r}")
+        try:
+            return code.decode("ascii"), json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ModelgateStreamError(f"malformed data stream line: {line[:80]!r}") from exc
+
+
+class _ChatReply:
+    """What the parts of one reply mean: text out, errors raised, the finish remembered."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    def texts(self, parts: list[tuple[str, Any]]) -> Iterator[str]:
+        # A generator, so the text before an error part in the same chunk still reaches the caller.
+        for code, value in parts:
+            if code == "0":
+                yield str(value)
+            elif code == "3":
+                raise ModelgateStreamError(str(value))
+            elif code == "d":
+                self.finished = True
+
+    def end(self) -> None:
+        if not self.finished:
+            raise ModelgateStreamError("the reply stream ended without a finish part")
+
+
+# --- shared request building ----------------------------------------------------------------------
+
+
+def _messages(messages: Messages) -> list[dict[str, Any]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return [dict(m) for m in messages]
+
+
+def _chat_path(model: str) -> str:
+    publisher, sep, name = model.partition("/")
+    if not sep or not publisher or not name or "/" in name:
+        raise ValueError(f"model must be 'publisher/name', got {model!r}")
+    return f"/api/ai/{publisher}/{name}/chat"
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _endpoints(models: ModelsResponse, provider: str) -> list[str]:
+    if provider not in models.endpoints:
+        known = ", ".join(models.endpoints)
+        raise ValueError(f"unknown provider {provider!r} (known: {known})")
+    return list(models.endpoints[provider])  # type: ignore[literal-required]
+
+
+def _models(response: httpx.Response) -> ModelsResponse:
+    if not response.is_success:
+        raise ModelgateAPIError.from_response(response)
+    return ModelsResponse.model_validate_json(response.content)
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
+        self._headers = _headers(api_key)
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _chat_request(self, model: str, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "url": self._url(_chat_path(model)),
+            "params": {"protocol": "data"},
+            "json": {"messages": _messages(messages), **params},
+            "headers": self._headers,
+            "timeout": self.timeout,
+        }
+
+
+# --- sync -----------------------------------------------------------------------------------------
+
+
+class ModelgateClient(_Base):
+    """A blocking client. Pass ``http_client`` to reuse your own ``httpx.Client`` (it is not closed here)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client()
+
+    def get_models(self) -> ModelsResponse:
+        response = self._http.get(self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
+        return _models(response)
+
+    def endpoints(self, provider: str) -> list[str]:
+        return _endpoints(self.get_models(), provider)
+
+    def chat(self, model: str, messages: Messages, **params: Any) -> Iterator[str]:
+        """Stream the reply of ``model`` ("publisher/name") as text chunks."""
+        request = self._chat_request(model, messages, params)
+        decoder, reply = DataStreamDecoder(), _ChatReply()
+        with self._http.stream("POST", **request) as response:
+            if not response.is_success:
+                response.read()
+                raise ModelgateAPIError.from_response(response)
+            for chunk in response.iter_bytes():
+                yield from reply.texts(decoder.feed(chunk))
+            yield from reply.texts(decoder.flush())
+        reply.end()
+
+    def chat_text(self, model: str, messages: Messages, **params: Any) -> str:
+        return "".join(self.chat(model, messages, **params))
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# --- async ----------------------------------------------------------------------------------------
+
+
+class AsyncModelgateClient(_Base):
+    """The asyncio twin of ``ModelgateClient``; ``http_client`` is an ``httpx.AsyncClient`` you own."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient()
+
+    async def get_models(self) -> ModelsResponse:
+        response = await self._http.get(self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
+        return _models(response)
+
+    async def endpoints(self, provider: str) -> list[str]:
+        return _endpoints(await self.get_models(), provider)
+
+    async def chat(self, model: str, messages: Messages, **params: Any) -> AsyncIterator[str]:
+        """Stream the reply of ``model`` ("publisher/name") as text chunks."""
+        request = self._chat_request(model, messages, params)
+        decoder, reply = DataStreamDecoder(), _ChatReply()
+        async with self._http.stream("POST", **request) as response:
+            if not response.is_success:
+                await response.aread()
+                raise ModelgateAPIError.from_response(response)
+            async for chunk in response.aiter_bytes():
+                for text in reply.texts(decoder.feed(chunk)):
+                    yield text
+            for text in reply.texts(decoder.flush()):
+                yield text
+        reply.end()
+
+    async def chat_text(self, model: str, messages: Messages, **params: Any) -> str:
+        return "".join([chunk async for chunk in self.chat(model, messages, **params)])
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

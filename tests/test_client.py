@@ -1,0 +1,277 @@
+"""The Python clients against real servers: the modelgate service, and a scripted data-stream server."""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import modelgate
+from modelgate import (
+    AsyncModelgateClient,
+    ModelgateAPIError,
+    ModelgateClient,
+    ModelgateStreamError,
+    ModelsResponse,
+)
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.client import DataStreamDecoder
+from modelgate.settings import Settings
+from tests import seed_model
+from tests.catalogue_files import broken_copy
+from tests.servers import run, serve_in_thread
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "models.example.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with serve_in_thread(create_app(Settings())) as base:
+        yield base
+
+
+# --- the public surface -------------------------------------------------------------------------
+
+
+def test_all_public_names_are_exported_and_sorted() -> None:
+    public = [
+        name
+        for name, value in vars(modelgate).items()
+        if (not name.startswith("_") or name == "__version__") and not isinstance(value, types.ModuleType)
+    ]
+    assert sorted(modelgate.__all__) == modelgate.__all__
+    assert set(modelgate.__all__) == set(public)
+    for name in ("ModelParameters", "ModelConfigurationData", "ModelConfiguration", "Endpoints", "ModelsResponse"):
+        assert name in modelgate.__all__
+
+
+# --- catalogue ------------------------------------------------------------------------------------
+
+
+def test_sync_get_models_matches_the_seed_example(url: str) -> None:
+    with ModelgateClient(url) as client:
+        models = client.get_models()
+    assert isinstance(models, ModelsResponse)
+    assert models.model_dump(mode="json", exclude_none=True) == GOLDEN
+    assert models.models[0] == "google/gemma-2-27b-it"
+
+
+def test_the_seeds_own_model_validates_the_live_response(url: str) -> None:
+    response = httpx.get(url + "/api/models", headers={"Content-Type": "application/json"})
+    response.raise_for_status()
+    seed = seed_model.ModelsResponse.model_validate(response.json())
+    assert seed.endpoints["openrouter"] == GOLDEN["endpoints"]["openrouter"]
+    assert (
+        seed.configurations["deepseek-ai"]["DeepSeek-R1-Distill-Qwen-32B"].configuration.parameters.temperature == 0.6
+    )
+
+
+def test_async_get_models_and_endpoints(url: str) -> None:
+    async def main() -> tuple[ModelsResponse, list[str]]:
+        async with AsyncModelgateClient(url) as client:
+            return await client.get_models(), await client.endpoints("openrouter")
+
+    models, openrouter = run(main())
+    assert models.model_dump(mode="json", exclude_none=True) == GOLDEN
+    assert openrouter == [
+        "/api/ai/openrouter/gemini-2.0-pro-exp-02-05/chat",
+        "/api/ai/openrouter/deepseek-chat/chat",
+        "/api/ai/openrouter/llama-3.3-70b-instruct/chat",
+    ]
+
+
+def test_endpoints_of_each_provider(url: str) -> None:
+    with ModelgateClient(url + "/") as client:  # a trailing slash on the base URL is fine
+        for provider in ("huggingface", "cloudflare", "openrouter", "ollama"):
+            assert client.endpoints(provider) == GOLDEN["endpoints"][provider]
+        with pytest.raises(ValueError, match="unknown provider 'openai'"):
+            client.endpoints("openai")
+
+
+def test_non_2xx_raises_with_the_seed_fields(url: str) -> None:
+    with ModelgateClient(url + "/nope") as client, pytest.raises(ModelgateAPIError) as info:
+        client.get_models()
+    error = info.value
+    assert error.status_code == error.statusCode == 404
+    assert error.statusMessage == "Page not found: /nope/api/models"
+    assert str(error) == "404 Page not found: /nope/api/models"
+
+
+def test_a_500_raises_with_the_opaque_message() -> None:
+    good = load_catalogue()
+    app = create_app(Settings(), good)
+    app.state.gateway.swap_catalogue(broken_copy(good))
+    with serve_in_thread(app) as base:
+
+        async def main() -> None:
+            async with AsyncModelgateClient(base) as client:
+                await client.get_models()
+
+        with pytest.raises(ModelgateAPIError) as info:
+            run(main())
+    assert info.value.statusCode == 500
+    assert info.value.statusMessage == "Internal Server Error"
+    assert info.value.data is None
+
+
+# --- chat, against a scripted server speaking the data stream v1 -----------------------------------
+
+
+@dataclass
+class Script:
+    """What the scripted server answers next, and what it received."""
+
+    status: int = 200
+    chunks: list[bytes] = field(default_factory=list)
+    error_body: dict[str, Any] | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+def scripted_server(script: Script) -> Starlette:
+    async def chat(request: Request) -> Response:
+        script.received.append(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": dict(request.headers),
+                "json": await request.json(),
+            }
+        )
+        if script.status != 200:
+            return JSONResponse(script.error_body, status_code=script.status)
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in script.chunks:
+                yield chunk
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    return Starlette(routes=[Route("/api/ai/{publisher}/{name}/chat", chat, methods=["POST"])])
+
+
+FINISH = b'e:{"finishReason":"stop","isContinued":false}\nd:{"finishReason":"stop"}\n'
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script()
+
+
+@pytest.fixture
+def chat_url(script: Script) -> Iterator[str]:
+    with serve_in_thread(scripted_server(script)) as base:
+        yield base
+
+
+def test_chat_yields_text_skips_reasoning_and_sends_the_request(chat_url: str, script: Script) -> None:
+    # Parts split mid-line and mid-UTF-8 character; U+2028 inside a string must not split a line.
+    stream = 'f:{"messageId":"m1"}\ng:"thinking"\n0:"Hel"\n0:"lo \u2028 wörld"\n'.encode() + FINISH
+    script.chunks = [stream[:5], stream[5:31], stream[31:52], stream[52:]]
+    with ModelgateClient(chat_url, api_key="mg-key") as client:
+        chunks = list(client.chat("qwen/Qwen2.5-72B-Instruct", "Hi", temperature=0.5))
+    assert chunks == ["Hel", "lo \u2028 wörld"]
+    (request,) = script.received
+    assert request["path"] == "/api/ai/qwen/Qwen2.5-72B-Instruct/chat"
+    assert request["query"] == {"protocol": "data"}
+    assert request["headers"]["authorization"] == "Bearer mg-key"
+    assert request["json"] == {"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.5}
+
+
+def test_chat_text_async_with_a_message_list(chat_url: str, script: Script) -> None:
+    script.chunks = [b'0:"a"\n0:"b"\n', b'0:"c"\n' + FINISH]
+    messages = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]
+
+    async def main() -> str:
+        async with AsyncModelgateClient(chat_url) as client:
+            return await client.chat_text("openrouter/deepseek-chat", messages)
+
+    assert run(main()) == "abc"
+    assert script.received[0]["json"] == {"messages": messages}
+    assert "authorization" not in script.received[0]["headers"]
+
+
+def test_chat_error_part_raises_after_the_text_before_it(chat_url: str, script: Script) -> None:
+    script.chunks = [b'0:"partial"\n3:"Upstream provider error (huggingface): overloaded"\n']
+    seen: list[str] = []
+    with ModelgateClient(chat_url) as client, pytest.raises(ModelgateStreamError) as info:
+        for chunk in client.chat("qwen/Qwen2.5-72B-Instruct", "Hi"):
+            seen.append(chunk)
+    assert seen == ["partial"]
+    assert info.value.message == "Upstream provider error (huggingface): overloaded"
+
+
+def test_chat_stream_without_finish_raises(chat_url: str, script: Script) -> None:
+    script.chunks = [b'0:"cut short"\n']
+
+    async def main() -> str:
+        async with AsyncModelgateClient(chat_url) as client:
+            return await client.chat_text("qwen/Qwen2.5-72B-Instruct", "Hi")
+
+    with pytest.raises(ModelgateStreamError, match="without a finish part"):
+        run(main())
+
+
+def test_chat_non_2xx_raises_with_the_seed_fields(chat_url: str, script: Script) -> None:
+    script.status = 503
+    script.error_body = {
+        "statusCode": 503,
+        "statusMessage": "Provider 'huggingface' is not configured: set HF_TOKEN",
+        "data": {"provider": "huggingface", "missing": ["HF_TOKEN"]},
+    }
+    with ModelgateClient(chat_url) as client, pytest.raises(ModelgateAPIError) as info:
+        client.chat_text("qwen/Qwen2.5-72B-Instruct", "Hi")
+    assert info.value.status_code == 503
+    assert info.value.statusMessage == "Provider 'huggingface' is not configured: set HF_TOKEN"
+    assert info.value.data == {"provider": "huggingface", "missing": ["HF_TOKEN"]}
+
+
+def test_chat_rejects_a_model_that_is_not_publisher_slash_name() -> None:
+    with ModelgateClient("http://127.0.0.1:9") as client:
+        for model in ("no-slash", "a/b/c", "/x", "x/"):
+            with pytest.raises(ValueError, match="publisher/name"):
+                list(client.chat(model, "Hi"))
+
+
+def test_an_injected_http_client_is_used_and_left_open(chat_url: str, script: Script) -> None:
+    script.chunks = [b'0:"ok"\n' + FINISH]
+    with httpx.Client(headers={"X-Trace": "t-1"}) as http:
+        with ModelgateClient(chat_url, http_client=http) as client:
+            assert client.chat_text("a/b", "Hi") == "ok"
+        assert not http.is_closed
+    assert script.received[0]["headers"]["x-trace"] == "t-1"
+
+
+# --- the decoder ------------------------------------------------------------------------------------
+
+
+def test_decoder_handles_every_split_point() -> None:
+    stream = 'f:{"messageId":"m"}\r\n0:"a\\nb"\n0:"\u00e9\U0001f600"\n8:[{"usageEstimated":true}]\nd:{}'.encode()
+    expected = [
+        ("f", {"messageId": "m"}),
+        ("0", "a\nb"),
+        ("0", "\u00e9\U0001f600"),
+        ("8", [{"usageEstimated": True}]),
+        ("d", {}),
+    ]
+    for cut in range(len(stream) + 1):
+        decoder = DataStreamDecoder()
+        parts = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) + decoder.flush()
+        assert parts == expected, cut
+
+
+def test_decoder_rejects_a_malformed_line() -> None:
+    with pytest.raises(ModelgateStreamError, match="malformed"):
+        DataStreamDecoder().feed(b"not a part\n")
+    with pytest.raises(ModelgateStreamError, match="malformed"):
+        DataStreamDecoder().feed(b"0:{broken\n")
