@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from modelgate.routes.models import router as models_router
 from modelgate.routes.openai import router as openai_router
+from modelgate.routes.playground import router as playground_router
 
 #: Included by ``create_app`` in this order.
-ROUTERS: list[APIRouter] = [models_router, openai_router]
+ROUTERS: list[APIRouter] = [models_router, openai_router, playground_router]
