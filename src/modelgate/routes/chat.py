@@ -1,0 +1,178 @@
+"""The chat endpoints ``GET /models`` advertises, and their two alias forms.
+
+- ``POST /api/ai/{provider}/{name}/chat``            the advertised form (``endpoints`` of ``/models``)
+- ``POST /api/ai/{publisher}/{name}/chat``           the router form
+- ``POST /api/ai/huggingface/{publisher}/{name}/chat``
+
+All three resolve through ``Catalogue.resolve_route``, the same table ``/models`` is checked
+against at load, so a listed model is always routable. The body is what the AI SDK's ``useChat``
+sends (v4: ``content`` strings; v5: ``parts``); unknown fields are ignored. The reply streams in
+the AI SDK data stream protocol unless ``?protocol=`` or ``Accept`` asks for another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from modelgate.app import gateway
+from modelgate.catalogue import CatalogueModel
+from modelgate.chat import ChatRequest, Message
+from modelgate.encoders import ENCODERS, choose_protocol
+from modelgate.errors import BadRequest
+from modelgate.gateway import StreamStart, open_stream
+from modelgate.limits import admit
+from modelgate.schema import ErrorResponse
+
+router = APIRouter(tags=["chat"])
+
+#: Part types of AI SDK 5 messages that carry no prompt text and are skipped, not refused.
+_IGNORED_PART_TYPES = frozenset({"step-start", "reasoning", "source-url", "source-document"})
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 429, 502, 503, 504)
+}
+
+
+class _IncomingMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: Any = None
+    parts: Any = None
+
+
+class _IncomingBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[_IncomingMessage]
+
+
+def _message_text(index: int, message: _IncomingMessage) -> str:
+    where = f"messages[{index}]"
+    if message.content is not None:
+        if not isinstance(message.content, str):
+            raise BadRequest(f"{where}.content must be a string", data={"field": f"{where}.content"})
+        return message.content
+    if message.parts is None:
+        raise BadRequest(f"{where} has neither content nor parts", data={"field": where})
+    if not isinstance(message.parts, list):
+        raise BadRequest(f"{where}.parts must be a list", data={"field": f"{where}.parts"})
+    texts = []
+    for j, part in enumerate(message.parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequest(f"{where}.parts[{j}].text must be a string", data={"field": f"{where}.parts[{j}]"})
+            texts.append(text)
+        elif kind not in _IGNORED_PART_TYPES:
+            raise BadRequest(
+                f"{where}.parts[{j}]: part type {kind!r} is not supported (only text)",
+                data={"field": f"{where}.parts[{j}].type"},
+            )
+    return "".join(texts)
+
+
+_ROLES = ("system", "user", "assistant")
+
+
+def parse_chat_body(raw: bytes, *, max_messages: int) -> tuple[Message, ...]:
+    """The AI SDK body → messages, or ``BadRequest`` saying exactly what is wrong."""
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("The request body is not valid JSON", data={"reason": str(exc)}) from None
+    if not isinstance(decoded, dict):
+        raise BadRequest("The request body must be a JSON object with a 'messages' list")
+    try:
+        body = _IncomingBody.model_validate(decoded)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise BadRequest(f"Invalid request body: {field}: {first['msg']}", data={"field": field}) from None
+    if not body.messages:
+        raise BadRequest("messages must not be empty", data={"field": "messages"})
+    if len(body.messages) > max_messages:
+        raise BadRequest(
+            f"Too many messages: {len(body.messages)} (the limit is {max_messages})",
+            data={"field": "messages", "limit": max_messages},
+        )
+    messages = []
+    for i, message in enumerate(body.messages):
+        if message.role not in _ROLES:
+            raise BadRequest(
+                f"messages[{i}].role {message.role!r} is not one of {', '.join(_ROLES)}",
+                data={"field": f"messages[{i}].role"},
+            )
+        messages.append(Message(role=message.role, content=_message_text(i, message)))  # type: ignore[arg-type]
+    return tuple(messages)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it exceeds ``limit`` bytes (never read whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"The request body is larger than {limit} bytes", data={"limit": limit})
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"The request body is larger than {limit} bytes", data={"limit": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def stream_headers(start: StreamStart) -> dict[str, str]:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Modelgate-Model": start.model.id}
+    if start.dropped_params:
+        headers["X-Modelgate-Dropped-Params"] = ",".join(start.dropped_params)
+    return headers
+
+
+async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
+    state = gateway(request)
+    encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"))]
+    raw = await read_body(request, state.settings.max_body_bytes)
+    messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
+    await admit(state, request, model)  # key policy (403) and limits (429); slots held until the reply ends
+    start = await open_stream(state, model, ChatRequest(messages=messages, params=model.defaults))
+    body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
+    return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
+
+
+_Protocol = Annotated[str | None, Query(description="Output stream: data (default), text or ui")]
+_Ignored = Annotated[str | None, Query(description="Accepted for compatibility; has no effect")]
+
+
+@router.post("/api/ai/{first}/{second}/chat", responses=_ERRORS, summary="Chat with a catalogue model")
+async def chat(
+    request: Request,
+    first: str,
+    second: str,
+    protocol: _Protocol = None,
+    chat_id: _Ignored = None,
+    is_playground: _Ignored = None,
+) -> Response:
+    """``first`` is the provider (as advertised) or the publisher; ``second`` the model name."""
+    return await _chat(request, gateway(request).catalogue.resolve_route(first, second), protocol)
+
+
+@router.post("/api/ai/{provider}/{publisher}/{name}/chat", responses=_ERRORS, summary="Chat with a model of a provider")
+async def chat_by_provider_and_publisher(
+    request: Request,
+    provider: str,
+    publisher: str,
+    name: str,
+    protocol: _Protocol = None,
+    chat_id: _Ignored = None,
+    is_playground: _Ignored = None,
+) -> Response:
+    return await _chat(request, gateway(request).catalogue.resolve_route(provider, publisher, name), protocol)
