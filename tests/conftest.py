@@ -56,3 +56,19 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith(_CLEANED_PREFIXES) or name in _CLEANED_NAMES:
             monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def _fake_servers() -> Iterator[Any]:
+    from tests.fakes import running_fakes
+
+    with running_fakes() as fakes:
+        yield fakes
+
+
+@pytest.fixture
+def fakes(_fake_servers: Any) -> Iterator[Any]:
+    """The four fake upstreams (``tests/fakes``), served once per session, reset for every test."""
+    _fake_servers.reset()
+    yield _fake_servers
+    _fake_servers.reset()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.providers.ollama import Ollama
 
-PROVIDERS: dict[str, type[Provider]] = {}
+PROVIDERS: dict[str, type[Provider]] = {
+    "ollama": Ollama,
+}
 
 __all__ = ["PROVIDERS", "Connection", "ProbeResult", "Provider"]

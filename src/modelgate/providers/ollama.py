@@ -1,0 +1,145 @@
+"""Ollama ``POST /api/chat``: NDJSON lines until ``done: true`` (providers.md §4).
+
+Ollama applies the model's own chat template, so messages go as they are. Errors before the stream
+have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and one more
+line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
+only a real JSON parser reads right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+import orjson
+
+from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.providers._http import ErrorDetail, Upstream, body_message, parse_json
+from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.sse import NDJSONDecoder
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import CatalogueModel
+
+_DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "load": "other", "unload": "other"}
+
+
+def read_error(status: int, body: bytes) -> ErrorDetail:
+    payload = parse_json(body)
+    return ErrorDetail(str(payload["error"]))
+
+
+def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
+    p = request.params
+    option_values = {
+        "num_predict": p.max_new_tokens,
+        "temperature": p.temperature,
+        "typical_p": p.typical_p,
+        "repeat_penalty": p.repetition_penalty,
+        # Not TGI's "keep the last N prompt tokens", but the closest knob Ollama has: the context
+        # window, beyond which Ollama itself truncates the prompt from the front (providers.md §4.2).
+        "num_ctx": p.truncate,
+        "top_p": p.top_p,
+        "stop": list(p.stop) if p.stop is not None else None,
+        "seed": p.seed,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+    }
+    body: dict[str, Any] = {
+        "model": model.upstream_model,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "stream": True,
+    }
+    options = {key: value for key, value in option_values.items() if value is not None}
+    if options:
+        body["options"] = options
+    return body
+
+
+class OllamaStream:
+    """Incremental parser of one ``/api/chat`` NDJSON reply."""
+
+    __slots__ = ("_lines", "_upstream", "done")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+        self._lines = NDJSONDecoder()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        return self._parse(self._lines.feed(chunk))
+
+    def end(self) -> list[StreamEvent]:
+        events = self._parse(self._lines.flush())
+        if not self.done:
+            raise self._upstream.truncated()
+        return events
+
+    def _parse(self, lines: list[bytes]) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for line in lines:
+            try:
+                item = orjson.loads(line)
+                message = item.get("message")
+                if "error" in item:
+                    # A late error (status already 200): the runner failed mid-generation.
+                    raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
+                if message:
+                    if message.get("thinking"):
+                        events.append(ReasoningDelta(message["thinking"]))
+                    if message.get("content"):
+                        events.append(TextDelta(message["content"]))
+                if item.get("done"):
+                    reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
+                    # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
+                    usage = Usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+                    events.append(Finish(reason, usage))
+                    self.done = True
+                    break
+            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                raise self._upstream.protocol_error(f"unreadable NDJSON line: {body_message(line)[:120]}") from exc
+        return events
+
+
+class Ollama(Provider):
+    name = "ollama"
+    supported_params: ClassVar[frozenset[str]] = frozenset(
+        {
+            "max_new_tokens",
+            "temperature",
+            "typical_p",
+            "repetition_penalty",
+            "truncate",
+            "top_p",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        }
+    )
+
+    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+        super().__init__(connection, http)
+        self.upstream = Upstream(self.name, connection, http, read_error)
+
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        return self.upstream.stream(
+            f"{self.connection.base_url}/api/chat",
+            build_body(model, request),
+            OllamaStream(self.upstream),
+            headers={"Accept": "application/x-ndjson"},
+            model=model.upstream_model,
+        )
+
+    async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
+        def names(listing: Any) -> set[str]:
+            found: set[str] = set()
+            for entry in listing["models"]:
+                for name in {entry.get("name"), entry.get("model")} - {None}:
+                    found.add(name)
+                    # "llama3.2" and "llama3.2:latest" are the same model to Ollama.
+                    found.add(name.removesuffix(":latest"))
+            return found
+
+        return await self.upstream.probe_listing(f"{self.connection.base_url}/api/tags", names)

@@ -1,0 +1,179 @@
+"""Fake Cloudflare Workers AI upstream (REST ``ai/run``), as providers.md §2 describes it.
+
+Framing (§2.4): ``data: {…}`` events, **bare** (no v4 envelope): ``{"response":"…","tool_calls":[],"p":"…"}``
+with random-length ``p`` padding, then a separate ``{"response":"","usage":{…}}`` event, then
+``data: [DONE]``. No finish reason. Errors use the v4 envelope with numeric codes (§2.5). The body is
+schema-checked like the real endpoint: unknown properties (``typical_p``, ``truncate`` …) and
+out-of-range values are rejected with 400 / code 5006, so an adapter that sends them fails here too.
+
+An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`` (whether Cloudflare
+ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
+``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity).
+``Reply.options``: ``padding`` (False to send old-style ``{"response":…}`` events only).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+ACCOUNT = "acct"
+TOKEN = "cf_test"
+
+#: §2.2: the text-generation input schema (llama-3.3-70b-instruct-fp8-fast); ranges inclusive.
+SCHEMA: dict[str, tuple[float, float] | None] = {
+    "messages": None,
+    "prompt": None,
+    "raw": None,
+    "stream": None,
+    "max_tokens": (1, 1_000_000),
+    "temperature": (0, 5),
+    "top_p": (0.001, 1),
+    "top_k": (1, 50),
+    "seed": (1, 9_999_999_999),
+    "repetition_penalty": (0, 2),
+    "frequency_penalty": (-2, 2),
+    "presence_penalty": (-2, 2),
+    "response_format": None,
+    "tools": None,
+    "functions": None,
+    "lora": None,
+}
+
+
+def envelope_error(status: int, code: int, message: str, *, retry_after: float | None = None) -> Response:
+    body = {"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}
+    return json_error(status, body, retry_after=retry_after)
+
+
+class FakeCloudflare(FakeUpstream):
+    name = "cloudflare"
+    prefix = "/client/v4"
+    listed_by_default = ("@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct")
+    account = ACCOUNT
+    token: str | None = TOKEN
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(self.prefix + "/accounts/{account}/ai/run/{model:path}", self.run, methods=["POST"]),
+            Route(self.prefix + "/accounts/{account}/ai/models/search", self.search, methods=["GET"]),
+        ]
+
+    def _refused(self, request: Request, headers: dict[str, str]) -> Response | None:
+        if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+            return envelope_error(401, 10000, "Authentication error")
+        if request.path_params["account"] != self.account:
+            return envelope_error(
+                404, 7003, "Could not route to /accounts/…, perhaps your object identifier is invalid?"
+            )
+        return None
+
+    async def search(self, request: Request) -> Response:
+        recorded, _ = await self.record(request)
+        refused = self._refused(request, dict(recorded.headers))
+        if refused is not None:
+            return refused
+        term = request.query_params.get("search", "")
+        result = [
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+                "name": name,
+                "description": f"{name} (fake)",
+                "task": {"id": "c329a1f9-323d-4e91-b2aa-582dd4188d34", "name": "Text Generation"},
+                "properties": [],
+            }
+            for name in self.listed()
+            if term in name
+        ]
+        return JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+
+    async def run(self, request: Request) -> Response:
+        recorded, epoch = await self.record(request)
+        refused = self._refused(request, dict(recorded.headers))
+        if refused is not None:
+            return refused
+        model = request.path_params["model"]
+        if not self.serves(model):
+            return envelope_error(400, 5007, f"No such model {model} or task")
+        body = recorded.json
+        problem = validate(body)
+        if problem:
+            return envelope_error(400, 5006, f"AiError: Bad input: {problem}")
+        assert isinstance(body, dict)
+        reply = self.next_reply()
+        fault = reply.fault
+        if fault is not None and fault.kind == "status":
+            return self.status_error(fault.http_status, fault.retry_after, fault.code, fault.message)
+        if body.get("stream") is not True:
+            usage = self.usage_of(reply, len(reply.tokens))
+            result: dict[str, Any] = {"response": "".join(reply.tokens), "tool_calls": []}
+            if usage:
+                result["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+            return JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+        return FrameStream(self, epoch, reply, self.render(reply, body), media_type="text/event-stream")
+
+    def render(self, reply: Reply, body: dict[str, Any]) -> Frames:
+        padded = reply.options.get("padding", True)
+
+        def event(i: int, text: str) -> bytes:
+            payload: dict[str, Any] = {"response": text}
+            if padded:
+                payload |= {"tool_calls": [], "p": "abdefghijklmnopqrstuvwxyz0123456789"[: 3 + (i * 7) % 29]}
+            return b"data: " + dumps(payload) + b"\n\n"
+
+        tokens = list(reply.tokens)
+        sent = len(tokens)
+        if reply.finish == "length":  # Cloudflare says nothing; only usage == max_tokens tells
+            sent = int(body.get("max_tokens", 256))
+        usage = self.usage_of(reply, sent)
+        trailer = []
+        if usage is not None:
+            counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+            trailer.append(b"data: " + dumps({"response": "", "usage": counts}) + b"\n\n")
+        trailer.append(b"data: [DONE]\n\n")
+        return Frames(preamble=[], tokens=[event(i, t) for i, t in enumerate(tokens)], trailer=trailer, error=[])
+
+    def status_error(self, status: int, retry_after: float | None, code: Any, message: str | None) -> Response:
+        defaults = {
+            400: (5006, "AiError: Bad input: Error: oneOf at '/' not met"),
+            401: (10000, "Authentication error"),
+            403: (10000, "Authentication error"),
+            429: (3040, "3040: Capacity temporarily exceeded, please try again."),
+            500: (3043, "Internal server error"),
+            503: (3040, "3040: Capacity temporarily exceeded, please try again."),
+        }
+        if code == 3036:
+            default = (3036, "3036: Account limited: you have used up your daily free allocation of 10,000 neurons")
+        else:
+            default = defaults.get(status, (7000, f"HTTP {status}"))
+        return envelope_error(status, code or default[0], message or default[1], retry_after=retry_after)
+
+
+def validate(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "Error: Type mismatch of '/', 'object' not 'string'"
+    if ("messages" in body) == ("prompt" in body):
+        return "Error: oneOf at '/' not met, 0 matches: required properties at '/' are 'prompt', 'messages'"
+    for key, value in body.items():
+        if key not in SCHEMA:
+            return f"Error: Additional or unevaluated properties '/{key}' are not allowed"
+        bounds = SCHEMA[key]
+        if bounds is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"Error: Type mismatch of '/{key}', 'number' not '{type(value).__name__}'"
+        if not bounds[0] <= value <= bounds[1]:
+            return f"Error: '/{key}' must be between {bounds[0]} and {bounds[1]}"
+    messages = body.get("messages")
+    if messages is not None and not (
+        isinstance(messages, list)
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
+    ):
+        return "Error: Type mismatch of '/messages', each message needs a role and a string content"
+    return None

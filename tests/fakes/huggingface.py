@@ -1,0 +1,171 @@
+"""Fake Hugging Face text-generation (TGI) upstream, as the HF router and TGI itself speak it.
+
+Framing (providers.md §1.5): ``data:{…}`` with **no** space after the colon (axum), one event per
+token, the last event carries ``generated_text`` (and ``details`` when asked), the end token is
+``special: true``, and there is **no** ``[DONE]``: the connection closes. Errors inside the stream
+arrive under HTTP 200 as ``data:{"error":…,"error_type":…}`` (§1.6). Parameters are validated as
+TGI does (e.g. ``temperature: 0`` or ``typical_p: -1`` → a ``validation`` error event), so an
+adapter that sends what TGI rejects fails here too.
+
+``Reply.options``: ``eos`` (the special end token's text, default ``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+TOKEN = "hf_test"
+
+
+class FakeHuggingFace(FakeUpstream):
+    name = "huggingface"
+    #: The bearer token this fake accepts (None: any).
+    token: str | None = TOKEN
+
+    def routes(self) -> list[BaseRoute]:
+        # §1.1: the same handler behind every front door.
+        return [
+            Route(path, self.generate, methods=["POST"])
+            for path in ("/", "/generate", "/generate_stream", "/models/{model_id:path}")
+        ] + [Route("/health", self.health, methods=["GET"])]
+
+    async def health(self, request: Request) -> Response:
+        return Response(b"", status_code=200)
+
+    async def generate(self, request: Request) -> Response:
+        recorded, epoch = await self.record(request)
+        if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
+            return json_error(401, {"error": "Invalid credentials in Authorization header"})
+        model = request.path_params.get("model_id", "")
+        if model and not self.serves(model):
+            return json_error(404, {"error": f"Model {model} does not exist"})
+        body = recorded.json
+        if not isinstance(body, dict):
+            return json_error(422, {"error": "Failed to deserialize the JSON body", "error_type": "validation"})
+        reply = self.next_reply()
+        fault = reply.fault
+        if fault is not None and fault.kind == "status":
+            return self.status_error(fault.http_status, fault.retry_after, fault.message, model)
+
+        params = body.get("parameters") or {}
+        streaming = request.url.path == "/generate_stream" or (
+            request.url.path != "/generate" and body.get("stream") is True
+        )
+        problem = validate(body.get("inputs"), params)
+        if not streaming:
+            if problem:
+                return json_error(422, {"error": problem, "error_type": "validation"})
+            text = "".join(reply.tokens)
+            answer: dict[str, Any] = {"generated_text": text}
+            return JSONResponse(answer if request.url.path == "/generate" else [answer])
+        if problem:  # streaming routes report even validation under HTTP 200
+            frames = Frames([], [], [b"data:" + dumps({"error": problem, "error_type": "validation"}) + b"\n\n"])
+        else:
+            frames = self.render(reply, details=params.get("details") is True)
+        return FrameStream(
+            self,
+            epoch,
+            reply,
+            frames,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", "x-compute-type": "fake"},
+        )
+
+    def render(self, reply: Reply, *, details: bool) -> Frames:
+        def event(index: int, text: str, special: bool, final: dict[str, Any] | None = None) -> bytes:
+            payload = {
+                "index": index,
+                "token": {"id": 1000 + index, "text": text, "logprob": -0.25, "special": special},
+                "generated_text": final["text"] if final else None,
+                "details": final["details"] if final else None,
+            }
+            return b"data:" + dumps(payload) + b"\n\n"
+
+        tokens = list(reply.reasoning) + list(reply.tokens)
+        text = "".join(tokens)
+        ends_on_eos = reply.finish == "stop"
+        generated = len(tokens) + (1 if ends_on_eos else 0)  # TGI counts the EOS token
+        usage = self.usage_of(reply, generated)
+        final = {
+            "text": text,
+            "details": {
+                "finish_reason": "eos_token" if ends_on_eos else "length",
+                "generated_tokens": usage[1],
+                "seed": None,
+                "input_length": usage[0],
+            }
+            if details and usage is not None
+            else None,
+        }
+        frames = [event(i + 1, t, False) for i, t in enumerate(tokens)]
+        trailer: list[bytes] = []
+        if ends_on_eos:
+            trailer = [event(len(tokens) + 1, str(reply.options.get("eos", "<|im_end|>")), True, final)]
+        elif frames:
+            frames[-1] = event(len(tokens), tokens[-1], False, final)
+        fault = reply.fault
+        kind = (fault.code if fault else None) or "generation"
+        message = (fault.message if fault else None) or _MESSAGES.get(kind, "Request failed during generation")
+        error = [b"data:" + dumps({"error": message, "error_type": kind}) + b"\n\n"]
+        return Frames(preamble=[], tokens=frames, trailer=trailer, error=error)
+
+    def status_error(self, status: int, retry_after: float | None, message: str | None, model: str) -> Response:
+        if status == 503:
+            # The hosted API's cold start: the hint is in the body, not in a Retry-After header.
+            body = {"error": message or f"Model {model} is currently loading", "estimated_time": retry_after or 20.0}
+            return json_error(503, body)
+        bodies = {
+            401: {"error": "Invalid credentials in Authorization header"},
+            403: {"error": "Model requires a Pro subscription"},
+            429: {"error": "Rate limit reached. You reached free usage limit (reset hourly)."},
+            500: {"error": "Incomplete generation", "error_type": "incomplete_generation"},
+        }
+        body = dict(bodies.get(status, {"error": f"HTTP {status}"}))
+        if message:
+            body["error"] = message
+        return json_error(status, body, retry_after=retry_after)
+
+
+_MESSAGES = {
+    "generation": "Request failed during generation: CUDA out of memory",
+    "overloaded": "Model is overloaded",
+    "validation": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096",
+    "incomplete_generation_stream": "Incomplete generation stream",
+}
+
+
+def validate(inputs: Any, params: dict[str, Any]) -> str | None:
+    """TGI's own checks (router/src/validation.rs) on what adapters send most."""
+
+    def number(name: str) -> float | None:
+        value = params.get(name)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    if not isinstance(inputs, str) or not inputs:
+        return "Input validation error: `inputs` cannot be empty"
+    temperature = number("temperature")
+    if temperature is not None and temperature <= 0:
+        return "Input validation error: `temperature` must be strictly positive"
+    for name in ("top_p", "typical_p"):
+        value = number(name)
+        if value is not None and not 0 < value < 1:
+            return f"Input validation error: `{name}` must be > 0.0 and < 1.0"
+    penalty = number("repetition_penalty")
+    if penalty is not None and penalty <= 0:
+        return "Input validation error: `repetition_penalty` must be strictly positive"
+    max_new = params.get("max_new_tokens")
+    if max_new is not None and (not isinstance(max_new, int) or max_new <= 0):
+        return "Input validation error: `max_new_tokens` must be strictly positive"
+    truncate = params.get("truncate")
+    if truncate is not None and (not isinstance(truncate, int) or truncate <= 0):
+        return "Input validation error: `truncate` must be strictly positive and less than 1000000"
+    stop = params.get("stop")
+    if stop is not None and (not isinstance(stop, list) or len(stop) > 4):
+        return "Input validation error: `stop` supports up to 4 stop sequences"
+    return None

@@ -1,0 +1,124 @@
+"""Fake Ollama server (``/api/chat``, ``/api/tags``), as providers.md §4 describes it.
+
+Framing (§4.2): NDJSON (``application/x-ndjson``), one object per line, the last with ``done: true``,
+``done_reason`` and the metrics (``prompt_eval_count``/``eval_count`` omitted when zero or when the
+reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's encoder writes it:
+``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
+Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
+after lines were sent (``error_after``), with no ``done`` line (§4.5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+CREATED_AT = "2025-02-20T10:00:00.123456789Z"
+
+_ERRORS = {
+    400: "invalid character 'x' looking for beginning of value",
+    401: "unauthorized",
+    403: "forbidden",
+    429: "too many requests",
+    500: "llama runner process has terminated: exit status 2",
+    503: "server busy, please try again.  maximum pending requests exceeded",
+}
+
+
+def go_json(value: Any) -> bytes:
+    """JSON as Go's encoding/json writes it (HTML-safe escapes)."""
+    return dumps(value).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+
+
+class FakeOllama(FakeUpstream):
+    name = "ollama"
+    listed_by_default = ("mollysama/rwkv-6-world:1.6b", "llama3.2:latest")
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.root_page, methods=["GET", "HEAD"]),
+            Route("/api/version", self.version, methods=["GET"]),
+            Route("/api/tags", self.tags, methods=["GET"]),
+            Route("/api/chat", self.chat, methods=["POST"]),
+        ]
+
+    async def root_page(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": "0.5.12"})
+
+    async def tags(self, request: Request) -> Response:
+        await self.record(request)
+        models = [
+            {
+                "name": name,
+                "model": name,
+                "modified_at": "2025-02-18T08:06:48.639712648Z",
+                "size": 3210000000,
+                "digest": "0a8c266910232fd3291e71e5ba1e058cc5af9d411192cf88b6d30e92b6e73163",
+                "details": {"format": "gguf", "family": "fake", "parameter_size": "1.6B", "quantization_level": "F16"},
+            }
+            for name in self.listed()
+        ]
+        return Response(go_json({"models": models}), media_type="application/json; charset=utf-8")
+
+    async def chat(self, request: Request) -> Response:
+        recorded, epoch = await self.record(request)
+        body = recorded.json
+        if not isinstance(body, dict):
+            return self.error(400, "missing request body")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self.error(400, "model is required")
+        if not self.serves(model):
+            return self.error(404, f'model "{model}" not found, try pulling it first')
+        reply = self.next_reply()
+        fault = reply.fault
+        if fault is not None and fault.kind == "status":
+            return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
+        if body.get("stream") is False:
+            final = self._final(model, reply)
+            final["message"]["content"] = "".join(reply.tokens)
+            return Response(go_json(final), media_type="application/json; charset=utf-8")
+        return FrameStream(self, epoch, reply, self.render(reply, model), media_type="application/x-ndjson")
+
+    def _final(self, model: str, reply: Reply) -> dict[str, Any]:
+        final: dict[str, Any] = {
+            "model": model,
+            "created_at": CREATED_AT,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reply.finish,
+            "total_duration": 212000000,
+            "load_duration": 1500000,
+        }
+        usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
+        if usage is not None:
+            for key, count, duration in (("prompt_eval", usage[0], 40000000), ("eval", usage[1], 60000000)):
+                if count:  # omitempty
+                    final[f"{key}_count"] = count
+                    final[f"{key}_duration"] = duration
+        return final
+
+    def render(self, reply: Reply, model: str) -> Frames:
+        def line(message: dict[str, str]) -> bytes:
+            return go_json({"model": model, "created_at": CREATED_AT, "message": message, "done": False}) + b"\n"
+
+        tokens = [line({"role": "assistant", "content": "", "thinking": t}) for t in reply.reasoning]
+        tokens += [line({"role": "assistant", "content": t}) for t in reply.tokens]
+        message = (reply.fault.message if reply.fault else None) or "an error was encountered while running the model"
+        return Frames(
+            preamble=[],
+            tokens=tokens,
+            trailer=[go_json(self._final(model, reply)) + b"\n"],
+            error=[go_json({"error": message}) + b"\n"],
+        )
+
+    def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
+        return json_error(status, {"error": message or _ERRORS.get(status, f"HTTP {status}")}, retry_after=retry_after)

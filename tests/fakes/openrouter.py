@@ -1,0 +1,150 @@
+"""Fake OpenRouter upstream (``/api/v1``), as providers.md §3 describes it.
+
+Framing (§3.4): ``: OPENROUTER PROCESSING`` comments (before the first token, and once more after it),
+``data: {chat.completion.chunk}`` events with ``delta.content`` (``delta.reasoning`` for reasoning
+tokens), ``finish_reason`` on the last chunk together with ``usage``, then ``data: [DONE]``.
+A mid-stream failure (``error_after``) is a chunk with a top-level ``error`` and
+``finish_reason: "error"``, then ``[DONE]`` (§3.5). Pre-stream errors are ``{"error":{code,message}}``
+with the HTTP status in ``code``; a 429 carries ``metadata.headers.X-RateLimit-Reset`` (epoch ms).
+
+``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+TOKEN = "sk-or-test"
+COMMENT = b": OPENROUTER PROCESSING\n\n"
+
+_ERRORS = {
+    400: "Invalid request",
+    401: "No auth credentials found",
+    402: "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+    403: "Input was flagged by moderation",
+    404: "No endpoints found for the model",
+    429: "Rate limit exceeded: free-models-per-min.",
+    500: "Internal Server Error",
+    502: "Provider returned error",
+    503: "No available provider meets your routing requirements",
+}
+
+
+class FakeOpenRouter(FakeUpstream):
+    name = "openrouter"
+    prefix = "/api/v1"
+    listed_by_default = (
+        "google/gemini-2.0-pro-exp-02-05:free",
+        "deepseek/deepseek-chat:free",
+        "meta-llama/llama-3.3-70b-instruct:free",
+    )
+    token: str | None = TOKEN
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(self.prefix + "/chat/completions", self.chat, methods=["POST"]),
+            Route(self.prefix + "/models", self.list_models, methods=["GET"]),
+        ]
+
+    async def list_models(self, request: Request) -> Response:
+        await self.record(request)
+        data = [
+            {
+                "id": model,
+                "canonical_slug": model.removesuffix(":free"),
+                "name": model,
+                "created": 1733506137,
+                "context_length": 131072,
+                "architecture": {"modality": "text->text", "tokenizer": "Other", "instruct_type": None},
+                "pricing": {"prompt": "0", "completion": "0", "request": "0", "image": "0"},
+                "top_provider": {"context_length": 131072, "max_completion_tokens": None, "is_moderated": False},
+                "per_request_limits": None,
+                "supported_parameters": ["max_tokens", "temperature", "top_p", "stop", "seed"],
+            }
+            for model in self.listed()
+        ]
+        return JSONResponse({"data": data})
+
+    async def chat(self, request: Request) -> Response:
+        recorded, epoch = await self.record(request)
+        if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
+            return self.error(401)
+        body = recorded.json
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self.error(400, 'Input required: specify "prompt" or "messages"')
+        model = body.get("model")
+        if not isinstance(model, str) or not self.serves(model):
+            return self.error(400, f"{model} is not a valid model ID")
+        reply = self.next_reply()
+        fault = reply.fault
+        if fault is not None and fault.kind == "status":
+            return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
+        if body.get("stream") is not True:
+            message = {"role": "assistant", "content": "".join(reply.tokens), "refusal": None, "reasoning": None}
+            choice = {
+                "index": 0,
+                "finish_reason": reply.finish,
+                "native_finish_reason": reply.finish,
+                "message": message,
+            }
+            return JSONResponse({**self._head(model, "chat.completion"), "choices": [choice]})
+        return FrameStream(self, epoch, reply, self.render(reply, model), media_type="text/event-stream")
+
+    @staticmethod
+    def _head(model: str, kind: str) -> dict[str, Any]:
+        return {"id": "gen-1740000000-fake", "provider": "Fake", "model": model, "object": kind, "created": 1740000000}
+
+    def render(self, reply: Reply, model: str) -> Frames:
+        head = self._head(model, "chat.completion.chunk")
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish,
+                "native_finish_reason": finish,
+                "logprobs": None,
+            }
+            return b"data: " + dumps({**head, "choices": [choice], **extra}) + b"\n\n"
+
+        tokens = [chunk({"role": "assistant", "content": "", "reasoning": t}) for t in reply.reasoning]
+        tokens += [chunk({"role": "assistant", "content": t}) for t in reply.tokens]
+        if len(tokens) > 1:
+            tokens[1] = COMMENT + tokens[1]  # comments may come at any time, not only first
+        usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
+        counts = (
+            {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)} if usage else None
+        )
+        if counts is None:
+            trailer = [chunk({"role": "assistant", "content": ""}, reply.finish)]
+        elif reply.options.get("separate_usage"):
+            trailer = [
+                chunk({"role": "assistant", "content": ""}, reply.finish),
+                b"data: " + dumps({**head, "choices": [], "usage": counts}) + b"\n\n",
+            ]
+        else:
+            trailer = [chunk({"role": "assistant", "content": ""}, reply.finish, usage=counts)]
+        trailer.append(b"data: [DONE]\n\n")
+        fault = reply.fault
+        error = {
+            "code": (fault.code if fault else None) or "server_error",
+            "message": (fault.message if fault else None) or "Provider disconnected unexpectedly",
+        }
+        error_frames = [chunk({"content": ""}, "error", error=error), b"data: [DONE]\n\n"]
+        return Frames(preamble=[COMMENT], tokens=tokens, trailer=trailer, error=error_frames)
+
+    def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
+        error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}
+        if status == 429 and retry_after is not None:
+            reset_ms = int((time.time() + retry_after) * 1000)
+            error["metadata"] = {
+                "headers": {"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_ms)}
+            }
+        return json_error(status, {"error": error}, retry_after=retry_after)

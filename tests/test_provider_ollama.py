@@ -1,0 +1,132 @@
+"""The Ollama adapter against the fake Ollama server (NDJSON, Go-escaped JSON) over loopback HTTP."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from modelgate.chat import GenerationParams, Usage
+from modelgate.errors import UpstreamBadRequest, UpstreamError
+from modelgate.providers import PROVIDERS
+from modelgate.providers.ollama import Ollama
+from tests.fakes import Fakes, Fault, Reply
+from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
+
+
+class TestOllama(ProviderContract):
+    provider = Ollama
+    model_id = "ollama/rwkv-6-world"
+    # The catalogue: max_new_tokens 500, typical_p -1, repetition_penalty -1, truncate 3596.
+    expected_params: ClassVar[dict[str, Any]] = {"num_predict": 500, "num_ctx": 3596}
+
+    def sent_params(self, recorded_json: Any) -> dict[str, Any]:
+        return dict(recorded_json.get("options", {}))
+
+    @pytest.mark.anyio
+    async def test_wrong_credentials_are_an_auth_error(self, fakes: Fakes) -> None:
+        # A local Ollama has no credentials: nothing to refuse, and no Authorization header is sent.
+        got = await self.run(fakes)
+        assert got.text == "Hello, world!"
+        assert "authorization" not in fakes.ollama.last.headers
+
+    @pytest.mark.anyio
+    async def test_request_shape(self, fakes: Fakes) -> None:
+        await self.run(fakes)
+        sent = fakes.ollama.last
+        assert (sent.method, sent.path) == ("POST", "/api/chat")
+        assert sent.json["model"] == "mollysama/rwkv-6-world:1.6b"
+        assert sent.json["stream"] is True
+        assert sent.json["messages"][0] == {"role": "system", "content": "You are terse."}
+        assert [m["role"] for m in sent.json["messages"]] == ["system", "user", "assistant", "user"]
+        # -1 in the catalogue means "leave it to the provider": the fields are absent, not -1.
+        assert "typical_p" not in sent.json["options"] and "repeat_penalty" not in sent.json["options"]
+
+    @pytest.mark.anyio
+    async def test_every_parameter_maps_to_ollama_names(self, fakes: Fakes) -> None:
+        params = GenerationParams(
+            max_new_tokens=64,
+            temperature=0.5,
+            typical_p=0.2,
+            repetition_penalty=1.1,
+            truncate=2048,
+            top_p=0.9,
+            stop=("\n\n",),
+            seed=42,
+            presence_penalty=0.5,
+            frequency_penalty=0.25,
+        )
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.ollama.url)
+            got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
+            assert provider.dropped_params(params) == []
+        assert got.finish.reason == "stop"
+        assert fakes.ollama.last.json["options"] == {
+            "num_predict": 64,
+            "temperature": 0.5,
+            "typical_p": 0.2,
+            "repeat_penalty": 1.1,
+            "num_ctx": 2048,
+            "top_p": 0.9,
+            "stop": ["\n\n"],
+            "seed": 42,
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0.25,
+        }
+
+    @pytest.mark.anyio
+    async def test_no_parameters_no_options(self, fakes: Fakes) -> None:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.ollama.url)
+            await collect(provider.stream(catalogue_model(self.model_id), self.request(GenerationParams())))
+        assert "options" not in fakes.ollama.last.json
+
+    @pytest.mark.anyio
+    async def test_go_escapes_and_thinking(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"]))
+        assert got.reasoning == "hmm <ok>"
+        assert got.text == "<b>&</b>"
+
+    @pytest.mark.anyio
+    async def test_missing_counts_are_zero(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["x"], usage=None))
+        assert got.finish.usage == Usage(0, 0)
+        got = await self.run(fakes, Reply(tokens=["x"], usage=(0, 1)))  # prompt served from the KV cache
+        assert got.finish.usage == Usage(0, 1)
+
+    @pytest.mark.anyio
+    async def test_unknown_model_is_not_available_upstream(self, fakes: Fakes) -> None:
+        fakes.ollama.models = {"llama3.2:latest"}
+        got = await self.run(fakes)
+        assert type(got.error) is UpstreamError
+        assert "mollysama/rwkv-6-world:1.6b" in got.error.message and "not available upstream" in got.error.message
+        assert not got.error.transient
+
+    @pytest.mark.anyio
+    async def test_400_is_a_bad_request_with_ollamas_message(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(fault=Fault.status(400, message='"rwkv" does not support chat')))
+        assert isinstance(got.error, UpstreamBadRequest)
+        assert '"rwkv" does not support chat' in got.error.message
+
+    @pytest.mark.anyio
+    async def test_late_error_line_keeps_its_message(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b"], fault=Fault.error_after(1, message="runner died")))
+        assert got.text == "a"
+        assert isinstance(got.error, UpstreamError) and "runner died" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_probe_lists_pulled_models(self, fakes: Fakes) -> None:
+        fakes.ollama.models = {"mollysama/rwkv-6-world:1.6b", "llama3.2:latest"}
+        async with httpx.AsyncClient(trust_env=False) as http:
+            result = await self.make(http, fakes.ollama.url).probe([catalogue_model(self.model_id)])
+            down = await self.make(http, free_port_url()).probe([catalogue_model(self.model_id)])
+        assert result is not None and result.reachable
+        assert result.available_models is not None
+        assert {"mollysama/rwkv-6-world:1.6b", "llama3.2", "llama3.2:latest"} <= result.available_models
+        assert fakes.ollama.last.path == "/api/tags"
+        assert down is not None and not down.reachable and "unreachable" in (down.detail or "")
+
+
+def test_registered() -> None:
+    assert PROVIDERS["ollama"] is Ollama
