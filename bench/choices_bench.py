@@ -1,0 +1,275 @@
+"""Measurements behind the choices of issue 6 §2: ASGI server, HTTP client, and where the server's time goes.
+
+- ``servers``: modelgate under uvicorn (httptools + uvloop) and under granian, same app, same run:
+  ``GET /models`` (plain and gzip) and streaming through ``/api/ai`` at a few concurrency levels.
+- ``clients``: the cost of reading token streams with a raw asyncio client, aiohttp and httpx — the same
+  choice modelgate faces for its upstream client. Each client runs on the server core (alone there), the
+  fake on the load core; the figure that matters is client CPU per 1,000 tokens.
+- ``profile``: py-spy samples modelgate while it relays streams; the report lists the functions with the most
+  samples (self and inclusive), and the raw collapsed stacks are kept for a flame graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import LOAD_CORE, SERVER_CORE, measured, pinned
+from models_bench import wrk
+from report import spread
+from stream_bench import loadgen, routes, summarize
+from systems import STREAM_MODEL, VENV_BIN, Server, start_fake, start_modelgate
+
+
+def _upstream(catalogue: dict[str, Any]) -> str:
+    publisher, name = STREAM_MODEL.split("/", 1)
+    model: str = catalogue["configurations"][publisher][name]["configuration"]["model"]
+    return model
+
+
+def servers(
+    results: Path,
+    *,
+    repeats: int,
+    seconds: float,
+    stream_seconds: float,
+    levels: list[int],
+    tokens: int,
+    interval_ms: float,
+    catalogue: dict[str, Any],
+) -> dict[str, Any]:
+    route = routes(_upstream(catalogue))["api"]
+    fake = start_fake(results, tokens=tokens, interval_ms=interval_ms, listed=[_upstream(catalogue)])
+    started: dict[str, Server] = {}
+    out: dict[str, Any] = {"levels": levels, "models": {}, "stream": {}}
+    try:
+        for variant in ("uvicorn", "granian"):
+            started[variant] = start_modelgate(results, server=variant, fake_url=fake.url, tag="-choice")
+            out["models"][variant] = {"plain": [], "gzip": []}
+            out["stream"][variant] = {str(level): [] for level in levels}
+            wrk(f"{started[variant].url}/models", gzip_client=False, seconds=1, connections=64)
+            loadgen(started[variant].url, route, concurrency=10, seconds=2, warmup=0.5, tokens=tokens)
+        for repeat in range(repeats):
+            for variant, server in started.items():
+                for client in ("plain", "gzip"):
+                    run = wrk(f"{server.url}/models", gzip_client=client == "gzip", seconds=seconds, connections=64)
+                    out["models"][variant][client].append(run.__dict__)
+                    print(
+                        f"  servers r{repeat + 1} {variant:8} /models {client:5} {run.rps:8.0f} req/s "
+                        f"p99 {run.p99_ms:.2f} ms",
+                        flush=True,
+                    )
+                for level in levels:
+                    with measured(server.proc) as figures:
+                        raw = loadgen(
+                            server.url, route, concurrency=level, seconds=stream_seconds, warmup=1, tokens=tokens
+                        )
+                    summary = summarize(raw, figures, {})
+                    out["stream"][variant][str(level)].append(summary)
+                    print(
+                        f"  servers r{repeat + 1} {variant:8} {level:4} streams {summary['tokens_per_s']:8.0f} "
+                        f"tok/s TTFT p50 {summary['ttft_p50_ms']:.2f} ms errors {summary['errors']}",
+                        flush=True,
+                    )
+                    time.sleep(0.5)
+        out["notes"] = {variant: server.note for variant, server in started.items()}
+    finally:
+        for server in started.values():
+            server.proc.stop()
+        fake.proc.stop()
+    return out
+
+
+def servers_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## ASGI server: uvicorn vs granian (modelgate, same app)",
+        "",
+        "| server | `/models` plain req/s | p99 ms | `/models` gzip req/s | p99 ms |"
+        + "".join(f" {lv} streams tok/s | TTFT p50 ms |" for lv in data["levels"]),
+        "|---|---:|---:|---:|---:|" + "---:|---:|" * len(data["levels"]),
+    ]
+    for variant, models in data["models"].items():
+        cells = [
+            spread((r["rps"] for r in models["plain"]), 0),
+            spread((r["p99_ms"] for r in models["plain"]), 2),
+            spread((r["rps"] for r in models["gzip"]), 0),
+            spread((r["p99_ms"] for r in models["gzip"]), 2),
+        ]
+        for level in data["levels"]:
+            runs = data["stream"][variant][str(level)]
+            cells += [spread((r["tokens_per_s"] for r in runs), 0), spread((r["ttft_p50_ms"] for r in runs), 2)]
+        lines.append(f"| {data['notes'].get(variant, variant)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def clients(
+    results: Path,
+    *,
+    repeats: int,
+    seconds: float,
+    levels: list[int],
+    tokens: int,
+    interval_ms: float,
+    catalogue: dict[str, Any],
+) -> dict[str, Any]:
+    route = routes(_upstream(catalogue))["direct"]
+    fake = start_fake(results, tokens=tokens, interval_ms=interval_ms, listed=[])
+    out: dict[str, Any] = {"levels": levels, "clients": {}}
+    try:
+        for repeat in range(repeats):
+            for client in ("raw", "aiohttp", "httpx"):
+                for level in levels:
+                    raw = loadgen(
+                        fake.url,
+                        route,
+                        concurrency=level,
+                        seconds=seconds,
+                        warmup=1,
+                        tokens=tokens,
+                        core=SERVER_CORE,
+                        client=client,
+                    )
+                    run = {
+                        "tokens_per_s": raw["tokens_per_s"],
+                        "cpu_per_1k_tokens_ms": raw["loadgen_cpu_s"] * 1e6 / max(1, raw["tokens"]),
+                        "client_cpu": raw["loadgen_cpu_s"] / raw["wall_s"],
+                        "errors": raw["errors"],
+                        "ttft_p50_ms": summarize(raw, {}, {})["ttft_p50_ms"],
+                    }
+                    out["clients"].setdefault(client, {}).setdefault(str(level), []).append(run)
+                    print(
+                        f"  clients r{repeat + 1} {client:8} {level:4} streams {run['tokens_per_s']:8.0f} tok/s "
+                        f"{run['cpu_per_1k_tokens_ms']:.1f} ms CPU/1k tokens",
+                        flush=True,
+                    )
+    finally:
+        fake.proc.stop()
+    return out
+
+
+def clients_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## HTTP client reading token streams: raw asyncio vs aiohttp vs httpx",
+        "",
+        "Each client alone on core 0 reading the fake (core 1) directly. CPU per 1,000 tokens is what a gateway "
+        "pays for its upstream client; client CPU near 1.00 means the client, not the fake, was the limit.",
+        "",
+        "| client | streams | tokens/s | client CPU (cores) | CPU ms per 1k tokens | TTFT p50 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for client, levels in data["clients"].items():
+        for level, runs in levels.items():
+            lines.append(
+                f"| {client} | {level} | {spread((r['tokens_per_s'] for r in runs), 0)} | "
+                f"{spread((r['client_cpu'] for r in runs), 2)} | "
+                f"{spread((r['cpu_per_1k_tokens_ms'] for r in runs), 1)} | "
+                f"{spread((r['ttft_p50_ms'] for r in runs), 2)} | {sum(r['errors'] for r in runs)} |"
+            )
+    return lines
+
+
+def profile(
+    results: Path,
+    *,
+    route_key: str,
+    streams: int,
+    seconds: float,
+    tokens: int,
+    interval_ms: float,
+    server: str,
+    catalogue: dict[str, Any],
+) -> dict[str, Any]:
+    route = routes(_upstream(catalogue))[route_key]
+    fake = start_fake(results, tokens=tokens, interval_ms=interval_ms, listed=[_upstream(catalogue)])
+    target = None
+    raw_path = results / f"profile-{route_key}.txt"
+    try:
+        target = start_modelgate(results, server=server, fake_url=fake.url, tag="-profile")
+        loadgen(target.url, route, concurrency=10, seconds=2, warmup=0.5, tokens=tokens)
+        spy = subprocess.Popen(
+            pinned(
+                LOAD_CORE,
+                [
+                    str(VENV_BIN / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(target.proc.pid),
+                    "--rate",
+                    "250",
+                    "--duration",
+                    str(int(seconds)),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw_path),
+                    "--nonblocking",
+                ],
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with measured(target.proc) as figures:
+            raw = loadgen(target.url, route, concurrency=streams, seconds=seconds, warmup=1, tokens=tokens)
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err[-1000:]}")
+    finally:
+        if target is not None:
+            target.proc.stop()
+        fake.proc.stop()
+    return {
+        "route": route.path,
+        "streams": streams,
+        "seconds": seconds,
+        "raw_file": raw_path.name,
+        "summary": summarize(raw, figures, {}),
+        "top": top_functions(raw_path),
+    }
+
+
+def top_functions(raw_path: Path, limit: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """Self and inclusive share of samples per function from py-spy's collapsed stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in frame
+            else frame
+            for frame in stack.split(";")
+        ]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    return {
+        "self": [(name, n / total) for name, n in own.most_common(limit)],
+        "inclusive": [(name, n / total) for name, n in inclusive.most_common(limit)],
+        "samples": [("all", float(total))],
+    }
+
+
+def profile_section(data: dict[str, Any]) -> list[str]:
+    summary = data["summary"]
+    lines = [
+        f"## Profile: modelgate `{data['route']}` at {data['streams']} streams ({data['seconds']:g} s, py-spy)",
+        "",
+        f"{summary['tokens_per_s']:,.0f} tokens/s, server CPU {summary['server_cpu'] or 0:.2f} cores, "
+        f"TTFT p50 {summary['ttft_p50_ms'] or 0:.1f} ms, errors {summary['errors']}; "
+        f"{data['top']['samples'][0][1]:,.0f} samples; collapsed stacks in `{data['raw_file']}`.",
+        "",
+        "| self % | function (file) | | inclusive % | function (file) |",
+        "|---:|---|---|---:|---|",
+    ]
+    for (own, own_share), (inc, inc_share) in zip(data["top"]["self"], data["top"]["inclusive"], strict=False):
+        lines.append(f"| {own_share:.1%} | `{own}` | | {inc_share:.1%} | `{inc}` |")
+    return lines
