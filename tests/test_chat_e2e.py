@@ -1,0 +1,348 @@
+"""End to end: the service on a loopback port, providers pointed at the fake upstreams.
+
+Every endpoint ``GET /models`` advertises (and both alias forms) answers with the fake's text, read by
+the AI SDK's own data stream parser; the fake received the catalogue's parameters under its own
+names; each fault of the fakes reaches the client as the documented error.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue, parse_catalogue
+from modelgate.settings import Settings
+from modelgate.templates import render_prompt
+from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
+from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node_parsers
+from tests.servers import serve_in_thread
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "What is 2+2?"},
+]
+TOKENS = ["It", " is", " 4", "."]
+
+
+def short_timeouts_catalogue(seconds: float = 0.5) -> Catalogue:
+    raw = tomllib.loads(default_catalogue_path().read_text(encoding="utf-8"))
+    for name in ("huggingface", "cloudflare", "openrouter", "ollama"):
+        raw["providers"].setdefault(name, {}).update(first_token_timeout=seconds, idle_timeout=seconds)
+    return parse_catalogue(raw, source="short-timeouts.toml")
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return load_catalogue()
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, short_timeouts_catalogue())) as url:
+        yield url
+
+
+def post(url: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, json={"messages": MESSAGES} if body is None else body, timeout=30, **kwargs)
+
+
+def data_lines(text: str) -> list[tuple[str, str]]:
+    return [(line[0], line[2:]) for line in text.splitlines()]
+
+
+def reply_text(text: str, code: str = "0") -> str:
+    return "".join(json.loads(value) for part, value in data_lines(text) if part == code)
+
+
+# --- listed means callable --------------------------------------------------------------------------
+
+
+def _check_parameters(catalogue: Catalogue, model_id: str, fakes: Fakes) -> None:
+    model = catalogue.get(model_id)
+    p = model.parameters
+    sent = fakes[model.provider].last.json
+    if model.provider == "huggingface":
+        assert sent["stream"] is True
+        assert model.template is not None
+        from modelgate.chat import Message
+
+        assert sent["inputs"] == render_prompt(model.template, [Message(**m) for m in MESSAGES])  # type: ignore[arg-type]
+        params = sent["parameters"]
+        assert params["max_new_tokens"] == p.max_new_tokens
+        assert params["typical_p"] == p.typical_p
+        assert params["repetition_penalty"] == p.repetition_penalty
+        assert params["truncate"] == p.truncate
+        assert params["return_full_text"] is False
+        assert params.get("temperature") == p.temperature
+    elif model.provider == "cloudflare":
+        assert sent["stream"] is True
+        assert sent["messages"] == MESSAGES
+        assert sent["max_tokens"] == p.max_new_tokens
+        assert sent["repetition_penalty"] == p.repetition_penalty
+        assert "typical_p" not in sent and "truncate" not in sent
+    elif model.provider == "openrouter":
+        assert sent["model"] == model.upstream_model
+        assert sent["messages"] == MESSAGES
+        assert sent["max_tokens"] == p.max_new_tokens
+        # -1 in the catalogue means "the provider's default": the field is not sent at all.
+        assert "repetition_penalty" not in sent and "typical_p" not in sent
+    elif model.provider == "ollama":
+        assert sent["model"] == model.upstream_model
+        assert sent["messages"] == MESSAGES
+        options = sent["options"]
+        assert options["num_predict"] == p.max_new_tokens
+        assert options["num_ctx"] == p.truncate
+        assert "typical_p" not in options and "repeat_penalty" not in options
+    else:  # pragma: no cover - a new provider needs its expectations here
+        raise AssertionError(model.provider)
+
+
+@requires_node_parsers
+def test_every_advertised_endpoint_and_alias_answers(service: str, fakes: Fakes, catalogue: Catalogue) -> None:
+    document = httpx.get(service + "/models").json()
+    advertised = [path for paths in document["endpoints"].values() for path in paths]
+    assert len(advertised) == len(document["models"]) == 12
+    for model_id in document["models"]:
+        model = catalogue.get(model_id)
+        paths = [
+            model.endpoint,
+            f"/api/ai/{model.publisher}/{model.name}/chat",
+            f"/api/ai/{model.provider}/{model.publisher}/{model.name}/chat",
+        ]
+        assert model.endpoint in advertised
+        for path in paths:
+            fakes[model.provider].script(Reply(tokens=TOKENS))
+            summary = parse_data_stream(service + path, {"id": "chat-1", "messages": MESSAGES})
+            assert summary["status"] == 200, (path, summary)
+            assert summary["text"] == "".join(TOKENS), path
+            assert summary["errors"] == []
+            finish = summary["finishMessage"]
+            assert finish["finishReason"] == "stop"
+            assert finish["usage"] == {"promptTokens": PROMPT_TOKENS, "completionTokens": len(TOKENS)}
+            assert summary["useChat"]["message"]["content"] == "".join(TOKENS)
+            assert summary["headers"]["x-vercel-ai-data-stream"] == "v1"
+            assert summary["headers"]["x-modelgate-model"] == model_id
+            _check_parameters(catalogue, model_id, fakes)
+
+
+def test_dropped_parameters_are_reported(service: str, fakes: Fakes) -> None:
+    response = post(service + "/api/ai/cloudflare/llama-3.3-70b-instruct-fp8-fast/chat")
+    assert response.status_code == 200
+    assert set(response.headers["x-modelgate-dropped-params"].split(",")) == {"truncate", "typical_p"}
+    response = post(service + "/api/ai/huggingface/Qwen2.5-72B-Instruct/chat")
+    assert "x-modelgate-dropped-params" not in response.headers
+
+
+def test_query_parameters_of_the_original_are_accepted(service: str, fakes: Fakes) -> None:
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat?chat_id=abc&is_playground=true")
+    assert response.status_code == 200
+    assert ("0", '"Hello"') in data_lines(response.text)
+
+
+def test_ai_sdk_5_parts_body(service: str, fakes: Fakes) -> None:
+    body = {
+        "id": "chat",
+        "trigger": "submit-message",
+        "messages": [
+            {
+                "id": "u1",
+                "role": "user",
+                "parts": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}],
+            }
+        ],
+    }
+    response = post(service + "/api/ai/openrouter/deepseek-chat/chat", body)
+    assert response.status_code == 200
+    assert fakes.openrouter.last.json["messages"] == [{"role": "user", "content": "What is 2+2?"}]
+
+
+# --- output protocols ---------------------------------------------------------------------------------
+
+
+@requires_node_parsers
+def test_ui_message_stream_through_the_ai_sdk_5_parser(service: str, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=TOKENS))
+    summary = parse_ui_stream(service + "/api/ai/openrouter/deepseek-chat/chat?protocol=ui", {"messages": MESSAGES})
+    assert summary["status"] == 200
+    assert summary["text"] == "".join(TOKENS)
+
+
+def test_text_protocol_and_accept_header(service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=TOKENS))
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat?protocol=text")
+    assert response.text == "".join(TOKENS)
+    assert response.headers["content-type"].startswith("text/plain")
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat", headers={"Accept": "text/event-stream"})
+    assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_streaming_headers(service: str, fakes: Fakes) -> None:
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_reasoning_of_deepseek_r1_goes_out_as_reasoning_parts(service: str, fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=["Add", " them", ".", "</think>", "\n\n", "4"]))
+    response = post(service + "/api/ai/huggingface/DeepSeek-R1-Distill-Qwen-32B/chat")
+    assert reply_text(response.text, "g") == "Add them."
+    assert reply_text(response.text).strip() == "4"
+
+
+# --- faults of the upstream -----------------------------------------------------------------------------
+
+
+PATHS = {
+    "huggingface": "/api/ai/huggingface/Qwen2.5-72B-Instruct/chat",
+    "cloudflare": "/api/ai/cloudflare/llama-3.3-70b-instruct-fp8-fast/chat",
+    "openrouter": "/api/ai/openrouter/deepseek-chat/chat",
+    "ollama": "/api/ai/ollama/rwkv-6-world/chat",
+}
+
+
+def _ends_with_error_after_two_tokens(response: httpx.Response) -> None:
+    assert response.status_code == 200
+    lines = data_lines(response.text)
+    codes = [code for code, _ in lines]
+    assert codes.count("0") == 2 and codes[-1] == "3", lines
+    assert "d" not in codes  # an error, not a finish
+
+
+@pytest.mark.parametrize("provider", sorted(PATHS))
+class TestFaultsReachTheClient:
+    """Each fault of the fake (one fresh service per case, so breakers start closed)."""
+
+    def test_split_utf8_character(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(tokens=["Grüße", " 🌍", " done"], fault=Fault.split_utf8()))
+        assert reply_text(post(service + PATHS[provider]).text) == "Grüße 🌍 done"
+
+    def test_split_line(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(tokens=TOKENS, fault=Fault.split_line()))
+        assert reply_text(post(service + PATHS[provider]).text) == "".join(TOKENS)
+
+    def test_error_after_first_tokens(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(tokens=TOKENS, fault=Fault.error_after(2)))
+        _ends_with_error_after_two_tokens(post(service + PATHS[provider]))
+
+    def test_dropped_connection_mid_stream(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(tokens=TOKENS, fault=Fault.drop_after(2)))
+        _ends_with_error_after_two_tokens(post(service + PATHS[provider]))
+
+    def test_hang_mid_stream_hits_the_idle_timeout(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(tokens=TOKENS, fault=Fault.hang(after=2)))
+        _ends_with_error_after_two_tokens(post(service + PATHS[provider]))
+
+    def test_slow_first_token_is_504(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(*[Reply(fault=Fault.slow_first(3))] * 5)
+        response = post(service + PATHS[provider])
+        assert response.status_code == 504
+        assert response.json()["statusCode"] == 504
+
+    def test_upstream_401_is_502_naming_the_provider(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(Reply(fault=Fault.status(401)))
+        response = post(service + PATHS[provider])
+        assert response.status_code == 502
+        body = response.json()
+        assert body["statusCode"] == 502 and provider in body["statusMessage"]
+        for secret in ("hf_", "sk-or", "cf_test"):
+            assert secret not in response.text
+
+    def test_upstream_500_is_502(self, service: str, fakes: Fakes, provider: str) -> None:
+        fakes[provider].script(*[Reply(fault=Fault.status(500))] * 10)
+        response = post(service + PATHS[provider])
+        assert response.status_code == 502
+        assert response.json()["statusCode"] == 502
+
+    def test_long_healthy_stream_outlives_the_timeouts(self, service: str, fakes: Fakes, provider: str) -> None:
+        # 12 tokens 0.2 s apart: 2.4 s in all, 4x the 0.5 s idle timeout, never idle for 0.5 s.
+        fakes[provider].script(Reply(tokens=["x"] * 12, delay=0.2))
+        response = post(service + PATHS[provider])
+        assert reply_text(response.text) == "x" * 12
+        assert data_lines(response.text)[-1][0] == "d"
+
+
+def test_upstream_rate_limit_is_a_429_with_retry_after(service: str, fakes: Fakes) -> None:
+    fakes.openrouter.script(*[Reply(fault=Fault.status(429, retry_after=1))] * 10)
+    response = post(service + "/api/ai/openrouter/deepseek-chat/chat")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["statusCode"] == 429
+
+
+def test_client_disconnect_cancels_the_upstream(service: str, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=["tick"] * 400, delay=0.02))
+    with httpx.stream("POST", service + "/api/ai/openrouter/deepseek-chat/chat", json={"messages": MESSAGES}) as r:
+        for line in r.iter_lines():
+            if line.startswith("0:"):
+                break
+    assert fakes.openrouter.wait_for_disconnects(1) >= 1
+
+
+# --- requests the gateway refuses before the upstream -------------------------------------------------
+
+
+def test_provider_without_credentials_is_503_without_contacting_it(fakes: Fakes) -> None:
+    settings = Settings(base_url_overrides=fakes.base_urls())
+    with serve_in_thread(create_app(settings)) as url:
+        response = post(url + "/api/ai/openrouter/deepseek-chat/chat")
+    assert response.status_code == 503
+    assert "OPENROUTER_API_KEY" in response.json()["statusMessage"]
+    assert fakes.openrouter.requests == []
+
+
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b'{"messages": []}', "must not be empty"),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', "role"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "must be a string"),
+        (b'{"messages": [{"role": "user", "parts": [{"type": "file", "url": "x"}]}]}', "not supported"),
+        (b'{"nothing": 1}', "messages"),
+    ],
+)
+def test_bad_bodies_are_400_with_what_is_wrong(service: str, fakes: Fakes, body: bytes, fragment: str) -> None:
+    response = httpx.post(
+        service + "/api/ai/ollama/rwkv-6-world/chat", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["statusCode"] == 400
+    assert fragment in payload["statusMessage"]
+    assert fakes.ollama.requests == []
+
+
+def test_too_many_messages_and_oversized_body(fakes: Fakes) -> None:
+    settings = Settings(**fakes.settings_overrides(), max_messages=5, max_body_bytes=2_000)  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings)) as url:
+        many = post(url + "/api/ai/ollama/rwkv-6-world/chat", {"messages": [{"role": "user", "content": "x"}] * 6})
+        assert many.status_code == 400 and many.json()["data"]["limit"] == 5
+        big = post(url + "/api/ai/ollama/rwkv-6-world/chat", {"messages": [{"role": "user", "content": "x" * 5000}]})
+        assert big.status_code in (400, 413) and big.json()["data"]["limit"] == 2_000
+        assert post(url + "/api/ai/ollama/rwkv-6-world/chat").status_code == 200  # still serving
+
+
+def test_unknown_models_and_protocols(service: str) -> None:
+    for path in (
+        "/api/ai/huggingface/nope/chat",
+        "/api/ai/qwen/nope/chat",
+        "/api/ai/ollama/qwen/Qwen2.5-72B-Instruct/chat",
+    ):
+        response = post(service + path)
+        assert response.status_code == 404, path
+        assert response.json()["statusCode"] == 404
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat?protocol=smoke-signals")
+    assert response.status_code == 400
