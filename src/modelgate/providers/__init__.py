@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.providers.ollama import Ollama
+from modelgate.providers.openrouter import OpenRouter
 
 PROVIDERS: dict[str, type[Provider]] = {
+    "openrouter": OpenRouter,
     "ollama": Ollama,
 }
 

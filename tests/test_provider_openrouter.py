@@ -1,0 +1,159 @@
+"""The OpenRouter adapter against the fake OpenRouter (SSE + comments + mid-stream errors) over loopback HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, Usage
+from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from modelgate.providers import PROVIDERS, Connection
+from modelgate.providers._http import Upstream
+from modelgate.providers.openrouter import OpenRouter, OpenRouterStream, read_error
+from tests.fakes import Fakes, Fault, Reply
+from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect, free_port_url
+
+PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "stop", "seed")
+PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "repeat_penalty")
+
+
+class TestOpenRouter(ProviderContract):
+    provider = OpenRouter
+    model_id = "openrouter/llama-3.3-70b-instruct"
+    # The catalogue: max_new_tokens 2048, typical_p -1, repetition_penalty -1 (and truncate, not carried).
+    expected_params: ClassVar[dict[str, Any]] = {"max_tokens": 2048}
+
+    def sent_params(self, recorded_json: Any) -> dict[str, Any]:
+        return {k: v for k, v in recorded_json.items() if k in PARAM_FIELDS}
+
+    @pytest.mark.anyio
+    async def test_request_shape(self, fakes: Fakes) -> None:
+        await self.run(fakes)
+        sent = fakes.openrouter.last
+        assert (sent.method, sent.path) == ("POST", "/api/v1/chat/completions")
+        assert sent.headers["authorization"] == "Bearer sk-or-test"
+        assert sent.headers["x-title"] == "modelgate" and sent.headers["http-referer"].startswith("https://")
+        assert sent.json["model"] == "meta-llama/llama-3.3-70b-instruct:free"
+        assert sent.json["stream"] is True
+        assert sent.json["messages"] == [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4."},
+            {"role": "user", "content": "And 3+3?"},
+        ]
+
+    @pytest.mark.anyio
+    async def test_every_parameter_it_can_carry_and_the_dropped_ones(self, fakes: Fakes) -> None:
+        params = GenerationParams(
+            max_new_tokens=64,
+            temperature=0.5,
+            typical_p=0.2,
+            repetition_penalty=1.1,
+            truncate=2048,
+            top_p=1.0,
+            stop=("END",),
+            seed=7,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+        )
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.openrouter.url)
+            got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
+            assert provider.dropped_params(params) == ["truncate", "typical_p"]
+        assert got.finish.reason == "stop"
+        assert self.sent_params(fakes.openrouter.last.json) == {
+            "max_tokens": 64,
+            "temperature": 0.5,
+            "top_p": 1.0,  # valid here (unlike TGI)
+            "repetition_penalty": 1.1,
+            "stop": ["END"],
+            "seed": 7,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.5,
+        }
+
+    @pytest.mark.anyio
+    async def test_reasoning_is_never_content(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(reasoning=["Let me", " think."], tokens=["6", "."]))
+        assert got.reasoning == "Let me think."
+        assert got.text == "6."
+
+    @pytest.mark.anyio
+    async def test_usage_in_a_separate_last_chunk(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a"], usage=(12, 1), options={"separate_usage": True}))
+        assert got.finish.usage == Usage(12, 1)
+
+    @pytest.mark.anyio
+    async def test_missing_usage_is_counted_and_marked_estimated(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b", "c"], usage=None))
+        assert got.finish.usage is not None and got.finish.usage.estimated
+        assert got.finish.usage.completion_tokens == 3
+        # ≈ 4 characters per token over the messages' text (36 characters here).
+        assert got.finish.usage.prompt_tokens == 9
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("code", "expected"),
+        [("server_error", UpstreamError), (429, UpstreamRateLimited), (503, UpstreamUnavailable), (502, UpstreamError)],
+    )
+    async def test_mid_stream_error_chunk_is_mapped_by_code(
+        self, fakes: Fakes, code: object, expected: type[UpstreamError]
+    ) -> None:
+        reply = Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2, code=code, message="Provider went away"))
+        got = await self.run(fakes, reply)
+        assert got.text == "ab"
+        assert type(got.error) is expected
+        assert "Provider went away" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_429_retry_after_from_the_reset_epoch_ms_when_no_header(self) -> None:
+        reset_ms = int((time.time() + 30) * 1000)
+        body = (
+            b'{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-day",'
+            b'"metadata":{"headers":{"X-RateLimit-Reset":"' + str(reset_ms).encode() + b'"}}}}'
+        )
+        detail = read_error(429, body)
+        assert detail.retry_after == pytest.approx(30, abs=2)
+        assert detail.message == "Rate limit exceeded: free-models-per-day"
+
+    @pytest.mark.anyio
+    async def test_unknown_model_is_a_bad_request_with_openrouters_message(self, fakes: Fakes) -> None:
+        fakes.openrouter.models = {"deepseek/deepseek-chat:free"}
+        got = await self.run(fakes)
+        assert isinstance(got.error, UpstreamBadRequest)
+        assert "is not a valid model ID" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_402_is_not_transient(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(fault=Fault.status(402)))
+        assert type(got.error) is UpstreamError
+        assert not got.error.transient and "Insufficient credits" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_probe_lists_model_ids_without_a_key(self, fakes: Fakes) -> None:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            result = await self.make(http, fakes.openrouter.url).probe([catalogue_model(self.model_id)])
+            down = await self.make(http, free_port_url()).probe([catalogue_model(self.model_id)])
+        assert result is not None and result.reachable
+        assert result.available_models is not None
+        assert "meta-llama/llama-3.3-70b-instruct:free" in result.available_models
+        assert fakes.openrouter.last.path == "/api/v1/models"
+        assert "authorization" not in fakes.openrouter.last.headers
+        assert down is not None and not down.reachable
+
+
+@pytest.mark.anyio
+async def test_a_stream_cut_after_the_finish_chunk_but_before_done_is_complete() -> None:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
+        parser = OpenRouterStream(upstream, ChatRequest(MESSAGES))
+        events = parser.feed(b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}\n\n')
+        events += parser.end()
+    assert events == [TextDelta("x"), Finish("length", Usage(9, 1, estimated=True))]
+
+
+def test_registered() -> None:
+    assert PROVIDERS["openrouter"] is OpenRouter
