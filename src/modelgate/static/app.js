@@ -569,7 +569,7 @@ async function send(chat, text) {
       notes.push("finish: unknown");
     }
     if (view.assistant.dataset.answeredBy) notes.push(`answered by ${view.assistant.dataset.answeredBy}`);
-    if (view.assistant.dataset.droppedParams) notes.push(`not sent (unsupported): ${view.assistant.dataset.droppedParams}`);
+    if (view.assistant.dataset.droppedParams) notes.push(`ignored by ${providerName(chat.model.provider)}: ${view.assistant.dataset.droppedParams}`);
     view.meta.textContent = notes.join(" · ");
     view.meta.hidden = notes.length === 0;
     if (!exchange.assistant && !exchange.reasoning && outcome === "stopped") view.content.textContent = "(no reply)";

@@ -127,10 +127,11 @@ function renderList(lines, start, parent, doc, depth) {
       appendInline(doc, item, body[0]);
     } else {
       renderBlocks(body, item, doc, depth + 1);
-      // A one-paragraph item reads better without the paragraph margin.
-      if (item.childNodes.length === 1 && item.firstChild.nodeName === "P") {
-        while (item.firstChild.firstChild) item.appendChild(item.firstChild.firstChild);
-        item.removeChild(item.firstChild);
+      // A tight item (no blank line inside) shows its paragraphs without paragraph margins.
+      if (!body.some((line) => !line.trim())) {
+        for (const child of [...item.childNodes]) {
+          if (child.nodeName === "P") child.replaceWith(...child.childNodes);
+        }
       }
     }
     list.appendChild(item);
@@ -214,14 +215,16 @@ function inlineLines(doc, tag, lines) {
   return element;
 }
 
-function link(doc, href, label) {
+/** A link to a safe URL, labelled with inline Markdown (`depth` given) or with plain text (a URL). */
+function link(doc, href, label, depth = null) {
   const safe = safeHref(href);
   if (safe === null) return null;
   const a = doc.createElement("a");
   a.href = safe;
   a.rel = "noopener noreferrer";
   a.target = "_blank";
-  appendInline(doc, a, label);
+  if (depth === null) a.textContent = label;
+  else appendInline(doc, a, label, depth + 1);
   return a;
 }
 
@@ -239,7 +242,7 @@ function appendInline(doc, parent, text, depth = 0) {
       node = doc.createElement("code");
       node.textContent = m[2].length > 2 && m[2].startsWith(" ") && m[2].endsWith(" ") ? m[2].slice(1, -1) : m[2];
     } else if (m[3] !== undefined) {
-      node = link(doc, m[4], m[3]);
+      node = link(doc, m[4], m[3], depth);
     } else if (m[5] !== undefined) {
       node = link(doc, m[5], m[5]);
     } else if (m[6] !== undefined || m[7] !== undefined) {
