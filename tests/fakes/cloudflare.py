@@ -145,8 +145,8 @@ class FakeCloudflare(FakeUpstream):
             401: (10000, "Authentication error"),
             403: (10000, "Authentication error"),
             429: (3040, "3040: Capacity temporarily exceeded, please try again."),
-            500: (3043, "Internal server error"),
-            503: (3040, "3040: Capacity temporarily exceeded, please try again."),
+            500: (3043, "Internal server error"),  # [illustrative]
+            503: (3050, "Service temporarily unavailable"),  # [illustrative]: no documented code
         }
         if code == 3036:
             default = (3036, "3036: Account limited: you have used up your daily free allocation of 10,000 neurons")

@@ -1,0 +1,138 @@
+"""The Cloudflare Workers AI adapter against the fake (bare SSE events, usage event, [DONE]) over loopback HTTP."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from modelgate.chat import GenerationParams, Usage
+from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError, UpstreamRateLimited
+from modelgate.providers import PROVIDERS
+from modelgate.providers.cloudflare import Cloudflare
+from tests.fakes import Fakes, Fault, Reply
+from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
+
+PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
+PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "stop")
+
+
+class TestCloudflare(ProviderContract):
+    provider = Cloudflare
+    model_id = "cloudflare/llama-3.3-70b-instruct-fp8-fast"
+    # The catalogue: max_new_tokens 256, repetition_penalty 1.1; typical_p 0.2 and truncate are not carried.
+    expected_params: ClassVar[dict[str, Any]] = {"max_tokens": 256, "repetition_penalty": 1.1}
+
+    def sent_params(self, recorded_json: Any) -> dict[str, Any]:
+        return {k: v for k, v in recorded_json.items() if k in PARAM_FIELDS}
+
+    @pytest.mark.anyio
+    async def test_request_shape_and_unencoded_model_path(self, fakes: Fakes) -> None:
+        await self.run(fakes)
+        sent = fakes.cloudflare.last
+        assert sent.method == "POST"
+        assert sent.raw_path == "/client/v4/accounts/acct/ai/run/@cf/meta/llama-3.3-70b-instruct-fp8-fast"
+        assert sent.headers["authorization"] == "Bearer cf_test"
+        assert sent.json["stream"] is True
+        assert sent.json["messages"][-1] == {"role": "user", "content": "And 3+3?"}
+
+    @pytest.mark.anyio
+    async def test_catalogue_parameters_cloudflare_cannot_carry_are_dropped_and_reported(self, fakes: Fakes) -> None:
+        model = catalogue_model(self.model_id)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.cloudflare.url)
+            got = await collect(provider.stream(model, self.request()))
+            assert provider.dropped_params(model.defaults) == ["truncate", "typical_p"]
+        assert got.error is None  # the fake rejects unknown properties as the real schema does
+        assert "typical_p" not in fakes.cloudflare.last.json and "truncate" not in fakes.cloudflare.last.json
+
+    @pytest.mark.anyio
+    async def test_every_parameter_it_can_carry(self, fakes: Fakes) -> None:
+        params = GenerationParams(
+            max_new_tokens=64,
+            temperature=0.5,
+            repetition_penalty=1.1,
+            top_p=0.9,
+            seed=7,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            stop=("END",),
+        )
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.cloudflare.url)
+            got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
+            assert provider.dropped_params(params) == ["stop"]
+        assert got.finish.reason == "stop"
+        assert self.sent_params(fakes.cloudflare.last.json) == {
+            "max_tokens": 64,
+            "temperature": 0.5,
+            "repetition_penalty": 1.1,
+            "top_p": 0.9,
+            "seed": 7,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.5,
+        }
+
+    @pytest.mark.anyio
+    async def test_old_style_events_without_usage_are_counted_and_marked_estimated(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "", "b"], usage=None, options={"padding": False}))
+        assert got.text == "ab"
+        # Two non-empty fragments; the prompt ≈ 4 characters a token over 36 characters of messages.
+        assert got.finish.usage == Usage(9, 2, estimated=True)
+
+    @pytest.mark.anyio
+    async def test_stream_without_done_is_truncated(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2)))
+        assert got.text == "ab"
+        assert isinstance(got.error, UpstreamProtocolError) and "truncated" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_capacity_429_is_transient_daily_quota_429_is_not(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(fault=Fault.status(429)))
+        assert isinstance(got.error, UpstreamRateLimited) and got.error.transient
+        assert "3040" in got.error.message
+        got = await self.run(fakes, Reply(fault=Fault.status(429, code=3036)))
+        assert isinstance(got.error, UpstreamRateLimited) and not got.error.transient
+        assert got.error.status == 429 and "3036" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_auth_code_under_403_is_still_an_auth_error(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(fault=Fault.status(403, code=10000)))
+        assert got.error is not None and type(got.error).__name__ == "UpstreamAuthError"
+        assert "CLOUDFLARE_API_TOKEN" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_schema_rejection_is_a_bad_request_with_cloudflares_message(self, fakes: Fakes) -> None:
+        params = GenerationParams(temperature=9.0)  # outside 0..5
+        async with httpx.AsyncClient(trust_env=False) as http:
+            provider = self.make(http, fakes.cloudflare.url)
+            got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
+        assert isinstance(got.error, UpstreamBadRequest)
+        assert "5006" in got.error.message and "temperature" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_unknown_model_is_not_available_upstream(self, fakes: Fakes) -> None:
+        fakes.cloudflare.models = {"@cf/meta/llama-3.1-8b-instruct"}
+        got = await self.run(fakes)
+        assert type(got.error) is UpstreamError
+        assert "not available upstream" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:
+        model = catalogue_model(self.model_id)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            result = await self.make(http, fakes.cloudflare.url).probe([model])
+            fakes.cloudflare.models = {"@cf/meta/llama-3.1-8b-instruct"}
+            missing = await self.make(http, fakes.cloudflare.url).probe([model])
+            down = await self.make(http, free_port_url()).probe([model])
+        assert result is not None and result.reachable
+        assert result.available_models == frozenset({"@cf/meta/llama-3.3-70b-instruct-fp8-fast"})
+        assert fakes.cloudflare.last.path == "/client/v4/accounts/acct/ai/models/search"
+        assert fakes.cloudflare.last.headers["authorization"] == "Bearer cf_test"
+        assert missing is not None and missing.reachable and missing.available_models == frozenset()
+        assert down is not None and not down.reachable
+
+
+def test_registered() -> None:
+    assert PROVIDERS["cloudflare"] is Cloudflare
