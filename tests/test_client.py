@@ -30,6 +30,7 @@ from modelgate.client import DataStreamDecoder
 from modelgate.settings import Settings
 from tests import seed_model
 from tests.catalogue_files import broken_copy
+from tests.fakes import Fault, Reply
 from tests.servers import run, serve_in_thread
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "models.example.json").read_text(encoding="utf-8"))
@@ -275,3 +276,55 @@ def test_decoder_rejects_a_malformed_line() -> None:
         DataStreamDecoder().feed(b"not a part\n")
     with pytest.raises(ModelgateStreamError, match="malformed"):
         DataStreamDecoder().feed(b"0:{broken\n")
+
+
+# --- chat, end to end: the real service over the fake upstreams ---------------------------------------
+
+
+@pytest.fixture
+def gateway_url(fakes: Any) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides(), api_keys=("mg-test-key-1",))
+    with serve_in_thread(create_app(settings)) as base:
+        yield base
+
+
+def test_chat_end_to_end_through_openrouter(gateway_url: str, fakes: Any) -> None:
+    fakes.openrouter.script(Reply(tokens=["Hel", "lo", " there"]))
+    with ModelgateClient(gateway_url, api_key="mg-test-key-1") as client:
+        chunks = list(client.chat("openrouter/deepseek-chat", "Hi"))
+    assert "".join(chunks) == "Hello there"
+    sent = fakes.openrouter.last.json
+    assert sent["model"] == "deepseek/deepseek-chat:free"
+    assert sent["messages"][-1] == {"role": "user", "content": "Hi"}
+
+
+def test_chat_end_to_end_skips_reasoning(gateway_url: str, fakes: Any) -> None:
+    fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2 ", "is 4"]))
+
+    async def main() -> str:
+        async with AsyncModelgateClient(gateway_url, api_key="mg-test-key-1") as client:
+            return await client.chat_text("ollama/rwkv-6-world", [{"role": "user", "content": "2+2?"}])
+
+    assert run(main()) == "4"
+
+
+def test_chat_end_to_end_mid_stream_error(gateway_url: str, fakes: Any) -> None:
+    fakes.openrouter.script(Reply(tokens=["a", "b", "c"], fault=Fault.error_after(1, message="boom")))
+    seen: list[str] = []
+    with ModelgateClient(gateway_url, api_key="mg-test-key-1") as client, pytest.raises(ModelgateStreamError):
+        for chunk in client.chat("openrouter/deepseek-chat", "Hi"):
+            seen.append(chunk)
+    assert seen == ["a"]
+
+
+def test_chat_end_to_end_needs_the_api_key(gateway_url: str) -> None:
+    with ModelgateClient(gateway_url) as client, pytest.raises(ModelgateAPIError) as info:
+        client.chat_text("openrouter/deepseek-chat", "Hi")
+    assert info.value.statusCode == 401
+    assert "API key" in info.value.statusMessage
+
+
+def test_chat_end_to_end_unknown_model_is_404(gateway_url: str) -> None:
+    with ModelgateClient(gateway_url, api_key="mg-test-key-1") as client, pytest.raises(ModelgateAPIError) as info:
+        client.chat_text("acme/none", "Hi")
+    assert info.value.status_code == 404

@@ -1,7 +1,314 @@
-"""Command line: ``modelgate serve | models | check-config | chat``. Placeholder until its own commit."""
+"""Command line: ``modelgate serve | models | check-config | chat``.
+
+Thin by design: arguments → ``create_app`` + uvicorn, or → the catalogue loader, or → the client.
+A catalogue problem is one message on stderr and exit code 1, never a traceback.
+"""
 
 from __future__ import annotations
 
+import copy
+import os
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, cast
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from modelgate.catalogue import Catalogue, load_catalogue
+from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
+from modelgate.errors import CatalogueError
+from modelgate.schema import ModelsResponse
+from modelgate.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TABLE_COLUMNS = ("publisher", "model", "type", "provider", "max_new_tokens", "truncate", "endpoint")
+
+cli = typer.Typer(
+    name="modelgate",
+    help="An open model catalogue and chat gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def load_or_fail(path: Path | None) -> Catalogue:
+    try:
+        return load_catalogue(path)
+    except CatalogueError as exc:
+        fail(exc.message)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging setup plus the ``modelgate`` loggers on the same stderr handler."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["modelgate"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _version(value: bool) -> None:
+    if value:
+        from modelgate import __version__
+
+        typer.echo(f"modelgate {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """An open model catalogue and chat gateway."""
+
+
+# --- serve -----------------------------------------------------------------------------------------
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Catalogue file (TOML). Default: $MODELGATE_CONFIG, else the built-in catalogue.",
+        dir_okay=False,
+    ),
+]
+
+
+@cli.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (0: any free port).", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Reload the catalogue when its file changes (or MODELGATE_WATCH_CONFIG=1).")
+    ] = False,
+    log_level: Annotated[LogLevel, typer.Option(help="Log level.", case_sensitive=False)] = LogLevel.info,
+) -> None:
+    """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
+    env = Settings.from_env()
+    path = config or env.config_path
+    settings = replace(
+        env,
+        config_path=path.resolve() if path is not None else None,
+        watch_config=watch or env.watch_config,
+        log_level=log_level.value,
+    )
+    catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
+    # uvicorn's access log is off: the app's request observer writes one line per request instead.
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": log_config(log_level.value),
+        "access_log": False,
+    }
+    if workers == 1:
+        from modelgate.app import create_app
+
+        uvicorn.run(create_app(settings, catalogue, handle_sighup=True), **common)
+        return
+    # Each worker builds its own app from the environment; uvicorn's supervisor turns SIGHUP into a
+    # rolling restart, in which a worker that cannot load the file exits and the old one keeps serving.
+    if settings.config_path is not None:
+        os.environ["MODELGATE_CONFIG"] = str(settings.config_path)
+    if settings.watch_config:
+        os.environ["MODELGATE_WATCH_CONFIG"] = "1"
+    os.environ["MODELGATE_LOG_LEVEL"] = log_level.value
+    uvicorn.run("modelgate.app:create_app_from_env", factory=True, workers=workers, **common)
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def rows_from_catalogue(catalogue: Catalogue) -> list[tuple[str, ...]]:
+    return [
+        (
+            m.publisher,
+            m.name,
+            m.type,
+            m.provider,
+            str(m.parameters.max_new_tokens),
+            str(m.parameters.truncate),
+            m.endpoint,
+        )
+        for m in catalogue.models
+    ]
+
+
+def providers_from_endpoints(models: Sequence[str], endpoints: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """For each of ``models``, every provider that can serve it according to ``endpoints``.
+
+    The document relates models to endpoints only through the name: ``endpoints[p]`` lists provider
+    ``p``'s models in ``models`` order as ``/api/ai/{p}/{name}/chat``. A model's provider is one that
+    some complete, order-keeping assignment of all models gives it; with names repeated across providers
+    more than one can be possible, and the table says so rather than guess.
+    """
+    names = [model.partition("/")[2] for model in models]
+    providers = list(endpoints)
+
+    def choices(i: int, cursors: tuple[int, ...]) -> list[int]:
+        out = []
+        for k, provider in enumerate(providers):
+            paths = endpoints[provider]
+            if cursors[k] < len(paths) and paths[cursors[k]] == f"/api/ai/{provider}/{names[i]}/chat":
+                out.append(k)
+        return out
+
+    def advance(cursors: tuple[int, ...], k: int) -> tuple[int, ...]:
+        return (*cursors[:k], cursors[k] + 1, *cursors[k + 1 :])
+
+    @cache
+    def completes(i: int, cursors: tuple[int, ...]) -> bool:
+        if i == len(names):
+            return all(cursors[k] == len(endpoints[p]) for k, p in enumerate(providers))
+        return any(completes(i + 1, advance(cursors, k)) for k in choices(i, cursors))
+
+    possible: list[list[str]] = []
+    frontier = {tuple(0 for _ in providers)}
+    for i in range(len(names)):
+        found: set[int] = set()
+        reached: set[tuple[int, ...]] = set()
+        for cursors in frontier:
+            for k in choices(i, cursors):
+                if completes(i + 1, following := advance(cursors, k)):
+                    found.add(k)
+                    reached.add(following)
+        possible.append([providers[k] for k in sorted(found)])
+        frontier = reached
+    return possible
+
+
+def rows_from_response(document: ModelsResponse) -> list[tuple[str, ...]]:
+    """Rows in ``models`` order, the provider read back from ``endpoints`` (``a | b`` when ambiguous)."""
+    endpoints = cast(Mapping[str, list[str]], document.endpoints)
+    rows: list[tuple[str, ...]] = []
+    for model_id, providers in zip(document.models, providers_from_endpoints(document.models, endpoints), strict=True):
+        publisher, _, name = model_id.partition("/")
+        entry = document.configurations.get(publisher, {}).get(name)
+        params = entry.configuration.parameters if entry else None
+        rows.append(
+            (
+                publisher,
+                name,
+                entry.type if entry else "?",
+                " | ".join(providers) or "?",
+                str(params.max_new_tokens) if params else "?",
+                str(params.truncate) if params else "?",
+                " | ".join(f"/api/ai/{p}/{name}/chat" for p in providers),
+            )
+        )
+    return rows
+
+
+def _stdout_console() -> Console:
+    # Piped output keeps whole cells: no terminal width to fit.
+    return Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
+
+
+@cli.command()
+def models(
+    url: Annotated[
+        str | None, typer.Option(help="Read the catalogue from a running server, e.g. " + DEFAULT_URL)
+    ] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw GET /models document.")] = False,
+) -> None:
+    """Show the catalogue as a table, from a catalogue file (default) or a running server (--url)."""
+    if url is not None and config is not None:
+        fail("use either --url or --config, not both", code=2)
+    if url is not None:
+        try:
+            response = httpx.get(url.rstrip("/") + "/api/models", timeout=30)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach {url}: {exc}")
+        if not response.is_success:
+            error = ModelgateAPIError.from_response(response)
+            fail(f"{url}: {error}")
+        if as_json:
+            sys.stdout.write(response.text + "\n")
+            return
+        rows = rows_from_response(ModelsResponse.model_validate_json(response.content))
+        source = url
+    else:
+        path = config or Settings.from_env().config_path
+        catalogue = load_or_fail(path)
+        if as_json:
+            sys.stdout.write(catalogue.body.decode() + "\n")
+            return
+        rows = rows_from_catalogue(catalogue)
+        source = catalogue.source
+    table = Table(*TABLE_COLUMNS, title=f"{len(rows)} models from {source}")
+    for row in rows:
+        table.add_row(*row)
+    _stdout_console().print(table)
+
+
+# --- check-config ----------------------------------------------------------------------------------
+
+
+@cli.command("check-config")
+def check_config(
+    path: Annotated[Path, typer.Argument(help="Catalogue file to validate.", dir_okay=False)],
+) -> None:
+    """Validate a catalogue file without serving it (exit 0 when valid, 1 with the problem otherwise)."""
+    catalogue = load_or_fail(path)
+    providers = Counter(m.provider for m in catalogue.models)
+    publishers = {m.publisher for m in catalogue.models}
+    per_provider = ", ".join(f"{name} {count}" for name, count in providers.items())
+    typer.echo(
+        f"{catalogue.source}: OK, {len(catalogue.models)} models from {len(publishers)} publishers ({per_provider})"
+    )
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="publisher/name, e.g. qwen/Qwen2.5-72B-Instruct")],
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    url: Annotated[str, typer.Option(help="The modelgate server.")] = DEFAULT_URL,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MODELGATE_API_KEY", help="API key, if the server requires one.")
+    ] = None,
+) -> None:
+    """Stream one reply from a running server to stdout."""
+    try:
+        with ModelgateClient(url, api_key=api_key) as client:
+            for chunk in client.chat(model, prompt):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+    except (ModelgateClientError, ValueError) as exc:
+        sys.stdout.write("\n")
+        fail(f"error: {exc}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    sys.stdout.write("\n")
+
 
 def main() -> None:
-    raise SystemExit("modelgate CLI: not built yet")
+    cli(prog_name="modelgate")

@@ -1,0 +1,272 @@
+"""The ``modelgate`` command line: typer's runner where no server is needed, real processes and servers otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from modelgate import __version__
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.cli import TABLE_COLUMNS, cli
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import run_cli, serve_subprocess
+from tests.fakes import Reply
+from tests.servers import serve_in_thread
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "models.example.json").read_text(encoding="utf-8"))
+runner = CliRunner()
+
+INVALID = model_toml("acme", "tiny", max_new_tokens=0)
+INVALID_WHY = "model 'acme/tiny': configuration.parameters.max_new_tokens: Input should be greater than 0 (got 0)"
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with serve_in_thread(create_app(Settings())) as base:
+        yield base
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The header and body rows of a rich table (box-drawing borders stripped)."""
+    rows = []
+    for line in output.splitlines():
+        if line[:1] in ("│", "┃"):
+            rows.append([cell.strip() for cell in line.strip("│┃").replace("┃", "│").split("│")])
+    return rows
+
+
+# --- check-config ------------------------------------------------------------------------------------
+
+
+def test_check_config_valid_file(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml("a", "x"), model_toml("b", "y", provider="openrouter"))
+    result = runner.invoke(cli, ["check-config", str(path)])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"{path}: OK, 2 models from 2 publishers (ollama 1, openrouter 1)"
+
+
+def test_check_config_invalid_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(INVALID, encoding="utf-8")
+    result = runner.invoke(cli, ["check-config", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{path}: {INVALID_WHY}"
+    assert result.stdout == ""
+
+
+def test_check_config_missing_file_through_the_console_script(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(tmp_path / "absent.toml"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{tmp_path / 'absent.toml'}: file not found"
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_of_the_default_catalogue() -> None:
+    default = load_catalogue()
+    result = runner.invoke(cli, ["check-config", default.source])
+    assert result.exit_code == 0
+    assert "OK, 12 models from 8 publishers (huggingface 7, cloudflare 1, openrouter 3, ollama 1)" in result.stdout
+
+
+# --- serve refuses an invalid file --------------------------------------------------------------------
+
+
+def test_serve_refuses_an_invalid_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(INVALID, encoding="utf-8")
+    result = run_cli("serve", "--config", str(path), "--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{path}: {INVALID_WHY}"
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_serve_refuses_an_invalid_catalogue_named_by_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[[models]\n", encoding="utf-8")
+    result = run_cli("serve", "--port", "0", "--workers", "2", env={"MODELGATE_CONFIG": str(path)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{path}: not valid TOML: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_default_catalogue_matches_the_seed(tmp_path: Path) -> None:
+    with serve_subprocess([], tmp_path) as served:
+        assert served.url.startswith("http://127.0.0.1:")
+        assert httpx.get(served.url + "/models").json() == GOLDEN
+
+
+def test_serve_config_option_and_environment(tmp_path: Path) -> None:
+    by_option = write_catalogue(tmp_path / "a.toml", model_toml("acme", "from-option"))
+    by_env = write_catalogue(tmp_path / "b.toml", model_toml("acme", "from-env"))
+    with serve_subprocess(["--config", str(by_option)], tmp_path, env={"MODELGATE_CONFIG": str(by_env)}) as served:
+        assert httpx.get(served.url + "/models").json()["models"] == ["acme/from-option"]
+    with serve_subprocess([], tmp_path, env={"MODELGATE_CONFIG": str(by_env)}) as served:
+        assert httpx.get(served.url + "/models").json()["models"] == ["acme/from-env"]
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+
+def test_models_table_from_the_default_catalogue() -> None:
+    result = runner.invoke(cli, ["models"])
+    assert result.exit_code == 0
+    rows = table_rows(result.stdout)
+    assert rows[0] == list(TABLE_COLUMNS)
+    assert rows[1] == [
+        "google",
+        "gemma-2-27b-it",
+        "instruct",
+        "huggingface",
+        "500",
+        "7692",
+        "/api/ai/huggingface/gemma-2-27b-it/chat",
+    ]
+    assert [f"{r[0]}/{r[1]}" for r in rows[1:]] == GOLDEN["models"]
+
+
+def test_models_table_from_a_file(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml("acme", "tiny", max_new_tokens=42, truncate=99))
+    result = runner.invoke(cli, ["models", "--config", str(path)])
+    assert result.exit_code == 0
+    assert table_rows(result.stdout)[1:] == [["acme", "tiny", "chat", "ollama", "42", "99", "/api/ai/ollama/tiny/chat"]]
+
+
+def test_models_json_from_a_file_is_the_document() -> None:
+    result = runner.invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == GOLDEN
+
+
+def test_models_from_a_running_server(url: str) -> None:
+    from_url = runner.invoke(cli, ["models", "--url", url])
+    from_file = runner.invoke(cli, ["models"])
+    assert from_url.exit_code == 0
+    assert table_rows(from_url.stdout) == table_rows(from_file.stdout)
+
+
+def test_models_json_from_a_running_server_is_the_raw_body(url: str) -> None:
+    result = runner.invoke(cli, ["models", "--url", url, "--json"])
+    assert result.exit_code == 0
+    assert result.stdout.rstrip("\n") == load_catalogue().body.decode()
+
+
+def test_models_provider_is_read_back_from_endpoints(tmp_path: Path) -> None:
+    # "same" on two providers, but where it sits in each endpoint list leaves one reading only.
+    path = write_catalogue(
+        tmp_path / "c.toml",
+        model_toml("a", "same", provider="openrouter"),
+        model_toml("b", "y", provider="cloudflare"),
+        model_toml("c", "x", provider="openrouter"),
+        model_toml("d", "same", provider="cloudflare"),
+    )
+    with serve_in_thread(create_app(Settings(config_path=path))) as base:
+        from_url = runner.invoke(cli, ["models", "--url", base])
+    from_file = runner.invoke(cli, ["models", "--config", str(path)])
+    assert [(r[0], r[3]) for r in table_rows(from_url.stdout)[1:]] == [
+        ("a", "openrouter"),
+        ("b", "cloudflare"),
+        ("c", "openrouter"),
+        ("d", "cloudflare"),
+    ]
+    assert table_rows(from_url.stdout) == table_rows(from_file.stdout)
+
+
+def test_models_ambiguous_providers_are_shown_not_guessed(tmp_path: Path) -> None:
+    # One name on three providers: the seed's document cannot say which publisher each one serves.
+    path = write_catalogue(
+        tmp_path / "c.toml",
+        model_toml("b", "same", provider="openrouter"),
+        model_toml("a", "same", provider="cloudflare"),
+        model_toml("c", "same", provider="huggingface"),
+    )
+    with serve_in_thread(create_app(Settings(config_path=path))) as base:
+        result = runner.invoke(cli, ["models", "--url", base])
+    providers = [r[3] for r in table_rows(result.stdout)[1:]]
+    assert providers == ["huggingface | cloudflare | openrouter"] * 3
+
+
+def test_models_url_and_config_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["models", "--url", "http://127.0.0.1:9", "--config", str(tmp_path / "x.toml")])
+    assert result.exit_code == 2
+    assert "either --url or --config" in result.stderr
+
+
+def test_models_from_an_unreachable_server() -> None:
+    result = runner.invoke(cli, ["models", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("cannot reach http://127.0.0.1:9")
+
+
+def test_models_from_a_server_that_answers_an_error(url: str) -> None:
+    result = runner.invoke(cli, ["models", "--url", url + "/nope"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{url}/nope: 404 Page not found: /nope/api/models"
+
+
+def test_models_invalid_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(INVALID, encoding="utf-8")
+    result = runner.invoke(cli, ["models", "--config", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{path}: {INVALID_WHY}"
+
+
+# --- chat --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway_url(fakes: Any) -> Iterator[str]:
+    with serve_in_thread(create_app(Settings(**fakes.settings_overrides(), api_keys=("mg-cli-key-1",)))) as base:
+        yield base
+
+
+def test_chat_streams_the_reply_to_stdout(gateway_url: str, fakes: Any) -> None:
+    fakes.openrouter.script(Reply(tokens=["Bon", "jour", "!"]))
+    result = run_cli(
+        "chat", "openrouter/deepseek-chat", "Say hello", "--url", gateway_url, env={"MODELGATE_API_KEY": "mg-cli-key-1"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Bonjour!\n"
+    assert fakes.openrouter.last.json["messages"][-1] == {"role": "user", "content": "Say hello"}
+
+
+def test_chat_error_goes_to_stderr(gateway_url: str) -> None:
+    result = runner.invoke(cli, ["chat", "openrouter/deepseek-chat", "Hi", "--url", gateway_url])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: 401 ")
+
+
+def test_chat_rejects_a_malformed_model() -> None:
+    result = runner.invoke(cli, ["chat", "no-slash", "Hi", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "publisher/name" in result.stderr
+
+
+# --- help and version ----------------------------------------------------------------------------------
+
+
+def test_version_and_help() -> None:
+    assert runner.invoke(cli, ["--version"]).stdout.strip() == f"modelgate {__version__}"
+    help_text = runner.invoke(cli, ["--help"]).stdout
+    for command in ("serve", "models", "check-config", "chat"):
+        assert command in help_text
+    serve_help = runner.invoke(cli, ["serve", "--help"], terminal_width=200).stdout
+    for option in ("--config", "--host", "--port", "--workers", "--watch", "--log-level"):
+        assert option in serve_help
+    assert "127.0.0.1" in serve_help and "8000" in serve_help
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"modelgate {__version__}"
+    assert sys.executable  # the same interpreter runs the subprocess

@@ -1,0 +1,131 @@
+"""Reload without restart: SIGHUP and the opt-in file watch, against ``modelgate serve`` subprocesses.
+
+A good new file is served after the reload; a broken one leaves the last good catalogue serving and the
+log says why (the CatalogueError message, on one line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.reload import one_line, reload_catalogue
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import serve_subprocess, wait_for
+from tests.servers import serve_in_thread
+
+BROKEN = model_toml("acme", "tiny", max_new_tokens=0)
+BROKEN_WHY = "model 'acme/tiny': configuration.parameters.max_new_tokens: Input should be greater than 0 (got 0)"
+
+
+def served_models(url: str) -> list[str] | None:
+    try:
+        response = httpx.get(url + "/models", timeout=5)
+    except httpx.TransportError:
+        return None
+    return response.json()["models"] if response.status_code == 200 else None
+
+
+def serving(url: str, expected: list[str]) -> bool:
+    return served_models(url) == expected
+
+
+def test_sighup_reloads_and_a_broken_file_keeps_the_last_good_catalogue(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    with serve_subprocess(["--config", str(path)], tmp_path) as served:
+        assert served_models(served.url) == ["acme/one"]
+
+        write_catalogue(path, model_toml("acme", "one"), model_toml("acme", "two"))
+        served.signal(signal.SIGHUP)
+        wait_for(lambda: serving(served.url, ["acme/one", "acme/two"]), "the reloaded catalogue")
+
+        path.write_text(BROKEN, encoding="utf-8")
+        served.signal(signal.SIGHUP)
+        line = wait_for(
+            lambda: next((x for x in served.log().splitlines() if "reload (SIGHUP) failed" in x), None), "why"
+        )
+        assert f"{path}: {BROKEN_WHY}" in line
+        assert "still serving the last good catalogue (2 models)" in line
+        assert "Traceback" not in served.log()
+        assert served_models(served.url) == ["acme/one", "acme/two"]
+        assert served.process.poll() is None
+
+        # Fixed again: the next SIGHUP takes it.
+        write_catalogue(path, model_toml("acme", "three"))
+        served.signal(signal.SIGHUP)
+        wait_for(lambda: serving(served.url, ["acme/three"]), "the fixed catalogue")
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells who stopped it.
+    assert served.process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in served.log()
+
+
+def test_watch_mode_reloads_on_write_and_keeps_serving_on_a_broken_file(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    with serve_subprocess(["--config", str(path), "--watch"], tmp_path) as served:
+        wait_for(lambda: "watching" in served.log(), "the watcher to start")
+        write_catalogue(path, model_toml("acme", "two"))
+        wait_for(lambda: serving(served.url, ["acme/two"]), "the watched file to be reloaded")
+
+        path.write_text(BROKEN, encoding="utf-8")
+        line = wait_for(
+            lambda: next((x for x in served.log().splitlines() if "reload (file changed) failed" in x), None), "why"
+        )
+        assert BROKEN_WHY in line
+        assert served_models(served.url) == ["acme/two"]
+
+        # An editor-style save (write elsewhere, rename over) is seen too.
+        replacement = write_catalogue(tmp_path / "catalogue.toml.tmp", model_toml("acme", "three"))
+        os.replace(replacement, path)
+        wait_for(lambda: serving(served.url, ["acme/three"]), "the replaced file to be reloaded")
+
+
+def test_watch_enabled_by_environment_in_process(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    settings = Settings.from_env({"MODELGATE_CONFIG": str(path), "MODELGATE_WATCH_CONFIG": "1"})
+    assert settings.watch_config
+    with serve_in_thread(create_app(settings)) as url:
+        assert served_models(url) == ["acme/one"]
+        write_catalogue(path, model_toml("acme", "two"))
+        wait_for(lambda: serving(url, ["acme/two"]), "the watched file to be reloaded")
+
+
+def test_workers_reload_by_rolling_restart_and_keep_serving_on_a_broken_file(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    with serve_subprocess(["--config", str(path), "--workers", "2"], tmp_path) as served:
+        wait_for(lambda: serving(served.url, ["acme/one"]), "the workers to serve")
+        write_catalogue(path, model_toml("acme", "two"))
+        served.signal(signal.SIGHUP)  # uvicorn's supervisor replaces the workers one by one
+        wait_for(lambda: all(serving(served.url, ["acme/two"]) for _ in range(6)), "every worker to reload", 120)
+
+        path.write_text(BROKEN, encoding="utf-8")
+        served.signal(signal.SIGHUP)
+        wait_for(lambda: "keeping worker" in served.log(), "the supervisor to keep the old worker", 120)
+        assert f"invalid catalogue, worker not started: {path}: {BROKEN_WHY}" in served.log()
+        assert all(served_models(served.url) == ["acme/two"] for _ in range(6))
+
+
+def test_reload_failure_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    app = create_app(Settings(config_path=path))
+    state = app.state.gateway
+    good = state.catalogue
+    path.write_text(model_toml("acme", "one", max_new_tokens=0, truncate=0), encoding="utf-8")
+    caplog.set_level(logging.ERROR, logger="modelgate")
+    assert reload_catalogue(state, "test") is False
+    assert state.catalogue is good
+    (record,) = [r for r in caplog.records if r.name == "modelgate.reload"]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert "max_new_tokens: Input should be greater than 0 (got 0); " in message
+    assert "truncate: Input should be greater than 0 (got 0)" in message
+
+
+def test_one_line_joins_a_multi_problem_message() -> None:
+    assert one_line("a: x\nb: y\n") == "a: x; b: y"
