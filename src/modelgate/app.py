@@ -25,9 +25,13 @@ from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
 from modelgate.limits import Limiter
+from modelgate.logs import RedactingFilter, RequestObserver, secrets_of
+from modelgate.metrics import Metrics
 from modelgate.providers import PROVIDERS, Connection, Provider
 from modelgate.reload import catalogue_reloading, one_line
+from modelgate.resilience import Breakers
 from modelgate.settings import DEFAULT_BASE_URLS, Settings
+from modelgate.status import Prober, StatusBoard
 
 log = logging.getLogger("modelgate")
 
@@ -45,6 +49,12 @@ class GatewayState:
         #: API keys (``auth.py``): from the environment and the catalogue's keys file; swapped with it.
         self.keys: KeyRing = load_keyring(settings, catalogue)
         self.limiter = Limiter.from_settings(settings)
+        # Observability and resilience (metrics.py, logs.py, status.py, resilience.py).
+        self.metrics = Metrics()
+        self.breakers = Breakers()
+        self.status = StatusBoard()
+        self.redactor = RedactingFilter(secrets_of(settings))
+        self.prober = Prober(self, settings.probe_interval)
 
     @property
     def catalogue(self) -> Catalogue:
@@ -92,12 +102,16 @@ class GatewayState:
         )
         self.providers = self._build_providers(self._catalogue)
         await self.limiter.start()
+        self.redactor.install()
+        self.prober.start()
 
     async def stop(self) -> None:
+        await self.prober.stop()
         await self.limiter.stop()
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+        self.redactor.uninstall()
 
 
 def create_app(
@@ -161,6 +175,8 @@ def _install_middleware(app: FastAPI, state: GatewayState) -> None:
     # Inside CORS, so a 401 still carries the CORS headers a browser needs to read it.
     app.add_middleware(AccessMiddleware, respond=error_response)
     app.add_middleware(CatalogueCORS, state=state)
+    # Outermost: every request (fast path and refusals included) gets a request id, a log line, metrics.
+    app.add_middleware(RequestObserver, state=state, respond=error_response)
 
 
 def gateway(request: Request) -> GatewayState:

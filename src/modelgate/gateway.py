@@ -1,23 +1,44 @@
 """Open a chat stream for a resolved catalogue model: the one path both ``/api/ai/...`` and ``/v1`` use.
 
 ``open_stream`` does everything that must happen *before the first byte reaches the client*:
-credentials check, provider lookup, waiting for the first upstream event. Errors up to that point
-raise (and become an HTTP error response); after it, they are raised from the returned iterator
-and the encoder turns them into the client protocol's error part.
+credentials check, provider lookup, circuit breaker, retries of transient failures, the model's
+``fallbacks``, and waiting for the first upstream event. Errors up to that point raise (and become an
+HTTP error response); after it, they are raised from the returned iterator and the encoder turns
+them into the client protocol's error part. Once the first event is in, the answering model is fixed:
+a mid-stream failure is reported, never papered over with another model (see ``resilience.py``).
+
+Every attempt is recorded where operators look: ``modelgate_upstream_*`` metrics, the health
+signals of ``/api/status``, and the request's ``Observation`` (its access log line).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from modelgate.chat import ChatRequest, StreamEvent
-from modelgate.errors import ProviderNotConfigured, UpstreamProtocolError
+from modelgate.chat import ChatRequest, Finish, StreamEvent
+from modelgate.errors import ModelgateError, ProviderNotConfigured, UpstreamProtocolError
+from modelgate.logs import Observation, current_observation
+from modelgate.resilience import (
+    BreakerConfig,
+    CircuitOpen,
+    RetryBudget,
+    RetryPolicy,
+    counts_against_provider,
+    may_fall_back,
+    outcome_of,
+)
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
-    from modelgate.catalogue import CatalogueModel
+    from modelgate.catalogue import Catalogue, CatalogueModel
+    from modelgate.providers import Provider
+
+log = logging.getLogger("modelgate.gateway")
 
 
 @dataclass
@@ -33,11 +54,122 @@ class StreamStart:
 
 
 async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatRequest) -> StreamStart:
-    """Start ``model``'s reply to ``request`` and wait for its first event."""
+    """Start ``model``'s reply to ``request`` (or a fallback's) and wait for its first event.
+
+    Raises the requested model's own error when it and every fallback failed.
+    """
+    obs = current_observation()
+    attempts: list[tuple[str, str]] = []
+    first_error: ModelgateError | None = None
+    for candidate in _candidates(state.catalogue, model):
+        call = request if candidate is model else _for_fallback(request, model, candidate)
+        try:
+            start = await _open_model(state, candidate, call, attempts, obs)
+        except ModelgateError as exc:
+            if not may_fall_back(exc):
+                raise
+            first_error = first_error or exc
+            continue
+        if candidate is not model:
+            log.warning("model %s answered for %s after: %s", candidate.id, model.id, "; ".join(e for _, e in attempts))
+        start.attempts = attempts
+        return start
+    assert first_error is not None
+    raise first_error
+
+
+def _candidates(catalogue: Catalogue, model: CatalogueModel) -> list[CatalogueModel]:
+    """The model, then its fallbacks in order (one level: a fallback's own fallbacks are not followed)."""
+    chain = [model]
+    for model_id in model.fallbacks:
+        fallback = catalogue.by_id.get(model_id)
+        if fallback is not None and fallback not in chain:
+            chain.append(fallback)
+    return chain
+
+
+def _for_fallback(request: ChatRequest, primary: CatalogueModel, fallback: CatalogueModel) -> ChatRequest:
+    """The request re-based on the fallback's catalogue defaults.
+
+    Routes merge the primary's defaults into ``request.params``; a value equal to the primary's
+    default is taken for a default and replaced by the fallback's, a value the caller changed is
+    kept (``max_new_tokens`` capped by the fallback's own limit).
+    """
+    primary_defaults = primary.defaults.set_fields()
+    overrides = {k: v for k, v in request.params.set_fields().items() if primary_defaults.get(k) != v}
+    limit = fallback.parameters.max_new_tokens
+    wanted = overrides.get("max_new_tokens")
+    if isinstance(wanted, int) and wanted > limit:
+        overrides["max_new_tokens"] = limit
+    return replace(request, params=fallback.defaults.merged(**overrides))
+
+
+async def _open_model(
+    state: GatewayState,
+    model: CatalogueModel,
+    request: ChatRequest,
+    attempts: list[tuple[str, str]],
+    obs: Observation | None,
+) -> StreamStart:
+    """One model: breaker, then attempts with retries, until its first event or a final error."""
+    metrics = state.metrics
     missing = state.settings.missing_credentials(model.provider)
     if missing:
-        raise ProviderNotConfigured(model.provider, missing)
+        error = ProviderNotConfigured(model.provider, missing)
+        attempts.append((model.id, error.message))
+        raise error
     provider = state.providers[model.provider]
+    entry = state.catalogue.provider_entry(model.provider)
+    breaker = state.breakers.get(model.provider, BreakerConfig.from_entry(entry))
+    budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
+    while True:
+        sent = time.perf_counter()
+        try:
+            breaker.acquire()
+            first, upstream = await _first_event(provider, model, request)
+        except CircuitOpen as exc:
+            metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
+            attempts.append((model.id, exc.message))
+            raise
+        except ModelgateError as exc:
+            metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
+            if counts_against_provider(exc):
+                breaker.record_failure(exc.message)
+                state.status.record(model.provider, model.id, ok=False, reason=exc.message)
+            else:
+                breaker.release()
+            attempts.append((model.id, exc.message))
+            delay = budget.next_delay(exc)
+            if delay is None:
+                raise
+            log.info("retrying %s in %.2f s after: %s", model.id, delay, exc.message)
+            await asyncio.sleep(delay)
+            continue
+        except BaseException as exc:
+            breaker.release()  # cancelled (client gone) or a bug: no verdict on the provider
+            if isinstance(exc, Exception):
+                metrics.observe_upstream(model.provider, model.id, "error")
+            raise
+        answered = time.perf_counter()
+        ttft = answered - sent
+        breaker.record_success()
+        state.status.record(model.provider, model.id, ok=True, ttft=ttft)
+        metrics.observe_first_token(model.provider, model.id, ttft)
+        dropped = provider.dropped_params(request.params)
+        if obs is not None:
+            obs.model, obs.provider = model.id, model.provider
+            obs.first_event_at = answered
+            obs.dropped_params = dropped
+            obs.attempts = attempts
+        events = _relay(state, model, first, upstream, obs)
+        if obs is not None:
+            obs.relay = events
+        return StreamStart(model=model, dropped_params=dropped, events=events)
+
+
+async def _first_event(
+    provider: Provider, model: CatalogueModel, request: ChatRequest
+) -> tuple[StreamEvent, AsyncIterator[StreamEvent]]:
     upstream = provider.stream(model, request).__aiter__()
     try:
         first = await anext(upstream)
@@ -46,21 +178,54 @@ async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatR
     except BaseException:
         await _close(upstream)
         raise
-    return StreamStart(
-        model=model,
-        dropped_params=provider.dropped_params(request.params),
-        events=_prepend(first, upstream),
-    )
+    return first, upstream
 
 
-async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+async def _relay(
+    state: GatewayState,
+    model: CatalogueModel,
+    first: StreamEvent,
+    rest: AsyncIterator[StreamEvent],
+    obs: Observation | None,
+) -> AsyncGenerator[StreamEvent, None]:
+    """The reply as the client gets it; counts it in flight and records how it ended."""
+    metrics = state.metrics
+    metrics.streams_in_flight.inc()
+    outcome = "cancelled"  # unless it ends otherwise: the client went away (generator closed)
+    usage = None
     try:
+        if isinstance(first, Finish):
+            usage, outcome = first.usage, "ok"
         yield first
         async for event in rest:
+            if isinstance(event, Finish):
+                # The reply is complete with its Finish; a consumer may stop reading right there.
+                usage, outcome = event.usage, "ok"
             yield event
+        outcome = "ok"
+    except ModelgateError as exc:
+        outcome = "stream_error"
+        if counts_against_provider(exc):
+            state.status.record(model.provider, model.id, ok=False, reason=exc.message)
+        if obs is not None:
+            obs.error = exc.message
+        raise
+    except Exception:
+        outcome = "stream_error"
+        raise
     finally:
-        # Runs on normal end, on error, and when the client disconnects (the encoder is closed):
-        # closing the provider's generator closes the upstream response.
+        # Runs on normal end, on error, and when the client disconnects (the encoder is closed or
+        # cancelled): closing the provider's generator closes the upstream response.
+        metrics.streams_in_flight.dec()
+        metrics.observe_upstream(model.provider, model.id, outcome)
+        if usage is not None:
+            metrics.observe_tokens(model.provider, model.id, usage.prompt_tokens, usage.completion_tokens)
+        if obs is not None:
+            obs.stream_outcome = outcome
+            obs.relay = None
+            if usage is not None:
+                obs.prompt_tokens, obs.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                obs.usage_estimated = usage.estimated
         await _close(rest)
 
 

@@ -54,6 +54,12 @@ class Settings:
     log_level: str = "info"
     max_body_bytes: int = 1_000_000
     max_messages: int = 1_000
+    #: Seconds a client may take to send its whole request body (slow senders get 408).
+    client_body_timeout: float = 30.0
+    #: Seconds a streamed chunk may wait for a client that does not read before the stream is ended.
+    client_send_timeout: float = 60.0
+    #: Seconds between background health probes of the providers (0 turns them off).
+    probe_interval: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -80,6 +86,15 @@ class Settings:
             "cors_origins": tuple(o.strip() for o in origins.split(",") if o.strip()) if origins else None,
             "watch_config": env.get("MODELGATE_WATCH_CONFIG", "").lower() in {"1", "true", "yes"},
             "log_level": env.get("MODELGATE_LOG_LEVEL", "info").lower(),
+            **{
+                name: float(env[variable])
+                for name, variable in (
+                    ("client_body_timeout", "MODELGATE_CLIENT_BODY_TIMEOUT"),
+                    ("client_send_timeout", "MODELGATE_CLIENT_SEND_TIMEOUT"),
+                    ("probe_interval", "MODELGATE_PROBE_INTERVAL"),
+                )
+                if env.get(variable)
+            },
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""Operations endpoints: ``/health`` (liveness), ``/ready`` (readiness), ``/api/status``, ``/metrics``.
+
+None of them calls a provider: ``/api/status`` reads what traffic and the background probes recorded
+(``status.py``), so it answers at once whatever the upstreams are doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from modelgate.app import JSON, error_response, gateway
+from modelgate.errors import ModelgateError
+from modelgate.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["operations"])
+
+#: How long ``/ready`` waits for Redis before calling it unreachable.
+REDIS_PING_TIMEOUT = 2.0
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON, headers=_NO_STORE)
+
+
+@router.get("/ready", summary="Readiness: catalogue loaded, Redis reachable when configured")
+async def ready(request: Request) -> Response:
+    state = gateway(request)
+    checks: dict[str, Any] = {"catalogue": state.http is not None and bool(state.catalogue.models)}
+    problems = [] if checks["catalogue"] else ["catalogue not loaded"]
+    if state.settings.redis_url:
+        try:
+            async with asyncio.timeout(REDIS_PING_TIMEOUT):
+                checks["redis"] = await state.limiter.ping()
+        except TimeoutError:
+            checks["redis"] = False
+        if not checks["redis"]:
+            problems.append("redis unreachable")
+    if problems:
+        error = ModelgateError(f"Not ready: {', '.join(problems)}", status=503, data=checks)
+        response = error_response(error, request.url.path)
+        response.headers.update(_NO_STORE)
+        return response
+    return Response(orjson.dumps({"status": "ready", **checks}), media_type=JSON, headers=_NO_STORE)
+
+
+@router.get("/api/status", summary="Health of each provider and model, from traffic and free probes")
+async def status(request: Request) -> Response:
+    state = gateway(request)
+    body = state.status.snapshot(state.catalogue, state.settings, state.breakers, scrub=state.redactor.scrub)
+    return Response(orjson.dumps(body), media_type=JSON, headers=_NO_STORE)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(gateway(request).metrics.exposition(), media_type=CONTENT_TYPE, headers=_NO_STORE)

@@ -1,0 +1,394 @@
+"""Retries, fallbacks and the circuit breaker: the pure decisions, then end to end through a real server.
+
+End-to-end tests drive ``POST /v1/chat/completions`` (and the AI SDK chat route) of a real modelgate
+server pointed at the fake upstreams of ``tests/fakes``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.catalogue import ProviderEntry, load_catalogue
+from modelgate.errors import (
+    ProviderNotConfigured,
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from modelgate.resilience import (
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    RetryBudget,
+    RetryPolicy,
+    counts_against_provider,
+    may_fall_back,
+    outcome_of,
+)
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.fakes import Fakes, Fault, Reply
+from tests.servers import serve_in_thread
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- retry decisions ----------------------------------------------------------------------------
+
+
+def budget(**policy: Any) -> RetryBudget:
+    return RetryBudget(RetryPolicy(**policy), random.Random(7))
+
+
+def test_backoff_is_full_jitter_under_the_exponential_cap() -> None:
+    retries = budget(max_retries=6, base_delay=0.5, max_delay=3.0)
+    delays = [retries.next_delay(UpstreamUnavailable("p", "busy")) for _ in range(6)]
+    caps = [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert all(d is not None and 0 <= d <= cap for d, cap in zip(delays, caps, strict=True)), delays
+    assert retries.next_delay(UpstreamUnavailable("p", "busy")) is None  # the seventh: budget spent
+
+
+def test_jitter_spreads_delays() -> None:
+    rng = random.Random(1)
+    delays = {
+        RetryBudget(RetryPolicy(base_delay=1.0), rng).next_delay(UpstreamUnavailable("p", "x")) for _ in range(20)
+    }
+    assert len(delays) == 20  # no two clients retry in lockstep
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamBadRequest("p", "invalid"),
+        UpstreamAuthError("p", "bad key"),
+        UpstreamError("p", "model not found", upstream_status=404),
+        UpstreamProtocolError("p", "garbage"),
+        CircuitOpen("p", 5.0),
+        ValueError("a bug"),
+    ],
+)
+def test_what_is_not_retried(error: BaseException) -> None:
+    assert budget().next_delay(error) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamUnavailable("p", "503"),
+        UpstreamRateLimited("p", "429"),
+        UpstreamError("p", "unreachable (ConnectError)", transient=True),
+        UpstreamError("p", "failed (HTTP 502)", upstream_status=502, transient=True),
+        UpstreamTimeout("p", "no first token"),
+    ],
+)
+def test_what_is_retried(error: BaseException) -> None:
+    assert budget().next_delay(error) is not None
+
+
+def test_a_first_token_timeout_is_retried_only_once() -> None:
+    retries = budget(max_retries=5)
+    assert retries.next_delay(UpstreamTimeout("p", "slow")) is not None
+    assert retries.next_delay(UpstreamTimeout("p", "slow")) is None
+    assert retries.next_delay(UpstreamUnavailable("p", "busy")) is not None  # other failures keep their budget
+
+
+def test_retry_after_is_a_floor_up_to_the_cap() -> None:
+    assert budget(base_delay=0.01, max_delay=5.0).next_delay(UpstreamRateLimited("p", "x", retry_after=2.5)) == 2.5
+
+
+def test_a_retry_after_beyond_the_cap_ends_the_retries() -> None:
+    assert budget(max_delay=5.0).next_delay(UpstreamRateLimited("p", "x", retry_after=60)) is None
+
+
+def test_policy_comes_from_the_provider_entry() -> None:
+    entry = ProviderEntry(max_retries=4, retry_base_delay=0.1, retry_max_delay=2.0)
+    assert RetryPolicy.from_entry(entry) == RetryPolicy(max_retries=4, base_delay=0.1, max_delay=2.0)
+    assert BreakerConfig.from_entry(ProviderEntry(breaker_threshold=3, breaker_cooldown=7.0)).cooldown == 7.0
+
+
+def test_classification() -> None:
+    assert may_fall_back(UpstreamUnavailable("p", "x"))
+    assert may_fall_back(CircuitOpen("p", 1.0))
+    assert may_fall_back(ProviderNotConfigured("p", ["P_KEY"]))
+    assert may_fall_back(UpstreamError("p", "gone", upstream_status=404))
+    assert not may_fall_back(UpstreamBadRequest("p", "invalid"))
+    assert not may_fall_back(ValueError("bug"))
+
+    assert counts_against_provider(UpstreamUnavailable("p", "x"))
+    assert counts_against_provider(UpstreamProtocolError("p", "x"))
+    assert counts_against_provider(UpstreamError("p", "x", upstream_status=500))
+    assert not counts_against_provider(UpstreamError("p", "x", upstream_status=404))
+    assert not counts_against_provider(UpstreamBadRequest("p", "x"))
+    assert not counts_against_provider(UpstreamAuthError("p", "x"))
+    assert not counts_against_provider(CircuitOpen("p", 1.0))
+
+    assert outcome_of(CircuitOpen("p", 1.0)) == "circuit_open"
+    assert outcome_of(UpstreamTimeout("p", "x")) == "timeout"
+    assert outcome_of(UpstreamRateLimited("p", "x")) == "rate_limited"
+    assert outcome_of(ProviderNotConfigured("p", ["X"])) == "unconfigured"
+    assert outcome_of(RuntimeError()) == "error"
+
+
+# --- the breaker --------------------------------------------------------------------------------
+
+
+def breaker(clock: FakeClock, threshold: int = 3, window: float = 10.0, cooldown: float = 5.0) -> CircuitBreaker:
+    return CircuitBreaker("p", BreakerConfig(threshold=threshold, window=window, cooldown=cooldown), clock)
+
+
+def test_breaker_opens_after_consecutive_failures_and_fails_fast() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.acquire()
+        b.record_failure("HTTP 503")
+    assert b.state is BreakerState.OPEN
+    clock.now += 2
+    with pytest.raises(CircuitOpen) as caught:
+        b.acquire()
+    assert caught.value.retry_after == pytest.approx(3.0)
+    assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "3"}
+    assert "provider in cooldown" in caught.value.message
+    assert b.reason == "HTTP 503"
+
+
+def test_a_success_resets_the_streak() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    for outcome in ("fail", "fail", "ok", "fail", "fail"):
+        b.acquire()
+        b.record_failure("x") if outcome == "fail" else b.record_success()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_failures_spread_beyond_the_window_do_not_open_it() -> None:
+    clock = FakeClock()
+    b = breaker(clock, window=10.0)
+    for _ in range(5):
+        b.acquire()
+        b.record_failure("x")
+        clock.now += 6  # two failures never fall in one 10 s streak with a third
+        if b.failures >= 2:
+            clock.now += 5
+    assert b.state is BreakerState.CLOSED
+
+
+def test_half_open_lets_one_trial_through_then_closes_on_success() -> None:
+    clock = FakeClock()
+    b = breaker(clock, threshold=1, cooldown=5.0)
+    b.acquire()
+    b.record_failure("x")
+    clock.now += 5.01
+    b.acquire()  # the trial
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(CircuitOpen):
+        b.acquire()  # a second caller while the trial is out
+    b.record_success()
+    assert b.state is BreakerState.CLOSED
+    b.acquire()
+    b.acquire()
+
+
+def test_a_failed_trial_reopens_for_a_full_cooldown() -> None:
+    clock = FakeClock()
+    b = breaker(clock, threshold=1, cooldown=5.0)
+    b.acquire()
+    b.record_failure("x")
+    clock.now += 6
+    b.acquire()
+    b.record_failure("still down")
+    assert b.state is BreakerState.OPEN and b.remaining_cooldown() == pytest.approx(5.0)
+
+
+def test_a_trial_without_verdict_frees_the_slot() -> None:
+    clock = FakeClock()
+    b = breaker(clock, threshold=1)
+    b.acquire()
+    b.record_failure("x")
+    clock.now += 6
+    b.acquire()
+    b.release()  # e.g. the client went away while waiting
+    b.acquire()  # another caller may try
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+FAST_RETRIES = """
+[providers.ollama]
+max_retries = 2
+retry_base_delay = 0.01
+retry_max_delay = 0.5
+breaker_threshold = 50
+"""
+
+
+def _catalogue(tmp_path: Path, header: str = FAST_RETRIES, fallbacks: str = '["acme/backup"]') -> Path:
+    return write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b", extra=f"fallbacks = {fallbacks}"),
+        model_toml("acme", "backup", upstream="backup:1b", max_new_tokens=50),
+        header=header,
+    )
+
+
+@pytest.fixture
+def serve(fakes: Fakes, tmp_path: Path) -> Iterator[Any]:
+    servers: list[Any] = []
+
+    def start(header: str = FAST_RETRIES, fallbacks: str = '["acme/backup"]', **settings: Any) -> str:
+        catalogue = load_catalogue(_catalogue(tmp_path, header, fallbacks))
+        app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0, **settings), catalogue)
+        context = serve_in_thread(app)
+        servers.append(context)
+        return context.__enter__()
+
+    yield start
+    for context in reversed(servers):
+        context.__exit__(None, None, None)
+
+
+def chat(url: str, model: str = "acme/primary", *, stream: bool = False) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+
+
+def chat_models(fakes: Fakes) -> list[str]:
+    return [r.json["model"] for r in fakes.ollama.requests if r.path == "/api/chat"]
+
+
+def content(response: httpx.Response) -> str:
+    text: str = response.json()["choices"][0]["message"]["content"]
+    return text
+
+
+def test_a_retry_succeeds_on_the_second_attempt(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(Reply(fault=Fault.status(503, message="server busy")), Reply(tokens=["fine"]))
+    response = chat(url)
+    assert response.status_code == 200, response.text
+    assert content(response) == "fine"
+    assert response.headers["x-modelgate-model"] == "acme/primary"
+    assert chat_models(fakes) == ["primary:1b", "primary:1b"]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert (
+        'modelgate_upstream_requests_total{model="acme/primary",outcome="unavailable",provider="ollama"} 1.0' in metrics
+    )
+    assert 'modelgate_upstream_requests_total{model="acme/primary",outcome="ok",provider="ollama"} 1.0' in metrics
+
+
+def test_retry_after_is_honoured_before_retrying(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(Reply(fault=Fault.status(429, retry_after=0.2)), Reply(tokens=["later"]))
+    response = chat(url)
+    assert response.status_code == 200 and content(response) == "later"
+    assert chat_models(fakes) == ["primary:1b", "primary:1b"]
+
+
+def test_a_retry_after_longer_than_the_cap_is_handed_to_the_client(fakes: Fakes, serve: Any) -> None:
+    url = serve(fallbacks="[]")
+    fakes.ollama.script(Reply(fault=Fault.status(503, retry_after=120)))
+    response = chat(url)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "120"
+    assert chat_models(fakes) == ["primary:1b"]  # not retried: nobody waits two minutes for a first byte
+
+
+def test_a_fallback_answers_after_the_primarys_503s(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(*[Reply(fault=Fault.status(503))] * 3, Reply(tokens=["from", " backup"]))
+    response = chat(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert content(response) == "from backup"
+    assert chat_models(fakes) == ["primary:1b"] * 3 + ["backup:1b"]
+    # The fallback gets its own catalogue defaults, not the primary's.
+    assert fakes.ollama.last.json["options"]["num_predict"] == 50
+
+
+def test_a_bad_request_is_neither_retried_nor_failed_over(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(Reply(fault=Fault.status(400, message="invalid character")))
+    response = chat(url)
+    assert response.status_code == 400
+    assert chat_models(fakes) == ["primary:1b"]
+
+
+def test_when_everything_fails_the_primarys_error_is_reported(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.default = Reply(fault=Fault.status(503, message="server busy"))
+    response = chat(url)
+    assert response.status_code == 503
+    assert "server busy" in response.json()["error"]["message"]
+    assert chat_models(fakes) == ["primary:1b"] * 3 + ["backup:1b"] * 3
+
+
+def test_a_mid_stream_failure_is_reported_not_switched(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(Reply(tokens=["one", " two", " three"], fault=Fault.error_after(2, message="runner died")))
+    response = chat(url, stream=True)
+    assert response.status_code == 200
+    assert response.headers["x-modelgate-model"] == "acme/primary"
+    assert '"one"' in response.text and '" two"' in response.text and "three" not in response.text
+    assert "runner died" in response.text
+    assert chat_models(fakes) == ["primary:1b"]  # the fallback was never asked
+
+
+BREAKER = """
+[providers.ollama]
+max_retries = 0
+breaker_threshold = 2
+breaker_window = 60
+breaker_cooldown = 0.5
+"""
+
+
+def test_the_breaker_opens_fails_fast_and_closes_after_a_good_trial(fakes: Fakes, serve: Any) -> None:
+    url = serve(BREAKER, fallbacks="[]")
+    fakes.ollama.script(Reply(fault=Fault.status(500)), Reply(fault=Fault.status(500)))
+    assert [chat(url).status_code for _ in range(2)] == [502, 502]
+
+    refused = chat(url)  # open: refused without calling upstream
+    assert refused.status_code == 503
+    assert "provider in cooldown" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == "1"
+    assert len(chat_models(fakes)) == 2
+    status = httpx.get(f"{url}/api/status").json()
+    assert status["providers"]["ollama"]["status"] == "down"
+    assert "circuit open" in status["providers"]["ollama"]["reason"]
+
+    # After the cooldown one trial goes through; it succeeds, so the breaker closes.
+    answered = _poll(lambda: chat(url), lambda r: r.status_code == 200)
+    assert answered.status_code == 200
+    assert chat(url).status_code == 200
+    assert len(chat_models(fakes)) == 4
+    assert httpx.get(f"{url}/api/status").json()["providers"]["ollama"]["status"] != "down"
+
+
+def _poll(call: Any, done: Any, attempts: int = 100) -> Any:
+    import time
+
+    result = call()
+    for _ in range(attempts):
+        if done(result):
+            return result
+        time.sleep(0.05)
+        result = call()
+    return result
