@@ -7,7 +7,8 @@ arrive under HTTP 200 as ``data:{"error":…,"error_type":…}`` (§1.6). Parame
 TGI does (e.g. ``temperature: 0`` or ``typical_p: -1`` → a ``validation`` error event), so an
 adapter that sends what TGI rejects fails here too.
 
-``Reply.options``: ``eos`` (the special end token's text, default ``<|im_end|>``).
+``Reply.options``: ``eos`` (the special end token's text, default ``<|im_end|>``); ``no_end`` (True: the
+connection closes cleanly after the tokens, without the final ``generated_text`` event — a truncated stream).
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class FakeHuggingFace(FakeUpstream):
             trailer = [event(len(tokens) + 1, str(reply.options.get("eos", "<|im_end|>")), True, final)]
         elif frames:
             frames[-1] = event(len(tokens), tokens[-1], False, final)
+        if reply.options.get("no_end"):
+            frames, trailer = [event(i + 1, t, False) for i, t in enumerate(tokens)], []
         fault = reply.fault
         kind = (fault.code if fault else None) or "generation"
         message = (fault.message if fault else None) or _MESSAGES.get(kind, "Request failed during generation")

@@ -162,20 +162,24 @@ class Upstream:
     async def stream(
         self,
         url: str,
-        body: Mapping[str, Any],
+        body: Callable[[], Mapping[str, Any]],
         parser: StreamParser,
         *,
         headers: Mapping[str, str],
         model: str,
     ) -> AsyncIterator[StreamEvent]:
-        """POST ``body`` to ``url`` and yield what ``parser`` makes of the streamed reply."""
+        """POST ``body()`` to ``url`` and yield what ``parser`` makes of the streamed reply.
+
+        ``body`` is built on the first iteration, so an input the adapter refuses (a chat template's
+        ``BadRequest``) is raised by the iterator like every other failure, not by the call.
+        """
         conn = self.connection
         loop = asyncio.get_running_loop()
         deadline = loop.time() + conn.first_token_timeout
         request = self.http.build_request(
             "POST",
             url,
-            content=orjson.dumps(body),
+            content=orjson.dumps(body()),
             # identity: a compressed event stream is buffered by whoever compresses it.
             headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
             timeout=self._timeouts,

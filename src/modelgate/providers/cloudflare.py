@@ -11,6 +11,7 @@ not have, are never sent (and reported as dropped).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -151,7 +152,7 @@ class Cloudflare(Provider):
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
         return self.upstream.stream(
             f"{self._account_url()}/run/{model.upstream_model}",
-            build_body(request),
+            functools.partial(build_body, request),
             CloudflareStream(self.upstream, request),
             headers={**self._auth(), "Accept": "text/event-stream"},
             model=model.upstream_model,

@@ -8,6 +8,7 @@ only a real JSON parser reads right.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -126,7 +127,7 @@ class Ollama(Provider):
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         return self.upstream.stream(
             f"{self.connection.base_url}/api/chat",
-            build_body(model, request),
+            functools.partial(build_body, model, request),
             OllamaStream(self.upstream),
             headers={"Accept": "application/x-ndjson"},
             model=model.upstream_model,

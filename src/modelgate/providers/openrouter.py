@@ -8,6 +8,7 @@ or a string such as ``server_error``) — raised as the matching error; ``[DONE]
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -174,7 +175,7 @@ class OpenRouter(Provider):
         key = self.connection.credentials.get("OPENROUTER_API_KEY", "")
         return self.upstream.stream(
             f"{self.connection.base_url}/chat/completions",
-            build_body(model, request),
+            functools.partial(build_body, model, request),
             OpenRouterStream(self.upstream, request),
             headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream", **ATTRIBUTION},
             model=model.upstream_model,
