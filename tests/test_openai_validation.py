@@ -161,3 +161,12 @@ def test_malformed_json_is_a_400_in_openai_shape(client: openai.OpenAI) -> None:
 def test_limits_are_checked_before_credentials(client: openai.OpenAI) -> None:
     # Even with the provider unconfigured, a bad value is the caller's 400, not our 503.
     refused(client, model="openrouter/llama-3.3-70b-instruct", max_tokens=2049)
+
+
+def test_more_messages_than_the_service_allows_is_refused() -> None:
+    app = create_app(Settings.from_env({}, max_messages=2))
+    with serve_in_thread(app) as url, openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client:
+        error = refused(client, messages=HELLO * 3)
+    assert isinstance(error.body, dict)
+    assert error.body["param"] == "messages"
+    assert "limit of 2" in error.body["message"]

@@ -262,7 +262,13 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
 _ROLES: Mapping[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def _messages(body: ChatCompletionRequest) -> tuple[Message, ...]:
+def _messages(body: ChatCompletionRequest, max_messages: int) -> tuple[Message, ...]:
+    if len(body.messages) > max_messages:
+        raise BadRequest(
+            f"messages: {len(body.messages)} messages are more than the limit of {max_messages}",
+            param="messages",
+            data={"limit": max_messages},
+        )
     messages = []
     for index, message in enumerate(body.messages):
         where = f"messages[{index}]"
@@ -317,9 +323,9 @@ def openai_param_names(fields: Iterable[str]) -> list[str]:
     return sorted({OPENAI_PARAMS.get(field, (field,))[0] for field in fields})
 
 
-def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel) -> ChatRequest:
+def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
     _refuse_unsupported(body)
-    return ChatRequest(messages=_messages(body), params=_params(body, model))
+    return ChatRequest(messages=_messages(body, max_messages), params=_params(body, model))
 
 
 # --- chat completions: the route ----------------------------------------------------------------
@@ -330,7 +336,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state = gateway(request)
     model = state.catalogue.get(body.model)
     await admit(state, request, model)  # key, policy (403) and limits (429); slots held until the reply ends
-    start = await open_stream(state, model, to_chat_request(body, model))
+    chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
+    start = await open_stream(state, model, chat)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params)
     if dropped:
