@@ -1,0 +1,373 @@
+"""``POST /v1/chat/completions`` end to end: the official ``openai`` SDK (sync and async) → modelgate on a
+loopback port → the fake upstreams of ``tests/fakes`` speaking each provider's real protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.settings import Settings
+from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
+from tests.servers import serve_in_thread
+
+#: One catalogue model per provider, and where that provider's request carries the sampling values.
+MODELS = {
+    "huggingface": "qwen/Qwen2.5-72B-Instruct",
+    "cloudflare": "cloudflare/llama-3.3-70b-instruct-fp8-fast",
+    "openrouter": "openrouter/deepseek-chat",
+    "ollama": "ollama/rwkv-6-world",
+}
+PROVIDERS = list(MODELS)
+
+
+def _hf(body: dict[str, Any]) -> dict[str, Any]:
+    p = body["parameters"]
+    return {"max": p.get("max_new_tokens"), "temperature": p.get("temperature"), "seed": p.get("seed")}
+
+
+def _flat(body: dict[str, Any]) -> dict[str, Any]:
+    return {"max": body.get("max_tokens"), "temperature": body.get("temperature"), "seed": body.get("seed")}
+
+
+def _ollama(body: dict[str, Any]) -> dict[str, Any]:
+    o = body.get("options", {})
+    return {"max": o.get("num_predict"), "temperature": o.get("temperature"), "seed": o.get("seed")}
+
+
+#: provider → the sampling values its fake received, under neutral names.
+UPSTREAM_PARAMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "huggingface": _hf,
+    "cloudflare": _flat,
+    "openrouter": _flat,
+    "ollama": _ollama,
+}
+
+TOKENS = ["Hel", "lo", ", wörld", " 😀 <b>&</b>"]
+TEXT = "".join(TOKENS)
+MESSAGES: list[Any] = [
+    {"role": "developer", "content": "Be terse."},
+    {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},
+]
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    with serve_in_thread(create_app(Settings.from_env(fakes.env()))) as url:
+        yield url
+
+
+@pytest.fixture
+def client(service: str) -> Iterator[openai.OpenAI]:
+    with sdk(service) as client:
+        yield client
+
+
+def sdk(url: str, **options: Any) -> openai.OpenAI:
+    options.setdefault("api_key", "test-key")
+    return openai.OpenAI(base_url=f"{url}/v1", max_retries=0, **options)
+
+
+def async_sdk(url: str, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test-key", max_retries=0, **options)
+
+
+# --- one model of each provider ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_non_streamed_completion(client: openai.OpenAI, fakes: Fakes, provider: str) -> None:
+    fakes[provider].script(Reply(tokens=TOKENS, usage=(13, 4)))
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODELS[provider], messages=MESSAGES, max_tokens=7, temperature=0.3, seed=42, user="someone"
+    )
+    completion = raw.parse()
+    assert raw.headers["x-modelgate-model"] == MODELS[provider]
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == MODELS[provider]
+    assert len(completion.choices) == 1
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == TEXT
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (13, 4)
+    assert completion.usage.total_tokens == 17
+    # The call's values replaced the catalogue's defaults upstream; `user` was not forwarded.
+    sent = fakes[provider].last.json
+    assert UPSTREAM_PARAMS[provider](sent) == {"max": 7, "temperature": 0.3, "seed": 42}
+    assert "someone" not in str(sent)
+    assert "Be terse." in str(sent) and "Say hello" in str(sent)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_streamed_completion_with_usage(service: str, fakes: Fakes, provider: str) -> None:
+    fakes[provider].script(Reply(tokens=TOKENS, usage=(13, 4)))
+
+    async def main() -> list[openai.types.chat.ChatCompletionChunk]:
+        async with async_sdk(service) as client:
+            stream = await client.chat.completions.create(
+                model=MODELS[provider],
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+                max_completion_tokens=9,
+            )
+            return [chunk async for chunk in stream]
+
+    chunks = asyncio.run(main())
+    assert len({(c.id, c.created, c.model) for c in chunks}) == 1
+    assert chunks[0].model == MODELS[provider]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *content, finish, usage = chunks
+    assert "".join(c.choices[0].delta.content or "" for c in content) == TEXT
+    assert all(c.choices[0].finish_reason is None and c.usage is None for c in content)
+    assert finish.choices[0].finish_reason == "stop"
+    assert finish.choices[0].delta.content is None and finish.choices[0].delta.role is None
+    assert usage.choices == []
+    assert usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens, usage.usage.total_tokens) == (13, 4, 17)
+    assert UPSTREAM_PARAMS[provider](fakes[provider].last.json)["max"] == 9
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI, fakes: Fakes) -> None:
+    with client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True) as stream:
+        chunks = list(stream)
+    assert all(len(c.choices) == 1 and c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello, world!"
+
+
+def test_stream_ends_with_done_on_the_wire(service: str) -> None:
+    body = {"model": MODELS["ollama"], "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{service}/v1/chat/completions", json=body) as response:
+        raw = response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+    assert raw.endswith(b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+
+def test_length_finish_and_auto_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["a", "b"], finish="length"))
+    completion = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, max_tokens=2)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (PROMPT_TOKENS, 2)
+
+
+def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fakes) -> None:
+    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"])
+    fakes.ollama.script(reply, reply)
+    completion = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    message = completion.choices[0].message
+    assert message.content == "4"
+    assert message.model_extra == {"reasoning_content": "2+2 is 4"}
+    with client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True) as stream:
+        deltas = [c.choices[0].delta for c in stream]
+    assert "".join((d.model_extra or {}).get("reasoning_content", "") for d in deltas) == "2+2 is 4"
+    assert "".join(d.content or "" for d in deltas) == "4"
+
+
+def test_catalogue_defaults_apply_when_the_call_sets_nothing(client: openai.OpenAI, fakes: Fakes) -> None:
+    client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    options = fakes.ollama.last.json["options"]
+    assert options["num_predict"] == 500  # the catalogue's max_new_tokens
+    assert "seed" not in options and "top_p" not in options
+
+
+ALL_PARAMS: dict[str, Any] = {
+    "max_tokens": 8,
+    "temperature": 0.5,
+    "top_p": 0.5,
+    "stop": ["END"],
+    "seed": 3,
+    "presence_penalty": 0.1,
+    "frequency_penalty": 0.2,
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_dropped_parameters_header_agrees_with_supported_parameters(
+    client: openai.OpenAI, fakes: Fakes, provider: str
+) -> None:
+    supported = client.models.retrieve(MODELS[provider]).model_extra["supported_parameters"]  # type: ignore[index]
+    raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=MESSAGES, **ALL_PARAMS)
+    raw.parse()
+    dropped = set(filter(None, raw.headers.get("x-modelgate-dropped-params", "").split(",")))
+    # Among the caller's fields, exactly those the listing does not promise are reported.
+    assert dropped & set(ALL_PARAMS) == set(ALL_PARAMS) - set(supported)
+    assert raw.headers["x-modelgate-model"] == MODELS[provider]
+
+
+def test_a_dropped_parameter_is_not_sent_upstream(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODELS["cloudflare"], messages=MESSAGES, stop=["END"], seed=3
+    )
+    raw.parse()
+    assert "stop" in raw.headers["x-modelgate-dropped-params"].split(",")
+    assert "stop" not in fakes.cloudflare.last.json
+    assert fakes.cloudflare.last.json["seed"] == 3
+
+
+# --- errors, as the SDK raises them ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_429_is_a_rate_limit_error_with_retry_after(client: openai.OpenAI, fakes: Fakes, stream: bool) -> None:
+    fakes.ollama.script(Reply(fault=Fault.status(429, retry_after=7)))
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=stream)
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status", "error_class"),
+    [
+        (400, 400, openai.BadRequestError),
+        (401, 502, openai.InternalServerError),
+        (500, 502, openai.InternalServerError),
+        (503, 503, openai.InternalServerError),
+    ],
+)
+def test_upstream_status_maps_to_an_sdk_error(
+    client: openai.OpenAI, fakes: Fakes, upstream: int, status: int, error_class: type[openai.APIStatusError]
+) -> None:
+    fakes.ollama.default = Reply(fault=Fault.status(upstream))  # every attempt: the gateway retries 5xx
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert type(caught.value) is error_class
+    assert caught.value.status_code == status
+    assert isinstance(caught.value.body, dict)
+    assert set(caught.value.body) == {"message", "type", "param", "code"}
+    assert caught.value.body["type"] == ("invalid_request_error" if status == 400 else "server_error")
+    assert "ollama" in caught.value.body["message"]
+
+
+def test_async_sdk_gets_the_same_error_classes(service: str, fakes: Fakes) -> None:
+    fakes.ollama.default = Reply(fault=Fault.status(500))
+
+    async def main() -> None:
+        async with async_sdk(service) as client:
+            await client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+
+    with pytest.raises(openai.InternalServerError):
+        asyncio.run(main())
+
+
+def test_error_after_the_stream_started_is_raised_by_the_sdk(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["one", " two", " three"], fault=Fault.error_after(2)))
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        stream = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True)
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "one two"
+    assert "ollama" in caught.value.message
+    assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "server_error"
+
+
+def test_a_dropped_upstream_connection_is_an_error_event_not_a_silent_end(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["one", " two"], fault=Fault.drop_after(1)))
+    with pytest.raises(openai.APIError, match="dropped mid-stream"):
+        list(client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True))
+
+
+def test_non_streamed_failure_midway_is_a_502(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["one", " two"], fault=Fault.error_after(1)))
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert caught.value.status_code == 502
+
+
+def test_closing_the_stream_closes_the_upstream(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["t"] * 50, delay=0.05))
+    stream = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    stream.close()
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+
+
+# --- timeouts: a short first-token timeout so the service gives up quickly ------------------------
+
+
+@pytest.fixture
+def impatient_service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
+    config = tmp_path / "catalogue.toml"
+    config.write_text(
+        """
+[providers.ollama]
+first_token_timeout = 1
+max_retries = 0
+
+[[models]]
+publisher = "ollama"
+name = "rwkv-6-world"
+provider = "ollama"
+type = "chat"
+[models.configuration]
+model = "mollysama/rwkv-6-world:1.6b"
+[models.configuration.parameters]
+max_new_tokens = 500
+typical_p = -1
+repetition_penalty = -1
+truncate = 1000
+"""
+    )
+    app = create_app(Settings.from_env(fakes.env()), load_catalogue(config))
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def test_a_hanging_upstream_is_an_sdk_timeout(impatient_service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(fault=Fault.hang()))
+    with sdk(impatient_service, timeout=0.3) as client, pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+
+
+def test_a_hanging_upstream_is_a_504_from_the_gateway(impatient_service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(fault=Fault.hang()))
+    with sdk(impatient_service, timeout=30) as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True)
+    assert caught.value.status_code == 504
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+
+
+# --- API keys -------------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_is_an_authentication_error(fakes: Fakes) -> None:
+    app = create_app(Settings.from_env({**fakes.env(), "MODELGATE_API_KEYS": "right-key"}))
+    with serve_in_thread(app) as url, sdk(url) as wrong, sdk(url, api_key="right-key") as right:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            wrong.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+        assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "invalid_api_key"
+        assert right.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES).choices[0].message.content
+    assert len(fakes.ollama.requests) == 1
+
+
+# --- the whole catalogue --------------------------------------------------------------------------
+
+
+def test_every_catalogue_model_is_listed_and_answers(service: str, client: openai.OpenAI, fakes: Fakes) -> None:
+    seed_ids = httpx.get(f"{service}/models").json()["models"]
+    listed = [m.id for m in client.models.list()]
+    assert sorted(listed) == sorted(seed_ids)
+    for model_id in listed:
+        completion = client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=5)
+        message = completion.choices[0].message
+        # R1-Distill's prompt opens a <think> block, so a reply without </think> is all reasoning.
+        answer = message.content or (message.model_extra or {}).get("reasoning_content")
+        assert answer == "Hello, world!", model_id
+        assert completion.model == model_id
