@@ -333,6 +333,7 @@ function newChat(model) {
     list: el("ol", { className: "messages", "aria-label": `Conversation with ${model.id}` }),
     exchanges: [], // {user, assistant, failed}
     controller: null,
+    droppedNoted: "", // the X-Modelgate-Dropped-Params already shown in this chat
   };
 }
 
@@ -528,7 +529,7 @@ async function send(chat, text) {
     if (!response.ok) {
       const failure = await describeFailure(response);
       exchange.failed = true;
-      view.assistant.append(errorBox(failure.title, failure.message, () => retry(chat, exchange, view)));
+      view.meta.before(errorBox(failure.title, failure.message, () => retry(chat, exchange, view)));
       outcome = "error";
     } else {
       const answeredBy = response.headers.get("X-Modelgate-Model");
@@ -538,7 +539,7 @@ async function send(chat, text) {
       await readDataStream(response, onPart);
       if (streamError !== null) {
         exchange.failed = !exchange.assistant;
-        view.assistant.append(errorBox("The reply failed", streamError, exchange.failed ? () => retry(chat, exchange, view) : null));
+        view.meta.before(errorBox("The reply failed", streamError, exchange.failed ? () => retry(chat, exchange, view) : null));
         outcome = "error";
       }
     }
@@ -546,11 +547,11 @@ async function send(chat, text) {
     if (error.name === "AbortError") {
       outcome = "stopped";
     } else if (error instanceof StreamProtocolError) {
-      view.assistant.append(errorBox("The reply could not be read", error.message));
+      view.meta.before(errorBox("The reply could not be read", error.message));
       outcome = "error";
     } else {
       exchange.failed = !exchange.assistant;
-      view.assistant.append(errorBox("Could not reach the service", error.message, () => retry(chat, exchange, view)));
+      view.meta.before(errorBox("Could not reach the service", error.message, () => retry(chat, exchange, view)));
       outcome = "error";
     }
   } finally {
@@ -569,7 +570,12 @@ async function send(chat, text) {
       notes.push("finish: unknown");
     }
     if (view.assistant.dataset.answeredBy) notes.push(`answered by ${view.assistant.dataset.answeredBy}`);
-    if (view.assistant.dataset.droppedParams) notes.push(`ignored by ${providerName(chat.model.provider)}: ${view.assistant.dataset.droppedParams}`);
+    // Said once per chat (and again if it changes): the same parameters are dropped on every turn.
+    const dropped = view.assistant.dataset.droppedParams;
+    if (dropped && dropped !== chat.droppedNoted) {
+      notes.push(`not supported by ${providerName(chat.model.provider)}, not sent: ${dropped}`);
+      chat.droppedNoted = dropped;
+    }
     view.meta.textContent = notes.join(" · ");
     view.meta.hidden = notes.length === 0;
     if (!exchange.assistant && !exchange.reasoning && outcome === "stopped") view.content.textContent = "(no reply)";
