@@ -1,0 +1,333 @@
+"""``/health``, ``/ready``, ``/api/status``: the status rules, then real servers with the fake upstreams.
+
+The probes must never bill anyone: every test that lets them run checks that the fakes received
+listing calls only (no ``POST``, i.e. no generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.providers import ProbeResult
+from modelgate.resilience import BreakerConfig, Breakers
+from modelgate.settings import Settings
+from modelgate.status import DOWN_AFTER, MIN_SAMPLES, SLOW_TTFT, WINDOW, StatusBoard
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.fakes import FakeOllama, Fakes
+from tests.redis_server import free_port, running_redis
+from tests.servers import serve_in_thread
+
+RWKV = "mollysama/rwkv-6-world:1.6b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def board_setup(tmp_path: Path) -> tuple[StatusBoard, Clock, Any, Settings, Breakers]:
+    clock = Clock()
+    board = StatusBoard(clock=clock, wall=lambda: 1_700_000_000.0)
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("acme", "tiny", upstream="tiny:1b"),
+            model_toml("acme", "big", upstream="big:70b"),
+        )
+    )
+    return board, clock, catalogue, Settings(), Breakers(clock=clock)
+
+
+def snapshot(setup: tuple[StatusBoard, Clock, Any, Settings, Breakers]) -> dict[str, Any]:
+    board, _, catalogue, settings, breakers = setup
+    return board.snapshot(catalogue, settings, breakers)
+
+
+# --- the rules ------------------------------------------------------------------------------------
+
+
+def test_nothing_seen_is_ok_and_unchecked(board_setup: Any) -> None:
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"] == {
+        "status": "ok",
+        "last_checked_at": None,
+        "reason": None,
+        "requests": 0,
+        "error_rate": None,
+        "ttft_p50_ms": None,
+    }
+    assert status["models"]["acme/tiny"]["status"] == "ok"
+    assert status["status"] == "ok"
+
+
+def test_missing_credentials_are_unconfigured(board_setup: Any) -> None:
+    providers = snapshot(board_setup)["providers"]
+    assert providers["openrouter"]["status"] == "unconfigured"
+    assert providers["openrouter"]["reason"] == "set OPENROUTER_API_KEY"
+    assert providers["cloudflare"]["reason"] == "set CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN"
+
+
+def test_error_rate_degrades_then_the_window_forgets(board_setup: Any) -> None:
+    board, clock, *_ = board_setup
+    for i in range(MIN_SAMPLES * 2):
+        board.record("ollama", "acme/tiny", ok=i % 3 != 0, ttft=0.2, reason="HTTP 503")
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "degraded"
+    assert "4 of the last 10 attempts failed" in status["providers"]["ollama"]["reason"]
+    assert status["models"]["acme/tiny"]["status"] == "degraded"
+    assert status["models"]["acme/big"]["status"] == "degraded"  # through its provider
+    assert status["providers"]["ollama"]["last_checked_at"] == "2023-11-14T22:13:20Z"
+    clock.now += WINDOW + 1
+    assert snapshot(board_setup)["providers"]["ollama"]["status"] == "ok"
+
+
+def test_consecutive_failures_are_down_and_one_success_clears_them(board_setup: Any) -> None:
+    board, *_ = board_setup
+    for _ in range(DOWN_AFTER):
+        board.record("ollama", "acme/tiny", ok=False, reason="ollama is unreachable (ConnectError)")
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "down"
+    assert "ConnectError" in status["providers"]["ollama"]["reason"]
+    assert status["models"]["acme/big"]["status"] == "down"
+    assert status["status"] == "down"
+    board.record("ollama", "acme/tiny", ok=True, ttft=0.1)
+    assert snapshot(board_setup)["providers"]["ollama"]["status"] != "down"
+
+
+def test_slow_first_tokens_degrade(board_setup: Any) -> None:
+    board, *_ = board_setup
+    for _ in range(3):
+        board.record("ollama", "acme/tiny", ok=True, ttft=SLOW_TTFT + 1)
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "degraded"
+    assert "median time to first token" in status["providers"]["ollama"]["reason"]
+
+
+def test_an_open_breaker_is_down(board_setup: Any) -> None:
+    _, _, _, _, breakers = board_setup
+    b = breakers.get("ollama", BreakerConfig(threshold=1, cooldown=30))
+    b.acquire()
+    b.record_failure("HTTP 500")
+    provider = snapshot(board_setup)["providers"]["ollama"]
+    assert provider["status"] == "down" and "circuit open" in provider["reason"]
+
+
+def test_a_failed_probe_is_down_until_a_probe_or_a_reply_succeeds(board_setup: Any) -> None:
+    board, clock, *_ = board_setup
+    board.record_probe("ollama", ProbeResult(reachable=False, detail="no answer within 5 s"))
+    provider = snapshot(board_setup)["providers"]["ollama"]
+    assert provider["status"] == "down" and provider["reason"] == "probe failed: no answer within 5 s"
+    clock.now += 1
+    board.record("ollama", "acme/tiny", ok=True, ttft=0.1)
+    assert snapshot(board_setup)["providers"]["ollama"]["status"] == "ok"
+    board.record_probe("ollama", ProbeResult(reachable=False))
+    assert snapshot(board_setup)["providers"]["ollama"]["status"] == "down"
+    board.record_probe("ollama", ProbeResult(reachable=True, available_models=frozenset({"tiny:1b", "big:70b"})))
+    assert snapshot(board_setup)["providers"]["ollama"]["status"] == "ok"
+
+
+def test_a_model_the_probe_did_not_find_is_down(board_setup: Any) -> None:
+    board, *_ = board_setup
+    board.record_probe("ollama", ProbeResult(reachable=True, available_models=frozenset({"tiny:1b"})))
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "ok"
+    assert status["models"]["acme/tiny"]["status"] == "ok"
+    assert status["models"]["acme/big"] == {
+        "provider": "ollama",
+        "status": "down",
+        "last_checked_at": "2023-11-14T22:13:20Z",
+        "reason": "ollama does not list the model 'big:70b'",
+    }
+    assert status["status"] == "ok"
+
+
+# --- /health and /ready ----------------------------------------------------------------------------
+
+
+def test_health_is_always_ok() -> None:
+    with serve_in_thread(create_app(Settings(probe_interval=0))) as url:
+        response = httpx.get(f"{url}/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_ready_without_redis() -> None:
+    with serve_in_thread(create_app(Settings(probe_interval=0))) as url:
+        response = httpx.get(f"{url}/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "catalogue": True}
+
+
+@pytest.mark.redis
+def test_ready_follows_redis() -> None:
+    with running_redis() as redis_url:
+        app = create_app(Settings(redis_url=redis_url, probe_interval=0))
+        with serve_in_thread(app) as url:
+            assert httpx.get(f"{url}/ready").json() == {"status": "ready", "catalogue": True, "redis": True}
+
+
+def test_ready_is_503_when_redis_is_unreachable() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with serve_in_thread(create_app(Settings(redis_url=dead, probe_interval=0))) as url:
+        response = httpx.get(f"{url}/ready", timeout=10)
+    assert response.status_code == 503
+    assert response.json() == {
+        "statusCode": 503,
+        "statusMessage": "Not ready: redis unreachable",
+        "data": {"catalogue": True, "redis": False},
+    }
+
+
+# --- probes against the fakes ------------------------------------------------------------------------
+
+
+def poll(url: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
+    """``/api/status`` until ``done`` says so (or ``timeout`` passes: the caller's assert then fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = httpx.get(f"{url}/api/status", timeout=5).json()
+        if done(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
+def only_listings(fakes: Fakes) -> list[tuple[str, str, str]]:
+    """Every request the fakes received that was not a GET (a generation costs money; a listing does not)."""
+    return [(fake.name, r.method, r.path) for fake in fakes.all() for r in fake.requests if r.method != "GET"]
+
+
+#: Providers with a free listing to probe (Hugging Face's serverless API offers none).
+PROBED = ("cloudflare", "openrouter", "ollama")
+
+
+def test_probes_of_every_provider_are_free(fakes: Fakes) -> None:
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0.05))
+    with serve_in_thread(app) as url:
+        poll(url, lambda s: all(s["providers"][name]["last_checked_at"] for name in PROBED))
+        rounds = len(fakes.ollama.requests)
+        status = poll(url, lambda s: len(fakes.ollama.requests) >= rounds + 2)  # a few rounds more
+    for name in PROBED:
+        assert status["providers"][name]["status"] == "ok", status["providers"][name]
+        assert status["providers"][name]["last_checked_at"] is not None
+        assert fakes[name].requests, f"the {name} probe never ran"
+    assert all(model["status"] == "ok" for model in status["models"].values()), status["models"]
+    assert {r.path for r in fakes.ollama.requests} == {"/api/tags"}
+    assert {r.path for r in fakes.openrouter.requests} == {"/api/v1/models"}
+    assert only_listings(fakes) == []
+
+
+def test_a_model_missing_upstream_is_down_with_the_reason(fakes: Fakes) -> None:
+    fakes.ollama.models = {"llama3.2:latest"}  # rwkv is not pulled
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0.05))
+    with serve_in_thread(app) as url:
+        status = poll(url, lambda s: s["models"]["ollama/rwkv-6-world"]["status"] == "down")
+    assert status["models"]["ollama/rwkv-6-world"]["reason"] == f"ollama does not list the model '{RWKV}'"
+    assert status["providers"]["ollama"]["status"] == "ok"
+    assert only_listings(fakes) == []
+
+
+class SwitchableOllama(FakeOllama):
+    """The Ollama fake whose listing can fail (500) or hang, switched from the test thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "up"
+        self.release = threading.Event()
+
+    async def tags(self, request: Request) -> Response:
+        if self.mode == "error":
+            await self.record(request)
+            return self.error(500)
+        if self.mode == "hang":
+            await self.record(request)
+            await asyncio.to_thread(self.release.wait, 30)  # set from the test thread
+        return await super().tags(request)
+
+
+@pytest.fixture
+def switchable(tmp_path: Path) -> Iterator[tuple[SwitchableOllama, Settings, Any]]:
+    fake = SwitchableOllama()
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("ollama", "rwkv", upstream=RWKV),
+            header="[providers.ollama]\nprobe_timeout = 0.3\n",
+        )
+    )
+    with serve_in_thread(fake.app) as root:
+        try:
+            yield fake, Settings(base_url_overrides={"ollama": root}, probe_interval=0.05), catalogue
+        finally:
+            fake.release.set()  # before the server stops, or its shutdown waits for the hung listing
+
+
+def test_a_provider_going_down_and_coming_back(switchable: tuple[SwitchableOllama, Settings, Any]) -> None:
+    fake, settings, catalogue = switchable
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        assert poll(url, lambda s: s["providers"]["ollama"]["last_checked_at"] is not None)["status"] == "ok"
+
+        fake.mode = "error"
+        status = poll(url, lambda s: s["providers"]["ollama"]["status"] == "down")
+        assert status["providers"]["ollama"]["status"] == "down"
+        assert status["providers"]["ollama"]["reason"].startswith("probe failed: ")
+        assert "HTTP 500" in status["providers"]["ollama"]["reason"]
+        assert status["models"]["ollama/rwkv"]["status"] == "down"
+
+        fake.mode = "up"
+        status = poll(url, lambda s: s["providers"]["ollama"]["status"] == "ok")
+        assert status["providers"]["ollama"]["status"] == "ok"
+        assert status["models"]["ollama/rwkv"]["status"] == "ok"
+    assert fake.requests and {(r.method, r.path) for r in fake.requests} == {("GET", "/api/tags")}
+
+
+def test_a_hanging_probe_hits_its_deadline_and_never_holds_a_request(
+    switchable: tuple[SwitchableOllama, Settings, Any],
+) -> None:
+    fake, settings, catalogue = switchable
+    fake.mode = "hang"
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        # While a probe hangs upstream, status and health answer at once from what is known.
+        deadline = time.monotonic() + 10
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.requests, "no probe was sent"
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        status = poll(url, lambda s: s["providers"]["ollama"]["status"] == "down")
+    assert status["providers"]["ollama"]["reason"] == "probe failed: no answer within 0.3 s"
+    assert {(r.method, r.path) for r in fake.requests} == {("GET", "/api/tags")}
+
+
+def test_probes_are_off_with_interval_zero(fakes: Fakes) -> None:
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0))
+    with serve_in_thread(app) as url:
+        time.sleep(0.2)
+        status = httpx.get(f"{url}/api/status").json()
+    assert status["providers"]["ollama"]["last_checked_at"] is None
+    assert all(not fake.requests for fake in fakes.all())
+
+
+def test_status_reasons_never_show_a_credential(fakes: Fakes, tmp_path: Path) -> None:
+    # A listing error that echoes our key back must reach /api/status scrubbed.
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)
+    app = create_app(settings)
+    state = app.state.gateway
+    key = settings.credentials["openrouter"]["OPENROUTER_API_KEY"]
+    state.status.record_probe("openrouter", ProbeResult(reachable=False, detail=f"refused key {key}"))
+    with serve_in_thread(app) as url:
+        body = httpx.get(f"{url}/api/status").text
+    assert key not in body and "[REDACTED]" in body
