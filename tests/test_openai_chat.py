@@ -357,6 +357,38 @@ def test_a_wrong_key_is_an_authentication_error(fakes: Fakes) -> None:
     assert len(fakes.ollama.requests) == 1
 
 
+def test_a_model_the_key_may_not_use_is_forbidden_and_unlisted(fakes: Fakes, tmp_path: Path) -> None:
+    models = "".join(
+        f"""
+[[models]]
+publisher = "{publisher}"
+name = "{name}"
+provider = "ollama"
+type = "chat"
+[models.configuration]
+model = "{name}:1b"
+[models.configuration.parameters]
+max_new_tokens = 100
+typical_p = -1
+repetition_penalty = -1
+truncate = 1000
+"""
+        for publisher, name in [("open", "tiny"), ("closed", "small")]
+    )
+    (tmp_path / "keys.toml").write_text('[[keys]]\nkey = "narrow-key"\nmodels = ["open/*"]\n')
+    (tmp_path / "catalogue.toml").write_text('[server]\nkeys_file = "keys.toml"\n' + models)
+    app = create_app(Settings.from_env(fakes.env()), load_catalogue(tmp_path / "catalogue.toml"))
+    with serve_in_thread(app) as url, sdk(url, api_key="narrow-key") as client:
+        assert [m.id for m in client.models.list()] == ["open/tiny"]
+        assert client.chat.completions.create(model="open/tiny", messages=MESSAGES).choices[0].message.content
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            client.chat.completions.create(model="closed/small", messages=MESSAGES)
+        assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "permission_error"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("closed/small")
+    assert [r.json["model"] for r in fakes.ollama.requests] == ["tiny:1b"]
+
+
 # --- the whole catalogue --------------------------------------------------------------------------
 
 
