@@ -95,7 +95,8 @@ class Reply:
     tokens: Sequence[str] = ("Hello", ",", " world", "!")
     #: Reasoning tokens sent before ``tokens`` (OpenRouter ``delta.reasoning``, Ollama ``message.thinking``).
     reasoning: Sequence[str] = ()
-    #: ``(prompt_tokens, completion_tokens)`` to report; "auto" = (PROMPT_TOKENS, what was sent); None = omit.
+    #: ``(prompt_tokens, completion_tokens)`` to report; None = omit; "auto" = ``PROMPT_TOKENS`` and the
+    #: number of scripted tokens (reasoning included), the same for every fake.
     usage: tuple[int, int] | Literal["auto"] | None = "auto"
     finish: Literal["stop", "length"] = "stop"
     #: Seconds between two tokens, and before the first one.

@@ -91,8 +91,8 @@ class FakeHuggingFace(FakeUpstream):
         tokens = list(reply.reasoning) + list(reply.tokens)
         text = "".join(tokens)
         ends_on_eos = reply.finish == "stop"
-        generated = len(tokens) + (1 if ends_on_eos else 0)  # TGI counts the EOS token
-        usage = self.usage_of(reply, generated)
+        # "auto" usage counts the scripted tokens, as every fake does (real TGI would count the end token too).
+        usage = self.usage_of(reply, len(tokens))
         final = {
             "text": text,
             "details": {
