@@ -440,6 +440,9 @@ def test_chat_with_a_model_of_each_provider_shows_the_reply(browser: Browser, fa
         expect(page.locator(".message.user .bubble")).to_have_text("first line\nsecond line")
         expect(page.locator("#prompt")).to_have_value("")
         expect(page.locator("#prompt")).to_be_focused()
+        # Back to the catalogue: focus returns to the model that was open.
+        page.get_by_role("link", name="Back to the models").click()
+        expect(page.get_by_role("link", name=f"Chat with {model.id}")).to_be_focused()
     assert len(fake.requests) == 1
     assert any("first line\nsecond line" in text for text in strings_in(fake.last.json))
 
@@ -501,10 +504,32 @@ def test_stop_aborts_the_request_and_the_upstream_sees_the_disconnect(browser: B
         expect(reply.locator(".meta")).to_contain_text("stopped")
         expect(page.locator("#send")).to_be_visible()
         assert fakes.cloudflare.wait_for_disconnects(1) == 1
-        # The partial reply stays, and the conversation goes on.
+        # Esc in the message box stops too.
+        fakes.cloudflare.script(Reply(tokens=["Once", " more"], fault=Fault.hang(after=1)))
+        send(page, "And again")
+        expect(last_reply(page).locator(".content")).to_have_text("Once")
+        page.locator("#prompt").press("Escape")
+        expect(last_reply(page)).to_have_attribute("data-outcome", "stopped")
+        assert fakes.cloudflare.wait_for_disconnects(2) == 2
+        # The partial replies stay, and the conversation goes on with them.
         fakes.cloudflare.script(Reply(tokens=["Back", "."]))
         send(page, "Again")
         expect(wait_until_finished(page).locator(".content")).to_have_text("Back.")
+    sent = fakes.cloudflare.last.json["messages"]
+    assert [m["content"] for m in sent if m["role"] == "assistant"] == ["Thinking very", "Once"]
+
+
+def test_usage_the_service_estimated_is_marked_as_such(browser: Browser, fakes: Fakes) -> None:
+    catalogue = load_catalogue()
+    fakes.openrouter.script(Reply(tokens=["No", " usage", " reported"], usage=None, finish="length"))
+    with serve(Settings(**fakes.settings_overrides()), catalogue) as url, open_page(browser, url) as page:
+        open_chat(page, first_model_of(catalogue, "openrouter"))
+        send(page, "Hi")
+        reply = wait_until_finished(page)
+        expect(reply).to_have_attribute("data-finish-reason", "length")
+        expect(reply.locator(".meta")).to_contain_text(
+            re.compile(r"finish: length · \d+ prompt \+ 3 completion tokens \(estimated\)")
+        )
 
 
 def test_an_upstream_error_mid_stream_is_shown(browser: Browser, fakes: Fakes) -> None:

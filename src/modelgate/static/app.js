@@ -330,7 +330,8 @@ function chatHash(model) {
 function newChat(model) {
   return {
     model,
-    list: el("ol", { className: "messages", "aria-label": `Conversation with ${model.id}` }),
+    // role=log: new messages are announced; a reply is aria-busy until it ends, so it is read once.
+    list: el("ol", { className: "messages", role: "log", "aria-live": "polite", "aria-label": `Conversation with ${model.id}` }),
     exchanges: [], // {user, assistant, failed}
     controller: null,
     droppedNoted: "", // the X-Modelgate-Dropped-Params already shown in this chat
@@ -521,9 +522,7 @@ async function send(chat, text) {
       });
       if (response.status !== 401) break;
       const failure = await describeFailure(response);
-      const reason = storedKey()
-        ? `The key was refused: ${failure.message}`
-        : `This service requires an API key. ${failure.message}`;
+      const reason = storedKey() ? `The key was refused: ${failure.message}` : "This service requires an API key.";
       if (!(await askForKey(reason))) break;
     }
     if (!response.ok) {
