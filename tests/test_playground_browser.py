@@ -416,7 +416,7 @@ def test_data_stream_parser_handles_any_chunking(browser: Browser) -> None:
 # --- chat against the fake upstreams ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["cloudflare", "openrouter", "ollama"])  # huggingface: once its adapter lands
+@pytest.mark.parametrize("provider", ["huggingface", "cloudflare", "openrouter", "ollama"])
 def test_chat_with_a_model_of_each_provider_shows_the_reply(browser: Browser, fakes: Fakes, provider: str) -> None:
     catalogue = load_catalogue()
     model = first_model_of(catalogue, provider)
