@@ -280,9 +280,9 @@ class Upstream:
         if status == 401:
             # Never the upstream's text here: some echo (part of) the key they refused.
             variables = " and ".join(self.connection.credentials) or "its credentials"
-            cls, text = UpstreamAuthError, f"{name} refused our credentials (HTTP 401); check {variables}"
+            cls, text = UpstreamAuthError, f"our credentials were refused (HTTP 401); check {variables}"
         elif status == 403:
-            cls, text = UpstreamAuthError, f"{name} denied access (HTTP 403): {message}"
+            cls, text = UpstreamAuthError, f"access denied (HTTP 403): {message}"
         elif status == 429:
             cls, text = UpstreamRateLimited, f"rate limited: {message}"
         elif status == 503:
@@ -337,9 +337,9 @@ class Upstream:
         name = self.provider
         kind = type(exc).__name__
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return UpstreamError(name, f"{name} is unreachable ({kind})", transient=True)
+            return UpstreamError(name, f"unreachable ({kind})", transient=True)
         if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(name, f"timed out talking to {name} ({kind})")
+            return UpstreamTimeout(name, f"timed out ({kind})")
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
             where = "mid-stream" if started else "before the reply started"
             return UpstreamProtocolError(name, f"the connection dropped {where} ({kind})", transient=True)

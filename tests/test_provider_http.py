@@ -1,0 +1,125 @@
+"""The shared upstream plumbing: status → exception table, retry hints, redaction, estimates."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from modelgate.chat import ChatRequest, Message
+from modelgate.errors import (
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from modelgate.providers import Connection
+from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
+from modelgate.providers.huggingface import HuggingFace
+from modelgate.providers.huggingface import read_error as hf_read_error
+from tests.fakes import Fakes, Fault, Reply
+from tests.fakes.contract import catalogue_model, collect
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    connection = Connection("http://127.0.0.1:9", credentials={"SOME_KEY": "sekrit-value"})
+    http = httpx.AsyncClient()  # never sends here: error mapping needs only the name and the credentials
+    yield Upstream("someprovider", connection, http, hf_read_error)
+    asyncio.run(http.aclose())
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "http_status", "transient"),
+    [
+        (400, UpstreamBadRequest, 400, False),
+        (401, UpstreamAuthError, 502, False),
+        (402, UpstreamError, 502, False),
+        (403, UpstreamAuthError, 502, False),
+        (404, UpstreamError, 502, False),
+        (408, UpstreamTimeout, 504, True),
+        (413, UpstreamBadRequest, 400, False),
+        (422, UpstreamBadRequest, 400, False),
+        (429, UpstreamRateLimited, 429, True),
+        (500, UpstreamError, 502, True),
+        (502, UpstreamError, 502, True),
+        (503, UpstreamUnavailable, 503, True),
+        (504, UpstreamError, 502, True),
+    ],
+)
+def test_status_table(
+    upstream: Upstream, status: int, cls: type[UpstreamError], http_status: int, transient: bool
+) -> None:
+    error = upstream.error_for(status, ErrorDetail("why"), model="org/model")
+    assert type(error) is cls
+    assert (error.status, error.transient, error.upstream_status) == (http_status, transient, status)
+    assert error.data == {"provider": "someprovider", "upstreamStatus": status}
+    assert error.message.startswith("Upstream provider error (someprovider): ")
+
+
+def test_404_names_the_model(upstream: Upstream) -> None:
+    assert (
+        "the model 'org/model' is not available upstream"
+        in upstream.error_for(404, ErrorDetail("x"), model="org/model").message
+    )
+
+
+def test_401_never_repeats_the_upstream_text_but_names_the_variable(upstream: Upstream) -> None:
+    error = upstream.error_for(401, ErrorDetail("Invalid key sekrit-val…"))
+    assert "sekrit" not in error.message and "SOME_KEY" in error.message
+
+
+def test_credentials_echoed_in_any_message_are_redacted(upstream: Upstream) -> None:
+    error = upstream.error_for(400, ErrorDetail("bad key sekrit-value in header"))
+    assert "sekrit-value" not in error.message and "[redacted]" in error.message
+
+
+def test_detail_overrides_status_and_transience(upstream: Upstream) -> None:
+    error = upstream.error_for(403, ErrorDetail("quota", status=429, transient=False, retry_after=3))
+    assert type(error) is UpstreamRateLimited and not error.transient and error.retry_after == 3
+
+
+def test_long_messages_are_clipped(upstream: Upstream) -> None:
+    assert len(upstream.error_for(400, ErrorDetail("x" * 10_000)).message) < 600
+
+
+def test_retry_after_header_forms() -> None:
+    assert retry_after_header(httpx.Headers({"Retry-After": "12"})) == 12
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert retry_after_header(httpx.Headers({"Retry-After": in_a_minute})) == pytest.approx(60, abs=2)
+    assert retry_after_header(httpx.Headers({"Retry-After": "soon"})) is None
+    assert retry_after_header(httpx.Headers()) is None
+
+
+def test_epoch_ms_reset() -> None:
+    assert seconds_until_epoch_ms(str(int((time.time() + 30) * 1000))) == pytest.approx(30, abs=2)
+    assert seconds_until_epoch_ms("0") == 0
+    assert seconds_until_epoch_ms("never") is None
+
+
+def test_estimate_is_four_characters_a_token() -> None:
+    assert [estimate_tokens(t) for t in ("", "abc", "abcd", "abcde")] == [0, 1, 1, 2]
+
+
+def test_a_body_in_no_documented_shape_is_shown_as_text(upstream: Upstream) -> None:
+    detail = upstream._read_detail(httpx.Response(404), b"  Not Found\n")
+    assert detail == ErrorDetail("Not Found")
+    assert upstream._read_detail(httpx.Response(503), b'{"error":"loading","estimated_time":20}').retry_after == 20
+
+
+@pytest.mark.anyio
+async def test_a_credential_echoed_by_the_upstream_never_reaches_the_client(fakes: Fakes) -> None:
+    # The HF fake's 403 echoes the credential, as some upstreams do: it must not reach the message.
+    fakes.huggingface.script(Reply(fault=Fault.status(403, message="token hf_test may not use this model")))
+    async with httpx.AsyncClient(trust_env=False) as http:
+        provider = HuggingFace(Connection(fakes.huggingface.url, {"HF_TOKEN": "hf_test"}), http)
+        request = ChatRequest((Message("user", "hi"),))
+        got = await collect(provider.stream(catalogue_model("qwen/Qwen2.5-72B-Instruct"), request))
+    assert isinstance(got.error, UpstreamAuthError)
+    assert "hf_test" not in got.error.message and "may not use this model" in got.error.message
