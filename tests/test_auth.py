@@ -22,10 +22,11 @@ from modelgate.auth import (
     may_call,
     visible_models,
 )
-from modelgate.catalogue import load_catalogue
+from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue
 from modelgate.errors import CatalogueError, Unauthorized
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
+from tests.fakes import Fakes
 from tests.servers import serve_in_thread
 
 FULL_KEY = "mg-test-full-0123456789abcdef"
@@ -314,3 +315,123 @@ def test_the_readme_keys_file_example_is_valid(tmp_path: Path) -> None:
     assert ring.identify(b"mg-playground-secret") is ring.keys[0]
     assert ring.identify(b"mg-ci-change-me") is ring.keys[1]
     assert (ring.keys[0].requests_per_minute, ring.keys[0].concurrent_streams) == (60, 4)
+
+
+# --- end to end: the default catalogue, keys, both chat surfaces, the fake upstreams ---------------
+
+E2E_KEYS = {
+    "full": "mg-e2e-full-0000111122223333",
+    "qwen": "mg-e2e-qwen-4444555566667777",
+    "mixed": "mg-e2e-mixed-88889999aaaabbbb",
+}
+E2E_KEYS_TOML = f"""
+[[keys]]
+name = "full"
+key = "{E2E_KEYS["full"]}"
+
+[[keys]]
+name = "qwen"
+sha256 = "{hashlib.sha256(E2E_KEYS["qwen"].encode()).hexdigest()}"
+models = ["qwen/*"]
+
+[[keys]]
+name = "mixed"
+key = "{E2E_KEYS["mixed"]}"
+models = ["google/gemma-2-27b-it", "openrouter/*", "ollama/rwkv-6-world"]
+"""
+MESSAGES = [{"role": "user", "content": "Hi!"}]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def default_with_keys(tmp_path: Path) -> Catalogue:
+    (tmp_path / "keys.toml").write_text(E2E_KEYS_TOML, encoding="utf-8")
+    text = default_catalogue_path().read_text(encoding="utf-8") + '\n[server]\nkeys_file = "keys.toml"\n'
+    (tmp_path / "catalogue.toml").write_text(text, encoding="utf-8")
+    return load_catalogue(tmp_path / "catalogue.toml")
+
+
+@pytest.fixture
+def e2e(fakes: Fakes, default_with_keys: Catalogue) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, default_with_keys)) as url:
+        yield url
+
+
+def test_for_every_key_listed_equals_callable_on_both_surfaces(e2e: str, default_with_keys: Catalogue) -> None:
+    seen_refusal = seen_call = False
+    with httpx.Client(base_url=e2e, timeout=30) as client:
+        for name, key in E2E_KEYS.items():
+            listing = client.get("/v1/models", headers=bearer(key))
+            assert listing.status_code == 200
+            listed = {m["id"] for m in listing.json()["data"]}
+            assert listed, name
+            for model in default_with_keys.models:
+                openai = client.post(
+                    "/v1/chat/completions", headers=bearer(key), json={"model": model.id, "messages": MESSAGES}
+                )
+                chat = client.post(model.endpoint, headers=bearer(key), json={"messages": MESSAGES})
+                retrieve = client.get(f"/v1/models/{model.id}", headers=bearer(key))
+                if model.id in listed:
+                    assert (openai.status_code, chat.status_code, retrieve.status_code) == (200, 200, 200), model.id
+                    seen_call = True
+                else:
+                    assert (openai.status_code, chat.status_code, retrieve.status_code) == (403, 403, 404), model.id
+                    seen_refusal = True
+    assert seen_call and seen_refusal
+
+
+def test_403_shapes(e2e: str, fakes: Fakes) -> None:
+    key = bearer(E2E_KEYS["qwen"])
+    seed = httpx.post(e2e + "/api/ai/openrouter/deepseek-chat/chat", headers=key, json={"messages": MESSAGES})
+    assert seed.status_code == 403
+    assert seed.json() == {
+        "statusCode": 403,
+        "statusMessage": "This API key may not use the model 'openrouter/deepseek-chat'",
+        "data": {"model": "openrouter/deepseek-chat"},
+    }
+    openai = httpx.post(
+        e2e + "/v1/chat/completions", headers=key, json={"model": "openrouter/deepseek-chat", "messages": MESSAGES}
+    )
+    assert openai.status_code == 403
+    assert openai.json() == {
+        "error": {
+            "message": "This API key may not use the model 'openrouter/deepseek-chat'",
+            "type": "permission_error",
+            "param": None,
+            "code": "model_not_allowed",
+        }
+    }
+    assert not fakes.openrouter.requests  # refused before any upstream call
+
+
+def test_401_on_chat_in_seed_shape_and_nothing_reaches_upstream(e2e: str, fakes: Fakes) -> None:
+    response = httpx.post(e2e + "/api/ai/qwen/Qwen2.5-72B-Instruct/chat", json={"messages": MESSAGES})
+    assert response.status_code == 401
+    missing = "Missing API key: send 'Authorization: Bearer <key>'"
+    assert response.json() == {"statusCode": 401, "statusMessage": missing}
+    assert not fakes.huggingface.requests
+
+
+def test_no_key_appears_in_responses_or_logs(e2e: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    bodies: list[str] = []
+    with httpx.Client(base_url=e2e, timeout=30) as client:
+        for key in E2E_KEYS.values():
+            for path in ("/v1/models", "/v1/models/qwen/Qwen2.5-72B-Instruct", "/v1/nope"):
+                response = client.get(path, headers=bearer(key))
+                bodies.append(str(response.headers) + response.text)
+            chat = client.post("/api/ai/openrouter/deepseek-chat/chat", headers=bearer(key), json={"messages": []})
+            bodies.append(str(chat.headers) + chat.text)
+            almost = key[:-1] + "x"  # an unknown key, one character off
+            bad = client.get("/v1/models", headers=bearer(almost))
+            assert bad.status_code == 401
+            bodies.append(str(bad.headers) + bad.text)
+    assert sum(r.name == "modelgate.access" for r in caplog.records) >= 15  # the request log was captured
+    captured = caplog.text + "".join(bodies)
+    for key in E2E_KEYS.values():
+        assert key not in captured
+        assert key[:-1] not in captured
