@@ -263,6 +263,7 @@ class RequestObserver:
         self.respond = respond
         #: Route templates of paths that routes without parameters answer (bounded by the route table).
         self._static_routes: dict[str, str] = {}
+        self._flat_routes: list[Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -283,47 +284,48 @@ class RequestObserver:
         state[OBSERVATION_STATE] = obs
         token = _current.set(obs)
         id_header = (b"x-request-id", request_id.encode("ascii"))
-        status = 0
         send_timeout = settings.client_send_timeout
-
+        status = 0
+        logged = False
         guard: _BodyGuard | None = None
         replaced = False
 
-        async def send_observed(message: Message) -> None:
-            nonlocal status, replaced
+        async def send_out(message: Message) -> None:
+            nonlocal status, logged
             kind = message["type"]
-            if replaced:
-                return  # the app's answer to a refused body, already replaced by the refusal
             if kind == "http.response.start":
-                if guard is not None and guard.refusal is not None:
-                    replaced = True
-                    await self.respond(guard.refusal, scope["path"])(scope, receive, send_observed_start)
-                    return
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            elif kind == "http.response.body" and message.get("more_body", False):
-                # Only streamed chunks can wait on a client that does not read; one-shot bodies fit the buffer.
-                try:
-                    async with asyncio.timeout(send_timeout):
-                        await send(message)
-                except TimeoutError:
-                    raise ClientStalled from None
-                return
+            elif kind == "http.response.body":
+                if message.get("more_body", False):
+                    # Only streamed chunks can wait on a client that does not read; one-shot bodies fit the buffer.
+                    try:
+                        async with asyncio.timeout(send_timeout):
+                            await send(message)
+                    except TimeoutError:
+                        raise ClientStalled from None
+                    return
+                # The last message: record now, so the request is counted before its client sees the end.
+                logged = True
+                self._finish(scope, obs, status)
             await send(message)
 
-        async def send_observed_start(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            await send(message)
+        async def send_observed(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the app's answer to a refused body, already replaced by the refusal
+            if message["type"] == "http.response.start" and guard is not None and guard.refusal is not None:
+                replaced = True
+                await self.respond(guard.refusal, scope["path"])(scope, receive, send_out)
+                return
+            await send_out(message)
 
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes
                 if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
                     # Refused before reading a byte of it.
-                    await self.respond(body_too_large(limit), scope["path"])(scope, receive, send_observed)
+                    await self.respond(body_too_large(limit), scope["path"])(scope, receive, send_out)
                     return
                 guard = _BodyGuard(receive, limit, settings.client_body_timeout)
                 receive = guard.receive
@@ -338,7 +340,8 @@ class RequestObserver:
         finally:
             _current.reset(token)
             await _close_relay(obs)
-            self._finish(scope, obs, status or 500)
+            if not logged:  # the response did not complete: client gone, stalled, or the app failed
+                self._finish(scope, obs, status or 500)
 
     def _finish(self, scope: Scope, obs: Observation, status: int) -> None:
         duration = time.perf_counter() - obs.started
@@ -379,6 +382,16 @@ class RequestObserver:
             fields["key_id"] = key_id
         access_log.log(level, "%s", orjson.dumps(fields).decode(), extra={"structured": fields})
 
+    def _routes(self, scope: Scope) -> list[Any]:
+        """Every route with a template, flat (FastAPI nests included routers in wrappers without one)."""
+        if self._flat_routes is None:
+            from modelgate.routes import ROUTERS  # routes import the app module, which imports this one
+
+            app_routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+            candidates = [*app_routes, *(route for router in ROUTERS for route in router.routes)]
+            self._flat_routes = [r for r in candidates if isinstance(getattr(r, "path", None), str)]
+        return self._flat_routes
+
     def _route(self, scope: Scope) -> str:
         """The matched route's template, never the raw path (metric labels must stay bounded)."""
         path = getattr(scope.get("route"), "path", None)
@@ -389,16 +402,13 @@ class RequestObserver:
         known = self._static_routes.get(raw)
         if known is not None:
             return known
-        router = getattr(scope.get("app"), "router", None)
-        for route in getattr(router, "routes", ()):
+        for route in self._routes(scope):
             try:
                 match, _ = route.matches(scope)
             except Exception:  # a route's converter refusing the path is simply no match
                 continue
             if match is not Match.NONE:
-                template = getattr(route, "path", None)
-                if not isinstance(template, str):
-                    break
+                template: str = route.path
                 if "{" not in template:
                     self._static_routes[raw] = template
                 return template
