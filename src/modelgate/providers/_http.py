@@ -147,8 +147,8 @@ class Upstream:
         self.connection = connection
         self.http = http
         self.read_error = read_error
-        # The per-request httpx timeouts: connect only; reads are bounded by the first-token and
-        # idle deadlines below (httpx has one read timeout, we need two), writes by the connect one.
+        # httpx bounds the connect and the request upload; reads are bounded by the first-token and
+        # idle deadlines in ``stream`` instead (httpx has one read timeout, a stream needs two).
         self._timeouts = httpx.Timeout(
             connect=connection.connect_timeout,
             read=None,
