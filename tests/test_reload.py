@@ -102,7 +102,10 @@ def test_workers_reload_by_rolling_restart_and_keep_serving_on_a_broken_file(tmp
         wait_for(lambda: serving(served.url, ["acme/one"]), "the workers to serve")
         write_catalogue(path, model_toml("acme", "two"))
         served.signal(signal.SIGHUP)  # uvicorn's supervisor replaces the workers one by one
-        wait_for(lambda: all(serving(served.url, ["acme/two"]) for _ in range(6)), "every worker to reload", 120)
+        # Both old workers retired: only then may the file change again (a replacement reads it on start).
+        wait_for(lambda: served.log().count("Terminated child process") >= 2, "the rolling restart to finish", 120)
+        # A retired worker may still be closing its last connection: poll until all answers are the new ones.
+        wait_for(lambda: all(serving(served.url, ["acme/two"]) for _ in range(6)), "every worker to serve it")
 
         path.write_text(BROKEN, encoding="utf-8")
         served.signal(signal.SIGHUP)

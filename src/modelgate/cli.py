@@ -6,7 +6,6 @@ A catalogue problem is one message on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from collections import Counter
@@ -26,6 +25,7 @@ from rich.table import Table
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
 from modelgate.errors import CatalogueError
+from modelgate.logs import logging_config
 from modelgate.schema import ModelsResponse
 from modelgate.settings import Settings
 
@@ -59,13 +59,6 @@ def load_or_fail(path: Path | None) -> Catalogue:
         return load_catalogue(path)
     except CatalogueError as exc:
         fail(exc.message)
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's own logging setup plus the ``modelgate`` loggers on the same stderr handler."""
-    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["modelgate"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
 
 
 def _version(value: bool) -> None:
@@ -119,11 +112,12 @@ def serve(
         log_level=log_level.value,
     )
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
-    # uvicorn's access log is off: the app's request observer writes one line per request instead.
+    # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
+    # uvicorn's access log.
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_config": log_config(log_level.value),
+        "log_config": logging_config(log_level.value),
         "access_log": False,
     }
     if workers == 1:
