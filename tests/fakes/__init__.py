@@ -29,6 +29,7 @@ from tests.fakes.openrouter import FakeOpenRouter
 from tests.servers import serve_in_thread
 
 __all__ = [
+    "CREDENTIALS",
     "PROMPT_TOKENS",
     "FakeCloudflare",
     "FakeHuggingFace",
