@@ -236,7 +236,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow", "")
             mapped = MethodNotAllowed(
-                f"Method {request.method} not allowed", allow=[m.strip() for m in allow.split(",") if m.strip()]
+                f"Method {request.method} not allowed", allow=sorted(m.strip() for m in allow.split(",") if m.strip())
             )
         else:
             mapped = ModelgateError(str(exc.detail), status=exc.status_code)
