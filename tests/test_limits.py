@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
+from modelgate.app import create_app
 from modelgate.auth import ANONYMOUS, ApiKey, Principal, key_digest
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.errors import RateLimited
 from modelgate.limits import Lease, Limiter, MemoryBackend, Plan, Slot, Window
+from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import wait_for
+from tests.fakes import Fakes, FakeUpstream, Fault, Reply
+from tests.servers import serve_in_thread
 
 
 class Clock:
@@ -150,3 +158,168 @@ def test_acquire_raises_rate_limited_with_retry_after(catalogue: Catalogue) -> N
     assert error.status == 429
     assert error.message == "Rate limit exceeded: key 'ci' allows 1 requests per minute"
     assert 59 <= int(error.headers["Retry-After"]) <= 60
+
+
+# --- over a real socket, with the fake upstreams -------------------------------------------------------
+
+KEYS = {
+    "rpm": "mg-limits-rpm-000011112222",
+    "streams": "mg-limits-streams-33334444",
+    "free": "mg-limits-free-555566667777",
+}
+KEYS_TOML = f"""
+[[keys]]
+name = "rpm"
+key = "{KEYS["rpm"]}"
+requests_per_minute = 3
+
+[[keys]]
+name = "streams"
+key = "{KEYS["streams"]}"
+concurrent_streams = 1
+
+[[keys]]
+name = "free"
+key = "{KEYS["free"]}"
+"""
+HEADER = '[server]\nkeys_file = "keys.toml"\n\n[providers.openrouter]\nmax_concurrency = 1\n'
+MESSAGES = [{"role": "user", "content": "Hi!"}]
+HELD = Reply(tokens=["held"], fault=Fault.hang(after=1))  # one token, then silence until the client leaves
+
+
+def limited_catalogue(directory: Path) -> Path:
+    (directory / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    return write_catalogue(
+        directory / "catalogue.toml",
+        model_toml("acme", "tiny"),
+        model_toml("acme", "capped", extra="max_concurrency = 1\n"),
+        model_toml("acme", "routed", provider="openrouter", upstream="acme/routed"),
+        model_toml("acme", "other", provider="openrouter", upstream="acme/other"),
+        header=HEADER,
+    )
+
+
+@pytest.fixture
+def service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
+    settings = Settings(config_path=limited_catalogue(tmp_path), **fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def chat(url: str, name: str = "tiny", key: str = "free", provider: str = "ollama") -> httpx.Response:
+    return httpx.post(
+        f"{url}/api/ai/{provider}/{name}/chat",
+        json={"messages": MESSAGES},
+        headers={"Authorization": f"Bearer {KEYS[key]}"},
+        timeout=30,
+    )
+
+
+def completion(url: str, model: str = "acme/tiny", key: str = "free") -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": MESSAGES},
+        headers={"Authorization": f"Bearer {KEYS[key]}"},
+        timeout=30,
+    )
+
+
+@contextmanager
+def held_stream(
+    url: str, fake: FakeUpstream, name: str = "tiny", key: str = "free", provider: str = "ollama"
+) -> Iterator[httpx.Response]:
+    """A chat stream that stays open (its first part read) until the block ends, then is abandoned."""
+    fake.script(HELD)
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{url}/api/ai/{provider}/{name}/chat",
+            json={"messages": MESSAGES},
+            headers={"Authorization": f"Bearer {KEYS[key]}"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert any(line.startswith("0:") for line in lines)  # the first token arrived: the stream is live
+        yield response
+
+
+def test_requests_per_minute_gives_429_with_retry_after_on_both_surfaces(service: str) -> None:
+    assert chat(service, key="rpm").status_code == 200
+    assert completion(service, key="rpm").status_code == 200
+    assert chat(service, "capped", key="rpm").status_code == 200  # one window per key, whatever the model
+
+    refused = chat(service, key="rpm")
+    assert refused.status_code == 429
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    assert refused.json() == {
+        "statusCode": 429,
+        "statusMessage": "Rate limit exceeded: key 'rpm' allows 3 requests per minute",
+        "data": {"retryAfter": retry_after},
+    }
+    openai = completion(service, key="rpm")
+    assert openai.status_code == 429
+    assert 1 <= int(openai.headers["retry-after"]) <= 60
+    assert openai.json()["error"] == {
+        "message": "Rate limit exceeded: key 'rpm' allows 3 requests per minute",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+    assert chat(service, key="free").status_code == 200  # another key is not affected
+
+
+def test_concurrent_streams_429_while_a_stream_is_open(service: str, fakes: Fakes) -> None:
+    with held_stream(service, fakes.ollama, key="streams"):
+        refused = completion(service, "acme/routed", key="streams")
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["message"] == "Too many concurrent streams: key 'streams' allows 1 at a time"
+        assert chat(service, "tiny", key="free").status_code == 200  # others are served meanwhile
+    # The held stream was abandoned mid-reply: its slot comes back.
+    assert fakes.ollama.wait_for_disconnects(1) >= 1
+    wait_for(lambda: chat(service, key="streams").status_code == 200, "the stream slot to be released")
+
+
+def admitted(call: Callable[[], httpx.Response]) -> httpx.Response:
+    """``call()`` once its slot is free: a slot comes back when the previous request's task has wound
+    down, an instant after its client saw the last byte. A 429 never reaches the upstream, so retrying
+    it consumes no scripted reply."""
+
+    def attempt() -> httpx.Response | None:
+        response = call()
+        return None if response.status_code == 429 else response
+
+    return wait_for(attempt, "a concurrency slot to be released")
+
+
+def test_a_finished_stream_and_a_failed_one_give_their_slot_back(service: str, fakes: Fakes) -> None:
+    for _ in range(3):
+        assert admitted(lambda: chat(service, key="streams")).status_code == 200
+    fakes.ollama.script(Reply(fault=Fault.status(400)))  # not retried: fails before the first byte
+    assert admitted(lambda: chat(service, key="streams")).status_code == 400
+    fakes.ollama.script(Reply(tokens=["a", "b"], fault=Fault.error_after(1)))
+    failed = admitted(lambda: chat(service, key="streams"))
+    assert failed.status_code == 200 and failed.text.splitlines()[-1].startswith("3:")  # reported in the stream
+    assert admitted(lambda: chat(service, key="streams")).status_code == 200
+
+
+def test_model_cap(service: str, fakes: Fakes) -> None:
+    with held_stream(service, fakes.ollama, "capped"):
+        refused = chat(service, "capped")
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["statusMessage"] == "Model 'acme/capped' is at its concurrency limit (1 streams)"
+        assert chat(service, "tiny").status_code == 200  # same provider, uncapped model
+    wait_for(lambda: chat(service, "capped").status_code == 200, "the model slot to be released")
+
+
+def test_provider_cap(service: str, fakes: Fakes) -> None:
+    with held_stream(service, fakes.openrouter, "routed", provider="openrouter"):
+        refused = completion(service, "acme/other")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["message"] == "Provider 'openrouter' is at its concurrency limit (1 streams)"
+        assert completion(service, "acme/tiny").status_code == 200  # another provider
+    wait_for(lambda: completion(service, "acme/other").status_code == 200, "the provider slot to be released")
