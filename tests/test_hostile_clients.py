@@ -1,0 +1,265 @@
+"""Bad input and hostile clients against a real server: each gets a clear answer or is cleaned up after,
+and the service keeps serving others meanwhile (every test checks that another request succeeds).
+
+Raw sockets stand in for clients no HTTP library would be: one that sends a huge ``Content-Length``,
+one that trickles its body, one that never reads, one that hangs up mid-stream.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+
+from modelgate.app import create_app
+from modelgate.settings import Settings
+from tests.fakes import Fakes, Reply
+from tests.servers import serve_in_thread
+
+CHAT = "/api/ai/ollama/rwkv-6-world/chat"
+OPENAI = "/v1/chat/completions"
+BODY = {"messages": [{"role": "user", "content": "Hi"}]}
+LIMIT = 1_000_000
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    settings = Settings(
+        **fakes.settings_overrides(),
+        probe_interval=0,
+        max_body_bytes=LIMIT,
+        client_body_timeout=1.0,
+        client_send_timeout=0.5,
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def others_are_served(url: str) -> None:
+    """A normal chat, start to end, through the same service."""
+    response = httpx.post(url + CHAT, json=BODY, timeout=10)
+    assert response.status_code == 200 and '0:"Hello"' in response.text, response.text
+
+
+def in_flight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("modelgate_streams_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no in-flight gauge")
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --- raw HTTP ------------------------------------------------------------------------------------
+
+
+def connect(url: str, *, receive_buffer: int | None = None) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:  # before connect, so the TCP window is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    return sock
+
+
+def head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: modelgate", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and (Content-Length) body of one response."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before a response: {data!r}")
+        data += chunk
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, TimeoutError):
+        return False
+    return True
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_malformed_json_is_a_400_in_the_seed_shape(service: str) -> None:
+    response = httpx.post(service + CHAT, content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["statusCode"] == 400 and "not valid JSON" in body["statusMessage"]
+    others_are_served(service)
+
+
+def test_malformed_json_under_v1_is_a_400_in_the_openai_shape(service: str) -> None:
+    response = httpx.post(service + OPENAI, content=b'{"model": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_invalid_utf8_is_a_400(service: str) -> None:
+    body = b'{"messages": [{"role": "user", "content": "caf\xe9 \xff\xfe"}]}'
+    response = httpx.post(service + CHAT, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["statusCode"] == 400
+    v1 = httpx.post(
+        service + OPENAI,
+        content=b'{"model": "ollama/rwkv-6-world", "messages": [{"role": "user", "content": "\xff"}]}',
+        headers={"content-type": "application/json"},
+    )
+    assert v1.status_code == 400 and v1.json()["error"]["type"] == "invalid_request_error"
+    others_are_served(service)
+
+
+def test_ten_thousand_messages_are_a_400(service: str) -> None:
+    messages = [{"role": "user", "content": "hi"}] * 10_000
+    response = httpx.post(service + CHAT, json={"messages": messages})
+    assert response.status_code == 400
+    assert "1000" in response.json()["statusMessage"]
+    v1 = httpx.post(service + OPENAI, json={"model": "ollama/rwkv-6-world", "messages": messages})
+    assert v1.status_code == 400 and "1000" in v1.json()["error"]["message"]
+    others_are_served(service)
+
+
+def test_a_10mb_content_length_is_refused_before_any_of_it_is_sent(service: str) -> None:
+    with connect(service) as sock:
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": "10000000"}))
+        status, headers, body = read_response(sock)  # answered without waiting for a single body byte
+    assert status == 413
+    assert json.loads(body) == {
+        "statusCode": 413,
+        "statusMessage": f"The request body is larger than {LIMIT} bytes",
+        "data": {"limit": LIMIT},
+    }
+    assert headers["x-request-id"]
+    others_are_served(service)
+
+
+def test_a_10mb_body_without_length_is_cut_off_at_the_limit(service: str) -> None:
+    sent = 0
+
+    def ten_megabytes() -> Iterator[bytes]:
+        nonlocal sent
+        chunk = b"[" + b"0," * 32_767 + b"0"
+        for _ in range(10_000_000 // len(chunk)):
+            sent += len(chunk)
+            yield chunk
+
+    for path, shape in ((CHAT, "seed"), (OPENAI, "openai")):
+        response = httpx.post(service + path, content=ten_megabytes(), headers={"content-type": "application/json"})
+        assert response.status_code == 413, (path, response.text)
+        if shape == "seed":
+            assert response.json()["statusCode"] == 413
+        else:
+            assert response.json()["error"]["code"] == "request_too_large"
+    assert sent > 2 * 9_000_000  # the client did push its 10 MB twice; the service only counted them
+    others_are_served(service)
+
+
+# --- hostile clients ---------------------------------------------------------------------------------
+
+
+def test_a_body_trickling_in_byte_by_byte_gets_a_408_and_blocks_nobody(service: str) -> None:
+    payload = orjson.dumps(BODY)
+    with connect(service) as sock:
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+        sock.sendall(payload[:1])
+        others_are_served(service)  # while the slow client is mid-body
+        answered = False
+        for byte in payload[1:]:
+            readable, _, _ = select.select([sock], [], [], 0.3)  # one byte per 0.3 s: far too slow
+            if readable:
+                answered = True
+                break
+            sock.sendall(bytes([byte]))
+        assert answered, "the slow body was never cut off"
+        status, headers, body = read_response(sock)
+        assert status == 408
+        assert json.loads(body)["statusCode"] == 408
+        assert headers["connection"] == "close"
+        assert closed_by_peer(sock)
+    others_are_served(service)
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_upstream_closed(service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["x" * 8192] * 4000, usage=None))  # ~32 MB: more than any buffer holds
+    payload = orjson.dumps(BODY)
+    with connect(service, receive_buffer=4096) as sock:
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+        sock.sendall(payload)
+        # Never read. The gateway's writes stall, it gives up, and closes the upstream stream.
+        assert fakes.ollama.wait_for_disconnects(1) == 1
+        assert wait_until(lambda: in_flight(service) == 0)
+        others_are_served(service)
+
+
+def test_a_client_hanging_up_mid_stream_frees_everything(service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["tick"] * 400, delay=0.05))
+    payload = orjson.dumps(BODY)
+    with connect(service) as sock:
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+        sock.sendall(payload)
+        sock.settimeout(10)
+        received = b""
+        while received.count(b'0:"tick"') < 3:
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200")
+        assert in_flight(service) == 1
+    # The socket is closed: the upstream must see it, and nothing must stay in flight.
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+    assert wait_until(lambda: in_flight(service) == 0)
+    others_are_served(service)
+
+
+def test_many_clients_hanging_up_at_once_leave_nothing_behind(service: str, fakes: Fakes) -> None:
+    fakes.ollama.default = Reply(tokens=["tick"] * 400, delay=0.05)
+    payload = orjson.dumps(BODY)
+    sockets = []
+    for _ in range(10):
+        sock = connect(service)
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+        sock.sendall(payload)
+        sockets.append(sock)
+    for sock in sockets:
+        sock.settimeout(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    assert wait_until(lambda: in_flight(service) == 10)
+    for sock in sockets:
+        sock.close()
+    assert fakes.ollama.wait_for_disconnects(10) == 10
+    assert wait_until(lambda: in_flight(service) == 0)
+    fakes.ollama.default = Reply()
+    others_are_served(service)
