@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from modelgate.auth import (
     ApiKey,
     KeyRing,
     Principal,
+    access_notice,
     is_protected_path,
     key_digest,
     load_keyring,
@@ -26,6 +28,7 @@ from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogu
 from modelgate.errors import CatalogueError, Unauthorized
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import run_cli, serve_subprocess, wait_for
 from tests.fakes import Fakes
 from tests.servers import serve_in_thread
 
@@ -435,3 +438,45 @@ def test_no_key_appears_in_responses_or_logs(e2e: str, caplog: pytest.LogCapture
     for key in E2E_KEYS.values():
         assert key not in captured
         assert key[:-1] not in captured
+
+
+# --- modelgate serve: what it says about access, and a broken keys file -------------------------------
+
+
+def test_serve_without_keys_says_it_is_open_and_on_loopback(tmp_path: Path) -> None:
+    with serve_subprocess([], tmp_path) as served:
+        assert served.url.startswith("http://127.0.0.1:")
+        wait_for(lambda: "the service is open, so it is bound to loopback (127.0.0.1) only" in served.log(), "notice")
+
+
+def test_serve_with_keys_says_they_are_required(tmp_path: Path) -> None:
+    with serve_subprocess([], tmp_path, env={"MODELGATE_API_KEYS": f"{FULL_KEY},{QWEN_KEY}"}) as served:
+        assert served.url.startswith("http://127.0.0.1:")  # keys do not widen the default bind
+        assert httpx.get(served.url + "/v1/models").status_code == 401
+        models = httpx.get(served.url + "/v1/models", headers={"Authorization": f"Bearer {QWEN_KEY}"})
+        assert models.status_code == 200
+        log = served.log()
+    assert "API keys required on /api/ai/... and /v1/... (2 configured)" in log
+    assert "the service is open" not in log
+    assert FULL_KEY not in log and QWEN_KEY not in log
+
+
+def test_access_notice_for_an_exposed_open_service() -> None:
+    level, message = access_notice(KeyRing(), "0.0.0.0")
+    assert level == logging.WARNING
+    assert message.startswith("no API keys configured and bound to 0.0.0.0: anyone who can reach this port")
+    assert access_notice(KeyRing(), "::1")[1].startswith("no API keys configured: the service is open")
+    assert access_notice(KeyRing(), "localhost")[1].startswith("no API keys configured: the service is open")
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_a_broken_keys_file_is_one_message_and_exit_1(tmp_path: Path, command: str) -> None:
+    path = write_files(tmp_path, f'[[keys]]\nkey = "{FULL_KEY}"\nmodels = ["nobody/*"]\n')
+    args = ("serve", "--port", "0", "--config", str(path)) if command == "serve" else ("check-config", str(path))
+    result = run_cli(*args, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{tmp_path / 'keys.toml'}: keys[0] (key-{key_digest(FULL_KEY).hex()[:12]}): "
+        "models: 'nobody/*' matches no catalogue model (models are 'publisher/name')"
+    )
+    assert "Traceback" not in result.stderr + result.stdout

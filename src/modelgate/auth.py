@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import tomllib
@@ -380,3 +381,25 @@ def on_request_end(request: Request, cleanup: Cleanup) -> None:
     if cleanups is None:
         raise RuntimeError("AccessMiddleware is not installed (create_app installs it)")
     cleanups.append(cleanup)
+
+
+def access_notice(keyring: KeyRing, host: str) -> tuple[int, str]:
+    """The log level and line ``modelgate serve`` starts with: who may call the service, and where."""
+    if keyring.enabled:
+        return logging.INFO, f"API keys required on /api/ai/... and /v1/... ({len(keyring.keys)} configured)"
+    if _is_loopback(host):
+        return logging.WARNING, (
+            f"no API keys configured: the service is open, so it is bound to loopback ({host}) only; "
+            "set MODELGATE_API_KEYS or [server] keys_file before serving on another interface with --host"
+        )
+    return logging.WARNING, (
+        f"no API keys configured and bound to {host}: anyone who can reach this port can use the chat "
+        "endpoints and the provider credentials behind them"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

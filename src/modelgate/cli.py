@@ -6,6 +6,8 @@ A catalogue problem is one message on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
 import sys
 from collections import Counter
@@ -22,6 +24,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from modelgate.auth import KeyRing, access_notice, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
 from modelgate.errors import CatalogueError
@@ -52,6 +55,14 @@ class LogLevel(StrEnum):
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def keys_or_fail(settings: Settings, catalogue: Catalogue) -> KeyRing:
+    """The API keys (environment + the keys file the catalogue names), or the problem and exit 1."""
+    try:
+        return load_keyring(settings, catalogue)
+    except CatalogueError as exc:
+        fail(exc.message)
 
 
 def load_or_fail(path: Path | None) -> Catalogue:
@@ -94,7 +105,9 @@ ConfigOption = Annotated[
 @cli.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind. Loopback by default, with or without API keys: expose explicitly.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind (0: any free port).", min=0, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     watch: Annotated[
@@ -112,6 +125,7 @@ def serve(
         log_level=log_level.value,
     )
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
+    notice = access_notice(keys_or_fail(settings, catalogue), host)  # the keys file too
     # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
     # uvicorn's access log.
     common: dict[str, Any] = {
@@ -120,6 +134,8 @@ def serve(
         "log_config": logging_config(log_level.value),
         "access_log": False,
     }
+    logging.config.dictConfig(common["log_config"])  # so the access notice is a log line like the others
+    logging.getLogger("modelgate.auth").log(*notice)
     if workers == 1:
         from modelgate.app import create_app
 
@@ -270,6 +286,7 @@ def check_config(
 ) -> None:
     """Validate a catalogue file without serving it (exit 0 when valid, 1 with the problem otherwise)."""
     catalogue = load_or_fail(path)
+    keys_or_fail(Settings(), catalogue)  # the keys file it names, if any
     providers = Counter(m.provider for m in catalogue.models)
     publishers = {m.publisher for m in catalogue.models}
     per_provider = ", ".join(f"{name} {count}" for name, count in providers.items())
