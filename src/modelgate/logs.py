@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -278,7 +278,7 @@ class RequestObserver:
                 given_id = value
             elif name == b"content-length":
                 declared_length = value
-        request_id = given_id.decode("ascii") if given_id and _SANE_REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id.decode("ascii") if given_id and _SANE_REQUEST_ID.match(given_id) else os.urandom(16).hex()
         obs = Observation(request_id, started)
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state[OBSERVATION_STATE] = obs

@@ -78,12 +78,21 @@ class Metrics:
         self.streams_in_flight = Gauge(
             "modelgate_streams_in_flight", "Replies currently being relayed to clients", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Labelled children cached: this runs for every request, /models included. Bounded like the
+        # labels themselves (route templates x methods x status codes).
         if method not in KNOWN_METHODS:
             method = "OTHER"
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.request_duration.labels(route))
+            self._request_children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def observe_upstream(self, provider: str, model: str, outcome: str) -> None:
         self.upstream_requests.labels(provider, model, outcome).inc()
