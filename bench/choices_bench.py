@@ -120,7 +120,7 @@ def clients(
     out: dict[str, Any] = {"levels": levels, "clients": {}}
     try:
         for repeat in range(repeats):
-            for client in ("raw", "aiohttp", "httpx"):
+            for client in ("raw", "aiohttp", "httpx", "httpx2"):
                 for level in levels:
                     raw = loadgen(
                         fake.url,
@@ -152,7 +152,7 @@ def clients(
 
 def clients_section(data: dict[str, Any]) -> list[str]:
     lines = [
-        "## HTTP client reading token streams: raw asyncio vs aiohttp vs httpx",
+        "## HTTP client reading token streams: raw asyncio vs aiohttp vs httpx vs httpx2",
         "",
         "Each client alone on core 0 reading the fake (core 1) directly. CPU per 1,000 tokens is what a gateway "
         "pays for its upstream client; client CPU near 1.00 means the client, not the fake, was the limit.",
@@ -272,4 +272,51 @@ def profile_section(data: dict[str, Any]) -> list[str]:
     ]
     for (own, own_share), (inc, inc_share) in zip(data["top"]["self"], data["top"]["inclusive"], strict=False):
         lines.append(f"| {own_share:.1%} | `{own}` | | {inc_share:.1%} | `{inc}` |")
+    return lines
+
+
+def micro(catalogue_body: bytes) -> dict[str, Any]:
+    """Per-operation costs on the hot paths: parsing one upstream chunk, encoding one output part (json vs orjson),
+    and gzip of the /models body per request (what nginx's gzip does) vs once at load."""
+    import gzip
+    import json
+    import timeit
+
+    import orjson
+
+    from fake_upstream import Script
+
+    chunk = Script("meta-llama/llama-3.3-70b-instruct:free", 2).chunks[1].split(b"data: ", 1)[1].split(b"\n\n")[0]
+    part = {"type": "text-delta", "id": "0", "delta": " ~lorem"}
+
+    def per_call_us(stmt: Any, number: int = 20000) -> float:
+        return min(timeit.repeat(stmt, number=number, repeat=5)) / number * 1e6
+
+    rows = {
+        "parse one OpenRouter chunk: json.loads": per_call_us(lambda: json.loads(chunk)),
+        "parse one OpenRouter chunk: orjson.loads": per_call_us(lambda: orjson.loads(chunk)),
+        "encode one text part: json.dumps": per_call_us(lambda: json.dumps(part, separators=(",", ":")).encode()),
+        "encode one text part: orjson.dumps": per_call_us(lambda: orjson.dumps(part)),
+        "encode one text value (data stream `0:`): json.dumps": per_call_us(lambda: json.dumps(" ~lorem").encode()),
+        "encode one text value (data stream `0:`): orjson.dumps": per_call_us(lambda: orjson.dumps(" ~lorem")),
+    }
+    sizes = {}
+    for level in (1, 6, 9):
+        rows[f"gzip the /models body, level {level}"] = per_call_us(
+            lambda level=level: gzip.compress(catalogue_body, compresslevel=level), number=500
+        )
+        sizes[level] = len(gzip.compress(catalogue_body, compresslevel=level))
+    return {"us": rows, "gzip_sizes": sizes, "body_bytes": len(catalogue_body)}
+
+
+def micro_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Per-operation costs (one core, best of 5)",
+        "",
+        "| operation | µs per call |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {us:.2f} |" for name, us in data["us"].items()]
+    sizes = ", ".join(f"level {level}: {size:,} B" for level, size in data["gzip_sizes"].items())
+    lines += ["", f"/models body {data['body_bytes']:,} B; gzipped {sizes}."]
     return lines

@@ -184,17 +184,28 @@ class Sampler:
         return max((rss for _, rss in self.samples), default=0)
 
 
+def core_busy_seconds(core: int) -> float:
+    times = psutil.cpu_times(percpu=True)[core]
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 @contextlib.contextmanager
-def measured(proc: Proc | None) -> Iterator[dict[str, float]]:
-    """CPU share (in cores) and peak RSS of ``proc`` over the ``with`` block, filled in on exit."""
+def measured(proc: Proc | None, core: int = SERVER_CORE) -> Iterator[dict[str, float]]:
+    """Over the ``with`` block: CPU of ``proc`` in cores, its peak RSS, and ``foreign``, the share of ``core``
+    used by other processes (the machine is shared: a figure taken while something else ran on the server's
+    core is flagged by it rather than silently low)."""
     result: dict[str, float] = {}
+    busy0, t0 = core_busy_seconds(core), time.monotonic()
     if proc is None:
         yield result
+        result["foreign"] = (core_busy_seconds(core) - busy0) / (time.monotonic() - t0)
         return
-    cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+    cpu0 = proc.cpu_seconds()
     with Sampler(proc) as sampler:
         yield result
-    result["cpu"] = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    wall = time.monotonic() - t0
+    result["cpu"] = (proc.cpu_seconds() - cpu0) / wall
+    result["foreign"] = max(0.0, (core_busy_seconds(core) - busy0) / wall - result["cpu"])
     result["peak_rss"] = float(sampler.peak)
 
 

@@ -16,7 +16,7 @@ until the window ends; at the end every stream still open is cut (counted as ``c
 Why raw asyncio sockets (uvloop + httptools, C parsers) by default: the load generator shares one core with
 the fake upstream, and at 500 streams must read ~100,000 token events/s; any per-chunk Python work in a
 client library is load-generator time the system under test gets credited or blamed for. ``--client
-aiohttp|httpx`` runs the same measurement through those libraries: ``run.py clients`` compares their CPU
+aiohttp|httpx|httpx2`` runs the same measurement through those libraries: ``run.py clients`` compares their CPU
 cost per token against the raw client (that table is in bench/README.md), which is the measurement behind
 this choice and behind the choice of modelgate's upstream client.
 
@@ -41,6 +41,7 @@ import httptools
 
 MARKER = b"~"
 # uvloop's loop.time() has millisecond resolution (libuv's cached clock): TTFT needs perf_counter.
+CLIENTS = ("raw", "aiohttp", "httpx", "httpx2")
 TERMINATORS = {"data": b"\nd:", "sse": b"data: [DONE]"}
 
 
@@ -260,8 +261,13 @@ async def aiohttp_workers(target: Target, stats: Stats, t_end: float, n: int) ->
     return tasks
 
 
-async def httpx_workers(target: Target, stats: Stats, t_end: float, n: int) -> list[asyncio.Task[None]]:
-    import httpx
+async def httpx_workers(
+    target: Target, stats: Stats, t_end: float, n: int, module: str = "httpx"
+) -> list[asyncio.Task[None]]:
+    """httpx, or httpx2 (pydantic's fork, same API, with the connection pool's assignment pass made linear)."""
+    import importlib
+
+    httpx: Any = importlib.import_module(module)
 
     client = httpx.AsyncClient(timeout=httpx.Timeout(None), limits=httpx.Limits(max_connections=None), trust_env=False)
     headers = {"Content-Type": "application/json", **dict(target.headers)}
@@ -307,7 +313,7 @@ async def run(target: Target, concurrency: int, seconds: float, warmup: float, c
     elif client == "aiohttp":
         tasks = await aiohttp_workers(target, stats, t_end, concurrency)
     else:
-        tasks = await httpx_workers(target, stats, t_end, concurrency)
+        tasks = await httpx_workers(target, stats, t_end, concurrency, module=client)
     warm = min(warmup, seconds / 2)
     await asyncio.sleep(warm)
     tokens_at_warm, t_warm = stats.tokens, time.perf_counter()
@@ -359,7 +365,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--expect-tokens", type=int, default=200)
-    parser.add_argument("--client", choices=("raw", "aiohttp", "httpx"), default="raw")
+    parser.add_argument("--client", choices=CLIENTS, default="raw")
     args = parser.parse_args()
     url = urlsplit(args.url)
     if url.scheme != "http" or url.hostname is None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness import LOAD_CORE, http_get, run_pinned
+from harness import LOAD_CORE, Proc, http_get, measured, run_pinned
 from systems import LITELLM_MASTER_KEY, Server, start_fake, start_litellm, start_modelgate, start_naive, start_nginx
 
 GZIP = {"Accept-Encoding": "gzip"}
@@ -30,6 +30,7 @@ class Case:
     size: int = 0  # body bytes on the wire for one response
     check: str = ""  # what the body check found
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (LiteLLM's master key)
+    proc: Proc | None = field(default=None, repr=False)  # the server answering (for its CPU)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class WrkRun:
     p99_ms: float
     requests: int
     errors: int  # socket errors + non-2xx
+    server_cpu: float | None = None  # cores used by the server under test during the run
+    foreign_cpu: float | None = None  # share of the server core used by other processes meanwhile
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -104,12 +107,12 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
         naive = start_naive(results, body_path)
         servers += [nginx, naive]
         cases = [
-            Case("nginx static file", "plain", f"{static_url}/models"),
-            Case("nginx per-request gzip", "gzip", f"{gzip_url}/models"),
-            Case("modelgate", "plain", f"{modelgate.url}/models"),
-            Case("modelgate", "gzip", f"{modelgate.url}/models"),
-            Case("naive FastAPI", "plain", f"{naive.url}/models"),
-            Case("naive FastAPI", "gzip", f"{naive.url}/models"),
+            Case("nginx static file", "plain", f"{static_url}/models", proc=nginx.proc),
+            Case("nginx per-request gzip", "gzip", f"{gzip_url}/models", proc=nginx.proc),
+            Case("modelgate", "plain", f"{modelgate.url}/models", proc=modelgate.proc),
+            Case("modelgate", "gzip", f"{modelgate.url}/models", proc=modelgate.proc),
+            Case("naive FastAPI", "plain", f"{naive.url}/models", proc=naive.proc),
+            Case("naive FastAPI", "gzip", f"{naive.url}/models", proc=naive.proc),
         ]
         expected: dict[str, Any] = {case.url: reference for case in cases}
         if litellm:
@@ -119,7 +122,9 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
             servers += [fake, proxy]
             for client in ("plain", "gzip"):
                 auth = (("Authorization", f"Bearer {LITELLM_MASTER_KEY}"),)
-                cases.append(Case("LiteLLM /v1/models", client, f"{proxy.url}/v1/models", headers=auth))
+                cases.append(
+                    Case("LiteLLM /v1/models", client, f"{proxy.url}/v1/models", headers=auth, proc=proxy.proc)
+                )
                 expected[f"{proxy.url}/v1/models"] = None
         for case in cases:
             probe(case, expected[case.url])
@@ -131,17 +136,20 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
         runs: dict[int, list[WrkRun]] = {i: [] for i in range(len(cases))}
         for repeat in range(repeats):
             for i, case in enumerate(cases):
-                run_ = wrk(
-                    case.url,
-                    gzip_client=case.client == "gzip",
-                    seconds=seconds,
-                    connections=connections,
-                    headers=case.headers,
-                )
+                with measured(case.proc) as figures:
+                    run_ = wrk(
+                        case.url,
+                        gzip_client=case.client == "gzip",
+                        seconds=seconds,
+                        connections=connections,
+                        headers=case.headers,
+                    )
+                run_.server_cpu, run_.foreign_cpu = figures.get("cpu"), figures.get("foreign")
                 runs[i].append(run_)
                 print(
                     f"  models r{repeat + 1} {case.system:24} {case.client:5} {run_.rps:9.0f} req/s "
-                    f"p50 {run_.p50_ms:.2f} ms p99 {run_.p99_ms:.2f} ms errors {run_.errors}",
+                    f"p50 {run_.p50_ms:.2f} ms p99 {run_.p99_ms:.2f} ms errors {run_.errors} "
+                    f"server cpu {run_.server_cpu or 0:.2f} other load on its core {run_.foreign_cpu or 0:.2f}",
                     flush=True,
                 )
         notes = {s.label: s.note for s in servers if s.note}
@@ -150,7 +158,13 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
             "seconds": seconds,
             "body_bytes": len(body),
             "notes": notes,
-            "cases": [{**asdict(case), "runs": [asdict(r) for r in runs[i]]} for i, case in enumerate(cases)],
+            "cases": [
+                {
+                    **{f.name: getattr(case, f.name) for f in fields(case) if f.name != "proc"},
+                    "runs": [asdict(r) for r in runs[i]],
+                }
+                for i, case in enumerate(cases)
+            ],
         }
     finally:
         for server_ in reversed(servers):

@@ -44,10 +44,12 @@ def models_section(data: dict[str, Any]) -> list[str]:
         "## `GET /models`",
         "",
         f"wrk, 1 thread on core 1, {data['connections']} connections, {data['seconds']:g} s per run, "
-        f"`--latency`; body {data['body_bytes']:,} bytes. Median of the repeats (range).",
+        f"`--latency`; body {data['body_bytes']:,} bytes. Median of the repeats (range). Server CPU in cores; "
+        "other load = share of the server's core used by other processes during the run (the machine is shared).",
         "",
-        "| system | client | answered with | bytes | req/s | p50 ms | p99 ms | errors | body check |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| system | client | answered with | bytes | req/s | p50 ms | p99 ms | errors | server CPU | other load "
+        "| body check |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for case in data["cases"]:
@@ -56,7 +58,9 @@ def models_section(data: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {case['system']} | {case['client']} | {case['encoding']} | {case['size']:,} | "
             f"{spread((r['rps'] for r in runs), 0)} | {spread((r['p50_ms'] for r in runs), 2)} | "
-            f"{spread((r['p99_ms'] for r in runs), 2)} | {sum(r['errors'] for r in runs)} | {case['check']} |"
+            f"{spread((r['p99_ms'] for r in runs), 2)} | {sum(r['errors'] for r in runs)} | "
+            f"{spread((r.get('server_cpu') for r in runs), 2)} | {spread((r.get('foreign_cpu') for r in runs), 2)} | "
+            f"{case['check']} |"
         )
 
     def rps(system: str, client: str) -> float | None:
@@ -117,8 +121,8 @@ def stream_section(data: dict[str, Any], title: str = "## Streaming chat") -> li
         "Load core = fake + load generator CPU (near 1.00 means the load side, not the server, was the limit).",
         "",
         "| system | streams | tokens/s | TTFT p50 ms | TTFT p99 ms | errors | censored | server CPU | peak RSS MB "
-        "| load core |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| load core | other load on server core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for system in data["systems"].values():
         for level in data["levels"]:
@@ -131,7 +135,8 @@ def stream_section(data: dict[str, Any], title: str = "## Streaming chat") -> li
                 f"{sum(r['errors'] for r in runs)} | {sum(r['censored'] for r in runs)} | "
                 f"{spread((r['server_cpu'] for r in runs), 2)} | "
                 f"{_peak(runs)} | "
-                f"{spread(((r['fake_cpu'] or 0) + r['loadgen_cpu'] for r in runs), 2)} |"
+                f"{spread(((r['fake_cpu'] or 0) + r['loadgen_cpu'] for r in runs), 2)} | "
+                f"{spread((r.get('foreign_cpu') for r in runs), 2)} |"
             )
     errors = {
         (system["label"], r["level"]): r["error_samples"]

@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV = BENCH / ".venv"
 LITELLM_VENV = BENCH / ".venv-litellm"
-PARTS = ("all", "models", "stream", "soak", "servers", "clients", "profile")
+PARTS = ("all", "models", "stream", "soak", "servers", "clients", "profile", "micro")
 LEVELS = "1,10,100,200,500"
 
 
@@ -243,6 +243,10 @@ def main() -> None:
             server=args.server,
             catalogue=catalogue,
         )
+    if part == "micro":
+        from modelgate.catalogue import load_catalogue
+
+        data["micro"] = choices_bench.micro(load_catalogue(None).body)
     data["duration_s"] = time.monotonic() - t0
     (results / "results.json").write_text(json.dumps(data, indent=1))
     write_markdown(data, results)
@@ -278,6 +282,8 @@ def write_markdown(data: dict[str, Any], results: Path) -> None:
         lines += [*choices_bench.clients_section(data["clients"]), ""]
     if "profile" in data:
         lines += [*choices_bench.profile_section(data["profile"]), ""]
+    if "micro" in data:
+        lines += [*choices_bench.micro_section(data["micro"]), ""]
     (results / "results.md").write_text("\n".join(lines))
 
 

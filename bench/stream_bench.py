@@ -103,6 +103,7 @@ def summarize(raw: dict[str, Any], server: dict[str, float], fake: dict[str, flo
         "error_samples": raw["error_samples"],
         "cut": raw["cut"],
         "server_cpu": server.get("cpu"),
+        "foreign_cpu": server.get("foreign"),
         "peak_rss_mb": server["peak_rss"] / 2**20 if "peak_rss" in server else None,
         "fake_cpu": fake.get("cpu"),
         "loadgen_cpu": raw["loadgen_cpu_s"] / raw["wall_s"],

@@ -176,7 +176,10 @@ def litellm_config(models: dict[str, Any], fake_url: str) -> str:
             f"      api_base: {json.dumps(fake_url + '/api/v1')}",
             f"      api_key: {json.dumps(FAKE_API_KEY)}",
         ]
-    lines += ["litellm_settings:", "  telemetry: false", "general_settings: {}"]
+    # Nothing outside the machine: no telemetry, and token counting with the bundled tiktoken encoding instead of
+    # downloading a tokenizer from the Hugging Face hub (which LiteLLM retries for ~15 s per model when offline).
+    lines += ["litellm_settings:", "  telemetry: false", "  disable_hf_tokenizer_download: true"]
+    lines += ["general_settings: {}"]
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +192,7 @@ def start_litellm(log_dir: Path, models: dict[str, Any], fake_url: str) -> Serve
         "LITELLM_TELEMETRY_DISABLED": "true",
         "LITELLM_MODE": "PRODUCTION",  # no .env loading
         "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY,
+        "HF_HUB_OFFLINE": "1",
     }
     argv = [str(LITELLM_BIN / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     proc = start("litellm", [*argv, "--num_workers", "1"], core=SERVER_CORE, log_dir=log_dir, env=env, cwd=log_dir)
