@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV = BENCH / ".venv"
 LITELLM_VENV = BENCH / ".venv-litellm"
-PARTS = ("all", "models", "stream", "soak", "servers", "clients", "profile", "micro")
+PARTS = ("all", "compare", "models", "stream", "soak", "servers", "clients", "profile", "micro")
 LEVELS = "1,10,100,200,500"
 
 
@@ -79,7 +79,7 @@ def ensure_litellm() -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=PARTS, help="all = models + stream + soak")
+    p.add_argument("part", choices=PARTS, help="compare = models + stream; all = compare + soak")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=5, help="wrk duration of one /models run")
     p.add_argument("--connections", type=int, default=64)
@@ -155,11 +155,11 @@ def main() -> None:
     from harness import LOAD_CORE
 
     os.sched_setaffinity(0, {LOAD_CORE})  # the orchestrator samples and waits: keep it off the server core
-    if part in ("all", "models"):
+    if part in ("all", "compare", "models"):
         ensure_system_tools({"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"})
     else:
         ensure_system_tools({"wrk": "wrk", "taskset": "util-linux"})
-    if not args.no_litellm and part in ("all", "models", "stream"):
+    if not args.no_litellm and part in ("all", "compare", "models", "stream"):
         ensure_litellm()
 
     import choices_bench
@@ -177,7 +177,7 @@ def main() -> None:
     catalogue = catalogue_document()
     t0 = time.monotonic()
     print(f"bench: {part} -> {results}", flush=True)
-    if part in ("all", "models"):
+    if part in ("all", "compare", "models"):
         data["models"] = models_bench.run(
             results,
             repeats=args.repeats,
@@ -186,7 +186,7 @@ def main() -> None:
             litellm=not args.no_litellm,
             server=args.server,
         )
-    if part in ("all", "stream"):
+    if part in ("all", "compare", "stream"):
         data["stream"] = stream_bench.run(
             results,
             levels=args.levels,
