@@ -40,6 +40,7 @@ from modelgate.resilience import (
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import Fakes, Fault, Reply
+from tests.redis_server import free_port
 from tests.servers import serve_in_thread
 
 
@@ -392,3 +393,60 @@ def _poll(call: Any, done: Any, attempts: int = 100) -> Any:
         time.sleep(0.05)
         result = call()
     return result
+
+
+def test_an_open_breaker_sends_requests_to_a_fallback_elsewhere(fakes: Fakes, tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b", extra='fallbacks = ["acme/elsewhere"]'),
+        model_toml("acme", "elsewhere", provider="openrouter", upstream="meta-llama/llama-3.3-70b-instruct:free"),
+        header=BREAKER,
+    )
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        fakes.ollama.default = Reply(fault=Fault.status(500))
+        for _ in range(2):  # each fails on Ollama and is answered by OpenRouter; the breaker opens
+            assert chat(url).headers["x-modelgate-model"] == "acme/elsewhere"
+        assert len(chat_models(fakes)) == 2
+        response = chat(url)
+        assert response.status_code == 200
+        assert response.headers["x-modelgate-model"] == "acme/elsewhere"
+        assert len(chat_models(fakes)) == 2  # the open breaker spared the failing provider a third call
+        assert [r.json["model"] for r in fakes.openrouter.requests] == ["meta-llama/llama-3.3-70b-instruct:free"] * 3
+
+
+def test_an_unreachable_provider_is_retried_then_failed_over(fakes: Fakes, tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b", extra='fallbacks = ["acme/elsewhere"]'),
+        model_toml("acme", "elsewhere", provider="openrouter", upstream="meta-llama/llama-3.3-70b-instruct:free"),
+        header=FAST_RETRIES,
+    )
+    overrides = fakes.settings_overrides()
+    overrides["base_url_overrides"] = {**overrides["base_url_overrides"], "ollama": f"http://127.0.0.1:{free_port()}"}
+    app = create_app(Settings(**overrides, probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        response = chat(url)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelgate-model"] == "acme/elsewhere"
+    # Three attempts at the dead port (one try + two retries), then the fallback.
+    assert 'model="acme/primary",outcome="upstream_error",provider="ollama"} 3.0' in metrics
+
+
+def test_a_first_token_timeout_is_retried_once(fakes: Fakes, serve: Any) -> None:
+    url = serve(FAST_RETRIES + "first_token_timeout = 0.3\n", fallbacks="[]")
+    fakes.ollama.default = Reply(fault=Fault.slow_first(5))
+    response = chat(url)
+    assert response.status_code == 504
+    assert chat_models(fakes) == ["primary:1b"] * 2  # max_retries is 2, but a timeout gets one retry only
+
+
+def test_a_fallback_also_serves_the_ai_sdk_route(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(*[Reply(fault=Fault.status(503))] * 3, Reply(tokens=["ok"]))
+    response = httpx.post(f"{url}/api/ai/acme/primary/chat", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert '0:"ok"' in response.text
+    assert chat_models(fakes) == ["primary:1b"] * 3 + ["backup:1b"]
