@@ -18,7 +18,7 @@ import pytest
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue, parse_catalogue
 from modelgate.settings import Settings
-from modelgate.templates import render_prompt
+from modelgate.templates import get_template, render_prompt
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node_parsers
 from tests.servers import serve_in_thread
@@ -119,15 +119,19 @@ def test_every_advertised_endpoint_and_alias_answers(service: str, fakes: Fakes,
             f"/api/ai/{model.provider}/{model.publisher}/{model.name}/chat",
         ]
         assert model.endpoint in advertised
+        # DeepSeek-R1's prompt opens a <think> block: its reply reasons first, then answers.
+        thinks = model.template is not None and get_template(model.template).starts_in_reasoning
+        script = ["Add.", "</think>", *TOKENS] if thinks else TOKENS
         for path in paths:
-            fakes[model.provider].script(Reply(tokens=TOKENS))
+            fakes[model.provider].script(Reply(tokens=script))
             summary = parse_data_stream(service + path, {"id": "chat-1", "messages": MESSAGES})
             assert summary["status"] == 200, (path, summary)
             assert summary["text"] == "".join(TOKENS), path
+            assert summary["reasoning"] == ("Add." if thinks else "")
             assert summary["errors"] == []
             finish = summary["finishMessage"]
             assert finish["finishReason"] == "stop"
-            assert finish["usage"] == {"promptTokens": PROMPT_TOKENS, "completionTokens": len(TOKENS)}
+            assert finish["usage"] == {"promptTokens": PROMPT_TOKENS, "completionTokens": len(script)}
             assert summary["useChat"]["message"]["content"] == "".join(TOKENS)
             assert summary["headers"]["x-vercel-ai-data-stream"] == "v1"
             assert summary["headers"]["x-modelgate-model"] == model_id
