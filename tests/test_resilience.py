@@ -450,3 +450,25 @@ def test_a_fallback_also_serves_the_ai_sdk_route(fakes: Fakes, serve: Any) -> No
     assert response.headers["x-modelgate-model"] == "acme/backup"
     assert '0:"ok"' in response.text
     assert chat_models(fakes) == ["primary:1b"] * 3 + ["backup:1b"]
+
+
+def test_the_readme_section_matches_the_code() -> None:
+    import re
+    import tomllib
+
+    from modelgate.catalogue import ModelEntry
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Retries, fallbacks, health, metrics and logs\n") :]
+    found = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert found is not None
+    example = tomllib.loads(found.group(1))
+    entry = ProviderEntry.model_validate(example["providers"]["openrouter"])
+    assert entry.max_retries == 2 and entry.breaker_cooldown == 15.0  # the defaults, as the README says
+    assert ProviderEntry().model_dump() == entry.model_dump()
+    assert set(example["models"][0]) <= set(ModelEntry.model_fields)
+    env = {"MODELGATE_PROBE_INTERVAL": "5", "MODELGATE_CLIENT_BODY_TIMEOUT": "7", "MODELGATE_CLIENT_SEND_TIMEOUT": "9"}
+    for variable in env:
+        assert f"`{variable}`" in readme
+    settings = Settings.from_env(env)
+    assert (settings.probe_interval, settings.client_body_timeout, settings.client_send_timeout) == (5, 7, 9)
