@@ -240,7 +240,7 @@ def held_stream(
         ) as response,
     ):
         assert response.status_code == 200
-        lines = response.iter_lines()
+        lines = response.iter_lines()  # kept: dropping a half-read iterator makes httpx close the connection
         assert any(line.startswith("0:") for line in lines)  # the first token arrived: the stream is live
         yield response
 

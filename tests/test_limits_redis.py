@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+import redis
 
 from modelgate.limits import Lease, Plan, RedisBackend, Slot, Window
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import serve_subprocess, wait_for
+from tests.fakes import Fakes, Fault, Reply
 from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.redis
@@ -135,3 +142,99 @@ def test_ping(redis_url: str) -> None:
             await down.stop()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+# --- separate service processes sharing one Redis -------------------------------------------------------
+
+RPM_KEY = "mg-redis-rpm-0000aaaa1111bbbb"
+STREAMS_KEY = "mg-redis-streams-2222cccc3333"
+KEYS_TOML = f"""
+[[keys]]
+name = "rpm"
+key = "{RPM_KEY}"
+requests_per_minute = 4
+
+[[keys]]
+name = "streams"
+key = "{STREAMS_KEY}"
+concurrent_streams = 1
+"""
+MESSAGES = [{"role": "user", "content": "Hi!"}]
+
+
+@pytest.fixture
+def shared(redis_url: str, fakes: Fakes, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """``serve`` arguments and environment for a service on the fakes with its limits in Redis."""
+    redis.Redis.from_url(redis_url).flushdb()
+    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    config = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header=HEADER)
+    return ["--config", str(config)], {**fakes.env(), "MODELGATE_REDIS_URL": redis_url}
+
+
+HEADER = '[server]\nkeys_file = "keys.toml"\n'
+
+
+def chat(url: str, key: str) -> httpx.Response:
+    # A fresh connection per request, so that with --workers the kernel may hand it to any worker.
+    with httpx.Client(timeout=30) as client:
+        return client.post(
+            url + "/api/ai/ollama/tiny/chat", json={"messages": MESSAGES}, headers={"Authorization": f"Bearer {key}"}
+        )
+
+
+def test_requests_per_minute_hold_across_two_processes(
+    shared: tuple[list[str], dict[str, str]], fakes: Fakes, tmp_path: Path
+) -> None:
+    args, env = shared
+    with serve_subprocess(args, tmp_path, env=env) as a, serve_subprocess(args, tmp_path, env=env) as b:
+        for served in (a, b, a, b):
+            response = chat(served.url, RPM_KEY)
+            assert response.status_code == 200
+            assert '0:"Hello"' in response.text  # answered by the fake
+        for served in (a, b):
+            refused = chat(served.url, RPM_KEY)
+            assert refused.status_code == 429
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.json()["statusMessage"] == "Rate limit exceeded: key 'rpm' allows 4 requests per minute"
+        assert chat(a.url, STREAMS_KEY).status_code == 200  # another key has its own window
+        logs = a.log() + b.log()
+    assert len([r for r in fakes.ollama.requests if r.path == "/api/chat"]) == 5
+    assert RPM_KEY not in logs and STREAMS_KEY not in logs
+    assert logs.count('"key_id"') >= 7  # the requests were logged, by key_id
+
+
+def test_concurrent_streams_hold_across_two_processes(
+    shared: tuple[list[str], dict[str, str]], fakes: Fakes, tmp_path: Path
+) -> None:
+    args, env = shared
+    with serve_subprocess(args, tmp_path, env=env) as a, serve_subprocess(args, tmp_path, env=env) as b:
+        fakes.ollama.script(Reply(tokens=["held"], fault=Fault.hang(after=1)))
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST",
+                a.url + "/api/ai/ollama/tiny/chat",
+                json={"messages": MESSAGES},
+                headers={"Authorization": f"Bearer {STREAMS_KEY}"},
+            ) as held,
+        ):
+            assert held.status_code == 200
+            lines = held.iter_lines()  # kept: dropping a half-read iterator makes httpx close the connection
+            assert any(line.startswith("0:") for line in lines)  # live on process a
+            refused = chat(b.url, STREAMS_KEY)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["statusMessage"] == "Too many concurrent streams: key 'streams' allows 1 at a time"
+        # Abandoned on a: the slot is released in Redis, and b admits the key again.
+        wait_for(lambda: chat(b.url, STREAMS_KEY).status_code == 200, "process b to admit the key again")
+
+
+def test_workers_share_the_limit(shared: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    args, env = shared
+    with serve_subprocess([*args, "--workers", "2"], tmp_path, env=env) as served:
+        # uvicorn's supervisor says it is running before its workers are: wait for both to be ready.
+        wait_for(lambda: served.log().count("Application startup complete") >= 2, "both workers to start")
+        workers = set(re.findall(r"Started server process \[(\d+)\]", served.log()))
+        statuses = [chat(served.url, RPM_KEY).status_code for _ in range(10)]
+    assert len(workers) == 2
+    assert statuses == [200] * 4 + [429] * 6
