@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from modelgate.app import create_app
@@ -323,3 +325,43 @@ def test_provider_cap(service: str, fakes: Fakes) -> None:
         assert refused.json()["error"]["message"] == "Provider 'openrouter' is at its concurrency limit (1 streams)"
         assert completion(service, "acme/tiny").status_code == 200  # another provider
     wait_for(lambda: completion(service, "acme/other").status_code == 200, "the provider slot to be released")
+
+
+def test_a_client_that_never_reads_loses_its_slot_when_the_gateway_drops_it(fakes: Fakes, tmp_path: Path) -> None:
+    settings = Settings(
+        config_path=limited_catalogue(tmp_path),
+        # Long enough that the check below lands well inside it, short enough for a test.
+        client_send_timeout=3.0,
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    fakes.ollama.script(Reply(tokens=["x" * 8192] * 4000, usage=None))  # ~32 MB: more than any buffer holds
+    payload = orjson.dumps({"messages": MESSAGES})
+    request = (
+        "POST /api/ai/ollama/tiny/chat HTTP/1.1\r\nHost: modelgate\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {KEYS['streams']}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    with serve_in_thread(create_app(settings)) as url, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window from the start
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock.sendall(request)
+        # Never read. While the gateway still tries to write, the stream holds the key's one slot...
+        wait_for(lambda: fakes.ollama.requests, "the stream to reach the upstream")
+        assert chat(url, key="streams").status_code == 429
+        # ...until it gives up on the client; then the slot is back, with the client still connected.
+        assert fakes.ollama.wait_for_disconnects(1) == 1
+        assert admitted(lambda: chat(url, key="streams")).status_code == 200
+
+
+def test_limits_fail_closed_when_redis_is_unreachable(fakes: Fakes, tmp_path: Path) -> None:
+    settings = Settings(
+        config_path=limited_catalogue(tmp_path),
+        redis_url="redis://127.0.0.1:9/0",  # nothing listens on the discard port
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        refused = chat(url, key="rpm")
+        assert refused.status_code == 503
+        assert refused.json() == {"statusCode": 503, "statusMessage": "Rate-limit store unavailable; try again shortly"}
+        assert chat(url, key="free").status_code == 200  # nothing to count: Redis is not needed
+        assert httpx.get(url + "/ready").status_code == 503
+    assert len([r for r in fakes.ollama.requests if r.path == "/api/chat"]) == 1
