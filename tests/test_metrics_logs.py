@@ -280,3 +280,14 @@ def test_logging_config_is_json_for_uvicorn_and_silences_its_access_log() -> Non
         logging.LogRecord("modelgate.x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
     )
     assert orjson.loads(line)["msg"] == "hello you"
+
+
+def test_a_failed_chat_is_logged_with_the_model_and_every_attempt(logs: Captured, service: str, fakes: Fakes) -> None:
+    fakes.ollama.default = Reply(fault=Fault.status(400, message="model is required"))
+    response = httpx.post(service + CHAT, json=BODY, headers={"X-Request-ID": "failed-1"})
+    assert response.status_code == 400
+    line = logs.line("failed-1")
+    assert line["status"] == 400
+    assert line["model"] == "ollama/rwkv-6-world" and line["provider"] == "ollama"
+    assert line["ttft_ms"] is None
+    assert len(line["attempts"]) == 1 and "model is required" in line["attempts"][0]

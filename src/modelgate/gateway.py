@@ -60,6 +60,8 @@ async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatR
     """
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
+    if obs is not None:  # the log line names the requested model even when nothing answers
+        obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
         call = request if candidate is model else _for_fallback(request, model, candidate)
@@ -160,7 +162,6 @@ async def _open_model(
             obs.model, obs.provider = model.id, model.provider
             obs.first_event_at = answered
             obs.dropped_params = dropped
-            obs.attempts = attempts
         events = _relay(state, model, first, upstream, obs)
         if obs is not None:
             obs.relay = events
