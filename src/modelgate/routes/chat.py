@@ -115,21 +115,6 @@ def parse_chat_body(raw: bytes, *, max_messages: int) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it exceeds ``limit`` bytes (never read whole first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"The request body is larger than {limit} bytes", data={"limit": limit})
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"The request body is larger than {limit} bytes", data={"limit": limit})
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def stream_headers(start: StreamStart) -> dict[str, str]:
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Modelgate-Model": start.model.id}
     if start.dropped_params:
@@ -140,7 +125,8 @@ def stream_headers(start: StreamStart) -> dict[str, str]:
 async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
     state = gateway(request)
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"))]
-    raw = await read_body(request, state.settings.max_body_bytes)
+    # The body size and read time are bounded once for every route, by logs.RequestObserver (413/408).
+    raw = await request.body()
     messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
     await admit(state, request, model)  # key policy (403) and limits (429); slots held until the reply ends
     start = await open_stream(state, model, ChatRequest(messages=messages, params=model.defaults))
