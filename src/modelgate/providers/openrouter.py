@@ -9,7 +9,8 @@ or a string such as ``server_error``) — raised as the matching error; ``[DONE]
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -30,8 +31,9 @@ from modelgate.sse import SSEDecoder
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
 
-#: App attribution (providers.md §3.1); optional for OpenRouter, shown in its rankings.
-ATTRIBUTION = {"HTTP-Referer": "https://github.com/modelgate/modelgate", "X-Title": "modelgate"}
+#: App attribution (providers.md §3.1); optional for OpenRouter, shown in its rankings. No
+#: HTTP-Referer: the project has no public site to name, and inventing one would misattribute.
+ATTRIBUTION: Mapping[str, str] = MappingProxyType({"X-Title": "modelgate"})
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
