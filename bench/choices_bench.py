@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import collections
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from harness import LOAD_CORE, SERVER_CORE, measured, pinned
+from harness import LOAD_CORE, SERVER_CORE, measured, pinned, settle
 from models_bench import wrk
 from report import spread
 from stream_bench import loadgen, routes, summarize
@@ -63,6 +62,7 @@ def servers(
                         flush=True,
                     )
                 for level in levels:
+                    settle(server.proc)
                     with measured(server.proc) as figures:
                         raw = loadgen(
                             server.url, route, concurrency=level, seconds=stream_seconds, warmup=1, tokens=tokens
@@ -74,7 +74,6 @@ def servers(
                         f"tok/s TTFT p50 {summary['ttft_p50_ms']:.2f} ms errors {summary['errors']}",
                         flush=True,
                     )
-                    time.sleep(0.5)
         out["notes"] = {variant: server.note for variant, server in started.items()}
     finally:
         for server in started.values():

@@ -184,6 +184,22 @@ class Sampler:
         return max((rss for _, rss in self.samples), default=0)
 
 
+def settle(proc: Proc | None, *, idle: float = 0.05, timeout: float = 60.0) -> float:
+    """Wait until ``proc`` is idle (below ``idle`` cores over half a second); return the seconds waited.
+
+    A server that keeps working on streams whose clients left (LiteLLM does, for seconds) would otherwise
+    charge that backlog to the next run."""
+    if proc is None:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        before = proc.cpu_seconds()
+        time.sleep(0.5)
+        if proc.cpu_seconds() - before < idle * 0.5:
+            break
+    return time.monotonic() - t0
+
+
 def core_busy_seconds(core: int) -> float:
     times = psutil.cpu_times(percpu=True)[core]
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)

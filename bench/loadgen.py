@@ -8,7 +8,8 @@ until the window ends; at the end every stream still open is cut (counted as ``c
   as *censored* with the time it had waited (a lower bound), so a saturated system cannot hide its tail.
 - Tokens are counted by the fake upstream's ``~`` marker (every token text is `` ~word``) with one
   ``bytes.count`` per read, whatever the framing (OpenAI SSE, AI SDK data stream, coalesced writes).
-- tokens/s = tokens received between ``warmup`` and the end of the window, divided by that time.
+- tokens/s = tokens received between ``warmup`` and the last moment a new stream may start (the end of the
+  window less min(0.5 s, a tenth)), divided by that time.
 - A stream is *ok* when the status is 200, it delivered exactly ``--expect-tokens`` tokens and its tail holds
   the protocol's terminator (``d:`` finish part of the data stream, ``data: [DONE]`` of SSE); anything else
   that completes is an *error*, with a sample of what was received.
@@ -190,6 +191,7 @@ class RawConnection(asyncio.Protocol):
 
 
 async def raw_worker(target: Target, stats: Stats, t_end: float) -> None:
+    """Streams back to back until ``t_end`` (the last moment a new stream may start)."""
     loop = asyncio.get_running_loop()
     request = target.request_bytes()
     conn: RawConnection | None = None
@@ -308,17 +310,22 @@ async def run(target: Target, concurrency: int, seconds: float, warmup: float, c
     stats = Stats()
     t0 = loop.time()
     t_end = t0 + seconds
+    # No new stream in the last moments of the window: one started there and cut before its first token would
+    # enter TTFT as a tiny lower bound and pull the percentiles down. A stream still waiting at the end has
+    # waited at least this long, a lower bound worth keeping.
+    last_start = t_end - min(0.5, seconds / 10)
     if client == "raw":
-        tasks = [asyncio.create_task(raw_worker(target, stats, t_end)) for _ in range(concurrency)]
+        tasks = [asyncio.create_task(raw_worker(target, stats, last_start)) for _ in range(concurrency)]
     elif client == "aiohttp":
-        tasks = await aiohttp_workers(target, stats, t_end, concurrency)
+        tasks = await aiohttp_workers(target, stats, last_start, concurrency)
     else:
-        tasks = await httpx_workers(target, stats, t_end, concurrency, module=client)
+        tasks = await httpx_workers(target, stats, last_start, concurrency, module=client)
     warm = min(warmup, seconds / 2)
     await asyncio.sleep(warm)
     tokens_at_warm, t_warm = stats.tokens, time.perf_counter()
+    await asyncio.sleep(max(0.0, last_start - loop.time()))
+    tokens_at_end, t_stop = stats.tokens, time.perf_counter()  # rate over the part where every worker streamed
     await asyncio.sleep(max(0.0, t_end - loop.time()))
-    tokens_at_end, t_stop = stats.tokens, time.perf_counter()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -144,6 +144,14 @@ def stream_section(data: dict[str, Any], title: str = "## Streaming chat") -> li
         for r in system["runs"]
         if r["error_samples"]
     }
+    waits = [
+        f"{system['label']} @ {r['level']} r{r['repeat'] + 1}: {r['drain_s']:.0f} s"
+        for system in data["systems"].values()
+        for r in system["runs"]
+        if r.get("drain_s", 0) > 1
+    ]
+    if waits:
+        lines += ["", "Waited for the server to finish the previous run's abandoned streams: " + "; ".join(waits)]
     if errors:
         lines += ["", "Error samples (first of each kind):", ""]
         for (label, level), samples in errors.items():

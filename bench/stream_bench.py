@@ -9,12 +9,11 @@ under test gets a fresh process on the server core, so its peak RSS is its own.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import LOAD_CORE, Proc, measured, run_pinned
+from harness import LOAD_CORE, Proc, measured, run_pinned, settle
 from systems import (
     BENCH,
     FAKE_API_KEY,
@@ -125,18 +124,19 @@ def measure_levels(
     runs = []
     for level in levels:
         for repeat in range(repeats):
+            drained = settle(server)
             with measured(server) as figures, measured(fake.proc) as fake_figures:
                 raw = loadgen(base_url, route, concurrency=level, seconds=seconds, warmup=warmup, tokens=tokens)
-            run = {"level": level, "repeat": repeat, **summarize(raw, figures, fake_figures)}
+            run = {"level": level, "repeat": repeat, "drain_s": drained, **summarize(raw, figures, fake_figures)}
             runs.append(run)
             p50 = run["ttft_p50_ms"]
             print(
                 f"  stream {route.system:22} {level:4} streams r{repeat + 1}: {run['tokens_per_s']:8.0f} tok/s "
                 f"TTFT p50 {p50 if p50 is None else round(p50, 2)} ms  errors {run['errors']} "
-                f"cpu {run['server_cpu'] or 0:.2f} rss {run['peak_rss_mb'] or 0:.0f} MB",
+                f"cpu {run['server_cpu'] or 0:.2f} rss {run['peak_rss_mb'] or 0:.0f} MB "
+                f"(waited {drained:.1f} s for the previous run's backlog)",
                 flush=True,
             )
-            time.sleep(0.5)  # let the closed connections drain before the next run
     return runs
 
 
