@@ -230,29 +230,48 @@ def profile(
     }
 
 
+#: Frames that sit under every sample (process start-up, the CLI, the event loop runner): not worth listing.
+_OUTER_FILES = frozenset({"core.py", "main.py", "runners.py", "_compat.py", "cli.py", "server.py", "modelgate"})
+
+
+def _frame_name(frame: str) -> tuple[str, str]:
+    """py-spy's ``function (path/to/file.py:line)`` → (``function (file.py)``, ``path/to/file.py``)."""
+    if " (" not in frame:
+        return frame, ""
+    function, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0].rstrip(")")
+    return f"{function} ({path.rsplit('/', 1)[-1]})", path
+
+
+def _package(path: str) -> str:
+    """py-spy's module-relative path → its package (``uvicorn``, ``asyncio``), or the module for modelgate's own."""
+    if path.startswith("modelgate/"):
+        return path
+    return path.split("/", 1)[0] if "/" in path else path or "?"
+
+
 def top_functions(raw_path: Path, limit: int = 25) -> dict[str, list[tuple[str, float]]]:
-    """Self and inclusive share of samples per function from py-spy's collapsed stacks."""
+    """Self and inclusive share of samples per function, and self share per package, from collapsed stacks."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    by_package: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [
-            frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-            if " (" in frame
-            else frame
-            for frame in stack.split(";")
-        ]
+        frames = [_frame_name(frame) for frame in stack.split(";")]
         total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        own[frames[-1][0]] += count
+        by_package[_package(frames[-1][1])] += count
+        for name in {name for name, path in frames if path.rsplit("/", 1)[-1] not in _OUTER_FILES}:
+            inclusive[name] += count
+    total = max(total, 1)
     return {
         "self": [(name, n / total) for name, n in own.most_common(limit)],
         "inclusive": [(name, n / total) for name, n in inclusive.most_common(limit)],
+        "packages": [(name, n / total) for name, n in by_package.most_common(12)],
         "samples": [("all", float(total))],
     }
 
@@ -271,6 +290,8 @@ def profile_section(data: dict[str, Any]) -> list[str]:
     ]
     for (own, own_share), (inc, inc_share) in zip(data["top"]["self"], data["top"]["inclusive"], strict=False):
         lines.append(f"| {own_share:.1%} | `{own}` | | {inc_share:.1%} | `{inc}` |")
+    lines += ["", "Self samples by package or modelgate module:", "", "| self % | where |", "|---:|---|"]
+    lines += [f"| {share:.1%} | `{name}` |" for name, share in data["top"].get("packages", [])]
     return lines
 
 
