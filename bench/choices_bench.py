@@ -181,13 +181,17 @@ def profile(
     server: str,
     catalogue: dict[str, Any],
 ) -> dict[str, Any]:
-    route = routes(_upstream(catalogue))[route_key]
+    """py-spy on modelgate under load: ``route_key`` api|v1 (``streams`` streams) or models (wrk, 64 connections)."""
+    route = routes(_upstream(catalogue))[route_key] if route_key != "models" else None
     fake = start_fake(results, tokens=tokens, interval_ms=interval_ms, listed=[_upstream(catalogue)])
     target = None
     raw_path = results / f"profile-{route_key}.txt"
     try:
         target = start_modelgate(results, server=server, fake_url=fake.url, tag="-profile")
-        loadgen(target.url, route, concurrency=10, seconds=2, warmup=0.5, tokens=tokens)
+        if route is None:
+            wrk(f"{target.url}/models", gzip_client=False, seconds=1, connections=64)
+        else:
+            loadgen(target.url, route, concurrency=10, seconds=2, warmup=0.5, tokens=tokens)
         spy = subprocess.Popen(
             pinned(
                 LOAD_CORE,
@@ -212,7 +216,14 @@ def profile(
             text=True,
         )
         with measured(target.proc) as figures:
-            raw = loadgen(target.url, route, concurrency=streams, seconds=seconds, warmup=1, tokens=tokens)
+            if route is None:
+                models_run = wrk(f"{target.url}/models", gzip_client=False, seconds=seconds, connections=64)
+                summary = {"rps": models_run.rps, "p99_ms": models_run.p99_ms, "errors": models_run.errors}
+            else:
+                raw = loadgen(target.url, route, concurrency=streams, seconds=seconds, warmup=1, tokens=tokens)
+        if route is not None:
+            summary = summarize(raw, figures, {})
+        summary["server_cpu"] = figures.get("cpu")
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
             raise RuntimeError(f"py-spy failed: {err[-1000:]}")
@@ -221,11 +232,11 @@ def profile(
             target.proc.stop()
         fake.proc.stop()
     return {
-        "route": route.path,
-        "streams": streams,
+        "route": route.path if route is not None else "GET /models",
+        "streams": streams if route is not None else None,
         "seconds": seconds,
         "raw_file": raw_path.name,
-        "summary": summarize(raw, figures, {}),
+        "summary": summary,
         "top": top_functions(raw_path),
     }
 
@@ -278,11 +289,16 @@ def top_functions(raw_path: Path, limit: int = 25) -> dict[str, list[tuple[str, 
 
 def profile_section(data: dict[str, Any]) -> list[str]:
     summary = data["summary"]
+    if data["streams"] is None:
+        load = "wrk, 64 connections"
+        figures = f"{summary['rps']:,.0f} req/s, p99 {summary['p99_ms']:.2f} ms"
+    else:
+        load = f"{data['streams']} streams"
+        figures = f"{summary['tokens_per_s']:,.0f} tokens/s, TTFT p50 {summary['ttft_p50_ms'] or 0:.1f} ms"
     lines = [
-        f"## Profile: modelgate `{data['route']}` at {data['streams']} streams ({data['seconds']:g} s, py-spy)",
+        f"## Profile: modelgate `{data['route']}`, {load} ({data['seconds']:g} s, py-spy)",
         "",
-        f"{summary['tokens_per_s']:,.0f} tokens/s, server CPU {summary['server_cpu'] or 0:.2f} cores, "
-        f"TTFT p50 {summary['ttft_p50_ms'] or 0:.1f} ms, errors {summary['errors']}; "
+        f"{figures}, server CPU {summary['server_cpu'] or 0:.2f} cores, errors {summary['errors']}; "
         f"{data['top']['samples'][0][1]:,.0f} samples; collapsed stacks in `{data['raw_file']}`.",
         "",
         "| self % | function (file) | | inclusive % | function (file) |",

@@ -92,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=10, help="soak duration")
     p.add_argument("--soak-streams", type=int, default=200)
     p.add_argument("--soak-interval", type=float, default=10, help="seconds between RSS samples")
-    p.add_argument("--route", choices=("api", "v1"), default="api", help="soak/profile route")
+    p.add_argument("--route", choices=("api", "v1", "models"), default="api", help="soak (api|v1) / profile route")
     p.add_argument("--profile-streams", type=int, default=200)
     p.add_argument(
         "--server",
