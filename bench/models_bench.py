@@ -104,8 +104,9 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
         body_path.write_bytes(body)
         reference = json.loads(body)
         nginx, static_url, gzip_url = start_nginx(results, body)
+        servers.append(nginx)
         naive = start_naive(results, body_path)
-        servers += [nginx, naive]
+        servers.append(naive)
         cases = [
             Case("nginx static file", "plain", f"{static_url}/models", proc=nginx.proc),
             Case("nginx per-request gzip", "gzip", f"{gzip_url}/models", proc=nginx.proc),
@@ -118,8 +119,9 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
         if litellm:
             # LiteLLM needs an upstream in its config; the fake is never called by /v1/models.
             fake = start_fake(results, tokens=1, interval_ms=1, listed=[])
+            servers.append(fake)
             proxy = start_litellm(results, reference, fake.url)
-            servers += [fake, proxy]
+            servers.append(proxy)
             for client in ("plain", "gzip"):
                 auth = (("Authorization", f"Bearer {LITELLM_MASTER_KEY}"),)
                 cases.append(
