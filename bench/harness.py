@@ -122,7 +122,7 @@ def start(
 
 
 def wait_http(proc: Proc, url: str, timeout: float = 60.0, expect: int = 200) -> None:
-    """Wait until ``url`` answers ``expect``; fail with the server's log tail if it dies or never does."""
+    """Wait until ``url`` answers ``expect``; if it dies or never does, stop it and fail with its log tail."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -138,6 +138,7 @@ def wait_http(proc: Proc, url: str, timeout: float = 60.0, expect: int = 200) ->
         except (OSError, urllib.error.URLError) as exc:
             last = str(exc)
         time.sleep(0.2)
+    proc.stop()
     raise RuntimeError(f"{proc.name} not ready at {url} after {timeout:.0f}s ({last}):\n{proc.log_tail()}")
 
 
@@ -149,6 +150,7 @@ def wait_tcp(proc: Proc, port: int, timeout: float = 30.0) -> None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.1)
+    proc.stop()
     raise RuntimeError(f"{proc.name} not listening on {port} after {timeout:.0f}s:\n{proc.log_tail()}")
 
 
