@@ -170,3 +170,14 @@ def test_more_messages_than_the_service_allows_is_refused() -> None:
     assert isinstance(error.body, dict)
     assert error.body["param"] == "messages"
     assert "limit of 2" in error.body["message"]
+
+
+def test_openai_errors_tell_the_sdk_whether_to_retry(fakes: Any) -> None:
+    """An unconfigured provider (503) is final: the SDK must not retry it."""
+    with serve_in_thread(create_app(Settings(base_url_overrides=fakes.base_urls()))) as url:
+        response = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "openrouter/deepseek-chat", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert response.status_code == 503
+    assert response.headers["x-should-retry"] == "false"

@@ -220,7 +220,12 @@ def openai_error(exc: ModelgateError) -> dict[str, Any]:
 
 
 def error_response(exc: ModelgateError, path: str) -> Response:
-    return Response(error_body(exc, path), status_code=exc.status, media_type=JSON, headers=exc.headers)
+    headers = exc.headers
+    if is_openai_path(path):
+        # The OpenAI SDKs retry every 5xx unless told otherwise; only transient failures are worth it
+        # (refused credentials or an unconfigured provider are not).
+        headers = {**headers, "x-should-retry": "true" if exc.transient or exc.status == 429 else "false"}
+    return Response(error_body(exc, path), status_code=exc.status, media_type=JSON, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
