@@ -125,3 +125,13 @@ def test_icons_ship_for_every_icon_of_the_default_catalogue_but_microsoft() -> N
     for icon_id in used:
         assert f"`{icon_id}`" in licences
     assert "Lorc" in licences and "Delapouite" in licences and "CC BY 3.0" in licences
+
+
+def test_head_of_the_page_has_headers_and_no_body() -> None:
+    with serve_in_thread(create_app(Settings())) as url:
+        get = httpx.get(url + "/")
+        head = httpx.head(url + "/")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["etag"] == get.headers["etag"]
+    assert head.headers["content-type"] == get.headers["content-type"]

@@ -109,7 +109,7 @@ def resolve_asset(root: Path, path: str) -> Path:
     return file
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def playground(request: Request) -> Response:
     root = static_root()
     html = (root / "index.html").read_text(encoding="utf-8")
@@ -123,7 +123,7 @@ async def playground(request: Request) -> Response:
     return _respond(request, body, HTML, headers)
 
 
-@router.get("/static/{version}/{path:path}")
+@router.api_route("/static/{version}/{path:path}", methods=["GET", "HEAD"])
 async def static_asset(request: Request, version: str, path: str) -> Response:
     root = static_root()
     file = resolve_asset(root, path)
