@@ -19,14 +19,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from modelgate.access_log import AccessLog
 from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
 from modelgate.limits import Limiter
-from modelgate.logs import RedactingFilter, RequestObserver, secrets_of
+from modelgate.logs import RedactingFilter, secrets_of
 from modelgate.metrics import Metrics
+from modelgate.observer import RequestObserver
 from modelgate.providers import PROVIDERS, Connection, Provider
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
@@ -54,6 +57,7 @@ class GatewayState:
         self.breakers = Breakers()
         self.status = StatusBoard()
         self.redactor = RedactingFilter(secrets_of(settings))
+        self.access_log = AccessLog(self.redactor)
         self.prober = Prober(self, settings.probe_interval)
 
     @property
@@ -111,7 +115,25 @@ class GatewayState:
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+        self.access_log.flush()
         self.redactor.uninstall()
+
+
+class ModelgateAPI(FastAPI):
+    """FastAPI entered through the request observer, so it sees (and may answer) a request before any of
+    the framework's own layers: routing, middleware, exception handlers, FastAPI's telemetry check."""
+
+    observer: RequestObserver | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.observer is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.observer(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app behind the observer."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -131,7 +153,7 @@ def create_app(
         finally:
             await state.stop()
 
-    app = FastAPI(
+    app = ModelgateAPI(
         title="modelgate",
         summary="An open model catalogue and chat gateway",
         version=_version(),
@@ -166,17 +188,23 @@ def create_app_from_env() -> FastAPI:
         raise SystemExit(3) from None  # uvicorn.config.STARTUP_FAILURE
 
 
-def _install_middleware(app: FastAPI, state: GatewayState) -> None:
-    # add_middleware wraps what is already there, so the first added is innermost: the /models fast path
-    # answers inside CORS, and observability middleware added after these wraps both.
-    from modelgate.routes.models import ModelsFastPath
+def _install_middleware(app: ModelgateAPI, state: GatewayState) -> None:
+    # add_middleware wraps what is already there, so the first added is innermost.
+    from modelgate.routes.models import ModelsMethods, fast_routes
 
-    app.add_middleware(ModelsFastPath, state=state)
+    app.add_middleware(ModelsMethods)
     # Inside CORS, so a 401 still carries the CORS headers a browser needs to read it.
     app.add_middleware(AccessMiddleware, respond=error_response)
     app.add_middleware(CatalogueCORS, state=state)
-    # Outermost: every request (fast path and refusals included) gets a request id, a log line, metrics.
-    app.add_middleware(RequestObserver, state=state, respond=error_response)
+    # In front of everything: every request (fast answers and refusals included) gets a request id, a log
+    # line, metrics; GET and HEAD /models are answered there (routes/models.py, observer.py).
+    app.observer = RequestObserver(
+        app.framework,
+        state=state,
+        respond=error_response,
+        routes=lambda: app.router.routes,
+        fast=fast_routes(state),
+    )
 
 
 def gateway(request: Request) -> GatewayState:

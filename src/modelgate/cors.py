@@ -4,6 +4,10 @@ Starlette's ``CORSMiddleware`` does the protocol (preflight, simple responses, `
 wrapper only picks its configuration: ``MODELGATE_CORS_ORIGINS`` when set, else the catalogue file's
 ``[server] cors_origins`` (default ``*``: the catalogue is public, read-only data). When a reload
 changes the origins, the next request builds a new ``CORSMiddleware``; otherwise the built one is reused.
+
+``OriginHeaders`` gives the observer's fast answers (``GET /models``) the same headers
+``CORSMiddleware`` adds to a simple response, computed once per origin instead of per request;
+``tests/test_cors.py`` holds the two to the same output.
 """
 
 from __future__ import annotations
@@ -20,6 +24,55 @@ if TYPE_CHECKING:
 #: Response headers a browser script may read (the model that answered, what was dropped, backoff).
 EXPOSE_HEADERS = ("ETag", "X-Request-ID", "X-Modelgate-Model", "X-Modelgate-Dropped-Params", "Retry-After")
 ALLOW_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+#: Every response names Origin in ``Vary`` (``CORSMiddleware`` adds it whether or not the request had one).
+VARY = "Origin"
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+#: Distinct origins remembered per app; bounds memory when clients send arbitrary ones.
+_ORIGIN_CACHE_SIZE = 256
+
+
+def configured_origins(state: GatewayState) -> Sequence[str]:
+    """``MODELGATE_CORS_ORIGINS`` when set, else the catalogue's ``[server] cors_origins``."""
+    configured = state.settings.cors_origins
+    return configured if configured is not None else state.catalogue.server.cors_origins
+
+
+class OriginHeaders:
+    """What CORS adds to a simple (not preflight) response for one ``Origin`` value, ``Vary`` aside.
+
+    Mirrors ``CORSMiddleware.send`` without credentials: the expose list always, and
+    ``Access-Control-Allow-Origin`` (``*``, or the origin itself when it is one of a configured list).
+    Computed once per origin and kept until the configured origins change (a reload).
+    """
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._origins: Sequence[str] | None = None
+        self._allowed: frozenset[str] = frozenset()
+        self._cache: dict[bytes, Headers] = {}
+
+    def for_origin(self, origin: bytes) -> Headers:
+        origins = configured_origins(self.state)
+        if origins is not self._origins:
+            self._origins = origins
+            self._allowed = frozenset(origins)
+            self._cache = {}
+        headers = self._cache.get(origin)
+        if headers is None:
+            if len(self._cache) >= _ORIGIN_CACHE_SIZE:
+                self._cache.clear()
+            headers = self._cache[origin] = self._compute(origin)
+        return headers
+
+    def _compute(self, origin: bytes) -> Headers:
+        expose = (b"access-control-expose-headers", ", ".join(EXPOSE_HEADERS).encode("latin-1"))
+        if "*" in self._allowed:
+            return ((b"access-control-allow-origin", b"*"), expose)
+        if origin.decode("latin-1") in self._allowed:
+            return (expose, (b"access-control-allow-origin", origin))
+        return (expose,)
 
 
 class CatalogueCORS:
@@ -30,8 +83,7 @@ class CatalogueCORS:
         self._cors: CORSMiddleware | None = None
 
     def origins(self) -> Sequence[str]:
-        configured = self.state.settings.cors_origins
-        return configured if configured is not None else self.state.catalogue.server.cors_origins
+        return configured_origins(self.state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

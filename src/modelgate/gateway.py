@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent
 from modelgate.errors import ModelgateError, ProviderNotConfigured, UpstreamProtocolError
-from modelgate.logs import Observation, current_observation
+from modelgate.observer import Observation, current_observation
 from modelgate.resilience import (
     BreakerConfig,
     CircuitOpen,

@@ -2,12 +2,15 @@
 
 Two pieces serve one contract:
 
-* ``ModelsFastPath``, a pure ASGI middleware installed by ``create_app``, answers GET/HEAD on exactly
-  these two paths from bytes prepared once per catalogue (identity and gzip bodies, their ETags and
-  header lists): no routing, no pydantic, no JSON work per request. It sits inside CORS and inside any
-  observability middleware, so those see its responses like any other.
+* ``ModelsAnswer`` answers GET/HEAD on exactly these two paths from bytes prepared once per
+  catalogue (identity and gzip bodies, their ETags and header lists): no routing, no pydantic, no
+  JSON work per request. ``create_app`` puts it in the request observer's table of fast answers
+  (``fast_routes``), so it is answered in front of the framework and still gets a request id, CORS
+  headers, metrics and an access line like any other request (``observer.py``).
 * The FastAPI route below is what ``/openapi.json`` and ``/docs`` describe (the seed's
-  ``ModelsResponse``); it serves the same bytes should an app be built without the fast path.
+  ``ModelsResponse``); it serves the same bytes should an app be built without the fast answer.
+* ``ModelsMethods``, a pure ASGI middleware inside CORS, answers every other method on these paths
+  with 405 and ``Allow: GET, HEAD`` (the route table alone would say ``GET``).
 
 Conditional requests follow RFC 9110 §13.1.2 (If-None-Match uses the weak comparison, a list or ``*``);
 the gzip variant carries its own ETag because a strong validator must differ between content-codings
@@ -24,8 +27,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelgate.app import JSON, error_body, gateway
+from modelgate.auth import is_protected_path
 from modelgate.catalogue import Catalogue
+from modelgate.cors import VARY as CORS_VARY
 from modelgate.errors import MethodNotAllowed
+from modelgate.observer import FastRoute
 from modelgate.schema import ErrorResponse, ModelsResponse
 
 if TYPE_CHECKING:
@@ -76,10 +82,14 @@ class _Prepared:
     gzip: _Variant
 
 
+#: The representation depends on Accept-Encoding, and (CORS) on Origin.
+VARY = b"Accept-Encoding, " + CORS_VARY.encode()
+
+
 def prepare(catalogue: Catalogue, max_age: int) -> _Prepared:
     common: Headers = (
         (b"cache-control", b"public, max-age=%d" % max_age),
-        (b"vary", b"Accept-Encoding"),
+        (b"vary", VARY),
     )
 
     def variant(body: bytes, etag: bytes, extra: Headers) -> _Variant:
@@ -151,24 +161,15 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
 _ACCEPT_CACHE_SIZE = 256
 
 
-class ModelsFastPath:
-    """Answer GET/HEAD ``/models`` and ``/api/models`` from prepared bytes; pass everything else on."""
+class ModelsAnswer:
+    """GET/HEAD ``/models`` and ``/api/models`` from prepared bytes (an ``observer.FastAnswer``)."""
 
-    def __init__(self, app: ASGIApp, state: GatewayState) -> None:
-        self.app = app
+    def __init__(self, state: GatewayState) -> None:
         self.state = state
         self._prepared: _Prepared | None = None
         self._gzip_ok: dict[bytes, bool] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in MODELS_PATHS:
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        if method != "GET" and method != "HEAD":
-            await self._method_not_allowed(scope, send)
-            return
-
+    def respond(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         catalogue = self.state.catalogue  # one read: this request is answered from one catalogue
         prepared = self._prepared
         if prepared is None or prepared.catalogue is not catalogue:
@@ -184,11 +185,8 @@ class ModelsFastPath:
 
         variant = prepared.gzip if accept_encoding and self._accepts_gzip(accept_encoding) else prepared.identity
         if if_none_match is not None and etag_matches(if_none_match, variant.etag):
-            await send({"type": "http.response.start", "status": 304, "headers": list(variant.not_modified_headers)})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": list(variant.headers)})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else variant.body})
+            return 304, list(variant.not_modified_headers), b""
+        return 200, list(variant.headers), b"" if scope["method"] == "HEAD" else variant.body
 
     def _max_age(self, catalogue: Catalogue) -> int:
         configured = self.state.settings.cache_max_age
@@ -202,7 +200,30 @@ class ModelsFastPath:
             known = self._gzip_ok[accept_encoding] = accepts_gzip(accept_encoding)
         return known
 
-    async def _method_not_allowed(self, scope: Scope, send: Send) -> None:
+
+def fast_routes(state: GatewayState) -> dict[tuple[str, str], FastRoute]:
+    """The observer's fast answers for the catalogue: (path, method) → answer. A path auth protects
+    is left to the full stack (none is today: the catalogue is public, see ``auth.py``)."""
+    answer = ModelsAnswer(state)
+    return {
+        (path, method): FastRoute(path, answer)
+        for path in sorted(MODELS_PATHS)
+        for method in ALLOWED_METHODS
+        if not is_protected_path(path)
+    }
+
+
+class ModelsMethods:
+    """405 with ``Allow: GET, HEAD`` for any other method on the catalogue paths (CORS preflights are
+    answered before, by the CORS middleware outside this one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in MODELS_PATHS or scope["method"] in ALLOWED_METHODS:
+            await self.app(scope, receive, send)
+            return
         error = MethodNotAllowed(f"Method {scope['method']} not allowed", allow=list(ALLOWED_METHODS))
         body = error_body(error, scope["path"])
         headers = [

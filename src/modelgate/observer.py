@@ -1,0 +1,415 @@
+"""The one middleware that observes every request, in front of the whole application.
+
+``RequestObserver`` wraps the app, FastAPI's own layers included (``app.ModelgateAPI`` calls it
+first), and does per request, and nothing it does not need:
+
+- a request id: ``X-Request-ID`` when it is sane, else a fresh one; echoed in the response;
+- an ``Observation`` (``request.state.obs``; ``current_observation()`` for code without the
+  request, such as ``gateway.open_stream``) that routes and the gateway fill: model, provider,
+  time to first token, usage, dropped parameters, attempts, mid-stream error;
+- the body guard: ``Content-Length`` over ``settings.max_body_bytes`` → 413 before reading a byte;
+  a body without one is counted while it arrives and refused at the limit; the whole body must
+  arrive within ``settings.client_body_timeout`` (a client trickling it one byte a second gets 408
+  and its connection closed);
+- the send guard: a streamed chunk the client does not accept within ``settings.client_send_timeout``
+  (a client that never reads) ends the response, which closes the upstream;
+- when the response is over (the stream included): the ``modelgate_http_*`` metrics and one access
+  line (``access_log.AccessLog``).
+
+**Fast answers.** A path + method in the ``fast`` table (``GET``/``HEAD /models``, see
+``routes/models.py``) is answered here from prepared bytes, one dict lookup after the request
+arrives, without the framework: no routing, no Starlette/FastAPI middleware layers. It still gets
+everything a request gets: request id, CORS headers (``cors.OriginHeaders``, computed once per
+origin), the metrics and the access line. Auth is decided once, when the table is built: a path
+``auth.is_protected_path`` protects never enters it (today's fast paths are public by policy). What
+it does skip is FastAPI's native OpenTelemetry bridge, which is idle unless an OpenTelemetry
+provider is configured and costs ~2.5 µs per request to find that out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, MutableMapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelgate.auth import PRINCIPAL_STATE
+from modelgate.cors import OriginHeaders
+from modelgate.errors import ModelgateError, PayloadTooLarge
+from modelgate.metrics import UNMATCHED_ROUTE
+
+if TYPE_CHECKING:
+    from modelgate.app import GatewayState
+
+log = logging.getLogger("modelgate")
+
+#: ``scope["state"]`` key of the request's ``Observation`` (Starlette exposes it as ``request.state.obs``).
+OBSERVATION_STATE = "obs"
+
+#: The request being handled in this task (and the tasks it starts, which copy the context). A
+#: ContextVar holds no shared state: each request's task sees only its own value.
+_current: ContextVar[Observation | None] = ContextVar("modelgate_observation", default=None)
+
+#: An ``X-Request-ID`` we echo and log as given; anything else is replaced (it is client input).
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
+
+#: Methods whose body the guard counts and times.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+# --- the per-request record ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Observation:
+    """What one request did, filled as it goes; logged and counted when the response ends."""
+
+    request_id: str
+    started: float  # time.perf_counter()
+    model: str | None = None
+    provider: str | None = None
+    first_event_at: float | None = None  # perf_counter() when the answering upstream's first event came
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usage_estimated: bool = False
+    dropped_params: list[str] = field(default_factory=list)
+    #: (model id, error) of each failed attempt before the answer (retries and fallbacks).
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+    #: ok | stream_error | cancelled, once a relayed reply ended.
+    stream_outcome: str | None = None
+    error: str | None = None
+    #: The reply being relayed, closed by the middleware if the response ended without closing it.
+    relay: AsyncGenerator[Any, None] | None = None
+    #: The request id came from the client (``X-Request-ID``): client text, redacted in the log.
+    client_id: bool = False
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if self.first_event_at is None:
+            return None
+        return round((self.first_event_at - self.started) * 1000, 1)
+
+
+def current_observation() -> Observation | None:
+    """The ``Observation`` of the request this code runs for, if any."""
+    return _current.get()
+
+
+# --- fast answers -------------------------------------------------------------------------------
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class FastAnswer(Protocol):
+    def respond(self, scope: Scope) -> tuple[int, Headers, bytes]:
+        """Status, headers (a new list the observer appends to) and body for this request."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    route: str  #: the route template the request is counted and logged under
+    answer: FastAnswer
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+class BodyTimeout(ModelgateError):
+    status = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body did not arrive within {seconds:g} seconds")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # The rest of the body may still trickle in: stop reading it.
+        return {"Connection": "close"}
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes", data={"limit": limit})
+
+
+class _BodyRefused(StarletteHTTPException):
+    """Raised from ``receive`` to stop the app reading. A Starlette HTTPException because FastAPI's body
+    parsing re-raises those and turns anything else into a generic 400; whatever the app answers
+    then, ``RequestObserver`` replaces it with the refusal (413 or 408)."""
+
+
+class ClientStalled(Exception):
+    """The client stopped reading the response (see ``client_send_timeout``)."""
+
+
+ErrorResponder = Callable[[ModelgateError, str], ASGIApp]
+
+
+# --- the middleware -----------------------------------------------------------------------------
+
+
+class RequestObserver:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        state: GatewayState,
+        respond: ErrorResponder,
+        routes: Callable[[], list[Any]],
+        fast: Mapping[tuple[str, str], FastRoute] | None = None,
+    ) -> None:
+        """``routes``: the app's routes (read lazily: routers are included after the observer is built)."""
+        self.app = app
+        self.state = state
+        self.respond = respond
+        self.fast: Mapping[tuple[str, str], FastRoute] = fast or {}
+        self.cors = OriginHeaders(state)
+        self._app_routes = routes
+        #: Route templates of paths that routes without parameters answer (bounded by the route table).
+        self._static_routes: dict[str, str] = {}
+        self._flat_routes: list[Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fast = self.fast.get((scope["path"], scope["method"]))
+        if fast is not None:
+            await self._answer(fast, scope, receive, send)
+            return
+        started = time.perf_counter()
+        settings = self.state.settings
+        given_id: bytes | None = None
+        declared_length: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given_id = value
+            elif name == b"content-length":
+                declared_length = value
+        if given_id is not None and _SANE_REQUEST_ID.match(given_id):
+            obs = Observation(given_id.decode("ascii"), started, client_id=True)
+        else:
+            obs = Observation(os.urandom(16).hex(), started)
+        state: MutableMapping[str, Any] = scope.setdefault("state", {})
+        state[OBSERVATION_STATE] = obs
+        token = _current.set(obs)
+        id_header = (b"x-request-id", obs.request_id.encode("ascii"))
+        send_timeout = settings.client_send_timeout
+        status = 0
+        logged = False
+        guard: _BodyGuard | None = None
+        replaced = False
+
+        async def send_out(message: Message) -> None:
+            nonlocal status, logged
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            elif kind == "http.response.body":
+                if message.get("more_body", False):
+                    # Only streamed chunks can wait on a client that does not read; one-shot bodies fit the buffer.
+                    try:
+                        async with asyncio.timeout(send_timeout):
+                            await send(message)
+                    except TimeoutError:
+                        raise ClientStalled from None
+                    return
+                # The last message: record now, so the request is counted before its client sees the end.
+                logged = True
+                self._finish(scope, obs, status)
+            await send(message)
+
+        async def send_observed(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the app's answer to a refused body, already replaced by the refusal
+            if message["type"] == "http.response.start" and guard is not None and guard.refusal is not None:
+                replaced = True
+                await self.respond(guard.refusal, scope["path"])(scope, receive, send_out)
+                return
+            await send_out(message)
+
+        try:
+            if scope["method"] in _BODY_METHODS:
+                limit = settings.max_body_bytes
+                if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+                    # Refused before reading a byte of it.
+                    await self.respond(body_too_large(limit), scope["path"])(scope, receive, send_out)
+                    return
+                guard = _BodyGuard(receive, limit, settings.client_body_timeout)
+                receive = guard.receive
+            await self.app(scope, receive, send_observed)
+        except ClientStalled:
+            obs.error = obs.error or "client stopped reading"
+            # Returning without completing the response makes the server close the connection.
+        except BaseException:
+            if status == 0:
+                status = 500
+            raise
+        finally:
+            _current.reset(token)
+            await _close_relay(obs)
+            if not logged:  # the response did not complete: client gone, stalled, or the app failed
+                self._finish(scope, obs, status or 500)
+
+    async def _answer(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send a fast answer, with the request id and CORS headers, counted and logged like any other."""
+        started = time.perf_counter()
+        given_id: bytes | None = None
+        origin: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given_id = value
+            elif name == b"origin":
+                origin = value
+        client_id = given_id is not None and _SANE_REQUEST_ID.match(given_id) is not None
+        request_id = given_id.decode("ascii") if client_id and given_id is not None else os.urandom(16).hex()
+        status = 500
+        recorded = False
+        try:
+            try:
+                status, headers, body = fast.answer.respond(scope)
+            except Exception as exc:  # what the framework's last-resort handler would do: log it, answer opaquely
+                log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+                error = self.respond(ModelgateError("Internal Server Error"), scope["path"])
+                id_header = (b"x-request-id", request_id.encode("ascii"))
+
+                async def send_with_id(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                    await send(message)
+
+                recorded = True
+                self._record(None, request_id, client_id, scope["method"], fast.route, 500, started, None)
+                await error(scope, receive, send_with_id)
+                return
+            if origin is not None:
+                headers += self.cors.for_origin(origin)
+            headers.append((b"x-request-id", request_id.encode("ascii")))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            # Recorded before the body goes out, so the request is counted before its client sees the end.
+            recorded = True
+            self._record(None, request_id, client_id, scope["method"], fast.route, status, started, None)
+            await send({"type": "http.response.body", "body": body})
+        except BaseException:
+            if not recorded:
+                self._record(None, request_id, client_id, scope["method"], fast.route, 500, started, None)
+            raise
+
+    def _finish(self, scope: Scope, obs: Observation, status: int) -> None:
+        principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+        key_id: str | None = getattr(principal, "key_id", None)
+        route = self._route(scope)
+        self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)
+
+    def _record(
+        self,
+        obs: Observation | None,
+        request_id: str,
+        client_id: bool,
+        method: str,
+        route: str,
+        status: int,
+        started: float,
+        key_id: str | None,
+    ) -> None:
+        duration = time.perf_counter() - started
+        state = self.state
+        state.metrics.observe_request(route, method, status, duration)
+        state.access_log.record(
+            obs,
+            request_id=request_id,
+            client_id=client_id,
+            method=method,
+            route=route,
+            status=status,
+            duration=duration,
+            key_id=key_id,
+        )
+
+    def _routes(self) -> list[Any]:
+        """Every route with a template, flat (FastAPI nests included routers in wrappers without one)."""
+        if self._flat_routes is None:
+            from modelgate.routes import ROUTERS  # routes import the app module, which imports this one
+
+            candidates = [*self._app_routes(), *(route for router in ROUTERS for route in router.routes)]
+            self._flat_routes = [r for r in candidates if isinstance(getattr(r, "path", None), str)]
+        return self._flat_routes
+
+    def _route(self, scope: Scope) -> str:
+        """The matched route's template, never the raw path (metric labels must stay bounded)."""
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            return path
+        # Answered before routing (auth refusals, body refusals): find the template ourselves.
+        raw: str = scope["path"]
+        known = self._static_routes.get(raw)
+        if known is not None:
+            return known
+        for route in self._routes():
+            try:
+                match, _ = route.matches(scope)
+            except Exception:  # a route's converter refusing the path is simply no match
+                continue
+            if match is not Match.NONE:
+                template: str = route.path
+                if "{" not in template:
+                    self._static_routes[raw] = template
+                return template
+        return UNMATCHED_ROUTE
+
+
+class _BodyGuard:
+    """``receive`` that counts the body against ``limit`` and wants all of it before a deadline."""
+
+    def __init__(self, receive: Receive, limit: int, timeout: float) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.timeout = timeout
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        self.received = 0
+        self.complete = False
+        #: Why the body was refused; the response the client gets.
+        self.refusal: ModelgateError | None = None
+
+    async def receive(self) -> Message:
+        if self.complete:  # after the body only http.disconnect is left to wait for, with no deadline
+            return await self._receive()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.refusal = BodyTimeout(self.timeout)
+            raise _BodyRefused(408) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.refusal = body_too_large(self.limit)
+                raise _BodyRefused(413)
+            self.complete = not message.get("more_body", False)
+        else:
+            self.complete = True
+        return message
+
+
+async def _close_relay(obs: Observation) -> None:
+    """Close a reply the response left open (client gone or stalled), so its upstream closes now."""
+    relay = obs.relay
+    if relay is None:
+        return
+    obs.relay = None
+    try:
+        await relay.aclose()
+    except RuntimeError:  # still running in a task being torn down; that task's cancellation closes it
+        pass
+    except Exception:
+        log.exception("closing an abandoned reply failed")

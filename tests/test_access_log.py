@@ -1,0 +1,217 @@
+"""The access log's direct sink (``JsonLinesHandler``), as ``modelgate serve`` runs it, and its pieces.
+
+``test_metrics_logs.py`` checks the lines through ``logging`` (how tests and embedding apps capture
+them); here the same lines go straight to the handler's batched writer: same fields, same levels,
+credentials redacted, nothing lost at shutdown, order kept.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from modelgate.access_log import ACCESS_LOGGER, HIGH_WATER, AccessLog, JsonLinesHandler, LineWriter, _Clock
+from modelgate.app import create_app
+from modelgate.catalogue import Catalogue, load_catalogue
+from modelgate.logs import REDACTED, JsonFormatter, RedactingFilter, logging_config
+from modelgate.settings import Settings
+from tests.catalogue_files import broken_copy
+from tests.cli_process import serve_subprocess
+from tests.fakes import Fakes, Fault, Reply
+from tests.servers import serve_in_thread
+
+API_KEY = "mg-direct-key-51c0a9d2e7"
+CHAT = "/api/ai/ollama/rwkv-6-world/chat"
+BODY = {"messages": [{"role": "user", "content": "Hi"}]}
+
+
+def access_lines(text: str) -> list[dict[str, Any]]:
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("msg") == "request"]
+
+
+class Direct:
+    """An access logger ending in one ``JsonLinesHandler`` on a real file, as ``logging_config`` sets it up.
+
+    A logger of its own, outside logging's registry: pytest attaches its capture handlers to every
+    registered logger that does not propagate, which (rightly) sends the lines back through ``logging``.
+    """
+
+    def __init__(self, path: Path, handler: JsonLinesHandler, logger: logging.Logger) -> None:
+        self.path = path
+        self.handler = handler
+        self.logger = logger
+        #: Records that reached the handler through ``logging`` (the direct sink makes none).
+        self.records: list[logging.LogRecord] = []
+        handler.emit = self.records.append  # type: ignore[method-assign]
+
+    def app(self, settings: Settings, catalogue: Catalogue | None = None) -> FastAPI:
+        app = create_app(settings, catalogue)
+        state = app.state.gateway
+        state.access_log = AccessLog(state.redactor, self.logger)
+        return app
+
+    def lines(self) -> list[dict[str, Any]]:
+        self.handler.flush()
+        return access_lines(self.path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def direct(tmp_path: Path) -> Iterator[Direct]:
+    logger = logging.Logger(ACCESS_LOGGER, logging.INFO)
+    logger.propagate = False
+    path = tmp_path / "stderr.log"
+    with path.open("w", encoding="utf-8") as stream:
+        handler = JsonLinesHandler(stream)
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        try:
+            yield Direct(path, handler, logger)
+        finally:
+            handler.close()
+
+
+def test_lines_skip_logging_and_keep_their_shape(direct: Direct) -> None:
+    with serve_in_thread(direct.app(Settings(probe_interval=0))) as url:
+        given = httpx.get(url + "/models", headers={"X-Request-ID": "trace-7", "Accept-Encoding": "gzip"})
+        generated = httpx.head(url + "/api/models")
+        missing = httpx.get(url + "/nope")
+        refused = httpx.post(url + "/models")
+    assert (given.status_code, generated.status_code, missing.status_code, refused.status_code) == (200, 200, 404, 405)
+    assert direct.records == []  # no LogRecord was made for them
+    lines = direct.lines()  # flushed at shutdown already; flushing again is harmless
+    assert [line["request_id"] for line in lines] == [
+        "trace-7",
+        generated.headers["x-request-id"],
+        missing.headers["x-request-id"],
+        refused.headers["x-request-id"],
+    ]
+    assert [(line["method"], line["route"], line["status"]) for line in lines] == [
+        ("GET", "/models", 200),
+        ("HEAD", "/api/models", 200),
+        ("GET", "unmatched", 404),
+        ("POST", "/models", 405),
+    ]
+    for line in lines:
+        assert list(line) == ["ts", "level", "msg", "request_id", "method", "route", "status", "duration_ms"]
+        assert line["level"] == "info" and line["msg"] == "request"
+        assert datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").year >= 2024
+        assert isinstance(line["duration_ms"], float)
+
+
+def test_a_chat_line_is_complete_and_redacted(direct: Direct, fakes: Fakes) -> None:
+    settings = Settings(**fakes.settings_overrides(), api_keys=(API_KEY,), probe_interval=0)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    # An upstream that echoes a credential in its error, and a client that sends one as its request id.
+    fakes.ollama.script(Reply(fault=Fault.status(503, message=f"busy, key {API_KEY}")), Reply(tokens=["ok"]))
+    with serve_in_thread(direct.app(settings)) as url:
+        ok = httpx.post(url + CHAT, json=BODY, headers={**auth, "X-Request-ID": API_KEY})
+    assert ok.status_code == 200
+    text = direct.path.read_text(encoding="utf-8")
+    assert API_KEY not in text
+    (line,) = access_lines(text)
+    assert line["request_id"] == REDACTED
+    assert line["model"] == "ollama/rwkv-6-world" and line["provider"] == "ollama" and line["stream"] == "ok"
+    assert line["completion_tokens"] == 1 and len(line["key_id"]) == 12
+    assert len(line["attempts"]) == 1 and REDACTED in line["attempts"][0]
+
+
+def test_the_level_decides_as_before(direct: Direct) -> None:
+    good = load_catalogue()
+    app = direct.app(Settings(probe_interval=0), good)
+    direct.logger.setLevel(logging.WARNING)
+    with serve_in_thread(app) as url:
+        assert httpx.get(url + "/models").status_code == 200
+        app.state.gateway.swap_catalogue(broken_copy(good))
+        failed = httpx.get(url + "/models")
+    assert failed.status_code == 500
+    lines = direct.lines()
+    assert [(line["status"], line["level"]) for line in lines] == [(500, "warning")]
+    assert lines[0]["request_id"] == failed.headers["x-request-id"]
+
+
+def test_modelgate_serve_writes_every_line_by_shutdown(tmp_path: Path) -> None:
+    with serve_subprocess([], tmp_path) as served:
+        ids = [httpx.get(served.url + "/models").headers["x-request-id"] for _ in range(50)]
+    lines = access_lines(served.log())
+    assert [line["request_id"] for line in lines] == ids
+    assert {line["route"] for line in lines} == {"/models"}
+
+
+def test_logging_config_routes_access_lines_to_the_one_stderr_handler() -> None:
+    config = logging_config("info")
+    assert config["handlers"]["stderr"]["class"] == "modelgate.access_log.JsonLinesHandler"
+    assert config["root"]["handlers"] == ["stderr"]
+    assert config["loggers"][ACCESS_LOGGER] == {"handlers": ["stderr"], "propagate": False}
+
+
+# --- the writer and the clock ------------------------------------------------------------------------
+
+
+def test_writer_keeps_order_across_batches_and_immediate_records() -> None:
+    fd, name = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        with open(name, "w", encoding="utf-8") as stream:
+            writer = LineWriter(stream)
+            expected = []
+            for i in range(3 * HIGH_WATER // 20):  # several batches' worth
+                line = b"line %06d\n" % i
+                expected.append(line)
+                writer.write(line)
+                if i % 1000 == 0:
+                    expected.append(b"now %06d\n" % i)
+                    writer.write_now(b"now %06d\n" % i)
+            writer.close()
+            writer.write(b"after close\n")  # still written: the caller writes itself
+        assert Path(name).read_bytes() == b"".join(expected) + b"after close\n"
+    finally:
+        os.unlink(name)
+
+
+def test_writer_on_a_stream_without_a_descriptor() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    writer.write(b'{"a":"\xc3\xa9"}\n')
+    writer.flush()
+    assert stream.getvalue() == '{"a":"é"}\n'
+    writer.close()
+
+
+def test_direct_sink_is_not_used_when_another_handler_would_see_the_record() -> None:
+    logger = logging.Logger("modelgate.access.test-direct", logging.INFO)  # unregistered: see Direct
+    logger.propagate = False
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger.addHandler(handler)
+    log = AccessLog(RedactingFilter(), logger)
+    try:
+        log.record(None, request_id="a", client_id=False, method="GET", route="/models", status=200, duration=0.001)
+        handler.addFilter(logging.Filter("other"))  # a filter we cannot apply ourselves: go through logging
+        log.record(None, request_id="b", client_id=False, method="GET", route="/models", status=200, duration=0.001)
+        handler.flush()
+        assert [line["request_id"] for line in access_lines(stream.getvalue())] == ["a"]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_clock_matches_a_full_conversion() -> None:
+    clock = _Clock()
+    start = 1_764_201_558.0
+    for step in range(0, 3_000_000, 777):
+        now = start + step / 1_000_000
+        full = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert clock.iso(now) == full, now
