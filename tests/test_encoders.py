@@ -22,33 +22,41 @@ OVERLOADED = UpstreamUnavailable("huggingface", "Model is overloaded")
 
 
 class Source:
-    """An event source like the gateway's: yields ``events``, then raises ``error`` if given; records closing."""
+    """An event source like the gateway's: yields ``events`` in batches of ``batch`` (one upstream read
+    each), then raises ``error`` if given; records closing."""
 
-    def __init__(self, events: Sequence[StreamEvent], error: BaseException | None = None) -> None:
+    def __init__(self, events: Sequence[StreamEvent], error: BaseException | None = None, batch: int = 1) -> None:
         self.events = events
         self.error = error
+        self.batch = batch
         self.closed = False
 
-    async def __call__(self) -> AsyncIterator[StreamEvent]:
+    async def __call__(self) -> AsyncIterator[Sequence[StreamEvent]]:
         try:
-            for event in self.events:
-                yield event
+            for start in range(0, len(self.events), self.batch):
+                yield self.events[start : start + self.batch]
             if self.error is not None:
                 raise self.error
         finally:
             self.closed = True
 
 
-def encode(protocol: str, events: Sequence[StreamEvent], error: BaseException | None = None) -> bytes:
-    source = Source(events, error)
+def encode_chunks(
+    protocol: str, events: Sequence[StreamEvent], error: BaseException | None = None, *, batch: int = 1
+) -> list[bytes]:
+    source = Source(events, error, batch)
 
-    async def collect() -> bytes:
-        body = b"".join([chunk async for chunk in ENCODERS[protocol].encode(source(), message_id="msg-1")])
+    async def collect() -> list[bytes]:
+        chunks = [chunk async for chunk in ENCODERS[protocol].encode(source(), message_id="msg-1")]
         # Checked inside the loop: at asyncio.run's end, shutdown_asyncgens would close it for us anyway.
         assert source.closed, "the encoder must close its event source"
-        return body
+        return chunks
 
     return asyncio.run(collect())
+
+
+def encode(protocol: str, events: Sequence[StreamEvent], error: BaseException | None = None) -> bytes:
+    return b"".join(encode_chunks(protocol, events, error))
 
 
 REPLY = [TextDelta("It"), TextDelta(" is"), TextDelta(" 4"), Finish("stop", USAGE)]
@@ -362,3 +370,24 @@ def test_an_unknown_protocol_is_a_bad_request(bad: str) -> None:
         choose_protocol(bad, None)
     assert caught.value.status == 400
     assert caught.value.data == {"field": "protocol", "allowed": ["data", "text", "ui"]}
+
+
+# --- batches: one chunk per upstream read -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", sorted(ENCODERS))
+@pytest.mark.parametrize("events", [REPLY, THINKING], ids=["reply", "thinking"])
+def test_a_batch_is_one_chunk_with_the_same_bytes(protocol: str, events: list[StreamEvent]) -> None:
+    one_by_one = encode_chunks(protocol, events)
+    together = encode_chunks(protocol, events, batch=len(events))
+    assert b"".join(together) == b"".join(one_by_one)
+    assert len(together) == 1, "a whole reply in one upstream read goes out as one write"
+    if protocol != "text":  # (text sends nothing for reasoning and the finish)
+        # The opening part travels with the first batch instead of costing a write of its own.
+        assert len(one_by_one) == len(events)
+
+
+@pytest.mark.parametrize("protocol", sorted(ENCODERS))
+def test_a_failure_after_a_batch_keeps_the_batch(protocol: str) -> None:
+    events = [TextDelta("It"), TextDelta(" is")]
+    assert b"".join(encode_chunks(protocol, events, OVERLOADED, batch=2)) == encode(protocol, events, OVERLOADED)

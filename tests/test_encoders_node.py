@@ -56,13 +56,16 @@ BROKEN = {
 }
 
 
-async def _events(scenario: str, reason: FinishReason, estimated: bool) -> AsyncIterator[StreamEvent]:
+async def _events(scenario: str, reason: FinishReason, estimated: bool) -> AsyncIterator[Sequence[StreamEvent]]:
+    """Batches as the gateway relays them: the first event alone, the rest together (one upstream read)."""
     events, error = SCENARIOS[scenario]
-    for event in events:
-        yield event
+    if events:
+        yield events[:1]
+    if events[1:]:
+        yield events[1:]
     if error is not None:
         raise error
-    yield Finish(reason, Usage(USAGE.prompt_tokens, USAGE.completion_tokens, estimated=estimated))
+    yield [Finish(reason, Usage(USAGE.prompt_tokens, USAGE.completion_tokens, estimated=estimated))]
 
 
 async def _stream(request: Request) -> Response:

@@ -26,20 +26,20 @@ class Recorder:
         self.error = error
         self.closed = False
 
-    async def _gen(self) -> AsyncIterator[StreamEvent]:
+    async def _gen(self) -> AsyncIterator[Sequence[StreamEvent]]:
         try:
             for event in self.events:
-                yield event
+                yield [event]  # one upstream read per event
             if self.error is not None:
                 raise self.error
         finally:
             self.closed = True
 
-    def __call__(self) -> AsyncIterator[StreamEvent]:
+    def __call__(self) -> AsyncIterator[Sequence[StreamEvent]]:
         return self._gen()
 
 
-def encode(events: AsyncIterator[StreamEvent], *, include_usage: bool) -> bytes:
+def encode(events: AsyncIterator[Sequence[StreamEvent]], *, include_usage: bool) -> bytes:
     encoder = ChunkEncoder(
         completion_id="chatcmpl-9f1c2a",
         created=1740000000,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
 from modelgate.chat import GenerationParams, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError, UpstreamRateLimited
-from modelgate.providers import PROVIDERS
+from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers.cloudflare import Cloudflare
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
@@ -40,7 +39,7 @@ class TestCloudflare(ProviderContract):
     @pytest.mark.anyio
     async def test_catalogue_parameters_cloudflare_cannot_carry_are_dropped_and_reported(self, fakes: Fakes) -> None:
         model = catalogue_model(self.model_id)
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.cloudflare.url)
             got = await collect(provider.stream(model, self.request()))
             assert provider.dropped_params(model.defaults) == ["truncate", "typical_p"]
@@ -59,7 +58,7 @@ class TestCloudflare(ProviderContract):
             frequency_penalty=-0.5,
             stop=("END",),
         )
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.cloudflare.url)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
             assert provider.dropped_params(params) == ["stop"]
@@ -105,7 +104,7 @@ class TestCloudflare(ProviderContract):
     @pytest.mark.anyio
     async def test_schema_rejection_is_a_bad_request_with_cloudflares_message(self, fakes: Fakes) -> None:
         params = GenerationParams(temperature=9.0)  # outside 0..5
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.cloudflare.url)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
         assert isinstance(got.error, UpstreamBadRequest)
@@ -121,7 +120,7 @@ class TestCloudflare(ProviderContract):
     @pytest.mark.anyio
     async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:
         model = catalogue_model(self.model_id)
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             result = await self.make(http, fakes.cloudflare.url).probe([model])
             fakes.cloudflare.models = {"@cf/meta/llama-3.1-8b-instruct"}
             missing = await self.make(http, fakes.cloudflare.url).probe([model])

@@ -7,8 +7,9 @@ import email.utils
 import time
 from collections.abc import Iterator
 
-import httpx
+import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import (
@@ -19,7 +20,7 @@ from modelgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from modelgate.providers import Connection
+from modelgate.providers import Connection, new_session
 from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
 from modelgate.providers.huggingface import HuggingFace
 from modelgate.providers.huggingface import read_error as hf_read_error
@@ -30,9 +31,15 @@ from tests.fakes.contract import catalogue_model, collect
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     connection = Connection("http://127.0.0.1:9", credentials={"SOME_KEY": "sekrit-value"})
-    http = httpx.AsyncClient()  # never sends here: error mapping needs only the name and the credentials
+
+    async def make_session() -> aiohttp.ClientSession:
+        return new_session()
+
+    loop = asyncio.new_event_loop()
+    http = loop.run_until_complete(make_session())  # never sends: error mapping needs the name and credentials
     yield Upstream("someprovider", connection, http, hf_read_error)
-    asyncio.run(http.aclose())
+    loop.run_until_complete(http.close())
+    loop.close()
 
 
 @pytest.mark.parametrize(
@@ -90,11 +97,11 @@ def test_long_messages_are_clipped(upstream: Upstream) -> None:
 
 
 def test_retry_after_header_forms() -> None:
-    assert retry_after_header(httpx.Headers({"Retry-After": "12"})) == 12
+    assert retry_after_header(CIMultiDict({"Retry-After": "12"})) == 12
     in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
-    assert retry_after_header(httpx.Headers({"Retry-After": in_a_minute})) == pytest.approx(60, abs=2)
-    assert retry_after_header(httpx.Headers({"Retry-After": "soon"})) is None
-    assert retry_after_header(httpx.Headers()) is None
+    assert retry_after_header(CIMultiDict({"Retry-After": in_a_minute})) == pytest.approx(60, abs=2)
+    assert retry_after_header(CIMultiDict({"Retry-After": "soon"})) is None
+    assert retry_after_header(CIMultiDict()) is None
 
 
 def test_epoch_ms_reset() -> None:
@@ -108,16 +115,16 @@ def test_estimate_is_four_characters_a_token() -> None:
 
 
 def test_a_body_in_no_documented_shape_is_shown_as_text(upstream: Upstream) -> None:
-    detail = upstream._read_detail(httpx.Response(404), b"  Not Found\n")
+    detail = upstream._read_detail(404, b"  Not Found\n")
     assert detail == ErrorDetail("Not Found")
-    assert upstream._read_detail(httpx.Response(503), b'{"error":"loading","estimated_time":20}').retry_after == 20
+    assert upstream._read_detail(503, b'{"error":"loading","estimated_time":20}').retry_after == 20
 
 
 @pytest.mark.anyio
 async def test_a_credential_echoed_by_the_upstream_never_reaches_the_client(fakes: Fakes) -> None:
     # The HF fake's 403 echoes the credential, as some upstreams do: it must not reach the message.
     fakes.huggingface.script(Reply(fault=Fault.status(403, message="token hf_test may not use this model")))
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with new_session() as http:
         provider = HuggingFace(Connection(fakes.huggingface.url, {"HF_TOKEN": "hf_test"}), http)
         request = ChatRequest((Message("user", "hi"),))
         got = await collect(provider.stream(catalogue_model("qwen/Qwen2.5-72B-Instruct"), request))

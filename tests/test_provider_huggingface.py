@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
 from modelgate.chat import ChatRequest, GenerationParams, Message, Usage
@@ -15,7 +14,7 @@ from modelgate.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from modelgate.providers import PROVIDERS
+from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers.huggingface import HuggingFace
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
@@ -39,7 +38,7 @@ class TestHuggingFace(ProviderContract):
         return dict(recorded_json["parameters"])
 
     async def stream_with(self, fakes: Fakes, model_id: str, request: ChatRequest) -> Any:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.huggingface.url)
             return await collect(provider.stream(catalogue_model(model_id), request))
 
@@ -74,7 +73,7 @@ class TestHuggingFace(ProviderContract):
             frequency_penalty=0.5,
             presence_penalty=0.5,
         )
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.huggingface.url)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
             assert provider.dropped_params(params) == ["presence_penalty"]
@@ -175,7 +174,7 @@ class TestHuggingFace(ProviderContract):
     async def test_a_conversation_the_template_refuses_is_a_bad_request_before_any_call(self, fakes: Fakes) -> None:
         model_id = "mistralai/Mistral-7B-Instruct-v0.3"
         request = ChatRequest((Message("user", "a"), Message("user", "b")))
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             stream = self.make(http, fakes.huggingface.url).stream(catalogue_model(model_id), request)
             with pytest.raises(BadRequest, match="alternate"):
                 await anext(aiter(stream))
@@ -183,7 +182,7 @@ class TestHuggingFace(ProviderContract):
 
     @pytest.mark.anyio
     async def test_no_probe(self, fakes: Fakes) -> None:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             assert await self.make(http, fakes.huggingface.url).probe([catalogue_model(self.model_id)]) is None
         assert fakes.huggingface.requests == []
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
-from modelgate.chat import GenerationParams, Usage
-from modelgate.errors import UpstreamBadRequest, UpstreamError
-from modelgate.providers import PROVIDERS
-from modelgate.providers.ollama import Ollama
+from modelgate.chat import GenerationParams, TextDelta, Usage
+from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError
+from modelgate.providers import PROVIDERS, Connection, new_session
+from modelgate.providers._http import Upstream
+from modelgate.providers.ollama import Ollama, OllamaStream, read_error
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
 
@@ -57,7 +57,7 @@ class TestOllama(ProviderContract):
             presence_penalty=0.5,
             frequency_penalty=0.25,
         )
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.ollama.url)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
             assert provider.dropped_params(params) == []
@@ -77,7 +77,7 @@ class TestOllama(ProviderContract):
 
     @pytest.mark.anyio
     async def test_no_parameters_no_options(self, fakes: Fakes) -> None:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.ollama.url)
             await collect(provider.stream(catalogue_model(self.model_id), self.request(GenerationParams())))
         assert "options" not in fakes.ollama.last.json
@@ -118,7 +118,7 @@ class TestOllama(ProviderContract):
     @pytest.mark.anyio
     async def test_probe_lists_pulled_models(self, fakes: Fakes) -> None:
         fakes.ollama.models = {"mollysama/rwkv-6-world:1.6b", "llama3.2:latest"}
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             result = await self.make(http, fakes.ollama.url).probe([catalogue_model(self.model_id)])
             down = await self.make(http, free_port_url()).probe([catalogue_model(self.model_id)])
         assert result is not None and result.reachable
@@ -130,3 +130,13 @@ class TestOllama(ProviderContract):
 
 def test_registered() -> None:
     assert PROVIDERS["ollama"] is Ollama
+
+
+@pytest.mark.anyio
+async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncated() -> None:
+    async with new_session() as http:
+        parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), http, read_error))
+        assert parser.feed(b'{"message":{"role":"assistant","content":"a"},"done":false}\n') == [TextDelta("a")]
+        assert parser.feed(b'{"message":{"role":"assistant","content":"b"},"done":false}') == []
+        assert parser.end() == [TextDelta("b")]
+    assert isinstance(parser.failure, UpstreamProtocolError) and "truncated" in parser.failure.message

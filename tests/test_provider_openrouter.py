@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 
 from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
-from modelgate.providers import PROVIDERS, Connection
+from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
 from modelgate.providers.openrouter import OpenRouter, OpenRouterStream, read_error
 from tests.fakes import Fakes, Fault, Reply
@@ -59,7 +58,7 @@ class TestOpenRouter(ProviderContract):
             presence_penalty=0.5,
             frequency_penalty=-0.5,
         )
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fakes.openrouter.url)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
             assert provider.dropped_params(params) == ["truncate", "typical_p"]
@@ -134,7 +133,7 @@ class TestOpenRouter(ProviderContract):
 
     @pytest.mark.anyio
     async def test_probe_lists_model_ids_without_a_key(self, fakes: Fakes) -> None:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             result = await self.make(http, fakes.openrouter.url).probe([catalogue_model(self.model_id)])
             down = await self.make(http, free_port_url()).probe([catalogue_model(self.model_id)])
         assert result is not None and result.reachable
@@ -147,7 +146,7 @@ class TestOpenRouter(ProviderContract):
 
 @pytest.mark.anyio
 async def test_a_stream_cut_after_the_finish_chunk_but_before_done_is_complete() -> None:
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with new_session() as http:
         upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
         parser = OpenRouterStream(upstream, ChatRequest(MESSAGES))
         events = parser.feed(b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}\n\n')
@@ -157,3 +156,18 @@ async def test_a_stream_cut_after_the_finish_chunk_but_before_done_is_complete()
 
 def test_registered() -> None:
     assert PROVIDERS["openrouter"] is OpenRouter
+
+
+@pytest.mark.anyio
+async def test_tokens_and_an_error_in_one_read_deliver_the_tokens_first() -> None:
+    # The same network read may carry tokens and then the provider's error: the tokens are returned
+    # and the error is kept for the caller to raise after them (whatever the read boundaries were).
+    async with new_session() as http:
+        upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
+        parser = OpenRouterStream(upstream, ChatRequest(MESSAGES))
+        events = parser.feed(
+            b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+            b'data: {"error":{"code":502,"message":"provider crashed"}}\n\n'
+        )
+    assert events == [TextDelta("a")]
+    assert isinstance(parser.failure, UpstreamError) and "provider crashed" in parser.failure.message

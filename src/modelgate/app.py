@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +30,7 @@ from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
 from modelgate.metrics import Metrics
 from modelgate.observer import RequestObserver
-from modelgate.providers import PROVIDERS, Connection, Provider
+from modelgate.providers import PROVIDERS, Connection, Provider, new_session
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
 from modelgate.settings import DEFAULT_BASE_URLS, Settings
@@ -47,7 +47,7 @@ class GatewayState:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         self._catalogue = catalogue
-        self.http: httpx.AsyncClient | None = None
+        self.http: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         #: API keys (``auth.py``): from the environment and the catalogue's keys file; swapped with it.
         self.keys: KeyRing = load_keyring(settings, catalogue)
@@ -99,11 +99,7 @@ class GatewayState:
 
     async def start(self) -> None:
         # No total timeout: streams are bounded by the providers' connect/first-token/idle timeouts.
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-            trust_env=False,
-        )
+        self.http = new_session()
         self.providers = self._build_providers(self._catalogue)
         await self.limiter.start()
         self.redactor.install()
@@ -113,7 +109,7 @@ class GatewayState:
         await self.prober.stop()
         await self.limiter.stop()
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
             self.http = None
         self.access_log.flush()
         self.redactor.uninstall()

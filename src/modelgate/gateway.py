@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -47,8 +47,9 @@ class StreamStart:
     model: CatalogueModel
     #: Parameters that were set but that the answering provider cannot honour.
     dropped_params: list[str]
-    #: The reply, first event included; raises ``ModelgateError`` on a mid-stream failure.
-    events: AsyncIterator[StreamEvent]
+    #: The reply in batches (the events of one upstream read each), the first included; raises
+    #: ``ModelgateError`` on a mid-stream failure. The batch holding the ``Finish`` is the last.
+    events: AsyncIterator[Sequence[StreamEvent]]
     #: Models tried before ``model`` answered, with the error each gave (for logs and headers).
     attempts: list[tuple[str, str]] = field(default_factory=list)
 
@@ -128,7 +129,7 @@ async def _open_model(
         sent = time.perf_counter()
         try:
             breaker.acquire()
-            first, upstream = await _first_event(provider, model, request)
+            first, upstream = await _first_batch(provider, model, request)
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             attempts.append((model.id, exc.message))
@@ -168,9 +169,9 @@ async def _open_model(
         return StreamStart(model=model, dropped_params=dropped, events=events)
 
 
-async def _first_event(
+async def _first_batch(
     provider: Provider, model: CatalogueModel, request: ChatRequest
-) -> tuple[StreamEvent, AsyncIterator[StreamEvent]]:
+) -> tuple[Sequence[StreamEvent], AsyncIterator[Sequence[StreamEvent]]]:
     upstream = provider.stream(model, request).__aiter__()
     try:
         first = await anext(upstream)
@@ -185,24 +186,26 @@ async def _first_event(
 async def _relay(
     state: GatewayState,
     model: CatalogueModel,
-    first: StreamEvent,
-    rest: AsyncIterator[StreamEvent],
+    first: Sequence[StreamEvent],
+    rest: AsyncIterator[Sequence[StreamEvent]],
     obs: Observation | None,
-) -> AsyncGenerator[StreamEvent, None]:
+) -> AsyncGenerator[Sequence[StreamEvent], None]:
     """The reply as the client gets it; counts it in flight and records how it ended."""
     metrics = state.metrics
     metrics.streams_in_flight.inc()
     outcome = "cancelled"  # unless it ends otherwise: the client went away (generator closed)
     usage = None
     try:
-        if isinstance(first, Finish):
-            usage, outcome = first.usage, "ok"
+        # A Finish is always the last event of the last batch.
+        if isinstance(first[-1], Finish):
+            usage, outcome = first[-1].usage, "ok"
         yield first
-        async for event in rest:
-            if isinstance(event, Finish):
+        async for batch in rest:
+            last = batch[-1]
+            if isinstance(last, Finish):
                 # The reply is complete with its Finish; a consumer may stop reading right there.
-                usage, outcome = event.usage, "ok"
-            yield event
+                usage, outcome = last.usage, "ok"
+            yield batch
         outcome = "ok"
     except ModelgateError as exc:
         outcome = "stream_error"
@@ -230,7 +233,7 @@ async def _relay(
         await _close(rest)
 
 
-async def _close(iterator: AsyncIterator[StreamEvent]) -> None:
+async def _close(iterator: AsyncIterator[Sequence[StreamEvent]]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()

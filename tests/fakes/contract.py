@@ -7,13 +7,13 @@ Each ``tests/test_provider_<name>.py`` subclasses ``ProviderContract`` (setting 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import aiohttp
 import anyio
 import anyio.to_thread
-import httpx
 import pytest
 
 from modelgate.catalogue import CatalogueModel, load_catalogue
@@ -26,7 +26,7 @@ from modelgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from modelgate.providers import Connection, Provider
+from modelgate.providers import Connection, Provider, new_session
 from tests.fakes import CREDENTIALS, Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream
 
@@ -73,12 +73,17 @@ class Collected:
         return self.events[-1]
 
 
-async def collect(stream: AsyncIterator[StreamEvent]) -> Collected:
-    """Every event until the end, or until the error (kept, so tests see what came before it)."""
+async def collect(stream: AsyncIterator[Sequence[StreamEvent]]) -> Collected:
+    """Every event until the end, or until the error (kept, so tests see what came before it).
+
+    Checks the batch contract on the way: no empty batch, nothing after the batch with the ``Finish``.
+    """
     events: list[StreamEvent] = []
     try:
-        async for event in stream:
-            events.append(event)
+        async for batch in stream:
+            assert batch, "a provider never yields an empty batch"
+            assert not any(isinstance(e, Finish) for e in events), "a batch came after the Finish"
+            events.extend(batch)
     except UpstreamError as exc:
         return Collected(events, exc)
     return Collected(events)
@@ -102,7 +107,7 @@ class ProviderContract:
 
     def make(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         base_url: str,
         *,
         first_token_timeout: float = 10.0,
@@ -126,7 +131,7 @@ class ProviderContract:
         fake = self.fake(fakes)
         if reply is not None:
             fake.script(reply)
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fake.url, **make)
             return await collect(provider.stream(catalogue_model(self.model_id), self.request()))
 
@@ -218,7 +223,7 @@ class ProviderContract:
     async def test_no_first_byte_in_time_is_a_504_and_abandons_the_call(self, fakes: Fakes) -> None:
         fake = self.fake(fakes)
         fake.script(Reply(fault=Fault.hang()))
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fake.url, first_token_timeout=0.3)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request()))
             # Seen while our client (and its connection pool) is still open: the call itself was closed.
@@ -254,7 +259,7 @@ class ProviderContract:
 
     @pytest.mark.anyio
     async def test_unreachable_upstream(self, fakes: Fakes) -> None:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, free_port_url())
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request()))
         assert type(got.error) is UpstreamError
@@ -264,11 +269,11 @@ class ProviderContract:
     async def test_closing_the_stream_early_disconnects_the_upstream(self, fakes: Fakes) -> None:
         fake = self.fake(fakes)
         fake.script(Reply(tokens=[f"t{i}" for i in range(200)], delay=0.02))
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with new_session() as http:
             provider = self.make(http, fake.url)
             stream = provider.stream(catalogue_model(self.model_id), self.request())
             first = await anext(aiter(stream))
-            assert first == TextDelta("t0")
+            assert first[0] == TextDelta("t0")
             await stream.aclose()  # type: ignore[attr-defined]
             # Seen while our client (and its connection pool) is still open: closing the stream did it.
             assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1

@@ -1,15 +1,17 @@
 """What every AI SDK output encoder shares: the ``Encoder`` contract and how a failure becomes a message.
 
 An encoder turns the provider-neutral ``StreamEvent``s of one reply into the bytes of one client protocol.
-It owns the ending: every stream ends with the protocol's finish part or its error part, never silently,
-and whatever ends the stream (finish, failure, or the client going away) closes ``events``, which closes
-the upstream response.
+The events come in batches (those one upstream network read completed); an encoder yields **one bytes
+object per batch**, so the response costs one ASGI message and one socket write per upstream read, not
+per token (the protocol's opening part travels with the first batch). It owns the ending: every stream
+ends with the protocol's finish part or its error part, never silently, and whatever ends the stream
+(finish, failure, or the client going away) closes ``events``, which closes the upstream response.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from modelgate.chat import StreamEvent
@@ -29,7 +31,7 @@ class Encoder(Protocol):
     #: Protocol marker headers (not the no-buffering headers, which the routes add for every protocol).
     headers: Mapping[str, str]
 
-    def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]: ...
+    def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]: ...
 
 
 def failure_message(exc: Exception, *, message_id: str) -> str:
@@ -47,7 +49,7 @@ def ended_early(message_id: str) -> str:
     return ENDED_EARLY
 
 
-async def close(events: AsyncIterator[StreamEvent]) -> None:
+async def close(events: AsyncIterator[Sequence[StreamEvent]]) -> None:
     """Close the event source (and so the upstream response), if it can be closed."""
     aclose = getattr(events, "aclose", None)
     if aclose is not None:

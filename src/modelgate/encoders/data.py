@@ -16,12 +16,12 @@ One part per line, ``<code>:<JSON>\\n``; no framing beyond the newline, end of b
 ``{"promptTokens","completionTokens"}`` and is left out when unknown (the protocol makes it optional).
 Estimated usage is flagged with an ``8:`` annotation rather than an extra key, because the client's
 parser accepts only the protocol's parts. Per token only the text is serialized (``orjson.dumps`` of
-a ``str``); the part codes are prebuilt bytes.
+a ``str``); the part codes are prebuilt bytes. The parts of one batch of events go out as one chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
@@ -74,22 +74,26 @@ class DataStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
 
-    async def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]:
-        yield start_part(message_id)
+    async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
+        out = start_part(message_id)  # goes out with the first batch
         dumps = orjson.dumps
         try:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        yield TEXT + dumps(event.text) + NEWLINE
-                elif isinstance(event, ReasoningDelta):
-                    if event.text:
-                        yield REASONING + dumps(event.text) + NEWLINE
-                else:
-                    yield finish_parts(event)
-                    return
-            yield error_part(ended_early(message_id))
+            async for batch in events:
+                for event in batch:
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            out += TEXT + dumps(event.text) + NEWLINE
+                    elif isinstance(event, ReasoningDelta):
+                        if event.text:
+                            out += REASONING + dumps(event.text) + NEWLINE
+                    else:
+                        yield out + finish_parts(event)
+                        return
+                if out:
+                    yield out
+                    out = b""
+            yield out + error_part(ended_early(message_id))
         except Exception as exc:
-            yield error_part(failure_message(exc, message_id=message_id))
+            yield out + error_part(failure_message(exc, message_id=message_id))
         finally:
             await close(events)

@@ -10,13 +10,14 @@ Non-standard, documented: reasoning text (``ReasoningDelta``) is sent as ``reaso
 mixes into ``content``. Clients that do not know the field ignore it.
 
 Per-token cost: a content chunk is ``prefix + orjson.dumps(text) + suffix``, with prefix and suffix
-built once per response; only the token text is serialized per event.
+built once per response; only the token text is serialized per event. The chunks of one batch of events
+(one upstream read) go out together, as one write.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -106,55 +107,65 @@ class ChunkEncoder:
             out += self._chunk([], finish.usage, usage_chunk=True)
         return out
 
-    async def encode(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
-        """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``.
+    async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
+        """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``; one bytes per batch.
 
         A ``ModelgateError`` from ``events`` (or a stream that ends without ``Finish``) becomes an
         error event before ``[DONE]``: never a silent end.
         """
-        yield self.role_chunk()
+        out = self.role_chunk()  # goes out with the first batch
+        content_prefix, reasoning_prefix, suffix = self._content_prefix, self._reasoning_prefix, self._delta_suffix
+        dumps = orjson.dumps
+        finished = False
         try:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        yield self.content_chunk(event.text)
-                elif isinstance(event, ReasoningDelta):
-                    if event.text:
-                        yield self.reasoning_chunk(event.text)
-                elif isinstance(event, Finish):
-                    if event.reason == "error":
-                        yield error_chunk(_ENDED_WITH_ERROR)
+            async for batch in events:
+                for event in batch:
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            out += content_prefix + dumps(event.text) + suffix
+                    elif isinstance(event, ReasoningDelta):
+                        if event.text:
+                            out += reasoning_prefix + dumps(event.text) + suffix
                     else:
-                        yield self.finish_chunks(event)
+                        out += error_chunk(_ENDED_WITH_ERROR) if event.reason == "error" else self.finish_chunks(event)
+                        finished = True
+                        break
+                if finished:
                     break
-            else:
-                yield error_chunk(_ENDED_EARLY)
+                if out:
+                    yield out
+                    out = b""
+            if not finished:
+                out += error_chunk(_ENDED_EARLY)
         except ModelgateError as exc:
-            yield error_chunk(exc.message)
+            out += error_chunk(exc.message)
         except Exception as exc:
             # Only the type: a foreign exception's text may carry URLs or headers we must not leak.
             log.error("unexpected error while streaming a chat completion: %s", type(exc).__name__)
-            yield error_chunk("Internal Server Error")
+            out += error_chunk("Internal Server Error")
         finally:
             await _close(events)
-        yield DONE
+        yield out + DONE
 
 
 async def collect_completion(
-    events: AsyncIterator[StreamEvent], *, completion_id: str, created: int, model: str, provider: str
+    events: AsyncIterator[Sequence[StreamEvent]], *, completion_id: str, created: int, model: str, provider: str
 ) -> dict[str, Any]:
     """Drain ``events`` into one ``chat.completion`` object. Raises ``ModelgateError`` on a failure."""
     text: list[str] = []
     reasoning: list[str] = []
     finish: Finish | None = None
     try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, ReasoningDelta):
-                reasoning.append(event.text)
-            elif isinstance(event, Finish):
-                finish = event
+        async for batch in events:
+            for event in batch:
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
+                else:
+                    finish = event
+                    break
+            if finish is not None:
                 break
     finally:
         await _close(events)
@@ -176,7 +187,7 @@ async def collect_completion(
     }
 
 
-async def _close(events: AsyncIterator[StreamEvent]) -> None:
+async def _close(events: AsyncIterator[Sequence[StreamEvent]]) -> None:
     # Closing the gateway's iterator closes the provider's generator and so the upstream response.
     aclose = getattr(events, "aclose", None)
     if aclose is not None:

@@ -11,7 +11,7 @@ metadata, no finish part. The protocol has no reasoning or error channel, so:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
@@ -30,16 +30,19 @@ class TextStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
 
-    async def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]:
+    async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         try:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        yield event.text.encode()
-                elif isinstance(event, ReasoningDelta):
-                    continue
-                else:
-                    return
+            async for batch in events:
+                text = ""
+                for event in batch:
+                    if isinstance(event, TextDelta):
+                        text += event.text
+                    elif not isinstance(event, ReasoningDelta):  # the Finish
+                        if text:
+                            yield text.encode()
+                        return
+                if text:
+                    yield text.encode()
             yield error_line(ended_early(message_id))
         except Exception as exc:
             yield error_line(failure_message(exc, message_id=message_id))

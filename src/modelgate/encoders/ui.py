@@ -28,7 +28,7 @@ travel as message metadata on ``finish`` (allowed by 5.0.0's schema), with the A
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
@@ -91,29 +91,33 @@ class UIMessageStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
 
-    async def encode(self, events: AsyncIterator[StreamEvent], *, message_id: str) -> AsyncIterator[bytes]:
-        yield chunk({"type": "start", "messageId": message_id}) + START_STEP
+    async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
+        out = chunk({"type": "start", "messageId": message_id}) + START_STEP  # goes out with the first batch
         dumps = orjson.dumps
         part: _Part | None = None  # the open part; deltas of the other kind close it and open a new one
         count = 0
         try:
-            async for event in events:
-                if isinstance(event, Finish):
+            async for batch in events:
+                for event in batch:
+                    if isinstance(event, Finish):
+                        closing = part.end if part is not None else b""
+                        finish = chunk({"type": "finish", "messageMetadata": finish_metadata(event)})
+                        yield out + closing + FINISH_STEP + finish + DONE
+                        return
+                    if not event.text:
+                        continue
+                    if part is not None and part.kind is type(event):
+                        out += part.delta_prefix + dumps(event.text) + _DELTA_END
+                        continue
                     closing = part.end if part is not None else b""
-                    finish = chunk({"type": "finish", "messageMetadata": finish_metadata(event)})
-                    yield closing + FINISH_STEP + finish + DONE
-                    return
-                if not event.text:
-                    continue
-                if part is not None and part.kind is type(event):
-                    yield part.delta_prefix + dumps(event.text) + _DELTA_END
-                    continue
-                closing = part.end if part is not None else b""
-                count += 1
-                part = _Part(type(event), count)
-                yield closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
-            yield error_chunks(ended_early(message_id))
+                    count += 1
+                    part = _Part(type(event), count)
+                    out += closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
+                if out:
+                    yield out
+                    out = b""
+            yield out + error_chunks(ended_early(message_id))
         except Exception as exc:
-            yield error_chunks(failure_message(exc, message_id=message_id))
+            yield out + error_chunks(failure_message(exc, message_id=message_id))
         finally:
             await close(events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from modelgate.providers._http import new_session
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.providers.cloudflare import Cloudflare
 from modelgate.providers.huggingface import HuggingFace
@@ -15,4 +16,4 @@ PROVIDERS: dict[str, type[Provider]] = {
     "ollama": Ollama,
 }
 
-__all__ = ["PROVIDERS", "Connection", "ProbeResult", "Provider"]
+__all__ = ["PROVIDERS", "Connection", "ProbeResult", "Provider", "new_session"]

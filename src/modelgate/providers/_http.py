@@ -3,24 +3,35 @@
 An adapter describes one call (URL, JSON body, headers) and supplies two protocol pieces:
 
 * a ``StreamParser``: a synchronous, incremental parser fed raw body chunks, returning the
-  ``StreamEvent``s they complete (it raises ``UpstreamError``s for errors reported *inside* the stream);
+  ``StreamEvent``s they complete; an error reported *inside* the stream (or a broken frame) is kept in
+  its ``failure`` as an ``UpstreamError``, raised here once the events before it are delivered;
 * an ``ErrorReader``: turns a non-2xx body into an ``ErrorDetail`` (the provider's message, and any
   retry hint or status correction its body carries).
 
-Everything else lives here, once: sending, the three timeouts, the status → exception mapping, and
-the translation of every httpx exception into the ``modelgate.errors`` tree (``raise ... from exc``),
-before the response *and* while its body is iterated.
+Everything else lives here, once: the HTTP client (aiohttp, ``new_session``), sending, the three
+timeouts, the status → exception mapping, and the translation of every aiohttp/OS exception into the
+``modelgate.errors`` tree (``raise ... from exc``), before the response *and* while its body is read.
+
+Why aiohttp and not httpx: a gateway relays hundreds of concurrent streams through one pool, and
+httpx 0.28 spends most of its time in its pool's quadratic assignment pass (encode/httpcore#1035) plus
+anyio/h11 machinery per chunk; aiohttp reads a chunk for 6-10x less CPU (bench/README.md, *clients*).
+
+The reply is yielded in **batches**: every event one network read completed, together, so the layers
+above pay their per-message costs (generator hops, encoding, one ASGI ``send``) once per read, not once
+per token. When tokens arrive faster than we relay them, reads get bigger and batches longer.
 
 Timeouts (there is deliberately no total deadline — a healthy long stream may run for minutes):
 
-* ``connect_timeout``: the TCP/TLS connect (httpx's own connect timeout).
+* ``connect_timeout``: the TCP/TLS connect (aiohttp's own connect timeout).
 * ``first_token_timeout``: one deadline from sending the request until the parser produced its first
   event. It covers the response headers and every byte before the first token, so a keep-alive
   comment (TGI writes ``:`` every 15 s while a request is queued) cannot keep a stuck request alive.
 * ``idle_timeout``: once events flow, the longest wait for the next chunk.
 
-Closing the event generator (the client went away) closes the upstream response, which closes the
-connection, which cancels the generation upstream.
+Both deadlines are one ``_Watchdog`` per stream (one timer, re-armed lazily), not a timeout object per
+chunk. Closing the event generator before the reply finished (the client went away) closes the
+upstream connection, which cancels the generation upstream; a reply that finished returns its
+connection to the pool.
 """
 
 from __future__ import annotations
@@ -29,12 +40,13 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
+from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from modelgate.chat import Message, StreamEvent
 from modelgate.errors import (
@@ -52,6 +64,28 @@ from modelgate.providers.base import Connection, ProbeResult
 MAX_MESSAGE = 500
 #: How much of a non-2xx body is read to find the provider's message.
 MAX_ERROR_BODY = 64 * 1024
+#: After the ``Finish``, how long the end of the body (the chunked terminator, usually in the same read
+#: as the last event) may take, and how many bytes of it are read, so the connection can be reused.
+TAIL_GRACE = 0.25
+MAX_TAIL = 64 * 1024
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The upstream HTTP client: one keep-alive pool the app shares between its providers."""
+    connector = aiohttp.TCPConnector(
+        # No pool cap: concurrent streams are bounded by our own limits, and a capped pool would
+        # queue a stream behind others for their whole length.
+        limit=0,
+        limit_per_host=0,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # No total timeout: each call sets its connect timeout, the stream deadlines are ours.
+        timeout=aiohttp.ClientTimeout(total=None),
+        # Cookies an API sets (Cloudflare's bot cookie) must not travel from one caller's call to the next.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
 
 
 class StreamParser(Protocol):
@@ -59,6 +93,9 @@ class StreamParser(Protocol):
 
     #: True once the parser has emitted the ``Finish``; the body is not read further.
     done: bool
+    #: The stream's failure, found after the events ``feed`` returned with it (the same network read may
+    #: carry tokens and then the provider's error: the tokens are delivered, then this is raised).
+    failure: UpstreamError | None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]: ...
 
@@ -107,7 +144,7 @@ def body_message(body: bytes) -> str:
     return text[:MAX_MESSAGE] if text else "(empty body)"
 
 
-def retry_after_header(headers: httpx.Headers) -> float | None:
+def retry_after_header(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` as seconds (RFC 9110: delay-seconds or an HTTP-date)."""
     value = headers.get("retry-after")
     if not value:
@@ -133,6 +170,70 @@ def seconds_until_epoch_ms(value: object) -> float | None:
     return max(0.0, reset_ms / 1000 - time.time())
 
 
+class _Watchdog:
+    """One stream's deadline: cancels the task waiting on the upstream once ``deadline`` has passed.
+
+    One timer per stream instead of a timeout object per chunk: moving the deadline costs an attribute
+    store, and the timer, when it fires before the deadline as it now stands, re-arms itself for it
+    (about once per idle period). It only cancels during a wait (``begin`` .. ``end``): the time the
+    consumer spends between two reads (writing to a slow client) is not upstream silence.
+    """
+
+    __slots__ = ("_armed_at", "_cancelling", "_handle", "_loop", "_task", "_victim", "deadline", "expired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self._task: asyncio.Task[Any] | None = None
+        self._victim: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self.deadline = 0.0
+        self.expired = False
+
+    def begin(self, deadline: float) -> None:
+        """A wait on the upstream starts, allowed to last until ``deadline`` (loop time)."""
+        self.deadline = deadline
+        self._task = asyncio.current_task()
+        if self._handle is None or deadline < self._armed_at:
+            self._arm(deadline)
+
+    def end(self) -> None:
+        self._task = None
+
+    def fired(self) -> bool:
+        """After a ``CancelledError`` in a wait: True when it was this deadline, not a real cancellation.
+
+        Withdraws our own cancel request; when someone else cancelled the task too, theirs stands.
+        """
+        victim = self._victim
+        return self.expired and victim is not None and victim.uncancel() <= self._cancelling
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        task = self._task
+        if task is None or self.expired:
+            return  # no wait in progress: the next begin() arms the timer again
+        if self._loop.time() < self.deadline:
+            self._arm(self.deadline)  # reads moved the deadline on since the timer was set
+            return
+        self.expired = True
+        self._victim = task
+        self._cancelling = task.cancelling()
+        task.cancel()
+
+
 class Upstream:
     """One provider's connection to its upstream: sends calls, applies timeouts, maps failures."""
 
@@ -140,20 +241,17 @@ class Upstream:
         self,
         provider: str,
         connection: Connection,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         read_error: ErrorReader,
     ) -> None:
         self.provider = provider
         self.connection = connection
         self.http = http
         self.read_error = read_error
-        # httpx bounds the connect and the request upload; reads are bounded by the first-token and
-        # idle deadlines in ``stream`` instead (httpx has one read timeout, a stream needs two).
-        self._timeouts = httpx.Timeout(
-            connect=connection.connect_timeout,
-            read=None,
-            write=connection.idle_timeout,
-            pool=connection.connect_timeout,
+        # aiohttp bounds the connect; everything after it is bounded by the first-token and idle
+        # deadlines in ``stream`` (a stream needs two read deadlines, aiohttp has one).
+        self._timeouts = aiohttp.ClientTimeout(
+            total=None, connect=connection.connect_timeout, sock_connect=connection.connect_timeout
         )
         self._secrets = tuple(v for v in connection.credentials.values() if len(v) >= 4)
 
@@ -167,70 +265,95 @@ class Upstream:
         *,
         headers: Mapping[str, str],
         model: str,
-    ) -> AsyncIterator[StreamEvent]:
-        """POST ``body()`` to ``url`` and yield what ``parser`` makes of the streamed reply.
+    ) -> AsyncIterator[list[StreamEvent]]:
+        """POST ``body()`` to ``url`` and yield what ``parser`` makes of the streamed reply, one
+        non-empty batch per network read; the batch holding the ``Finish`` is the last.
 
         ``body`` is built on the first iteration, so an input the adapter refuses (a chat template's
         ``BadRequest``) is raised by the iterator like every other failure, not by the call.
         """
         conn = self.connection
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + conn.first_token_timeout
-        request = self.http.build_request(
-            "POST",
-            url,
-            content=orjson.dumps(body()),
-            # identity: a compressed event stream is buffered by whoever compresses it.
-            headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
-            timeout=self._timeouts,
-        )
-        response: httpx.Response | None = None
-        chunks: AsyncGenerator[bytes, None] | None = None
-        started = False
+        first_deadline = loop.time() + conn.first_token_timeout
+        watchdog = _Watchdog(loop)
+        response: aiohttp.ClientResponse | None = None
+        finished = False
         try:
+            payload = orjson.dumps(body())
+            watchdog.begin(first_deadline)
             try:
-                async with asyncio.timeout_at(deadline):
-                    response = await self.http.send(request, stream=True)
-                    if not response.is_success:
-                        raise await self._status_error(response, model)
-            except TimeoutError:
-                raise self._first_token_timeout() from None
-            except httpx.HTTPError as exc:
+                response = await self.http.request(
+                    "POST",
+                    url,
+                    data=payload,
+                    # identity: a compressed event stream is buffered by whoever compresses it.
+                    headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
+                    timeout=self._timeouts,
+                )
+                if not 200 <= response.status < 300:
+                    raise await self._status_error(response, model)
+            except asyncio.CancelledError:
+                if watchdog.fired():
+                    raise self._first_token_timeout() from None
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
                 raise self._transport_error(exc, started=False) from exc
+            finally:
+                watchdog.end()
 
-            # aiter_raw skips httpx's decoding layer; only an upstream that ignored our
-            # Accept-Encoding: identity pays for the decoder.
-            encoded = response.headers.get("content-encoding", "identity") != "identity"
-            chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes() if encoded else response.aiter_raw())
+            read = response.content.readany
             idle = conn.idle_timeout
+            started = False
             while True:
+                watchdog.begin(loop.time() + idle if started else first_deadline)
                 try:
-                    async with asyncio.timeout_at(deadline if not started else loop.time() + idle):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    if not started:
-                        raise self._first_token_timeout() from None
-                    raise UpstreamTimeout(
-                        self.provider, f"the reply stalled: no data for {idle:g}s mid-stream"
-                    ) from None
-                except httpx.HTTPError as exc:
+                    chunk = await read()
+                except asyncio.CancelledError:
+                    if watchdog.fired():
+                        if not started:
+                            raise self._first_token_timeout() from None
+                        raise UpstreamTimeout(
+                            self.provider, f"the reply stalled: no data for {idle:g}s mid-stream"
+                        ) from None
+                    raise
+                except (aiohttp.ClientError, OSError) as exc:
                     raise self._transport_error(exc, started=started) from exc
-                if chunk is None:
-                    for event in parser.end():
-                        yield event
-                    return
-                events = parser.feed(chunk)
+                finally:
+                    watchdog.end()
+                # An empty chunk: the body ended.
+                events = parser.feed(chunk) if chunk else parser.end()
                 if events:
                     started = True
-                    for event in events:
-                        yield event
-                    if parser.done:
-                        return
+                    finished = parser.done or not chunk
+                    yield events
+                if parser.failure is not None:
+                    raise parser.failure
+                if finished or not chunk:
+                    return
         finally:
-            if chunks is not None:
-                await chunks.aclose()
+            watchdog.stop()
             if response is not None:
-                await response.aclose()
+                await self._close(response, reuse=finished)
+
+    async def _close(self, response: aiohttp.ClientResponse, *, reuse: bool) -> None:
+        """After a finished reply, give the connection back to the pool once its body has ended (waiting
+        ``TAIL_GRACE`` at most for the end); in every other case close it, which cancels the generation."""
+        try:
+            content = response.content
+            if reuse and not content.is_eof():
+                async with asyncio.timeout(TAIL_GRACE):
+                    tail = 0
+                    while tail <= MAX_TAIL:
+                        piece = await content.readany()
+                        if not piece:
+                            break
+                        tail += len(piece)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass  # no clean end: the connection is closed below instead of reused
+        finally:
+            # Once the body ended aiohttp has already released the connection to the pool; otherwise
+            # this closes it.
+            response.close()
 
     # -- listings (probes) ------------------------------------------------------------------------
 
@@ -239,13 +362,15 @@ class Upstream:
         conn = self.connection
         try:
             async with asyncio.timeout(conn.connect_timeout + conn.first_token_timeout):
-                response = await self.http.get(url, headers=dict(headers or {}), timeout=self._timeouts)
-                if not response.is_success:
-                    raise self.error_for(response.status_code, self._read_detail(response, response.content))
-                return parse_json(response.content)
-        except TimeoutError:
-            raise UpstreamTimeout(self.provider, "no answer from the listing in time") from None
-        except httpx.HTTPError as exc:
+                async with self.http.get(url, headers=dict(headers or {}), timeout=self._timeouts) as response:
+                    body = await response.read()
+                    if not 200 <= response.status < 300:
+                        raise self.error_for(response.status, self._read_detail(response.status, body))
+            return parse_json(body)
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+                # Our own deadline above (TimeoutError is an OSError).
+                raise UpstreamTimeout(self.provider, "no answer from the listing in time") from None
             raise self._transport_error(exc, started=False) from exc
         except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(self.provider, "the listing is not JSON") from exc
@@ -308,13 +433,15 @@ class Upstream:
     def truncated(self) -> UpstreamProtocolError:
         return UpstreamProtocolError(self.provider, "the reply was truncated (the stream ended before it finished)")
 
-    async def _status_error(self, response: httpx.Response, model: str) -> UpstreamError:
+    async def _status_error(self, response: aiohttp.ClientResponse, model: str) -> UpstreamError:
         body = b""
-        async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) >= MAX_ERROR_BODY:
+        while len(body) < MAX_ERROR_BODY:
+            piece = await response.content.readany()
+            if not piece:
                 break
-        error = self.error_for(response.status_code, self._read_detail(response, body), model=model)
+            body += piece
+        status = response.status
+        error = self.error_for(status, self._read_detail(status, body), model=model)
         if error.retry_after is None or response.headers.get("retry-after"):
             # An explicit Retry-After wins over hints in the body.
             header = retry_after_header(response.headers)
@@ -322,9 +449,9 @@ class Upstream:
                 error.retry_after = header
         return error
 
-    def _read_detail(self, response: httpx.Response, body: bytes) -> ErrorDetail:
+    def _read_detail(self, status: int, body: bytes) -> ErrorDetail:
         try:
-            return self.read_error(response.status_code, body)
+            return self.read_error(status, body)
         except Exception:  # a body in no shape the provider documents: show it as text
             return ErrorDetail(body_message(body))
 
@@ -333,16 +460,19 @@ class Upstream:
             self.provider, f"no reply within {self.connection.first_token_timeout:g}s (first-token timeout)"
         )
 
-    def _transport_error(self, exc: httpx.HTTPError, *, started: bool) -> UpstreamError:
+    def _transport_error(self, exc: BaseException, *, started: bool) -> UpstreamError:
+        """An aiohttp or OS failure of the call, as the error tree says it."""
         name = self.provider
         kind = type(exc).__name__
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
             return UpstreamError(name, f"unreachable ({kind})", transient=True)
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
             return UpstreamTimeout(name, f"timed out ({kind})")
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(
+            exc.__cause__, ContentEncodingError | DecompressSizeError
+        ):
+            return UpstreamProtocolError(name, f"undecodable reply body ({kind})")
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
             where = "mid-stream" if started else "before the reply started"
             return UpstreamProtocolError(name, f"the connection dropped {where} ({kind})", transient=True)
-        if isinstance(exc, httpx.DecodingError):
-            return UpstreamProtocolError(name, f"undecodable reply body ({kind})")
         return UpstreamError(name, f"request failed ({kind})", transient=True)

@@ -1,19 +1,20 @@
 """The one small contract every provider adapter implements.
 
-A provider gets its connection (base URL, credentials, timeouts) and the shared HTTP client
-injected; it knows only its own wire protocol. ``stream()`` yields ``StreamEvent``s and raises
-``modelgate.errors`` exceptions, including mid-stream; it never lets an httpx or JSON exception out.
-It always ends with exactly one ``Finish`` event when it returns normally.
+A provider gets its connection (base URL, credentials, timeouts) and the shared HTTP client (an
+``aiohttp.ClientSession``, ``providers._http.new_session``) injected; it knows only its own wire
+protocol. ``stream()`` yields batches of ``StreamEvent``s, one non-empty batch per upstream network
+read, and raises ``modelgate.errors`` exceptions, including mid-stream; it never lets an aiohttp or JSON
+exception out. When it returns normally its last batch ends with exactly one ``Finish`` event.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-import httpx
+import aiohttp
 
 from modelgate.chat import ChatRequest, GenerationParams, StreamEvent
 
@@ -48,7 +49,7 @@ class Provider(ABC):
     #: ``GenerationParams`` fields this provider's protocol can carry; others are dropped and reported.
     supported_params: ClassVar[frozenset[str]]
 
-    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         self.connection = connection
         self.http = http
 
@@ -57,8 +58,8 @@ class Provider(ABC):
         return sorted(name for name in params.set_fields() if name not in self.supported_params)
 
     @abstractmethod
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Stream one reply. An async generator: ``async def stream(...): yield ...``."""
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        """Stream one reply in batches (the events of one network read each; never an empty one)."""
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         """A free health probe (no billed call). None when the provider offers none."""

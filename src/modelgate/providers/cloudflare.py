@@ -12,14 +12,15 @@ not have, are never sent (and reported as dropped).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent, TextDelta, Usage
+from modelgate.errors import UpstreamError
 from modelgate.providers._http import ErrorDetail, Upstream, estimate_prompt_tokens, parse_json
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.sse import SSEDecoder
@@ -77,7 +78,7 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
 class CloudflareStream:
     """Incremental parser of one Workers AI SSE stream."""
 
-    __slots__ = ("_events", "_fragments", "_request", "_upstream", "_usage", "done")
+    __slots__ = ("_events", "_fragments", "_request", "_upstream", "_usage", "done", "failure")
 
     def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
@@ -86,28 +87,32 @@ class CloudflareStream:
         self._usage: Usage | None = None
         self._fragments = 0
         self.done = False
+        self.failure: UpstreamError | None = None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        for event in self._events.feed(chunk):
-            data = event.data
-            if data == "[DONE]":
-                out.append(self._final())
-                self.done = True
-                break
-            try:
-                payload = orjson.loads(data)
-                if payload.get("success") is False:  # an envelope error inside the stream [unconfirmed]
-                    raise self._upstream.error_for(500, _detail(payload.get("errors")))
-                text = payload.get("response")
-                if text and isinstance(text, str):
-                    self._fragments += 1
-                    out.append(TextDelta(text))
-                usage = payload.get("usage")
-                if usage:
-                    self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
-            except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-                raise self._upstream.protocol_error(f"unreadable stream event: {data[:120]}") from exc
+        try:
+            for event in self._events.feed(chunk):
+                data = event.data
+                if data == "[DONE]":
+                    out.append(self._final())
+                    self.done = True
+                    break
+                try:
+                    payload = orjson.loads(data)
+                    if payload.get("success") is False:  # an envelope error inside the stream [unconfirmed]
+                        raise self._upstream.error_for(500, _detail(payload.get("errors")))
+                    text = payload.get("response")
+                    if text and isinstance(text, str):
+                        self._fragments += 1
+                        out.append(TextDelta(text))
+                    usage = payload.get("usage")
+                    if usage:
+                        self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+                    raise self._upstream.protocol_error(f"unreadable stream event: {data[:120]}") from exc
+        except UpstreamError as exc:
+            self.failure = exc  # raised once ``out`` is delivered
         return out
 
     def end(self) -> list[StreamEvent]:
@@ -137,7 +142,7 @@ class Cloudflare(Provider):
         }
     )
 
-    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         super().__init__(connection, http)
         self.upstream = Upstream(self.name, connection, http, read_error)
 
@@ -148,7 +153,7 @@ class Cloudflare(Provider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.credentials.get('CLOUDFLARE_API_TOKEN', '')}"}
 
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
         return self.upstream.stream(
             f"{self._account_url()}/run/{model.upstream_model}",

@@ -11,10 +11,10 @@ DeepSeek-R1's generation prompt opens a ``<think>`` block, so its reply starts i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
@@ -92,7 +92,7 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
 class TGIStream:
     """Incremental parser of one TGI token stream."""
 
-    __slots__ = ("_events", "_model", "_splitter", "_tokens", "_upstream", "done", "inputs")
+    __slots__ = ("_events", "_model", "_splitter", "_tokens", "_upstream", "done", "failure", "inputs")
 
     def __init__(self, upstream: Upstream, model: str, splitter: ReasoningSplitter | None) -> None:
         self._upstream = upstream
@@ -101,36 +101,39 @@ class TGIStream:
         self._events = SSEDecoder()
         self._tokens = 0
         self.done = False
+        self.failure: UpstreamError | None = None
         #: The prompt sent, for a usage estimate when TGI reports none.
         self.inputs = ""
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         splitter = self._splitter
-        for event in self._events.feed(chunk):
-            try:
-                payload = orjson.loads(event.data)
-                if "error" in payload:
-                    raise self._stream_error(payload)
-                token = payload.get("token")
-                if token is not None:
-                    self._tokens += 1
-                    text = token["text"]
-                    if text and not token.get("special"):
-                        if splitter is None:
-                            out.append(TextDelta(text))
-                        else:
-                            out.extend(splitter.feed(text))
-                if payload.get("generated_text") is not None:
-                    if splitter is not None:
-                        out.extend(splitter.flush())
-                    out.append(
-                        self._finish(payload.get("details"), ended_on_special=bool(token and token.get("special")))
-                    )
-                    self.done = True
-                    break
-            except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
-                raise self._upstream.protocol_error(f"unreadable stream event: {event.data[:120]}") from exc
+        try:
+            for event in self._events.feed(chunk):
+                try:
+                    payload = orjson.loads(event.data)
+                    if "error" in payload:
+                        raise self._stream_error(payload)
+                    token = payload.get("token")
+                    if token is not None:
+                        self._tokens += 1
+                        text = token["text"]
+                        if text and not token.get("special"):
+                            if splitter is None:
+                                out.append(TextDelta(text))
+                            else:
+                                out.extend(splitter.feed(text))
+                    if payload.get("generated_text") is not None:
+                        if splitter is not None:
+                            out.extend(splitter.flush())
+                        ended_on_special = bool(token and token.get("special"))
+                        out.append(self._finish(payload.get("details"), ended_on_special=ended_on_special))
+                        self.done = True
+                        break
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
+                    raise self._upstream.protocol_error(f"unreadable stream event: {event.data[:120]}") from exc
+        except UpstreamError as exc:
+            self.failure = exc  # raised once ``out`` is delivered
         return out
 
     def end(self) -> list[StreamEvent]:
@@ -173,11 +176,11 @@ class HuggingFace(Provider):
         }
     )
 
-    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         super().__init__(connection, http)
         self.upstream = Upstream(self.name, connection, http, read_error)
 
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         template = get_template(model.template or "")
         splitter = ReasoningSplitter(starts_in_reasoning=True) if template.starts_in_reasoning else None
         parser = TGIStream(self.upstream, model.upstream_model, splitter)

@@ -9,13 +9,14 @@ only a real JSON parser reads right.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.errors import UpstreamError
 from modelgate.providers._http import ErrorDetail, Upstream, body_message, parse_json
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.sse import NDJSONDecoder
@@ -61,45 +62,50 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
-    __slots__ = ("_lines", "_upstream", "done")
+    __slots__ = ("_lines", "_upstream", "done", "failure")
 
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
         self._lines = NDJSONDecoder()
         self.done = False
+        self.failure: UpstreamError | None = None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         return self._parse(self._lines.feed(chunk))
 
     def end(self) -> list[StreamEvent]:
         events = self._parse(self._lines.flush())
-        if not self.done:
-            raise self._upstream.truncated()
+        if not self.done and self.failure is None:
+            self.failure = self._upstream.truncated()
         return events
 
     def _parse(self, lines: list[bytes]) -> list[StreamEvent]:
         events: list[StreamEvent] = []
-        for line in lines:
-            try:
-                item = orjson.loads(line)
-                message = item.get("message")
-                if "error" in item:
-                    # A late error (status already 200): the runner failed mid-generation.
-                    raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
-                if message:
-                    if message.get("thinking"):
-                        events.append(ReasoningDelta(message["thinking"]))
-                    if message.get("content"):
-                        events.append(TextDelta(message["content"]))
-                if item.get("done"):
-                    reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
-                    # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
-                    usage = Usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
-                    events.append(Finish(reason, usage))
-                    self.done = True
-                    break
-            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
-                raise self._upstream.protocol_error(f"unreadable NDJSON line: {body_message(line)[:120]}") from exc
+        try:
+            for line in lines:
+                try:
+                    item = orjson.loads(line)
+                    message = item.get("message")
+                    if "error" in item:
+                        # A late error (status already 200): the runner failed mid-generation.
+                        raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
+                    if message:
+                        if message.get("thinking"):
+                            events.append(ReasoningDelta(message["thinking"]))
+                        if message.get("content"):
+                            events.append(TextDelta(message["content"]))
+                    if item.get("done"):
+                        reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
+                        # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
+                        usage = Usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+                        events.append(Finish(reason, usage))
+                        self.done = True
+                        break
+                except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                    message_text = body_message(line)[:120]
+                    raise self._upstream.protocol_error(f"unreadable NDJSON line: {message_text}") from exc
+        except UpstreamError as exc:
+            self.failure = exc  # raised once ``events`` are delivered
         return events
 
 
@@ -120,11 +126,11 @@ class Ollama(Provider):
         }
     )
 
-    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         super().__init__(connection, http)
         self.upstream = Upstream(self.name, connection, http, read_error)
 
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(
             f"{self.connection.base_url}/api/chat",
             functools.partial(build_body, model, request),

@@ -9,11 +9,11 @@ or a string such as ``server_error``) — raised as the matching error; ``[DONE]
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
@@ -94,7 +94,7 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
 class OpenRouterStream:
     """Incremental parser of one OpenRouter chat-completion SSE stream."""
 
-    __slots__ = ("_content_deltas", "_events", "_finish", "_request", "_upstream", "_usage", "done")
+    __slots__ = ("_content_deltas", "_events", "_finish", "_request", "_upstream", "_usage", "done", "failure")
 
     def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
@@ -104,36 +104,40 @@ class OpenRouterStream:
         self._usage: Usage | None = None
         self._content_deltas = 0
         self.done = False
+        self.failure: UpstreamError | None = None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        for event in self._events.feed(chunk):
-            data = event.data
-            if data == "[DONE]":
-                out.append(self._final())
-                self.done = True
-                break
-            try:
-                payload = orjson.loads(data)
-                if "error" in payload:
-                    raise self._mid_stream_error(payload["error"])
-                usage = payload.get("usage")
-                if usage:
-                    self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
-                for choice in payload.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    reasoning = delta.get("reasoning")
-                    if reasoning:
-                        out.append(ReasoningDelta(reasoning))
-                    content = delta.get("content")
-                    if content:
-                        self._content_deltas += 1
-                        out.append(TextDelta(content))
-                    reason = choice.get("finish_reason")
-                    if reason:
-                        self._finish = _FINISH.get(reason, "other")
-            except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-                raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
+        try:
+            for event in self._events.feed(chunk):
+                data = event.data
+                if data == "[DONE]":
+                    out.append(self._final())
+                    self.done = True
+                    break
+                try:
+                    payload = orjson.loads(data)
+                    if "error" in payload:
+                        raise self._mid_stream_error(payload["error"])
+                    usage = payload.get("usage")
+                    if usage:
+                        self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                    for choice in payload.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        reasoning = delta.get("reasoning")
+                        if reasoning:
+                            out.append(ReasoningDelta(reasoning))
+                        content = delta.get("content")
+                        if content:
+                            self._content_deltas += 1
+                            out.append(TextDelta(content))
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            self._finish = _FINISH.get(reason, "other")
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+                    raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
+        except UpstreamError as exc:
+            self.failure = exc  # raised once ``out`` is delivered
         return out
 
     def end(self) -> list[StreamEvent]:
@@ -169,11 +173,11 @@ class OpenRouter(Provider):
         }
     )
 
-    def __init__(self, connection: Connection, http: httpx.AsyncClient) -> None:
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         super().__init__(connection, http)
         self.upstream = Upstream(self.name, connection, http, read_error)
 
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         key = self.connection.credentials.get("OPENROUTER_API_KEY", "")
         return self.upstream.stream(
             f"{self.connection.base_url}/chat/completions",
