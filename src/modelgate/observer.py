@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelgate.auth import PRINCIPAL_STATE
 from modelgate.cors import OriginHeaders
+from modelgate.deadline import Deadline
 from modelgate.errors import ModelgateError, PayloadTooLarge
 from modelgate.metrics import UNMATCHED_ROUTE
 
@@ -203,13 +204,14 @@ class RequestObserver:
         token = _current.set(obs)
         id_header = (b"x-request-id", obs.request_id.encode("ascii"))
         send_timeout = settings.client_send_timeout
+        stall: Deadline | None = None  # the send guard's one timer, made at the first streamed chunk
         status = 0
         logged = False
         guard: _BodyGuard | None = None
         replaced = False
 
         async def send_out(message: Message) -> None:
-            nonlocal status, logged
+            nonlocal status, logged, stall
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
@@ -217,11 +219,18 @@ class RequestObserver:
             elif kind == "http.response.body":
                 if message.get("more_body", False):
                     # Only streamed chunks can wait on a client that does not read; one-shot bodies fit the buffer.
+                    # One Deadline per response, not a timeout object per chunk (deadline.py).
+                    if stall is None:
+                        stall = Deadline(asyncio.get_running_loop())
+                    stall.begin_in(send_timeout)
                     try:
-                        async with asyncio.timeout(send_timeout):
-                            await send(message)
-                    except TimeoutError:
-                        raise ClientStalled from None
+                        await send(message)
+                    except asyncio.CancelledError:
+                        if stall.fired():
+                            raise ClientStalled from None
+                        raise
+                    finally:
+                        stall.end()
                     return
                 # The last message: record now, so the request is counted before its client sees the end.
                 logged = True
@@ -257,6 +266,8 @@ class RequestObserver:
             raise
         finally:
             _current.reset(token)
+            if stall is not None:
+                stall.stop()
             await _close_relay(obs)
             if not logged:  # the response did not complete: client gone, stalled, or the app failed
                 self._finish(scope, obs, status or 500)

@@ -28,8 +28,8 @@ Timeouts (there is deliberately no total deadline — a healthy long stream may 
   comment (TGI writes ``:`` every 15 s while a request is queued) cannot keep a stuck request alive.
 * ``idle_timeout``: once events flow, the longest wait for the next chunk.
 
-Both deadlines are one ``_Watchdog`` per stream (one timer, re-armed lazily), not a timeout object per
-chunk. Closing the event generator before the reply finished (the client went away) closes the
+Both deadlines are one ``Deadline`` per stream (``modelgate/deadline.py``: one timer, re-armed lazily),
+not a timeout object per chunk. Closing the event generator before the reply finished (the client went away) closes the
 upstream connection, which cancels the generation upstream; a reply that finished returns its
 connection to the pool.
 """
@@ -49,6 +49,7 @@ import orjson
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from modelgate.chat import Message, StreamEvent
+from modelgate.deadline import Deadline
 from modelgate.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -170,70 +171,6 @@ def seconds_until_epoch_ms(value: object) -> float | None:
     return max(0.0, reset_ms / 1000 - time.time())
 
 
-class _Watchdog:
-    """One stream's deadline: cancels the task waiting on the upstream once ``deadline`` has passed.
-
-    One timer per stream instead of a timeout object per chunk: moving the deadline costs an attribute
-    store, and the timer, when it fires before the deadline as it now stands, re-arms itself for it
-    (about once per idle period). It only cancels during a wait (``begin`` .. ``end``): the time the
-    consumer spends between two reads (writing to a slow client) is not upstream silence.
-    """
-
-    __slots__ = ("_armed_at", "_cancelling", "_handle", "_loop", "_task", "_victim", "deadline", "expired")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
-        self._task: asyncio.Task[Any] | None = None
-        self._victim: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        self.deadline = 0.0
-        self.expired = False
-
-    def begin(self, deadline: float) -> None:
-        """A wait on the upstream starts, allowed to last until ``deadline`` (loop time)."""
-        self.deadline = deadline
-        self._task = asyncio.current_task()
-        if self._handle is None or deadline < self._armed_at:
-            self._arm(deadline)
-
-    def end(self) -> None:
-        self._task = None
-
-    def fired(self) -> bool:
-        """After a ``CancelledError`` in a wait: True when it was this deadline, not a real cancellation.
-
-        Withdraws our own cancel request; when someone else cancelled the task too, theirs stands.
-        """
-        victim = self._victim
-        return self.expired and victim is not None and victim.uncancel() <= self._cancelling
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self, when: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        task = self._task
-        if task is None or self.expired:
-            return  # no wait in progress: the next begin() arms the timer again
-        if self._loop.time() < self.deadline:
-            self._arm(self.deadline)  # reads moved the deadline on since the timer was set
-            return
-        self.expired = True
-        self._victim = task
-        self._cancelling = task.cancelling()
-        task.cancel()
-
-
 class Upstream:
     """One provider's connection to its upstream: sends calls, applies timeouts, maps failures."""
 
@@ -275,12 +212,12 @@ class Upstream:
         conn = self.connection
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + conn.first_token_timeout
-        watchdog = _Watchdog(loop)
+        deadline = Deadline(loop)
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
             payload = orjson.dumps(body())
-            watchdog.begin(first_deadline)
+            deadline.begin(first_deadline)
             try:
                 response = await self.http.request(
                     "POST",
@@ -293,23 +230,26 @@ class Upstream:
                 if not 200 <= response.status < 300:
                     raise await self._status_error(response, model)
             except asyncio.CancelledError:
-                if watchdog.fired():
+                if deadline.fired():
                     raise self._first_token_timeout() from None
                 raise
             except (aiohttp.ClientError, OSError) as exc:
                 raise self._transport_error(exc, started=False) from exc
             finally:
-                watchdog.end()
+                deadline.end()
 
             read = response.content.readany
             idle = conn.idle_timeout
             started = False
             while True:
-                watchdog.begin(loop.time() + idle if started else first_deadline)
+                if started:
+                    deadline.begin_in(idle)
+                else:
+                    deadline.begin(first_deadline)
                 try:
                     chunk = await read()
                 except asyncio.CancelledError:
-                    if watchdog.fired():
+                    if deadline.fired():
                         if not started:
                             raise self._first_token_timeout() from None
                         raise UpstreamTimeout(
@@ -319,7 +259,7 @@ class Upstream:
                 except (aiohttp.ClientError, OSError) as exc:
                     raise self._transport_error(exc, started=started) from exc
                 finally:
-                    watchdog.end()
+                    deadline.end()
                 # An empty chunk: the body ended.
                 events = parser.feed(chunk) if chunk else parser.end()
                 if events:
@@ -331,7 +271,7 @@ class Upstream:
                 if finished or not chunk:
                     return
         finally:
-            watchdog.stop()
+            deadline.stop()
             if response is not None:
                 await self._close(response, reuse=finished)
 
