@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -63,9 +64,10 @@ class LineWriter:
             self._fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError):  # StringIO and friends: no descriptor
             self._fd = None
-        self._pending: list[bytes] = []
+        # A deque: append and popleft are atomic, so the request path takes no lock. The size is a
+        # hint for when to write (a lost update between threads only moves a write a little).
+        self._pending: deque[bytes] = deque()
         self._size = 0
-        self._lock = threading.Lock()  # guards _pending/_size (held for an append or a swap, never for I/O)
         self._io = threading.Lock()  # one writer at a time, oldest lines first
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,15 +76,14 @@ class LineWriter:
 
     def write(self, line: bytes) -> None:
         """Buffer one line (ending in a newline); written within ``FLUSH_INTERVAL``."""
-        with self._lock:
-            self._pending.append(line)
-            self._size += len(line)
-            size = self._size
+        self._pending.append(line)
+        before = self._size
+        size = self._size = before + len(line)
         if self._closed or size >= LIMIT:  # no thread to write it, or stderr is not keeping up
             self.flush()
         elif self._thread is None:
             self._start()
-        elif size >= HIGH_WATER:
+        elif size >= HIGH_WATER > before:  # wake the writer once, when the batch becomes due
             self._wake.set()
 
     def write_now(self, line: bytes) -> None:
@@ -103,16 +104,18 @@ class LineWriter:
         self.flush()
 
     def _take(self) -> bytes:
-        with self._lock:
-            pending, self._pending, self._size = self._pending, [], 0
-        return b"".join(pending)
+        """Every buffered line, oldest first (called holding ``_io``)."""
+        pending = self._pending
+        self._size = 0
+        parts = [pending.popleft() for _ in range(len(pending))]
+        return b"".join(parts)
 
     def _start(self) -> None:
-        with self._lock:
+        with self._io:
             if self._thread is not None or self._closed:
                 return
             self._thread = threading.Thread(target=self._run, name="modelgate-access-log", daemon=True)
-        self._thread.start()
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._closed:
@@ -166,18 +169,21 @@ class JsonLinesHandler(logging.Handler):
 
 
 class _Clock:
-    """``2026-11-26T23:39:18.123Z`` for a ``time.time()``: the date part is formatted once a second."""
+    """``2026-11-26T23:39:18.123Z`` for a ``time.time()``, as ``datetime.isoformat`` would write it (rounded
+    to the microsecond, then cut to the millisecond), built once per millisecond."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._millis = -1
+        self._text = ""
 
     def iso(self, now: float) -> str:
-        second, micros = divmod(round(now * 1_000_000), 1_000_000)
-        if second != self._second:
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = second
-        return f"{self._prefix}.{micros // 1000:03d}Z"
+        millis = round(now * 1_000_000) // 1000
+        if millis != self._millis:
+            second, ms = divmod(millis, 1000)
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._text = f"{stamp}.{ms:03d}Z"
+            self._millis = millis
+        return self._text
 
 
 class AccessLog:
@@ -214,7 +220,7 @@ class AccessLog:
             "method": method if method in KNOWN_METHODS else scrub(method),
             "route": route,
             "status": status,
-            "duration_ms": round(duration * 1000, 1),
+            "duration_ms": round(duration * 10_000) / 10,  # one decimal, without round(x, 1)'s slow path
         }
         if obs is not None:
             if obs.model is not None:
