@@ -10,6 +10,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import (
@@ -24,8 +28,10 @@ from modelgate.providers import Connection, new_session
 from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
 from modelgate.providers.huggingface import HuggingFace
 from modelgate.providers.huggingface import read_error as hf_read_error
+from modelgate.providers.openrouter import OpenRouter
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import catalogue_model, collect
+from tests.servers import serve_in_thread
 
 
 @pytest.fixture
@@ -130,3 +136,32 @@ async def test_a_credential_echoed_by_the_upstream_never_reaches_the_client(fake
         got = await collect(provider.stream(catalogue_model("qwen/Qwen2.5-72B-Instruct"), request))
     assert isinstance(got.error, UpstreamAuthError)
     assert "hf_test" not in got.error.message and "may not use this model" in got.error.message
+
+
+REQUEST = ChatRequest((Message("user", "hi"),))
+
+
+@pytest.mark.anyio
+async def test_a_redirect_is_an_error_and_the_call_is_never_resent() -> None:
+    hits: list[str] = []
+
+    async def moved(request: Request) -> Response:
+        hits.append(request.url.path)
+        return Response(status_code=307, headers={"Location": "/elsewhere/chat/completions"})
+
+    async def elsewhere(request: Request) -> Response:
+        hits.append(request.url.path)
+        return Response(b"data: [DONE]\n\n", media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/chat/completions", moved, methods=["POST"]),
+            Route("/elsewhere/chat/completions", elsewhere, methods=["POST"]),
+        ]
+    )
+    with serve_in_thread(app) as url:
+        async with new_session() as http:
+            provider = OpenRouter(Connection(f"{url}/api/v1", {"OPENROUTER_API_KEY": "sk-or-secret"}), http)
+            got = await collect(provider.stream(catalogue_model("openrouter/llama-3.3-70b-instruct"), REQUEST))
+    assert type(got.error) is UpstreamError and "HTTP 307" in got.error.message
+    assert hits == ["/api/v1/chat/completions"]

@@ -39,12 +39,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import certifi
 import orjson
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
@@ -78,6 +80,9 @@ def new_session() -> aiohttp.ClientSession:
         # queue a stream behind others for their whole length.
         limit=0,
         limit_per_host=0,
+        # The Mozilla CA bundle (certifi), as httpx used: HTTPS to the providers verifies the same way
+        # whether or not the host has a system CA store (slim containers often do not).
+        ssl=ssl.create_default_context(cafile=certifi.where()),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -226,6 +231,9 @@ class Upstream:
                     # identity: a compressed event stream is buffered by whoever compresses it.
                     headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
                     timeout=self._timeouts,
+                    # A redirect is an error, as it was with httpx: never re-send the call (and its
+                    # credentials) to wherever a response points.
+                    allow_redirects=False,
                 )
                 if not 200 <= response.status < 300:
                     raise await self._status_error(response, model)
@@ -302,7 +310,9 @@ class Upstream:
         conn = self.connection
         try:
             async with asyncio.timeout(conn.connect_timeout + conn.first_token_timeout):
-                async with self.http.get(url, headers=dict(headers or {}), timeout=self._timeouts) as response:
+                async with self.http.get(
+                    url, headers=dict(headers or {}), timeout=self._timeouts, allow_redirects=False
+                ) as response:
                     body = await response.read()
                     if not 200 <= response.status < 300:
                         raise self.error_for(response.status, self._read_detail(response.status, body))
