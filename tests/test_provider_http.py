@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from modelgate.chat import ChatRequest, Message
@@ -165,3 +165,40 @@ async def test_a_redirect_is_an_error_and_the_call_is_never_resent() -> None:
             got = await collect(provider.stream(catalogue_model("openrouter/llama-3.3-70b-instruct"), REQUEST))
     assert type(got.error) is UpstreamError and "HTTP 307" in got.error.message
     assert hits == ["/api/v1/chat/completions"]
+
+
+@pytest.mark.anyio
+async def test_a_finished_reply_gives_its_connection_back_and_an_abandoned_one_closes_it() -> None:
+    ports: list[int] = []
+    frames = [
+        b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        b'data: {"choices":[{"delta":{"content":"b"},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    async def chat(request: Request) -> Response:
+        assert request.client is not None
+        ports.append(request.client.port)
+
+        async def body() -> AsyncIterator[bytes]:
+            for frame in frames:
+                yield frame
+                await asyncio.sleep(0.05)  # the end of the body comes well after [DONE]
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/api/v1/chat/completions", chat, methods=["POST"])])
+    model = catalogue_model("openrouter/llama-3.3-70b-instruct")
+    with serve_in_thread(app) as url:
+        async with new_session() as http:
+            provider = OpenRouter(Connection(f"{url}/api/v1", {"OPENROUTER_API_KEY": "sk-or-test"}), http)
+            first = await collect(provider.stream(model, REQUEST))
+            second = await collect(provider.stream(model, REQUEST))
+            abandoned = provider.stream(model, REQUEST)
+            await anext(aiter(abandoned))
+            await abandoned.aclose()  # type: ignore[attr-defined]
+            await collect(provider.stream(model, REQUEST))
+    assert first.text == second.text == "ab"
+    # Waiting for the body's end (TAIL_GRACE) let the first call's connection serve the second one;
+    # the abandoned call's connection was closed, so the last call needed a new one.
+    assert ports[0] == ports[1] == ports[2] != ports[3]
