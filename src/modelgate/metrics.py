@@ -129,7 +129,7 @@ class HttpRequests(Collector):
     cost ~0.8 µs (a lock per counter increment, two per histogram observation): here ~0.3 µs. They
     are only updated from the event loop's thread, so plain numbers are enough (a scrape, from any
     thread, reads each one whole). The exposition is the library's own: same families, samples,
-    bucket bounds and ``_created`` series (``tests/test_metrics_logs.py`` compares the two).
+    bucket bounds and ``_created`` series (``tests/test_http_metrics.py`` compares the two).
     """
 
     COUNTER = ("modelgate_http_requests", "HTTP requests answered, by route template and status")

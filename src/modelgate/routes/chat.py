@@ -125,7 +125,7 @@ def stream_headers(start: StreamStart) -> dict[str, str]:
 async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
     state = gateway(request)
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"))]
-    # The body size and read time are bounded once for every route, by logs.RequestObserver (413/408).
+    # The body size and read time are bounded once for every route, by observer.RequestObserver (413/408).
     raw = await request.body()
     messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
     await admit(state, request, model)  # key policy (403) and limits (429); slots held until the reply ends
