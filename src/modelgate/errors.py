@@ -20,7 +20,7 @@
         ├── UpstreamTimeout             504  no first byte (or no next chunk) in time
         └── UpstreamProtocolError       502  the provider broke its own protocol (truncated stream…)
 
-Foreign exceptions (httpx, json) are translated into this tree in one place per layer, with
+Foreign exceptions (aiohttp, OS errors, json) are translated into this tree in one place per layer, with
 ``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure.
 """
 
