@@ -324,6 +324,18 @@ def test_a_fallback_answers_after_the_primarys_503s(fakes: Fakes, serve: Any) ->
     assert fakes.ollama.last.json["options"]["num_predict"] == 50
 
 
+def test_a_fallback_keeps_the_callers_values_over_its_own_defaults(fakes: Fakes, serve: Any) -> None:
+    """What the caller set survives the fallback; max_tokens is capped by the fallback's own limit."""
+    url = serve()
+    fakes.ollama.script(*[Reply(fault=Fault.status(503))] * 3, Reply(tokens=["ok"]))
+    body = {"model": "acme/primary", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3}
+    response = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 100}, timeout=30)
+    assert response.headers["x-modelgate-model"] == "acme/backup"
+    options = fakes.ollama.last.json["options"]
+    assert options["temperature"] == 0.3
+    assert options["num_predict"] == 50  # asked for 100, the backup allows 50
+
+
 def test_a_bad_request_is_neither_retried_nor_failed_over(fakes: Fakes, serve: Any) -> None:
     url = serve()
     fakes.ollama.script(Reply(fault=Fault.status(400, message="invalid character")))

@@ -73,6 +73,10 @@ class GenerationParams:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
+    """One call. Routes pass only the caller's own ``params`` (overrides); the gateway merges them onto the
+    catalogue defaults of whichever model answers, so a fallback gets its own defaults, never the primary's.
+    Providers always receive the merged parameters."""
+
     messages: tuple[Message, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
 

@@ -65,7 +65,7 @@ async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatR
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
-        call = request if candidate is model else _for_fallback(request, model, candidate)
+        call = _for_model(request, candidate)
         try:
             start = await _open_model(state, candidate, call, attempts, obs)
         except ModelgateError as exc:
@@ -91,20 +91,18 @@ def _candidates(catalogue: Catalogue, model: CatalogueModel) -> list[CatalogueMo
     return chain
 
 
-def _for_fallback(request: ChatRequest, primary: CatalogueModel, fallback: CatalogueModel) -> ChatRequest:
-    """The request re-based on the fallback's catalogue defaults.
+def _for_model(request: ChatRequest, model: CatalogueModel) -> ChatRequest:
+    """The caller's overrides applied over ``model``'s catalogue defaults.
 
-    Routes merge the primary's defaults into ``request.params``; a value equal to the primary's
-    default is taken for a default and replaced by the fallback's, a value the caller changed is
-    kept (``max_new_tokens`` capped by the fallback's own limit).
+    ``max_new_tokens`` is capped by the model's own limit: the routes checked it against the requested
+    model, and a fallback may allow fewer.
     """
-    primary_defaults = primary.defaults.set_fields()
-    overrides = {k: v for k, v in request.params.set_fields().items() if primary_defaults.get(k) != v}
-    limit = fallback.parameters.max_new_tokens
+    overrides = request.params.set_fields()
     wanted = overrides.get("max_new_tokens")
+    limit = model.parameters.max_new_tokens
     if isinstance(wanted, int) and wanted > limit:
         overrides["max_new_tokens"] = limit
-    return replace(request, params=fallback.defaults.merged(**overrides))
+    return replace(request, params=model.defaults.merged(**overrides))
 
 
 async def _open_model(

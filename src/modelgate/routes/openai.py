@@ -298,7 +298,8 @@ def _text(content: str | list[ContentPart] | None, where: str) -> str:
 
 
 def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationParams:
-    """The catalogue's defaults with this call's values applied, after checking the model's limits."""
+    """This call's own values (the gateway applies them over the answering model's defaults), after checking
+    the model's limits."""
     overrides: dict[str, object] = {}
     for field, names in OPENAI_PARAMS.items():
         for name in names:
@@ -315,7 +316,7 @@ def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationPar
                 param=name,
                 data={"limit": limit},
             )
-    return model.defaults.merged(**overrides)
+    return GenerationParams(**overrides)  # type: ignore[arg-type]
 
 
 def openai_param_names(fields: Iterable[str]) -> list[str]:
