@@ -163,7 +163,7 @@ async def test_a_redirect_is_an_error_and_the_call_is_never_resent() -> None:
         async with new_session() as http:
             provider = OpenRouter(Connection(f"{url}/api/v1", {"OPENROUTER_API_KEY": "sk-or-secret"}), http)
             got = await collect(provider.stream(catalogue_model("openrouter/llama-3.3-70b-instruct"), REQUEST))
-    assert type(got.error) is UpstreamError and "HTTP 307" in got.error.message
+    assert type(got.error) is UpstreamError and "status 307" in got.error.message
     assert hits == ["/api/v1/chat/completions"]
 
 

@@ -371,7 +371,7 @@ class Upstream:
             cls, text = UpstreamTimeout, f"timed out upstream: {message}"
         else:
             # 5xx: the provider's own failure, which a retry may cure; any other 4xx: it will not.
-            text, transient = f"failed (HTTP {status}): {message}", status >= 500
+            text, transient = f"failed with status {status}: {message}", status >= 500
         error = cls(name, text, upstream_status=status, retry_after=detail.retry_after, transient=transient)
         if detail.transient is not None:
             error.transient = detail.transient
