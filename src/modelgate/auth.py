@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelgate.catalogue import describe_validation_error
 from modelgate.errors import CatalogueError, ModelgateError, Unauthorized
 
 if TYPE_CHECKING:
@@ -283,19 +284,9 @@ def _check_unique_ids(keys: Iterable[ApiKey], source: str) -> None:
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = list(error["loc"])
-        where = ""
-        if len(loc) >= 2 and loc[0] == "keys" and isinstance(loc[1], int):
-            where = f"keys[{loc[1]}]{_entry_name(raw, loc[1])}: "
-            loc = loc[2:]
-        field_path = ".".join(str(part) for part in loc) or "(entry)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{source}: {where}{field_path}: {message}")
-    return "\n".join(lines)
+    return describe_validation_error(
+        exc, source, collection="keys", label=lambda i: f"keys[{i}]{_entry_name(raw, i)}", whole_entry="(entry): "
+    )
 
 
 def _entry_name(raw: dict[str, Any], index: int) -> str:

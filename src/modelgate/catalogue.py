@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -399,26 +399,37 @@ def _build_model(entry: ModelEntry) -> CatalogueModel:
     )
 
 
-def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
-    """One readable line per problem: file, model (by publisher/name when known), field, what is wrong."""
+def describe_validation_error(
+    exc: ValidationError, source: str, *, collection: str, label: Callable[[int], str], whole_entry: str = ""
+) -> str:
+    """One readable line per problem: file, entry (``label(i)`` for item i of ``collection``), field, what is wrong.
+
+    Shared by the catalogue and the keys file so both speak the same way about a bad file. ``whole_entry``
+    stands where the field would for a check of a whole entry.
+    """
     lines: list[str] = []
     for error in exc.errors():
         loc = list(error["loc"])
         where = ""
-        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-            where = f"model {_model_label(raw, loc[1])}: "
+        if len(loc) >= 2 and loc[0] == collection and isinstance(loc[1], int):
+            where = f"{label(loc[1])}: "
             loc = loc[2:]
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] not in ("missing", "value_error") and isinstance(error.get("input"), str | int | float):
             message += f" (got {error['input']!r})"
-        # A model-level check (template vs provider) already starts its message with the field name.
-        field_path = ".".join(str(part) for part in loc) + ": " if loc else ("" if where else "(top level): ")
+        entry_level = whole_entry if where else "(top level): "
+        field_path = ".".join(str(part) for part in loc) + ": " if loc else entry_level
         line = f"{source}: {where}{field_path}{message}"
         if line not in lines:
             lines.append(line)
     return "\n".join(lines)
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+    # A model-level check (template vs provider) already starts its message with the field name.
+    return describe_validation_error(exc, source, collection="models", label=lambda i: f"model {_model_label(raw, i)}")
 
 
 def _model_label(raw: dict[str, Any], index: int) -> str:
