@@ -41,6 +41,7 @@ import email.utils
 import math
 import ssl
 import time
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,7 +62,7 @@ from modelgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from modelgate.providers.base import Connection, ProbeResult
+from modelgate.providers.base import Connection, ProbeResult, Provider
 
 #: Upstream error messages are clipped to this many characters before they reach a client or a log.
 MAX_MESSAGE = 500
@@ -426,3 +427,16 @@ class Upstream:
             where = "mid-stream" if started else "before the reply started"
             return UpstreamProtocolError(name, f"the connection dropped {where} ({kind})", transient=True)
         return UpstreamError(name, f"request failed ({kind})", transient=True)
+
+
+class HttpProvider(Provider):
+    """A provider whose calls all go through one ``Upstream``; a subclass names its error-body reader."""
+
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
+        super().__init__(connection, http)
+        self.upstream = Upstream(self.name, connection, http, self.read_error)
+
+    @staticmethod
+    @abstractmethod
+    def read_error(status: int, body: bytes) -> ErrorDetail:
+        """An upstream error body as an ``ErrorDetail`` (each provider's own error shape)."""

@@ -16,13 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, Upstream, estimate_prompt_tokens, parse_json
-from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_prompt_tokens, parse_json
+from modelgate.providers.base import ProbeResult
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -128,8 +127,9 @@ class CloudflareStream:
         return Finish("length" if usage.completion_tokens == limit else "stop", usage)
 
 
-class Cloudflare(Provider):
+class Cloudflare(HttpProvider):
     name = "cloudflare"
+    read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -141,10 +141,6 @@ class Cloudflare(Provider):
             "frequency_penalty",
         }
     )
-
-    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
-        super().__init__(connection, http)
-        self.upstream = Upstream(self.name, connection, http, read_error)
 
     def _account_url(self) -> str:
         account = quote(self.connection.credentials.get("CLOUDFLARE_ACCOUNT_ID", ""), safe="")

@@ -14,13 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, parse_json
-from modelgate.providers.base import Connection, Provider
+from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_tokens, parse_json
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 from modelgate.templates import get_template, render_prompt
@@ -160,8 +158,9 @@ class TGIStream:
         return self._upstream.error_for(_ERROR_TYPES.get(kind, 500), ErrorDetail(message), model=self._model)
 
 
-class HuggingFace(Provider):
+class HuggingFace(HttpProvider):
     name = "huggingface"
+    read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -175,10 +174,6 @@ class HuggingFace(Provider):
             "frequency_penalty",
         }
     )
-
-    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
-        super().__init__(connection, http)
-        self.upstream = Upstream(self.name, connection, http, read_error)
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         template = get_template(model.template or "")

@@ -12,13 +12,12 @@ import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, Upstream, body_message, parse_json
-from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, body_message, parse_json
+from modelgate.providers.base import ProbeResult
 from modelgate.sse import NDJSONDecoder
 
 if TYPE_CHECKING:
@@ -109,8 +108,9 @@ class OllamaStream:
         return events
 
 
-class Ollama(Provider):
+class Ollama(HttpProvider):
     name = "ollama"
+    read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -125,10 +125,6 @@ class Ollama(Provider):
             "frequency_penalty",
         }
     )
-
-    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
-        super().__init__(connection, http)
-        self.upstream = Upstream(self.name, connection, http, read_error)
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(

@@ -13,19 +13,19 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
+    HttpProvider,
     Upstream,
     estimate_prompt_tokens,
     parse_json,
     seconds_until_epoch_ms,
 )
-from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.providers.base import ProbeResult
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -158,8 +158,9 @@ class OpenRouterStream:
         return self._upstream.error_for(status or 502, detail)
 
 
-class OpenRouter(Provider):
+class OpenRouter(HttpProvider):
     name = "openrouter"
+    read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -172,10 +173,6 @@ class OpenRouter(Provider):
             "frequency_penalty",
         }
     )
-
-    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
-        super().__init__(connection, http)
-        self.upstream = Upstream(self.name, connection, http, read_error)
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         key = self.connection.credentials.get("OPENROUTER_API_KEY", "")
