@@ -14,9 +14,6 @@ from typing import Literal
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other", "unknown"]
 
-#: Catalogue parameter names in ``GenerationParams`` that come from ``configuration.parameters``.
-CATALOGUE_PARAMS = ("max_new_tokens", "temperature", "typical_p", "repetition_penalty", "truncate")
-
 
 @dataclass(frozen=True, slots=True)
 class Message:

@@ -94,12 +94,6 @@ class ChunkEncoder:
         delta = {"role": "assistant", "content": ""}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
-    def content_chunk(self, text: str) -> bytes:
-        return self._content_prefix + orjson.dumps(text) + self._delta_suffix
-
-    def reasoning_chunk(self, text: str) -> bytes:
-        return self._reasoning_prefix + orjson.dumps(text) + self._delta_suffix
-
     def finish_chunks(self, finish: Finish) -> bytes:
         reason = FINISH_REASONS[finish.reason]
         out = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
