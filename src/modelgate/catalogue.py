@@ -4,6 +4,11 @@ The catalogue file (TOML) is the only place models are declared. Loading does al
 validation with messages that name the file, the model and the field; the ``GET /models`` document
 with the seed's orders; its JSON body, gzip body and ETag; the route table that the chat routes
 resolve through. Listing and calling share that table, so a listed model is always routable.
+
+Providers are *instances*: ``[providers.NAME]`` with a ``kind`` (the wire protocol family), a base URL and
+the name of the variable holding its key. The four seed names always exist, as instances of their own
+kind; further instances (a self-hosted TGI, a vLLM or llama.cpp server, ...) are declared by name, and a
+model's ``provider`` names the instance that serves it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from modelgate.chat import GenerationParams
 from modelgate.errors import CatalogueError, NotFound
 from modelgate.schema import Endpoints, ModelParameters
+from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS
 from modelgate.templates import TEMPLATE_NAMES
 
-#: The providers the seed's ``endpoints`` object knows, in its key order.
+#: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
 PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
+
+Kind = Literal["huggingface", "cloudflare", "openrouter", "ollama", "openai"]
+#: Provider kinds: the wire protocol families an instance can speak.
+KINDS: tuple[str, ...] = ("huggingface", "cloudflare", "openrouter", "ollama", "openai")
+#: Hugging Face's two APIs: the router's Chat Completions (default) and TGI's ``/generate_stream``.
+HF_APIS: tuple[str, ...] = ("router", "tgi")
+#: ``capabilities`` a model may declare. Today only "reasoning" changes a request (Ollama's ``think``).
+CAPABILITIES: tuple[str, ...] = ("tools", "json", "vision", "reasoning")
+#: Hugging Face router policies; any other routing value names a serving provider ("together", ...).
+ROUTING_POLICIES: tuple[str, ...] = ("auto", "fastest", "cheapest")
+_ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 #: A name usable as one URL path segment without escaping (and never "." or "..").
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -103,6 +120,8 @@ class ModelEntry(BaseModel):
     context_length: Annotated[int | None, Field(gt=0)] = None
     fallbacks: list[str] = Field(default_factory=list, description="Other models tried in order")
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    routing: str | None = Field(default=None, description="Hugging Face router policy; wins over the instance's")
+    capabilities: list[Literal["tools", "json", "vision", "reasoning"]] = Field(default_factory=list)
 
     @field_validator("publisher", "name")
     @classmethod
@@ -111,29 +130,43 @@ class ModelEntry(BaseModel):
             raise ValueError(f"{value!r} is not safe as a URL path segment (use letters, digits, '.', '_', '~', '-')")
         return value
 
-    @field_validator("provider")
+    @field_validator("template")
     @classmethod
-    def _known_provider(cls, value: str) -> str:
-        if value not in PROVIDER_NAMES:
-            raise ValueError(f"unknown provider {value!r} (known: {', '.join(PROVIDER_NAMES)})")
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in TEMPLATE_NAMES:
+            raise ValueError(f"unknown template {value!r} (known: {', '.join(TEMPLATE_NAMES)})")
         return value
 
-    @model_validator(mode="after")
-    def _template_fits_provider(self) -> ModelEntry:
-        if self.provider == "huggingface":
-            if self.template is None:
-                raise ValueError(f"template: required for huggingface models (one of: {', '.join(TEMPLATE_NAMES)})")
-            if self.template not in TEMPLATE_NAMES:
-                raise ValueError(f"template: unknown template {self.template!r} (known: {', '.join(TEMPLATE_NAMES)})")
-        elif self.template is not None:
-            raise ValueError(f"template: only huggingface models take a template (provider is {self.provider!r})")
-        return self
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, value: str | None) -> str | None:
+        return _check_routing(value)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _unique_capabilities(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each capability at most once")
+        return value
+
+
+def _check_routing(value: str | None) -> str | None:
+    if value is not None and not _ROUTING.match(value):
+        raise ValueError(
+            f"{value!r} is not a routing policy ({', '.join(ROUTING_POLICIES)}) nor a provider name "
+            "(lower-case letters, digits, '.', '_', '-')"
+        )
+    return value
 
 
 class ProviderEntry(BaseModel):
     model_config = _closed
 
+    kind: Kind | None = Field(default=None, description="Wire protocol family; defaults to a seed name's own")
+    api: Literal["router", "tgi"] | None = Field(default=None, description="huggingface kind only")
     base_url: str | None = None
+    api_key_env: str | None = Field(default=None, description="The environment variable holding the bearer key")
+    routing: str | None = Field(default=None, description="Hugging Face router policy: auto, fastest, cheapest, …")
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
@@ -146,6 +179,25 @@ class ProviderEntry(BaseModel):
     breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
     breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
     probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
+
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, value: str | None) -> str | None:
+        return _check_routing(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"{value!r} is not an environment variable name (the key itself never goes here)")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
 
 
 class ServerEntry(BaseModel):
@@ -166,11 +218,82 @@ class CatalogueFile(BaseModel):
 
     @field_validator("providers")
     @classmethod
-    def _known_providers(cls, value: dict[str, ProviderEntry]) -> dict[str, ProviderEntry]:
+    def _instance_names(cls, value: dict[str, ProviderEntry]) -> dict[str, ProviderEntry]:
         for name in value:
-            if name not in PROVIDER_NAMES:
-                raise ValueError(f"unknown provider {name!r} (known: {', '.join(PROVIDER_NAMES)})")
+            if not SAFE_SEGMENT.match(name):
+                raise ValueError(
+                    f"provider {name!r}: the name is not safe as a URL path segment "
+                    "(use letters, digits, '.', '_', '~', '-')"
+                )
         return value
+
+
+# --- provider instances -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One ``[providers.NAME]``, resolved: what the app needs to build its provider adapter."""
+
+    name: str
+    kind: str
+    #: Hugging Face only: "router" or "tgi"; None for the other kinds.
+    api: str | None
+    #: From the file, else the kind's default; None only where the environment must supply it.
+    base_url: str | None
+    #: Every variable that must be set for the instance to be configured (the bearer key last).
+    credential_variables: tuple[str, ...]
+    #: The variable holding the bearer key (None: the instance sends no key).
+    key_variable: str | None
+    routing: str | None
+    entry: ProviderEntry
+
+    @property
+    def protocol(self) -> str:
+        """The registry key of the adapter speaking this instance's wire protocol."""
+        return "tgi" if self.api == "tgi" else self.kind
+
+
+def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
+    where = f"{source}: providers.{name}"
+    kind = entry.kind or (name if name in PROVIDER_NAMES else None)
+    if kind is None:
+        raise CatalogueError(f"{where}: kind: required for a provider that is not one of {', '.join(PROVIDER_NAMES)} "
+                             f"(one of: {', '.join(KINDS)})")
+    if entry.api is not None and kind != "huggingface":
+        raise CatalogueError(f"{where}: api: only huggingface providers take an api (kind is {kind!r})")
+    api = (entry.api or "router") if kind == "huggingface" else None
+    if entry.routing is not None and api != "router":
+        raise CatalogueError(
+            f"{where}: routing: only the Hugging Face router routes (kind {kind!r}"
+            + (f", api {api!r})" if api else ")")
+        )
+    default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
+    base_url = entry.base_url or default_url
+    if base_url is None:
+        what = "huggingface api \"tgi\"" if api == "tgi" else f"kind {kind!r}"
+        raise CatalogueError(f"{where}: base_url: required for {what} (there is no default)")
+    variables = CREDENTIAL_VARIABLES[kind]
+    key_variable = variables[-1] if variables else None
+    if entry.api_key_env is not None:
+        key_variable = entry.api_key_env
+        variables = (*variables[:-1], key_variable)
+    return Instance(
+        name=name,
+        kind=kind,
+        api=api,
+        base_url=base_url.rstrip("/"),
+        credential_variables=tuple(variables),
+        key_variable=key_variable,
+        routing=entry.routing,
+        entry=entry,
+    )
+
+
+def _instances(declared: Mapping[str, ProviderEntry], source: str) -> dict[str, Instance]:
+    """The seed's four names first (always present), then the further instances as declared."""
+    names = list(PROVIDER_NAMES) + [name for name in declared if name not in PROVIDER_NAMES]
+    return {name: _instance(name, declared.get(name) or ProviderEntry(), source) for name in names}
 
 
 # --- the loaded catalogue ---------------------------------------------------------------------
@@ -192,6 +315,9 @@ class CatalogueModel:
     max_concurrency: int | None
     #: Parameter values as written in the file (ints stay ints), in the seed's key order.
     wire_parameters: Mapping[str, Any]
+    #: Hugging Face router policy (the model's, else its instance's); "auto" or None sends no suffix.
+    routing: str | None = None
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -235,11 +361,15 @@ class Catalogue:
     declared: tuple[CatalogueModel, ...]
     providers: Mapping[str, ProviderEntry]
     server: ServerEntry
+    #: Every provider instance by name: the seed's four, then the file's further ones.
+    instances: Mapping[str, Instance] = field(default_factory=dict)
     by_id: Mapping[str, CatalogueModel] = field(init=False)
     #: ``/api/ai/{first}/{second}/chat`` → model: both the advertised form and the publisher form.
     routes: Mapping[tuple[str, str], CatalogueModel] = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.instances:
+            object.__setattr__(self, "instances", _instances(self.providers, self.source))
         object.__setattr__(self, "by_id", {m.id: m for m in self.models})
         object.__setattr__(self, "routes", _route_table(self.source, self.models))
 
@@ -271,6 +401,9 @@ class Catalogue:
     def provider_entry(self, provider: str) -> ProviderEntry:
         return self.providers.get(provider) or ProviderEntry()
 
+    def instance(self, name: str) -> Instance:
+        return self.instances[name]
+
     # -- the GET /models document, built once --
 
     @cached_property
@@ -278,9 +411,10 @@ class Catalogue:
         configurations: dict[str, dict[str, Any]] = {}
         for model in self.declared:
             configurations.setdefault(model.publisher, {})[model.name] = model.configuration()
+        # The seed's four keys always, in its order; then one per further instance that serves a model.
         endpoints: dict[str, list[str]] = {name: [] for name in PROVIDER_NAMES}
         for model in self.models:
-            endpoints[model.provider].append(model.endpoint)
+            endpoints.setdefault(model.provider, []).append(model.endpoint)
         return {"configurations": configurations, "models": [m.id for m in self.models], "endpoints": endpoints}
 
     @cached_property
@@ -337,10 +471,11 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
     except ValidationError as exc:
         raise CatalogueError(_describe(exc, raw, source)) from None
 
+    instances = _instances(parsed.providers, source)
     declared: list[CatalogueModel] = []
     seen: dict[str, int] = {}
     for position, entry in enumerate(parsed.models, start=1):
-        model = _build_model(entry)
+        model = _build_model(entry, _model_instance(entry, instances, source))
         if model.id in seen:
             raise CatalogueError(
                 f"{source}: model '{model.id}': publisher/name: declared twice (models #{seen[model.id]} and "
@@ -375,10 +510,40 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
         declared=tuple(declared),
         providers=parsed.providers,
         server=parsed.server,
+        instances=instances,
     )
 
 
-def _build_model(entry: ModelEntry) -> CatalogueModel:
+def _model_instance(entry: ModelEntry, instances: Mapping[str, Instance], source: str) -> Instance:
+    """The instance serving ``entry``, after the checks that need both (template, routing, reasoning)."""
+    where = f"{source}: model '{entry.publisher}/{entry.name}'"
+    instance = instances.get(entry.provider)
+    if instance is None:
+        raise CatalogueError(
+            f"{where}: provider: unknown provider {entry.provider!r} (known: {', '.join(instances)}; "
+            "declare further ones as [providers.NAME] with a kind)"
+        )
+    if instance.kind == "huggingface":
+        if instance.api == "tgi" and entry.template is None:
+            raise CatalogueError(
+                f"{where}: template: required for models of a huggingface provider with api \"tgi\" "
+                f"({entry.provider!r}; one of: {', '.join(TEMPLATE_NAMES)})"
+            )
+    elif entry.template is not None:
+        raise CatalogueError(
+            f"{where}: template: only huggingface models take a template "
+            f"(provider {entry.provider!r} is of kind {instance.kind!r})"
+        )
+    if entry.routing is not None and instance.api != "router":
+        raise CatalogueError(
+            f"{where}: routing: only models of a Hugging Face router provider route "
+            f"(provider {entry.provider!r} is of kind {instance.kind!r}"
+            + (f", api {instance.api!r})" if instance.api else ")")
+        )
+    return instance
+
+
+def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
     params = entry.configuration.parameters
     written = params.model_dump(exclude_none=True)
     wire = {key: written[key] for key in _PARAMETER_ORDER if key in written}
@@ -396,6 +561,8 @@ def _build_model(entry: ModelEntry) -> CatalogueModel:
         fallbacks=tuple(entry.fallbacks),
         max_concurrency=entry.max_concurrency,
         wire_parameters=wire,
+        routing=entry.routing or instance.routing,
+        capabilities=frozenset(entry.capabilities),
     )
 
 

@@ -1,4 +1,5 @@
-"""The Hugging Face (TGI) adapter against the fake TGI (``data:`` without space, no [DONE]) over loopback HTTP."""
+"""The TGI adapter (huggingface kind, api = "tgi") against the fake TGI (``data:`` without space, no [DONE]) over
+loopback HTTP."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers import PROVIDERS, new_session
-from modelgate.providers.huggingface import HuggingFace
+from modelgate.providers.tgi import TGI
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
 
 
-class TestHuggingFace(ProviderContract):
-    provider = HuggingFace
+class TestTGI(ProviderContract):
+    provider = TGI
     model_id = "qwen/Qwen2.5-72B-Instruct"
     # The catalogue: max_new_tokens 512, typical_p 0.2, repetition_penalty 1.1, truncate 32267.
     expected_params: ClassVar[dict[str, Any]] = {
@@ -47,7 +48,7 @@ class TestHuggingFace(ProviderContract):
         await self.run(fakes)
         sent = fakes.huggingface.last
         assert sent.method == "POST"
-        assert sent.raw_path == "/models/Qwen/Qwen2.5-72B-Instruct"  # the slash is not encoded
+        assert sent.raw_path == "/generate_stream"  # TGI serves one model: the route names none
         assert sent.headers["authorization"] == "Bearer hf_test"
         assert sent.json["stream"] is True
         assert sent.json["inputs"] == render_prompt("chatml", MESSAGES)
@@ -153,13 +154,6 @@ class TestHuggingFace(ProviderContract):
         assert "currently loading" in got.error.message
 
     @pytest.mark.anyio
-    async def test_unknown_model_is_not_available_upstream(self, fakes: Fakes) -> None:
-        fakes.huggingface.models = {"google/gemma-2-27b-it"}
-        got = await self.run(fakes)
-        assert type(got.error) is UpstreamError
-        assert "Qwen/Qwen2.5-72B-Instruct" in got.error.message and "not available upstream" in got.error.message
-
-    @pytest.mark.anyio
     async def test_deepseek_r1_reply_starts_in_reasoning(self, fakes: Fakes) -> None:
         model_id = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
         fakes.huggingface.script(Reply(tokens=["Let", " me", " think.", "</th", "ink>", "\n\n", "6"]))
@@ -188,4 +182,4 @@ class TestHuggingFace(ProviderContract):
 
 
 def test_registered() -> None:
-    assert PROVIDERS["huggingface"] is HuggingFace
+    assert PROVIDERS["tgi"] is TGI
