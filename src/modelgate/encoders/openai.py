@@ -47,12 +47,22 @@ _ENDED_EARLY = "the reply ended before it finished"
 _ENDED_WITH_ERROR = "the provider ended the reply with an error"
 
 
-def usage_object(usage: Usage) -> dict[str, int]:
-    return {
+#: Response header saying the usage was counted by modelgate, not reported by the provider (non-stream
+#: replies; a stream marks its usage chunk instead, the header being gone before the usage is known).
+USAGE_HEADER = "X-Modelgate-Usage"
+
+
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object; an estimate (the provider reported none) carries ``"estimated": true``, a
+    non-standard field SDKs keep (openai-python models allow extra fields), so it is never taken for a count."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.estimated:
+        body["estimated"] = True
+    return body
 
 
 def error_chunk(message: str) -> bytes:

@@ -29,7 +29,7 @@ from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, GenerationParams, Message, Role
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
-from modelgate.encoders.openai import ChunkEncoder, collect_completion
+from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
 from modelgate.errors import BadRequest, NotFound
 from modelgate.gateway import open_stream
 from modelgate.limits import admit
@@ -358,4 +358,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     completion = await collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
+    if (completion.get("usage") or {}).get("estimated"):
+        headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)
