@@ -26,9 +26,9 @@ from modelgate.errors import (
 )
 from modelgate.providers import Connection, new_session
 from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
+from modelgate.providers.openrouter import OpenRouter
 from modelgate.providers.tgi import TGI
 from modelgate.providers.tgi import read_error as hf_read_error
-from modelgate.providers.openrouter import OpenRouter
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import catalogue_model, collect
 from tests.servers import serve_in_thread

@@ -258,8 +258,10 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
     where = f"{source}: providers.{name}"
     kind = entry.kind or (name if name in PROVIDER_NAMES else None)
     if kind is None:
-        raise CatalogueError(f"{where}: kind: required for a provider that is not one of {', '.join(PROVIDER_NAMES)} "
-                             f"(one of: {', '.join(KINDS)})")
+        raise CatalogueError(
+            f"{where}: kind: required for a provider that is not one of {', '.join(PROVIDER_NAMES)} "
+            f"(one of: {', '.join(KINDS)})"
+        )
     if entry.api is not None and kind != "huggingface":
         raise CatalogueError(f"{where}: api: only huggingface providers take an api (kind is {kind!r})")
     api = (entry.api or "router") if kind == "huggingface" else None
@@ -271,7 +273,7 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
     default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
     base_url = entry.base_url or default_url
     if base_url is None:
-        what = "huggingface api \"tgi\"" if api == "tgi" else f"kind {kind!r}"
+        what = 'huggingface api "tgi"' if api == "tgi" else f"kind {kind!r}"
         raise CatalogueError(f"{where}: base_url: required for {what} (there is no default)")
     variables = CREDENTIAL_VARIABLES[kind]
     key_variable = variables[-1] if variables else None
@@ -526,7 +528,7 @@ def _model_instance(entry: ModelEntry, instances: Mapping[str, Instance], source
     if instance.kind == "huggingface":
         if instance.api == "tgi" and entry.template is None:
             raise CatalogueError(
-                f"{where}: template: required for models of a huggingface provider with api \"tgi\" "
+                f'{where}: template: required for models of a huggingface provider with api "tgi" '
                 f"({entry.provider!r}; one of: {', '.join(TEMPLATE_NAMES)})"
             )
     elif entry.template is not None:

@@ -83,7 +83,11 @@ class ChatCompletionsServer:
         asked = isinstance(options, dict) and options.get("include_usage") is True
         include_usage = asked and not reply.options.get("never_usage")
         return FrameStream(
-            self.fake, epoch, reply, self.render(reply, name, include_usage=include_usage), media_type="text/event-stream"
+            self.fake,
+            epoch,
+            reply,
+            self.render(reply, name, include_usage=include_usage),
+            media_type="text/event-stream",
         )
 
     async def list_models(self, request: Request) -> Response:

@@ -24,7 +24,9 @@ ATTRIBUTION: Mapping[str, str] = MappingProxyType({"X-Title": "modelgate"})
 class OpenRouter(ChatCompletionsProvider):
     name = "openrouter"
     key_variable = "OPENROUTER_API_KEY"
-    fields: ClassVar[Mapping[str, str]] = MappingProxyType({**STANDARD_FIELDS, "repetition_penalty": "repetition_penalty"})
+    fields: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {**STANDARD_FIELDS, "repetition_penalty": "repetition_penalty"}
+    )
     # The legacy switch; current OpenRouter sends usage on the last chunk anyway (and honours
     # stream_options.include_usage, which every Chat Completions kind sends).
     extra_body: ClassVar[Mapping[str, Any]] = MappingProxyType({"usage": {"include": True}})
