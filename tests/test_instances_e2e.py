@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from modelgate import ModelgateClient
 from modelgate.app import create_app
 from modelgate.catalogue import PROVIDER_NAMES, Catalogue, load_catalogue, parse_catalogue
 from modelgate.settings import Settings
@@ -107,6 +108,12 @@ def test_models_lists_the_further_instances_after_the_seeds_four_keys(service: s
     ]
     assert document["endpoints"]["cloudflare"] == []
     assert "fastest" not in str(document) and "cheapest" not in str(document)
+
+
+def test_the_typed_client_reads_the_further_keys(service: str) -> None:
+    with ModelgateClient(service) as client:
+        assert client.endpoints("llama") == ["/api/ai/llama/smol/chat"]
+        assert client.get_models().endpoints["cloudflare"] == []
 
 
 def test_each_instance_answers_from_its_own_upstream(service: str, fakes: Fakes) -> None:
