@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
@@ -198,11 +197,16 @@ def test_an_instances_environment_variables_win(fakes: Fakes) -> None:
         response = chat(url, "llama/smol")
         assert response.status_code == 503
         assert "set LLAMA_KEY" in response.json()["statusMessage"]
+        status = httpx.get(url + "/api/status")
+        assert status.status_code == 200
+        llama = status.json()["providers"]["llama"]
+        assert (llama["status"], llama["reason"]) == ("unconfigured", "set LLAMA_KEY")
+        assert status.json()["models"]["local/smol"]["provider"] == "llama"
     assert fakes.openai.requests == []
     configured = Settings.from_env({"MODELGATE_LLAMA_BASE_URL": fakes.openai.url, "LLAMA_KEY": "sk-llama"})
     with serve_in_thread(create_app(configured, catalogue)) as url:
         response = chat(url, "llama/smol")
         assert response.status_code == 200 and '0:"Hello"' in response.text
-        body: Any = httpx.get(url + "/api/status").json()
+        status = httpx.get(url + "/api/status")
+    assert status.status_code == 200 and "sk-llama" not in status.text
     assert fakes.openai.last.headers["authorization"] == "Bearer sk-llama"
-    assert "sk-llama" not in str(body)
