@@ -69,11 +69,12 @@ def reply_text(text: str, code: str = "0") -> str:
 def _check_parameters(catalogue: Catalogue, model_id: str, fakes: Fakes) -> None:
     model = catalogue.get(model_id)
     p = model.parameters
-    sent = fakes[model.provider].last.json
+    # The last chat call (a background health probe may have listed the models since).
+    call = [r for r in fakes[model.provider].requests if r.method == "POST"][-1]
+    sent = call.json
     if model.provider == "huggingface":
         # The HF router: Chat Completions with the hub id; the router applies the chat template itself.
-        path = fakes.huggingface.last.path
-        assert path == "/v1/chat/completions"
+        assert call.path == "/v1/chat/completions"
         assert sent["model"] == model.upstream_model
         assert sent["messages"] == MESSAGES
         assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
