@@ -100,6 +100,11 @@ def test_routing_wins_per_model_and_never_shows_in_the_document(tmp_path: Path) 
         (TGI + 'routing = "fastest"\n', (), "providers.tgi-local: routing: only the Hugging Face router routes"),
         ('[providers.huggingface]\nrouting = "Fast est"\n', (), "providers.huggingface.routing: 'Fast est' is not"),
         ('[providers.huggingface]\napi = "tgx"\n', (), "providers.huggingface.api: Input should be 'router' or 'tgi'"),
+        (
+            '[providers.huggingface]\nbase_url = "https://router.huggingface.co/hf-inference"\n',
+            (),
+            "providers.huggingface: base_url: 'https://router.huggingface.co/hf-inference' is Hugging Face's old",
+        ),
         (LLAMA + 'api_key_env = "sk-123 key"\n', (), "providers.llama.api_key_env: 'sk-123 key' is not an environment"),
         (LLAMA.replace("http://127.0.0.1:8080/v1", "127.0.0.1:8080"), (), "providers.llama.base_url: must be an http"),
         ('[providers."a/b"]\nkind = "openai"\n', (), "provider 'a/b': the name is not safe as a URL path segment"),

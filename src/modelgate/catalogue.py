@@ -270,6 +270,12 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
             f"{where}: routing: only the Hugging Face router routes (kind {kind!r}"
             + (f", api {api!r})" if api else ")")
         )
+    if api == "router" and entry.base_url and entry.base_url.rstrip("/").endswith("/hf-inference"):
+        # The text-generation route modelgate used before issue 10: the router's chat lives elsewhere now.
+        raise CatalogueError(
+            f"{where}: base_url: {entry.base_url!r} is Hugging Face's old text-generation route; the router's "
+            f"Chat Completions are at {DEFAULT_BASE_URLS['huggingface']} (set api = \"tgi\" for a TGI server)"
+        )
     default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
     base_url = entry.base_url or default_url
     if base_url is None:
