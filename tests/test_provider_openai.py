@@ -6,12 +6,15 @@ import dataclasses
 from typing import Any, ClassVar
 
 import aiohttp
+import httpx
 import pytest
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, GenerationParams, Usage
+from modelgate.chat import ChatRequest, GenerationParams, TextDelta, Usage
 from modelgate.errors import UpstreamAuthError, UpstreamBadRequest, UpstreamError
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
+from modelgate.providers._http import Upstream
+from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
 from modelgate.providers.openai import OpenAICompatible
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ProviderContract, catalogue_model, collect
@@ -142,3 +145,41 @@ async def test_errors_name_the_instance(fakes: Fakes) -> None:
 
 def test_registered() -> None:
     assert PROVIDERS["openai"] is OpenAICompatible
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}', "bad"),
+        (b'{"error":"Model X is not supported by provider Y"}', "Model X is not supported by provider Y"),  # HF router
+        (b'{"object":"error","message":"too long","type":"BadRequestError","code":400}', "too long"),  # older vLLM
+        (b'{"detail":"Not Found"}', "Not Found"),  # FastAPI
+        (b'{"error":{"message":"no","code":"context_length_exceeded"}}', "no (context_length_exceeded)"),
+    ],
+)
+def test_error_bodies_of_the_servers_in_the_field(body: bytes, message: str) -> None:
+    assert read_error(400, body).message == message
+
+
+@pytest.mark.anyio
+async def test_an_older_vllm_in_stream_error_object_is_raised() -> None:
+    async with new_session() as http:
+        upstream = Upstream("llama", Connection("http://127.0.0.1:9"), http, read_error)
+        parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
+        events = parser.feed(
+            b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+            b'data: {"object":"error","message":"engine overloaded","type":"ServiceUnavailable","code":503}\n\n'
+        )
+    assert events == [TextDelta("a")]
+    assert isinstance(parser.failure, UpstreamError) and parser.failure.status == 503
+
+
+def test_the_fake_sends_stream_usage_only_when_asked(fakes: Fakes) -> None:
+    """As vLLM, OpenAI and the HF router do (OpenRouter's fake, like OpenRouter, always sends it)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    plain = httpx.post(fakes.openai.url + "/chat/completions", json=body).text
+    asked = httpx.post(
+        fakes.openai.url + "/chat/completions", json={**body, "stream_options": {"include_usage": True}}
+    ).text
+    assert '"prompt_tokens"' not in plain and '"usage"' not in plain
+    assert '"choices":[],"usage":{"prompt_tokens"' in asked
