@@ -109,6 +109,16 @@ def test_routing_wins_per_model_and_never_shows_in_the_document(tmp_path: Path) 
         (LLAMA.replace("http://127.0.0.1:8080/v1", "127.0.0.1:8080"), (), "providers.llama.base_url: must be an http"),
         ('[providers."a/b"]\nkind = "openai"\n', (), "provider 'a/b': the name is not safe as a URL path segment"),
         (
+            '[providers.openrouter]\nextra_params = { typical_p = "typical_p" }\n',
+            (),
+            "providers.openrouter: extra_params: only openai providers map parameters (kind is 'openrouter')",
+        ),
+        (
+            LLAMA + 'extra_params = { top_k = "top_k" }\n',
+            (),
+            "providers.llama.extra_params: 'top_k' is not a parameter",
+        ),
+        (
             LLAMA,
             (model_toml(provider="llama", extra='template = "chatml"\n'),),
             "model 'acme/tiny': template: only huggingface models take a template "

@@ -97,6 +97,17 @@ class TestOpenAICompatible(ProviderContract):
         }
 
     @pytest.mark.anyio
+    async def test_extra_params_map_a_parameter_to_the_servers_own_name(self, fakes: Fakes) -> None:
+        params = GenerationParams(max_new_tokens=8, repetition_penalty=1.3, typical_p=0.5)
+        connection = Connection(fakes.openai.url, extra_params={"repetition_penalty": "repeat_penalty"})
+        async with new_session() as http:
+            provider = OpenAICompatible(connection, http)
+            got = await collect(provider.stream(llama_model(), ChatRequest(MESSAGES, params)))
+            assert provider.dropped_params(params) == ["typical_p"]
+        assert got.error is None
+        assert self.sent_params(fakes.openai.last.json) == {"max_tokens": 8, "repeat_penalty": 1.3}
+
+    @pytest.mark.anyio
     async def test_reported_usage_is_presented_as_reported(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(tokens=["a"], usage=(31, 1)))
         assert got.finish.usage == Usage(31, 1)

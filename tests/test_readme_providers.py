@@ -68,6 +68,8 @@ def test_the_llama_cpp_example_needs_no_key(tmp_path: Path, fakes: Fakes) -> Non
     assert response.status_code == 200 and '0:"Hello"' in response.text
     sent = fakes.openai.last
     assert sent.json["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "authorization" not in sent.headers
+    assert sent.json["repeat_penalty"] == 1.1 and "repetition_penalty" not in sent.json  # the mapped name
+    assert response.headers["x-modelgate-dropped-params"] == "truncate"  # unmapped: named, not sent
 
 
 @pytest.mark.parametrize("key", [None, "vllm-secret"])

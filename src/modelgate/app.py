@@ -95,6 +95,7 @@ class GatewayState:
             idle_timeout=entry.idle_timeout,
             name=provider,
             key_variable=instance.key_variable,
+            extra_params=instance.extra_params,
         )
 
     def missing_credentials(self, provider: str) -> list[str]:

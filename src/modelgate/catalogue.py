@@ -46,6 +46,9 @@ CAPABILITIES: tuple[str, ...] = ("tools", "json", "vision", "reasoning")
 #: Hugging Face router policies; any other routing value names a serving provider ("together", ...).
 ROUTING_POLICIES: tuple[str, ...] = ("auto", "fastest", "cheapest")
 _ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+#: Parameters outside the standard Chat Completions fields that an ``openai`` instance may map to its
+#: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``.
+EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate")
 
 #: A name usable as one URL path segment without escaping (and never "." or "..").
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -167,6 +170,10 @@ class ProviderEntry(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = Field(default=None, description="The environment variable holding the bearer key")
     routing: str | None = Field(default=None, description="Hugging Face router policy: auto, fastest, cheapest, …")
+    extra_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai kind: catalogue parameters beyond the standard fields → the server's field names",
+    )
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
@@ -184,6 +191,16 @@ class ProviderEntry(BaseModel):
     @classmethod
     def _routing(cls, value: str | None) -> str | None:
         return _check_routing(value)
+
+    @field_validator("extra_params")
+    @classmethod
+    def _known_params(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, wire in value.items():
+            if name not in EXTRA_PARAMS:
+                raise ValueError(f"{name!r} is not a parameter to map (one of: {', '.join(EXTRA_PARAMS)})")
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", wire):
+                raise ValueError(f"{name}: {wire!r} is not a request field name")
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -247,6 +264,8 @@ class Instance:
     key_variable: str | None
     routing: str | None
     entry: ProviderEntry
+    #: ``openai`` kind: parameter → the server's field name, beyond the standard fields.
+    extra_params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def protocol(self) -> str:
@@ -265,6 +284,8 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
     if entry.api is not None and kind != "huggingface":
         raise CatalogueError(f"{where}: api: only huggingface providers take an api (kind is {kind!r})")
     api = (entry.api or "router") if kind == "huggingface" else None
+    if entry.extra_params and kind != "openai":
+        raise CatalogueError(f"{where}: extra_params: only openai providers map parameters (kind is {kind!r})")
     if entry.routing is not None and api != "router":
         raise CatalogueError(
             f"{where}: routing: only the Hugging Face router routes (kind {kind!r}"
@@ -274,7 +295,7 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
         # The text-generation route modelgate used before issue 10: the router's chat lives elsewhere now.
         raise CatalogueError(
             f"{where}: base_url: {entry.base_url!r} is Hugging Face's old text-generation route; the router's "
-            f"Chat Completions are at {DEFAULT_BASE_URLS['huggingface']} (set api = \"tgi\" for a TGI server)"
+            f'Chat Completions are at {DEFAULT_BASE_URLS["huggingface"]} (set api = "tgi" for a TGI server)'
         )
     default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
     base_url = entry.base_url or default_url
@@ -295,6 +316,7 @@ def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
         key_variable=key_variable,
         routing=entry.routing,
         entry=entry,
+        extra_params=dict(entry.extra_params),
     )
 
 

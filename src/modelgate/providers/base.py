@@ -35,6 +35,8 @@ class Connection:
     name: str = ""
     #: Which of ``credentials`` is the bearer key (an instance's ``api_key_env``); None: the kind's own.
     key_variable: str | None = None
+    #: ``openai`` kind: further parameters the instance's server takes, ours → its wire name (``extra_params``).
+    extra_params: Mapping[str, str] = field(default_factory=dict)
 
     def api_key(self, default_variable: str) -> str:
         """The bearer key: the instance's ``api_key_env`` value, else the kind's own variable's."""
@@ -61,9 +63,15 @@ class Provider(ABC):
         self.connection = connection
         self.http = http
 
+    @property
+    def carried_params(self) -> frozenset[str]:
+        """The parameters this instance carries upstream: its kind's, plus any its entry maps."""
+        return self.supported_params
+
     def dropped_params(self, params: GenerationParams) -> list[str]:
         """The set parameters this provider cannot honour, sorted (reported in a response header)."""
-        return sorted(name for name in params.set_fields() if name not in self.supported_params)
+        carried = self.carried_params
+        return sorted(name for name in params.set_fields() if name not in carried)
 
     @abstractmethod
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import aiohttp
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
@@ -36,7 +37,7 @@ from modelgate.providers._http import (
     parse_json,
     seconds_until_epoch_ms,
 )
-from modelgate.providers.base import ProbeResult
+from modelgate.providers.base import Connection, ProbeResult
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 
@@ -217,6 +218,15 @@ class ChatCompletionsProvider(HttpProvider):
         super().__init_subclass__(**kwargs)
         cls.supported_params = frozenset(cls.fields)
 
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
+        super().__init__(connection, http)
+        #: The kind's fields and the instance's own mapping (``extra_params``: llama.cpp's ``repeat_penalty``, …).
+        self.wire_fields: Mapping[str, str] = {**self.fields, **connection.extra_params}
+
+    @property
+    def carried_params(self) -> frozenset[str]:
+        return frozenset(self.wire_fields)
+
     def upstream_model(self, model: CatalogueModel) -> str:
         return model.upstream_model
 
@@ -229,7 +239,7 @@ class ChatCompletionsProvider(HttpProvider):
             "stream_options": {"include_usage": True},
             **self.extra_body,
         }
-        for name, wire in self.fields.items():
+        for name, wire in self.wire_fields.items():
             if name in values:
                 value = values[name]
                 body[wire] = list(value) if isinstance(value, tuple) else value

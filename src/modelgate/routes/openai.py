@@ -104,7 +104,7 @@ def plain_text(html: str) -> str:
 
 def supported_parameters(provider: Provider | None) -> list[str]:
     """OpenAI request fields that ``provider`` (the model's instance) actually carries upstream."""
-    honoured = provider.supported_params if provider is not None else frozenset()
+    honoured = provider.carried_params if provider is not None else frozenset()
     return sorted(name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names)
 
 
