@@ -238,8 +238,8 @@ def test_router_models_may_go_without_a_template(tmp_path: Path) -> None:
 def test_template_on_a_provider_that_takes_none(tmp_path: Path) -> None:
     message = rejected(tmp_path, model_toml(extra='template = "chatml"\n'))
     assert (
-        "model 'acme/tiny': template: only huggingface models take a template (provider 'ollama' is of kind 'ollama')"
-        in message
+        "model 'acme/tiny': template: only huggingface and openai models take a template "
+        "(provider 'ollama' is of kind 'ollama')" in message
     )
 
 

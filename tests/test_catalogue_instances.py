@@ -119,10 +119,10 @@ def test_routing_wins_per_model_and_never_shows_in_the_document(tmp_path: Path) 
             "providers.llama.extra_params: 'top_k' is not a parameter",
         ),
         (
-            LLAMA,
-            (model_toml(provider="llama", extra='template = "chatml"\n'),),
-            "model 'acme/tiny': template: only huggingface models take a template "
-            "(provider 'llama' is of kind 'openai')",
+            "",
+            (model_toml(provider="cloudflare", extra='template = "chatml"\n'),),
+            "model 'acme/tiny': template: only huggingface and openai models take a template "
+            "(provider 'cloudflare' is of kind 'cloudflare')",
         ),
         (
             LLAMA,

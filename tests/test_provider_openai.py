@@ -13,9 +13,10 @@ from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, GenerationParams, TextDelta, Usage
 from modelgate.errors import UpstreamAuthError, UpstreamBadRequest, UpstreamError
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
-from modelgate.providers._http import Upstream
+from modelgate.providers._http import Upstream, estimate_tokens
 from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
 from modelgate.providers.openai import OpenAICompatible
+from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ProviderContract, catalogue_model, collect
 
@@ -119,6 +120,16 @@ class TestOpenAICompatible(ProviderContract):
         assert got.finish.usage == Usage(ESTIMATED_PROMPT, 2, estimated=True)
         # More than the bare text (36 characters ≈ 9 tokens): the chat template's markers count too.
         assert ESTIMATED_PROMPT > 9
+
+    @pytest.mark.anyio
+    async def test_a_template_in_the_catalogue_makes_the_estimate_count_as_the_server(self, fakes: Fakes) -> None:
+        # The server applies its own template; naming it in the catalogue lets the estimate count it too.
+        model = dataclasses.replace(llama_model(), template="chatml")
+        fakes.openai.script(Reply(tokens=["a"], options={"never_usage": True}))
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.openai.url).stream(model, ChatRequest(MESSAGES)))
+        assert got.finish.usage == Usage(estimate_tokens(render_prompt("chatml", MESSAGES)), 1, estimated=True)
+        assert "<|im_start|>" not in str(fakes.openai.last.json)  # the messages go as they are
 
     @pytest.mark.anyio
     async def test_context_length_exceeded_is_a_400_with_the_servers_reason(self, fakes: Fakes) -> None:

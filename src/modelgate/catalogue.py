@@ -559,9 +559,11 @@ def _model_instance(entry: ModelEntry, instances: Mapping[str, Instance], source
                 f'{where}: template: required for models of a huggingface provider with api "tgi" '
                 f"({entry.provider!r}; one of: {', '.join(TEMPLATE_NAMES)})"
             )
-    elif entry.template is not None:
+    elif entry.template is not None and instance.kind != "openai":
+        # On the router and an openai server the server applies its own template; ours only makes the usage
+        # estimate count the prompt as the server will, when it reports no usage.
         raise CatalogueError(
-            f"{where}: template: only huggingface models take a template "
+            f"{where}: template: only huggingface and openai models take a template "
             f"(provider {entry.provider!r} is of kind {instance.kind!r})"
         )
     if entry.routing is not None and instance.api != "router":
