@@ -156,3 +156,10 @@ def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
     assert settings.credential_values("tgi-local", ("TGI_KEY", "NOPE")) == {"TGI_KEY": "secret-1"}
     assert settings.missing_credentials("tgi-local", ("TGI_KEY", "NOPE")) == ["NOPE"]
     assert "secret-1" not in repr(settings)
+
+
+def test_every_kind_and_api_has_an_adapter() -> None:
+    from modelgate.instances import KINDS
+    from modelgate.providers import PROVIDERS
+
+    assert set(PROVIDERS) == {*KINDS, "tgi"}

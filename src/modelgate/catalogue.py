@@ -29,26 +29,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from modelgate.chat import GenerationParams
 from modelgate.errors import CatalogueError, NotFound
-from modelgate.schema import Endpoints, ModelParameters
-from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS
+from modelgate.instances import PROVIDER_NAMES, Instance, ProviderEntry, build_instances, check_routing
+from modelgate.schema import ModelParameters
 from modelgate.templates import TEMPLATE_NAMES
 
-#: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
-PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
-
-Kind = Literal["huggingface", "cloudflare", "openrouter", "ollama", "openai"]
-#: Provider kinds: the wire protocol families an instance can speak.
-KINDS: tuple[str, ...] = ("huggingface", "cloudflare", "openrouter", "ollama", "openai")
-#: Hugging Face's two APIs: the router's Chat Completions (default) and TGI's ``/generate_stream``.
-HF_APIS: tuple[str, ...] = ("router", "tgi")
-#: ``capabilities`` a model may declare. Today only "reasoning" changes a request (Ollama's ``think``).
-CAPABILITIES: tuple[str, ...] = ("tools", "json", "vision", "reasoning")
-#: Hugging Face router policies; any other routing value names a serving provider ("together", ...).
-ROUTING_POLICIES: tuple[str, ...] = ("auto", "fastest", "cheapest")
-_ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-#: Parameters outside the standard Chat Completions fields that an ``openai`` instance may map to its
-#: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``.
-EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate")
+__all__ = [
+    "PROVIDER_NAMES",
+    "SAFE_SEGMENT",
+    "Catalogue",
+    "CatalogueModel",
+    "Instance",
+    "ModelEntry",
+    "ProviderEntry",
+    "default_catalogue_path",
+    "describe_validation_error",
+    "load_catalogue",
+    "parse_catalogue",
+]
 
 #: A name usable as one URL path segment without escaping (and never "." or "..").
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -143,77 +140,13 @@ class ModelEntry(BaseModel):
     @field_validator("routing")
     @classmethod
     def _routing(cls, value: str | None) -> str | None:
-        return _check_routing(value)
+        return check_routing(value)
 
     @field_validator("capabilities")
     @classmethod
     def _unique_capabilities(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("each capability at most once")
-        return value
-
-
-def _check_routing(value: str | None) -> str | None:
-    if value is not None and not _ROUTING.match(value):
-        raise ValueError(
-            f"{value!r} is not a routing policy ({', '.join(ROUTING_POLICIES)}) nor a provider name "
-            "(lower-case letters, digits, '.', '_', '-')"
-        )
-    return value
-
-
-class ProviderEntry(BaseModel):
-    model_config = _closed
-
-    kind: Kind | None = Field(default=None, description="Wire protocol family; defaults to a seed name's own")
-    api: Literal["router", "tgi"] | None = Field(default=None, description="huggingface kind only")
-    base_url: str | None = None
-    api_key_env: str | None = Field(default=None, description="The environment variable holding the bearer key")
-    routing: str | None = Field(default=None, description="Hugging Face router policy: auto, fastest, cheapest, …")
-    extra_params: dict[str, str] = Field(
-        default_factory=dict,
-        description="openai kind: catalogue parameters beyond the standard fields → the server's field names",
-    )
-    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
-    first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
-    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
-    max_concurrency: Annotated[int | None, Field(gt=0)] = None
-    # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
-    max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
-    retry_base_delay: Annotated[float, Field(gt=0, description="Backoff base, seconds (doubles per retry)")] = 0.25
-    retry_max_delay: Annotated[float, Field(gt=0, description="Backoff cap; a longer Retry-After is not waited")] = 4.0
-    breaker_threshold: Annotated[int, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
-    breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
-    breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
-    probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
-
-    @field_validator("routing")
-    @classmethod
-    def _routing(cls, value: str | None) -> str | None:
-        return _check_routing(value)
-
-    @field_validator("extra_params")
-    @classmethod
-    def _known_params(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, wire in value.items():
-            if name not in EXTRA_PARAMS:
-                raise ValueError(f"{name!r} is not a parameter to map (one of: {', '.join(EXTRA_PARAMS)})")
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", wire):
-                raise ValueError(f"{name}: {wire!r} is not a request field name")
-        return value
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-            raise ValueError(f"{value!r} is not an environment variable name (the key itself never goes here)")
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value
 
 
@@ -243,87 +176,6 @@ class CatalogueFile(BaseModel):
                     "(use letters, digits, '.', '_', '~', '-')"
                 )
         return value
-
-
-# --- provider instances -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One ``[providers.NAME]``, resolved: what the app needs to build its provider adapter."""
-
-    name: str
-    kind: str
-    #: Hugging Face only: "router" or "tgi"; None for the other kinds.
-    api: str | None
-    #: From the file, else the kind's default; None only where the environment must supply it.
-    base_url: str | None
-    #: Every variable that must be set for the instance to be configured (the bearer key last).
-    credential_variables: tuple[str, ...]
-    #: The variable holding the bearer key (None: the instance sends no key).
-    key_variable: str | None
-    routing: str | None
-    entry: ProviderEntry
-    #: ``openai`` kind: parameter → the server's field name, beyond the standard fields.
-    extra_params: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def protocol(self) -> str:
-        """The registry key of the adapter speaking this instance's wire protocol."""
-        return "tgi" if self.api == "tgi" else self.kind
-
-
-def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
-    where = f"{source}: providers.{name}"
-    kind = entry.kind or (name if name in PROVIDER_NAMES else None)
-    if kind is None:
-        raise CatalogueError(
-            f"{where}: kind: required for a provider that is not one of {', '.join(PROVIDER_NAMES)} "
-            f"(one of: {', '.join(KINDS)})"
-        )
-    if entry.api is not None and kind != "huggingface":
-        raise CatalogueError(f"{where}: api: only huggingface providers take an api (kind is {kind!r})")
-    api = (entry.api or "router") if kind == "huggingface" else None
-    if entry.extra_params and kind != "openai":
-        raise CatalogueError(f"{where}: extra_params: only openai providers map parameters (kind is {kind!r})")
-    if entry.routing is not None and api != "router":
-        raise CatalogueError(
-            f"{where}: routing: only the Hugging Face router routes (kind {kind!r}"
-            + (f", api {api!r})" if api else ")")
-        )
-    if api == "router" and entry.base_url and entry.base_url.rstrip("/").endswith("/hf-inference"):
-        # The text-generation route modelgate used before issue 10: the router's chat lives elsewhere now.
-        raise CatalogueError(
-            f"{where}: base_url: {entry.base_url!r} is Hugging Face's old text-generation route; the router's "
-            f'Chat Completions are at {DEFAULT_BASE_URLS["huggingface"]} (set api = "tgi" for a TGI server)'
-        )
-    default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
-    base_url = entry.base_url or default_url
-    if base_url is None:
-        what = 'huggingface api "tgi"' if api == "tgi" else f"kind {kind!r}"
-        raise CatalogueError(f"{where}: base_url: required for {what} (there is no default)")
-    variables = CREDENTIAL_VARIABLES[kind]
-    key_variable = variables[-1] if variables else None
-    if entry.api_key_env is not None:
-        key_variable = entry.api_key_env
-        variables = (*variables[:-1], key_variable)
-    return Instance(
-        name=name,
-        kind=kind,
-        api=api,
-        base_url=base_url.rstrip("/"),
-        credential_variables=tuple(variables),
-        key_variable=key_variable,
-        routing=entry.routing,
-        entry=entry,
-        extra_params=dict(entry.extra_params),
-    )
-
-
-def _instances(declared: Mapping[str, ProviderEntry], source: str) -> dict[str, Instance]:
-    """The seed's four names first (always present), then the further instances as declared."""
-    names = list(PROVIDER_NAMES) + [name for name in declared if name not in PROVIDER_NAMES]
-    return {name: _instance(name, declared.get(name) or ProviderEntry(), source) for name in names}
 
 
 # --- the loaded catalogue ---------------------------------------------------------------------
@@ -399,7 +251,7 @@ class Catalogue:
 
     def __post_init__(self) -> None:
         if not self.instances:
-            object.__setattr__(self, "instances", _instances(self.providers, self.source))
+            object.__setattr__(self, "instances", build_instances(self.providers, self.source))
         object.__setattr__(self, "by_id", {m.id: m for m in self.models})
         object.__setattr__(self, "routes", _route_table(self.source, self.models))
 
@@ -501,7 +353,7 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
     except ValidationError as exc:
         raise CatalogueError(_describe(exc, raw, source)) from None
 
-    instances = _instances(parsed.providers, source)
+    instances = build_instances(parsed.providers, source)
     declared: list[CatalogueModel] = []
     seen: dict[str, int] = {}
     for position, entry in enumerate(parsed.models, start=1):
