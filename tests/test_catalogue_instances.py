@@ -8,6 +8,8 @@ import pytest
 
 from modelgate.catalogue import PROVIDER_NAMES, load_catalogue
 from modelgate.errors import CatalogueError
+from modelgate.instances import KINDS
+from modelgate.providers import PROVIDERS
 from modelgate.settings import Settings, base_url_variable
 from tests.catalogue_files import model_toml, write_catalogue
 
@@ -159,7 +161,4 @@ def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
 
 
 def test_every_kind_and_api_has_an_adapter() -> None:
-    from modelgate.instances import KINDS
-    from modelgate.providers import PROVIDERS
-
     assert set(PROVIDERS) == {*KINDS, "tgi"}
