@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent
-from modelgate.errors import ModelgateError, ProviderNotConfigured, UpstreamProtocolError
+from modelgate.errors import BadRequest, ModelgateError, ProviderNotConfigured, UpstreamProtocolError
 from modelgate.observer import Observation, current_observation
 from modelgate.resilience import (
     BreakerConfig,
@@ -66,6 +66,17 @@ async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatR
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
         call = _for_model(request, candidate)
+        provider = state.providers.get(candidate.provider)
+        if provider is not None:
+            try:
+                # Before any upstream call: the requested model's refusal is the answer (400 naming model and
+                # capability); a fallback that cannot serve the request (no tools, no images) is passed over.
+                provider.check(candidate, call)
+            except BadRequest as exc:
+                if candidate is model:
+                    raise
+                attempts.append((candidate.id, exc.message))
+                continue
         try:
             start = await _open_model(state, candidate, call, attempts, obs)
         except ModelgateError as exc:
