@@ -57,6 +57,7 @@ base_url = "{fakes.openai.url}"
             _model("qwen", "huggingface", "Qwen/Qwen2.5-72B-Instruct", '["tools", "json"]'),
             _model("deepseek", "openrouter", "deepseek/deepseek-chat:free"),
             _model("plain", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct", "[]"),
+            _model("llava", "ollama", "llava:7b"),
         )
     )
     return parse_catalogue(tomllib.loads(text), source="tools.toml")
@@ -346,3 +347,95 @@ base_url = "{fakes.openai.url}"
     assert raw.headers["x-modelgate-model"] == "t/deepseek"
     assert all(r.json["model"] == "a" for r in fakes.openai.requests)  # t/plain ("b") never called
     assert raw.parse().choices[0].finish_reason == "tool_calls"
+
+
+# --- Ollama: whole tool calls, format, base64 images ----------------------------------------------------
+
+
+def test_ollama_whole_tool_calls_stream_as_pieces_with_generated_ids(client: openai.OpenAI, fakes: Fakes) -> None:
+    second = ToolCallScript(name="get_weather", arguments='{"city": "Bern"}')
+    fakes.ollama.script(Reply(tokens=(), tool_calls=(CALL, second), finish="tool_calls"))
+    pieces = []
+    finish = None
+    stream = client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"  # Ollama says "stop"
+    assert [p.index for p in pieces] == [0, 1]
+    ids = [p.id or "" for p in pieces]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 2
+    assert [json.loads((p.function and p.function.arguments) or "") for p in pieces] == [
+        json.loads(ARGUMENTS),
+        {"city": "Bern"},
+    ]
+    assert fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
+
+
+def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["21 degrees."]))
+    messages: Any = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
+    ]
+    completion = client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL])
+    assert completion.choices[0].message.content == "21 degrees."
+    sent = fakes.ollama.last.json["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
+    }
+    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather"}
+
+
+def test_ollama_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: Fakes) -> None:
+    client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert "tools" not in fakes.ollama.last.json
+
+
+def test_ollama_format_is_the_schema_or_json(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=['{"city": "Bern", "degrees": 19}']), Reply(tokens=["{}"]))
+    completion = client.chat.completions.parse(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    assert fakes.ollama.last.json["format"]["properties"].keys() == {"city", "degrees"}
+    client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "JSON"}], response_format={"type": "json_object"}
+    )
+    assert fakes.ollama.last.json["format"] == "json"
+
+
+def test_ollama_images_go_as_base64(client: openai.OpenAI, fakes: Fakes) -> None:
+    content: Any = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    client.chat.completions.create(model="t/llava", messages=[{"role": "user", "content": content}])
+    assert fakes.ollama.last.json["messages"] == [
+        {"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}
+    ]
+
+
+def test_ollama_refuses_a_remote_image_url(client: openai.OpenAI, fakes: Fakes) -> None:
+    content: Any = [{"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="t/llava", messages=[{"role": "user", "content": content}])
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/llava" in body["message"] and "data: URLs" in body["message"]
+    assert "does not fetch" in body["message"]
+    assert fakes.ollama.requests == []
