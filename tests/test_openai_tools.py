@@ -51,6 +51,11 @@ def tools_catalogue(fakes: Fakes) -> Catalogue:
 [providers.llama]
 kind = "openai"
 base_url = "{fakes.openai.url}"
+
+[providers.tgi-local]
+kind = "huggingface"
+api = "tgi"
+base_url = "{fakes.huggingface.url}"
 """ + "".join(
         (
             _model("smol", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
@@ -58,6 +63,8 @@ base_url = "{fakes.openai.url}"
             _model("deepseek", "openrouter", "deepseek/deepseek-chat:free"),
             _model("plain", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct", "[]"),
             _model("llava", "ollama", "llava:7b"),
+            _model("cf", "cloudflare", "@cf/meta/llama-3.3-70b-instruct-fp8-fast", '["tools", "json"]'),
+            _model("tgi", "tgi-local", "Qwen/Qwen2.5-72B-Instruct", '["tools", "json"]', 'template = "chatml"'),
         )
     )
     return parse_catalogue(tomllib.loads(text), source="tools.toml")
@@ -439,3 +446,83 @@ def test_ollama_refuses_a_remote_image_url(client: openai.OpenAI, fakes: Fakes) 
     assert "t/llava" in body["message"] and "data: URLs" in body["message"]
     assert "does not fetch" in body["message"]
     assert fakes.ollama.requests == []
+
+
+# --- Cloudflare: function calling and JSON mode, one whole reply ----------------------------------------
+
+
+def test_cloudflare_tool_call(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(_tool_call_reply())
+    pieces = []
+    finish = None
+    stream = client.chat.completions.create(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(pieces) == 1 and (pieces[0].id or "").startswith("call_")
+    assert pieces[0].function is not None and pieces[0].function.name == "get_weather"
+    assert json.loads(pieces[0].function.arguments or "") == json.loads(ARGUMENTS)
+    sent = fakes.cloudflare.last.json
+    assert "stream" not in sent  # Workers AI answers tool calls whole
+    assert sent["tools"] == [WEATHER_TOOL]
+
+
+def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
+    messages: Any = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
+    ]
+    completion = client.chat.completions.create(model="t/cf", messages=messages, tools=[WEATHER_TOOL])
+    assert completion.choices[0].message.content == "21 degrees."
+    assert completion.choices[0].finish_reason == "stop"
+    sent = fakes.cloudflare.last.json["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ARGUMENTS}
+    assert sent[2] == {"role": "tool", "content": "21", "name": "get_weather"}
+
+
+def test_cloudflare_json_mode(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=['{"city": "Bern",', ' "degrees": 19}']))
+    completion = client.chat.completions.parse(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    sent = fakes.cloudflare.last.json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["properties"].keys() == {"city", "degrees"}
+
+
+# --- TGI: no tools; structured output through grammar ----------------------------------------------------
+
+
+def test_tgi_refuses_tools_naming_the_model(client: openai.OpenAI, fakes: Fakes) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="t/tgi", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL]
+        )
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/tgi" in body["message"] and "tool calling" in body["message"]
+    assert fakes.huggingface.requests == []
+
+
+def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=['{"city": "Bern", ', '"degrees": 19}']))
+    completion = client.chat.completions.parse(
+        model="t/tgi", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    grammar = fakes.huggingface.last.json["parameters"]["grammar"]
+    assert grammar["type"] == "json"
+    assert grammar["value"]["required"] == ["city", "degrees"]
