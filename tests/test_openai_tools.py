@@ -8,6 +8,7 @@ each is run through the same tool loop, since each fake frames tool calls its ow
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import tomllib
 from collections.abc import Iterator
@@ -526,3 +527,40 @@ def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes)
     grammar = fakes.huggingface.last.json["parameters"]["grammar"]
     assert grammar["type"] == "json"
     assert grammar["value"]["required"] == ["city", "degrees"]
+
+
+# --- image limits ------------------------------------------------------------------------------------------
+
+
+def _image(decoded_bytes: int) -> Any:
+    data = base64.b64encode(b"\x89PNG" + b"\0" * (decoded_bytes - 4)).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+
+
+@pytest.mark.parametrize(
+    ("images", "limit", "words"),
+    [
+        ([120], 100, ["per image", "100 bytes"]),
+        ([72, 72, 72], 150, ["per request", "150 bytes"]),
+    ],
+)
+def test_image_limits_are_a_413_naming_the_limit(fakes: Fakes, images: list[int], limit: int, words: list[str]) -> None:
+    settings = Settings(**fakes.settings_overrides(), max_image_bytes=100, max_images_bytes=150)  # type: ignore[arg-type]
+    content = [{"type": "text", "text": "Look"}, *(_image(size) for size in images)]
+    with (
+        serve_in_thread(create_app(settings, tools_catalogue(fakes))) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as sdk,
+    ):
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": content}])
+        assert caught.value.status_code == 413
+        body = caught.value.body
+        assert isinstance(body, dict)
+        for word in words:
+            assert word in body["message"]
+        assert fakes.openrouter.requests == []
+        # Within the limits the same request goes through.
+        within = [content[0], _image(60), _image(60)]
+        sdk.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": within}])
+    assert len(fakes.openrouter.requests) == 1
+    assert str(limit) in caught.value.body["message"]  # type: ignore[index]

@@ -45,6 +45,7 @@ from modelgate.routes.openai_input import (
     to_tool_choice,
     to_tools,
 )
+from modelgate.settings import Settings
 
 router = APIRouter(tags=["OpenAI compatible"])
 
@@ -299,11 +300,17 @@ def openai_param_names(fields: Iterable[str]) -> list[str]:
     return sorted({OPENAI_PARAMS.get(field, (field,))[0] for field in fields})
 
 
-def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
+def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, settings: Settings) -> ChatRequest:
     _refuse_unsupported(body)
     tools = to_tools(body.tools)
+    messages = to_messages(
+        body.messages,
+        max_messages=settings.max_messages,
+        max_image_bytes=settings.max_image_bytes,
+        max_images_bytes=settings.max_images_bytes,
+    )
     return ChatRequest(
-        messages=to_messages(body.messages, max_messages=max_messages),
+        messages=messages,
         params=_params(body, model),
         tools=tools,
         tool_choice=to_tool_choice(body.tool_choice, tools),
@@ -320,7 +327,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state = gateway(request)
     model = state.catalogue.get(body.model)
     await admit(state, request, model)  # key, policy (403) and limits (429); slots held until the reply ends
-    chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
+    chat = to_chat_request(body, model, state.settings)
     start = await open_stream(state, model, chat)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params)

@@ -29,10 +29,6 @@ _open = ConfigDict(extra="ignore")
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="Letters, digits, _ and -")]
 #: OpenAI's limit on functions per request.
 MAX_TOOLS = 128
-#: One decoded image, and all images of one request (defaults of ``Settings.max_image_bytes`` and
-#: ``max_images_bytes``; the body limit, ``max_body_bytes``, applies first).
-MAX_IMAGE_BYTES = 10_000_000
-MAX_IMAGES_BYTES = 20_000_000
 
 
 class ImageURL(BaseModel):
@@ -166,12 +162,10 @@ class _ImageBudget:
 
 
 def to_messages(
-    messages: list[ChatMessage],
-    *,
-    max_messages: int,
-    max_image_bytes: int = MAX_IMAGE_BYTES,
-    max_images_bytes: int = MAX_IMAGES_BYTES,
+    messages: list[ChatMessage], *, max_messages: int, max_image_bytes: int, max_images_bytes: int
 ) -> tuple[Message, ...]:
+    """The messages as ``modelgate.chat`` has them; images within the limits (``Settings.max_image_bytes`` and
+    ``max_images_bytes``, both checked after the body limit ``max_body_bytes``)."""
     if len(messages) > max_messages:
         raise BadRequest(
             f"messages: {len(messages)} messages are more than the limit of {max_messages}",
