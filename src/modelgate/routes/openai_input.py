@@ -7,20 +7,19 @@ Shapes follow openai-python's ``types/chat`` (``ChatCompletionMessageParam``, ``
 messages ignore unknown fields, because SDKs send a previous reply's message back as they got it (with
 ``refusal``, ``annotations``, ``audio``, ``reasoning_content``...).
 
-Image bytes are bounded here, where a ``data:`` URL is first seen: per image and per request (413 naming the
-limit). A remote (``https:``) URL is passed on as a URL; modelgate never fetches it.
+Image bytes are bounded here, where a ``data:`` URL is first seen (``images.ImageBudget``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelgate.chat import Image, Message, NamedTool, ResponseFormat, Role, Tool, ToolCall, ToolChoice
-from modelgate.errors import BadRequest, PayloadTooLarge
+from modelgate.errors import BadRequest
+from modelgate.images import ImageBudget
 
 _closed = ConfigDict(extra="forbid")
 _open = ConfigDict(extra="ignore")
@@ -129,36 +128,6 @@ _ROLES: Mapping[str, Role] = {
     "assistant": "assistant",
     "tool": "tool",
 }
-#: Only the head is checked; the provider decodes the data.
-_DATA_URL = re.compile(r"data:image/[a-zA-Z0-9.+-]{1,64};base64,")
-
-
-class _ImageBudget:
-    """Counts the decoded bytes of a request's inline images against the two limits."""
-
-    def __init__(self, per_image: int, per_request: int) -> None:
-        self.per_image, self.per_request, self.total = per_image, per_request, 0
-
-    def image(self, part: ImageURL, where: str) -> Image:
-        url = part.url
-        if url.startswith("data:"):
-            if not _DATA_URL.match(url):
-                raise BadRequest(f"{where}: a data: URL must be data:image/<type>;base64,<data>", param="messages")
-            size = len(url.partition(",")[2]) * 3 // 4
-            if size > self.per_image:
-                raise PayloadTooLarge(
-                    f"{where}: the image is {size} bytes, more than the limit of {self.per_image} bytes per image",
-                    data={"limit": self.per_image},
-                )
-            self.total += size
-            if self.total > self.per_request:
-                raise PayloadTooLarge(
-                    f"{where}: the images add up to more than the limit of {self.per_request} bytes per request",
-                    data={"limit": self.per_request},
-                )
-        elif not url.startswith("https://"):
-            raise BadRequest(f"{where}: an image URL must be a data: URL or an https: URL", param="messages")
-        return Image(url=url, detail=part.detail)
 
 
 def to_messages(
@@ -172,11 +141,11 @@ def to_messages(
             param="messages",
             data={"limit": max_messages},
         )
-    budget = _ImageBudget(max_image_bytes, max_images_bytes)
+    budget = ImageBudget(max_image_bytes, max_images_bytes)
     return tuple(_message(message, f"messages[{index}]", budget) for index, message in enumerate(messages))
 
 
-def _message(message: ChatMessage, where: str, budget: _ImageBudget) -> Message:
+def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
     if message.role == "function" or message.function_call is not None:
         raise BadRequest(f"{where}: the deprecated function role is not supported; use tools", param="messages")
     role = _ROLES[message.role]
@@ -209,7 +178,7 @@ def _message(message: ChatMessage, where: str, budget: _ImageBudget) -> Message:
         elif part.type == "image_url" and role == "user":
             if part.image_url is None:
                 raise BadRequest(f"{here}.image_url: required", param="messages")
-            images.append(budget.image(part.image_url, here))
+            images.append(budget.image(part.image_url.url, here, detail=part.image_url.detail))
         else:
             allowed = "text and image_url" if role == "user" else "text"
             raise BadRequest(
