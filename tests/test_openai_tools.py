@@ -414,6 +414,21 @@ def test_ollama_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: F
     assert "tools" not in fakes.ollama.last.json
 
 
+@pytest.mark.parametrize("model", ["t/llava", "t/cf"])
+def test_tool_controls_ollama_and_cloudflare_cannot_enforce_are_reported(
+    client: openai.OpenAI, fakes: Fakes, model: str
+) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
+    forced = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
+    )
+    assert {"parallel_tool_calls", "tool_choice"} <= set(forced.headers["x-modelgate-dropped-params"].split(","))
+    plain = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto"
+    )
+    assert "tool_choice" not in plain.headers.get("x-modelgate-dropped-params", "")
+
+
 def test_ollama_format_is_the_schema_or_json(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=['{"city": "Bern", "degrees": 19}']), Reply(tokens=["{}"]))
     completion = client.chat.completions.parse(

@@ -148,6 +148,14 @@ class ChatRequest:
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
+    def tool_controls(self) -> list[str]:
+        """The tool controls set beyond offering tools or not (``tool_choice`` ``required`` or a named function,
+        ``parallel_tool_calls``), by their OpenAI names: what a protocol without them cannot enforce."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        controls = [] if self.tool_choice in (None, "auto") else ["tool_choice"]
+        return controls + (["parallel_tool_calls"] if self.parallel_tool_calls is not None else [])
+
     def needs(self) -> frozenset[Capability]:
         """The capabilities a model must have to answer this request."""
         needed: set[Capability] = set()

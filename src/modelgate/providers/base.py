@@ -111,6 +111,11 @@ class Provider(ABC):
         carried = self.carried_params
         return sorted(name for name in params.set_fields() if name not in carried)
 
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        """Request fields this call set that the protocol cannot enforce (reported with the dropped parameters,
+        under their OpenAI names: ``tool_choice``, ``parallel_tool_calls``)."""
+        return []
+
     @abstractmethod
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         """Stream one reply in batches (the events of one network read each; never an empty one)."""

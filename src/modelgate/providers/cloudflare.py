@@ -262,6 +262,9 @@ class Cloudflare(HttpProvider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
         whole = whole_reply(request)

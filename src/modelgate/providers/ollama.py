@@ -210,6 +210,9 @@ class Ollama(HttpProvider):
                         param="messages",
                     )
 
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(
             f"{self.connection.base_url}/api/chat",
