@@ -25,6 +25,7 @@ the matching error once the events before it are delivered.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -175,6 +176,7 @@ class ChatCompletionsStream:
     """Incremental parser of one Chat Completions SSE stream."""
 
     __slots__ = (
+        "_calls",
         "_deltas",
         "_events",
         "_finish",
@@ -199,6 +201,8 @@ class ChatCompletionsStream:
         self._finish: FinishReason | None = None
         self._usage: Usage | None = None
         self._deltas = 0
+        #: Indexes of the tool calls seen so far.
+        self._calls: set[int] = set()
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -230,11 +234,17 @@ class ChatCompletionsStream:
         delta = choice.get("delta") or {}
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
+            index = int(call.get("index", 0))
+            call_id = call.get("id") or None
+            if index not in self._calls:
+                self._calls.add(index)
+                # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
+                call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
             self._deltas += 1
             out.append(
                 ToolCallDelta(
-                    index=int(call.get("index", 0)),
-                    id=call.get("id") or None,
+                    index=index,
+                    id=call_id,
                     name=function.get("name") or None,
                     arguments=function.get("arguments") or "",
                 )
@@ -251,6 +261,8 @@ class ChatCompletionsStream:
         reason = choice.get("finish_reason")
         if reason:
             self._finish = _FINISH.get(reason, "other")
+            if self._finish == "stop" and self._calls:
+                self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
 
     def end(self) -> list[StreamEvent]:
         if self._finish is None:
