@@ -167,38 +167,47 @@ class MemoryBackend:
 # missing creates. A Redis restarted without persistence has lost it — and every lease with it — so a
 # process whose remembered epoch differs re-takes the leases it still holds (``_RESYNC``) before it
 # admits anything more; running streams are then counted again instead of silently freeing their slots.
+# Other processes re-take theirs within ``EPOCH_CHECK_SECONDS``; until then (KEYS[2], "rebuilding",
+# set with that expiry by whoever noticed the loss) no concurrency slot is handed out at all.
 #
-# KEYS[1] = epoch; KEYS[2] = window sorted set (member = lease id, score = admitted-at ms); KEYS[3..] =
-# slot sorted sets (member = lease id, score = lease expiry ms). ARGV = epoch this process knows ('' =
-# none), lease id, lease ttl ms, window limit (0 = none), window ms, then one limit per slot. Returns {1}
-# when admitted, {-1} when the epoch differs (resync, then ask again), else {0, which (0 = window, i =
-# slot i), retry-after ms}. The server's TIME keeps instances with skewed clocks agreeing.
+# KEYS[1] = epoch; KEYS[2] = rebuilding flag; KEYS[3] = window sorted set (member = lease id, score =
+# admitted-at ms); KEYS[4..] = slot sorted sets (member = lease id, score = lease expiry ms). ARGV = the
+# epoch this process knows ('' = none), lease id, lease ttl ms, window limit (0 = none), window ms, then
+# one limit per slot. Returns {1} when admitted, {-1} when the epoch differs (resync, then ask again),
+# else {0, which (0 = window, i = slot i, -1 = rebuilding), retry-after ms}. The server's TIME keeps
+# instances with skewed clocks agreeing.
 _ACQUIRE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {-1}
+end
+if #KEYS > 3 then
+  local rebuilding = redis.call('PTTL', KEYS[2])
+  if rebuilding > 0 then
+    return {0, -1, rebuilding}
+  end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease, ttl = ARGV[2], tonumber(ARGV[3])
 local wlimit, wms = tonumber(ARGV[4]), tonumber(ARGV[5])
 if wlimit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - wms)
-  if redis.call('ZCARD', KEYS[2]) >= wlimit then
-    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - wms)
+  if redis.call('ZCARD', KEYS[3]) >= wlimit then
+    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     return {0, 0, tonumber(oldest[2]) + wms - now}
   end
 end
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 3]) then
-    return {0, i - 2, 0}
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then
+    return {0, i - 3, 0}
   end
 end
 if wlimit > 0 then
-  redis.call('ZADD', KEYS[2], now, lease)
-  redis.call('PEXPIRE', KEYS[2], wms)
+  redis.call('ZADD', KEYS[3], now, lease)
+  redis.call('PEXPIRE', KEYS[3], wms)
 end
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, lease)
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
@@ -218,19 +227,23 @@ return 1
 """
 
 # Re-take this process's held leases, whatever the counts (they are streams that really run: counting
-# them over a cap is the conservative error). KEYS[1] = epoch, KEYS[2..] = slot sorted sets; ARGV = a
-# fresh epoch token (set only if none exists), lease ttl ms, then the lease id held in each slot set.
-# Returns the epoch now in force.
+# them over a cap is the conservative error). KEYS[1] = epoch, KEYS[2] = rebuilding flag, KEYS[3..] =
+# slot sorted sets; ARGV = a fresh epoch token (set only if none exists), rebuilding ms (0: this process
+# knew no epoch before, so it cannot tell a restart from a first start), lease ttl ms, then the lease id
+# held in each slot set. Returns the epoch now in force.
 _RESYNC = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
+local ttl = tonumber(ARGV[3])
+for i = 3, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
@@ -240,6 +253,14 @@ return epoch
 #: How often a process holding leases checks the store's epoch: the longest a Redis restart leaves
 #: another process's running streams uncounted (this process's own are re-taken before it admits).
 EPOCH_CHECK_SECONDS = 1.0
+#: After a detected loss, no slot is handed out for this long: every holder has re-taken its leases.
+REBUILD_SECONDS = 2 * EPOCH_CHECK_SECONDS
+#: What a request hears while the slots are being counted again.
+REBUILDING = Slot(
+    "rebuilding",
+    0,
+    "Concurrency limits are being counted again after the rate-limit store restarted; try again shortly",
+)
 
 
 class RedisBackend:
@@ -296,6 +317,7 @@ class RedisBackend:
         window = plan.window
         keys = [
             self._epoch_key,
+            self.prefix + "rebuilding",
             self.prefix + (window.key if window else "unused"),
             *(self.prefix + s.key for s in plan.slots),
         ]
@@ -322,6 +344,8 @@ class RedisBackend:
                 self._held[lease_id] = Lease(lease_id, before + tuple(s.key for s in plan.slots if s.key not in before))
             return None
         which, retry_ms = int(result[1]), int(result[2])
+        if which == -1:
+            return Denied(REBUILDING, retry_ms / 1000)
         if which == 0:
             assert window is not None
             return Denied(window, retry_ms / 1000)
@@ -340,13 +364,14 @@ class RedisBackend:
 
     async def resync(self) -> None:
         """Adopt the store's epoch, re-taking every lease this process holds (see ``_RESYNC``)."""
-        keys: list[str] = [self._epoch_key]
+        keys: list[str] = [self._epoch_key, self.prefix + "rebuilding"]
         ids: list[str] = []
         for lease in list(self._held.values()):
             keys += (self.prefix + key for key in lease.slots)
             ids += [lease.id] * len(lease.slots)
-        fresh = uuid.uuid4().hex
-        epoch = _text(await self._resync(keys=keys, args=[fresh, math.ceil(self.lease_ttl * 1000), *ids]))
+        rebuild_ms = math.ceil(REBUILD_SECONDS * 1000) if self._epoch is not None else 0
+        args: list[str | int] = [uuid.uuid4().hex, rebuild_ms, math.ceil(self.lease_ttl * 1000), *ids]
+        epoch = _text(await self._resync(keys=keys, args=args))
         if self._epoch is not None and epoch != self._epoch:
             log.warning("the rate-limit store lost its leases (restarted?): re-took the %d held here", len(ids))
         self._epoch = epoch
