@@ -13,5 +13,5 @@ def fuzz(max_examples: int) -> settings:
         derandomize=True,
         database=None,
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=list(HealthCheck),
     )

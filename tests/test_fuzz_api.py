@@ -22,7 +22,7 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -32,10 +32,13 @@ from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import Fakes
+from tests.fuzzing import fuzz as fuzz_settings
 from tests.servers import serve_in_thread
 
 #: Cases per strategy: 9 operations, the chat routes drawn twice (any path, a real model), two modes.
-EXAMPLES = 40
+EXAMPLES = 30
+#: Sequences of up to 5 linked calls in the stateful run.
+STATEFUL_SCENARIOS = 25
 #: Seconds a single response may take: far above the fake upstreams' answers, so only a hang trips it.
 HANG = 20.0
 
@@ -117,6 +120,10 @@ def _check(service: str, session: requests.Session, case: Any, tally: dict[str, 
     except requests.Timeout:
         pytest.fail(f"no answer within {HANG} s (a hang): {case.as_curl_command()}")
     tally["cases"] += 1
+    _validate(case, response)
+
+
+def _validate(case: Any, response: Any) -> None:
     case.validate_response(response, checks=[not_a_server_error])
     assert "Traceback" not in response.text
     if response.status_code >= 400:
@@ -128,13 +135,7 @@ def _check(service: str, session: requests.Session, case: Any, tally: dict[str, 
 
 
 def _fuzz(strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> None:
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,  # the same cases on every run: a CI failure reproduces locally
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(EXAMPLES)
     @given(case=strategy)
     def run(case: Any) -> None:
         check(case)
@@ -186,6 +187,34 @@ def test_no_route_answers_500_or_hangs(service: str, schema: Any, mode: Generati
     # Cases ran for every strategy that has any (a schema or generation problem would leave few).
     assert tally["cases"] >= (len(strategies) - len(unbreakable)) * 5, tally
     print(f"\nschemathesis {mode}: {tally['cases']} requests, {len(strategies)} strategies")
+
+
+def test_stateful_sequences_follow_the_links_without_a_500_or_a_hang(service: str, schema: Any) -> None:
+    """Schemathesis infers links from the schema (``GET /v1/models`` gives the ids ``GET /v1/models/{model_id}``
+    takes) and runs sequences along them: a listed model must then be fetchable, never a 500."""
+    tally = {"cases": 0, "listed model fetched": 0}
+    session = requests.Session()
+    machine = schema.as_state_machine()
+    links = [name for name in dir(machine) if "GET_v1_models___200" in name]
+    assert links, "the inferred link GET /v1/models -> GET /v1/models/{model_id}"
+
+    class Sequences(machine):  # type: ignore[misc,valid-type]
+        def call(self, case: Any, **kwargs: Any) -> Any:
+            try:
+                return case.call(base_url=service, session=session, timeout=HANG)
+            except requests.Timeout:
+                pytest.fail(f"no answer within {HANG} s (a hang): {case.as_curl_command()}")
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            tally["cases"] += 1
+            if case.operation.label == "GET /v1/models/{model_id}" and response.status_code == 200:
+                tally["listed model fetched"] += 1  # an id only the link gives: random ones are 404
+            _validate(case, response)
+
+    with session:
+        Sequences.run(settings=settings(fuzz_settings(STATEFUL_SCENARIOS), stateful_step_count=5))
+    assert tally["cases"] >= STATEFUL_SCENARIOS and tally["listed model fetched"] > 0, tally
+    print(f"\nschemathesis stateful: {tally} in {STATEFUL_SCENARIOS} scenarios")
 
 
 def test_the_fuzzed_schema_is_the_served_one_plus_the_chat_body(service: str, schema: Any) -> None:
