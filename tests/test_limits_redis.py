@@ -134,6 +134,26 @@ def test_a_held_lease_is_renewed_and_an_abandoned_one_expires(redis_url: str) ->
     asyncio.run(scenario())
 
 
+def test_giving_back_part_of_a_lease_keeps_the_rest_renewed(redis_url: str) -> None:
+    """A fallback gives back the failed model's slot; the key's slot, same lease, stays held past its TTL."""
+
+    async def scenario() -> None:
+        (holder,) = await backends(redis_url, "t8:", n=1, lease_ttl=1.0)
+        try:
+            assert await holder.acquire(plan(None, ("streams:key:k", 1), ("streams:model:m", 1)), "x") is None
+            await holder.release(Lease("x", ("streams:model:m",)))
+            assert await holder.acquire(plan(None, ("streams:model:m", 1)), "x") is None  # the fallback's, same id
+            await asyncio.sleep(2.5)
+            assert await holder.client.zrange("t8:streams:key:k", 0, -1) == [b"x"]
+            assert await holder.client.zrange("t8:streams:model:m", 0, -1) == [b"x"]
+            await holder.release(Lease("x", ("streams:key:k", "streams:model:m")))
+            assert await holder.client.zcard("t8:streams:key:k") == 0
+        finally:
+            await holder.stop()
+
+    asyncio.run(scenario())
+
+
 def test_ping(redis_url: str) -> None:
     async def scenario() -> tuple[bool, bool]:
         (up,) = await backends(redis_url, "t6:", n=1)
