@@ -4,6 +4,7 @@ loopback port → the fake upstreams of ``tests/fakes`` speaking each provider's
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,26 @@ def test_dropped_parameters_header_agrees_with_supported_parameters(
     raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=MESSAGES, **ALL_PARAMS)
     raw.parse()
     dropped = set(filter(None, raw.headers.get("x-modelgate-dropped-params", "").split(",")))
-    # Among the caller's fields, exactly those the listing does not promise are reported.
-    assert dropped & set(ALL_PARAMS) == set(ALL_PARAMS) - set(supported)
+    # Exactly the caller's fields the listing does not promise, under the caller's names; never a
+    # catalogue default (Cloudflare and OpenRouter cannot carry the catalogue's typical_p and truncate).
+    assert dropped == set(ALL_PARAMS) - set(supported)
     assert raw.headers["x-modelgate-model"] == MODELS[provider]
+
+
+@pytest.mark.parametrize(
+    ("provider", "defaults"), [("cloudflare", ["truncate", "typical_p"]), ("openrouter", ["truncate"])]
+)
+def test_catalogue_defaults_the_provider_cannot_carry_are_logged_not_reported(
+    client: openai.OpenAI, fakes: Fakes, provider: str, defaults: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="modelgate.openai")
+    raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=MESSAGES)
+    raw.parse()
+    assert "x-modelgate-dropped-params" not in raw.headers
+    assert not set(defaults) & set(fakes[provider].last.json)  # still not sent
+    assert [r.getMessage() for r in caplog.records if "catalogue defaults" in r.getMessage()] == [
+        f"catalogue defaults of {MODELS[provider]} not carried by its provider: {', '.join(defaults)}"
+    ]
 
 
 def test_a_dropped_parameter_is_not_sent_upstream(client: openai.OpenAI, fakes: Fakes) -> None:
