@@ -177,6 +177,26 @@ def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fake
     assert "".join(d.content or "" for d in deltas) == "4"
 
 
+def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
+    fakes.openrouter.script(reply, reply)
+    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 2
+    with client.chat.completions.create(
+        model=MODELS["openrouter"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ) as stream:
+        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+    assert len(usages) == 1 and usages[0].completion_tokens_details is not None
+    assert usages[0].completion_tokens_details.reasoning_tokens == 2
+
+
+def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
+    raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert set(raw.http_response.json()["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+
 def test_catalogue_defaults_apply_when_the_call_sets_nothing(client: openai.OpenAI, fakes: Fakes) -> None:
     client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
     options = fakes.ollama.last.json["options"]

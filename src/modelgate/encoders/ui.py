@@ -65,11 +65,14 @@ def error_chunks(message: str) -> bytes:
 def finish_metadata(finish: Finish) -> dict[str, object]:
     metadata: dict[str, object] = {"finishReason": finish.reason}
     if finish.usage is not None:
-        metadata["usage"] = {
+        usage = {
             "inputTokens": finish.usage.prompt_tokens,
             "outputTokens": finish.usage.completion_tokens,
             "totalTokens": finish.usage.total_tokens,
         }
+        if finish.usage.reasoning_tokens is not None:  # AI SDK 5's LanguageModelUsage name, when reported
+            usage["reasoningTokens"] = finish.usage.reasoning_tokens
+        metadata["usage"] = usage
         if finish.usage.estimated:
             metadata["usageEstimated"] = True
     return metadata
