@@ -133,6 +133,8 @@ def parse_chat_body(raw: bytes, *, max_messages: int) -> ChatBody:
 
 
 def stream_headers(start: StreamStart) -> dict[str, str]:
+    # Dropped catalogue defaults are reported here (unlike on /v1): this endpoint's request *is* the
+    # catalogue's parameters (the seed's contract), so they are what the caller asked for.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Modelgate-Model": start.model.id}
     if start.dropped_params:
         headers["X-Modelgate-Dropped-Params"] = ",".join(start.dropped_params)
@@ -153,7 +155,7 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
 
 _Protocol = Annotated[
     str | None,
-    Query(description="Output stream: data, text or ui; default: ui for an AI SDK 5+ body, else data"),
+    Query(description="Output stream: data, text, ui or ui-strict; default: ui for an AI SDK 5+ body, else data"),
 ]
 _Ignored = Annotated[str | None, Query(description="Accepted for compatibility; has no effect")]
 
