@@ -275,6 +275,11 @@ def test_ui_unknown_usage_is_left_out() -> None:
     )
 
 
+def test_ui_unknown_finish_reason_is_other_on_the_chunk_and_itself_in_the_metadata() -> None:
+    finish = orjson.loads(encode("ui", [Finish("unknown")]).split(b"\n\n")[-3].removeprefix(b"data: "))
+    assert finish == {"type": "finish", "finishReason": "other", "messageMetadata": {"finishReason": "unknown"}}
+
+
 def test_ui_strict_sends_only_what_ai_5_0_0_allows() -> None:
     """``ui-strict`` is ``ui`` less the top-level ``finishReason`` (unknown to ai 5.0.0 to 5.0.91's strict schemas)."""
     strict, loose = encode("ui-strict", REPLY), encode("ui", REPLY)

@@ -195,11 +195,14 @@ def test_ui_reply_is_what_use_chat_shows(server: str, sdk: str) -> None:
         assert result["finish"] == {"type": "finish", "finishReason": "stop", "messageMetadata": metadata}
 
 
+@pytest.mark.parametrize("sdk", ["ai5latest", "ai6", "ai7"])
 @pytest.mark.parametrize("reason", get_args(FinishReason))
-def test_ui_finish_reason_reaches_a_current_ai_5(server: str, reason: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/reply?reason={reason}", sdk="ai5latest")
-    assert result["finish"]["finishReason"] == reason
+def test_ui_finish_reason_reaches_current_ai_5_6_and_7(server: str, reason: str, sdk: str) -> None:
+    result = parse_ui_stream(f"{server}/stream/ui/reply?reason={reason}", sdk=sdk)
+    # "unknown" is not in ai 6 and 7's enum (they reject the chunk): it goes as "other", in every version.
+    assert result["finish"]["finishReason"] == ("other" if reason == "unknown" else reason)
     assert result["message"]["metadata"]["finishReason"] == reason
+    assert result["text"] == "It is 4"
 
 
 def test_ui_parser_5_0_0_rejects_the_default_finish_so_it_has_ui_strict(server: str) -> None:

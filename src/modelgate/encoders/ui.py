@@ -20,7 +20,8 @@ A failure ends the stream with ``{"type":"error","errorText":…}`` and ``[DONE]
 ``toUIMessageStreamResponse`` sends; v5 forwards real messages).
 
 The ``finish`` chunk carries ``finishReason`` at the top level, where ``useChat``'s ``onFinish`` reads it
-(``ai`` ≥ 5.0.92, 6 and 7). Usage has no field in this protocol: it travels, with the finish reason again,
+(``ai`` ≥ 5.0.92, 6 and 7; ``unknown`` goes there as ``other``, the one value of ours that ``ai`` 6 and 7
+reject). Usage has no field in this protocol: it travels, with the finish reason again,
 as message metadata on ``finish``, with the AI SDK 5 usage names ``{"inputTokens","outputTokens",
 "totalTokens"}`` and ``"usageEstimated": true`` when we counted.
 
@@ -94,6 +95,10 @@ class _Part:
 
 _DELTA_END: Final = b"}" + END_OF_EVENT
 
+#: ``ai`` 6 and 7 dropped ``unknown`` from the chunk's finish reason enum (and reject the chunk if it is
+#: sent); ``other`` is in every version's enum. The metadata keeps our own value.
+_CHUNK_FINISH_REASONS: Final[Mapping[str, str]] = MappingProxyType({"unknown": "other"})
+
 
 class UIMessageStreamEncoder:
     media_type: str = MEDIA_TYPE
@@ -106,7 +111,7 @@ class UIMessageStreamEncoder:
     def finish_chunk(self, finish: Finish) -> bytes:
         payload: dict[str, object] = {"type": "finish"}
         if not self.strict:
-            payload["finishReason"] = finish.reason
+            payload["finishReason"] = _CHUNK_FINISH_REASONS.get(finish.reason, finish.reason)
         payload["messageMetadata"] = finish_metadata(finish)
         return chunk(payload)
 
