@@ -9,6 +9,7 @@ shows the messages, what ``onFinish`` received and the ``error`` useChat exposes
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -104,12 +105,21 @@ def test_the_reply_renders_and_on_finish_sees_the_finish_reason(
     fakes.openrouter.script(Reply(tokens=TOKENS, finish="length"))
     api = advertised_endpoint(service, "openrouter")
     with open_app(browser, apps, sdk, api) as page:
-        ask(page, "What is 2+2?")
+        with page.expect_request(lambda request: request.url == api and request.method == "POST") as sent:
+            ask(page, "What is 2+2?")
+        body = json.loads(sent.value.post_data or "{}")
         expect(page.locator("#finish")).to_have_text("length")
         expect(page.locator("#messages li[data-role=assistant]")).to_have_text("".join(TOKENS))
         expect(page.locator("#messages li[data-role=user]")).to_have_text("What is 2+2?")
         expect(page.locator("#status")).to_have_text("ready")
         expect(page.locator("#error")).to_have_count(0)
+    # The shapes the protocol choice tells apart, as the real clients send them: AI SDK 5 a trigger and
+    # parts only; AI SDK 4.2+ parts beside the content string.
+    user = body["messages"][-1]
+    if sdk == "v5":
+        assert "trigger" in body and "content" not in user and user["parts"][0]["text"] == "What is 2+2?"
+    else:
+        assert "trigger" not in body and user["content"] == "What is 2+2?" and "parts" in user
     # The prompt reached the provider as text, whichever message shape the SDK sent.
     assert fakes.openrouter.last.json["messages"][-1] == {"role": "user", "content": "What is 2+2?"}
 
