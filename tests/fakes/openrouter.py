@@ -10,7 +10,9 @@ with the HTTP status in ``code``; a 429 carries ``metadata.headers.X-RateLimit-R
 Tool calls (``Reply.tool_calls``) stream as OpenAI's ``delta.tool_calls`` pieces with the arguments in
 fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
 
-``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``).
+``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``);
+``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
+key OpenRouter's usage may carry, §3.3; absent otherwise).
 """
 
 from __future__ import annotations
@@ -135,9 +137,11 @@ class FakeOpenRouter(FakeUpstream):
         if len(tokens) > 1:
             tokens[1] = COMMENT + tokens[1]  # comments may come at any time, not only first
         usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
-        counts = (
+        counts: dict[str, Any] | None = (
             {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)} if usage else None
         )
+        if counts is not None and "reasoning_tokens" in reply.options:
+            counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
         if counts is None:
             trailer = [chunk({"role": "assistant", "content": ""}, reply.finish)]
         elif reply.options.get("separate_usage"):

@@ -172,6 +172,17 @@ def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
+def openai_usage(usage: Any) -> Usage:
+    """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` when it is there."""
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(
+        int(usage["prompt_tokens"]),
+        int(usage["completion_tokens"]),
+        reasoning_tokens=reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
+    )
+
+
 class ChatCompletionsStream:
     """Incremental parser of one Chat Completions SSE stream."""
 
@@ -221,7 +232,7 @@ class ChatCompletionsStream:
                         raise self._mid_stream_error(payload.get("error", payload))
                     usage = payload.get("usage")
                     if usage:
-                        self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                        self._usage = openai_usage(usage)
                     for choice in payload.get("choices") or ():
                         self._choice(choice, out)
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
@@ -232,6 +243,15 @@ class ChatCompletionsStream:
 
     def _choice(self, choice: Any, out: list[StreamEvent]) -> None:
         delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            self._separated = True
+            self._deltas += 1
+            out.append(ReasoningDelta(reasoning))
+        content = delta.get("content")
+        if content:
+            self._deltas += 1
+            out.extend([TextDelta(content)] if self._separated else self._splitter.feed(content))
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             index = int(call.get("index", 0))
@@ -249,15 +269,6 @@ class ChatCompletionsStream:
                     arguments=function.get("arguments") or "",
                 )
             )
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
-            self._separated = True
-            self._deltas += 1
-            out.append(ReasoningDelta(reasoning))
-        content = delta.get("content")
-        if content:
-            self._deltas += 1
-            out.extend([TextDelta(content)] if self._separated else self._splitter.feed(content))
         reason = choice.get("finish_reason")
         if reason:
             self._finish = _FINISH.get(reason, "other")
