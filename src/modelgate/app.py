@@ -91,6 +91,8 @@ class GatewayState:
             connect_timeout=entry.connect_timeout,
             first_token_timeout=entry.first_token_timeout,
             idle_timeout=entry.idle_timeout,
+            max_event_bytes=self.settings.upstream_max_event_bytes,
+            max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )
 
     def _build_providers(self, catalogue: Catalogue) -> dict[str, Provider]:
