@@ -25,6 +25,7 @@ from tests.fakes.hostile import HostileUpstream, Received, gzip_bomb, response_h
 MiB = 1 << 20
 OPENROUTER_KEY = "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"
 HF_KEY = "hf_QwErTyUiOpAsDfGhJkLzXcVbNm1234567"
+CLOUDFLARE_TOKEN = "Zx8Qw7Er6Ty5Ui4Op3As2Df1Gh0JkLmNbVcXzAsD"
 BODY = {"messages": [{"role": "user", "content": "Hi"}]}
 SSE = {"Content-Type": "text/event-stream"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -70,6 +71,8 @@ def service_env(url: str, **extra: str) -> dict[str, str]:
         **{f"MODELGATE_{name}_BASE_URL": url for name in ("HUGGINGFACE", "CLOUDFLARE", "OPENROUTER", "OLLAMA")},
         "OPENROUTER_API_KEY": OPENROUTER_KEY,
         "HF_TOKEN": HF_KEY,
+        "CLOUDFLARE_ACCOUNT_ID": "acct-hostile",
+        "CLOUDFLARE_API_TOKEN": CLOUDFLARE_TOKEN,
         "MODELGATE_PROBE_INTERVAL": "0",
         **extra,
     }
@@ -272,6 +275,22 @@ def test_a_reflected_authorization_never_reaches_the_client(hostile: HostileUpst
     assert_no_key(after.text, OPENROUTER_KEY)
     status = httpx.get(service.url + "/api/status", timeout=10).text
     assert_no_key(status, OPENROUTER_KEY)
+
+
+def test_a_reflected_authorization_never_reaches_an_openai_client(hostile: HostileUpstream, service: Served) -> None:
+    async def reflect(request: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE) + b"data: {broken " + request.headers["authorization"].encode() + b"\n\n"
+
+    hostile.reset(reflect)
+    response = httpx.post(
+        service.url + "/v1/chat/completions",
+        json={"model": "cloudflare/llama-3.3-70b-instruct-fp8-fast", **BODY},
+        timeout=60,
+    )
+    assert response.status_code == 502, response.text
+    assert "[REDACTED]" in response.json()["error"]["message"]
+    assert_no_key(response.text, CLOUDFLARE_TOKEN)
+    assert_no_key(httpx.get(service.url + "/api/status", timeout=10).text, CLOUDFLARE_TOKEN)
 
 
 @pytest.mark.parametrize(
