@@ -40,6 +40,7 @@ def test_credentials_whole_partial_or_shaped_are_redacted(redactor: Redactor, te
     [
         "the model task-force-7b is not available upstream",
         "set hf_token in your environment",
+        "install hf_transfer for faster downloads",
         "risk-free retry after 3s",
         "abc",  # a configured value shorter than the minimum is not treated as a secret
         "rate limited: 20 requests per minute",

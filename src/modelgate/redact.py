@@ -29,8 +29,9 @@ MIN_PREFIX_SECRET = 12
 #: The rest of a word: what a key, or its quoted and elided form ("…", "***"), can be made of.
 _WORD_REST = r"[^\s\"'`,;()<>\[\]{}]*"
 _BEARER = r"(?i:\bbearer\s+)[^\s\"',;]+"
-#: OpenAI/OpenRouter/Anthropic-style ``sk-…`` and Hugging Face ``hf_…`` keys, whole or partial.
-_KEY_SHAPES = r"\b(?:sk-[A-Za-z0-9]" + _WORD_REST + r"|hf_[A-Za-z0-9]{6,}" + _WORD_REST + ")"
+#: OpenAI/OpenRouter/Anthropic-style ``sk-…`` and Hugging Face ``hf_…`` keys, whole or partial. An HF
+#: token is mixed-case letters: one capital among them tells it from a name such as ``hf_transfer``.
+_KEY_SHAPES = r"\b(?:sk-[A-Za-z0-9]" + _WORD_REST + r"|hf_(?=[a-z0-9]*[A-Z])[A-Za-z0-9]{6,}" + _WORD_REST + ")"
 
 
 class Redactor:
