@@ -47,6 +47,8 @@ class SSEDecoder:
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if not chunk:
+            return []  # nothing new: above all, not the end of a CR waiting for its LF
         if self._pending_cr:
             self._pending_cr = False
             if chunk[:1] == b"\n":
