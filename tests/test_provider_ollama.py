@@ -162,3 +162,19 @@ async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncate
         assert parser.feed(b'{"message":{"role":"assistant","content":"b"},"done":false}') == []
         assert parser.end() == [TextDelta("b")]
     assert isinstance(parser.failure, UpstreamProtocolError) and "truncated" in parser.failure.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"message":{"content":true},"done":false}\n',
+        b'{"message":{"thinking":["x"]},"done":false}\n',
+        b'{"message":{"content":""},"done":true,"prompt_eval_count":null}\n',
+        b'{"message":{"content":""},"done":true,"eval_count":true}\n',
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_protocol_error_not_a_bad_event(line: bytes) -> None:
+    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error))  # type: ignore[arg-type]
+    assert parser.feed(line) == []
+    assert isinstance(parser.failure, UpstreamProtocolError)
+    assert "unreadable NDJSON line" in parser.failure.message

@@ -96,6 +96,8 @@ class GatewayState:
             name=provider,
             key_variable=instance.key_variable,
             extra_params=instance.extra_params,
+            max_event_bytes=self.settings.upstream_max_event_bytes,
+            max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )
 
     def missing_credentials(self, provider: str) -> list[str]:

@@ -63,6 +63,19 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def _text(value: object) -> str:
+    """A text field as Ollama sends it; anything else is a broken line (a ``TypeError``, mapped below)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer count, got {type(value).__name__}")
+    return value
+
+
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
@@ -95,13 +108,13 @@ class OllamaStream:
                         raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
                     if message:
                         if message.get("thinking"):
-                            events.append(ReasoningDelta(message["thinking"]))
+                            events.append(ReasoningDelta(_text(message["thinking"])))
                         if message.get("content"):
-                            events.append(TextDelta(message["content"]))
+                            events.append(TextDelta(_text(message["content"])))
                     if item.get("done"):
                         reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
                         # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
-                        usage = Usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+                        usage = Usage(_count(item.get("prompt_eval_count", 0)), _count(item.get("eval_count", 0)))
                         events.append(Finish(reason, usage))
                         self.done = True
                         break
