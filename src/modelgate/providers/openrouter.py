@@ -22,6 +22,7 @@ from modelgate.providers._http import (
     HttpProvider,
     Upstream,
     estimate_prompt_tokens,
+    openai_listing,
     parse_json,
     seconds_until_epoch_ms,
 )
@@ -186,6 +187,4 @@ class OpenRouter(HttpProvider):
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         # GET /models is free and needs no key (§3.6).
-        return await self.upstream.probe_listing(
-            f"{self.connection.base_url}/models", lambda listing: (entry["id"] for entry in listing["data"])
-        )
+        return await self.upstream.probe_listing(f"{self.connection.base_url}/models", openai_listing)
