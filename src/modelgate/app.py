@@ -97,10 +97,19 @@ class GatewayState:
         assert self.http is not None
         return {name: cls(self.connection(name, catalogue), self.http) for name, cls in PROVIDERS.items()}
 
-    async def start(self) -> None:
+    def open_upstreams(self) -> None:
+        """The shared upstream HTTP client and the providers built on it (the lifespan's, or one check's)."""
         # No total timeout: streams are bounded by the providers' connect/first-token/idle timeouts.
         self.http = new_session()
         self.providers = self._build_providers(self._catalogue)
+
+    async def close_upstreams(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    async def start(self) -> None:
+        self.open_upstreams()
         await self.limiter.start()
         self.redactor.install()
         self.prober.start()
@@ -108,9 +117,7 @@ class GatewayState:
     async def stop(self) -> None:
         await self.prober.stop()
         await self.limiter.stop()
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+        await self.close_upstreams()
         self.access_log.flush()
         self.redactor.uninstall()
 
