@@ -317,6 +317,21 @@ def test_a_model_missing_upstream_is_down_with_the_reason(fakes: Fakes) -> None:
     assert only_listings(fakes) == []
 
 
+def test_a_reload_probes_the_new_catalogue_at_once(fakes: Fakes, tmp_path: Path) -> None:
+    rwkv = model_toml("ollama", "rwkv", upstream=RWKV)
+    path = write_catalogue(tmp_path / "c.toml", rwkv)
+    app = create_app(Settings(**fakes.settings_overrides(), config_path=path, probe_interval=3600))
+    with serve_in_thread(app) as url:
+        poll(url, lambda s: s["models"]["ollama/rwkv"]["status"] == "ok")
+        assert fakes.openrouter.listings == []  # no model used it: never probed
+        write_catalogue(path, rwkv, model_toml("acme", "gone", provider="openrouter", upstream="acme/gone:free"))
+        app.state.gateway.reload()
+        # An hour between rounds: only a round the reload started can have asked OpenRouter.
+        status = poll(url, lambda s: s["models"].get("acme/gone", {}).get("status") == "down")
+    assert status["models"]["acme/gone"]["reason"] == "openrouter does not list the model 'acme/gone:free'"
+    assert only_listings(fakes) == []
+
+
 class SwitchableOllama(FakeOllama):
     """The Ollama fake whose listing can fail (500) or hang, switched from the test thread."""
 

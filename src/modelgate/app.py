@@ -72,6 +72,7 @@ class GatewayState:
         self.keys = keys
         if self.http is not None:
             self.providers = providers
+            self.prober.wake()  # probe what the new catalogue uses now, not an interval later
 
     def reload(self) -> Catalogue:
         """Load the catalogue file again and swap it in. Raises ``CatalogueError`` and keeps the old one."""

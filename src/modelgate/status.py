@@ -267,12 +267,14 @@ class Prober:
 
     The first round runs at once: until a probe answers, ``/api/status`` can only say ``unknown``, and a
     model the provider does not list should show as ``down`` within seconds of start, not a minute later.
+    For the same reason a catalogue reload (``wake``) starts a round at once.
     """
 
     def __init__(self, state: GatewayState, interval: float) -> None:
         self.state = state
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         if self.interval > 0 and self._task is None:
@@ -285,13 +287,24 @@ class Prober:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def wake(self) -> None:
+        """Run the next round now (the catalogue changed: new models or providers to check).
+
+        Safe from any thread (tests swap catalogues from theirs); a no-op when probes are off."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: there is no next round
+                task.get_loop().call_soon_threadsafe(self._wake.set)
+
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.probe_all()
             except Exception:  # the loop must survive anything one round does
                 log.exception("health probe round failed")
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
 
     async def probe_all(self) -> None:
         """One round: probe every configured provider in use, record what each answered."""
