@@ -21,6 +21,8 @@ from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess
 from tests.fakes import Fakes, Reply
 from tests.fakes.cloudflare import CONTEXT_WINDOW as CF_CONTEXT_WINDOW
+from tests.fakes.huggingface import ROUTER_CONTEXT_WINDOWS
+from tests.fakes.openai_compatible import CONTEXT_WINDOW as OPENAI_CONTEXT_WINDOW
 from tests.redis_server import free_port
 from tests.servers import serve_in_thread
 
@@ -166,6 +168,49 @@ def test_check_config_online_fails_when_a_provider_is_unreachable_or_unconfigure
     assert rows["meta/llama"][2] == "yes"
     assert result.stderr.strip() == "2 of 3 models failed the online check"
     assert fakes.cloudflare.listings == []  # no credentials: not even asked
+
+
+def test_check_config_online_covers_every_instance(fakes: Fakes, tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "instances.toml",
+        model_toml("qwen", "qwen", provider="huggingface", upstream="Qwen/Qwen2.5-72B-Instruct", truncate=30000),
+        model_toml("local", "smol", provider="llama", upstream="HuggingFaceTB/SmolLM2-135M-Instruct", truncate=1000),
+        model_toml("local", "ghost", provider="llama", upstream="not-served/ghost-7b"),
+        header=f'[providers.llama]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n',
+    )
+    result = run_cli("check-config", "--online", str(path), env=fakes.env())
+    assert result.returncode == 1
+    assert online_rows(result.stdout) == {
+        # The router's smallest serving provider's window; 30000 + 100 fits it.
+        "qwen/qwen": [
+            "huggingface",
+            "Qwen/Qwen2.5-72B-Instruct",
+            "yes",
+            str(min(ROUTER_CONTEXT_WINDOWS)),
+            "30000 + 100 = 30100",
+            "",
+        ],
+        "local/smol": [
+            "llama",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "yes",
+            str(OPENAI_CONTEXT_WINDOW),
+            "1000 + 100 = 1100",
+            "",
+        ],
+        "local/ghost": [
+            "llama",
+            "not-served/ghost-7b",
+            "NO",
+            "—",
+            "1000 + 100 = 1100",
+            "llama does not list 'not-served/ghost-7b'",
+        ],
+    }
+    assert result.stderr.strip() == "1 of 3 models failed the online check"
+    assert {r.path for r in fakes.huggingface.listings} == {"/v1/models"}
+    assert {r.path for r in fakes.openai.listings} == {"/v1/models"}
+    assert all(fake.requests == [] for fake in fakes.all())
 
 
 # --- serve refuses an invalid file --------------------------------------------------------------------

@@ -332,6 +332,28 @@ def test_a_reload_probes_the_new_catalogue_at_once(fakes: Fakes, tmp_path: Path)
     assert only_listings(fakes) == []
 
 
+def test_an_openai_instance_is_probed_at_start_and_a_model_it_does_not_list_is_down(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    # Like llama.cpp's server, the fake lists its one model (and would answer any id with it).
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("local", "smol", provider="llama", upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
+            model_toml("local", "ghost", provider="llama", upstream="not-served/ghost-7b"),
+            header=f'[providers.llama]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n',
+        )
+    )
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=3600), catalogue)
+    with serve_in_thread(app) as url:
+        status = poll(url, lambda s: s["models"]["local/ghost"]["status"] == "down")
+    assert status["models"]["local/ghost"]["reason"] == "llama does not list the model 'not-served/ghost-7b'"
+    assert status["models"]["local/smol"]["status"] == "ok"
+    assert status["providers"]["llama"]["status"] == "ok"
+    assert {(r.method, r.path) for r in fakes.openai.listings} == {("GET", "/v1/models")}
+    assert only_listings(fakes) == []
+
+
 class SwitchableOllama(FakeOllama):
     """The Ollama fake whose listing can fail (500) or hang, switched from the test thread."""
 

@@ -59,11 +59,13 @@ async def check_online(settings: Settings, catalogue: Catalogue) -> list[ModelCh
         results = await probe_catalogue(state, catalogue)
     finally:
         await state.close_upstreams()
-    return [_judge(model, settings, results) for model in catalogue.models]
+    return [_judge(model, catalogue, settings, results) for model in catalogue.models]
 
 
-def _judge(model: CatalogueModel, settings: Settings, results: dict[str, ProbeResult | None]) -> ModelCheck:
-    missing = settings.missing_credentials(model.provider)
+def _judge(
+    model: CatalogueModel, catalogue: Catalogue, settings: Settings, results: dict[str, ProbeResult | None]
+) -> ModelCheck:
+    missing = settings.missing_credentials(model.provider, catalogue.instance(model.provider).credential_variables)
     if missing:
         return ModelCheck(model, None, None, problem=f"not checked: set {' and '.join(missing)}")
     result = results.get(model.provider)

@@ -172,8 +172,9 @@ class StatusBoard:
     ) -> dict[str, Any]:
         now = self.clock()
         providers: dict[str, dict[str, Any]] = {}
-        for name in _provider_names(catalogue):
-            status, reason = self._provider_status(name, now, settings, breakers)
+        for name, instance in catalogue.instances.items():  # the seed's four, then further instances
+            missing = settings.missing_credentials(name, instance.credential_variables)
+            status, reason = self._provider_status(name, now, missing, breakers)
             providers[name] = {
                 "status": status,
                 "last_checked_at": self._last_checked(self._providers.get(name), self._probes.get(name)),
@@ -194,9 +195,8 @@ class StatusBoard:
         return {"status": overall, "providers": providers, "models": models}
 
     def _provider_status(
-        self, name: str, now: float, settings: Settings, breakers: Breakers
+        self, name: str, now: float, missing: list[str], breakers: Breakers
     ) -> tuple[Status, str | None]:
-        missing = settings.missing_credentials(name)
         if missing:
             return "unconfigured", f"set {' and '.join(missing)}"
         breaker = breakers.peek(name)
@@ -234,13 +234,6 @@ class StatusBoard:
     def _last_checked(self, signals: _Signals | None, probe: _Probe | None) -> str | None:
         times = [t for t in (signals.last_seen_wall if signals else None, probe.wall if probe else None) if t]
         return _iso(max(times)) if times else None
-
-
-def _provider_names(catalogue: Catalogue) -> list[str]:
-    """Every provider to report: the seed's four (always shown), then any other the catalogue names."""
-    from modelgate.catalogue import PROVIDER_NAMES
-
-    return list(dict.fromkeys([*PROVIDER_NAMES, *catalogue.providers, *(m.provider for m in catalogue.models)]))
 
 
 def _overall(statuses: Iterable[str]) -> str:
@@ -331,7 +324,8 @@ async def probe_catalogue(state: GatewayState, catalogue: Catalogue) -> dict[str
     names = [
         name
         for name in by_provider
-        if not state.settings.missing_credentials(name) and state.providers.get(name) is not None
+        if not state.settings.missing_credentials(name, catalogue.instance(name).credential_variables)
+        and state.providers.get(name) is not None
     ]
     results = await asyncio.gather(
         *(
@@ -352,5 +346,6 @@ async def probe_one(provider: Provider, models: list[CatalogueModel], deadline: 
     except ModelgateError as exc:
         return ProbeResult(reachable=False, detail=exc.message)
     except Exception as exc:  # a probe bug must not read as "ok", nor kill the loop
-        log.warning("health probe of %s raised %s", provider.name, type(exc).__name__, exc_info=exc)
+        name = provider.connection.name or provider.name
+        log.warning("health probe of %s raised %s", name, type(exc).__name__, exc_info=exc)
         return ProbeResult(reachable=False, detail=f"probe error ({type(exc).__name__})")
