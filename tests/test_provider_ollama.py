@@ -146,7 +146,8 @@ class TestOllama(ProviderContract):
         assert result is not None and result.reachable
         assert result.available_models is not None
         assert {"mollysama/rwkv-6-world:1.6b", "llama3.2", "llama3.2:latest"} <= result.available_models
-        assert fakes.ollama.last.path == "/api/tags"
+        assert result.context_lengths == {}  # the tags state no context window
+        assert fakes.ollama.listings[-1].path == "/api/tags"
         assert down is not None and not down.reachable and "unreachable" in (down.detail or "")
 
 

@@ -54,7 +54,7 @@ import math
 import ssl
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -221,6 +221,49 @@ def seconds_until_epoch_ms(value: object) -> float | None:
     except ValueError:
         return None
     return max(0.0, reset_ms / 1000 - time.time())
+
+
+#: One model of a listing: its upstream id and its context window in tokens (None when not stated).
+ListedModel = tuple[str, int | None]
+
+
+def context_window(value: object) -> int | None:
+    """A listing's context-window field as a positive token count (a number or a numeric string), else None."""
+    match value:
+        case bool():
+            return None
+        case int() | float() if 0 < value < 2**63:
+            return int(value) or None
+        case str() if value.strip().isdigit():
+            return int(value) or None
+    return None
+
+
+def openai_listing(listing: Any) -> Iterator[ListedModel]:
+    """The models of an OpenAI-style listing, ``GET {base}/models`` → ``{"data": [{"id": ...}, ...]}``,
+    as OpenRouter, the Hugging Face router and every OpenAI-compatible server answer it.
+
+    The context window has no standard field; each server family names it its own way, read in order:
+    ``context_length`` (OpenRouter, Together), ``max_model_len`` (vLLM), ``meta.n_ctx_train`` (llama.cpp's
+    server), and for the Hugging Face router the smallest ``providers[].context_length`` (the router may
+    pick any of its serving providers).
+    """
+    for entry in listing["data"]:
+        yield entry["id"], _entry_window(entry)
+
+
+def _entry_window(entry: Mapping[str, Any]) -> int | None:
+    for value in (entry.get("context_length"), entry.get("max_model_len")):
+        if (window := context_window(value)) is not None:
+            return window
+    meta = entry.get("meta")
+    if isinstance(meta, Mapping) and (window := context_window(meta.get("n_ctx_train"))) is not None:
+        return window
+    providers = entry.get("providers")
+    if isinstance(providers, list):
+        windows = [w for p in providers if isinstance(p, Mapping) and (w := context_window(p.get("context_length")))]
+        return min(windows) if windows else None
+    return None
 
 
 class Upstream:
@@ -395,16 +438,25 @@ class Upstream:
         except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(self.provider, "the listing is not JSON") from exc
 
-    async def probe_listing(self, url: str, names: Callable[[Any], Iterable[str]], **kw: Any) -> ProbeResult:
-        """A probe from a free listing: reachable + the model ids ``names`` finds in it."""
+    async def probe_listing(
+        self, url: str, entries: Callable[[Any], Iterable[ListedModel]], *, headers: Mapping[str, str] | None = None
+    ) -> ProbeResult:
+        """A probe from a free listing: GET ``url``; ``entries`` reads the JSON into ``(model id, context
+        window or None)`` pairs. Reachable with the ids and windows found, or unreachable with the reason."""
         try:
-            listing = await self.get_json(url, **kw)
-            found = frozenset(names(listing))
+            listing = await self.get_json(url, headers=headers)
+            found = list(entries(listing))
         except UpstreamError as exc:
             return ProbeResult(reachable=False, detail=exc.message)
         except (KeyError, TypeError, AttributeError):
             return ProbeResult(reachable=True, detail="the model listing has an unexpected shape")
-        return ProbeResult(reachable=True, available_models=found)
+        if not all(isinstance(model, str) for model, _ in found):
+            return ProbeResult(reachable=True, detail="the model listing has an unexpected shape")
+        return ProbeResult(
+            reachable=True,
+            available_models=frozenset(model for model, _ in found),
+            context_lengths={model: window for model, window in found if window is not None},
+        )
 
     # -- errors ---------------------------------------------------------------------------------
 

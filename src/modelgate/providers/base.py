@@ -57,6 +57,8 @@ class ProbeResult:
     #: Upstream model ids that are available, or None when the probe cannot tell.
     available_models: frozenset[str] | None = None
     detail: str | None = None
+    #: Upstream model id → its context window in tokens, for the listed models whose entry gives one.
+    context_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 class Provider(ABC):

@@ -12,14 +12,14 @@ only a real JSON parser reads right.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, body_message, parse_json
+from modelgate.providers._http import ErrorDetail, HttpProvider, ListedModel, Upstream, body_message, parse_json
 from modelgate.providers.base import ProbeResult
 from modelgate.sse import NDJSONDecoder
 
@@ -154,13 +154,12 @@ class Ollama(HttpProvider):
         )
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
-        def names(listing: Any) -> set[str]:
-            found: set[str] = set()
+        def names(listing: Any) -> Iterator[ListedModel]:
+            # The tags list no context window (only /api/show per model does, and not as a served limit).
             for entry in listing["models"]:
                 for name in {entry.get("name"), entry.get("model")} - {None}:
-                    found.add(name)
+                    yield name, None
                     # "llama3.2" and "llama3.2:latest" are the same model to Ollama.
-                    found.add(name.removesuffix(":latest"))
-            return found
+                    yield name.removesuffix(":latest"), None
 
         return await self.upstream.probe_listing(f"{self.connection.base_url}/api/tags", names)
