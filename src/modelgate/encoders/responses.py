@@ -102,18 +102,17 @@ def _new_item(kind: ItemKind, output_index: int) -> _Item:
 
 def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
     """``ResponseUsage``. The cache counts are required by the SDK types: modelgate has no prompt cache and no
-    provider reports one to it, so they are 0. ``reasoning_tokens`` is 0 for a reply without reasoning; a
-    reply with reasoning has no count to report (no provider gives one separately), so the details are left
-    out rather than guessed."""
-    body: dict[str, Any] = {
+    provider reports one to it, so they are 0. ``reasoning_tokens`` is 0 for a reply without reasoning; for a
+    reply with reasoning whose provider did not count it apart it is ``null``: unknown, not a made-up number
+    (the one field where we send less than the SDK type's ``int``; openai-python then reads ``None``, the
+    AI SDK's schema allows it)."""
+    return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": None if had_reasoning else 0},
         "total_tokens": usage.total_tokens,
     }
-    if not had_reasoning:
-        body["output_tokens_details"] = {"reasoning_tokens": 0}
-    return body
 
 
 def error_code(exc: ModelgateError) -> str:
