@@ -7,6 +7,7 @@ chat types do not carry yet; the route refuses it (``test_structured_output_is_r
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,20 @@ def test_a_fallback_answers_and_is_named(fakes: Fakes, tmp_path: Path) -> None:
     assert (
         sample(metrics, "modelgate_upstream_requests_total", provider="ollama", model="acme/primary", outcome="ok") == 0
     )
+
+
+# --- the README ---------------------------------------------------------------------------------------
+
+
+def test_the_readme_example_works_against_the_service(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n### Responses API (`POST /v1/responses`, stateless)\n")
+    found = re.search(r"```python\n(.*?)```", readme[start:], re.S)
+    assert found, "the section has no python example"
+    fakes.huggingface.script(Reply(tokens=["Hi", " there", "!"]))
+    with serve_in_thread(create_app(Settings.from_env(fakes.env()))) as url:
+        exec(compile(found.group(1).replace("http://127.0.0.1:8000", url), "README.md", "exec"), {})
+    assert capsys.readouterr().out == "Hi there!\n"
+    sent = fakes.huggingface.last.json
+    assert sent["parameters"]["max_new_tokens"] == 256
+    assert "Be terse." in sent["inputs"] and "Hello!" in sent["inputs"]
