@@ -25,7 +25,6 @@ and makes openai-python raise ``APIError`` on it, as it does for an error in a c
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -35,10 +34,8 @@ from typing import Any, Literal
 import orjson
 
 from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
-from modelgate.encoders.base import ENDED_EARLY, INTERNAL_ERROR, close
+from modelgate.encoders.base import close, ended_early, failure_message
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
-
-log = logging.getLogger("modelgate.responses")
 
 MEDIA_TYPE = "text/event-stream"
 #: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
@@ -82,11 +79,25 @@ class _Item:
     text: list[str] = field(default_factory=list)
     status: str = "in_progress"
 
-    def part(self) -> dict[str, Any]:
-        text = "".join(self.text)
+    def part(self, text: str | None = None) -> dict[str, Any]:
+        """The item's one content part, holding ``text`` (default: all of the item's text so far)."""
+        text = "".join(self.text) if text is None else text
         if self.kind == "message":
             return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
         return {"type": "reasoning_text", "text": text}
+
+    def delta_prefix(self) -> bytes:
+        """A delta event of this item up to its text: built once per item, so a token costs one ``dumps``."""
+        kind = "output_text" if self.kind == "message" else "reasoning_text"
+        head = {"type": f"response.{kind}.delta", "item_id": self.id, "output_index": self.output_index}
+        logprobs = b',"logprobs":[]' if self.kind == "message" else b""
+        return (
+            f"event: response.{kind}.delta\ndata: ".encode()
+            + orjson.dumps(head)[:-1]
+            + b',"content_index":0'
+            + logprobs
+            + b',"delta":'
+        )
 
     def as_output(self, *, with_content: bool = True) -> dict[str, Any]:
         content = [self.part()] if with_content else []
@@ -115,9 +126,9 @@ def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
     }
 
 
-def error_code(exc: ModelgateError) -> str:
+def error_code(exc: Exception) -> str:
     """``ResponseError.code``: of the SDK's literals, only these two describe a gateway-side failure."""
-    return "rate_limit_exceeded" if exc.status == 429 else "server_error"
+    return "rate_limit_exceeded" if isinstance(exc, ModelgateError) and exc.status == 429 else "server_error"
 
 
 class ResponseBuilder:
@@ -206,12 +217,11 @@ class ResponseBuilder:
         out.append({"type": f"response.{status}", "response": response})
         return out
 
-    def fail(self, exc: ModelgateError) -> list[dict[str, Any]]:
-        code = error_code(exc)
+    def fail(self, message: str, code: str = "server_error") -> list[dict[str, Any]]:
         if self._open is not None:
             self._open.status = "incomplete"
             self._open = None
-        flat = {"code": code, "message": exc.message, "param": None}
+        flat = {"code": code, "message": message, "param": None}
         return [
             {"type": "error", **flat, "error": {"type": "server_error", **flat}},
             {"type": "response.failed", "response": self.response("failed", error=flat)},
@@ -221,7 +231,6 @@ class ResponseBuilder:
         item = _new_item(kind, len(self.items))
         self.items.append(item)
         self._open = item
-        empty = _Item(kind, item.id, item.output_index).part()
         return [
             {
                 "type": "response.output_item.added",
@@ -233,7 +242,7 @@ class ResponseBuilder:
                 "item_id": item.id,
                 "output_index": item.output_index,
                 "content_index": 0,
-                "part": empty,
+                "part": item.part(""),
             },
         ]
 
@@ -264,6 +273,8 @@ class ResponseStreamEncoder:
         self._provider = provider
         self._clock = clock
         self._sequence = 0
+        self._prefixed: _Item | None = None
+        self._prefix = b""
 
     def _frames(self, payloads: Sequence[dict[str, Any]]) -> bytes:
         out = b""
@@ -274,22 +285,17 @@ class ResponseStreamEncoder:
         return out
 
     def _delta(self, item: _Item, text: str) -> bytes:
-        kind = "output_text" if item.kind == "message" else "reasoning_text"
-        payload: dict[str, Any] = {
-            "type": f"response.{kind}.delta",
-            "item_id": item.id,
-            "output_index": item.output_index,
-            "content_index": 0,
-            "delta": text,
-        }
-        if item.kind == "message":
-            payload["logprobs"] = []
-        return self._frames([payload])
+        if item is not self._prefixed:
+            self._prefixed, self._prefix = item, item.delta_prefix()
+        sequence = self._sequence
+        self._sequence += 1
+        return self._prefix + orjson.dumps(text) + b',"sequence_number":' + str(sequence).encode() + b"}\n\n"
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body, one bytes per batch of events. A ``ModelgateError`` from ``events`` (or a
         stream that ends without a ``Finish``) becomes ``error`` + ``response.failed``: never a silent end."""
         builder = self._builder
+        response_id = builder.head.response_id
         out = self._frames(builder.start())  # goes out with the first batch
         finished = False
         try:
@@ -301,7 +307,7 @@ class ResponseStreamEncoder:
                             before, item = builder.delta(kind, event.text)
                             out += self._frames(before) + self._delta(item, event.text)
                     elif event.reason == "error":
-                        out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR)))
+                        out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
                         finished = True
                         break
                     else:
@@ -314,15 +320,9 @@ class ResponseStreamEncoder:
                     yield out
                     out = b""
             if not finished:
-                log.warning("response %s: events ended without a Finish", builder.head.response_id)
-                out += self._frames(builder.fail(ModelgateError(ENDED_EARLY)))
-        except ModelgateError as exc:
-            log.warning("response %s ended with an error: %s", builder.head.response_id, exc.message)
-            out += self._frames(builder.fail(exc))
+                out += self._frames(builder.fail(ended_early(response_id)))
         except Exception as exc:
-            # Only the type: a foreign exception's text may carry URLs or headers we must not leak.
-            log.error("unexpected error while streaming a response: %s", type(exc).__name__)
-            out += self._frames(builder.fail(ModelgateError(INTERNAL_ERROR)))
+            out += self._frames(builder.fail(failure_message(exc, message_id=response_id), error_code(exc)))
         finally:
             await close(events)
         yield out
