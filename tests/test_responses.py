@@ -286,6 +286,16 @@ def test_a_bad_body_is_an_openai_shaped_400(service: str) -> None:
     assert error["type"] == "invalid_request_error" and "input" in error["message"]
 
 
+def test_more_messages_than_the_limit_are_refused(fakes: Fakes) -> None:
+    app = create_app(Settings.from_env(fakes.env(), max_messages=3))
+    items = [{"role": "user", "content": str(n)} for n in range(3)]
+    with serve_in_thread(app) as url, sdk(url) as client:
+        assert client.responses.create(model=OLLAMA, input=items).output_text  # 3 are fine
+        with pytest.raises(openai.BadRequestError, match="4 messages are more than the limit of 3"):
+            client.responses.create(model=OLLAMA, instructions="Be terse.", input=items)  # + instructions
+    assert len(fakes.ollama.requests) == 1
+
+
 def test_an_unknown_model_is_a_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="nobody/nothing", input="hi")
