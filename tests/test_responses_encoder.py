@@ -152,19 +152,21 @@ def test_a_cut_reply_is_incomplete_with_its_reason(reason: FinishReason, incompl
 
 
 @pytest.mark.parametrize(
-    ("error", "code"),
+    ("error", "code", "kind"),
     [
-        (UpstreamUnavailable("ollama", "overloaded"), "server_error"),
-        (UpstreamRateLimited("ollama", "slow down"), "rate_limit_exceeded"),
+        (UpstreamUnavailable("ollama", "overloaded"), "server_error", "server_error"),
+        (UpstreamRateLimited("ollama", "slow down"), "rate_limit_exceeded", "rate_limit_error"),
     ],
 )
-def test_a_failure_after_the_first_byte_is_an_error_then_response_failed(error: UpstreamError, code: str) -> None:
+def test_a_failure_after_the_first_byte_is_an_error_then_response_failed(
+    error: UpstreamError, code: str, kind: str
+) -> None:
     events = _stream([TextDelta("par"), TextDelta("tial")], error)
     assert _types(events)[-2:] == ["error", "response.failed"]
     assert "response.completed" not in _types(events)
     failure, failed = events[-2:]
     assert failure["message"] == error.message and failure["code"] == code
-    assert failure["error"] == {"type": "server_error", "code": code, "message": error.message, "param": None}
+    assert failure["error"] == {"type": kind, "code": code, "message": error.message, "param": None}
     response = Response.model_validate(failed["response"])
     assert response.status == "failed"
     assert response.error is not None and (response.error.code, response.error.message) == (code, error.message)

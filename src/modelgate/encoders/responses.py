@@ -47,6 +47,9 @@ _ENDED_WITH_ERROR = "the provider ended the reply with an error"
 #: (``IncompleteDetails.reason``), which the SDKs map back to a ``length`` / ``content-filter`` finish.
 _INCOMPLETE = {"length": "max_output_tokens", "content-filter": "content_filter"}
 
+#: The nested error's ``type``, as ``/v1`` error bodies name them (``app.openai_error``).
+_ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error"}
+
 ItemKind = Literal["message", "reasoning"]
 
 
@@ -223,7 +226,7 @@ class ResponseBuilder:
             self._open = None
         flat = {"code": code, "message": message, "param": None}
         return [
-            {"type": "error", **flat, "error": {"type": "server_error", **flat}},
+            {"type": "error", **flat, "error": {"type": _ERROR_TYPES.get(code, "server_error"), **flat}},
             {"type": "response.failed", "response": self.response("failed", error=flat)},
         ]
 
