@@ -332,6 +332,12 @@ def test_an_error_after_the_stream_started_is_raised_by_the_sdk(client: openai.O
     assert "ollama" in caught.value.message
 
 
+def test_the_sdk_stream_helper_raises_a_failure_too(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["one", " two"], fault=Fault.error_after(1)))
+    with pytest.raises(openai.APIError, match="ollama"), client.responses.stream(model=OLLAMA, input="hi") as stream:
+        stream.until_done()
+
+
 def test_the_failure_on_the_wire_is_error_then_response_failed(service: str, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["one", " two"], fault=Fault.drop_after(1)))
     body = {"model": OLLAMA, "input": "hi", "stream": True}
