@@ -346,9 +346,9 @@ async def open_reply(
     the ``X-Modelgate-*`` headers, the dropped parameters under the route's own ``param_names``."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
-    await admit(state, request, model)
+    admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat(model, state.settings.max_messages)
-    start = await open_stream(state, model, chat)
+    start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params, param_names)
     if dropped:
