@@ -20,6 +20,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
+from tests import test_fallback_policy as policy
 from tests.catalogue_files import model_toml
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.servers import serve_in_thread
@@ -404,6 +405,16 @@ def test_a_fallback_answers_and_is_named(fakes: Fakes, tmp_path: Path) -> None:
     assert (
         sample(metrics, "modelgate_upstream_requests_total", provider="ollama", model="acme/primary", outcome="ok") == 0
     )
+
+
+def test_a_fallback_the_key_may_not_use_is_skipped(fakes: Fakes, tmp_path: Path) -> None:
+    """The shared opening path admits each fallback like a direct call (issue 11 #2), here too."""
+    settings = Settings(config_path=policy.catalogue(tmp_path), probe_interval=0, **fakes.settings_overrides())  # type: ignore[arg-type]
+    fakes.ollama.models = {"secret:1b", "open:1b"}  # a/fb fails; a/secret (not for this key) and a/open answer
+    with serve_in_thread(create_app(settings)) as url, sdk(url, api_key=policy.KEYS["narrow"]) as client:
+        raw = client.responses.with_raw_response.create(model="a/fb", input="hi")
+        assert raw.parse().model == raw.headers["x-modelgate-model"] == "a/open"
+    assert policy.asked(fakes.ollama, "secret:1b") == 0
 
 
 # --- the README ---------------------------------------------------------------------------------------
