@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from modelgate.routes.chat import router as chat_router
+from modelgate.routes.docs import router as docs_router
 from modelgate.routes.health import router as health_router
 from modelgate.routes.models import router as models_router
 from modelgate.routes.openai import router as openai_router
@@ -18,5 +19,6 @@ ROUTERS: list[APIRouter] = [
     openai_router,
     responses_router,
     playground_router,
+    docs_router,
     health_router,
 ]

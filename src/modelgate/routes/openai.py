@@ -11,6 +11,7 @@ as OpenRouter's and LiteLLM's listings do: SDKs keep unknown fields.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -36,6 +37,7 @@ from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
 
 router = APIRouter(tags=["OpenAI compatible"])
+log = logging.getLogger("modelgate.openai")
 
 JSON = "application/json"
 
@@ -321,9 +323,23 @@ def call_params(
     return GenerationParams(**overrides)  # type: ignore[arg-type]
 
 
-def openai_param_names(fields: Iterable[str], names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS) -> list[str]:
-    """Our ``GenerationParams`` field names as the OpenAI caller knows them (catalogue-only ones as is)."""
-    return sorted({names.get(field, (field,))[0] for field in fields})
+def dropped_by_caller(
+    body: BaseModel, dropped: Iterable[str], *, model: str, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
+) -> list[str]:
+    """Of the parameters the answering provider could not carry, those this call set, under the names it used.
+
+    The rest are catalogue defaults the operator configured, not the caller's doing: they are not reported
+    to the caller; the access log line lists every dropped parameter (``dropped_params``), and this debug
+    line says which were defaults.
+    """
+    named: list[str] = []
+    defaults: list[str] = []
+    for field in dropped:
+        used = next((name for name in names.get(field, ()) if getattr(body, name) is not None), None)
+        (named if used is not None else defaults).append(used or field)
+    if defaults:
+        log.debug("catalogue defaults of %s not carried by its provider: %s", model, ", ".join(sorted(defaults)))
+    return sorted(named)
 
 
 def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
@@ -336,6 +352,7 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_m
 
 async def open_reply(
     request: Request,
+    body: BaseModel,
     model_id: str,
     to_chat: Callable[[CatalogueModel, int], ChatRequest],
     param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
@@ -343,14 +360,14 @@ async def open_reply(
     """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
     (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
     ``to_chat(model, max_messages)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
-    the ``X-Modelgate-*`` headers, the dropped parameters under the route's own ``param_names``."""
+    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat(model, state.settings.max_messages)
     start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
-    dropped = openai_param_names(start.dropped_params, param_names)
+    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
         headers["X-Modelgate-Dropped-Params"] = ",".join(dropped)
     return start, headers
@@ -359,7 +376,7 @@ async def open_reply(
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     start, headers = await open_reply(
-        request, body.model, lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages)
+        request, body, body.model, lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages)
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

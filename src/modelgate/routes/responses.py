@@ -280,6 +280,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     refuse_stateful(body)
     start, headers = await open_reply(
         request,
+        body,
         body.model,
         lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages),
         RESPONSES_PARAMS,
