@@ -169,6 +169,16 @@ def test_reasoning_is_a_reasoning_item(client: openai.OpenAI, fakes: Fakes) -> N
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "4"
 
 
+def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(
+        Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
+    )
+    raw = client.responses.with_raw_response.create(model=MODELS["openrouter"], input="2+2?")
+    response = Response.model_validate(raw.http_response.json())  # complete to the SDK's type
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens == 2
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+
+
 def test_max_output_tokens_reached_is_incomplete(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["a", "b"], finish="length"))
     response = client.responses.create(model=OLLAMA, input="hi", max_output_tokens=2)

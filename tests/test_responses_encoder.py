@@ -133,6 +133,13 @@ def test_reasoning_is_its_own_output_item_before_the_message() -> None:
     assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens is None
 
 
+def test_reasoning_tokens_the_provider_counted_are_reported() -> None:
+    usage = Usage(prompt_tokens=7, completion_tokens=5, reasoning_tokens=4)
+    events = _stream([ReasoningDelta("hm"), TextDelta("4"), Finish("stop", usage)])
+    response = Response.model_validate(events[-1]["response"])  # complete to the SDK's type, the count included
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens == 4
+
+
 def test_a_reply_without_text_still_has_its_message() -> None:
     events = _stream([Finish("stop", USAGE)])
     assert _types(events) == [*TEXT_EVENTS[:4], *TEXT_EVENTS[6:]]
@@ -195,7 +202,7 @@ def test_an_unexpected_exception_is_reported_without_its_text() -> None:
 def test_collect_builds_the_same_response_object() -> None:
     async def main() -> dict[str, Any]:
         return await collect_response(
-            _batches([ReasoningDelta("hm"), TextDelta("Hi"), Finish("stop")]),
+            _batches([ReasoningDelta("hm"), TextDelta("Hi"), Finish("stop", Usage(7, 3, reasoning_tokens=1))]),
             HEAD,
             provider="ollama",
             clock=_clock,
@@ -204,7 +211,7 @@ def test_collect_builds_the_same_response_object() -> None:
     response = Response.model_validate(asyncio.run(main()))
     assert response.status == "completed" and response.output_text == "Hi"
     assert [item.type for item in response.output] == ["reasoning", "message"]
-    assert response.usage is None  # the provider reported none
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens == 1
 
 
 @pytest.mark.parametrize(

@@ -116,15 +116,17 @@ def _new_item(kind: ItemKind, output_index: int) -> _Item:
 
 def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
     """``ResponseUsage``. The cache counts are required by the SDK types: modelgate has no prompt cache and no
-    provider reports one to it, so they are 0. ``reasoning_tokens`` is 0 for a reply without reasoning; for a
-    reply with reasoning whose provider did not count it apart it is ``null``: unknown, not a made-up number
-    (the one field where we send less than the SDK type's ``int``; openai-python then reads ``None``, the
-    AI SDK's schema allows it)."""
+    provider reports one to it, so they are 0. ``reasoning_tokens`` is the provider's count; else 0 for a reply
+    without reasoning, and ``null`` for one with reasoning: unknown, not a made-up number (the one field where we
+    send less than the SDK type's ``int``; openai-python then reads ``None``, the AI SDK's schema allows it)."""
+    reasoning = usage.reasoning_tokens
+    if reasoning is None and not had_reasoning:
+        reasoning = 0
     return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": None if had_reasoning else 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.total_tokens,
     }
 
