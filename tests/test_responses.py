@@ -217,6 +217,12 @@ def test_earlier_output_goes_back_as_input(client: openai.OpenAI, fakes: Fakes) 
     ]
 
 
+def test_catalogue_defaults_a_provider_cannot_carry_are_not_reported_as_dropped(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model=MODELS["cloudflare"], input="hi", temperature=0.5)
+    raw.parse()
+    assert "x-modelgate-dropped-params" not in raw.headers  # typical_p/truncate are the catalogue's, not ours
+
+
 def test_catalogue_defaults_apply_when_the_call_sets_nothing(client: openai.OpenAI, fakes: Fakes) -> None:
     client.responses.create(model=OLLAMA, input="hi")
     options = fakes.ollama.last.json["options"]
