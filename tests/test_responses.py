@@ -30,6 +30,8 @@ from tests.test_openai_chat import MODELS, PROVIDERS, UPSTREAM_PARAMS, async_sdk
 TOKENS = ["Hel", "lo", ", wörld", " 😀 <b>&</b>"]
 TEXT = "".join(TOKENS)
 OLLAMA = MODELS["ollama"]
+#: A model whose fake streams reasoning (OpenRouter's ``delta.reasoning``).
+THINKER = MODELS["openrouter"]
 INPUT: list[Any] = [
     {"role": "developer", "content": "Answer in English."},
     {"role": "user", "content": [{"type": "input_text", "text": "Say"}, {"type": "input_text", "text": "hello"}]},
@@ -156,14 +158,14 @@ def test_the_wire_has_event_lines_and_no_done_marker(service: str) -> None:
 
 
 def test_reasoning_is_a_reasoning_item(client: openai.OpenAI, fakes: Fakes) -> None:
-    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"])
-    fakes.ollama.script(reply, reply)
-    response = client.responses.create(model=OLLAMA, input="2+2?")
+    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"])  # OpenRouter's delta.reasoning
+    fakes.openrouter.script(reply, reply)
+    response = client.responses.create(model=THINKER, input="2+2?")
     reasoning, message = response.output
     assert reasoning.type == "reasoning" and reasoning.content is not None and message.type == "message"
     assert [c.text for c in reasoning.content] == ["2+2 is 4"]
     assert response.output_text == "4"  # never mixed into the answer
-    with client.responses.create(model=OLLAMA, input="2+2?", stream=True) as stream:
+    with client.responses.create(model=THINKER, input="2+2?", stream=True) as stream:
         events = list(stream)
     assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "2+2 is 4"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "4"
@@ -173,7 +175,7 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     fakes.openrouter.script(
         Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
     )
-    raw = client.responses.with_raw_response.create(model=MODELS["openrouter"], input="2+2?")
+    raw = client.responses.with_raw_response.create(model=THINKER, input="2+2?")
     response = Response.model_validate(raw.http_response.json())  # complete to the SDK's type
     assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens == 2
     assert [item.type for item in response.output] == ["reasoning", "message"]
@@ -194,10 +196,11 @@ def test_max_output_tokens_reached_is_incomplete(client: openai.OpenAI, fakes: F
 def test_earlier_output_goes_back_as_input(client: openai.OpenAI, fakes: Fakes) -> None:
     """The SDK's documented multi-turn pattern without storage: the previous ``output`` items (message and
     reasoning) followed by the next user message."""
-    fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2"]), Reply(tokens=["8"]))
-    first = client.responses.create(model=OLLAMA, input="2+2?", store=False)
+    fakes.openrouter.script(Reply(tokens=["4"], reasoning=["2+2"]), Reply(tokens=["8"]))
+    first = client.responses.create(model=THINKER, input="2+2?", store=False)
+    assert [item.type for item in first.output] == ["reasoning", "message"]
     second = client.responses.create(
-        model=OLLAMA,
+        model=THINKER,
         input=[
             {"role": "user", "content": "2+2?"},
             *[item.model_dump() for item in first.output],
@@ -209,7 +212,7 @@ def test_earlier_output_goes_back_as_input(client: openai.OpenAI, fakes: Fakes) 
         store=False,
     )
     assert second.output_text == "8"
-    messages = fakes.ollama.last.json["messages"]
+    messages = fakes.openrouter.last.json["messages"]
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "2+2?"),
         ("assistant", "4"),  # the reasoning item is not replayed (nowhere to put it; models do not read it)
@@ -445,6 +448,6 @@ def test_the_readme_example_works_against_the_service(fakes: Fakes, capsys: pyte
     with serve_in_thread(create_app(Settings.from_env(fakes.env()))) as url:
         exec(compile(found.group(1).replace("http://127.0.0.1:8000", url), "README.md", "exec"), {})
     assert capsys.readouterr().out == "Hi there!\n"
-    sent = fakes.huggingface.last.json
-    assert sent["parameters"]["max_new_tokens"] == 256
-    assert "Be terse." in sent["inputs"] and "Hello!" in sent["inputs"]
+    sent = fakes.huggingface.last.json  # the HF router: Chat Completions
+    assert sent["max_tokens"] == 256
+    assert sent["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hello!"}]
