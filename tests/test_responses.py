@@ -181,6 +181,19 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     assert [item.type for item in response.output] == ["reasoning", "message"]
 
 
+def test_usage_the_provider_does_not_report_is_estimated_and_marked(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=["Hi", "!"], usage=None), Reply(tokens=["Hi", "!"], usage=None))
+    raw = client.responses.with_raw_response.create(model=THINKER, input="hi")
+    assert raw.headers["x-modelgate-usage"] == "estimated"
+    usage = raw.parse().usage
+    assert usage is not None and usage.output_tokens == 2 and usage.model_extra == {"estimated": True}
+    with client.responses.create(model=THINKER, input="hi", stream=True) as stream:
+        completed = [e for e in stream if e.type == "response.completed"]
+    assert completed[0].response.usage is not None and completed[0].response.usage.model_extra == {"estimated": True}
+    raw = client.responses.with_raw_response.create(model=THINKER, input="hi")  # reported: unmarked
+    assert "x-modelgate-usage" not in raw.headers and not (raw.parse().usage.model_extra or {})  # type: ignore[union-attr]
+
+
 def test_max_output_tokens_reached_is_incomplete(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["a", "b"], finish="length"))
     response = client.responses.create(model=OLLAMA, input="hi", max_output_tokens=2)

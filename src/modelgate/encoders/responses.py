@@ -122,13 +122,16 @@ def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
     reasoning = usage.reasoning_tokens
     if reasoning is None and not had_reasoning:
         reasoning = 0
-    return {
+    body: dict[str, Any] = {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.total_tokens,
     }
+    if usage.estimated:  # counted by us, as on /v1/chat/completions: a non-standard field SDKs keep
+        body["estimated"] = True
+    return body
 
 
 def error_code(exc: Exception) -> str:

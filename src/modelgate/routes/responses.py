@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, Message, Role
+from modelgate.encoders.openai import USAGE_HEADER
 from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
@@ -304,4 +305,6 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
     response = await collect_response(start.events, head, provider=provider)
+    if (response.get("usage") or {}).get("estimated"):
+        headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(response), media_type=JSON, headers=headers)
