@@ -182,7 +182,7 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
 
 
 def test_usage_the_provider_does_not_report_is_estimated_and_marked(client: openai.OpenAI, fakes: Fakes) -> None:
-    fakes.openrouter.script(Reply(tokens=["Hi", "!"], usage=None), Reply(tokens=["Hi", "!"], usage=None))
+    fakes.openrouter.default = Reply(tokens=["Hi", "!"], usage=None)  # every call: no usage reported
     raw = client.responses.with_raw_response.create(model=THINKER, input="hi")
     assert raw.headers["x-modelgate-usage"] == "estimated"
     usage = raw.parse().usage
@@ -190,6 +190,7 @@ def test_usage_the_provider_does_not_report_is_estimated_and_marked(client: open
     with client.responses.create(model=THINKER, input="hi", stream=True) as stream:
         completed = [e for e in stream if e.type == "response.completed"]
     assert completed[0].response.usage is not None and completed[0].response.usage.model_extra == {"estimated": True}
+    fakes.openrouter.default = Reply(tokens=["Hi", "!"], usage=(5, 2))
     raw = client.responses.with_raw_response.create(model=THINKER, input="hi")  # reported: unmarked
     assert "x-modelgate-usage" not in raw.headers and not (raw.parse().usage.model_extra or {})  # type: ignore[union-attr]
 
