@@ -69,6 +69,7 @@ def test_entry_carries_the_catalogue_metadata(base_url: str) -> None:
         "context_length": 32267,
         "max_completion_tokens": 512,
         "supported_parameters": entry["supported_parameters"],
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
         "default_parameters": {
             "max_new_tokens": 512,
             "typical_p": 0.2,
@@ -212,3 +213,18 @@ temperature = 0.5
         "truncate": 2000,
         "return_full_text": False,
     }
+
+
+def test_supported_parameters_follow_the_capabilities(base_url: str) -> None:
+    """Tools and structured output only where the catalogue declares them and the provider carries them;
+    image input only for the vision model."""
+    models = {m["id"]: m for m in httpx.get(f"{base_url}/v1/models").json()["data"]}
+    qwen = models["qwen/Qwen2.5-72B-Instruct"]["supported_parameters"]
+    assert {"tools", "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs"} <= set(qwen)
+    coder = models["qwen/Qwen2.5-Coder-32B-Instruct"]["supported_parameters"]
+    assert "response_format" in coder
+    assert "tools" not in coder
+    gemma = models["google/gemma-2-27b-it"]["supported_parameters"]
+    assert not {"tools", "tool_choice", "response_format", "structured_outputs"} & set(gemma)
+    assert models["openrouter/gemini-2.0-pro-exp-02-05"]["architecture"]["input_modalities"] == ["text", "image"]
+    assert models["openrouter/deepseek-chat"]["architecture"]["input_modalities"] == ["text"]

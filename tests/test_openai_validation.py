@@ -16,6 +16,8 @@ from tests.servers import serve_in_thread
 
 QWEN = "qwen/Qwen2.5-72B-Instruct"  # max_new_tokens = 512 in the default catalogue
 HELLO = [{"role": "user", "content": "Hello"}]
+GEMMA = "google/gemma-2-27b-it"  # no capabilities in the default catalogue
+TOOL_G = {"type": "function", "function": {"name": "g"}}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,19 @@ def refused(client: openai.OpenAI, **fields: Any) -> openai.BadRequestError:
         ({"frequency_penalty": -2.1}, "frequency_penalty", ["greater than or equal to -2"]),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", ["at most 4"]),
         ({"n": 2}, "n", ["n must be 1"]),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", ["not supported"]),
-        ({"tool_choice": "required"}, "tool_choice", ["not supported"]),
-        ({"response_format": {"type": "json_object"}}, "response_format", ["only text"]),
+        (
+            {"model": GEMMA, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            "tools",
+            [GEMMA, "tool calling", "'tools'"],
+        ),
+        ({"tool_choice": "required"}, "tool_choice", ["only allowed when tools are given"]),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": TOOL_G},
+            "tool_choice",
+            ["'g' is not one of the tools"],
+        ),
+        ({"model": GEMMA, "response_format": {"type": "json_object"}}, "response_format", [GEMMA, "'json'"]),
+        ({"response_format": {"type": "json_schema"}}, "response_format", ["json_schema: required"]),
         ({"logprobs": True}, "logprobs", ["not supported"]),
         ({"messages": []}, "messages", ["at least 1"]),
     ],
@@ -74,7 +86,7 @@ def test_out_of_range_or_unsupported_fields_are_named(
     [
         (
             [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}],
-            ["messages[0].content[0]", "image_url", "not supported"],
+            ["Qwen2.5-72B-Instruct", "image input", "'vision'"],
         ),
         (
             [
@@ -86,11 +98,21 @@ def test_out_of_range_or_unsupported_fields_are_named(
             ],
             ["messages[1].content[0]", "input_audio"],
         ),
-        ([{"role": "tool", "content": "42", "tool_call_id": "call_1"}], ["messages[0]", "tool"]),
+        ([{"role": "tool", "content": "42"}], ["messages[0].tool_call_id: required"]),
         (
-            [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]}],
-            ["messages[0]", "not supported"],
+            [
+                {
+                    "role": "user",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}],
+                }
+            ],
+            ["messages[0].tool_calls", "only assistant messages"],
         ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}],
+            ["messages[0].content[0]", "data: URL or an https: URL"],
+        ),
+        ([{"role": "function", "content": "42", "name": "f"}], ["messages[0]", "deprecated function role"]),
         ([{"role": "user"}], ["messages[0].content: required"]),
     ],
 )

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, GenerationParams, TextDelta, Usage
+from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, ToolCallDelta, Usage
 from modelgate.errors import UpstreamAuthError, UpstreamBadRequest, UpstreamError
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
 from modelgate.providers._http import Upstream, estimate_tokens
@@ -208,3 +208,25 @@ def test_the_fake_sends_stream_usage_only_when_asked(fakes: Fakes) -> None:
     ).text
     assert '"prompt_tokens"' not in plain and '"usage"' not in plain
     assert '"choices":[],"usage":{"prompt_tokens"' in asked
+
+
+@pytest.mark.anyio
+async def test_tool_calls_without_ids_get_one_and_a_stop_after_them_means_tool_calls() -> None:
+    """Some servers (llama.cpp builds) send no call id and finish with "stop": clients answer a call by its id
+    and look for finish reason tool_calls."""
+    async with new_session() as http:
+        upstream = Upstream("llama", Connection("http://127.0.0.1:9"), http, read_error)
+        parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
+        events = parser.feed(
+            b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":'
+            b'{"name":"f","arguments":"{\\"a\\""}}]}}]}\n\n'
+            b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]}\n\n'
+            b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+            b"data: [DONE]\n\n"
+        )
+    first, second, finish = events
+    assert isinstance(first, ToolCallDelta) and isinstance(second, ToolCallDelta)
+    assert (first.index, first.name, first.arguments) == (0, "f", '{"a"')
+    assert first.id is not None and first.id.startswith("call_")
+    assert (second.id, second.name, second.arguments) == (None, None, ":1}")
+    assert isinstance(finish, Finish) and finish.reason == "tool-calls"

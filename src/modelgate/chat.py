@@ -8,17 +8,84 @@ stream runner turns it into the client protocol's error part.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other", "unknown"]
+#: What a model may declare it supports (a catalogue entry's ``capabilities``); ``json`` is structured output.
+Capability = Literal["tools", "json", "vision", "reasoning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image input: a ``data:`` URL (inline, base64) or an ``https:`` URL. modelgate never fetches a URL:
+    a provider that needs the bytes takes only inline images."""
+
+    url: str
+    #: OpenAI's ``detail`` hint (``auto``, ``low``, ``high``), passed on where the protocol has it.
+    detail: str | None = None
+
+    @property
+    def inline(self) -> tuple[str, str] | None:
+        """``(media type, base64 data)`` of a ``data:`` URL; None for a remote URL."""
+        if not self.url.startswith("data:"):
+            return None
+        head, _, data = self.url[5:].partition(",")
+        return head.removesuffix(";base64"), data
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the assistant made: ``arguments`` is the JSON text the model wrote (not parsed: it may be invalid)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     content: str
+    #: Image inputs of a user message, after its text (providers take text and images apart, or in this order).
+    images: tuple[Image, ...] = ()
+    #: An assistant message's tool calls (its ``content`` may then be empty).
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: A ``tool`` message: the id of the call it answers.
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is its arguments' JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: Mapping[str, Any] | None = None
+    #: OpenAI's ``strict`` (arguments follow the schema exactly), passed on where the protocol has it.
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTool:
+    """``tool_choice`` naming the one function the model must call."""
+
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedTool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output: any JSON object (``json_object``) or one following ``schema`` (``json_schema``)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: Mapping[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +143,29 @@ class ChatRequest:
 
     messages: tuple[Message, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    def tool_controls(self) -> list[str]:
+        """The tool controls set beyond offering tools or not (``tool_choice`` ``required`` or a named function,
+        ``parallel_tool_calls``), by their OpenAI names: what a protocol without them cannot enforce."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        controls = [] if self.tool_choice in (None, "auto") else ["tool_choice"]
+        return controls + (["parallel_tool_calls"] if self.parallel_tool_calls is not None else [])
+
+    def needs(self) -> frozenset[Capability]:
+        """The capabilities a model must have to answer this request."""
+        needed: set[Capability] = set()
+        if self.tools or any(m.tool_calls or m.role == "tool" for m in self.messages):
+            needed.add("tools")
+        if self.response_format is not None:
+            needed.add("json")
+        if any(m.images for m in self.messages):
+            needed.add("vision")
+        return frozenset(needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,4 +198,15 @@ class Finish:
     usage: Usage | None = None
 
 
-StreamEvent = TextDelta | ReasoningDelta | Finish
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of tool call number ``index`` (0-based, per reply): the first piece of a call carries its
+    ``id`` and ``name``; ``arguments`` are fragments of its JSON text, to be concatenated in order."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finish

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent
-from modelgate.errors import Forbidden, ModelgateError, ProviderNotConfigured, RateLimited, UpstreamProtocolError
+from modelgate.errors import (
+    BadRequest,
+    Forbidden,
+    ModelgateError,
+    ProviderNotConfigured,
+    RateLimited,
+    UpstreamProtocolError,
+)
 from modelgate.observer import Observation, current_observation
 from modelgate.resilience import (
     BreakerConfig,
@@ -73,6 +80,20 @@ async def open_stream(
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
+        call = _for_model(request, candidate)
+        provider = state.providers.get(candidate.provider)
+        if provider is not None:
+            try:
+                # Before any upstream call (and before a fallback takes a slot): the requested model's refusal
+                # is the answer (400 naming model and capability); a fallback that cannot serve the request
+                # (no tools, no images) is passed over.
+                provider.check(candidate, call)
+            except BadRequest as exc:
+                if candidate is model:
+                    raise
+                log.info("fallback %s skipped for %s: %s", candidate.id, model.id, exc.message)
+                attempts.append((candidate.id, exc.message))
+                continue
         if candidate is not model:
             try:
                 await admission.admit_fallback(candidate)
@@ -82,7 +103,6 @@ async def open_stream(
                 log.info("fallback %s skipped for %s: %s", candidate.id, model.id, exc.message)
                 attempts.append((candidate.id, exc.message))
                 continue
-        call = _for_model(request, candidate)
         try:
             start = await _open_model(state, candidate, call, attempts, obs)
         except ModelgateError as exc:
@@ -173,7 +193,7 @@ async def _open_model(
         breaker.record_success()
         state.status.record(model.provider, model.id, ok=True, ttft=ttft)
         metrics.observe_first_token(model.provider, model.id, ttft)
-        dropped = provider.dropped_params(request.params)
+        dropped = provider.dropped_params(request.params) + provider.unenforced(request)
         if obs is not None:
             obs.model, obs.provider = model.id, model.provider
             obs.first_event_at = answered

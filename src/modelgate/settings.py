@@ -70,6 +70,9 @@ class Settings:
     log_level: str = "info"
     max_body_bytes: int = 1_000_000
     max_messages: int = 1_000
+    #: Decoded bytes of one inline (``data:``) image, and of all images of one request (413 above either).
+    max_image_bytes: int = 5_000_000
+    max_images_bytes: int = 10_000_000
     #: Seconds a client may take to send its whole request body (slow senders get 408).
     client_body_timeout: float = 30.0
     #: Seconds a streamed chunk may wait for a client that does not read before the stream is ended.

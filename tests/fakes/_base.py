@@ -89,6 +89,20 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class ToolCallScript:
+    """A tool call a fake answers with; each fake renders it in its own format."""
+
+    name: str
+    #: The JSON text of the arguments (streamed in fragments by the Chat Completions fakes).
+    arguments: str
+    id: str = "call_fake_1"
+
+    def fragments(self, size: int = 7) -> list[str]:
+        """The arguments cut in pieces, as OpenAI and OpenRouter stream them."""
+        return [self.arguments[i : i + size] for i in range(0, len(self.arguments), size)] or [""]
+
+
+@dataclass(frozen=True)
 class Reply:
     """What the fake answers to one request."""
 
@@ -98,7 +112,9 @@ class Reply:
     #: ``(prompt_tokens, completion_tokens)`` to report; None = omit; "auto" = ``PROMPT_TOKENS`` and the
     #: number of scripted tokens (reasoning included), the same for every fake.
     usage: tuple[int, int] | Literal["auto"] | None = "auto"
-    finish: Literal["stop", "length"] = "stop"
+    finish: Literal["stop", "length", "tool_calls"] = "stop"
+    #: Tool calls after ``tokens`` (script ``finish="tool_calls"`` with them, as the providers do).
+    tool_calls: Sequence[ToolCallScript] = ()
     #: Seconds between two tokens, and before the first one.
     delay: float = 0.0
     first_delay: float = 0.0

@@ -9,11 +9,16 @@ out-of-range values are rejected with 400 / code 5006, so an adapter that sends 
 An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`` (whether Cloudflare
 ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
 ``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity).
+Tools and JSON mode as Workers AI answers them, without streaming: ``result.tool_calls`` is
+``[{"name", "arguments": {object}}]`` (no ids), and with a ``response_format`` the ``response`` is the parsed
+JSON object rather than text.
+
 ``Reply.options``: ``padding`` (False to send old-style ``{"response":…}`` events only).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -114,7 +119,12 @@ class FakeCloudflare(FakeUpstream):
             return self.status_error(fault.http_status, fault.retry_after, fault.code, fault.message)
         if body.get("stream") is not True:
             usage = self.usage_of(reply, len(reply.tokens))
-            result: dict[str, Any] = {"response": "".join(reply.tokens), "tool_calls": []}
+            text = "".join(reply.tokens)
+            calls = [{"name": c.name, "arguments": json.loads(c.arguments)} for c in reply.tool_calls]
+            result: dict[str, Any] = {
+                "response": json.loads(text) if "response_format" in body and text else text,
+                "tool_calls": calls,
+            }
             if usage:
                 result["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
             return JSONResponse({"result": result, "success": True, "errors": [], "messages": []})

@@ -222,4 +222,10 @@ def validate(inputs: Any, params: dict[str, Any]) -> str | None:
     stop = params.get("stop")
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4):
         return "Input validation error: `stop` supports up to 4 stop sequences"
+    grammar = params.get("grammar")
+    if grammar is not None and not (
+        isinstance(grammar, dict) and grammar.get("type") in ("json", "regex") and "value" in grammar
+    ):
+        # TGI's GrammarType: {"type": "json" | "regex", "value": …} (serde's adjacent tagging)
+        return "Failed to deserialize the JSON body: parameters.grammar: unknown variant"
     return None

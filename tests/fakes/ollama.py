@@ -8,10 +8,17 @@ Errors are ``{"error":"…"}`` with a real status before the stream, or one more
 after lines were sent (``error_after``), with no ``done`` line (§4.5). Thinking as real Ollama does it:
 ``message.thinking`` only when the request says ``think: true``, and ``think`` refused with 400
 "… does not support thinking" for a model not in ``thinking_models``.
+
+Tool calls (``Reply.tool_calls``) as Ollama sends them: whole, in one line's ``message.tool_calls``
+(``{"function": {"name", "arguments": {object}}}``, no id), and ``done_reason`` stays ``"stop"``.
+Images must be plain base64 (Ollama answers 400 "illegal base64 data at input byte N" otherwise).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -83,6 +90,12 @@ class FakeOllama(FakeUpstream):
             return self.error(400, "model is required")
         if not self.serves(model):
             return self.error(404, f'model "{model}" not found, try pulling it first')
+        for message in body.get("messages") or ():
+            for image in message.get("images") or ():
+                try:
+                    base64.b64decode(image, validate=True)
+                except (binascii.Error, TypeError):
+                    return self.error(400, "illegal base64 data at input byte 4")
         think = body.get("think") is True
         if think and model not in self.thinking_models:
             return self.error(400, f'"{model}" does not support thinking')
@@ -97,6 +110,8 @@ class FakeOllama(FakeUpstream):
             final["message"]["content"] = "".join(reply.tokens)
             if reply.reasoning:
                 final["message"]["thinking"] = "".join(reply.reasoning)
+            if reply.tool_calls:
+                final["message"]["tool_calls"] = _tool_calls(reply)
             return Response(go_json(final), media_type="application/json; charset=utf-8")
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="application/x-ndjson")
 
@@ -106,7 +121,7 @@ class FakeOllama(FakeUpstream):
             "created_at": CREATED_AT,
             "message": {"role": "assistant", "content": ""},
             "done": True,
-            "done_reason": reply.finish,
+            "done_reason": "stop" if reply.finish == "tool_calls" else reply.finish,
             "total_duration": 212000000,
             "load_duration": 1500000,
         }
@@ -119,11 +134,13 @@ class FakeOllama(FakeUpstream):
         return final
 
     def render(self, reply: Reply, model: str) -> Frames:
-        def line(message: dict[str, str]) -> bytes:
+        def line(message: dict[str, Any]) -> bytes:
             return go_json({"model": model, "created_at": CREATED_AT, "message": message, "done": False}) + b"\n"
 
         tokens = [line({"role": "assistant", "content": "", "thinking": t}) for t in reply.reasoning]
         tokens += [line({"role": "assistant", "content": t}) for t in reply.tokens]
+        if reply.tool_calls:
+            tokens.append(line({"role": "assistant", "content": "", "tool_calls": _tool_calls(reply)}))
         message = (reply.fault.message if reply.fault else None) or "an error was encountered while running the model"
         return Frames(
             preamble=[],
@@ -134,3 +151,7 @@ class FakeOllama(FakeUpstream):
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         return json_error(status, {"error": message or _ERRORS.get(status, f"HTTP {status}")}, retry_after=retry_after)
+
+
+def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
+    return [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in reply.tool_calls]

@@ -11,6 +11,9 @@ then ``data: [DONE]``. A mid-stream failure (``error_after``) is ``data: {"error
 Errors before the stream are OpenAI's ``{"error": {"message", "type", "param", "code"}}``; a fault's ``code``
 goes into ``code`` (e.g. ``context_length_exceeded`` with HTTP 400, as llama-cpp-python's server says it).
 
+Tool calls (``Reply.tool_calls``): streamed as ``delta.tool_calls`` pieces (``tool_call_pieces``), whole in
+``message.tool_calls`` (``content`` null when there is no text) otherwise.
+
 ``Reply.options``: ``never_usage`` (True: no usage even when asked, as llama.cpp's server on a stream).
 """
 
@@ -111,7 +114,12 @@ class ChatCompletionsServer:
         return {"id": "chatcmpl-fake", "object": kind, "created": 1730000000, "model": model}
 
     def completion(self, reply: Reply, model: str) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens)}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens) or None}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in reply.tool_calls
+            ]
         if reply.reasoning:
             message["reasoning_content"] = "".join(reply.reasoning)
         usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
@@ -135,6 +143,7 @@ class ChatCompletionsServer:
         preamble = [chunk({"role": "assistant", "content": ""})]
         tokens = [chunk({"reasoning_content": t}) for t in reply.reasoning]
         tokens += [chunk({"content": t}) for t in reply.tokens]
+        tokens += [chunk({"tool_calls": [piece]}) for piece in tool_call_pieces(reply)]
         trailer = [chunk({}, reply.finish)]
         usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
         if include_usage and usage is not None:
@@ -150,6 +159,17 @@ class ChatCompletionsServer:
         }
         error_frames = [b"data: " + dumps({"error": error}) + b"\n\n", b"data: [DONE]\n\n"]
         return Frames(preamble=preamble, tokens=tokens, trailer=trailer, error=error_frames)
+
+
+def tool_call_pieces(reply: Reply) -> list[dict[str, Any]]:
+    """``delta.tool_calls`` entries as OpenAI streams them (openai-python ``ChoiceDeltaToolCall``): a call's first
+    piece has ``id``, ``type`` and ``function.name`` with empty arguments, the next ones argument fragments."""
+    pieces: list[dict[str, Any]] = []
+    for index, call in enumerate(reply.tool_calls):
+        first = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        pieces.append(first)
+        pieces += [{"index": index, "function": {"arguments": part}} for part in call.fragments()]
+    return pieces
 
 
 class FakeOpenAI(FakeUpstream):

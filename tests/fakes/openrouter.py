@@ -7,6 +7,9 @@ A mid-stream failure (``error_after``) is a chunk with a top-level ``error`` and
 ``finish_reason: "error"``, then ``[DONE]`` (§3.5). Pre-stream errors are ``{"error":{code,message}}``
 with the HTTP status in ``code``; a 429 carries ``metadata.headers.X-RateLimit-Reset`` (epoch ms).
 
+Tool calls (``Reply.tool_calls``) stream as OpenAI's ``delta.tool_calls`` pieces with the arguments in
+fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
+
 ``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``);
 ``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
 key OpenRouter's usage may carry, §3.3; absent otherwise).
@@ -22,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+from tests.fakes.openai_compatible import tool_call_pieces
 
 TOKEN = "sk-or-test"
 COMMENT = b": OPENROUTER PROCESSING\n\n"
@@ -89,7 +93,17 @@ class FakeOpenRouter(FakeUpstream):
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
         if body.get("stream") is not True:
-            message = {"role": "assistant", "content": "".join(reply.tokens), "refusal": None, "reasoning": None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(reply.tokens),
+                "refusal": None,
+                "reasoning": None,
+            }
+            if reply.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "index": i, "function": {"name": c.name, "arguments": c.arguments}}
+                    for i, c in enumerate(reply.tool_calls)
+                ]
             choice = {
                 "index": 0,
                 "finish_reason": reply.finish,
@@ -118,6 +132,8 @@ class FakeOpenRouter(FakeUpstream):
 
         tokens = [chunk({"role": "assistant", "content": "", "reasoning": t}) for t in reply.reasoning]
         tokens += [chunk({"role": "assistant", "content": t}) for t in reply.tokens]
+        # Tool calls as OpenRouter streams them: the OpenAI pieces, arguments in fragments, content null.
+        tokens += [chunk({"role": "assistant", "content": None, "tool_calls": [p]}) for p in tool_call_pieces(reply)]
         if len(tokens) > 1:
             tokens[1] = COMMENT + tokens[1]  # comments may come at any time, not only first
         usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))

@@ -27,7 +27,7 @@ from typing import Final
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta
 from modelgate.encoders.base import close, ended_early, failure_message
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
@@ -86,6 +86,8 @@ class DataStreamEncoder:
                     elif isinstance(event, ReasoningDelta):
                         if event.text:
                             out += REASONING + dumps(event.text) + NEWLINE
+                    elif isinstance(event, ToolCallDelta):
+                        continue  # /api/ai bodies carry no tools (issue 12 left them to /v1)
                     else:
                         yield out + finish_parts(event)
                         return

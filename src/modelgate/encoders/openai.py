@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 
 log = logging.getLogger("modelgate.openai")
@@ -103,6 +103,17 @@ class ChunkEncoder:
             body["usage"] = None
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
+    def tool_call_chunk(self, delta: ToolCallDelta) -> bytes:
+        """``delta.tool_calls``: the first piece of a call carries ``id``, ``type`` and ``function.name``."""
+        call: dict[str, Any] = {"index": delta.index}
+        function: dict[str, Any] = {"arguments": delta.arguments}
+        if delta.id is not None:
+            call["id"], call["type"] = delta.id, "function"
+        if delta.name is not None:
+            function = {"name": delta.name, **function}
+        call["function"] = function
+        return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}])
+
     def role_chunk(self) -> bytes:
         delta = {"role": "assistant", "content": ""}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
@@ -133,6 +144,8 @@ class ChunkEncoder:
                     elif isinstance(event, ReasoningDelta):
                         if event.text:
                             out += reasoning_prefix + dumps(event.text) + suffix
+                    elif isinstance(event, ToolCallDelta):
+                        out += self.tool_call_chunk(event)
                     else:
                         out += error_chunk(_ENDED_WITH_ERROR) if event.reason == "error" else self.finish_chunks(event)
                         finished = True
@@ -161,6 +174,7 @@ async def collect_completion(
     """Drain ``events`` into one ``chat.completion`` object. Raises ``ModelgateError`` on a failure."""
     text: list[str] = []
     reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     finish: Finish | None = None
     try:
         async for batch in events:
@@ -169,6 +183,8 @@ async def collect_completion(
                     text.append(event.text)
                 elif isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    _add_piece(calls, event)
                 else:
                     finish = event
                     break
@@ -180,7 +196,11 @@ async def collect_completion(
         raise UpstreamProtocolError(provider, _ENDED_EARLY)
     if finish.reason == "error":
         raise UpstreamError(provider, _ENDED_WITH_ERROR)
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text), "refusal": None}
+    content = "".join(text)
+    # OpenAI: content is null on a reply that only calls tools.
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else ""), "refusal": None}
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
     return {
@@ -192,6 +212,15 @@ async def collect_completion(
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_REASONS[finish.reason]}],
         "usage": usage_object(finish.usage) if finish.usage is not None else None,
     }
+
+
+def _add_piece(calls: dict[int, dict[str, Any]], piece: ToolCallDelta) -> None:
+    call = calls.setdefault(piece.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    if piece.id is not None:
+        call["id"] = piece.id
+    if piece.name is not None:
+        call["function"]["name"] = piece.name
+    call["function"]["arguments"] += piece.arguments
 
 
 async def _close(events: AsyncIterator[Sequence[StreamEvent]]) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.base import close, ended_early, failure_message
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 
@@ -314,6 +314,8 @@ class ResponseStreamEncoder:
                             kind: ItemKind = "message" if isinstance(event, TextDelta) else "reasoning"
                             before, item = builder.delta(kind, event.text)
                             out += self._frames(before) + self._delta(item, event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        continue  # this route refuses tools, so no provider was offered one to call
                     elif event.reason == "error":
                         out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
                         finished = True
@@ -356,6 +358,8 @@ async def collect_response(
                 elif isinstance(event, ReasoningDelta):
                     if event.text:
                         builder.delta("reasoning", event.text)
+                elif isinstance(event, ToolCallDelta):
+                    continue  # this route refuses tools, so no provider was offered one to call
                 else:
                     finish = event
                     break

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
-from modelgate.chat import ReasoningDelta, StreamEvent, TextDelta
+from modelgate.chat import Finish, StreamEvent, TextDelta
 from modelgate.encoders.base import close, ended_early, failure_message
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
@@ -37,7 +37,7 @@ class TextStreamEncoder:
                 for event in batch:
                     if isinstance(event, TextDelta):
                         text += event.text
-                    elif not isinstance(event, ReasoningDelta):  # the Finish
+                    elif isinstance(event, Finish):
                         if text:
                             yield text.encode()
                         return

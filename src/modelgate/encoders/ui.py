@@ -40,7 +40,7 @@ from typing import Final
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta
 from modelgate.encoders.base import close, ended_early, failure_message
 
 MEDIA_TYPE: Final = "text/event-stream"
@@ -127,7 +127,7 @@ class UIMessageStreamEncoder:
                         closing = part.end if part is not None else b""
                         yield out + closing + FINISH_STEP + self.finish_chunk(event) + DONE
                         return
-                    if not event.text:
+                    if isinstance(event, ToolCallDelta) or not event.text:  # /api/ai bodies carry no tools
                         continue
                     if part is not None and part.kind is type(event):
                         out += part.delta_prefix + dumps(event.text) + _DELTA_END

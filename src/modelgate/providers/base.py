@@ -16,10 +16,28 @@ from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 
-from modelgate.chat import ChatRequest, GenerationParams, StreamEvent
+from modelgate.chat import Capability, ChatRequest, GenerationParams, StreamEvent
+from modelgate.errors import BadRequest
 
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
+
+
+_FEATURES: Mapping[str, str] = {
+    "tools": "tool calling",
+    "json": "structured output (response_format)",
+    "vision": "image input",
+    "reasoning": "reasoning",
+}
+
+
+#: The request field that needs each capability (the error's ``param``).
+_PARAMS: Mapping[str, str] = {
+    "tools": "tools",
+    "json": "response_format",
+    "vision": "messages",
+    "reasoning": "messages",
+}
 
 
 @dataclass(frozen=True)
@@ -67,9 +85,29 @@ class Provider(ABC):
     #: ``GenerationParams`` fields this provider's protocol can carry; others are dropped and reported.
     supported_params: ClassVar[frozenset[str]]
 
+    #: The capabilities this adapter can carry at all; a model has those of its catalogue entry that are here.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"reasoning"})
+
     def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         self.connection = connection
         self.http = http
+
+    def model_capabilities(self, model: CatalogueModel) -> frozenset[Capability]:
+        """What ``model`` supports through this provider: declared in its entry, and carried by the adapter."""
+        return frozenset(c for c in self.capabilities if c in model.capabilities)
+
+    def check(self, model: CatalogueModel, request: ChatRequest) -> None:
+        """Refuse (``BadRequest``) a request ``model`` cannot serve here, before any upstream call.
+
+        Adapters extend it with what only their protocol rules out (a remote image URL for Ollama)."""
+        missing = sorted(request.needs() - self.model_capabilities(model))
+        if missing:
+            raise BadRequest(
+                f"model '{model.id}' does not support {' or '.join(_FEATURES[c] for c in missing)}"
+                f" (capability {', '.join(repr(c) for c in missing)})",
+                data={"model": model.id, "capabilities": missing},
+                param=_PARAMS[missing[0]],
+            )
 
     @property
     def carried_params(self) -> frozenset[str]:
@@ -80,6 +118,11 @@ class Provider(ABC):
         """The set parameters this provider cannot honour, sorted (reported in a response header)."""
         carried = self.carried_params
         return sorted(name for name in params.set_fields() if name not in carried)
+
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        """Request fields this call set that the protocol cannot enforce (reported with the dropped parameters,
+        under their OpenAI names: ``tool_choice``, ``parallel_tool_calls``)."""
+        return []
 
     @abstractmethod
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:

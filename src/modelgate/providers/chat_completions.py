@@ -8,6 +8,11 @@ a last chunk with ``choices: []`` and ``usage``; others (llama.cpp's server) sen
 usage is then estimated and marked so. Each kind names the ``GenerationParams`` it can carry and under
 which wire names; what it cannot carry is reported as dropped, never sent under a name the server ignores.
 
+Tools, structured output and images cross as the OpenAI reference has them (``tools``, ``tool_choice``,
+``parallel_tool_calls``, ``response_format``, ``image_url`` content parts, assistant ``tool_calls``, ``tool``
+messages). A streamed tool call is ``delta.tool_calls[]`` pieces (``index``; ``id``, ``type``, ``function.name``
+on a call's first piece; ``function.arguments`` fragments, as OpenAI, vLLM and OpenRouter stream them).
+
 Reply: ``data: {chat.completion.chunk}`` events (comments skipped by the SSE decoder), ``delta.content``;
 reasoning in ``delta.reasoning_content`` (DeepSeek, vLLM, llama.cpp) or ``delta.reasoning`` (OpenRouter), or
 as a leading ``<think>…</think>`` block in the content (models whose server does not split it);
@@ -20,6 +25,7 @@ the matching error once the events before it are delivered.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,7 +33,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 import orjson
 
-from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.chat import (
+    Capability,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    NamedTool,
+    ReasoningDelta,
+    ResponseFormat,
+    StreamEvent,
+    TextDelta,
+    Tool,
+    ToolCallDelta,
+    Usage,
+)
 from modelgate.errors import UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
@@ -108,6 +128,51 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(str(payload["detail"]))
 
 
+def wire_message(message: Message) -> dict[str, Any]:
+    """One message as the OpenAI reference has it: images as ``image_url`` parts after the text."""
+    content: Any = message.content
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        for image in message.images:
+            url: dict[str, Any] = {"url": image.url}
+            if image.detail is not None:
+                url["detail"] = image.detail
+            parts.append({"type": "image_url", "image_url": url})
+        content = parts
+    wire: dict[str, Any] = {"role": message.role, "content": content}
+    if message.tool_calls:
+        wire["content"] = message.content or None
+        wire["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def wire_tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
+    if value.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": value.name or "response"}
+    if value.schema is not None:
+        spec["schema"] = value.schema
+    if value.strict is not None:
+        spec["strict"] = value.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
 def openai_usage(usage: Any) -> Usage:
     """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` when it is there."""
     details = usage.get("completion_tokens_details")
@@ -123,6 +188,7 @@ class ChatCompletionsStream:
     """Incremental parser of one Chat Completions SSE stream."""
 
     __slots__ = (
+        "_calls",
         "_deltas",
         "_events",
         "_finish",
@@ -147,6 +213,8 @@ class ChatCompletionsStream:
         self._finish: FinishReason | None = None
         self._usage: Usage | None = None
         self._deltas = 0
+        #: Indexes of the tool calls seen so far.
+        self._calls: set[int] = set()
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -185,9 +253,28 @@ class ChatCompletionsStream:
         if content:
             self._deltas += 1
             out.extend([TextDelta(content)] if self._separated else self._splitter.feed(content))
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") or {}
+            index = int(call.get("index", 0))
+            call_id = call.get("id") or None
+            if index not in self._calls:
+                self._calls.add(index)
+                # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
+                call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+            self._deltas += 1
+            out.append(
+                ToolCallDelta(
+                    index=index,
+                    id=call_id,
+                    name=function.get("name") or None,
+                    arguments=function.get("arguments") or "",
+                )
+            )
         reason = choice.get("finish_reason")
         if reason:
             self._finish = _FINISH.get(reason, "other")
+            if self._finish == "stop" and self._calls:
+                self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
 
     def end(self) -> list[StreamEvent]:
         if self._finish is None:
@@ -223,6 +310,7 @@ class ChatCompletionsProvider(HttpProvider):
     key_variable: ClassVar[str | None] = None
     extra_body: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     extra_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     #: Whether the listing needs the key (OpenRouter's is public: a probe must not spend a key on it).
     probe_with_key: ClassVar[bool] = True
 
@@ -246,7 +334,7 @@ class ChatCompletionsProvider(HttpProvider):
         values = request.params.set_fields()
         body: dict[str, Any] = {
             "model": self.upstream_model(model),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [wire_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             **self.extra_body,
@@ -255,6 +343,17 @@ class ChatCompletionsProvider(HttpProvider):
             if name in values:
                 value = values[name]
                 body[wire] = list(value) if isinstance(value, tuple) else value
+        if request.tools:
+            body["tools"] = [wire_tool(tool) for tool in request.tools]
+            if request.tool_choice is not None:
+                choice = request.tool_choice
+                body["tool_choice"] = (
+                    {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedTool) else choice
+                )
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.response_format is not None:
+            body["response_format"] = wire_response_format(request.response_format)
         return body
 
     def headers(self) -> dict[str, str]:

@@ -7,18 +7,39 @@ ignored), then a separate ``{"response": "", "usage": {…}}`` event on newer mo
 ``{"success": false, "errors": [{"code", "message"}]}``, and the code says more than the status
 (§2.5). The input schema rejects unknown properties, so ``typical_p`` and ``truncate``, which it does
 not have, are never sent (and reported as dropped).
+
+Function calling and JSON mode (Workers AI "traditional function calling" and "JSON Mode"; the shapes of
+Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them,
+``response_format: {"type": "json_schema", "json_schema": <schema>}`` (``json_object`` is sent as the schema
+of any object). JSON mode does not stream, and the official provider does not stream tool calls either, so
+a call with tools or a response format is sent without ``stream`` and the whole envelope
+``{"result": {"response", "tool_calls": [{"name", "arguments": {…}}], "usage"}, "success": true}`` becomes the
+events (``response`` is an object when JSON mode parsed it; it is sent on as JSON text). Tool calls come
+without ids: each gets a generated one. A past call goes back as the assistant's OpenAI-shaped
+``tool_calls``, a tool result as ``{"role": "tool", "name", "content"}``.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import orjson
 
-from modelgate.chat import ChatRequest, Finish, StreamEvent, TextDelta, Usage
+from modelgate.chat import (
+    Capability,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from modelgate.errors import UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
@@ -30,6 +51,7 @@ from modelgate.providers._http import (
     parse_json,
 )
 from modelgate.providers.base import ProbeResult
+from modelgate.providers.chat_completions import wire_tool
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -81,12 +103,102 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         "presence_penalty": p.presence_penalty,
         "frequency_penalty": p.frequency_penalty,
     }
-    body: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "stream": True,
-    }
+    names = {call.id: call.name for m in request.messages for call in m.tool_calls}
+    body: dict[str, Any] = {"messages": [_message(m, names) for m in request.messages]}
+    if whole_reply(request):
+        if offers_tools(request):
+            body["tools"] = [wire_tool(tool) for tool in request.tools]
+        fmt = request.response_format
+        if fmt is not None:
+            schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    else:
+        body["stream"] = True
     body.update((key, value) for key, value in fields.items() if value is not None)
     return body
+
+
+def offers_tools(request: ChatRequest) -> bool:
+    # Workers AI has no tool_choice: "none" is honoured by not offering the tools.
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def whole_reply(request: ChatRequest) -> bool:
+    """Tool calls and JSON mode come in one non-streamed reply."""
+    return offers_tools(request) or request.response_format is not None
+
+
+def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["name"] = names.get(message.tool_call_id, "")
+    return wire
+
+
+#: A whole (non-streamed) reply larger than this is refused rather than buffered further.
+MAX_WHOLE_REPLY = 8_000_000
+
+
+class CloudflareWholeReply:
+    """Parser of one non-streamed ``ai/run`` envelope: nothing until the body ends, then all the events."""
+
+    __slots__ = ("_body", "_request", "_upstream", "done", "failure")
+
+    def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
+        self._upstream = upstream
+        self._request = request
+        self._body = bytearray()
+        self.done = False
+        self.failure: UpstreamError | None = None
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        self._body += chunk
+        if len(self._body) > MAX_WHOLE_REPLY:
+            self.failure = self._upstream.protocol_error(f"the reply is larger than {MAX_WHOLE_REPLY} bytes")
+        return []
+
+    def end(self) -> list[StreamEvent]:
+        try:
+            out = self._events(orjson.loads(self._body)["result"])
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError):
+            self.failure = self._upstream.protocol_error(f"unreadable reply: {bytes(self._body[:120])!r}")
+            return []
+        self.done = True
+        return out
+
+    def _events(self, result: Any) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        text = result.get("response")
+        if text is not None and not isinstance(text, str):
+            text = orjson.dumps(text).decode()  # JSON mode: the parsed object, sent on as JSON text
+        if text:
+            out.append(TextDelta(text))
+        calls = result.get("tool_calls") or ()
+        for index, call in enumerate(calls):
+            arguments = call.get("arguments") or {}
+            out.append(
+                ToolCallDelta(
+                    index=index,
+                    id=f"call_{uuid.uuid4().hex[:24]}",
+                    name=str(call["name"]),
+                    arguments=arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode(),
+                )
+            )
+        usage = result.get("usage")
+        counted = (
+            Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+            if usage
+            else Usage(estimate_prompt_tokens(self._request.messages), 0, estimated=True)
+        )
+        limit = self._request.params.max_new_tokens or DEFAULT_MAX_TOKENS
+        reason: FinishReason = "tool-calls" if calls else "length" if counted.completion_tokens == limit else "stop"
+        out.append(Finish(reason, counted))
+        return out
 
 
 class CloudflareStream:
@@ -144,6 +256,7 @@ class CloudflareStream:
 
 class Cloudflare(HttpProvider):
     name = "cloudflare"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "reasoning"})
     read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
@@ -164,13 +277,17 @@ class Cloudflare(HttpProvider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
+        whole = whole_reply(request)
         return self.upstream.stream(
             f"{self._account_url()}/run/{model.upstream_model}",
             functools.partial(build_body, request),
-            CloudflareStream(self.upstream, request),
-            headers={**self._auth(), "Accept": "text/event-stream"},
+            CloudflareWholeReply(self.upstream, request) if whole else CloudflareStream(self.upstream, request),
+            headers={**self._auth(), "Accept": "application/json" if whole else "text/event-stream"},
             model=model.upstream_model,
         )
 

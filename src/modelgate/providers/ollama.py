@@ -7,20 +7,42 @@ when asked (ollama-python ``Client.chat(think=…)``; api/types.go ``ChatRequest
 have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and one more
 line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
 only a real JSON parser reads right.
+
+Tools, structured output and images (ollama-python ``_types.py``: ``ChatRequest.tools``/``format``,
+``Message.images``/``tool_calls``/``tool_name``): ``tools`` as OpenAI defines them; ``format`` is the JSON
+schema, or ``"json"`` for any object; images are base64 strings in the message's ``images`` — Ollama takes
+bytes, not URLs, and modelgate fetches no URL a client names, so a remote image URL is refused (400).
+An assistant's tool call goes back with its arguments as an object, a tool result as a ``tool`` message
+naming the function (``tool_name``). Ollama's tool calls arrive whole (``message.tool_calls``, arguments
+an object, no id): each becomes one ``ToolCallDelta`` with a generated id, and the reply finishes with
+``tool-calls`` (Ollama says ``stop``).
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
-from modelgate.errors import UpstreamError
+from modelgate.chat import (
+    Capability,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from modelgate.errors import BadRequest, UpstreamError
 from modelgate.providers._http import ErrorDetail, HttpProvider, ListedModel, Upstream, body_message, parse_json
 from modelgate.providers.base import ProbeResult
+from modelgate.providers.chat_completions import wire_tool
 from modelgate.sse import NDJSONDecoder
 
 if TYPE_CHECKING:
@@ -50,17 +72,39 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
         "presence_penalty": p.presence_penalty,
         "frequency_penalty": p.frequency_penalty,
     }
+    # A tool result names its function (``tool_name``); ours names the call, so look the call up.
+    names = {call.id: call.name for m in request.messages for call in m.tool_calls}
     body: dict[str, Any] = {
         "model": model.upstream_model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [_message(m, names) for m in request.messages],
         "stream": True,
     }
     if "reasoning" in model.capabilities:
         body["think"] = True
+    if request.tools and request.tool_choice != "none":
+        # Ollama has no tool_choice: "none" is honoured by not offering the tools; "required" and a named
+        # function cannot be enforced and are left to the model (documented).
+        body["tools"] = [wire_tool(tool) for tool in request.tools]
+    fmt = request.response_format
+    if fmt is not None:
+        body["format"] = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else "json"
     options = {key: value for key, value in option_values.items() if value is not None}
     if options:
         body["options"] = options
     return body
+
+
+def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        wire["images"] = [inline[1] for image in message.images if (inline := image.inline) is not None]
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": orjson.loads(c.arguments or "{}")}} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None and message.tool_call_id in names:
+        wire["tool_name"] = names[message.tool_call_id]
+    return wire
 
 
 def _text(value: object) -> str:
@@ -79,11 +123,12 @@ def _count(value: object) -> int:
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
-    __slots__ = ("_lines", "_upstream", "done", "failure")
+    __slots__ = ("_calls", "_lines", "_upstream", "done", "failure")
 
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
         self._lines = NDJSONDecoder()
+        self._calls = 0
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -111,23 +156,37 @@ class OllamaStream:
                             events.append(ReasoningDelta(_text(message["thinking"])))
                         if message.get("content"):
                             events.append(TextDelta(_text(message["content"])))
+                        for call in message.get("tool_calls") or ():
+                            events.append(self._tool_call(call))
                     if item.get("done"):
                         reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
+                        if reason == "stop" and self._calls:
+                            reason = "tool-calls"
                         # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
                         usage = Usage(_count(item.get("prompt_eval_count", 0)), _count(item.get("eval_count", 0)))
                         events.append(Finish(reason, usage))
                         self.done = True
                         break
-                except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
                     message_text = body_message(line)[:120]
                     raise self._upstream.protocol_error(f"unreadable NDJSON line: {message_text}") from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``events`` are delivered
         return events
 
+    def _tool_call(self, call: Any) -> ToolCallDelta:
+        """A whole call (arguments an object) as one piece, with the id Ollama does not give."""
+        function = call["function"]
+        index = self._calls
+        self._calls += 1
+        arguments = function.get("arguments") or {}
+        text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+        return ToolCallDelta(index=index, id=f"call_{uuid.uuid4().hex[:24]}", name=function["name"], arguments=text)
+
 
 class Ollama(HttpProvider):
     name = "ollama"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
@@ -143,6 +202,29 @@ class Ollama(HttpProvider):
             "frequency_penalty",
         }
     )
+
+    def check(self, model: CatalogueModel, request: ChatRequest) -> None:
+        super().check(model, request)
+        for index, message in enumerate(request.messages):
+            if any(image.inline is None for image in message.images):
+                raise BadRequest(
+                    f"messages[{index}]: model '{model.id}' (Ollama) takes images only inline, as data: URLs; "
+                    "modelgate does not fetch image URLs",
+                    param="messages",
+                )
+            for call in message.tool_calls:
+                try:
+                    arguments = orjson.loads(call.arguments or "{}")
+                except orjson.JSONDecodeError:
+                    arguments = None
+                if not isinstance(arguments, dict):
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls: the arguments of '{call.id}' must be a JSON object for Ollama",
+                        param="messages",
+                    )
+
+    def unenforced(self, request: ChatRequest) -> list[str]:
+        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(

@@ -8,6 +8,11 @@ TGI answers 200 before validating, so errors (``validation``, ``overloaded``, ``
 events with a top-level ``error``; every event is checked for one (§1.6, pitfall 1). The end token is
 flagged ``special`` and is never part of the reply — filtered by the flag, never by a regex on ``<…>``.
 DeepSeek-R1's generation prompt opens a ``<think>`` block, so its reply starts in reasoning.
+
+Structured output is TGI's guidance: ``parameters.grammar = {"type": "json", "value": <schema>}`` (a
+``json_object`` request sends the schema of any object). ``/generate_stream`` has no tools (TGI's tool
+calling lives on its Chat Completions route, which this ``api`` does not use), so a TGI model has no
+``tools`` capability: such a request is refused with a 400 naming the model before any call.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from modelgate.chat import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from modelgate.chat import Capability, ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
 from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_tokens, parse_json
 from modelgate.reasoning import ReasoningSplitter
@@ -75,6 +80,10 @@ def build_parameters(request: ChatRequest) -> dict[str, Any]:
         params["seed"] = p.seed
     # The hosted route defaults return_full_text to true (the prompt echoed back, pitfall 5);
     # details carries the usage of a stream.
+    fmt = request.response_format
+    if fmt is not None:
+        schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
+        params["grammar"] = {"type": "json", "value": schema}
     params["return_full_text"] = False
     params["details"] = True
     return params
@@ -161,6 +170,8 @@ class TGIStream:
 
 class TGI(HttpProvider):
     name = "tgi"
+    #: No tools and no images on /generate_stream; structured output through ``grammar``.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"json", "reasoning"})
     read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {

@@ -6,9 +6,10 @@
 
 All three resolve through ``Catalogue.resolve_route``, the same table ``/models`` is checked
 against at load, so a listed model is always routable. The body is what the AI SDK's ``useChat``
-sends (v4: ``content`` strings; v5: ``parts``); unknown fields are ignored. The reply streams in
-the protocol the client reads (``encoders.choose_protocol``): what ``?protocol=`` or ``Accept`` asks
-for, else the UI message stream for an AI SDK 5+ body and the data stream for an AI SDK 4 one.
+sends (v4: ``content`` strings; v5: ``parts``); unknown fields are ignored. Images come as AI SDK 5 ``file``
+parts with an image ``mediaType`` or AI SDK 4 ``experimental_attachments`` (checked by ``images.ImageBudget``).
+The reply streams in the protocol the client reads (``encoders.choose_protocol``): what ``?protocol=`` or
+``Accept`` asks for, else the UI message stream for an AI SDK 5+ body and the data stream for an AI SDK 4 one.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from starlette.responses import Response, StreamingResponse
 
 from modelgate.app import gateway
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, Message
+from modelgate.chat import ChatRequest, Image, Message
 from modelgate.encoders import ENCODERS, choose_protocol
 from modelgate.errors import BadRequest
 from modelgate.gateway import StreamStart, open_stream
+from modelgate.images import ImageBudget
 from modelgate.limits import admit
 from modelgate.schema import ErrorResponse
+from modelgate.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
@@ -48,6 +51,8 @@ class _IncomingMessage(BaseModel):
     role: str
     content: Any = None
     parts: Any = None
+    #: AI SDK 4's files of a user message: ``[{"name", "contentType", "url"}]``.
+    experimental_attachments: Any = None
 
 
 class _IncomingBody(BaseModel):
@@ -71,12 +76,14 @@ class ChatBody:
     ai_sdk_5: bool
 
 
-def _message_text(index: int, message: _IncomingMessage) -> str:
+def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) -> tuple[str, list[Image]]:
+    """The text of a message and its images (AI SDK 5 ``file`` parts, AI SDK 4 ``experimental_attachments``)."""
     where = f"messages[{index}]"
+    images = _attachments(where, message, budget)
     if message.content is not None:
         if not isinstance(message.content, str):
             raise BadRequest(f"{where}.content must be a string", data={"field": f"{where}.content"})
-        return message.content
+        return message.content, images
     if message.parts is None:
         raise BadRequest(f"{where} has neither content nor parts", data={"field": where})
     if not isinstance(message.parts, list):
@@ -89,18 +96,56 @@ def _message_text(index: int, message: _IncomingMessage) -> str:
             if not isinstance(text, str):
                 raise BadRequest(f"{where}.parts[{j}].text must be a string", data={"field": f"{where}.parts[{j}]"})
             texts.append(text)
+        elif kind == "file" and message.role == "user":
+            images.append(_image(f"{where}.parts[{j}]", part.get("mediaType"), part.get("url"), budget))
         elif kind not in _IGNORED_PART_TYPES:
             raise BadRequest(
-                f"{where}.parts[{j}]: part type {kind!r} is not supported (only text)",
+                f"{where}.parts[{j}]: part type {kind!r} is not supported (only text, and image files from the user)",
                 data={"field": f"{where}.parts[{j}].type"},
             )
-    return "".join(texts)
+    return "".join(texts), images
+
+
+def _attachments(where: str, message: _IncomingMessage, budget: ImageBudget) -> list[Image]:
+    files = message.experimental_attachments
+    if files is None:
+        return []
+    if not isinstance(files, list) or message.role != "user":
+        raise BadRequest(
+            f"{where}.experimental_attachments must be a list, on a user message",
+            data={"field": f"{where}.experimental_attachments"},
+        )
+    return [
+        _image(
+            f"{where}.experimental_attachments[{j}]",
+            file.get("contentType") if isinstance(file, dict) else None,
+            file.get("url") if isinstance(file, dict) else None,
+            budget,
+        )
+        for j, file in enumerate(files)
+    ]
+
+
+def _image(where: str, media_type: Any, url: Any, budget: ImageBudget) -> Image:
+    if not isinstance(media_type, str) or not media_type.startswith("image/"):
+        raise BadRequest(
+            f"{where}: a file is not supported unless it is an image (media type {media_type!r})", data={"field": where}
+        )
+    if not isinstance(url, str) or not url:
+        raise BadRequest(f"{where}.url must be a data: or https: URL", data={"field": f"{where}.url"})
+    return budget.image(url, where)
 
 
 _ROLES = ("system", "user", "assistant")
 
 
-def parse_chat_body(raw: bytes, *, max_messages: int) -> ChatBody:
+def parse_chat_body(
+    raw: bytes,
+    *,
+    max_messages: int,
+    max_image_bytes: int = Settings.max_image_bytes,
+    max_images_bytes: int = Settings.max_images_bytes,
+) -> ChatBody:
     """The AI SDK body → messages and its SDK generation, or ``BadRequest`` saying exactly what is wrong."""
     try:
         decoded = orjson.loads(raw)
@@ -122,13 +167,15 @@ def parse_chat_body(raw: bytes, *, max_messages: int) -> ChatBody:
             data={"field": "messages", "limit": max_messages},
         )
     messages = []
+    budget = ImageBudget(max_image_bytes, max_images_bytes)
     for i, message in enumerate(body.messages):
         if message.role not in _ROLES:
             raise BadRequest(
                 f"messages[{i}].role {message.role!r} is not one of {', '.join(_ROLES)}",
                 data={"field": f"messages[{i}].role"},
             )
-        messages.append(Message(role=message.role, content=_message_text(i, message)))  # type: ignore[arg-type]
+        text, images = _message_text(i, message, budget)
+        messages.append(Message(role=message.role, content=text, images=tuple(images)))  # type: ignore[arg-type]
     return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5())
 
 
@@ -145,7 +192,13 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     state = gateway(request)
     # The body size and read time are bounded once for every route, by observer.RequestObserver (413/408).
     raw = await request.body()
-    incoming = parse_chat_body(raw, max_messages=state.settings.max_messages)
+    settings = state.settings
+    incoming = parse_chat_body(
+        raw,
+        max_messages=settings.max_messages,
+        max_image_bytes=settings.max_image_bytes,
+        max_images_bytes=settings.max_images_bytes,
+    )
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"), ai_sdk_5_body=incoming.ai_sdk_5)]
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
     start = await open_stream(state, model, ChatRequest(messages=incoming.messages), admission)

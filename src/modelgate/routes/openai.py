@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from modelgate.app import gateway
 from modelgate.auth import may_call, request_principal, visible_models
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, GenerationParams, Message, Role
+from modelgate.chat import ChatRequest, GenerationParams
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
@@ -35,6 +35,18 @@ from modelgate.errors import BadRequest, NotFound
 from modelgate.gateway import StreamStart, open_stream
 from modelgate.limits import admit
 from modelgate.providers import Provider
+from modelgate.routes.openai_input import (
+    MAX_TOOLS,
+    ChatMessage,
+    ResponseFormatParam,
+    ToolChoiceParam,
+    ToolParam,
+    to_messages,
+    to_response_format,
+    to_tool_choice,
+    to_tools,
+)
+from modelgate.settings import Settings
 
 router = APIRouter(tags=["OpenAI compatible"])
 log = logging.getLogger("modelgate.openai")
@@ -104,10 +116,28 @@ def plain_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def supported_parameters(provider: Provider | None) -> list[str]:
-    """OpenAI request fields that ``provider`` (the model's instance) actually carries upstream."""
-    honoured = provider.carried_params if provider is not None else frozenset()
-    return sorted(name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names)
+#: The request fields a capability brings (OpenRouter's ``supported_parameters`` names).
+CAPABILITY_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "tools": ("tools", "tool_choice", "parallel_tool_calls"),
+    "json": ("response_format", "structured_outputs"),
+}
+
+
+def supported_parameters(model: CatalogueModel, provider: Provider | None) -> list[str]:
+    """OpenAI request fields that ``provider`` (the model's instance) actually carries upstream for ``model``."""
+    if provider is None:
+        return []
+    honoured = provider.carried_params
+    names = {name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names}
+    for capability in provider.model_capabilities(model):
+        names.update(CAPABILITY_PARAMS.get(capability, ()))
+    return sorted(names)
+
+
+def architecture(model: CatalogueModel, provider: Provider | None) -> dict[str, list[str]]:
+    """OpenRouter's ``architecture`` modalities: image input only where the model takes it through ``provider``."""
+    vision = provider is not None and "vision" in provider.model_capabilities(model)
+    return {"input_modalities": ["text", "image"] if vision else ["text"], "output_modalities": ["text"]}
 
 
 def default_parameters(model: CatalogueModel) -> dict[str, Any]:
@@ -130,7 +160,8 @@ def model_object(model: CatalogueModel, provider: Provider | None) -> dict[str, 
         "endpoint": model.endpoint,
         "context_length": model.context_length,
         "max_completion_tokens": model.parameters.max_new_tokens,
-        "supported_parameters": supported_parameters(provider),
+        "supported_parameters": supported_parameters(model, provider),
+        "architecture": architecture(model, provider),
         "default_parameters": default_parameters(model),
     }
 
@@ -150,6 +181,7 @@ class ModelObject(BaseModel):
     context_length: int
     max_completion_tokens: int = Field(description="Upper bound for max_tokens / max_completion_tokens")
     supported_parameters: list[str] = Field(description="OpenAI request fields this model's provider honours")
+    architecture: dict[str, list[str]] = Field(description="input_modalities (image where it takes images)")
     default_parameters: dict[str, Any] = Field(description="The catalogue's parameters; null = provider default")
 
 
@@ -178,23 +210,6 @@ async def get_model(model_id: str, request: Request) -> Response:
 # --- chat completions: the request --------------------------------------------------------------
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    # OpenAI messages carry fields we do not use (name, refusal, ...): ignored, as compatible servers do.
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    tool_calls: list[Any] | None = None
-    function_call: Any = None
-
-
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -221,11 +236,12 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, description="Accepted; not forwarded to providers")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
+    tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoiceParam | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatParam | None = None
     # Accepted only so that they can be refused with a clear message (see ``_refuse_unsupported``).
-    tools: list[Any] | None = None
     functions: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
@@ -248,10 +264,7 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
     """Features we cannot serve are a clear 400, never silently ignored."""
     refusals: list[tuple[str, bool, str]] = [
         ("n", (body.n or 1) > 1, "only one choice per request is supported; n must be 1"),
-        ("tools", bool(body.tools), "tool calling is not supported"),
-        ("functions", bool(body.functions), "function calling is not supported"),
-        ("tool_choice", body.tool_choice not in (None, "none"), "tool calling is not supported"),
-        ("response_format", (body.response_format or {}).get("type", "text") != "text", "only text is supported"),
+        ("functions", bool(body.functions), "the deprecated functions are not supported; use tools"),
         ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "log probabilities are not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
         ("modalities", any(m != "text" for m in body.modalities or ()), "only text output is supported"),
@@ -260,45 +273,6 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
     for param, refused, reason in refusals:
         if refused:
             raise BadRequest(f"{param}: {reason}", param=param)
-
-
-#: OpenAI's ``developer`` role is the newer name of ``system`` (o-series models).
-_ROLES: Mapping[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-def _messages(body: ChatCompletionRequest, max_messages: int) -> tuple[Message, ...]:
-    if len(body.messages) > max_messages:
-        raise BadRequest(
-            f"messages: {len(body.messages)} messages are more than the limit of {max_messages}",
-            param="messages",
-            data={"limit": max_messages},
-        )
-    messages = []
-    for index, message in enumerate(body.messages):
-        where = f"messages[{index}]"
-        if message.role in ("tool", "function") or message.tool_calls or message.function_call is not None:
-            raise BadRequest(f"{where}: tool and function messages are not supported", param="messages")
-        messages.append(Message(role=_ROLES[message.role], content=_text(message.content, where)))
-    return tuple(messages)
-
-
-def _text(content: str | list[ContentPart] | None, where: str) -> str:
-    if content is None:
-        raise BadRequest(f"{where}.content: required", param="messages")
-    if isinstance(content, str):
-        return content
-    texts = []
-    for index, part in enumerate(content):
-        if part.type != "text":
-            raise BadRequest(
-                f"{where}.content[{index}]: content of type '{part.type}' is not supported; send text only",
-                param="messages",
-            )
-        if part.text is None:
-            raise BadRequest(f"{where}.content[{index}].text: required", param="messages")
-        texts.append(part.text)
-    # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
-    return "\n".join(texts)
 
 
 def call_params(
@@ -337,16 +311,31 @@ def dropped_by_caller(
     named: list[str] = []
     defaults: list[str] = []
     for field in dropped:
-        used = next((name for name in names.get(field, ()) if getattr(body, name) is not None), None)
+        # A request field a provider cannot enforce (``tool_choice``) is reported under its own name.
+        used = next((name for name in names.get(field, (field,)) if getattr(body, name, None) is not None), None)
         (named if used is not None else defaults).append(used or field)
     if defaults:
         log.debug("catalogue defaults of %s not carried by its provider: %s", model, ", ".join(sorted(defaults)))
     return sorted(named)
 
 
-def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
+def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, settings: Settings) -> ChatRequest:
     _refuse_unsupported(body)
-    return ChatRequest(messages=_messages(body, max_messages), params=call_params(body, model))
+    tools = to_tools(body.tools)
+    messages = to_messages(
+        body.messages,
+        max_messages=settings.max_messages,
+        max_image_bytes=settings.max_image_bytes,
+        max_images_bytes=settings.max_images_bytes,
+    )
+    return ChatRequest(
+        messages=messages,
+        params=call_params(body, model),
+        tools=tools,
+        tool_choice=to_tool_choice(body.tool_choice, tools),
+        parallel_tool_calls=body.parallel_tool_calls if tools else None,
+        response_format=to_response_format(body.response_format),
+    )
 
 
 # --- chat completions: the route ----------------------------------------------------------------
@@ -356,17 +345,17 @@ async def open_reply(
     request: Request,
     body: BaseModel,
     model_id: str,
-    to_chat: Callable[[CatalogueModel, int], ChatRequest],
+    to_chat: Callable[[CatalogueModel, Settings], ChatRequest],
     param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
 ) -> tuple[StreamStart, dict[str, str]]:
     """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
     (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
-    ``to_chat(model, max_messages)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
+    ``to_chat(model, settings)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
     the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
-    chat = to_chat(model, state.settings.max_messages)
+    chat = to_chat(model, state.settings)
     start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
@@ -378,7 +367,7 @@ async def open_reply(
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     start, headers = await open_reply(
-        request, body, body.model, lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages)
+        request, body, body.model, lambda model, settings: to_chat_request(body, model, settings)
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -283,7 +283,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         request,
         body,
         body.model,
-        lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages),
+        lambda model, settings: to_chat_request(body, model, max_messages=settings.max_messages),
         RESPONSES_PARAMS,
     )
     head = ResponseHead.new(

@@ -1,0 +1,65 @@
+"""Images on ``/api/ai/...``: AI SDK 5 ``file`` parts and AI SDK 4 ``experimental_attachments`` reach a vision
+model's provider in its own format (OpenRouter: ``image_url`` parts), over loopback against the fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.settings import Settings
+from tests.fakes import Fakes
+from tests.servers import serve_in_thread
+
+VISION = "/api/ai/openrouter/gemini-2.0-pro-exp-02-05/chat"  # capabilities: tools, json, vision
+TEXT_ONLY = "/api/ai/openrouter/deepseek-chat/chat"
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+EXPECTED = [
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": IMAGE}}],
+    }
+]
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    with serve_in_thread(create_app(Settings.from_env(fakes.env()))) as url:
+        yield url
+
+
+def _v5(file_part: dict[str, Any]) -> dict[str, Any]:
+    parts = [{"type": "text", "text": "What is this?"}, file_part]
+    return {"id": "c1", "messages": [{"id": "m1", "role": "user", "parts": parts}], "trigger": "submit-message"}
+
+
+def test_ai_sdk_5_file_part(service: str, fakes: Fakes) -> None:
+    response = httpx.post(service + VISION, json=_v5({"type": "file", "mediaType": "image/png", "url": IMAGE}))
+    assert response.status_code == 200, response.text
+    assert fakes.openrouter.last.json["messages"] == EXPECTED
+
+
+def test_ai_sdk_4_attachments(service: str, fakes: Fakes) -> None:
+    attachment = {"name": "x.png", "contentType": "image/png", "url": IMAGE}
+    body = {"messages": [{"role": "user", "content": "What is this?", "experimental_attachments": [attachment]}]}
+    response = httpx.post(service + VISION, json=body)
+    assert response.status_code == 200, response.text
+    assert fakes.openrouter.last.json["messages"] == EXPECTED
+
+
+def test_an_image_for_a_model_without_vision_is_refused(service: str, fakes: Fakes) -> None:
+    response = httpx.post(service + TEXT_ONLY, json=_v5({"type": "file", "mediaType": "image/png", "url": IMAGE}))
+    assert response.status_code == 400
+    assert "openrouter/deepseek-chat" in response.text and "'vision'" in response.text
+    assert fakes.openrouter.requests == []
+
+
+def test_a_file_that_is_not_an_image_is_refused(service: str, fakes: Fakes) -> None:
+    pdf = {"type": "file", "mediaType": "application/pdf", "url": "data:application/pdf;base64,JVBERi0="}
+    response = httpx.post(service + VISION, json=_v5(pdf))
+    assert response.status_code == 400
+    assert "not supported unless it is an image" in response.text and "messages[0].parts[1]" in response.text
+    assert fakes.openrouter.requests == []

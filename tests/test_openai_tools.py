@@ -1,0 +1,581 @@
+"""Tools, structured output and images on ``/v1/chat/completions``, end to end with the official clients
+(``openai``, pydantic-ai) → modelgate on loopback → the fakes, which speak each kind's real format.
+
+The three OpenAI-compatible kinds (an ``openai`` instance, the HF router, OpenRouter) share one wire module;
+each is run through the same tool loop, since each fake frames tool calls its own way (OpenRouter with
+``content: null`` beside argument fragments)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from modelgate.app import create_app
+from modelgate.catalogue import Catalogue, parse_catalogue
+from modelgate.settings import Settings
+from tests.fakes import Fakes, Fault, Reply
+from tests.fakes._base import FakeUpstream, ToolCallScript
+from tests.servers import serve_in_thread
+
+ALL = '["tools", "json", "vision"]'
+
+
+def _model(name: str, provider: str, upstream: str, capabilities: str = ALL, extra: str = "") -> str:
+    return f"""
+[[models]]
+publisher = "t"
+name = "{name}"
+provider = "{provider}"
+type = "chat"
+capabilities = {capabilities}
+{extra}
+[models.configuration]
+model = "{upstream}"
+[models.configuration.parameters]
+max_new_tokens = 64
+typical_p = -1
+repetition_penalty = -1
+truncate = 2048
+"""
+
+
+def tools_catalogue(fakes: Fakes) -> Catalogue:
+    text = f"""
+[providers.llama]
+kind = "openai"
+base_url = "{fakes.openai.url}"
+
+[providers.tgi-local]
+kind = "huggingface"
+api = "tgi"
+base_url = "{fakes.huggingface.url}"
+""" + "".join(
+        (
+            _model("smol", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            _model("qwen", "huggingface", "Qwen/Qwen2.5-72B-Instruct", '["tools", "json"]'),
+            _model("deepseek", "openrouter", "deepseek/deepseek-chat:free"),
+            _model("plain", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct", "[]"),
+            _model("llava", "ollama", "llava:7b"),
+            _model("cf", "cloudflare", "@cf/meta/llama-3.3-70b-instruct-fp8-fast", '["tools", "json"]'),
+            _model("tgi", "tgi-local", "Qwen/Qwen2.5-72B-Instruct", '["tools", "json"]', 'template = "chatml"'),
+        )
+    )
+    return parse_catalogue(tomllib.loads(text), source="tools.toml")
+
+
+#: model id → the fake of its kind.
+KINDS = {"t/smol": "openai", "t/qwen": "huggingface", "t/deepseek": "openrouter"}
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+ARGUMENTS = '{"city": "Zürich", "unit": "celsius"}'
+CALL = ToolCallScript(name="get_weather", arguments=ARGUMENTS, id="call_w1")
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, tools_catalogue(fakes))) as url:
+        yield url
+
+
+@pytest.fixture
+def client(service: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{service}/v1", api_key="test-key", max_retries=0) as sdk:
+        yield sdk
+
+
+def _fake(fakes: Fakes, model: str) -> FakeUpstream:
+    return fakes[KINDS[model]]
+
+
+def _tool_call_reply() -> Reply:
+    return Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls")
+
+
+def _second_turn_checks(fake: FakeUpstream) -> None:
+    """The second request carries the assistant's call and the tool's answer as the OpenAI reference has them."""
+    sent = fake.last.json
+    assistant, tool = sent["messages"][1], sent["messages"][2]
+    assert assistant["role"] == "assistant"
+    assert assistant["tool_calls"] == [
+        {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+    ]
+    assert tool == {"role": "tool", "content": "21 degrees", "tool_call_id": "call_w1"}
+    assert sent["tools"] == [WEATHER_TOOL]
+
+
+@pytest.mark.parametrize("model", list(KINDS))
+def test_two_turn_tool_loop(client: openai.OpenAI, fakes: Fakes, model: str) -> None:
+    fake = _fake(fakes, model)
+    fake.script(_tool_call_reply(), Reply(tokens=["It is ", "21 degrees."]))
+    messages: list[Any] = [{"role": "user", "content": "Weather in Zürich?"}]
+    first = client.chat.completions.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto", parallel_tool_calls=False
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls
+    assert calls is not None and len(calls) == 1
+    call = calls[0]
+    assert call.type == "function"
+    assert (call.id, call.function.name, call.function.arguments) == ("call_w1", "get_weather", ARGUMENTS)
+    sent = fake.last.json
+    assert sent["tools"] == [WEATHER_TOOL]
+    assert sent["tool_choice"] == "auto"
+    assert sent["parallel_tool_calls"] is False
+
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "21 degrees"},
+    ]
+    second = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].message.content == "It is 21 degrees."
+    assert second.choices[0].finish_reason == "stop"
+    _second_turn_checks(fake)
+
+
+@pytest.mark.parametrize("model", list(KINDS))
+def test_two_turn_tool_loop_streamed(client: openai.OpenAI, fakes: Fakes, model: str) -> None:
+    """Argument fragments arrive as streamed ``delta.tool_calls`` pieces; the first piece names the call."""
+    fake = _fake(fakes, model)
+    fake.script(_tool_call_reply(), Reply(tokens=["It is ", "21 degrees."]))
+    messages: list[Any] = [{"role": "user", "content": "Weather in Zürich?"}]
+    pieces = []
+    finish = None
+    for chunk in client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL], stream=True):
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(pieces) > 2  # the first piece, then the arguments in fragments
+    assert (pieces[0].id, pieces[0].type, pieces[0].function and pieces[0].function.name) == (
+        "call_w1",
+        "function",
+        "get_weather",
+    )
+    assert all(p.index == 0 for p in pieces)
+    assert all(p.id is None for p in pieces[1:])
+    assert "".join((p.function.arguments or "") for p in pieces if p.function) == ARGUMENTS
+
+    assistant = {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+        ],
+    }
+    messages += [assistant, {"role": "tool", "tool_call_id": "call_w1", "content": "21 degrees"}]
+    text = ""
+    for chunk in client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL], stream=True):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+    assert text == "It is 21 degrees."
+    _second_turn_checks(fake)
+
+
+def test_the_sdk_stream_helper_assembles_the_call(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(_tool_call_reply())
+    with client.chat.completions.stream(
+        model="t/deepseek", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert calls is not None
+    assert calls[0].function.arguments == ARGUMENTS
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_two_calls_in_one_reply_keep_their_indexes(client: openai.OpenAI, fakes: Fakes) -> None:
+    second = ToolCallScript(name="get_weather", arguments='{"city": "Bern"}', id="call_w2")
+    fakes.openai.script(Reply(tokens=(), tool_calls=(CALL, second), finish="tool_calls"))
+    completion = client.chat.completions.create(
+        model="t/smol", messages=[{"role": "user", "content": "Zürich and Bern?"}], tools=[WEATHER_TOOL]
+    )
+    calls = completion.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.arguments) for c in calls] == [("call_w1", ARGUMENTS), ("call_w2", '{"city": "Bern"}')]
+
+
+class Weather(BaseModel):
+    city: str
+    degrees: int
+
+
+@pytest.mark.parametrize("model", list(KINDS))
+def test_parse_returns_the_pydantic_object(client: openai.OpenAI, fakes: Fakes, model: str) -> None:
+    fake = _fake(fakes, model)
+    fake.script(Reply(tokens=['{"city": ', '"Zürich", "degrees": 21}']))
+    completion = client.chat.completions.parse(
+        model=model, messages=[{"role": "user", "content": "Weather in Zürich?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Zürich", degrees=21)
+    sent = fake.last.json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["name"] == "Weather"
+    assert sent["json_schema"]["strict"] is True
+    assert sent["json_schema"]["schema"]["required"] == ["city", "degrees"]
+
+
+def test_json_object_mode_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openai.script(Reply(tokens=['{"ok": true}']))
+    completion = client.chat.completions.create(
+        model="t/smol", messages=[{"role": "user", "content": "JSON please"}], response_format={"type": "json_object"}
+    )
+    assert json.loads(completion.choices[0].message.content or "") == {"ok": True}
+    assert fakes.openai.last.json["response_format"] == {"type": "json_object"}
+
+
+def test_pydantic_ai_output_type(service: str, fakes: Fakes) -> None:
+    """pydantic-ai's default structured output is a ``final_result`` tool the model calls."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    arguments = json.dumps({"city": "Zürich", "degrees": 21})
+    fakes.openai.script(
+        Reply(tokens=(), tool_calls=(ToolCallScript("final_result", arguments, "call_f"),), finish="tool_calls")
+    )
+
+    async def run() -> Weather:
+        # Our own client, closed in the loop that used it (run_sync would leave its connections open).
+        async with openai.AsyncOpenAI(base_url=f"{service}/v1", api_key="test-key", max_retries=0) as sdk:
+            model = OpenAIChatModel("t/smol", provider=OpenAIProvider(openai_client=sdk))
+            result = await Agent(model, output_type=Weather).run("Weather in Zürich?")
+            return result.output
+
+    assert asyncio.run(run()) == Weather(city="Zürich", degrees=21)
+    sent = fakes.openai.last.json
+    assert [t["function"]["name"] for t in sent["tools"]] == ["final_result"]
+
+
+def test_image_parts_are_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    content: Any = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}},
+    ]
+    client.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": content}])
+    assert fakes.openrouter.last.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "capability", "param"),
+    [
+        ({"tools": [WEATHER_TOOL]}, "'tools'", "tools"),
+        ({"response_format": {"type": "json_object"}}, "'json'", "response_format"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+                ]
+            },
+            "'vision'",
+            "messages",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "1"},
+                ]
+            },
+            "'tools'",
+            "tools",
+        ),
+    ],
+)
+def test_a_model_without_the_capability_is_refused_before_any_upstream_call(
+    client: openai.OpenAI, fakes: Fakes, fields: dict[str, Any], capability: str, param: str
+) -> None:
+    fields.setdefault("messages", [{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="t/plain", **fields)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/plain" in body["message"]
+    assert capability in body["message"]
+    assert body["param"] == param
+    assert fakes.openai.requests == []
+
+
+def test_a_fallback_without_the_capability_is_passed_over(fakes: Fakes) -> None:
+    catalogue = parse_catalogue(
+        tomllib.loads(
+            f"""
+[providers.llama]
+kind = "openai"
+base_url = "{fakes.openai.url}"
+"""
+            + _model("smol", "llama", "a", extra='fallbacks = ["t/plain", "t/deepseek"]')
+            + _model("plain", "llama", "b", "[]")
+            + _model("deepseek", "openrouter", "deepseek/deepseek-chat:free")
+        ),
+        source="fallbacks.toml",
+    )
+    fakes.openai.script(Reply(fault=Fault.status(503)), Reply(fault=Fault.status(503)), Reply(fault=Fault.status(503)))
+    fakes.openrouter.script(_tool_call_reply())
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with (
+        serve_in_thread(create_app(settings, catalogue)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as sdk,
+    ):
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="t/smol", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL]
+        )
+    assert raw.headers["x-modelgate-model"] == "t/deepseek"
+    assert all(r.json["model"] == "a" for r in fakes.openai.requests)  # t/plain ("b") never called
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+
+
+# --- Ollama: whole tool calls, format, base64 images ----------------------------------------------------
+
+
+def test_ollama_whole_tool_calls_stream_as_pieces_with_generated_ids(client: openai.OpenAI, fakes: Fakes) -> None:
+    second = ToolCallScript(name="get_weather", arguments='{"city": "Bern"}')
+    fakes.ollama.script(Reply(tokens=(), tool_calls=(CALL, second), finish="tool_calls"))
+    pieces = []
+    finish = None
+    stream = client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"  # Ollama says "stop"
+    assert [p.index for p in pieces] == [0, 1]
+    ids = [p.id or "" for p in pieces]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 2
+    assert [json.loads((p.function and p.function.arguments) or "") for p in pieces] == [
+        json.loads(ARGUMENTS),
+        {"city": "Bern"},
+    ]
+    assert fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
+
+
+def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["21 degrees."]))
+    messages: Any = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
+    ]
+    completion = client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL])
+    assert completion.choices[0].message.content == "21 degrees."
+    sent = fakes.ollama.last.json["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
+    }
+    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather"}
+
+
+def test_ollama_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: Fakes) -> None:
+    client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert "tools" not in fakes.ollama.last.json
+
+
+@pytest.mark.parametrize("model", ["t/llava", "t/cf"])
+def test_tool_controls_ollama_and_cloudflare_cannot_enforce_are_reported(
+    client: openai.OpenAI, fakes: Fakes, model: str
+) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
+    forced = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
+    )
+    assert forced.headers["x-modelgate-dropped-params"] == "parallel_tool_calls,tool_choice"
+    plain = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto"
+    )
+    assert "x-modelgate-dropped-params" not in plain.headers
+
+
+def test_ollama_format_is_the_schema_or_json(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=['{"city": "Bern", "degrees": 19}']), Reply(tokens=["{}"]))
+    completion = client.chat.completions.parse(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    assert fakes.ollama.last.json["format"]["properties"].keys() == {"city", "degrees"}
+    client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "JSON"}], response_format={"type": "json_object"}
+    )
+    assert fakes.ollama.last.json["format"] == "json"
+
+
+def test_ollama_images_go_as_base64(client: openai.OpenAI, fakes: Fakes) -> None:
+    content: Any = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    client.chat.completions.create(model="t/llava", messages=[{"role": "user", "content": content}])
+    assert fakes.ollama.last.json["messages"] == [
+        {"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}
+    ]
+
+
+def test_ollama_refuses_a_remote_image_url(client: openai.OpenAI, fakes: Fakes) -> None:
+    content: Any = [{"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="t/llava", messages=[{"role": "user", "content": content}])
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/llava" in body["message"] and "data: URLs" in body["message"]
+    assert "does not fetch" in body["message"]
+    assert fakes.ollama.requests == []
+
+
+# --- Cloudflare: function calling and JSON mode, one whole reply ----------------------------------------
+
+
+def test_cloudflare_tool_call(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(_tool_call_reply())
+    pieces = []
+    finish = None
+    stream = client.chat.completions.create(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL], stream=True
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(pieces) == 1 and (pieces[0].id or "").startswith("call_")
+    assert pieces[0].function is not None and pieces[0].function.name == "get_weather"
+    assert json.loads(pieces[0].function.arguments or "") == json.loads(ARGUMENTS)
+    sent = fakes.cloudflare.last.json
+    assert "stream" not in sent  # Workers AI answers tool calls whole
+    assert sent["tools"] == [WEATHER_TOOL]
+
+
+def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
+    messages: Any = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
+    ]
+    completion = client.chat.completions.create(model="t/cf", messages=messages, tools=[WEATHER_TOOL])
+    assert completion.choices[0].message.content == "21 degrees."
+    assert completion.choices[0].finish_reason == "stop"
+    sent = fakes.cloudflare.last.json["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ARGUMENTS}
+    assert sent[2] == {"role": "tool", "content": "21", "name": "get_weather"}
+
+
+def test_cloudflare_json_mode(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=['{"city": "Bern",', ' "degrees": 19}']))
+    completion = client.chat.completions.parse(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    sent = fakes.cloudflare.last.json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["properties"].keys() == {"city", "degrees"}
+
+
+# --- TGI: no tools; structured output through grammar ----------------------------------------------------
+
+
+def test_tgi_refuses_tools_naming_the_model(client: openai.OpenAI, fakes: Fakes) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="t/tgi", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL]
+        )
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/tgi" in body["message"] and "tool calling" in body["message"]
+    assert fakes.huggingface.requests == []
+
+
+def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=['{"city": "Bern", ', '"degrees": 19}']))
+    completion = client.chat.completions.parse(
+        model="t/tgi", messages=[{"role": "user", "content": "Weather?"}], response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Bern", degrees=19)
+    grammar = fakes.huggingface.last.json["parameters"]["grammar"]
+    assert grammar["type"] == "json"
+    assert grammar["value"]["required"] == ["city", "degrees"]
+
+
+# --- image limits ------------------------------------------------------------------------------------------
+
+
+def _image(decoded_bytes: int) -> Any:
+    data = base64.b64encode(b"\x89PNG" + b"\0" * (decoded_bytes - 4)).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+
+
+@pytest.mark.parametrize(
+    ("images", "limit", "words"),
+    [
+        ([120], 100, ["per image", "100 bytes"]),
+        ([72, 72, 72], 150, ["per request", "150 bytes"]),
+    ],
+)
+def test_image_limits_are_a_413_naming_the_limit(fakes: Fakes, images: list[int], limit: int, words: list[str]) -> None:
+    settings = Settings(**fakes.settings_overrides(), max_image_bytes=100, max_images_bytes=150)  # type: ignore[arg-type]
+    content = [{"type": "text", "text": "Look"}, *(_image(size) for size in images)]
+    with (
+        serve_in_thread(create_app(settings, tools_catalogue(fakes))) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as sdk,
+    ):
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": content}])
+        assert caught.value.status_code == 413
+        body = caught.value.body
+        assert isinstance(body, dict)
+        for word in words:
+            assert word in body["message"]
+        assert fakes.openrouter.requests == []
+        # Within the limits the same request goes through.
+        within = [content[0], _image(60), _image(60)]
+        sdk.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": within}])
+    assert len(fakes.openrouter.requests) == 1
+    assert str(limit) in caught.value.body["message"]  # type: ignore[index]
