@@ -25,6 +25,7 @@ from modelgate.access_log import AccessLog
 from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
+from modelgate.drain import DRAIN_STATE, Drain
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
 from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
@@ -59,6 +60,8 @@ class GatewayState:
         self.redactor = RedactingFilter(secrets_of(settings))
         self.access_log = AccessLog(self.redactor)
         self.prober = Prober(self, settings.probe_interval)
+        #: The graceful-shutdown limit (drain.py), started by the server (server.py).
+        self.drain = Drain(settings.graceful_timeout)
 
     @property
     def catalogue(self) -> Catalogue:
@@ -141,11 +144,11 @@ def create_app(
     state = GatewayState(settings, catalogue)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await state.start()
         try:
             async with catalogue_reloading(state, sighup=handle_sighup):
-                yield
+                yield {DRAIN_STATE: state.drain}  # where the server finds it when it shuts down
         finally:
             await state.stop()
 

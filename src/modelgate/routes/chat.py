@@ -26,8 +26,9 @@ from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, Message
 from modelgate.encoders import ENCODERS, choose_protocol
 from modelgate.errors import BadRequest
-from modelgate.gateway import StreamStart, open_stream
+from modelgate.gateway import StreamStart
 from modelgate.limits import admit
+from modelgate.routes.opening import open_for_client
 from modelgate.schema import ErrorResponse
 
 router = APIRouter(tags=["chat"])
@@ -129,7 +130,7 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     raw = await request.body()
     messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
     await admit(state, request, model)  # key policy (403) and limits (429); slots held until the reply ends
-    start = await open_stream(state, model, ChatRequest(messages=messages))
+    start = await open_for_client(request, state, model, ChatRequest(messages=messages))
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
     return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 

@@ -31,9 +31,9 @@ from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import ChunkEncoder, collect_completion
 from modelgate.errors import BadRequest, NotFound
-from modelgate.gateway import open_stream
 from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
+from modelgate.routes.opening import open_for_client
 
 router = APIRouter(tags=["OpenAI compatible"])
 
@@ -338,7 +338,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     model = state.catalogue.get(body.model)
     await admit(state, request, model)  # key, policy (403) and limits (429); slots held until the reply ends
     chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
-    start = await open_stream(state, model, chat)
+    start = await open_for_client(request, state, model, chat)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params)
     if dropped:
