@@ -234,6 +234,7 @@ _OPENAI_TYPES = {
     404: ("invalid_request_error", None),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
 }
 
@@ -276,9 +277,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
-        ]
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # FastAPI's loc is a character position
+            where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "")
+            syntax = BadRequest(
+                f"The request body is not valid JSON: {reason} (at character {where})", data={"position": where}
+            )
+            return error_response(syntax, request.url.path)
+        problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
         mapped = BadRequest(f"Invalid request: {first['field']}: {first['message']}", data=problems)
         mapped.param = first["field"] or None

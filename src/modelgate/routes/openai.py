@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from html.parser import HTMLParser
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
@@ -30,12 +31,46 @@ from modelgate.chat import ChatRequest, GenerationParams, Message, Role
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import ChunkEncoder, collect_completion
-from modelgate.errors import BadRequest, NotFound
+from modelgate.errors import BadRequest, ModelgateError, NotFound
 from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
 from modelgate.routes.opening import open_for_client
+from modelgate.wire import WireInt, WireText, unicode_text
 
-router = APIRouter(tags=["OpenAI compatible"])
+
+class UnsupportedMediaType(ModelgateError):
+    status = 415
+
+
+def _json_media_type(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class JSONBodyRoute(APIRoute):
+    """Reads a request body without ``Content-Type`` as JSON (as ``/api/ai`` does, and curl users expect);
+    a body declared as something else is a 415 that says what to send, rather than a validation error
+    about a "dictionary" the client never sent."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def json_body(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                declared = request.headers.get("content-type")
+                if declared is None:
+                    headers = [*request.scope["headers"], (b"content-type", b"application/json")]
+                    request = Request({**request.scope, "headers": headers}, request.receive)
+                elif not _json_media_type(declared):
+                    raise UnsupportedMediaType(
+                        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
+                    )
+            return await handler(request)
+
+        return json_body
+
+
+router = APIRouter(tags=["OpenAI compatible"], route_class=JSONBodyRoute)
 
 JSON = "application/json"
 
@@ -180,6 +215,11 @@ class ContentPart(BaseModel):
     type: str
     text: str | None = None
 
+    def check_text(self) -> None:
+        unicode_text(self.type)
+        if self.text is not None:
+            unicode_text(self.text)
+
 
 class ChatMessage(BaseModel):
     # OpenAI messages carry fields we do not use (name, refusal, ...): ignored, as compatible servers do.
@@ -189,6 +229,17 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
     tool_calls: list[Any] | None = None
     function_call: Any = None
+
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        # Checked once the union is resolved, so the error names `content`, not a union member.
+        if isinstance(value, str):
+            unicode_text(value)
+        elif value is not None:
+            for part in value:
+                part.check_text()
+        return value
 
 
 class StreamOptions(BaseModel):
@@ -203,7 +254,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, description="A catalogue id, publisher/name")
+    model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -211,11 +262,11 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: tuple[str, ...] | None = Field(default=None, description="A string or up to 4 strings")
-    seed: int | None = None
+    stop: tuple[WireText, ...] | None = Field(default=None, description="A string or up to 4 strings")
+    seed: WireInt | None = Field(default=None, description="A 64-bit integer")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    user: str | None = Field(default=None, description="Accepted; not forwarded to providers")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
     # Accepted only so that they can be refused with a clear message (see ``_refuse_unsupported``).
     tools: list[Any] | None = None
