@@ -94,19 +94,24 @@ class Drain:
 
     async def bounded(self, events: AsyncIterator[T]) -> AsyncGenerator[T, None]:
         """``events``, ended with ``ShuttingDown`` once the limit passed; closes ``events`` at the end."""
+        waiting = self._waiting
         try:
-            while True:
+            while True:  # per batch: a set add and discard, no context manager (this runs once per upstream read)
+                if self.expired:
+                    raise ShuttingDown()
                 task = asyncio.current_task()
                 assert task is not None
-                with self.cuts(task):
-                    try:
-                        item = await anext(events)
-                    except StopAsyncIteration:
-                        return
-                    except asyncio.CancelledError:
-                        if self.was_cut(task):
-                            raise ShuttingDown() from None
-                        raise
+                waiting.add(task)
+                try:
+                    item = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if self.was_cut(task):
+                        raise ShuttingDown() from None
+                    raise
+                finally:
+                    waiting.discard(task)
                 yield item
         finally:
             aclose = getattr(events, "aclose", None)
