@@ -240,7 +240,10 @@ def run(app: Any, settings: Settings, *, workers: int = 1, **options: Any) -> No
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout + SHUTDOWN_BACKSTOP),
         **options,
     )
-    if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-    else:
-        uvicorn.Server(config).run()
+    try:
+        if workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on; as uvicorn.run, no traceback
+        pass
