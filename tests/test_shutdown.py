@@ -42,6 +42,13 @@ def refused(url: str) -> bool:
     return False
 
 
+def read_response_bytes(data: bytes | None) -> tuple[int, dict[str, str], bytes]:
+    assert data is not None, "no response"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return int(status_line.split()[1]), dict(line.split(": ", 1) for line in lines), body
+
+
 def read_until(sock: socket.socket, marker: bytes) -> bytes:
     sock.settimeout(30)
     data = b""
@@ -63,6 +70,12 @@ def test_sigterm_ends_endless_replies_with_an_error_part_at_the_limit_then_exits
             for name, (path, body, _) in STREAMS.items():
                 sockets[name].sendall(post(path, body))
             started = {name: read_until(sock, b"Hello") for name, sock in sockets.items()}
+            # One more request whose reply has not started: no first token, ever.
+            fakes.ollama.script(Reply(fault=Fault.hang()))
+            waiting = connect(served.url)
+            sockets["waiting"] = waiting
+            waiting.sendall(post(CHAT, CHAT_BODY))
+            wait_for(lambda: len(fakes.ollama.requests) == len(STREAMS) + 1, "the fifth upstream call")
 
             served.signal(signal.SIGTERM)
             wait_for(lambda: refused(served.url), "new connections to be refused")
@@ -76,5 +89,7 @@ def test_sigterm_ends_endless_replies_with_an_error_part_at_the_limit_then_exits
             ending = endings[name]
             assert ending is not None, f"{name}: the reply was never ended"
             assert error_part in started[name] + ending, f"{name}: {started[name] + ending!r}"
+        status, _, body = read_response_bytes(endings["waiting"])
+        assert status == 503 and json.loads(body)["statusMessage"].startswith("The server is shutting down")
         served.process.wait(timeout=60)  # and the process exits on its own
-        assert "graceful-shutdown limit reached: ending 4 running replies" in served.log()
+        assert "graceful-shutdown limit reached: ending 5 running replies" in served.log()

@@ -15,8 +15,9 @@ and #6). ``GuardedProtocol`` adds to it, per connection:
   before it holds a buffer or a timer (the open-files limit is what a flood of sockets exhausts);
 - the shutdown hook: the start of a graceful shutdown starts the app's ``Drain`` (``drain.py``).
 
-uvicorn's ``limit_concurrency`` does not do the last but one: it counts connections but answers only
-once a request's headers are complete, so idle sockets still pile up.
+What uvicorn offers does not cover it: ``limit_concurrency`` counts connections but answers only once a
+request's headers are complete, so idle sockets still pile up; ``h11_max_incomplete_event_size`` bounds
+the head only with the (slower) h11 protocol, with a 400 and still no timer.
 """
 
 from __future__ import annotations
