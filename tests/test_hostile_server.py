@@ -76,6 +76,22 @@ def test_the_limit_counts_the_whole_head_in_one_read(limited: str, size: int, st
         assert read_response(sock)[0] == status
 
 
+def test_the_limit_is_per_request_on_a_keep_alive_connection(limited: str) -> None:
+    """Heads under the limit add up to more than it over one connection: each request is counted alone."""
+    with connect(limited) as sock:
+        for _ in range(3):
+            sock.sendall(request_head("GET", "/health", {"X-Filler": "a" * (MAX_HEADER_BYTES - 500)}))
+            assert read_response(sock)[0] == 200
+        sock.sendall(request_head("GET", "/health", {"X-Filler": "a" * (2 * MAX_HEADER_BYTES)}))
+        assert read_response(sock)[0] == 431
+
+
+def test_a_body_is_not_counted_as_head(limited: str) -> None:
+    with connect(limited) as sock:
+        sock.sendall(post("/health", b"x" * (50 * MAX_HEADER_BYTES)))
+        assert read_response(sock)[0] == 405  # the route's answer, not 431
+
+
 # --- #6: time and number of connections -----------------------------------------------------------
 
 
