@@ -237,6 +237,12 @@ def test_v1_json_syntax_error_says_so_without_a_position_as_param(gateway: str) 
     assert error["type"] == "invalid_request_error"
 
 
+def test_v1_body_that_is_not_an_object_says_so(gateway: str) -> None:
+    error = v1(gateway, b"[1, 2]").json()["error"]
+    assert error["message"].startswith("Invalid request body: Input should be a valid dictionary")
+    assert error["param"] is None
+
+
 def test_v1_body_without_content_type_is_read_as_json(gateway: str) -> None:
     response = v1(gateway, v1_body(), headers={})
     assert response.status_code == 200, response.text

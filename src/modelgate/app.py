@@ -286,7 +286,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return error_response(syntax, request.url.path)
         problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
-        mapped = BadRequest(f"Invalid request: {first['field']}: {first['message']}", data=problems)
+        where = f"Invalid request: {first['field']}" if first["field"] else "Invalid request body"  # e.g. a JSON list
+        mapped = BadRequest(f"{where}: {first['message']}", data=problems)
         mapped.param = first["field"] or None
         return error_response(mapped, request.url.path)
 
