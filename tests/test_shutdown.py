@@ -1,7 +1,7 @@
 """SIGTERM while replies run that would never end (issue 11, #10), against a real ``modelgate serve``.
 
-The fake upstream sends one token and then nothing (for a minute). With ``--graceful-timeout 2`` the
-server stops accepting connections at once, gives the replies their two seconds, then ends each one with
+The fake upstream sends one token and then nothing (for a minute). With ``--graceful-timeout 3`` the
+server stops accepting connections at once, gives the replies their three seconds, then ends each one with
 its protocol's error part saying the server is shutting down, and exits.
 """
 
@@ -64,7 +64,7 @@ def test_sigterm_ends_endless_replies_with_an_error_part_at_the_limit_then_exits
     fakes.ollama.default = Reply(fault=Fault.hang(after=1))  # "Hello", then silence
     catalogue = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "tiny"))
     env = {**fakes.env(), "MODELGATE_PROBE_INTERVAL": "0"}
-    with serve_subprocess(["--config", str(catalogue), "--graceful-timeout", "2"], tmp_path, env=env) as served:
+    with serve_subprocess(["--config", str(catalogue), "--graceful-timeout", "3"], tmp_path, env=env) as served:
         sockets = {name: connect(served.url) for name in STREAMS}
         try:
             for name, (path, body, _) in STREAMS.items():
