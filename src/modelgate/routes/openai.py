@@ -34,7 +34,7 @@ from modelgate.encoders.openai import ChunkEncoder, collect_completion
 from modelgate.errors import BadRequest, ModelgateError, NotFound
 from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
-from modelgate.routes.opening import open_for_client
+from modelgate.routes.opening import open_for_client, unless_client_leaves
 from modelgate.wire import WireInt, WireText, unicode_text
 
 
@@ -404,7 +404,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return StreamingResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
-    completion = await collect_completion(
+    collecting = collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
+    completion = await unless_client_leaves(request, state.drain, collecting)  # nobody listens to the client else
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)

@@ -5,15 +5,18 @@ upstream event: up to two first-token timeouts, minutes), and nothing else liste
 client that left kept its concurrency slots and the upstream call for all that time (issue 11, #9).
 ``open_for_client`` watches ``receive()`` for ``http.disconnect`` meanwhile; when it comes first the
 opening is cancelled — which closes the upstream request — and ``ClientDisconnected`` ends the request,
-so ``AccessMiddleware`` releases the slots at once. The graceful-shutdown ``Drain`` may cut the wait
-too (503), and bounds the reply that follows (``Drain.bounded``), for every output protocol alike.
+so ``AccessMiddleware`` releases the slots at once. A non-streamed ``/v1`` completion, collected whole
+before its response starts, is watched the same way (``unless_client_leaves``). The graceful-shutdown
+``Drain`` may cut the wait too (503), and bounds the reply that follows (``Drain.bounded``), for every
+output protocol alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.types import Receive
@@ -21,9 +24,11 @@ from starlette.types import Receive
 from modelgate.app import GatewayState
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest
-from modelgate.drain import ShuttingDown
+from modelgate.drain import Drain, ShuttingDown
 from modelgate.errors import ModelgateError
 from modelgate.gateway import StreamStart, open_stream
+
+T = TypeVar("T")
 
 
 class ClientDisconnected(ModelgateError):
@@ -38,37 +43,38 @@ class ClientDisconnected(ModelgateError):
 async def open_for_client(
     request: Request, state: GatewayState, model: CatalogueModel, chat: ChatRequest
 ) -> StreamStart:
-    """``open_stream``, unless the client disconnects or the server's shutdown limit passes first.
+    """``open_stream``, unless the client disconnects or the server's shutdown limit passes first; the reply
+    it returns ends at the shutdown limit too.
 
     The request body must have been read (what ``receive`` says next is then only a disconnect).
     """
-    drain = state.drain
-    opening = asyncio.create_task(open_stream(state, model, chat))  # copies the context: the observation
+    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat))
+    return replace(start, events=state.drain.bounded(start.events))
+
+
+async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result; ``ClientDisconnected`` when the client leaves first, ``ShuttingDown`` when the
+    shutdown limit passes first — either way ``work`` is cancelled (and so its upstream call closed).
+
+    For what runs before a response starts: once it streams, Starlette's response watches the client.
+    """
+    task = asyncio.create_task(work)  # copies the context: the request's observation
     leaving = asyncio.create_task(_disconnect(request.receive))
     try:
-        with drain.cuts(opening):
-            await asyncio.wait((opening, leaving), return_when=asyncio.FIRST_COMPLETED)
+        with drain.cuts(task):
+            await asyncio.wait((task, leaving), return_when=asyncio.FIRST_COMPLETED)
     finally:
         leaving.cancel()
-        if not opening.done():
-            opening.cancel()  # the client left, or this request was cancelled: stop the upstream call
-            await asyncio.wait((opening,))  # until it is closed; its outcome is read below
-    left = leaving.done() and not leaving.cancelled() and leaving.exception() is None
-    if opening.cancelled():
-        if drain.was_cut(opening):
+        if not task.done():
+            task.cancel()  # the client left, or this request was cancelled: stop the upstream call
+            await asyncio.wait((task,))  # until it is closed; its outcome is read below
+    if leaving.done() and not leaving.cancelled():
+        leaving.exception()  # retrieved: a failing receive() counts as the client gone
+    if task.cancelled():
+        if drain.was_cut(task):
             raise ShuttingDown()
         raise ClientDisconnected()
-    start = opening.result()  # raises the opening's own error (a 4xx/5xx for the client)
-    if left:  # the first token and the disconnect came together: nobody will read this reply
-        await _close(start.events)
-        raise ClientDisconnected()
-    return replace(start, events=drain.bounded(start.events))
-
-
-async def _close(events: AsyncIterator[object]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    return task.result()  # or its own error (a 4xx/5xx for the client)
 
 
 async def _disconnect(receive: Receive) -> None:
