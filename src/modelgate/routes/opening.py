@@ -27,6 +27,7 @@ from modelgate.chat import ChatRequest
 from modelgate.drain import Drain, ShuttingDown
 from modelgate.errors import ModelgateError
 from modelgate.gateway import StreamStart, open_stream
+from modelgate.limits import Admission
 
 T = TypeVar("T")
 
@@ -41,14 +42,14 @@ class ClientDisconnected(ModelgateError):
 
 
 async def open_for_client(
-    request: Request, state: GatewayState, model: CatalogueModel, chat: ChatRequest
+    request: Request, state: GatewayState, model: CatalogueModel, chat: ChatRequest, admission: Admission
 ) -> StreamStart:
     """``open_stream``, unless the client disconnects or the server's shutdown limit passes first; the reply
     it returns ends at the shutdown limit too.
 
     The request body must have been read (what ``receive`` says next is then only a disconnect).
     """
-    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat))
+    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat, admission))
     return replace(start, events=state.drain.bounded(start.events))
 
 
