@@ -221,7 +221,7 @@ def test_ollama_stream_any_bytes_fail_as_an_upstream_error(data: st.DataObject, 
 
 def parsed_or_refused(raw: bytes) -> Any:
     try:
-        messages = parse_chat_body(raw, max_messages=50)
+        messages = parse_chat_body(raw, max_messages=50).messages  # a ChatBody since the aisdk5 merge
     except BadRequest as exc:
         assert exc.status == 400
         assert exc.message and "\n" not in exc.message and "Traceback" not in exc.message
