@@ -25,6 +25,7 @@ from modelgate.access_log import AccessLog
 from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
+from modelgate.drain import DRAIN_STATE, Drain
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
 from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
@@ -59,6 +60,8 @@ class GatewayState:
         self.redactor = RedactingFilter(self._secrets(catalogue))
         self.access_log = AccessLog(self.redactor)
         self.prober = Prober(self, settings.probe_interval)
+        #: The graceful-shutdown limit (drain.py), started by the server (server.py).
+        self.drain = Drain(settings.graceful_timeout)
 
     @property
     def catalogue(self) -> Catalogue:
@@ -171,11 +174,11 @@ def create_app(
     state = GatewayState(settings, catalogue)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await state.start()
         try:
             async with catalogue_reloading(state, sighup=handle_sighup):
-                yield
+                yield {DRAIN_STATE: state.drain}  # where the server finds it when it shuts down
         finally:
             await state.stop()
 
@@ -261,6 +264,7 @@ _OPENAI_TYPES = {
     404: ("invalid_request_error", None),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
 }
 
@@ -303,11 +307,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
-        ]
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # FastAPI's loc is a character position
+            where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "")
+            syntax = BadRequest(
+                f"The request body is not valid JSON: {reason} (at character {where})", data={"position": where}
+            )
+            return error_response(syntax, request.url.path)
+        problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
-        mapped = BadRequest(f"Invalid request: {first['field']}: {first['message']}", data=problems)
+        where = f"Invalid request: {first['field']}" if first["field"] else "Invalid request body"  # e.g. a JSON list
+        mapped = BadRequest(f"{where}: {first['message']}", data=problems)
         mapped.param = first["field"] or None
         return error_response(mapped, request.url.path)
 

@@ -21,10 +21,10 @@ from typing import Annotated, Any, NoReturn, cast
 
 import httpx
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from modelgate import server
 from modelgate.auth import KeyRing, access_notice, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
@@ -116,15 +116,49 @@ def serve(
         bool, typer.Option("--watch", help="Reload the catalogue when its file changes (or MODELGATE_WATCH_CONFIG=1).")
     ] = False,
     log_level: Annotated[LogLevel, typer.Option(help="Log level.", case_sensitive=False)] = LogLevel.info,
+    max_header_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes of request line + headers, then 431 (default 32768).", min=1),
+    ] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to send the request headers, then 408 (default 10).", min=0.01),
+    ] = None,
+    keepalive_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds an idle keep-alive connection stays open (default 5).", min=0.01),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Open connections per process, then 503 (default: half the open-files limit).",
+            min=1,
+        ),
+    ] = None,
+    graceful_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds running replies get after SIGTERM, then they end with an error (default 30).",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
     env = Settings.from_env()
     path = config or env.config_path
+    server_options = {
+        "max_header_bytes": max_header_bytes,
+        "header_timeout": header_timeout,
+        "keepalive_timeout": keepalive_timeout,
+        "max_connections": max_connections,
+        "graceful_timeout": graceful_timeout,
+    }
     settings = replace(
         env,
         config_path=path.resolve() if path is not None else None,
         watch_config=watch or env.watch_config,
         log_level=log_level.value,
+        **{name: value for name, value in server_options.items() if value is not None},  # type: ignore[arg-type]
     )
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
     notice = access_notice(keys_or_fail(settings, catalogue), host)  # the keys file too
@@ -141,7 +175,7 @@ def serve(
     if workers == 1:
         from modelgate.app import create_app
 
-        uvicorn.run(create_app(settings, catalogue, handle_sighup=True), **common)
+        server.run(create_app(settings, catalogue, handle_sighup=True), settings, **common)
         return
     # Each worker builds its own app from the environment; uvicorn's supervisor turns SIGHUP into a
     # rolling restart, in which a worker that cannot load the file exits and the old one keeps serving.
@@ -150,7 +184,10 @@ def serve(
     if settings.watch_config:
         os.environ["MODELGATE_WATCH_CONFIG"] = "1"
     os.environ["MODELGATE_LOG_LEVEL"] = log_level.value
-    uvicorn.run("modelgate.app:create_app_from_env", factory=True, workers=workers, **common)
+    for name, value in server_options.items():
+        if value is not None:  # the workers' apps read the graceful-shutdown limit from the environment
+            os.environ[f"MODELGATE_{name.upper()}"] = str(value)
+    server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------

@@ -85,6 +85,19 @@ class Settings:
     upstream_max_event_bytes: int = 4 * 1024 * 1024
     #: Seconds one upstream reply may stream in all (0: no limit, the default: a healthy reply may be long).
     upstream_max_stream_seconds: float = 0.0
+    # --- the HTTP server and its shutdown (server.py, drain.py) ---------------------------------
+    #: Bytes a request line + headers may take (more → 431).
+    max_header_bytes: int = 32_768
+    #: Seconds a client has to send its request line and headers (then 408 and close).
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection stays open between two requests.
+    keepalive_timeout: float = 5.0
+    #: Open connections per process (more → 503 and close); None: half the open-files limit.
+    max_connections: int | None = None
+    #: Seconds running streams get after SIGTERM before they end with a "shutting down" error part.
+    graceful_timeout: float = 30.0
+    #: With keys configured, ``/metrics`` and ``/api/status`` need a key too.
+    private_ops: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -118,10 +131,22 @@ class Settings:
                     ("client_body_timeout", "MODELGATE_CLIENT_BODY_TIMEOUT"),
                     ("client_send_timeout", "MODELGATE_CLIENT_SEND_TIMEOUT"),
                     ("probe_interval", "MODELGATE_PROBE_INTERVAL"),
+                    ("header_timeout", "MODELGATE_HEADER_TIMEOUT"),
+                    ("keepalive_timeout", "MODELGATE_KEEPALIVE_TIMEOUT"),
+                    ("graceful_timeout", "MODELGATE_GRACEFUL_TIMEOUT"),
                 )
                 if env.get(variable)
             },
             **_upstream_limits(env),
+            **{
+                name: int(env[variable])
+                for name, variable in (
+                    ("max_header_bytes", "MODELGATE_MAX_HEADER_BYTES"),
+                    ("max_connections", "MODELGATE_MAX_CONNECTIONS"),
+                )
+                if env.get(variable)
+            },
+            "private_ops": env.get("MODELGATE_PRIVATE_OPS", "").lower() in {"1", "true", "yes"},
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

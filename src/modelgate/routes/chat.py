@@ -29,9 +29,10 @@ from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, Image, Message
 from modelgate.encoders import ENCODERS, choose_protocol
 from modelgate.errors import BadRequest
-from modelgate.gateway import StreamStart, open_stream
+from modelgate.gateway import StreamStart
 from modelgate.images import ImageBudget
 from modelgate.limits import admit
+from modelgate.routes.opening import open_for_client
 from modelgate.schema import ErrorResponse
 from modelgate.settings import Settings
 
@@ -201,7 +202,7 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     )
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"), ai_sdk_5_body=incoming.ai_sdk_5)]
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
-    start = await open_stream(state, model, ChatRequest(messages=incoming.messages), admission)
+    start = await open_for_client(request, state, model, ChatRequest(messages=incoming.messages), admission)
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
     return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 

@@ -2,6 +2,10 @@
 
 None of them calls a provider: ``/api/status`` reads what traffic and the background probes recorded
 (``status.py``), so it answers at once whatever the upstreams are doing.
+
+``/api/status`` and ``/metrics`` tell an outsider which providers are configured, failing or busy; with
+``MODELGATE_PRIVATE_OPS=1`` (and keys configured) they need a key like the chat endpoints. ``/health``
+and ``/ready`` stay public: orchestrators probe them without credentials.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import JSON, error_response, gateway
+from modelgate.auth import request_principal
 from modelgate.errors import ModelgateError
 from modelgate.metrics import CONTENT_TYPE
 
@@ -51,8 +56,15 @@ async def ready(request: Request) -> Response:
     return Response(orjson.dumps({"status": "ready", **checks}), media_type=JSON, headers=_NO_STORE)
 
 
+def _private(request: Request) -> None:
+    """With ``private_ops``, the caller must present a valid key (401 otherwise; open when no key is configured)."""
+    if gateway(request).settings.private_ops:
+        request_principal(request)
+
+
 @router.get("/api/status", summary="Health of each provider and model, from traffic and free probes")
 async def status(request: Request) -> Response:
+    _private(request)
     state = gateway(request)
     body = state.status.snapshot(state.catalogue, state.settings, state.breakers, scrub=state.redactor.scrub)
     return Response(orjson.dumps(body), media_type=JSON, headers=_NO_STORE)
@@ -60,4 +72,5 @@ async def status(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    _private(request)
     return Response(gateway(request).metrics.exposition(), media_type=CONTENT_TYPE, headers=_NO_STORE)

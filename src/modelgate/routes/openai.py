@@ -15,12 +15,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from html.parser import HTMLParser
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
@@ -31,8 +32,8 @@ from modelgate.chat import ChatRequest, GenerationParams
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
-from modelgate.errors import BadRequest, NotFound
-from modelgate.gateway import StreamStart, open_stream
+from modelgate.errors import BadRequest, ModelgateError, NotFound
+from modelgate.gateway import StreamStart
 from modelgate.limits import admit
 from modelgate.providers import Provider
 from modelgate.routes.openai_input import (
@@ -46,9 +47,44 @@ from modelgate.routes.openai_input import (
     to_tool_choice,
     to_tools,
 )
+from modelgate.routes.opening import open_for_client, unless_client_leaves
 from modelgate.settings import Settings
+from modelgate.wire import WireInt, WireText
 
-router = APIRouter(tags=["OpenAI compatible"])
+
+class UnsupportedMediaType(ModelgateError):
+    status = 415
+
+
+def _json_media_type(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class JSONBodyRoute(APIRoute):
+    """Reads a request body without ``Content-Type`` as JSON (as ``/api/ai`` does, and curl users expect);
+    a body declared as something else is a 415 that says what to send, rather than a validation error
+    about a "dictionary" the client never sent."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def json_body(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                declared = request.headers.get("content-type")
+                if declared is None:
+                    headers = [*request.scope["headers"], (b"content-type", b"application/json")]
+                    request = Request({**request.scope, "headers": headers}, request.receive)
+                elif not _json_media_type(declared):
+                    raise UnsupportedMediaType(
+                        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
+                    )
+            return await handler(request)
+
+        return json_body
+
+
+router = APIRouter(tags=["OpenAI compatible"], route_class=JSONBodyRoute)
 log = logging.getLogger("modelgate.openai")
 
 JSON = "application/json"
@@ -222,7 +258,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, description="A catalogue id, publisher/name")
+    model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -230,11 +266,11 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: tuple[str, ...] | None = Field(default=None, description="A string or up to 4 strings")
-    seed: int | None = None
+    stop: tuple[WireText, ...] | None = Field(default=None, description="A string or up to 4 strings")
+    seed: WireInt | None = Field(default=None, description="A 64-bit integer")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    user: str | None = Field(default=None, description="Accepted; not forwarded to providers")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
     tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoiceParam | None = None
@@ -356,7 +392,7 @@ async def open_reply(
     model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat(model, state.settings)
-    start = await open_stream(state, model, chat, admission)
+    start = await open_for_client(request, state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
@@ -379,9 +415,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return StreamingResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
-    completion = await collect_completion(
+    collecting = collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
+    completion = await unless_client_leaves(
+        request, gateway(request).drain, collecting
+    )  # nobody listens to the client else
     if (completion.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)

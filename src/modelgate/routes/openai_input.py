@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelgate.chat import Image, Message, NamedTool, ResponseFormat, Role, Tool, ToolCall, ToolChoice
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
+from modelgate.wire import WireJSON, WireText, unicode_text
 
 _closed = ConfigDict(extra="forbid")
 _open = ConfigDict(extra="ignore")
@@ -33,7 +34,7 @@ MAX_TOOLS = 128
 class ImageURL(BaseModel):
     model_config = _closed
 
-    url: str = Field(min_length=1, description="A data: URL (base64) or an https: URL")
+    url: WireText = Field(min_length=1, description="A data: URL (base64) or an https: URL")
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -51,13 +52,13 @@ class FunctionCall(BaseModel):
     model_config = _open
 
     name: FunctionName
-    arguments: str = Field(description="The JSON text the model wrote")
+    arguments: WireText = Field(description="The JSON text the model wrote")
 
 
 class ToolCallParam(BaseModel):
     model_config = _open
 
-    id: str = Field(min_length=1, max_length=256)
+    id: WireText = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -69,16 +70,29 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCallParam] | None = Field(default=None, max_length=MAX_TOOLS)
-    tool_call_id: str | None = Field(default=None, max_length=256)
+    tool_call_id: WireText | None = Field(default=None, max_length=256)
     function_call: Any = None
+
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        # Checked once the union is resolved, so the error names `content`, not a union member.
+        if isinstance(value, str):
+            unicode_text(value)
+        elif value is not None:
+            for part in value:
+                unicode_text(part.type)
+                if part.text is not None:
+                    unicode_text(part.text)
+        return value
 
 
 class FunctionDefinition(BaseModel):
     model_config = _closed
 
     name: FunctionName
-    description: str | None = None
-    parameters: dict[str, Any] | None = Field(default=None, description="The arguments' JSON Schema")
+    description: WireText | None = None
+    parameters: WireJSON | None = Field(default=None, description="The arguments' JSON Schema")
     strict: bool | None = None
 
 
@@ -106,8 +120,8 @@ class JSONSchemaFormat(BaseModel):
     model_config = _closed
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: WireText | None = None
+    schema_: WireJSON | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 

@@ -1,0 +1,83 @@
+"""Open a reply for an HTTP client: ``gateway.open_stream``, given up when the client leaves first.
+
+Until the first token the route is awaiting ``open_stream`` (connect, retries, fallbacks, the first
+upstream event: up to two first-token timeouts, minutes), and nothing else listens to the client: a
+client that left kept its concurrency slots and the upstream call for all that time (issue 11, #9).
+``open_for_client`` watches ``receive()`` for ``http.disconnect`` meanwhile; when it comes first the
+opening is cancelled — which closes the upstream request — and ``ClientDisconnected`` ends the request,
+so ``AccessMiddleware`` releases the slots at once. A non-streamed ``/v1`` completion, collected whole
+before its response starts, is watched the same way (``unless_client_leaves``). The graceful-shutdown
+``Drain`` may cut the wait too (503), and bounds the reply that follows (``Drain.bounded``), for every
+output protocol alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+from modelgate.app import GatewayState
+from modelgate.catalogue import CatalogueModel
+from modelgate.chat import ChatRequest
+from modelgate.drain import Drain, ShuttingDown
+from modelgate.errors import ModelgateError
+from modelgate.gateway import StreamStart, open_stream
+from modelgate.limits import Admission
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(ModelgateError):
+    """The client left before the reply started (logged as nginx's 499; nobody reads the answer)."""
+
+    status = 499
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the reply started")
+
+
+async def open_for_client(
+    request: Request, state: GatewayState, model: CatalogueModel, chat: ChatRequest, admission: Admission
+) -> StreamStart:
+    """``open_stream``, unless the client disconnects or the server's shutdown limit passes first; the reply
+    it returns ends at the shutdown limit too.
+
+    The request body must have been read (what ``receive`` says next is then only a disconnect).
+    """
+    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat, admission))
+    return replace(start, events=state.drain.bounded(start.events))
+
+
+async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result; ``ClientDisconnected`` when the client leaves first, ``ShuttingDown`` when the
+    shutdown limit passes first — either way ``work`` is cancelled (and so its upstream call closed).
+
+    For what runs before a response starts: once it streams, Starlette's response watches the client.
+    """
+    task = asyncio.create_task(work)  # copies the context: the request's observation
+    leaving = asyncio.create_task(_disconnect(request.receive))
+    try:
+        with drain.cuts(task):
+            await asyncio.wait((task, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not task.done():
+            task.cancel()  # the client left, or this request was cancelled: stop the upstream call
+            await asyncio.wait((task,))  # until it is closed; its outcome is read below
+    if leaving.done() and not leaving.cancelled():
+        leaving.exception()  # retrieved: a failing receive() counts as the client gone
+    if task.cancelled():
+        if drain.was_cut(task):
+            raise ShuttingDown()
+        raise ClientDisconnected()
+    return task.result()  # or its own error (a 4xx/5xx for the client)
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,60 @@
+"""What the upstream serializer accepts, as pydantic types for request models.
+
+FastAPI parses request bodies with ``json.loads``, which accepts more than ``orjson.dumps`` — the
+serializer of every upstream request and of our own error bodies — can write back: a lone surrogate
+(``"\\ud800"``) in a string, an integer beyond 64 bits. Unchecked, such a value passed validation and
+failed later as a 500 (issue 11, #8); with these types it is a 400 naming the field. (``/api/ai``
+bodies are parsed by orjson, which refuses both already.)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+#: The integer range orjson serializes: signed and unsigned 64 bits.
+INT64_MIN = -(2**63)
+UINT64_MAX = 2**64 - 1
+
+
+def unicode_text(value: str) -> str:
+    """``value`` if it is valid Unicode text (encodable as UTF-8), else ``ValueError`` saying why."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        raise ValueError(f"contains a lone surrogate (U+{code:04X} at index {exc.start}); send valid Unicode") from None
+    return value
+
+
+#: A string an upstream request can carry.
+WireText = Annotated[str, AfterValidator(unicode_text)]
+#: An integer an upstream request can carry.
+WireInt = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
+
+
+def writable_json(value: Any) -> Any:
+    """``value`` (a parsed JSON document: a tool's schema, say) if every string and integer in it can be
+    written upstream, else ``ValueError`` naming where it is not."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                unicode_text(item)
+            except ValueError as exc:
+                raise ValueError(f"{path or 'value'} {exc}") from None
+        elif isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= UINT64_MAX:
+            raise ValueError(f"{path or 'value'}: {item} is beyond a 64-bit integer")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                stack.append((f"{path}.{key}" if path else str(key), key))
+                stack.append((f"{path}.{key}" if path else str(key), inner))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", inner) for index, inner in enumerate(item))
+    return value
+
+
+#: A JSON object (a JSON Schema, say) that an upstream request can carry.
+WireJSON = Annotated[dict[str, Any], AfterValidator(writable_json)]

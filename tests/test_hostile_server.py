@@ -1,0 +1,282 @@
+"""Hostile clients at the HTTP layer against a real ``modelgate serve`` process (issue 11, #5 #6 #9 #8 #12).
+
+Raw sockets stand in for what no HTTP library sends: a header block that never ends, headers trickled
+one byte at a time, sockets that say nothing, a flood of connections, a client that hangs up while its
+reply waits for the first token. Counts stay small (50 sockets against a cap of 20), all on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import serve_subprocess, wait_for
+from tests.fakes import Fakes, Fault, Reply
+from tests.raw_http import connect, post, read_response, read_until_closed, request_head
+
+MAX_HEADER_BYTES = 4096
+CAP = 20
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    args = [
+        *("--max-header-bytes", str(MAX_HEADER_BYTES)),
+        *("--header-timeout", "2"),
+        *("--keepalive-timeout", "1"),
+        *("--max-connections", str(CAP)),
+    ]
+    with serve_subprocess(args, tmp_path_factory.mktemp("limited"), env={"MODELGATE_PROBE_INTERVAL": "0"}) as served:
+        yield served.url
+
+
+def health_is_served(url: str) -> None:
+    response = httpx.get(url + "/health", timeout=10)
+    assert response.status_code == 200, response.text
+
+
+# --- #5: the head's size -----------------------------------------------------------------------------
+
+
+def test_an_endless_header_block_is_refused_with_431_before_it_is_all_sent(limited: str) -> None:
+    total = 16 * 1024 * 1024
+    chunk = b"X-Filler: " + b"a" * 65_000 + b"\r\n"
+    sent = 0
+    with connect(limited) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: modelgate\r\n")
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed while we were still sending: what we want
+        status, headers, body = read_response(sock)
+        assert status == 431
+        assert headers["connection"] == "close"
+        assert json.loads(body) == {
+            "statusCode": 431,
+            "statusMessage": f"Request headers are larger than {MAX_HEADER_BYTES} bytes",
+        }
+        assert read_until_closed(sock) is not None
+    assert sent < total  # refused at the limit, not buffered to the end
+    health_is_served(limited)
+
+
+@pytest.mark.parametrize(("size", "status"), [(MAX_HEADER_BYTES - 500, 200), (MAX_HEADER_BYTES + 200, 431)])
+def test_the_limit_counts_the_whole_head_in_one_read(limited: str, size: int, status: int) -> None:
+    with connect(limited) as sock:
+        sock.sendall(request_head("GET", "/health", {"X-Filler": "a" * size}))
+        assert read_response(sock)[0] == status
+
+
+def test_the_limit_is_per_request_on_a_keep_alive_connection(limited: str) -> None:
+    """Heads under the limit add up to more than it over one connection: each request is counted alone."""
+    with connect(limited) as sock:
+        for _ in range(3):
+            sock.sendall(request_head("GET", "/health", {"X-Filler": "a" * (MAX_HEADER_BYTES - 500)}))
+            assert read_response(sock)[0] == 200
+        sock.sendall(request_head("GET", "/health", {"X-Filler": "a" * (2 * MAX_HEADER_BYTES)}))
+        assert read_response(sock)[0] == 431
+
+
+def test_a_body_is_not_counted_as_head(limited: str) -> None:
+    with connect(limited) as sock:
+        sock.sendall(post("/health", b"x" * (50 * MAX_HEADER_BYTES)))
+        assert read_response(sock)[0] == 405  # the route's answer, not 431
+
+
+# --- #6: time and number of connections -----------------------------------------------------------
+
+
+def test_headers_that_never_finish_get_408_and_the_connection_closed(limited: str) -> None:
+    with connect(limited) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: modelgate\r\n")
+        answer = read_until_closed(sock, timeout=30)
+    assert answer is not None, "the connection is still open"
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"Request headers did not arrive within 2 seconds" in answer
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_off(limited: str) -> None:
+    """Slowloris: every byte arrives in time for a per-read timeout; the head as a whole does not."""
+    trickle = b"GET /health HTTP/1.1\r\nHost: modelgate\r\n" + b"X-Slow: " + b"a" * 1000
+    with connect(limited) as sock:
+        closed = False
+        for byte in trickle:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if select.select([sock], [], [], 0.2)[0]:
+                closed = True
+                break
+        assert closed, "the server waited for the whole trickle"
+        answer = read_until_closed(sock)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_connection_that_sends_nothing_is_closed(limited: str) -> None:
+    with connect(limited) as sock:
+        assert read_until_closed(sock, timeout=30) == b""
+
+
+def test_an_idle_keep_alive_connection_is_closed(limited: str) -> None:
+    with connect(limited) as sock:
+        sock.sendall(request_head("GET", "/health"))
+        assert read_response(sock)[0] == 200
+        assert read_until_closed(sock, timeout=30) == b""
+
+
+def test_connections_over_the_cap_get_503_and_the_service_recovers(limited: str) -> None:
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            sockets.append(connect(limited))
+        answers = [read_until_closed(sock, timeout=30) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    refused = [a for a in answers if a and a.startswith(b"HTTP/1.1 503 ")]
+    held = [a for a in answers if a == b""]  # accepted, then closed by the header timeout
+    assert len(refused) + len(held) == 50, answers
+    assert len(held) <= CAP
+    assert len(refused) >= 50 - CAP
+    assert b'"statusMessage":"Too many open connections; try again later"' in refused[0]
+    health_is_served(limited)
+
+
+# --- #9, #8, #12: a gateway in front of the fakes ---------------------------------------------------
+
+CHAT = "/api/ai/acme/tiny/chat"
+OPENAI = "/v1/chat/completions"
+CHAT_BODY = {"messages": [{"role": "user", "content": "Hi"}]}
+OPENAI_BODY = {"model": "acme/tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+
+
+@pytest.fixture(scope="module")
+def gateway(_fake_servers: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    catalogue = write_catalogue(tmp / "catalogue.toml", model_toml("acme", "tiny", extra="max_concurrency = 1\n"))
+    env = {**_fake_servers.env(), "MODELGATE_PROBE_INTERVAL": "0"}
+    with serve_subprocess(["--config", str(catalogue)], tmp, env=env) as served:
+        yield served.url
+
+
+@pytest.mark.parametrize(("path", "body"), [(CHAT, CHAT_BODY), (OPENAI, OPENAI_BODY)], ids=["api-ai", "v1"])
+def test_a_client_leaving_before_the_first_token_frees_its_slot_and_cancels_upstream(
+    gateway: str, fakes: Fakes, path: str, body: dict[str, Any]
+) -> None:
+    fakes.ollama.script(Reply(fault=Fault.hang()))  # no first token (the first-token timeout is 60 s)
+    with connect(gateway) as sock:
+        sock.sendall(post(path, json.dumps(body).encode()))
+        wait_for(lambda: fakes.ollama.requests, "the upstream call")
+    assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
+
+    def served() -> httpx.Response | None:  # the model's only slot is free again (429 while it is held)
+        response = httpx.post(gateway + path, json=body, timeout=10)
+        return response if response.status_code != 429 else None
+
+    response = wait_for(served, "the concurrency slot to be released", timeout=10)
+    assert response.status_code == 200 and "Hello" in response.text
+
+
+def first_tokens(url: str) -> float:
+    """First tokens the gateway received so far (the count of its time-to-first-token histogram)."""
+    prefix = 'modelgate_upstream_time_to_first_token_seconds_count{model="acme/tiny",provider="ollama"}'
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(gateway: str, fakes: Fakes) -> None:
+    """A completion is collected whole before its response starts: the client is watched meanwhile too."""
+    fakes.ollama.script(Reply(fault=Fault.hang(after=1)))  # one token, then silence (the idle timeout is 60 s)
+    before = first_tokens(gateway)
+    with connect(gateway) as sock:
+        sock.sendall(post(OPENAI, json.dumps({**OPENAI_BODY, "stream": False}).encode()))
+        wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
+    assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
+
+
+def v1(gateway: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    given = {"Content-Type": "application/json"} if headers is None else headers
+    return httpx.post(gateway + OPENAI, content=content, headers=given, timeout=10)
+
+
+def v1_body(**fields: Any) -> bytes:
+    return json.dumps({"model": "acme/tiny", "messages": [{"role": "user", "content": "Hi"}], **fields}).encode()
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
+def test_v1_seed_beyond_64_bits_is_a_400_naming_it(gateway: str, fakes: Fakes, seed: int) -> None:
+    response = v1(gateway, v1_body(seed=seed))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "seed" and "seed" in error["message"]
+    assert not fakes.ollama.requests
+    assert v1(gateway, v1_body(seed=2**63)).status_code == 200  # still 64 bits: served
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "acme/tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages.0.content"),
+        (
+            b'{"model": "acme/tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+            "messages.0.content",
+        ),
+        (b'{"model": "acme/tiny", "messages": [{"role": "user", "content": "Hi"}], "stop": ["\\ud83d"]}', "stop"),
+        (  # anywhere in a document the caller defines, such as a tool's JSON Schema
+            b'{"model": "acme/tiny", "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function",'
+            b' "function": {"name": "f", "parameters": {"type": "object", "description": "\\ud800"}}}]}',
+            "tools.0.function.parameters",
+        ),
+    ],
+)
+def test_v1_lone_surrogate_is_a_400_naming_the_field(gateway: str, fakes: Fakes, body: bytes, param: str) -> None:
+    response = v1(gateway, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith(param) and "surrogate" in error["message"]
+    assert not fakes.ollama.requests
+    # A surrogate pair is a character like any other.
+    assert v1(gateway, v1_body(messages=[{"role": "user", "content": "\U0001f600"}])).status_code == 200
+
+
+def test_v1_json_syntax_error_says_so_without_a_position_as_param(gateway: str) -> None:
+    response = v1(gateway, b'{"model": "acme/tiny", "messages": [')
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] is None
+    assert error["message"].startswith("The request body is not valid JSON")
+    assert error["type"] == "invalid_request_error"
+
+
+def test_v1_body_that_is_not_an_object_says_so(gateway: str) -> None:
+    error = v1(gateway, b"[1, 2]").json()["error"]
+    assert error["message"].startswith("Invalid request body: Input should be a valid dictionary")
+    assert error["param"] is None
+
+
+def test_v1_body_without_content_type_is_read_as_json(gateway: str) -> None:
+    response = v1(gateway, v1_body(), headers={})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "Hello, world!"
+
+
+def test_v1_body_declared_as_another_media_type_is_a_clear_415(gateway: str) -> None:
+    response = v1(gateway, v1_body(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "Content-Type: application/json" in error["message"]
+    assert "application/x-www-form-urlencoded" in error["message"]
