@@ -165,6 +165,7 @@ def test_length_finish_and_auto_usage(client: openai.OpenAI, fakes: Fakes) -> No
 
 def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fakes) -> None:
     reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"])
+    fakes.ollama.thinking_models.add(fakes.ollama.listed_by_default[0])  # rwkv, made a thinking model here
     fakes.ollama.script(reply, reply)
     completion = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
     message = completion.choices[0].message

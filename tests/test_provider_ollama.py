@@ -84,6 +84,7 @@ class TestOllama(ProviderContract):
 
     @pytest.mark.anyio
     async def test_go_escapes_and_thinking(self, fakes: Fakes) -> None:
+        fakes.ollama.thinking_models.add("mollysama/rwkv-6-world:1.6b")  # thinks unless told not to
         got = await self.run(fakes, Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"]))
         assert got.reasoning == "hmm <ok>"
         assert got.text == "<b>&</b>"

@@ -6,10 +6,18 @@ reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's
 ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
 after lines were sent (``error_after``), with no ``done`` line (§4.5).
+
+Thinking follows Ollama's ``ChatHandler`` (server/routes.go): a model with the thinking capability
+(``thinking_models``) thinks unless the request says ``think: false``, and only then does
+``message.thinking`` appear; ``think`` asked of any other model is a 400
+``{"error": "\"<model>\" does not support thinking"}``, and such a model never sends ``thinking``
+(a scripted ``Reply.reasoning`` is not sent).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -38,6 +46,16 @@ def go_json(value: Any) -> bytes:
 class FakeOllama(FakeUpstream):
     name = "ollama"
     listed_by_default = ("mollysama/rwkv-6-world:1.6b", "llama3.2:latest")
+    #: Models with Ollama's "thinking" capability (the rest refuse ``think``).
+    thinking_by_default: frozenset[str] = frozenset({"deepseek-r1:1.5b", "qwen3:0.6b"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thinking_models: set[str] = set(self.thinking_by_default)
+
+    def reset(self) -> None:
+        super().reset()
+        self.thinking_models = set(self.thinking_by_default)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -78,13 +96,25 @@ class FakeOllama(FakeUpstream):
             return self.error(400, "model is required")
         if not self.serves(model):
             return self.error(404, f'model "{model}" not found, try pulling it first')
+        think = body.get("think")
+        asked = think is True or (isinstance(think, str) and think in ("low", "medium", "high"))
+        if model in self.thinking_models:
+            thinks = think is None or asked  # a thinking model thinks unless told not to
+        elif asked:
+            return self.error(400, f"{json.dumps(model, ensure_ascii=False)} does not support thinking")
+        else:
+            thinks = False
         reply = self.next_reply()
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
+        if not thinks:
+            reply = replace(reply, reasoning=())
         if body.get("stream") is False:
             final = self._final(model, reply)
             final["message"]["content"] = "".join(reply.tokens)
+            if reply.reasoning:
+                final["message"]["thinking"] = "".join(reply.reasoning)
             return Response(go_json(final), media_type="application/json; charset=utf-8")
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="application/x-ndjson")
 
