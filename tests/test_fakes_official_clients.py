@@ -181,8 +181,11 @@ def openrouter_client(fakes: Fakes) -> Iterator[openai.OpenAI]:
         yield client
 
 
-def streamed(stream: Any) -> tuple[str, str, str | None, Any]:
-    """(text, reasoning, finish_reason, usage) as the SDK's ``ChatCompletionChunk`` objects carry them."""
+def streamed(stream: Any, *, reasoning_field: str = "reasoning") -> tuple[str, str, str | None, Any]:
+    """(text, reasoning, finish_reason, usage) as the SDK's ``ChatCompletionChunk`` objects carry them.
+
+    Reasoning is not in the SDK's types: OpenRouter names it ``delta.reasoning``, vLLM and the HF router
+    ``delta.reasoning_content``."""
     text, reasoning, finish, usage = [], [], None, None
     for chunk in stream:
         assert chunk.object == "chat.completion.chunk"
@@ -190,7 +193,7 @@ def streamed(stream: Any) -> tuple[str, str, str | None, Any]:
             usage = chunk.usage
         for choice in chunk.choices:
             text.append(choice.delta.content or "")
-            reasoning.append((choice.delta.model_extra or {}).get("reasoning") or "")
+            reasoning.append((choice.delta.model_extra or {}).get(reasoning_field) or "")
             finish = choice.finish_reason or finish
     return "".join(text), "".join(reasoning), finish, usage
 
@@ -245,6 +248,15 @@ def test_tgi_stream_through_text_generation_client(fakes: Fakes) -> None:
     assert last.details is not None
     assert (last.details.finish_reason, last.details.generated_tokens) == ("eos_token", 4)
     assert all(r.generated_text is None and r.details is None for r in responses[:-1])
+
+
+@pytest.mark.anyio
+async def test_tgi_stream_through_text_generation_async_client(fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=TOKENS, usage=(31, 4)))
+    client = text_generation.AsyncClient(tgi_url(fakes), headers={"Authorization": f"Bearer {HF_TOKEN}"})
+    responses = [r async for r in client.generate_stream("Hi", max_new_tokens=16)]
+    assert "".join(r.token.text for r in responses if not r.token.special) == "".join(TOKENS)
+    assert responses[-1].details is not None and responses[-1].details.generated_tokens == 4
 
 
 def test_tgi_length_finish_and_in_stream_error_through_text_generation_client(fakes: Fakes) -> None:
