@@ -20,16 +20,19 @@ import cloudflare
 import huggingface_hub
 import ollama
 import openai
+import pydantic
 import pytest
 import text_generation
 from cloudflare.types.ai.ai_run_response import UnionMember8 as CloudflareTextResult
 from text_generation.types import StreamResponse
 
-from tests.fakes import CREDENTIALS, Fakes, Fault, Reply
+from tests.fakes import CREDENTIALS, FakeHuggingFace, Fakes, Fault, Reply
+from tests.fakes._base import Frames
 from tests.fakes.cloudflare import ACCOUNT
 from tests.fakes.cloudflare import TOKEN as CLOUDFLARE_TOKEN
 from tests.fakes.huggingface import TOKEN as HF_TOKEN
 from tests.fakes.openrouter import TOKEN as OPENROUTER_TOKEN
+from tests.servers import serve_in_thread
 
 pytestmark = [
     # text-generation 0.7 (its last release) still calls pydantic v1's ``.dict()`` on its request models.
@@ -289,6 +292,35 @@ def test_tgi_stream_through_huggingface_hub(fakes: Fakes) -> None:
     assert outputs[-1].details is not None
     assert (outputs[-1].details.finish_reason, outputs[-1].details.generated_tokens) == ("eos_token", 4)
     assert fakes.huggingface.last.json["parameters"]["details"] is True
+
+
+# -- the checks above can fail: a fake drifted on purpose is rejected by the same official client -----------
+
+
+class _DriftedTGI(FakeHuggingFace):
+    """TGI with ``token`` renamed in every stream event."""
+
+    def render(self, reply: Reply, *, details: bool) -> Frames:
+        frames = super().render(reply, details=details)
+
+        def drift(items: list[bytes]) -> list[bytes]:
+            return [frame.replace(b'"token":', b'"tok":') for frame in items]
+
+        return Frames(drift(frames.preamble), drift(frames.tokens), drift(frames.trailer), drift(frames.error))
+
+
+def test_a_drifted_tgi_fake_is_rejected_by_text_generation() -> None:
+    with serve_in_thread(_DriftedTGI().app) as root:
+        client = text_generation.Client(root, headers={"Authorization": f"Bearer {HF_TOKEN}"})
+        # Not a StreamResponse, so the client reads it as an error payload, and it is not one either.
+        with pytest.raises(KeyError):
+            list(client.generate_stream("Hi", max_new_tokens=4))
+
+
+def test_a_drifted_cloudflare_result_is_rejected_by_the_sdk_type() -> None:
+    drifted = {"result_text": "".join(TOKENS), "tool_calls": []}
+    with pytest.raises(pydantic.ValidationError, match="response"):
+        CloudflareTextResult.model_validate(drifted)
 
 
 def test_credentials_table_matches_the_fakes() -> None:
