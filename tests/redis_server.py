@@ -28,37 +28,73 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-@contextmanager
-def running_redis() -> Iterator[str]:
-    """Start ``redis-server`` (no persistence) and yield its ``redis://`` URL; stop it on exit.
+class RedisProcess:
+    """A ``redis-server`` without persistence on one loopback port, which a test may restart (losing its data)."""
 
-    Skips only when the binary is absent; ``scripts/test.sh`` (and so CI) installs it.
-    """
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start on a free port, or on the same port again after ``stop``."""
+        for _ in range(3):  # another process may take a free port before redis binds it
+            port = self.port or free_port()
+            process = subprocess.Popen(
+                [self.binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while process.poll() is None and not _answers_ping(port) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if process.poll() is None and _answers_ping(port):
+                self.port, self.process = port, process
+                return
+            process.kill()
+            process.wait()
+            if self.port:
+                time.sleep(0.2)  # the old socket may linger a moment: try the same port again
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every key and every client connection is gone."""
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def redis_process() -> Iterator[RedisProcess]:
+    """A started ``RedisProcess``, stopped on exit. Skips only when the binary is absent;
+    ``scripts/test.sh`` (and so CI) installs it."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-    for _ in range(3):  # another process may take the free port before redis binds it
-        port = free_port()
-        process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while process.poll() is None and not _answers_ping(port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if process.poll() is None and _answers_ping(port):
-            break
-        process.kill()
-        process.wait()
-    else:
-        raise RuntimeError("redis-server did not start")
+    server = RedisProcess(binary)
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
+
+
+@contextmanager
+def running_redis() -> Iterator[str]:
+    """Start ``redis-server`` (no persistence) and yield its ``redis://`` URL; stop it on exit."""
+    with redis_process() as server:
+        yield server.url

@@ -6,17 +6,21 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from modelgate.limits import Lease, Plan, RedisBackend, Slot, Window
+from modelgate.app import create_app
+from modelgate.limits import REBUILD_SECONDS, REBUILDING, Lease, Plan, RedisBackend, Slot, Window
+from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for
 from tests.fakes import Fakes, Fault, Reply
-from tests.redis_server import running_redis
+from tests.redis_server import RedisProcess, redis_process, running_redis
+from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.redis
 
@@ -130,6 +134,26 @@ def test_a_held_lease_is_renewed_and_an_abandoned_one_expires(redis_url: str) ->
     asyncio.run(scenario())
 
 
+def test_giving_back_part_of_a_lease_keeps_the_rest_renewed(redis_url: str) -> None:
+    """A fallback gives back the failed model's slot; the key's slot, same lease, stays held past its TTL."""
+
+    async def scenario() -> None:
+        (holder,) = await backends(redis_url, "t8:", n=1, lease_ttl=1.0)
+        try:
+            assert await holder.acquire(plan(None, ("streams:key:k", 1), ("streams:model:m", 1)), "x") is None
+            await holder.release(Lease("x", ("streams:model:m",)))
+            assert await holder.acquire(plan(None, ("streams:model:m", 1)), "x") is None  # the fallback's, same id
+            await asyncio.sleep(2.5)
+            assert await holder.client.zrange("t8:streams:key:k", 0, -1) == [b"x"]
+            assert await holder.client.zrange("t8:streams:model:m", 0, -1) == [b"x"]
+            await holder.release(Lease("x", ("streams:key:k", "streams:model:m")))
+            assert await holder.client.zcard("t8:streams:key:k") == 0
+        finally:
+            await holder.stop()
+
+    asyncio.run(scenario())
+
+
 def test_ping(redis_url: str) -> None:
     async def scenario() -> tuple[bool, bool]:
         (up,) = await backends(redis_url, "t6:", n=1)
@@ -239,3 +263,84 @@ def test_workers_share_the_limit(shared: tuple[list[str], dict[str, str]], tmp_p
         statuses = [chat(served.url, RPM_KEY).status_code for _ in range(10)]
     assert len(workers) == 2
     assert statuses == [200] * 4 + [429] * 6
+
+
+# --- a Redis restart (issue 11 #11) ---------------------------------------------------------------------
+
+
+def test_a_redis_restart_leaves_held_leases_counted() -> None:
+    """Redis without persistence restarts and loses every lease: the holders take theirs again.
+
+    The process that admits next re-takes its own before it admits; another process holding leases
+    notices within ``EPOCH_CHECK_SECONDS`` on its own, without being asked anything; until every
+    holder had the time to, no slot is handed out.
+    """
+
+    async def scenario(server: RedisProcess) -> None:
+        admitting, other = await backends(server.url, "t7:")
+        p = plan(None, ("streams:model:m", 3))
+        try:
+            assert await admitting.acquire(p, "a1") is None
+            assert await admitting.acquire(p, "a2") is None
+            assert await other.acquire(p, "b1") is None
+            server.restart()
+            # Every pooled connection is dead now; the first call on one reconnects once, no error.
+            denied = await admitting.acquire(p, "a3")
+            assert denied is not None and denied.limit is REBUILDING
+            assert 0 < denied.retry_after <= REBUILD_SECONDS
+            members = await admitting.client.zrange("t7:streams:model:m", 0, -1)
+            assert b"a1" in members and b"a2" in members
+            deadline = time.monotonic() + 10
+            while b"b1" not in await admitting.client.zrange("t7:streams:model:m", 0, -1):
+                assert time.monotonic() < deadline, "the other holder never re-took its lease"
+                await asyncio.sleep(0.1)
+            while (denied := await admitting.acquire(p, "a3")) is not None and denied.limit is REBUILDING:
+                assert time.monotonic() < deadline, "slots were never handed out again"
+                await asyncio.sleep(0.1)
+            assert denied is not None and denied.limit is p.slots[0]  # 3 of 3: a1, a2 and b1 again
+            # Released as usual once the streams end.
+            await admitting.release(Lease("a1", ("streams:model:m",)))
+            assert await admitting.acquire(p, "a3") is None
+        finally:
+            for backend in (admitting, other):
+                await backend.stop()
+
+    with redis_process() as server:
+        asyncio.run(scenario(server))
+
+
+def test_a_cap_still_holds_for_running_streams_after_a_redis_restart(fakes: Fakes, tmp_path: Path) -> None:
+    """The red team's attack: two streams hold a cap of two, Redis restarts, two more were admitted."""
+    config = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "capped", extra="max_concurrency = 2\n"))
+    fakes.ollama.default = Reply(tokens=["held"], fault=Fault.hang(after=1))
+    with redis_process() as server:
+        settings = Settings(config_path=config, redis_url=server.url, **fakes.settings_overrides())  # type: ignore[arg-type]
+        with serve_in_thread(create_app(settings)) as url, ExitStack() as streams, httpx.Client(timeout=30) as client:
+            for _ in range(2):
+                held = streams.enter_context(
+                    client.stream("POST", url + "/api/ai/ollama/capped/chat", json={"messages": MESSAGES})
+                )
+                assert held.status_code == 200
+                lines = held.iter_lines()
+                assert any(line.startswith("0:") for line in lines)
+                streams.callback(lambda lines=lines: lines)  # kept alive with the stream
+            server.restart()
+            cap = "Model 'acme/capped' is at its concurrency limit (2 streams)"
+
+            def refused_by_the_cap() -> bool:
+                refused = httpx.post(url + "/api/ai/ollama/capped/chat", json={"messages": MESSAGES}, timeout=30)
+                # Never admitted past the cap, never a 503: refused while being counted, then by the cap.
+                assert refused.status_code == 429, refused.text
+                return bool(refused.json()["statusMessage"] == cap)
+
+            wait_for(refused_by_the_cap, "the cap to refuse again")
+            assert refused_by_the_cap()
+            streams.close()  # both streams abandoned: their slots come back
+            fakes.ollama.default = Reply()
+            wait_for(
+                lambda: (
+                    httpx.post(url + "/api/ai/ollama/capped/chat", json={"messages": MESSAGES}, timeout=30).status_code
+                    == 200
+                ),
+                "the slots to come back after the streams ended",
+            )

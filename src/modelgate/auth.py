@@ -16,7 +16,8 @@ other path stays public. A presented key is hashed once and compared against the
 which prefix matched. A key is never logged or echoed: ``key_id`` (a short SHA-256 prefix) names it.
 
 ``may_call`` is the one policy: ``/v1/models`` lists exactly the models it allows, and ``admit``
-(``limits.py``) refuses exactly the ones it does not — lists and authorization cannot disagree.
+(``limits.py``) refuses exactly the ones it does not — lists and authorization cannot disagree. A
+fallback goes through it too (``limits.Admission.admit_fallback``): never a way to a refused model.
 """
 
 from __future__ import annotations

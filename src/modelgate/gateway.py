@@ -2,10 +2,14 @@
 
 ``open_stream`` does everything that must happen *before the first byte reaches the client*:
 credentials check, provider lookup, circuit breaker, retries of transient failures, the model's
-``fallbacks``, and waiting for the first upstream event. Errors up to that point raise (and become an
-HTTP error response); after it, they are raised from the returned iterator and the encoder turns
-them into the client protocol's error part. Once the first event is in, the answering model is fixed:
-a mid-stream failure is reported, never papered over with another model (see ``resilience.py``).
+``fallbacks``, and waiting for the first upstream event. A fallback is admitted like a direct call
+to it (``limits.Admission``): one the caller's key may not use, or whose provider or model is at its
+concurrency cap, is skipped — never a way around the key's policy or the caps.
+
+Errors up to that point raise (and become an HTTP error response); after it, they are raised from
+the returned iterator and the encoder turns them into the client protocol's error part. Once the
+first event is in, the answering model is fixed: a mid-stream failure is reported, never papered
+over with another model (see ``resilience.py``).
 
 Every attempt is recorded where operators look: ``modelgate_upstream_*`` metrics, the health
 signals of ``/api/status``, and the request's ``Observation`` (its access log line).
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent
-from modelgate.errors import ModelgateError, ProviderNotConfigured, UpstreamProtocolError
+from modelgate.errors import Forbidden, ModelgateError, ProviderNotConfigured, RateLimited, UpstreamProtocolError
 from modelgate.observer import Observation, current_observation
 from modelgate.resilience import (
     BreakerConfig,
@@ -36,6 +40,7 @@ from modelgate.resilience import (
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
     from modelgate.catalogue import Catalogue, CatalogueModel
+    from modelgate.limits import Admission
     from modelgate.providers import Provider
 
 log = logging.getLogger("modelgate.gateway")
@@ -54,10 +59,13 @@ class StreamStart:
     attempts: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatRequest) -> StreamStart:
+async def open_stream(
+    state: GatewayState, model: CatalogueModel, request: ChatRequest, admission: Admission
+) -> StreamStart:
     """Start ``model``'s reply to ``request`` (or a fallback's) and wait for its first event.
 
-    Raises the requested model's own error when it and every fallback failed.
+    ``admission`` is what ``limits.admit`` gave for ``model``; each fallback is admitted through it.
+    Raises the requested model's own error when it and every fallback failed or were skipped.
     """
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
@@ -65,6 +73,15 @@ async def open_stream(state: GatewayState, model: CatalogueModel, request: ChatR
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
+        if candidate is not model:
+            try:
+                await admission.admit_fallback(candidate)
+            except (Forbidden, RateLimited) as exc:
+                # Skipped, not refused: the caller asked for a model it may use, and hearing about
+                # a fallback it may not use would tell it that model exists. The log line says why.
+                log.info("fallback %s skipped for %s: %s", candidate.id, model.id, exc.message)
+                attempts.append((candidate.id, exc.message))
+                continue
         call = _for_model(request, candidate)
         try:
             start = await _open_model(state, candidate, call, attempts, obs)

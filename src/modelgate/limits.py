@@ -8,6 +8,11 @@ Limits (over one → ``RateLimited``, 429 with ``Retry-After``):
   protect the upstream. Concurrency is held for the whole request — the stream included — and
   released when it ends, fails or the client goes away (``Retry-After: 1``).
 
+A fallback is admitted like a direct call to it (``Admission.admit_fallback``): the key's policy
+first, then the fallback's own provider and model slots, taken before it is tried, while the failed
+model's are given back. The key's own limits (its window and stream slot) are one per request,
+whichever model answers.
+
 Counters live behind ``LimitBackend``: ``MemoryBackend`` (default; one process) or ``RedisBackend``
 (``MODELGATE_REDIS_URL``), where one Lua script checks and takes every limit of a request atomically
 using the Redis server's clock, so limits hold across workers and instances. A concurrency slot is a
@@ -26,10 +31,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
@@ -85,6 +92,8 @@ class Denied:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """Slots held under one id. Releasing a ``Lease`` with some of them gives back only those."""
+
     id: str
     slots: tuple[str, ...]
 
@@ -154,40 +163,58 @@ class MemoryBackend:
 
 # --- Redis ------------------------------------------------------------------------------------------
 
-# KEYS[1] = window sorted set (member = lease id, score = admitted-at ms); KEYS[2..] = slot sorted sets
-# (member = lease id, score = lease expiry ms). ARGV = lease id, lease ttl ms, window limit (0 = none),
-# window ms, then one limit per slot. Returns {1} when admitted, else {0, which (0 = window, i = slot i),
-# retry-after ms}. The server's TIME keeps instances with skewed clocks agreeing.
+# Every script checks the store's *epoch* first: a token in KEYS[1] that the first process to find it
+# missing creates. A Redis restarted without persistence has lost it — and every lease with it — so a
+# process whose remembered epoch differs re-takes the leases it still holds (``_RESYNC``) before it
+# admits anything more; running streams are then counted again instead of silently freeing their slots.
+# Other processes re-take theirs within ``EPOCH_CHECK_SECONDS``; until then (KEYS[2], "rebuilding",
+# set with that expiry by whoever noticed the loss) no concurrency slot is handed out at all.
+#
+# KEYS[1] = epoch; KEYS[2] = rebuilding flag; KEYS[3] = window sorted set (member = lease id, score =
+# admitted-at ms); KEYS[4..] = slot sorted sets (member = lease id, score = lease expiry ms). ARGV = the
+# epoch this process knows ('' = none), lease id, lease ttl ms, window limit (0 = none), window ms, then
+# one limit per slot. Returns {1} when admitted, {-1} when the epoch differs (resync, then ask again),
+# else {0, which (0 = window, i = slot i, -1 = rebuilding), retry-after ms}. The server's TIME keeps
+# instances with skewed clocks agreeing.
 _ACQUIRE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {-1}
+end
+if #KEYS > 3 then
+  local rebuilding = redis.call('PTTL', KEYS[2])
+  if rebuilding > 0 then
+    return {0, -1, rebuilding}
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease, ttl = ARGV[1], tonumber(ARGV[2])
-local wlimit, wms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, ttl = ARGV[2], tonumber(ARGV[3])
+local wlimit, wms = tonumber(ARGV[4]), tonumber(ARGV[5])
 if wlimit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - wms)
-  if redis.call('ZCARD', KEYS[1]) >= wlimit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - wms)
+  if redis.call('ZCARD', KEYS[3]) >= wlimit then
+    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     return {0, 0, tonumber(oldest[2]) + wms - now}
   end
 end
-for i = 2, #KEYS do
+for i = 4, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 3]) then
-    return {0, i - 1, 0}
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then
+    return {0, i - 3, 0}
   end
 end
 if wlimit > 0 then
-  redis.call('ZADD', KEYS[1], now, lease)
-  redis.call('PEXPIRE', KEYS[1], wms)
+  redis.call('ZADD', KEYS[3], now, lease)
+  redis.call('PEXPIRE', KEYS[3], wms)
 end
-for i = 2, #KEYS do
+for i = 4, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, lease)
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return {1}
 """
 
-# Push a held lease's expiry forward (XX: a lease that already expired is not resurrected past a cap).
+# Push a held lease's expiry forward (XX: a lease released meanwhile is not resurrected past a cap).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -198,6 +225,42 @@ for i = 1, #KEYS do
 end
 return 1
 """
+
+# Re-take this process's held leases, whatever the counts (they are streams that really run: counting
+# them over a cap is the conservative error). KEYS[1] = epoch, KEYS[2] = rebuilding flag, KEYS[3..] =
+# slot sorted sets; ARGV = a fresh epoch token (set only if none exists), rebuilding ms (0: this process
+# knew no epoch before, so it cannot tell a restart from a first start), lease ttl ms, then the lease id
+# held in each slot set. Returns the epoch now in force.
+_RESYNC = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return epoch
+"""
+
+#: How often a process holding leases checks the store's epoch: the longest a Redis restart leaves
+#: another process's running streams uncounted (this process's own are re-taken before it admits).
+EPOCH_CHECK_SECONDS = 1.0
+#: After a detected loss, no slot is handed out for this long: every holder has re-taken its leases.
+REBUILD_SECONDS = 2 * EPOCH_CHECK_SECONDS
+#: What a request hears while the slots are being counted again.
+REBUILDING = Slot(
+    "rebuilding",
+    0,
+    "Concurrency limits are being counted again after the rate-limit store restarted; try again shortly",
+)
 
 
 class RedisBackend:
@@ -210,6 +273,8 @@ class RedisBackend:
         self._client: redis.asyncio.Redis | None = None
         self._held: dict[str, Lease] = {}
         self._renewer: asyncio.Task[None] | None = None
+        #: The store's epoch when this process last (re)took its leases; None before the first call.
+        self._epoch: str | None = None
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -218,9 +283,18 @@ class RedisBackend:
         return self._client
 
     async def start(self) -> None:
-        self._client = redis.asyncio.Redis.from_url(self._url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._client = redis.asyncio.Redis.from_url(
+            self._url,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            # A pooled connection a Redis restart has closed fails on first use: reconnect and send
+            # once more. Every script here is idempotent (members are lease ids), so a retry is safe.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_error=[RedisConnectionError],
+        )
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
+        self._resync = self._client.register_script(_RESYNC)
         self._renewer = asyncio.create_task(self._renew_forever(), name="modelgate-lease-renewer")
 
     async def stop(self) -> None:
@@ -241,48 +315,106 @@ class RedisBackend:
 
     async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
         window = plan.window
-        keys = [self.prefix + (window.key if window else "unused")] + [self.prefix + s.key for s in plan.slots]
+        keys = [
+            self._epoch_key,
+            self.prefix + "rebuilding",
+            self.prefix + (window.key if window else "unused"),
+            *(self.prefix + s.key for s in plan.slots),
+        ]
         args: list[str | int] = [
+            "",
             lease_id,
             math.ceil(self.lease_ttl * 1000),
             window.limit if window else 0,
             math.ceil(window.seconds * 1000) if window else 0,
             *(slot.limit for slot in plan.slots),
         ]
-        result = await self._acquire(keys=keys, args=args)
+        for _ in range(3):
+            args[0] = self._epoch or ""
+            result = await self._acquire(keys=keys, args=args)
+            if int(result[0]) != -1:
+                break
+            await self.resync()
+        else:  # the epoch changed under us three times running: the store is not in a state to trust
+            raise RedisError("the rate-limit store keeps losing its data")
         if int(result[0]) == 1:
-            if plan.slots:
-                self._held[lease_id] = Lease(lease_id, tuple(s.key for s in plan.slots))
+            if plan.slots:  # one id may take more slots later (a fallback's): renew them all
+                held = self._held.get(lease_id)
+                before = held.slots if held is not None else ()
+                self._held[lease_id] = Lease(lease_id, before + tuple(s.key for s in plan.slots if s.key not in before))
             return None
         which, retry_ms = int(result[1]), int(result[2])
+        if which == -1:
+            return Denied(REBUILDING, retry_ms / 1000)
         if which == 0:
             assert window is not None
             return Denied(window, retry_ms / 1000)
         return Denied(plan.slots[which - 1], CONCURRENCY_RETRY_AFTER)
 
     async def release(self, lease: Lease) -> None:
-        self._held.pop(lease.id, None)
+        held = self._held.pop(lease.id, None)
+        kept = tuple(key for key in held.slots if key not in lease.slots) if held is not None else ()
+        if kept:  # a fallback gave back the failed model's slots; the key's stay held and renewed
+            self._held[lease.id] = Lease(lease.id, kept)
         if lease.slots:
             pipe = self.client.pipeline(transaction=False)
             for key in lease.slots:
                 pipe.zrem(self.prefix + key, lease.id)
             await pipe.execute()
 
+    async def resync(self) -> None:
+        """Adopt the store's epoch, re-taking every lease this process holds (see ``_RESYNC``)."""
+        keys: list[str] = [self._epoch_key, self.prefix + "rebuilding"]
+        ids: list[str] = []
+        for lease in list(self._held.values()):
+            keys += (self.prefix + key for key in lease.slots)
+            ids += [lease.id] * len(lease.slots)
+        rebuild_ms = math.ceil(REBUILD_SECONDS * 1000) if self._epoch is not None else 0
+        args: list[str | int] = [uuid.uuid4().hex, rebuild_ms, math.ceil(self.lease_ttl * 1000), *ids]
+        epoch = _text(await self._resync(keys=keys, args=args))
+        if self._epoch is not None and epoch != self._epoch:
+            log.warning("the rate-limit store lost its leases (restarted?): re-took the %d held here", len(ids))
+        self._epoch = epoch
+
     def abandon(self) -> None:
         """Forget held leases without releasing them, as a crashed process would (tests use this)."""
         self._held.clear()
 
+    @property
+    def _epoch_key(self) -> str:
+        return self.prefix + "epoch"
+
     async def _renew_forever(self) -> None:
+        renew_every = self.lease_ttl / 3
+        check_every = min(EPOCH_CHECK_SECONDS, renew_every)
+        since_renewal = 0.0
+        failing = False
         while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            for lease in list(self._held.values()):
-                try:
-                    await self._renew(
-                        keys=[self.prefix + key for key in lease.slots],
-                        args=[lease.id, math.ceil(self.lease_ttl * 1000)],
-                    )
-                except (RedisError, OSError) as exc:
-                    log.warning("could not renew a concurrency lease in Redis: %s", type(exc).__name__)
+            await asyncio.sleep(check_every)
+            since_renewal += check_every
+            if not self._held:
+                continue
+            try:
+                current = await self.client.get(self._epoch_key)
+                if current is None or _text(current) != self._epoch:
+                    await self.resync()  # re-takes (and so renews) every held lease
+                    since_renewal = 0.0
+                elif since_renewal >= renew_every:
+                    since_renewal = 0.0
+                    for lease in list(self._held.values()):
+                        await self._renew(
+                            keys=[self.prefix + key for key in lease.slots],
+                            args=[lease.id, math.ceil(self.lease_ttl * 1000)],
+                        )
+                failing = False
+            except (RedisError, OSError) as exc:
+                if not failing:  # once per outage, not once a second
+                    log.warning("could not renew concurrency leases in Redis: %s", type(exc).__name__)
+                failing = True
+
+
+def _text(reply: object) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 # --- the limiter --------------------------------------------------------------------------------------
@@ -311,6 +443,13 @@ class Limiter:
         return await self.backend.ping()
 
     def plan(self, principal: Principal, model: CatalogueModel, catalogue: Catalogue) -> Plan:
+        """Every limit of a direct call by ``principal`` to ``model``."""
+        key = self.key_plan(principal)
+        return Plan(key.window, key.slots + self.model_slots(model, catalogue))
+
+    @staticmethod
+    def key_plan(principal: Principal) -> Plan:
+        """The caller's own limits: counted once per request, whichever model answers it."""
         window: Window | None = None
         slots: list[Slot] = []
         key = principal.key
@@ -330,6 +469,12 @@ class Limiter:
                         f"Too many concurrent streams: key '{key.name}' allows {key.concurrent_streams} at a time",
                     )
                 )
+        return Plan(window, tuple(slots))
+
+    @staticmethod
+    def model_slots(model: CatalogueModel, catalogue: Catalogue) -> tuple[Slot, ...]:
+        """The caps that protect ``model``'s upstream: held by whichever request ``model`` is answering."""
+        slots: list[Slot] = []
         provider_cap = catalogue.provider_entry(model.provider).max_concurrency
         if provider_cap is not None:
             slots.append(
@@ -347,14 +492,19 @@ class Limiter:
                     f"Model '{model.id}' is at its concurrency limit ({model.max_concurrency} streams)",
                 )
             )
-        return Plan(window, tuple(slots))
+        return tuple(slots)
 
     async def acquire(self, principal: Principal, model: CatalogueModel, catalogue: Catalogue) -> Lease | None:
         """Take every limit for this request, or raise ``RateLimited``. ``None``: nothing to release."""
         plan = self.plan(principal, model, catalogue)
-        if plan.empty:
-            return None
         lease_id = uuid.uuid4().hex
+        await self.take(plan, lease_id)
+        return Lease(lease_id, tuple(slot.key for slot in plan.slots)) if plan.slots else None
+
+    async def take(self, plan: Plan, lease_id: str) -> None:
+        """Count ``plan`` under ``lease_id`` (all of it or nothing), or raise ``RateLimited``."""
+        if plan.empty:
+            return
         try:
             denied = await self.backend.acquire(plan, lease_id)
         except (RedisError, OSError) as exc:
@@ -364,7 +514,6 @@ class Limiter:
         if denied is not None:
             retry_after = max(1, math.ceil(denied.retry_after))
             raise RateLimited(denied.limit.message, retry_after=retry_after, data={"retryAfter": retry_after})
-        return Lease(lease_id, tuple(slot.key for slot in plan.slots)) if plan.slots else None
 
     async def release(self, lease: Lease) -> None:
         try:
@@ -374,16 +523,79 @@ class Limiter:
             log.warning("could not release a concurrency lease: %s", type(exc).__name__)
 
 
-async def admit(state: GatewayState, request: Request, model: CatalogueModel) -> Principal:
+class Admission:
+    """What ``admit`` let in: the caller, and the slots its request holds until the request is over.
+
+    One lease id covers them all. The key's slots stay for the whole request; the model side
+    (provider and model caps) follows the model being tried, so a fallback holds its own caps and
+    not the failed model's.
+    """
+
+    def __init__(self, principal: Principal, limiter: Limiter, catalogue: Catalogue) -> None:
+        self.principal = principal
+        self._limiter = limiter
+        self._catalogue = catalogue
+        self._lease_id = uuid.uuid4().hex
+        self._key_slots: tuple[str, ...] = ()
+        self._model_slots: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        return self._key_slots + self._model_slots
+
+    async def admit_model(self, model: CatalogueModel) -> None:
+        """The direct call: policy (``Forbidden``), then the key's and ``model``'s limits in one step."""
+        self._check_policy(model)
+        key = self._limiter.key_plan(self.principal)
+        model_slots = self._limiter.model_slots(model, self._catalogue)
+        await self._take(Plan(key.window, key.slots + model_slots), key.slots, model_slots)
+
+    async def admit_fallback(self, model: CatalogueModel) -> None:
+        """Move to ``model`` as if it were called directly: ``Forbidden`` if the key may not use it,
+        ``RateLimited`` if its provider or model is at its cap. The failed model's slots are given
+        back first: the request no longer uses that upstream, and a fallback on the same provider
+        must not count this request twice.
+        """
+        self._check_policy(model)
+        await self._give_back(self._model_slots)
+        self._model_slots = ()
+        model_slots = self._limiter.model_slots(model, self._catalogue)
+        await self._take(Plan(None, model_slots), (), model_slots)
+
+    async def release(self) -> None:
+        """Give back everything held (run once the request is over)."""
+        await self._give_back(self.held)
+        self._key_slots = self._model_slots = ()
+
+    def _check_policy(self, model: CatalogueModel) -> None:
+        if not may_call(self.principal, model.id):
+            raise Forbidden(f"This API key may not use the model '{model.id}'", data={"model": model.id})
+
+    async def _take(self, plan: Plan, key_slots: tuple[Slot, ...], model_slots: tuple[Slot, ...]) -> None:
+        # Counted as held before the store answers: if the request is cancelled meanwhile, ``release``
+        # still gives them back (releasing a slot that was never taken changes nothing).
+        self._key_slots += tuple(s.key for s in key_slots)
+        self._model_slots += tuple(s.key for s in model_slots)
+        try:
+            await self._limiter.take(plan, self._lease_id)
+        except ModelgateError:
+            self._key_slots = tuple(k for k in self._key_slots if k not in {s.key for s in key_slots})
+            self._model_slots = ()
+            raise
+
+    async def _give_back(self, slots: tuple[str, ...]) -> None:
+        if slots:
+            await self._limiter.release(Lease(self._lease_id, slots))
+
+
+async def admit(state: GatewayState, request: Request, model: CatalogueModel) -> Admission:
     """Auth + policy + limits for one request to ``model``; call it before opening the stream.
 
     Raises ``Unauthorized`` (401), ``Forbidden`` (403) or ``RateLimited`` (429). Concurrency taken
-    here is held until the request is over — its stream included — and then released.
+    here is held until the request is over — its stream included — and then released. Hand the
+    ``Admission`` to ``gateway.open_stream``: its fallbacks are admitted through it.
     """
-    principal = request_principal(request)
-    if not may_call(principal, model.id):
-        raise Forbidden(f"This API key may not use the model '{model.id}'", data={"model": model.id})
-    lease = await state.limiter.acquire(principal, model, state.catalogue)
-    if lease is not None:
-        on_request_end(request, partial(state.limiter.release, lease))
-    return principal
+    admission = Admission(request_principal(request), state.limiter, state.catalogue)
+    on_request_end(request, admission.release)  # first: a request cancelled while admitted leaks nothing
+    await admission.admit_model(model)
+    return admission

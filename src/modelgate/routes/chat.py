@@ -128,8 +128,8 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     # The body size and read time are bounded once for every route, by observer.RequestObserver (413/408).
     raw = await request.body()
     messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
-    await admit(state, request, model)  # key policy (403) and limits (429); slots held until the reply ends
-    start = await open_stream(state, model, ChatRequest(messages=messages))
+    admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
+    start = await open_stream(state, model, ChatRequest(messages=messages), admission)
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
     return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 

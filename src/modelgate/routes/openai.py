@@ -336,9 +336,9 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_m
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = gateway(request)
     model = state.catalogue.get(body.model)
-    await admit(state, request, model)  # key, policy (403) and limits (429); slots held until the reply ends
+    admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
-    start = await open_stream(state, model, chat)
+    start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = openai_param_names(start.dropped_params)
     if dropped:

@@ -1,0 +1,17 @@
+"""The Hypothesis settings every fuzz test uses: seeded (the same cases on every run, so a CI failure
+reproduces locally), no example database, no per-example deadline on a shared machine, and a bounded
+number of cases so that the whole fuzz run stays a small part of the suite."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+
+def fuzz(max_examples: int) -> settings:
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
