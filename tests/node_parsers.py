@@ -3,11 +3,11 @@
 ``parse_data_stream(url, body)`` reads the reply with ``ai@4.3.19`` (``callChatApi`` + ``processDataStream``,
 what AI SDK 4 ``useChat`` runs); ``parse_ui_stream(url, body, sdk=...)`` with AI SDK 5's
 ``DefaultChatTransport`` + ``readUIMessageStream`` (``ai5`` = ai@5.0.0 with its strict chunk schemas,
-``ai5latest`` = a current 5.x). Each returns the script's JSON summary (see the ``.mjs`` files for its keys:
-``status``, ``headers``, ``text``, ``reasoning``, ``errors``, the finish parts, what ``useChat`` assembled,
-``raw``) and raises ``NodeParserError`` when the SDK rejects the stream. A non-2xx answer is returned, not
-raised (``status`` and ``body``). The request is made by Node, so the URL must be a loopback server
-(``tests/servers.serve_in_thread``).
+``ai5latest``, ``ai6``, ``ai7`` = current 5.x, 6.x, 7.x). Each returns the script's JSON summary (see the
+``.mjs`` files for its keys: ``status``, ``headers``, ``text``, ``reasoning``, ``errors``, the finish parts,
+what ``useChat`` assembled, ``raw``) and raises ``NodeParserError`` when the SDK rejects the stream. A non-2xx
+answer is returned, not raised (``status`` and ``body``). The request is made by Node, so the URL must be a
+loopback server (``tests/servers.serve_in_thread``).
 
 Tests using these mark themselves with ``requires_node_parsers``: they skip only when ``node`` or
 ``tests/js/node_modules`` is missing (``scripts/test.sh`` installs both with ``npm ci``).
@@ -68,7 +68,10 @@ def parse_data_stream(url: str, body: Mapping[str, Any] | str = DEFAULT_BODY) ->
 
 
 def parse_ui_stream(
-    url: str, body: Mapping[str, Any] | str = DEFAULT_BODY, *, sdk: Literal["ai5", "ai5latest"] = "ai5"
+    url: str,
+    body: Mapping[str, Any] | str = DEFAULT_BODY,
+    *,
+    sdk: Literal["ai5", "ai5latest", "ai6", "ai7"] = "ai5",
 ) -> dict[str, Any]:
     """POST ``body`` to ``url`` and read the reply as AI SDK 5 ``useChat`` does (UI message stream v1)."""
     return _run("ui-stream.mjs", sdk, url, _json(body))

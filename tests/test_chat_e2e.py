@@ -175,9 +175,57 @@ def test_ai_sdk_5_parts_body(service: str, fakes: Fakes) -> None:
 @requires_node_parsers
 def test_ui_message_stream_through_the_ai_sdk_5_parser(service: str, fakes: Fakes) -> None:
     fakes.openrouter.script(Reply(tokens=TOKENS))
-    summary = parse_ui_stream(service + "/api/ai/openrouter/deepseek-chat/chat?protocol=ui", {"messages": MESSAGES})
+    url = service + "/api/ai/openrouter/deepseek-chat/chat?protocol=ui-strict"
+    summary = parse_ui_stream(url, {"messages": MESSAGES}, sdk="ai5")
     assert summary["status"] == 200
     assert summary["text"] == "".join(TOKENS)
+
+
+#: What AI SDK 5+ ``useChat`` posts (``DefaultChatTransport``): messages with ``parts`` only, and a trigger.
+AI_SDK_5_MESSAGES = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "What is 2+2?"}]}]
+
+
+@requires_node_parsers
+def test_ai_sdk_5_on_the_advertised_endpoint_gets_the_ui_stream_unasked(service: str, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=TOKENS))
+    summary = parse_ui_stream(
+        service + "/api/ai/openrouter/deepseek-chat/chat", {"messages": AI_SDK_5_MESSAGES}, sdk="ai5latest"
+    )
+    assert summary["headers"]["x-vercel-ai-ui-message-stream"] == "v1"
+    assert summary["text"] == "".join(TOKENS)
+    assert summary["finish"]["finishReason"] == "stop"
+    assert set(summary["message"]["metadata"]["usage"]) == {"inputTokens", "outputTokens", "totalTokens"}
+
+
+@pytest.mark.parametrize(
+    ("body", "protocol_header"),
+    [
+        # AI SDK 5: parts without content; or a trigger (its transport always sends one)
+        ({"messages": AI_SDK_5_MESSAGES}, "x-vercel-ai-ui-message-stream"),
+        ({"trigger": "submit-message", "messages": MESSAGES}, "x-vercel-ai-ui-message-stream"),
+        # AI SDK 4 (content strings), and AI SDK 4.2+ (parts beside the content string): still v4
+        ({"messages": MESSAGES}, "x-vercel-ai-data-stream"),
+        (
+            {"messages": [{"role": "user", "content": "Hi", "parts": [{"type": "text", "text": "Hi"}]}]},
+            "x-vercel-ai-data-stream",
+        ),
+    ],
+    ids=["v5-parts", "v5-trigger", "v4", "v4.2-parts-beside-content"],
+)
+def test_the_body_shape_picks_the_stream(service: str, body: dict[str, Any], protocol_header: str) -> None:
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat", body)
+    assert response.status_code == 200
+    assert response.headers[protocol_header] == "v1"
+
+
+def test_query_and_accept_still_decide_over_the_body_shape(service: str) -> None:
+    v5 = {"trigger": "submit-message", "messages": AI_SDK_5_MESSAGES}
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat?protocol=data", v5)
+    assert response.headers["x-vercel-ai-data-stream"] == "v1"
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat", v5, headers={"Accept": "text/event-stream;q=0"})
+    assert response.headers["x-vercel-ai-data-stream"] == "v1"
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat", headers={"Accept": "text/event-stream"})
+    assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
 
 
 def test_text_protocol_and_accept_header(service: str, fakes: Fakes) -> None:

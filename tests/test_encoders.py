@@ -196,7 +196,7 @@ def test_ui_normal_reply() -> None:
         b'data: {"type":"text-delta","id":"text-1","delta":" 4"}\n\n'
         b'data: {"type":"text-end","id":"text-1"}\n\n'
         b'data: {"type":"finish-step"}\n\n'
-        b'data: {"type":"finish","messageMetadata":{"finishReason":"stop",'
+        b'data: {"type":"finish","finishReason":"stop","messageMetadata":{"finishReason":"stop",'
         b'"usage":{"inputTokens":31,"outputTokens":4,"totalTokens":35}}}\n\n'
         b"data: [DONE]\n\n"
     )
@@ -214,7 +214,7 @@ def test_ui_reply_with_reasoning() -> None:
         b'data: {"type":"text-delta","id":"text-2","delta":"4"}\n\n'
         b'data: {"type":"text-end","id":"text-2"}\n\n'
         b'data: {"type":"finish-step"}\n\n'
-        b'data: {"type":"finish","messageMetadata":{"finishReason":"stop",'
+        b'data: {"type":"finish","finishReason":"stop","messageMetadata":{"finishReason":"stop",'
         b'"usage":{"inputTokens":31,"outputTokens":4,"totalTokens":35}}}\n\n'
         b"data: [DONE]\n\n"
     )
@@ -245,6 +245,7 @@ def test_ui_estimated_usage_and_finish_reason_travel_as_message_metadata() -> No
     finish = orjson.loads(body.split(b"\n\n")[-3].removeprefix(b"data: "))
     assert finish == {
         "type": "finish",
+        "finishReason": "length",
         "messageMetadata": {
             "finishReason": "length",
             "usage": {"inputTokens": 12, "outputTokens": 1, "totalTokens": 13},
@@ -253,13 +254,38 @@ def test_ui_estimated_usage_and_finish_reason_travel_as_message_metadata() -> No
     }
 
 
+def test_ui_reported_reasoning_tokens_are_in_the_usage_metadata() -> None:
+    body = encode("ui", [ReasoningDelta("hm"), TextDelta("Hi"), Finish("stop", Usage(12, 5, reasoning_tokens=3))])
+    finish = orjson.loads(body.split(b"\n\n")[-3].removeprefix(b"data: "))
+    assert finish["messageMetadata"]["usage"] == {
+        "inputTokens": 12,
+        "outputTokens": 5,
+        "totalTokens": 17,
+        "reasoningTokens": 3,
+    }
+
+
 def test_ui_unknown_usage_is_left_out() -> None:
     body = encode("ui", [Finish("content-filter")])
     assert body.endswith(
         b'data: {"type":"finish-step"}\n\n'
-        b'data: {"type":"finish","messageMetadata":{"finishReason":"content-filter"}}\n\n'
+        b'data: {"type":"finish","finishReason":"content-filter",'
+        b'"messageMetadata":{"finishReason":"content-filter"}}\n\n'
         b"data: [DONE]\n\n"
     )
+
+
+def test_ui_unknown_finish_reason_is_other_on_the_chunk_and_itself_in_the_metadata() -> None:
+    finish = orjson.loads(encode("ui", [Finish("unknown")]).split(b"\n\n")[-3].removeprefix(b"data: "))
+    assert finish == {"type": "finish", "finishReason": "other", "messageMetadata": {"finishReason": "unknown"}}
+
+
+def test_ui_strict_sends_only_what_ai_5_0_0_allows() -> None:
+    """``ui-strict`` is ``ui`` less the top-level ``finishReason`` (unknown to ai 5.0.0 to 5.0.91's strict schemas)."""
+    strict, loose = encode("ui-strict", REPLY), encode("ui", REPLY)
+    assert strict == loose.replace(b'"type":"finish","finishReason":"stop",', b'"type":"finish",')
+    assert strict != loose
+    assert ENCODERS["ui-strict"].headers == ENCODERS["ui"].headers
 
 
 def test_ui_alternating_reasoning_and_text_opens_a_new_part_each_time() -> None:
@@ -353,15 +379,32 @@ def test_closing_the_encoder_closes_the_event_source(protocol: str) -> None:
         ("text", "text/event-stream", "text"),
         ("data", "text/event-stream", "data"),
         ("ui", None, "ui"),
+        ("ui-strict", None, "ui-strict"),
     ],
 )
 def test_choose_protocol(query: str | None, accept: str | None, expected: str) -> None:
     assert choose_protocol(query, accept) == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "accept", "expected"),
+    [
+        (None, None, "ui"),  # an AI SDK 5 body, nothing asked: the stream AI SDK 5 reads
+        (None, "*/*", "ui"),  # what fetch sends by default
+        ("data", None, "data"),  # ?protocol= still wins
+        ("text", "text/event-stream", "text"),
+        (None, "text/event-stream;q=0", "data"),  # an Accept that refuses the event stream still decides
+    ],
+)
+def test_an_ai_sdk_5_body_gets_the_ui_stream_unless_asked_otherwise(
+    query: str | None, accept: str | None, expected: str
+) -> None:
+    assert choose_protocol(query, accept, ai_sdk_5_body=True) == expected
+
+
 def test_default_protocol_is_the_data_stream() -> None:
     assert DEFAULT_PROTOCOL == "data"
-    assert set(ENCODERS) == {"data", "text", "ui"}
+    assert set(ENCODERS) == {"data", "text", "ui", "ui-strict"}
 
 
 @pytest.mark.parametrize("bad", ["sse", "", "DATA"])
@@ -369,7 +412,7 @@ def test_an_unknown_protocol_is_a_bad_request(bad: str) -> None:
     with pytest.raises(BadRequest) as caught:
         choose_protocol(bad, None)
     assert caught.value.status == 400
-    assert caught.value.data == {"field": "protocol", "allowed": ["data", "text", "ui"]}
+    assert caught.value.data == {"field": "protocol", "allowed": ["data", "text", "ui", "ui-strict"]}
 
 
 # --- batches: one chunk per upstream read -------------------------------------------------------------

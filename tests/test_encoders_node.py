@@ -173,11 +173,13 @@ def test_data_non_2xx_is_returned_with_its_body(server: str) -> None:
 # --- UI message stream v1, ai@5.0.0 (strict schemas) and a current 5.x -----------------------------------
 
 SDKS = ["ai5", "ai5latest"]
+#: What each SDK is served: ai@5.0.0 rejects the top-level finishReason, so it gets ``ui-strict``.
+UI_PROTOCOL = {"ai5": "ui-strict", "ai5latest": "ui"}
 
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_reply_is_what_use_chat_shows(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/reply", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/reply", sdk=sdk)
     assert result["status"] == 200
     assert result["headers"]["x-vercel-ai-ui-message-stream"] == "v1"
     assert result["headers"]["content-type"].startswith("text/event-stream")
@@ -187,12 +189,31 @@ def test_ui_reply_is_what_use_chat_shows(server: str, sdk: str) -> None:
     assert result["message"]["partTypes"] == ["step-start", "text"]
     metadata = {"finishReason": "stop", "usage": {"inputTokens": 31, "outputTokens": 4, "totalTokens": 35}}
     assert result["message"]["metadata"] == metadata
-    assert result["finish"] == {"type": "finish", "messageMetadata": metadata}
+    if sdk == "ai5":
+        assert result["finish"] == {"type": "finish", "messageMetadata": metadata}
+    else:  # the field useChat's onFinish reads (ai >= 5.0.92)
+        assert result["finish"] == {"type": "finish", "finishReason": "stop", "messageMetadata": metadata}
+
+
+@pytest.mark.parametrize("sdk", ["ai5latest", "ai6", "ai7"])
+@pytest.mark.parametrize("reason", get_args(FinishReason))
+def test_ui_finish_reason_reaches_current_ai_5_6_and_7(server: str, reason: str, sdk: str) -> None:
+    result = parse_ui_stream(f"{server}/stream/ui/reply?reason={reason}", sdk=sdk)
+    # "unknown" is not in ai 6 and 7's enum (they reject the chunk): it goes as "other", in every version.
+    assert result["finish"]["finishReason"] == ("other" if reason == "unknown" else reason)
+    assert result["message"]["metadata"]["finishReason"] == reason
+    assert result["text"] == "It is 4"
+
+
+def test_ui_parser_5_0_0_rejects_the_default_finish_so_it_has_ui_strict(server: str) -> None:
+    """Why ``ui-strict`` exists: ai 5.0.0 to 5.0.91 throw on the top-level finishReason of ``ui``."""
+    with pytest.raises(NodeParserError, match="chunk rejected"):
+        parse_ui_stream(f"{server}/stream/ui/reply", sdk="ai5")
 
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_reasoning_is_a_reasoning_part(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/reasoning", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/reasoning", sdk=sdk)
     assert result["reasoning"] == "2+2 is 4."
     assert result["text"] == "4"
     assert result["message"]["partTypes"] == ["step-start", "reasoning", "text"]
@@ -200,7 +221,7 @@ def test_ui_reasoning_is_a_reasoning_part(server: str, sdk: str) -> None:
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_error_after_text(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/error-after-text", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/error-after-text", sdk=sdk)
     assert result["errors"] == [OVERLOADED_TEXT]
     assert result["text"] == "It is"
     assert result["finish"] is None
@@ -209,20 +230,20 @@ def test_ui_error_after_text(server: str, sdk: str) -> None:
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_error_before_any_text(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/error-before-text", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/error-before-text", sdk=sdk)
     assert result["chunkTypes"] == ["start", "start-step", "error"]
     assert result["errors"] == [OVERLOADED_TEXT]
 
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_estimated_usage_is_flagged_in_the_metadata(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/estimated", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/estimated", sdk=sdk)
     assert result["message"]["metadata"]["usageEstimated"] is True
 
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_ui_text_round_trips_exactly(server: str, sdk: str) -> None:
-    result = parse_ui_stream(f"{server}/stream/ui/tricky", sdk=sdk)
+    result = parse_ui_stream(f"{server}/stream/{UI_PROTOCOL[sdk]}/tricky", sdk=sdk)
     assert result["text"] == TRICKY
     assert result["reasoning"] == TRICKY
 

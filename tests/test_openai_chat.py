@@ -4,6 +4,7 @@ loopback port → the fake upstreams of ``tests/fakes`` speaking each provider's
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,26 @@ def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fake
     assert "".join(d.content or "" for d in deltas) == "4"
 
 
+def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
+    fakes.openrouter.script(reply, reply)
+    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 2
+    with client.chat.completions.create(
+        model=MODELS["openrouter"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ) as stream:
+        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+    assert len(usages) == 1 and usages[0].completion_tokens_details is not None
+    assert usages[0].completion_tokens_details.reasoning_tokens == 2
+
+
+def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
+    raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert set(raw.http_response.json()["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+
 def test_catalogue_defaults_apply_when_the_call_sets_nothing(client: openai.OpenAI, fakes: Fakes) -> None:
     client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
     options = fakes.ollama.last.json["options"]
@@ -203,9 +224,26 @@ def test_dropped_parameters_header_agrees_with_supported_parameters(
     raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=MESSAGES, **ALL_PARAMS)
     raw.parse()
     dropped = set(filter(None, raw.headers.get("x-modelgate-dropped-params", "").split(",")))
-    # Among the caller's fields, exactly those the listing does not promise are reported.
-    assert dropped & set(ALL_PARAMS) == set(ALL_PARAMS) - set(supported)
+    # Exactly the caller's fields the listing does not promise, under the caller's names; never a
+    # catalogue default (Cloudflare and OpenRouter cannot carry the catalogue's typical_p and truncate).
+    assert dropped == set(ALL_PARAMS) - set(supported)
     assert raw.headers["x-modelgate-model"] == MODELS[provider]
+
+
+@pytest.mark.parametrize(
+    ("provider", "defaults"), [("cloudflare", ["truncate", "typical_p"]), ("openrouter", ["truncate"])]
+)
+def test_catalogue_defaults_the_provider_cannot_carry_are_logged_not_reported(
+    client: openai.OpenAI, fakes: Fakes, provider: str, defaults: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="modelgate.openai")
+    raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=MESSAGES)
+    raw.parse()
+    assert "x-modelgate-dropped-params" not in raw.headers
+    assert not set(defaults) & set(fakes[provider].last.json)  # still not sent
+    assert [r.getMessage() for r in caplog.records if "catalogue defaults" in r.getMessage()] == [
+        f"catalogue defaults of {MODELS[provider]} not carried by its provider: {', '.join(defaults)}"
+    ]
 
 
 def test_a_dropped_parameter_is_not_sent_upstream(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -165,7 +165,7 @@ class TestHuggingFace(ProviderContract):
         fakes.huggingface.script(Reply(tokens=["Let", " me", " think.", "</th", "ink>", "\n\n", "6"]))
         got = await self.stream_with(fakes, model_id, ChatRequest(MESSAGES, catalogue_model(model_id).defaults))
         assert got.reasoning == "Let me think."
-        assert got.text == "\n\n6"
+        assert got.text == "6"  # the blank lines after </think> only separated it
         sent = fakes.huggingface.last.json
         assert sent["inputs"].endswith("<\uff5cAssistant\uff5c><think>\n")  # full-width bars
         assert sent["parameters"]["temperature"] == 0.6

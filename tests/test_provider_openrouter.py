@@ -81,6 +81,18 @@ class TestOpenRouter(ProviderContract):
         assert got.text == "6."
 
     @pytest.mark.anyio
+    async def test_reported_reasoning_tokens_are_kept(self, fakes: Fakes) -> None:
+        reply = Reply(reasoning=["Let me", " think."], tokens=["6"], usage=(12, 3), options={"reasoning_tokens": 2})
+        got = await self.run(fakes, reply)
+        assert got.finish.usage == Usage(12, 3, reasoning_tokens=2)
+
+    @pytest.mark.anyio
+    async def test_unreported_reasoning_tokens_stay_unknown(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(reasoning=["Let me", " think."], tokens=["6"], usage=(12, 3)))
+        assert got.finish.usage == Usage(12, 3)
+        assert got.finish.usage.reasoning_tokens is None
+
+    @pytest.mark.anyio
     async def test_usage_in_a_separate_last_chunk(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(tokens=["a"], usage=(12, 1), options={"separate_usage": True}))
         assert got.finish.usage == Usage(12, 1)

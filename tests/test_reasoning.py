@@ -37,15 +37,15 @@ CASES: list[tuple[str, bool, list[tuple[str, str]]]] = [
     (
         "<think>\nThe user greets.\n</think>\n\nHello!",
         False,
-        [("reasoning", "\nThe user greets.\n"), ("text", "\n\nHello!")],
+        [("reasoning", "\nThe user greets.\n"), ("text", "Hello!")],
     ),
     ("Plain answer, no reasoning.", False, [("text", "Plain answer, no reasoning.")]),
     (
         "Okay, 2+2.\n</think>\n\nIt is 4.",  # R1-Distill: the prompt opened the block
         True,
-        [("reasoning", "Okay, 2+2.\n"), ("text", "\n\nIt is 4.")],
+        [("reasoning", "Okay, 2+2.\n"), ("text", "It is 4.")],
     ),
-    ("<think>\nHmm.\n</think>\n\n4", True, [("reasoning", "\nHmm.\n"), ("text", "\n\n4")]),
+    ("<think>\nHmm.\n</think>\n\n4", True, [("reasoning", "\nHmm.\n"), ("text", "4")]),
     ("Use the <think> tag like <think>x</think>.", False, [("text", "Use the <think> tag like <think>x</think>.")]),
     (
         "<think>a < b and </thin is not a tag</think>Answer: </think> stays",
@@ -58,6 +58,11 @@ CASES: list[tuple[str, bool, list[tuple[str, str]]]] = [
     ("</thi", True, [("reasoning", "</thi")]),
     ("<think></think>", False, []),
     ("ünïcödé <think>🙂</think>", False, [("text", "ünïcödé <think>🙂</think>")]),
+    # The blank lines after </think> are dropped, whatever they are made of; nothing else is.
+    ("<think>r</think>\r\n \n\t\n    code()\n\nmore", False, [("reasoning", "r"), ("text", "    code()\n\nmore")]),
+    ("<think>r</think>  answer", False, [("reasoning", "r"), ("text", "  answer")]),
+    ("<think>r</think>\n\n", False, [("reasoning", "r")]),
+    ("Plain\n\nanswer", False, [("text", "Plain\n\nanswer")]),
 ]
 
 
@@ -90,7 +95,8 @@ def test_text_is_released_as_soon_as_it_cannot_be_a_tag() -> None:
     splitter = ReasoningSplitter()
     assert splitter.feed("<think>I am thinking") == [ReasoningDelta("I am thinking")]
     assert splitter.feed(" more </thi") == [ReasoningDelta(" more ")]  # "</thi" held back
-    assert splitter.feed("nk>\n\nDone") == [TextDelta("\n\nDone")]
+    assert splitter.feed("nk>\n\n") == []  # only the separator so far
+    assert splitter.feed("Done") == [TextDelta("Done")]
     assert splitter.feed(" <think>") == [TextDelta(" <think>")]  # the answer streams through untouched
     assert splitter.flush() == []
 

@@ -155,7 +155,7 @@ def create_app(
         version=_version(),
         lifespan=lifespan,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served by routes/docs.py: Swagger UI from the package, not a CDN
         redoc_url=None,
     )
     app.state.gateway = state

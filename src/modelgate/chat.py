@@ -84,6 +84,8 @@ class Usage:
     completion_tokens: int
     #: True when the upstream did not report usage and we counted ourselves.
     estimated: bool = False
+    #: Of ``completion_tokens``, those spent reasoning: only when the upstream reports it (never counted by us).
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -13,13 +13,15 @@ Rules, chosen to match how these models actually emit the block:
   ends in ``<think>\\n``), so the output begins inside it and only ``</think>`` appears; everything up to it
   is reasoning. A ``<think>`` the model writes anyway at the very start is swallowed, so both revisions of
   that template work.
-* Nothing is stripped: the newlines around the tags belong to the text they sit in (the ``\\n\\n`` after
-  ``</think>`` starts the answer, as the model wrote it).
+* The blank lines between ``</think>`` and the answer are only the separator (R1 writes ``</think>\\n\\n``):
+  they are dropped, so the answer does not start with empty lines; the first line's indentation stays.
+  Everything else is kept as the model wrote it (the reasoning's own leading and trailing newlines too).
 * A partial tag at the end of a feed is held back until the next feed (or ``flush``) decides it.
 """
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 from modelgate.chat import ReasoningDelta, TextDelta
@@ -29,10 +31,14 @@ _CLOSE = "</think>"
 
 Delta = TextDelta | ReasoningDelta
 
+#: The blank lines at the start of the answer (whitespace-only lines, each ended by a line break).
+_BLANK_LINES = re.compile(r"(?:[ \t]*\r?\n)+")
+
 
 class _State(Enum):
     START = "start"  # nothing but whitespace seen yet: a <think> may still open the block
     REASONING = "reasoning"
+    AFTER_CLOSE = "after_close"  # just after </think>: whitespace is held until the answer's first text
     ANSWER = "answer"  # the block is over (or never came): everything is text
 
 
@@ -53,6 +59,8 @@ class ReasoningSplitter:
             self._state = self._leave_start(out)
         if self._state is _State.REASONING:
             self._scan_reasoning(out)
+        if self._state is _State.AFTER_CLOSE:
+            self._leave_after_close(out)
         elif self._state is _State.ANSWER and self._pending:
             out.append(TextDelta(self._pending))
             self._pending = ""
@@ -61,7 +69,7 @@ class ReasoningSplitter:
     def flush(self) -> list[Delta]:
         """Whatever is still held back, as the kind of text it was in."""
         pending, self._pending = self._pending, ""
-        if not pending:
+        if not pending or self._state is _State.AFTER_CLOSE:  # (only whitespace after </think>: no answer)
             return []
         if self._state is _State.REASONING or (self._state is _State.START and self._starts_in_reasoning):
             return [ReasoningDelta(pending)]
@@ -81,17 +89,24 @@ class ReasoningSplitter:
         # No block opened here: the lead stays in _pending, as reasoning or as the answer's first text.
         return _State.REASONING if self._starts_in_reasoning else _State.ANSWER
 
+    def _leave_after_close(self, out: list[Delta]) -> None:
+        """Once the answer's first non-blank character is in, send it without the blank lines before it."""
+        pending = self._pending
+        if pending.isspace() or not pending:
+            return  # all separator so far
+        self._state = _State.ANSWER
+        self._pending = ""
+        blank = _BLANK_LINES.match(pending)
+        out.append(TextDelta(pending[blank.end() :] if blank else pending))
+
     def _scan_reasoning(self, out: list[Delta]) -> None:
         pending = self._pending
         end = pending.find(_CLOSE)
         if end >= 0:
             if end:
                 out.append(ReasoningDelta(pending[:end]))
-            self._state = _State.ANSWER
-            self._pending = ""
-            rest = pending[end + len(_CLOSE) :]
-            if rest:
-                out.append(TextDelta(rest))
+            self._state = _State.AFTER_CLOSE
+            self._pending = pending[end + len(_CLOSE) :]
             return
         keep = _partial_tag_length(pending, _CLOSE)
         if len(pending) > keep:

@@ -7,7 +7,9 @@ A mid-stream failure (``error_after``) is a chunk with a top-level ``error`` and
 ``finish_reason: "error"``, then ``[DONE]`` (§3.5). Pre-stream errors are ``{"error":{code,message}}``
 with the HTTP status in ``code``; a 429 carries ``metadata.headers.X-RateLimit-Reset`` (epoch ms).
 
-``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``).
+``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``);
+``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
+key OpenRouter's usage may carry, §3.3; absent otherwise).
 """
 
 from __future__ import annotations
@@ -119,9 +121,11 @@ class FakeOpenRouter(FakeUpstream):
         if len(tokens) > 1:
             tokens[1] = COMMENT + tokens[1]  # comments may come at any time, not only first
         usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
-        counts = (
+        counts: dict[str, Any] | None = (
             {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)} if usage else None
         )
+        if counts is not None and "reasoning_tokens" in reply.options:
+            counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
         if counts is None:
             trailer = [chunk({"role": "assistant", "content": ""}, reply.finish)]
         elif reply.options.get("separate_usage"):

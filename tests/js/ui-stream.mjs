@@ -1,14 +1,16 @@
 // Read a modelgate chat reply with the AI SDK 5 UI message stream client, the way useChat does.
 //
-//   node ui-stream.mjs SDK URL [JSON_BODY]      SDK: ai5 (= ai@5.0.0, strict chunk schemas) or ai5latest
+//   node ui-stream.mjs SDK URL [JSON_BODY]
+//
+// SDK: ai5 (= ai@5.0.0, strict chunk schemas), ai5latest (a current 5.x), ai6 or ai7 (current 6.x, 7.x).
 //
 // Sends the request through DefaultChatTransport (the v5 useChat default: POST, SSE, every chunk
 // validated against uiMessageChunkSchema), then assembles the message with readUIMessageStream.
 // Prints one JSON summary on stdout; exits 1 on any protocol violation (schema, ordering, framing),
 // with the reason on stderr. A non-2xx answer is not a violation: the summary holds its status and body.
 const [sdkName, url, body = '{"messages":[{"role":"user","content":"hi"}]}'] = process.argv.slice(2);
-if (!["ai5", "ai5latest"].includes(sdkName) || !url) {
-  console.error("usage: node ui-stream.mjs ai5|ai5latest URL [JSON_BODY]");
+if (!["ai5", "ai5latest", "ai6", "ai7"].includes(sdkName) || !url) {
+  console.error("usage: node ui-stream.mjs ai5|ai5latest|ai6|ai7 URL [JSON_BODY]");
   process.exit(2);
 }
 const { DefaultChatTransport, readUIMessageStream } = await import(sdkName);

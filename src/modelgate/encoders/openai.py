@@ -47,12 +47,17 @@ _ENDED_EARLY = "the reply ended before it finished"
 _ENDED_WITH_ERROR = "the provider ended the reply with an error"
 
 
-def usage_object(usage: Usage) -> dict[str, int]:
-    return {
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object; ``completion_tokens_details.reasoning_tokens`` only when the upstream reported
+    it (a missing field says "unknown"; a 0 we made up would say "no reasoning")."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.reasoning_tokens is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
 
 
 def error_chunk(message: str) -> bytes:

@@ -13,17 +13,23 @@ against ``ai@5.0.0`` and a current 5.x. Server-sent events, one JSON chunk per e
     data: {"type":"text-delta","id":"text-1","delta":"…"}
     data: {"type":"text-end","id":"text-1"}                   ┘
     data: {"type":"finish-step"}
-    data: {"type":"finish","messageMetadata":{"finishReason":"stop","usage":{…}}}
+    data: {"type":"finish","finishReason":"stop","messageMetadata":{"finishReason":"stop","usage":{…}}}
     data: [DONE]
 
 A failure ends the stream with ``{"type":"error","errorText":…}`` and ``[DONE]`` (what ``streamText``'s
 ``toUIMessageStreamResponse`` sends; v5 forwards real messages).
 
-In ``ai`` 5.0.0 to 5.0.216 every chunk schema is strict (zod ``strictObject``): an unknown key makes the
-client throw. So only the fields above are sent; there is no usage field in this protocol, and a
-top-level ``finishReason`` on ``finish`` only exists from 5.0.92. Finish reason and usage therefore
-travel as message metadata on ``finish`` (allowed by 5.0.0's schema), with the AI SDK 5 usage names
-``{"inputTokens","outputTokens","totalTokens"}`` and ``"usageEstimated": true`` when we counted.
+The ``finish`` chunk carries ``finishReason`` at the top level, where ``useChat``'s ``onFinish`` reads it
+(``ai`` ≥ 5.0.92, 6 and 7; ``unknown`` goes there as ``other``, the one value of ours that ``ai`` 6 and 7
+reject). Usage has no field in this protocol: it travels, with the finish reason again,
+as message metadata on ``finish``, with the AI SDK 5 usage names ``{"inputTokens","outputTokens",
+"totalTokens"}`` and ``"usageEstimated": true`` when we counted.
+
+Strict clients: ``ai`` 5.0.0 to 5.0.216 validate every chunk with zod ``strictObject`` (an unknown key makes
+the client throw), and ``finishReason`` on ``finish`` only exists from 5.0.92, so ``ai`` 5.0.0 to 5.0.91 reject
+that chunk. Their requests look exactly like later ones (nothing in a browser request names the version),
+so they are not guessed at: ``strict=True`` (``?protocol=ui-strict``) leaves the field out and sends only
+what ``ai@5.0.0``'s schemas allow; the finish reason is then in the message metadata alone.
 """
 
 from __future__ import annotations
@@ -60,11 +66,14 @@ def error_chunks(message: str) -> bytes:
 def finish_metadata(finish: Finish) -> dict[str, object]:
     metadata: dict[str, object] = {"finishReason": finish.reason}
     if finish.usage is not None:
-        metadata["usage"] = {
+        usage = {
             "inputTokens": finish.usage.prompt_tokens,
             "outputTokens": finish.usage.completion_tokens,
             "totalTokens": finish.usage.total_tokens,
         }
+        if finish.usage.reasoning_tokens is not None:  # AI SDK 5's LanguageModelUsage name, when reported
+            usage["reasoningTokens"] = finish.usage.reasoning_tokens
+        metadata["usage"] = usage
         if finish.usage.estimated:
             metadata["usageEstimated"] = True
     return metadata
@@ -86,10 +95,25 @@ class _Part:
 
 _DELTA_END: Final = b"}" + END_OF_EVENT
 
+#: ``ai`` 6 and 7 dropped ``unknown`` from the chunk's finish reason enum (and reject the chunk if it is
+#: sent); ``other`` is in every version's enum. The metadata keeps our own value.
+_CHUNK_FINISH_REASONS: Final[Mapping[str, str]] = MappingProxyType({"unknown": "other"})
+
 
 class UIMessageStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
+
+    def __init__(self, *, strict: bool = False) -> None:
+        #: Only the fields ``ai@5.0.0``'s strict chunk schemas allow (no top-level ``finishReason``).
+        self.strict = strict
+
+    def finish_chunk(self, finish: Finish) -> bytes:
+        payload: dict[str, object] = {"type": "finish"}
+        if not self.strict:
+            payload["finishReason"] = _CHUNK_FINISH_REASONS.get(finish.reason, finish.reason)
+        payload["messageMetadata"] = finish_metadata(finish)
+        return chunk(payload)
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         out = chunk({"type": "start", "messageId": message_id}) + START_STEP  # goes out with the first batch
@@ -101,8 +125,7 @@ class UIMessageStreamEncoder:
                 for event in batch:
                     if isinstance(event, Finish):
                         closing = part.end if part is not None else b""
-                        finish = chunk({"type": "finish", "messageMetadata": finish_metadata(event)})
-                        yield out + closing + FINISH_STEP + finish + DONE
+                        yield out + closing + FINISH_STEP + self.finish_chunk(event) + DONE
                         return
                     if not event.text:
                         continue

@@ -91,6 +91,17 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def openai_usage(usage: Any) -> Usage:
+    """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` when it is there."""
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(
+        int(usage["prompt_tokens"]),
+        int(usage["completion_tokens"]),
+        reasoning_tokens=reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
+    )
+
+
 class OpenRouterStream:
     """Incremental parser of one OpenRouter chat-completion SSE stream."""
 
@@ -121,7 +132,7 @@ class OpenRouterStream:
                         raise self._mid_stream_error(payload["error"])
                     usage = payload.get("usage")
                     if usage:
-                        self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                        self._usage = openai_usage(usage)
                     for choice in payload.get("choices") or ():
                         delta = choice.get("delta") or {}
                         reasoning = delta.get("reasoning")

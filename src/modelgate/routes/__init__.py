@@ -5,10 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from modelgate.routes.chat import router as chat_router
+from modelgate.routes.docs import router as docs_router
 from modelgate.routes.health import router as health_router
 from modelgate.routes.models import router as models_router
 from modelgate.routes.openai import router as openai_router
 from modelgate.routes.playground import router as playground_router
 
 #: Included by ``create_app`` in this order.
-ROUTERS: list[APIRouter] = [models_router, chat_router, openai_router, playground_router, health_router]
+ROUTERS: list[APIRouter] = [
+    models_router,
+    chat_router,
+    openai_router,
+    playground_router,
+    docs_router,
+    health_router,
+]

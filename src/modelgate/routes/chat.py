@@ -7,13 +7,15 @@
 All three resolve through ``Catalogue.resolve_route``, the same table ``/models`` is checked
 against at load, so a listed model is always routable. The body is what the AI SDK's ``useChat``
 sends (v4: ``content`` strings; v5: ``parts``); unknown fields are ignored. The reply streams in
-the AI SDK data stream protocol unless ``?protocol=`` or ``Accept`` asks for another.
+the protocol the client reads (``encoders.choose_protocol``): what ``?protocol=`` or ``Accept`` asks
+for, else the UI message stream for an AI SDK 5+ body and the data stream for an AI SDK 4 one.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -52,6 +54,21 @@ class _IncomingBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     messages: list[_IncomingMessage]
+    trigger: Any = None
+
+    def is_ai_sdk_5(self) -> bool:
+        """Sent by AI SDK 5+ ``useChat``: its transport adds ``trigger``, and its messages carry ``parts``
+        only. AI SDK 4.2+ also sends ``parts``, but always beside a ``content`` string: still v4."""
+        return self.trigger is not None or any(
+            message.parts is not None and not isinstance(message.content, str) for message in self.messages
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatBody:
+    messages: tuple[Message, ...]
+    #: The body came from AI SDK 5+ (it reads only the UI message stream).
+    ai_sdk_5: bool
 
 
 def _message_text(index: int, message: _IncomingMessage) -> str:
@@ -83,8 +100,8 @@ def _message_text(index: int, message: _IncomingMessage) -> str:
 _ROLES = ("system", "user", "assistant")
 
 
-def parse_chat_body(raw: bytes, *, max_messages: int) -> tuple[Message, ...]:
-    """The AI SDK body → messages, or ``BadRequest`` saying exactly what is wrong."""
+def parse_chat_body(raw: bytes, *, max_messages: int) -> ChatBody:
+    """The AI SDK body → messages and its SDK generation, or ``BadRequest`` saying exactly what is wrong."""
     try:
         decoded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -112,10 +129,12 @@ def parse_chat_body(raw: bytes, *, max_messages: int) -> tuple[Message, ...]:
                 data={"field": f"messages[{i}].role"},
             )
         messages.append(Message(role=message.role, content=_message_text(i, message)))  # type: ignore[arg-type]
-    return tuple(messages)
+    return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5())
 
 
 def stream_headers(start: StreamStart) -> dict[str, str]:
+    # Dropped catalogue defaults are reported here (unlike on /v1): this endpoint's request *is* the
+    # catalogue's parameters (the seed's contract), so they are what the caller asked for.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Modelgate-Model": start.model.id}
     if start.dropped_params:
         headers["X-Modelgate-Dropped-Params"] = ",".join(start.dropped_params)
@@ -124,17 +143,20 @@ def stream_headers(start: StreamStart) -> dict[str, str]:
 
 async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
     state = gateway(request)
-    encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"))]
     # The body size and read time are bounded once for every route, by observer.RequestObserver (413/408).
     raw = await request.body()
-    messages = parse_chat_body(raw, max_messages=state.settings.max_messages)
+    incoming = parse_chat_body(raw, max_messages=state.settings.max_messages)
+    encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"), ai_sdk_5_body=incoming.ai_sdk_5)]
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
-    start = await open_stream(state, model, ChatRequest(messages=messages), admission)
+    start = await open_stream(state, model, ChatRequest(messages=incoming.messages), admission)
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
     return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 
 
-_Protocol = Annotated[str | None, Query(description="Output stream: data (default), text or ui")]
+_Protocol = Annotated[
+    str | None,
+    Query(description="Output stream: data, text, ui or ui-strict; default: ui for an AI SDK 5+ body, else data"),
+]
 _Ignored = Annotated[str | None, Query(description="Accepted for compatibility; has no effect")]
 
 

@@ -11,6 +11,7 @@ as OpenRouter's and LiteLLM's listings do: SDKs keep unknown fields.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -36,6 +37,7 @@ from modelgate.limits import admit
 from modelgate.providers import PROVIDERS
 
 router = APIRouter(tags=["OpenAI compatible"])
+log = logging.getLogger("modelgate.openai")
 
 JSON = "application/json"
 
@@ -319,9 +321,21 @@ def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationPar
     return GenerationParams(**overrides)  # type: ignore[arg-type]
 
 
-def openai_param_names(fields: Iterable[str]) -> list[str]:
-    """Our ``GenerationParams`` field names as the OpenAI caller knows them (catalogue-only ones as is)."""
-    return sorted({OPENAI_PARAMS.get(field, (field,))[0] for field in fields})
+def dropped_by_caller(body: ChatCompletionRequest, dropped: Iterable[str], *, model: str) -> list[str]:
+    """Of the parameters the answering provider could not carry, those this call set, under the names it used.
+
+    The rest are catalogue defaults the operator configured, not the caller's doing: they are not reported
+    to the caller; the access log line lists every dropped parameter (``dropped_params``), and this debug
+    line says which were defaults.
+    """
+    named: list[str] = []
+    defaults: list[str] = []
+    for field in dropped:
+        used = next((name for name in OPENAI_PARAMS.get(field, ()) if getattr(body, name) is not None), None)
+        (named if used is not None else defaults).append(used or field)
+    if defaults:
+        log.debug("catalogue defaults of %s not carried by its provider: %s", model, ", ".join(sorted(defaults)))
+    return sorted(named)
 
 
 def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
@@ -340,7 +354,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
     start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
-    dropped = openai_param_names(start.dropped_params)
+    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id)
     if dropped:
         headers["X-Modelgate-Dropped-Params"] = ",".join(dropped)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
