@@ -35,6 +35,11 @@ MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours of the rainbow."},
 ]
+#: The same conversation as AI SDK 5+ ``useChat`` posts it (``parts`` only).
+AI_SDK_5_MESSAGES = [
+    {"id": f"m{i}", "role": m["role"], "parts": [{"type": "text", "text": m["content"]}]}
+    for i, m in enumerate(MESSAGES)
+]
 #: Few tokens keep the suite fast; "length" is then the finish reason, which the cap test relies on.
 MAX_NEW_TOKENS = 8
 #: Models of the shared catalogue: one per provider kind that speaks Chat Completions, all on the one server.
@@ -145,8 +150,9 @@ def test_the_reference_reply_is_capped_by_max_tokens(reference: Completion) -> N
 @pytest.mark.parametrize("kind", list(VIA))
 def test_data_stream_and_ui_stream_token_by_token(gateway: Served, reference: Completion, kind: str) -> None:
     url = chat_url(gateway, VIA[kind])
-    data = parse_data_stream(url, {"messages": MESSAGES})
+    data = parse_data_stream(url, {"messages": MESSAGES})  # an AI SDK 4 body: the data stream, unasked
     assert data["status"] == 200, data
+    assert data["headers"]["x-vercel-ai-data-stream"] == "v1"
     assert data["text"] == reference.text
     assert data["partTypes"].count("text") >= 2, data["partTypes"]  # streamed, not one buffered part
     assert data["errors"] == []
@@ -155,11 +161,13 @@ def test_data_stream_and_ui_stream_token_by_token(gateway: Served, reference: Co
     estimated = {"usageEstimated": True} in data["annotations"]
     check_usage(finish["usage"]["promptTokens"], finish["usage"]["completionTokens"], estimated, reference)
 
-    ui = parse_ui_stream(chat_url(gateway, VIA[kind], "ui"), {"messages": MESSAGES})
+    ui = parse_ui_stream(url, {"messages": AI_SDK_5_MESSAGES}, sdk="ai5latest")  # AI SDK 5: the UI stream, unasked
     assert ui["status"] == 200, ui
+    assert ui["headers"]["x-vercel-ai-ui-message-stream"] == "v1"
     assert ui["text"] == reference.text
     assert ui["chunkTypes"].count("text-delta") >= 2, ui["chunkTypes"]
-    metadata = ui["finish"]["messageMetadata"]
+    assert ui["finish"]["finishReason"] == reference.finish_reason
+    metadata = ui["message"]["metadata"]
     assert metadata["finishReason"] == reference.finish_reason
     usage = metadata["usage"]
     check_usage(usage["inputTokens"], usage["outputTokens"], metadata.get("usageEstimated", False), reference)
