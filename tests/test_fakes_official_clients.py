@@ -273,7 +273,6 @@ def test_tgi_length_finish_and_in_stream_error_through_text_generation_client(fa
         list(client.generate_stream("Hi", max_new_tokens=4))
 
 
-@pytest.mark.xfail(strict=True, reason="the TGI fake drops `details` on /generate (issue 10 item 8, router branch)")
 def test_tgi_non_stream_details_through_text_generation_client(fakes: Fakes) -> None:
     # The client always asks for details on /generate and needs them (Response.details is required).
     fakes.huggingface.script(Reply(tokens=TOKENS, usage=(31, 4)))
@@ -292,6 +291,61 @@ def test_tgi_stream_through_huggingface_hub(fakes: Fakes) -> None:
     assert outputs[-1].details is not None
     assert (outputs[-1].details.finish_reason, outputs[-1].details.generated_tokens) == ("eos_token", 4)
     assert fakes.huggingface.last.json["parameters"]["details"] is True
+
+
+# -- The HF router and any OpenAI-compatible server: the openai SDK and huggingface_hub's chat_completion -------
+
+HF_MODEL = "Qwen/Qwen2.5-72B-Instruct"
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["usage-asked", "usage-not-asked"])
+def test_hf_router_stream_through_the_openai_sdk(fakes: Fakes, asked: bool) -> None:
+    fakes.huggingface.script(Reply(tokens=TOKENS, reasoning=REASONING, usage=(31, 6), finish="length"))
+    options: Any = {"stream_options": {"include_usage": True}} if asked else {}
+    with openai_client(fakes.huggingface.root + "/v1", HF_TOKEN) as client:
+        stream = client.chat.completions.create(model=HF_MODEL + ":fastest", messages=MESSAGES, stream=True, **options)  # type: ignore[call-overload]
+        text, reasoning, finish, usage = streamed(stream, reasoning_field="reasoning_content")
+    assert (text, reasoning, finish) == ("".join(TOKENS), "".join(REASONING), "length")
+    # Like every OpenAI-compatible server but OpenRouter: stream usage only when asked for.
+    if asked:
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (31, 6)
+    else:
+        assert usage is None
+    assert fakes.huggingface.last.path == "/v1/chat/completions"
+
+
+def test_hf_router_through_huggingface_hub_chat_completion(fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=TOKENS, usage=(31, 4)))
+    client = huggingface_hub.InferenceClient(base_url=fakes.huggingface.root + "/v1", api_key=HF_TOKEN)
+    chunks = list(client.chat_completion(MESSAGES, model=HF_MODEL, stream=True, stream_options={"include_usage": True}))
+    assert all(isinstance(c, huggingface_hub.ChatCompletionStreamOutput) for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(TOKENS)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(31, 4)]
+    assert fakes.huggingface.last.json["model"] == HF_MODEL
+
+
+def test_hf_per_model_chat_route_is_not_taken_by_tgi(fakes: Fakes) -> None:
+    # huggingface_hub appends /v1/chat/completions to a model URL: the route real hf-inference serves.
+    fakes.huggingface.script(Reply(tokens=TOKENS))
+    client = huggingface_hub.InferenceClient(model=f"{fakes.huggingface.root}/models/{HF_MODEL}", api_key=HF_TOKEN)
+    output = client.chat_completion(MESSAGES, max_tokens=16)
+    assert output.choices[0].message.content == "".join(TOKENS)
+    assert fakes.huggingface.last.path == f"/models/{HF_MODEL}/v1/chat/completions"
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["usage-asked", "usage-not-asked"])
+def test_openai_compatible_fake_through_the_openai_sdk(fakes: Fakes, asked: bool) -> None:
+    model = fakes.openai.listed_by_default[0]
+    fakes.openai.script(Reply(tokens=TOKENS, usage=(31, 4)))
+    options: Any = {"stream_options": {"include_usage": True}} if asked else {}
+    with openai_client(fakes.openai.url, "unused") as client:
+        stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True, **options)  # type: ignore[call-overload]
+        text, _, finish, usage = streamed(stream)
+        assert [m.id for m in client.models.list()] == [model]
+    assert (text, finish) == ("".join(TOKENS), "stop")
+    assert (usage is not None) is asked
 
 
 # -- the checks above can fail: a fake drifted on purpose is rejected by the same official client -----------

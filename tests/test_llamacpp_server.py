@@ -27,10 +27,6 @@ from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.timeout(300)]
 
-# Provider instances with a kind (issue 10's contract) arrive from the router branch; until then the catalogue
-# below cannot load.
-pytest.importorskip("modelgate.providers.openai", reason="provider instances (issue 10) are not in this tree yet")
-
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours of the rainbow."},
