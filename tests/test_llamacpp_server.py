@@ -255,6 +255,7 @@ def test_over_the_context_window_is_a_4xx_with_the_servers_reason(gateway: Serve
 # --- /api/status: the listing is the only truth (this server answers any id with its one model) -----------
 
 
+@pytest.mark.xfail(reason="needs the status branch (issue 10 item 5: the first probe at start); remove once merged")
 def test_a_model_the_server_does_not_list_is_down_within_seconds(
     llama: LlamaServer, tmp_path: Path, _module_environ: None
 ) -> None:
