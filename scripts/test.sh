@@ -17,6 +17,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# The test extra includes llama-cpp-python, which pip builds from source the first time (10-25 minutes on a
+# small machine, silent under -q); later runs install the wheel from pip's cache.
+echo "installing the test packages (a first run builds llama-cpp-python from source: 10-25 minutes)"
 .venv/bin/python -m pip install -q -e '.[test]'
 
 if [ -f tests/js/package.json ]; then

@@ -50,11 +50,17 @@ def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
-@pytest.fixture(autouse=True)
-def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def strip_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove the variables that would point a service at real providers (session and module fixtures
+    that start processes call it too: they run before the per-test cleaning)."""
     for name in list(os.environ):
         if name.startswith(_CLEANED_PREFIXES) or name in _CLEANED_NAMES:
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    strip_environ(monkeypatch)
     yield
 
 
@@ -72,3 +78,19 @@ def fakes(_fake_servers: Any) -> Iterator[Any]:
     _fake_servers.reset()
     yield _fake_servers
     _fake_servers.reset()
+
+
+def cleaned_environ() -> dict[str, str]:
+    """A copy of the environment as every test sees it, for processes that session fixtures start."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        strip_environ(monkeypatch)
+        return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """llama.cpp's OpenAI-compatible server with SmolLM2-135M (``tests/llamacpp.py``), one per session."""
+    from tests.llamacpp import llama_server
+
+    with llama_server(tmp_path_factory.mktemp("llama"), cleaned_environ()) as server:
+        yield server

@@ -87,7 +87,7 @@ class FakeCloudflare(FakeUpstream):
         if refused is not None:
             return refused
         term = request.query_params.get("search", "")
-        result = [
+        found = [
             {
                 "id": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
                 "name": name,
@@ -98,7 +98,12 @@ class FakeCloudflare(FakeUpstream):
             for name in self.listed()
             if term in name
         ]
-        return JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+        # Paged like every v4 list: ``page`` (from 1) and ``per_page``; a page past the end is empty, which is
+        # how the SDK's ``V4PagePaginationArray`` knows to stop. The default page size is [illustrative].
+        page, per_page = _positive(request, "page", 1), _positive(request, "per_page", 20)
+        result = found[(page - 1) * per_page : page * per_page]
+        info = {"count": len(result), "page": page, "per_page": per_page, "total_count": len(found)}
+        return JSONResponse({"result": result, "result_info": info, "success": True, "errors": [], "messages": []})
 
     async def run(self, request: Request) -> Response:
         recorded, epoch = await self.record(request)
@@ -165,6 +170,11 @@ class FakeCloudflare(FakeUpstream):
         else:
             default = defaults.get(status, (7000, f"HTTP {status}"))
         return envelope_error(status, code or default[0], message or default[1], retry_after=retry_after)
+
+
+def _positive(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
 
 
 def validate(body: Any) -> str | None:

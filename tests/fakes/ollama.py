@@ -5,9 +5,13 @@ Framing (§4.2): NDJSON (``application/x-ndjson``), one object per line, the las
 reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's encoder writes it:
 ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
-after lines were sent (``error_after``), with no ``done`` line (§4.5). Thinking as real Ollama does it:
-``message.thinking`` only when the request says ``think: true``, and ``think`` refused with 400
-"… does not support thinking" for a model not in ``thinking_models``.
+after lines were sent (``error_after``), with no ``done`` line (§4.5).
+
+Thinking follows Ollama's ``ChatHandler`` (server/routes.go): a model with the thinking capability
+(``thinking_models``) thinks unless the request says ``think: false``, and only then does
+``message.thinking`` appear; ``think`` asked of any other model is a 400
+``{"error": "\"<model>\" does not support thinking"}``, and such a model never sends ``thinking``
+(a scripted ``Reply.reasoning`` is not sent).
 
 Tool calls (``Reply.tool_calls``) as Ollama sends them: whole, in one line's ``message.tool_calls``
 (``{"function": {"name", "arguments": {object}}}``, no id), and ``done_reason`` stays ``"stop"``.
@@ -48,8 +52,16 @@ def go_json(value: Any) -> bytes:
 class FakeOllama(FakeUpstream):
     name = "ollama"
     listed_by_default = ("mollysama/rwkv-6-world:1.6b", "llama3.2:latest")
-    #: Models that can think (real Ollama: the model's capabilities include "thinking").
-    thinking_models: frozenset[str] = frozenset({"qwen3:0.6b", "deepseek-r1:1.5b"})
+    #: Models with Ollama's "thinking" capability (the rest refuse ``think``).
+    thinking_by_default: frozenset[str] = frozenset({"deepseek-r1:1.5b", "qwen3:0.6b"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thinking_models: set[str] = set(self.thinking_by_default)
+
+    def reset(self) -> None:
+        super().reset()
+        self.thinking_models = set(self.thinking_by_default)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -96,14 +108,19 @@ class FakeOllama(FakeUpstream):
                     base64.b64decode(image, validate=True)
                 except (binascii.Error, TypeError):
                     return self.error(400, "illegal base64 data at input byte 4")
-        think = body.get("think") is True
-        if think and model not in self.thinking_models:
-            return self.error(400, f'"{model}" does not support thinking')
+        think = body.get("think")
+        asked = think is True or (isinstance(think, str) and think in ("low", "medium", "high"))
+        if model in self.thinking_models:
+            thinks = think is None or asked  # a thinking model thinks unless told not to
+        elif asked:
+            return self.error(400, f"{json.dumps(model, ensure_ascii=False)} does not support thinking")
+        else:
+            thinks = False
         reply = self.next_reply()
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
-        if not think:  # real Ollama only thinks when asked
+        if not thinks:
             reply = replace(reply, reasoning=())
         if body.get("stream") is False:
             final = self._final(model, reply)

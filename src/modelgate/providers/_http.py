@@ -54,7 +54,7 @@ import math
 import ssl
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -297,7 +297,7 @@ class Upstream:
         *,
         headers: Mapping[str, str],
         model: str,
-    ) -> AsyncIterator[list[StreamEvent]]:
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         """POST ``body()`` to ``url`` and yield what ``parser`` makes of the streamed reply, one
         non-empty batch per network read; the batch holding the ``Finish`` is the last.
 
@@ -437,6 +437,34 @@ class Upstream:
             raise self._transport_error(exc, started=False) from exc
         except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(self.provider, "the listing is not JSON") from exc
+
+    async def refusal(
+        self, url: str, body: Mapping[str, Any], *, headers: Mapping[str, str], model: str
+    ) -> UpstreamError | None:
+        """POST ``body`` once (not streamed): the error its status means, or None if it is accepted or unreachable.
+
+        Another try (three in all) only when a pooled connection turns out dead: the server may have closed
+        those failed streams left behind (llama.cpp's server does, after the empty reply that prompts this call)."""
+        conn = self.connection
+        for attempt in (1, 2, 3):
+            try:
+                async with asyncio.timeout(conn.connect_timeout + conn.first_token_timeout):
+                    async with self.http.post(
+                        url,
+                        data=orjson.dumps(body),
+                        headers={"Content-Type": "application/json", **headers},
+                        timeout=self._timeouts,
+                        allow_redirects=False,
+                    ) as response:
+                        if 200 <= response.status < 300:
+                            return None
+                        return await self._status_error(response, model)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):  # closed, or reset by the peer
+                if attempt == 3:
+                    return None
+            except (aiohttp.ClientError, OSError):
+                return None
+        return None
 
     async def probe_listing(
         self, url: str, entries: Callable[[Any], Iterable[ListedModel]], *, headers: Mapping[str, str] | None = None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,7 +49,7 @@ from modelgate.chat import (
     ToolCallDelta,
     Usage,
 )
-from modelgate.errors import UpstreamError
+from modelgate.errors import UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -200,6 +201,7 @@ class ChatCompletionsStream:
         "_usage",
         "done",
         "failure",
+        "seen",
     )
 
     def __init__(self, upstream: Upstream, request: ChatRequest, *, template: str | None = None) -> None:
@@ -217,11 +219,14 @@ class ChatCompletionsStream:
         self._calls: set[int] = set()
         self.done = False
         self.failure: UpstreamError | None = None
+        #: Whether any event arrived (an empty 200 is how llama.cpp's server refuses a streamed request).
+        self.seen = False
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         try:
             for event in self._events.feed(chunk):
+                self.seen = True
                 data = event.data
                 if data == "[DONE]":
                     out.extend(self._final())
@@ -363,14 +368,24 @@ class ChatCompletionsProvider(HttpProvider):
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
-        return self.upstream.stream(
-            f"{self.connection.base_url}/chat/completions",
-            functools.partial(self.build_body, model, request),
-            ChatCompletionsStream(self.upstream, request, template=model.template),
-            headers=self.headers(),
-            model=self.upstream_model(model),
-        )
+    async def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        url, headers, name = f"{self.connection.base_url}/chat/completions", self.headers(), self.upstream_model(model)
+        body = functools.partial(self.build_body, model, request)
+        parser = ChatCompletionsStream(self.upstream, request, template=model.template)
+        try:
+            async with aclosing(self.upstream.stream(url, body, parser, headers=headers, model=name)) as batches:
+                async for batch in batches:
+                    yield batch
+        except UpstreamProtocolError as exc:
+            if parser.seen:
+                raise
+            # llama-cpp-python's server answers a streamed request it refuses (a prompt over its context window)
+            # with an empty 200; the same request not streamed gets the 400 and the server's reason.
+            once = {k: v for k, v in body().items() if k != "stream_options"} | {"stream": False}
+            refusal = await self.upstream.refusal(url, once, headers=headers, model=name)
+            if refusal is None:
+                raise
+            raise refusal from exc
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         # GET {base}/models: the free listing every Chat Completions server has (OpenAI, vLLM, llama.cpp,
