@@ -122,11 +122,13 @@ class GatewayState:
         self.http = new_session()
         self.providers = self._build_providers(self._catalogue)
         await self.limiter.start()
+        self.metrics.start()
         self.redactor.install()
         self.prober.start()
 
     async def stop(self) -> None:
         await self.prober.stop()
+        await self.metrics.stop()
         await self.limiter.stop()
         if self.http is not None:
             await self.http.close()

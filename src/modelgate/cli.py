@@ -148,7 +148,10 @@ def serve(
     if settings.watch_config:
         os.environ["MODELGATE_WATCH_CONFIG"] = "1"
     os.environ["MODELGATE_LOG_LEVEL"] = log_level.value
-    uvicorn.run("modelgate.app:create_app_from_env", factory=True, workers=workers, **common)
+    from modelgate.worker_metrics import shared_directory
+
+    with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
+        uvicorn.run("modelgate.app:create_app_from_env", factory=True, workers=workers, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------
