@@ -19,12 +19,18 @@ from modelgate.metrics import _LATENCY_BUCKETS, HttpRequests
 from modelgate.worker_metrics import Publisher, collect
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for
+from tests.fakes import PROMPT_TOKENS, Fakes, Reply
 from tests.test_http_metrics import OBSERVATIONS, library_exposition
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 MODELS = 'modelgate_http_requests_total{method="GET",route="/models",status="200"}'
 MODELS_DURATIONS = 'modelgate_http_request_duration_seconds_count{route="/models"}'
+CHAT = "/api/ai/acme/one/chat"
+BODY = {"messages": [{"role": "user", "content": "Hi"}]}
+UPSTREAM_OK = 'modelgate_upstream_requests_total{model="acme/one",outcome="ok",provider="ollama"}'
+PROMPT = 'modelgate_prompt_tokens_total{model="acme/one",provider="ollama"}'
+COMPLETION = 'modelgate_completion_tokens_total{model="acme/one",provider="ollama"}'
 
 
 def samples(text: str) -> Samples:
@@ -146,25 +152,29 @@ def scrape(url: str) -> str:
     return response.text
 
 
-def test_two_workers_one_metrics_whichever_worker_answers_and_across_a_rolling_restart(tmp_path: Path) -> None:
+@pytest.mark.timeout(300)  # two workers starting on a loaded machine
+def test_two_workers_one_metrics_whichever_worker_answers_and_after_one_retires(tmp_path: Path, fakes: Fakes) -> None:
     directory = tmp_path / "metrics"
     path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    env = {**fakes.env(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    fakes.ollama.default = Reply(tokens=["a", "b", "c"])
     with serve_subprocess(["--config", str(path), "--workers", "2"], tmp_path, env=env) as served:
         wait_for(lambda: answers(served.url + "/health"), "the workers to listen")  # not /models: counted below
         workers = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", served.log())}
-        sent = 0
+        sent = chats = 0
 
-        def get_models(_: int) -> int:
+        def get_models_or_chat(index: int) -> int:
             with httpx.Client(timeout=10) as client:  # its own connection
+                if index % 5 == 0:
+                    return client.post(served.url + CHAT, json=BODY).status_code
                 return client.get(served.url + "/models").status_code
 
         # Enough concurrent connections that both workers answer some (each publishes within a second).
         with ThreadPoolExecutor(8) as pool:
             for _ in range(20):
-                statuses = list(pool.map(get_models, range(40)))
-                assert statuses == [200] * 40
-                sent += 40
+                statuses = list(pool.map(get_models_or_chat, range(50)))
+                assert statuses == [200] * 50
+                sent, chats = sent + 40, chats + 10
                 answered = wait_for(lambda: models_answered_by_worker(directory), "the workers to publish")
                 if len(answered) == 2:
                     break
@@ -183,9 +193,20 @@ def test_two_workers_one_metrics_whichever_worker_answers_and_across_a_rolling_r
             assert sample(text, MODELS) == sent
             assert sample(text, MODELS_DURATIONS) == sent
             assert sample(text, "modelgate_streams_in_flight") == 0
+            # The library's own series (mmap-backed): one attempt and its tokens per chat, from both workers.
+            assert sample(text, UPSTREAM_OK) == chats
+            assert sample(text, PROMPT) == chats * PROMPT_TOKENS
+            assert sample(text, COMPLETION) == chats * 3
 
-        served.signal(signal.SIGHUP)  # uvicorn's supervisor replaces both workers, one by one
-        wait_for(lambda: served.log().count("Terminated child process") >= 2, "the rolling restart to finish", 120)
+        # A worker retires (as in a SIGHUP rolling restart, one at a time): its counts stay, once; its gauge goes.
+        retired = next(iter(answered))
+        os.kill(retired, signal.SIGTERM)
+        wait_for(lambda: f"Finished server process [{retired}]" in served.log(), "the worker to stop")
+        wait_for(
+            lambda: scrape(served.url) and not (directory / f"gauge_livesum_{retired}.db").exists(),
+            "the retired worker's gauge to be dropped",
+        )
         for _ in range(6):
-            assert sample(scrape(served.url), MODELS) == sent  # the retired workers' counts are kept, once
-        assert len(models_answered_by_worker(directory)) == 2  # the new workers have not answered /models yet
+            text = scrape(served.url)
+            assert sample(text, MODELS) == sent
+            assert sample(text, UPSTREAM_OK) == chats
