@@ -137,11 +137,13 @@ class GatewayState:
     async def start(self) -> None:
         self.open_upstreams()
         await self.limiter.start()
+        self.metrics.start()
         self.redactor.install()
         self.prober.start()
 
     async def stop(self) -> None:
         await self.prober.stop()
+        await self.metrics.stop()
         await self.limiter.stop()
         await self.close_upstreams()
         self.access_log.flush()

@@ -187,7 +187,10 @@ def serve(
     for name, value in server_options.items():
         if value is not None:  # the workers' apps read the graceful-shutdown limit from the environment
             os.environ[f"MODELGATE_{name.upper()}"] = str(value)
-    server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
+    from modelgate.worker_metrics import shared_directory
+
+    with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
+        server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ and in every Prometheus that scrapes it:
 
 Never a key, a key id, a user, a request id or free text.
 
-With ``modelgate serve --workers N`` each worker process keeps its own registry: a scrape sees one
-worker. Scrape each worker (or run one per container) when that matters.
+With ``modelgate serve --workers N`` every series is shared through prometheus_client's multiprocess
+mode and a scrape answered by any worker shows the totals of all of them (``worker_metrics.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from modelgate import worker_metrics
 
 #: How the library writes a bucket bound (``0.005``, ``1.0``, ``+Inf``); typed here, untyped there.
 _bound_label: Callable[[float], str] = floatToGoString
@@ -56,6 +58,12 @@ class Metrics:
         r = self.registry
         self.http = HttpRequests(_LATENCY_BUCKETS)
         r.register(self.http)
+        # Under ``serve --workers N``: the library's series are mmap-backed by prometheus_client itself;
+        # the plain per-request ones are published by this worker for the others' scrapes.
+        self.shared_directory = worker_metrics.multiprocess_directory()
+        self.publisher = (
+            worker_metrics.Publisher(self.http, self.shared_directory) if self.shared_directory is not None else None
+        )
         self.upstream_requests = Counter(
             "modelgate_upstream_requests",
             "Upstream attempts by provider, model and outcome (retries and fallbacks counted each)",
@@ -79,8 +87,19 @@ class Metrics:
             registry=r,
         )
         self.streams_in_flight = Gauge(
-            "modelgate_streams_in_flight", "Replies currently being relayed to clients", registry=r
+            "modelgate_streams_in_flight",
+            "Replies currently being relayed to clients",
+            registry=r,
+            multiprocess_mode="livesum",  # across workers: the sum over the live ones
         )
+
+    def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()  # publishes what is left: a clean stop loses no count
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:
@@ -100,8 +119,12 @@ class Metrics:
             self.completion_tokens.labels(provider, model).inc(completion)
 
     def exposition(self) -> bytes:
-        """The text exposition format (what ``GET /metrics`` answers)."""
-        return generate_latest(self.registry)
+        """The text exposition format (what ``GET /metrics`` answers): this worker's, or every worker's."""
+        if self.shared_directory is None:
+            return generate_latest(self.registry)
+        if self.publisher is not None:
+            self.publisher.publish()  # this worker's own counts are current; the others' at most PUBLISH_INTERVAL old
+        return worker_metrics.collect(self.shared_directory)
 
 
 # --- the per-request series -----------------------------------------------------------------------
@@ -151,6 +174,18 @@ class HttpRequests(Collector):
         durations = series.durations
         durations.sum += seconds
         durations.buckets[bisect_left(self._bounds, seconds)] += 1.0  # the first bound >= seconds
+
+    @property
+    def bound_labels(self) -> list[str]:
+        return [_bound_label(bound) for bound in self._bounds]
+
+    def counts(self) -> list[tuple[tuple[str, str, int], float]]:
+        """Every ``(route, method, status)`` series and its count."""
+        return [(labels, series.count) for labels, series in list(self._series.items())]
+
+    def durations(self) -> list[tuple[str, list[float], float]]:
+        """Every route's duration histogram: per-bucket (not cumulative) counts and the sum."""
+        return [(route, list(h.buckets), h.sum) for route, h in list(self._routes.items())]
 
     def _bind(self, route: str, method: str, status: int) -> _Requests:
         # Bounded like the labels themselves: route templates x methods x status codes.
