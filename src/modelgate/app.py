@@ -26,6 +26,7 @@ from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.ledger import Ledger
 from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
 from modelgate.metrics import Metrics
@@ -59,6 +60,12 @@ class GatewayState:
         self.redactor = RedactingFilter(secrets_of(settings))
         self.access_log = AccessLog(self.redactor)
         self.prober = Prober(self, settings.probe_interval)
+        #: The usage ledger (``ledger.py``), when a database is configured.
+        self.ledger: Ledger | None = None
+        if settings.database_url is not None:
+            self.ledger = Ledger(
+                settings.database_url, scrub=self.redactor.scrub, flush_interval=settings.ledger_flush_interval
+            )
 
     @property
     def catalogue(self) -> Catalogue:
@@ -98,6 +105,8 @@ class GatewayState:
         return {name: cls(self.connection(name, catalogue), self.http) for name, cls in PROVIDERS.items()}
 
     async def start(self) -> None:
+        if self.ledger is not None:  # first: a database that cannot be used stops the start with nothing to close
+            await self.ledger.start()
         # No total timeout: streams are bounded by the providers' connect/first-token/idle timeouts.
         self.http = new_session()
         self.providers = self._build_providers(self._catalogue)
@@ -107,6 +116,8 @@ class GatewayState:
 
     async def stop(self) -> None:
         await self.prober.stop()
+        if self.ledger is not None:  # after the last response: every request's row is queued by now
+            await self.ledger.stop()
         await self.limiter.stop()
         if self.http is not None:
             await self.http.close()

@@ -89,6 +89,15 @@ class ConfigurationEntry(BaseModel):
     parameters: ParametersEntry
 
 
+class PricingEntry(BaseModel):
+    """USD per million tokens, as providers publish them; the ledger's cost and ``/v1/models``' ``pricing``."""
+
+    model_config = _closed
+
+    input: Annotated[Number, Field(ge=0, description="USD per million prompt tokens")]
+    output: Annotated[Number, Field(ge=0, description="USD per million completion tokens (reasoning included)")]
+
+
 class ModelEntry(BaseModel):
     model_config = _closed
 
@@ -103,6 +112,7 @@ class ModelEntry(BaseModel):
     context_length: Annotated[int | None, Field(gt=0)] = None
     fallbacks: list[str] = Field(default_factory=list, description="Other models tried in order")
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    pricing: PricingEntry | None = Field(default=None, description="Prices per million tokens (optional)")
 
     @field_validator("publisher", "name")
     @classmethod
@@ -177,6 +187,18 @@ class CatalogueFile(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Pricing:
+    """USD per million tokens (``[models.pricing]``)."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one request; reasoning tokens are part of ``completion_tokens``, billed as output."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogueModel:
     publisher: str
     name: str
@@ -192,6 +214,7 @@ class CatalogueModel:
     max_concurrency: int | None
     #: Parameter values as written in the file (ints stay ints), in the seed's key order.
     wire_parameters: Mapping[str, Any]
+    pricing: Pricing | None = None
 
     @property
     def id(self) -> str:
@@ -396,6 +419,7 @@ def _build_model(entry: ModelEntry) -> CatalogueModel:
         fallbacks=tuple(entry.fallbacks),
         max_concurrency=entry.max_concurrency,
         wire_parameters=wire,
+        pricing=Pricing(entry.pricing.input, entry.pricing.output) if entry.pricing is not None else None,
     )
 
 

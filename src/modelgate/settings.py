@@ -39,6 +39,38 @@ def ollama_base_url(ollama_host: str | None) -> str:
     return f"http://{host or '127.0.0.1'}:{port or '11434'}"
 
 
+#: ``MODELGATE_DATABASE_URL`` / ``serve --database-url`` value that turns the usage ledger off.
+LEDGER_OFF = "off"
+#: URL schemes of the databases the ledger speaks (``usage_store.async_url`` picks the driver).
+DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
+#: The ledger's SQLite file, beside the catalogue file it serves.
+LEDGER_FILE = "modelgate-usage.sqlite3"
+
+
+def database_url(given: str | None, config_path: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ledger's database: ``given`` (``off``: none), else SQLite beside the catalogue file.
+
+    The built-in catalogue lives inside the installed package, which may be read-only and is
+    replaced on upgrade, so its ledger goes to the user's state directory instead
+    (``$XDG_STATE_HOME/modelgate/``, by default ``~/.local/state/modelgate/``).
+    """
+    if given:
+        given = given.strip()
+        if given.lower() == LEDGER_OFF:
+            return None
+        scheme = given.partition(":")[0].partition("+")[0].lower()
+        if scheme not in DATABASE_SCHEMES or "://" not in given:
+            raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH, postgresql://… or 'off'")
+        return given
+    if config_path is not None:
+        folder = config_path.resolve().parent
+    else:
+        env = os.environ if environ is None else environ
+        state_home = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        folder = Path(state_home) / "modelgate"
+    return f"sqlite:///{folder / LEDGER_FILE}"
+
+
 @dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
@@ -60,6 +92,13 @@ class Settings:
     client_send_timeout: float = 60.0
     #: Seconds between background health probes of the providers (0 turns them off).
     probe_interval: float = 60.0
+    #: The usage ledger's database (``ledger.py``): ``sqlite:///…`` or ``postgresql://…``; None: no ledger.
+    #: ``from_env`` fills in the default (``default_database_url``); a bare ``Settings()`` keeps none.
+    database_url: str | None = None
+    #: Seconds between two ledger writes (rows also go once ``ledger.Ledger.batch_size`` wait).
+    ledger_flush_interval: float = 1.0
+    #: The key that reads everyone's usage (``GET /api/usage``); never a chat key.
+    admin_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -86,17 +125,24 @@ class Settings:
             "cors_origins": tuple(o.strip() for o in origins.split(",") if o.strip()) if origins else None,
             "watch_config": env.get("MODELGATE_WATCH_CONFIG", "").lower() in {"1", "true", "yes"},
             "log_level": env.get("MODELGATE_LOG_LEVEL", "info").lower(),
+            "admin_key": env.get("MODELGATE_ADMIN_KEY") or None,
             **{
                 name: float(env[variable])
                 for name, variable in (
                     ("client_body_timeout", "MODELGATE_CLIENT_BODY_TIMEOUT"),
                     ("client_send_timeout", "MODELGATE_CLIENT_SEND_TIMEOUT"),
                     ("probe_interval", "MODELGATE_PROBE_INTERVAL"),
+                    ("ledger_flush_interval", "MODELGATE_LEDGER_FLUSH_INTERVAL"),
                 )
                 if env.get(variable)
             },
         }
         values.update(overrides)
+        if "database_url" not in overrides:
+            config_path = values["config_path"]
+            values["database_url"] = database_url(
+                env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None, env
+            )
         return cls(**values)  # type: ignore[arg-type]
 
     def missing_credentials(self, provider: str) -> list[str]:
