@@ -344,7 +344,7 @@ USAGE_COLUMNS = ("key", "model", "provider", "requests", "prompt", "completion",
 
 
 def _cost(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+    return "-" if value is None else f"{value:.8f}"  # a request costs millionths of a dollar
 
 
 def usage_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
