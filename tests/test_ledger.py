@@ -227,12 +227,15 @@ def test_an_unreachable_database_stops_the_start(tmp_path: Path) -> None:
     assert "hunter2-secret" not in done.stderr + done.stdout
 
 
-def test_default_database_beside_the_catalogue_or_in_the_state_dir(tmp_path: Path) -> None:
+def test_default_database_beside_the_catalogue_or_in_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     catalogue = tmp_path / "conf" / "catalogue.toml"
     assert database_url(None, catalogue) == f"sqlite:///{tmp_path / 'conf' / LEDGER_FILE}"
-    assert (
-        database_url(None, None, {"XDG_STATE_HOME": str(tmp_path)}) == f"sqlite:///{tmp_path}/modelgate/{LEDGER_FILE}"
-    )
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert database_url(None, None) == f"sqlite:///{tmp_path}/modelgate/{LEDGER_FILE}"
+    with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
+        database_url("mysql://h/db", None)
     assert database_url("off", catalogue) is None
     assert database_url("postgresql://h/db", None) == "postgresql://h/db"
     env = {"MODELGATE_CONFIG": str(catalogue), "MODELGATE_DATABASE_URL": "sqlite:////tmp/x.db"}

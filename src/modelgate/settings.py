@@ -47,7 +47,7 @@ DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
 LEDGER_FILE = "modelgate-usage.sqlite3"
 
 
-def database_url(given: str | None, config_path: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+def database_url(given: str | None, config_path: Path | None) -> str | None:
     """The ledger's database: ``given`` (``off``: none), else SQLite beside the catalogue file.
 
     The built-in catalogue lives inside the installed package, which may be read-only and is
@@ -65,8 +65,8 @@ def database_url(given: str | None, config_path: Path | None, environ: Mapping[s
     if config_path is not None:
         folder = config_path.resolve().parent
     else:
-        env = os.environ if environ is None else environ
-        state_home = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        # The process's own state directory, whatever environment the settings were read from.
+        state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         folder = Path(state_home) / "modelgate"
     return f"sqlite:///{folder / LEDGER_FILE}"
 
@@ -141,7 +141,7 @@ class Settings:
         if "database_url" not in overrides:
             config_path = values["config_path"]
             values["database_url"] = database_url(
-                env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None, env
+                env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None
             )
         return cls(**values)  # type: ignore[arg-type]
 
