@@ -75,10 +75,10 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; its ``postgresql://`` URL."""
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database (a fresh name unless given); its ``postgresql://`` URL."""
         self._databases += 1
-        name = f"ledger_{os.getpid()}_{self._databases}"
+        name = name or f"ledger_{os.getpid()}_{self._databases}"
         subprocess.run(
             [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, name],
             check=True,

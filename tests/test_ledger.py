@@ -217,14 +217,41 @@ def test_an_unsupported_database_is_refused_before_serving() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_an_unreachable_database_stops_the_start(tmp_path: Path) -> None:
+def test_an_unreachable_database_does_not_stop_the_gateway(fakes: Fakes, tmp_path: Path) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
-        done = run_cli("serve", "--port", "0", "--database-url", f"postgresql://u:hunter2-secret@127.0.0.1:{port}/x")
-    assert done.returncode != 0
-    assert "Application startup failed" in done.stderr
-    assert "hunter2-secret" not in done.stderr + done.stdout
+        url = f"postgresql://u:hunter2-secret@127.0.0.1:{port}/x"
+        env = {**fakes.env(), "MODELGATE_DATABASE_URL": url}
+        with serve_subprocess([], tmp_path, env=env) as served:
+            assert httpx.post(served.url + "/api/ai/ollama/rwkv-6-world/chat", json=BODY).status_code == 200
+            usage = httpx.get(served.url + "/api/usage")
+            assert usage.status_code == 503
+            assert "unavailable" in usage.json()["statusMessage"]
+    log = served.log()
+    assert "usage ledger: cannot open the database" in log
+    assert "1 rows could not be written before shutdown" in log
+    assert "hunter2-secret" not in log
+
+
+@pytest.mark.postgres
+def test_rows_wait_for_a_database_that_comes_later(fakes: Fakes, tmp_path: Path, postgres: PostgresCluster) -> None:
+    url = postgres.url("appears_later")
+    settings = priced_settings(fakes, tmp_path, url, ledger_flush_interval=0.05)
+    fakes.ollama.script(Reply(tokens=["a"], usage=(2, 1)), Reply(tokens=["b"], usage=(2, 1)))
+    with serve_in_thread(create_app(settings, load_catalogue(settings.config_path))) as base:
+        for request_id in ("before", "meanwhile"):
+            assert httpx.post(base + TINY, json=BODY, headers={"X-Request-ID": request_id}).status_code == 200
+        assert httpx.get(base + "/api/usage").status_code == 503
+        postgres.create_database("appears_later")
+
+        def usage_once_open() -> dict[str, Any] | None:
+            answer = httpx.get(base + "/api/usage")
+            return answer.json() if answer.status_code == 200 else None
+
+        answer = wait_for(usage_once_open, "the ledger to open")
+        assert answer["totals"]["requests"] == 2
+    assert sorted(row["request_id"] for row in ledger_rows(url)) == ["before", "meanwhile"]
 
 
 def test_default_database_beside_the_catalogue_or_in_the_state_dir(

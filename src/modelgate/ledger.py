@@ -9,10 +9,12 @@ A background task writes the list every ``flush_interval`` seconds, or as soon a
 rows wait, in one transaction (``usage_store.py``). ``stop`` (the app's lifespan end: ``modelgate
 serve`` gets there on SIGTERM and Ctrl-C, after the open responses ended) writes whatever is
 left. What a crash can lose is what waited: at most ``flush_interval`` seconds of requests (or,
-while the database is unreachable, the rows kept for the next attempt, up to ``MAX_PENDING``).
+while the database is unreachable, every row kept for the next attempt).
 
-The database layer (SQLAlchemy and a driver) is imported by ``start``, never at import, so
-``modelgate --help`` and the app factory stay as fast as before.
+The database layer (SQLAlchemy and a driver) is imported by the writer task once the app runs, in a
+thread, never at import: ``modelgate --help``, the app factory and the start stay as fast as before.
+A database that cannot be opened or written does not stop the service: rows wait in memory (up to
+``MAX_PENDING``) and the writer tries again every ``flush_interval``, logging the problem.
 
 Which requests get a row: every request that reached ``gateway.open_stream``, i.e. a chat request
 that was authenticated, valid, resolved to a catalogue model and admitted. Its row is written
@@ -26,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from modelgate.errors import ModelgateError
 
 if TYPE_CHECKING:
     from modelgate.catalogue import Catalogue
@@ -41,6 +46,16 @@ log = logging.getLogger("modelgate.ledger")
 
 #: Rows kept in memory while the database cannot be written; past it the oldest are dropped (and logged).
 MAX_PENDING = 100_000
+#: Seconds between two log lines saying the database cannot be opened (it is retried every flush interval).
+COMPLAINT_INTERVAL = 60.0
+
+
+class LedgerUnavailable(ModelgateError):
+    status = 503
+    transient = True
+
+    def __init__(self) -> None:
+        super().__init__("The usage ledger's database is unavailable; usage is kept and written when it is back")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +99,8 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self._due: asyncio.Event | None = None
         self._writing: asyncio.Lock | None = None
+        self._opening: asyncio.Lock | None = None
+        self._complained_at = -COMPLAINT_INTERVAL
 
     # -- the request path ------------------------------------------------------------------------
 
@@ -121,12 +138,15 @@ class Ledger:
     # -- the background writer -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, bring the schema up to date, start the writer. Raises when the database is unusable."""
-        from modelgate.usage_store import open_store  # SQLAlchemy and a driver: only when a ledger runs
+        """Start the writer, which opens the database in the background: the service answers at once.
 
-        self._store = await open_store(self.url)
+        SQLAlchemy and a driver take a noticeable part of a second to import (in a thread here, so the
+        event loop keeps serving), and a database that is down must not keep the gateway down: its
+        rows wait in memory and the writer tries again every ``flush_interval``.
+        """
         self._due = asyncio.Event()
         self._writing = asyncio.Lock()
+        self._opening = asyncio.Lock()
         self._task = asyncio.create_task(self._run(), name="modelgate-ledger")
 
     async def stop(self) -> None:
@@ -135,14 +155,45 @@ class Ledger:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._store is None:
+        if self._writing is None:  # never started
             return
-        await self.flush()
+        if await self._open():
+            await self.flush()
         if self._pending:
             log.error("usage ledger: %d rows could not be written before shutdown and are lost", len(self._pending))
             self._pending = []
-        await self._store.close()
-        self._store = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _open(self) -> bool:
+        """Open the database (and migrate it) unless it is open; False, logged, when it cannot be."""
+        if self._store is not None:
+            return True
+        assert self._opening is not None
+        async with self._opening:  # the writer and a reader may both want it open
+            if self._store is not None:
+                return True
+            return await self._open_now()
+
+    async def _open_now(self) -> bool:
+        try:
+            store_module = await asyncio.to_thread(importlib.import_module, "modelgate.usage_store")
+            self._store = await store_module.open_store(self.url)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._complained_at >= COMPLAINT_INTERVAL:
+                self._complained_at = now
+                log.error(
+                    "usage ledger: cannot open the database (%s: %s); %d rows wait, retrying every %g s",
+                    type(exc).__name__,
+                    self._scrub(str(exc)),
+                    len(self._pending),
+                    self.flush_interval,
+                )
+            return False
+        log.info("usage ledger: database open (%s)", self._store.engine.dialect.name)
+        return True
 
     async def flush(self) -> None:
         """Write the queued rows now, in one transaction. On failure they stay queued for the next try."""
@@ -170,19 +221,22 @@ class Ledger:
 
     async def _run(self) -> None:
         assert self._due is not None
+        await self._open()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), self.flush_interval)
             self._due.clear()
-            await self.flush()
+            if await self._open():
+                await self.flush()
 
     # -- reading ---------------------------------------------------------------------------------
 
     async def report(self, query: UsageFilter) -> UsageReport:
         """Totals, groups and the newest rows matching ``query``; this instance's queued rows included."""
+        if not await self._open():
+            raise LedgerUnavailable()
         await self.flush()
-        if self._store is None:
-            raise RuntimeError("the usage ledger is not started")
+        assert self._store is not None
         return await self._store.report(query)
 
     @property
