@@ -105,14 +105,16 @@ def test_duplicate_publisher_and_name(tmp_path: Path) -> None:
 
 
 def test_unknown_provider(tmp_path: Path) -> None:
-    message = rejected(tmp_path, model_toml(provider="openai"))
-    assert "model 'acme/tiny': provider: unknown provider 'openai'" in message
+    message = rejected(tmp_path, model_toml(provider="llama"))
+    assert "model 'acme/tiny': provider: unknown provider 'llama'" in message
     assert "huggingface, cloudflare, openrouter, ollama" in message
+    assert "[providers.NAME]" in message
 
 
-def test_unknown_provider_table(tmp_path: Path) -> None:
-    message = rejected(tmp_path, model_toml(), header='[providers.openai]\nbase_url = "http://x"\n')
-    assert "providers: unknown provider 'openai'" in message
+def test_a_further_provider_needs_a_kind(tmp_path: Path) -> None:
+    message = rejected(tmp_path, model_toml(), header='[providers.llama]\nbase_url = "http://x"\n')
+    assert "providers.llama: kind: required for a provider that is not one of" in message
+    assert "openai" in message
 
 
 @pytest.mark.parametrize(
@@ -222,14 +224,23 @@ def test_unknown_template(tmp_path: Path) -> None:
     assert "chatml" in message
 
 
-def test_huggingface_models_need_a_template(tmp_path: Path) -> None:
-    message = rejected(tmp_path, model_toml(provider="huggingface").replace('template = "chatml"\n', ""))
-    assert "model 'acme/tiny': template: required for huggingface models" in message
+def test_tgi_models_need_a_template(tmp_path: Path) -> None:
+    header = '[providers.tgi]\nkind = "huggingface"\napi = "tgi"\nbase_url = "http://tgi:8080"\n'
+    message = rejected(tmp_path, model_toml(provider="tgi").replace('template = "chatml"\n', ""), header=header)
+    assert "model 'acme/tiny': template: required for models of a huggingface provider with api \"tgi\"" in message
+
+
+def test_router_models_may_go_without_a_template(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml(provider="huggingface").replace('template = "chatml"\n', ""))
+    assert load_catalogue(path).get("acme/tiny").template is None
 
 
 def test_template_on_a_provider_that_takes_none(tmp_path: Path) -> None:
     message = rejected(tmp_path, model_toml(extra='template = "chatml"\n'))
-    assert "model 'acme/tiny': template: only huggingface models take a template (provider is 'ollama')" in message
+    assert (
+        "model 'acme/tiny': template: only huggingface and openai models take a template "
+        "(provider 'ollama' is of kind 'ollama')" in message
+    )
 
 
 # --- routes ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue, parse_catalogue
 from modelgate.settings import Settings
-from modelgate.templates import get_template, render_prompt
+from modelgate.templates import get_template
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node_parsers
 from tests.servers import serve_in_thread
@@ -69,20 +69,19 @@ def reply_text(text: str, code: str = "0") -> str:
 def _check_parameters(catalogue: Catalogue, model_id: str, fakes: Fakes) -> None:
     model = catalogue.get(model_id)
     p = model.parameters
-    sent = fakes[model.provider].last.json
+    # The last chat call (a background health probe may have listed the models since).
+    call = [r for r in fakes[model.provider].requests if r.method == "POST"][-1]
+    sent = call.json
     if model.provider == "huggingface":
-        assert sent["stream"] is True
-        assert model.template is not None
-        from modelgate.chat import Message
-
-        assert sent["inputs"] == render_prompt(model.template, [Message(**m) for m in MESSAGES])  # type: ignore[arg-type]
-        params = sent["parameters"]
-        assert params["max_new_tokens"] == p.max_new_tokens
-        assert params["typical_p"] == p.typical_p
-        assert params["repetition_penalty"] == p.repetition_penalty
-        assert params["truncate"] == p.truncate
-        assert params["return_full_text"] is False
-        assert params.get("temperature") == p.temperature
+        # The HF router: Chat Completions with the hub id; the router applies the chat template itself.
+        assert call.path == "/v1/chat/completions"
+        assert sent["model"] == model.upstream_model
+        assert sent["messages"] == MESSAGES
+        assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+        assert sent["max_tokens"] == p.max_new_tokens
+        assert sent.get("temperature") == p.temperature
+        # TGI's parameters do not cross the router: reported as dropped, never sent.
+        assert not {"typical_p", "repetition_penalty", "truncate", "inputs", "parameters"} & set(sent)
     elif model.provider == "cloudflare":
         assert sent["stream"] is True
         assert sent["messages"] == MESSAGES
@@ -119,9 +118,9 @@ def test_every_advertised_endpoint_and_alias_answers(service: str, fakes: Fakes,
             f"/api/ai/{model.provider}/{model.publisher}/{model.name}/chat",
         ]
         assert model.endpoint in advertised
-        # DeepSeek-R1's prompt opens a <think> block: its reply reasons first, then answers.
+        # DeepSeek-R1 reasons first: its serving provider sends the <think> block in the text.
         thinks = model.template is not None and get_template(model.template).starts_in_reasoning
-        script = ["Add.", "</think>", *TOKENS] if thinks else TOKENS
+        script = ["<think>", "Add.", "</think>", *TOKENS] if thinks else TOKENS
         for path in paths:
             fakes[model.provider].script(Reply(tokens=script))
             summary = parse_data_stream(service + path, {"id": "chat-1", "messages": MESSAGES})
@@ -142,7 +141,10 @@ def test_dropped_parameters_are_reported(service: str, fakes: Fakes) -> None:
     response = post(service + "/api/ai/cloudflare/llama-3.3-70b-instruct-fp8-fast/chat")
     assert response.status_code == 200
     assert set(response.headers["x-modelgate-dropped-params"].split(",")) == {"truncate", "typical_p"}
+    # The HF router carries the standard Chat Completions fields only: TGI's three are named, not lost.
     response = post(service + "/api/ai/huggingface/Qwen2.5-72B-Instruct/chat")
+    assert response.headers["x-modelgate-dropped-params"] == "repetition_penalty,truncate,typical_p"
+    response = post(service + "/api/ai/ollama/rwkv-6-world/chat")
     assert "x-modelgate-dropped-params" not in response.headers
 
 
@@ -246,7 +248,7 @@ def test_streaming_headers(service: str, fakes: Fakes) -> None:
 
 
 def test_reasoning_of_deepseek_r1_goes_out_as_reasoning_parts(service: str, fakes: Fakes) -> None:
-    fakes.huggingface.script(Reply(tokens=["Add", " them", ".", "</think>", "\n\n", "4"]))
+    fakes.huggingface.script(Reply(tokens=["<think>", "Add", " them", ".", "</think>", "\n\n", "4"]))
     response = post(service + "/api/ai/huggingface/DeepSeek-R1-Distill-Qwen-32B/chat")
     assert reply_text(response.text, "g") == "Add them."
     assert reply_text(response.text).strip() == "4"

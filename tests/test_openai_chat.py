@@ -29,11 +29,6 @@ MODELS = {
 PROVIDERS = list(MODELS)
 
 
-def _hf(body: dict[str, Any]) -> dict[str, Any]:
-    p = body["parameters"]
-    return {"max": p.get("max_new_tokens"), "temperature": p.get("temperature"), "seed": p.get("seed")}
-
-
 def _flat(body: dict[str, Any]) -> dict[str, Any]:
     return {"max": body.get("max_tokens"), "temperature": body.get("temperature"), "seed": body.get("seed")}
 
@@ -45,7 +40,7 @@ def _ollama(body: dict[str, Any]) -> dict[str, Any]:
 
 #: provider → the sampling values its fake received, under neutral names.
 UPSTREAM_PARAMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "huggingface": _hf,
+    "huggingface": _flat,
     "cloudflare": _flat,
     "openrouter": _flat,
     "ollama": _ollama,
@@ -166,13 +161,13 @@ def test_length_finish_and_auto_usage(client: openai.OpenAI, fakes: Fakes) -> No
 
 def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fakes) -> None:
     reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"])
-    fakes.ollama.script(reply, reply)
-    completion = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    fakes.openrouter.script(reply, reply)
+    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
     message = completion.choices[0].message
     assert message.content == "4"
     assert message.model_extra == {"reasoning_content": "2+2 is 4"}
-    with client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES, stream=True) as stream:
-        deltas = [c.choices[0].delta for c in stream]
+    with client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES, stream=True) as stream:
+        deltas = [c.choices[0].delta for c in stream if c.choices]
     assert "".join((d.model_extra or {}).get("reasoning_content", "") for d in deltas) == "2+2 is 4"
     assert "".join(d.content or "" for d in deltas) == "4"
 

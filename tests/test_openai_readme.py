@@ -27,5 +27,5 @@ def test_the_readme_example_works_against_the_service(fakes: Fakes, capsys: pyte
     out = capsys.readouterr().out
     assert "qwen/Qwen2.5-72B-Instruct huggingface 32267\n" in out
     assert out.endswith("Hi there!")
-    sent = fakes.huggingface.last.json["parameters"]
-    assert (sent["max_new_tokens"], sent["temperature"]) == (256, 0.2)
+    sent = fakes.huggingface.last.json  # the HF router: Chat Completions
+    assert (sent["max_tokens"], sent["temperature"]) == (256, 0.2)

@@ -11,7 +11,7 @@ from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocol
 from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers.cloudflare import Cloudflare
 from tests.fakes import Fakes, Fault, Reply
-from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
+from tests.fakes.contract import ESTIMATED_PROMPT, ProviderContract, catalogue_model, collect, free_port_url
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "stop")
@@ -77,8 +77,8 @@ class TestCloudflare(ProviderContract):
     async def test_old_style_events_without_usage_are_counted_and_marked_estimated(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(tokens=["a", "", "b"], usage=None, options={"padding": False}))
         assert got.text == "ab"
-        # Two non-empty fragments; the prompt ≈ 4 characters a token over 36 characters of messages.
-        assert got.finish.usage == Usage(9, 2, estimated=True)
+        # Two non-empty fragments; the prompt ≈ 4 characters a token, plus the template's per-message overhead.
+        assert got.finish.usage == Usage(ESTIMATED_PROMPT, 2, estimated=True)
 
     @pytest.mark.anyio
     async def test_stream_without_done_is_truncated(self, fakes: Fakes) -> None:

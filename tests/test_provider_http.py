@@ -26,9 +26,9 @@ from modelgate.errors import (
 )
 from modelgate.providers import Connection, new_session
 from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
-from modelgate.providers.huggingface import HuggingFace
-from modelgate.providers.huggingface import read_error as hf_read_error
 from modelgate.providers.openrouter import OpenRouter
+from modelgate.providers.tgi import TGI
+from modelgate.providers.tgi import read_error as hf_read_error
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import catalogue_model, collect
 from tests.servers import serve_in_thread
@@ -131,7 +131,7 @@ async def test_a_credential_echoed_by_the_upstream_never_reaches_the_client(fake
     # The HF fake's 403 echoes the credential, as some upstreams do: it must not reach the message.
     fakes.huggingface.script(Reply(fault=Fault.status(403, message="token hf_test may not use this model")))
     async with new_session() as http:
-        provider = HuggingFace(Connection(fakes.huggingface.url, {"HF_TOKEN": "hf_test"}), http)
+        provider = TGI(Connection(fakes.huggingface.url, {"HF_TOKEN": "hf_test"}), http)
         request = ChatRequest((Message("user", "hi"),))
         got = await collect(provider.stream(catalogue_model("qwen/Qwen2.5-72B-Instruct"), request))
     assert isinstance(got.error, UpstreamAuthError)

@@ -1,191 +1,149 @@
-"""The Hugging Face (TGI) adapter against the fake TGI (``data:`` without space, no [DONE]) over loopback HTTP."""
+"""The Hugging Face router adapter (huggingface kind, api = "router") against the fake router over loopback HTTP.
+
+The request is what both official clients send a chat model (huggingface_hub ``_providers/_common.py``
+``BaseConversationalTask`` → ``/v1/chat/completions``; ``@huggingface/inference`` ``AutoRouterConversationalTask``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
-from modelgate.chat import ChatRequest, GenerationParams, Message, Usage
-from modelgate.errors import (
-    BadRequest,
-    UpstreamBadRequest,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamUnavailable,
-)
+from modelgate.chat import ChatRequest, GenerationParams, Usage
+from modelgate.errors import UpstreamBadRequest, UpstreamError
 from modelgate.providers import PROVIDERS, new_session
-from modelgate.providers.huggingface import HuggingFace
+from modelgate.providers._http import estimate_tokens
+from modelgate.providers.huggingface import HuggingFaceRouter
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
+from tests.fakes._base import FakeUpstream
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
 
+#: The fields every request carries; the rest are the parameters.
+_ENVELOPE = ("model", "messages", "stream", "stream_options")
 
-class TestHuggingFace(ProviderContract):
-    provider = HuggingFace
+
+class TestHuggingFaceRouter(ProviderContract):
+    provider = HuggingFaceRouter
     model_id = "qwen/Qwen2.5-72B-Instruct"
-    # The catalogue: max_new_tokens 512, typical_p 0.2, repetition_penalty 1.1, truncate 32267.
-    expected_params: ClassVar[dict[str, Any]] = {
-        "max_new_tokens": 512,
-        "typical_p": 0.2,
-        "repetition_penalty": 1.1,
-        "truncate": 32267,
-        "return_full_text": False,
-        "details": True,
-    }
+    # The catalogue: max_new_tokens 512 (typical_p 0.2, repetition_penalty 1.1, truncate 32267 cannot cross).
+    expected_params: ClassVar[dict[str, Any]] = {"max_tokens": 512}
+
+    def base_url(self, fake: FakeUpstream) -> str:
+        return fake.url + "/v1"
 
     def sent_params(self, recorded_json: Any) -> dict[str, Any]:
-        return dict(recorded_json["parameters"])
+        return {k: v for k, v in recorded_json.items() if k not in _ENVELOPE}
 
-    async def stream_with(self, fakes: Fakes, model_id: str, request: ChatRequest) -> Any:
+    async def stream_with(self, fakes: Fakes, model: Any, request: ChatRequest) -> Any:
         async with new_session() as http:
-            provider = self.make(http, fakes.huggingface.url)
-            return await collect(provider.stream(catalogue_model(model_id), request))
+            return await collect(self.make(http, fakes.huggingface.url + "/v1").stream(model, request))
 
     @pytest.mark.anyio
-    async def test_request_shape(self, fakes: Fakes) -> None:
+    async def test_request_is_chat_completions_with_the_hub_id(self, fakes: Fakes) -> None:
         await self.run(fakes)
         sent = fakes.huggingface.last
-        assert sent.method == "POST"
-        assert sent.raw_path == "/models/Qwen/Qwen2.5-72B-Instruct"  # the slash is not encoded
+        assert sent.method == "POST" and sent.path == "/v1/chat/completions"
         assert sent.headers["authorization"] == "Bearer hf_test"
+        assert sent.json["model"] == "Qwen/Qwen2.5-72B-Instruct"
+        assert sent.json["messages"] == [{"role": m.role, "content": m.content} for m in MESSAGES]
         assert sent.json["stream"] is True
-        assert sent.json["inputs"] == render_prompt("chatml", MESSAGES)
-        assert sent.json["inputs"].startswith("<|im_start|>system\nYou are terse.<|im_end|>\n")
+        assert sent.json["stream_options"] == {"include_usage": True}
 
     @pytest.mark.anyio
-    async def test_the_special_end_token_is_not_text_but_html_is(self, fakes: Fakes) -> None:
-        got = await self.run(fakes, Reply(tokens=["<p>", "Hi", "</p>"], options={"eos": "<|im_end|>"}))
-        assert got.text == "<p>Hi</p>"
-        assert got.finish.reason == "stop"
-
-    @pytest.mark.anyio
-    async def test_every_parameter_within_tgi_ranges(self, fakes: Fakes) -> None:
+    async def test_tgi_parameters_are_dropped_and_reported_never_sent(self, fakes: Fakes) -> None:
         params = GenerationParams(
-            max_new_tokens=64,
-            temperature=0.7,
-            typical_p=0.5,
-            repetition_penalty=1.2,
-            truncate=1000,
-            top_p=0.9,
-            stop=("\n\n", "END"),
-            seed=2**63,  # TGI seeds are uint64
-            frequency_penalty=0.5,
-            presence_penalty=0.5,
+            max_new_tokens=64, temperature=0.7, top_p=0.9, typical_p=0.5, repetition_penalty=1.2, truncate=9, seed=3
         )
         async with new_session() as http:
-            provider = self.make(http, fakes.huggingface.url)
+            provider = self.make(http, fakes.huggingface.url + "/v1")
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request(params)))
-            assert provider.dropped_params(params) == ["presence_penalty"]
+            assert provider.dropped_params(params) == ["repetition_penalty", "truncate", "typical_p"]
         assert got.error is None
-        assert self.sent_params(fakes.huggingface.last.json) == {
-            "max_new_tokens": 64,
-            "temperature": 0.7,
-            "typical_p": 0.5,
-            "repetition_penalty": 1.2,
-            "truncate": 1000,
-            "top_p": 0.9,
-            "stop": ["\n\n", "END"],
-            "seed": 2**63,
-            "frequency_penalty": 0.5,
-            "return_full_text": False,
-            "details": True,
-        }
+        sent = self.sent_params(fakes.huggingface.last.json)
+        assert sent == {"max_tokens": 64, "temperature": 0.7, "top_p": 0.9, "seed": 3}
 
     @pytest.mark.anyio
-    async def test_values_tgi_rejects_are_translated_not_sent(self, fakes: Fakes) -> None:
-        # The fake validates like TGI: temperature 0, top_p 1.0 or typical_p 1.0 would be a validation error.
-        params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=1.0, typical_p=1.0)
-        got = await self.stream_with(fakes, self.model_id, self.request(params))
-        assert got.error is None
-        assert self.sent_params(fakes.huggingface.last.json) == {
-            "max_new_tokens": 8,
-            "do_sample": False,
-            "return_full_text": False,
-            "details": True,
-        }
+    @pytest.mark.parametrize(("routing", "sent"), [("fastest", ":fastest"), ("together", ":together"), ("auto", "")])
+    async def test_routing_is_a_suffix_on_the_model_id(self, fakes: Fakes, routing: str, sent: str) -> None:
+        model = dataclasses.replace(catalogue_model(self.model_id), routing=routing)
+        got = await self.stream_with(fakes, model, self.request())
+        assert got.text
+        assert fakes.huggingface.last.json["model"] == "Qwen/Qwen2.5-72B-Instruct" + sent
 
     @pytest.mark.anyio
-    async def test_validation_error_event_under_200_is_a_bad_request(self, fakes: Fakes) -> None:
-        params = GenerationParams(max_new_tokens=8, stop=("a", "b", "c", "d", "e"))  # TGI allows 4
-        got = await self.stream_with(fakes, self.model_id, self.request(params))
-        assert isinstance(got.error, UpstreamBadRequest)
-        assert "stop" in got.error.message and got.events == []
+    async def test_usage_is_reported_because_it_was_asked_for(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b"], usage=(40, 2)))
+        assert got.finish.usage == Usage(40, 2)
 
     @pytest.mark.anyio
-    @pytest.mark.parametrize(
-        ("error_type", "expected", "transient"),
-        [
-            ("validation", UpstreamBadRequest, False),
-            ("overloaded", UpstreamUnavailable, True),
-            ("generation", UpstreamError, False),
-            ("incomplete_generation_stream", UpstreamProtocolError, True),
-        ],
-    )
-    async def test_error_events_mid_stream(
-        self, fakes: Fakes, error_type: str, expected: type[UpstreamError], transient: bool
-    ) -> None:
-        got = await self.run(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2, code=error_type)))
-        assert got.text == "ab"
-        assert type(got.error) is expected
-        assert got.error.transient is transient
+    async def test_without_usage_the_estimate_renders_the_models_template(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b", "c"], options={"never_usage": True}))
+        assert got.finish.usage == Usage(estimate_tokens(render_prompt("chatml", MESSAGES)), 3, estimated=True)
 
     @pytest.mark.anyio
-    async def test_a_stream_without_generated_text_is_truncated(self, fakes: Fakes) -> None:
-        got = await self.run(fakes, Reply(tokens=["a", "b"], options={"no_end": True}))
-        assert got.text == "ab"
-        assert isinstance(got.error, UpstreamProtocolError) and "truncated" in got.error.message
+    async def test_reasoning_content_deltas_are_reasoning(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(reasoning=["Six", " it is."], tokens=["6"]))
+        assert got.reasoning == "Six it is."
+        assert got.text == "6"
 
     @pytest.mark.anyio
-    async def test_without_details_usage_is_estimated(self, fakes: Fakes) -> None:
-        got = await self.run(fakes, Reply(tokens=["a", "b"], usage=None))
-        assert got.text == "ab"
-        prompt = render_prompt("chatml", MESSAGES)
-        # Three token events (two + the end token); the prompt ≈ 4 characters a token.
-        assert got.finish.usage == Usage(-(-len(prompt) // 4), 3, estimated=True)
-        assert got.finish.reason == "stop"
+    async def test_a_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["<th", "ink>", "3+3", "</think>", "\n\n6"]))
+        assert got.reasoning == "3+3"
+        assert got.text == "6"  # the blank lines after </think> are not part of the answer
 
     @pytest.mark.anyio
-    async def test_cold_start_503_retry_after_comes_from_estimated_time(self, fakes: Fakes) -> None:
-        got = await self.run(fakes, Reply(fault=Fault.status(503, retry_after=170.3)))
-        assert isinstance(got.error, UpstreamUnavailable)
-        assert got.error.retry_after == pytest.approx(170.3)
-        assert "currently loading" in got.error.message
+    async def test_402_payment_required_keeps_the_routers_message(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(fault=Fault.status(402)))
+        assert type(got.error) is UpstreamError
+        assert got.error.status == 502 and not got.error.transient
+        assert "payment required" in got.error.message and "monthly included credits" in got.error.message
 
     @pytest.mark.anyio
-    async def test_unknown_model_is_not_available_upstream(self, fakes: Fakes) -> None:
+    async def test_a_model_no_provider_serves_is_not_available_upstream(self, fakes: Fakes) -> None:
         fakes.huggingface.models = {"google/gemma-2-27b-it"}
         got = await self.run(fakes)
         assert type(got.error) is UpstreamError
         assert "Qwen/Qwen2.5-72B-Instruct" in got.error.message and "not available upstream" in got.error.message
 
     @pytest.mark.anyio
-    async def test_deepseek_r1_reply_starts_in_reasoning(self, fakes: Fakes) -> None:
-        model_id = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
-        fakes.huggingface.script(Reply(tokens=["Let", " me", " think.", "</th", "ink>", "\n\n", "6"]))
-        got = await self.stream_with(fakes, model_id, ChatRequest(MESSAGES, catalogue_model(model_id).defaults))
-        assert got.reasoning == "Let me think."
-        assert got.text == "6"  # the blank lines after </think> only separated it
-        sent = fakes.huggingface.last.json
-        assert sent["inputs"].endswith("<\uff5cAssistant\uff5c><think>\n")  # full-width bars
-        assert sent["parameters"]["temperature"] == 0.6
+    async def test_model_not_supported_by_provider_400_is_a_bad_request_with_its_message(self, fakes: Fakes) -> None:
+        message = "The requested model 'Qwen/Qwen2.5-72B-Instruct' is not supported by provider 'nebius'."
+        got = await self.run(fakes, Reply(fault=Fault.status(400, message=message, code="model_not_supported")))
+        assert isinstance(got.error, UpstreamBadRequest) and got.error.status == 400
+        assert message in got.error.message
 
     @pytest.mark.anyio
-    async def test_a_conversation_the_template_refuses_is_a_bad_request_before_any_call(self, fakes: Fakes) -> None:
-        model_id = "mistralai/Mistral-7B-Instruct-v0.3"
-        request = ChatRequest((Message("user", "a"), Message("user", "b")))
-        async with new_session() as http:
-            stream = self.make(http, fakes.huggingface.url).stream(catalogue_model(model_id), request)
-            with pytest.raises(BadRequest, match="alternate"):
-                await anext(aiter(stream))
-        assert fakes.huggingface.requests == []
+    async def test_in_stream_error_event_after_tokens(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.error_after(1, code=503, message="busy")))
+        assert got.text == "a"
+        assert got.error is not None and got.error.status == 503 and "busy" in got.error.message
 
     @pytest.mark.anyio
-    async def test_no_probe(self, fakes: Fakes) -> None:
+    async def test_probe_reads_the_routers_free_listing(self, fakes: Fakes) -> None:
         async with new_session() as http:
-            assert await self.make(http, fakes.huggingface.url).probe([catalogue_model(self.model_id)]) is None
-        assert fakes.huggingface.requests == []
+            result = await self.make(http, fakes.huggingface.url + "/v1").probe([catalogue_model(self.model_id)])
+        assert result is not None and result.reachable
+        assert result.available_models is not None and "Qwen/Qwen2.5-72B-Instruct" in result.available_models
+        assert fakes.huggingface.last.path == "/v1/models"
+
+
+def test_the_per_model_route_is_the_routers_not_tgis(fakes: Fakes) -> None:
+    """``/models/{id}/v1/chat/completions`` answers Chat Completions; TGI's ``/models/{id}`` does not take it."""
+    body = {"model": "ignored", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    response = httpx.post(
+        fakes.huggingface.url + "/models/Qwen/Qwen2.5-72B-Instruct/v1/chat/completions",
+        json=body,
+        headers={"Authorization": "Bearer hf_test"},
+    )
+    assert response.status_code == 200
+    assert response.json()["object"] == "chat.completion"
+    assert response.json()["model"] == "Qwen/Qwen2.5-72B-Instruct"
 
 
 def test_registered() -> None:
-    assert PROVIDERS["huggingface"] is HuggingFace
+    assert PROVIDERS["huggingface"] is HuggingFaceRouter

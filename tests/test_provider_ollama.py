@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import pytest
@@ -83,10 +84,31 @@ class TestOllama(ProviderContract):
         assert "options" not in fakes.ollama.last.json
 
     @pytest.mark.anyio
-    async def test_go_escapes_and_thinking(self, fakes: Fakes) -> None:
-        got = await self.run(fakes, Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"]))
+    async def test_a_reasoning_model_is_asked_to_think_and_its_thinking_is_reasoning(self, fakes: Fakes) -> None:
+        model = dataclasses.replace(
+            catalogue_model(self.model_id), upstream_model="qwen3:0.6b", capabilities=frozenset({"reasoning"})
+        )
+        fakes.ollama.script(Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"]))
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.ollama.url).stream(model, self.request()))
+        assert fakes.ollama.last.json["think"] is True
         assert got.reasoning == "hmm <ok>"
-        assert got.text == "<b>&</b>"
+        assert got.text == "<b>&</b>"  # Go's \u003c escapes read right
+
+    @pytest.mark.anyio
+    async def test_other_models_never_get_think(self, fakes: Fakes) -> None:
+        # Real Ollama refuses think for a model that cannot (400 "... does not support thinking").
+        got = await self.run(fakes, Reply(reasoning=["hmm"], tokens=["ok"]))
+        assert "think" not in fakes.ollama.last.json
+        assert got.error is None and got.text == "ok" and got.reasoning == ""
+
+    @pytest.mark.anyio
+    async def test_think_for_a_model_that_cannot_is_refused_with_ollamas_message(self, fakes: Fakes) -> None:
+        model = dataclasses.replace(catalogue_model(self.model_id), capabilities=frozenset({"reasoning"}))
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.ollama.url).stream(model, self.request()))
+        assert isinstance(got.error, UpstreamBadRequest)
+        assert "does not support thinking" in got.error.message
 
     @pytest.mark.anyio
     async def test_missing_counts_are_zero(self, fakes: Fakes) -> None:

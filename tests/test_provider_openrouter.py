@@ -11,9 +11,10 @@ from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, Usa
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
-from modelgate.providers.openrouter import OpenRouter, OpenRouterStream, read_error
+from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
+from modelgate.providers.openrouter import OpenRouter
 from tests.fakes import Fakes, Fault, Reply
-from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect, free_port_url
+from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ProviderContract, catalogue_model, collect, free_port_url
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "stop", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "repeat_penalty")
@@ -102,8 +103,8 @@ class TestOpenRouter(ProviderContract):
         got = await self.run(fakes, Reply(tokens=["a", "b", "c"], usage=None))
         assert got.finish.usage is not None and got.finish.usage.estimated
         assert got.finish.usage.completion_tokens == 3
-        # ≈ 4 characters per token over the messages' text (36 characters here).
-        assert got.finish.usage.prompt_tokens == 9
+        # Each message ≈ 4 characters a token plus 4 of template, and 3 to prime the reply (OpenAI's rule).
+        assert got.finish.usage.prompt_tokens == ESTIMATED_PROMPT
 
     @pytest.mark.anyio
     @pytest.mark.parametrize(
@@ -160,10 +161,10 @@ class TestOpenRouter(ProviderContract):
 async def test_a_stream_cut_after_the_finish_chunk_but_before_done_is_complete() -> None:
     async with new_session() as http:
         upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
-        parser = OpenRouterStream(upstream, ChatRequest(MESSAGES))
+        parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
         events = parser.feed(b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}\n\n')
         events += parser.end()
-    assert events == [TextDelta("x"), Finish("length", Usage(9, 1, estimated=True))]
+    assert events == [TextDelta("x"), Finish("length", Usage(ESTIMATED_PROMPT, 1, estimated=True))]
 
 
 def test_registered() -> None:
@@ -176,7 +177,7 @@ async def test_tokens_and_an_error_in_one_read_deliver_the_tokens_first() -> Non
     # and the error is kept for the caller to raise after them (whatever the read boundaries were).
     async with new_session() as http:
         upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
-        parser = OpenRouterStream(upstream, ChatRequest(MESSAGES))
+        parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
         events = parser.feed(
             b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
             b'data: {"error":{"code":502,"message":"provider crashed"}}\n\n'

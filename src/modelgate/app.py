@@ -34,7 +34,7 @@ from modelgate.observer import RequestObserver
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
-from modelgate.settings import DEFAULT_BASE_URLS, Settings
+from modelgate.settings import Settings
 from modelgate.status import Prober, StatusBoard
 
 log = logging.getLogger("modelgate")
@@ -57,7 +57,7 @@ class GatewayState:
         self.metrics = Metrics()
         self.breakers = Breakers()
         self.status = StatusBoard()
-        self.redactor = RedactingFilter(secrets_of(settings))
+        self.redactor = RedactingFilter(self._secrets(catalogue))
         self.access_log = AccessLog(self.redactor)
         self.prober = Prober(self, settings.probe_interval)
         #: The usage ledger (``ledger.py``), when a database is configured.
@@ -77,6 +77,7 @@ class GatewayState:
         keys = load_keyring(self.settings, catalogue)  # a broken keys file keeps the old catalogue too
         self._catalogue = catalogue
         self.keys = keys
+        self.redactor.update(self._secrets(catalogue))
         if self.http is not None:
             self.providers = providers
 
@@ -88,21 +89,40 @@ class GatewayState:
         return catalogue
 
     def connection(self, provider: str, catalogue: Catalogue | None = None) -> Connection:
-        entry = (catalogue or self._catalogue).provider_entry(provider)
-        base_url = (
-            self.settings.base_url_overrides.get(provider) or entry.base_url or DEFAULT_BASE_URLS[provider]
-        ).rstrip("/")
+        """The connection of the provider instance ``provider``: base URL (environment, else the file, else
+        the kind's default), its credentials from the environment, its timeouts."""
+        instance = (catalogue or self._catalogue).instance(provider)
+        entry = instance.entry
+        base_url = self.settings.base_url_override(provider) or instance.base_url or ""
         return Connection(
-            base_url=base_url,
-            credentials=dict(self.settings.credentials.get(provider, {})),
+            base_url=base_url.rstrip("/"),
+            credentials=self.settings.credential_values(provider, instance.credential_variables),
             connect_timeout=entry.connect_timeout,
             first_token_timeout=entry.first_token_timeout,
             idle_timeout=entry.idle_timeout,
+            name=provider,
+            key_variable=instance.key_variable,
+            extra_params=instance.extra_params,
         )
+
+    def missing_credentials(self, provider: str) -> list[str]:
+        """The variables the instance ``provider`` needs that the environment does not set."""
+        variables = self._catalogue.instance(provider).credential_variables
+        return self.settings.missing_credentials(provider, variables)
 
     def _build_providers(self, catalogue: Catalogue) -> dict[str, Provider]:
         assert self.http is not None
-        return {name: cls(self.connection(name, catalogue), self.http) for name, cls in PROVIDERS.items()}
+        return {
+            name: PROVIDERS[instance.protocol](self.connection(name, catalogue), self.http)
+            for name, instance in catalogue.instances.items()
+        }
+
+    def _secrets(self, catalogue: Catalogue) -> list[str]:
+        """Every credential of every instance (its ``api_key_env`` included) and the API keys."""
+        values = secrets_of(self.settings)
+        for name, instance in catalogue.instances.items():
+            values += self.settings.credential_values(name, instance.credential_variables).values()
+        return values
 
     async def start(self) -> None:
         if self.ledger is not None:  # first: a database that cannot be used stops the start with nothing to close

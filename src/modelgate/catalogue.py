@@ -4,6 +4,11 @@ The catalogue file (TOML) is the only place models are declared. Loading does al
 validation with messages that name the file, the model and the field; the ``GET /models`` document
 with the seed's orders; its JSON body, gzip body and ETag; the route table that the chat routes
 resolve through. Listing and calling share that table, so a listed model is always routable.
+
+Providers are *instances*: ``[providers.NAME]`` with a ``kind`` (the wire protocol family), a base URL and
+the name of the variable holding its key. The four seed names always exist, as instances of their own
+kind; further instances (a self-hosted TGI, a vLLM or llama.cpp server, ...) are declared by name, and a
+model's ``provider`` names the instance that serves it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from modelgate.chat import GenerationParams
 from modelgate.errors import CatalogueError, NotFound
-from modelgate.schema import Endpoints, ModelParameters
+from modelgate.instances import PROVIDER_NAMES, Instance, ProviderEntry, build_instances, check_routing
+from modelgate.schema import ModelParameters
 from modelgate.templates import TEMPLATE_NAMES
 
-#: The providers the seed's ``endpoints`` object knows, in its key order.
-PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
+__all__ = [
+    "PROVIDER_NAMES",
+    "SAFE_SEGMENT",
+    "Catalogue",
+    "CatalogueModel",
+    "Instance",
+    "ModelEntry",
+    "ProviderEntry",
+    "default_catalogue_path",
+    "describe_validation_error",
+    "load_catalogue",
+    "parse_catalogue",
+]
 
 #: A name usable as one URL path segment without escaping (and never "." or "..").
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -112,6 +129,8 @@ class ModelEntry(BaseModel):
     context_length: Annotated[int | None, Field(gt=0)] = None
     fallbacks: list[str] = Field(default_factory=list, description="Other models tried in order")
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    routing: str | None = Field(default=None, description="Hugging Face router policy; wins over the instance's")
+    capabilities: list[Literal["tools", "json", "vision", "reasoning"]] = Field(default_factory=list)
     pricing: PricingEntry | None = Field(default=None, description="Prices per million tokens (optional)")
 
     @field_validator("publisher", "name")
@@ -121,41 +140,24 @@ class ModelEntry(BaseModel):
             raise ValueError(f"{value!r} is not safe as a URL path segment (use letters, digits, '.', '_', '~', '-')")
         return value
 
-    @field_validator("provider")
+    @field_validator("template")
     @classmethod
-    def _known_provider(cls, value: str) -> str:
-        if value not in PROVIDER_NAMES:
-            raise ValueError(f"unknown provider {value!r} (known: {', '.join(PROVIDER_NAMES)})")
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in TEMPLATE_NAMES:
+            raise ValueError(f"unknown template {value!r} (known: {', '.join(TEMPLATE_NAMES)})")
         return value
 
-    @model_validator(mode="after")
-    def _template_fits_provider(self) -> ModelEntry:
-        if self.provider == "huggingface":
-            if self.template is None:
-                raise ValueError(f"template: required for huggingface models (one of: {', '.join(TEMPLATE_NAMES)})")
-            if self.template not in TEMPLATE_NAMES:
-                raise ValueError(f"template: unknown template {self.template!r} (known: {', '.join(TEMPLATE_NAMES)})")
-        elif self.template is not None:
-            raise ValueError(f"template: only huggingface models take a template (provider is {self.provider!r})")
-        return self
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, value: str | None) -> str | None:
+        return check_routing(value)
 
-
-class ProviderEntry(BaseModel):
-    model_config = _closed
-
-    base_url: str | None = None
-    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
-    first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
-    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
-    max_concurrency: Annotated[int | None, Field(gt=0)] = None
-    # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
-    max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
-    retry_base_delay: Annotated[float, Field(gt=0, description="Backoff base, seconds (doubles per retry)")] = 0.25
-    retry_max_delay: Annotated[float, Field(gt=0, description="Backoff cap; a longer Retry-After is not waited")] = 4.0
-    breaker_threshold: Annotated[int, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
-    breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
-    breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
-    probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
+    @field_validator("capabilities")
+    @classmethod
+    def _unique_capabilities(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each capability at most once")
+        return value
 
 
 class ServerEntry(BaseModel):
@@ -176,10 +178,13 @@ class CatalogueFile(BaseModel):
 
     @field_validator("providers")
     @classmethod
-    def _known_providers(cls, value: dict[str, ProviderEntry]) -> dict[str, ProviderEntry]:
+    def _instance_names(cls, value: dict[str, ProviderEntry]) -> dict[str, ProviderEntry]:
         for name in value:
-            if name not in PROVIDER_NAMES:
-                raise ValueError(f"unknown provider {name!r} (known: {', '.join(PROVIDER_NAMES)})")
+            if not SAFE_SEGMENT.match(name):
+                raise ValueError(
+                    f"provider {name!r}: the name is not safe as a URL path segment "
+                    "(use letters, digits, '.', '_', '~', '-')"
+                )
         return value
 
 
@@ -214,6 +219,9 @@ class CatalogueModel:
     max_concurrency: int | None
     #: Parameter values as written in the file (ints stay ints), in the seed's key order.
     wire_parameters: Mapping[str, Any]
+    #: Hugging Face router policy (the model's, else its instance's); "auto" or None sends no suffix.
+    routing: str | None = None
+    capabilities: frozenset[str] = frozenset()
     pricing: Pricing | None = None
 
     @property
@@ -258,11 +266,15 @@ class Catalogue:
     declared: tuple[CatalogueModel, ...]
     providers: Mapping[str, ProviderEntry]
     server: ServerEntry
+    #: Every provider instance by name: the seed's four, then the file's further ones.
+    instances: Mapping[str, Instance] = field(default_factory=dict)
     by_id: Mapping[str, CatalogueModel] = field(init=False)
     #: ``/api/ai/{first}/{second}/chat`` → model: both the advertised form and the publisher form.
     routes: Mapping[tuple[str, str], CatalogueModel] = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.instances:
+            object.__setattr__(self, "instances", build_instances(self.providers, self.source))
         object.__setattr__(self, "by_id", {m.id: m for m in self.models})
         object.__setattr__(self, "routes", _route_table(self.source, self.models))
 
@@ -294,6 +306,9 @@ class Catalogue:
     def provider_entry(self, provider: str) -> ProviderEntry:
         return self.providers.get(provider) or ProviderEntry()
 
+    def instance(self, name: str) -> Instance:
+        return self.instances[name]
+
     # -- the GET /models document, built once --
 
     @cached_property
@@ -301,9 +316,10 @@ class Catalogue:
         configurations: dict[str, dict[str, Any]] = {}
         for model in self.declared:
             configurations.setdefault(model.publisher, {})[model.name] = model.configuration()
+        # The seed's four keys always, in its order; then one per further instance that serves a model.
         endpoints: dict[str, list[str]] = {name: [] for name in PROVIDER_NAMES}
         for model in self.models:
-            endpoints[model.provider].append(model.endpoint)
+            endpoints.setdefault(model.provider, []).append(model.endpoint)
         return {"configurations": configurations, "models": [m.id for m in self.models], "endpoints": endpoints}
 
     @cached_property
@@ -360,10 +376,11 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
     except ValidationError as exc:
         raise CatalogueError(_describe(exc, raw, source)) from None
 
+    instances = build_instances(parsed.providers, source)
     declared: list[CatalogueModel] = []
     seen: dict[str, int] = {}
     for position, entry in enumerate(parsed.models, start=1):
-        model = _build_model(entry)
+        model = _build_model(entry, _model_instance(entry, instances, source))
         if model.id in seen:
             raise CatalogueError(
                 f"{source}: model '{model.id}': publisher/name: declared twice (models #{seen[model.id]} and "
@@ -398,10 +415,42 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
         declared=tuple(declared),
         providers=parsed.providers,
         server=parsed.server,
+        instances=instances,
     )
 
 
-def _build_model(entry: ModelEntry) -> CatalogueModel:
+def _model_instance(entry: ModelEntry, instances: Mapping[str, Instance], source: str) -> Instance:
+    """The instance serving ``entry``, after the checks that need both (template, routing, reasoning)."""
+    where = f"{source}: model '{entry.publisher}/{entry.name}'"
+    instance = instances.get(entry.provider)
+    if instance is None:
+        raise CatalogueError(
+            f"{where}: provider: unknown provider {entry.provider!r} (known: {', '.join(instances)}; "
+            "declare further ones as [providers.NAME] with a kind)"
+        )
+    if instance.kind == "huggingface":
+        if instance.api == "tgi" and entry.template is None:
+            raise CatalogueError(
+                f'{where}: template: required for models of a huggingface provider with api "tgi" '
+                f"({entry.provider!r}; one of: {', '.join(TEMPLATE_NAMES)})"
+            )
+    elif entry.template is not None and instance.kind != "openai":
+        # On the router and an openai server the server applies its own template; ours only makes the usage
+        # estimate count the prompt as the server will, when it reports no usage.
+        raise CatalogueError(
+            f"{where}: template: only huggingface and openai models take a template "
+            f"(provider {entry.provider!r} is of kind {instance.kind!r})"
+        )
+    if entry.routing is not None and instance.api != "router":
+        raise CatalogueError(
+            f"{where}: routing: only models of a Hugging Face router provider route "
+            f"(provider {entry.provider!r} is of kind {instance.kind!r}"
+            + (f", api {instance.api!r})" if instance.api else ")")
+        )
+    return instance
+
+
+def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
     params = entry.configuration.parameters
     written = params.model_dump(exclude_none=True)
     wire = {key: written[key] for key in _PARAMETER_ORDER if key in written}
@@ -419,6 +468,8 @@ def _build_model(entry: ModelEntry) -> CatalogueModel:
         fallbacks=tuple(entry.fallbacks),
         max_concurrency=entry.max_concurrency,
         wire_parameters=wire,
+        routing=entry.routing or instance.routing,
+        capabilities=frozenset(entry.capabilities),
         pricing=Pricing(entry.pricing.input, entry.pricing.output) if entry.pricing is not None else None,
     )
 

@@ -132,7 +132,7 @@ async def _open_model(
 ) -> StreamStart:
     """One model: breaker, then attempts with retries, until its first event or a final error."""
     metrics = state.metrics
-    missing = state.settings.missing_credentials(model.provider)
+    missing = state.missing_credentials(model.provider)
     if missing:
         error = ProviderNotConfigured(model.provider, missing)
         attempts.append((model.id, error.message))

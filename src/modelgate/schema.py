@@ -1,15 +1,17 @@
 """The wire contract of ``GET /models``, as the seed document defines it.
 
-These are the seed's Python models, field for field. One deliberate deviation: the seed imports
+These are the seed's Python models, field for field. Two deliberate deviations: the seed imports
 ``typing.TypedDict``, which pydantic refuses before Python 3.12, so ``Endpoints`` uses
-``typing_extensions.TypedDict`` with the same fields. No logic lives here.
+``typing_extensions.TypedDict`` with the same fields; and ``Endpoints`` allows further keys, one per
+further provider instance of the catalogue (issue 10: the seed's four keys are always there, in its
+order, and a catalogue that declares more instances adds theirs after them). No logic lives here.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 
@@ -44,6 +46,7 @@ class ModelConfiguration(BaseModel):
     configuration: ModelConfigurationData
 
 
+@with_config(ConfigDict(extra="allow"))
 class Endpoints(TypedDict):
     huggingface: list[str]
     cloudflare: list[str]

@@ -1,31 +1,44 @@
 """Environment → one frozen ``Settings``. Read once by ``create_app()`` or the CLI, never at import.
 
 Provider credentials come only from the environment; base URLs from the environment win over the
-catalogue file's ``[providers.*]`` tables.
+catalogue file's ``[providers.*]`` tables. A provider *instance* (``[providers.NAME]``, see catalogue.py)
+names the variable holding its key (``api_key_env``) and takes its base URL from
+``MODELGATE_<NAME>_BASE_URL``; both are looked up here, in the environment read once by ``from_env``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Built-in upstream base URLs (the catalogue file and then the environment override them).
+#: Built-in upstream base URLs per provider kind (the catalogue file and then the environment override
+#: them). The ``openai`` kind and Hugging Face's ``tgi`` API have none: their entry must name one.
 DEFAULT_BASE_URLS: Mapping[str, str] = {
-    "huggingface": "https://router.huggingface.co/hf-inference",
+    # Hugging Face's router: OpenAI Chat Completions at {base}/chat/completions, as both official clients
+    # call it (huggingface_hub _providers/_common.py, @huggingface/inference config.ts HF_ROUTER_AUTO_ENDPOINT).
+    "huggingface": "https://router.huggingface.co/v1",
     "cloudflare": "https://api.cloudflare.com/client/v4",
     "openrouter": "https://openrouter.ai/api/v1",
     "ollama": "http://127.0.0.1:11434",
 }
 
-#: Environment variables holding each provider's credentials (all must be set for it to be configured).
+#: Environment variables holding each provider kind's credentials (all must be set for it to be
+#: configured). The last one is the bearer key, which an instance's ``api_key_env`` renames.
 CREDENTIAL_VARIABLES: Mapping[str, tuple[str, ...]] = {
     "huggingface": ("HF_TOKEN",),
     "cloudflare": ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN"),
     "openrouter": ("OPENROUTER_API_KEY",),
     "ollama": (),
+    "openai": (),
 }
+
+
+def base_url_variable(instance: str) -> str:
+    """``MODELGATE_<NAME>_BASE_URL`` for an instance name (upper-cased, ``-``, ``.`` and ``~`` → ``_``)."""
+    return "MODELGATE_" + re.sub(r"[-.~]", "_", instance).upper() + "_BASE_URL"
 
 
 def ollama_base_url(ollama_host: str | None) -> str:
@@ -74,10 +87,13 @@ def database_url(given: str | None, config_path: Path | None) -> str | None:
 @dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
-    #: Provider name → base URL from the environment (wins over the catalogue file).
+    #: Provider instance name → base URL from the environment (wins over the catalogue file).
     base_url_overrides: Mapping[str, str] = field(default_factory=dict)
-    #: Provider name → {variable: value} of the credentials found in the environment.
+    #: Provider instance name → {variable: value} of the credentials found in the environment.
     credentials: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: The process environment as ``from_env`` read it, for the variables the catalogue names
+    #: (``api_key_env``, ``MODELGATE_<NAME>_BASE_URL`` of a further instance). Never printed.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     api_keys: tuple[str, ...] = ()
     redis_url: str | None = None
     cache_max_age: int | None = None
@@ -116,6 +132,7 @@ class Settings:
         }
         origins = env.get("MODELGATE_CORS_ORIGINS")
         values: dict[str, object] = {
+            "environ": dict(env),
             "config_path": Path(env["MODELGATE_CONFIG"]) if env.get("MODELGATE_CONFIG") else None,
             "base_url_overrides": base_urls,
             "credentials": credentials,
@@ -145,6 +162,30 @@ class Settings:
             )
         return cls(**values)  # type: ignore[arg-type]
 
-    def missing_credentials(self, provider: str) -> list[str]:
-        found = self.credentials.get(provider, {})
-        return [name for name in CREDENTIAL_VARIABLES.get(provider, ()) if name not in found]
+    def base_url_override(self, instance: str) -> str | None:
+        """The instance's base URL from the environment, if any (``base_url_overrides`` first)."""
+        found = self.base_url_overrides.get(instance) or self.environ.get(base_url_variable(instance))
+        return found.rstrip("/") if found else None
+
+    def credential_values(self, instance: str, variables: Iterable[str]) -> dict[str, str]:
+        """``{variable: value}`` for the ``variables`` that are set: the instance's own credentials first,
+        then any provider's (one ``HF_TOKEN`` serves every Hugging Face instance), then the environment."""
+        found: dict[str, str] = {}
+        own = self.credentials.get(instance, {})
+        for name in variables:
+            value = own.get(name) or self._any_credential(name) or self.environ.get(name)
+            if value:
+                found[name] = value
+        return found
+
+    def _any_credential(self, name: str) -> str | None:
+        for values in self.credentials.values():
+            if values.get(name):
+                return values[name]
+        return None
+
+    def missing_credentials(self, provider: str, variables: Iterable[str] | None = None) -> list[str]:
+        """The credential variables of ``provider`` (an instance; by default its kind's variables) not set."""
+        names = tuple(CREDENTIAL_VARIABLES.get(provider, ()) if variables is None else variables)
+        found = self.credential_values(provider, names)
+        return [name for name in names if name not in found]

@@ -157,12 +157,11 @@ class StatusBoard:
     def snapshot(
         self, catalogue: Catalogue, settings: Settings, breakers: Breakers, scrub: Callable[[str], str] = str
     ) -> dict[str, Any]:
-        from modelgate.catalogue import PROVIDER_NAMES
-
         now = self.clock()
         providers: dict[str, dict[str, Any]] = {}
-        for name in PROVIDER_NAMES:
-            status, reason = self._provider_status(name, now, settings, breakers)
+        for name, instance in catalogue.instances.items():  # the seed's four, then further instances
+            missing = settings.missing_credentials(name, instance.credential_variables)
+            status, reason = self._provider_status(name, now, missing, breakers)
             providers[name] = {
                 "status": status,
                 "last_checked_at": self._last_checked(self._providers.get(name), self._probes.get(name)),
@@ -183,9 +182,8 @@ class StatusBoard:
         return {"status": overall, "providers": providers, "models": models}
 
     def _provider_status(
-        self, name: str, now: float, settings: Settings, breakers: Breakers
+        self, name: str, now: float, missing: list[str], breakers: Breakers
     ) -> tuple[Status, str | None]:
-        missing = settings.missing_credentials(name)
         if missing:
             return "unconfigured", f"set {' and '.join(missing)}"
         breaker = breakers.peek(name)
@@ -276,7 +274,7 @@ class Prober:
         await asyncio.gather(*(self._probe(name, models) for name, models in by_provider.items()))
 
     async def _probe(self, name: str, models: list[CatalogueModel]) -> None:
-        if self.state.settings.missing_credentials(name):
+        if self.state.missing_credentials(name):
             return  # unconfigured: a probe would only fail authentication
         provider = self.state.providers.get(name)
         if provider is None:

@@ -25,6 +25,7 @@ from tests.fakes._base import PROMPT_TOKENS, QUIET_DROPS, FakeUpstream, Fault, R
 from tests.fakes.cloudflare import FakeCloudflare
 from tests.fakes.huggingface import FakeHuggingFace
 from tests.fakes.ollama import FakeOllama
+from tests.fakes.openai_compatible import FakeOpenAI
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.servers import serve_in_thread
 
@@ -34,6 +35,7 @@ __all__ = [
     "FakeCloudflare",
     "FakeHuggingFace",
     "FakeOllama",
+    "FakeOpenAI",
     "FakeOpenRouter",
     "FakeUpstream",
     "Fakes",
@@ -49,6 +51,9 @@ CREDENTIALS: dict[str, dict[str, str]] = {
     "cloudflare": {"CLOUDFLARE_ACCOUNT_ID": cloudflare.ACCOUNT, "CLOUDFLARE_API_TOKEN": cloudflare.TOKEN},
     "openrouter": {"OPENROUTER_API_KEY": openrouter.TOKEN},
     "ollama": {},
+    "openai": {},
+    # The TGI protocol of the huggingface kind (api = "tgi"): the same token, the same fake.
+    "tgi": {"HF_TOKEN": huggingface.TOKEN},
 }
 
 
@@ -58,16 +63,26 @@ class Fakes:
     cloudflare: FakeCloudflare
     openrouter: FakeOpenRouter
     ollama: FakeOllama
+    #: A stand-alone OpenAI-compatible server (the ``openai`` kind; no instance of the default catalogue).
+    openai: FakeOpenAI
 
     def all(self) -> tuple[FakeUpstream, ...]:
-        return (self.huggingface, self.cloudflare, self.openrouter, self.ollama)
+        return (self.huggingface, self.cloudflare, self.openrouter, self.ollama, self.openai)
+
+    @property
+    def tgi(self) -> FakeHuggingFace:
+        """TGI is served by the Hugging Face fake, at its root."""
+        return self.huggingface
 
     def __getitem__(self, provider: str) -> FakeUpstream:
         fake: FakeUpstream = getattr(self, provider)
         return fake
 
     def base_urls(self) -> dict[str, str]:
-        return {fake.name: fake.url for fake in self.all()}
+        """The seed instances' base URLs (the HF router's ``/v1`` included) and the ``openai`` fake's."""
+        urls = {fake.name: fake.url for fake in self.all()}
+        urls["huggingface"] = self.huggingface.url + "/v1"
+        return urls
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing a modelgate service at the fakes, with their credentials."""
@@ -91,7 +106,7 @@ class Fakes:
 @contextmanager
 def running_fakes() -> Iterator[Fakes]:
     """Start the four fakes on loopback ports; stop them on exit."""
-    fakes = Fakes(FakeHuggingFace(), FakeCloudflare(), FakeOpenRouter(), FakeOllama())
+    fakes = Fakes(FakeHuggingFace(), FakeCloudflare(), FakeOpenRouter(), FakeOllama(), FakeOpenAI())
     uvicorn_errors = logging.getLogger("uvicorn.error")
     uvicorn_errors.addFilter(QUIET_DROPS)  # a scripted drop_after is not an error worth a traceback
     try:

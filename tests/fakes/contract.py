@@ -36,6 +36,10 @@ MESSAGES = (
     Message("assistant", "4."),
     Message("user", "And 3+3?"),
 )
+#: The prompt estimate for ``MESSAGES`` when a server reports no usage: per message its text at ~4 characters
+#: a token plus 4 tokens of template, and 3 to prime the reply (OpenAI's documented rule): 4 messages, 36 characters.
+ESTIMATED_PROMPT = sum(4 + -(-len(m.content) // 4) for m in MESSAGES) + 3
+
 #: Multi-byte characters of 2, 3 and 4 bytes, and Go-escaped characters for Ollama.
 UNICODE_TOKENS = ("Ça", " fait", " 6 ", "€", " 🙂", " <b>&</b>", " 中文")
 
@@ -101,6 +105,10 @@ class ProviderContract:
     def fake(self, fakes: Fakes) -> FakeUpstream:
         return fakes[self.provider.name]
 
+    def base_url(self, fake: FakeUpstream) -> str:
+        """The base URL the adapter is configured with (the HF router's is the fake's ``/v1``)."""
+        return fake.url
+
     def sent_params(self, recorded_json: Any) -> dict[str, Any]:
         """The parameters as the fake received them, under the provider's names."""
         raise NotImplementedError
@@ -132,7 +140,7 @@ class ProviderContract:
         if reply is not None:
             fake.script(reply)
         async with new_session() as http:
-            provider = self.make(http, fake.url, **make)
+            provider = self.make(http, self.base_url(fake), **make)
             return await collect(provider.stream(catalogue_model(self.model_id), self.request()))
 
     # -- the contract ---------------------------------------------------------------------------
@@ -224,7 +232,7 @@ class ProviderContract:
         fake = self.fake(fakes)
         fake.script(Reply(fault=Fault.hang()))
         async with new_session() as http:
-            provider = self.make(http, fake.url, first_token_timeout=0.3)
+            provider = self.make(http, self.base_url(fake), first_token_timeout=0.3)
             got = await collect(provider.stream(catalogue_model(self.model_id), self.request()))
             # Seen while our client (and its connection pool) is still open: the call itself was closed.
             assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1
@@ -270,7 +278,7 @@ class ProviderContract:
         fake = self.fake(fakes)
         fake.script(Reply(tokens=[f"t{i}" for i in range(200)], delay=0.02))
         async with new_session() as http:
-            provider = self.make(http, fake.url)
+            provider = self.make(http, self.base_url(fake))
             stream = provider.stream(catalogue_model(self.model_id), self.request())
             first = await anext(aiter(stream))
             assert first[0] == TextDelta("t0")

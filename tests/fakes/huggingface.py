@@ -1,4 +1,12 @@
-"""Fake Hugging Face text-generation (TGI) upstream, as the HF router and TGI itself speak it.
+"""Fake Hugging Face: the router's Chat Completions and a text-generation (TGI) server, on one port.
+
+Router (huggingface_hub ``_providers/_common.py``; ``@huggingface/inference`` ``config.ts``):
+``POST /v1/chat/completions`` (the model in the body, optionally with a ``:fastest``/``:cheapest``/
+``:<provider>`` suffix), the per-model ``POST /models/{id}/v1/chat/completions``, and the free listing
+``GET /v1/models`` — OpenAI framing by ``openai_compatible.ChatCompletionsServer`` (usage only when
+``stream_options.include_usage`` asks). Configure the ``huggingface`` kind with ``url + "/v1"``.
+
+TGI (``api = "tgi"``, configured with ``url``):
 
 Framing (providers.md §1.5): ``data:{…}`` with **no** space after the colon (axum), one event per
 token, the last event carries ``generated_text`` (and ``details`` when asked), the end token is
@@ -20,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+from tests.fakes.openai_compatible import ChatCompletionsServer
 
 TOKEN = "hf_test"
 
@@ -29,12 +38,37 @@ class FakeHuggingFace(FakeUpstream):
     #: The bearer token this fake accepts (None: any).
     token: str | None = TOKEN
 
+    listed_by_default = (
+        "Qwen/Qwen2.5-72B-Instruct",
+        "Qwen/Qwen2.5-Coder-32B-Instruct",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+        "mistralai/Mistral-Nemo-Instruct-2407",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        "google/gemma-2-27b-it",
+        "microsoft/Phi-3-mini-4k-instruct",
+    )
+
+    def __init__(self) -> None:
+        self.router = ChatCompletionsServer(self, token=TOKEN, owned_by="huggingface")
+        super().__init__()
+
     def routes(self) -> list[BaseRoute]:
-        # §1.1: the same handler behind every front door.
-        return [
+        # The router's routes first: the per-model chat route must not be taken by TGI's /models/{id}.
+        router = [
+            Route("/v1/chat/completions", self.router_chat, methods=["POST"]),
+            Route("/models/{model_id:path}/v1/chat/completions", self.router_chat, methods=["POST"]),
+            Route("/v1/models", self.router.list_models, methods=["GET"]),
+        ]
+        # §1.1: the same TGI handler behind every front door.
+        tgi = [
             Route(path, self.generate, methods=["POST"])
             for path in ("/", "/generate", "/generate_stream", "/models/{model_id:path}")
-        ] + [Route("/health", self.health, methods=["GET"])]
+        ]
+        return [*router, *tgi, Route("/health", self.health, methods=["GET"])]
+
+    async def router_chat(self, request: Request) -> Response:
+        self.router.token = self.token
+        return await self.router.chat(request, model=request.path_params.get("model_id"))
 
     async def health(self, request: Request) -> Response:
         return Response(b"", status_code=200)
@@ -64,6 +98,16 @@ class FakeHuggingFace(FakeUpstream):
                 return json_error(422, {"error": problem, "error_type": "validation"})
             text = "".join(reply.tokens)
             answer: dict[str, Any] = {"generated_text": text}
+            usage = self.usage_of(reply, len(reply.tokens))
+            if params.get("details") is True and usage is not None:
+                # TGI's Details on a non-stream call too (huggingface_hub TextGenerationOutput.details).
+                answer["details"] = {
+                    "finish_reason": "eos_token" if reply.finish == "stop" else "length",
+                    "generated_tokens": usage[1],
+                    "seed": None,
+                    "prefill": [],
+                    "tokens": [],
+                }
             return JSONResponse(answer if request.url.path == "/generate" else [answer])
         if problem:  # streaming routes report even validation under HTTP 200
             frames = Frames([], [], [b"data:" + dumps({"error": problem, "error_type": "validation"}) + b"\n\n"])

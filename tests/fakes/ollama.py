@@ -5,11 +5,14 @@ Framing (§4.2): NDJSON (``application/x-ndjson``), one object per line, the las
 reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's encoder writes it:
 ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
-after lines were sent (``error_after``), with no ``done`` line (§4.5).
+after lines were sent (``error_after``), with no ``done`` line (§4.5). Thinking as real Ollama does it:
+``message.thinking`` only when the request says ``think: true``, and ``think`` refused with 400
+"… does not support thinking" for a model not in ``thinking_models``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -38,6 +41,8 @@ def go_json(value: Any) -> bytes:
 class FakeOllama(FakeUpstream):
     name = "ollama"
     listed_by_default = ("mollysama/rwkv-6-world:1.6b", "llama3.2:latest")
+    #: Models that can think (real Ollama: the model's capabilities include "thinking").
+    thinking_models: frozenset[str] = frozenset({"qwen3:0.6b", "deepseek-r1:1.5b"})
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -78,13 +83,20 @@ class FakeOllama(FakeUpstream):
             return self.error(400, "model is required")
         if not self.serves(model):
             return self.error(404, f'model "{model}" not found, try pulling it first')
+        think = body.get("think") is True
+        if think and model not in self.thinking_models:
+            return self.error(400, f'"{model}" does not support thinking')
         reply = self.next_reply()
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
+        if not think:  # real Ollama only thinks when asked
+            reply = replace(reply, reasoning=())
         if body.get("stream") is False:
             final = self._final(model, reply)
             final["message"]["content"] = "".join(reply.tokens)
+            if reply.reasoning:
+                final["message"]["thinking"] = "".join(reply.reasoning)
             return Response(go_json(final), media_type="application/json; charset=utf-8")
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="application/x-ndjson")
 

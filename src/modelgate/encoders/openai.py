@@ -47,9 +47,15 @@ _ENDED_EARLY = "the reply ended before it finished"
 _ENDED_WITH_ERROR = "the provider ended the reply with an error"
 
 
+#: Response header saying the usage was counted by modelgate, not reported by the provider (non-stream
+#: replies; a stream marks its usage chunk instead, the header being gone before the usage is known).
+USAGE_HEADER = "X-Modelgate-Usage"
+
+
 def usage_object(usage: Usage) -> dict[str, Any]:
     """OpenAI's usage object; ``completion_tokens_details.reasoning_tokens`` only when the upstream reported
-    it (a missing field says "unknown"; a 0 we made up would say "no reasoning")."""
+    it (a missing field says "unknown"; a 0 we made up would say "no reasoning"); an estimate (the provider
+    reported none) carries ``"estimated": true``, a non-standard field SDKs keep."""
     body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -57,6 +63,8 @@ def usage_object(usage: Usage) -> dict[str, Any]:
     }
     if usage.reasoning_tokens is not None:
         body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    if usage.estimated:
+        body["estimated"] = True
     return body
 
 

@@ -54,6 +54,7 @@ from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 from modelgate.chat import Message, StreamEvent
 from modelgate.deadline import Deadline
 from modelgate.errors import (
+    BadRequest,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
@@ -63,6 +64,7 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.templates import render_prompt
 
 #: Upstream error messages are clipped to this many characters before they reach a client or a log.
 MAX_MESSAGE = 500
@@ -136,8 +138,26 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def estimate_prompt_tokens(messages: Iterable[Message]) -> int:
-    return estimate_tokens("".join(message.content for message in messages))
+#: A chat prompt is more than its texts: the template wraps each message in role markers and delimiters
+#: and primes the reply. OpenAI documents ~4 tokens per message (role and delimiters) and 3 to prime the
+#: reply (openai-cookbook, "How to count tokens with tiktoken", ``num_tokens_from_messages``).
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+
+
+def estimate_prompt_tokens(messages: Iterable[Message], template: str | None = None) -> int:
+    """The prompt tokens a server would count for ``messages``, when it reports none (marked ``estimated``).
+
+    With the model's chat template known, the rendered prompt is counted (its markers included, as the
+    server tokenizes them); otherwise each message costs its text plus the documented per-message overhead.
+    """
+    messages = tuple(messages)
+    if template:
+        try:
+            return estimate_tokens(render_prompt(template, messages))
+        except BadRequest:
+            pass  # a conversation the template refuses: fall back to the overhead rule
+    return sum(TOKENS_PER_MESSAGE + estimate_tokens(m.content) for m in messages) + TOKENS_PER_REPLY
 
 
 def parse_json(data: str | bytes) -> Any:
@@ -359,6 +379,9 @@ class Upstream:
             cls, text = UpstreamAuthError, f"our credentials were refused (HTTP 401); check {variables}"
         elif status == 403:
             cls, text = UpstreamAuthError, f"access denied (HTTP 403): {message}"
+        elif status == 402:
+            # Out of credits (Hugging Face, OpenRouter): a retry will not cure it, the account owner must.
+            text, transient = f"payment required (HTTP 402): {message}", False
         elif status == 429:
             cls, text = UpstreamRateLimited, f"rate limited: {message}"
         elif status == 503:
@@ -434,7 +457,7 @@ class HttpProvider(Provider):
 
     def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         super().__init__(connection, http)
-        self.upstream = Upstream(self.name, connection, http, self.read_error)
+        self.upstream = Upstream(connection.name or self.name, connection, http, self.read_error)
 
     @staticmethod
     @abstractmethod

@@ -31,6 +31,16 @@ class Connection:
     first_token_timeout: float = 60.0
     #: Seconds allowed between two chunks once the reply streams; there is no total deadline.
     idle_timeout: float = 60.0
+    #: The provider instance this connects (errors and logs name it); empty: the adapter's kind.
+    name: str = ""
+    #: Which of ``credentials`` is the bearer key (an instance's ``api_key_env``); None: the kind's own.
+    key_variable: str | None = None
+    #: ``openai`` kind: further parameters the instance's server takes, ours → its wire name (``extra_params``).
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+
+    def api_key(self, default_variable: str) -> str:
+        """The bearer key: the instance's ``api_key_env`` value, else the kind's own variable's."""
+        return self.credentials.get(self.key_variable or default_variable, "")
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class ProbeResult:
 
 
 class Provider(ABC):
-    #: Registry key; equals the catalogue's ``provider`` value.
+    #: Registry key: the protocol (a provider kind, or "tgi"); the instance name is ``connection.name``.
     name: ClassVar[str]
     #: ``GenerationParams`` fields this provider's protocol can carry; others are dropped and reported.
     supported_params: ClassVar[frozenset[str]]
@@ -53,9 +63,15 @@ class Provider(ABC):
         self.connection = connection
         self.http = http
 
+    @property
+    def carried_params(self) -> frozenset[str]:
+        """The parameters this instance carries upstream: its kind's, plus any its entry maps."""
+        return self.supported_params
+
     def dropped_params(self, params: GenerationParams) -> list[str]:
         """The set parameters this provider cannot honour, sorted (reported in a response header)."""
-        return sorted(name for name in params.set_fields() if name not in self.supported_params)
+        carried = self.carried_params
+        return sorted(name for name in params.set_fields() if name not in carried)
 
     @abstractmethod
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:

@@ -147,7 +147,7 @@ class Cloudflare(HttpProvider):
         return f"{self.connection.base_url}/accounts/{account}/ai"
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.connection.credentials.get('CLOUDFLARE_API_TOKEN', '')}"}
+        return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.

@@ -1,6 +1,9 @@
 """Ollama ``POST /api/chat``: NDJSON lines until ``done: true`` (providers.md §4).
 
-Ollama applies the model's own chat template, so messages go as they are. Errors before the stream
+Ollama applies the model's own chat template, so messages go as they are. ``think: true`` is sent only
+for models the catalogue marks ``capabilities = ["reasoning"]``: Ollama refuses it for any other model
+(400 "… does not support thinking"), and only thinks — ``message.thinking``, a reasoning part here —
+when asked (ollama-python ``Client.chat(think=…)``; api/types.go ``ChatRequest.Think``). Errors before the stream
 have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and one more
 line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
 only a real JSON parser reads right.
@@ -52,6 +55,8 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         "stream": True,
     }
+    if "reasoning" in model.capabilities:
+        body["think"] = True
     options = {key: value for key, value in option_values.items() if value is not None}
     if options:
         body["options"] = options

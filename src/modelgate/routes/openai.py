@@ -31,11 +31,11 @@ from modelgate.catalogue import CatalogueModel, Pricing
 from modelgate.chat import ChatRequest, GenerationParams, Message, Role
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
-from modelgate.encoders.openai import ChunkEncoder, collect_completion
+from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
 from modelgate.errors import BadRequest, NotFound
 from modelgate.gateway import open_stream
 from modelgate.limits import admit
-from modelgate.providers import PROVIDERS
+from modelgate.providers import Provider
 
 router = APIRouter(tags=["OpenAI compatible"])
 log = logging.getLogger("modelgate.openai")
@@ -105,10 +105,9 @@ def plain_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def supported_parameters(provider: str) -> list[str]:
-    """OpenAI request fields that ``provider`` actually carries upstream."""
-    cls = PROVIDERS.get(provider)
-    honoured = cls.supported_params if cls is not None else frozenset()
+def supported_parameters(provider: Provider | None) -> list[str]:
+    """OpenAI request fields that ``provider`` (the model's instance) actually carries upstream."""
+    honoured = provider.carried_params if provider is not None else frozenset()
     return sorted(name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names)
 
 
@@ -119,7 +118,7 @@ def default_parameters(model: CatalogueModel) -> dict[str, Any]:
     return values
 
 
-def model_object(model: CatalogueModel) -> dict[str, Any]:
+def model_object(model: CatalogueModel, provider: Provider | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": model.id,
         "object": "model",
@@ -132,7 +131,7 @@ def model_object(model: CatalogueModel) -> dict[str, Any]:
         "endpoint": model.endpoint,
         "context_length": model.context_length,
         "max_completion_tokens": model.parameters.max_new_tokens,
-        "supported_parameters": supported_parameters(model.provider),
+        "supported_parameters": supported_parameters(provider),
         "default_parameters": default_parameters(model),
     }
     if model.pricing is not None:
@@ -183,16 +182,19 @@ class ModelList(BaseModel):
 
 @router.get("/v1/models", summary="List models (OpenAI shape)", responses={200: {"model": ModelList}})
 async def list_models(request: Request) -> Response:
-    models = visible_models(request_principal(request), gateway(request).catalogue)  # == what admit() allows
-    return Response(orjson.dumps({"object": "list", "data": [model_object(m) for m in models]}), media_type=JSON)
+    state = gateway(request)
+    models = visible_models(request_principal(request), state.catalogue)  # == what admit() allows
+    data = [model_object(m, state.providers.get(m.provider)) for m in models]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
 
 @router.get("/v1/models/{model_id:path}", summary="One model (OpenAI shape)", responses={200: {"model": ModelObject}})
 async def get_model(model_id: str, request: Request) -> Response:
-    model = gateway(request).catalogue.get(model_id)
+    state = gateway(request)
+    model = state.catalogue.get(model_id)
     if not may_call(request_principal(request), model.id):  # invisible to this key, as in /v1/models
         raise NotFound(f"The model '{model_id}' does not exist", data={"model": model_id})
-    return Response(orjson.dumps(model_object(model)), media_type=JSON)
+    return Response(orjson.dumps(model_object(model, state.providers.get(model.provider))), media_type=JSON)
 
 
 # --- chat completions: the request --------------------------------------------------------------
@@ -392,4 +394,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     completion = await collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
+    if (completion.get("usage") or {}).get("estimated"):
+        headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)

@@ -1,0 +1,181 @@
+"""Provider instances: ``[providers.NAME]`` of the catalogue file, validated and resolved.
+
+An instance has a ``kind`` (the wire protocol family: ``huggingface``, ``cloudflare``, ``openrouter``,
+``ollama`` or ``openai``), a base URL and the name of the environment variable holding its key
+(credentials never live in the file). The four seed names always exist, each an instance of its own
+kind with today's variables; further instances are declared by name (a self-hosted TGI beside the HF
+router, a vLLM or llama.cpp server, ...). ``Instance.protocol`` names the adapter that speaks it
+(``providers.PROVIDERS``). Messages name the file, the instance and the field, as the catalogue's do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from modelgate.errors import CatalogueError
+from modelgate.schema import Endpoints
+from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS
+
+#: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
+PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
+
+Kind = Literal["huggingface", "cloudflare", "openrouter", "ollama", "openai"]
+#: Provider kinds: the wire protocol families an instance can speak.
+KINDS: tuple[str, ...] = ("huggingface", "cloudflare", "openrouter", "ollama", "openai")
+#: Hugging Face router policies; any other routing value names a serving provider ("together", ...).
+ROUTING_POLICIES: tuple[str, ...] = ("auto", "fastest", "cheapest")
+_ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+#: Parameters outside the standard Chat Completions fields that an ``openai`` instance may map to its
+#: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``.
+EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate")
+
+
+# Strict, as the rest of the catalogue file: a quoted number is a mistake, not something to coerce.
+_closed = ConfigDict(extra="forbid", strict=True)
+
+
+def check_routing(value: str | None) -> str | None:
+    if value is not None and not _ROUTING.match(value):
+        raise ValueError(
+            f"{value!r} is not a routing policy ({', '.join(ROUTING_POLICIES)}) nor a provider name "
+            "(lower-case letters, digits, '.', '_', '-')"
+        )
+    return value
+
+
+class ProviderEntry(BaseModel):
+    model_config = _closed
+
+    kind: Kind | None = Field(default=None, description="Wire protocol family; defaults to a seed name's own")
+    api: Literal["router", "tgi"] | None = Field(default=None, description="huggingface kind only")
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, description="The environment variable holding the bearer key")
+    routing: str | None = Field(default=None, description="Hugging Face router policy: auto, fastest, cheapest, …")
+    extra_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai kind: catalogue parameters beyond the standard fields → the server's field names",
+    )
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
+    max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
+    retry_base_delay: Annotated[float, Field(gt=0, description="Backoff base, seconds (doubles per retry)")] = 0.25
+    retry_max_delay: Annotated[float, Field(gt=0, description="Backoff cap; a longer Retry-After is not waited")] = 4.0
+    breaker_threshold: Annotated[int, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
+    breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
+    breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
+    probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
+
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, value: str | None) -> str | None:
+        return check_routing(value)
+
+    @field_validator("extra_params")
+    @classmethod
+    def _known_params(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, wire in value.items():
+            if name not in EXTRA_PARAMS:
+                raise ValueError(f"{name!r} is not a parameter to map (one of: {', '.join(EXTRA_PARAMS)})")
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", wire):
+                raise ValueError(f"{name}: {wire!r} is not a request field name")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"{value!r} is not an environment variable name (the key itself never goes here)")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One ``[providers.NAME]``, resolved: what the app needs to build its provider adapter."""
+
+    name: str
+    kind: str
+    #: Hugging Face only: "router" or "tgi"; None for the other kinds.
+    api: str | None
+    #: From the file, else the kind's default; None only where the environment must supply it.
+    base_url: str | None
+    #: Every variable that must be set for the instance to be configured (the bearer key last).
+    credential_variables: tuple[str, ...]
+    #: The variable holding the bearer key (None: the instance sends no key).
+    key_variable: str | None
+    routing: str | None
+    entry: ProviderEntry
+    #: ``openai`` kind: parameter → the server's field name, beyond the standard fields.
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        """The registry key of the adapter speaking this instance's wire protocol."""
+        return "tgi" if self.api == "tgi" else self.kind
+
+
+def _instance(name: str, entry: ProviderEntry, source: str) -> Instance:
+    where = f"{source}: providers.{name}"
+    kind = entry.kind or (name if name in PROVIDER_NAMES else None)
+    if kind is None:
+        raise CatalogueError(
+            f"{where}: kind: required for a provider that is not one of {', '.join(PROVIDER_NAMES)} "
+            f"(one of: {', '.join(KINDS)})"
+        )
+    if entry.api is not None and kind != "huggingface":
+        raise CatalogueError(f"{where}: api: only huggingface providers take an api (kind is {kind!r})")
+    api = (entry.api or "router") if kind == "huggingface" else None
+    if entry.extra_params and kind != "openai":
+        raise CatalogueError(f"{where}: extra_params: only openai providers map parameters (kind is {kind!r})")
+    if entry.routing is not None and api != "router":
+        raise CatalogueError(
+            f"{where}: routing: only the Hugging Face router routes (kind {kind!r}"
+            + (f", api {api!r})" if api else ")")
+        )
+    if api == "router" and entry.base_url and entry.base_url.rstrip("/").endswith("/hf-inference"):
+        # The text-generation route modelgate used before issue 10: the router's chat lives elsewhere now.
+        raise CatalogueError(
+            f"{where}: base_url: {entry.base_url!r} is Hugging Face's old text-generation route; the router's "
+            f'Chat Completions are at {DEFAULT_BASE_URLS["huggingface"]} (set api = "tgi" for a TGI server)'
+        )
+    default_url = None if api == "tgi" else DEFAULT_BASE_URLS.get(kind)
+    base_url = entry.base_url or default_url
+    if base_url is None:
+        what = 'huggingface api "tgi"' if api == "tgi" else f"kind {kind!r}"
+        raise CatalogueError(f"{where}: base_url: required for {what} (there is no default)")
+    variables = CREDENTIAL_VARIABLES[kind]
+    key_variable = variables[-1] if variables else None
+    if entry.api_key_env is not None:
+        key_variable = entry.api_key_env
+        variables = (*variables[:-1], key_variable)
+    return Instance(
+        name=name,
+        kind=kind,
+        api=api,
+        base_url=base_url.rstrip("/"),
+        credential_variables=tuple(variables),
+        key_variable=key_variable,
+        routing=entry.routing,
+        entry=entry,
+        extra_params=dict(entry.extra_params),
+    )
+
+
+def build_instances(declared: Mapping[str, ProviderEntry], source: str) -> dict[str, Instance]:
+    """The seed's four names first (always present), then the further instances as declared."""
+    names = list(PROVIDER_NAMES) + [name for name in declared if name not in PROVIDER_NAMES]
+    return {name: _instance(name, declared.get(name) or ProviderEntry(), source) for name in names}

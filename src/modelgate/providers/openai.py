@@ -1,0 +1,18 @@
+"""Any OpenAI-compatible server (the ``openai`` kind): vLLM, llama.cpp's server, LM Studio, SGLang, TGI's
+Messages API, Together, Groq, DeepInfra, …, at ``POST {base}/chat/completions``.
+
+Only the standard Chat Completions fields are sent (the OpenAI API reference): a server may ignore a field
+it does not know (llama.cpp's server reads ``repeat_penalty``, not ``repetition_penalty``), so
+``typical_p``, ``repetition_penalty`` and ``truncate`` are reported as dropped instead of sent and lost —
+unless the instance's ``extra_params`` maps them to the server's own names
+(``extra_params = { repetition_penalty = "repeat_penalty" }`` for llama.cpp).
+The key is the instance's ``api_key_env``; without one no ``Authorization`` is sent (local servers need none).
+"""
+
+from __future__ import annotations
+
+from modelgate.providers.chat_completions import ChatCompletionsProvider
+
+
+class OpenAICompatible(ChatCompletionsProvider):
+    name = "openai"

@@ -1,0 +1,197 @@
+"""Text Generation Inference (TGI) at ``POST {base}/generate_stream`` (providers.md §1): the ``huggingface`` kind
+with ``api = "tgi"``, for a self-hosted TGI or a dedicated Inference Endpoint.
+
+The prompt is rendered here with the model's official chat template (``modelgate.templates``) and
+sent as ``inputs``; the reply streams one ``data:{…}`` event per token, with no ``[DONE]``: the event
+carrying ``generated_text`` is the end, and a stream that closes without it was truncated (§1.5).
+TGI answers 200 before validating, so errors (``validation``, ``overloaded``, ``generation``) arrive as
+events with a top-level ``error``; every event is checked for one (§1.6, pitfall 1). The end token is
+flagged ``special`` and is never part of the reply — filtered by the flag, never by a regex on ``<…>``.
+DeepSeek-R1's generation prompt opens a ``<think>`` block, so its reply starts in reasoning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from modelgate.chat import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from modelgate.errors import UpstreamError
+from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_tokens, parse_json
+from modelgate.reasoning import ReasoningSplitter
+from modelgate.sse import SSEDecoder
+from modelgate.templates import get_template, render_prompt
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import CatalogueModel
+
+_FINISH: dict[str, FinishReason] = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+
+#: TGI ``error_type`` → the HTTP status TGI gives it on non-stream routes (router/src/server.rs), except
+#: ``overloaded``: TGI says 429, but it is the model's queue that is full, not our rate: 503.
+_ERROR_TYPES = {"validation": 422, "overloaded": 503, "generation": 424, "template_error": 422}
+
+
+def read_error(status: int, body: bytes) -> ErrorDetail:
+    payload = parse_json(body)
+    estimated = payload.get("estimated_time")  # the hosted API's cold start (503 "currently loading")
+    return ErrorDetail(
+        str(payload["error"]),
+        retry_after=float(estimated) if isinstance(estimated, int | float) else None,
+    )
+
+
+def build_parameters(request: ChatRequest) -> dict[str, Any]:
+    """``parameters`` for TGI, within TGI's validation ranges (§1.3, pitfall 6)."""
+    p = request.params
+    params: dict[str, Any] = {}
+    if p.max_new_tokens is not None:
+        params["max_new_tokens"] = p.max_new_tokens
+    if p.temperature is not None:
+        if p.temperature > 0:
+            params["temperature"] = p.temperature
+        else:
+            params["do_sample"] = False  # temperature 0 means greedy; TGI rejects 0 itself
+    # top_p / typical_p are exclusive ranges in TGI: 1.0 (no filtering) is rejected, so it is omitted,
+    # which means the same; top_p 0 means "only the most likely token", i.e. greedy.
+    if p.top_p is not None:
+        if 0 < p.top_p < 1:
+            params["top_p"] = p.top_p
+        elif p.top_p <= 0:
+            params["do_sample"] = False
+    if p.typical_p is not None and 0 < p.typical_p < 1:
+        params["typical_p"] = p.typical_p
+    if p.repetition_penalty is not None:
+        params["repetition_penalty"] = p.repetition_penalty
+    if p.frequency_penalty is not None:
+        params["frequency_penalty"] = p.frequency_penalty
+    if p.truncate is not None:
+        params["truncate"] = p.truncate
+    if p.stop is not None:
+        params["stop"] = list(p.stop)
+    if p.seed is not None:
+        params["seed"] = p.seed
+    # The hosted route defaults return_full_text to true (the prompt echoed back, pitfall 5);
+    # details carries the usage of a stream.
+    params["return_full_text"] = False
+    params["details"] = True
+    return params
+
+
+def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
+    return {
+        "inputs": render_prompt(model.template or "", request.messages),
+        "parameters": build_parameters(request),
+        "stream": True,
+    }
+
+
+class TGIStream:
+    """Incremental parser of one TGI token stream."""
+
+    __slots__ = ("_events", "_model", "_splitter", "_tokens", "_upstream", "done", "failure", "inputs")
+
+    def __init__(self, upstream: Upstream, model: str, splitter: ReasoningSplitter | None) -> None:
+        self._upstream = upstream
+        self._model = model
+        self._splitter = splitter
+        self._events = SSEDecoder()
+        self._tokens = 0
+        self.done = False
+        self.failure: UpstreamError | None = None
+        #: The prompt sent, for a usage estimate when TGI reports none.
+        self.inputs = ""
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        splitter = self._splitter
+        try:
+            for event in self._events.feed(chunk):
+                try:
+                    payload = orjson.loads(event.data)
+                    if "error" in payload:
+                        raise self._stream_error(payload)
+                    token = payload.get("token")
+                    if token is not None:
+                        self._tokens += 1
+                        text = token["text"]
+                        if text and not token.get("special"):
+                            if splitter is None:
+                                out.append(TextDelta(text))
+                            else:
+                                out.extend(splitter.feed(text))
+                    if payload.get("generated_text") is not None:
+                        if splitter is not None:
+                            out.extend(splitter.flush())
+                        ended_on_special = bool(token and token.get("special"))
+                        out.append(self._finish(payload.get("details"), ended_on_special=ended_on_special))
+                        self.done = True
+                        break
+                except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
+                    raise self._upstream.protocol_error(f"unreadable stream event: {event.data[:120]}") from exc
+        except UpstreamError as exc:
+            self.failure = exc  # raised once ``out`` is delivered
+        return out
+
+    def end(self) -> list[StreamEvent]:
+        raise self._upstream.truncated()  # no event with generated_text: TGI's end never came
+
+    def _finish(self, details: Any, *, ended_on_special: bool) -> Finish:
+        if not details:
+            # No details (an upstream that ignored details: true): an end token means a natural stop.
+            reason: FinishReason = "stop" if ended_on_special else "unknown"
+            return Finish(reason, Usage(estimate_tokens(self.inputs), self._tokens, estimated=True))
+        reason = _FINISH.get(details.get("finish_reason"), "other")
+        generated = details.get("generated_tokens")
+        prompt = details.get("input_length")
+        completion = generated if isinstance(generated, int) else self._tokens
+        if isinstance(prompt, int):
+            return Finish(reason, Usage(prompt, completion, estimated=not isinstance(generated, int)))
+        return Finish(reason, Usage(estimate_tokens(self.inputs), completion, estimated=True))
+
+    def _stream_error(self, payload: Any) -> UpstreamError:
+        kind = str(payload.get("error_type") or "")
+        message = str(payload["error"])
+        if kind.startswith("incomplete_generation"):
+            return self._upstream.protocol_error(f"the reply was truncated upstream: {message}", transient=True)
+        return self._upstream.error_for(_ERROR_TYPES.get(kind, 500), ErrorDetail(message), model=self._model)
+
+
+class TGI(HttpProvider):
+    name = "tgi"
+    read_error = staticmethod(read_error)
+    supported_params: ClassVar[frozenset[str]] = frozenset(
+        {
+            "max_new_tokens",
+            "temperature",
+            "typical_p",
+            "repetition_penalty",
+            "truncate",
+            "top_p",
+            "stop",
+            "seed",
+            "frequency_penalty",
+        }
+    )
+
+    def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        template = get_template(model.template or "")
+        splitter = ReasoningSplitter(starts_in_reasoning=True) if template.starts_in_reasoning else None
+        parser = TGIStream(self.upstream, model.upstream_model, splitter)
+
+        def body() -> dict[str, Any]:
+            built = build_body(model, request)
+            parser.inputs = built["inputs"]
+            return built
+
+        token = self.connection.api_key("HF_TOKEN")
+        # TGI serves one model: the route names none (§1.1); ``inputs`` carries the rendered prompt.
+        return self.upstream.stream(
+            f"{self.connection.base_url}/generate_stream",
+            body,
+            parser,
+            headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+            model=model.upstream_model,
+        )

@@ -1,0 +1,171 @@
+"""Fake OpenAI-compatible servers: Chat Completions as vLLM, llama.cpp's server, OpenAI and the HF router speak it.
+
+``ChatCompletionsServer`` serves ``POST …/chat/completions`` and ``GET …/models`` for any fake (the HF fake
+uses it for its router routes); ``FakeOpenAI`` is a stand-alone server at ``/v1`` (the ``openai`` kind).
+
+Framing (OpenAI API reference, chat completion chunk object): ``data: {chat.completion.chunk}`` events, a
+first chunk with ``delta.role``, one chunk per token (``delta.content``; reasoning in ``delta.reasoning_content``,
+vLLM's and DeepSeek's name), ``finish_reason`` on the last choice chunk, then — **only when the request asked
+with ``stream_options.include_usage``**, as real servers do — a chunk with ``choices: []`` and ``usage``,
+then ``data: [DONE]``. A mid-stream failure (``error_after``) is ``data: {"error": {...}}`` then ``[DONE]``.
+Errors before the stream are OpenAI's ``{"error": {"message", "type", "param", "code"}}``; a fault's ``code``
+goes into ``code`` (e.g. ``context_length_exceeded`` with HTTP 400, as llama-cpp-python's server says it).
+
+``Reply.options``: ``never_usage`` (True: no usage even when asked, as llama.cpp's server on a stream).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "payment_required",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+_MESSAGES = {
+    400: "Invalid request",
+    401: "Invalid credentials in Authorization header",
+    402: "You have exceeded your monthly included credits for Inference Providers",
+    404: "The model does not exist",
+    429: "Rate limit reached",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def error_response(status: int, message: str | None, code: Any = None, *, retry_after: float | None = None) -> Response:
+    error = {
+        "message": message or _MESSAGES.get(status, f"HTTP {status}"),
+        "type": _TYPES.get(status, "server_error"),
+        "param": None,
+        "code": code,
+    }
+    return json_error(status, {"error": error}, retry_after=retry_after)
+
+
+class ChatCompletionsServer:
+    """Chat Completions for ``fake``: its scripts, records and faults; ``token`` None accepts any key."""
+
+    def __init__(self, fake: FakeUpstream, *, token: str | None, owned_by: str = "fake") -> None:
+        self.fake = fake
+        self.token = token
+        self.owned_by = owned_by
+
+    async def chat(self, request: Request, *, model: str | None = None) -> Response:
+        """``model``: the model a per-model route names (the HF router's ``/models/{id}/v1/...``)."""
+        recorded, epoch = await self.fake.record(request)
+        if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
+            return error_response(401, None)
+        body = recorded.json
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return error_response(400, "messages: field required", "invalid_request_error")
+        name = model or body.get("model")
+        if not isinstance(name, str) or not self.fake.serves(name.split(":", 1)[0]):
+            return error_response(404, f"The model `{name}` does not exist", "model_not_found")
+        reply = self.fake.next_reply()
+        fault = reply.fault
+        if fault is not None and fault.kind == "status":
+            return error_response(fault.http_status, fault.message, fault.code, retry_after=fault.retry_after)
+        if body.get("stream") is not True:
+            return JSONResponse(self.completion(reply, name))
+        options = body.get("stream_options")
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        include_usage = asked and not reply.options.get("never_usage")
+        return FrameStream(
+            self.fake,
+            epoch,
+            reply,
+            self.render(reply, name, include_usage=include_usage),
+            media_type="text/event-stream",
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        await self.fake.record(request)
+        data = [
+            {"id": model, "object": "model", "created": 1730000000, "owned_by": self.owned_by}
+            for model in self.fake.listed()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @staticmethod
+    def _head(model: str, kind: str) -> dict[str, Any]:
+        return {"id": "chatcmpl-fake", "object": kind, "created": 1730000000, "model": model}
+
+    def completion(self, reply: Reply, model: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens)}
+        if reply.reasoning:
+            message["reasoning_content"] = "".join(reply.reasoning)
+        usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
+        return {
+            **self._head(model, "chat.completion"),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}],
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+            if usage
+            else None,
+        }
+
+    def render(self, reply: Reply, model: str, *, include_usage: bool) -> Frames:
+        head = self._head(model, "chat.completion.chunk")
+        # With include_usage every chunk carries "usage": null until the usage chunk (OpenAI's reference).
+        extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return b"data: " + dumps({**head, "choices": [choice], **extra}) + b"\n\n"
+
+        preamble = [chunk({"role": "assistant", "content": ""})]
+        tokens = [chunk({"reasoning_content": t}) for t in reply.reasoning]
+        tokens += [chunk({"content": t}) for t in reply.tokens]
+        trailer = [chunk({}, reply.finish)]
+        usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
+        if include_usage and usage is not None:
+            counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+            trailer.append(b"data: " + dumps({**head, "choices": [], "usage": counts}) + b"\n\n")
+        trailer.append(b"data: [DONE]\n\n")
+        fault = reply.fault
+        error = {
+            "message": (fault.message if fault else None) or "the engine failed during generation",
+            "type": "server_error",
+            "param": None,
+            "code": (fault.code if fault else None) or 500,
+        }
+        error_frames = [b"data: " + dumps({"error": error}) + b"\n\n", b"data: [DONE]\n\n"]
+        return Frames(preamble=preamble, tokens=tokens, trailer=trailer, error=error_frames)
+
+
+class FakeOpenAI(FakeUpstream):
+    """A stand-alone OpenAI-compatible server (vLLM-like) at ``/v1``; no key unless ``token`` is set."""
+
+    name = "openai"
+    prefix = "/v1"
+    listed_by_default = ("HuggingFaceTB/SmolLM2-135M-Instruct",)
+    token: str | None = None
+
+    def __init__(self) -> None:
+        self.server = ChatCompletionsServer(self, token=None)
+        super().__init__()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(self.prefix + "/chat/completions", self.chat, methods=["POST"]),
+            Route(self.prefix + "/models", self.server.list_models, methods=["GET"]),
+        ]
+
+    async def chat(self, request: Request) -> Response:
+        self.server.token = self.token
+        return await self.server.chat(request)
+
+    def reset(self) -> None:
+        super().reset()
+        self.token = None

@@ -1,0 +1,164 @@
+"""Provider instances in the catalogue file: ``[providers.NAME]`` with a kind, resolved and validated at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelgate.catalogue import PROVIDER_NAMES, load_catalogue
+from modelgate.errors import CatalogueError
+from modelgate.instances import KINDS
+from modelgate.providers import PROVIDERS
+from modelgate.settings import Settings, base_url_variable
+from tests.catalogue_files import model_toml, write_catalogue
+
+LLAMA = '[providers.llama]\nkind = "openai"\nbase_url = "http://127.0.0.1:8080/v1"\n'
+TGI = '[providers.tgi-local]\nkind = "huggingface"\napi = "tgi"\nbase_url = "http://tgi:8080/"\n'
+
+
+def rejected(tmp_path: Path, *models: str, header: str = "") -> str:
+    path = write_catalogue(tmp_path / "catalogue.toml", *models, header=header)
+    with pytest.raises(CatalogueError) as info:
+        load_catalogue(path)
+    assert info.value.message.startswith(f"{path}: ")
+    return info.value.message
+
+
+def test_the_seed_names_are_instances_of_their_own_kind_with_todays_variables() -> None:
+    instances = load_catalogue().instances
+    assert list(instances) == list(PROVIDER_NAMES)
+    assert {name: i.kind for name, i in instances.items()} == {name: name for name in PROVIDER_NAMES}
+    hf = instances["huggingface"]
+    assert (hf.api, hf.base_url, hf.credential_variables, hf.protocol) == (
+        "router",
+        "https://router.huggingface.co/v1",
+        ("HF_TOKEN",),
+        "huggingface",
+    )
+    assert instances["cloudflare"].credential_variables == ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN")
+    assert instances["openrouter"].credential_variables == ("OPENROUTER_API_KEY",)
+    assert instances["ollama"].credential_variables == ()
+
+
+def test_further_instances_follow_the_seeds_in_declaration_order(tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "c.toml",
+        model_toml(provider="llama"),
+        model_toml("acme", "tgi-model", provider="tgi-local", extra='template = "chatml"\n'),
+        header=LLAMA + TGI.replace("\n", "\napi_key_env = 'TGI_KEY'\n", 1),
+    )
+    catalogue = load_catalogue(path)
+    assert list(catalogue.instances) == [*PROVIDER_NAMES, "llama", "tgi-local"]
+    llama, tgi = catalogue.instances["llama"], catalogue.instances["tgi-local"]
+    assert (llama.protocol, llama.base_url, llama.credential_variables, llama.key_variable) == (
+        "openai",
+        "http://127.0.0.1:8080/v1",
+        (),
+        None,
+    )
+    assert (tgi.protocol, tgi.base_url, tgi.credential_variables) == ("tgi", "http://tgi:8080", ("TGI_KEY",))
+
+
+def test_endpoints_keep_the_seeds_four_keys_and_add_one_per_further_instance(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml(provider="llama"), header=LLAMA + TGI)
+    endpoints = load_catalogue(path).document["endpoints"]
+    # tgi-local serves no model: no key for it.
+    assert list(endpoints) == [*PROVIDER_NAMES, "llama"]
+    assert endpoints["llama"] == ["/api/ai/llama/tiny/chat"]
+    assert endpoints["ollama"] == []
+
+
+def test_routing_wins_per_model_and_never_shows_in_the_document(tmp_path: Path) -> None:
+    header = '[providers.huggingface]\nrouting = "fastest"\n'
+    path = write_catalogue(
+        tmp_path / "c.toml",
+        model_toml(provider="huggingface"),
+        model_toml("acme", "two", provider="huggingface", extra='routing = "together"\n'),
+        header=header,
+    )
+    catalogue = load_catalogue(path)
+    assert catalogue.get("acme/tiny").routing == "fastest"
+    assert catalogue.get("acme/two").routing == "together"
+    assert b"fastest" not in catalogue.body and b"together" not in catalogue.body
+
+
+@pytest.mark.parametrize(
+    ("header", "models", "expected"),
+    [
+        ('[providers.llama]\nkind = "vllm"\n', (), "providers.llama.kind: Input should be 'huggingface', "),
+        ('[providers.llama]\nkind = "openai"\n', (), "providers.llama: base_url: required for kind 'openai'"),
+        (
+            '[providers.tgi]\nkind = "huggingface"\napi = "tgi"\n',
+            (),
+            'providers.tgi: base_url: required for huggingface api "tgi"',
+        ),
+        (
+            LLAMA + 'api = "tgi"\n',
+            (),
+            "providers.llama: api: only huggingface providers take an api (kind is 'openai')",
+        ),
+        (LLAMA + 'routing = "fastest"\n', (), "providers.llama: routing: only the Hugging Face router routes"),
+        (TGI + 'routing = "fastest"\n', (), "providers.tgi-local: routing: only the Hugging Face router routes"),
+        ('[providers.huggingface]\nrouting = "Fast est"\n', (), "providers.huggingface.routing: 'Fast est' is not"),
+        ('[providers.huggingface]\napi = "tgx"\n', (), "providers.huggingface.api: Input should be 'router' or 'tgi'"),
+        (
+            '[providers.huggingface]\nbase_url = "https://router.huggingface.co/hf-inference"\n',
+            (),
+            "providers.huggingface: base_url: 'https://router.huggingface.co/hf-inference' is Hugging Face's old",
+        ),
+        (LLAMA + 'api_key_env = "sk-123 key"\n', (), "providers.llama.api_key_env: 'sk-123 key' is not an environment"),
+        (LLAMA.replace("http://127.0.0.1:8080/v1", "127.0.0.1:8080"), (), "providers.llama.base_url: must be an http"),
+        ('[providers."a/b"]\nkind = "openai"\n', (), "provider 'a/b': the name is not safe as a URL path segment"),
+        (
+            '[providers.openrouter]\nextra_params = { typical_p = "typical_p" }\n',
+            (),
+            "providers.openrouter: extra_params: only openai providers map parameters (kind is 'openrouter')",
+        ),
+        (
+            LLAMA + 'extra_params = { top_k = "top_k" }\n',
+            (),
+            "providers.llama.extra_params: 'top_k' is not a parameter",
+        ),
+        (
+            "",
+            (model_toml(provider="cloudflare", extra='template = "chatml"\n'),),
+            "model 'acme/tiny': template: only huggingface and openai models take a template "
+            "(provider 'cloudflare' is of kind 'cloudflare')",
+        ),
+        (
+            LLAMA,
+            (model_toml(provider="llama", extra='routing = "cheapest"\n'),),
+            "model 'acme/tiny': routing: only models of a Hugging Face router provider route (provider 'llama'",
+        ),
+        (
+            TGI,
+            (model_toml(provider="tgi-local"),),
+            "model 'acme/tiny': template: required for models of a huggingface provider with api \"tgi\"",
+        ),
+        (
+            "",
+            (model_toml(extra='capabilities = ["telepathy"]\n'),),
+            "model 'acme/tiny': capabilities.0: Input should be",
+        ),
+    ],
+)
+def test_each_mistake_names_the_file_the_entry_and_the_field(
+    tmp_path: Path, header: str, models: tuple[str, ...], expected: str
+) -> None:
+    message = rejected(tmp_path, *(models or (model_toml(),)), header=header)
+    assert expected in message, message
+
+
+def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
+    assert base_url_variable("tgi-local.v2") == "MODELGATE_TGI_LOCAL_V2_BASE_URL"
+    settings = Settings.from_env({"MODELGATE_TGI_LOCAL_BASE_URL": "http://other:9/", "TGI_KEY": "secret-1"})
+    assert settings.base_url_override("tgi-local") == "http://other:9"
+    assert settings.base_url_override("llama") is None
+    assert settings.credential_values("tgi-local", ("TGI_KEY", "NOPE")) == {"TGI_KEY": "secret-1"}
+    assert settings.missing_credentials("tgi-local", ("TGI_KEY", "NOPE")) == ["NOPE"]
+    assert "secret-1" not in repr(settings)
+
+
+def test_every_kind_and_api_has_an_adapter() -> None:
+    assert set(PROVIDERS) == {*KINDS, "tgi"}
