@@ -133,6 +133,8 @@ def test_prices_are_validated() -> None:
         parse("input = 1")
     with pytest.raises(CatalogueError, match=r"pricing\.cached: unknown key"):
         parse("input = 1\noutput = 1\ncached = 1")
+    with pytest.raises(CatalogueError, match=r"pricing\.output: must be a finite number, got inf"):
+        parse("input = 1\noutput = inf")
     with pytest.raises(CatalogueError, match=r"pricing\.input: must be a number"):
         parse('input = "0.15"\noutput = 1')
 

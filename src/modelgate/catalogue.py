@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -113,6 +114,13 @@ class PricingEntry(BaseModel):
 
     input: Annotated[Number, Field(ge=0, description="USD per million prompt tokens")]
     output: Annotated[Number, Field(ge=0, description="USD per million completion tokens (reasoning included)")]
+
+    @field_validator("input", "output")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):  # TOML has inf; a cost of inf would be null in JSON and break every sum
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
 
 
 class ModelEntry(BaseModel):
