@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,11 @@ import asyncpg
 import httpx
 import pytest
 
+import modelgate.ledger as ledger_module
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
+from modelgate.ledger import Ledger
+from modelgate.observer import Observation
 from modelgate.settings import LEDGER_FILE, Settings, database_url
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess, wait_for
@@ -268,3 +272,40 @@ def test_default_database_beside_the_catalogue_or_in_the_state_dir(
     env = {"MODELGATE_CONFIG": str(catalogue), "MODELGATE_DATABASE_URL": "sqlite:////tmp/x.db"}
     assert Settings.from_env(env).database_url == "sqlite:////tmp/x.db"
     assert Settings.from_env({"MODELGATE_CONFIG": str(catalogue)}).database_url == database_url(None, catalogue)
+
+
+def test_rows_a_failed_write_kept_are_written_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses a write (its table renamed away by hand): the rows wait, bounded, and the next
+    write after the table is back stores them in order."""
+    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+    monkeypatch.setattr(ledger_module, "MAX_PENDING", 3)
+
+    def finished(request_id: str) -> Observation:
+        obs = Observation(request_id, time.perf_counter())
+        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", "ollama", 4, 2
+        return obs
+
+    def rename(old: str, new: str) -> None:
+        with sqlite3.connect(tmp_path / "usage.sqlite3") as db:
+            db.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    async def scenario() -> None:
+        ledger = Ledger(url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        ledger.record(finished("first"), 200, None, catalogue)
+        await ledger.flush()
+        rename("modelgate_usage", "elsewhere")
+        for request_id in ("a", "b", "c", "d"):
+            ledger.record(finished(request_id), 200, "k1", catalogue)
+        await ledger.flush()
+        assert ledger.pending == 3  # kept after the failed write, but the oldest dropped past MAX_PENDING
+        rename("elsewhere", "modelgate_usage")
+        await ledger.stop()
+
+    asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(url)] == ["first", "b", "c", "d"]
+    assert [row["cost"] for row in ledger_rows(url)] == [pytest.approx((4 * 0.15 + 2 * 0.6) / 1e6)] * 4
+    assert "writing 4 rows failed" in caplog.text and "1 oldest rows dropped" in caplog.text

@@ -187,7 +187,7 @@ class Ledger:
                 log.error(
                     "usage ledger: cannot open the database (%s: %s); %d rows wait, retrying every %g s",
                     type(exc).__name__,
-                    self._scrub(str(exc)),
+                    self._scrub(_first_line(exc)),
                     len(self._pending),
                     self.flush_interval,
                 )
@@ -197,27 +197,31 @@ class Ledger:
 
     async def flush(self) -> None:
         """Write the queued rows now, in one transaction. On failure they stay queued for the next try."""
-        if self._store is None or self._writing is None:
+        if self._writing is None or not await self._open():  # not started, or the database is not there yet
             return
         async with self._writing:
             batch, self._pending = self._pending, []
             if not batch:
                 return
+            assert self._store is not None
             try:
                 await self._store.insert(batch)
             except Exception as exc:
-                # Put them back in front of what arrived meanwhile, oldest first, bounded.
-                self._pending = batch + self._pending
-                dropped = len(self._pending) - MAX_PENDING
-                if dropped > 0:
-                    del self._pending[:dropped]
+                self._pending = batch + self._pending  # back in front of what arrived meanwhile, oldest first
                 log.error(
-                    "usage ledger: writing %d rows failed (%s); %d rows wait for the next try%s",
+                    "usage ledger: writing %d rows failed (%s: %s); they wait for the next try",
                     len(batch),
                     type(exc).__name__,
-                    len(self._pending),
-                    f", {dropped} oldest dropped" if dropped > 0 else "",
+                    self._scrub(_first_line(exc)),
                 )
+                self._bound()
+
+    def _bound(self) -> None:
+        """Drop the oldest waiting rows past ``MAX_PENDING`` (the database has been failing for long)."""
+        dropped = len(self._pending) - MAX_PENDING
+        if dropped > 0:
+            del self._pending[:dropped]
+            log.error("usage ledger: %d oldest rows dropped: the database has not been writable for too long", dropped)
 
     async def _run(self) -> None:
         assert self._due is not None
@@ -228,6 +232,8 @@ class Ledger:
             self._due.clear()
             if await self._open():
                 await self.flush()
+            else:
+                self._bound()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -242,3 +248,8 @@ class Ledger:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a database error: SQLAlchemy appends the statement and every row's parameters."""
+    return str(exc).partition("\n")[0]
