@@ -15,11 +15,15 @@ from typer.testing import CliRunner
 from modelgate import __version__
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
-from modelgate.cli import TABLE_COLUMNS, cli
+from modelgate.cli import ONLINE_COLUMNS, TABLE_COLUMNS, cli
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess
-from tests.fakes import Reply
+from tests.fakes import Fakes, Reply
+from tests.fakes.cloudflare import CONTEXT_WINDOW as CF_CONTEXT_WINDOW
+from tests.fakes.huggingface import ROUTER_CONTEXT_WINDOWS
+from tests.fakes.openai_compatible import CONTEXT_WINDOW as OPENAI_CONTEXT_WINDOW
+from tests.redis_server import free_port
 from tests.servers import serve_in_thread
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "models.example.json").read_text(encoding="utf-8"))
@@ -75,6 +79,138 @@ def test_check_config_of_the_default_catalogue() -> None:
     result = runner.invoke(cli, ["check-config", default.source])
     assert result.exit_code == 0
     assert "OK, 12 models from 8 publishers (huggingface 7, cloudflare 1, openrouter 3, ollama 1)" in result.stdout
+
+
+def test_check_config_without_a_path_checks_modelgate_config(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml("a", "x"))
+    result = run_cli("check-config", env={"MODELGATE_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK, 1 models from 1 publishers (ollama 1)"
+
+
+# --- check-config --online: the providers' own listings, through a real process --------------------
+
+RWKV = "mollysama/rwkv-6-world:1.6b"
+LLAMA_FREE = "meta-llama/llama-3.3-70b-instruct:free"
+CF_8B = "@cf/meta/llama-3.1-8b-instruct"
+
+
+def online_catalogue(tmp_path: Path, *extra: str) -> Path:
+    return write_catalogue(
+        tmp_path / "online.toml",
+        model_toml("ollama", "rwkv", upstream=RWKV, truncate=1000, max_new_tokens=100),
+        model_toml("meta", "llama", provider="openrouter", upstream=LLAMA_FREE, truncate=8000, max_new_tokens=2048),
+        # 30000 + 1000 tokens do not fit the 24000 the Cloudflare listing states: flagged, not failed.
+        model_toml("meta", "small", provider="cloudflare", upstream=CF_8B, truncate=30000, max_new_tokens=1000),
+        *extra,
+    )
+
+
+def online_rows(stdout: str) -> dict[str, list[str]]:
+    """The table's body rows by model id (the header row is left out)."""
+    return {row[0]: row[1:] for row in table_rows(stdout) if row[0] not in ("model", "")}
+
+
+def test_check_config_online_lists_every_model_with_the_providers_context(fakes: Fakes, tmp_path: Path) -> None:
+    path = online_catalogue(tmp_path)
+    result = run_cli("check-config", "--online", str(path), env=fakes.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [row for row in table_rows(result.stdout) if row[0] == "model"] == [list(ONLINE_COLUMNS)]
+    assert online_rows(result.stdout) == {
+        "ollama/rwkv": ["ollama", RWKV, "yes", "—", "1000 + 100 = 1100", ""],
+        "meta/llama": ["openrouter", LLAMA_FREE, "yes", "131072", "8000 + 2048 = 10048", ""],
+        "meta/small": [
+            "cloudflare",
+            CF_8B,
+            "yes",
+            str(CF_CONTEXT_WINDOW),
+            "30000 + 1000 = 31000 !",
+            "exceeds the provider's context by 7000",
+        ],
+    }
+    assert result.stdout.rstrip().endswith("online: OK, every model is listed by its provider (3 models)")
+    # Listings only: checking a catalogue never bills a generation.
+    assert all(fake.requests == [] for fake in fakes.all())
+    assert {r.path for r in fakes.ollama.listings} == {"/api/tags"}
+    assert {r.path for r in fakes.openrouter.listings} == {"/api/v1/models"}
+    assert {r.method for fake in fakes.all() for r in fake.listings} == {"GET"}
+
+
+def test_check_config_online_fails_on_a_withdrawn_model(fakes: Fakes, tmp_path: Path) -> None:
+    withdrawn = model_toml("acme", "gone", provider="openrouter", upstream="acme/withdrawn:free")
+    result = run_cli("check-config", "--online", str(online_catalogue(tmp_path, withdrawn)), env=fakes.env())
+    assert result.returncode == 1
+    rows = online_rows(result.stdout)
+    assert rows["acme/gone"] == [
+        "openrouter",
+        "acme/withdrawn:free",
+        "NO",
+        "—",
+        "1000 + 100 = 1100",
+        "openrouter does not list 'acme/withdrawn:free'",
+    ]
+    assert rows["meta/llama"][2] == "yes"
+    assert result.stderr.strip() == "1 of 4 models failed the online check"
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_online_fails_when_a_provider_is_unreachable_or_unconfigured(fakes: Fakes, tmp_path: Path) -> None:
+    env = {**fakes.env(), "MODELGATE_OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    env.pop("CLOUDFLARE_API_TOKEN")
+    result = run_cli("check-config", "--online", str(online_catalogue(tmp_path)), env=env)
+    assert result.returncode == 1
+    rows = online_rows(result.stdout)
+    assert rows["ollama/rwkv"][2] == "?"
+    assert rows["ollama/rwkv"][5].startswith("ollama unreachable: ")
+    assert "unreachable (ClientConnectorError)" in rows["ollama/rwkv"][5]
+    assert rows["meta/small"][2] == "?"
+    assert rows["meta/small"][5] == "not checked: set CLOUDFLARE_API_TOKEN"
+    assert rows["meta/llama"][2] == "yes"
+    assert result.stderr.strip() == "2 of 3 models failed the online check"
+    assert fakes.cloudflare.listings == []  # no credentials: not even asked
+
+
+def test_check_config_online_covers_every_instance(fakes: Fakes, tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "instances.toml",
+        model_toml("qwen", "qwen", provider="huggingface", upstream="Qwen/Qwen2.5-72B-Instruct", truncate=30000),
+        model_toml("local", "smol", provider="llama", upstream="HuggingFaceTB/SmolLM2-135M-Instruct", truncate=1000),
+        model_toml("local", "ghost", provider="llama", upstream="not-served/ghost-7b"),
+        header=f'[providers.llama]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n',
+    )
+    result = run_cli("check-config", "--online", str(path), env=fakes.env())
+    assert result.returncode == 1
+    assert online_rows(result.stdout) == {
+        # The router's smallest serving provider's window; 30000 + 100 fits it.
+        "qwen/qwen": [
+            "huggingface",
+            "Qwen/Qwen2.5-72B-Instruct",
+            "yes",
+            str(min(ROUTER_CONTEXT_WINDOWS)),
+            "30000 + 100 = 30100",
+            "",
+        ],
+        "local/smol": [
+            "llama",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "yes",
+            str(OPENAI_CONTEXT_WINDOW),
+            "1000 + 100 = 1100",
+            "",
+        ],
+        "local/ghost": [
+            "llama",
+            "not-served/ghost-7b",
+            "NO",
+            "—",
+            "1000 + 100 = 1100",
+            "llama does not list 'not-served/ghost-7b'",
+        ],
+    }
+    assert result.stderr.strip() == "1 of 3 models failed the online check"
+    assert {r.path for r in fakes.huggingface.listings} == {"/v1/models"}
+    assert {r.path for r in fakes.openai.listings} == {"/v1/models"}
+    assert all(fake.requests == [] for fake in fakes.all())
 
 
 # --- serve refuses an invalid file --------------------------------------------------------------------

@@ -35,7 +35,7 @@ from tests.fakes import Fakes
 from tests.fuzzing import fuzz as fuzz_settings
 from tests.servers import serve_in_thread
 
-#: Cases per strategy: 9 operations, the chat routes drawn twice (any path, a real model), two modes.
+#: Cases per strategy: 10 operations, the chat routes drawn twice (any path, a real model), two modes.
 EXAMPLES = 30
 #: Sequences of up to 5 linked calls in the stateful run.
 STATEFUL_SCENARIOS = 25
@@ -172,7 +172,7 @@ def test_no_route_answers_500_or_hangs(service: str, schema: Any, mode: Generati
         if operation.path in REAL_ROUTES:
             real = operation.as_strategy(generation_mode=mode, path_parameters=REAL_ROUTES[operation.path])
             strategies.append((label, real))
-        if operation.path == "/v1/chat/completions":
+        if operation.path in ("/v1/chat/completions", "/v1/responses"):
             strategies.append((label, operation.as_strategy(generation_mode=mode).map(_with_real_model)))
 
     unbreakable = set()

@@ -25,7 +25,7 @@ from modelgate.resilience import BreakerConfig, Breakers
 from modelgate.settings import Settings
 from modelgate.status import DOWN_AFTER, MIN_SAMPLES, SLOW_TTFT, WINDOW, StatusBoard
 from tests.catalogue_files import model_toml, write_catalogue
-from tests.fakes import FakeOllama, Fakes
+from tests.fakes import FakeOllama, Fakes, Fault, Reply
 from tests.redis_server import free_port, running_redis
 from tests.servers import serve_in_thread
 
@@ -62,18 +62,57 @@ def snapshot(setup: tuple[StatusBoard, Clock, Any, Settings, Breakers]) -> dict[
 # --- the rules ------------------------------------------------------------------------------------
 
 
-def test_nothing_seen_is_ok_and_unchecked(board_setup: Any) -> None:
+def test_nothing_seen_is_unknown_and_unchecked(board_setup: Any) -> None:
     status = snapshot(board_setup)
     assert status["providers"]["ollama"] == {
-        "status": "ok",
+        "status": "unknown",
         "last_checked_at": None,
-        "reason": None,
+        "reason": "no evidence yet: no probe has answered and no request was sent",
         "requests": 0,
         "error_rate": None,
         "ttft_p50_ms": None,
     }
-    assert status["models"]["acme/tiny"]["status"] == "ok"
+    assert status["models"]["acme/tiny"]["status"] == "unknown"
+    assert status["models"]["acme/tiny"]["reason"].startswith("provider ollama is unknown: no evidence yet")
+    assert status["status"] == "unknown"
+
+
+def test_the_first_evidence_replaces_unknown(board_setup: Any) -> None:
+    board, *_ = board_setup
+    board.record_probe("ollama", ProbeResult(reachable=True, available_models=frozenset({"tiny:1b", "big:70b"})))
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "ok"
+    assert {m["status"] for m in status["models"].values()} == {"ok"}
     assert status["status"] == "ok"
+
+
+def test_traffic_is_evidence_too(board_setup: Any) -> None:
+    board, *_ = board_setup
+    board.record("ollama", "acme/tiny", ok=True, ttft=0.1)
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "ok"
+    assert status["models"]["acme/tiny"]["status"] == "ok"
+    # Its provider answered, so a model without traffic of its own is ok as far as anyone can tell.
+    assert status["models"]["acme/big"]["status"] == "ok"
+
+
+def test_overall_counts_unknown_providers_only_when_nothing_is_known(tmp_path: Path) -> None:
+    board = StatusBoard(clock=Clock(), wall=lambda: 1_700_000_000.0)
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("acme", "tiny", upstream="tiny:1b"),
+            model_toml("acme", "remote", provider="openrouter", upstream="acme/remote"),
+        )
+    )
+    settings, breakers = Settings(credentials={"openrouter": {"OPENROUTER_API_KEY": "k"}}), Breakers()
+    assert board.snapshot(catalogue, settings, breakers)["status"] == "unknown"
+    board.record_probe("ollama", ProbeResult(reachable=True))
+    assert board.snapshot(catalogue, settings, breakers)["status"] == "ok"  # openrouter not known to be unwell
+    board.record_probe("ollama", ProbeResult(reachable=False, detail="refused"))
+    assert board.snapshot(catalogue, settings, breakers)["status"] == "degraded"  # not known to be all down
+    board.record_probe("openrouter", ProbeResult(reachable=False, detail="refused"))
+    assert board.snapshot(catalogue, settings, breakers)["status"] == "down"
 
 
 def test_missing_credentials_are_unconfigured(board_setup: Any) -> None:
@@ -207,11 +246,12 @@ def poll(url: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0
 
 
 def only_listings(fakes: Fakes) -> list[tuple[str, str, str]]:
-    """Every request the fakes received that was not a GET (a generation costs money; a listing does not)."""
-    return [(fake.name, r.method, r.path) for fake in fakes.all() for r in fake.requests if r.method != "GET"]
+    """What the fakes received besides listing GETs: must stay empty (a generation costs money)."""
+    generations = [(fake.name, r.method, r.path) for fake in fakes.all() for r in fake.requests]
+    return generations + [(f.name, r.method, r.path) for f in fakes.all() for r in f.listings if r.method != "GET"]
 
 
-#: Providers with a free listing to probe (Hugging Face's serverless API offers none).
+#: Providers with a free listing to probe (the TGI API of Hugging Face offers none).
 PROBED = ("cloudflare", "openrouter", "ollama")
 
 
@@ -219,25 +259,98 @@ def test_probes_of_every_provider_are_free(fakes: Fakes) -> None:
     app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0.05))
     with serve_in_thread(app) as url:
         poll(url, lambda s: all(s["providers"][name]["last_checked_at"] for name in PROBED))
-        rounds = len(fakes.ollama.requests)
-        status = poll(url, lambda s: len(fakes.ollama.requests) >= rounds + 2)  # a few rounds more
+        rounds = len(fakes.ollama.listings)
+        status = poll(url, lambda s: len(fakes.ollama.listings) >= rounds + 2)  # a few rounds more
     for name in PROBED:
         assert status["providers"][name]["status"] == "ok", status["providers"][name]
         assert status["providers"][name]["last_checked_at"] is not None
-        assert fakes[name].requests, f"the {name} probe never ran"
-    assert all(model["status"] == "ok" for model in status["models"].values()), status["models"]
-    assert {r.path for r in fakes.ollama.requests} == {"/api/tags"}
-    assert {r.path for r in fakes.openrouter.requests} == {"/api/v1/models"}
+        assert fakes[name].listings, f"the {name} probe never ran"
+    probed_models = {k: m for k, m in status["models"].items() if m["provider"] in PROBED}
+    assert all(model["status"] == "ok" for model in probed_models.values()), status["models"]
+    assert {r.path for r in fakes.ollama.listings} == {"/api/tags"}
+    assert {r.path for r in fakes.openrouter.listings} == {"/api/v1/models"}
     assert only_listings(fakes) == []
+
+
+def test_the_first_probe_runs_at_start(fakes: Fakes) -> None:
+    # An hour between rounds: only the round at start can have answered.
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=3600))
+    with serve_in_thread(app) as url:
+        status = poll(url, lambda s: all(s["providers"][name]["status"] != "unknown" for name in PROBED))
+    for name in PROBED:
+        assert status["providers"][name]["status"] == "ok", status["providers"][name]
+        assert len(fakes[name].listings) >= 1
+    assert only_listings(fakes) == []
+
+
+def test_before_any_evidence_a_provider_is_unknown_not_ok(fakes: Fakes) -> None:
+    # Probes off and no request yet: nothing is known about the providers.
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0))
+    with serve_in_thread(app) as url:
+        status = httpx.get(f"{url}/api/status").json()
+    assert status["status"] == "unknown"
+    assert {name: p["status"] for name, p in status["providers"].items()} == dict.fromkeys(
+        ("huggingface", "cloudflare", "openrouter", "ollama"), "unknown"
+    )
+    assert {m["status"] for m in status["models"].values()} == {"unknown"}
+
+
+def test_an_ollama_that_is_not_running_is_down_not_ok(tmp_path: Path) -> None:
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml("ollama", "rwkv", upstream=RWKV)))
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = create_app(Settings(base_url_overrides={"ollama": dead}, probe_interval=3600), catalogue)
+    with serve_in_thread(app) as url:
+        status = poll(url, lambda s: s["providers"]["ollama"]["status"] != "unknown")
+    assert status["providers"]["ollama"]["status"] == "down"
+    assert status["providers"]["ollama"]["reason"].endswith("unreachable (ClientConnectorError)")
+    assert status["models"]["ollama/rwkv"]["status"] == "down"
 
 
 def test_a_model_missing_upstream_is_down_with_the_reason(fakes: Fakes) -> None:
     fakes.ollama.models = {"llama3.2:latest"}  # rwkv is not pulled
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0.05))
+    # The round at start finds it: no need to wait an interval.
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=3600))
     with serve_in_thread(app) as url:
         status = poll(url, lambda s: s["models"]["ollama/rwkv-6-world"]["status"] == "down")
     assert status["models"]["ollama/rwkv-6-world"]["reason"] == f"ollama does not list the model '{RWKV}'"
     assert status["providers"]["ollama"]["status"] == "ok"
+    assert only_listings(fakes) == []
+
+
+def test_a_reload_probes_the_new_catalogue_at_once(fakes: Fakes, tmp_path: Path) -> None:
+    rwkv = model_toml("ollama", "rwkv", upstream=RWKV)
+    path = write_catalogue(tmp_path / "c.toml", rwkv)
+    app = create_app(Settings(**fakes.settings_overrides(), config_path=path, probe_interval=3600))
+    with serve_in_thread(app) as url:
+        poll(url, lambda s: s["models"]["ollama/rwkv"]["status"] == "ok")
+        assert fakes.openrouter.listings == []  # no model used it: never probed
+        write_catalogue(path, rwkv, model_toml("acme", "gone", provider="openrouter", upstream="acme/gone:free"))
+        app.state.gateway.reload()
+        # An hour between rounds: only a round the reload started can have asked OpenRouter.
+        status = poll(url, lambda s: s["models"].get("acme/gone", {}).get("status") == "down")
+    assert status["models"]["acme/gone"]["reason"] == "openrouter does not list the model 'acme/gone:free'"
+    assert only_listings(fakes) == []
+
+
+def test_an_openai_instance_is_probed_at_start_and_a_model_it_does_not_list_is_down(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    # Like llama.cpp's server, the fake lists its one model (and would answer any id with it).
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("local", "smol", provider="llama", upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
+            model_toml("local", "ghost", provider="llama", upstream="not-served/ghost-7b"),
+            header=f'[providers.llama]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n',
+        )
+    )
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=3600), catalogue)
+    with serve_in_thread(app) as url:
+        status = poll(url, lambda s: s["models"]["local/ghost"]["status"] == "down")
+    assert status["models"]["local/ghost"]["reason"] == "llama does not list the model 'not-served/ghost-7b'"
+    assert status["models"]["local/smol"]["status"] == "ok"
+    assert status["providers"]["llama"]["status"] == "ok"
+    assert {(r.method, r.path) for r in fakes.openai.listings} == {("GET", "/v1/models")}
     assert only_listings(fakes) == []
 
 
@@ -251,10 +364,10 @@ class SwitchableOllama(FakeOllama):
 
     async def tags(self, request: Request) -> Response:
         if self.mode == "error":
-            await self.record(request)
+            await self.record(request, listing=True)
             return self.error(500)
         if self.mode == "hang":
-            await self.record(request)
+            await self.record(request, listing=True)
             await asyncio.to_thread(self.release.wait, 30)  # set from the test thread
         return await super().tags(request)
 
@@ -292,7 +405,38 @@ def test_a_provider_going_down_and_coming_back(switchable: tuple[SwitchableOllam
         status = poll(url, lambda s: s["providers"]["ollama"]["status"] == "ok")
         assert status["providers"]["ollama"]["status"] == "ok"
         assert status["models"]["ollama/rwkv"]["status"] == "ok"
-    assert fake.requests and {(r.method, r.path) for r in fake.requests} == {("GET", "/api/tags")}
+    assert fake.listings and {(r.method, r.path) for r in fake.listings} == {("GET", "/api/tags")}
+    assert fake.requests == []
+
+
+def test_a_successful_probe_closes_an_open_breaker(tmp_path: Path) -> None:
+    fake = SwitchableOllama()
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("ollama", "rwkv", upstream=RWKV),
+            # A cooldown far longer than the test: only a probe can close the breaker in time.
+            header="[providers.ollama]\nmax_retries = 0\nbreaker_threshold = 1\nbreaker_cooldown = 3600\n",
+        )
+    )
+    body = {"model": "ollama/rwkv", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(fake.app) as root:
+        settings = Settings(base_url_overrides={"ollama": root}, probe_interval=0.05)
+        with serve_in_thread(create_app(settings, catalogue)) as url:
+            fake.mode = "error"  # the server is unwell: its listing fails too, so no probe closes anything
+            fake.script(Reply(fault=Fault.status(500, message="runner crashed")))
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 502
+            refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            assert refused.status_code == 503
+            assert "provider in cooldown" in refused.json()["error"]["message"]
+            assert len(fake.requests) == 1  # refused without calling upstream
+
+            fake.mode = "up"  # the server is back and answers its listing
+            poll(url, lambda s: s["providers"]["ollama"]["status"] == "ok")
+            answered = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["choices"][0]["message"]["content"]
+    assert len(fake.requests) == 2
 
 
 def test_a_hanging_probe_hits_its_deadline_and_never_holds_a_request(
@@ -303,13 +447,13 @@ def test_a_hanging_probe_hits_its_deadline_and_never_holds_a_request(
     with serve_in_thread(create_app(settings, catalogue)) as url:
         # While a probe hangs upstream, status and health answer at once from what is known.
         deadline = time.monotonic() + 10
-        while not fake.requests and time.monotonic() < deadline:
+        while not fake.listings and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert fake.requests, "no probe was sent"
+        assert fake.listings, "no probe was sent"
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
         status = poll(url, lambda s: s["providers"]["ollama"]["status"] == "down")
     assert status["providers"]["ollama"]["reason"] == "probe failed: no answer within 0.3 s"
-    assert {(r.method, r.path) for r in fake.requests} == {("GET", "/api/tags")}
+    assert {(r.method, r.path) for r in fake.listings} == {("GET", "/api/tags")}
 
 
 def test_probes_are_off_with_interval_zero(fakes: Fakes) -> None:
@@ -318,7 +462,7 @@ def test_probes_are_off_with_interval_zero(fakes: Fakes) -> None:
         time.sleep(0.2)
         status = httpx.get(f"{url}/api/status").json()
     assert status["providers"]["ollama"]["last_checked_at"] is None
-    assert all(not fake.requests for fake in fakes.all())
+    assert all(not fake.requests and not fake.listings for fake in fakes.all())
 
 
 def test_status_reasons_never_show_a_credential(fakes: Fakes, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocol
 from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers.cloudflare import Cloudflare
 from tests.fakes import Fakes, Fault, Reply
+from tests.fakes.cloudflare import CONTEXT_WINDOW
 from tests.fakes.contract import ESTIMATED_PROMPT, ProviderContract, catalogue_model, collect, free_port_url
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
@@ -127,8 +128,10 @@ class TestCloudflare(ProviderContract):
             down = await self.make(http, free_port_url()).probe([model])
         assert result is not None and result.reachable
         assert result.available_models == frozenset({"@cf/meta/llama-3.3-70b-instruct-fp8-fast"})
-        assert fakes.cloudflare.last.path == "/client/v4/accounts/acct/ai/models/search"
-        assert fakes.cloudflare.last.headers["authorization"] == "Bearer cf_test"
+        assert result.context_lengths == {"@cf/meta/llama-3.3-70b-instruct-fp8-fast": CONTEXT_WINDOW}
+        assert fakes.cloudflare.listings[-1].path == "/client/v4/accounts/acct/ai/models/search"
+        assert fakes.cloudflare.listings[-1].headers["authorization"] == "Bearer cf_test"
+        assert fakes.cloudflare.requests == []  # a listing, never a generation
         assert missing is not None and missing.reachable and missing.available_models == frozenset()
         assert down is not None and not down.reachable
 

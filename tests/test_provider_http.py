@@ -25,7 +25,15 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers import Connection, new_session
-from modelgate.providers._http import ErrorDetail, Upstream, estimate_tokens, retry_after_header, seconds_until_epoch_ms
+from modelgate.providers._http import (
+    ErrorDetail,
+    Upstream,
+    context_window,
+    estimate_tokens,
+    openai_listing,
+    retry_after_header,
+    seconds_until_epoch_ms,
+)
 from modelgate.providers.openrouter import OpenRouter
 from modelgate.providers.tgi import TGI
 from modelgate.providers.tgi import read_error as hf_read_error
@@ -90,7 +98,7 @@ def test_401_never_repeats_the_upstream_text_but_names_the_variable(upstream: Up
 
 def test_credentials_echoed_in_any_message_are_redacted(upstream: Upstream) -> None:
     error = upstream.error_for(400, ErrorDetail("bad key sekrit-value in header"))
-    assert "sekrit-value" not in error.message and "[redacted]" in error.message
+    assert "sekrit-value" not in error.message and "[REDACTED]" in error.message
 
 
 def test_detail_overrides_status_and_transience(upstream: Upstream) -> None:
@@ -114,6 +122,57 @@ def test_epoch_ms_reset() -> None:
     assert seconds_until_epoch_ms(str(int((time.time() + 30) * 1000))) == pytest.approx(30, abs=2)
     assert seconds_until_epoch_ms("0") == 0
     assert seconds_until_epoch_ms("never") is None
+
+
+# --- listings (probes) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "window"),
+    [
+        ({"id": "m", "context_length": 131072}, 131072),  # OpenRouter, Together
+        ({"id": "m", "object": "model", "max_model_len": 32768}, 32768),  # vLLM
+        ({"id": "m", "meta": {"n_ctx_train": 8192, "n_vocab": 49152}}, 8192),  # llama.cpp's server
+        # The Hugging Face router: the smallest serving provider's window (it may route to any).
+        (
+            {
+                "id": "m",
+                "providers": [
+                    {"provider": "a", "status": "live", "context_length": 131072},
+                    {"provider": "b", "status": "live", "context_length": 32768},
+                    {"provider": "c", "status": "live"},
+                ],
+            },
+            32768,
+        ),
+        ({"id": "m", "object": "model", "owned_by": "me", "permissions": []}, None),  # llama-cpp-python
+        ({"id": "m", "context_length": None, "providers": []}, None),
+    ],
+)
+def test_an_openai_listing_reads_each_servers_context_window(entry: dict[str, object], window: int | None) -> None:
+    assert list(openai_listing({"object": "list", "data": [entry]})) == [("m", window)]
+
+
+@pytest.mark.parametrize(
+    ("value", "tokens"),
+    [(4096, 4096), ("24000", 24000), (8192.0, 8192), (0, None), (-1, None), (True, None), ("", None), ("1e3", None)],
+)
+def test_context_window_values(value: object, tokens: int | None) -> None:
+    assert context_window(value) == tokens
+
+
+@pytest.mark.anyio
+async def test_a_listing_in_an_unexpected_shape_is_reachable_but_tells_nothing() -> None:
+    async def listing(request: Request) -> Response:
+        return Response(b'{"models": "not a list of entries"}', media_type="application/json")
+
+    with serve_in_thread(Starlette(routes=[Route("/models", listing)])) as root:
+        async with new_session() as http:
+            result = await Upstream("p", Connection(root), http, hf_read_error).probe_listing(
+                f"{root}/models", openai_listing
+            )
+    assert result.reachable and result.available_models is None
+    assert result.detail == "the model listing has an unexpected shape"
 
 
 def test_estimate_is_four_characters_a_token() -> None:

@@ -21,6 +21,7 @@ from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
+from tests.fakes.huggingface import ROUTER_CONTEXT_WINDOWS
 
 #: The fields every request carries; the rest are the parameters.
 _ENVELOPE = ("model", "messages", "stream", "stream_options")
@@ -129,7 +130,10 @@ class TestHuggingFaceRouter(ProviderContract):
             result = await self.make(http, fakes.huggingface.url + "/v1").probe([catalogue_model(self.model_id)])
         assert result is not None and result.reachable
         assert result.available_models is not None and "Qwen/Qwen2.5-72B-Instruct" in result.available_models
-        assert fakes.huggingface.last.path == "/v1/models"
+        # The smallest window of the serving providers: the router may pick any of them.
+        assert result.context_lengths["Qwen/Qwen2.5-72B-Instruct"] == min(ROUTER_CONTEXT_WINDOWS)
+        assert fakes.huggingface.listings[-1].path == "/v1/models"
+        assert fakes.huggingface.requests == []
 
 
 def test_the_per_model_route_is_the_routers_not_tgis(fakes: Fakes) -> None:

@@ -146,7 +146,8 @@ class TestOllama(ProviderContract):
         assert result is not None and result.reachable
         assert result.available_models is not None
         assert {"mollysama/rwkv-6-world:1.6b", "llama3.2", "llama3.2:latest"} <= result.available_models
-        assert fakes.ollama.last.path == "/api/tags"
+        assert result.context_lengths == {}  # the tags state no context window
+        assert fakes.ollama.listings[-1].path == "/api/tags"
         assert down is not None and not down.reachable and "unreachable" in (down.detail or "")
 
 
@@ -162,3 +163,19 @@ async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncate
         assert parser.feed(b'{"message":{"role":"assistant","content":"b"},"done":false}') == []
         assert parser.end() == [TextDelta("b")]
     assert isinstance(parser.failure, UpstreamProtocolError) and "truncated" in parser.failure.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"message":{"content":true},"done":false}\n',
+        b'{"message":{"thinking":["x"]},"done":false}\n',
+        b'{"message":{"content":""},"done":true,"prompt_eval_count":null}\n',
+        b'{"message":{"content":""},"done":true,"eval_count":true}\n',
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_protocol_error_not_a_bad_event(line: bytes) -> None:
+    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error))  # type: ignore[arg-type]
+    assert parser.feed(line) == []
+    assert isinstance(parser.failure, UpstreamProtocolError)
+    assert "unreadable NDJSON line" in parser.failure.message

@@ -19,6 +19,7 @@ from modelgate.providers.openai import OpenAICompatible
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ProviderContract, catalogue_model, collect
+from tests.fakes.openai_compatible import CONTEXT_WINDOW as OPENAI_CONTEXT_WINDOW
 
 _ENVELOPE = ("model", "messages", "stream", "stream_options")
 CONTEXT_EXCEEDED = (
@@ -153,7 +154,9 @@ class TestOpenAICompatible(ProviderContract):
             result = await self.make(http, fakes.openai.url).probe([llama_model()])
         assert result is not None and result.reachable
         assert result.available_models == frozenset({"HuggingFaceTB/SmolLM2-135M-Instruct"})
-        assert fakes.openai.last.path == "/v1/models"
+        assert result.context_lengths == {"HuggingFaceTB/SmolLM2-135M-Instruct": OPENAI_CONTEXT_WINDOW}
+        assert fakes.openai.listings[-1].path == "/v1/models"
+        assert fakes.openai.requests == []
 
 
 @pytest.mark.anyio

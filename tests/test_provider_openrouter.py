@@ -152,8 +152,9 @@ class TestOpenRouter(ProviderContract):
         assert result is not None and result.reachable
         assert result.available_models is not None
         assert "meta-llama/llama-3.3-70b-instruct:free" in result.available_models
-        assert fakes.openrouter.last.path == "/api/v1/models"
-        assert "authorization" not in fakes.openrouter.last.headers
+        assert result.context_lengths["meta-llama/llama-3.3-70b-instruct:free"] == 131072
+        assert fakes.openrouter.listings[-1].path == "/api/v1/models"
+        assert "authorization" not in fakes.openrouter.listings[-1].headers
         assert down is not None and not down.reachable
 
 

@@ -28,6 +28,7 @@ from modelgate.errors import (
 )
 from modelgate.resilience import (
     BreakerConfig,
+    Breakers,
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
@@ -178,6 +179,26 @@ def test_a_success_resets_the_streak() -> None:
         b.acquire()
         b.record_failure("x") if outcome == "fail" else b.record_success()
     assert b.state is BreakerState.CLOSED
+
+
+def test_a_successful_probe_closes_an_open_or_half_open_breaker() -> None:
+    clock = FakeClock()
+    breakers = Breakers(clock=clock)
+    b = breakers.get("p", BreakerConfig(threshold=1, cooldown=600))
+    b.acquire()
+    b.record_failure("HTTP 502")
+    assert b.is_open()
+    breakers.probe_succeeded("p")
+    assert b.state is BreakerState.CLOSED and b.reason is None
+    b.acquire()  # no "provider in cooldown"
+    b.record_failure("HTTP 502")
+    clock.now += 601
+    b.acquire()  # the half-open trial is in flight: others would be refused
+    assert b.state is BreakerState.HALF_OPEN
+    breakers.probe_succeeded("p")
+    b.acquire()
+    breakers.probe_succeeded("never-used")  # no breaker yet: nothing to do, nothing created
+    assert breakers.peek("never-used") is None
 
 
 def test_failures_spread_beyond_the_window_do_not_open_it() -> None:

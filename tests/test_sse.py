@@ -134,3 +134,9 @@ def test_ndjson_last_line_without_newline_is_flushed() -> None:
     assert decoder.feed(b":2}") == []
     assert decoder.flush() == [b'{"b":2}']
     assert decoder.flush() == []
+
+
+def test_an_empty_chunk_between_cr_and_lf_is_not_a_blank_line() -> None:
+    decoder = SSEDecoder()
+    events = decoder.feed(b"data: a\r") + decoder.feed(b"") + decoder.feed(b"\n") + decoder.feed(b"data: b\n\n")
+    assert [e.data for e in events] == ["a\nb"]

@@ -80,6 +80,7 @@ class GatewayState:
         self.redactor.update(self._secrets(catalogue))
         if self.http is not None:
             self.providers = providers
+            self.prober.wake()  # probe what the new catalogue uses now, not an interval later
 
     def reload(self) -> Catalogue:
         """Load the catalogue file again and swap it in. Raises ``CatalogueError`` and keeps the old one."""
@@ -103,6 +104,8 @@ class GatewayState:
             name=provider,
             key_variable=instance.key_variable,
             extra_params=instance.extra_params,
+            max_event_bytes=self.settings.upstream_max_event_bytes,
+            max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )
 
     def missing_credentials(self, provider: str) -> list[str]:
@@ -124,12 +127,21 @@ class GatewayState:
             values += self.settings.credential_values(name, instance.credential_variables).values()
         return values
 
-    async def start(self) -> None:
-        if self.ledger is not None:  # first: a database that cannot be used stops the start with nothing to close
-            await self.ledger.start()
+    def open_upstreams(self) -> None:
+        """The shared upstream HTTP client and the providers built on it (the lifespan's, or one check's)."""
         # No total timeout: streams are bounded by the providers' connect/first-token/idle timeouts.
         self.http = new_session()
         self.providers = self._build_providers(self._catalogue)
+
+    async def close_upstreams(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    async def start(self) -> None:
+        if self.ledger is not None:  # its writer opens the database in the background (ledger.py)
+            await self.ledger.start()
+        self.open_upstreams()
         await self.limiter.start()
         self.redactor.install()
         self.prober.start()
@@ -139,9 +151,7 @@ class GatewayState:
         if self.ledger is not None:  # after the last response: every request's row is queued by now
             await self.ledger.stop()
         await self.limiter.stop()
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
+        await self.close_upstreams()
         self.access_log.flush()
         self.redactor.uninstall()
 

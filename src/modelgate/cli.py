@@ -6,6 +6,7 @@ A catalogue problem is one message on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
 import os
@@ -35,6 +36,7 @@ from modelgate.settings import database_url as ledger_database_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TABLE_COLUMNS = ("publisher", "model", "type", "provider", "max_new_tokens", "truncate", "endpoint")
+ONLINE_COLUMNS = ("model", "provider", "upstream id", "listed", "context", "truncate + max_new_tokens", "note")
 
 cli = typer.Typer(
     name="modelgate",
@@ -299,10 +301,26 @@ def models(
 
 @cli.command("check-config")
 def check_config(
-    path: Annotated[Path, typer.Argument(help="Catalogue file to validate.", dir_okay=False)],
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Catalogue file to validate. Default: $MODELGATE_CONFIG, else the built-in catalogue.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Also ask each provider for its free model listing (base URLs and credentials from the "
+            "environment, as serve reads them): exit 1 if a model is not listed or a provider is unreachable.",
+        ),
+    ] = False,
 ) -> None:
     """Validate a catalogue file without serving it (exit 0 when valid, 1 with the problem otherwise)."""
-    catalogue = load_or_fail(path)
+    settings = Settings.from_env()
+    catalogue = load_or_fail(path or settings.config_path)
     keys_or_fail(Settings(), catalogue)  # the keys file it names, if any
     providers = Counter(m.provider for m in catalogue.models)
     publishers = {m.publisher for m in catalogue.models}
@@ -310,6 +328,30 @@ def check_config(
     typer.echo(
         f"{catalogue.source}: OK, {len(catalogue.models)} models from {len(publishers)} publishers ({per_provider})"
     )
+    if online:
+        _check_online(settings, catalogue)
+
+
+def _check_online(settings: Settings, catalogue: Catalogue) -> None:
+    from modelgate.online_check import check_online, failed
+
+    checks = asyncio.run(check_online(settings, catalogue))
+    table = Table(*ONLINE_COLUMNS, title=f"{len(checks)} models checked against their providers' listings")
+    for check in checks:
+        listed = {True: "yes", False: "NO", None: "?"}[check.listed]
+        window = str(check.context_length) if check.context_length is not None else "—"
+        p = check.model.parameters
+        sum_cell = f"{p.truncate} + {p.max_new_tokens} = {check.requested}"
+        note = check.problem or check.note or ""
+        if check.over_window:
+            sum_cell += " !"
+            note = f"exceeds the provider's context by {check.over_window}" + (f"; {note}" if note else "")
+        table.add_row(check.model.id, check.model.provider, check.model.upstream_model, listed, window, sum_cell, note)
+    _stdout_console().print(table)
+    problems = failed(checks)
+    if problems:
+        fail(f"{len(problems)} of {len(checks)} models failed the online check")
+    typer.echo(f"online: OK, every model is listed by its provider ({len(checks)} models)")
 
 
 # --- chat ------------------------------------------------------------------------------------------

@@ -5,17 +5,17 @@ writes JSON lines (``JsonFormatter``) to stderr through one ``access_log.JsonLin
 access lines (written to that handler directly, batched: see ``access_log.py``) and every other
 record come out in order. uvicorn's own access log is off; ``modelgate.access`` replaces it.
 
-Redaction: ``RedactingFilter`` scrubs every configured secret (provider credentials, API keys) and
-any ``Bearer …`` token from message, arguments, structured fields and tracebacks. The app installs it
-on every log handler present when it starts (its own and the server's), so no record reaches an
-output unscrubbed, whoever logged it. The access line is built without credentials and redacts its
-few free-text fields itself (``access_log.py`` says which).
+Redaction: ``RedactingFilter`` scrubs every configured secret (provider credentials, API keys), words
+starting like one, key-shaped words and any ``Bearer …`` token (``redact.py``) from message,
+arguments, structured fields and tracebacks. The app installs it on every log handler present when
+it starts (its own and the server's), so no record reaches an output unscrubbed, whoever logged it.
+The access line is built without credentials and redacts its few free-text fields itself
+(``access_log.py`` says which).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -23,35 +23,26 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from modelgate.redact import REDACTED, Redactor
+
 if TYPE_CHECKING:
     from modelgate.settings import Settings
 
-REDACTED = "[REDACTED]"
+__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "logging_config", "secrets_of"]
 
 
 # --- redaction ----------------------------------------------------------------------------------
 
-_BEARER = r"(?i:\bbearer\s+)[^\s\"',;]+"
 
+class RedactingFilter(Redactor, logging.Filter):
+    """Replaces secrets and bearer tokens in a record, in place, so every later handler sees it clean.
 
-class RedactingFilter(logging.Filter):
-    """Replaces secrets and bearer tokens in a record, in place, so every later handler sees it clean."""
-
-    #: Shorter values are not treated as secrets: redacting "1" everywhere would destroy every log.
-    MIN_SECRET_LENGTH = 4
+    What counts as a secret is ``redact.Redactor``'s rule, the same as for client-visible upstream text.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        self._pattern = re.compile(_BEARER)
-        self.update(secrets)
-
-    def update(self, secrets: Iterable[str]) -> None:
-        values = sorted({s for s in secrets if len(s) >= self.MIN_SECRET_LENGTH}, key=len, reverse=True)
-        alternatives = [re.escape(s) for s in values] + [_BEARER]
-        self._pattern = re.compile("|".join(alternatives))
-
-    def scrub(self, text: str) -> str:
-        return self._pattern.sub(_replacement, text)
+        logging.Filter.__init__(self)
+        Redactor.__init__(self, secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -79,13 +70,6 @@ class RedactingFilter(logging.Filter):
     def uninstall(self) -> None:
         for handler in _all_handlers():
             handler.removeFilter(self)
-
-
-def _replacement(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if text[:6].lower() == "bearer":
-        return text[: len(text) - len(text.lstrip()[6:].lstrip())] + REDACTED
-    return REDACTED
 
 
 def _all_handlers() -> list[logging.Handler]:

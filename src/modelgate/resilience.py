@@ -18,6 +18,10 @@ Circuit breaker, one per provider (``Breakers`` lives on ``GatewayState``)::
       ▲                                                   ▲                       │ one trial call
       └────────────────────── trial succeeds ─────────────┴──── trial fails ──────┘
 
+A successful probe of the provider's model listing (``status.Prober``) closes an open or half-open
+breaker at once: the provider answers again, so calls should not keep failing fast until the cooldown
+ends (a probe is free; a trial call is a user's request).
+
 While open (or while half-open with its trial in flight) calls fail fast with ``UpstreamUnavailable``
 ("provider in cooldown", ``Retry-After`` = the cooldown left), which the gateway turns into a fallback
 when the model has one. Client errors (400, bad credentials) say nothing about the provider's health and
@@ -253,3 +257,10 @@ class Breakers:
 
     def peek(self, provider: str) -> CircuitBreaker | None:
         return self._breakers.get(provider)
+
+    def probe_succeeded(self, provider: str) -> None:
+        """The provider answered its free listing (``status.Prober``): it is back, so an open or half-open
+        breaker closes now instead of failing calls fast for the rest of its cooldown."""
+        breaker = self._breakers.get(provider)
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            breaker.record_success()

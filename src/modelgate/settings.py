@@ -115,6 +115,12 @@ class Settings:
     ledger_flush_interval: float = 1.0
     #: The key that reads everyone's usage (``GET /api/usage``); never a chat key.
     admin_key: str | None = None
+    # -- upstream reply limits (README "Upstream replies"); ``providers.base.Connection`` carries them.
+    #: Bytes an upstream may send without completing an event (one SSE line or event, one NDJSON record,
+    #: a run of comments or empty chunks): beyond it the stream fails with an error part.
+    upstream_max_event_bytes: int = 4 * 1024 * 1024
+    #: Seconds one upstream reply may stream in all (0: no limit, the default: a healthy reply may be long).
+    upstream_max_stream_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -153,6 +159,7 @@ class Settings:
                 )
                 if env.get(variable)
             },
+            **_upstream_limits(env),
         }
         values.update(overrides)
         if "database_url" not in overrides:
@@ -189,3 +196,12 @@ class Settings:
         names = tuple(CREDENTIAL_VARIABLES.get(provider, ()) if variables is None else variables)
         found = self.credential_values(provider, names)
         return [name for name in names if name not in found]
+
+
+def _upstream_limits(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if env.get("MODELGATE_UPSTREAM_MAX_EVENT_BYTES"):
+        values["upstream_max_event_bytes"] = int(env["MODELGATE_UPSTREAM_MAX_EVENT_BYTES"])
+    if env.get("MODELGATE_UPSTREAM_MAX_STREAM_SECONDS"):
+        values["upstream_max_stream_seconds"] = float(env["MODELGATE_UPSTREAM_MAX_STREAM_SECONDS"])
+    return values

@@ -10,7 +10,9 @@ a set of characters, not a prefix.
 
 Both decoders take raw network chunks. They split on ASCII line terminators *before* decoding
 UTF-8, so a chunk boundary anywhere — inside a line, between CR and LF, or inside a multi-byte
-character — cannot corrupt text: only complete lines are ever decoded.
+character — cannot corrupt text: only complete lines are ever decoded. An unterminated line waits in a
+``bytearray`` and only each new chunk is searched for a terminator, so a line arriving in many chunks
+costs linear time, not quadratic (the caller bounds how long a line may grow: ``providers._http``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class SSEDecoder:
     __slots__ = ("_data", "_event", "_last_id", "_partial", "_pending_cr", "retry")
 
     def __init__(self) -> None:
-        self._partial = b""  # the bytes of a line whose terminator has not arrived yet
+        self._partial = bytearray()  # the bytes of a line whose terminator has not arrived yet
         self._pending_cr = False  # the last chunk ended in CR: an LF starting the next one belongs to it
         self._data: list[str] = []
         self._event = ""
@@ -45,18 +47,22 @@ class SSEDecoder:
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if not chunk:
+            return []  # nothing new: above all, not the end of a CR waiting for its LF
         if self._pending_cr:
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        buffer = self._partial + chunk if self._partial else chunk
-        if b"\r" in buffer:
-            lines = _LINE_BREAK.split(buffer)
+        complete = _complete_lines(self._partial, chunk)
+        if complete is None:
+            return []
+        if b"\r" in complete:
+            lines = _LINE_BREAK.split(complete)
             # A trailing CR may be the first half of a CRLF split across chunks.
-            self._pending_cr = buffer.endswith(b"\r")
+            self._pending_cr = complete.endswith(b"\r")
         else:
-            lines = buffer.split(b"\n")
-        self._partial = lines.pop()  # the unterminated rest ("" when the chunk ended a line)
+            lines = complete.split(b"\n")
+        lines.pop()  # "": ``complete`` ends with a terminator
         events: list[ServerSentEvent] = []
         for line in lines:
             if line:
@@ -71,7 +77,7 @@ class SSEDecoder:
 
     def flush(self) -> list[ServerSentEvent]:
         """End of stream. Per the spec an event not closed by a blank line is discarded, never guessed."""
-        self._partial = b""
+        self._partial.clear()
         self._pending_cr = False
         self._data = []
         self._event = ""
@@ -110,22 +116,44 @@ class NDJSONDecoder:
     __slots__ = ("_partial",)
 
     def __init__(self) -> None:
-        self._partial = b""
+        self._partial = bytearray()
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buffer = self._partial + chunk if self._partial else chunk
-        lines = buffer.split(b"\n")
-        self._partial = lines.pop()
+        complete = _complete_lines(self._partial, chunk, b"\n")
+        if complete is None:
+            return []
+        lines = complete.split(b"\n")
+        lines.pop()  # "": ``complete`` ends with a newline
         return [line.rstrip(b"\r") for line in lines if line and line != b"\r"]
 
     def flush(self) -> list[bytes]:
         """End of stream: a last line without its newline is still a complete JSON value."""
-        rest, self._partial = self._partial.strip(), b""
+        rest = bytes(self._partial).strip()
+        self._partial.clear()
         return [rest] if rest else []
 
     @property
     def pending(self) -> bool:
         return bool(self._partial.strip())
+
+
+def _complete_lines(partial: bytearray, chunk: bytes, terminators: bytes = b"\n\r") -> bytes | None:
+    """The complete lines that ``chunk`` finishes (``partial``'s bytes first), ending with the last
+    terminator; what follows it becomes the new ``partial`` (updated in place). None when ``chunk``
+    holds no terminator: it was only appended. ``partial`` holds no terminator, so only ``chunk`` is
+    searched, and ``partial`` is copied once, when its line completes."""
+    last = max(chunk.rfind(terminators[i : i + 1]) for i in range(len(terminators)))
+    if last < 0:
+        partial += chunk
+        return None
+    end = last + 1
+    complete = chunk if end == len(chunk) else chunk[:end]
+    if partial:
+        complete = bytes(partial) + complete
+        partial.clear()
+    if end < len(chunk):
+        partial += chunk[end:]
+    return complete
 
 
 def format_sse(data: str | bytes) -> bytes:

@@ -5,22 +5,31 @@ Two sources, neither of which costs a billed call:
 - **traffic**: ``gateway.open_stream`` records every upstream attempt (ok or failed, time to first
   token) and every mid-stream failure into a rolling window per provider and per model;
 - **probes**: a background task (``Prober``, started by the app's lifespan) calls each configured
-  provider's ``probe()`` — a model listing, Ollama's tags, never a generation — every
-  ``settings.probe_interval`` seconds, each under its own deadline (``probe_timeout`` of the
-  provider's catalogue entry). Requests read the last results; no request ever awaits a probe.
+  provider's ``probe()`` — its free model listing (the OpenAI-style ``GET {base}/models`` of OpenRouter
+  and OpenAI-compatible servers, Ollama's ``/api/tags``, Cloudflare's model search), never a
+  generation — at start and then every ``settings.probe_interval`` seconds, each under its own deadline
+  (``probe_timeout`` of the provider's catalogue entry). Requests read the last results; no request
+  ever awaits a probe. A provider that answers its listing is back: the probe closes its circuit
+  breaker (``Breakers.probe_succeeded``) and clears its run of failed attempts.
 
 Status rules (first that applies), per provider:
 
 ``unconfigured``  its credentials are missing;
 ``down``          its circuit breaker is open; or the last probe failed and no reply succeeded since;
                   or its last ``DOWN_AFTER`` attempts (within the window) all failed;
+``unknown``       no evidence yet: no probe has answered and no request was sent (just after start,
+                  or with probes off until the first request; ``last_checked_at`` is then null);
 ``degraded``      at least ``MIN_SAMPLES`` attempts in the window and an error rate of at least
                   ``DEGRADED_ERROR_RATE``; or a median time to first token of ``SLOW_TTFT`` or more;
-``ok``            otherwise (also before anything was seen: ``last_checked_at`` is then null).
+``ok``            otherwise: the last probe answered, or the traffic is healthy.
 
 Per model the same on the model's own traffic, plus: ``down`` when its provider is, or when the last
-probe listed the provider's models and this one's upstream id was not among them; ``degraded`` when
-its provider is.
+probe listed the provider's models and this one's upstream id was not among them (the reason says
+so); ``unknown`` while its provider is and it has no traffic of its own; ``degraded`` when its
+provider is.
+
+Overall: ``unknown`` while every provider in use (configured) is; otherwise ``ok`` when every one
+with evidence is ``ok``, ``down`` when all are ``down``, else ``degraded``.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelgate.errors import ModelgateError
-from modelgate.providers import ProbeResult
+from modelgate.providers import ProbeResult, Provider
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
@@ -47,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelgate.status")
 
-Status = Literal["ok", "degraded", "down", "unconfigured"]
+Status = Literal["ok", "degraded", "down", "unknown", "unconfigured"]
 
 #: Seconds of traffic the rates and medians look at.
 WINDOW = 300.0
@@ -144,6 +153,10 @@ class StatusBoard:
         self._models.setdefault(model, _Signals()).record(now, wall, ok, ttft, reason)
 
     def record_probe(self, provider: str, result: ProbeResult) -> None:
+        signals = self._providers.get(provider)
+        if result.reachable and signals is not None:
+            # It answered: a run of failed attempts before this no longer says it is down.
+            signals.consecutive_failures = 0
         self._probes[provider] = _Probe(
             at=self.clock(),
             wall=self.wall(),
@@ -199,6 +212,8 @@ class StatusBoard:
             if not recovered:
                 return "down", f"probe failed: {probe.detail or 'unreachable'}"
         if signals is None:
+            if probe is None:
+                return "unknown", "no evidence yet: no probe has answered and no request was sent"
             return "ok", None
         return signals.verdict(now)
 
@@ -209,6 +224,8 @@ class StatusBoard:
         if probe is not None and probe.available is not None and model.upstream_model not in probe.available:
             return "down", f"{model.provider} does not list the model '{model.upstream_model}'"
         signals = self._models.get(model.id)
+        if signals is None and provider["status"] == "unknown":
+            return "unknown", f"provider {model.provider} is unknown: {provider['reason']}"
         status, reason = signals.verdict(now) if signals is not None else ("ok", None)
         if status == "ok" and provider["status"] == "degraded":
             return "degraded", f"provider {model.provider} is degraded: {provider['reason']}"
@@ -221,7 +238,10 @@ class StatusBoard:
 
 def _overall(statuses: Iterable[str]) -> str:
     values = [s for s in statuses if s != "unconfigured"]
-    if not values or all(s == "ok" for s in values):
+    if values and all(s == "unknown" for s in values):
+        return "unknown"
+    known = [s for s in values if s != "unknown"]
+    if all(s == "ok" for s in known):
         return "ok"
     if all(s == "down" for s in values):
         return "down"
@@ -236,16 +256,18 @@ def _iso(timestamp: float) -> str:
 
 
 class Prober:
-    """Probes every configured provider each ``interval`` seconds, in the background.
+    """Probes every configured provider at start, then each ``interval`` seconds, in the background.
 
-    The first round runs one interval after start, not at once: a just-started service (or a test)
-    then sends upstream nothing it did not ask for.
+    The first round runs at once: until a probe answers, ``/api/status`` can only say ``unknown``, and a
+    model the provider does not list should show as ``down`` within seconds of start, not a minute later.
+    For the same reason a catalogue reload (``wake``) starts a round at once.
     """
 
     def __init__(self, state: GatewayState, interval: float) -> None:
         self.state = state
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         if self.interval > 0 and self._task is None:
@@ -258,38 +280,72 @@ class Prober:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def wake(self) -> None:
+        """Run the next round now (the catalogue changed: new models or providers to check).
+
+        Safe from any thread (tests swap catalogues from theirs); a no-op when probes are off."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: there is no next round
+                task.get_loop().call_soon_threadsafe(self._wake.set)
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            self._wake.clear()
             try:
                 await self.probe_all()
             except Exception:  # the loop must survive anything one round does
                 log.exception("health probe round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
 
     async def probe_all(self) -> None:
-        catalogue = self.state.catalogue
-        by_provider: dict[str, list[CatalogueModel]] = {}
-        for model in catalogue.models:
-            by_provider.setdefault(model.provider, []).append(model)
-        await asyncio.gather(*(self._probe(name, models) for name, models in by_provider.items()))
+        """One round: probe every configured provider in use, record what each answered."""
+        state = self.state
+        for name, result in (await probe_catalogue(state, state.catalogue)).items():
+            if result is None:
+                continue
+            state.status.record_probe(name, result)
+            if result.reachable:
+                # It answered its listing, so it is back: no request should meet "provider in cooldown".
+                state.breakers.probe_succeeded(name)
 
-    async def _probe(self, name: str, models: list[CatalogueModel]) -> None:
-        if self.state.missing_credentials(name):
-            return  # unconfigured: a probe would only fail authentication
-        provider = self.state.providers.get(name)
-        if provider is None:
-            return
-        deadline = self.state.catalogue.provider_entry(name).probe_timeout
-        result: ProbeResult | None
-        try:
-            async with asyncio.timeout(deadline):
-                result = await provider.probe(models)
-        except TimeoutError:
-            result = ProbeResult(reachable=False, detail=f"no answer within {deadline:g} s")
-        except ModelgateError as exc:
-            result = ProbeResult(reachable=False, detail=exc.message)
-        except Exception as exc:  # a probe bug must not read as "ok", nor kill the loop
-            log.warning("health probe of %s raised %s", name, type(exc).__name__, exc_info=exc)
-            result = ProbeResult(reachable=False, detail=f"probe error ({type(exc).__name__})")
-        if result is not None:
-            self.state.status.record_probe(name, result)
+
+async def probe_catalogue(state: GatewayState, catalogue: Catalogue) -> dict[str, ProbeResult | None]:
+    """Probe, concurrently, every provider the catalogue's models use and whose credentials are set.
+
+    Keyed by provider, in the catalogue's order; None where the provider offers no probe. Providers
+    without credentials are left out (a probe would only fail authentication). Never raises for a
+    provider's failure: that is an unreachable result with the reason.
+    """
+    by_provider: dict[str, list[CatalogueModel]] = {}
+    for model in catalogue.models:
+        by_provider.setdefault(model.provider, []).append(model)
+    names = [
+        name
+        for name in by_provider
+        if not state.settings.missing_credentials(name, catalogue.instance(name).credential_variables)
+        and state.providers.get(name) is not None
+    ]
+    results = await asyncio.gather(
+        *(
+            probe_one(state.providers[name], by_provider[name], catalogue.provider_entry(name).probe_timeout)
+            for name in names
+        )
+    )
+    return dict(zip(names, results, strict=True))
+
+
+async def probe_one(provider: Provider, models: list[CatalogueModel], deadline: float) -> ProbeResult | None:
+    """One free probe under its deadline; any failure is an unreachable result, never an exception."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await provider.probe(models)
+    except TimeoutError:
+        return ProbeResult(reachable=False, detail=f"no answer within {deadline:g} s")
+    except ModelgateError as exc:
+        return ProbeResult(reachable=False, detail=exc.message)
+    except Exception as exc:  # a probe bug must not read as "ok", nor kill the loop
+        name = provider.connection.name or provider.name
+        log.warning("health probe of %s raised %s", name, type(exc).__name__, exc_info=exc)
+        return ProbeResult(reachable=False, detail=f"probe error ({type(exc).__name__})")

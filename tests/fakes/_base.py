@@ -168,6 +168,7 @@ class FakeUpstream:
         self._lock = threading.Condition()
         self._queue: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
+        self._listings: list[RecordedRequest] = []
         self._disconnects = 0
         self._epoch = 0
         #: Answer this when nothing is scripted.
@@ -196,6 +197,13 @@ class FakeUpstream:
             return list(self._requests)
 
     @property
+    def listings(self) -> list[RecordedRequest]:
+        """The model-listing calls (health probes), kept apart from ``requests``: probes run in the
+        background of every served app, and must not shift what a test counts or reads as ``last``."""
+        with self._lock:
+            return list(self._listings)
+
+    @property
     def last(self) -> RecordedRequest:
         requests = self.requests
         assert requests, f"the {self.name} fake received no request"
@@ -218,6 +226,7 @@ class FakeUpstream:
         with self._lock:
             self._queue.clear()
             self._requests.clear()
+            self._listings.clear()
             self._disconnects = 0
             self._epoch += 1
             self.default = Reply()
@@ -234,7 +243,7 @@ class FakeUpstream:
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
 
-    async def record(self, request: Request) -> tuple[RecordedRequest, int]:
+    async def record(self, request: Request, *, listing: bool = False) -> tuple[RecordedRequest, int]:
         body = await request.body()
         try:
             parsed = json.loads(body) if body else None
@@ -250,7 +259,7 @@ class FakeUpstream:
             json=parsed,
         )
         with self._lock:
-            self._requests.append(recorded)
+            (self._listings if listing else self._requests).append(recorded)
             return recorded, self._epoch
 
     def next_reply(self) -> Reply:

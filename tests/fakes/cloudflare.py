@@ -25,6 +25,8 @@ from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, j
 
 ACCOUNT = "acct"
 TOKEN = "cf_test"
+#: The ``context_window`` property every model of the search carries.
+CONTEXT_WINDOW = 24000
 
 #: §2.2: the text-generation input schema (llama-3.3-70b-instruct-fp8-fast); ranges inclusive.
 SCHEMA: dict[str, tuple[float, float] | None] = {
@@ -75,7 +77,7 @@ class FakeCloudflare(FakeUpstream):
         return None
 
     async def search(self, request: Request) -> Response:
-        recorded, _ = await self.record(request)
+        recorded, _ = await self.record(request, listing=True)
         refused = self._refused(request, dict(recorded.headers))
         if refused is not None:
             return refused
@@ -86,7 +88,7 @@ class FakeCloudflare(FakeUpstream):
                 "name": name,
                 "description": f"{name} (fake)",
                 "task": {"id": "c329a1f9-323d-4e91-b2aa-582dd4188d34", "name": "Text Generation"},
-                "properties": [],
+                "properties": [{"property_id": "context_window", "value": str(CONTEXT_WINDOW)}],
             }
             for name in self.listed()
             if term in name

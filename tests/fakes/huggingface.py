@@ -31,6 +31,8 @@ from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, j
 from tests.fakes.openai_compatible import ChatCompletionsServer
 
 TOKEN = "hf_test"
+#: The context windows of the two serving providers the router's listing shows for every model.
+ROUTER_CONTEXT_WINDOWS = (131072, 32768)
 
 
 class FakeHuggingFace(FakeUpstream):
@@ -49,7 +51,12 @@ class FakeHuggingFace(FakeUpstream):
     )
 
     def __init__(self) -> None:
-        self.router = ChatCompletionsServer(self, token=TOKEN, owned_by="huggingface")
+        # The router lists, per model, its serving providers, each with its own context window.
+        providers = [
+            {"provider": "fake-a", "status": "live", "context_length": ROUTER_CONTEXT_WINDOWS[0]},
+            {"provider": "fake-b", "status": "live", "context_length": ROUTER_CONTEXT_WINDOWS[1]},
+        ]
+        self.router = ChatCompletionsServer(self, token=TOKEN, owned_by="huggingface", listing={"providers": providers})
         super().__init__()
 
     def routes(self) -> list[BaseRoute]:

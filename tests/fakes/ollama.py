@@ -59,7 +59,7 @@ class FakeOllama(FakeUpstream):
         return JSONResponse({"version": "0.5.12"})
 
     async def tags(self, request: Request) -> Response:
-        await self.record(request)
+        await self.record(request, listing=True)
         models = [
             {
                 "name": name,

@@ -16,6 +16,7 @@ goes into ``code`` (e.g. ``context_length_exceeded`` with HTTP 400, as llama-cpp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+
+#: The context window the listing states for every model (vLLM's ``max_model_len``).
+CONTEXT_WINDOW = 8192
 
 _TYPES = {
     400: "invalid_request_error",
@@ -57,10 +61,14 @@ def error_response(status: int, message: str | None, code: Any = None, *, retry_
 class ChatCompletionsServer:
     """Chat Completions for ``fake``: its scripts, records and faults; ``token`` None accepts any key."""
 
-    def __init__(self, fake: FakeUpstream, *, token: str | None, owned_by: str = "fake") -> None:
+    def __init__(
+        self, fake: FakeUpstream, *, token: str | None, owned_by: str = "fake", listing: Mapping[str, Any] = {}
+    ) -> None:
         self.fake = fake
         self.token = token
         self.owned_by = owned_by
+        #: Fields each entry of the model listing adds (the context window, as each server family names it).
+        self.listing = dict(listing)
 
     async def chat(self, request: Request, *, model: str | None = None) -> Response:
         """``model``: the model a per-model route names (the HF router's ``/models/{id}/v1/...``)."""
@@ -91,9 +99,9 @@ class ChatCompletionsServer:
         )
 
     async def list_models(self, request: Request) -> Response:
-        await self.fake.record(request)
+        await self.fake.record(request, listing=True)
         data = [
-            {"id": model, "object": "model", "created": 1730000000, "owned_by": self.owned_by}
+            {"id": model, "object": "model", "created": 1730000000, "owned_by": self.owned_by, **self.listing}
             for model in self.fake.listed()
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -153,7 +161,8 @@ class FakeOpenAI(FakeUpstream):
     token: str | None = None
 
     def __init__(self) -> None:
-        self.server = ChatCompletionsServer(self, token=None)
+        # vLLM's listing states the served context window as max_model_len.
+        self.server = ChatCompletionsServer(self, token=None, listing={"max_model_len": CONTEXT_WINDOW})
         super().__init__()
 
     def routes(self) -> list[BaseRoute]:

@@ -56,7 +56,7 @@ class FakeOpenRouter(FakeUpstream):
         ]
 
     async def list_models(self, request: Request) -> Response:
-        await self.record(request)
+        await self.record(request, listing=True)
         data = [
             {
                 "id": model,

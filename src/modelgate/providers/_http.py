@@ -20,13 +20,25 @@ The reply is yielded in **batches**: every event one network read completed, tog
 above pay their per-message costs (generator hops, encoding, one ASGI ``send``) once per read, not once
 per token. When tokens arrive faster than we relay them, reads get bigger and batches longer.
 
-Timeouts (there is deliberately no total deadline — a healthy long stream may run for minutes):
+Timeouts (no total deadline by default — a healthy long stream may run for minutes):
 
 * ``connect_timeout``: the TCP/TLS connect (aiohttp's own connect timeout).
 * ``first_token_timeout``: one deadline from sending the request until the parser produced its first
   event. It covers the response headers and every byte before the first token, so a keep-alive
   comment (TGI writes ``:`` every 15 s while a request is queued) cannot keep a stuck request alive.
-* ``idle_timeout``: once events flow, the longest wait for the next chunk.
+* ``idle_timeout``: once events flow, the longest wait for the next *event*. Bytes that complete none
+  (comments, blank lines, empty chunks) are not progress and re-arm nothing.
+* ``max_stream_seconds`` (optional, off by default): the whole reply.
+
+What a hostile or broken upstream cannot do to the worker (issue 11):
+
+* send a compressed body: we ask for ``identity``, never inflate (``auto_decompress=False``) and refuse
+  a reply that is encoded anyway (a 1 MB gzip body can inflate to gigabytes);
+* send more than ``max_event_bytes`` without completing an event: that bounds one line, one SSE event,
+  one NDJSON record and any run of comments alike, in every adapter, without the adapters knowing;
+* starve the event loop: aiohttp hands out buffered data without suspending, so the loop yields every
+  ``YIELD_EVERY`` bytes;
+* put a credential into a client's reply: every error built here passes through ``Upstream.clean``.
 
 Both deadlines are one ``Deadline`` per stream (``modelgate/deadline.py``: one timer, re-armed lazily),
 not a timeout object per chunk. Closing the event generator before the reply finished (the client went away) closes the
@@ -42,14 +54,13 @@ import math
 import ssl
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import certifi
 import orjson
-from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from modelgate.chat import Message, StreamEvent
 from modelgate.deadline import Deadline
@@ -64,6 +75,7 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.redact import Redactor
 from modelgate.templates import render_prompt
 
 #: Upstream error messages are clipped to this many characters before they reach a client or a log.
@@ -74,6 +86,11 @@ MAX_ERROR_BODY = 64 * 1024
 #: as the last event) may take, and how many bytes of it are read, so the connection can be reused.
 TAIL_GRACE = 0.25
 MAX_TAIL = 64 * 1024
+#: The largest model listing a probe reads (OpenRouter's, the largest, is a few hundred KB).
+MAX_LISTING = 32 * 1024 * 1024
+#: The read loop hands the event loop a turn after this many bytes: aiohttp returns buffered data
+#: without suspending, so a fast upstream could otherwise keep every other request (and /health) waiting.
+YIELD_EVERY = 256 * 1024
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -94,7 +111,16 @@ def new_session() -> aiohttp.ClientSession:
         # Cookies an API sets (Cloudflare's bot cookie) must not travel from one caller's call to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
+        # Never inflate: we ask for identity, and a reply compressed anyway is refused (``encoding``), as
+        # a few KB of gzip can inflate to gigabytes in one read (a decompression bomb).
+        auto_decompress=False,
     )
+
+
+def encoding(response: aiohttp.ClientResponse) -> str | None:
+    """The reply's content coding when it is not identity (we never inflate one: see ``new_session``)."""
+    value = response.headers.get("Content-Encoding", "").strip().lower()
+    return value if value and value != "identity" else None
 
 
 class StreamParser(Protocol):
@@ -197,6 +223,49 @@ def seconds_until_epoch_ms(value: object) -> float | None:
     return max(0.0, reset_ms / 1000 - time.time())
 
 
+#: One model of a listing: its upstream id and its context window in tokens (None when not stated).
+ListedModel = tuple[str, int | None]
+
+
+def context_window(value: object) -> int | None:
+    """A listing's context-window field as a positive token count (a number or a numeric string), else None."""
+    match value:
+        case bool():
+            return None
+        case int() | float() if 0 < value < 2**63:
+            return int(value) or None
+        case str() if value.strip().isdigit():
+            return int(value) or None
+    return None
+
+
+def openai_listing(listing: Any) -> Iterator[ListedModel]:
+    """The models of an OpenAI-style listing, ``GET {base}/models`` → ``{"data": [{"id": ...}, ...]}``,
+    as OpenRouter, the Hugging Face router and every OpenAI-compatible server answer it.
+
+    The context window has no standard field; each server family names it its own way, read in order:
+    ``context_length`` (OpenRouter, Together), ``max_model_len`` (vLLM), ``meta.n_ctx_train`` (llama.cpp's
+    server), and for the Hugging Face router the smallest ``providers[].context_length`` (the router may
+    pick any of its serving providers).
+    """
+    for entry in listing["data"]:
+        yield entry["id"], _entry_window(entry)
+
+
+def _entry_window(entry: Mapping[str, Any]) -> int | None:
+    for value in (entry.get("context_length"), entry.get("max_model_len")):
+        if (window := context_window(value)) is not None:
+            return window
+    meta = entry.get("meta")
+    if isinstance(meta, Mapping) and (window := context_window(meta.get("n_ctx_train"))) is not None:
+        return window
+    providers = entry.get("providers")
+    if isinstance(providers, list):
+        windows = [w for p in providers if isinstance(p, Mapping) and (w := context_window(p.get("context_length")))]
+        return min(windows) if windows else None
+    return None
+
+
 class Upstream:
     """One provider's connection to its upstream: sends calls, applies timeouts, maps failures."""
 
@@ -216,7 +285,7 @@ class Upstream:
         self._timeouts = aiohttp.ClientTimeout(
             total=None, connect=connection.connect_timeout, sock_connect=connection.connect_timeout
         )
-        self._secrets = tuple(v for v in connection.credentials.values() if len(v) >= 4)
+        self._redactor = Redactor(connection.credentials.values())
 
     # -- streaming ------------------------------------------------------------------------------
 
@@ -258,6 +327,8 @@ class Upstream:
                 )
                 if not 200 <= response.status < 300:
                     raise await self._status_error(response, model)
+                if (coding := encoding(response)) is not None:
+                    raise self.protocol_error(f"the reply is {coding}-encoded although we asked for identity")
             except asyncio.CancelledError:
                 if deadline.fired():
                     raise self._first_token_timeout() from None
@@ -269,21 +340,21 @@ class Upstream:
 
             read = response.content.readany
             idle = conn.idle_timeout
+            max_event = conn.max_event_bytes
+            stream_end = loop.time() + conn.max_stream_seconds if conn.max_stream_seconds else math.inf
+            # Progress is an *event*, not a byte: comments, blank lines and empty chunks re-arm no
+            # deadline and count towards ``max_event``, so an upstream cannot hold a stream open with them.
+            next_deadline = first_deadline
             started = False
+            quiet = 0  # bytes read since the parser last completed an event
+            unyielded = 0  # bytes read since the event loop last had a turn
             while True:
-                if started:
-                    deadline.begin_in(idle)
-                else:
-                    deadline.begin(first_deadline)
+                deadline.begin(min(next_deadline, stream_end))
                 try:
                     chunk = await read()
                 except asyncio.CancelledError:
                     if deadline.fired():
-                        if not started:
-                            raise self._first_token_timeout() from None
-                        raise UpstreamTimeout(
-                            self.provider, f"the reply stalled: no data for {idle:g}s mid-stream"
-                        ) from None
+                        raise self._deadline_error(started, overran=loop.time() >= stream_end) from None
                     raise
                 except (aiohttp.ClientError, OSError) as exc:
                     raise self._transport_error(exc, started=started) from exc
@@ -292,13 +363,27 @@ class Upstream:
                 # An empty chunk: the body ended.
                 events = parser.feed(chunk) if chunk else parser.end()
                 if events:
+                    quiet = 0
                     started = True
                     finished = parser.done or not chunk
                     yield events
+                    next_deadline = loop.time() + idle  # the consumer's time is not the upstream's
                 if parser.failure is not None:
                     raise parser.failure
                 if finished or not chunk:
                     return
+                quiet += len(chunk)
+                if quiet > max_event:
+                    raise self.protocol_error(
+                        f"the reply sent more than {max_event} bytes without completing an event "
+                        "(a line, event or record over the limit, or endless non-data bytes)"
+                    )
+                if loop.time() >= stream_end:
+                    raise self._deadline_error(started, overran=True)
+                unyielded += len(chunk)
+                if unyielded >= YIELD_EVERY:
+                    unyielded = 0
+                    await asyncio.sleep(0)
         finally:
             deadline.stop()
             if response is not None:
@@ -332,11 +417,18 @@ class Upstream:
         try:
             async with asyncio.timeout(conn.connect_timeout + conn.first_token_timeout):
                 async with self.http.get(
-                    url, headers=dict(headers or {}), timeout=self._timeouts, allow_redirects=False
+                    url,
+                    headers={"Accept-Encoding": "identity", **(headers or {})},
+                    timeout=self._timeouts,
+                    allow_redirects=False,
                 ) as response:
-                    body = await response.read()
                     if not 200 <= response.status < 300:
-                        raise self.error_for(response.status, self._read_detail(response.status, body))
+                        raise await self._status_error(response, None)
+                    if (coding := encoding(response)) is not None:
+                        raise self.protocol_error(f"the listing is {coding}-encoded although we asked for identity")
+                    body = await self._read_at_most(response, MAX_LISTING)
+                    if len(body) > MAX_LISTING:
+                        raise self.protocol_error(f"the listing is larger than {MAX_LISTING} bytes")
             return parse_json(body)
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
@@ -346,25 +438,32 @@ class Upstream:
         except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(self.provider, "the listing is not JSON") from exc
 
-    async def probe_listing(self, url: str, names: Callable[[Any], Iterable[str]], **kw: Any) -> ProbeResult:
-        """A probe from a free listing: reachable + the model ids ``names`` finds in it."""
+    async def probe_listing(
+        self, url: str, entries: Callable[[Any], Iterable[ListedModel]], *, headers: Mapping[str, str] | None = None
+    ) -> ProbeResult:
+        """A probe from a free listing: GET ``url``; ``entries`` reads the JSON into ``(model id, context
+        window or None)`` pairs. Reachable with the ids and windows found, or unreachable with the reason."""
         try:
-            listing = await self.get_json(url, **kw)
-            found = frozenset(names(listing))
+            listing = await self.get_json(url, headers=headers)
+            found = list(entries(listing))
         except UpstreamError as exc:
             return ProbeResult(reachable=False, detail=exc.message)
         except (KeyError, TypeError, AttributeError):
             return ProbeResult(reachable=True, detail="the model listing has an unexpected shape")
-        return ProbeResult(reachable=True, available_models=found)
+        if not all(isinstance(model, str) for model, _ in found):
+            return ProbeResult(reachable=True, detail="the model listing has an unexpected shape")
+        return ProbeResult(
+            reachable=True,
+            available_models=frozenset(model for model, _ in found),
+            context_lengths={model: window for model, window in found if window is not None},
+        )
 
     # -- errors ---------------------------------------------------------------------------------
 
     def clean(self, message: str) -> str:
-        """An upstream-supplied message, clipped, with any credential value it echoes removed."""
-        for secret in self._secrets:
-            if secret in message:
-                message = message.replace(secret, "[redacted]")
-        return message[:MAX_MESSAGE]
+        """Upstream-supplied text as a client may see it: credentials removed (whole, partial, or as a
+        ``Bearer`` token an upstream reflects), then clipped. Every error built here passes through it."""
+        return self._redactor.scrub(message)[:MAX_MESSAGE]
 
     def error_for(self, status: int, detail: ErrorDetail, *, model: str | None = None) -> UpstreamError:
         """The exception for an upstream failure with this status (HTTP, or meant by an in-stream error)."""
@@ -402,26 +501,39 @@ class Upstream:
         return error
 
     def protocol_error(self, message: str, *, transient: bool = False) -> UpstreamProtocolError:
-        return UpstreamProtocolError(self.provider, message, transient=transient)
+        """A broken reply; ``message`` may quote the upstream's bytes (it is cleaned here)."""
+        return UpstreamProtocolError(self.provider, self.clean(message), transient=transient)
 
     def truncated(self) -> UpstreamProtocolError:
         return UpstreamProtocolError(self.provider, "the reply was truncated (the stream ended before it finished)")
 
-    async def _status_error(self, response: aiohttp.ClientResponse, model: str) -> UpstreamError:
-        body = b""
-        while len(body) < MAX_ERROR_BODY:
-            piece = await response.content.readany()
-            if not piece:
-                break
-            body += piece
+    async def _status_error(self, response: aiohttp.ClientResponse, model: str | None) -> UpstreamError:
         status = response.status
-        error = self.error_for(status, self._read_detail(status, body), model=model)
+        coding = encoding(response)
+        if coding is None:
+            detail = self._read_detail(status, await self._read_at_most(response, MAX_ERROR_BODY))
+        else:
+            detail = ErrorDetail(f"({coding}-encoded error body, not read)")
+        error = self.error_for(status, detail, model=model)
         if error.retry_after is None or response.headers.get("retry-after"):
             # An explicit Retry-After wins over hints in the body.
             header = retry_after_header(response.headers)
             if header is not None:
                 error.retry_after = header
         return error
+
+    @staticmethod
+    async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The body, or its first ``limit`` bytes and a little more (then the caller knows it is longer)."""
+        pieces: list[bytes] = []
+        size = 0
+        while size <= limit:
+            piece = await response.content.readany()
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
 
     def _read_detail(self, status: int, body: bytes) -> ErrorDetail:
         try:
@@ -434,6 +546,17 @@ class Upstream:
             self.provider, f"no reply within {self.connection.first_token_timeout:g}s (first-token timeout)"
         )
 
+    def _deadline_error(self, started: bool, *, overran: bool) -> UpstreamTimeout:
+        """Which of the stream's deadlines passed: the total duration, the first token, or the idle gap."""
+        conn = self.connection
+        if overran:
+            return UpstreamTimeout(
+                self.provider, f"the reply exceeded the maximum stream duration of {conn.max_stream_seconds:g}s"
+            )
+        if not started:
+            return self._first_token_timeout()
+        return UpstreamTimeout(self.provider, f"the reply stalled: no data for {conn.idle_timeout:g}s mid-stream")
+
     def _transport_error(self, exc: BaseException, *, started: bool) -> UpstreamError:
         """An aiohttp or OS failure of the call, as the error tree says it."""
         name = self.provider
@@ -442,10 +565,6 @@ class Upstream:
             return UpstreamError(name, f"unreachable ({kind})", transient=True)
         if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
             return UpstreamTimeout(name, f"timed out ({kind})")
-        if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(
-            exc.__cause__, ContentEncodingError | DecompressSizeError
-        ):
-            return UpstreamProtocolError(name, f"undecodable reply body ({kind})")
         if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
             where = "mid-stream" if started else "before the reply started"
             return UpstreamProtocolError(name, f"the connection dropped {where} ({kind})", transient=True)

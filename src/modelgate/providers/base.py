@@ -29,7 +29,8 @@ class Connection:
     connect_timeout: float = 5.0
     #: Seconds to wait for the first streamed byte of a reply.
     first_token_timeout: float = 60.0
-    #: Seconds allowed between two chunks once the reply streams; there is no total deadline.
+    #: Seconds allowed between two events once the reply streams (bytes that complete no event, such as
+    #: SSE comments, do not count as progress).
     idle_timeout: float = 60.0
     #: The provider instance this connects (errors and logs name it); empty: the adapter's kind.
     name: str = ""
@@ -42,6 +43,11 @@ class Connection:
         """The bearer key: the instance's ``api_key_env`` value, else the kind's own variable's."""
         return self.credentials.get(self.key_variable or default_variable, "")
 
+    #: Bytes the reply may send without completing an event (a line, an SSE event, an NDJSON record).
+    max_event_bytes: int = 4 * 1024 * 1024
+    #: Seconds the whole reply may last; None: no limit.
+    max_stream_seconds: float | None = None
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -51,6 +57,8 @@ class ProbeResult:
     #: Upstream model ids that are available, or None when the probe cannot tell.
     available_models: frozenset[str] | None = None
     detail: str | None = None
+    #: Upstream model id → its context window in tokens, for the listed models whose entry gives one.
+    context_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 class Provider(ABC):

@@ -34,6 +34,7 @@ from modelgate.providers._http import (
     HttpProvider,
     Upstream,
     estimate_prompt_tokens,
+    openai_listing,
     parse_json,
     seconds_until_epoch_ms,
 )
@@ -276,8 +277,4 @@ class ChatCompletionsProvider(HttpProvider):
         # GET {base}/models: the free listing every Chat Completions server has (OpenAI, vLLM, llama.cpp,
         # the HF router, OpenRouter); ``data[].id`` are the ids a request names.
         headers = {k: v for k, v in self.headers().items() if k == "Authorization" and self.probe_with_key}
-        return await self.upstream.probe_listing(
-            f"{self.connection.base_url}/models",
-            lambda listing: (entry["id"] for entry in listing["data"]),
-            headers=headers,
-        )
+        return await self.upstream.probe_listing(f"{self.connection.base_url}/models", openai_listing, headers=headers)

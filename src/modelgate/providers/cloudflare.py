@@ -12,7 +12,7 @@ not have, are never sent (and reported as dropped).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -20,7 +20,15 @@ import orjson
 
 from modelgate.chat import ChatRequest, Finish, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_prompt_tokens, parse_json
+from modelgate.providers._http import (
+    ErrorDetail,
+    HttpProvider,
+    ListedModel,
+    Upstream,
+    context_window,
+    estimate_prompt_tokens,
+    parse_json,
+)
 from modelgate.providers.base import ProbeResult
 from modelgate.sse import SSEDecoder
 
@@ -53,6 +61,13 @@ def _detail(errors: Any) -> ErrorDetail:
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     return _detail(parse_json(body)["errors"])
+
+
+def search_listing(listing: Any) -> Iterator[ListedModel]:
+    """The models of a model search, each with its ``context_window`` property (a numeric string)."""
+    for entry in listing["result"]:
+        properties = {p.get("property_id"): p.get("value") for p in entry.get("properties") or ()}
+        yield entry["name"], context_window(properties.get("context_window"))
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
@@ -163,13 +178,15 @@ class Cloudflare(HttpProvider):
         # The model search listing is free (no inference, no neurons). One search per model keeps
         # the answer exact whatever the listing's page size.
         found: set[str] = set()
+        windows: dict[str, int] = {}
         for term in [m.upstream_model for m in models if m.provider == self.name] or [""]:
             result = await self.upstream.probe_listing(
                 f"{self._account_url()}/models/search?search={quote(term, safe='')}",
-                lambda listing: (entry["name"] for entry in listing["result"]),
+                search_listing,
                 headers=self._auth(),
             )
             if not result.reachable or result.available_models is None:
                 return result
             found |= result.available_models
-        return ProbeResult(reachable=True, available_models=frozenset(found))
+            windows.update(result.context_lengths)
+        return ProbeResult(reachable=True, available_models=frozenset(found), context_lengths=windows)

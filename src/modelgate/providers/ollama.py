@@ -12,14 +12,14 @@ only a real JSON parser reads right.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from modelgate.chat import ChatRequest, Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, body_message, parse_json
+from modelgate.providers._http import ErrorDetail, HttpProvider, ListedModel, Upstream, body_message, parse_json
 from modelgate.providers.base import ProbeResult
 from modelgate.sse import NDJSONDecoder
 
@@ -63,6 +63,19 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def _text(value: object) -> str:
+    """A text field as Ollama sends it; anything else is a broken line (a ``TypeError``, mapped below)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer count, got {type(value).__name__}")
+    return value
+
+
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
@@ -95,13 +108,13 @@ class OllamaStream:
                         raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
                     if message:
                         if message.get("thinking"):
-                            events.append(ReasoningDelta(message["thinking"]))
+                            events.append(ReasoningDelta(_text(message["thinking"])))
                         if message.get("content"):
-                            events.append(TextDelta(message["content"]))
+                            events.append(TextDelta(_text(message["content"])))
                     if item.get("done"):
                         reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
                         # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
-                        usage = Usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+                        usage = Usage(_count(item.get("prompt_eval_count", 0)), _count(item.get("eval_count", 0)))
                         events.append(Finish(reason, usage))
                         self.done = True
                         break
@@ -141,13 +154,12 @@ class Ollama(HttpProvider):
         )
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
-        def names(listing: Any) -> set[str]:
-            found: set[str] = set()
+        def names(listing: Any) -> Iterator[ListedModel]:
+            # The tags list no context window (only /api/show per model does, and not as a served limit).
             for entry in listing["models"]:
                 for name in {entry.get("name"), entry.get("model")} - {None}:
-                    found.add(name)
+                    yield name, None
                     # "llama3.2" and "llama3.2:latest" are the same model to Ollama.
-                    found.add(name.removesuffix(":latest"))
-            return found
+                    yield name.removesuffix(":latest"), None
 
         return await self.upstream.probe_listing(f"{self.connection.base_url}/api/tags", names)

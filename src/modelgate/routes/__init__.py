@@ -10,6 +10,7 @@ from modelgate.routes.health import router as health_router
 from modelgate.routes.models import router as models_router
 from modelgate.routes.openai import router as openai_router
 from modelgate.routes.playground import router as playground_router
+from modelgate.routes.responses import router as responses_router
 from modelgate.routes.usage import router as usage_router
 
 #: Included by ``create_app`` in this order.
@@ -17,6 +18,7 @@ ROUTERS: list[APIRouter] = [
     models_router,
     chat_router,
     openai_router,
+    responses_router,
     playground_router,
     docs_router,
     health_router,

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
 from modelgate.errors import BadRequest, NotFound
-from modelgate.gateway import open_stream
+from modelgate.gateway import StreamStart, open_stream
 from modelgate.limits import admit
 from modelgate.providers import Provider
 
@@ -323,18 +323,20 @@ def _text(content: str | list[ContentPart] | None, where: str) -> str:
     return "\n".join(texts)
 
 
-def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationParams:
+def call_params(
+    body: BaseModel, model: CatalogueModel, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
+) -> GenerationParams:
     """This call's own values (the gateway applies them over the answering model's defaults), after checking
-    the model's limits."""
+    the model's limits. ``names``: our field → the request's field names (each /v1 route has its own)."""
     overrides: dict[str, object] = {}
-    for field, names in OPENAI_PARAMS.items():
-        for name in names:
+    for field, aliases in names.items():
+        for name in aliases:
             value = getattr(body, name)
             if value is not None:
                 overrides[field] = value
                 break
     limit = model.parameters.max_new_tokens
-    for name in OPENAI_PARAMS["max_new_tokens"]:
+    for name in names.get("max_new_tokens", ()):
         value = getattr(body, name)
         if value is not None and value > limit:
             raise BadRequest(
@@ -345,7 +347,9 @@ def _params(body: ChatCompletionRequest, model: CatalogueModel) -> GenerationPar
     return GenerationParams(**overrides)  # type: ignore[arg-type]
 
 
-def dropped_by_caller(body: ChatCompletionRequest, dropped: Iterable[str], *, model: str) -> list[str]:
+def dropped_by_caller(
+    body: BaseModel, dropped: Iterable[str], *, model: str, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
+) -> list[str]:
     """Of the parameters the answering provider could not carry, those this call set, under the names it used.
 
     The rest are catalogue defaults the operator configured, not the caller's doing: they are not reported
@@ -355,7 +359,7 @@ def dropped_by_caller(body: ChatCompletionRequest, dropped: Iterable[str], *, mo
     named: list[str] = []
     defaults: list[str] = []
     for field in dropped:
-        used = next((name for name in OPENAI_PARAMS.get(field, ()) if getattr(body, name) is not None), None)
+        used = next((name for name in names.get(field, ()) if getattr(body, name) is not None), None)
         (named if used is not None else defaults).append(used or field)
     if defaults:
         log.debug("catalogue defaults of %s not carried by its provider: %s", model, ", ".join(sorted(defaults)))
@@ -364,23 +368,40 @@ def dropped_by_caller(body: ChatCompletionRequest, dropped: Iterable[str], *, mo
 
 def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, *, max_messages: int) -> ChatRequest:
     _refuse_unsupported(body)
-    return ChatRequest(messages=_messages(body, max_messages), params=_params(body, model))
+    return ChatRequest(messages=_messages(body, max_messages), params=call_params(body, model))
 
 
 # --- chat completions: the route ----------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+async def open_reply(
+    request: Request,
+    body: BaseModel,
+    model_id: str,
+    to_chat: Callable[[CatalogueModel, int], ChatRequest],
+    param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
+) -> tuple[StreamStart, dict[str, str]]:
+    """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
+    (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
+    ``to_chat(model, max_messages)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
+    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``."""
     state = gateway(request)
-    model = state.catalogue.get(body.model)
+    model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
-    chat = to_chat_request(body, model, max_messages=state.settings.max_messages)
+    chat = to_chat(model, state.settings.max_messages)
     start = await open_stream(state, model, chat, admission)
     headers = {"X-Modelgate-Model": start.model.id}
-    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id)
+    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
         headers["X-Modelgate-Dropped-Params"] = ",".join(dropped)
+    return start, headers
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    start, headers = await open_reply(
+        request, body, body.model, lambda model, max_messages: to_chat_request(body, model, max_messages=max_messages)
+    )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:

@@ -1,0 +1,371 @@
+"""StreamEvents → the OpenAI Responses API: one ``response`` object, or its typed server-sent events.
+
+Pinned to the ``openai`` Python SDK's pydantic types (``openai.types.responses``, 3.57), which are the truth
+for every field: ``Response``, ``ResponseOutputMessage`` + ``ResponseOutputText``, ``ResponseReasoningItem``,
+``ResponseUsage`` and the stream events. ``tests/test_responses_encoder.py`` validates every frame against
+them; the AI SDK's ``@ai-sdk/openai`` reads the same frames in ``tests/test_responses_node.py``.
+
+A streamed reply is ``response.created``, ``response.in_progress``, then per output item
+``response.output_item.added``, ``response.content_part.added``, its deltas, ``….done``,
+``response.content_part.done``, ``response.output_item.done``, and last ``response.completed`` (or
+``response.incomplete`` when the model hit ``max_output_tokens`` or a content filter) carrying the whole
+response with its usage. Every event has ``event:`` set to its type and a ``sequence_number`` counting from 0;
+there is no ``[DONE]`` (OpenAI sends none, and the AI SDK would try to parse it as JSON).
+
+Reasoning (``ReasoningDelta``) becomes a ``reasoning`` output item whose ``content`` holds ``reasoning_text``,
+streamed as ``response.reasoning_text.delta``/``.done``: OpenAI's shape for raw reasoning (its open-weight
+models), not ``summary``, which would claim a summary we never made. Clients that read only summaries
+(the AI SDK) show an empty reasoning part; none mixes it into the answer.
+
+A failure after the first byte is an ``error`` event, then ``response.failed`` with ``response.error``. The
+``error`` event carries OpenAI's flat ``code``/``message``/``param`` and the same again under ``error``: the
+nested copy is what AI SDK 5's ``@ai-sdk/openai`` 2.x parses (it ignores the flat one and ``response.failed``),
+and makes openai-python raise ``APIError`` on it, as it does for an error in a chat completion stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.encoders.base import close, ended_early, failure_message
+from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
+
+MEDIA_TYPE = "text/event-stream"
+#: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
+HEADERS: Mapping[str, str] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+_ENDED_WITH_ERROR = "the provider ended the reply with an error"
+
+#: Finish reasons that end a reply early: the response is ``incomplete`` with this reason
+#: (``IncompleteDetails.reason``), which the SDKs map back to a ``length`` / ``content-filter`` finish.
+_INCOMPLETE = {"length": "max_output_tokens", "content-filter": "content_filter"}
+
+#: The nested error's ``type``, as ``/v1`` error bodies name them (``app.openai_error``).
+_ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error"}
+
+ItemKind = Literal["message", "reasoning"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """What every snapshot of one response repeats: its id, creation time and the request's settings."""
+
+    response_id: str
+    created_at: int
+    model: str
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+    metadata: Mapping[str, str] | None = None
+    user: str | None = None
+
+    @classmethod
+    def new(cls, model: str, created_at: int, **settings: Any) -> ResponseHead:
+        return cls(response_id=f"resp_{uuid.uuid4().hex}", created_at=created_at, model=model, **settings)
+
+
+@dataclass(slots=True)
+class _Item:
+    kind: ItemKind
+    id: str
+    output_index: int
+    text: list[str] = field(default_factory=list)
+    status: str = "in_progress"
+
+    def part(self, text: str | None = None) -> dict[str, Any]:
+        """The item's one content part, holding ``text`` (default: all of the item's text so far)."""
+        text = "".join(self.text) if text is None else text
+        if self.kind == "message":
+            return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        return {"type": "reasoning_text", "text": text}
+
+    def delta_prefix(self) -> bytes:
+        """A delta event of this item up to its text: built once per item, so a token costs one ``dumps``."""
+        kind = "output_text" if self.kind == "message" else "reasoning_text"
+        head = {"type": f"response.{kind}.delta", "item_id": self.id, "output_index": self.output_index}
+        logprobs = b',"logprobs":[]' if self.kind == "message" else b""
+        return (
+            f"event: response.{kind}.delta\ndata: ".encode()
+            + orjson.dumps(head)[:-1]
+            + b',"content_index":0'
+            + logprobs
+            + b',"delta":'
+        )
+
+    def as_output(self, *, with_content: bool = True) -> dict[str, Any]:
+        content = [self.part()] if with_content else []
+        if self.kind == "message":
+            return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
+        return {"id": self.id, "type": "reasoning", "status": self.status, "summary": [], "content": content}
+
+
+def _new_item(kind: ItemKind, output_index: int) -> _Item:
+    prefix = "msg" if kind == "message" else "rs"
+    return _Item(kind=kind, id=f"{prefix}_{uuid.uuid4().hex}", output_index=output_index)
+
+
+def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
+    """``ResponseUsage``. The cache counts are required by the SDK types: modelgate has no prompt cache and no
+    provider reports one to it, so they are 0. ``reasoning_tokens`` is the provider's count; else 0 for a reply
+    without reasoning, and ``null`` for one with reasoning: unknown, not a made-up number (the one field where we
+    send less than the SDK type's ``int``; openai-python then reads ``None``, the AI SDK's schema allows it)."""
+    reasoning = usage.reasoning_tokens
+    if reasoning is None and not had_reasoning:
+        reasoning = 0
+    body: dict[str, Any] = {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.estimated:  # counted by us, as on /v1/chat/completions: a non-standard field SDKs keep
+        body["estimated"] = True
+    return body
+
+
+def error_code(exc: Exception) -> str:
+    """``ResponseError.code``: of the SDK's literals, only these two describe a gateway-side failure."""
+    return "rate_limit_exceeded" if isinstance(exc, ModelgateError) and exc.status == 429 else "server_error"
+
+
+class ResponseBuilder:
+    """One reply's output items, built from its events; the event payloads each step produces.
+
+    Shared by the stream encoder (which sends the payloads) and ``collect_response`` (which keeps only the
+    final ``response``), so both shapes come from one state machine.
+    """
+
+    def __init__(self, head: ResponseHead) -> None:
+        self.head = head
+        self.items: list[_Item] = []
+        self._open: _Item | None = None
+        self.had_reasoning = False
+
+    def response(
+        self,
+        status: str,
+        *,
+        usage: Usage | None = None,
+        error: Mapping[str, Any] | None = None,
+        incomplete_reason: str | None = None,
+        completed_at: int | None = None,
+    ) -> dict[str, Any]:
+        h = self.head
+        return {
+            "id": h.response_id,
+            "object": "response",
+            "created_at": h.created_at,
+            "status": status,
+            "completed_at": completed_at,
+            "error": dict(error) if error is not None else None,
+            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason is not None else None,
+            "instructions": h.instructions,
+            "max_output_tokens": h.max_output_tokens,
+            "model": h.model,
+            "output": [item.as_output() for item in self.items],
+            "parallel_tool_calls": h.parallel_tool_calls,
+            "previous_response_id": None,
+            "reasoning": None,
+            "temperature": h.temperature,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": h.tool_choice,
+            "tools": [],
+            "top_p": h.top_p,
+            "truncation": "disabled",
+            "usage": usage_object(usage, had_reasoning=self.had_reasoning) if usage is not None else None,
+            "user": h.user,
+            "metadata": dict(h.metadata) if h.metadata is not None else {},
+        }
+
+    def start(self) -> list[dict[str, Any]]:
+        snapshot = self.response("in_progress")
+        return [
+            {"type": "response.created", "response": snapshot},
+            {"type": "response.in_progress", "response": snapshot},
+        ]
+
+    def delta(self, kind: ItemKind, text: str) -> tuple[list[dict[str, Any]], _Item]:
+        """Payloads that must precede ``text`` (closing one item, opening another), and the item it joins."""
+        out: list[dict[str, Any]] = []
+        if self._open is not None and self._open.kind != kind:
+            out += self._close("completed")
+        if self._open is None:
+            out += self._add(kind)
+        item = self._open
+        assert item is not None
+        item.text.append(text)
+        if kind == "reasoning":
+            self.had_reasoning = True
+        return out, item
+
+    def finish(self, finish: Finish, completed_at: int) -> list[dict[str, Any]]:
+        reason = _INCOMPLETE.get(finish.reason)
+        status = "incomplete" if reason is not None else "completed"
+        out: list[dict[str, Any]] = []
+        if self._open is not None and self._open.kind != "message":
+            out += self._close("completed")
+        if not any(item.kind == "message" for item in self.items):
+            out += self._add("message")  # every response has its message, if only an empty one
+        if self._open is not None:
+            out += self._close(status)
+        response = self.response(
+            status, usage=finish.usage, incomplete_reason=reason, completed_at=completed_at if reason is None else None
+        )
+        out.append({"type": f"response.{status}", "response": response})
+        return out
+
+    def fail(self, message: str, code: str = "server_error") -> list[dict[str, Any]]:
+        if self._open is not None:
+            self._open.status = "incomplete"
+            self._open = None
+        flat = {"code": code, "message": message, "param": None}
+        return [
+            {"type": "error", **flat, "error": {"type": _ERROR_TYPES.get(code, "server_error"), **flat}},
+            {"type": "response.failed", "response": self.response("failed", error=flat)},
+        ]
+
+    def _add(self, kind: ItemKind) -> list[dict[str, Any]]:
+        item = _new_item(kind, len(self.items))
+        self.items.append(item)
+        self._open = item
+        return [
+            {
+                "type": "response.output_item.added",
+                "output_index": item.output_index,
+                "item": item.as_output(with_content=False),
+            },
+            {
+                "type": "response.content_part.added",
+                "item_id": item.id,
+                "output_index": item.output_index,
+                "content_index": 0,
+                "part": item.part(""),
+            },
+        ]
+
+    def _close(self, status: str) -> list[dict[str, Any]]:
+        item = self._open
+        assert item is not None
+        self._open = None
+        item.status = status
+        where = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
+        text = "".join(item.text)
+        done: dict[str, Any]
+        if item.kind == "message":
+            done = {"type": "response.output_text.done", **where, "text": text, "logprobs": []}
+        else:
+            done = {"type": "response.reasoning_text.done", **where, "text": text}
+        return [
+            done,
+            {"type": "response.content_part.done", **where, "part": item.part()},
+            {"type": "response.output_item.done", "output_index": item.output_index, "item": item.as_output()},
+        ]
+
+
+class ResponseStreamEncoder:
+    """Encodes one reply as the Responses API's server-sent events; one instance per response."""
+
+    def __init__(self, head: ResponseHead, *, provider: str, clock: Callable[[], float] = time.time) -> None:
+        self._builder = ResponseBuilder(head)
+        self._provider = provider
+        self._clock = clock
+        self._sequence = 0
+        self._prefixed: _Item | None = None
+        self._prefix = b""
+
+    def _frames(self, payloads: Sequence[dict[str, Any]]) -> bytes:
+        out = b""
+        for payload in payloads:
+            payload["sequence_number"] = self._sequence
+            self._sequence += 1
+            out += b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+        return out
+
+    def _delta(self, item: _Item, text: str) -> bytes:
+        if item is not self._prefixed:
+            self._prefixed, self._prefix = item, item.delta_prefix()
+        sequence = self._sequence
+        self._sequence += 1
+        return self._prefix + orjson.dumps(text) + b',"sequence_number":' + str(sequence).encode() + b"}\n\n"
+
+    async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
+        """The whole SSE body, one bytes per batch of events. A ``ModelgateError`` from ``events`` (or a
+        stream that ends without a ``Finish``) becomes ``error`` + ``response.failed``: never a silent end."""
+        builder = self._builder
+        response_id = builder.head.response_id
+        out = self._frames(builder.start())  # goes out with the first batch
+        finished = False
+        try:
+            async for batch in events:
+                for event in batch:
+                    if isinstance(event, TextDelta | ReasoningDelta):
+                        if event.text:
+                            kind: ItemKind = "message" if isinstance(event, TextDelta) else "reasoning"
+                            before, item = builder.delta(kind, event.text)
+                            out += self._frames(before) + self._delta(item, event.text)
+                    elif event.reason == "error":
+                        out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
+                        finished = True
+                        break
+                    else:
+                        out += self._frames(builder.finish(event, int(self._clock())))
+                        finished = True
+                        break
+                if finished:
+                    break
+                if out:
+                    yield out
+                    out = b""
+            if not finished:
+                out += self._frames(builder.fail(ended_early(response_id)))
+        except Exception as exc:
+            out += self._frames(builder.fail(failure_message(exc, message_id=response_id), error_code(exc)))
+        finally:
+            await close(events)
+        yield out
+
+
+async def collect_response(
+    events: AsyncIterator[Sequence[StreamEvent]],
+    head: ResponseHead,
+    *,
+    provider: str,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """Drain ``events`` into one ``response`` object. Raises ``ModelgateError`` on a failure (an HTTP error,
+    as the chat completion route does: a non-streamed reply has no partial result to hand back)."""
+    builder = ResponseBuilder(head)
+    finish: Finish | None = None
+    try:
+        async for batch in events:
+            for event in batch:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        builder.delta("message", event.text)
+                elif isinstance(event, ReasoningDelta):
+                    if event.text:
+                        builder.delta("reasoning", event.text)
+                else:
+                    finish = event
+                    break
+            if finish is not None:
+                break
+    finally:
+        await close(events)
+    if finish is None:
+        raise UpstreamProtocolError(provider, "the reply ended before it finished")
+    if finish.reason == "error":
+        raise UpstreamError(provider, _ENDED_WITH_ERROR)
+    response: dict[str, Any] = builder.finish(finish, int(clock()))[-1]["response"]
+    return response

@@ -1,0 +1,60 @@
+"""``Redactor``: removes credentials from text before it leaves the process (a log line or a client reply).
+
+It replaces, with ``[REDACTED]``:
+
+* every configured secret value (provider credentials, API keys), wherever it appears;
+* any word that *starts* like a configured secret (its first ``PREFIX_LENGTH`` characters): providers
+  quote a refused key partially ("invalid key sk-or-v1-ab12…"), and a clipped message can cut a key;
+* any ``Bearer …`` token (an upstream that reflects our ``Authorization`` header);
+* words shaped like the well-known provider keys (``sk-…``, ``hf_…``), whoever's they are.
+
+Used by the log filter (``logs.RedactingFilter``), ``/api/status`` and ``providers._http.Upstream``, the
+one place where upstream text becomes client-visible text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+
+#: Shorter values are not treated as secrets: redacting "1" everywhere would destroy every message.
+MIN_SECRET_LENGTH = 4
+#: A word beginning with this many characters of a secret is taken for (part of) that secret. Only
+#: secrets at least ``MIN_PREFIX_SECRET`` long get this rule, so the prefix itself stays a small part.
+PREFIX_LENGTH = 6
+MIN_PREFIX_SECRET = 12
+
+#: The rest of a word: what a key, or its quoted and elided form ("…", "***"), can be made of.
+_WORD_REST = r"[^\s\"'`,;()<>\[\]{}]*"
+_BEARER = r"(?i:\bbearer\s+)[^\s\"',;]+"
+#: OpenAI/OpenRouter/Anthropic-style ``sk-…`` and Hugging Face ``hf_…`` keys, whole or partial. An HF
+#: token is mixed-case letters: one capital among them tells it from a name such as ``hf_transfer``.
+_KEY_SHAPES = r"\b(?:sk-[A-Za-z0-9]" + _WORD_REST + r"|hf_(?=[a-z0-9]*[A-Z])[A-Za-z0-9]{6,}" + _WORD_REST + ")"
+
+
+class Redactor:
+    """Replaces secrets, their prefixes, bearer tokens and key-shaped words in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._pattern = re.compile(_BEARER)
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        prefixes = sorted({s[:PREFIX_LENGTH] for s in values if len(s) >= MIN_PREFIX_SECRET})
+        alternatives = [re.escape(s) for s in values]
+        alternatives += [re.escape(p) + _WORD_REST for p in prefixes]
+        alternatives += [_BEARER, _KEY_SHAPES]
+        self._pattern = re.compile("|".join(alternatives))
+
+    def scrub(self, text: str) -> str:
+        return self._pattern.sub(_replacement, text)
+
+
+def _replacement(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if text[:6].lower() == "bearer":
+        return text[: len(text) - len(text.lstrip()[6:].lstrip())] + REDACTED
+    return REDACTED

@@ -1,0 +1,89 @@
+// Call modelgate's /v1/responses with the AI SDK core and its OpenAI provider, unchanged: the provider's
+// default model, createOpenAI({ baseURL })(modelId), speaks the Responses API.
+//
+//   node responses.mjs SDK BASE_URL MODEL MODE [JSON_OPTIONS]
+//
+// SDK: v7 (ai@7 + @ai-sdk/openai@4, current) or v5 (ai@5 + @ai-sdk/openai@2, AI SDK 5).
+// MODE: generate (generateText), stream (streamText, reading fullStream), or two-turn (generateText, then
+// generateText again with the first answer's response.messages appended, as an app's chat history does).
+// JSON_OPTIONS: merged into the call's options (e.g. {"providerOptions": {"openai": {"store": false}}}).
+// Prints one JSON summary on stdout: text, reasoning, finishReason, usage, the stream's part types and
+// errors; a rejected call is reported in the summary (error: name, message, statusCode, responseBody),
+// not as a crash, so the Python test can assert on it.
+const [sdkName, baseURL, modelId, mode, optionsJson = "{}"] = process.argv.slice(2);
+const SDKS = { v7: ["ai7", "@ai-sdk/openai"], v5: ["ai5latest", "ai-sdk-openai-v2"] };
+if (!SDKS[sdkName] || !baseURL || !modelId || !["generate", "stream", "two-turn"].includes(mode)) {
+  console.error("usage: node responses.mjs v7|v5 BASE_URL MODEL generate|stream|two-turn [JSON_OPTIONS]");
+  process.exit(2);
+}
+const [aiPackage, openaiPackage] = SDKS[sdkName];
+const { generateText, streamText } = await import(aiPackage);
+const { createOpenAI } = await import(openaiPackage);
+
+const provider = createOpenAI({ baseURL, apiKey: "test-key" });
+const model = provider(modelId);
+const extra = JSON.parse(optionsJson);
+const base = { model, maxRetries: 0, ...extra };
+
+function describeError(error) {
+  // AI SDK 5 passes the stream's error chunk itself ({ type: "error", error: {...} }), not an Error.
+  const nested = error instanceof Error ? undefined : error?.error;
+  return {
+    name: error?.name ?? error?.type,
+    message: error?.message ?? nested?.message,
+    code: error?.code ?? nested?.code,
+    statusCode: error?.statusCode,
+    responseBody: error?.responseBody,
+  };
+}
+
+function usageOf(usage) {
+  if (!usage) return null;
+  return { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens, totalTokens: usage.totalTokens };
+}
+
+function finishReasonOf(reason) {
+  // AI SDK 7 reports { unified, raw }; AI SDK 5 a string.
+  return typeof reason === "object" && reason !== null ? reason.unified : reason;
+}
+
+const summary = { sdk: sdkName, mode };
+try {
+  if (mode === "stream") {
+    const result = streamText({ ...base, prompt: "Say hello", onError: () => {} });
+    const parts = [];
+    const errors = [];
+    let text = "";
+    let reasoning = "";
+    for await (const part of result.fullStream) {
+      parts.push(part.type);
+      if (part.type === "text-delta") text += part.text ?? part.delta ?? "";
+      else if (part.type === "reasoning-delta") reasoning += part.text ?? part.delta ?? "";
+      else if (part.type === "error") errors.push(describeError(part.error));
+      else if (part.type === "finish") {
+        summary.finishReason = finishReasonOf(part.finishReason);
+        summary.usage = usageOf(part.totalUsage ?? part.usage);
+      }
+    }
+    Object.assign(summary, { text, reasoning, parts, errors });
+  } else {
+    const first = await generateText({ ...base, system: "Be terse.", prompt: "Say hello" });
+    Object.assign(summary, {
+      text: first.text,
+      reasoning: first.reasoningText ?? null,
+      finishReason: finishReasonOf(first.finishReason),
+      usage: usageOf(first.usage),
+      responseId: first.response?.id,
+      responseModel: first.response?.modelId,
+      warnings: first.warnings ?? [],
+    });
+    if (mode === "two-turn") {
+      const history = [{ role: "user", content: "Say hello" }, ...first.response.messages];
+      const second = await generateText({ ...base, messages: [...history, { role: "user", content: "Again" }] });
+      summary.secondText = second.text;
+    }
+  }
+} catch (error) {
+  summary.error = describeError(error);
+}
+console.log(JSON.stringify(summary));

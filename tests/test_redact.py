@@ -1,0 +1,54 @@
+"""``Redactor``: what counts as a credential in text bound for a client or a log."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelgate.redact import REDACTED, Redactor
+
+OPENROUTER_KEY = "sk-or-v1-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+CLOUDFLARE_TOKEN = "Zx8Qw7Er6Ty5Ui4Op3As2Df1Gh0JkLmNbVcXzAsD"
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor([OPENROUTER_KEY, CLOUDFLARE_TOKEN, "abc"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"invalid key {OPENROUTER_KEY}",
+        f"unreadable stream chunk: {{broken Bearer {OPENROUTER_KEY}",
+        "Key sk-or-v1-0a1b2c3d4e… is disabled",  # a partial key, elided by the upstream
+        f"token {CLOUDFLARE_TOKEN[:10]}... expired",  # a prefix of a configured key without a known shape
+        f'{{"auth":"{CLOUDFLARE_TOKEN}"}}',
+        "Incorrect API key provided: sk-proj-********abcd",  # someone else's key shape
+        "Token hf_QwErTyUiOp... lacks permission",
+        "authorization: bearer some.jwt.value",
+    ],
+)
+def test_credentials_whole_partial_or_shaped_are_redacted(redactor: Redactor, text: str) -> None:
+    cleaned = redactor.scrub(text)
+    assert REDACTED in cleaned
+    for fragment in (OPENROUTER_KEY[:10], CLOUDFLARE_TOKEN[:10], "sk-proj", "hf_QwErTy", "some.jwt"):
+        assert fragment not in cleaned
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the model task-force-7b is not available upstream",
+        "set hf_token in your environment",
+        "install hf_transfer for faster downloads",
+        "risk-free retry after 3s",
+        "abc",  # a configured value shorter than the minimum is not treated as a secret
+        "rate limited: 20 requests per minute",
+    ],
+)
+def test_ordinary_text_is_left_alone(redactor: Redactor, text: str) -> None:
+    assert redactor.scrub(text) == text
+
+
+def test_bearer_keeps_its_scheme_word(redactor: Redactor) -> None:
+    assert redactor.scrub("got Bearer xyz123 from you") == f"got Bearer {REDACTED} from you"
