@@ -8,6 +8,12 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The ledger tests start a throwaway PostgreSQL cluster (tests/postgres_server.py). Debian keeps its
+# binaries in /usr/lib/postgresql/<version>/bin, off PATH: look there too.
+if ! { command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1; } \
+  && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  need_apt+=(postgresql)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,8 +60,10 @@ def strip_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     strip_environ(monkeypatch)
+    # The usage ledger of a service on the built-in catalogue goes to the state directory: the test's own.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     yield
 
 

@@ -27,6 +27,7 @@ from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.drain import DRAIN_STATE, Drain
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.ledger import Ledger
 from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
 from modelgate.metrics import Metrics
@@ -62,6 +63,12 @@ class GatewayState:
         self.prober = Prober(self, settings.probe_interval)
         #: The graceful-shutdown limit (drain.py), started by the server (server.py).
         self.drain = Drain(settings.graceful_timeout)
+        #: The usage ledger (``ledger.py``), when a database is configured.
+        self.ledger: Ledger | None = None
+        if settings.database_url is not None:
+            self.ledger = Ledger(
+                settings.database_url, scrub=self.redactor.scrub, flush_interval=settings.ledger_flush_interval
+            )
 
     @property
     def catalogue(self) -> Catalogue:
@@ -135,6 +142,8 @@ class GatewayState:
             self.http = None
 
     async def start(self) -> None:
+        if self.ledger is not None:  # its writer opens the database in the background (ledger.py)
+            await self.ledger.start()
         self.open_upstreams()
         await self.limiter.start()
         self.metrics.start()
@@ -144,6 +153,8 @@ class GatewayState:
     async def stop(self) -> None:
         await self.prober.stop()
         await self.metrics.stop()
+        if self.ledger is not None:  # after the last response: every request's row is queued by now
+            await self.ledger.stop()
         await self.limiter.stop()
         await self.close_upstreams()
         self.access_log.flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -106,6 +107,22 @@ class ConfigurationEntry(BaseModel):
     parameters: ParametersEntry
 
 
+class PricingEntry(BaseModel):
+    """USD per million tokens, as providers publish them; the ledger's cost and ``/v1/models``' ``pricing``."""
+
+    model_config = _closed
+
+    input: Annotated[Number, Field(ge=0, description="USD per million prompt tokens")]
+    output: Annotated[Number, Field(ge=0, description="USD per million completion tokens (reasoning included)")]
+
+    @field_validator("input", "output")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):  # TOML has inf; a cost of inf would be null in JSON and break every sum
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
+
+
 class ModelEntry(BaseModel):
     model_config = _closed
 
@@ -122,6 +139,7 @@ class ModelEntry(BaseModel):
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
     routing: str | None = Field(default=None, description="Hugging Face router policy; wins over the instance's")
     capabilities: list[Literal["tools", "json", "vision", "reasoning"]] = Field(default_factory=list)
+    pricing: PricingEntry | None = Field(default=None, description="Prices per million tokens (optional)")
 
     @field_validator("publisher", "name")
     @classmethod
@@ -182,6 +200,18 @@ class CatalogueFile(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Pricing:
+    """USD per million tokens (``[models.pricing]``)."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one request; reasoning tokens are part of ``completion_tokens``, billed as output."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogueModel:
     publisher: str
     name: str
@@ -200,6 +230,7 @@ class CatalogueModel:
     #: Hugging Face router policy (the model's, else its instance's); "auto" or None sends no suffix.
     routing: str | None = None
     capabilities: frozenset[str] = frozenset()
+    pricing: Pricing | None = None
 
     @property
     def id(self) -> str:
@@ -447,6 +478,7 @@ def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
         wire_parameters=wire,
         routing=entry.routing or instance.routing,
         capabilities=frozenset(entry.capabilities),
+        pricing=Pricing(entry.pricing.input, entry.pricing.output) if entry.pricing is not None else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``modelgate serve | models | check-config | chat``.
+"""Command line: ``modelgate serve | models | check-config | chat | usage``.
 
 Thin by design: arguments → ``create_app`` + uvicorn, or → the catalogue loader, or → the client.
 A catalogue problem is one message on stderr and exit code 1, never a traceback.
@@ -31,7 +31,8 @@ from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClient
 from modelgate.errors import CatalogueError
 from modelgate.logs import logging_config
 from modelgate.schema import ModelsResponse
-from modelgate.settings import Settings
+from modelgate.settings import LEDGER_OFF, Settings
+from modelgate.settings import database_url as ledger_database_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TABLE_COLUMNS = ("publisher", "model", "type", "provider", "max_new_tokens", "truncate", "endpoint")
@@ -142,10 +143,24 @@ def serve(
             min=0,
         ),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELGATE_DATABASE_URL",
+            show_envvar=False,
+            help="Usage ledger: sqlite:///PATH or postgresql://…, or 'off'. "
+            "Default: $MODELGATE_DATABASE_URL, else SQLite beside the catalogue file.",
+        ),
+    ] = None,
 ) -> None:
     """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
-    env = Settings.from_env()
-    path = config or env.config_path
+    try:
+        env = Settings.from_env(database_url=None)  # the ledger's default depends on --config: decided below
+        path = config or env.config_path
+        resolved = path.resolve() if path is not None else None
+        ledger_url = ledger_database_url(database_url, resolved)
+    except ValueError as exc:
+        fail(str(exc))
     server_options = {
         "max_header_bytes": max_header_bytes,
         "header_timeout": header_timeout,
@@ -155,10 +170,11 @@ def serve(
     }
     settings = replace(
         env,
-        config_path=path.resolve() if path is not None else None,
+        config_path=resolved,
         watch_config=watch or env.watch_config,
         log_level=log_level.value,
         **{name: value for name, value in server_options.items() if value is not None},  # type: ignore[arg-type]
+        database_url=ledger_url,
     )
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
     notice = access_notice(keys_or_fail(settings, catalogue), host)  # the keys file too
@@ -187,6 +203,7 @@ def serve(
     for name, value in server_options.items():
         if value is not None:  # the workers' apps read the graceful-shutdown limit from the environment
             os.environ[f"MODELGATE_{name.upper()}"] = str(value)
+    os.environ["MODELGATE_DATABASE_URL"] = settings.database_url or LEDGER_OFF
     from modelgate.worker_metrics import shared_directory
 
     with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
@@ -401,6 +418,70 @@ def chat(
     except httpx.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}")
     sys.stdout.write("\n")
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+USAGE_COLUMNS = ("key", "model", "provider", "requests", "prompt", "completion", "reasoning", "cost (USD)")
+
+
+def _cost(value: float | None) -> str:
+    return "-" if value is None else f"{value:.8f}"  # a request costs millionths of a dollar
+
+
+def usage_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The groups of a ``GET /api/usage`` answer as table rows, then the totals row."""
+
+    def counts(entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return (
+            str(entry["requests"]),
+            str(entry["prompt_tokens"]),
+            str(entry["completion_tokens"]),
+            str(entry["reasoning_tokens"]),
+            _cost(entry["cost"]),
+        )
+
+    rows = [(g["key_id"] or "-", g["model"], g["provider"], *counts(g)) for g in report["groups"]]
+    rows.append(("total", "", "", *counts(report["totals"])))
+    return rows
+
+
+@cli.command()
+def usage(
+    url: Annotated[str, typer.Option(help="The modelgate server.")] = DEFAULT_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MODELGATE_API_KEY", help="A key (its own usage) or the admin key (everyone's)."),
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key id (as in the logs).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model (publisher/name).")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider.")] = None,
+    since: Annotated[str | None, typer.Option("--from", help="From this time (ISO 8601, UTC by default).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Before this time (ISO 8601).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw GET /api/usage answer.")] = False,
+) -> None:
+    """Show the usage ledger of a running server (GET /api/usage): tokens and cost per key, model and provider."""
+    given = {"key": key, "model": model, "provider": provider, "from": since, "to": until}
+    params = {name: value for name, value in given.items() if value is not None}
+    if not as_json:
+        params["limit"] = "0"  # the table shows the groups; the rows are for --json
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/usage", params=params, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    if not response.is_success:
+        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    if as_json:
+        sys.stdout.write(response.text + "\n")
+        return
+    rows = usage_rows(response.json())
+    table = Table(*USAGE_COLUMNS, title=f"usage from {url}")
+    for number in range(3, len(USAGE_COLUMNS)):
+        table.columns[number].justify = "right"
+    for row in rows:
+        table.add_row(*row, end_section=row[0] == "total" or row is rows[-2])
+    _stdout_console().print(table)
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ async def open_stream(
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
+        obs.requested_model = model.id
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
         call = _for_model(request, candidate)
@@ -265,6 +266,7 @@ async def _relay(
             if usage is not None:
                 obs.prompt_tokens, obs.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 obs.usage_estimated = usage.estimated
+                obs.reasoning_tokens = usage.reasoning_tokens
         await _close(rest)
 
 

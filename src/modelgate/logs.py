@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -85,6 +86,11 @@ def secrets_of(settings: Settings) -> list[str]:
     """Every value that must never appear in a log: provider credentials and API keys."""
     values = [value for creds in settings.credentials.values() for value in creds.values()]
     values += list(settings.api_keys)
+    if settings.admin_key:
+        values.append(settings.admin_key)
+    password = urlsplit(settings.database_url).password if settings.database_url else None
+    if password:
+        values.append(password)
     # Keys of the keys file are held only as digests; presented ones travel as "Bearer …", scrubbed by pattern.
     return values
 

@@ -76,11 +76,13 @@ class Observation:
 
     request_id: str
     started: float  # time.perf_counter()
-    model: str | None = None
+    model: str | None = None  #: the model answering (or trying to): set by ``gateway.open_stream``
+    requested_model: str | None = None
     provider: str | None = None
     first_event_at: float | None = None  # perf_counter() when the answering upstream's first event came
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
     usage_estimated: bool = False
     dropped_params: list[str] = field(default_factory=list)
     #: (model id, error) of each failed attempt before the answer (retries and fallbacks).
@@ -320,6 +322,9 @@ class RequestObserver:
         principal = scope.get("state", {}).get(PRINCIPAL_STATE)
         key_id: str | None = getattr(principal, "key_id", None)
         route = self._route(scope)
+        ledger = self.state.ledger
+        if ledger is not None and obs.model is not None:  # a chat request that reached open_stream (ledger.py)
+            ledger.record(obs, status, key_id, self.state.catalogue)
         self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)
 
     def _record(

@@ -52,6 +52,38 @@ def ollama_base_url(ollama_host: str | None) -> str:
     return f"http://{host or '127.0.0.1'}:{port or '11434'}"
 
 
+#: ``MODELGATE_DATABASE_URL`` / ``serve --database-url`` value that turns the usage ledger off.
+LEDGER_OFF = "off"
+#: URL schemes of the databases the ledger speaks (``usage_store.async_url`` picks the driver).
+DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
+#: The ledger's SQLite file, beside the catalogue file it serves.
+LEDGER_FILE = "modelgate-usage.sqlite3"
+
+
+def database_url(given: str | None, config_path: Path | None) -> str | None:
+    """The ledger's database: ``given`` (``off``: none), else SQLite beside the catalogue file.
+
+    The built-in catalogue lives inside the installed package, which may be read-only and is
+    replaced on upgrade, so its ledger goes to the user's state directory instead
+    (``$XDG_STATE_HOME/modelgate/``, by default ``~/.local/state/modelgate/``).
+    """
+    if given:
+        given = given.strip()
+        if given.lower() == LEDGER_OFF:
+            return None
+        scheme = given.partition(":")[0].partition("+")[0].lower()
+        if scheme not in DATABASE_SCHEMES or "://" not in given:
+            raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH, postgresql://… or 'off'")
+        return given
+    if config_path is not None:
+        folder = config_path.resolve().parent
+    else:
+        # The process's own state directory, whatever environment the settings were read from.
+        state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        folder = Path(state_home) / "modelgate"
+    return f"sqlite:///{folder / LEDGER_FILE}"
+
+
 @dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
@@ -79,6 +111,13 @@ class Settings:
     client_send_timeout: float = 60.0
     #: Seconds between background health probes of the providers (0 turns them off).
     probe_interval: float = 60.0
+    #: The usage ledger's database (``ledger.py``): ``sqlite:///…`` or ``postgresql://…``; None: no ledger.
+    #: ``from_env`` fills in the default (``default_database_url``); a bare ``Settings()`` keeps none.
+    database_url: str | None = None
+    #: Seconds between two ledger writes (rows also go once ``ledger.Ledger.batch_size`` wait).
+    ledger_flush_interval: float = 1.0
+    #: The key that reads everyone's usage (``GET /api/usage``); never a chat key.
+    admin_key: str | None = None
     # -- upstream reply limits (README "Upstream replies"); ``providers.base.Connection`` carries them.
     #: Bytes an upstream may send without completing an event (one SSE line or event, one NDJSON record,
     #: a run of comments or empty chunks): beyond it the stream fails with an error part.
@@ -125,6 +164,7 @@ class Settings:
             "cors_origins": tuple(o.strip() for o in origins.split(",") if o.strip()) if origins else None,
             "watch_config": env.get("MODELGATE_WATCH_CONFIG", "").lower() in {"1", "true", "yes"},
             "log_level": env.get("MODELGATE_LOG_LEVEL", "info").lower(),
+            "admin_key": env.get("MODELGATE_ADMIN_KEY") or None,
             **{
                 name: float(env[variable])
                 for name, variable in (
@@ -134,6 +174,7 @@ class Settings:
                     ("header_timeout", "MODELGATE_HEADER_TIMEOUT"),
                     ("keepalive_timeout", "MODELGATE_KEEPALIVE_TIMEOUT"),
                     ("graceful_timeout", "MODELGATE_GRACEFUL_TIMEOUT"),
+                    ("ledger_flush_interval", "MODELGATE_LEDGER_FLUSH_INTERVAL"),
                 )
                 if env.get(variable)
             },
@@ -149,6 +190,11 @@ class Settings:
             "private_ops": env.get("MODELGATE_PRIVATE_OPS", "").lower() in {"1", "true", "yes"},
         }
         values.update(overrides)
+        if "database_url" not in overrides:
+            config_path = values["config_path"]
+            values["database_url"] = database_url(
+                env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None
+            )
         return cls(**values)  # type: ignore[arg-type]
 
     def base_url_override(self, instance: str) -> str | None:

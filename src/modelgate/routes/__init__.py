@@ -11,6 +11,7 @@ from modelgate.routes.models import router as models_router
 from modelgate.routes.openai import router as openai_router
 from modelgate.routes.playground import router as playground_router
 from modelgate.routes.responses import router as responses_router
+from modelgate.routes.usage import router as usage_router
 
 #: Included by ``create_app`` in this order.
 ROUTERS: list[APIRouter] = [
@@ -21,4 +22,5 @@ ROUTERS: list[APIRouter] = [
     playground_router,
     docs_router,
     health_router,
+    usage_router,
 ]

@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelgate.app import gateway
 from modelgate.auth import may_call, request_principal, visible_models
-from modelgate.catalogue import CatalogueModel
+from modelgate.catalogue import CatalogueModel, Pricing
 from modelgate.chat import ChatRequest, GenerationParams
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
@@ -184,7 +185,7 @@ def default_parameters(model: CatalogueModel) -> dict[str, Any]:
 
 
 def model_object(model: CatalogueModel, provider: Provider | None) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": model.id,
         "object": "model",
         "created": MODEL_CREATED,
@@ -200,6 +201,26 @@ def model_object(model: CatalogueModel, provider: Provider | None) -> dict[str, 
         "architecture": architecture(model, provider),
         "default_parameters": default_parameters(model),
     }
+    if model.pricing is not None:
+        body["pricing"] = openrouter_pricing(model.pricing)
+    return body
+
+
+def openrouter_pricing(pricing: Pricing) -> dict[str, str]:
+    """OpenRouter's listing shape (USD per token, as decimal strings), so its clients read it as they are.
+
+    The catalogue writes prices per million tokens; ``Decimal`` keeps 0.15 → ``"0.00000015"`` exact.
+    """
+
+    def per_token(per_million: float) -> str:
+        return format((Decimal(str(per_million)) / 1_000_000).normalize(), "f")
+
+    return {"prompt": per_token(pricing.input), "completion": per_token(pricing.output)}
+
+
+class ModelPricing(BaseModel):
+    prompt: str = Field(description="USD per prompt token (OpenRouter's shape)")
+    completion: str = Field(description="USD per completion token, reasoning included")
 
 
 class ModelObject(BaseModel):
@@ -219,6 +240,7 @@ class ModelObject(BaseModel):
     supported_parameters: list[str] = Field(description="OpenAI request fields this model's provider honours")
     architecture: dict[str, list[str]] = Field(description="input_modalities (image where it takes images)")
     default_parameters: dict[str, Any] = Field(description="The catalogue's parameters; null = provider default")
+    pricing: ModelPricing | None = Field(default=None, description="Only for models the catalogue gives prices for")
 
 
 class ModelList(BaseModel):

@@ -1,0 +1,255 @@
+"""The usage ledger: one row per chat request, written to a database in batches, off the request path.
+
+``Ledger.record`` is what the request observer calls when a chat request's response is over (the
+same moment its access line is written, ``observer.RequestObserver._finish``): it builds a
+``UsageRecord`` from the request's ``Observation`` and appends it to an in-memory list. Nothing
+else happens on the request path: no database round trip, no lock, no await.
+
+A background task writes the list every ``flush_interval`` seconds, or as soon as ``batch_size``
+rows wait, in one transaction (``usage_store.py``). ``stop`` (the app's lifespan end: ``modelgate
+serve`` gets there on SIGTERM and Ctrl-C, after the open responses ended) writes whatever is
+left. What a crash can lose is what waited: at most ``flush_interval`` seconds of requests (or,
+while the database is unreachable, every row kept for the next attempt).
+
+The database layer (SQLAlchemy and a driver) is imported by the writer task once the app runs, in a
+thread, never at import: ``modelgate --help``, the app factory and the start stay as fast as before.
+A database that cannot be opened or written does not stop the service: rows wait in memory (up to
+``MAX_PENDING``) and the writer tries again every ``flush_interval``, logging the problem.
+
+Which requests get a row: every request that reached ``gateway.open_stream``, i.e. a chat request
+that was authenticated, valid, resolved to a catalogue model and admitted. Its row is written
+whatever happened next: answered (``outcome`` ``ok``), failed mid-stream (``stream_error``), cut by
+the client (``cancelled``), or failed before the first token (no outcome, the HTTP status of the
+error). Requests refused before that (401, 403, 404, 400, 413, 429) reached no upstream, cost
+nothing and have no row; the access log has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from modelgate.errors import ModelgateError
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import Catalogue
+    from modelgate.observer import Observation
+    from modelgate.usage_store import UsageFilter, UsageReport, UsageStore
+
+log = logging.getLogger("modelgate.ledger")
+
+#: Rows kept in memory while the database cannot be written; past it the oldest are dropped (and logged).
+MAX_PENDING = 100_000
+#: Seconds between two log lines saying the database cannot be opened (it is retried every flush interval).
+COMPLAINT_INTERVAL = 60.0
+
+
+class LedgerUnavailable(ModelgateError):
+    status = 503
+    transient = True
+
+    def __init__(self) -> None:
+        super().__init__("The usage ledger's database is unavailable; usage is kept and written when it is back")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One chat request, as the ledger stores it."""
+
+    ts: float  #: Unix time the request arrived
+    request_id: str
+    key_id: str | None  #: ``auth.ApiKey.key_id`` (a digest prefix, never the key); None on an open service
+    model: str  #: the model that answered (the requested one when none did)
+    requested_model: str
+    provider: str
+    status: int  #: the HTTP status (200 for a stream, even one that failed mid-way)
+    outcome: str | None  #: ok | stream_error | cancelled; None when no reply started
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+    usage_estimated: bool
+    ttft_ms: float | None
+    duration_ms: float
+    cost: float | None  #: USD, when the catalogue prices the answering model and the usage is known
+
+
+class Ledger:
+    """The batching writer (one per app, on ``GatewayState``) and the reader behind ``/api/usage``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scrub: Callable[[str], str],
+        flush_interval: float = 1.0,
+        batch_size: int = 500,
+    ) -> None:
+        self.url = url
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._scrub = scrub
+        self._pending: list[UsageRecord] = []
+        self._store: UsageStore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._due: asyncio.Event | None = None
+        self._writing: asyncio.Lock | None = None
+        self._opening: asyncio.Lock | None = None
+        self._complained_at = -COMPLAINT_INTERVAL
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def record(self, obs: Observation, status: int, key_id: str | None, catalogue: Catalogue) -> None:
+        """Queue the row of one finished chat request (``obs.model`` is set). Never waits."""
+        assert obs.model is not None and obs.provider is not None
+        now = time.perf_counter()
+        cost = None
+        answered = catalogue.by_id.get(obs.model)
+        pricing = answered.pricing if answered is not None else None
+        if pricing is not None and obs.prompt_tokens is not None and obs.completion_tokens is not None:
+            cost = pricing.cost(obs.prompt_tokens, obs.completion_tokens)
+        self._pending.append(
+            UsageRecord(
+                ts=time.time() - (now - obs.started),
+                request_id=self._scrub(obs.request_id) if obs.client_id else obs.request_id,
+                key_id=key_id,
+                model=obs.model,
+                requested_model=obs.requested_model or obs.model,
+                provider=obs.provider,
+                status=status,
+                outcome=obs.stream_outcome,
+                prompt_tokens=obs.prompt_tokens,
+                completion_tokens=obs.completion_tokens,
+                reasoning_tokens=obs.reasoning_tokens,
+                usage_estimated=obs.usage_estimated,
+                ttft_ms=obs.ttft_ms,
+                duration_ms=round((now - obs.started) * 1000, 1),
+                cost=cost,
+            )
+        )
+        if len(self._pending) >= self.batch_size and self._due is not None:
+            self._due.set()
+
+    # -- the background writer -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer, which opens the database in the background: the service answers at once.
+
+        SQLAlchemy and a driver take a noticeable part of a second to import (in a thread here, so the
+        event loop keeps serving), and a database that is down must not keep the gateway down: its
+        rows wait in memory and the writer tries again every ``flush_interval``.
+        """
+        self._due = asyncio.Event()
+        self._writing = asyncio.Lock()
+        self._opening = asyncio.Lock()
+        self._task = asyncio.create_task(self._run(), name="modelgate-ledger")
+
+    async def stop(self) -> None:
+        """Write everything still queued, then close the database."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._writing is None:  # never started
+            return
+        if await self._open():
+            await self.flush()
+        if self._pending:
+            log.error("usage ledger: %d rows could not be written before shutdown and are lost", len(self._pending))
+            self._pending = []
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _open(self) -> bool:
+        """Open the database (and migrate it) unless it is open; False, logged, when it cannot be."""
+        if self._store is not None:
+            return True
+        assert self._opening is not None
+        async with self._opening:  # the writer and a reader may both want it open
+            if self._store is not None:
+                return True
+            return await self._open_now()
+
+    async def _open_now(self) -> bool:
+        try:
+            store_module = await asyncio.to_thread(importlib.import_module, "modelgate.usage_store")
+            self._store = await store_module.open_store(self.url)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._complained_at >= COMPLAINT_INTERVAL:
+                self._complained_at = now
+                log.error(
+                    "usage ledger: cannot open the database (%s: %s); %d rows wait, retrying every %g s",
+                    type(exc).__name__,
+                    self._scrub(_first_line(exc)),
+                    len(self._pending),
+                    self.flush_interval,
+                )
+            return False
+        log.info("usage ledger: database open (%s)", self._store.engine.dialect.name)
+        return True
+
+    async def flush(self) -> None:
+        """Write the queued rows now, in one transaction. On failure they stay queued for the next try."""
+        if self._writing is None or not await self._open():  # not started, or the database is not there yet
+            return
+        async with self._writing:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            assert self._store is not None
+            try:
+                await self._store.insert(batch)
+            except Exception as exc:
+                self._pending = batch + self._pending  # back in front of what arrived meanwhile, oldest first
+                log.error(
+                    "usage ledger: writing %d rows failed (%s: %s); they wait for the next try",
+                    len(batch),
+                    type(exc).__name__,
+                    self._scrub(_first_line(exc)),
+                )
+                self._bound()
+
+    def _bound(self) -> None:
+        """Drop the oldest waiting rows past ``MAX_PENDING`` (the database has been failing for long)."""
+        dropped = len(self._pending) - MAX_PENDING
+        if dropped > 0:
+            del self._pending[:dropped]
+            log.error("usage ledger: %d oldest rows dropped: the database has not been writable for too long", dropped)
+
+    async def _run(self) -> None:
+        assert self._due is not None
+        await self._open()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self.flush_interval)
+            self._due.clear()
+            if await self._open():
+                await self.flush()
+            else:
+                self._bound()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def report(self, query: UsageFilter) -> UsageReport:
+        """Totals, groups and the newest rows matching ``query``; this instance's queued rows included."""
+        if not await self._open():
+            raise LedgerUnavailable()
+        await self.flush()
+        assert self._store is not None
+        return await self._store.report(query)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def _first_line(exc: Exception) -> str:
+    """The gist of a database error: SQLAlchemy appends the statement and every row's parameters."""
+    return str(exc).partition("\n")[0]

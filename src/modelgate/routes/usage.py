@@ -1,0 +1,128 @@
+"""``GET /api/usage``: the usage ledger (``ledger.py``), filtered, with totals.
+
+Who sees what:
+
+- the admin key (``MODELGATE_ADMIN_KEY``) sees every row and may filter by ``key``;
+- with API keys configured, a key sees only its own rows (asking for another ``key`` is 403);
+- with neither configured the service is open (every chat call is anonymous), and so is its usage.
+
+The admin key is compared by SHA-256 digest in constant time, like the API keys (``auth.KeyRing``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from modelgate.app import JSON, GatewayState, gateway
+from modelgate.auth import BearerUnauthorized, key_digest
+from modelgate.errors import Forbidden, ModelgateError
+
+router = APIRouter(tags=["usage"])
+
+#: Most rows one answer lists (the totals and groups always cover every matching row).
+MAX_RECORDS = 1000
+
+
+class LedgerOff(ModelgateError):
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__("The usage ledger is off (MODELGATE_DATABASE_URL=off)")
+
+
+def usage_scope(state: GatewayState, authorization: str | None) -> str | None:
+    """The one key id whose rows the caller may read, or None for every row. Raises 401 (missing or wrong key)."""
+    admin = state.settings.admin_key
+    keyring = state.keys
+    if admin is None and not keyring.enabled:
+        return None
+    header = (authorization or "").encode("latin-1")  # back to the bytes the client sent (ASGI decodes latin-1)
+    scheme, _, token = header.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        raise BearerUnauthorized("Missing API key: send 'Authorization: Bearer <key>'")
+    if admin is not None and hmac.compare_digest(key_digest(token), key_digest(admin.encode())):
+        return None
+    if keyring.enabled:
+        key_id = keyring.authenticate(header).key_id  # raises 401 for an unknown key
+        assert key_id is not None  # keys are configured, so the principal is one of them
+        return key_id
+    raise BearerUnauthorized("Invalid API key")
+
+
+def _unix(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class UsageTotalsOut(BaseModel):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost: float | None = Field(description="USD; null when no matching request has a price")
+
+
+class UsageAnswer(BaseModel):
+    """The body of ``GET /api/usage`` (for the OpenAPI document; built by ``usage``)."""
+
+    filters: dict[str, Any]
+    totals: UsageTotalsOut
+    groups: list[dict[str, Any]] = Field(description="Totals per key, model and provider")
+    records: list[dict[str, Any]] = Field(description="The newest matching requests, newest first")
+
+
+@router.get(
+    "/api/usage",
+    summary="Usage from the ledger: totals, per key and model, newest requests",
+    responses={200: {"model": UsageAnswer}},
+)
+async def usage(
+    request: Request,
+    key: Annotated[str | None, Query(max_length=64, description="A key id (as in the logs)")] = None,
+    model: Annotated[str | None, Query(max_length=256, description="The model that answered")] = None,
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[datetime | None, Query(alias="from", description="ISO 8601; UTC when no offset")] = None,
+    until: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive")] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_RECORDS, description="Newest rows to list")] = 100,
+) -> Response:
+    from modelgate.usage_store import UsageFilter  # the database layer, loaded with the ledger
+
+    state = gateway(request)
+    scope = usage_scope(state, request.headers.get("authorization"))
+    if state.ledger is None:
+        raise LedgerOff()
+    if scope is not None:  # a key: its own rows
+        if key is not None and key != scope:
+            raise Forbidden("A key can read only its own usage")
+        key = scope
+    query = UsageFilter(key_id=key, model=model, provider=provider, since=_unix(since), until=_unix(until), limit=limit)
+    report = await state.ledger.report(query)
+    body = {
+        "filters": {
+            "key": key,
+            "model": model,
+            "provider": provider,
+            "from": since.isoformat() if since else None,
+            "to": until.isoformat() if until else None,
+        },
+        "totals": asdict(report.totals),
+        "groups": [
+            {"key_id": g.key_id, "model": g.model, "provider": g.provider, **asdict(g.totals)} for g in report.groups
+        ],
+        "records": [{**asdict(r), "ts": _iso(r.ts)} for r in report.records],
+    }
+    return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})

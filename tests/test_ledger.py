@@ -1,0 +1,311 @@
+"""The usage ledger (``ledger.py``, ``usage_store.py``) on SQLite and on a real PostgreSQL.
+
+Every chat request that reached an upstream is one row with the right tokens, whatever its end
+(answered, failed mid-stream, cut by the client, failed before the first token); requests refused
+before that have none. The rows are read back with the plain drivers (``sqlite3``, ``asyncpg``),
+not through the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+import modelgate.ledger as ledger_module
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.ledger import Ledger
+from modelgate.observer import Observation
+from modelgate.settings import LEDGER_FILE, Settings, database_url
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import run_cli, serve_subprocess, wait_for
+from tests.fakes import Fakes, Fault, Reply
+from tests.postgres_server import PostgresCluster, postgres_cluster
+from tests.servers import serve_in_thread
+
+TINY = "/api/ai/ollama/tiny/chat"
+BODY = {"messages": [{"role": "user", "content": "Hi"}]}
+
+PRICED = [
+    model_toml("acme", "tiny", extra="[models.pricing]\ninput = 0.15\noutput = 0.6\n"),
+    model_toml(
+        "acme",
+        "think",
+        provider="openrouter",
+        upstream="acme/think",
+        extra="[models.pricing]\ninput = 1\noutput = 4\n",
+    ),
+    model_toml("acme", "free", upstream="free:1b"),
+]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database()
+
+
+def ledger_rows(url: str) -> list[dict[str, Any]]:
+    """Every row of the ledger, read with the plain driver."""
+    query = "SELECT * FROM modelgate_usage ORDER BY id"
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(query)]
+
+    async def fetch() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(url)
+        try:
+            return [dict(row) for row in await connection.fetch(query)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
+
+
+def priced_settings(fakes: Fakes, tmp_path: Path, url: str, **extra: Any) -> Settings:
+    path = write_catalogue(tmp_path / "catalogue.toml", *PRICED)
+    return Settings(**fakes.settings_overrides(), config_path=path, database_url=url, probe_interval=0, **extra)
+
+
+def post(client: httpx.Client, path: str, body: Any, request_id: str, **headers: str) -> httpx.Response:
+    return client.post(path, json=body, headers={"X-Request-ID": request_id, **headers})
+
+
+def test_every_chat_request_is_one_row_with_its_tokens(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    settings = priced_settings(fakes, tmp_path, ledger_url)
+    app = create_app(settings, load_catalogue(settings.config_path))
+    fakes.ollama.script(
+        Reply(tokens=["a", "b", "c"], usage=(7, 3)),  # answered
+        Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2)),  # failed mid-stream
+        Reply(tokens=["x"] * 200, delay=0.02),  # cut by the client
+        Reply(fault=Fault.status(401, message="bad credentials")),  # failed before the first token
+    )
+    fakes.openrouter.script(
+        Reply(reasoning=["hm"], tokens=["ok"], usage=(20, 9), options={"reasoning_tokens": 4}),
+        Reply(tokens=["d"], usage=None),  # no usage reported: estimated
+    )
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert post(client, TINY, BODY, "ok").status_code == 200
+        assert post(client, TINY, BODY, "midway").status_code == 200
+        with client.stream("POST", TINY, json=BODY, headers={"X-Request-ID": "cut"}) as cut:
+            assert cut.status_code == 200
+            next(cut.iter_raw())
+        assert post(client, TINY, BODY, "upstream-refused").status_code >= 400
+        v1 = {"model": "acme/think", "messages": BODY["messages"]}
+        assert post(client, "/v1/chat/completions", v1, "v1").status_code == 200
+        assert post(client, "/v1/chat/completions", {**v1, "stream": True}, "estimated").status_code == 200
+        # Refused before any upstream: no rows.
+        assert post(client, "/api/ai/ollama/nothing/chat", BODY, "unknown-model").status_code == 404
+        assert post(client, TINY, {"messages": "no"}, "invalid").status_code == 400
+        assert post(client, "/v1/chat/completions", {"model": "acme/nope", "messages": []}, "v1-bad").status_code >= 400
+        # The cut stream's row is written when the server notices; wait for it through the API (which flushes).
+        wait_for(
+            lambda: any(r["request_id"] == "cut" for r in client.get("/api/usage").json()["records"]) or None,
+            "the cut stream's row",
+        )
+
+    rows = {row["request_id"]: row for row in ledger_rows(ledger_url)}
+    assert sorted(rows) == sorted(["ok", "midway", "cut", "upstream-refused", "estimated", "v1"])
+    assert len(ledger_rows(ledger_url)) == 6  # each exactly once
+
+    ok = rows["ok"]
+    assert (ok["model"], ok["requested_model"], ok["provider"]) == ("acme/tiny", "acme/tiny", "ollama")
+    assert (ok["status"], ok["outcome"], ok["prompt_tokens"], ok["completion_tokens"]) == (200, "ok", 7, 3)
+    assert not ok["usage_estimated"]
+    assert ok["cost"] == pytest.approx((7 * 0.15 + 3 * 0.6) / 1e6)
+    assert ok["ttft_ms"] is not None and ok["duration_ms"] >= ok["ttft_ms"]
+    assert ok["key_id"] is None
+
+    assert (rows["midway"]["status"], rows["midway"]["outcome"]) == (200, "stream_error")
+    assert (rows["cut"]["status"], rows["cut"]["outcome"]) == (200, "cancelled")
+    refused = rows["upstream-refused"]
+    assert refused["status"] >= 400 and refused["outcome"] is None
+    assert (refused["prompt_tokens"], refused["cost"], refused["ttft_ms"]) == (None, None, None)
+
+    estimated = rows["estimated"]
+    assert estimated["usage_estimated"] and estimated["completion_tokens"] >= 1
+
+    v1_row = rows["v1"]
+    assert (v1_row["model"], v1_row["provider"], v1_row["outcome"]) == ("acme/think", "openrouter", "ok")
+    assert (v1_row["prompt_tokens"], v1_row["completion_tokens"], v1_row["reasoning_tokens"]) == (20, 9, 4)
+    assert v1_row["cost"] == pytest.approx((20 * 1 + 9 * 4) / 1e6)
+
+
+def test_a_fallback_row_names_both_models(fakes: Fakes, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "tiny", extra='fallbacks = ["acme/free"]\n'),
+        model_toml("acme", "free", upstream="free:1b"),
+    )
+    settings = Settings(**fakes.settings_overrides(), config_path=path, database_url=url, probe_interval=0)
+    fakes.ollama.script(Reply(fault=Fault.status(404, message="no such model")), Reply(tokens=["y"], usage=(5, 1)))
+    with serve_in_thread(create_app(settings, load_catalogue(path))) as base:
+        assert httpx.post(base + TINY, json=BODY, headers={"X-Request-ID": "fb"}).status_code == 200
+    [row] = ledger_rows(url)
+    assert (row["requested_model"], row["model"], row["completion_tokens"]) == ("acme/tiny", "acme/free", 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_sigterm_loses_no_rows(fakes: Fakes, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """A real ``modelgate serve``: rows wait in memory (an hour between writes), a stream is still open
+    when SIGTERM comes; after the process exits every request is in the database."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+    path = write_catalogue(tmp_path / "catalogue.toml", *PRICED)
+    env = {**fakes.env(), "MODELGATE_DATABASE_URL": url, "MODELGATE_LEDGER_FLUSH_INTERVAL": "3600"}
+    fakes.ollama.script(*[Reply(tokens=["a"], usage=(3, 1)) for _ in range(20)], Reply(tokens=["s"] * 40, delay=0.05))
+    streamed: list[int] = []
+    with serve_subprocess(["--config", str(path)], tmp_path, env=env) as served:
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        for request_id in ids:
+            assert httpx.post(served.url + TINY, json=BODY, headers={"X-Request-ID": request_id}).status_code == 200
+        assert ledger_rows(url) == []  # nothing written yet: everything waits for the next flush or shutdown
+        opened = threading.Event()
+
+        def slow_stream() -> None:
+            with httpx.stream("POST", served.url + TINY, json=BODY, headers={"X-Request-ID": "in-flight"}) as r:
+                streamed.append(r.status_code)
+                opened.set()
+                r.read()
+
+        reader = threading.Thread(target=slow_stream)
+        reader.start()
+        assert opened.wait(30)
+        served.signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises it after shutdown
+        reader.join(timeout=30)
+    rows = ledger_rows(url)
+    assert sorted(row["request_id"] for row in rows) == sorted([*ids, "in-flight"])
+    assert {row["completion_tokens"] for row in rows if row["request_id"] != "in-flight"} == {1}
+    assert streamed == [200]
+
+
+def test_the_ledger_can_be_turned_off(fakes: Fakes) -> None:
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)
+    assert settings.database_url is None
+    with serve_in_thread(create_app(settings)) as url:
+        assert httpx.post(url + "/api/ai/ollama/rwkv-6-world/chat", json=BODY).status_code == 200
+        answer = httpx.get(url + "/api/usage")
+    assert answer.status_code == 404
+    assert "ledger is off" in answer.json()["statusMessage"]
+
+
+def test_an_unsupported_database_is_refused_before_serving() -> None:
+    done = run_cli("serve", "--port", "0", "--database-url", "mysql://db.example/usage")
+    assert done.returncode == 1
+    assert "unsupported database URL scheme 'mysql'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_database_does_not_stop_the_gateway(fakes: Fakes, tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        url = f"postgresql://u:hunter2-secret@127.0.0.1:{port}/x"
+        env = {**fakes.env(), "MODELGATE_DATABASE_URL": url}
+        with serve_subprocess([], tmp_path, env=env) as served:
+            assert httpx.post(served.url + "/api/ai/ollama/rwkv-6-world/chat", json=BODY).status_code == 200
+            usage = httpx.get(served.url + "/api/usage")
+            assert usage.status_code == 503
+            assert "unavailable" in usage.json()["statusMessage"]
+    log = served.log()
+    assert "usage ledger: cannot open the database" in log
+    assert "1 rows could not be written before shutdown" in log
+    assert "hunter2-secret" not in log
+
+
+@pytest.mark.postgres
+def test_rows_wait_for_a_database_that_comes_later(fakes: Fakes, tmp_path: Path, postgres: PostgresCluster) -> None:
+    url = postgres.url("appears_later")
+    settings = priced_settings(fakes, tmp_path, url, ledger_flush_interval=0.05)
+    fakes.ollama.script(Reply(tokens=["a"], usage=(2, 1)), Reply(tokens=["b"], usage=(2, 1)))
+    with serve_in_thread(create_app(settings, load_catalogue(settings.config_path))) as base:
+        for request_id in ("before", "meanwhile"):
+            assert httpx.post(base + TINY, json=BODY, headers={"X-Request-ID": request_id}).status_code == 200
+        assert httpx.get(base + "/api/usage").status_code == 503
+        postgres.create_database("appears_later")
+
+        def usage_once_open() -> dict[str, Any] | None:
+            answer = httpx.get(base + "/api/usage")
+            return answer.json() if answer.status_code == 200 else None
+
+        answer = wait_for(usage_once_open, "the ledger to open")
+        assert answer["totals"]["requests"] == 2
+    assert sorted(row["request_id"] for row in ledger_rows(url)) == ["before", "meanwhile"]
+
+
+def test_default_database_beside_the_catalogue_or_in_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalogue = tmp_path / "conf" / "catalogue.toml"
+    assert database_url(None, catalogue) == f"sqlite:///{tmp_path / 'conf' / LEDGER_FILE}"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert database_url(None, None) == f"sqlite:///{tmp_path}/modelgate/{LEDGER_FILE}"
+    with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
+        database_url("mysql://h/db", None)
+    assert database_url("off", catalogue) is None
+    assert database_url("postgresql://h/db", None) == "postgresql://h/db"
+    env = {"MODELGATE_CONFIG": str(catalogue), "MODELGATE_DATABASE_URL": "sqlite:////tmp/x.db"}
+    assert Settings.from_env(env).database_url == "sqlite:////tmp/x.db"
+    assert Settings.from_env({"MODELGATE_CONFIG": str(catalogue)}).database_url == database_url(None, catalogue)
+
+
+def test_rows_a_failed_write_kept_are_written_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses a write (its table renamed away by hand): the rows wait, bounded, and the next
+    write after the table is back stores them in order."""
+    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+    monkeypatch.setattr(ledger_module, "MAX_PENDING", 3)
+
+    def finished(request_id: str) -> Observation:
+        obs = Observation(request_id, time.perf_counter())
+        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", "ollama", 4, 2
+        return obs
+
+    def rename(old: str, new: str) -> None:
+        with sqlite3.connect(tmp_path / "usage.sqlite3") as db:
+            db.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    async def scenario() -> None:
+        ledger = Ledger(url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        ledger.record(finished("first"), 200, None, catalogue)
+        await ledger.flush()
+        rename("modelgate_usage", "elsewhere")
+        for request_id in ("a", "b", "c", "d"):
+            ledger.record(finished(request_id), 200, "k1", catalogue)
+        await ledger.flush()
+        assert ledger.pending == 3  # kept after the failed write, but the oldest dropped past MAX_PENDING
+        rename("elsewhere", "modelgate_usage")
+        await ledger.stop()
+
+    asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(url)] == ["first", "b", "c", "d"]
+    assert [row["cost"] for row in ledger_rows(url)] == [pytest.approx((4 * 0.15 + 2 * 0.6) / 1e6)] * 4
+    assert "writing 4 rows failed" in caplog.text and "1 oldest rows dropped" in caplog.text
