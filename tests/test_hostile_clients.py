@@ -22,6 +22,7 @@ import pytest
 from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.fakes import Fakes, Reply
+from tests.raw_http import read_response
 from tests.servers import serve_in_thread
 
 CHAT = "/api/ai/ollama/rwkv-6-world/chat"
@@ -80,27 +81,6 @@ def connect(url: str, *, receive_buffer: int | None = None) -> socket.socket:
 def head(method: str, path: str, headers: dict[str, str]) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: modelgate", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and (Content-Length) body of one response."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response: {data!r}")
-        data += chunk
-    raw_head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(status_line.split()[1]), headers, body
 
 
 def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
