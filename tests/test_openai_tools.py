@@ -83,6 +83,18 @@ WEATHER_TOOL: Any = {
     },
 }
 ARGUMENTS = '{"city": "Zürich", "unit": "celsius"}'
+#: A conversation one tool call in: the call (with our id) and the tool's answer, as an SDK sends it back.
+SECOND_TURN: Any = [
+    {"role": "user", "content": "Weather?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_9", "content": "21"},
+]
 CALL = ToolCallScript(name="get_weather", arguments=ARGUMENTS, id="call_w1")
 
 
@@ -385,18 +397,7 @@ def test_ollama_whole_tool_calls_stream_as_pieces_with_generated_ids(client: ope
 
 def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["21 degrees."]))
-    messages: Any = [
-        {"role": "user", "content": "Weather?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
-    ]
-    completion = client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL])
+    completion = client.chat.completions.create(model="t/llava", messages=SECOND_TURN, tools=[WEATHER_TOOL])
     assert completion.choices[0].message.content == "21 degrees."
     sent = fakes.ollama.last.json["messages"]
     assert sent[1] == {
@@ -489,18 +490,7 @@ def test_cloudflare_tool_call(client: openai.OpenAI, fakes: Fakes) -> None:
 
 def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
-    messages: Any = [
-        {"role": "user", "content": "Weather?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_9", "content": "21"},
-    ]
-    completion = client.chat.completions.create(model="t/cf", messages=messages, tools=[WEATHER_TOOL])
+    completion = client.chat.completions.create(model="t/cf", messages=SECOND_TURN, tools=[WEATHER_TOOL])
     assert completion.choices[0].message.content == "21 degrees."
     assert completion.choices[0].finish_reason == "stop"
     sent = fakes.cloudflare.last.json["messages"]
