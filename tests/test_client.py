@@ -237,6 +237,35 @@ def test_chat_non_2xx_raises_with_the_seed_fields(chat_url: str, script: Script)
     assert info.value.data == {"provider": "huggingface", "missing": ["HF_TOKEN"]}
 
 
+def test_chat_stops_reading_a_line_without_end(chat_url: str, script: Script) -> None:
+    # A broken or hostile server sending one endless line must not make the caller buffer it all.
+    script.chunks = [b'0:"' + b"x" * (1024 * 1024) for _ in range(9)]
+    with ModelgateClient(chat_url) as client, pytest.raises(ModelgateStreamError, match="longer than 8388608 bytes"):
+        client.chat_text("qwen/Qwen2.5-72B-Instruct", "Hi")
+
+
+def test_chat_reads_only_the_head_of_a_huge_error_body(chat_url: str, script: Script) -> None:
+    script.status = 502
+    script.error_body = {"statusCode": 502, "statusMessage": "y" * (4 * 1024 * 1024)}
+
+    async def main() -> str:
+        async with AsyncModelgateClient(chat_url) as client:
+            return await client.chat_text("qwen/Qwen2.5-72B-Instruct", "Hi")
+
+    with pytest.raises(ModelgateAPIError) as info:
+        run(main())
+    assert info.value.status_code == 502
+    # Cut at 64 KiB the JSON no longer parses: the message is the clipped text, not 4 MiB.
+    assert info.value.statusMessage.startswith('{"statusCode":502')
+    assert len(info.value.statusMessage) == 500
+
+
+def test_decoder_refuses_a_complete_line_over_its_limit() -> None:
+    with pytest.raises(ModelgateStreamError, match="longer than 16 bytes"):
+        DataStreamDecoder(max_line_bytes=16).feed(b'0:"' + b"z" * 20 + b'"\n')
+    assert DataStreamDecoder(max_line_bytes=16).feed(b'0:"' + b"z" * 10 + b'"\n') == [("0", "z" * 10)]
+
+
 def test_chat_rejects_a_model_that_is_not_publisher_slash_name() -> None:
     with ModelgateClient("http://127.0.0.1:9") as client:
         for model in ("no-slash", "a/b/c", "/x", "x/"):

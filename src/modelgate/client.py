@@ -13,6 +13,9 @@ Chat reads the Vercel AI SDK data stream v1 (one ``<code>:<JSON>`` part per line
 ``3:`` raises ``ModelgateStreamError``, ``d:`` finishes. Lines are split on ``\\n`` only: the JSON may
 hold U+2028 and friends, which ``str.splitlines`` (and so ``httpx.Response.iter_lines``) would split on.
 A non-2xx answer raises ``ModelgateAPIError`` with the seed's ``statusCode``/``statusMessage``.
+What the client reads from a server is bounded like what the server reads from an upstream: a line of
+the stream over ``MAX_LINE_BYTES`` and an error body over ``MAX_ERROR_BYTES`` stop the read (a broken
+or hostile server cannot make the caller buffer without end).
 Depends only on the leaves (``schema``), never on the server modules.
 """
 
@@ -29,6 +32,10 @@ from modelgate.schema import ModelsResponse
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 MODELS_PATH = "/api/models"
+#: The longest stream line the client buffers: far above any part modelgate sends (one token's text).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+#: How much of an error body is read: modelgate's errors are a few hundred bytes.
+MAX_ERROR_BYTES = 64 * 1024
 
 Messages = Sequence[Mapping[str, Any]] | str
 
@@ -48,15 +55,17 @@ class ModelgateAPIError(ModelgateClientError):
         self.data = data
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> ModelgateAPIError:
-        """Read the seed shape (or OpenAI's ``{"error": {...}}``); fall back to the reason phrase."""
+    def from_response(cls, response: httpx.Response, content: bytes | None = None) -> ModelgateAPIError:
+        """Read the seed shape (or OpenAI's ``{"error": {...}}``) from ``content`` (default: the whole,
+        already read body); fall back to the reason phrase."""
+        content = response.content if content is None else content
         message = response.reason_phrase or "HTTP error"
         data: Any = None
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError:
             body = None
-            text = response.text.strip()
+            text = content.decode("utf-8", "replace").strip()
             if text:
                 message = text[:500]
         if isinstance(body, dict):
@@ -83,12 +92,15 @@ class ModelgateStreamError(ModelgateClientError):
 class DataStreamDecoder:
     """Incremental ``<code>:<JSON>\\n`` splitter: bytes in, ``(code, value)`` parts out."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._buffer = b""
+        self._max_line_bytes = max_line_bytes
 
     def feed(self, chunk: bytes) -> list[tuple[str, Any]]:
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > self._max_line_bytes or any(len(line) > self._max_line_bytes for line in lines):
+            raise ModelgateStreamError(f"a data stream line is longer than {self._max_line_bytes} bytes")
         return [part for line in lines if (part := self._parse(line)) is not None]
 
     def flush(self) -> list[tuple[str, Any]]:
@@ -164,6 +176,24 @@ def _models(response: httpx.Response) -> ModelsResponse:
     return ModelsResponse.model_validate_json(response.content)
 
 
+def _error_body(chunks: Iterator[bytes]) -> bytes:
+    body = b""
+    for chunk in chunks:
+        body += chunk
+        if len(body) >= MAX_ERROR_BYTES:
+            break
+    return body[:MAX_ERROR_BYTES]
+
+
+async def _async_error_body(chunks: AsyncIterator[bytes]) -> bytes:
+    body = b""
+    async for chunk in chunks:
+        body += chunk
+        if len(body) >= MAX_ERROR_BYTES:
+            break
+    return body[:MAX_ERROR_BYTES]
+
+
 class _Base:
     def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout | None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -215,8 +245,7 @@ class ModelgateClient(_Base):
         decoder, reply = DataStreamDecoder(), _ChatReply()
         with self._http.stream("POST", **request) as response:
             if not response.is_success:
-                response.read()
-                raise ModelgateAPIError.from_response(response)
+                raise ModelgateAPIError.from_response(response, _error_body(response.iter_bytes()))
             for chunk in response.iter_bytes():
                 yield from reply.texts(decoder.feed(chunk))
             yield from reply.texts(decoder.flush())
@@ -269,8 +298,7 @@ class AsyncModelgateClient(_Base):
         decoder, reply = DataStreamDecoder(), _ChatReply()
         async with self._http.stream("POST", **request) as response:
             if not response.is_success:
-                await response.aread()
-                raise ModelgateAPIError.from_response(response)
+                raise ModelgateAPIError.from_response(response, await _async_error_body(response.aiter_bytes()))
             async for chunk in response.aiter_bytes():
                 for text in reply.texts(decoder.feed(chunk)):
                     yield text
