@@ -20,6 +20,7 @@ from modelgate.providers.tgi import TGI
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
+from tests.fakes.huggingface import TGI_MAX_TOTAL_TOKENS
 
 
 class TestTGI(ProviderContract):
@@ -175,10 +176,26 @@ class TestTGI(ProviderContract):
         assert fakes.huggingface.requests == []
 
     @pytest.mark.anyio
-    async def test_no_probe(self, fakes: Fakes) -> None:
+    async def test_the_probe_reads_info_for_the_served_window(self, fakes: Fakes) -> None:
+        model = catalogue_model(self.model_id)
         async with new_session() as http:
-            assert await self.make(http, fakes.huggingface.url).probe([catalogue_model(self.model_id)]) is None
-        assert fakes.huggingface.requests == []
+            result = await self.make(http, fakes.huggingface.url).probe([model])
+        assert result is not None
+        assert result.reachable
+        assert result.available_models == {model.upstream_model}
+        assert result.context_lengths == {model.upstream_model: TGI_MAX_TOTAL_TOKENS}
+        (sent,) = fakes.huggingface.requests
+        assert (sent.method, sent.raw_path) == ("GET", "/info")
+        assert sent.headers["authorization"] == "Bearer hf_test"
+
+    @pytest.mark.anyio
+    async def test_a_probe_of_what_is_not_tgi_is_reachable_with_a_reason(self, fakes: Fakes) -> None:
+        # The fake router's root answers /info with 404 on its OpenAI-compatible side: unreachable, with why.
+        async with new_session() as http:
+            result = await self.make(http, fakes.openrouter.url).probe([catalogue_model(self.model_id)])
+        assert result is not None
+        assert not result.reachable
+        assert result.detail
 
 
 def test_registered() -> None:

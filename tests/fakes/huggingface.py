@@ -33,6 +33,8 @@ from tests.fakes.openai_compatible import ChatCompletionsServer
 TOKEN = "hf_test"
 #: The context windows of the two serving providers the router's listing shows for every model.
 ROUTER_CONTEXT_WINDOWS = (131072, 32768)
+#: ``max_total_tokens`` of the fake TGI's ``/info`` (TGI's own default when not set by the launcher).
+TGI_MAX_TOTAL_TOKENS = 4096
 
 
 class FakeHuggingFace(FakeUpstream):
@@ -71,7 +73,12 @@ class FakeHuggingFace(FakeUpstream):
             Route(path, self.generate, methods=["POST"])
             for path in ("/", "/generate", "/generate_stream", "/models/{model_id:path}")
         ]
-        return [*router, *tgi, Route("/health", self.health, methods=["GET"])]
+        return [
+            *router,
+            *tgi,
+            Route("/health", self.health, methods=["GET"]),
+            Route("/info", self.info, methods=["GET"]),
+        ]
 
     async def router_chat(self, request: Request) -> Response:
         self.router.token = self.token
@@ -79,6 +86,26 @@ class FakeHuggingFace(FakeUpstream):
 
     async def health(self, request: Request) -> Response:
         return Response(b"", status_code=200)
+
+    async def info(self, request: Request) -> Response:
+        """TGI's ``GET /info`` (router/src/lib.rs ``Info``, TGI 3.x field names), for the one model it serves."""
+        await self.record(request)
+        return JSONResponse(
+            {
+                "model_id": self.listed_by_default[0],
+                "model_sha": None,
+                "model_pipeline_tag": "text-generation",
+                "max_concurrent_requests": 128,
+                "max_best_of": 2,
+                "max_stop_sequences": 4,
+                "max_input_tokens": TGI_MAX_TOTAL_TOKENS - 1,
+                "max_total_tokens": TGI_MAX_TOTAL_TOKENS,
+                "validation_workers": 2,
+                "max_client_batch_size": 4,
+                "router": "text-generation-router",
+                "version": "3.3.6",
+            }
+        )
 
     async def generate(self, request: Request) -> Response:
         recorded, epoch = await self.record(request)

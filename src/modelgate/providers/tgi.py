@@ -13,6 +13,11 @@ Structured output is TGI's guidance: ``parameters.grammar = {"type": "json", "va
 ``json_object`` request sends the schema of any object). ``/generate_stream`` has no tools (TGI's tool
 calling lives on its Chat Completions route, which this ``api`` does not use), so a TGI model has no
 ``tools`` capability: such a request is refused with a 400 naming the model before any call.
+
+The health probe is TGI's free ``GET /info`` (router/src/lib.rs ``Info``): it answers while the server
+runs and states ``max_total_tokens``, the bound on prompt + reply that ``check-config --online`` checks
+``truncate + max_new_tokens`` against. TGI serves one model whatever the catalogue calls it (its
+``model_id`` may be a local path), so every model routed to the instance counts as served.
 """
 
 from __future__ import annotations
@@ -24,13 +29,22 @@ import orjson
 
 from modelgate.chat import Capability, ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
 from modelgate.errors import UpstreamError
-from modelgate.providers._http import ErrorDetail, HttpProvider, Upstream, estimate_tokens, parse_json
+from modelgate.providers._http import (
+    ErrorDetail,
+    HttpProvider,
+    ListedModel,
+    Upstream,
+    context_window,
+    estimate_tokens,
+    parse_json,
+)
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 from modelgate.templates import get_template, render_prompt
 
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
+    from modelgate.providers.base import ProbeResult
 
 _FINISH: dict[str, FinishReason] = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
@@ -206,3 +220,15 @@ class TGI(HttpProvider):
             headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
             model=model.upstream_model,
         )
+
+    async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
+        token = self.connection.api_key("HF_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+        def served(info: Any) -> list[ListedModel]:
+            if not isinstance(info, dict) or not isinstance(info.get("model_id"), str):
+                raise TypeError("not TGI's /info")
+            window = context_window(info.get("max_total_tokens"))
+            return [(model.upstream_model, window) for model in models]
+
+        return await self.upstream.probe_listing(f"{self.connection.base_url}/info", served, headers=headers)
