@@ -1,8 +1,8 @@
 """``POST /v1/responses`` end to end: the official ``openai`` SDK (``client.responses``) → modelgate on a loopback
 port → the fake upstreams of ``tests/fakes`` speaking each provider's real protocol.
 
-``client.responses.parse`` is not here: it needs structured output (``text.format`` json_schema), which the
-chat types do not carry yet; the route refuses it (``test_structured_output_is_refused``)."""
+Text replies here; function tools, ``text.format`` (``client.responses.parse``) and images are in
+``tests/test_responses_tools.py``."""
 
 from __future__ import annotations
 
@@ -255,30 +255,36 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
     "previous_response_id": ({"previous_response_id": "resp_1"}, "previous_response_id", "not stored"),
     "conversation": ({"conversation": "conv_1"}, "conversation", "not stored"),
     "background": ({"background": True}, "background", "not stored"),
+    # The default catalogue's Ollama model declares no capabilities: what needs one names model and capability.
     "tools": (
         {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]},
         "tools",
-        f"tools are not supported yet (model '{OLLAMA}')",
+        f"model '{OLLAMA}' does not support tool calling (capability 'tools')",
     ),
-    "tool_choice": ({"tool_choice": "required"}, "tool_choice", "tools are not supported yet"),
+    "tool_choice": ({"tool_choice": "required"}, "tool_choice", "only allowed when tools are given"),
     "json_schema": (
         {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}},
         "text.format",
-        f"structured output (json_schema) is not supported yet (model '{OLLAMA}')",
+        f"model '{OLLAMA}' does not support structured output",
     ),
-    "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "structured output (json_object)"),
+    "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "(capability 'json')"),
     "reasoning": ({"reasoning": {"effort": "high"}}, "reasoning", "reasoning options"),
     "include": ({"include": ["message.output_text.logprobs"]}, "include", "message.output_text.logprobs"),
     "image": (
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
         "input",
-        "input[0].content[0]: input_image: image input is not supported yet",
+        f"model '{OLLAMA}' does not support image input (capability 'vision')",
+    ),
+    "file": (
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+        "input",
+        "input[0].content[0]: input_file: file input is not supported",
     ),
     "item_reference": ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "cannot be referenced"),
     "function_call_output": (
         {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
-        "input",
-        "function_call_output items: tools are not supported yet",
+        "tools",
+        "(capability 'tools')",
     ),
     "only_instructions": ({"input": []}, "input", "at least one message"),
     "max_output_tokens": ({"max_output_tokens": 100_000}, "max_output_tokens", "above the limit of 500"),
@@ -296,14 +302,6 @@ def test_unsupported_requests_are_refused(client: openai.OpenAI, fakes: Fakes, c
     assert caught.value.body["type"] == "invalid_request_error"
     assert caught.value.body["param"] == param
     assert message in caught.value.body["message"]
-    assert fakes.ollama.requests == []
-
-
-def test_structured_output_is_refused_through_the_sdk(client: openai.OpenAI, fakes: Fakes) -> None:
-    with pytest.raises(openai.BadRequestError, match="structured output"):
-        client.responses.create(
-            model=OLLAMA, input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": {}}}
-        )
     assert fakes.ollama.requests == []
 
 
