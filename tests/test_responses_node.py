@@ -204,3 +204,33 @@ def test_a_tool_loop_by_reference_is_refused_saying_what_to_do(tools_v1: str, fa
     assert result["error"]["statusCode"] == 400
     assert "store = false" in result["error"]["message"]
     assert len(fakes.openrouter.requests) == 1
+
+
+# --- structured output and images ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_output_object_is_structured_output(tools_v1: str, fakes: Fakes, sdk: str) -> None:
+    fakes.openrouter.script(Reply(tokens=['{"city": "Zürich",', ' "degrees": 21}']))
+    result = ai_sdk(sdk, tools_v1, "object", model="t/deepseek")
+    assert "error" not in result, result
+    assert result["object"] == {"city": "Zürich", "degrees": 21}
+    sent = fakes.openrouter.last.json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["schema"]["properties"].keys() == {"city", "degrees"}
+
+
+@pytest.mark.parametrize(("model", "kind"), [("t/deepseek", "openrouter"), ("t/llava", "ollama")])
+@pytest.mark.parametrize("sdk", SDKS)
+def test_an_image_part_reaches_the_provider(tools_v1: str, fakes: Fakes, sdk: str, model: str, kind: str) -> None:
+    result = ai_sdk(sdk, tools_v1, "image", model=model)
+    assert result["text"] == "Hello, world!", result
+    png = "iVBORw0KGgo="  # the script's 8 PNG signature bytes, base64
+    [message] = fakes[kind].last.json["messages"]
+    if kind == "ollama":
+        assert message == {"role": "user", "content": "What is this?", "images": [png]}
+    else:
+        assert message["content"] == [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+        ]

@@ -7,20 +7,22 @@
 // MODE: generate (generateText), stream (streamText, reading fullStream), or two-turn (generateText, then
 // generateText again with the first answer's response.messages appended, as an app's chat history does);
 // tools / tools-stream: generateText / streamText with one tool (tool({ inputSchema: z.object(...) })) that the
-// SDK runs, then calls the model again with its result (stopWhen: stepCountIs(2)), as an agent loop does.
+// SDK runs, then calls the model again with its result (stopWhen: stepCountIs(2)), as an agent loop does;
+// object: generateText with Output.object({ schema }) (structured output: text.format json_schema);
+// image: generateText with an image part (PNG bytes, sent as an input_image data: URL).
 // JSON_OPTIONS: merged into the call's options (e.g. {"providerOptions": {"openai": {"store": false}}}).
 // Prints one JSON summary on stdout: text, reasoning, finishReason, usage, the stream's part types and
 // errors; a rejected call is reported in the summary (error: name, message, statusCode, responseBody),
 // not as a crash, so the Python test can assert on it.
 const [sdkName, baseURL, modelId, mode, optionsJson = "{}"] = process.argv.slice(2);
 const SDKS = { v7: ["ai7", "@ai-sdk/openai"], v5: ["ai5latest", "ai-sdk-openai-v2"] };
-const MODES = ["generate", "stream", "two-turn", "tools", "tools-stream"];
+const MODES = ["generate", "stream", "two-turn", "tools", "tools-stream", "object", "image"];
 if (!SDKS[sdkName] || !baseURL || !modelId || !MODES.includes(mode)) {
   console.error(`usage: node responses.mjs v7|v5 BASE_URL MODEL ${MODES.join("|")} [JSON_OPTIONS]`);
   process.exit(2);
 }
 const [aiPackage, openaiPackage] = SDKS[sdkName];
-const { generateText, streamText, tool, stepCountIs } = await import(aiPackage);
+const { generateText, streamText, tool, stepCountIs, Output } = await import(aiPackage);
 const { createOpenAI } = await import(openaiPackage);
 // zod 4's API (both SDKs take it); the package also serves AI SDK 4's zod 3 peer.
 const { z } = await import("zod/v4");
@@ -66,7 +68,29 @@ function callsOf(calls) {
 
 const summary = { sdk: sdkName, mode };
 try {
-  if (mode === "tools") {
+  if (mode === "object") {
+    const output = Output.object({ schema: z.object({ city: z.string(), degrees: z.number() }) });
+    // AI SDK 5 names the option experimental_output; 6+ output.
+    const options = sdkName === "v5" ? { experimental_output: output } : { output };
+    const result = await generateText({ ...base, ...options, prompt: "Weather in Zürich?" });
+    summary.object = sdkName === "v5" ? result.experimental_output : result.output;
+    summary.finishReason = finishReasonOf(result.finishReason);
+  } else if (mode === "image") {
+    const png = Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    const result = await generateText({
+      ...base,
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "What is this?" },
+            { type: "image", image: png, mediaType: "image/png" },
+          ],
+        },
+      ],
+    });
+    summary.text = result.text;
+  } else if (mode === "tools") {
     const result = await generateText({ ...base, tools, stopWhen: stepCountIs(2), prompt: "Weather in Zürich?" });
     Object.assign(summary, {
       text: result.text,
