@@ -264,6 +264,7 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
         "tool_choice",
         ["'other' is not one of the tools"],
     ),
+    "max_tool_calls": ("t/smol", {"tools": [TOOL], "max_tool_calls": 2}, "max_tool_calls", ["t/smol"]),
     "required without tools": ("t/smol", {"tool_choice": "required"}, "tool_choice", ["only allowed when tools"]),
     "allowed_tools choice": (
         "t/smol",

@@ -189,6 +189,7 @@ class ResponsesRequest(BaseModel):
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
     include: list[str] | None = None
+    max_tool_calls: int | None = None
     top_logprobs: int | None = None
     truncation: str | None = None
 
@@ -221,6 +222,11 @@ def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
             "reasoning",
             reasoning is not None and any((reasoning.effort, reasoning.summary, reasoning.generate_summary)),
             f"reasoning options (effort, summary) are not supported {named}",
+        ),
+        (
+            "max_tool_calls",
+            body.max_tool_calls is not None,
+            f"no provider can be held to a number of tool calls {named}",
         ),
         ("include", bool(body.include), f"{', '.join(body.include or ())}: cannot be included {named}"),
         ("top_logprobs", body.top_logprobs is not None, f"log probabilities are not supported {named}"),
