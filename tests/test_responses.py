@@ -318,6 +318,32 @@ def test_a_bad_body_is_an_openai_shaped_400(service: str) -> None:
     assert error["type"] == "invalid_request_error" and "input" in error["message"]
 
 
+#: A lone surrogate (valid JSON, not valid Unicode) wherever the body has text: each a 400 naming where.
+LONE_SURROGATE = {
+    "input": ('"\\ud800"', "input.text"),
+    "a text part": (
+        '[{"role": "user", "content": [{"type": "input_text", "text": "\\ud800"}]}]',
+        "input.list.0.content",
+    ),
+    "a tool output": (
+        '[{"type": "function_call_output", "call_id": "c", "output": "\\ud800"}]',
+        "input.list.0.output.text",
+    ),
+    "a call's name": ('[{"type": "function_call", "call_id": "c", "name": "\\ud800", "arguments": "{}"}]', "name"),
+}
+
+
+@pytest.mark.parametrize("case", list(LONE_SURROGATE))
+def test_text_that_is_not_unicode_is_a_400_not_a_500(service: str, fakes: Fakes, case: str) -> None:
+    items, where = LONE_SURROGATE[case]
+    body = f'{{"model": "{OLLAMA}", "input": {items}}}'.encode()
+    answer = httpx.post(f"{service}/v1/responses", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "lone surrogate" in error["message"] and where in error["message"]
+    assert fakes.ollama.requests == []
+
+
 def test_more_messages_than_the_limit_are_refused(fakes: Fakes) -> None:
     app = create_app(Settings.from_env(fakes.env(), max_messages=3))
     items = [{"role": "user", "content": str(n)} for n in range(3)]

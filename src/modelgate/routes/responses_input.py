@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, Image, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice
@@ -87,12 +87,22 @@ class InputPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str
-    text: str | None = None
-    refusal: str | None = None
+    type: WireText
+    text: WireText | None = None
+    refusal: WireText | None = None
     image_url: WireText | None = Field(default=None, description="A data: URL (base64) or an https: URL")
-    detail: str | None = None
-    file_id: str | None = None
+    detail: WireText | None = None
+    file_id: WireText | None = None
+
+
+def _text_or_list(value: Any) -> str:
+    return "text" if isinstance(value, str) else "list"
+
+
+#: A string or a list of parts, validated as the one it is: an error names that one, not both union members.
+TextOrParts = Annotated[
+    Annotated[WireText, Tag("text")] | Annotated[list[InputPart], Tag("list")], Discriminator(_text_or_list)
+]
 
 
 class InputItem(BaseModel):
@@ -102,13 +112,18 @@ class InputItem(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str | None = None
-    role: str | None = None
-    content: str | list[InputPart] | None = None
+    type: WireText | None = None
+    role: WireText | None = None
+    content: TextOrParts | None = None
     call_id: WireText | None = Field(default=None, max_length=256)
-    name: str | None = None
+    name: WireText | None = None
     arguments: WireText | None = Field(default=None, description="The JSON text the model wrote")
-    output: str | list[InputPart] | None = Field(default=None, description="A function call's result")
+    output: TextOrParts | None = Field(default=None, description="A function call's result")
+
+
+TextOrItems = Annotated[
+    Annotated[WireText, Tag("text")] | Annotated[list[InputItem], Tag("list")], Discriminator(_text_or_list)
+]
 
 
 class ToolParam(BaseModel):
@@ -118,7 +133,7 @@ class ToolParam(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: WireText
     name: FunctionName | None = None
     description: WireText | None = None
     parameters: WireJSON | None = Field(default=None, description="The arguments' JSON Schema")
@@ -130,7 +145,7 @@ class ToolChoiceParam(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: WireText
     name: FunctionName | None = None
 
 
@@ -140,7 +155,7 @@ class TextFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     type: Literal["text", "json_object", "json_schema"]
-    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    name: WireText | None = Field(default=None, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: WireText | None = None
     schema_: WireJSON | None = Field(default=None, alias="schema")
     strict: bool | None = None
@@ -150,15 +165,15 @@ class TextConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     format: TextFormat | None = None
-    verbosity: str | None = None
+    verbosity: WireText | None = None
 
 
 class ReasoningConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    effort: str | None = None
-    summary: str | None = None
-    generate_summary: str | None = None
+    effort: WireText | None = None
+    summary: WireText | None = None
+    generate_summary: WireText | None = None
 
 
 class ResponsesRequest(BaseModel):
@@ -167,20 +182,20 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, description="A catalogue id, publisher/name")
-    input: str | list[InputItem] = Field(
+    model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
+    input: TextOrItems = Field(
         description="A user message, or items: messages (text, images), function_call, function_call_output"
     )
-    instructions: str | None = Field(default=None, description="Sent as a system message before the input")
+    instructions: WireText | None = Field(default=None, description="Sent as a system message before the input")
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool = False
-    metadata: dict[str, str] | None = Field(default=None, description="Echoed in the response; not forwarded")
-    user: str | None = Field(default=None, description="Accepted; not forwarded to providers")
+    metadata: dict[WireText, WireText] | None = Field(default=None, description="Echoed in the response; not forwarded")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
     parallel_tool_calls: bool | None = None
     store: bool | None = Field(default=None, description="Only false (or absent): responses are not stored")
-    previous_response_id: str | None = None
+    previous_response_id: WireText | None = None
     conversation: Any = None
     background: bool | None = None
     prompt: Any = None
@@ -188,10 +203,10 @@ class ResponsesRequest(BaseModel):
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceParam | None = None
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
-    include: list[str] | None = None
+    include: list[WireText] | None = None
     max_tool_calls: int | None = None
     top_logprobs: int | None = None
-    truncation: str | None = None
+    truncation: WireText | None = None
 
 
 def refuse_stateful(body: ResponsesRequest) -> None:
