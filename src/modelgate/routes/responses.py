@@ -15,12 +15,14 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from modelgate.app import gateway
 from modelgate.encoders.openai import USAGE_HEADER
 from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import BadRequest
 from modelgate.routes.openai import open_reply
+from modelgate.routes.opening import unless_client_leaves
 from modelgate.routes.responses_input import (
     RESPONSES_PARAMS,
     ResponsesRequest,
@@ -73,7 +75,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         return StreamingResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
-    response = await collect_response(start.events, head, provider=provider)
+    # Collected whole before the response starts: nothing else listens to the client meanwhile.
+    collecting = collect_response(start.events, head, provider=provider)
+    response = await unless_client_leaves(request, gateway(request).drain, collecting)
     if (response.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(response), media_type=JSON, headers=headers)
