@@ -197,12 +197,21 @@ def first_tokens(url: str) -> float:
     return 0.0
 
 
-def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(gateway: str, fakes: Fakes) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (OPENAI, {**OPENAI_BODY, "stream": False}),
+        ("/v1/responses", {"model": "acme/tiny", "input": "Hi"}),
+    ],
+)
+def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(
+    gateway: str, fakes: Fakes, path: str, body: dict[str, Any]
+) -> None:
     """A completion is collected whole before its response starts: the client is watched meanwhile too."""
     fakes.ollama.script(Reply(fault=Fault.hang(after=1)))  # one token, then silence (the idle timeout is 60 s)
     before = first_tokens(gateway)
     with connect(gateway) as sock:
-        sock.sendall(post(OPENAI, json.dumps({**OPENAI_BODY, "stream": False}).encode()))
+        sock.sendall(post(path, json.dumps(body).encode()))
         wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
     assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
 

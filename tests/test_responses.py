@@ -1,8 +1,8 @@
 """``POST /v1/responses`` end to end: the official ``openai`` SDK (``client.responses``) → modelgate on a loopback
 port → the fake upstreams of ``tests/fakes`` speaking each provider's real protocol.
 
-``client.responses.parse`` is not here: it needs structured output (``text.format`` json_schema), which the
-chat types do not carry yet; the route refuses it (``test_structured_output_is_refused``)."""
+Text replies here; function tools, ``text.format`` (``client.responses.parse``) and images are in
+``tests/test_responses_tools.py``."""
 
 from __future__ import annotations
 
@@ -255,30 +255,36 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
     "previous_response_id": ({"previous_response_id": "resp_1"}, "previous_response_id", "not stored"),
     "conversation": ({"conversation": "conv_1"}, "conversation", "not stored"),
     "background": ({"background": True}, "background", "not stored"),
+    # The default catalogue's Ollama model declares no capabilities: what needs one names model and capability.
     "tools": (
         {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]},
         "tools",
-        f"tools are not supported yet (model '{OLLAMA}')",
+        f"model '{OLLAMA}' does not support tool calling (capability 'tools')",
     ),
-    "tool_choice": ({"tool_choice": "required"}, "tool_choice", "tools are not supported yet"),
+    "tool_choice": ({"tool_choice": "required"}, "tool_choice", "only allowed when tools are given"),
     "json_schema": (
         {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}},
         "text.format",
-        f"structured output (json_schema) is not supported yet (model '{OLLAMA}')",
+        f"model '{OLLAMA}' does not support structured output",
     ),
-    "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "structured output (json_object)"),
+    "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "(capability 'json')"),
     "reasoning": ({"reasoning": {"effort": "high"}}, "reasoning", "reasoning options"),
     "include": ({"include": ["message.output_text.logprobs"]}, "include", "message.output_text.logprobs"),
     "image": (
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
         "input",
-        "input[0].content[0]: input_image: image input is not supported yet",
+        f"model '{OLLAMA}' does not support image input (capability 'vision')",
+    ),
+    "file": (
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+        "input",
+        "input[0].content[0]: input_file: file input is not supported",
     ),
     "item_reference": ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "cannot be referenced"),
     "function_call_output": (
         {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
-        "input",
-        "function_call_output items: tools are not supported yet",
+        "tools",
+        "(capability 'tools')",
     ),
     "only_instructions": ({"input": []}, "input", "at least one message"),
     "max_output_tokens": ({"max_output_tokens": 100_000}, "max_output_tokens", "above the limit of 500"),
@@ -299,14 +305,6 @@ def test_unsupported_requests_are_refused(client: openai.OpenAI, fakes: Fakes, c
     assert fakes.ollama.requests == []
 
 
-def test_structured_output_is_refused_through_the_sdk(client: openai.OpenAI, fakes: Fakes) -> None:
-    with pytest.raises(openai.BadRequestError, match="structured output"):
-        client.responses.create(
-            model=OLLAMA, input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": {}}}
-        )
-    assert fakes.ollama.requests == []
-
-
 @pytest.mark.parametrize("store", [False, None])
 def test_store_false_or_absent_is_served(client: openai.OpenAI, store: bool | None) -> None:
     fields: dict[str, Any] = {} if store is None else {"store": store}
@@ -318,6 +316,32 @@ def test_a_bad_body_is_an_openai_shaped_400(service: str) -> None:
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["type"] == "invalid_request_error" and "input" in error["message"]
+
+
+#: A lone surrogate (valid JSON, not valid Unicode) wherever the body has text: each a 400 naming where.
+LONE_SURROGATE = {
+    "input": ('"\\ud800"', "input.text"),
+    "a text part": (
+        '[{"role": "user", "content": [{"type": "input_text", "text": "\\ud800"}]}]',
+        "input.list.0.content",
+    ),
+    "a tool output": (
+        '[{"type": "function_call_output", "call_id": "c", "output": "\\ud800"}]',
+        "input.list.0.output.text",
+    ),
+    "a call's name": ('[{"type": "function_call", "call_id": "c", "name": "\\ud800", "arguments": "{}"}]', "name"),
+}
+
+
+@pytest.mark.parametrize("case", list(LONE_SURROGATE))
+def test_text_that_is_not_unicode_is_a_400_not_a_500(service: str, fakes: Fakes, case: str) -> None:
+    items, where = LONE_SURROGATE[case]
+    body = f'{{"model": "{OLLAMA}", "input": {items}}}'.encode()
+    answer = httpx.post(f"{service}/v1/responses", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert "lone surrogate" in error["message"] and where in error["message"]
+    assert fakes.ollama.requests == []
 
 
 def test_more_messages_than_the_limit_are_refused(fakes: Fakes) -> None:

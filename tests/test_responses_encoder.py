@@ -12,7 +12,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
-from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, Usage
+from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from modelgate.sse import SSEDecoder
@@ -179,6 +179,55 @@ def test_a_failure_after_the_first_byte_is_an_error_then_response_failed(
     assert response.error is not None and (response.error.code, response.error.message) == (code, error.message)
     assert response.output[0].type == "message" and response.output[0].status == "incomplete"
     assert response.output_text == "partial"
+
+
+def test_interleaved_pieces_of_two_calls_each_find_their_item() -> None:
+    """Calls stay open until the finish, so pieces of two calls may alternate, as an upstream sends them."""
+    events = _stream(
+        [
+            ToolCallDelta(0, "call_a", "f", '{"a"'),
+            ToolCallDelta(1, "call_b", "g", '{"b"'),
+            ToolCallDelta(0, arguments=": 1}"),
+            ToolCallDelta(1, arguments=": 2}"),
+            Finish("tool-calls", USAGE),
+        ]
+    )
+    assert _types(events)[2:] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    first, second = (e["item"] for e in events if e["type"] == "response.output_item.added")
+    deltas = {e["delta"]: (e["item_id"], e["output_index"]) for e in events if e["type"].endswith(".delta")}
+    assert deltas[": 1}"] == (first["id"], 0) and deltas[": 2}"] == (second["id"], 1)
+    response = Response.model_validate(events[-1]["response"])
+    assert [(i.call_id, i.name, i.arguments) for i in response.output] == [  # type: ignore[union-attr]
+        ("call_a", "f", '{"a": 1}'),
+        ("call_b", "g", '{"b": 2}'),
+    ]
+    assert response.status == "completed" and response.output_text == ""  # no empty message beside calls
+
+
+def test_a_call_cut_by_the_token_limit_is_incomplete() -> None:
+    events = _stream([ToolCallDelta(0, "call_a", "f", '{"a": '), Finish("length", USAGE)])
+    done = [e for e in events if e["type"] == "response.output_item.done"]
+    assert [e["item"]["status"] for e in done] == ["incomplete"]
+    assert events[-1]["type"] == "response.incomplete"
+
+
+def test_a_failure_during_a_call_marks_it_incomplete() -> None:
+    events = _stream([ToolCallDelta(0, "call_a", "f", '{"a": ')], UpstreamUnavailable("ollama", "overloaded"))
+    assert _types(events)[-2:] == ["error", "response.failed"]
+    response = Response.model_validate(events[-1]["response"])
+    assert [(item.type, item.status) for item in response.output] == [("function_call", "incomplete")]
 
 
 def test_a_stream_that_ends_without_finish_fails_explicitly() -> None:

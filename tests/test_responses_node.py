@@ -2,7 +2,8 @@
 ``streamText`` with ``createOpenAI({ baseURL })(model)``, whose default model speaks the Responses API.
 
 Two pairs: ``v7`` = ai@7 + @ai-sdk/openai@4 (current), ``v5`` = ai@5 + @ai-sdk/openai@2 (AI SDK 5). Each
-validates every event against its own zod schemas, so a wrong field fails here."""
+validates every event against its own zod schemas, so a wrong field fails here. The tool tests run the SDK's
+own agent loop (``tool({ inputSchema: z.object(...) })``, ``stopWhen: stepCountIs(2)``) over function calls."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
+from tests.fakes._base import FakeUpstream, ToolCallScript
 from tests.node_parsers import JS_DIR, _run, requires_node_parsers
 from tests.servers import serve_in_thread
+from tests.test_openai_tools import tools_catalogue
 
 _HAS_PROVIDER = (JS_DIR / "node_modules" / "@ai-sdk" / "openai" / "package.json").is_file()
 pytestmark = [
@@ -130,3 +133,104 @@ def test_a_conversation_by_reference_is_refused_saying_what_to_do(v1: str, fakes
     assert "item_reference" in result["error"]["message"]
     assert "store = false" in result["error"]["message"]
     assert len(fakes.ollama.requests) == 1
+
+
+# --- tools: the SDK's agent loop (a tool call, the SDK runs the tool, the model answers) -------------------
+
+
+@pytest.fixture
+def tools_v1(fakes: Fakes) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, tools_catalogue(fakes))) as url:
+        yield f"{url}/v1"
+
+
+#: OpenRouter streams the arguments in fragments; Ollama's calls arrive whole.
+TOOL_MODELS = {"t/deepseek": "openrouter", "t/llava": "ollama"}
+ZURICH = ToolCallScript(name="get_weather", arguments='{"city": "Zürich"}', id="call_z")
+#: AI SDK 7 sends an earlier call back whole; AI SDK 5 (@ai-sdk/openai 2.x) by reference unless told
+#: ``store: false`` (``test_a_tool_loop_by_reference_is_refused_saying_what_to_do``).
+LOOP_OPTIONS: dict[str, dict[str, Any]] = {"v7": {}, "v5": STATELESS}
+
+
+def _tool_loop_checks(fake: FakeUpstream) -> None:
+    """The second request carries the call and the tool's result, in the kind's own chat shapes."""
+    first, second = (r.json for r in fake.requests)
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_weather"]
+    assert first["tools"][0]["function"]["parameters"]["properties"] == {"city": {"type": "string"}}
+    messages = second["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[2]["content"] == "21 degrees in Zürich"
+
+
+@pytest.mark.parametrize("model", list(TOOL_MODELS))
+@pytest.mark.parametrize("sdk", SDKS)
+def test_generate_text_runs_a_tool_loop(tools_v1: str, fakes: Fakes, sdk: str, model: str) -> None:
+    fake = fakes[TOOL_MODELS[model]]
+    fake.script(Reply(tokens=(), tool_calls=(ZURICH,), finish="tool_calls"), Reply(tokens=["It is 21", " degrees."]))
+    result = ai_sdk(sdk, tools_v1, "tools", LOOP_OPTIONS[sdk], model=model)
+    assert "error" not in result, result
+    first, second = result["steps"]
+    assert first["finishReason"] == "tool-calls"
+    [call] = first["toolCalls"]
+    assert (call["toolName"], call["input"]) == ("get_weather", {"city": "Zürich"})
+    assert first["toolResults"] == ["21 degrees in Zürich"]
+    assert second["finishReason"] == "stop" and result["text"] == "It is 21 degrees."
+    _tool_loop_checks(fake)
+
+
+@pytest.mark.parametrize("model", list(TOOL_MODELS))
+@pytest.mark.parametrize("sdk", SDKS)
+def test_stream_text_runs_a_tool_loop(tools_v1: str, fakes: Fakes, sdk: str, model: str) -> None:
+    fake = fakes[TOOL_MODELS[model]]
+    fake.script(Reply(tokens=(), tool_calls=(ZURICH,), finish="tool_calls"), Reply(tokens=["It is 21", " degrees."]))
+    result = ai_sdk(sdk, tools_v1, "tools-stream", LOOP_OPTIONS[sdk], model=model)
+    assert result["errors"] == []
+    assert [(c["toolName"], c["input"]) for c in result["toolCalls"]] == [("get_weather", {"city": "Zürich"})]
+    assert json.loads(result["inputDeltas"]) == {"city": "Zürich"}  # the arguments, streamed as input deltas
+    assert result["toolResults"] == ["21 degrees in Zürich"]
+    assert result["text"] == "It is 21 degrees."
+    assert result["stepFinishes"] == ["tool-calls", "stop"]
+    parts = result["parts"]
+    assert parts.index("tool-input-start") < parts.index("tool-call") < parts.index("tool-result")
+    assert parts.index("tool-result") < parts.index("text-delta")
+    _tool_loop_checks(fake)
+
+
+def test_a_tool_loop_by_reference_is_refused_saying_what_to_do(tools_v1: str, fakes: Fakes) -> None:
+    """Without ``store: false`` AI SDK 5 sends the call back as an ``item_reference``: a 400 naming the fix."""
+    fakes.openrouter.script(Reply(tokens=(), tool_calls=(ZURICH,), finish="tool_calls"))
+    result = ai_sdk("v5", tools_v1, "tools", model="t/deepseek")
+    assert result["error"]["statusCode"] == 400
+    assert "store = false" in result["error"]["message"]
+    assert len(fakes.openrouter.requests) == 1
+
+
+# --- structured output and images ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_output_object_is_structured_output(tools_v1: str, fakes: Fakes, sdk: str) -> None:
+    fakes.openrouter.script(Reply(tokens=['{"city": "Zürich",', ' "degrees": 21}']))
+    result = ai_sdk(sdk, tools_v1, "object", model="t/deepseek")
+    assert "error" not in result, result
+    assert result["object"] == {"city": "Zürich", "degrees": 21}
+    sent = fakes.openrouter.last.json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["schema"]["properties"].keys() == {"city", "degrees"}
+
+
+@pytest.mark.parametrize(("model", "kind"), [("t/deepseek", "openrouter"), ("t/llava", "ollama")])
+@pytest.mark.parametrize("sdk", SDKS)
+def test_an_image_part_reaches_the_provider(tools_v1: str, fakes: Fakes, sdk: str, model: str, kind: str) -> None:
+    result = ai_sdk(sdk, tools_v1, "image", model=model)
+    assert result["text"] == "Hello, world!", result
+    png = "iVBORw0KGgo="  # the script's 8 PNG signature bytes, base64
+    [message] = fakes[kind].last.json["messages"]
+    if kind == "ollama":
+        assert message == {"role": "user", "content": "What is this?", "images": [png]}
+    else:
+        assert message["content"] == [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+        ]

@@ -2,8 +2,9 @@
 
 Pinned to the ``openai`` Python SDK's pydantic types (``openai.types.responses``, 3.57), which are the truth
 for every field: ``Response``, ``ResponseOutputMessage`` + ``ResponseOutputText``, ``ResponseReasoningItem``,
-``ResponseUsage`` and the stream events. ``tests/test_responses_encoder.py`` validates every frame against
-them; the AI SDK's ``@ai-sdk/openai`` reads the same frames in ``tests/test_responses_node.py``.
+``ResponseFunctionToolCall``, ``ResponseUsage`` and the stream events. ``tests/test_responses_encoder.py``
+validates every frame against them; the AI SDK's ``@ai-sdk/openai`` reads the same frames in
+``tests/test_responses_node.py``.
 
 A streamed reply is ``response.created``, ``response.in_progress``, then per output item
 ``response.output_item.added``, ``response.content_part.added``, its deltas, ``….done``,
@@ -11,6 +12,13 @@ A streamed reply is ``response.created``, ``response.in_progress``, then per out
 ``response.incomplete`` when the model hit ``max_output_tokens`` or a content filter) carrying the whole
 response with its usage. Every event has ``event:`` set to its type and a ``sequence_number`` counting from 0;
 there is no ``[DONE]`` (OpenAI sends none, and the AI SDK would try to parse it as JSON).
+
+A tool call (``ToolCallDelta`` pieces of one ``index``) is a ``function_call`` item: ``response.output_item.added``
+(``call_id``, ``name``, empty ``arguments``), ``response.function_call_arguments.delta`` per fragment, then
+``response.function_call_arguments.done`` and ``response.output_item.done`` with the whole ``arguments``. Calls
+stay open until the reply finishes (or text follows them), so pieces of two calls may interleave as upstreams
+send them; each piece finds its item by ``index``. A reply that only calls tools has no ``message`` item, as
+OpenAI's: the AI SDK reads the ``tool-calls`` finish from the presence of a ``function_call``.
 
 Reasoning (``ReasoningDelta``) becomes a ``reasoning`` output item whose ``content`` holds ``reasoning_text``,
 streamed as ``response.reasoning_text.delta``/``.done``: OpenAI's shape for raw reasoning (its open-weight
@@ -50,7 +58,10 @@ _INCOMPLETE = {"length": "max_output_tokens", "content-filter": "content_filter"
 #: The nested error's ``type``, as ``/v1`` error bodies name them (``app.openai_error``).
 _ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error"}
 
-ItemKind = Literal["message", "reasoning"]
+#: Items with one content part of text; a ``function_call`` item holds its arguments instead.
+TextKind = Literal["message", "reasoning"]
+ItemKind = Literal["message", "reasoning", "function_call"]
+_ID_PREFIXES: Mapping[ItemKind, str] = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +75,10 @@ class ResponseHead:
     max_output_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    tool_choice: str = "auto"
+    #: Echoed as the request gave them (``ToolChoice``, ``FunctionTool``s, ``ResponseFormatTextConfig``).
+    tool_choice: str | Mapping[str, Any] = "auto"
+    tools: tuple[Mapping[str, Any], ...] = ()
+    text_format: Mapping[str, Any] = field(default_factory=lambda: {"type": "text"})
     parallel_tool_calls: bool = True
     metadata: Mapping[str, str] | None = None
     user: str | None = None
@@ -79,8 +93,11 @@ class _Item:
     kind: ItemKind
     id: str
     output_index: int
+    #: The text so far; of a ``function_call``, its arguments' fragments.
     text: list[str] = field(default_factory=list)
     status: str = "in_progress"
+    call_id: str = ""
+    name: str = ""
 
     def part(self, text: str | None = None) -> dict[str, Any]:
         """The item's one content part, holding ``text`` (default: all of the item's text so far)."""
@@ -103,6 +120,16 @@ class _Item:
         )
 
     def as_output(self, *, with_content: bool = True) -> dict[str, Any]:
+        if self.kind == "function_call":
+            arguments = "".join(self.text) if with_content else ""
+            return {
+                "id": self.id,
+                "type": "function_call",
+                "call_id": self.call_id,
+                "name": self.name,
+                "arguments": arguments,
+                "status": self.status,
+            }
         content = [self.part()] if with_content else []
         if self.kind == "message":
             return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
@@ -110,8 +137,7 @@ class _Item:
 
 
 def _new_item(kind: ItemKind, output_index: int) -> _Item:
-    prefix = "msg" if kind == "message" else "rs"
-    return _Item(kind=kind, id=f"{prefix}_{uuid.uuid4().hex}", output_index=output_index)
+    return _Item(kind=kind, id=f"{_ID_PREFIXES[kind]}_{uuid.uuid4().hex}", output_index=output_index)
 
 
 def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
@@ -149,7 +175,10 @@ class ResponseBuilder:
     def __init__(self, head: ResponseHead) -> None:
         self.head = head
         self.items: list[_Item] = []
+        #: The open message or reasoning item (one at a time).
         self._open: _Item | None = None
+        #: Open ``function_call`` items by the tool call's ``index``.
+        self._calls: dict[int, _Item] = {}
         self.had_reasoning = False
 
     def response(
@@ -178,9 +207,9 @@ class ResponseBuilder:
             "previous_response_id": None,
             "reasoning": None,
             "temperature": h.temperature,
-            "text": {"format": {"type": "text"}},
-            "tool_choice": h.tool_choice,
-            "tools": [],
+            "text": {"format": dict(h.text_format)},
+            "tool_choice": h.tool_choice if isinstance(h.tool_choice, str) else dict(h.tool_choice),
+            "tools": [dict(tool) for tool in h.tools],
             "top_p": h.top_p,
             "truncation": "disabled",
             "usage": usage_object(usage, had_reasoning=self.had_reasoning) if usage is not None else None,
@@ -195,9 +224,9 @@ class ResponseBuilder:
             {"type": "response.in_progress", "response": snapshot},
         ]
 
-    def delta(self, kind: ItemKind, text: str) -> tuple[list[dict[str, Any]], _Item]:
+    def delta(self, kind: TextKind, text: str) -> tuple[list[dict[str, Any]], _Item]:
         """Payloads that must precede ``text`` (closing one item, opening another), and the item it joins."""
-        out: list[dict[str, Any]] = []
+        out = self._close_calls("completed")
         if self._open is not None and self._open.kind != kind:
             out += self._close("completed")
         if self._open is None:
@@ -209,16 +238,41 @@ class ResponseBuilder:
             self.had_reasoning = True
         return out, item
 
+    def tool_call(self, piece: ToolCallDelta) -> list[dict[str, Any]]:
+        """Payloads for one piece of a tool call: its item's ``output_item.added`` (the first piece, which
+        closes an open message or reasoning item), and an arguments delta when the piece has arguments."""
+        out: list[dict[str, Any]] = []
+        item = self._calls.get(piece.index)
+        if item is None:
+            if self._open is not None:
+                out += self._close("completed")
+            item = _new_item("function_call", len(self.items))
+            # Every kind's adapter names the call on its first piece; an id is made only if one did not.
+            item.call_id = piece.id or f"call_{uuid.uuid4().hex}"
+            item.name = piece.name or ""
+            self.items.append(item)
+            self._calls[piece.index] = item
+            added = item.as_output(with_content=False)
+            out.append({"type": "response.output_item.added", "output_index": item.output_index, "item": added})
+        elif piece.name and not item.name:
+            item.name = piece.name
+        if piece.arguments:
+            item.text.append(piece.arguments)
+            where = {"item_id": item.id, "output_index": item.output_index}
+            out.append({"type": "response.function_call_arguments.delta", **where, "delta": piece.arguments})
+        return out
+
     def finish(self, finish: Finish, completed_at: int) -> list[dict[str, Any]]:
         reason = _INCOMPLETE.get(finish.reason)
         status = "incomplete" if reason is not None else "completed"
         out: list[dict[str, Any]] = []
         if self._open is not None and self._open.kind != "message":
             out += self._close("completed")
-        if not any(item.kind == "message" for item in self.items):
-            out += self._add("message")  # every response has its message, if only an empty one
+        if not any(item.kind in ("message", "function_call") for item in self.items):
+            out += self._add("message")  # every response has its message or a call, if only an empty message
         if self._open is not None:
             out += self._close(status)
+        out += self._close_calls(status)
         response = self.response(
             status, usage=finish.usage, incomplete_reason=reason, completed_at=completed_at if reason is None else None
         )
@@ -226,16 +280,30 @@ class ResponseBuilder:
         return out
 
     def fail(self, message: str, code: str = "server_error") -> list[dict[str, Any]]:
-        if self._open is not None:
-            self._open.status = "incomplete"
-            self._open = None
+        for item in [*self._calls.values(), *([self._open] if self._open is not None else [])]:
+            item.status = "incomplete"
+        self._open = None
+        self._calls.clear()
         flat = {"code": code, "message": message, "param": None}
         return [
             {"type": "error", **flat, "error": {"type": _ERROR_TYPES.get(code, "server_error"), **flat}},
             {"type": "response.failed", "response": self.response("failed", error=flat)},
         ]
 
-    def _add(self, kind: ItemKind) -> list[dict[str, Any]]:
+    def _close_calls(self, status: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for item in self._calls.values():  # in the order they were opened: their output_index order
+            item.status = status
+            arguments = "".join(item.text)
+            where = {"item_id": item.id, "output_index": item.output_index}
+            out += [
+                {"type": "response.function_call_arguments.done", **where, "arguments": arguments},
+                {"type": "response.output_item.done", "output_index": item.output_index, "item": item.as_output()},
+            ]
+        self._calls.clear()
+        return out
+
+    def _add(self, kind: TextKind) -> list[dict[str, Any]]:
         item = _new_item(kind, len(self.items))
         self.items.append(item)
         self._open = item
@@ -311,11 +379,11 @@ class ResponseStreamEncoder:
                 for event in batch:
                     if isinstance(event, TextDelta | ReasoningDelta):
                         if event.text:
-                            kind: ItemKind = "message" if isinstance(event, TextDelta) else "reasoning"
+                            kind: TextKind = "message" if isinstance(event, TextDelta) else "reasoning"
                             before, item = builder.delta(kind, event.text)
                             out += self._frames(before) + self._delta(item, event.text)
                     elif isinstance(event, ToolCallDelta):
-                        continue  # this route refuses tools, so no provider was offered one to call
+                        out += self._frames(builder.tool_call(event))
                     elif event.reason == "error":
                         out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
                         finished = True
@@ -359,7 +427,7 @@ async def collect_response(
                     if event.text:
                         builder.delta("reasoning", event.text)
                 elif isinstance(event, ToolCallDelta):
-                    continue  # this route refuses tools, so no provider was offered one to call
+                    builder.tool_call(event)
                 else:
                     finish = event
                     break

@@ -1,0 +1,475 @@
+"""The ``POST /v1/responses`` body (OpenAI's ``ResponseCreateParams``) and its translation to ``modelgate.chat``.
+
+Function tools, ``tool_choice``, ``text.format`` and ``input_image`` parts become the chat types
+``/v1/chat/completions`` builds (``Tool``, ``ToolChoice``, ``ResponseFormat``, ``Image``, within the same image
+limits); ``function_call`` / ``function_call_output`` items become an assistant message's ``tool_calls`` and
+``tool`` messages. So every provider kind handles them as it does for Chat Completions, and a model without the
+capability gets the same 400 naming it. Shapes follow openai-python's ``types/responses`` (3.57): tools are
+flat (``{"type": "function", "name", "parameters", ...}``), not nested under ``function``.
+
+Stateless: whatever needs a stored response (``store: true``, ``previous_response_id``, ``conversation``,
+``item_reference`` items, ``background``, stored ``prompt``s) is a 400 that says so. An absent ``store`` means
+"not stored": OpenAI's server default is ``true``, but the SDKs leave the field out, and refusing every request
+that does not say ``store: false`` would refuse nearly all of them for a promise nobody asked us to keep. What
+the chat types cannot carry (hosted tools such as ``web_search``, files, audio, reasoning options) is a 400
+naming the field and the model: never silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from modelgate.catalogue import CatalogueModel
+from modelgate.chat import ChatRequest, Image, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice
+from modelgate.errors import BadRequest
+from modelgate.images import ImageBudget
+from modelgate.routes.openai import call_params
+from modelgate.routes.openai_input import (
+    MAX_TOOLS,
+    FunctionName,
+    NamedFunction,
+    NamedToolChoice,
+    to_tool_choice,
+)
+from modelgate.settings import Settings
+from modelgate.wire import WireJSON, WireText
+
+#: Our ``GenerationParams`` fields → this API's request fields (the Chat Completions route has its own).
+RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "max_new_tokens": ("max_output_tokens",),
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+}
+
+_NOT_STORED = "responses are not stored"
+#: ``developer`` is the newer name of ``system``.
+_ROLES: Mapping[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+#: Content parts that carry text: the caller's (``input_text``) and an earlier answer's (``output_text``).
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+#: Content parts the chat types have no place for.
+_MEDIA_PARTS = {"input_file": "file", "input_audio": "audio"}
+#: ``input_image`` ``detail`` values the providers' protocols have (OpenAI's newer ``original`` is not one).
+_DETAILS = frozenset({"auto", "low", "high"})
+#: Input items of hosted and custom tools' calls and results (``ResponseInputItem``): only function tools are
+#: carried.
+_TOOL_ITEMS = frozenset(
+    {
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "computer_call",
+        "computer_call_output",
+        "file_search_call",
+        "web_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "tool_search_call",
+        "tool_search_output",
+    }
+)
+
+
+class InputPart(BaseModel):
+    """``ResponseInputText``/``ResponseOutputText``/``ResponseInputImage``/…: the fields of the parts we carry."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: WireText
+    text: WireText | None = None
+    refusal: WireText | None = None
+    image_url: WireText | None = Field(default=None, description="A data: URL (base64) or an https: URL")
+    detail: WireText | None = None
+    file_id: WireText | None = None
+
+
+def _text_or_list(value: Any) -> str:
+    return "text" if isinstance(value, str) else "list"
+
+
+#: A string or a list of parts, validated as the one it is: an error names that one, not both union members.
+TextOrParts = Annotated[
+    Annotated[WireText, Tag("text")] | Annotated[list[InputPart], Tag("list")], Discriminator(_text_or_list)
+]
+
+
+class InputItem(BaseModel):
+    """A message (``EasyInputMessage``, ``Message``, an earlier ``ResponseOutputMessage``), a ``function_call``
+    (``ResponseFunctionToolCall``), a ``function_call_output`` or another item; only ``type``, the message
+    fields and the function call fields are read (ids, status, phase are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: WireText | None = None
+    role: WireText | None = None
+    content: TextOrParts | None = None
+    call_id: WireText | None = Field(default=None, max_length=256)
+    name: WireText | None = None
+    arguments: WireText | None = Field(default=None, description="The JSON text the model wrote")
+    output: TextOrParts | None = Field(default=None, description="A function call's result")
+
+
+TextOrItems = Annotated[
+    Annotated[WireText, Tag("text")] | Annotated[list[InputItem], Tag("list")], Discriminator(_text_or_list)
+]
+
+
+class ToolParam(BaseModel):
+    """``FunctionTool``, flat (not nested under ``function`` as in Chat Completions). Other tool types
+    (``web_search``, ``file_search``, ``mcp``, …) parse here only to be refused by name; the function tool
+    fields we cannot carry (``defer_loading``, ``output_schema``, …) are kept as extras to be refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: WireText
+    name: FunctionName | None = None
+    description: WireText | None = None
+    parameters: WireJSON | None = Field(default=None, description="The arguments' JSON Schema")
+    strict: bool | None = None
+
+
+class ToolChoiceParam(BaseModel):
+    """``ToolChoiceFunction`` (``{"type": "function", "name": …}``); other types are refused by name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: WireText
+    name: FunctionName | None = None
+
+
+class TextFormat(BaseModel):
+    """``ResponseFormatTextConfig``: ``text``, ``json_object``, or ``json_schema`` with its fields flat."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: WireText | None = Field(default=None, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: WireText | None = None
+    schema_: WireJSON | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: TextFormat | None = None
+    verbosity: WireText | None = None
+
+
+class ReasoningConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    effort: WireText | None = None
+    summary: WireText | None = None
+    generate_summary: WireText | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI's ``ResponseCreateParams``. Unknown fields are ignored, as on ``/v1/chat/completions``; the ones
+    below that we cannot honour are declared only to be refused (``refuse_stateful``, ``_refuse_unsupported``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
+    input: TextOrItems = Field(
+        description="A user message, or items: messages (text, images), function_call, function_call_output"
+    )
+    instructions: WireText | None = Field(default=None, description="Sent as a system message before the input")
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stream: bool = False
+    metadata: dict[WireText, WireText] | None = Field(default=None, description="Echoed in the response; not forwarded")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
+    parallel_tool_calls: bool | None = None
+    store: bool | None = Field(default=None, description="Only false (or absent): responses are not stored")
+    previous_response_id: WireText | None = None
+    conversation: Any = None
+    background: bool | None = None
+    prompt: Any = None
+    tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceParam | None = None
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    include: list[WireText] | None = None
+    max_tool_calls: int | None = None
+    top_logprobs: int | None = None
+    truncation: WireText | None = None
+
+
+def refuse_stateful(body: ResponsesRequest) -> None:
+    """Whatever needs a stored response is a 400 before anything else is done."""
+    refusals: list[tuple[str, bool, str]] = [
+        ("store", body.store is True, f"{_NOT_STORED}; send store: false or leave it out"),
+        (
+            "previous_response_id",
+            body.previous_response_id is not None,
+            f"{_NOT_STORED}, so there is no earlier response to continue; send the whole conversation as input",
+        ),
+        ("conversation", body.conversation is not None, f"{_NOT_STORED}; conversations are not supported"),
+        ("background", body.background is True, f"{_NOT_STORED}; background responses are not supported"),
+        ("prompt", body.prompt is not None, "stored prompts are not supported; send the instructions and input"),
+    ]
+    for param, refused, reason in refusals:
+        if refused:
+            raise BadRequest(f"{param}: {reason}", param=param)
+
+
+def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
+    """What the chat types cannot carry: a 400 naming the field and the model, never ignored."""
+    named = f"(model '{model.id}')"
+    reasoning = body.reasoning
+    refusals: list[tuple[str, bool, str]] = [
+        ("text.verbosity", body.text is not None and body.text.verbosity is not None, f"not supported {named}"),
+        (
+            "reasoning",
+            reasoning is not None and any((reasoning.effort, reasoning.summary, reasoning.generate_summary)),
+            f"reasoning options (effort, summary) are not supported {named}",
+        ),
+        (
+            "max_tool_calls",
+            body.max_tool_calls is not None,
+            f"no provider can be held to a number of tool calls {named}",
+        ),
+        ("include", bool(body.include), f"{', '.join(body.include or ())}: cannot be included {named}"),
+        ("top_logprobs", body.top_logprobs is not None, f"log probabilities are not supported {named}"),
+        ("truncation", body.truncation not in (None, "disabled"), "only 'disabled' is supported (input is not cut)"),
+    ]
+    for param, refused, reason in refusals:
+        if refused:
+            raise BadRequest(f"{param}: {reason}", param=param)
+
+
+def to_tools(body: ResponsesRequest, model: CatalogueModel) -> tuple[Tool, ...]:
+    tools: list[Tool] = []
+    for index, tool in enumerate(body.tools or ()):
+        where = f"tools[{index}]"
+        if tool.type != "function":
+            raise BadRequest(
+                f"{where}: tools of type '{tool.type}' are not supported (model '{model.id}'); send function tools",
+                param="tools",
+            )
+        if tool.name is None:
+            raise BadRequest(f"{where}.name: required", param="tools")
+        unsupported = sorted(name for name, value in (tool.model_extra or {}).items() if value is not None)
+        if unsupported:
+            raise BadRequest(f"{where}: {', '.join(unsupported)}: not supported (model '{model.id}')", param="tools")
+        tools.append(Tool(name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
+    return tuple(tools)
+
+
+def _tool_choice(body: ResponsesRequest, tools: tuple[Tool, ...], model: CatalogueModel) -> ToolChoice | None:
+    choice = body.tool_choice
+    if isinstance(choice, ToolChoiceParam):
+        if choice.type != "function":
+            raise BadRequest(
+                f"tool_choice: type '{choice.type}' is not supported (model '{model.id}'); send 'auto', 'none', "
+                "'required' or {'type': 'function', 'name': ...}",
+                param="tool_choice",
+            )
+        if choice.name is None:
+            raise BadRequest("tool_choice.name: required", param="tool_choice")
+        # The Chat Completions shape, so that one function checks the name against the tools.
+        return to_tool_choice(NamedToolChoice(type="function", function=NamedFunction(name=choice.name)), tools)
+    return to_tool_choice(choice, tools)
+
+
+def echo_tool_choice(choice: str | ToolChoiceParam | None) -> str | dict[str, Any]:
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump(exclude_none=True)
+
+
+def to_response_format(body: ResponsesRequest) -> ResponseFormat | None:
+    """``text.format`` → the ``ResponseFormat`` Chat Completions' ``response_format`` becomes."""
+    spec = body.text.format if body.text is not None else None
+    if spec is None or spec.type == "text":
+        return None
+    if spec.type == "json_object":
+        return ResponseFormat(type="json_object")
+    for name, value in (("name", spec.name), ("schema", spec.schema_)):
+        if value is None:
+            raise BadRequest(f"text.format.{name}: required for type json_schema", param="text.format")
+    return ResponseFormat(type="json_schema", schema=spec.schema_, name=spec.name, strict=spec.strict)
+
+
+def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings) -> tuple[Message, ...]:
+    max_messages = settings.max_messages
+    budget = ImageBudget(settings.max_image_bytes, settings.max_images_bytes, param="input")
+    messages: list[Message] = []
+    if body.instructions is not None:
+        messages.append(Message(role="system", content=body.instructions))
+    if isinstance(body.input, str):
+        messages.append(Message(role="user", content=body.input))
+    else:
+        for index, item in enumerate(body.input):
+            where = f"input[{index}]"
+            if item.type == "function_call":
+                call = _function_call(item, where)
+                last = messages[-1] if messages else None
+                if last is not None and last.role == "assistant":
+                    # The calls of one turn (and the text before them) are one assistant message in chat form.
+                    messages[-1] = replace(last, tool_calls=(*last.tool_calls, call))
+                else:
+                    messages.append(Message(role="assistant", content="", tool_calls=(call,)))
+                continue
+            message = _item_message(item, where, model, budget)
+            if message is not None:
+                messages.append(message)
+    if not any(message.role != "system" for message in messages):
+        raise BadRequest("input: at least one message is required", param="input")
+    if len(messages) > max_messages:
+        raise BadRequest(
+            f"input: {len(messages)} messages are more than the limit of {max_messages}",
+            param="input",
+            data={"limit": max_messages},
+        )
+    return tuple(messages)
+
+
+def _function_call(item: InputItem, where: str) -> ToolCall:
+    """An earlier answer's call, as the assistant's ``tool_calls`` entry."""
+    if not item.call_id or not item.name or item.arguments is None:
+        missing = [name for name in ("call_id", "name", "arguments") if getattr(item, name) in (None, "")]
+        raise BadRequest(f"{where}: a function_call item needs {', '.join(missing)}", param="input")
+    return ToolCall(id=item.call_id, name=item.name, arguments=item.arguments)
+
+
+def _function_call_output(item: InputItem, where: str) -> Message:
+    if not item.call_id:
+        raise BadRequest(f"{where}.call_id: required on a function_call_output item", param="input")
+    output = item.output
+    if output is None:
+        raise BadRequest(f"{where}.output: required on a function_call_output item", param="input")
+    if not isinstance(output, str):
+        texts = []
+        for index, part in enumerate(output):
+            if part.type != "input_text" or part.text is None:
+                raise BadRequest(
+                    f"{where}.output[{index}]: content of type '{part.type}' is not supported in a function call's "
+                    "output; send input_text",
+                    param="input",
+                )
+            texts.append(part.text)
+        output = "\n".join(texts)
+    return Message(role="tool", content=output, tool_call_id=item.call_id)
+
+
+def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: ImageBudget) -> Message | None:
+    kind = item.type or "message"
+    if kind == "reasoning":
+        # An earlier answer's reasoning, passed back with ``response.output``: models do not read their old
+        # reasoning (OpenAI drops it from later turns too), and the chat types have no place for it.
+        return None
+    if kind == "item_reference":
+        raise BadRequest(
+            f"{where}: item_reference: {_NOT_STORED}, so earlier items cannot be referenced; send the items "
+            "themselves (AI SDK: providerOptions.openai.store = false)",
+            param="input",
+        )
+    if kind == "function_call_output":
+        return _function_call_output(item, where)
+    if kind in _TOOL_ITEMS:
+        raise BadRequest(
+            f"{where}: {kind} items: only function tools are supported (model '{model.id}')", param="input"
+        )
+    if kind != "message":
+        raise BadRequest(f"{where}: items of type '{kind}' are not supported", param="input")
+    role = _ROLES.get(item.role or "")
+    if role is None:
+        raise BadRequest(f"{where}.role: must be one of {', '.join(_ROLES)}, got {item.role!r}", param="input")
+    text, images = _content(item.content, where, role, model, budget)
+    return Message(role=role, content=text, images=images)
+
+
+def _content(
+    content: str | list[InputPart] | None, where: str, role: Role, model: CatalogueModel, budget: ImageBudget
+) -> tuple[str, tuple[Image, ...]]:
+    if content is None:
+        raise BadRequest(f"{where}.content: required", param="input")
+    if isinstance(content, str):
+        return content, ()
+    texts = []
+    images: list[Image] = []
+    for index, part in enumerate(content):
+        at = f"{where}.content[{index}]"
+        if part.type in _MEDIA_PARTS:
+            raise BadRequest(
+                f"{at}: {part.type}: {_MEDIA_PARTS[part.type]} input is not supported (model '{model.id}')",
+                param="input",
+            )
+        if part.type == "input_image":
+            images.append(_image(part, at, role, budget))
+            continue
+        if part.type == "refusal":  # an earlier answer's refusal is what the assistant said
+            text = part.refusal
+        elif part.type in _TEXT_PARTS:
+            text = part.text
+        else:
+            raise BadRequest(f"{at}: content of type '{part.type}' is not supported; send input_text", param="input")
+        if text is None:
+            raise BadRequest(f"{at}: the part has no text", param="input")
+        texts.append(text)
+    # Parts are paragraphs of one message, joined as /v1/chat/completions joins text parts.
+    return "\n".join(texts), tuple(images)
+
+
+def _image(part: InputPart, where: str, role: Role, budget: ImageBudget) -> Image:
+    """An ``input_image`` part under the limits of ``/v1/chat/completions`` images (``images.ImageBudget``)."""
+    if role != "user":
+        raise BadRequest(f"{where}: input_image: images are only taken in user messages", param="input")
+    if part.image_url is None:
+        reason = "files are not stored; send the image as image_url" if part.file_id is not None else "required"
+        raise BadRequest(f"{where}.image_url: {reason}", param="input")
+    if part.detail is not None and part.detail not in _DETAILS:
+        raise BadRequest(
+            f"{where}.detail: '{part.detail}' is not supported; send one of {', '.join(sorted(_DETAILS))}",
+            param="input",
+        )
+    return budget.image(part.image_url, where, detail=part.detail)
+
+
+def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Settings) -> ChatRequest:
+    _refuse_unsupported(body, model)
+    tools = to_tools(body, model)
+    return ChatRequest(
+        messages=_messages(body, model, settings),
+        params=call_params(body, model, RESPONSES_PARAMS),
+        tools=tools,
+        tool_choice=_tool_choice(body, tools, model),
+        parallel_tool_calls=body.parallel_tool_calls if tools else None,
+        response_format=to_response_format(body),
+    )
+
+
+def echo_text_format(body: ResponsesRequest) -> dict[str, Any]:
+    """``text.format`` as ``Response.text.format`` echoes it (``ResponseFormatTextConfig``)."""
+    if body.text is None or body.text.format is None:
+        return {"type": "text"}
+    return body.text.format.model_dump(by_alias=True, exclude_none=True)
+
+
+def echo_tools(body: ResponsesRequest) -> tuple[dict[str, Any], ...]:
+    """The function tools as ``Response.tools`` lists them (``FunctionTool``)."""
+    return tuple(
+        {
+            "type": "function",
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+            "strict": tool.strict,
+        }
+        for tool in body.tools or ()
+    )
