@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -606,3 +607,49 @@ def test_an_api_key_is_asked_for_and_kept_only_in_session_storage(browser: Brows
         page.get_by_role("button", name="Forget key").click()
         assert page.evaluate("sessionStorage.getItem('modelgate.apiKey')") is None
     assert len(fakes.ollama.requests) == 1
+
+
+# --- usage ----------------------------------------------------------------------------------------
+
+
+def test_the_usage_view_shows_the_callers_own_usage_with_the_key_it_uses(
+    browser: Browser, fakes: Fakes, tmp_path: Path
+) -> None:
+    """``#/usage`` reads ``GET /api/usage`` with the key the chats use: that key's totals and rows, no one else's."""
+    alice, bob = "mg-playground-alice-5e1", "mg-playground-bob-77c"
+    catalogue = load_catalogue()
+    mine, theirs = first_model_of(catalogue, "ollama"), first_model_of(catalogue, "openrouter")
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    settings = Settings(**fakes.settings_overrides(), api_keys=(alice, bob), database_url=database, probe_interval=0)
+    fakes.ollama.script(Reply(tokens=["a", "b"], usage=(10, 2)), Reply(tokens=["c"], usage=(7, 1)))
+    fakes.openrouter.script(Reply(tokens=["d"], usage=(500, 300)))
+    with serve(settings, catalogue) as url:
+        for key, model in ((alice, mine), (alice, mine), (bob, theirs)):
+            body = {"messages": [{"role": "user", "content": "Hi"}]}
+            answer = httpx.post(url + model.endpoint, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            assert answer.status_code == 200, answer.text
+        with open_page(browser, url) as page:
+            usage_requests: list[str | None] = []
+            page.on(
+                "request",
+                lambda request: (
+                    usage_requests.append(request.headers.get("authorization")) if "/api/usage" in request.url else None
+                ),
+            )
+            page.get_by_role("link", name="Your usage").click()
+            expect(page.locator("#key-dialog")).to_be_visible()
+            page.locator("#key-input").fill(alice)
+            page.keyboard.press("Enter")
+            totals = page.locator("#usage-totals")
+            expect(totals).to_contain_text("Requests2")
+            expect(totals).to_contain_text("Prompt tokens17")
+            expect(totals).to_contain_text("Completion tokens3")
+            models = page.locator("#usage-models tbody tr")
+            expect(models).to_have_count(1)
+            expect(models.first).to_contain_text(mine.id)
+            recent = page.locator("#usage-recent tbody tr")
+            expect(recent).to_have_count(2)
+            expect(page.locator("#usage-view")).not_to_contain_text(theirs.id)
+            expect(page.locator("#usage-scope")).to_contain_text("your key")
+            assert usage_requests == [None, f"Bearer {alice}"]
+            chromium.screenshot(page, "usage-desktop")

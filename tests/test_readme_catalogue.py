@@ -93,6 +93,7 @@ def test_the_client_example_runs(fakes: Any, capsys: pytest.CaptureFixture[str])
             ("https://a.example", "https://b.example"),
         ),
         ("MODELGATE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("MODELGATE_OTEL", "1", "tracing", True),
     ],
 )
 def test_the_documented_environment_variables(variable: str, value: str, attribute: str, expected: object) -> None:

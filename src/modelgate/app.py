@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -37,6 +37,10 @@ from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
 from modelgate.settings import Settings
 from modelgate.status import Prober, StatusBoard
+from modelgate.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("modelgate")
 
@@ -46,7 +50,7 @@ JSON = "application/json"
 class GatewayState:
     """Everything a request needs, owned by one app instance (no module-level state)."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+    def __init__(self, settings: Settings, catalogue: Catalogue, tracer_provider: TracerProvider | None = None) -> None:
         self.settings = settings
         self._catalogue = catalogue
         self.http: aiohttp.ClientSession | None = None
@@ -60,6 +64,8 @@ class GatewayState:
         self.status = StatusBoard()
         self.redactor = RedactingFilter(self._secrets(catalogue))
         self.access_log = AccessLog(self.redactor)
+        #: OpenTelemetry traces (``tracing.py``): None unless configured, or given a provider.
+        self.tracing = Tracing.create(settings.tracing, self.redactor.scrub, tracer_provider)
         self.prober = Prober(self, settings.probe_interval)
         #: The graceful-shutdown limit (drain.py), started by the server (server.py).
         self.drain = Drain(settings.graceful_timeout)
@@ -157,6 +163,8 @@ class GatewayState:
             await self.ledger.stop()
         await self.limiter.stop()
         await self.close_upstreams()
+        if self.tracing is not None:
+            await self.tracing.stop()
         self.access_log.flush()
         self.redactor.uninstall()
 
@@ -179,12 +187,17 @@ class ModelgateAPI(FastAPI):
 
 
 def create_app(
-    settings: Settings | None = None, catalogue: Catalogue | None = None, *, handle_sighup: bool = False
+    settings: Settings | None = None,
+    catalogue: Catalogue | None = None,
+    *,
+    handle_sighup: bool = False,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """``handle_sighup``: reload the catalogue on SIGHUP (``modelgate serve`` sets it; main thread only)."""
+    """``handle_sighup``: reload the catalogue on SIGHUP (``modelgate serve`` sets it; main thread only).
+    ``tracer_provider``: trace chat requests through it (``tracing.py``), whatever the settings say."""
     settings = settings or Settings.from_env()
     catalogue = catalogue or load_catalogue(settings.config_path)
-    state = GatewayState(settings, catalogue)
+    state = GatewayState(settings, catalogue, tracer_provider)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:

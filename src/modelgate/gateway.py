@@ -79,6 +79,8 @@ async def open_stream(
     if obs is not None:  # the log line names the requested model even when nothing answers
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
         obs.requested_model = model.id
+        if state.tracing is not None:
+            obs.trace = state.tracing.start_request(obs, model, request, state.catalogue)
     first_error: ModelgateError | None = None
     for candidate in _candidates(state.catalogue, model):
         call = _for_model(request, candidate)
@@ -161,10 +163,13 @@ async def _open_model(
     entry = state.catalogue.provider_entry(model.provider)
     breaker = state.breakers.get(model.provider, BreakerConfig.from_entry(entry))
     budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
+    trace = obs.trace if obs is not None else None
     while True:
         sent = time.perf_counter()
         try:
             breaker.acquire()
+            if trace is not None:  # one span per upstream attempt (tracing.py)
+                trace.start_attempt(model, request, provider.connection.base_url)
             first, upstream = await _first_batch(provider, model, request)
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
@@ -172,6 +177,8 @@ async def _open_model(
             raise
         except ModelgateError as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
+            if trace is not None:
+                trace.fail_attempt(exc)
             if counts_against_provider(exc):
                 breaker.record_failure(exc.message)
                 state.status.record(model.provider, model.id, ok=False, reason=exc.message)
@@ -186,6 +193,8 @@ async def _open_model(
             continue
         except BaseException as exc:
             breaker.release()  # cancelled (client gone) or a bug: no verdict on the provider
+            if trace is not None:
+                trace.fail_attempt(exc)
             if isinstance(exc, Exception):
                 metrics.observe_upstream(model.provider, model.id, "error")
             raise
@@ -231,15 +240,18 @@ async def _relay(
     metrics.streams_in_flight.inc()
     outcome = "cancelled"  # unless it ends otherwise: the client went away (generator closed)
     usage = None
+    finish: Finish | None = None
     try:
         # A Finish is always the last event of the last batch.
         if isinstance(first[-1], Finish):
-            usage, outcome = first[-1].usage, "ok"
+            finish = first[-1]
+            usage, outcome = finish.usage, "ok"
         yield first
         async for batch in rest:
             last = batch[-1]
             if isinstance(last, Finish):
                 # The reply is complete with its Finish; a consumer may stop reading right there.
+                finish = last
                 usage, outcome = last.usage, "ok"
             yield batch
         outcome = "ok"
@@ -267,6 +279,8 @@ async def _relay(
                 obs.prompt_tokens, obs.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 obs.usage_estimated = usage.estimated
                 obs.reasoning_tokens = usage.reasoning_tokens
+            if obs.trace is not None:
+                obs.trace.end_attempt(usage, finish.reason if finish else None, outcome, obs.error)
         await _close(rest)
 
 

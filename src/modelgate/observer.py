@@ -50,6 +50,7 @@ from modelgate.metrics import UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
+    from modelgate.tracing import RequestTrace
 
 log = logging.getLogger("modelgate")
 
@@ -94,6 +95,8 @@ class Observation:
     relay: AsyncGenerator[Any, None] | None = None
     #: The request id came from the client (``X-Request-ID``): client text, redacted in the log.
     client_id: bool = False
+    #: The request's OpenTelemetry spans, when tracing is on (``tracing.py``, started by ``gateway.open_stream``).
+    trace: RequestTrace | None = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -325,6 +328,8 @@ class RequestObserver:
         ledger = self.state.ledger
         if ledger is not None and obs.model is not None:  # a chat request that reached open_stream (ledger.py)
             ledger.record(obs, status, key_id, self.state.catalogue)
+        if obs.trace is not None:
+            obs.trace.end(obs, status)
         self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)
 
     def _record(

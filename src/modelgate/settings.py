@@ -137,6 +137,8 @@ class Settings:
     graceful_timeout: float = 30.0
     #: With keys configured, ``/metrics`` and ``/api/status`` need a key too.
     private_ops: bool = False
+    #: OpenTelemetry traces of chat requests (``tracing.py``; needs ``modelgate[otel]``).
+    tracing: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -188,6 +190,7 @@ class Settings:
                 if env.get(variable)
             },
             "private_ops": env.get("MODELGATE_PRIVATE_OPS", "").lower() in {"1", "true", "yes"},
+            "tracing": tracing_enabled(env),
         }
         values.update(overrides)
         if "database_url" not in overrides:
@@ -224,6 +227,18 @@ class Settings:
         names = tuple(CREDENTIAL_VARIABLES.get(provider, ()) if variables is None else variables)
         found = self.credential_values(provider, names)
         return [name for name in names if name not in found]
+
+
+def tracing_enabled(env: Mapping[str, str]) -> bool:
+    """Whether the environment asks for traces: ``MODELGATE_OTEL`` decides when set, else an OTLP endpoint."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":  # OpenTelemetry's own off switch
+        return False
+    explicit = env.get("MODELGATE_OTEL", "").strip().lower()
+    if explicit:
+        return explicit in {"1", "true", "yes", "on"}
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def _upstream_limits(env: Mapping[str, str]) -> dict[str, object]:

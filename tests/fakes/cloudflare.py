@@ -54,6 +54,11 @@ SCHEMA: dict[str, tuple[float, float] | None] = {
 }
 
 
+#: The vision model's input (llama-3.2-11b-vision-instruct) adds ``image``: one of the image's bytes as an array of
+#: integers 0 to 255, or a "binary string representing the image contents".
+VISION_MODELS = frozenset({"@cf/meta/llama-3.2-11b-vision-instruct"})
+
+
 def envelope_error(status: int, code: int, message: str, *, retry_after: float | None = None) -> Response:
     body = {"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}
     return json_error(status, body, retry_after=retry_after)
@@ -114,7 +119,7 @@ class FakeCloudflare(FakeUpstream):
         if not self.serves(model):
             return envelope_error(400, 5007, f"No such model {model} or task")
         body = recorded.json
-        problem = validate(body)
+        problem = validate(body, vision=model in VISION_MODELS)
         if problem:
             return envelope_error(400, 5006, f"AiError: Bad input: {problem}")
         assert isinstance(body, dict)
@@ -177,12 +182,22 @@ def _positive(request: Request, name: str, default: int) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
-def validate(body: Any) -> str | None:
+def validate(body: Any, *, vision: bool = False) -> str | None:
     if not isinstance(body, dict):
         return "Error: Type mismatch of '/', 'object' not 'string'"
     if ("messages" in body) == ("prompt" in body):
         return "Error: oneOf at '/' not met, 0 matches: required properties at '/' are 'prompt', 'messages'"
     for key, value in body.items():
+        if key == "image" and vision:  # oneOf: the bytes as integers, or a binary string
+            if isinstance(value, str) and value:
+                continue
+            if not (
+                isinstance(value, list)
+                and value
+                and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in value)
+            ):
+                return "Error: oneOf at '/image' not met: an array of integers between 0 and 255, or a string"
+            continue
         if key not in SCHEMA:
             return f"Error: Additional or unevaluated properties '/{key}' are not allowed"
         bounds = SCHEMA[key]

@@ -17,10 +17,19 @@ a call with tools or a response format is sent without ``stream`` and the whole 
 events (``response`` is an object when JSON mode parsed it; it is sent on as JSON text). Tool calls come
 without ids: each gets a generated one. A past call goes back as the assistant's OpenAI-shaped
 ``tool_calls``, a tool result as ``{"role": "tool", "name", "content"}``.
+
+Images (a model declaring ``vision``, such as ``@cf/meta/llama-3.2-11b-vision-instruct``): Workers AI's vision
+input is one image in the top-level ``image`` field, "an array of integers that represent the image data
+constrained to 8-bit unsigned integer values" (the model's input schema), beside the text messages; Cloudflare's
+own AI SDK provider (``workers-ai-provider``) sends exactly that, and takes one image per call. So modelgate sends
+the bytes of a ``data:`` URL as that array, refuses a second image (400), and refuses a remote URL (400): the
+field holds bytes, and modelgate never fetches a URL a client names.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -40,7 +49,7 @@ from modelgate.chat import (
     ToolCallDelta,
     Usage,
 )
-from modelgate.errors import UpstreamError
+from modelgate.errors import BadRequest, UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -114,8 +123,21 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
     else:
         body["stream"] = True
+    image = _image_bytes(request)
+    if image is not None:
+        body["image"] = image
     body.update((key, value) for key, value in fields.items() if value is not None)
     return body
+
+
+def _image_bytes(request: ChatRequest) -> list[int] | None:
+    """The request's one image (``Cloudflare.check`` saw to it: inline, valid, alone) as Workers AI's byte array."""
+    for message in request.messages:
+        for image in message.images:
+            inline = image.inline
+            assert inline is not None
+            return list(base64.b64decode(inline[1]))
+    return None
 
 
 def offers_tools(request: ChatRequest) -> bool:
@@ -256,7 +278,7 @@ class CloudflareStream:
 
 class Cloudflare(HttpProvider):
     name = "cloudflare"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "reasoning"})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     read_error = staticmethod(read_error)
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
@@ -279,6 +301,30 @@ class Cloudflare(HttpProvider):
 
     def unenforced(self, request: ChatRequest) -> list[str]:
         return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+
+    def check(self, model: CatalogueModel, request: ChatRequest) -> None:
+        super().check(model, request)  # a model without ``vision`` is refused any image there
+        images = [(index, image) for index, message in enumerate(request.messages) for image in message.images]
+        if len(images) > 1:
+            raise BadRequest(
+                f"model '{model.id}' (Cloudflare Workers AI) takes one image per request; this one has {len(images)}",
+                data={"model": model.id, "limit": 1},
+                param="messages",
+            )
+        for index, image in images:
+            inline = image.inline
+            if inline is None:
+                raise BadRequest(
+                    f"messages[{index}]: model '{model.id}' (Cloudflare Workers AI) takes images only inline, as "
+                    "data: URLs; modelgate does not fetch image URLs",
+                    param="messages",
+                )
+            try:
+                base64.b64decode(inline[1], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest(
+                    f"messages[{index}]: the image's data: URL is not valid base64", param="messages"
+                ) from None
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.

@@ -637,7 +637,91 @@ function wireComposer() {
   $("key-button").addEventListener("click", () => askForKey("Change or forget the API key used by this tab."));
 }
 
-// --- routing (#/, #/chat/<publisher>/<name>, #/credits) ----------------------------------------------------------------
+// --- usage (#/usage): the caller's own rows of GET /api/usage, with the key the chats use -----------------------
+
+// Newest requests listed (the totals and the per-model rows cover every request).
+const USAGE_RECENT = 20;
+
+async function fetchUsage() {
+  for (;;) {
+    const response = await fetch(`/api/usage?limit=${USAGE_RECENT}`, {
+      headers: { Accept: "application/json", ...authHeaders() },
+    });
+    if (response.status === 401 && (await askForKey("Your usage is read with your API key."))) continue;
+    if (!response.ok) {
+      const failure = await describeFailure(response);
+      throw new Error(`${failure.title}: ${failure.message}`);
+    }
+    return response.json();
+  }
+}
+
+const count = (value) => (Number.isFinite(value) ? value.toLocaleString("en") : "–");
+const cost = (value) => (Number.isFinite(value) ? `$${value.toFixed(4)}` : "–");
+
+function usageTable(caption, headings, rows) {
+  return el(
+    "table",
+    { className: "usage-table" },
+    el("caption", {}, caption),
+    el("thead", {}, el("tr", {}, ...headings.map((heading) => el("th", { scope: "col" }, heading)))),
+    el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((cell) => el("td", {}, cell))))),
+  );
+}
+
+function renderUsage(report) {
+  const { totals, groups = [], records = [], filters = {} } = report;
+  $("usage-scope").textContent = filters.key
+    ? `Requests made with your key (id ${filters.key}).`
+    : "Requests of every caller (an open service, or the admin key).";
+  const summary = el(
+    "dl",
+    { className: "usage-totals", id: "usage-totals" },
+    ...[
+      ["Requests", count(totals.requests)],
+      ["Prompt tokens", count(totals.prompt_tokens)],
+      ["Completion tokens", count(totals.completion_tokens)],
+      ["Cost", cost(totals.cost)],
+    ].map(([term, value]) => el("div", {}, el("dt", {}, term), el("dd", {}, value))),
+  );
+  if (!totals.requests) {
+    $("usage-body").replaceChildren(summary, el("p", { className: "muted" }, "No requests yet."));
+    return;
+  }
+  const byModel = usageTable(
+    "By model",
+    ["Model", "Provider", "Requests", "Prompt tokens", "Completion tokens", "Cost"],
+    groups.map((g) => [g.model, g.provider ?? "–", count(g.requests), count(g.prompt_tokens), count(g.completion_tokens), cost(g.cost)]),
+  );
+  byModel.id = "usage-models";
+  const recent = usageTable(
+    `Latest ${records.length} requests`,
+    ["Time", "Model", "Status", "Tokens (prompt + completion)", "First token"],
+    records.map((r) => [
+      new Date(r.ts).toLocaleString(),
+      r.model,
+      r.outcome && r.outcome !== "ok" ? `${r.status} (${r.outcome})` : String(r.status),
+      `${count(r.prompt_tokens)} + ${count(r.completion_tokens)}${r.usage_estimated ? " (estimated)" : ""}`,
+      Number.isFinite(r.ttft_ms) ? `${Math.round(r.ttft_ms)} ms` : "–",
+    ]),
+  );
+  recent.id = "usage-recent";
+  $("usage-body").replaceChildren(summary, byModel, recent);
+}
+
+async function loadUsage() {
+  const status = $("usage-status");
+  status.textContent = "Loading your usage…";
+  $("usage-body").replaceChildren();
+  try {
+    renderUsage(await fetchUsage());
+    status.textContent = "";
+  } catch (error) {
+    status.replaceChildren(el("span", { className: "error-text" }, `Could not load the usage: ${error.message}`));
+  }
+}
+
+// --- routing (#/, #/chat/<publisher>/<name>, #/usage, #/credits) ----------------------------------------------------------------
 
 function showView(id) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== id;
@@ -661,6 +745,12 @@ function route() {
   const previous = state.current?.model;
   state.current = null;
   document.title = "modelgate playground";
+  if (hash === "#/usage") {
+    showView("usage-view");
+    $("usage-title").focus?.();
+    loadUsage();
+    return;
+  }
   if (hash === "#/credits") {
     showView("credits-view");
     $("credits-title").focus?.();
@@ -678,6 +768,7 @@ async function main() {
   storeKey(storedKey());
   wireComposer();
   $("filter").addEventListener("input", applyFilter);
+  $("usage-refresh").addEventListener("click", loadUsage);
   window.addEventListener("hashchange", route);
   await loadCatalogue();
   route();
