@@ -94,6 +94,8 @@ class Observation:
     relay: AsyncGenerator[Any, None] | None = None
     #: The request id came from the client (``X-Request-ID``): client text, redacted in the log.
     client_id: bool = False
+    #: Events of the answering reply relayed so far: the completion estimate of a reply cut before its usage.
+    relayed_events: int = 0
 
     @property
     def ttft_ms(self) -> float | None:
