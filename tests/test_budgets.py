@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio
 from pydantic import ValidationError
 
+from modelgate import budgets as budgets_module
 from modelgate.app import create_app
 from modelgate.auth import key_digest, load_keyring
 from modelgate.budgets import (
@@ -168,6 +169,33 @@ def test_admitted_while_below_busy_while_held_exhausted_when_spent(store_kind: s
 
             clock.now += 14 * 3600  # the next UTC day: a fresh budget
             await budgets.reserve("k1", "ci", budget, Charge(60, 0), 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose instance was killed never settles: its hold must not block the key until the period ends."""
+    monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_month=100)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock if store_kind == "memory" else time.time)
+            await budgets.reserve("k", "ci", budget, Charge(100, 0), 10)  # and then the instance dies
+            with pytest.raises(RateLimited, match="held by its running requests"):
+                await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
+            clock.now += 2  # the memory store's clock; Redis lapses it on its own clock
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
+                    break
+                except RateLimited:
+                    assert time.monotonic() < deadline, "the hold never lapsed"
+                    await asyncio.sleep(0.1)
+            [state] = await budgets.state("k", budget)
+            assert state.spent == 0  # never charged: its instance died with the request
 
     asyncio.run(scenario())
 

@@ -33,12 +33,14 @@ undercounts, is charged its actual usage anyway and can overshoot by that differ
 
 **Where the counters live.** With ``MODELGATE_REDIS_URL`` set: in that Redis (the limiter's), so every
 worker and instance shares them — ``RedisCounters``: one Lua script checks and reserves (one round trip at
-admission) and one settles (one at the end); keys expire an hour after their period ends. Without Redis:
+admission) and one settles (one at the end); a counter is an integer (spent) and a sorted set of holds
+(each lapsing after ``HOLD_SECONDS``), expiring an hour after its period ends. Without Redis:
 in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
 touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the fast
 path that enforces it. What they cannot see: a Redis that loses its data (restart without persistence)
-starts the current periods from zero, and a crashed (killed) instance's running requests stay held at
-their estimate until the period ends (the conservative side; SIGTERM drains, so it settles them).
+starts the current periods from zero, and a killed instance's running requests are never charged (their
+ledger rows are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than block the key until
+the period ends. SIGTERM drains, so a stopped instance settles every request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
 """
@@ -47,8 +49,9 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
@@ -198,15 +201,23 @@ class Refusal:
 
 
 class BudgetCounters(Protocol):
-    async def reserve(self, counters: list[Counter], amounts: list[int], now: datetime) -> Refusal | None:
-        """Atomically: if every counter's spent + held is below its limit, hold ``amounts``; else which one is not."""
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` under ``hold_id``
+        for ``HOLD_SECONDS``; else say which counter is full."""
         ...
 
-    async def settle(self, counters: list[Counter], spent: list[int], held: list[int], now: datetime) -> None:
-        """Add ``spent`` (the actual charges) and give back ``held`` (the reservation)."""
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        """Add ``spent`` (the actual charges) and drop the hold ``hold_id`` (of ``amounts``)."""
         ...
 
     async def read(self, counters: list[Counter]) -> list[Usage]: ...
+
+
+#: How long a reservation holds budget at most. Settling drops it long before; this is for the request
+#: whose instance was killed (it never settles): its hold lapses instead of blocking the key to the period's end.
+HOLD_SECONDS = 3600
 
 
 def _refusal(index: int, usage: Usage, limit: int) -> Refusal | None:
@@ -215,49 +226,78 @@ def _refusal(index: int, usage: Usage, limit: int) -> Refusal | None:
     return Refusal(index, busy=usage.spent < limit)
 
 
+@dataclass
+class _Tally:
+    expires: float  #: Unix time the period's counter may be forgotten
+    spent: int = 0
+    holds: dict[str, tuple[float, int]] = field(default_factory=dict)  #: hold id → (lapses at, amount)
+
+    def held(self, now: float) -> int:
+        return sum(amount for lapses, amount in self.holds.values() if lapses > now)
+
+
 class MemoryCounters:
     """One process's counters. ``reserve`` never awaits, so it is atomic under asyncio."""
 
     def __init__(self) -> None:
-        self._values: dict[str, tuple[float, Usage]] = {}  # key → (expires at, Unix time; usage)
+        self._tallies: dict[str, _Tally] = {}
 
-    async def reserve(self, counters: list[Counter], amounts: list[int], now: datetime) -> Refusal | None:
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        stamp = now.timestamp()
         for index, counter in enumerate(counters):
-            refusal = _refusal(index, self._get(counter.key, now), counter.limit.units)
+            refusal = _refusal(index, self._usage(counter.key, stamp), counter.limit.units)
             if refusal is not None:
                 return refusal
-        self._add(counters, [0] * len(counters), amounts, now)
+        for counter, amount in zip(counters, amounts, strict=True):
+            tally = self._tally(counter, now)
+            tally.holds = {k: v for k, v in tally.holds.items() if v[0] > stamp}  # lapsed holds go
+            tally.holds[hold_id] = (stamp + HOLD_SECONDS, amount)
         return None
 
-    async def settle(self, counters: list[Counter], spent: list[int], held: list[int], now: datetime) -> None:
-        self._add(counters, spent, [-amount for amount in held], now)
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        for counter, charge in zip(counters, spent, strict=True):
+            tally = self._tally(counter, now)
+            tally.spent += charge
+            tally.holds.pop(hold_id, None)
 
     async def read(self, counters: list[Counter]) -> list[Usage]:
-        now = datetime.now(UTC)
-        return [self._get(counter.key, now) for counter in counters]
+        stamp = time.time()
+        return [self._usage(counter.key, stamp) for counter in counters]
 
-    def _get(self, key: str, now: datetime) -> Usage:
-        found = self._values.get(key)
-        return found[1] if found is not None and found[0] > now.timestamp() else Usage()
+    def _usage(self, key: str, stamp: float) -> Usage:
+        tally = self._tallies.get(key)
+        if tally is None or tally.expires <= stamp:
+            return Usage()
+        return Usage(tally.spent, tally.held(stamp))
 
-    def _add(self, counters: list[Counter], spent: list[int], held: list[int], now: datetime) -> None:
+    def _tally(self, counter: Counter, now: datetime) -> _Tally:
         stamp = now.timestamp()
-        for counter, more_spent, more_held in zip(counters, spent, held, strict=True):
-            if counter.key not in self._values:  # a new period began somewhere: forget the ended ones
-                self._values = {k: v for k, v in self._values.items() if v[0] > stamp}
-            usage = self._get(counter.key, now)
-            updated = Usage(max(0, usage.spent + more_spent), max(0, usage.held + more_held))
-            self._values[counter.key] = (stamp + counter.ttl(now), updated)
+        tally = self._tallies.get(counter.key)
+        if tally is None or tally.expires <= stamp:
+            # A new period began somewhere: forget the ended ones.
+            self._tallies = {k: v for k, v in self._tallies.items() if v.expires > stamp}
+            tally = self._tallies[counter.key] = _Tally(stamp + counter.ttl(now))
+        return tally
 
 
-# Each counter is a hash: s = spent (settled), h = held (reservations of running requests).
-# KEYS = the counters; ARGV = n limits, n amounts, n TTLs (s). Returns 0 when held; else i (1-based) for
-# a counter whose spent has reached its limit, -i for one full only because of reservations.
+# Each counter is two keys: KEYS[i] = spent (an integer), KEYS[n + i] = its holds (a sorted set, member
+# "<hold id>:<amount>", score = when the hold lapses, ms on the Redis server's clock).
+#
+# Reserve: ARGV = hold id, hold ms, n limits, n amounts, n TTLs (s). Returns 0 when held; else i
+# (1-based) for a counter whose spent has reached its limit, -i for one full only because of holds.
 _RESERVE = """
-local n = #KEYS
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 2
 for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 's', 'h')
-  local spent, held, limit = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[n + i], '-inf', now)
+  local held = 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[n + i], 0, -1)) do
+    held = held + tonumber(string.match(member, ':(%d+)$'))
+  end
+  local spent, limit = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[2 + i])
   if spent + held >= limit then
     if spent >= limit then
       return i
@@ -266,22 +306,19 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  redis.call('HINCRBY', KEYS[i], 'h', ARGV[n + i])
-  redis.call('EXPIRE', KEYS[i], ARGV[2 * n + i])
+  redis.call('ZADD', KEYS[n + i], now + tonumber(ARGV[2]), ARGV[1] .. ':' .. ARGV[2 + n + i])
+  redis.call('EXPIRE', KEYS[n + i], ARGV[2 + 2 * n + i])
 end
 return 0
 """
 
-# KEYS = the counters; ARGV = n spent amounts, n held amounts to give back (negative), n TTLs (s). Held
-# never goes below 0: a store that lost the reservation (restarted) must not turn its release into credit.
+# Settle: ARGV = hold id, n amounts (as held), n charges, n TTLs (s).
 _SETTLE = """
-local n = #KEYS
+local n = #KEYS / 2
 for i = 1, n do
-  redis.call('HINCRBY', KEYS[i], 's', ARGV[i])
-  if redis.call('HINCRBY', KEYS[i], 'h', ARGV[n + i]) < 0 then
-    redis.call('HSET', KEYS[i], 'h', 0)
-  end
-  redis.call('EXPIRE', KEYS[i], ARGV[2 * n + i])
+  redis.call('INCRBY', KEYS[i], ARGV[1 + n + i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1 + 2 * n + i])
+  redis.call('ZREM', KEYS[n + i], ARGV[1] .. ':' .. ARGV[1 + i])
 end
 return 0
 """
@@ -297,33 +334,47 @@ class RedisCounters:
         self.prefix = prefix
         self._failures = (RedisError, OSError)
 
-    async def reserve(self, counters: list[Counter], amounts: list[int], now: datetime) -> Refusal | None:
-        keys = [self.prefix + c.key for c in counters]
-        args = [*(c.limit.units for c in counters), *amounts, *(c.ttl(now) for c in counters)]
+    def _keys(self, counters: list[Counter]) -> list[str]:
+        spent = [self.prefix + c.key for c in counters]
+        return [*spent, *(key + ":held" for key in spent)]
+
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        keys = self._keys(counters)
+        args: list[str | int] = [hold_id, HOLD_SECONDS * 1000, *(c.limit.units for c in counters), *amounts]
+        args += [c.ttl(now) for c in counters]
         try:
             found = int(await self._client().eval(_RESERVE, len(keys), *keys, *args))
         except self._failures as exc:  # fail closed, as the limiter does: unmetered spending is the risk
             raise BudgetUnavailable() from exc
         return None if found == 0 else Refusal(abs(found) - 1, busy=found < 0)
 
-    async def settle(self, counters: list[Counter], spent: list[int], held: list[int], now: datetime) -> None:
-        keys = [self.prefix + c.key for c in counters]
-        args = [*spent, *(-amount for amount in held), *(c.ttl(now) for c in counters)]
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        keys = self._keys(counters)
+        args: list[str | int] = [hold_id, *amounts, *spent, *(c.ttl(now) for c in counters)]
         try:
             await self._client().eval(_SETTLE, len(keys), *keys, *args)
         except self._failures as exc:
             raise BudgetUnavailable() from exc
 
     async def read(self, counters: list[Counter]) -> list[Usage]:
-        client = self._client()
+        keys = self._keys(counters)
+        now_ms = int(time.time() * 1000)
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for counter in counters:
-                    pipe.hmget(self.prefix + counter.key, ["s", "h"])
+            async with self._client().pipeline(transaction=False) as pipe:
+                for key in keys[: len(counters)]:
+                    pipe.get(key)
+                for key in keys[len(counters) :]:
+                    pipe.zrangebyscore(key, now_ms, "+inf")
                 replies = await pipe.execute()
         except self._failures as exc:
             raise BudgetUnavailable() from exc
-        return [Usage(int(spent or 0), int(held or 0)) for spent, held in replies]
+        spent, holds = replies[: len(counters)], replies[len(counters) :]
+        return [
+            Usage(int(value or 0), sum(int(member.rsplit(b":", 1)[1]) for member in members))
+            for value, members in zip(spent, holds, strict=True)
+        ]
 
 
 # --- the interface the admission uses --------------------------------------------------------------
@@ -333,6 +384,7 @@ class RedisCounters:
 class Reservation:
     """A request's estimate, held in its key's counters until ``Budgets.settle``."""
 
+    id: str
     counters: tuple[Counter, ...]
     estimate: Charge
     prompt_estimate: int  #: the prompt part of ``estimate`` (what a cut reply is charged for its prompt)
@@ -372,19 +424,21 @@ class Budgets:
         ``BudgetUnavailable`` (503) when the store does not answer."""
         now = self._now()
         held = counters(key_id, budget, now)
-        refusal = await self.store.reserve(held, [estimate.units(c.limit.measure) for c in held], now)
+        hold_id = uuid.uuid4().hex
+        refusal = await self.store.reserve(held, hold_id, [estimate.units(c.limit.measure) for c in held], now)
         if refusal is not None:
             counter = held[refusal.index]
             raise busy(key_name, counter) if refusal.busy else exhausted(key_name, counter, now)
-        return Reservation(tuple(held), estimate, prompt_estimate, now)
+        return Reservation(hold_id, tuple(held), estimate, prompt_estimate, now)
 
     async def settle(self, reservation: Reservation, actual: Charge) -> None:
         """Charge what the request actually cost and give back its reservation."""
         counters = list(reservation.counters)
         await self.store.settle(
             counters,
-            [actual.units(c.limit.measure) for c in counters],
+            reservation.id,
             [reservation.estimate.units(c.limit.measure) for c in counters],
+            [actual.units(c.limit.measure) for c in counters],
             reservation.admitted_at,
         )
 

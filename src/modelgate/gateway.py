@@ -75,8 +75,8 @@ async def open_stream(
     ``admission`` is what ``limits.admit`` gave for ``model``; each fallback is admitted through it.
     Raises the requested model's own error when it and every fallback failed or were skipped.
     """
-    # The key's budget first: a key that has spent it reaches no upstream (and gets no ledger row).
-    await admission.reserve_budget(model, request)
+    if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
+        await admission.reserve_budget(model, request)
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers

@@ -46,7 +46,7 @@ from starlette.requests import Request
 
 from modelgate import budgets
 from modelgate.auth import Principal, may_call, on_request_end, request_principal
-from modelgate.budgets import Budgets, MemoryCounters, RedisCounters, Reservation
+from modelgate.budgets import Budget, Budgets, MemoryCounters, RedisCounters, Reservation
 from modelgate.errors import Forbidden, ModelgateError, RateLimited
 from modelgate.observer import current_observation
 
@@ -579,10 +579,16 @@ class Admission:
         model_slots = self._limiter.model_slots(model, self._catalogue)
         await self._take(Plan(None, model_slots), (), model_slots)
 
+    @property
+    def budget(self) -> Budget | None:
+        """The caller's budget, if its key has one."""
+        key = self.principal.key
+        return key.budget if key is not None else None
+
     async def reserve_budget(self, model: CatalogueModel, request: ChatRequest) -> None:
         """Hold the most ``request`` may cost in its key's budget, or raise ``RateLimited`` (429) when spent.
 
-        Keys without a budget pay nothing here. Settled to the actual cost by ``release``."""
+        Settled to the actual cost by ``release``."""
         key = self.principal.key
         if key is None or key.budget is None or self._reservation is not None:
             return
