@@ -24,6 +24,7 @@ from modelgate.budgets import (
     Budget,
     BudgetCounters,
     Budgets,
+    BudgetUnavailable,
     Charge,
     MemoryCounters,
     RedisCounters,
@@ -35,7 +36,7 @@ from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import wait_for
 from tests.fakes import Fakes, Fault, Reply
-from tests.redis_server import running_redis
+from tests.redis_server import free_port, running_redis
 from tests.servers import serve_in_thread
 
 # --- the model and the periods ---------------------------------------------------------------------
@@ -196,6 +197,23 @@ def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatc
                     await asyncio.sleep(0.1)
             [state] = await budgets.state("k", budget)
             assert state.spent == 0  # never charged: its instance died with the request
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_redis_fails_closed_with_503() -> None:
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=2)
+        try:
+            budgets = Budgets(RedisCounters(lambda: client, "test:"))
+            with pytest.raises(BudgetUnavailable) as refused:
+                await budgets.reserve("k", "ci", Budget(tokens_per_day=10), Charge(1, 0), 1)
+            assert (refused.value.status, refused.value.message) == (
+                503,
+                "Budget store unavailable; try again shortly",
+            )
+        finally:
+            await client.aclose()
 
     asyncio.run(scenario())
 
@@ -378,24 +396,31 @@ def test_a_spent_budget_gives_429_with_its_reset_time_on_both_surfaces(service: 
     )
 
 
-def test_a_cut_stream_is_charged_what_it_produced(service: str, fakes: Fakes) -> None:
-    fakes.ollama.script(Reply(tokens=["a", "b", "c"], fault=Fault.hang(after=3)))  # three tokens, then silence
+@pytest.mark.parametrize("ending", ["cut", "failed"])
+def test_a_cut_or_failed_stream_is_charged_what_it_produced(service: str, fakes: Fakes, ending: str) -> None:
+    if ending == "cut":  # three tokens, then silence: the client leaves
+        fakes.ollama.script(Reply(tokens=["a", "b", "c"], fault=Fault.hang(after=3)))
+    else:  # three tokens, then the provider's in-stream error
+        fakes.ollama.script(Reply(tokens=["a", "b", "c", "d"], fault=Fault.error_after(3)))
     with (
         httpx.Client(timeout=30) as client,
         client.stream(
             "POST",
             f"{service}/api/ai/ollama/tiny/chat?protocol=text",
             json={"messages": MESSAGES},
-            headers={**bearer("cut"), "X-Request-ID": "cut-stream"},
+            headers={**bearer("cut"), "X-Request-ID": ending},
         ) as response,
     ):
         assert response.status_code == 200
         received = ""
         for chunk in response.iter_text():
             received += chunk
-            if received == "abc":
+            if ending == "cut" and received == "abc":
                 break
-    assert fakes.ollama.wait_for_disconnects(1) >= 1
+    if ending == "cut":
+        assert fakes.ollama.wait_for_disconnects(1) >= 1
+    else:
+        assert received.startswith("abc") and "[error:" in received
     state = settled(service, "cut")["tokens_per_month"]
     # Charged the prompt's estimate and one token per event relayed, not the whole reservation (8 + 100).
     assert PROMPT_ESTIMATE + 3 <= state["spent"] < PROMPT_ESTIMATE + 100  # type: ignore[operator]
@@ -404,9 +429,10 @@ def test_a_cut_stream_is_charged_what_it_produced(service: str, fakes: Fakes) ->
         lambda: [
             r
             for r in httpx.get(f"{service}/api/usage", headers=bearer("cut"), timeout=30).json()["records"]
-            if r["request_id"] == "cut-stream"
+            if r["request_id"] == ending
         ],
-        "the cut stream's ledger row",
+        "the stream's ledger row",
     )
-    assert rows[0]["outcome"] == "cancelled" and rows[0]["usage_estimated"]
+    assert rows[0]["outcome"] == {"cut": "cancelled", "failed": "stream_error"}[ending]
+    assert rows[0]["usage_estimated"]
     assert rows[0]["prompt_tokens"] + rows[0]["completion_tokens"] == state["spent"]
