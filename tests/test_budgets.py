@@ -218,6 +218,26 @@ def test_an_unreachable_redis_fails_closed_with_503() -> None:
     asyncio.run(scenario())
 
 
+def test_restore_sets_only_counters_without_spending(store_kind: str, redis_url: str) -> None:
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_day=100, tokens_per_month=1000)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            day, month = budgets_module.counters("k", budget, budgets.now())
+            await budgets.settle(await budgets.reserve("k", "ci", budget, Charge(10, 0), 5), Charge(7, 0))
+            # The day and the month both counted 7 live; a restore from the ledger changes neither.
+            await store.restore([day, month], [50, 500], budgets.now())
+            assert [s.spent for s in await budgets.state("k", budget)] == [7, 7]
+            # Another key's counters are empty: restored.
+            other = budgets_module.counters("k2", budget, budgets.now())
+            await store.restore(other, [50, 500], budgets.now())
+            assert [s.spent for s in await budgets.state("k2", budget)] == [50, 500]
+
+    asyncio.run(scenario())
+
+
 def test_usd_budget_per_month_counts_the_priced_cost(store_kind: str, redis_url: str) -> None:
     clock = Clock("2026-12-30T12:00:00")
     budget = Budget(usd_per_month=0.001, tokens_per_day=1_000_000)
@@ -394,6 +414,31 @@ def test_a_spent_budget_gives_429_with_its_reset_time_on_both_surfaces(service: 
     assert (
         rows["totals"]["requests"] == 3 and rows["totals"]["prompt_tokens"] + rows["totals"]["completion_tokens"] == 45
     )
+
+
+def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, tmp_path: Path) -> None:
+    """The in-process counters die with the process; the ledger (SQLite here) is the record they restart from."""
+    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
+    )
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        for _ in range(3):
+            assert chat(url, "capped").status_code == 200
+            settled(url, "capped")
+        assert chat(url, "capped").status_code == 429
+    # Stopped (the ledger wrote every row); a new process with the same database:
+    with serve_in_thread(create_app(settings)) as url:
+        wait_for(lambda: budget_state(url, "capped")["tokens_per_day"]["spent"] == 45, "the counters restored")
+        refused = chat(url, "capped")
+        assert refused.status_code == 429
+        assert refused.json()["statusMessage"].startswith("Budget exhausted: key 'capped' has spent its 40 tokens")
+        assert chat(url, "cut").status_code == 200  # a key that spent nothing is unaffected
 
 
 @pytest.mark.parametrize("ending", ["cut", "failed"])

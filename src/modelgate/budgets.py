@@ -37,20 +37,24 @@ admission) and one settles (one at the end); a counter is an integer (spent) and
 (each lapsing after ``HOLD_SECONDS``), expiring an hour after its period ends. Without Redis:
 in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
 touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the fast
-path that enforces it. What they cannot see: a Redis that loses its data (restart without persistence)
-starts the current periods from zero, and a killed instance's running requests are never charged (their
-ledger rows are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than block the key until
-the period ends. SIGTERM drains, so a stopped instance settles every request first.
+path that enforces it, and start from it (``restore``) when an instance starts and finds no counter for
+the current period: a restarted single instance keeps its keys' spending, and so does a fleet restarted
+after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances keep
+running restarts the current periods from zero (until they restart), and a killed instance's running
+requests are never charged (their ledger rows are lost with them): their holds lapse after
+``HOLD_SECONDS`` rather than block the key until the period ends. SIGTERM drains, so a stopped instance
+settles every request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
@@ -64,7 +68,10 @@ if TYPE_CHECKING:
 
     from modelgate.catalogue import Catalogue, CatalogueModel, Pricing
     from modelgate.chat import ChatRequest
+    from modelgate.ledger import Ledger
     from modelgate.observer import Observation
+
+log = logging.getLogger("modelgate.budgets")
 
 Measure = Literal["tokens", "usd"]
 Period = Literal["day", "month"]
@@ -144,16 +151,20 @@ NOTHING = Charge(0, 0)
 # --- periods ---------------------------------------------------------------------------------------
 
 
+def period_start(period: Period, now: datetime) -> datetime:
+    """When the period containing ``now`` (UTC) began."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start if period == "day" else start.replace(day=1)
+
+
 def period_of(period: Period, now: datetime) -> tuple[str, datetime]:
     """The period containing ``now`` (UTC): its label (``2026-12-02`` / ``2026-12``) and when the next begins."""
+    start = period_start(period, now)
     if period == "day":
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.strftime("%Y-%m-%d"), start + timedelta(days=1)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     if start.month == 12:
         return start.strftime("%Y-%m"), start.replace(year=start.year + 1, month=1)
-    following = start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), following
+    return start.strftime("%Y-%m"), start.replace(month=start.month + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +225,10 @@ class BudgetCounters(Protocol):
 
     async def read(self, counters: list[Counter]) -> list[Usage]: ...
 
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        """Set each counter's spent to ``spent`` unless this period's counter already has spending."""
+        ...
+
 
 #: How long a reservation holds budget at most. Settling drops it long before; this is for the request
 #: whose instance was killed (it never settles): its hold lapses instead of blocking the key to the period's end.
@@ -265,6 +280,12 @@ class MemoryCounters:
     async def read(self, counters: list[Counter]) -> list[Usage]:
         stamp = time.time()
         return [self._usage(counter.key, stamp) for counter in counters]
+
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        for counter, amount in zip(counters, spent, strict=True):
+            tally = self._tally(counter, now)
+            if tally.spent == 0:
+                tally.spent = amount
 
     def _usage(self, key: str, stamp: float) -> Usage:
         tally = self._tallies.get(key)
@@ -376,6 +397,16 @@ class RedisCounters:
             for value, members in zip(spent, holds, strict=True)
         ]
 
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for counter, amount in zip(counters, spent, strict=True):
+                    # NX: a counter that exists was counted live by some instance and is the better figure.
+                    pipe.set(self.prefix + counter.key, amount, nx=True, ex=counter.ttl(now))
+                await pipe.execute()
+        except self._failures as exc:
+            raise BudgetUnavailable() from exc
+
 
 # --- the interface the admission uses --------------------------------------------------------------
 
@@ -414,7 +445,7 @@ class Budgets:
         self.store = store
         self._clock = clock
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def reserve(
@@ -422,7 +453,7 @@ class Budgets:
     ) -> Reservation:
         """Admit a request of ``estimate`` against ``budget`` and hold it; else ``RateLimited`` (429), or
         ``BudgetUnavailable`` (503) when the store does not answer."""
-        now = self._now()
+        now = self.now()
         held = counters(key_id, budget, now)
         hold_id = uuid.uuid4().hex
         refusal = await self.store.reserve(held, hold_id, [estimate.units(c.limit.measure) for c in held], now)
@@ -443,7 +474,7 @@ class Budgets:
         )
 
     async def state(self, key_id: str, budget: Budget) -> list[BudgetState]:
-        current = counters(key_id, budget, self._now())
+        current = counters(key_id, budget, self.now())
         found = await self.store.read(current)
         return [_state(counter, usage) for counter, usage in zip(current, found, strict=True)]
 
@@ -508,3 +539,34 @@ def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalog
     if obs.relayed_events:
         return Charge.of(reservation.prompt_estimate, obs.relayed_events, pricing)
     return NOTHING
+
+
+# --- the ledger as the record ----------------------------------------------------------------------
+
+
+async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Budget]]) -> None:
+    """Start each budgeted key's counters of the current periods from the ledger, where the store has none.
+
+    Run once at start (``app.GatewayState.start``): a restarted single instance keeps what its keys spent
+    today and this month (the in-process counters died with it), and so do instances that come back to
+    a Redis restarted without persistence. A counter that already has spending is left as it is: it was
+    counted live, by an instance that saw more than the ledger's flushed rows. Failures are logged: the
+    counters then start from zero, as they would without a ledger.
+    """
+    from modelgate.usage_store import UsageFilter  # loaded with the ledger, in the background
+
+    now = budgets.now()
+    try:
+        for key_id, budget in keys:
+            current = counters(key_id, budget, now)
+            spent = []
+            for counter in current:
+                since = period_start(counter.limit.period, now).timestamp()
+                totals = (await ledger.report(UsageFilter(key_id=key_id, since=since, limit=0))).totals
+                if counter.limit.measure == "tokens":
+                    spent.append(totals.prompt_tokens + totals.completion_tokens)
+                else:
+                    spent.append(math.ceil((totals.cost or 0.0) * NANO_USD))
+            await budgets.store.restore(current, spent, now)
+    except Exception as exc:  # the ledger or the store is down: count from zero rather than not serve
+        log.warning("budgets: could not start the counters from the usage ledger: %s", getattr(exc, "message", exc))
