@@ -605,7 +605,7 @@ class Admission:
             charge = budgets.actual(self._obs, reservation, self._catalogue)
             try:
                 await self._limiter.budgets.settle(reservation, charge)
-            except ModelgateError as exc:  # the estimate stays charged: the conservative error
+            except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
                 log.warning("could not settle a budget charge: %s", exc.message)
 
     def _check_policy(self, model: CatalogueModel) -> None:
