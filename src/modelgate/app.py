@@ -8,6 +8,7 @@ or, under ``/v1``, in OpenAI's ``{"error": {...}}`` shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from modelgate import budgets
 from modelgate.access_log import AccessLog
 from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
@@ -69,6 +71,8 @@ class GatewayState:
         self.prober = Prober(self, settings.probe_interval)
         #: The graceful-shutdown limit (drain.py), started by the server (server.py).
         self.drain = Drain(settings.graceful_timeout)
+        #: Budgets' counters being started from the ledger (``budgets.restore``).
+        self._restoring: asyncio.Task[None] | None = None
         #: The usage ledger (``ledger.py``), when a database is configured.
         self.ledger: Ledger | None = None
         if settings.database_url is not None:
@@ -152,11 +156,17 @@ class GatewayState:
             await self.ledger.start()
         self.open_upstreams()
         await self.limiter.start()
+        budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
+        if self.ledger is not None and budgeted:  # in the background: the ledger opens in its own time
+            self._restoring = asyncio.create_task(budgets.restore(self.limiter.budgets, self.ledger, budgeted))
         self.metrics.start()
         self.redactor.install()
         self.prober.start()
 
     async def stop(self) -> None:
+        if self._restoring is not None:
+            self._restoring.cancel()
+            await asyncio.gather(self._restoring, return_exceptions=True)
         await self.prober.stop()
         await self.metrics.stop()
         if self.ledger is not None:  # after the last response: every request's row is queued by now

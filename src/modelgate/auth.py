@@ -9,6 +9,8 @@ named by the catalogue's ``[server] keys_file`` (TOML, path relative to the cata
     models = ["qwen/*", "google/gemma-2-27b-it"]  # fnmatch globs over publisher/name; default ["*"]
     requests_per_minute = 60                     # optional
     concurrent_streams = 2                       # optional
+    [keys.budget]                                # optional: tokens and/or USD per UTC day/month (budgets.py)
+    tokens_per_day = 200000
 
 With any key configured, ``/api/ai/...`` and ``/v1/...`` need ``Authorization: Bearer <key>``; every
 other path stays public. A presented key is hashed once and compared against the SHA-256 digest of
@@ -39,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelgate.budgets import Budget
 from modelgate.catalogue import describe_validation_error
 from modelgate.errors import CatalogueError, ModelgateError, Unauthorized
 
@@ -72,6 +75,7 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     requests_per_minute: int | None = None
     concurrent_streams: int | None = None
+    budget: Budget | None = None
 
     @property
     def key_id(self) -> str:
@@ -172,6 +176,7 @@ class KeyEntry(BaseModel):
     )
     requests_per_minute: Annotated[int | None, Field(gt=0)] = None
     concurrent_streams: Annotated[int | None, Field(gt=0)] = None
+    budget: Budget | None = None
 
     @field_validator("key")
     @classmethod
@@ -270,6 +275,7 @@ def load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
                 models=tuple(entry.models),
                 requests_per_minute=entry.requests_per_minute,
                 concurrent_streams=entry.concurrent_streams,
+                budget=entry.budget,
             )
         )
     return keys

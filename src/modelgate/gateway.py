@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from modelgate.chat import ChatRequest, Finish, StreamEvent
+from modelgate.chat import ChatRequest, Finish, StreamEvent, Usage
 from modelgate.errors import (
     BadRequest,
     Forbidden,
@@ -34,6 +34,7 @@ from modelgate.errors import (
     UpstreamProtocolError,
 )
 from modelgate.observer import Observation, current_observation
+from modelgate.providers._http import estimate_prompt_tokens
 from modelgate.resilience import (
     BreakerConfig,
     CircuitOpen,
@@ -74,6 +75,8 @@ async def open_stream(
     ``admission`` is what ``limits.admit`` gave for ``model``; each fallback is admitted through it.
     Raises the requested model's own error when it and every fallback failed or were skipped.
     """
+    if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
+        await admission.reserve_budget(model, request)
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers
@@ -208,7 +211,7 @@ async def _open_model(
             obs.model, obs.provider = model.id, model.provider
             obs.first_event_at = answered
             obs.dropped_params = dropped
-        events = _relay(state, model, first, upstream, obs)
+        events = _relay(state, model, request, first, upstream, obs)
         if obs is not None:
             obs.relay = events
         return StreamStart(model=model, dropped_params=dropped, events=events)
@@ -231,11 +234,15 @@ async def _first_batch(
 async def _relay(
     state: GatewayState,
     model: CatalogueModel,
+    request: ChatRequest,
     first: Sequence[StreamEvent],
     rest: AsyncIterator[Sequence[StreamEvent]],
     obs: Observation | None,
 ) -> AsyncGenerator[Sequence[StreamEvent], None]:
-    """The reply as the client gets it; counts it in flight and records how it ended."""
+    """The reply as the client gets it; counts it in flight and records how it ended.
+
+    A reply that fails or is cut before its usage is known is charged an estimate (for the ledger and the
+    key's budget): the prompt's, and one token per event relayed, as the adapters estimate a completion."""
     metrics = state.metrics
     metrics.streams_in_flight.inc()
     outcome = "cancelled"  # unless it ends otherwise: the client went away (generator closed)
@@ -246,6 +253,8 @@ async def _relay(
         if isinstance(first[-1], Finish):
             finish = first[-1]
             usage, outcome = finish.usage, "ok"
+        if obs is not None:  # counted before it is handed on: a client gone meanwhile may have it
+            obs.relayed_events += len(first)
         yield first
         async for batch in rest:
             last = batch[-1]
@@ -253,6 +262,8 @@ async def _relay(
                 # The reply is complete with its Finish; a consumer may stop reading right there.
                 finish = last
                 usage, outcome = last.usage, "ok"
+            if obs is not None:
+                obs.relayed_events += len(batch)
             yield batch
         outcome = "ok"
     except ModelgateError as exc:
@@ -270,6 +281,8 @@ async def _relay(
         # cancelled): closing the provider's generator closes the upstream response.
         metrics.streams_in_flight.dec()
         metrics.observe_upstream(model.provider, model.id, outcome)
+        if usage is None and obs is not None and obs.relayed_events:
+            usage = Usage(estimate_prompt_tokens(request.messages), obs.relayed_events, estimated=True)
         if usage is not None:
             metrics.observe_tokens(model.provider, model.id, usage.prompt_tokens, usage.completion_tokens)
         if obs is not None:

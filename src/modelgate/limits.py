@@ -18,6 +18,10 @@ Counters live behind ``LimitBackend``: ``MemoryBackend`` (default; one process) 
 using the Redis server's clock, so limits hold across workers and instances. A concurrency slot is a
 lease with a TTL that its holder renews while the stream runs: a crashed instance's slots free
 themselves after ``lease_ttl`` instead of leaking forever.
+
+A key's budget (``budgets.py``) is the other thing an ``Admission`` holds: reserved when the request's
+``ChatRequest`` is known (``Admission.reserve_budget``, first thing in ``gateway.open_stream``) and
+settled in ``Admission.release``; its counters live beside these (``Limiter.budgets``).
 """
 
 from __future__ import annotations
@@ -40,12 +44,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from modelgate import budgets
 from modelgate.auth import Principal, may_call, on_request_end, request_principal
+from modelgate.budgets import Budget, Budgets, MemoryCounters, RedisCounters, Reservation
 from modelgate.errors import Forbidden, ModelgateError, RateLimited
+from modelgate.observer import current_observation
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
     from modelgate.catalogue import Catalogue, CatalogueModel
+    from modelgate.chat import ChatRequest
+    from modelgate.observer import Observation
     from modelgate.settings import Settings
 
 log = logging.getLogger("modelgate.limits")
@@ -425,6 +434,12 @@ class Limiter:
 
     def __init__(self, backend: LimitBackend) -> None:
         self.backend = backend
+        #: Per-key budgets, counted in the same store: Redis when the limits are shared, else this process.
+        self.budgets = Budgets(
+            RedisCounters(lambda: backend.client, backend.prefix)
+            if isinstance(backend, RedisBackend)
+            else MemoryCounters()
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limiter:
@@ -538,6 +553,8 @@ class Admission:
         self._lease_id = uuid.uuid4().hex
         self._key_slots: tuple[str, ...] = ()
         self._model_slots: tuple[str, ...] = ()
+        self._reservation: Reservation | None = None
+        self._obs: Observation | None = None
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -562,10 +579,34 @@ class Admission:
         model_slots = self._limiter.model_slots(model, self._catalogue)
         await self._take(Plan(None, model_slots), (), model_slots)
 
+    @property
+    def budget(self) -> Budget | None:
+        """The caller's budget, if its key has one."""
+        key = self.principal.key
+        return key.budget if key is not None else None
+
+    async def reserve_budget(self, model: CatalogueModel, request: ChatRequest) -> None:
+        """Hold the most ``request`` may cost in its key's budget, or raise ``RateLimited`` (429) when spent.
+
+        Settled to the actual cost by ``release``."""
+        key = self.principal.key
+        if key is None or key.budget is None or self._reservation is not None:
+            return
+        most, prompt = budgets.estimate(model, request)
+        self._obs = current_observation()
+        self._reservation = await self._limiter.budgets.reserve(key.key_id, key.name, key.budget, most, prompt)
+
     async def release(self) -> None:
-        """Give back everything held (run once the request is over)."""
+        """Give back everything held and charge the budget what the request cost (run once it is over)."""
         await self._give_back(self.held)
         self._key_slots = self._model_slots = ()
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            charge = budgets.actual(self._obs, reservation, self._catalogue)
+            try:
+                await self._limiter.budgets.settle(reservation, charge)
+            except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
+                log.warning("could not settle a budget charge: %s", exc.message)
 
     def _check_policy(self, model: CatalogueModel) -> None:
         if not may_call(self.principal, model.id):

@@ -97,6 +97,8 @@ class Observation:
     client_id: bool = False
     #: The request's OpenTelemetry spans, when tracing is on (``tracing.py``, started by ``gateway.open_stream``).
     trace: RequestTrace | None = None
+    #: Events of the answering reply relayed so far: the completion estimate of a reply cut before its usage.
+    relayed_events: int = 0
 
     @property
     def ttft_ms(self) -> float | None:

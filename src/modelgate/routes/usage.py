@@ -6,6 +6,8 @@ Who sees what:
 - with API keys configured, a key sees only its own rows (asking for another ``key`` is 403);
 - with neither configured the service is open (every chat call is anonymous), and so is its usage.
 
+A key with a budget (``budgets.py``) also sees its budget's state (``budget``: used, remaining, reset).
+
 The admin key is compared by SHA-256 digest in constant time, like the API keys (``auth.KeyRing``).
 """
 
@@ -68,6 +70,24 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+async def _budget_state(state: GatewayState, key_id: str) -> list[dict[str, Any]] | None:
+    """The calling key's budget now: each limit's spending, what running requests hold, and its reset time."""
+    budget = next((k.budget for k in state.keys.keys if k.key_id == key_id), None)
+    if budget is None:
+        return None
+    return [
+        {
+            "budget": s.name,
+            "limit": s.limit,
+            "spent": s.spent,
+            "reserved": s.reserved,
+            "remaining": s.remaining,
+            "resetsAt": s.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for s in await state.limiter.budgets.state(key_id, budget)
+    ]
+
+
 class UsageTotalsOut(BaseModel):
     requests: int
     prompt_tokens: int
@@ -83,6 +103,9 @@ class UsageAnswer(BaseModel):
     totals: UsageTotalsOut
     groups: list[dict[str, Any]] = Field(description="Totals per key, model and provider")
     records: list[dict[str, Any]] = Field(description="The newest matching requests, newest first")
+    budget: list[dict[str, Any]] | None = Field(
+        default=None, description="A key's own budget (when it has one): spent, reserved, remaining, resetsAt per limit"
+    )
 
 
 @router.get(
@@ -111,7 +134,7 @@ async def usage(
         key = scope
     query = UsageFilter(key_id=key, model=model, provider=provider, since=_unix(since), until=_unix(until), limit=limit)
     report = await state.ledger.report(query)
-    body = {
+    body: dict[str, Any] = {
         "filters": {
             "key": key,
             "model": model,
@@ -125,4 +148,6 @@ async def usage(
         ],
         "records": [{**asdict(r), "ts": _iso(r.ts)} for r in report.records],
     }
+    if scope is not None:
+        body["budget"] = await _budget_state(state, scope)
     return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})

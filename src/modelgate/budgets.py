@@ -1,0 +1,572 @@
+"""Budgets per key: tokens and/or USD per UTC day and per UTC month, checked at admission, charged at the end.
+
+A key's ``Budget`` (the keys file's ``[keys.budget]`` table, or a run-time key record) names up to four
+limits: ``tokens_per_day``, ``tokens_per_month``, ``usd_per_day``, ``usd_per_month``. Tokens are prompt +
+completion tokens (reasoning included, as reported — or estimated when the upstream reports none); USD is
+the cost at the catalogue's ``[models.pricing]`` of the model that answered (an unpriced model costs 0).
+
+**Reserve, then settle.** Each limit is a counter per key and period (``2026-12-02``, ``2026-12``) of
+two numbers: *spent* (what finished requests cost) and *held* (the reservations of requests still running).
+
+- Admission (``Budgets.reserve``, before any upstream call): while spent + held is below every limit, the
+  request is admitted and its *estimate* is added to held — its prompt (estimated from the messages) plus
+  the most it may generate (``max_tokens`` / the catalogue's ``max_new_tokens``), priced for the USD
+  counters. Check and reservation are one atomic step. Otherwise 429 with ``Retry-After``: when spent
+  alone has reached the limit, the budget is *exhausted* (the message names the budget and its UTC reset
+  time, ``Retry-After`` counts the seconds to it); when it is full only because of running requests'
+  reservations, the key is told so with ``Retry-After: 1`` (one of them may end any moment and give
+  back most of its reservation).
+- The end (``Budgets.settle``, when the request is over — answered, failed, or cut by the client): its
+  actual cost is added to spent and its estimate taken off held. Actual is the usage the upstream
+  reported, else the estimate the gateway made for the ledger (prompt estimate + one token per event
+  relayed before the reply failed or was cut); a reply that never started costs nothing.
+
+**Why that bounds the overshoot to one in-flight request.** A request is admitted only while spent + held
+is *below* the limit, and held covers every running request at its maximum. So when the last request is
+admitted, everything else the key will be charged this period is already counted (finished requests at
+their actual cost, running ones at no less than it), and the final total stays below the limit plus that
+one request's own charge. No request is refused while unreserved budget remains (one whose estimate
+exceeds what is left still runs: the overshoot is at most its own size), and near the edge concurrent
+requests are serialised by their reservations instead of all getting through. The bound assumes the
+estimate is an upper bound: an upstream that generates past ``max_tokens``, or a prompt the estimator
+undercounts, is charged its actual usage anyway and can overshoot by that difference.
+
+**Where the counters live.** With ``MODELGATE_REDIS_URL`` set: in that Redis (the limiter's), so every
+worker and instance shares them — ``RedisCounters``: one Lua script checks and reserves (one round trip at
+admission) and one settles (one at the end); a counter is an integer (spent) and a sorted set of holds
+(each lapsing after ``HOLD_SECONDS``), expiring an hour after its period ends. Without Redis:
+in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
+touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the fast
+path that enforces it, and start from it (``restore``) when an instance starts and finds no counter for
+the current period: a restarted single instance keeps its keys' spending, and so does a fleet restarted
+after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances keep
+running restarts the current periods from zero (until they restart), and a killed instance's running
+requests are never charged (their ledger rows are lost with them): their holds lapse after
+``HOLD_SECONDS`` rather than block the key until the period ends. SIGTERM drains, so a stopped instance
+settles every request first.
+
+The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modelgate.errors import ModelgateError, RateLimited
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from modelgate.catalogue import Catalogue, CatalogueModel, Pricing
+    from modelgate.chat import ChatRequest
+    from modelgate.ledger import Ledger
+    from modelgate.observer import Observation
+
+log = logging.getLogger("modelgate.budgets")
+
+Measure = Literal["tokens", "usd"]
+Period = Literal["day", "month"]
+
+#: USD are counted in nano-dollars: integers keep Redis' INCRBY exact, and a one-token charge still counts.
+NANO_USD = 1_000_000_000
+#: Counters outlive their period by this much (seconds), so a late settlement still finds its counter.
+COUNTER_GRACE = 3600
+
+
+class Budget(BaseModel):
+    """What a key may spend. Every field optional; a key with none set has no budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens_per_day: Annotated[int | None, Field(gt=0, description="Prompt + completion tokens per UTC day")] = None
+    tokens_per_month: Annotated[int | None, Field(gt=0, description="Prompt + completion tokens per UTC month")] = None
+    usd_per_day: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="USD per UTC day")] = None
+    usd_per_month: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="USD per UTC month")] = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Budget:
+        if not self.limits():
+            raise ValueError("set at least one of tokens_per_day, tokens_per_month, usd_per_day, usd_per_month")
+        return self
+
+    def limits(self) -> list[Limit]:
+        found: list[Limit] = []
+        for measure, period, value in (
+            ("tokens", "day", self.tokens_per_day),
+            ("tokens", "month", self.tokens_per_month),
+            ("usd", "day", self.usd_per_day),
+            ("usd", "month", self.usd_per_month),
+        ):
+            if value is not None:
+                units = int(value) if measure == "tokens" else round(value * NANO_USD)
+                found.append(Limit(measure, period, units, value))  # type: ignore[arg-type]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    measure: Measure
+    period: Period
+    units: int  #: tokens, or nano-USD
+    value: float  #: as configured (tokens or USD)
+
+    @property
+    def name(self) -> str:
+        return f"{self.measure}_per_{self.period}"
+
+    def describe(self) -> str:
+        if self.measure == "tokens":
+            return f"{int(self.value)} tokens per {self.period}"
+        return f"{self.value:g} USD per {self.period}"
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one request costs (or may cost): tokens, and nano-USD."""
+
+    tokens: int
+    nano_usd: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, pricing: Pricing | None) -> Charge:
+        usd = pricing.cost(prompt_tokens, completion_tokens) if pricing is not None else 0.0
+        return cls(prompt_tokens + completion_tokens, math.ceil(usd * NANO_USD))
+
+    def units(self, measure: Measure) -> int:
+        return self.tokens if measure == "tokens" else self.nano_usd
+
+
+NOTHING = Charge(0, 0)
+
+
+# --- periods ---------------------------------------------------------------------------------------
+
+
+def period_start(period: Period, now: datetime) -> datetime:
+    """When the period containing ``now`` (UTC) began."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start if period == "day" else start.replace(day=1)
+
+
+def period_of(period: Period, now: datetime) -> tuple[str, datetime]:
+    """The period containing ``now`` (UTC): its label (``2026-12-02`` / ``2026-12``) and when the next begins."""
+    start = period_start(period, now)
+    if period == "day":
+        return start.strftime("%Y-%m-%d"), start + timedelta(days=1)
+    if start.month == 12:
+        return start.strftime("%Y-%m"), start.replace(year=start.year + 1, month=1)
+    return start.strftime("%Y-%m"), start.replace(month=start.month + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One limit of one key in the current period."""
+
+    key: str  #: ``budget:<key_id>:<measure>:<label>``
+    limit: Limit
+    resets_at: datetime
+
+    def ttl(self, now: datetime) -> int:
+        return math.ceil((self.resets_at - now).total_seconds()) + COUNTER_GRACE
+
+
+def counters(key_id: str, budget: Budget, now: datetime) -> list[Counter]:
+    found = []
+    for limit in budget.limits():
+        label, resets_at = period_of(limit.period, now)
+        found.append(Counter(f"budget:{key_id}:{limit.measure}:{label}", limit, resets_at))
+    return found
+
+
+# --- where the counters live -----------------------------------------------------------------------
+
+
+class BudgetUnavailable(ModelgateError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("Budget store unavailable; try again shortly")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One counter now: ``spent`` (settled charges) and ``held`` (estimates of requests still running)."""
+
+    spent: int = 0
+    held: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    index: int  #: which counter refused
+    busy: bool  #: only because of running requests' reservations: not spent, wait for them
+
+
+class BudgetCounters(Protocol):
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` under ``hold_id``
+        for ``HOLD_SECONDS``; else say which counter is full."""
+        ...
+
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        """Add ``spent`` (the actual charges) and drop the hold ``hold_id`` (of ``amounts``)."""
+        ...
+
+    async def read(self, counters: list[Counter]) -> list[Usage]: ...
+
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        """Set each counter's spent to ``spent`` unless this period's counter already has spending."""
+        ...
+
+
+#: How long a reservation holds budget at most. Settling drops it long before; this is for the request
+#: whose instance was killed (it never settles): its hold lapses instead of blocking the key to the period's end.
+HOLD_SECONDS = 3600
+
+
+def _refusal(index: int, usage: Usage, limit: int) -> Refusal | None:
+    if usage.spent + usage.held < limit:
+        return None
+    return Refusal(index, busy=usage.spent < limit)
+
+
+@dataclass
+class _Tally:
+    expires: float  #: Unix time the period's counter may be forgotten
+    spent: int = 0
+    holds: dict[str, tuple[float, int]] = field(default_factory=dict)  #: hold id → (lapses at, amount)
+
+    def held(self, now: float) -> int:
+        return sum(amount for lapses, amount in self.holds.values() if lapses > now)
+
+
+class MemoryCounters:
+    """One process's counters. ``reserve`` never awaits, so it is atomic under asyncio."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[str, _Tally] = {}
+
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        stamp = now.timestamp()
+        for index, counter in enumerate(counters):
+            refusal = _refusal(index, self._usage(counter.key, stamp), counter.limit.units)
+            if refusal is not None:
+                return refusal
+        for counter, amount in zip(counters, amounts, strict=True):
+            tally = self._tally(counter, now)
+            tally.holds = {k: v for k, v in tally.holds.items() if v[0] > stamp}  # lapsed holds go
+            tally.holds[hold_id] = (stamp + HOLD_SECONDS, amount)
+        return None
+
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        for counter, charge in zip(counters, spent, strict=True):
+            tally = self._tally(counter, now)
+            tally.spent += charge
+            tally.holds.pop(hold_id, None)
+
+    async def read(self, counters: list[Counter]) -> list[Usage]:
+        stamp = time.time()
+        return [self._usage(counter.key, stamp) for counter in counters]
+
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        for counter, amount in zip(counters, spent, strict=True):
+            tally = self._tally(counter, now)
+            if tally.spent == 0:
+                tally.spent = amount
+
+    def _usage(self, key: str, stamp: float) -> Usage:
+        tally = self._tallies.get(key)
+        if tally is None or tally.expires <= stamp:
+            return Usage()
+        return Usage(tally.spent, tally.held(stamp))
+
+    def _tally(self, counter: Counter, now: datetime) -> _Tally:
+        stamp = now.timestamp()
+        tally = self._tallies.get(counter.key)
+        if tally is None or tally.expires <= stamp:
+            # A new period began somewhere: forget the ended ones.
+            self._tallies = {k: v for k, v in self._tallies.items() if v.expires > stamp}
+            tally = self._tallies[counter.key] = _Tally(stamp + counter.ttl(now))
+        return tally
+
+
+# Each counter is two keys: KEYS[i] = spent (an integer), KEYS[n + i] = its holds (a sorted set, member
+# "<hold id>:<amount>", score = when the hold lapses, ms on the Redis server's clock).
+#
+# Reserve: ARGV = hold id, hold ms, n limits, n amounts, n TTLs (s). Returns 0 when held; else i
+# (1-based) for a counter whose spent has reached its limit, -i for one full only because of holds.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[n + i], '-inf', now)
+  local held = 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[n + i], 0, -1)) do
+    held = held + tonumber(string.match(member, ':(%d+)$'))
+  end
+  local spent, limit = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[2 + i])
+  if spent + held >= limit then
+    if spent >= limit then
+      return i
+    end
+    return -i
+  end
+end
+for i = 1, n do
+  redis.call('ZADD', KEYS[n + i], now + tonumber(ARGV[2]), ARGV[1] .. ':' .. ARGV[2 + n + i])
+  redis.call('EXPIRE', KEYS[n + i], ARGV[2 + 2 * n + i])
+end
+return 0
+"""
+
+# Settle: ARGV = hold id, n amounts (as held), n charges, n TTLs (s).
+_SETTLE = """
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('INCRBY', KEYS[i], ARGV[1 + n + i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1 + 2 * n + i])
+  redis.call('ZREM', KEYS[n + i], ARGV[1] .. ':' .. ARGV[1 + i])
+end
+return 0
+"""
+
+
+class RedisCounters:
+    """Counters in the limiter's Redis, shared by every process pointing at it."""
+
+    def __init__(self, client: Callable[[], redis.asyncio.Redis], prefix: str) -> None:
+        from redis.exceptions import RedisError  # here: a process without Redis never imports it for budgets
+
+        self._client = client  # the limiter's client, which exists once the limiter started
+        self.prefix = prefix
+        self._failures = (RedisError, OSError)
+
+    def _keys(self, counters: list[Counter]) -> list[str]:
+        spent = [self.prefix + c.key for c in counters]
+        return [*spent, *(key + ":held" for key in spent)]
+
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+        keys = self._keys(counters)
+        args: list[str | int] = [hold_id, HOLD_SECONDS * 1000, *(c.limit.units for c in counters), *amounts]
+        args += [c.ttl(now) for c in counters]
+        try:
+            found = int(await self._client().eval(_RESERVE, len(keys), *keys, *args))
+        except self._failures as exc:  # fail closed, as the limiter does: unmetered spending is the risk
+            raise BudgetUnavailable() from exc
+        return None if found == 0 else Refusal(abs(found) - 1, busy=found < 0)
+
+    async def settle(
+        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
+    ) -> None:
+        keys = self._keys(counters)
+        args: list[str | int] = [hold_id, *amounts, *spent, *(c.ttl(now) for c in counters)]
+        try:
+            await self._client().eval(_SETTLE, len(keys), *keys, *args)
+        except self._failures as exc:
+            raise BudgetUnavailable() from exc
+
+    async def read(self, counters: list[Counter]) -> list[Usage]:
+        keys = self._keys(counters)
+        now_ms = int(time.time() * 1000)
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for key in keys[: len(counters)]:
+                    pipe.get(key)
+                for key in keys[len(counters) :]:
+                    pipe.zrangebyscore(key, now_ms, "+inf")
+                replies = await pipe.execute()
+        except self._failures as exc:
+            raise BudgetUnavailable() from exc
+        spent, holds = replies[: len(counters)], replies[len(counters) :]
+        return [
+            Usage(int(value or 0), sum(int(member.rsplit(b":", 1)[1]) for member in members))
+            for value, members in zip(spent, holds, strict=True)
+        ]
+
+    async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for counter, amount in zip(counters, spent, strict=True):
+                    # NX: a counter that exists was counted live by some instance and is the better figure.
+                    pipe.set(self.prefix + counter.key, amount, nx=True, ex=counter.ttl(now))
+                await pipe.execute()
+        except self._failures as exc:
+            raise BudgetUnavailable() from exc
+
+
+# --- the interface the admission uses --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A request's estimate, held in its key's counters until ``Budgets.settle``."""
+
+    id: str
+    counters: tuple[Counter, ...]
+    estimate: Charge
+    prompt_estimate: int  #: the prompt part of ``estimate`` (what a cut reply is charged for its prompt)
+    admitted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """One limit of a key as ``/api/usage`` shows it to that key (tokens, or USD)."""
+
+    name: str  #: tokens_per_day | tokens_per_month | usd_per_day | usd_per_month
+    limit: float
+    spent: float  #: what finished requests cost this period
+    reserved: float  #: held for requests still running (their estimates)
+    remaining: float  #: limit - spent - reserved, at least 0
+    resets_at: datetime
+
+
+#: ``Retry-After`` when a budget is full only of running requests' reservations: one may end any moment.
+BUSY_RETRY_AFTER = 1
+
+
+class Budgets:
+    """Check and charge the budget of one key (id + ``Budget``), whatever the key's source."""
+
+    def __init__(self, store: BudgetCounters, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._clock = clock
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def reserve(
+        self, key_id: str, key_name: str, budget: Budget, estimate: Charge, prompt_estimate: int
+    ) -> Reservation:
+        """Admit a request of ``estimate`` against ``budget`` and hold it; else ``RateLimited`` (429), or
+        ``BudgetUnavailable`` (503) when the store does not answer."""
+        now = self.now()
+        held = counters(key_id, budget, now)
+        hold_id = uuid.uuid4().hex
+        refusal = await self.store.reserve(held, hold_id, [estimate.units(c.limit.measure) for c in held], now)
+        if refusal is not None:
+            counter = held[refusal.index]
+            raise busy(key_name, counter) if refusal.busy else exhausted(key_name, counter, now)
+        return Reservation(hold_id, tuple(held), estimate, prompt_estimate, now)
+
+    async def settle(self, reservation: Reservation, actual: Charge) -> None:
+        """Charge what the request actually cost and give back its reservation."""
+        counters = list(reservation.counters)
+        await self.store.settle(
+            counters,
+            reservation.id,
+            [reservation.estimate.units(c.limit.measure) for c in counters],
+            [actual.units(c.limit.measure) for c in counters],
+            reservation.admitted_at,
+        )
+
+    async def state(self, key_id: str, budget: Budget) -> list[BudgetState]:
+        current = counters(key_id, budget, self.now())
+        found = await self.store.read(current)
+        return [_state(counter, usage) for counter, usage in zip(current, found, strict=True)]
+
+
+def _state(counter: Counter, usage: Usage) -> BudgetState:
+    limit = counter.limit
+    scale = 1 if limit.measure == "tokens" else NANO_USD
+    spent, reserved = usage.spent / scale, usage.held / scale
+    remaining = max(0.0, limit.value - spent - reserved)
+    return BudgetState(limit.name, limit.value, spent, reserved, remaining, counter.resets_at)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def exhausted(key_name: str, counter: Counter, now: datetime) -> RateLimited:
+    """The 429 for a spent budget: which one, and when it resets (``Retry-After`` and the message)."""
+    resets = _iso(counter.resets_at)
+    retry_after = max(1, math.ceil((counter.resets_at - now).total_seconds()))
+    return RateLimited(
+        f"Budget exhausted: key '{key_name}' has spent its {counter.limit.describe()}; it resets at {resets}",
+        retry_after=retry_after,
+        data={"retryAfter": retry_after, "budget": counter.limit.name, "resetsAt": resets},
+    )
+
+
+def busy(key_name: str, counter: Counter) -> RateLimited:
+    """The 429 for a budget whose rest is held by the key's running requests: retry when one has ended."""
+    return RateLimited(
+        f"Budget nearly spent: the rest of key '{key_name}''s {counter.limit.describe()} is held by its running "
+        "requests; try again when one has ended",
+        retry_after=BUSY_RETRY_AFTER,
+        data={"retryAfter": BUSY_RETRY_AFTER, "budget": counter.limit.name, "resetsAt": _iso(counter.resets_at)},
+    )
+
+
+# --- a request's estimate and actual charge --------------------------------------------------------
+
+
+def estimate(model: CatalogueModel, request: ChatRequest) -> tuple[Charge, int]:
+    """The most ``request`` to ``model`` may cost (its prompt, estimated, + the most it may generate), and
+    the prompt part of it."""
+    from modelgate.providers._http import estimate_prompt_tokens  # not at import: auth imports this module
+
+    prompt = estimate_prompt_tokens(request.messages)
+    limit = model.parameters.max_new_tokens
+    wanted = request.params.max_new_tokens
+    completion = min(wanted, limit) if wanted is not None else limit
+    return Charge.of(prompt, completion, model.pricing), prompt
+
+
+def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalogue) -> Charge:
+    """What the request cost: the usage the upstream reported (or the gateway estimated, ``gateway._relay``);
+    for a reply cut before that was known, its prompt estimate + the events relayed; nothing if no reply began."""
+    if obs is None:  # no observer (a bare app in a test): keep the reservation as the charge
+        return reservation.estimate
+    answered = catalogue.by_id.get(obs.model) if obs.model is not None else None
+    pricing = answered.pricing if answered is not None else None
+    if obs.prompt_tokens is not None and obs.completion_tokens is not None:
+        return Charge.of(obs.prompt_tokens, obs.completion_tokens, pricing)
+    if obs.relayed_events:
+        return Charge.of(reservation.prompt_estimate, obs.relayed_events, pricing)
+    return NOTHING
+
+
+# --- the ledger as the record ----------------------------------------------------------------------
+
+
+async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Budget]]) -> None:
+    """Start each budgeted key's counters of the current periods from the ledger, where the store has none.
+
+    Run once at start (``app.GatewayState.start``): a restarted single instance keeps what its keys spent
+    today and this month (the in-process counters died with it), and so do instances that come back to
+    a Redis restarted without persistence. A counter that already has spending is left as it is: it was
+    counted live, by an instance that saw more than the ledger's flushed rows. Failures are logged: the
+    counters then start from zero, as they would without a ledger.
+    """
+    from modelgate.usage_store import UsageFilter  # loaded with the ledger, in the background
+
+    now = budgets.now()
+    try:
+        for key_id, budget in keys:
+            current = counters(key_id, budget, now)
+            spent = []
+            for counter in current:
+                since = period_start(counter.limit.period, now).timestamp()
+                totals = (await ledger.report(UsageFilter(key_id=key_id, since=since, limit=0))).totals
+                if counter.limit.measure == "tokens":
+                    spent.append(totals.prompt_tokens + totals.completion_tokens)
+                else:
+                    spent.append(math.ceil((totals.cost or 0.0) * NANO_USD))
+            await budgets.store.restore(current, spent, now)
+    except Exception as exc:  # the ledger or the store is down: count from zero rather than not serve
+        log.warning("budgets: could not start the counters from the usage ledger: %s", getattr(exc, "message", exc))

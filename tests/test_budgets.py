@@ -1,0 +1,483 @@
+"""Budgets per key (``budgets.py``): the model, the periods, both counter stores, and 429s over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio
+from pydantic import ValidationError
+
+from modelgate import budgets as budgets_module
+from modelgate.app import create_app
+from modelgate.auth import key_digest, load_keyring
+from modelgate.budgets import (
+    NANO_USD,
+    Budget,
+    BudgetCounters,
+    Budgets,
+    BudgetUnavailable,
+    Charge,
+    MemoryCounters,
+    RedisCounters,
+    period_of,
+)
+from modelgate.catalogue import Pricing, load_catalogue
+from modelgate.errors import CatalogueError, RateLimited
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import wait_for
+from tests.fakes import Fakes, Fault, Reply
+from tests.redis_server import free_port, running_redis
+from tests.servers import serve_in_thread
+
+# --- the model and the periods ---------------------------------------------------------------------
+
+
+def test_a_budget_needs_at_least_one_positive_limit() -> None:
+    with pytest.raises(ValidationError, match="set at least one of tokens_per_day"):
+        Budget()
+    with pytest.raises(ValidationError, match="greater than 0"):
+        Budget(tokens_per_day=0)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Budget.model_validate({"tokens_per_week": 5})
+    with pytest.raises(ValidationError):
+        Budget(usd_per_month=float("inf"))
+    budget = Budget(tokens_per_month=10, usd_per_day=0.5)
+    assert [(limit.name, limit.units) for limit in budget.limits()] == [
+        ("tokens_per_month", 10),
+        ("usd_per_day", NANO_USD // 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("now", "day", "month"),
+    [
+        ("2026-12-02T10:30:00", ("2026-12-02", "2026-12-03"), ("2026-12", "2027-01-01")),
+        ("2026-12-31T23:59:59", ("2026-12-31", "2027-01-01"), ("2026-12", "2027-01-01")),
+        ("2028-02-29T00:00:00", ("2028-02-29", "2028-03-01"), ("2028-02", "2028-03-01")),
+    ],
+)
+def test_periods_are_utc_days_and_months(now: str, day: tuple[str, str], month: tuple[str, str]) -> None:
+    moment = datetime.fromisoformat(now).replace(tzinfo=UTC)
+    for period, (label, next_start) in (("day", day), ("month", month)):
+        found_label, resets_at = period_of(period, moment)  # type: ignore[arg-type]
+        assert (found_label, resets_at) == (label, datetime.fromisoformat(next_start).replace(tzinfo=UTC))
+
+
+def test_the_keys_file_carries_a_budget_table(tmp_path: Path) -> None:
+    (tmp_path / "keys.toml").write_text(
+        '[[keys]]\nname = "ci"\nkey = "k-ci"\n[keys.budget]\ntokens_per_day = 1000\nusd_per_month = 2.5\n'
+        '\n[[keys]]\nname = "free"\nkey = "k-free"\n',
+        encoding="utf-8",
+    )
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml(), header='[server]\nkeys_file = "keys.toml"\n')
+    keys = {key.name: key for key in load_keyring(Settings(), load_catalogue(path)).keys}
+    assert keys["ci"].budget == Budget(tokens_per_day=1000, usd_per_month=2.5)
+    assert keys["free"].budget is None
+
+    (tmp_path / "keys.toml").write_text(
+        '[[keys]]\nname = "ci"\nkey = "k-ci"\n[keys.budget]\ntokens_per_day = -1\n', encoding="utf-8"
+    )
+    with pytest.raises(CatalogueError, match=r"keys\[0\] \(ci\).*budget.tokens_per_day.*greater than 0"):
+        load_keyring(Settings(), load_catalogue(path))
+
+
+# --- the counter stores -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@asynccontextmanager
+async def stores(kind: str, redis_url: str, count: int = 1) -> AsyncIterator[list[BudgetCounters]]:
+    """``count`` handles on one store: for Redis, separate clients, as separate instances would have."""
+    if kind == "memory":
+        shared = MemoryCounters()
+        yield [shared] * count
+        return
+    prefix = f"test-{uuid.uuid4().hex}:"
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(count)]
+    try:
+        yield [RedisCounters(lambda client=client: client, prefix) for client in clients]  # type: ignore[misc]
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+class Clock:
+    def __init__(self, iso: str) -> None:
+        self.now = datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal(error: pytest.ExceptionInfo[RateLimited]) -> tuple[int, str, dict[str, object]]:
+    return int(error.value.headers["Retry-After"]), error.value.message, error.value.data
+
+
+def test_admitted_while_below_busy_while_held_exhausted_when_spent(store_kind: str, redis_url: str) -> None:
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_day=100)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            first = await budgets.reserve("k1", "ci", budget, Charge(60, 0), 10)
+            second = await budgets.reserve("k1", "ci", budget, Charge(60, 0), 10)  # 60 < 100: admitted
+            with pytest.raises(RateLimited) as held:  # 120 held: nothing spent yet, so "busy", not exhausted
+                await budgets.reserve("k1", "ci", budget, Charge(1, 0), 1)
+            assert refusal(held) == (
+                1,
+                "Budget nearly spent: the rest of key 'ci''s 100 tokens per day is held by its running requests; "
+                "try again when one has ended",
+                {"retryAfter": 1, "budget": "tokens_per_day", "resetsAt": "2026-12-03T00:00:00Z"},
+            )
+            # Another key's budget is its own.
+            await budgets.reserve("k2", "other", budget, Charge(60, 0), 10)
+
+            await budgets.settle(first, Charge(30, 0))
+            [state] = await budgets.state("k1", budget)
+            assert (state.spent, state.reserved, state.remaining) == (30, 60, 10)
+            await budgets.settle(second, Charge(70, 0))
+            with pytest.raises(RateLimited) as spent:
+                await budgets.reserve("k1", "ci", budget, Charge(1, 0), 1)
+            assert refusal(spent) == (
+                14 * 3600,  # to midnight UTC
+                "Budget exhausted: key 'ci' has spent its 100 tokens per day; it resets at 2026-12-03T00:00:00Z",
+                {"retryAfter": 14 * 3600, "budget": "tokens_per_day", "resetsAt": "2026-12-03T00:00:00Z"},
+            )
+            [state] = await budgets.state("k1", budget)
+            assert (state.spent, state.reserved, state.remaining) == (100, 0, 0)
+
+            clock.now += 14 * 3600  # the next UTC day: a fresh budget
+            await budgets.reserve("k1", "ci", budget, Charge(60, 0), 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose instance was killed never settles: its hold must not block the key until the period ends."""
+    monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_month=100)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock if store_kind == "memory" else time.time)
+            await budgets.reserve("k", "ci", budget, Charge(100, 0), 10)  # and then the instance dies
+            with pytest.raises(RateLimited, match="held by its running requests"):
+                await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
+            clock.now += 2  # the memory store's clock; Redis lapses it on its own clock
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
+                    break
+                except RateLimited:
+                    assert time.monotonic() < deadline, "the hold never lapsed"
+                    await asyncio.sleep(0.1)
+            [state] = await budgets.state("k", budget)
+            assert state.spent == 0  # never charged: its instance died with the request
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_redis_fails_closed_with_503() -> None:
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=2)
+        try:
+            budgets = Budgets(RedisCounters(lambda: client, "test:"))
+            with pytest.raises(BudgetUnavailable) as refused:
+                await budgets.reserve("k", "ci", Budget(tokens_per_day=10), Charge(1, 0), 1)
+            assert (refused.value.status, refused.value.message) == (
+                503,
+                "Budget store unavailable; try again shortly",
+            )
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_restore_sets_only_counters_without_spending(store_kind: str, redis_url: str) -> None:
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_day=100, tokens_per_month=1000)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            day, month = budgets_module.counters("k", budget, budgets.now())
+            await budgets.settle(await budgets.reserve("k", "ci", budget, Charge(10, 0), 5), Charge(7, 0))
+            # The day and the month both counted 7 live; a restore from the ledger changes neither.
+            await store.restore([day, month], [50, 500], budgets.now())
+            assert [s.spent for s in await budgets.state("k", budget)] == [7, 7]
+            # Another key's counters are empty: restored.
+            other = budgets_module.counters("k2", budget, budgets.now())
+            await store.restore(other, [50, 500], budgets.now())
+            assert [s.spent for s in await budgets.state("k2", budget)] == [50, 500]
+
+    asyncio.run(scenario())
+
+
+def test_usd_budget_per_month_counts_the_priced_cost(store_kind: str, redis_url: str) -> None:
+    clock = Clock("2026-12-30T12:00:00")
+    budget = Budget(usd_per_month=0.001, tokens_per_day=1_000_000)
+    pricing = Pricing(input=1.0, output=2.0)  # USD per million tokens
+    one = Charge.of(100, 200, pricing)  # (100 * 1 + 200 * 2) / 1e6 = 0.0005 USD
+    assert one == Charge(300, NANO_USD // 2000)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            for _ in range(2):
+                await budgets.settle(await budgets.reserve("k", "ci", budget, one, 100), one)
+            with pytest.raises(RateLimited) as spent:
+                await budgets.reserve("k", "ci", budget, one, 100)
+            retry_after, message, data = refusal(spent)
+            assert message == (
+                "Budget exhausted: key 'ci' has spent its 0.001 USD per month; it resets at 2027-01-01T00:00:00Z"
+            )
+            assert retry_after == 36 * 3600 and data["budget"] == "usd_per_month"
+            states = {state.name: state for state in await budgets.state("k", budget)}
+            assert states["usd_per_month"].spent == pytest.approx(0.001)
+            assert states["tokens_per_day"].spent == 600
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_overshoot_by_at_most_one(store_kind: str, redis_url: str) -> None:
+    """Two "instances" (two handles on one store) run 40 clients that keep asking until the budget is
+    exhausted; each admitted request holds its estimate (100) and is charged 50-100. The total charged
+    reaches the limit and passes it by less than one request."""
+    limit, estimate = 1000, 100
+    budget = Budget(tokens_per_day=limit)
+    rng = random.Random(14)
+    charged: list[int] = []
+
+    async def client(budgets: Budgets) -> None:
+        while True:
+            try:
+                reservation = await budgets.reserve("k", "ci", budget, Charge(estimate, 0), 10)
+            except RateLimited as exc:
+                if exc.retry_after != 1:
+                    return  # exhausted
+                await asyncio.sleep(0.001)  # busy: a running request will settle soon
+                continue
+            await asyncio.sleep(rng.random() / 100)
+            cost = rng.randint(50, estimate)
+            charged.append(cost)
+            await budgets.settle(reservation, Charge(cost, 0))
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url, count=2) as handles:
+            instances = [Budgets(store) for store in handles]
+            await asyncio.gather(*(client(instances[i % 2]) for i in range(40)))
+            [state] = await instances[0].state("k", budget)
+            assert (state.spent, state.reserved) == (sum(charged), 0)
+
+    asyncio.run(scenario())
+    assert limit <= sum(charged) < limit + estimate
+
+
+# --- over a real socket ---------------------------------------------------------------------------------
+
+KEYS = {"capped": "mg-budget-capped", "cut": "mg-budget-cut", "free": "mg-budget-free"}
+KEYS_TOML = f"""
+[[keys]]
+name = "capped"
+key = "{KEYS["capped"]}"
+[keys.budget]
+tokens_per_day = 40
+
+[[keys]]
+name = "cut"
+key = "{KEYS["cut"]}"
+[keys.budget]
+tokens_per_month = 100000
+
+[[keys]]
+name = "free"
+key = "{KEYS["free"]}"
+"""
+MESSAGES = [{"role": "user", "content": "Hi!"}]
+PROMPT_ESTIMATE = 8  # providers._http.estimate_prompt_tokens(MESSAGES): 4 per message + 1 + 3 to prime
+
+
+def key_id(key: str) -> str:
+    return key_digest(KEYS[key]).hex()[:12]
+
+
+@pytest.fixture
+def service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
+    )
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def chat(url: str, key: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/ai/ollama/tiny/chat", json={"messages": MESSAGES}, headers=bearer(key), timeout=30)
+
+
+def completion(url: str, key: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "acme/tiny", "messages": MESSAGES},
+        headers=bearer(key),
+        timeout=30,
+    )
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[key]}"}
+
+
+def budget_state(url: str, key: str) -> dict[str, dict[str, object]]:
+    answer = httpx.get(f"{url}/api/usage?limit=0", headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return {entry["budget"]: entry for entry in answer.json()["budget"]}
+
+
+def settled(url: str, key: str) -> dict[str, dict[str, object]]:
+    """The key's budget once no request holds a reservation (a request settles an instant after its last byte)."""
+
+    def state() -> dict[str, dict[str, object]] | None:
+        found = budget_state(url, key)
+        return found if all(entry["reserved"] == 0 for entry in found.values()) else None
+
+    return wait_for(state, "the budget to be settled")
+
+
+def test_a_spent_budget_gives_429_with_its_reset_time_on_both_surfaces(service: str) -> None:
+    # Each request costs 11 + 4 = 15 tokens (the fake's usage) and holds 8 + 100 while it runs.
+    for call in (chat, completion, chat):
+        assert call(service, "capped").status_code == 200
+        settled(service, "capped")
+    assert settled(service, "capped")["tokens_per_day"] == {
+        "budget": "tokens_per_day",
+        "limit": 40,
+        "spent": 45,
+        "reserved": 0,
+        "remaining": 0,
+        "resetsAt": (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z"),
+    }
+
+    refused = chat(service, "capped")
+    assert refused.status_code == 429
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    retry_after = int(refused.headers["retry-after"])
+    assert abs(retry_after - (tomorrow.timestamp() - time.time())) < 60
+    resets = tomorrow.strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = f"Budget exhausted: key 'capped' has spent its 40 tokens per day; it resets at {resets}"
+    assert refused.json() == {
+        "statusCode": 429,
+        "statusMessage": message,
+        "data": {"retryAfter": retry_after, "budget": "tokens_per_day", "resetsAt": resets},
+    }
+    openai = completion(service, "capped")
+    assert openai.status_code == 429
+    assert abs(int(openai.headers["retry-after"]) - retry_after) <= 1
+    assert openai.json()["error"]["message"] == message
+    assert openai.json()["error"]["code"] == "rate_limit_exceeded"
+
+    # A key without a budget is not touched, and has no budget to show.
+    assert chat(service, "free").status_code == 200
+    assert httpx.get(f"{service}/api/usage", headers=bearer("free"), timeout=30).json()["budget"] is None
+    # A refused request reached no upstream and has no ledger row: three rows for the capped key.
+    rows = httpx.get(f"{service}/api/usage", headers=bearer("capped"), timeout=30).json()
+    assert (
+        rows["totals"]["requests"] == 3 and rows["totals"]["prompt_tokens"] + rows["totals"]["completion_tokens"] == 45
+    )
+
+
+def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, tmp_path: Path) -> None:
+    """The in-process counters die with the process; the ledger (SQLite here) is the record they restart from."""
+    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
+    )
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        for _ in range(3):
+            assert chat(url, "capped").status_code == 200
+            settled(url, "capped")
+        assert chat(url, "capped").status_code == 429
+    # Stopped (the ledger wrote every row); a new process with the same database:
+    with serve_in_thread(create_app(settings)) as url:
+        wait_for(lambda: budget_state(url, "capped")["tokens_per_day"]["spent"] == 45, "the counters restored")
+        refused = chat(url, "capped")
+        assert refused.status_code == 429
+        assert refused.json()["statusMessage"].startswith("Budget exhausted: key 'capped' has spent its 40 tokens")
+        assert chat(url, "cut").status_code == 200  # a key that spent nothing is unaffected
+
+
+@pytest.mark.parametrize("ending", ["cut", "failed"])
+def test_a_cut_or_failed_stream_is_charged_what_it_produced(service: str, fakes: Fakes, ending: str) -> None:
+    if ending == "cut":  # three tokens, then silence: the client leaves
+        fakes.ollama.script(Reply(tokens=["a", "b", "c"], fault=Fault.hang(after=3)))
+    else:  # three tokens, then the provider's in-stream error
+        fakes.ollama.script(Reply(tokens=["a", "b", "c", "d"], fault=Fault.error_after(3)))
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{service}/api/ai/ollama/tiny/chat?protocol=text",
+            json={"messages": MESSAGES},
+            headers={**bearer("cut"), "X-Request-ID": ending},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        received = ""
+        for chunk in response.iter_text():
+            received += chunk
+            if ending == "cut" and received == "abc":
+                break
+    if ending == "cut":
+        assert fakes.ollama.wait_for_disconnects(1) >= 1
+    else:
+        assert received.startswith("abc") and "[error:" in received
+    state = settled(service, "cut")["tokens_per_month"]
+    # Charged the prompt's estimate and one token per event relayed, not the whole reservation (8 + 100).
+    assert PROMPT_ESTIMATE + 3 <= state["spent"] < PROMPT_ESTIMATE + 100  # type: ignore[operator]
+    # The ledger holds the same estimate for that request.
+    rows = wait_for(
+        lambda: [
+            r
+            for r in httpx.get(f"{service}/api/usage", headers=bearer("cut"), timeout=30).json()["records"]
+            if r["request_id"] == ending
+        ],
+        "the stream's ledger row",
+    )
+    assert rows[0]["outcome"] == {"cut": "cancelled", "failed": "stream_error"}[ending]
+    assert rows[0]["usage_estimated"]
+    assert rows[0]["prompt_tokens"] + rows[0]["completion_tokens"] == state["spent"]
