@@ -97,3 +97,12 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with llama_server(tmp_path_factory.mktemp("llama"), cleaned_environ()) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def cluster_backends() -> Iterator[Any]:
+    """A real Redis and a real PostgreSQL for the two-instance tests (``tests/cluster.py``), one per session."""
+    from tests.cluster import running_backends
+
+    with running_backends() as backends:
+        yield backends
