@@ -72,10 +72,13 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     requests_per_minute: int | None = None
     concurrent_streams: int | None = None
+    #: A run-time key's record id (``runtime_keys.py``): it outlives a rotation, so the ledger, the limit
+    #: counters and the logs keep naming the same key. None: the digest prefix names it.
+    id: str | None = None
 
     @property
     def key_id(self) -> str:
-        return self.digest.hex()[:KEY_ID_LENGTH]
+        return self.id or self.digest.hex()[:KEY_ID_LENGTH]
 
     def __repr__(self) -> str:  # never the digest in full, in case a repr reaches a log
         return f"ApiKey(name={self.name!r}, key_id={self.key_id!r})"
@@ -126,10 +129,13 @@ class BearerUnauthorized(Unauthorized):
 @dataclass(frozen=True)
 class KeyRing:
     keys: tuple[ApiKey, ...] = ()
+    #: Require a key even when none is configured: run-time keys exist (or are not loaded yet), and
+    #: revoking the last of them must not open the service (``runtime_keys.py``).
+    required: bool = False
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or self.required
 
     def identify(self, presented: bytes) -> ApiKey | None:
         """The configured key equal to ``presented``, compared in constant time against every key."""
