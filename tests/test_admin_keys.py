@@ -6,6 +6,7 @@ matters (the ledger's ``key_id`` after a rotation, no plaintext key stored).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
@@ -14,9 +15,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+import modelgate.runtime_keys as runtime_keys
 from modelgate.app import create_app
 from modelgate.auth import ApiKey, KeyRing, key_digest
 from modelgate.catalogue import load_catalogue
@@ -259,6 +262,62 @@ def test_a_revocation_reaches_another_instance_on_the_same_database(
 
 def chat_at(client: httpx.Client, base: str, key: str) -> int:
     return client.post(base + TINY, json=BODY, headers=bearer(key)).status_code
+
+
+# --- a database that goes away -------------------------------------------------------------------------
+
+
+def _allow_connections(cluster: PostgresCluster, database: str, allow: bool) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(cluster.url())
+        try:
+            await connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allow).lower()}')
+            if not allow:
+                await connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+                )
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.postgres
+def test_keys_keep_working_while_the_database_is_gone(
+    fakes: Fakes, tmp_path: Path, postgres: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request path reads no database: with it unreachable the loaded keys still let in (and refuse),
+    /admin/keys answers 503, and everything resumes when it is back."""
+    database = postgres.create_database()
+    name = database.rsplit("/", 1)[1]
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        key = client.post("/admin/keys", json={"name": "steady"}, headers=bearer(ADMIN)).json()
+        _allow_connections(postgres, name, allow=False)
+        try:
+            wait_for(lambda: "run-time keys: cannot read the database" in caplog.text, "the refresh to fail")
+            assert chat(client, key["key"]) == 200
+            assert chat(client, "mg-unknown") == 401
+            down = client.get("/admin/keys", headers=bearer(ADMIN))
+            assert down.status_code == 503 and set(down.json()) == {"statusCode", "statusMessage"}
+        finally:
+            _allow_connections(postgres, name, allow=True)
+        wait_for(lambda: client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 200, "the database back")
+        assert client.delete(f"/admin/keys/{key['id']}", headers=bearer(ADMIN)).status_code == 200
+        assert chat(client, key["key"]) == 401
+
+
+def test_with_an_admin_key_an_instance_whose_database_is_down_starts_closed(
+    fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It cannot know which run-time keys exist, so it refuses unknown callers rather than admitting all;
+    without an admin key (no run-time keys in use) it stays the open service it was."""
+    monkeypatch.setattr(runtime_keys, "FIRST_LOAD_TIMEOUT", 0.5)
+    unreachable = "postgresql://modelgate@127.0.0.1:9/nothing"  # the discard port: connection refused
+    with serve(settings_for(fakes, tmp_path, unreachable)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert chat(client, None) == 401
+        assert client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 503
+    with serve(settings_for(fakes, tmp_path, unreachable, admin_key=None)) as url:
+        assert httpx.post(url + TINY, json=BODY, timeout=30).status_code == 200
 
 
 # --- units ---------------------------------------------------------------------------------------------

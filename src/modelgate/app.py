@@ -80,6 +80,7 @@ class GatewayState:
                 publish=self._publish_keys,
                 interval=settings.key_refresh_interval,
                 fail_closed=settings.admin_key is not None,
+                scrub=self.redactor.scrub,
             )
         #: The keys every request is checked against: both of the above, swapped whole (one reference).
         self.keys: KeyRing = self._enforced_keys()

@@ -48,6 +48,8 @@ log = logging.getLogger("modelgate.keys")
 
 #: Seconds an instance with ``MODELGATE_ADMIN_KEY`` waits at start for the database's keys.
 FIRST_LOAD_TIMEOUT = 10.0
+#: Seconds between two log lines saying the database cannot be read (it is retried every interval).
+COMPLAINT_INTERVAL = 60.0
 #: Prefix of the keys ``/admin/keys`` makes, so a leaked one is recognisable (e.g. by secret scanners).
 KEY_PREFIX = "mg-"
 
@@ -154,6 +156,7 @@ class RuntimeKeys:
         publish: Callable[[KeyRing], None],
         interval: float,
         fail_closed: bool,
+        scrub: Callable[[str], str],
     ) -> None:
         self._ledger = ledger
         self._local = local
@@ -169,6 +172,8 @@ class RuntimeKeys:
         self._task: asyncio.Task[None] | None = None
         self._syncing = asyncio.Lock()
         self._store: KeyStore | None = None
+        self._scrub = scrub
+        self._complained_at = -COMPLAINT_INTERVAL
 
     def ring(self, local: KeyRing) -> KeyRing:
         """The ring to enforce with the file-and-environment ring ``local``."""
@@ -206,7 +211,15 @@ class RuntimeKeys:
             try:
                 return await self._sync()
             except Exception as exc:
-                log.error("run-time keys: cannot read the database (%s: %s)", type(exc).__name__, _first_line(exc))
+                now = time.monotonic()
+                if now - self._complained_at >= COMPLAINT_INTERVAL:  # retried every interval: say so once a minute
+                    self._complained_at = now
+                    log.error(
+                        "run-time keys: cannot read the database (%s: %s); keeping the %d keys loaded, retrying",
+                        type(exc).__name__,
+                        self._scrub(_first_line(exc)),
+                        len(self._stored),
+                    )
                 return False
 
     async def _sync(self) -> bool:

@@ -12,7 +12,10 @@ within ``MODELGATE_KEY_REFRESH_INTERVAL`` seconds plus one query.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from modelgate.key_store import KeyStore
 
 router = APIRouter(prefix="/admin/keys", tags=["keys"])
+log = logging.getLogger("modelgate.keys")
 
 #: Longest grace period a rotation may give the old key.
 MAX_GRACE_SECONDS = 7 * 24 * 3600
@@ -109,7 +113,9 @@ def require_admin(state: GatewayState, authorization: str | None) -> None:
     raise BearerUnauthorized("Invalid admin key")
 
 
-async def _open(request: Request) -> tuple[GatewayState, RuntimeKeys, KeyStore]:
+@asynccontextmanager
+async def _admin(request: Request) -> AsyncIterator[tuple[GatewayState, RuntimeKeys, KeyStore]]:
+    """The admin's access to the key store; a database failure becomes one log line and a 503."""
     state = gateway(request)
     require_admin(state, request.headers.get("authorization"))
     runtime = state.runtime_keys
@@ -118,7 +124,14 @@ async def _open(request: Request) -> tuple[GatewayState, RuntimeKeys, KeyStore]:
     store = await runtime.store()
     if store is None:
         raise KeysUnavailable()
-    return state, runtime, store
+    try:
+        yield state, runtime, store
+    except ModelgateError:
+        raise
+    except Exception as exc:  # the driver's and SQLAlchemy's errors (not imported here: loaded with the database)
+        first_line = str(exc).partition("\n")[0]
+        log.error("/admin/keys: database error (%s: %s)", type(exc).__name__, state.redactor.scrub(first_line))
+        raise KeysUnavailable() from exc
 
 
 def _iso(ts: float | None) -> str | None:
@@ -164,74 +177,78 @@ def _managed_here(record: KeyRecord) -> None:
 
 @router.post("", summary="Create a key (the answer is the only time the key is shown)", status_code=201)
 async def create_key(request: Request, new: NewKey) -> Response:
-    state, runtime, store = await _open(request)
-    for pattern in new.models:
-        if not any(fnmatchcase(model.id, pattern) for model in state.catalogue.models):
-            raise BadRequest(f"models: '{pattern}' matches no catalogue model (models are 'publisher/name')")
-    now = time.time()
-    expires = None
-    if new.expires_at is not None:
-        moment = new.expires_at if new.expires_at.tzinfo else new.expires_at.replace(tzinfo=UTC)
-        expires = moment.timestamp()
-        if expires <= now:
-            raise BadRequest("expires_at: must be in the future")
-    records = await store.records()
-    if any(r.name == new.name and r.status(now) == "active" for r in records):
-        raise KeyConflict(f"A key named '{new.name}' exists: revoke it or choose another name")
-    taken = {r.id for r in records}
-    secret = new_secret()
-    while digest_hex(secret)[:KEY_ID_LENGTH] in taken:  # 48-bit ids: a clash is improbable
+    async with _admin(request) as (state, runtime, store):
+        for pattern in new.models:
+            if not any(fnmatchcase(model.id, pattern) for model in state.catalogue.models):
+                raise BadRequest(f"models: '{pattern}' matches no catalogue model (models are 'publisher/name')")
+        now = time.time()
+        expires = None
+        if new.expires_at is not None:
+            moment = new.expires_at if new.expires_at.tzinfo else new.expires_at.replace(tzinfo=UTC)
+            expires = moment.timestamp()
+            if expires <= now:
+                raise BadRequest("expires_at: must be in the future")
+        records = await store.records()
+        if any(r.name == new.name and r.status(now) == "active" for r in records):
+            raise KeyConflict(f"A key named '{new.name}' exists: revoke it or choose another name")
+        taken = {r.id for r in records}
         secret = new_secret()
-    record = KeyRecord(
-        id=digest_hex(secret)[:KEY_ID_LENGTH],
-        name=new.name,
-        source=SOURCE_API,
-        digest=digest_hex(secret),
-        models=tuple(new.models),
-        requests_per_minute=new.requests_per_minute,
-        concurrent_streams=new.concurrent_streams,
-        budget=new.budget,
-        created_at=now,
-        updated_at=now,
-        expires_at=expires,
-    )
-    await store.create(record)
-    await runtime.refresh()  # this instance lets it in before the client gets it
+        while digest_hex(secret)[:KEY_ID_LENGTH] in taken:  # 48-bit ids: a clash is improbable
+            secret = new_secret()
+        record = KeyRecord(
+            id=digest_hex(secret)[:KEY_ID_LENGTH],
+            name=new.name,
+            source=SOURCE_API,
+            digest=digest_hex(secret),
+            models=tuple(new.models),
+            requests_per_minute=new.requests_per_minute,
+            concurrent_streams=new.concurrent_streams,
+            budget=new.budget,
+            created_at=now,
+            updated_at=now,
+            expires_at=expires,
+        )
+        await store.create(record)
+        await runtime.refresh()  # this instance lets it in before the client gets it
     return _answer({"key": secret, **describe(record, now)}, status=201)
 
 
 @router.get("", summary="Every key: run-time, keys file and environment (never a key or its digest)")
 async def list_keys(request: Request) -> Response:
-    _, _, store = await _open(request)
+    async with _admin(request) as (_, _, store):
+        records = await store.records()
     now = time.time()
-    return _answer({"keys": [describe(record, now) for record in await store.records()]})
+    return _answer({"keys": [describe(record, now) for record in records]})
 
 
 @router.get("/{key_id}", summary="One key")
 async def get_key(request: Request, key_id: str) -> Response:
-    _, _, store = await _open(request)
-    return _answer(describe(await _record(store, key_id), time.time()))
+    async with _admin(request) as (_, _, store):
+        record = await _record(store, key_id)
+    return _answer(describe(record, time.time()))
 
 
 @router.delete("/{key_id}", summary="Revoke a key: it stops working on every instance within seconds")
 async def revoke_key(request: Request, key_id: str) -> Response:
-    _, runtime, store = await _open(request)
-    _managed_here(await _record(store, key_id))
-    await store.revoke(key_id, time.time())
-    await runtime.refresh()
-    return _answer(describe(await _record(store, key_id), time.time()))
+    async with _admin(request) as (_, runtime, store):
+        _managed_here(await _record(store, key_id))
+        await store.revoke(key_id, time.time())
+        await runtime.refresh()  # this instance refuses it before the client hears it is revoked
+        record = await _record(store, key_id)
+    return _answer(describe(record, time.time()))
 
 
 @router.post("/{key_id}/rotate", summary="A new key for the same record and limits; the old one stops")
 async def rotate_key(request: Request, key_id: str, rotation: Annotated[Rotation | None, Body()] = None) -> Response:
-    _, runtime, store = await _open(request)
-    record = await _record(store, key_id)
-    _managed_here(record)
-    now = time.time()
-    if record.status(now) != "active":
-        raise KeyConflict(f"Key '{record.name}' is {record.status(now)}: create a new one")
-    grace = (rotation or Rotation()).grace_seconds
-    secret = new_secret()
-    await store.rotate(key_id, digest_hex(secret), now, now + grace if grace else None)
-    await runtime.refresh()
-    return _answer({"key": secret, **describe(await _record(store, key_id), time.time())})
+    async with _admin(request) as (_, runtime, store):
+        record = await _record(store, key_id)
+        _managed_here(record)
+        now = time.time()
+        if record.status(now) != "active":
+            raise KeyConflict(f"Key '{record.name}' is {record.status(now)}: create a new one")
+        grace = (rotation or Rotation()).grace_seconds
+        secret = new_secret()
+        await store.rotate(key_id, digest_hex(secret), now, now + grace if grace else None)
+        await runtime.refresh()
+        record = await _record(store, key_id)
+    return _answer({"key": secret, **describe(record, time.time())})
