@@ -10,6 +10,10 @@ named by the catalogue's ``[server] keys_file`` (TOML, path relative to the cata
     requests_per_minute = 60                     # optional
     concurrent_streams = 2                       # optional
 
+Keys can also be created, revoked and rotated while the service runs (``/admin/keys``): those live in
+the database and join the ring built here (``runtime_keys.py``); this module only says where a key ring
+comes from when it is the file and the environment, and how a request is checked against a ring.
+
 With any key configured, ``/api/ai/...`` and ``/v1/...`` need ``Authorization: Bearer <key>``; every
 other path stays public. A presented key is hashed once and compared against the SHA-256 digest of
 *every* configured key with ``hmac.compare_digest`` (no early exit), so timing says nothing about
