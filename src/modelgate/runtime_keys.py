@@ -166,8 +166,11 @@ class RuntimeKeys:
         self._fail_closed = fail_closed
         self._stored: tuple[ApiKey, ...] = ()
         self._required = fail_closed  # until the first load says whether run-time keys exist
+        self._records: list[KeyRecord] = []
         self._revision: int | None = None
+        #: When the ring must be rebuilt next (a load, an expiry, a grace period's end); None: not until a change.
         self._next_change: float | None = None
+        self._published = False
         self._imported: KeyRing | None = None
         self._task: asyncio.Task[None] | None = None
         self._syncing = asyncio.Lock()
@@ -206,46 +209,61 @@ class RuntimeKeys:
 
     async def refresh(self) -> bool:
         """One sync now: import the local keys if they changed, reload the run-time keys if they did.
-        False (logged) when the database cannot be read; the ring in use stays."""
+        False (logged) when the database cannot be read: the keys loaded last stay, expiries still apply."""
         async with self._syncing:
             try:
-                return await self._sync()
+                loaded = await self._load()
             except Exception as exc:
-                now = time.monotonic()
-                if now - self._complained_at >= COMPLAINT_INTERVAL:  # retried every interval: say so once a minute
-                    self._complained_at = now
-                    log.error(
-                        "run-time keys: cannot read the database (%s: %s); keeping the %d keys loaded, retrying",
-                        type(exc).__name__,
-                        self._scrub(_first_line(exc)),
-                        len(self._stored),
-                    )
-                return False
+                self._complain("cannot read the database", exc)
+                loaded = False
+            self._rebuild(time.time())
+            return loaded
 
-    async def _sync(self) -> bool:
+    async def _load(self) -> bool:
         store = await self.store()
         if store is None:
             return False
         local = self._local()
         if local is not self._imported:
-            await store.import_local(local_sources(local, self._env_keys), now=time.time())
-            self._imported = local
+            try:
+                await store.import_local(local_sources(local, self._env_keys), now=time.time())
+                self._imported = local
+            except Exception as exc:  # listing only: it must not hold up revocations (retried next time)
+                self._complain("cannot list the keys file's keys", exc)
         revision = await store.revision()
-        now = time.time()
-        due = self._next_change is not None and now >= self._next_change
-        if revision == self._revision and not due:
-            return True
-        records = await store.runtime_records()
-        stored = [key for record in records for key in record.api_keys(now)]
-        changes = [moment for record in records if (moment := record.next_change(now)) is not None]
-        first = self._revision is None
-        self._stored, self._next_change = tuple(stored), min(changes, default=None)
-        self._required = bool(records)  # revoked ones count: keys stay required once managed here
-        self._revision = revision
-        self._publish(self.ring(self._local()))
-        if first or stored:
-            log.info("run-time keys: %d active (revision %d)", len(stored), revision)
+        if revision != self._revision:
+            self._records = await store.runtime_records()
+            self._revision = revision
+            self._next_change = 0.0  # rebuild now
         return True
+
+    def _rebuild(self, now: float) -> None:
+        """Swap in a new ring when the records changed or one of them expired (no database needed)."""
+        if self._next_change is None or now < self._next_change:
+            return
+        records = self._records
+        stored = tuple(key for record in records for key in record.api_keys(now))
+        changes = [moment for record in records if (moment := record.next_change(now)) is not None]
+        self._next_change = min(changes, default=None)
+        if stored == self._stored and self._required == bool(records) and self._published:
+            return
+        self._stored = stored
+        self._required = bool(records)  # revoked ones count: keys stay required once managed here
+        self._published = True
+        self._publish(self.ring(self._local()))
+        log.info("run-time keys: %d active (revision %s)", len(stored), self._revision)
+
+    def _complain(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._complained_at >= COMPLAINT_INTERVAL:  # retried every interval: say so once a minute
+            self._complained_at = now
+            log.error(
+                "run-time keys: %s (%s: %s); keeping the %d keys loaded, retrying",
+                what,
+                type(exc).__name__,
+                self._scrub(_first_line(exc)),
+                len(self._stored),
+            )
 
     async def _run(self) -> None:
         while True:
