@@ -37,6 +37,7 @@ from modelgate.observer import RequestObserver
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
+from modelgate.runtime_keys import RuntimeKeys
 from modelgate.settings import Settings
 from modelgate.status import Prober, StatusBoard
 from modelgate.tracing import Tracing
@@ -57,8 +58,8 @@ class GatewayState:
         self._catalogue = catalogue
         self.http: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
-        #: API keys (``auth.py``): from the environment and the catalogue's keys file; swapped with it.
-        self.keys: KeyRing = load_keyring(settings, catalogue)
+        #: API keys from the environment and the catalogue's keys file (``auth.py``); swapped with the catalogue.
+        self.local_keys: KeyRing = load_keyring(settings, catalogue)
         self.limiter = Limiter.from_settings(settings)
         # Observability and resilience (metrics.py, logs.py, status.py, resilience.py).
         self.metrics = Metrics()
@@ -79,6 +80,20 @@ class GatewayState:
             self.ledger = Ledger(
                 settings.database_url, scrub=self.redactor.scrub, flush_interval=settings.ledger_flush_interval
             )
+        #: Keys managed at run time (``runtime_keys.py``), in the ledger's database.
+        self.runtime_keys: RuntimeKeys | None = None
+        if self.ledger is not None:
+            self.runtime_keys = RuntimeKeys(
+                self.ledger,
+                local=lambda: self.local_keys,
+                env_keys=settings.api_keys,
+                publish=self._publish_keys,
+                interval=settings.key_refresh_interval,
+                fail_closed=settings.admin_key is not None,
+                scrub=self.redactor.scrub,
+            )
+        #: The keys every request is checked against: both of the above, swapped whole (one reference).
+        self.keys: KeyRing = self._enforced_keys()
 
     @property
     def catalogue(self) -> Catalogue:
@@ -89,11 +104,18 @@ class GatewayState:
         providers = self._build_providers(catalogue) if self.http is not None else {}
         keys = load_keyring(self.settings, catalogue)  # a broken keys file keeps the old catalogue too
         self._catalogue = catalogue
-        self.keys = keys
+        self.local_keys = keys
+        self.keys = self._enforced_keys()  # the run-time keys' task imports the file's keys at its next tick
         self.redactor.update(self._secrets(catalogue))
         if self.http is not None:
             self.providers = providers
             self.prober.wake()  # probe what the new catalogue uses now, not an interval later
+
+    def _enforced_keys(self) -> KeyRing:
+        return self.runtime_keys.ring(self.local_keys) if self.runtime_keys is not None else self.local_keys
+
+    def _publish_keys(self, keys: KeyRing) -> None:
+        self.keys = keys
 
     def reload(self) -> Catalogue:
         """Load the catalogue file again and swap it in. Raises ``CatalogueError`` and keeps the old one."""
@@ -154,6 +176,8 @@ class GatewayState:
     async def start(self) -> None:
         if self.ledger is not None:  # its writer opens the database in the background (ledger.py)
             await self.ledger.start()
+        if self.runtime_keys is not None:
+            await self.runtime_keys.start()
         self.open_upstreams()
         await self.limiter.start()
         budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
@@ -169,6 +193,8 @@ class GatewayState:
             await asyncio.gather(self._restoring, return_exceptions=True)
         await self.prober.stop()
         await self.metrics.stop()
+        if self.runtime_keys is not None:  # before the ledger closes the database it reads
+            await self.runtime_keys.stop()
         if self.ledger is not None:  # after the last response: every request's row is queued by now
             await self.ledger.stop()
         await self.limiter.stop()

@@ -12,6 +12,10 @@ named by the catalogue's ``[server] keys_file`` (TOML, path relative to the cata
     [keys.budget]                                # optional: tokens and/or USD per UTC day/month (budgets.py)
     tokens_per_day = 200000
 
+Keys can also be created, revoked and rotated while the service runs (``/admin/keys``): those live in
+the database and join the ring built here (``runtime_keys.py``); this module only says where a key ring
+comes from when it is the file and the environment, and how a request is checked against a ring.
+
 With any key configured, ``/api/ai/...`` and ``/v1/...`` need ``Authorization: Bearer <key>``; every
 other path stays public. A presented key is hashed once and compared against the SHA-256 digest of
 *every* configured key with ``hmac.compare_digest`` (no early exit), so timing says nothing about
@@ -76,10 +80,13 @@ class ApiKey:
     requests_per_minute: int | None = None
     concurrent_streams: int | None = None
     budget: Budget | None = None
+    #: A run-time key's record id (``runtime_keys.py``): it outlives a rotation, so the ledger, the limit
+    #: counters and the logs keep naming the same key. None: the digest prefix names it.
+    id: str | None = None
 
     @property
     def key_id(self) -> str:
-        return self.digest.hex()[:KEY_ID_LENGTH]
+        return self.id or self.digest.hex()[:KEY_ID_LENGTH]
 
     def __repr__(self) -> str:  # never the digest in full, in case a repr reaches a log
         return f"ApiKey(name={self.name!r}, key_id={self.key_id!r})"
@@ -130,10 +137,13 @@ class BearerUnauthorized(Unauthorized):
 @dataclass(frozen=True)
 class KeyRing:
     keys: tuple[ApiKey, ...] = ()
+    #: Require a key even when none is configured: run-time keys exist (or are not loaded yet), and
+    #: revoking the last of them must not open the service (``runtime_keys.py``).
+    required: bool = False
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or self.required
 
     def identify(self, presented: bytes) -> ApiKey | None:
         """The configured key equal to ``presented``, compared in constant time against every key."""

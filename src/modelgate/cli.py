@@ -1,4 +1,4 @@
-"""Command line: ``modelgate serve | models | check-config | chat | usage``.
+"""Command line: ``modelgate serve | models | check-config | chat | usage | keys``.
 
 Thin by design: arguments → ``create_app`` + uvicorn, or → the catalogue loader, or → the client.
 A catalogue problem is one message on stderr and exit code 1, never a traceback.
@@ -27,6 +27,7 @@ from rich.table import Table
 from modelgate import server
 from modelgate.auth import KeyRing, access_notice, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
+from modelgate.cli_keys import keys_cli
 from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
 from modelgate.errors import CatalogueError
 from modelgate.logs import logging_config
@@ -45,6 +46,7 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+cli.add_typer(keys_cli)  # modelgate keys create | list | revoke | rotate (cli_keys.py)
 
 
 class LogLevel(StrEnum):

@@ -245,6 +245,13 @@ class Ledger:
         assert self._store is not None
         return await self._store.report(query)
 
+    async def database(self) -> UsageStore | None:
+        """The open database (opened now if need be) for the other tables in it (``key_store.py``);
+        None before ``start`` or while it cannot be opened."""
+        if self._opening is None:
+            return None
+        return self._store if await self._open() else None
+
     @property
     def pending(self) -> int:
         return len(self._pending)

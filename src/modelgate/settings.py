@@ -116,8 +116,10 @@ class Settings:
     database_url: str | None = None
     #: Seconds between two ledger writes (rows also go once ``ledger.Ledger.batch_size`` wait).
     ledger_flush_interval: float = 1.0
-    #: The key that reads everyone's usage (``GET /api/usage``); never a chat key.
+    #: The key that reads everyone's usage (``GET /api/usage``) and manages keys (``/admin/keys``); never a chat key.
     admin_key: str | None = None
+    #: Seconds between two checks of the database for changed run-time keys (``runtime_keys.py``).
+    key_refresh_interval: float = 1.0
     # -- upstream reply limits (README "Upstream replies"); ``providers.base.Connection`` carries them.
     #: Bytes an upstream may send without completing an event (one SSE line or event, one NDJSON record,
     #: a run of comments or empty chunks): beyond it the stream fails with an error part.
@@ -177,6 +179,7 @@ class Settings:
                     ("keepalive_timeout", "MODELGATE_KEEPALIVE_TIMEOUT"),
                     ("graceful_timeout", "MODELGATE_GRACEFUL_TIMEOUT"),
                     ("ledger_flush_interval", "MODELGATE_LEDGER_FLUSH_INTERVAL"),
+                    ("key_refresh_interval", "MODELGATE_KEY_REFRESH_INTERVAL"),
                 )
                 if env.get(variable)
             },

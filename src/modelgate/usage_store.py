@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from modelgate.key_store import create_key_tables
 from modelgate.ledger import UsageRecord
 
 metadata = MetaData()
@@ -79,7 +80,10 @@ def _create_usage(connection: Connection) -> None:
 
 
 #: (version, step). Append only: a released step is never changed.
-MIGRATIONS: Sequence[tuple[int, Callable[[Connection], None]]] = ((1, _create_usage),)
+MIGRATIONS: Sequence[tuple[int, Callable[[Connection], None]]] = (
+    (1, _create_usage),
+    (2, create_key_tables),  # run-time keys (key_store.py)
+)
 
 
 def async_url(url: str) -> str:

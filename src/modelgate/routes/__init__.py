@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from modelgate.routes.admin_keys import router as admin_keys_router
 from modelgate.routes.chat import router as chat_router
 from modelgate.routes.docs import router as docs_router
 from modelgate.routes.health import router as health_router
@@ -23,4 +24,5 @@ ROUTERS: list[APIRouter] = [
     docs_router,
     health_router,
     usage_router,
+    admin_keys_router,
 ]

@@ -1,0 +1,171 @@
+"""``modelgate keys create | list | revoke | rotate``: the admin API (``/admin/keys``) of a running server.
+
+Like ``modelgate usage``, it talks to a server (``--url``) rather than to the database, so it works the
+same on SQLite and PostgreSQL and obeys the same admin key (``--admin-key`` or ``MODELGATE_ADMIN_KEY``).
+``create`` and ``rotate`` print the new key alone on stdout (``KEY=$(modelgate keys create ci)``) and
+what to do with it on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelgate.client import ModelgateAPIError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
+
+keys_cli = typer.Typer(
+    name="keys",
+    help="Manage API keys on a running server (/admin/keys; needs MODELGATE_ADMIN_KEY).",
+    no_args_is_help=True,
+)
+
+UrlOption = Annotated[str, typer.Option(help="The modelgate server.")]
+AdminKeyOption = Annotated[
+    str | None, typer.Option(envvar="MODELGATE_ADMIN_KEY", help="The server's admin key (MODELGATE_ADMIN_KEY).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw answer.")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + "/admin/keys" + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    if not response.is_success:
+        _fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _new_key(answer: Mapping[str, Any], what: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(_dumps(answer) + "\n")
+        return
+    sys.stdout.write(answer["key"] + "\n")
+    typer.echo(f"{what} key '{answer['name']}' (id {answer['id']}): store it now, it is not shown again", err=True)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2)
+
+
+def _budget(values: list[str]) -> dict[str, float] | None:
+    budget: dict[str, float] = {}
+    for item in values:
+        name, _, amount = item.partition("=")
+        try:
+            budget[name.strip()] = float(amount)
+        except ValueError:
+            _fail(f"--budget {item!r}: expected NAME=NUMBER, e.g. tokens_per_day=200000")
+    return budget or None
+
+
+@keys_cli.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Shown in logs and limit messages; unique among active keys.")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="A glob over publisher/name (repeat; default: all).")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute.", min=1)] = None,
+    streams: Annotated[int | None, typer.Option("--streams", help="Concurrent streams.", min=1)] = None,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=NUMBER: tokens_per_day, tokens_per_month, usd_per_day, usd_per_month (repeat)."),
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="When the key stops (ISO 8601, UTC by default).")] = None,
+    url: UrlOption = DEFAULT_URL,
+    admin_key: AdminKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key; print it (the only time it is shown)."""
+    body: dict[str, Any] = {"name": name}
+    if model:
+        body["models"] = model
+    if rpm is not None:
+        body["requests_per_minute"] = rpm
+    if streams is not None:
+        body["concurrent_streams"] = streams
+    if budget:
+        body["budget"] = _budget(budget)
+    if expires is not None:
+        body["expires_at"] = expires
+    _new_key(_call(url, admin_key, "POST", "", body), "created", as_json)
+
+
+def key_rows(answer: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The keys of a ``GET /admin/keys`` answer as table rows."""
+
+    def text(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    rows: list[tuple[str, ...]] = []
+    for key in answer["keys"]:
+        budget = key["budget"]
+        rows.append(
+            (
+                key["id"],
+                key["name"],
+                key["source"],
+                key["status"],
+                ", ".join(key["models"]),
+                text(key["requests_per_minute"]),
+                text(key["concurrent_streams"]),
+                ", ".join(f"{k}={v:g}" for k, v in budget.items()) if budget else "-",
+                text(key["created_at"]),
+                text(key["expires_at"]),
+            )
+        )
+    return rows
+
+
+@keys_cli.command("list")
+def list_keys(url: UrlOption = DEFAULT_URL, admin_key: AdminKeyOption = None, as_json: JsonOption = False) -> None:
+    """List every key (run-time, keys file, environment): ids, limits, status; never a key."""
+    answer = _call(url, admin_key, "GET", "")
+    if as_json:
+        sys.stdout.write(_dumps(answer) + "\n")
+        return
+    table = Table(*KEY_COLUMNS, title=f"{len(answer['keys'])} keys on {url}")
+    for row in key_rows(answer):
+        table.add_row(*row)
+    # Piped output keeps whole cells: no terminal width to fit.
+    Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False).print(table)
+
+
+@keys_cli.command()
+def revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (as listed and in the logs).")],
+    url: UrlOption = DEFAULT_URL,
+    admin_key: AdminKeyOption = None,
+) -> None:
+    """Revoke a key: every instance refuses it within seconds."""
+    answer = _call(url, admin_key, "DELETE", f"/{key_id}")
+    typer.echo(f"revoked key '{answer['name']}' (id {answer['id']})")
+
+
+@keys_cli.command()
+def rotate(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (as listed and in the logs).")],
+    grace: Annotated[int, typer.Option(help="Seconds the old key keeps working.", min=0)] = 0,
+    url: UrlOption = DEFAULT_URL,
+    admin_key: AdminKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A new key for the same record, limits and usage; the old one stops (after --grace seconds)."""
+    _new_key(_call(url, admin_key, "POST", f"/{key_id}/rotate", {"grace_seconds": grace}), "rotated", as_json)

@@ -1,0 +1,395 @@
+"""Keys managed at run time (``runtime_keys.py``, ``key_store.py``, ``/admin/keys``, ``modelgate keys``), end to end.
+
+Real servers on loopback, the fakes behind them, the database read back with the plain drivers where it
+matters (the ledger's ``key_id`` after a rotation, no plaintext key stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+import modelgate.runtime_keys as runtime_keys
+from modelgate.app import create_app
+from modelgate.auth import ApiKey, KeyRing, key_digest
+from modelgate.catalogue import load_catalogue
+from modelgate.runtime_keys import KeyRecord, compose, local_sources
+from modelgate.settings import Settings
+from tests.catalogue_files import write_catalogue
+from tests.cli_process import run_cli, wait_for
+from tests.fakes import Fakes, Reply
+from tests.postgres_server import PostgresCluster, postgres_cluster
+from tests.servers import serve_in_thread
+from tests.test_ledger import BODY, PRICED, TINY, ledger_rows
+
+ADMIN = "mg-admin-test-5c2e91"
+FILE_KEY = "mg-file-key-77b0a3"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def settings_for(fakes: Fakes, tmp_path: Path, database: str, **extra: Any) -> Settings:
+    path = write_catalogue(tmp_path / "catalogue.toml", *PRICED, header=extra.pop("header", ""))
+    values: dict[str, Any] = {
+        **fakes.settings_overrides(),
+        "config_path": path,
+        "database_url": database,
+        "probe_interval": 0,
+        "admin_key": ADMIN,
+        "key_refresh_interval": 0.2,
+        **extra,
+    }
+    return Settings(**values)
+
+
+def serve(settings: Settings) -> Any:
+    return serve_in_thread(create_app(settings, load_catalogue(settings.config_path)))
+
+
+def chat(client: httpx.Client, key: str | None, request_id: str = "") -> int:
+    headers = {**(bearer(key) if key else {}), **({"X-Request-ID": request_id} if request_id else {})}
+    return client.post(TINY, json=BODY, headers=headers).status_code
+
+
+# --- the whole life of a key, on SQLite and PostgreSQL ------------------------------------------------
+
+
+def test_create_list_rotate_revoke(fakes: Fakes, tmp_path: Path, database: str) -> None:
+    fakes.ollama.script(*[Reply(tokens=["a", "b"], usage=(6, 2)) for _ in range(10)])
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert chat(client, None) == 200  # no key anywhere yet: the service is open, as before
+
+        created = client.post("/admin/keys", json={"name": "ci", "models": ["acme/t*"]}, headers=bearer(ADMIN))
+        assert created.status_code == 201, created.text
+        record = created.json()
+        secret, key_id = record["key"], record["id"]
+        assert secret.startswith("mg-") and key_id == hashlib.sha256(secret.encode()).hexdigest()[:12]
+        assert (record["name"], record["source"], record["status"], record["models"]) == (
+            "ci",
+            "api",
+            "active",
+            ["acme/t*"],
+        )
+
+        # The creating instance lets the key in before answering; from now on a key is required.
+        assert chat(client, secret, "with-first-key") == 200
+        assert chat(client, None) == 401
+        assert (
+            client.post("/v1/chat/completions", json={"model": "acme/free", **BODY}, headers=bearer(secret)).status_code
+            == 403
+        )
+
+        listed = client.get("/admin/keys", headers=bearer(ADMIN))
+        assert listed.status_code == 200
+        assert [(k["id"], k["status"]) for k in listed.json()["keys"]] == [(key_id, "active")]
+        digest = key_digest(secret).hex()
+        assert secret not in listed.text and digest not in listed.text and "key" not in listed.json()["keys"][0]
+        one = client.get(f"/admin/keys/{key_id}", headers=bearer(ADMIN)).json()
+        assert one == listed.json()["keys"][0]
+
+        rotated = client.post(f"/admin/keys/{key_id}/rotate", headers=bearer(ADMIN))
+        assert rotated.status_code == 200, rotated.text
+        new_secret = rotated.json()["key"]
+        assert new_secret != secret and rotated.json()["id"] == key_id
+        assert chat(client, secret) == 401
+        assert chat(client, new_secret, "with-rotated-key") == 200
+
+        revoked = client.delete(f"/admin/keys/{key_id}", headers=bearer(ADMIN))
+        assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+        assert chat(client, new_secret) == 401
+        # Revoking the last key does not open the service again.
+        assert chat(client, None) == 401
+        assert client.get("/admin/keys/nope", headers=bearer(ADMIN)).status_code == 404
+
+    rows = {row["request_id"]: row for row in ledger_rows(database)}
+    # One record, one key_id in the ledger, before and after the rotation.
+    assert rows["with-first-key"]["key_id"] == rows["with-rotated-key"]["key_id"] == key_id
+    assert (rows["with-rotated-key"]["prompt_tokens"], rows["with-rotated-key"]["completion_tokens"]) == (6, 2)
+    if database.startswith("sqlite"):  # the database holds digests, never a key
+        dump = "\n".join(sqlite3.connect(database.removeprefix("sqlite:///")).iterdump())
+        assert secret not in dump and new_secret not in dump and key_digest(new_secret).hex() in dump
+
+
+def test_a_rotation_grace_period_keeps_the_old_key_until_it_ends(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        old = client.post("/admin/keys", json={"name": "app"}, headers=bearer(ADMIN)).json()
+        answer = client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_seconds": 2}, headers=bearer(ADMIN))
+        new = answer.json()
+        assert new["previous_key_until"] is not None
+        assert chat(client, old["key"]) == 200 and chat(client, new["key"]) == 200
+        wait_for(lambda: chat(client, old["key"]) == 401, "the grace period to end")
+        assert chat(client, new["key"]) == 200
+
+
+def test_an_expired_key_stops(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        soon = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 2))
+        key = client.post("/admin/keys", json={"name": "brief", "expires_at": soon}, headers=bearer(ADMIN)).json()
+        assert key["expires_at"] == soon + "Z"
+        assert chat(client, key["key"]) == 200
+        wait_for(lambda: chat(client, key["key"]) == 401, "the key to expire")
+        assert client.get(f"/admin/keys/{key['id']}", headers=bearer(ADMIN)).json()["status"] == "expired"
+
+
+# --- who may manage keys ----------------------------------------------------------------------------
+
+
+def test_only_the_admin_key_manages_keys(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    settings = settings_for(fakes, tmp_path, database, api_keys=("mg-chat-key-1",))
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": "Basic abc"}, 401),
+            (bearer("mg-wrong"), 401),
+            (bearer("mg-chat-key-1"), 403),
+        ):
+            for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"), ("DELETE", "/admin/keys/x")):
+                answer = client.request(method, path, json={"name": "x"}, headers=headers)
+                assert answer.status_code == status, (method, path, headers)
+                body = answer.json()
+                assert set(body) == {"statusCode", "statusMessage"} and body["statusCode"] == status
+                assert "mg-chat-key-1" not in answer.text and ADMIN not in answer.text
+        assert client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 200
+    # Without MODELGATE_ADMIN_KEY nobody may: 403, whatever is sent.
+    with serve(settings_for(fakes, tmp_path, database, admin_key=None)) as url:
+        answer = httpx.get(url + "/admin/keys", headers=bearer(ADMIN))
+        assert answer.status_code == 403 and "MODELGATE_ADMIN_KEY" in answer.json()["statusMessage"]
+
+
+def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for body, status, words in (
+            ({"name": "x", "models": ["nobody/*"]}, 400, "matches no catalogue model"),
+            ({"name": "x", "requests_per_minute": 0}, 400, "requests_per_minute"),
+            ({"name": "x", "colour": "red"}, 400, "colour"),
+            ({"name": ""}, 400, "name"),
+            ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400, "future"),
+            ([], 400, "Invalid"),
+        ):
+            answer = client.post("/admin/keys", json=body, headers=bearer(ADMIN))
+            assert answer.status_code == status, (body, answer.text)
+            assert words in answer.json()["statusMessage"], answer.text
+        assert client.post("/admin/keys", json={"name": "dup"}, headers=bearer(ADMIN)).status_code == 201
+        assert client.post("/admin/keys", json={"name": "dup"}, headers=bearer(ADMIN)).status_code == 409
+        rotate = client.post("/admin/keys/abc/rotate", json={"grace_seconds": -1}, headers=bearer(ADMIN))
+        assert rotate.status_code == 400
+        assert client.get("/health").status_code == 200  # still serving
+
+
+# --- the keys file is imported, not replaced ---------------------------------------------------------
+
+
+def test_file_and_environment_keys_are_listed_and_stay_the_files(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(f'[[keys]]\nname = "from-file"\nkey = "{FILE_KEY}"\nrequests_per_minute = 5\n')
+    settings = settings_for(
+        fakes, tmp_path, database, header='[server]\nkeys_file = "keys.toml"\n', api_keys=("mg-env-key-2",)
+    )
+    app = create_app(settings, load_catalogue(settings.config_path))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        listed = client.get("/admin/keys", headers=bearer(ADMIN)).json()["keys"]
+        by_name = {k["name"]: k for k in listed}
+        assert by_name["from-file"]["source"] == "file" and by_name["from-file"]["requests_per_minute"] == 5
+        assert by_name["env-1"]["source"] == "env"
+        file_id = by_name["from-file"]["id"]
+        assert file_id == hashlib.sha256(FILE_KEY.encode()).hexdigest()[:12]
+        refused = client.delete(f"/admin/keys/{file_id}", headers=bearer(ADMIN))
+        assert refused.status_code == 409 and "keys file" in refused.json()["statusMessage"]
+        assert client.post(f"/admin/keys/{file_id}/rotate", headers=bearer(ADMIN)).status_code == 409
+        assert chat(client, FILE_KEY) == 200
+
+        # The file loses the key; a reload swaps it out and the listing follows.
+        keys_file.write_text('[[keys]]\nname = "other"\nkey = "mg-other-key-3"\n')
+        app.state.gateway.reload()
+        assert chat(client, FILE_KEY) == 401
+
+        def file_key_revoked() -> bool:
+            keys = {k["name"]: k for k in client.get("/admin/keys", headers=bearer(ADMIN)).json()["keys"]}
+            return keys["from-file"]["status"] == "revoked" and keys.get("other", {}).get("status") == "active"
+
+        wait_for(file_key_revoked, "the listing to follow the keys file")
+
+
+# --- two instances on one database --------------------------------------------------------------------
+
+
+def test_a_revocation_reaches_another_instance_on_the_same_database(
+    fakes: Fakes, tmp_path: Path, database: str
+) -> None:
+    """Two apps in this process, sharing one SQLite file or PostgreSQL database (the two-process version
+    with Redis is in test_cluster_keys.py)."""
+    settings = settings_for(fakes, tmp_path, database)
+    with ExitStack() as stack:
+        a = stack.enter_context(serve(settings))
+        b = stack.enter_context(serve(settings))
+        client = stack.enter_context(httpx.Client(timeout=30))
+        key = client.post(a + "/admin/keys", json={"name": "shared"}, headers=bearer(ADMIN)).json()
+        wait_for(lambda: chat_at(client, b, key["key"]) == 200, "instance B to learn the new key")
+        assert client.delete(f"{b}/admin/keys/{key['id']}", headers=bearer(ADMIN)).status_code == 200
+        wait_for(lambda: chat_at(client, a, key["key"]) == 401, "instance A to refuse the revoked key", timeout=5)
+
+
+def chat_at(client: httpx.Client, base: str, key: str) -> int:
+    return client.post(base + TINY, json=BODY, headers=bearer(key)).status_code
+
+
+# --- a database that goes away -------------------------------------------------------------------------
+
+
+def _allow_connections(cluster: PostgresCluster, database: str, allow: bool) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(cluster.url())
+        try:
+            await connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allow).lower()}')
+            if not allow:
+                await connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+                )
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.postgres
+def test_keys_keep_working_while_the_database_is_gone(
+    fakes: Fakes, tmp_path: Path, postgres: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request path reads no database: with it unreachable the loaded keys still let in (and refuse),
+    /admin/keys answers 503, and everything resumes when it is back."""
+    database = postgres.create_database()
+    name = database.rsplit("/", 1)[1]
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        key = client.post("/admin/keys", json={"name": "steady"}, headers=bearer(ADMIN)).json()
+        _allow_connections(postgres, name, allow=False)
+        try:
+            wait_for(lambda: "run-time keys: cannot read the database" in caplog.text, "the refresh to fail")
+            assert chat(client, key["key"]) == 200
+            assert chat(client, "mg-unknown") == 401
+            down = client.get("/admin/keys", headers=bearer(ADMIN))
+            assert down.status_code == 503 and set(down.json()) == {"statusCode", "statusMessage"}
+        finally:
+            _allow_connections(postgres, name, allow=True)
+        wait_for(lambda: client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 200, "the database back")
+        assert client.delete(f"/admin/keys/{key['id']}", headers=bearer(ADMIN)).status_code == 200
+        assert chat(client, key["key"]) == 401
+
+
+def test_with_an_admin_key_an_instance_whose_database_is_down_starts_closed(
+    fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It cannot know which run-time keys exist, so it refuses unknown callers rather than admitting all;
+    without an admin key (no run-time keys in use) it stays the open service it was."""
+    monkeypatch.setattr(runtime_keys, "FIRST_LOAD_TIMEOUT", 0.5)
+    unreachable = "postgresql://modelgate@127.0.0.1:9/nothing"  # the discard port: connection refused
+    with serve(settings_for(fakes, tmp_path, unreachable)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert chat(client, None) == 401
+        assert client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 503
+    with serve(settings_for(fakes, tmp_path, unreachable, admin_key=None)) as url:
+        assert httpx.post(url + TINY, json=BODY, timeout=30).status_code == 200
+
+
+# --- units ---------------------------------------------------------------------------------------------
+
+
+def record(**changes: Any) -> KeyRecord:
+    values: dict[str, Any] = {
+        "id": "r1",
+        "name": "k",
+        "source": "api",
+        "digest": key_digest("new").hex(),
+        "models": ("*",),
+        "requests_per_minute": None,
+        "concurrent_streams": None,
+        "budget": None,
+        "created_at": 0.0,
+        "updated_at": 0.0,
+        **changes,
+    }
+    return KeyRecord(**values)
+
+
+def test_a_record_lets_in_its_key_and_the_previous_one_during_the_grace_period() -> None:
+    graced = record(previous_digest=key_digest("old").hex(), previous_until=100.0, expires_at=200.0)
+    assert {k.digest for k in graced.api_keys(50.0)} == {key_digest("new"), key_digest("old")}
+    assert {k.key_id for k in graced.api_keys(50.0)} == {"r1"}
+    assert [k.digest for k in graced.api_keys(150.0)] == [key_digest("new")]
+    assert graced.api_keys(250.0) == [] and graced.status(250.0) == "expired"
+    assert (graced.next_change(50.0), graced.next_change(150.0), graced.next_change(250.0)) == (100.0, 200.0, None)
+    assert record(revoked_at=1.0).api_keys(0.0) == []
+
+
+def test_compose_keeps_the_files_entry_for_a_shared_key() -> None:
+    local = KeyRing((ApiKey(key_digest("same"), "file-name", models=("a/*",)),))
+    stored = [ApiKey(key_digest("same"), "api-name", id="x1"), ApiKey(key_digest("other"), "api-2", id="x2")]
+    ring = compose(local, stored, required=False)
+    assert [k.name for k in ring.keys] == ["file-name", "api-2"]
+    assert ring.identify(b"same") is local.keys[0]
+    assert compose(KeyRing(), [], required=True).enabled  # no key left, yet keys stay required
+
+
+def test_local_sources_tell_the_file_from_the_environment() -> None:
+    ring = KeyRing((ApiKey(key_digest("f"), "ci"), ApiKey(key_digest("e"), "env-1")))
+    assert [source for _, source in local_sources(ring, ["e"])] == ["file", "env"]
+
+
+# --- the CLI against a running server -----------------------------------------------------------------
+
+
+def test_the_cli_creates_lists_rotates_and_revokes(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        env = {"MODELGATE_ADMIN_KEY": ADMIN}
+        made = run_cli("keys", "create", "ci", "--model", "acme/*", "--rpm", "30", "--url", url, env=env)
+        assert made.returncode == 0, made.stderr
+        secret = made.stdout.strip()
+        assert secret.startswith("mg-") and "not shown again" in made.stderr
+        assert chat(client, secret) == 200
+        key_id = hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+        listed = run_cli("keys", "list", "--url", url, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert key_id in listed.stdout and "ci" in listed.stdout and "acme/*" in listed.stdout
+        assert "30" in listed.stdout and secret not in listed.stdout
+
+        rotated = run_cli("keys", "rotate", key_id, "--url", url, env=env)
+        assert rotated.returncode == 0, rotated.stderr
+        assert chat(client, secret) == 401 and chat(client, rotated.stdout.strip()) == 200
+
+        revoked = run_cli("keys", "revoke", key_id, "--url", url, env=env)
+        assert revoked.returncode == 0 and f"revoked key 'ci' (id {key_id})" in revoked.stdout
+        assert chat(client, rotated.stdout.strip()) == 401
+
+        refused = run_cli("keys", "list", "--url", url, env={"MODELGATE_ADMIN_KEY": "mg-wrong"})
+        assert refused.returncode == 1 and "401" in refused.stderr and "Traceback" not in refused.stderr
