@@ -206,13 +206,37 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
         assert client.get("/health").status_code == 200  # still serving
 
 
+def test_a_run_time_keys_budget_is_enforced_and_a_bad_one_refused(fakes: Fakes, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    # 6 prompt + 2 completion tokens a request: the second takes the key to 16 of 15 (one request over),
+    # the third is refused.
+    fakes.ollama.script(*[Reply(tokens=["a", "b"], usage=(6, 2)) for _ in range(3)])
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        bad = client.post("/admin/keys", json={"name": "b", "budget": {"tokens_per_week": 5}}, headers=bearer(ADMIN))
+        assert bad.status_code == 400 and "tokens_per_week" in bad.json()["statusMessage"], bad.text
+        empty = client.post("/admin/keys", json={"name": "b", "budget": {}}, headers=bearer(ADMIN))
+        assert empty.status_code == 400 and "at least one" in empty.json()["statusMessage"], empty.text
+
+        body = {"name": "capped", "budget": {"tokens_per_day": 15}}
+        created = client.post("/admin/keys", json=body, headers=bearer(ADMIN))
+        assert created.status_code == 201, created.text
+        assert created.json()["budget"] == {"tokens_per_day": 15}
+        secret = created.json()["key"]
+        answers = [client.post(TINY, json={**BODY, "max_tokens": 2}, headers=bearer(secret)) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429], [a.text for a in answers]
+        assert "tokens per day" in answers[2].json()["statusMessage"]
+        assert int(answers[2].headers["retry-after"]) > 0
+
+
 # --- the keys file is imported, not replaced ---------------------------------------------------------
 
 
 def test_file_and_environment_keys_are_listed_and_stay_the_files(fakes: Fakes, tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
     keys_file = tmp_path / "keys.toml"
-    keys_file.write_text(f'[[keys]]\nname = "from-file"\nkey = "{FILE_KEY}"\nrequests_per_minute = 5\n')
+    keys_file.write_text(
+        f'[[keys]]\nname = "from-file"\nkey = "{FILE_KEY}"\nrequests_per_minute = 5\n[keys.budget]\nusd_per_month = 2.5\n'
+    )
     settings = settings_for(
         fakes, tmp_path, database, header='[server]\nkeys_file = "keys.toml"\n', api_keys=("mg-env-key-2",)
     )
@@ -221,6 +245,7 @@ def test_file_and_environment_keys_are_listed_and_stay_the_files(fakes: Fakes, t
         listed = client.get("/admin/keys", headers=bearer(ADMIN)).json()["keys"]
         by_name = {k["name"]: k for k in listed}
         assert by_name["from-file"]["source"] == "file" and by_name["from-file"]["requests_per_minute"] == 5
+        assert by_name["from-file"]["budget"] == {"usd_per_month": 2.5}
         assert by_name["env-1"]["source"] == "env"
         file_id = by_name["from-file"]["id"]
         assert file_id == hashlib.sha256(FILE_KEY.encode()).hexdigest()[:12]
