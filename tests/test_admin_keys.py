@@ -235,7 +235,8 @@ def test_file_and_environment_keys_are_listed_and_stay_the_files(fakes: Fakes, t
     database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text(
-        f'[[keys]]\nname = "from-file"\nkey = "{FILE_KEY}"\nrequests_per_minute = 5\n[keys.budget]\nusd_per_month = 2.5\n'
+        f'[[keys]]\nname = "from-file"\nkey = "{FILE_KEY}"\nrequests_per_minute = 5\n'
+        "[keys.budget]\nusd_per_month = 2.5\n"
     )
     settings = settings_for(
         fakes, tmp_path, database, header='[server]\nkeys_file = "keys.toml"\n', api_keys=("mg-env-key-2",)
