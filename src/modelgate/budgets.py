@@ -83,7 +83,7 @@ COUNTER_GRACE = 3600
 
 
 class Budget(BaseModel):
-    """What a key may spend. Every field optional; a key with none set has no budget."""
+    """What a key may spend: any of the four limits, at least one (a key without a budget has no ``Budget``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,7 +93,7 @@ class Budget(BaseModel):
     usd_per_month: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="USD per UTC month")] = None
 
     @model_validator(mode="after")
-    def _something(self) -> Budget:
+    def _at_least_one(self) -> Budget:
         if not self.limits():
             raise ValueError("set at least one of tokens_per_day, tokens_per_month, usd_per_day, usd_per_month")
         return self
