@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
@@ -342,6 +343,15 @@ def test_text_that_is_not_unicode_is_a_400_not_a_500(service: str, fakes: Fakes,
     error = answer.json()["error"]
     assert "lone surrogate" in error["message"] and where in error["message"]
     assert fakes.ollama.requests == []
+
+
+def test_a_body_without_content_type_is_read_as_json_and_another_type_is_a_415(service: str) -> None:
+    body = orjson.dumps({"model": OLLAMA, "input": "hi"})
+    plain = httpx.post(f"{service}/v1/responses", content=body, headers={})
+    assert plain.status_code == 200 and plain.json()["output"][0]["content"][0]["text"] == "Hello, world!"
+    form = httpx.post(f"{service}/v1/responses", content=body, headers={"content-type": "text/plain"})
+    assert form.status_code == 415
+    assert "Content-Type: application/json" in form.json()["error"]["message"]
 
 
 def test_more_messages_than_the_limit_are_refused(fakes: Fakes) -> None:

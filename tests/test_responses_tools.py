@@ -7,6 +7,7 @@ receives there; the answers come back as ``function_call`` output items, validat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -461,3 +462,27 @@ def test_image_limits_are_the_chat_limits(fakes: Fakes, images: list[int], words
         body = caught.value.body
         assert isinstance(body, dict) and all(word in body["message"] for word in words)
         assert fakes.openrouter.requests == []
+
+
+# --- an agent framework over the Responses API ------------------------------------------------------------
+
+
+def test_pydantic_ai_responses_model_output_type(service: str, fakes: Fakes) -> None:
+    """pydantic-ai's ``OpenAIResponsesModel``: its default structured output is a ``final_result`` function tool
+    the model calls, sent flat, as the Responses API defines tools."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIResponsesModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    arguments = json.dumps({"city": "Zürich", "degrees": 21})
+    fakes.openai.script(_calls(ToolCallScript("final_result", arguments, "call_f")))
+
+    async def run() -> Weather:
+        # Our own client, closed in the loop that used it (run_sync would leave its connections open).
+        async with openai.AsyncOpenAI(base_url=f"{service}/v1", api_key="test-key", max_retries=0) as sdk:
+            model = OpenAIResponsesModel("t/smol", provider=OpenAIProvider(openai_client=sdk))
+            result = await Agent(model, output_type=Weather).run("Weather in Zürich?")
+            return result.output
+
+    assert asyncio.run(run()) == Weather(city="Zürich", degrees=21)
+    assert [t["function"]["name"] for t in fakes.openai.last.json["tools"]] == ["final_result"]

@@ -21,7 +21,7 @@ from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import BadRequest
-from modelgate.routes.openai import open_reply
+from modelgate.routes.openai import JSONBodyRoute, open_reply
 from modelgate.routes.opening import unless_client_leaves
 from modelgate.routes.responses_input import (
     RESPONSES_PARAMS,
@@ -33,7 +33,8 @@ from modelgate.routes.responses_input import (
     to_chat_request,
 )
 
-router = APIRouter(tags=["OpenAI compatible"])
+#: As on /v1/chat/completions: a body without Content-Type is read as JSON, another media type is a 415.
+router = APIRouter(tags=["OpenAI compatible"], route_class=JSONBodyRoute)
 
 JSON = "application/json"
 
