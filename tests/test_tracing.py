@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,13 +34,13 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-@pytest.fixture
-def service(fakes: Fakes, tmp_path: Path, exporter: InMemorySpanExporter) -> Iterator[str]:
+@contextmanager
+def _serve(fakes: Fakes, tmp_path: Path, exporter: InMemorySpanExporter, header: str) -> Iterator[str]:
     config = write_catalogue(
         tmp_path / "catalogue.toml",
         model_toml("a", "primary", upstream="primary:1b", extra='fallbacks = ["a/backup"]\n'),
         model_toml("a", "backup", provider="openrouter", upstream="vendor/backup"),
-        header=HEADER,
+        header=header,
     )
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -48,6 +49,12 @@ def service(fakes: Fakes, tmp_path: Path, exporter: InMemorySpanExporter) -> Ite
     with serve_in_thread(create_app(settings, tracer_provider=provider)) as url:
         yield url
     provider.shutdown()
+
+
+@pytest.fixture
+def service(fakes: Fakes, tmp_path: Path, exporter: InMemorySpanExporter) -> Iterator[str]:
+    with _serve(fakes, tmp_path, exporter, HEADER) as url:
+        yield url
 
 
 def _spans(exporter: InMemorySpanExporter, count: int) -> list[ReadableSpan]:
@@ -125,6 +132,21 @@ def test_failed_attempts_then_a_fallback_are_each_a_child_span(
     assert (request.attributes or {})["gen_ai.request.model"] == "a/primary"
     assert (request.attributes or {})["gen_ai.response.model"] == "a/backup"
     assert request.status.status_code is StatusCode.UNSET
+
+
+def test_an_attempt_the_open_breaker_refuses_is_an_error_span_too(
+    fakes: Fakes, tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    # One failure opens Ollama's breaker: the retry is refused at once, and the fallback answers.
+    header = HEADER + "breaker_threshold = 1\nbreaker_cooldown = 60\n"
+    fakes.ollama.script(Reply(fault=Fault.status(503)))
+    fakes.openrouter.script(Reply(tokens=["ok"]))
+    with _serve(fakes, tmp_path, exporter, header) as url:
+        response = httpx.post(url + "/v1/chat/completions", json={"model": "a/primary", "messages": MESSAGES})
+        assert response.status_code == 200, response.text
+        _, attempts = _split(_spans(exporter, 4))
+    assert [(a.attributes or {}).get("error.type") for a in attempts] == ["UpstreamUnavailable", "CircuitOpen", None]
+    assert len(fakes.ollama.requests) == 1  # the refused attempt never reached the upstream
 
 
 def test_a_request_that_fails_everywhere_is_an_error_span(

@@ -168,14 +168,16 @@ async def _open_model(
     budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
     trace = obs.trace if obs is not None else None
     while True:
+        if trace is not None:  # one span per attempt (tracing.py), a breaker's fast refusal included
+            trace.start_attempt(model, request, provider.connection.base_url)
         sent = time.perf_counter()
         try:
             breaker.acquire()
-            if trace is not None:  # one span per upstream attempt (tracing.py)
-                trace.start_attempt(model, request, provider.connection.base_url)
             first, upstream = await _first_batch(provider, model, request)
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
+            if trace is not None:
+                trace.fail_attempt(exc)
             attempts.append((model.id, exc.message))
             raise
         except ModelgateError as exc:

@@ -91,12 +91,12 @@ class Observation:
     #: ok | stream_error | cancelled, once a relayed reply ended.
     stream_outcome: str | None = None
     error: str | None = None
+    #: The request's OpenTelemetry spans, when tracing is on (``tracing.py``, started by ``gateway.open_stream``).
+    trace: RequestTrace | None = None
     #: The reply being relayed, closed by the middleware if the response ended without closing it.
     relay: AsyncGenerator[Any, None] | None = None
     #: The request id came from the client (``X-Request-ID``): client text, redacted in the log.
     client_id: bool = False
-    #: The request's OpenTelemetry spans, when tracing is on (``tracing.py``, started by ``gateway.open_stream``).
-    trace: RequestTrace | None = None
     #: Events of the answering reply relayed so far: the completion estimate of a reply cut before its usage.
     relayed_events: int = 0
 
