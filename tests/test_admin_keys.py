@@ -54,7 +54,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def settings_for(fakes: Fakes, tmp_path: Path, database: str, **extra: Any) -> Settings:
+def settings_for(fakes: Fakes, tmp_path: Path, database: str | None, **extra: Any) -> Settings:
     path = write_catalogue(tmp_path / "catalogue.toml", *PRICED, header=extra.pop("header", ""))
     values: dict[str, Any] = {
         **fakes.settings_overrides(),
@@ -183,6 +183,13 @@ def test_only_the_admin_key_manages_keys(fakes: Fakes, tmp_path: Path) -> None:
     with serve(settings_for(fakes, tmp_path, database, admin_key=None)) as url:
         answer = httpx.get(url + "/admin/keys", headers=bearer(ADMIN))
         assert answer.status_code == 403 and "MODELGATE_ADMIN_KEY" in answer.json()["statusMessage"]
+
+
+def test_without_a_database_there_are_no_run_time_keys(fakes: Fakes, tmp_path: Path) -> None:
+    with serve(settings_for(fakes, tmp_path, None)) as url:  # MODELGATE_DATABASE_URL=off
+        answer = httpx.get(url + "/admin/keys", headers=bearer(ADMIN))
+        assert answer.status_code == 404 and "MODELGATE_DATABASE_URL=off" in answer.json()["statusMessage"]
+        assert httpx.post(url + TINY, json=BODY, timeout=30).status_code == 200  # open, as before
 
 
 def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
