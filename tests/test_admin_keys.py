@@ -199,6 +199,7 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
             ({"name": "x", "models": ["nobody/*"]}, 400, "matches no catalogue model"),
             ({"name": "x", "requests_per_minute": 0}, 400, "requests_per_minute"),
             ({"name": "x", "colour": "red"}, 400, "colour"),
+            ({"name": "x", "budget": {"tokens_per_day": -5}}, 400, "budget"),
             ({"name": ""}, 400, "name"),
             ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400, "future"),
             ([], 400, "Invalid"),

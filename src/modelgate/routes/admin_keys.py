@@ -75,7 +75,7 @@ class NewKey(BaseModel):
     requests_per_minute: Annotated[int | None, Field(gt=0)] = None
     concurrent_streams: Annotated[int | None, Field(gt=0)] = None
     budget: Annotated[
-        dict[str, float] | None,
+        dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None,
         Field(description="tokens_per_day, tokens_per_month, usd_per_day, usd_per_month (budgets.py)"),
     ] = None
     expires_at: Annotated[datetime | None, Field(description="ISO 8601; UTC when no offset; the key stops then")] = None
