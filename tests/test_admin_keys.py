@@ -54,7 +54,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def settings_for(fakes: Fakes, tmp_path: Path, database: str, **extra: Any) -> Settings:
+def settings_for(fakes: Fakes, tmp_path: Path, database: str | None, **extra: Any) -> Settings:
     path = write_catalogue(tmp_path / "catalogue.toml", *PRICED, header=extra.pop("header", ""))
     values: dict[str, Any] = {
         **fakes.settings_overrides(),
@@ -185,6 +185,13 @@ def test_only_the_admin_key_manages_keys(fakes: Fakes, tmp_path: Path) -> None:
         assert answer.status_code == 403 and "MODELGATE_ADMIN_KEY" in answer.json()["statusMessage"]
 
 
+def test_without_a_database_there_are_no_run_time_keys(fakes: Fakes, tmp_path: Path) -> None:
+    with serve(settings_for(fakes, tmp_path, None)) as url:  # MODELGATE_DATABASE_URL=off
+        answer = httpx.get(url + "/admin/keys", headers=bearer(ADMIN))
+        assert answer.status_code == 404 and "MODELGATE_DATABASE_URL=off" in answer.json()["statusMessage"]
+        assert httpx.post(url + TINY, json=BODY, timeout=30).status_code == 200  # open, as before
+
+
 def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
     with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -192,6 +199,7 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
             ({"name": "x", "models": ["nobody/*"]}, 400, "matches no catalogue model"),
             ({"name": "x", "requests_per_minute": 0}, 400, "requests_per_minute"),
             ({"name": "x", "colour": "red"}, 400, "colour"),
+            ({"name": "x", "budget": {"tokens_per_day": -5}}, 400, "budget"),
             ({"name": ""}, 400, "name"),
             ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400, "future"),
             ([], 400, "Invalid"),

@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
@@ -61,6 +61,7 @@ class KeyConflict(ModelgateError):
 
 
 _closed = ConfigDict(extra="forbid")
+KeyId = Annotated[str, Path(min_length=1, max_length=32, description="The key's id, as listed and in the logs")]
 
 
 class NewKey(BaseModel):
@@ -223,14 +224,14 @@ async def list_keys(request: Request) -> Response:
 
 
 @router.get("/{key_id}", summary="One key")
-async def get_key(request: Request, key_id: str) -> Response:
+async def get_key(request: Request, key_id: KeyId) -> Response:
     async with _admin(request) as (_, _, store):
         record = await _record(store, key_id)
     return _answer(describe(record, time.time()))
 
 
 @router.delete("/{key_id}", summary="Revoke a key: it stops working on every instance within seconds")
-async def revoke_key(request: Request, key_id: str) -> Response:
+async def revoke_key(request: Request, key_id: KeyId) -> Response:
     async with _admin(request) as (_, runtime, store):
         _managed_here(await _record(store, key_id))
         await store.revoke(key_id, time.time())
@@ -240,7 +241,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 
 
 @router.post("/{key_id}/rotate", summary="A new key for the same record and limits; the old one stops")
-async def rotate_key(request: Request, key_id: str, rotation: Annotated[Rotation | None, Body()] = None) -> Response:
+async def rotate_key(request: Request, key_id: KeyId, rotation: Annotated[Rotation | None, Body()] = None) -> Response:
     async with _admin(request) as (_, runtime, store):
         record = await _record(store, key_id)
         _managed_here(record)
