@@ -184,7 +184,8 @@ class TestTGI(ProviderContract):
         assert result.reachable
         assert result.available_models == {model.upstream_model}
         assert result.context_lengths == {model.upstream_model: TGI_MAX_TOTAL_TOKENS}
-        (sent,) = fakes.huggingface.requests
+        assert fakes.huggingface.requests == []  # a probe is a listing call, never counted as a request
+        (sent,) = fakes.huggingface.listings
         assert (sent.method, sent.raw_path) == ("GET", "/info")
         assert sent.headers["authorization"] == "Bearer hf_test"
 

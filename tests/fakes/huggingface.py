@@ -89,7 +89,7 @@ class FakeHuggingFace(FakeUpstream):
 
     async def info(self, request: Request) -> Response:
         """TGI's ``GET /info`` (router/src/lib.rs ``Info``, TGI 3.x field names), for the one model it serves."""
-        await self.record(request)
+        await self.record(request, listing=True)
         return JSONResponse(
             {
                 "model_id": self.listed_by_default[0],
