@@ -114,7 +114,13 @@ def serve(
         str, typer.Option(help="Interface to bind. Loopback by default, with or without API keys: expose explicitly.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind (0: any free port).", min=0, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Worker processes: a number, or auto = one per usable CPU core (1 while limits are counted "
+            "in the process, i.e. without MODELGATE_REDIS_URL).",
+        ),
+    ] = "auto",
     watch: Annotated[
         bool, typer.Option("--watch", help="Reload the catalogue when its file changes (or MODELGATE_WATCH_CONFIG=1).")
     ] = False,
@@ -156,7 +162,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
+    from modelgate.workers import in_process_limits, parse, resolve
+
     try:
+        requested_workers = parse(workers)
         env = Settings.from_env(database_url=None)  # the ledger's default depends on --config: decided below
         path = config or env.config_path
         resolved = path.resolve() if path is not None else None
@@ -186,7 +195,9 @@ def serve(
     from modelgate.logs import logging_config
 
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
-    notice = access_notice(keys_or_fail(settings, catalogue), host)  # the keys file too
+    keys = keys_or_fail(settings, catalogue)  # the keys file too
+    notice = access_notice(keys, host)
+    worker_count, why = resolve(requested_workers, in_process_limits=in_process_limits(settings, catalogue, keys))
     # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
     # uvicorn's access log.
     common: dict[str, Any] = {
@@ -197,7 +208,9 @@ def serve(
     }
     logging.config.dictConfig(common["log_config"])  # so the access notice is a log line like the others
     logging.getLogger("modelgate.auth").log(*notice)
-    if workers == 1:
+    if why is not None:
+        logging.getLogger("modelgate.workers").warning(why)
+    if worker_count == 1:
         from modelgate.app import create_app
 
         server.run(create_app(settings, catalogue, handle_sighup=True), settings, **common)
@@ -216,7 +229,7 @@ def serve(
     from modelgate.worker_metrics import shared_directory
 
     with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
-        server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
+        server.run("modelgate.app:create_app_from_env", settings, workers=worker_count, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------
