@@ -102,7 +102,6 @@ def run(
     ours = {"model": STREAM_MODEL, "messages": PROMPT, "stream": False}
     theirs = {"model": upstream, "messages": PROMPT, "stream": False}
     fake = start_fake(results, tokens=TOKENS, interval_ms=0, listed=[upstream])
-    fake.proc.name = "fake-upstream-nonstream"
     direct = Target(
         "direct", "direct (fake upstream)", "/api/v1" + PATH, theirs, (f"Authorization: Bearer {FAKE_API_KEY}",)
     )
