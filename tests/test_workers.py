@@ -12,7 +12,7 @@ import pytest
 from modelgate.auth import ApiKey, KeyRing, key_digest
 from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
-from modelgate.workers import AUTO, in_process_limits, parse, resolve, usable_cores
+from modelgate.workers import AUTO, cgroup_cpu_limit, in_process_limits, parse, resolve, usable_cores
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess, wait_for
 
@@ -20,15 +20,27 @@ CORES = len(os.sched_getaffinity(0))
 
 
 def test_auto_is_one_worker_per_usable_core() -> None:
-    assert usable_cores() == CORES
-    assert resolve(AUTO, in_process_limits=False) == (CORES, None)
+    expected = min(CORES, cgroup_cpu_limit() or CORES)
+    assert usable_cores() == expected
+    assert resolve(AUTO, in_process_limits=False) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "limit"), [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("junk", None)]
+)
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path, cpu_max: str, limit: int | None) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max + "\n", encoding="ascii")
+    assert cgroup_cpu_limit(path) == limit
+    assert usable_cores(path) == (min(CORES, limit) if limit else CORES)
+    assert cgroup_cpu_limit(tmp_path / "absent") is None
 
 
 def test_a_number_is_taken_as_given_even_with_in_process_limits() -> None:
     assert resolve(parse("3"), in_process_limits=True) == (3, None)
 
 
-@pytest.mark.skipif(CORES < 2, reason="needs a machine with two cores")
+@pytest.mark.skipif(usable_cores() < 2, reason="needs a machine with two usable cores")
 def test_auto_keeps_one_worker_while_limits_are_counted_in_the_process() -> None:
     count, why = resolve(AUTO, in_process_limits=True)
     assert count == 1
@@ -63,15 +75,16 @@ def test_which_configurations_count_in_the_process(tmp_path: Path) -> None:
     assert in_process_limits(Settings(), capped, KeyRing())
 
 
-@pytest.mark.skipif(CORES < 2, reason="needs a machine with two cores")
+@pytest.mark.skipif(usable_cores() < 2, reason="needs a machine with two usable cores")
 def test_serve_defaults_to_a_worker_per_core(tmp_path: Path) -> None:
     with serve_subprocess(["--workers", "auto"], tmp_path) as served:
         # The supervisor listens before its workers serve: wait for every worker's start line, then ask.
-        wait_for(lambda: served.log().count("Application startup complete") >= CORES or None, "the workers", 120)
+        workers = usable_cores()
+        wait_for(lambda: served.log().count("Application startup complete") >= workers or None, "the workers", 120)
         assert httpx.get(f"{served.url}/ready", timeout=10).status_code == 200
         log = served.log()
     assert "Started parent process" in log  # uvicorn's supervisor: more than one worker
-    assert log.count("Application startup complete") == CORES
+    assert log.count("Application startup complete") == usable_cores()
 
 
 def test_auto_is_the_default() -> None:

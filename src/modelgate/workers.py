@@ -1,7 +1,9 @@
 """How many worker processes ``modelgate serve`` runs (issue 13 item 4).
 
-``--workers auto`` (the default) is one worker per CPU core this process may run on, because one worker
-saturates one core (bench/README.md *Cores*: ``--workers 2`` vs 1 on ``GET /models`` and on 200 streams).
+``--workers auto`` (the default) is one worker per CPU core this process may use (affinity mask, cgroup CPU
+quota), because one worker saturates one core (bench/README.md *Cores*: ``--workers 2`` vs 1 on
+``GET /models`` and on 200 streams).
+
 One exception keeps a single process: limits whose counters live in the process (a key's
 ``requests_per_minute``/``concurrent_streams``, a model's or provider's ``max_concurrency``) without
 ``MODELGATE_REDIS_URL``. Each worker would count on its own, so the effective limit would silently become N
@@ -10,7 +12,9 @@ times the configured one; ``auto`` says so in the log instead. ``--workers N`` i
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,12 +25,35 @@ if TYPE_CHECKING:
 AUTO = "auto"
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask: a container's or ``taskset``'s share)."""
+#: cgroup v2's CPU bandwidth limit of this process's group: "max 100000" (none) or "<quota> <period>".
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> int | None:
+    """Cores a cgroup v2 CPU quota allows (rounded up), or None without one.
+
+    A container limited by ``--cpus`` (a quota, not a cpuset) still sees every host core in its affinity mask;
+    a worker per host core would then fight over the quota."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        quota, period = path.read_text(encoding="ascii").split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPU cores this process may use: its affinity mask (``taskset``, a cpuset), capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_cpu_max)
+    return max(1, min(cores, limit) if limit is not None else cores)
 
 
 def parse(value: str) -> str | int:
