@@ -218,7 +218,11 @@ def profile(
         with measured(target.proc) as figures:
             if route is None:
                 models_run = wrk(f"{target.url}/models", gzip_client=False, seconds=seconds, connections=64)
-                summary = {"rps": models_run.rps, "p99_ms": models_run.p99_ms, "errors": models_run.errors}
+                summary: dict[str, Any] = {
+                    "rps": models_run.rps,
+                    "p99_ms": models_run.p99_ms,
+                    "errors": models_run.errors,
+                }
             else:
                 raw = loadgen(target.url, route, concurrency=streams, seconds=seconds, warmup=1, tokens=tokens)
         if route is not None:

@@ -24,6 +24,8 @@ import psutil
 
 SERVER_CORE = 0
 LOAD_CORE = 1
+#: Both cores (``taskset -c`` syntax): where ``--workers 2`` and its load run, the machine having only two.
+ALL_CORES = "0-1"
 
 
 def free_port() -> int:
@@ -33,7 +35,7 @@ def free_port() -> int:
         return port
 
 
-def pinned(core: int, argv: Sequence[str]) -> list[str]:
+def pinned(core: int | str, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", str(core), *argv]
 
 
@@ -99,7 +101,7 @@ def start(
     name: str,
     argv: Sequence[str],
     *,
-    core: int,
+    core: int | str,
     log_dir: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
@@ -204,7 +206,8 @@ def settle(proc: Proc | None, *, idle: float = 0.05, timeout: float = 60.0) -> f
 
 def core_busy_seconds(core: int) -> float:
     times = psutil.cpu_times(percpu=True)[core]
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    busy: float = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return busy
 
 
 @contextlib.contextmanager
@@ -222,12 +225,13 @@ def measured(proc: Proc | None, core: int = SERVER_CORE) -> Iterator[dict[str, f
     with Sampler(proc) as sampler:
         yield result
     wall = time.monotonic() - t0
-    result["cpu"] = (proc.cpu_seconds() - cpu0) / wall
+    result["cpu_s"] = proc.cpu_seconds() - cpu0
+    result["cpu"] = result["cpu_s"] / wall
     result["foreign"] = max(0.0, (core_busy_seconds(core) - busy0) / wall - result["cpu"])
     result["peak_rss"] = float(sampler.peak)
 
 
-def run_pinned(argv: Sequence[str], *, core: int, timeout: float, env: Mapping[str, str] | None = None) -> str:
+def run_pinned(argv: Sequence[str], *, core: int | str, timeout: float, env: Mapping[str, str] | None = None) -> str:
     """Run a load tool pinned to ``core``; return its stdout (raise with stderr on failure)."""
     full_env = dict(os.environ)
     full_env.update(env or {})

@@ -70,14 +70,21 @@ def parse_wrk(out: str) -> WrkRun:
 
 
 def wrk(
-    url: str, *, gzip_client: bool, seconds: float, connections: int, headers: tuple[tuple[str, str], ...] = ()
+    url: str,
+    *,
+    gzip_client: bool,
+    seconds: float,
+    connections: int,
+    headers: tuple[tuple[str, str], ...] = (),
+    core: int | str = LOAD_CORE,
+    threads: int = 1,
 ) -> WrkRun:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
     if gzip_client:
         argv += ["-H", "Accept-Encoding: gzip"]
     for name, value in headers:
         argv += ["-H", f"{name}: {value}"]
-    return parse_wrk(run_pinned([*argv, url], core=LOAD_CORE, timeout=seconds + 60))
+    return parse_wrk(run_pinned([*argv, url], core=core, timeout=seconds + 60))
 
 
 def probe(case: Case, reference: Any) -> None:
@@ -94,7 +101,17 @@ def probe(case: Case, reference: Any) -> None:
         case.check = "same document" if document == reference else "DIFFERENT document"
 
 
-def run(results: Path, *, repeats: int, seconds: float, connections: int, litellm: bool, server: str) -> dict[str, Any]:
+def run(
+    results: Path,
+    *,
+    repeats: int,
+    seconds: float,
+    connections: int,
+    litellm: bool,
+    server: str,
+    naive: bool = True,
+    prev_bin: Path | None = None,
+) -> dict[str, Any]:
     servers: list[Server] = []
     try:
         modelgate = start_modelgate(results, server=server)
@@ -105,16 +122,28 @@ def run(results: Path, *, repeats: int, seconds: float, connections: int, litell
         reference = json.loads(body)
         nginx, static_url, gzip_url = start_nginx(results, body)
         servers.append(nginx)
-        naive = start_naive(results, body_path)
-        servers.append(naive)
         cases = [
             Case("nginx static file", "plain", f"{static_url}/models", proc=nginx.proc),
             Case("nginx per-request gzip", "gzip", f"{gzip_url}/models", proc=nginx.proc),
             Case("modelgate", "plain", f"{modelgate.url}/models", proc=modelgate.proc),
             Case("modelgate", "gzip", f"{modelgate.url}/models", proc=modelgate.proc),
-            Case("naive FastAPI", "plain", f"{naive.url}/models", proc=naive.proc),
-            Case("naive FastAPI", "gzip", f"{naive.url}/models", proc=naive.proc),
         ]
+        if prev_bin is not None:
+            # The previous release serves the same built-in catalogue, so the same document.
+            prev = start_modelgate(results, tag="-prev", bin_dir=prev_bin)
+            prev.label = "modelgate-prev"
+            servers.append(prev)
+            cases += [
+                Case("modelgate-prev", "plain", f"{prev.url}/models", proc=prev.proc),
+                Case("modelgate-prev", "gzip", f"{prev.url}/models", proc=prev.proc),
+            ]
+        if naive:
+            naive_app = start_naive(results, body_path)
+            servers.append(naive_app)
+            cases += [
+                Case("naive FastAPI", "plain", f"{naive_app.url}/models", proc=naive_app.proc),
+                Case("naive FastAPI", "gzip", f"{naive_app.url}/models", proc=naive_app.proc),
+            ]
         expected: dict[str, Any] = {case.url: reference for case in cases}
         if litellm:
             # LiteLLM needs an upstream in its config; the fake is never called by /v1/models.

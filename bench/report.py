@@ -120,9 +120,9 @@ def stream_section(data: dict[str, Any], title: str = "## Streaming chat") -> li
         "(`censored`). Server CPU in cores (1.00 = the whole server core); peak RSS of the server's process tree. "
         "Load core = fake + load generator CPU (near 1.00 means the load side, not the server, was the limit).",
         "",
-        "| system | streams | tokens/s | TTFT p50 ms | TTFT p99 ms | errors | censored | server CPU | peak RSS MB "
-        "| load core | other load on server core |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | streams | tokens/s | TTFT p50 ms | TTFT p99 ms | errors | censored | server CPU "
+        "| CPU ms / 1k tokens | peak RSS MB | load core | other load on server core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for system in data["systems"].values():
         for level in data["levels"]:
@@ -134,6 +134,7 @@ def stream_section(data: dict[str, Any], title: str = "## Streaming chat") -> li
                 f"{spread((r['ttft_p50_ms'] for r in runs), 2)} | {spread((r['ttft_p99_ms'] for r in runs), 1)} | "
                 f"{sum(r['errors'] for r in runs)} | {sum(r['censored'] for r in runs)} | "
                 f"{spread((r['server_cpu'] for r in runs), 2)} | "
+                f"{spread((r.get('cpu_ms_per_1k_tokens') for r in runs), 1)} | "
                 f"{_peak(runs)} | "
                 f"{spread(((r['fake_cpu'] or 0) + r['loadgen_cpu'] for r in runs), 2)} | "
                 f"{spread((r.get('foreign_cpu') for r in runs), 2)} |"

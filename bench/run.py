@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV = BENCH / ".venv"
 LITELLM_VENV = BENCH / ".venv-litellm"
-PARTS = ("all", "compare", "models", "stream", "soak", "servers", "clients", "profile", "micro")
+PARTS = ("all", "compare", "perf2", "models", "stream", "soak", "servers", "clients", "profile", "micro")
 LEVELS = "1,10,100,200,500"
 
 
@@ -79,7 +79,9 @@ def ensure_litellm() -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=PARTS, help="compare = models + stream; all = compare + soak")
+    p.add_argument(
+        "part", choices=PARTS, help="compare = models + stream; all = compare + soak; perf2 = issue 13's whole table"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=5, help="wrk duration of one /models run")
     p.add_argument("--connections", type=int, default=64)
@@ -101,16 +103,46 @@ def parse_args() -> argparse.Namespace:
         help="how modelgate is run (serve = `modelgate serve`)",
     )
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    p.add_argument("--no-portkey", action="store_true", help="perf2: leave Portkey's gateway out")
+    p.add_argument("--no-prev", action="store_true", help="perf2: leave the previous release out")
+    p.add_argument("--baseline-ref", default=None, help="perf2: the previous release's commit (default c7f4b12)")
+    p.add_argument("--stream-repeats", type=int, default=None, help="perf2: repeats of each streaming run (2)")
+    p.add_argument("--paced-seconds", type=float, default=8, help="perf2: window of one paced non-streamed run")
+    p.add_argument("--startup-repeats", type=int, default=10, help="perf2: runs of each start-up command")
+    p.add_argument(
+        "--nonstream-systems", default="v1,prev-v1,portkey,litellm", help="perf2: non-streamed systems besides direct"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 1 repeat, 2 s runs, streams 1,10, soak 0.5 min")
     p.add_argument("--out", type=Path, help="results directory (default bench/results/<timestamp>)")
     args = p.parse_args()
+    perf2 = args.part == "perf2"
+    if perf2:
+        from perf2 import PERF2_LEVELS, PERF2_SYSTEMS
+
+        # Issue 13's levels and peers unless given; 2 streaming repeats keep the whole run near 20 min.
+        if args.levels == LEVELS:
+            args.levels = PERF2_LEVELS
+        if args.systems == "direct,api,v1,litellm":
+            args.systems = PERF2_SYSTEMS
+        if args.stream_repeats is None:
+            args.stream_repeats = 2
+    if args.stream_repeats is None:
+        args.stream_repeats = args.repeats
     if args.quick:
         args.repeats, args.seconds, args.stream_seconds, args.warmup = 1, 2, 2, 0.5
         args.levels, args.minutes, args.soak_interval, args.profile_streams = "1,10", 0.5, 5, 10
+        args.stream_repeats, args.paced_seconds, args.startup_repeats = 1, 2, 3
     args.levels = [int(level) for level in str(args.levels).split(",")]
     args.systems = [s.strip() for s in str(args.systems).split(",") if s.strip()]
     if args.no_litellm:
         args.systems = [s for s in args.systems if s != "litellm"]
+    if args.no_portkey:
+        args.systems = [s for s in args.systems if s != "portkey"]
+    if args.no_prev:
+        args.systems = [s for s in args.systems if not s.startswith("prev-")]
+    args.nonstream_systems = [s.strip() for s in str(args.nonstream_systems).split(",") if s.strip()]
+    if args.no_litellm:
+        args.nonstream_systems = [s for s in args.nonstream_systems if s != "litellm"]
     return args
 
 
@@ -155,11 +187,19 @@ def main() -> None:
     from harness import LOAD_CORE
 
     os.sched_setaffinity(0, {LOAD_CORE})  # the orchestrator samples and waits: keep it off the server core
-    if part in ("all", "compare", "models"):
+    prev_bin: Path | None = None
+    portkey_js: Path | None = None
+    if part == "perf2":
+        import installs
+
+        args.baseline_ref = args.baseline_ref or installs.BASELINE_REF
+        prev_bin = None if args.no_prev else installs.ensure_baseline(args.baseline_ref)
+        portkey_js = None if args.no_portkey else installs.ensure_portkey()
+    if part in ("all", "compare", "models", "perf2"):
         ensure_system_tools({"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"})
     else:
         ensure_system_tools({"wrk": "wrk", "taskset": "util-linux"})
-    if not args.no_litellm and part in ("all", "compare", "models", "stream"):
+    if not args.no_litellm and part in ("all", "compare", "models", "stream", "perf2"):
         ensure_litellm()
 
     import choices_bench
@@ -186,11 +226,15 @@ def main() -> None:
             litellm=not args.no_litellm,
             server=args.server,
         )
+    if part == "perf2":
+        import perf2
+
+        data.update(perf2.run(args, results, catalogue, prev_bin, portkey_js))
     if part in ("all", "compare", "stream"):
         data["stream"] = stream_bench.run(
             results,
             levels=args.levels,
-            repeats=args.repeats,
+            repeats=args.stream_repeats,
             seconds=args.stream_seconds,
             warmup=args.warmup,
             tokens=args.tokens,
@@ -266,6 +310,17 @@ def write_markdown(data: dict[str, Any], results: Path) -> None:
         *(f"- {key}: {value}" for key, value in data["machine"].items()),
         "",
     ]
+    if "baseline_ref" in data:  # perf2
+        import installs
+        import perf2
+
+        lines += [
+            f"- modelgate-prev: the tree at `{data['baseline_ref']}` in its own venv (`bench/.baseline-*`)",
+            f"- Portkey gateway {installs.PORTKEY_VERSION}, patched: " + "; ".join(installs.portkey_patch_notes()),
+            "",
+            *perf2.targets(data),
+            "",
+        ]
     if "models" in data:
         lines += [*report.models_section(data["models"]), ""]
         lines += [f"- {label}: {note}" for label, note in data["models"]["notes"].items()] + [""]
@@ -273,6 +328,18 @@ def write_markdown(data: dict[str, Any], results: Path) -> None:
         report.plot(data["stream"], results / "plot.png")
         lines += [*report.stream_section(data["stream"]), "", "![streaming](plot.png)", ""]
         lines += [f"- {s['label']}: {s['note']}" for s in data["stream"]["systems"].values()] + [""]
+    if "nonstream" in data:
+        import perf2
+
+        lines += [*perf2.nonstream_section(data), ""]
+    if "workers" in data:
+        import perf2
+
+        lines += [*perf2.workers_section(data), ""]
+    if "startup" in data:
+        import perf2
+
+        lines += [*perf2.startup_section(data), ""]
     if "soak" in data:
         report.soak_plot(data["soak"], results / "soak.png")
         lines += [*report.soak_section(data["soak"]), "", "![soak](soak.png)", ""]

@@ -9,7 +9,7 @@ under test gets a fresh process on the server core, so its peak RSS is its own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from systems import (
     STREAM_MODEL,
     VENV_BIN,
     Server,
+    portkey_headers,
     start_fake,
     start_litellm,
     start_modelgate,
+    start_portkey,
 )
 
 PROMPT = [{"role": "user", "content": "Tell me a story."}]
@@ -51,6 +53,15 @@ def routes(upstream_model: str) -> dict[str, Route]:
         ),
         "api": Route("modelgate /api/ai", f"/api/ai/{publisher}/{name}/chat", {"messages": PROMPT}, "data"),
         "v1": Route("modelgate /v1", "/v1/chat/completions", openai_body, "sse"),
+        "prev-api": Route("modelgate-prev /api/ai", f"/api/ai/{publisher}/{name}/chat", {"messages": PROMPT}, "data"),
+        "prev-v1": Route("modelgate-prev /v1", "/v1/chat/completions", openai_body, "sse"),
+        "portkey": Route(
+            "Portkey gateway",
+            "/v1/chat/completions",
+            {"model": upstream_model, "messages": PROMPT, "stream": True},
+            "sse",
+            (),  # portkey_headers(fake url), added once the fake runs
+        ),
         "litellm": Route(
             "LiteLLM proxy",
             "/v1/chat/completions",
@@ -69,7 +80,7 @@ def loadgen(
     seconds: float,
     warmup: float,
     tokens: int,
-    core: int = LOAD_CORE,
+    core: int | str = LOAD_CORE,
     client: str = "raw",
 ) -> dict[str, Any]:
     argv = [str(VENV_BIN / "python"), str(BENCH / "loadgen.py"), "--url", base_url + route.path]
@@ -91,6 +102,7 @@ def percentile(values: list[float], q: float) -> float:
 def summarize(raw: dict[str, Any], server: dict[str, float], fake: dict[str, float]) -> dict[str, Any]:
     """One run's figures; censored waits (no first token by the end) count as lower bounds in the TTFT tail."""
     waits = raw["ttft_s"] + raw["censored_s"]
+    cpu_s = server.get("cpu_s")
     return {
         "tokens_per_s": raw["tokens_per_s"],
         "ttft_p50_ms": percentile(waits, 50) * 1000 if waits else None,
@@ -102,6 +114,8 @@ def summarize(raw: dict[str, Any], server: dict[str, float], fake: dict[str, flo
         "error_samples": raw["error_samples"],
         "cut": raw["cut"],
         "server_cpu": server.get("cpu"),
+        # CPU of the server's process tree over the window ÷ every token delivered in it (warm-up included).
+        "cpu_ms_per_1k_tokens": cpu_s * 1e6 / raw["tokens"] if cpu_s is not None and raw["tokens"] else None,
         "foreign_cpu": server.get("foreign"),
         "peak_rss_mb": server["peak_rss"] / 2**20 if "peak_rss" in server else None,
         "fake_cpu": fake.get("cpu"),
@@ -131,13 +145,19 @@ def measure_levels(
             runs.append(run)
             p50 = run["ttft_p50_ms"]
             print(
-                f"  stream {route.system:22} {level:4} streams r{repeat + 1}: {run['tokens_per_s']:8.0f} tok/s "
+                f"  stream {route.system:24} {level:4} streams r{repeat + 1}: {run['tokens_per_s']:8.0f} tok/s "
                 f"TTFT p50 {p50 if p50 is None else round(p50, 2)} ms  errors {run['errors']} "
-                f"cpu {run['server_cpu'] or 0:.2f} rss {run['peak_rss_mb'] or 0:.0f} MB "
+                f"cpu {run['server_cpu'] or 0:.2f} ({run['cpu_ms_per_1k_tokens'] or 0:.0f} ms/1k tok) "
+                f"rss {run['peak_rss_mb'] or 0:.0f} MB "
                 f"(waited {drained:.1f} s for the previous run's backlog)",
                 flush=True,
             )
     return runs
+
+
+#: Systems that skip the highest levels (their saturation is known well below them, and each such run costs
+#: tens of seconds of draining abandoned streams): key → the highest level run.
+LEVEL_CAPS = {"litellm": 500, "portkey": 500}
 
 
 def run(
@@ -152,6 +172,9 @@ def run(
     systems: list[str],
     server: str,
     catalogue: dict[str, Any],
+    prev_bin: Path | None = None,
+    portkey_js: Path | None = None,
+    level_caps: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     publisher, name = STREAM_MODEL.split("/", 1)
     upstream = catalogue["configurations"][publisher][name]["configuration"]["model"]
@@ -163,7 +186,9 @@ def run(
         if f"/api/ai/openrouter/{model_name}/chat" in catalogue["endpoints"]["openrouter"]
     ]
     table = routes(upstream)
+    caps = LEVEL_CAPS if level_caps is None else level_caps
     fake = start_fake(results, tokens=tokens, interval_ms=interval_ms, listed=listed)
+    table["portkey"] = replace(table["portkey"], headers=portkey_headers(fake.url))
     out: dict[str, Any] = {"levels": levels, "tokens": tokens, "interval_ms": interval_ms, "systems": {}}
     try:
         for key in systems:
@@ -172,11 +197,19 @@ def run(
             try:
                 if key == "direct":
                     base_url, proc, note = fake.url, None, "the fake read directly (no server in between)"
-                elif key == "litellm":
-                    target = start_litellm(results, catalogue, fake.url)
-                    base_url, proc, note = target.url, target.proc, target.note
                 else:
-                    target = start_modelgate(results, server=server, fake_url=fake.url, tag=f"-{key}")
+                    if key == "litellm":
+                        target = start_litellm(results, catalogue, fake.url)
+                    elif key == "portkey":
+                        if portkey_js is None:
+                            continue
+                        target = start_portkey(results, portkey_js)
+                    elif key.startswith("prev-"):
+                        if prev_bin is None:
+                            continue
+                        target = start_modelgate(results, fake_url=fake.url, tag=f"-{key}", bin_dir=prev_bin)
+                    else:
+                        target = start_modelgate(results, server=server, fake_url=fake.url, tag=f"-{key}")
                     base_url, proc, note = target.url, target.proc, target.note
                 # warm-up: connection pools, imports on first use, allocator arenas
                 loadgen(base_url, route, concurrency=10, seconds=2, warmup=0.5, tokens=tokens)
@@ -185,7 +218,7 @@ def run(
                     fake,
                     base_url,
                     route,
-                    levels=levels,
+                    levels=[level for level in levels if level <= caps.get(key, level)],
                     repeats=repeats,
                     seconds=seconds,
                     warmup=warmup,

@@ -48,13 +48,15 @@ class Server:
 # --- fake upstream -------------------------------------------------------------------------------------
 
 
-def start_fake(log_dir: Path, *, tokens: int, interval_ms: float, listed: list[str]) -> Server:
+def start_fake(
+    log_dir: Path, *, tokens: int, interval_ms: float, listed: list[str], core: int | str = LOAD_CORE
+) -> Server:
     port = free_port()
     argv = [str(VENV_BIN / "python"), str(BENCH / "fake_upstream.py"), "--port", str(port)]
     argv += ["--tokens", str(tokens), "--interval-ms", str(interval_ms)]
     for model in listed:
         argv += ["--list-model", model]
-    proc = start("fake-upstream", argv, core=LOAD_CORE, log_dir=log_dir, env=clean_env())
+    proc = start("fake-upstream", argv, core=core, log_dir=log_dir, env=clean_env())
     wait_tcp(proc, port)
     return Server(proc, f"http://127.0.0.1:{port}", "fake upstream")
 
@@ -73,11 +75,15 @@ def cli_serve_available() -> bool:
     return done.returncode == 0
 
 
-def modelgate_argv(server: str, port: int) -> tuple[list[str], str]:
-    """The command line that runs modelgate (default config, one worker) under ``server``, and a note."""
+def modelgate_argv(server: str, port: int, *, bin_dir: Path = VENV_BIN, workers: int = 1) -> tuple[list[str], str]:
+    """The command line that runs modelgate (default config, ``workers`` workers) under ``server``, and a note.
+
+    ``bin_dir``: the venv to run it from (``VENV_BIN``: this tree; a ``bench/.baseline-<sha>`` venv: the
+    previous release, always through ``modelgate serve``)."""
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    if server == "serve" and cli_serve_available():
-        return [str(VENV_BIN / "modelgate"), "serve", *host, "--workers", "1"], "`modelgate serve --workers 1`"
+    if bin_dir != VENV_BIN or (server == "serve" and cli_serve_available()):
+        argv = [str(bin_dir / "modelgate"), "serve", *host, "--workers", str(workers)]
+        return argv, f"`modelgate serve --workers {workers}`"
     if server in ("serve", "uvicorn"):
         note = "uvicorn (httptools, uvloop)"
         if server == "serve":
@@ -91,17 +97,60 @@ def modelgate_argv(server: str, port: int) -> tuple[list[str], str]:
     raise ValueError(f"unknown server {server!r}; one of {MODELGATE_SERVERS}")
 
 
-def start_modelgate(log_dir: Path, *, server: str = "serve", fake_url: str | None = None, tag: str = "") -> Server:
+def start_modelgate(
+    log_dir: Path,
+    *,
+    server: str = "serve",
+    fake_url: str | None = None,
+    tag: str = "",
+    bin_dir: Path = VENV_BIN,
+    workers: int = 1,
+    core: int | str = SERVER_CORE,
+) -> Server:
     port = free_port()
-    argv, note = modelgate_argv(server, port)
+    argv, note = modelgate_argv(server, port, bin_dir=bin_dir, workers=workers)
     env = clean_env()
+    # The usage ledger stays on as it ships (SQLite), in a file of this run rather than ~/.local/state.
+    env["MODELGATE_DATABASE_URL"] = f"sqlite:///{log_dir.resolve()}/usage-{server}{tag}-{port}.sqlite3"
     if fake_url is not None:
         env["MODELGATE_OPENROUTER_BASE_URL"] = f"{fake_url}/api/v1"
         env["OPENROUTER_API_KEY"] = FAKE_API_KEY
-    proc = start(f"modelgate-{server}{tag}", argv, core=SERVER_CORE, log_dir=log_dir, env=env, cwd=ROOT)
+    proc = start(f"modelgate-{server}{tag}", argv, core=core, log_dir=log_dir, env=env, cwd=log_dir)
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, f"{url}/models")
     return Server(proc, url, f"modelgate ({server})", note)
+
+
+# --- Portkey's gateway ----------------------------------------------------------------------------------
+
+
+#: Headers that make Portkey's gateway relay to the fake as an OpenAI-compatible provider with a custom host.
+def portkey_headers(fake_url: str) -> tuple[str, ...]:
+    return (
+        "x-portkey-provider: openai",
+        f"x-portkey-custom-host: {fake_url}/api/v1",
+        f"Authorization: Bearer {FAKE_API_KEY}",
+    )
+
+
+def start_portkey(log_dir: Path, server_js: Path) -> Server:
+    port = free_port()
+    # NODE_ENV=production: no log UI routes; --headless: no browser UI.
+    env = clean_env() | {"NODE_ENV": "production"}
+    argv = ["node", str(server_js), f"--port={port}", "--headless"]
+    proc = start("portkey", argv, core=SERVER_CORE, log_dir=log_dir, env=env, cwd=log_dir)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, f"{url}/", timeout=60)
+    return Server(proc, url, "Portkey gateway", f"@portkey-ai/gateway {portkey_version(server_js)} on node, patched")
+
+
+@functools.cache
+def portkey_version(server_js: Path) -> str:
+    package = server_js.parent.parent / "package.json"
+    try:
+        return str(json.loads(package.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return "?"
 
 
 # --- nginx ---------------------------------------------------------------------------------------------

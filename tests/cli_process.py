@@ -72,11 +72,16 @@ class Served:
 def serve_subprocess(
     args: Sequence[str], tmp_path: Path, *, env: dict[str, str] | None = None, startup: float = 60.0
 ) -> Iterator[Served]:
-    """``modelgate serve --port 0 ARGS``; yields once it listens; SIGTERM and reap on exit."""
+    """``modelgate serve --port 0 ARGS``; yields once it listens; SIGTERM and reap on exit.
+
+    One worker unless ARGS say otherwise: the default (``--workers auto``) depends on the machine's cores, and
+    a test asserts one process's behaviour (its connection cap, its in-process reload) unless it asks for more.
+    """
     log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    workers = [] if any(arg.startswith("--workers") for arg in args) else ["--workers", "1"]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            modelgate_command("serve", "--port", "0", *args),
+            modelgate_command("serve", "--port", "0", *workers, *args),
             env=cli_env(env),
             stdout=log_file,
             stderr=subprocess.STDOUT,

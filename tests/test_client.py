@@ -46,10 +46,12 @@ def url() -> Iterator[str]:
 
 
 def test_all_public_names_are_exported_and_sorted() -> None:
+    # dir(): the names are resolved lazily (modelgate/__init__.py), so vars() holds them only once used.
     public = [
         name
-        for name, value in vars(modelgate).items()
-        if (not name.startswith("_") or name == "__version__") and not isinstance(value, types.ModuleType)
+        for name in dir(modelgate)
+        if (not name.startswith("_") or name == "__version__")
+        and not isinstance(getattr(modelgate, name), types.ModuleType)
     ]
     assert sorted(modelgate.__all__) == modelgate.__all__
     assert set(modelgate.__all__) == set(public)

@@ -6,9 +6,6 @@ A catalogue problem is one message on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import logging.config
 import os
 import sys
 from collections import Counter
@@ -17,23 +14,24 @@ from dataclasses import replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from modelgate import server
-from modelgate.auth import KeyRing, access_notice, load_keyring
-from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cli_keys import keys_cli
-from modelgate.client import ModelgateAPIError, ModelgateClient, ModelgateClientError
 from modelgate.errors import CatalogueError
-from modelgate.logs import logging_config
-from modelgate.schema import ModelsResponse
 from modelgate.settings import LEDGER_OFF, Settings
 from modelgate.settings import database_url as ledger_database_url
+
+# Each command imports what it uses, inside it: `modelgate --help` needs none of the server (uvicorn,
+# FastAPI, aiohttp), `modelgate models` only the catalogue loader, the client commands only httpx
+# (issue 13 item 5; tests/test_startup_imports.py holds it).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from modelgate.auth import KeyRing
+    from modelgate.catalogue import Catalogue
+    from modelgate.schema import ModelsResponse
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TABLE_COLUMNS = ("publisher", "model", "type", "provider", "max_new_tokens", "truncate", "endpoint")
@@ -64,6 +62,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def keys_or_fail(settings: Settings, catalogue: Catalogue) -> KeyRing:
     """The API keys (environment + the keys file the catalogue names), or the problem and exit 1."""
+    from modelgate.auth import load_keyring
+
     try:
         return load_keyring(settings, catalogue)
     except CatalogueError as exc:
@@ -71,6 +71,8 @@ def keys_or_fail(settings: Settings, catalogue: Catalogue) -> KeyRing:
 
 
 def load_or_fail(path: Path | None) -> Catalogue:
+    from modelgate.catalogue import load_catalogue
+
     try:
         return load_catalogue(path)
     except CatalogueError as exc:
@@ -114,7 +116,13 @@ def serve(
         str, typer.Option(help="Interface to bind. Loopback by default, with or without API keys: expose explicitly.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind (0: any free port).", min=0, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Worker processes: a number, or auto = one per usable CPU core (1 while limits are counted "
+            "in the process, i.e. without MODELGATE_REDIS_URL).",
+        ),
+    ] = "auto",
     watch: Annotated[
         bool, typer.Option("--watch", help="Reload the catalogue when its file changes (or MODELGATE_WATCH_CONFIG=1).")
     ] = False,
@@ -156,7 +164,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
+    from modelgate.workers import in_process_limits, parse, resolve
+
     try:
+        requested_workers = parse(workers)
         env = Settings.from_env(database_url=None)  # the ledger's default depends on --config: decided below
         path = config or env.config_path
         resolved = path.resolve() if path is not None else None
@@ -178,8 +189,17 @@ def serve(
         **{name: value for name, value in server_options.items() if value is not None},  # type: ignore[arg-type]
         database_url=ledger_url,
     )
+    import logging
+    import logging.config
+
+    from modelgate import server
+    from modelgate.auth import access_notice
+    from modelgate.logs import logging_config
+
     catalogue = load_or_fail(settings.config_path)  # refuse to start on an invalid file, before binding
-    notice = access_notice(keys_or_fail(settings, catalogue), host)  # the keys file too
+    keys = keys_or_fail(settings, catalogue)  # the keys file too
+    notice = access_notice(keys, host)
+    worker_count, why = resolve(requested_workers, in_process_limits=in_process_limits(settings, catalogue, keys))
     # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
     # uvicorn's access log.
     common: dict[str, Any] = {
@@ -190,7 +210,9 @@ def serve(
     }
     logging.config.dictConfig(common["log_config"])  # so the access notice is a log line like the others
     logging.getLogger("modelgate.auth").log(*notice)
-    if workers == 1:
+    if why is not None:
+        logging.getLogger("modelgate.workers").warning(why)
+    if worker_count == 1:
         from modelgate.app import create_app
 
         server.run(create_app(settings, catalogue, handle_sighup=True), settings, **common)
@@ -209,7 +231,7 @@ def serve(
     from modelgate.worker_metrics import shared_directory
 
     with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
-        server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
+        server.run("modelgate.app:create_app_from_env", settings, workers=worker_count, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -296,6 +318,8 @@ def rows_from_response(document: ModelsResponse) -> list[tuple[str, ...]]:
 
 
 def _stdout_console() -> Console:
+    from rich.console import Console
+
     # Piped output keeps whole cells: no terminal width to fit.
     return Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
 
@@ -311,7 +335,14 @@ def models(
     """Show the catalogue as a table, from a catalogue file (default) or a running server (--url)."""
     if url is not None and config is not None:
         fail("use either --url or --config, not both", code=2)
+    from rich.table import Table
+
     if url is not None:
+        import httpx
+
+        from modelgate.client import ModelgateAPIError
+        from modelgate.schema import ModelsResponse
+
         try:
             response = httpx.get(url.rstrip("/") + "/api/models", timeout=30)
         except httpx.HTTPError as exc:
@@ -375,6 +406,10 @@ def check_config(
 
 
 def _check_online(settings: Settings, catalogue: Catalogue) -> None:
+    import asyncio
+
+    from rich.table import Table
+
     from modelgate.online_check import check_online, failed
 
     checks = asyncio.run(check_online(settings, catalogue))
@@ -409,6 +444,10 @@ def chat(
     ] = None,
 ) -> None:
     """Stream one reply from a running server to stdout."""
+    import httpx
+
+    from modelgate.client import ModelgateClient, ModelgateClientError
+
     try:
         with ModelgateClient(url, api_key=api_key) as client:
             for chunk in client.chat(model, prompt):
@@ -468,6 +507,11 @@ def usage(
     if not as_json:
         params["limit"] = "0"  # the table shows the groups; the rows are for --json
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    import httpx
+    from rich.table import Table
+
+    from modelgate.client import ModelgateAPIError
+
     try:
         response = httpx.get(url.rstrip("/") + "/api/usage", params=params, headers=headers, timeout=30)
     except httpx.HTTPError as exc:

@@ -13,12 +13,7 @@ import sys
 from collections.abc import Mapping
 from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from modelgate.client import ModelgateAPIError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
@@ -42,6 +37,11 @@ def _fail(message: str) -> NoReturn:
 
 
 def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    # Imported here: ``modelgate --help`` and the other commands load no HTTP client (issue 13, start-up).
+    import httpx
+
+    from modelgate.client import ModelgateAPIError
+
     headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
     try:
         response = httpx.request(method, url.rstrip("/") + "/admin/keys" + path, json=body, headers=headers, timeout=30)
@@ -141,6 +141,9 @@ def list_keys(url: UrlOption = DEFAULT_URL, admin_key: AdminKeyOption = None, as
     if as_json:
         sys.stdout.write(_dumps(answer) + "\n")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(*KEY_COLUMNS, title=f"{len(answer['keys'])} keys on {url}")
     for row in key_rows(answer):
         table.add_row(*row)

@@ -31,13 +31,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import NoReturn
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, NoReturn
 
 from modelgate.chat import Message
 from modelgate.errors import BadRequest
+
+if TYPE_CHECKING:
+    import jinja2  # imported when a template is first compiled: the catalogue needs only the names
 
 # Each source is one Jinja2 template; ``trim_blocks``/``lstrip_blocks`` (as in transformers) plus the
 # ``{%-``/``{{-`` markers keep the layout whitespace of this file out of the output.
@@ -175,8 +175,15 @@ _LLAMA3 = """\
 """
 
 
-class _TemplateRefusal(jinja2.TemplateError):
-    """What the template's ``raise_exception(...)`` raises; turned into ``BadRequest`` in ``render``."""
+class _TemplateRefusal(Exception):
+    """What the template's ``raise_exception(...)`` raises; turned into ``BadRequest`` in ``render``.
+
+    A plain exception (jinja2 lets a global's exception through as it is), so that loading the catalogue,
+    which only needs ``TEMPLATE_NAMES``, does not import jinja2 (``modelgate models``' start-up)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -207,6 +214,8 @@ class ChatTemplate:
     def _compiled(self) -> jinja2.Template:
         # Same environment as transformers' _compile_jinja_template: sandboxed and immutable, because a
         # template is data, and trim_blocks/lstrip_blocks, which the official renders depend on.
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
         env.globals["raise_exception"] = _raise_exception
         return env.from_string(self.source)
