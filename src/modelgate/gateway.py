@@ -67,11 +67,13 @@ class StreamStart:
 
 
 async def open_stream(
-    state: GatewayState, model: CatalogueModel, request: ChatRequest, admission: Admission
+    state: GatewayState, model: CatalogueModel, request: ChatRequest, admission: Admission, *, whole: bool = False
 ) -> StreamStart:
     """Start ``model``'s reply to ``request`` (or a fallback's) and wait for its first event.
 
     ``admission`` is what ``limits.admit`` gave for ``model``; each fallback is admitted through it.
+    ``whole``: the caller wants the reply whole, not as it comes (``Provider.complete``: one JSON reply
+    from the upstream where its protocol offers one); everything else is the same.
     Raises the requested model's own error when it and every fallback failed or were skipped.
     """
     obs = current_observation()
@@ -105,7 +107,7 @@ async def open_stream(
                 attempts.append((candidate.id, exc.message))
                 continue
         try:
-            start = await _open_model(state, candidate, call, attempts, obs)
+            start = await _open_model(state, candidate, call, attempts, obs, whole)
         except ModelgateError as exc:
             if not may_fall_back(exc):
                 raise
@@ -149,6 +151,7 @@ async def _open_model(
     request: ChatRequest,
     attempts: list[tuple[str, str]],
     obs: Observation | None,
+    whole: bool,
 ) -> StreamStart:
     """One model: breaker, then attempts with retries, until its first event or a final error."""
     metrics = state.metrics
@@ -165,7 +168,7 @@ async def _open_model(
         sent = time.perf_counter()
         try:
             breaker.acquire()
-            first, upstream = await _first_batch(provider, model, request)
+            first, upstream = await _first_batch(provider, model, request, whole)
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             attempts.append((model.id, exc.message))
@@ -206,9 +209,10 @@ async def _open_model(
 
 
 async def _first_batch(
-    provider: Provider, model: CatalogueModel, request: ChatRequest
+    provider: Provider, model: CatalogueModel, request: ChatRequest, whole: bool
 ) -> tuple[Sequence[StreamEvent], AsyncIterator[Sequence[StreamEvent]]]:
-    upstream = provider.stream(model, request).__aiter__()
+    reply = provider.complete(model, request) if whole else provider.stream(model, request)
+    upstream = reply.__aiter__()
     try:
         first = await anext(upstream)
     except StopAsyncIteration:

@@ -405,16 +405,19 @@ async def open_reply(
     model_id: str,
     to_chat: Callable[[CatalogueModel, Settings], ChatRequest],
     param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
+    *,
+    whole: bool = False,
 ) -> tuple[StreamStart, dict[str, str]]:
     """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
     (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
     ``to_chat(model, settings)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
-    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``."""
+    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``.
+    ``whole``: the reply is collected before the response starts (``gateway.open_stream``)."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat(model, state.settings)
-    start = await open_for_client(request, state, model, chat, admission)
+    start = await open_for_client(request, state, model, chat, admission, whole=whole)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
@@ -425,7 +428,7 @@ async def open_reply(
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     start, headers = await open_reply(
-        request, body, body.model, lambda model, settings: to_chat_request(body, model, settings)
+        request, body, body.model, lambda model, settings: to_chat_request(body, model, settings), whole=not body.stream
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
