@@ -63,6 +63,10 @@ _current: ContextVar[Observation | None] = ContextVar("modelgate_observation", d
 #: An ``X-Request-ID`` we echo and log as given; anything else is replaced (it is client input).
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
 
+#: ``scope`` key of the observer's own ``send`` (send guard, metrics, access line), for a response whose body
+#: chunks need none of the framework's ``send`` wrappers (``relay_response.RelayResponse``).
+DIRECT_SEND = "modelgate.send"
+
 #: Methods whose body the guard counts and times.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -249,6 +253,7 @@ class RequestObserver:
                 return
             await send_out(message)
 
+        scope[DIRECT_SEND] = send_out
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.catalogue import CatalogueModel
@@ -32,6 +32,7 @@ from modelgate.errors import BadRequest
 from modelgate.gateway import StreamStart
 from modelgate.images import ImageBudget
 from modelgate.limits import admit
+from modelgate.relay_response import RelayResponse
 from modelgate.routes.opening import open_for_client
 from modelgate.schema import ErrorResponse
 from modelgate.settings import Settings
@@ -204,7 +205,7 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
     start = await open_for_client(request, state, model, ChatRequest(messages=incoming.messages), admission)
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
-    return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
+    return RelayResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 
 
 _Protocol = Annotated[

@@ -24,7 +24,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.auth import may_call, request_principal, visible_models
@@ -37,6 +37,7 @@ from modelgate.errors import BadRequest, ModelgateError, NotFound
 from modelgate.gateway import StreamStart
 from modelgate.limits import admit
 from modelgate.providers import Provider
+from modelgate.relay_response import RelayResponse
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
     ChatMessage,
@@ -437,7 +438,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         encoder = ChunkEncoder(
             completion_id=completion_id, created=created, model=start.model.id, include_usage=include_usage
         )
-        return StreamingResponse(
+        return RelayResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
     collecting = collect_completion(
