@@ -43,20 +43,29 @@ UPSTREAM = "meta-llama/llama-3.3-70b-instruct"
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 
-def _json_request(port: int) -> bytes:
-    body = json.dumps({"model": MODEL, "messages": MESSAGES, "stream": False}).encode()
+def _request(port: int, path: str, body: dict[str, Any]) -> bytes:
+    raw = json.dumps(body).encode()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(raw)}\r\n\r\n"
     )
-    return head.encode() + body
+    return head.encode() + raw
+
+
+#: case → (path, body): the three loads.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "api": (f"/api/ai/{MODEL}/chat", {"messages": MESSAGES}),
+    "v1": ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True}),
+    "json": ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": False}),
+}
 
 
 class _Reader(asyncio.Protocol):
-    """One keep-alive connection sending the same request back to back; counts 200 replies."""
+    """One keep-alive connection sending the same request back to back (until a time, or a count); counts
+    complete replies by status."""
 
-    def __init__(self, request: bytes, stop: float, counts: Counter[str]) -> None:
-        self.request, self.stop, self.counts = request, stop, counts
+    def __init__(self, request: bytes, stop: float, left: int, counts: Counter[str]) -> None:
+        self.request, self.stop, self.left, self.counts = request, stop, left, counts
         self.parser = httptools.HttpResponseParser(self)
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -72,8 +81,9 @@ class _Reader(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.counts["ok" if self.parser.get_status_code() == 200 else "error"] += 1
+        self.left -= 1
         assert self.transport is not None
-        if self.loop.time() < self.stop:
+        if self.loop.time() < self.stop and self.left > 0:
             self.transport.write(self.request)
         else:
             self.transport.close()
@@ -83,23 +93,31 @@ class _Reader(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def _json_load(port: int, connections: int, seconds: float) -> dict[str, Any]:
+async def _closed_loop(port: int, case: str, connections: int, seconds: float, count: int) -> dict[str, Any]:
+    """``connections`` keep-alive connections, each sending ``case``'s request back to back for ``seconds``
+    or ``count`` requests in all (whichever ends first)."""
     loop = asyncio.get_running_loop()
     counts: Counter[str] = Counter()
     stop = loop.time() + seconds
+    request = _request(port, *CASES[case])
     readers = []
-    for _ in range(connections):
-        _, reader = await loop.create_connection(lambda: _Reader(_json_request(port), stop, counts), "127.0.0.1", port)
+    for i in range(connections):
+        share = count // connections + (1 if i < count % connections else 0)
+        if share == 0:
+            continue
+        _, reader = await loop.create_connection(
+            lambda share=share: _Reader(request, stop, share, counts), "127.0.0.1", port
+        )
         readers.append(reader)
     await asyncio.gather(*(r.done for r in readers))
     return dict(counts)
 
 
-def json_load_main(port: int, connections: int, seconds: float) -> None:
+def closed_loop_main(port: int, case: str, connections: int, seconds: float, count: int) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        print(json.dumps(runner.run(_json_load(port, connections, seconds))))
+        print(json.dumps(runner.run(_closed_loop(port, case, connections, seconds, count))))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,6 +149,24 @@ def top_functions(raw: Path, n: int = 25) -> tuple[list[tuple[str, float]], list
     )
 
 
+def _callgrind(pid: int, *options: str) -> None:
+    subprocess.run(["callgrind_control", *options, str(pid)], capture_output=True, check=True, timeout=120)
+
+
+def _callgrind_total(pid: int, logs: Path) -> int:
+    """Dump the counters and return the instructions counted since the last zeroing."""
+    before = set(logs.glob("cg.out*"))
+    _callgrind(pid, "--dump")
+    for _ in range(600):
+        new = set(logs.glob("cg.out*")) - before
+        for path in new:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("totals:"):
+                    return int(line.split()[1])
+        time.sleep(0.1)
+    raise RuntimeError("callgrind wrote no dump")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", help="run modelgate from this tree's src/ instead of the installed one")
@@ -139,11 +175,26 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="json: keep-alive connections")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--tokens", type=int, default=200, help="tokens per reply (json: 1, a reply at once)")
+    parser.add_argument("--interval-ms", type=float, default=5.0, help="between two tokens of a reply")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds per case (0: none)")
-    parser.add_argument("--json-load", nargs=3, type=float, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count the server's instructions (valgrind) instead of its CPU time: robust on a busy machine; "
+        "use a load it keeps up with under valgrind (e.g. --streams 4 --interval-ms 20 --seconds 20)",
+    )
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="a fixed number of complete requests per case over --connections connections (a fixed amount "
+        "of work: what --callgrind wants); default: streams by loadgen.py for --seconds, json for --seconds",
+    )
+    parser.add_argument("--closed-loop", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.json_load:
-        json_load_main(int(args.json_load[0]), int(args.json_load[1]), args.json_load[2])
+    if args.closed_loop:
+        port, case, connections, seconds, count = args.closed_loop
+        closed_loop_main(int(port), case, int(connections), float(seconds), int(count))
         return
     logs = Path(tempfile.mkdtemp(prefix="relay_cpu_"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELGATE_", "OPENROUTER_", "HF_"))}
@@ -151,7 +202,7 @@ def main() -> None:
     fake_argv = [PY, str(BENCH / "fake_upstream.py"), "--port", str(fake_port), "--list-model", UPSTREAM]
     fake = start(
         "fake",
-        [*fake_argv, "--tokens", str(args.tokens)],
+        [*fake_argv, "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms)],
         core=LOAD_CORE,
         log_dir=logs,
     )
@@ -160,9 +211,12 @@ def main() -> None:
     env |= {"MODELGATE_OPENROUTER_BASE_URL": f"http://127.0.0.1:{fake_port}/api/v1", "OPENROUTER_API_KEY": "sk-or-b"}
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve())
+    serve = [PY, "-m", "modelgate", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if args.callgrind:
+        serve = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={logs}/cg.out", *serve]
     server = start(
         "modelgate",
-        [PY, "-m", "modelgate", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        serve,
         core=SERVER_CORE,
         log_dir=logs,
         env=env,
@@ -170,12 +224,14 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(server, f"{url}/models")
+        wait_http(server, f"{url}/models", timeout=600 if args.callgrind else 60)
         for case in args.cases.split(","):
             profiler = None
             raw = logs / f"{case}.raw"
-            if case == "json":
-                argv = [PY, __file__, "--json-load", str(port), str(args.connections), str(args.seconds)]
+            fixed = args.count or (10**9 if case == "json" else 0)
+            if fixed:
+                seconds = str(args.seconds if not args.count else 10**6)
+                argv = [PY, __file__, "--closed-loop", str(port), case, str(args.connections), seconds, str(fixed)]
             else:
                 path = f"/api/ai/{MODEL}/chat" if case == "api" else "/v1/chat/completions"
                 body: dict[str, Any] = {"messages": MESSAGES}
@@ -184,17 +240,34 @@ def main() -> None:
                 argv = [PY, str(BENCH / "loadgen.py"), "--url", url + path, "--body", json.dumps(body)]
                 argv += ["--format", "data" if case == "api" else "sse", "--concurrency", str(args.streams)]
                 argv += ["--seconds", str(args.seconds), "--warmup", "1", "--expect-tokens", str(args.tokens)]
+            # A first, unmeasured round: imports on first use, the ledger's database, connection pools.
+            warm = [a if a not in (str(args.seconds), str(args.count)) else "2" for a in argv]
+            subprocess.run(pinned(LOAD_CORE, warm), capture_output=True, check=True)
+            time.sleep(0.5 if not args.callgrind else 5)
+            if args.callgrind:
+                _callgrind(server.pid, "--zero")
+                _callgrind(server.pid, "--instr=on")
             before, t0 = cpu_seconds(server.pid), time.monotonic()
             if args.profile:
                 profiler = _profile(server.pid, args.profile, raw)
             done = subprocess.run(pinned(LOAD_CORE, argv), capture_output=True, check=True, text=True)
-            time.sleep(0.3)  # the server finishes the streams the load cut
+            time.sleep(0.3 if not args.callgrind else 5)  # the server finishes the streams the load cut
             cpu, wall = cpu_seconds(server.pid) - before, time.monotonic() - t0
+            instructions = 0
+            if args.callgrind:
+                _callgrind(server.pid, "--instr=off")
+                instructions = _callgrind_total(server.pid, logs)
             result = json.loads(done.stdout)
-            if case == "json":
+            if fixed:
                 n = result.get("ok", 0)
-                line = f"json: {n} ok, {result.get('error', 0)} errors, {n / args.seconds:,.0f} req/s, "
+                line = f"{case}: {n} ok, {result.get('error', 0)} errors, {n / wall:,.0f} req/s, "
                 line += f"server CPU {cpu / wall:.2f} cores, {1000 * cpu / max(n, 1):.3f} CPU-ms/request"
+                if case != "json":
+                    line += f", {1000 * cpu / max(n * args.tokens, 1):.3f} CPU-s/1k tokens"
+                if instructions:
+                    line += f", {instructions / max(n, 1) / 1e6:.2f} M instructions/request"
+                    if case != "json":
+                        line += f" ({instructions / max(n * args.tokens, 1) / 1e3:.1f} M/1k tokens)"
             else:
                 tokens = result["tokens"]
                 ttft = sorted(result["ttft_s"])
@@ -202,6 +275,8 @@ def main() -> None:
                 line = f"{case}: {tokens:,} tokens ({result['tokens_per_s']:,.0f}/s), ok {result['ok']}, "
                 line += f"errors {result['errors']}, TTFT p50 {p50:.1f} ms, server CPU {cpu / wall:.2f} cores, "
                 line += f"{cpu * 1000 / max(tokens, 1):.3f} CPU-s/1k tokens"
+                if instructions:
+                    line += f", {instructions / max(tokens, 1) / 1e3:.1f} M instructions/1k tokens"
             print(line, flush=True)
             if profiler is not None:
                 profiler.wait()

@@ -172,12 +172,15 @@ class RequestObserver:
         respond: ErrorResponder,
         routes: Callable[[], list[Any]],
         fast: Mapping[tuple[str, str], FastRoute] | None = None,
+        direct: Callable[[Scope], ASGIApp | None] | None = None,
     ) -> None:
-        """``routes``: the app's routes (read lazily: routers are included after the observer is built)."""
+        """``routes``: the app's routes (read lazily: routers are included after the observer is built).
+        ``direct``: the app that answers a request in front of the framework, or None (``routes/direct.py``)."""
         self.app = app
         self.state = state
         self.respond = respond
         self.fast: Mapping[tuple[str, str], FastRoute] = fast or {}
+        self.direct = direct
         self.cors = OriginHeaders(state)
         self._app_routes = routes
         #: Route templates of paths that routes without parameters answer (bounded by the route table).
@@ -263,7 +266,8 @@ class RequestObserver:
                     return
                 guard = _BodyGuard(receive, limit, settings.client_body_timeout)
                 receive = guard.receive
-            await self.app(scope, receive, send_observed)
+            app = self.direct(scope) if self.direct is not None else None
+            await (app or self.app)(scope, receive, send_observed)
         except ClientStalled:
             obs.error = obs.error or "client stopped reading"
             # Returning without completing the response makes the server close the connection.

@@ -58,9 +58,15 @@ class UnsupportedMediaType(ModelgateError):
     status = 415
 
 
-def _json_media_type(content_type: str) -> bool:
+def json_media_type(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_media_type(declared: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
+    )
 
 
 class JSONBodyRoute(APIRoute):
@@ -77,10 +83,8 @@ class JSONBodyRoute(APIRoute):
                 if declared is None:
                     headers = [*request.scope["headers"], (b"content-type", b"application/json")]
                     request = Request({**request.scope, "headers": headers}, request.receive)
-                elif not _json_media_type(declared):
-                    raise UnsupportedMediaType(
-                        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
-                    )
+                elif not json_media_type(declared):
+                    raise unsupported_media_type(declared)
             return await handler(request)
 
         return json_body
