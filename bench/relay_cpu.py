@@ -228,6 +228,19 @@ def main() -> None:
         for case in args.cases.split(","):
             profiler = None
             raw = logs / f"{case}.raw"
+            if case == "idle":  # the server's own background work (timers, writer threads) per second
+                if args.callgrind:
+                    _callgrind(server.pid, "--zero")
+                    _callgrind(server.pid, "--instr=on")
+                before, t0 = cpu_seconds(server.pid), time.monotonic()
+                time.sleep(args.seconds)
+                cpu, wall = cpu_seconds(server.pid) - before, time.monotonic() - t0
+                line = f"idle: server CPU {cpu / wall:.3f} cores"
+                if args.callgrind:
+                    _callgrind(server.pid, "--instr=off")
+                    line += f", {_callgrind_total(server.pid, logs) / wall / 1e6:.2f} M instructions/s"
+                print(line, flush=True)
+                continue
             fixed = args.count or (10**9 if case == "json" else 0)
             if fixed:
                 seconds = str(args.seconds if not args.count else 10**6)
@@ -260,7 +273,7 @@ def main() -> None:
             result = json.loads(done.stdout)
             if fixed:
                 n = result.get("ok", 0)
-                line = f"{case}: {n} ok, {result.get('error', 0)} errors, {n / wall:,.0f} req/s, "
+                line = f"{case}: {n} ok, {result.get('error', 0)} errors, {n / wall:,.1f} req/s in {wall:.1f} s, "
                 line += f"server CPU {cpu / wall:.2f} cores, {1000 * cpu / max(n, 1):.3f} CPU-ms/request"
                 if case != "json":
                     line += f", {1000 * cpu / max(n * args.tokens, 1):.3f} CPU-s/1k tokens"

@@ -64,6 +64,8 @@ class StreamStart:
     events: AsyncIterator[Sequence[StreamEvent]]
     #: Models tried before ``model`` answered, with the error each gave (for logs and headers).
     attempts: list[tuple[str, str]] = field(default_factory=list)
+    #: The first batch ended the reply (a whole reply, or a short one): reading ``events`` waits on nobody.
+    complete: bool = False
 
 
 async def open_stream(
@@ -205,7 +207,7 @@ async def _open_model(
         events = _relay(state, model, first, upstream, obs)
         if obs is not None:
             obs.relay = events
-        return StreamStart(model=model, dropped_params=dropped, events=events)
+        return StreamStart(model=model, dropped_params=dropped, events=events, complete=isinstance(first[-1], Finish))
 
 
 async def _first_batch(

@@ -448,9 +448,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     collecting = collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
-    completion = await unless_client_leaves(
-        request, gateway(request).drain, collecting
-    )  # nobody listens to the client else
+    if start.complete:  # the reply is all here (a whole reply): nothing to wait for, no client to watch
+        completion = await collecting
+    else:  # nobody listens to the client else
+        completion = await unless_client_leaves(request, gateway(request).drain, collecting)
     if (completion.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)
