@@ -66,6 +66,7 @@ CASES: list[tuple[str, dict[str, str], bytes | None]] = [
     ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "%s", "messages": "nope"}' % MODEL.encode()),
     ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "%s", "n": 2, "messages": []}' % MODEL.encode()),
     ("/v1/chat/completions", {**AUTH, "content-type": "text/plain"}, b"{}"),
+    ("/v1/chat/completions", {**AUTH, **JSON}, b"\xeeu\x0fA"),  # not UTF-8 (found by test_fuzz_api)
     ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}'),
     ("/v1/chat/completions", JSON, b"{}"),  # no key
     ("/v1/chat/completions", {"authorization": "Bearer wrong", **JSON}, b"{}"),

@@ -122,9 +122,11 @@ async def _chat_completions(request: Request) -> Response:
 
 
 def _json_body(raw: bytes) -> Any:
-    """The body as FastAPI reads it (Starlette's ``json.loads``), its error as FastAPI reports it."""
+    """The body as FastAPI reads it (Starlette's ``json.loads``), its errors as FastAPI reports them."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
         raise validation_error([{**error, "ctx": {"error": exc.msg}}]) from None
+    except Exception as exc:  # bytes that are no Unicode text at all: FastAPI's 400 for an unparsable body
+        raise StarletteHTTPException(400, "There was an error parsing the body") from exc
