@@ -24,6 +24,12 @@ origin), the metrics and the access line. Auth is decided once, when the table i
 ``auth.is_protected_path`` protects never enters it (today's fast paths are public by policy). What
 it does skip is FastAPI's native OpenTelemetry bridge, which is idle unless an OpenTelemetry
 provider is configured and costs ~2.5 µs per request to find that out.
+
+**Direct answers.** The chat routes (``POST /v1/chat/completions``, ``POST /api/ai/.../chat``) are handed to
+``direct`` (``routes/direct.py``) instead of the framework: the same CORS, key check, handlers and error
+mapping, without the framework's layers. A middleware added to the FastAPI app does not see them.
+``DIRECT_SEND`` lets a streamed response send its body chunks to ``send_out`` without the framework's
+``send`` wrappers (``relay_response.py``).
 """
 
 from __future__ import annotations
