@@ -188,14 +188,22 @@ def test_a_client_leaving_before_the_first_token_frees_its_slot_and_cancels_upst
     assert response.status_code == 200 and "Hello" in response.text
 
 
+def first_tokens(url: str) -> float:
+    """First tokens the gateway received so far (the count of its time-to-first-token histogram)."""
+    prefix = 'modelgate_upstream_time_to_first_token_seconds_count{model="acme/tiny",provider="ollama"}'
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(gateway: str, fakes: Fakes) -> None:
     """A completion is collected whole before its response starts: the client is watched meanwhile too."""
-    # Asked for a whole reply, Ollama sends nothing until the generation is over: this one never is.
-    fakes.ollama.script(Reply(fault=Fault.hang(after=1)))
-    before = len(fakes.ollama.requests)
+    fakes.ollama.script(Reply(fault=Fault.hang(after=1)))  # one token, then silence (the idle timeout is 60 s)
+    before = first_tokens(gateway)
     with connect(gateway) as sock:
         sock.sendall(post(OPENAI, json.dumps({**OPENAI_BODY, "stream": False}).encode()))
-        wait_for(lambda: len(fakes.ollama.requests) > before, "the upstream request")  # now waiting for the reply
+        wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
     assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
 
 

@@ -128,7 +128,6 @@ class FakeOllama(FakeUpstream):
             if fault is not None and fault.kind == "hang":
                 while (await request.receive())["type"] != "http.disconnect":  # the body is read: only that is left
                     pass
-                self.count_disconnect(epoch)
                 return Response(status_code=499)  # nobody reads it
             if fault is not None and fault.kind in ("error_after", "drop_after"):
                 return self.error(500, fault.message or "llama runner process has terminated: exit status 2")
