@@ -123,14 +123,6 @@ class FakeOllama(FakeUpstream):
         if not thinks:
             reply = replace(reply, reasoning=())
         if body.get("stream") is False:
-            # A whole reply comes once the generation is over: a generation that hangs sends nothing, one whose
-            # runner fails is an error status (there is no stream to put it in).
-            if fault is not None and fault.kind == "hang":
-                while (await request.receive())["type"] != "http.disconnect":  # the body is read: only that is left
-                    pass
-                return Response(status_code=499)  # nobody reads it
-            if fault is not None and fault.kind in ("error_after", "drop_after"):
-                return self.error(500, fault.message or "llama runner process has terminated: exit status 2")
             final = self._final(model, reply)
             final["message"]["content"] = "".join(reply.tokens)
             if reply.reasoning:

@@ -56,7 +56,7 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(str(payload["error"]))
 
 
-def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
+def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
     p = request.params
     option_values = {
         "num_predict": p.max_new_tokens,
@@ -77,7 +77,7 @@ def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = Tr
     body: dict[str, Any] = {
         "model": model.upstream_model,
         "messages": [_message(m, names) for m in request.messages],
-        "stream": stream,
+        "stream": True,
     }
     if "reasoning" in model.capabilities:
         body["think"] = True
@@ -134,15 +134,6 @@ class OllamaStream:
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         return self._parse(self._lines.feed(chunk))
-
-    def whole(self, raw: bytes) -> list[StreamEvent]:
-        """A non-streamed reply: one object, the stream's last line with the whole message in it."""
-        events = self._parse([raw])
-        if self.failure is not None:
-            raise self.failure
-        if not self.done:
-            raise self._upstream.truncated()
-        return events
 
     def end(self) -> list[StreamEvent]:
         events = self._parse(self._lines.flush())
@@ -241,16 +232,6 @@ class Ollama(HttpProvider):
             functools.partial(build_body, model, request),
             OllamaStream(self.upstream),
             headers={"Accept": "application/x-ndjson"},
-            model=model.upstream_model,
-        )
-
-    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
-        # ``stream: false``: one ChatResponse object (api/types.go), the message whole, ``done`` and the counts.
-        return self.upstream.fetch(
-            f"{self.connection.base_url}/api/chat",
-            functools.partial(build_body, model, request, stream=False),
-            OllamaStream(self.upstream).whole,
-            headers={"Accept": "application/json"},
             model=model.upstream_model,
         )
 
