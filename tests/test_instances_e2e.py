@@ -138,7 +138,9 @@ def test_each_instance_answers_from_its_own_upstream(service: str, fakes: Fakes)
 
 
 def test_usage_a_server_does_not_report_is_estimated_and_marked(service: str, fakes: Fakes) -> None:
-    fakes.openai.default = Reply(tokens=["Hi", "!"], options={"never_usage": True})
+    # No usage on a stream (llama.cpp's server), nor in a whole reply (a non-streamed call asks for one now, and
+    # llama.cpp's server reports usage there: ``usage=None`` is a server that reports none at all).
+    fakes.openai.default = Reply(tokens=["Hi", "!"], usage=None, options={"never_usage": True})
     response = chat(service, "llama/smol")
     assert '8:[{"usageEstimated":true}]' in response.text
 

@@ -104,6 +104,47 @@ def test_non_streamed_completion(client: openai.OpenAI, fakes: Fakes, provider: 
     assert "Be terse." in str(sent) and "Say hello" in str(sent)
 
 
+#: The kinds whose non-streamed call asks the upstream for one JSON reply (``Provider.complete``).
+ONE_JSON_REPLY = {"huggingface", "openrouter"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_non_streamed_call_asks_the_upstream_for_one_json_reply(
+    client: openai.OpenAI, fakes: Fakes, provider: str
+) -> None:
+    fakes[provider].script(Reply(tokens=TOKENS), Reply(tokens=TOKENS))
+    completion = client.chat.completions.create(model=MODELS[provider], messages=MESSAGES)
+    whole = fakes[provider].last.json
+    with client.chat.completions.create(model=MODELS[provider], messages=MESSAGES, stream=True) as stream:
+        streamed_text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    streamed = fakes[provider].last.json
+    assert completion.choices[0].message.content == streamed_text == TEXT
+    assert streamed["stream"] is True
+    if provider in ONE_JSON_REPLY:
+        assert whole["stream"] is False
+        assert "stream_options" not in whole  # a whole reply carries its usage unasked
+    else:
+        assert whole["stream"] is True
+
+
+def test_a_whole_reply_without_usage_is_estimated_and_says_so(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=["four words of text"], usage=None))
+    raw = client.chat.completions.with_raw_response.create(model=MODELS["openrouter"], messages=MESSAGES)
+    assert fakes.openrouter.last.json["stream"] is False
+    assert raw.headers["x-modelgate-usage"] == "estimated"
+    usage = raw.http_response.json()["usage"]
+    assert usage["estimated"] is True
+    assert usage["completion_tokens"] == 5  # 18 characters, ~4 a token
+
+
+def test_an_upstream_error_status_on_a_whole_reply_maps_as_on_a_stream(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=["x"], fault=Fault.status(402, message="Insufficient credits")))
+    with pytest.raises(openai.InternalServerError, match=r"payment required.*Insufficient credits") as caught:
+        client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert fakes.openrouter.last.json["stream"] is False
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_streamed_completion_with_usage(service: str, fakes: Fakes, provider: str) -> None:
     fakes[provider].script(Reply(tokens=TOKENS, usage=(13, 4)))

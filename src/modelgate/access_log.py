@@ -175,13 +175,17 @@ class _Clock:
     def __init__(self) -> None:
         self._millis = -1
         self._text = ""
+        self._second = -1
+        self._stamp = ""
 
     def iso(self, now: float) -> str:
         millis = round(now * 1_000_000) // 1000
         if millis != self._millis:
             second, ms = divmod(millis, 1000)
-            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._text = f"{stamp}.{ms:03d}Z"
+            if second != self._second:  # strftime once a second: under load each request is a new millisecond
+                self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                self._second = second
+            self._text = f"{self._stamp}.{ms:03d}Z"
             self._millis = millis
         return self._text
 

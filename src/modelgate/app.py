@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -289,12 +289,15 @@ def _install_middleware(app: ModelgateAPI, state: GatewayState) -> None:
     app.add_middleware(CatalogueCORS, state=state)
     # In front of everything: every request (fast answers and refusals included) gets a request id, a log
     # line, metrics; GET and HEAD /models are answered there (routes/models.py, observer.py).
+    from modelgate.routes.direct import DirectChat
+
     app.observer = RequestObserver(
         app.framework,
         state=state,
         respond=error_response,
         routes=lambda: app.router.routes,
         fast=fast_routes(state),
+        direct=DirectChat(app, state),  # the chat routes, in front of the framework (routes/direct.py)
     )
 
 
@@ -348,6 +351,39 @@ def error_response(exc: ModelgateError, path: str) -> Response:
     return Response(error_body(exc, path), status_code=exc.status, media_type=JSON, headers=headers)
 
 
+def http_exception_error(exc: StarletteHTTPException, method: str, path: str) -> ModelgateError:
+    """A Starlette ``HTTPException`` (no route, wrong method, a refused body) as our error."""
+    if exc.status_code == 404:
+        return NotFound(f"Page not found: {path}")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return MethodNotAllowed(
+            f"Method {method} not allowed", allow=sorted(m.strip() for m in allow.split(",") if m.strip())
+        )
+    return ModelgateError(str(exc.detail), status=exc.status_code)
+
+
+def validation_error(errors: Sequence[Any]) -> BadRequest:
+    """FastAPI's request validation errors (``RequestValidationError.errors()``) as one 400."""
+    if errors and errors[0].get("type") == "json_invalid":  # FastAPI's loc is a character position
+        where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "")
+        return BadRequest(
+            f"The request body is not valid JSON: {reason} (at character {where})", data={"position": where}
+        )
+    problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    where = f"Invalid request: {first['field']}" if first["field"] else "Invalid request body"  # e.g. a JSON list
+    mapped = BadRequest(f"{where}: {first['message']}", data=problems)
+    mapped.param = first["field"] or None
+    return mapped
+
+
+def unexpected_error(method: str, path: str, exc: BaseException) -> ModelgateError:
+    """A bug: logged with its traceback, answered opaquely (its text may carry what a client must not see)."""
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return ModelgateError("Internal Server Error")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_modelgate_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ModelgateError)
@@ -355,37 +391,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        mapped: ModelgateError
-        if exc.status_code == 404:
-            mapped = NotFound(f"Page not found: {request.url.path}")
-        elif exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
-            mapped = MethodNotAllowed(
-                f"Method {request.method} not allowed", allow=sorted(m.strip() for m in allow.split(",") if m.strip())
-            )
-        else:
-            mapped = ModelgateError(str(exc.detail), status=exc.status_code)
-        return error_response(mapped, request.url.path)
+        return error_response(http_exception_error(exc, request.method, request.url.path), request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = exc.errors()
-        if errors and errors[0].get("type") == "json_invalid":  # FastAPI's loc is a character position
-            where, reason = errors[0]["loc"][-1], errors[0].get("ctx", {}).get("error", "")
-            syntax = BadRequest(
-                f"The request body is not valid JSON: {reason} (at character {where})", data={"position": where}
-            )
-            return error_response(syntax, request.url.path)
-        problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
-        first = problems[0] if problems else {"field": "", "message": "invalid request"}
-        where = f"Invalid request: {first['field']}" if first["field"] else "Invalid request body"  # e.g. a JSON list
-        mapped = BadRequest(f"{where}: {first['message']}", data=problems)
-        mapped.param = first["field"] or None
-        return error_response(mapped, request.url.path)
+        return error_response(validation_error(exc.errors()), request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(ModelgateError("Internal Server Error"), request.url.path)
+        return error_response(unexpected_error(request.method, request.url.path, exc), request.url.path)
 
     app.add_exception_handler(ModelgateError, on_modelgate_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)

@@ -65,14 +65,18 @@ class StreamStart:
     events: AsyncIterator[Sequence[StreamEvent]]
     #: Models tried before ``model`` answered, with the error each gave (for logs and headers).
     attempts: list[tuple[str, str]] = field(default_factory=list)
+    #: The first batch ended the reply (a whole reply, or a short one): reading ``events`` waits on nobody.
+    complete: bool = False
 
 
 async def open_stream(
-    state: GatewayState, model: CatalogueModel, request: ChatRequest, admission: Admission
+    state: GatewayState, model: CatalogueModel, request: ChatRequest, admission: Admission, *, whole: bool = False
 ) -> StreamStart:
     """Start ``model``'s reply to ``request`` (or a fallback's) and wait for its first event.
 
     ``admission`` is what ``limits.admit`` gave for ``model``; each fallback is admitted through it.
+    ``whole``: the caller wants the reply whole, not as it comes (``Provider.complete``: one JSON reply
+    from the upstream where its protocol offers one); everything else is the same.
     Raises the requested model's own error when it and every fallback failed or were skipped.
     """
     if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
@@ -110,7 +114,7 @@ async def open_stream(
                 attempts.append((candidate.id, exc.message))
                 continue
         try:
-            start = await _open_model(state, candidate, call, attempts, obs)
+            start = await _open_model(state, candidate, call, attempts, obs, whole)
         except ModelgateError as exc:
             if not may_fall_back(exc):
                 raise
@@ -154,6 +158,7 @@ async def _open_model(
     request: ChatRequest,
     attempts: list[tuple[str, str]],
     obs: Observation | None,
+    whole: bool,
 ) -> StreamStart:
     """One model: breaker, then attempts with retries, until its first event or a final error."""
     metrics = state.metrics
@@ -173,7 +178,7 @@ async def _open_model(
         sent = time.perf_counter()
         try:
             breaker.acquire()
-            first, upstream = await _first_batch(provider, model, request)
+            first, upstream = await _first_batch(provider, model, request, whole)
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             if trace is not None:
@@ -216,13 +221,14 @@ async def _open_model(
         events = _relay(state, model, request, first, upstream, obs)
         if obs is not None:
             obs.relay = events
-        return StreamStart(model=model, dropped_params=dropped, events=events)
+        return StreamStart(model=model, dropped_params=dropped, events=events, complete=isinstance(first[-1], Finish))
 
 
 async def _first_batch(
-    provider: Provider, model: CatalogueModel, request: ChatRequest
+    provider: Provider, model: CatalogueModel, request: ChatRequest, whole: bool
 ) -> tuple[Sequence[StreamEvent], AsyncIterator[Sequence[StreamEvent]]]:
-    upstream = provider.stream(model, request).__aiter__()
+    reply = provider.complete(model, request) if whole else provider.stream(model, request)
+    upstream = reply.__aiter__()
     try:
         first = await anext(upstream)
     except StopAsyncIteration:

@@ -24,6 +24,12 @@ origin), the metrics and the access line. Auth is decided once, when the table i
 ``auth.is_protected_path`` protects never enters it (today's fast paths are public by policy). What
 it does skip is FastAPI's native OpenTelemetry bridge, which is idle unless an OpenTelemetry
 provider is configured and costs ~2.5 µs per request to find that out.
+
+**Direct answers.** The chat routes (``POST /v1/chat/completions``, ``POST /api/ai/.../chat``) are handed to
+``direct`` (``routes/direct.py``) instead of the framework: the same CORS, key check, handlers and error
+mapping, without the framework's layers. A middleware added to the FastAPI app does not see them.
+``DIRECT_SEND`` lets a streamed response send its body chunks to ``send_out`` without the framework's
+``send`` wrappers (``relay_response.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +69,10 @@ _current: ContextVar[Observation | None] = ContextVar("modelgate_observation", d
 
 #: An ``X-Request-ID`` we echo and log as given; anything else is replaced (it is client input).
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
+
+#: ``scope`` key of the observer's own ``send`` (send guard, metrics, access line), for a response whose body
+#: chunks need none of the framework's ``send`` wrappers (``relay_response.RelayResponse``).
+DIRECT_SEND = "modelgate.send"
 
 #: Methods whose body the guard counts and times.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -173,12 +183,15 @@ class RequestObserver:
         respond: ErrorResponder,
         routes: Callable[[], list[Any]],
         fast: Mapping[tuple[str, str], FastRoute] | None = None,
+        direct: Callable[[Scope], ASGIApp | None] | None = None,
     ) -> None:
-        """``routes``: the app's routes (read lazily: routers are included after the observer is built)."""
+        """``routes``: the app's routes (read lazily: routers are included after the observer is built).
+        ``direct``: the app that answers a request in front of the framework, or None (``routes/direct.py``)."""
         self.app = app
         self.state = state
         self.respond = respond
         self.fast: Mapping[tuple[str, str], FastRoute] = fast or {}
+        self.direct = direct
         self.cors = OriginHeaders(state)
         self._app_routes = routes
         #: Route templates of paths that routes without parameters answer (bounded by the route table).
@@ -254,6 +267,7 @@ class RequestObserver:
                 return
             await send_out(message)
 
+        scope[DIRECT_SEND] = send_out
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes
@@ -263,7 +277,8 @@ class RequestObserver:
                     return
                 guard = _BodyGuard(receive, limit, settings.client_body_timeout)
                 receive = guard.receive
-            await self.app(scope, receive, send_observed)
+            app = self.direct(scope) if self.direct is not None else None
+            await (app or self.app)(scope, receive, send_observed)
         except ClientStalled:
             obs.error = obs.error or "client stopped reading"
             # Returning without completing the response makes the server close the connection.

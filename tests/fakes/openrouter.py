@@ -93,11 +93,12 @@ class FakeOpenRouter(FakeUpstream):
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
         if body.get("stream") is not True:
+            # As OpenRouter answers ``stream: false``: the reasoning beside the content, usage always.
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": "".join(reply.tokens),
                 "refusal": None,
-                "reasoning": None,
+                "reasoning": "".join(reply.reasoning) or None,
             }
             if reply.tool_calls:
                 message["tool_calls"] = [
@@ -110,7 +111,11 @@ class FakeOpenRouter(FakeUpstream):
                 "native_finish_reason": reply.finish,
                 "message": message,
             }
-            return JSONResponse({**self._head(model, "chat.completion"), "choices": [choice]})
+            completion = {**self._head(model, "chat.completion"), "choices": [choice]}
+            usage = self.usage_counts(reply)
+            if usage is not None:
+                completion["usage"] = usage
+            return JSONResponse(completion)
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="text/event-stream")
 
     @staticmethod
@@ -136,12 +141,7 @@ class FakeOpenRouter(FakeUpstream):
         tokens += [chunk({"role": "assistant", "content": None, "tool_calls": [p]}) for p in tool_call_pieces(reply)]
         if len(tokens) > 1:
             tokens[1] = COMMENT + tokens[1]  # comments may come at any time, not only first
-        usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
-        counts: dict[str, Any] | None = (
-            {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)} if usage else None
-        )
-        if counts is not None and "reasoning_tokens" in reply.options:
-            counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
+        counts = self.usage_counts(reply)
         if counts is None:
             trailer = [chunk({"role": "assistant", "content": ""}, reply.finish)]
         elif reply.options.get("separate_usage"):
@@ -159,6 +159,15 @@ class FakeOpenRouter(FakeUpstream):
         }
         error_frames = [chunk({"content": ""}, "error", error=error), b"data: [DONE]\n\n"]
         return Frames(preamble=[COMMENT], tokens=tokens, trailer=trailer, error=error_frames)
+
+    def usage_counts(self, reply: Reply) -> dict[str, Any] | None:
+        usage = self.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
+        if usage is None:
+            return None
+        counts: dict[str, Any] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+        if "reasoning_tokens" in reply.options:
+            counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
+        return counts
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}

@@ -311,33 +311,8 @@ class Upstream:
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
-            payload = orjson.dumps(body())
             deadline.begin(first_deadline)
-            try:
-                response = await self.http.request(
-                    "POST",
-                    url,
-                    data=payload,
-                    # identity: a compressed event stream is buffered by whoever compresses it.
-                    headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
-                    timeout=self._timeouts,
-                    # A redirect is an error, as it was with httpx: never re-send the call (and its
-                    # credentials) to wherever a response points.
-                    allow_redirects=False,
-                )
-                if not 200 <= response.status < 300:
-                    raise await self._status_error(response, model)
-                if (coding := encoding(response)) is not None:
-                    raise self.protocol_error(f"the reply is {coding}-encoded although we asked for identity")
-            except asyncio.CancelledError:
-                if deadline.fired():
-                    raise self._first_token_timeout() from None
-                raise
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._transport_error(exc, started=False) from exc
-            finally:
-                deadline.end()
-
+            response = await self._post(url, orjson.dumps(body()), headers, model, deadline)
             read = response.content.readany
             idle = conn.idle_timeout
             max_event = conn.max_event_bytes
@@ -388,6 +363,86 @@ class Upstream:
             deadline.stop()
             if response is not None:
                 await self._close(response, reuse=finished)
+
+    async def fetch(
+        self,
+        url: str,
+        body: Callable[[], Mapping[str, Any]],
+        read: Callable[[bytes], list[StreamEvent]],
+        *,
+        headers: Mapping[str, str],
+        model: str,
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """POST ``body()`` for one whole (non-streamed) reply and yield what ``read`` makes of its body: one
+        batch, ending with the ``Finish``. For a caller that wants the reply whole (``stream: false``), one
+        JSON body is a fraction of the work of a stream of chunks to parse and reassemble.
+
+        The same contract as ``stream`` (an iterator of batches; the error tree; the body built on the first
+        iteration). The status line is the reply's first byte, and a server sends it once the whole reply is
+        generated: it must come within ``first_token_timeout``; the body (one event, so at most
+        ``max_event_bytes``) within ``idle_timeout`` after it.
+        """
+        conn = self.connection
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(loop)
+        response: aiohttp.ClientResponse | None = None
+        finished = False
+        try:
+            deadline.begin(loop.time() + conn.first_token_timeout)
+            response = await self._post(url, orjson.dumps(body()), headers, model, deadline)
+            deadline.begin(loop.time() + conn.idle_timeout)
+            try:
+                raw = await self._read_at_most(response, conn.max_event_bytes)
+            except asyncio.CancelledError:
+                if deadline.fired():
+                    raise self._deadline_error(True, overran=False) from None
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._transport_error(exc, started=False) from exc
+            finally:
+                deadline.end()
+            if len(raw) > conn.max_event_bytes:
+                raise self.protocol_error(f"the reply is larger than {conn.max_event_bytes} bytes")
+            finished = response.content.is_eof()
+            yield read(raw)
+        finally:
+            deadline.stop()
+            if response is not None:
+                await self._close(response, reuse=finished)
+
+    async def _post(
+        self, url: str, payload: bytes, headers: Mapping[str, str], model: str, deadline: Deadline
+    ) -> aiohttp.ClientResponse:
+        """Send the call and wait for a 2xx status line (until ``deadline``, which the caller began)."""
+        try:
+            response = await self.http.request(
+                "POST",
+                url,
+                data=payload,
+                # identity: a compressed event stream is buffered by whoever compresses it.
+                headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
+                timeout=self._timeouts,
+                # A redirect is an error, as it was with httpx: never re-send the call (and its
+                # credentials) to wherever a response points.
+                allow_redirects=False,
+            )
+            try:
+                if not 200 <= response.status < 300:
+                    raise await self._status_error(response, model)
+                if (coding := encoding(response)) is not None:
+                    raise self.protocol_error(f"the reply is {coding}-encoded although we asked for identity")
+            except BaseException:
+                response.close()
+                raise
+            return response
+        except asyncio.CancelledError:
+            if deadline.fired():
+                raise self._first_token_timeout() from None
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(exc, started=False) from exc
+        finally:
+            deadline.end()
 
     async def _close(self, response: aiohttp.ClientResponse, *, reuse: bool) -> None:
         """After a finished reply, give the connection back to the pool once its body has ended (waiting

@@ -128,6 +128,13 @@ class Provider(ABC):
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         """Stream one reply in batches (the events of one network read each; never an empty one)."""
 
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        """The reply for a caller that wants it whole (``stream: false``), with ``stream``'s contract.
+
+        Protocols that offer a non-streamed call override this to ask for one JSON reply (``Upstream.fetch``):
+        one body to parse instead of a stream of chunks to parse and reassemble. By default, the stream."""
+        return self.stream(model, request)
+
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         """A free health probe (no billed call). None when the provider offers none."""
         return None

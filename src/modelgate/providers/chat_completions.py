@@ -55,6 +55,7 @@ from modelgate.providers._http import (
     HttpProvider,
     Upstream,
     estimate_prompt_tokens,
+    estimate_tokens,
     openai_listing,
     parse_json,
     seconds_until_epoch_ms,
@@ -281,6 +282,31 @@ class ChatCompletionsStream:
             if self._finish == "stop" and self._calls:
                 self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
 
+    def whole(self, raw: bytes) -> list[StreamEvent]:
+        """A non-streamed reply (``chat.completion``: ``choices[].message``) as the events its stream would
+        have been; raises the ``UpstreamError`` an ``error`` body means."""
+        try:
+            payload = orjson.loads(raw)
+            if "error" in payload or payload.get("object") == "error":
+                raise self._mid_stream_error(payload.get("error", payload))
+            usage = payload.get("usage")
+            if usage:
+                self._usage = openai_usage(usage)
+            out: list[StreamEvent] = []
+            for choice in payload["choices"]:
+                message = choice.get("message") or {}
+                # The message is one delta holding everything; its tool calls are numbered by position.
+                calls = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
+                self._choice({**choice, "delta": {**message, "tool_calls": calls}}, out)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+        if self._finish is None:
+            raise self._upstream.protocol_error("the reply has no finish_reason")
+        if self._usage is None:
+            # Not reported: counted from the text (a stream's estimate counts its deltas instead).
+            self._deltas = sum(estimate_tokens(e.text) for e in out if isinstance(e, TextDelta | ReasoningDelta))
+        return out + self._final()
+
     def end(self) -> list[StreamEvent]:
         if self._finish is None:
             raise self._upstream.truncated()
@@ -335,15 +361,13 @@ class ChatCompletionsProvider(HttpProvider):
     def upstream_model(self, model: CatalogueModel) -> str:
         return model.upstream_model
 
-    def build_body(self, model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
+    def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         values = request.params.set_fields()
-        body: dict[str, Any] = {
-            "model": self.upstream_model(model),
-            "messages": [wire_message(m) for m in request.messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **self.extra_body,
-        }
+        messages = [wire_message(m) for m in request.messages]
+        body: dict[str, Any] = {"model": self.upstream_model(model), "messages": messages}
+        # A non-streamed reply carries its usage without being asked.
+        body |= {"stream": True, "stream_options": {"include_usage": True}} if stream else {"stream": False}
+        body |= self.extra_body
         for name, wire in self.wire_fields.items():
             if name in values:
                 value = values[name]
@@ -386,6 +410,14 @@ class ChatCompletionsProvider(HttpProvider):
             if refusal is None:
                 raise
             raise refusal from exc
+
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        # ``stream: false``: one ``chat.completion`` body (every Chat Completions server offers it).
+        url, headers, name = f"{self.connection.base_url}/chat/completions", self.headers(), self.upstream_model(model)
+        headers["Accept"] = "application/json"
+        body = functools.partial(self.build_body, model, request, stream=False)
+        parser = ChatCompletionsStream(self.upstream, request, template=model.template)
+        return self.upstream.fetch(url, body, parser.whole, headers=headers, model=name)
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         # GET {base}/models: the free listing every Chat Completions server has (OpenAI, vLLM, llama.cpp,

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.catalogue import CatalogueModel
@@ -32,6 +32,7 @@ from modelgate.errors import BadRequest
 from modelgate.gateway import StreamStart
 from modelgate.images import ImageBudget
 from modelgate.limits import admit
+from modelgate.relay_response import RelayResponse
 from modelgate.routes.opening import open_for_client
 from modelgate.schema import ErrorResponse
 from modelgate.settings import Settings
@@ -189,7 +190,8 @@ def stream_headers(start: StreamStart) -> dict[str, str]:
     return headers
 
 
-async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
+async def answer(request: Request, model: CatalogueModel, protocol: str | None) -> Response:
+    """The reply to a chat request for ``model`` (resolved from the path), in the protocol the client reads."""
     state = gateway(request)
     # The body size and read time are bounded once for every route, by observer.RequestObserver (413/408).
     raw = await request.body()
@@ -204,7 +206,7 @@ async def _chat(request: Request, model: CatalogueModel, protocol: str | None) -
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
     start = await open_for_client(request, state, model, ChatRequest(messages=incoming.messages), admission)
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
-    return StreamingResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
+    return RelayResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 
 
 _Protocol = Annotated[
@@ -214,7 +216,12 @@ _Protocol = Annotated[
 _Ignored = Annotated[str | None, Query(description="Accepted for compatibility; has no effect")]
 
 
-@router.post("/api/ai/{first}/{second}/chat", responses=_ERRORS, summary="Chat with a catalogue model")
+#: The two route templates (``routes/direct.py`` answers them in front of the framework).
+TWO_PART = "/api/ai/{first}/{second}/chat"
+THREE_PART = "/api/ai/{provider}/{publisher}/{name}/chat"
+
+
+@router.post(TWO_PART, responses=_ERRORS, summary="Chat with a catalogue model")
 async def chat(
     request: Request,
     first: str,
@@ -224,10 +231,10 @@ async def chat(
     is_playground: _Ignored = None,
 ) -> Response:
     """``first`` is the provider (as advertised) or the publisher; ``second`` the model name."""
-    return await _chat(request, gateway(request).catalogue.resolve_route(first, second), protocol)
+    return await answer(request, gateway(request).catalogue.resolve_route(first, second), protocol)
 
 
-@router.post("/api/ai/{provider}/{publisher}/{name}/chat", responses=_ERRORS, summary="Chat with a model of a provider")
+@router.post(THREE_PART, responses=_ERRORS, summary="Chat with a model of a provider")
 async def chat_by_provider_and_publisher(
     request: Request,
     provider: str,
@@ -237,4 +244,4 @@ async def chat_by_provider_and_publisher(
     chat_id: _Ignored = None,
     is_playground: _Ignored = None,
 ) -> Response:
-    return await _chat(request, gateway(request).catalogue.resolve_route(provider, publisher, name), protocol)
+    return await answer(request, gateway(request).catalogue.resolve_route(provider, publisher, name), protocol)

@@ -24,7 +24,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.auth import may_call, request_principal, visible_models
@@ -37,6 +37,7 @@ from modelgate.errors import BadRequest, ModelgateError, NotFound
 from modelgate.gateway import StreamStart
 from modelgate.limits import admit
 from modelgate.providers import Provider
+from modelgate.relay_response import RelayResponse
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
     ChatMessage,
@@ -57,9 +58,15 @@ class UnsupportedMediaType(ModelgateError):
     status = 415
 
 
-def _json_media_type(content_type: str) -> bool:
+def json_media_type(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_media_type(declared: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
+    )
 
 
 class JSONBodyRoute(APIRoute):
@@ -76,10 +83,8 @@ class JSONBodyRoute(APIRoute):
                 if declared is None:
                     headers = [*request.scope["headers"], (b"content-type", b"application/json")]
                     request = Request({**request.scope, "headers": headers}, request.receive)
-                elif not _json_media_type(declared):
-                    raise UnsupportedMediaType(
-                        f"The request body must be JSON: send 'Content-Type: application/json' (got '{declared[:100]}')"
-                    )
+                elif not json_media_type(declared):
+                    raise unsupported_media_type(declared)
             return await handler(request)
 
         return json_body
@@ -405,16 +410,19 @@ async def open_reply(
     model_id: str,
     to_chat: Callable[[CatalogueModel, Settings], ChatRequest],
     param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
+    *,
+    whole: bool = False,
 ) -> tuple[StreamStart, dict[str, str]]:
     """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
     (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
     ``to_chat(model, settings)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
-    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``."""
+    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``.
+    ``whole``: the reply is collected before the response starts (``gateway.open_stream``)."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
     admission = await admit(state, request, model)  # key, policy (403), limits (429); held until the reply ends
     chat = to_chat(model, state.settings)
-    start = await open_for_client(request, state, model, chat, admission)
+    start = await open_for_client(request, state, model, chat, admission, whole=whole)
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
@@ -425,7 +433,7 @@ async def open_reply(
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI shape), streamed or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     start, headers = await open_reply(
-        request, body, body.model, lambda model, settings: to_chat_request(body, model, settings)
+        request, body, body.model, lambda model, settings: to_chat_request(body, model, settings), whole=not body.stream
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -434,15 +442,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         encoder = ChunkEncoder(
             completion_id=completion_id, created=created, model=start.model.id, include_usage=include_usage
         )
-        return StreamingResponse(
+        return RelayResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
     collecting = collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
-    completion = await unless_client_leaves(
-        request, gateway(request).drain, collecting
-    )  # nobody listens to the client else
+    if start.complete:  # the reply is all here (a whole reply): nothing to wait for, no client to watch
+        completion = await collecting
+    else:  # nobody listens to the client else
+        completion = await unless_client_leaves(request, gateway(request).drain, collecting)
     if (completion.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)

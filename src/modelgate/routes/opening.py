@@ -42,14 +42,20 @@ class ClientDisconnected(ModelgateError):
 
 
 async def open_for_client(
-    request: Request, state: GatewayState, model: CatalogueModel, chat: ChatRequest, admission: Admission
+    request: Request,
+    state: GatewayState,
+    model: CatalogueModel,
+    chat: ChatRequest,
+    admission: Admission,
+    *,
+    whole: bool = False,
 ) -> StreamStart:
     """``open_stream``, unless the client disconnects or the server's shutdown limit passes first; the reply
     it returns ends at the shutdown limit too.
 
     The request body must have been read (what ``receive`` says next is then only a disconnect).
     """
-    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat, admission))
+    start = await unless_client_leaves(request, state.drain, open_stream(state, model, chat, admission, whole=whole))
     return replace(start, events=state.drain.bounded(start.events))
 
 

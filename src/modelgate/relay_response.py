@@ -1,0 +1,71 @@
+"""``RelayResponse``: a streamed reply sent with the fewest hops per chunk.
+
+Starlette's ``StreamingResponse`` sends every chunk through each ``send`` wrapper between the app and the
+server (``ExceptionMiddleware``'s sender, ``CORSMiddleware.send``, ``ServerErrorMiddleware._send``, the
+observer's two), and on servers below ASGI 2.4 (uvicorn is 2.3) runs the body and a disconnect listener in
+an anyio task group: a cancel scope, two tasks and their bookkeeping per response.
+
+Those wrappers only look at ``http.response.start`` (to add headers, or note that a response started), so
+here the start goes through them as before and the body chunks go straight to the observer's send
+(``observer.DIRECT_SEND`` in the scope: the send guard, the metrics and the access line stay on every
+response). The body is iterated in the request's own task; one small task listens for the client leaving
+and then cancels it, as the task group did, so a client that goes away still closes the upstream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from modelgate.observer import DIRECT_SEND
+
+
+class RelayResponse(Response):
+    def __init__(self, body: AsyncIterator[bytes], *, media_type: str, headers: Mapping[str, str]) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        direct: Send = scope.get(DIRECT_SEND, send)
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Listening(task)
+        listener = asyncio.create_task(state.listen(receive))
+        try:
+            async for chunk in self.body_iterator:
+                await direct({"type": "http.response.body", "body": chunk, "more_body": True})
+            await direct({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            # The client left (the listener cancelled us): the response is over, as in Starlette's. A
+            # cancellation from anywhere else (server shutdown) stands.
+            if not state.left or task.uncancel() > 0:
+                raise
+        finally:
+            state.done = True
+            listener.cancel()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()  # closes the reply and so the upstream, now rather than at garbage collection
+
+
+class _Listening:
+    __slots__ = ("done", "left", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.done = False
+        self.left = False
+
+    async def listen(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.done:
+            self.left = True
+            self.task.cancel()
