@@ -366,7 +366,10 @@ def startup_section(data: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for label, f in su["systems"].items():
-        lines.append(f"| {label} | {spread(f['--help'], 3)} | {spread(f['models'], 3)} | {spread(f['serve'], 3)} |")
+        one = spread(f["serve --workers 1"], 3) if "serve --workers 1" in f else "—"
+        lines.append(
+            f"| {label} | {spread(f['--help'], 3)} | {spread(f['models'], 3)} | {spread(f['serve'], 3)} | {one} |"
+        )
     for label, f in su["systems"].items():
         for module, rows in f["importtime"].items():
             top = ", ".join(f"{name} {ms:.0f}" for name, ms in rows[:8])
