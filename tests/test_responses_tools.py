@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ from pydantic import TypeAdapter
 
 from modelgate.app import create_app
 from modelgate.settings import Settings
+from tests import test_openai_tools as chat_tools
 from tests.fakes import Fakes, Reply
 from tests.fakes._base import ToolCallScript
 from tests.servers import serve_in_thread
@@ -40,17 +40,9 @@ TOOL: Any = {"type": "function", **WEATHER_TOOL["function"]}
 EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
 
-@pytest.fixture
-def service(fakes: Fakes) -> Iterator[str]:
-    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
-    with serve_in_thread(create_app(settings, tools_catalogue(fakes))) as url:
-        yield url
-
-
-@pytest.fixture
-def client(service: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{service}/v1", api_key="test-key", max_retries=0) as sdk:
-        yield sdk
+# The chat tool tests' server (the tools catalogue over the fakes) and SDK client: the same fixtures.
+service = chat_tools.service
+client = chat_tools.client
 
 
 def _calls(*calls: ToolCallScript, tokens: tuple[str, ...] = ()) -> Reply:
