@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from modelgate.auth import ApiKey, KeyRing, key_digest
 from modelgate.catalogue import load_catalogue
 from modelgate.runtime_keys import KeyRecord, compose, local_sources
 from modelgate.settings import Settings
+from tests import test_ledger as ledger_tests
 from tests.catalogue_files import write_catalogue
 from tests.cli_process import run_cli, wait_for
 from tests.fakes import Fakes, Reply
-from tests.postgres_server import PostgresCluster, postgres_cluster
+from tests.postgres_server import PostgresCluster
 from tests.servers import serve_in_thread
 from tests.test_ledger import BODY, PRICED, TINY, ledger_rows
 
@@ -36,18 +36,9 @@ ADMIN = "mg-admin-test-5c2e91"
 FILE_KEY = "mg-file-key-77b0a3"
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'usage.sqlite3'}"
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return cluster.create_database()
+# The ledger tests' databases: a PostgreSQL cluster per module, and each test on SQLite and on PostgreSQL.
+postgres = ledger_tests.postgres
+ledger_url = ledger_tests.ledger_url
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -80,7 +71,8 @@ def chat(client: httpx.Client, key: str | None, request_id: str = "") -> int:
 # --- the whole life of a key, on SQLite and PostgreSQL ------------------------------------------------
 
 
-def test_create_list_rotate_revoke(fakes: Fakes, tmp_path: Path, database: str) -> None:
+def test_create_list_rotate_revoke(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    database = ledger_url
     fakes.ollama.script(*[Reply(tokens=["a", "b"], usage=(6, 2)) for _ in range(10)])
     with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert chat(client, None) == 200  # no key anywhere yet: the service is open, as before
@@ -279,10 +271,11 @@ def test_file_and_environment_keys_are_listed_and_stay_the_files(fakes: Fakes, t
 
 
 def test_a_revocation_reaches_another_instance_on_the_same_database(
-    fakes: Fakes, tmp_path: Path, database: str
+    fakes: Fakes, tmp_path: Path, ledger_url: str
 ) -> None:
     """Two apps in this process, sharing one SQLite file or PostgreSQL database (the two-process version
     with Redis is in test_cluster_keys.py)."""
+    database = ledger_url
     settings = settings_for(fakes, tmp_path, database)
     with ExitStack() as stack:
         a = stack.enter_context(serve(settings))
