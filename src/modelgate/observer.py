@@ -73,6 +73,8 @@ _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
 #: ``scope`` key of the observer's own ``send`` (send guard, metrics, access line), for a response whose body
 #: chunks need none of the framework's ``send`` wrappers (``relay_response.RelayResponse``).
 DIRECT_SEND = "modelgate.send"
+#: ``scope`` key of the server's own ``send`` (beneath the observer), for ``relay_response.ChunkWriter``.
+SERVER_SEND = "modelgate.server_send"
 
 #: Methods whose body the guard counts and times.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -268,6 +270,7 @@ class RequestObserver:
             await send_out(message)
 
         scope[DIRECT_SEND] = send_out
+        scope[SERVER_SEND] = send
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes

@@ -10,6 +10,12 @@ here the start goes through them as before and the body chunks go straight to th
 (``observer.DIRECT_SEND`` in the scope: the send guard, the metrics and the access line stay on every
 response). The body is iterated in the request's own task; one small task listens for the client leaving
 and then cancels it, as the task group did, so a client that goes away still closes the upstream at once.
+
+Under uvicorn's httptools protocol (ours: ``server.GuardedProtocol``) a chunk is framed and written to the
+connection's transport directly (``ChunkWriter``) while the transport takes it without waiting: that is all
+uvicorn's ``send`` would do then, minus an ASGI message, two coroutines and the send guard's timer per chunk.
+When the client's socket is full (the transport paused writing) or gone, the chunk takes the ``send`` path,
+so the send guard still times a client that stopped reading.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from modelgate.observer import DIRECT_SEND
+from modelgate.observer import DIRECT_SEND, SERVER_SEND
 
 
 class RelayResponse(Response):
@@ -34,13 +41,15 @@ class RelayResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         direct: Send = scope.get(DIRECT_SEND, send)
+        write = ChunkWriter.of(scope.get(SERVER_SEND))
         task = asyncio.current_task()
         assert task is not None
         state = _Listening(task)
         listener = asyncio.create_task(state.listen(receive))
         try:
             async for chunk in self.body_iterator:
-                await direct({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk and (write is None or not write(chunk)):
+                    await direct({"type": "http.response.body", "body": chunk, "more_body": True})
             await direct({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             # The client left (the listener cancelled us): the response is over, as in Starlette's. A
@@ -53,6 +62,35 @@ class RelayResponse(Response):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()  # closes the reply and so the upstream, now rather than at garbage collection
+
+
+class ChunkWriter:
+    """Writes the body chunks of a started chunked response straight to uvicorn's transport."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+
+    @classmethod
+    def of(cls, send: Send | None) -> ChunkWriter | None:
+        """The writer for the response ``send`` (the server's own) has just started, or None when that is not
+        uvicorn's httptools cycle or the response is not chunked (a HEAD, a declared length)."""
+        cycle = getattr(send, "__self__", None)
+        if not isinstance(cycle, RequestResponseCycle):
+            return None
+        if not cycle.response_started or cycle.chunked_encoding is not True or cycle.scope["method"] == "HEAD":
+            return None
+        return cls(cycle)
+
+    def __call__(self, chunk: bytes) -> bool:
+        """Write one non-empty chunk; False (nothing written) when it must wait for the client or the
+        connection is gone: then ``send`` decides (it waits under the send guard, or drops it)."""
+        cycle = self.cycle
+        if cycle.flow.write_paused or cycle.disconnected or cycle.response_complete:
+            return False
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return True
 
 
 class _Listening:
