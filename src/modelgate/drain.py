@@ -95,12 +95,12 @@ class Drain:
     async def bounded(self, events: AsyncIterator[T]) -> AsyncGenerator[T, None]:
         """``events``, ended with ``ShuttingDown`` once the limit passed; closes ``events`` at the end."""
         waiting = self._waiting
+        task = asyncio.current_task()  # the response's own task iterates the reply to its end
+        assert task is not None
         try:
             while True:  # per batch: a set add and discard, no context manager (this runs once per upstream read)
                 if self.expired:
                     raise ShuttingDown()
-                task = asyncio.current_task()
-                assert task is not None
                 waiting.add(task)
                 try:
                     item = await anext(events)

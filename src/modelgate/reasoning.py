@@ -50,6 +50,11 @@ class ReasoningSplitter:
         self._state = _State.START
         self._pending = ""  # text held back: possibly the start of a tag
 
+    @property
+    def answering(self) -> bool:
+        """The block is over (or never came): every further text is answer, as it comes."""
+        return self._state is _State.ANSWER and not self._pending
+
     def feed(self, text: str) -> list[Delta]:
         if self._state is _State.ANSWER:  # the hot path once the answer streams: no buffering, no search
             return [TextDelta(text)] if text else []

@@ -258,7 +258,10 @@ class ChatCompletionsStream:
         content = delta.get("content")
         if content:
             self._deltas += 1
-            out.extend([TextDelta(content)] if self._separated else self._splitter.feed(content))
+            if self._separated or self._splitter.answering:
+                out.append(TextDelta(content))
+            else:
+                out.extend(self._splitter.feed(content))
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             index = int(call.get("index", 0))
