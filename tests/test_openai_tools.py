@@ -395,6 +395,23 @@ def test_ollama_whole_tool_calls_stream_as_pieces_with_generated_ids(client: ope
     assert fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
 
 
+def test_ollama_tool_calls_of_a_non_streamed_call_come_in_one_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls", usage=(17, 6)))
+    completion = client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    )
+    assert fakes.ollama.last.json["stream"] is False and fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"  # Ollama says "stop"
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == json.loads(ARGUMENTS)
+    assert completion.usage is not None and (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (
+        17,
+        6,
+    )
+
+
 def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["21 degrees."]))
     completion = client.chat.completions.create(model="t/llava", messages=SECOND_TURN, tools=[WEATHER_TOOL])
