@@ -551,6 +551,22 @@ def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes)
     assert grammar["value"]["required"] == ["city", "degrees"]
 
 
+def test_a_non_streamed_tgi_call_asks_generate_for_one_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=["It is ", "21 degrees."], usage=(40, 3)), Reply(tokens=["x"]))
+    completion = client.chat.completions.create(model="t/tgi", messages=[{"role": "user", "content": "Weather?"}])
+    sent = fakes.huggingface.last
+    assert sent.raw_path == "/generate" and "stream" not in sent.json
+    assert completion.choices[0].message.content == "It is 21 degrees."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (40, 3)
+    with client.chat.completions.create(
+        model="t/tgi", messages=[{"role": "user", "content": "Weather?"}], stream=True
+    ) as stream:
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "x"
+    assert fakes.huggingface.last.raw_path == "/generate_stream"  # a stream stays a stream
+
+
 # --- image limits ------------------------------------------------------------------------------------------
 
 
