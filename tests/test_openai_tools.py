@@ -505,6 +505,22 @@ def test_cloudflare_tool_call(client: openai.OpenAI, fakes: Fakes) -> None:
     assert sent["tools"] == [WEATHER_TOOL]
 
 
+def test_a_non_streamed_cloudflare_tool_call_is_one_whole_envelope(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls", usage=(30, 9)))
+    completion = client.chat.completions.create(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    )
+    sent = fakes.cloudflare.last.json
+    assert "stream" not in sent and sent["tools"] == [WEATHER_TOOL]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == json.loads(ARGUMENTS)
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (30, 9)
+
+
 def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
     completion = client.chat.completions.create(model="t/cf", messages=SECOND_TURN, tools=[WEATHER_TOOL])
