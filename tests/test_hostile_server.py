@@ -208,11 +208,15 @@ def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(
     gateway: str, fakes: Fakes, path: str, body: dict[str, Any]
 ) -> None:
     """A completion is collected whole before its response starts: the client is watched meanwhile too."""
-    fakes.ollama.script(Reply(fault=Fault.hang(after=1)))  # one token, then silence (the idle timeout is 60 s)
-    before = first_tokens(gateway)
+    # Streamed upstream (/v1/responses): one token, then silence (the idle timeout is 60 s). Asked for a whole reply
+    # (/v1/chat/completions), Ollama sends nothing until the generation is over: this one never is.
+    fakes.ollama.script(Reply(fault=Fault.hang(after=1)))
+    before, asked = first_tokens(gateway), len(fakes.ollama.requests)
     with connect(gateway) as sock:
         sock.sendall(post(path, json.dumps(body).encode()))
-        wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
+        wait_for(lambda: len(fakes.ollama.requests) > asked, "the upstream request")
+        if fakes.ollama.last.json["stream"]:
+            wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
     assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
 
 

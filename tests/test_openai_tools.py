@@ -395,6 +395,23 @@ def test_ollama_whole_tool_calls_stream_as_pieces_with_generated_ids(client: ope
     assert fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
 
 
+def test_ollama_tool_calls_of_a_non_streamed_call_come_in_one_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls", usage=(17, 6)))
+    completion = client.chat.completions.create(
+        model="t/llava", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    )
+    assert fakes.ollama.last.json["stream"] is False and fakes.ollama.last.json["tools"] == [WEATHER_TOOL]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"  # Ollama says "stop"
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == json.loads(ARGUMENTS)
+    assert completion.usage is not None and (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (
+        17,
+        6,
+    )
+
+
 def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["21 degrees."]))
     completion = client.chat.completions.create(model="t/llava", messages=SECOND_TURN, tools=[WEATHER_TOOL])
@@ -488,6 +505,22 @@ def test_cloudflare_tool_call(client: openai.OpenAI, fakes: Fakes) -> None:
     assert sent["tools"] == [WEATHER_TOOL]
 
 
+def test_a_non_streamed_cloudflare_tool_call_is_one_whole_envelope(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls", usage=(30, 9)))
+    completion = client.chat.completions.create(
+        model="t/cf", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER_TOOL]
+    )
+    sent = fakes.cloudflare.last.json
+    assert "stream" not in sent and sent["tools"] == [WEATHER_TOOL]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == json.loads(ARGUMENTS)
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (30, 9)
+
+
 def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
     completion = client.chat.completions.create(model="t/cf", messages=SECOND_TURN, tools=[WEATHER_TOOL])
@@ -532,6 +565,22 @@ def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes)
     grammar = fakes.huggingface.last.json["parameters"]["grammar"]
     assert grammar["type"] == "json"
     assert grammar["value"]["required"] == ["city", "degrees"]
+
+
+def test_a_non_streamed_tgi_call_asks_generate_for_one_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.huggingface.script(Reply(tokens=["It is ", "21 degrees."], usage=(40, 3)), Reply(tokens=["x"]))
+    completion = client.chat.completions.create(model="t/tgi", messages=[{"role": "user", "content": "Weather?"}])
+    sent = fakes.huggingface.last
+    assert sent.raw_path == "/generate" and "stream" not in sent.json
+    assert completion.choices[0].message.content == "It is 21 degrees."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (40, 3)
+    with client.chat.completions.create(
+        model="t/tgi", messages=[{"role": "user", "content": "Weather?"}], stream=True
+    ) as stream:
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "x"
+    assert fakes.huggingface.last.raw_path == "/generate_stream"  # a stream stays a stream
 
 
 # --- image limits ------------------------------------------------------------------------------------------

@@ -6,19 +6,22 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelgate.chat import GenerationParams, Usage
+from modelgate.chat import ChatRequest, GenerationParams, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from modelgate.providers import PROVIDERS, new_session
-from modelgate.providers.cloudflare import Cloudflare
+from modelgate.providers._http import Upstream
+from modelgate.providers.base import Connection
+from modelgate.providers.cloudflare import Cloudflare, read_error, read_whole
 from tests.fakes import Fakes, Fault, Reply
+from tests.fakes._base import RecordedRequest
 from tests.fakes.cloudflare import CONTEXT_WINDOW
-from tests.fakes.contract import ESTIMATED_PROMPT, ProviderContract, catalogue_model, collect, free_port_url
+from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, WholeReplyContract, catalogue_model, collect, free_port_url
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "stop")
 
 
-class TestCloudflare(ProviderContract):
+class TestCloudflare(WholeReplyContract):
     provider = Cloudflare
     model_id = "cloudflare/llama-3.3-70b-instruct-fp8-fast"
     # The catalogue: max_new_tokens 256, repetition_penalty 1.1; typical_p 0.2 and truncate are not carried.
@@ -26,6 +29,16 @@ class TestCloudflare(ProviderContract):
 
     def sent_params(self, recorded_json: Any) -> dict[str, Any]:
         return {k: v for k, v in recorded_json.items() if k in PARAM_FIELDS}
+
+    def asked_whole(self, recorded: RecordedRequest) -> bool:
+        return "/ai/run/" in recorded.path and "stream" not in recorded.json  # Workers AI's default: not streamed
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_without_usage_is_estimated_and_says_so(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["It", " is", " 6."], usage=None))
+        assert got.text == "It is 6."
+        assert got.finish.reason == "stop"
+        assert got.finish.usage == Usage(ESTIMATED_PROMPT, 0, estimated=True)
 
     @pytest.mark.anyio
     async def test_request_shape_and_unencoded_model_path(self, fakes: Fakes) -> None:
@@ -138,3 +151,21 @@ class TestCloudflare(ProviderContract):
 
 def test_registered() -> None:
     assert PROVIDERS["cloudflare"] is Cloudflare
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'{"response": "no envelope"}', b'{"result": {"response": "x", "usage": {"prompt_tokens": 1}}}'],
+)
+def test_a_whole_reply_in_no_shape_workers_ai_sends_is_a_protocol_error(body: bytes) -> None:
+    upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    request = ChatRequest(MESSAGES, GenerationParams())
+    with pytest.raises(UpstreamProtocolError, match="unreadable reply"):
+        read_whole(upstream, request, body)
+
+
+def test_an_error_envelope_under_a_2xx_status_is_the_error_it_says() -> None:
+    upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    body = b'{"result": null, "success": false, "errors": [{"code": 3040, "message": "Capacity exceeded"}]}'
+    with pytest.raises(UpstreamRateLimited, match="3040: Capacity exceeded"):
+        read_whole(upstream, ChatRequest(MESSAGES, GenerationParams()), body)

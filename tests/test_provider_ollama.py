@@ -7,16 +7,17 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelgate.chat import GenerationParams, TextDelta, Usage
+from modelgate.chat import GenerationParams, TextDelta, ToolCallDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError
 from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
 from modelgate.providers.ollama import Ollama, OllamaStream, read_error
 from tests.fakes import Fakes, Fault, Reply
-from tests.fakes.contract import ProviderContract, catalogue_model, collect, free_port_url
+from tests.fakes._base import RecordedRequest, ToolCallScript
+from tests.fakes.contract import WholeReplyContract, catalogue_model, collect, free_port_url
 
 
-class TestOllama(ProviderContract):
+class TestOllama(WholeReplyContract):
     provider = Ollama
     model_id = "ollama/rwkv-6-world"
     # The catalogue: max_new_tokens 500, typical_p -1, repetition_penalty -1, truncate 3596.
@@ -24,6 +25,33 @@ class TestOllama(ProviderContract):
 
     def sent_params(self, recorded_json: Any) -> dict[str, Any]:
         return dict(recorded_json.get("options", {}))
+
+    def asked_whole(self, recorded: RecordedRequest) -> bool:
+        return recorded.path == "/api/chat" and recorded.json["stream"] is False
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_has_the_thinking_and_tool_calls_a_stream_has(self, fakes: Fakes) -> None:
+        model = dataclasses.replace(
+            catalogue_model(self.model_id), upstream_model="qwen3:0.6b", capabilities=frozenset({"reasoning"})
+        )
+        calls = (ToolCallScript("get_weather", '{"city": "Bern"}'), ToolCallScript("get_time", "{}"))
+        reply = Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"], tool_calls=calls, finish="tool_calls")
+        fakes.ollama.script(reply, reply)
+        async with new_session() as http:
+            provider = self.make(http, fakes.ollama.url)
+            whole = await collect(provider.complete(model, self.request()))
+            assert fakes.ollama.last.json["stream"] is False and fakes.ollama.last.json["think"] is True
+            streamed = await collect(provider.stream(model, self.request()))
+        for got in (whole, streamed):
+            assert (got.reasoning, got.text) == ("hmm <ok>", "<b>&</b>")
+            pieces = [e for e in got.events if isinstance(e, ToolCallDelta)]
+            assert [(p.index, p.name, p.arguments) for p in pieces] == [
+                (0, "get_weather", '{"city":"Bern"}'),
+                (1, "get_time", "{}"),
+            ]
+            assert all(p.id and p.id.startswith("call_") for p in pieces)
+            assert got.finish.reason == "tool-calls"  # Ollama says "stop"
+            assert got.finish.usage == Usage(11, 5)  # the scripted tokens, reasoning included
 
     @pytest.mark.anyio
     async def test_wrong_credentials_are_an_auth_error(self, fakes: Fakes) -> None:

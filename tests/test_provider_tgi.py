@@ -19,11 +19,12 @@ from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers.tgi import TGI
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
-from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
+from tests.fakes._base import RecordedRequest
+from tests.fakes.contract import MESSAGES, WholeReplyContract, catalogue_model, collect
 from tests.fakes.huggingface import TGI_MAX_TOTAL_TOKENS
 
 
-class TestTGI(ProviderContract):
+class TestTGI(WholeReplyContract):
     provider = TGI
     model_id = "qwen/Qwen2.5-72B-Instruct"
     # The catalogue: max_new_tokens 512, typical_p 0.2, repetition_penalty 1.1, truncate 32267.
@@ -38,6 +39,51 @@ class TestTGI(ProviderContract):
 
     def sent_params(self, recorded_json: Any) -> dict[str, Any]:
         return dict(recorded_json["parameters"])
+
+    def asked_whole(self, recorded: RecordedRequest) -> bool:
+        return recorded.raw_path == "/generate" and "stream" not in recorded.json
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_counts_the_prompt_from_tgis_header(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["a", "b"], usage=(123, 3)))
+        assert got.text == "ab"
+        assert got.finish.usage == Usage(123, 3)  # details has no input_length on /generate: x-prompt-tokens does
+        sent = fakes.huggingface.last.json
+        assert sent["inputs"] == render_prompt("chatml", MESSAGES) and sent["parameters"]["details"] is True
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_without_details_is_estimated(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["four words of text"], usage=None))
+        prompt = render_prompt("chatml", MESSAGES)
+        assert got.finish.usage == Usage(-(-len(prompt) // 4), 5, estimated=True)  # 18 characters, ~4 a token
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("error_type", "expected", "transient"),
+        [
+            ("validation", UpstreamBadRequest, False),
+            ("overloaded", UpstreamUnavailable, True),  # TGI's 429: its queue is full, as in a stream
+            ("generation", UpstreamError, False),
+        ],
+    )
+    async def test_error_types_of_a_whole_reply_map_as_in_a_stream(
+        self, fakes: Fakes, error_type: str, expected: type[UpstreamError], transient: bool
+    ) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2, code=error_type)))
+        assert type(got.error) is expected
+        assert got.error.transient is transient
+        assert got.events == []
+
+    @pytest.mark.anyio
+    async def test_a_whole_deepseek_r1_reply_starts_in_reasoning(self, fakes: Fakes) -> None:
+        model_id = "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"
+        fakes.huggingface.script(Reply(tokens=["Let", " me", " think.", "</think>", "\n\n", "6"]))
+        async with new_session() as http:
+            provider = self.make(http, fakes.huggingface.url)
+            request = ChatRequest(MESSAGES, catalogue_model(model_id).defaults)
+            got = await collect(provider.complete(catalogue_model(model_id), request))
+        assert self.asked_whole(fakes.huggingface.last)
+        assert (got.reasoning, got.text) == ("Let me think.", "6")
 
     async def stream_with(self, fakes: Fakes, model_id: str, request: ChatRequest) -> Any:
         async with new_session() as http:

@@ -6,7 +6,8 @@ reads or writes (the script queue, the recorded requests, the disconnect count) 
 
 Each provider module renders a ``Reply`` into its own framing as three lists of byte frames
 (preamble, one frame per token, trailer); the ``FrameStream`` below sends them with the reply's
-timing and fault, the same way for every provider.
+timing and fault, the same way for every provider. A non-streamed reply is rendered as one body (and the
+provider's error status for a failure), which ``WholeReply`` sends with the same timing and fault.
 """
 
 from __future__ import annotations
@@ -389,6 +390,58 @@ class FrameStream(Response):
             await write(frame)
         self.finishing = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class WholeReply(Response):
+    """A non-streamed reply, sent as a server that generates the whole reply before answering sends it (Ollama,
+    Workers AI, TGI's ``/generate``): nothing at all, not even the status line, until the generation ``reply``
+    scripts is over (its first delay, then one delay per further token), then ``answer``. The reply's fault acts
+    as it would on a stream, as far as a whole reply can show it: ``slow_first`` delays everything; ``hang`` never
+    answers; ``error_after(n)`` ends the generation after ``n`` tokens with ``failure`` (the provider's error
+    status: there is no stream to put the error in); ``drop_after(n)`` cuts the connection after ``n`` tokens'
+    time, before the body. A client that leaves meanwhile is counted as a disconnect, as a stream's is.
+    """
+
+    def __init__(self, fake: FakeUpstream, epoch: int, reply: Reply, answer: Response, failure: Response) -> None:
+        self.status_code = answer.status_code
+        self.background = None
+        self.fake = fake
+        self.epoch = epoch
+        self.reply = reply
+        self.answer = answer
+        self.failure = failure
+
+    def generation_time(self) -> float:
+        """Seconds the scripted generation takes, up to the fault that ends it."""
+        reply, fault = self.reply, self.reply.fault
+        tokens = len(reply.reasoning) + len(reply.tokens) + (1 if reply.tool_calls else 0)
+        if fault is not None and fault.kind in ("error_after", "drop_after", "hang"):
+            tokens = min(tokens, fault.after)
+        return reply.first_wait + reply.delay * max(tokens - 1, 0) if tokens else reply.first_wait
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":  # the request body is read: only this is left
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            kind = self.reply.fault.kind if self.reply.fault else None
+            if await _pause(gone, HANG_LIMIT if kind == "hang" else self.generation_time()):
+                self.fake.count_disconnect(self.epoch)
+                return
+            if kind == "hang":
+                return
+        finally:
+            watcher.cancel()
+        if kind == "drop_after":
+            headers = [(k, v) for k, v in self.answer.raw_headers if k != b"content-length"]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            raise DroppedConnection(f"{self.fake.name} fake: dropping the connection as scripted")
+        await (self.failure if kind == "error_after" else self.answer)(scope, receive, send)
 
 
 async def _pause(gone: asyncio.Event, seconds: float) -> bool:

@@ -9,9 +9,11 @@ out-of-range values are rejected with 400 / code 5006, so an adapter that sends 
 An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`` (whether Cloudflare
 ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
 ``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity).
-Tools and JSON mode as Workers AI answers them, without streaming: ``result.tool_calls`` is
-``[{"name", "arguments": {object}}]`` (no ids), and with a ``response_format`` the ``response`` is the parsed
-JSON object rather than text.
+A call without ``stream: true`` gets one v4 envelope ``{"result": {"response", "tool_calls", "usage"},
+"success": true, "errors": [], "messages": []}`` once the scripted generation is over, and a failure midway as
+an error status (the envelope, code 3043 [illustrative]) (``_base.WholeReply``). Tools and JSON mode as Workers AI
+answers them, without streaming: ``result.tool_calls`` is ``[{"name", "arguments": {object}}]`` (no ids), and
+with a ``response_format`` the ``response`` is the parsed JSON object rather than text.
 
 ``Reply.options``: ``padding`` (False to send old-style ``{"response":…}`` events only).
 """
@@ -26,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeReply, dumps, json_error
 
 ACCOUNT = "acct"
 TOKEN = "cf_test"
@@ -128,7 +130,7 @@ class FakeCloudflare(FakeUpstream):
         if fault is not None and fault.kind == "status":
             return self.status_error(fault.http_status, fault.retry_after, fault.code, fault.message)
         if body.get("stream") is not True:
-            usage = self.usage_of(reply, len(reply.tokens))
+            usage = self.usage_of(reply, self._generated(reply, body))
             text = "".join(reply.tokens)
             calls = [{"name": c.name, "arguments": json.loads(c.arguments)} for c in reply.tool_calls]
             result: dict[str, Any] = {
@@ -137,7 +139,9 @@ class FakeCloudflare(FakeUpstream):
             }
             if usage:
                 result["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
-            return JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+            answer = JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+            failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
+            return WholeReply(self, epoch, reply, answer, failure)
         return FrameStream(self, epoch, reply, self.render(reply, body), media_type="text/event-stream")
 
     def render(self, reply: Reply, body: dict[str, Any]) -> Frames:
@@ -150,16 +154,18 @@ class FakeCloudflare(FakeUpstream):
             return b"data: " + dumps(payload) + b"\n\n"
 
         tokens = list(reply.tokens)
-        sent = len(tokens)
-        if reply.finish == "length":  # Cloudflare says nothing; only usage == max_tokens tells
-            sent = int(body.get("max_tokens", 256))
-        usage = self.usage_of(reply, sent)
+        usage = self.usage_of(reply, self._generated(reply, body))
         trailer = []
         if usage is not None:
             counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
             trailer.append(b"data: " + dumps({"response": "", "usage": counts}) + b"\n\n")
         trailer.append(b"data: [DONE]\n\n")
         return Frames(preamble=[], tokens=[event(i, t) for i, t in enumerate(tokens)], trailer=trailer, error=[])
+
+    @staticmethod
+    def _generated(reply: Reply, body: dict[str, Any]) -> int:
+        """The completion tokens to report: there is no finish reason, only usage == max_tokens tells "length"."""
+        return int(body.get("max_tokens", 256)) if reply.finish == "length" else len(reply.tokens)
 
     def status_error(self, status: int, retry_after: float | None, code: Any, message: str | None) -> Response:
         defaults = {

@@ -27,7 +27,7 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers import Connection, Provider, new_session
-from tests.fakes import CREDENTIALS, Fakes, Fault, Reply
+from tests.fakes import CREDENTIALS, Fakes, Fault, RecordedRequest, Reply
 from tests.fakes._base import FakeUpstream
 
 MESSAGES = (
@@ -289,3 +289,94 @@ class ProviderContract:
 
 def param_subset(values: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
     return {name: values[name] for name in names if name in values}
+
+
+class WholeReplyContract(ProviderContract):
+    """What ``Provider.complete`` (a caller that wants the reply whole) must do for a kind that asks its upstream for
+    one JSON reply: the events a stream gives, the same error mapping, and the same deadlines — the whole reply's
+    status line is its first byte, so it must come within ``first_token_timeout`` (``Upstream.fetch``)."""
+
+    def asked_whole(self, recorded: RecordedRequest) -> bool:
+        """Whether the fake was asked for one whole reply (``stream: false``, or the kind's non-streamed route)."""
+        raise NotImplementedError
+
+    async def run_whole(self, fakes: Fakes, reply: Reply | None = None, **make: Any) -> Collected:
+        fake = self.fake(fakes)
+        if reply is not None:
+            fake.script(reply)
+        async with new_session() as http:
+            provider = self.make(http, self.base_url(fake), **make)
+            got = await collect(provider.complete(catalogue_model(self.model_id), self.request()))
+        assert fake.requests and self.asked_whole(fake.last)
+        return got
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_is_one_batch_with_text_usage_and_finish(self, fakes: Fakes) -> None:
+        async with new_session() as http:
+            provider = self.make(http, self.base_url(self.fake(fakes)))
+            self.fake(fakes).script(Reply(tokens=["It", " is", " 6."], usage=(31, 4)))
+            batches = [batch async for batch in provider.complete(catalogue_model(self.model_id), self.request())]
+        assert self.asked_whole(self.fake(fakes).last)
+        assert len(batches) == 1
+        got = Collected(list(batches[0]))
+        assert got.text == "It is 6."
+        assert got.finish.reason == "stop"
+        assert got.finish.usage is not None and not got.finish.usage.estimated
+        assert (got.finish.usage.prompt_tokens, got.finish.usage.completion_tokens) == (31, 4)
+        assert self.sent_params(self.fake(fakes).last.json) == self.expected_params
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_keeps_every_character(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=UNICODE_TOKENS))
+        assert got.text == "".join(UNICODE_TOKENS)
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_cut_by_the_length_limit_says_so(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["a", "b"], finish="length"))
+        assert got.text == "ab"
+        assert got.finish.reason == "length"
+
+    @pytest.mark.anyio
+    async def test_an_error_status_on_a_whole_reply_maps_as_on_a_stream(self, fakes: Fakes) -> None:
+        limited = await self.run_whole(fakes, Reply(fault=Fault.status(429, retry_after=7)))
+        assert isinstance(limited.error, UpstreamRateLimited)
+        assert limited.error.retry_after == pytest.approx(7, abs=1)
+        failed = await self.run_whole(fakes, Reply(fault=Fault.status(500)))
+        assert type(failed.error) is UpstreamError and failed.error.transient and failed.error.upstream_status == 500
+        assert limited.events == failed.events == []
+
+    @pytest.mark.anyio
+    async def test_a_generation_failing_midway_is_an_error_with_nothing_before_it(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.error_after(2)))
+        assert isinstance(got.error, UpstreamError) and self.provider.name in got.error.message
+        assert got.events == []
+
+    @pytest.mark.anyio
+    async def test_a_connection_dropped_before_the_whole_reply_is_a_transient_error(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(tokens=["a", "b", "c"], fault=Fault.drop_after(2)))
+        assert isinstance(got.error, UpstreamProtocolError) and got.error.transient
+        assert "dropped" in got.error.message and got.events == []
+
+    @pytest.mark.anyio
+    async def test_a_whole_reply_slower_than_the_first_token_timeout_is_a_504(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(fault=Fault.slow_first(30)), first_token_timeout=0.3)
+        assert isinstance(got.error, UpstreamTimeout) and "first-token" in got.error.message
+        assert got.events == []
+
+    @pytest.mark.anyio
+    async def test_a_whole_generation_within_the_first_token_timeout_is_served(self, fakes: Fakes) -> None:
+        # Longer than the idle timeout in all: a whole reply's generation is bounded by the first-token timeout alone.
+        reply = Reply(tokens=["late", " but", " whole"], fault=Fault.slow_first(0.2), delay=0.2)
+        got = await self.run_whole(fakes, reply, first_token_timeout=30, idle_timeout=0.3)
+        assert got.text == "late but whole"
+
+    @pytest.mark.anyio
+    async def test_a_hung_whole_reply_is_a_504_and_abandons_the_call(self, fakes: Fakes) -> None:
+        fake = self.fake(fakes)
+        fake.script(Reply(fault=Fault.hang(after=1)))
+        async with new_session() as http:
+            provider = self.make(http, self.base_url(fake), first_token_timeout=0.3)
+            got = await collect(provider.complete(catalogue_model(self.model_id), self.request()))
+            # Seen while our client (and its connection pool) is still open: the call itself was closed.
+            assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1
+        assert isinstance(got.error, UpstreamTimeout) and got.error.status == 504

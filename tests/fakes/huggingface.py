@@ -15,6 +15,10 @@ arrive under HTTP 200 as ``data:{"error":…,"error_type":…}`` (§1.6). Parame
 TGI does (e.g. ``temperature: 0`` or ``typical_p: -1`` → a ``validation`` error event), so an
 adapter that sends what TGI rejects fails here too.
 
+A non-streamed call (``/generate``, or ``/`` without ``stream: true``) gets TGI's ``GenerateResponse`` and its
+``x-prompt-tokens``/``x-generated-tokens`` headers once the scripted generation is over, and a failure midway as
+TGI's error body under the status of its ``error_type`` (``_base.WholeReply``).
+
 ``Reply.options``: ``eos`` (the special end token's text, default ``<|im_end|>``); ``no_end`` (True: the
 connection closes cleanly after the tokens, without the final ``generated_text`` event — a truncated stream).
 """
@@ -27,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeReply, dumps, json_error
 from tests.fakes.openai_compatible import ChatCompletionsServer
 
 TOKEN = "hf_test"
@@ -130,19 +134,9 @@ class FakeHuggingFace(FakeUpstream):
         if not streaming:
             if problem:
                 return json_error(422, {"error": problem, "error_type": "validation"})
-            text = "".join(reply.tokens)
-            answer: dict[str, Any] = {"generated_text": text}
-            usage = self.usage_of(reply, len(reply.tokens))
-            if params.get("details") is True and usage is not None:
-                # TGI's Details on a non-stream call too (huggingface_hub TextGenerationOutput.details).
-                answer["details"] = {
-                    "finish_reason": "eos_token" if reply.finish == "stop" else "length",
-                    "generated_tokens": usage[1],
-                    "seed": None,
-                    "prefill": [],
-                    "tokens": [],
-                }
-            return JSONResponse(answer if request.url.path == "/generate" else [answer])
+            answer, headers = self.whole(reply, details=params.get("details") is True)
+            wrapped = answer if request.url.path == "/generate" else [answer]
+            return WholeReply(self, epoch, reply, JSONResponse(wrapped, headers=headers), self.whole_failure(reply))
         if problem:  # streaming routes report even validation under HTTP 200
             frames = Frames([], [], [b"data:" + dumps({"error": problem, "error_type": "validation"}) + b"\n\n"])
         else:
@@ -196,6 +190,38 @@ class FakeHuggingFace(FakeUpstream):
         error = [b"data:" + dumps({"error": message, "error_type": kind}) + b"\n\n"]
         return Frames(preamble=[], tokens=frames, trailer=trailer, error=error)
 
+    def whole(self, reply: Reply, *, details: bool) -> tuple[dict[str, Any], dict[str, str]]:
+        """A non-streamed reply: TGI's ``GenerateResponse`` (router/src/lib.rs: ``details`` with the generated tokens
+        but no ``input_length``) and the headers ``generate_internal`` (router/src/server.rs) sets on it."""
+        tokens = list(reply.reasoning) + list(reply.tokens)
+        answer: dict[str, Any] = {"generated_text": "".join(tokens)}
+        headers = {"x-compute-type": "fake"}
+        usage = self.usage_of(reply, len(tokens))
+        if usage is None:  # a server reporting no usage
+            return answer, headers
+        headers |= {"x-prompt-tokens": str(usage[0]), "x-generated-tokens": str(usage[1])}
+        if details:
+            listed = [{"id": 1000 + i, "text": t, "logprob": -0.25, "special": False} for i, t in enumerate(tokens, 1)]
+            if reply.finish == "stop":
+                eos = str(reply.options.get("eos", "<|im_end|>"))
+                listed.append({"id": 1000 + len(tokens) + 1, "text": eos, "logprob": -0.001, "special": True})
+            answer["details"] = {
+                "finish_reason": "eos_token" if reply.finish == "stop" else "length",
+                "generated_tokens": usage[1],
+                "seed": None,
+                "prefill": [],
+                "tokens": listed,
+            }
+        return answer, headers
+
+    @staticmethod
+    def whole_failure(reply: Reply) -> Response:
+        """A generation failing midway on ``/generate``: TGI's error body under the status its ``error_type`` has."""
+        fault = reply.fault
+        kind = (fault.code if fault else None) or "generation"
+        message = (fault.message if fault else None) or _MESSAGES.get(kind, "Request failed during generation")
+        return json_error(_STATUSES.get(kind, 500), {"error": message, "error_type": kind})
+
     def status_error(self, status: int, retry_after: float | None, message: str | None, model: str) -> Response:
         if status == 503:
             # The hosted API's cold start: the hint is in the body, not in a Retry-After header.
@@ -212,6 +238,15 @@ class FakeHuggingFace(FakeUpstream):
             body["error"] = message
         return json_error(status, body, retry_after=retry_after)
 
+
+#: ``error_type`` → the status TGI's non-streamed routes answer it with (providers.md §1.6).
+_STATUSES = {
+    "validation": 422,
+    "overloaded": 429,
+    "generation": 424,
+    "incomplete_generation": 500,
+    "incomplete_generation_stream": 500,
+}
 
 _MESSAGES = {
     "generation": "Request failed during generation: CUDA out of memory",

@@ -5,7 +5,9 @@ Framing (§4.2): NDJSON (``application/x-ndjson``), one object per line, the las
 reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's encoder writes it:
 ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
-after lines were sent (``error_after``), with no ``done`` line (§4.5).
+after lines were sent (``error_after``), with no ``done`` line (§4.5). ``stream: false`` is answered with one
+``ChatResponse`` (the final line's shape, the whole message in it) once the scripted generation is over, and a
+failure as an error status, as Ollama's ``collectChatResponse`` does (``_base.WholeReply``).
 
 Thinking follows Ollama's ``ChatHandler`` (server/routes.go): a model with the thinking capability
 (``thinking_models``) thinks unless the request says ``think: false``, and only then does
@@ -30,9 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, dumps, json_error
+from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeReply, dumps, json_error
 
 CREATED_AT = "2025-02-20T10:00:00.123456789Z"
+#: What a runner failing mid-generation reports (a late NDJSON line, or a non-streamed reply's 500).
+RUNNER_ERROR = "an error was encountered while running the model"
 
 _ERRORS = {
     400: "invalid character 'x' looking for beginning of value",
@@ -129,7 +133,10 @@ class FakeOllama(FakeUpstream):
                 final["message"]["thinking"] = "".join(reply.reasoning)
             if reply.tool_calls:
                 final["message"]["tool_calls"] = _tool_calls(reply)
-            return Response(go_json(final), media_type="application/json; charset=utf-8")
+            answer = Response(go_json(final), media_type="application/json; charset=utf-8")
+            # A runner failing mid-generation: the error status ``collectChatResponse`` (server/routes.go) answers.
+            failure = self.error(500, (fault.message if fault else None) or RUNNER_ERROR)
+            return WholeReply(self, epoch, reply, answer, failure)
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="application/x-ndjson")
 
     def _final(self, model: str, reply: Reply) -> dict[str, Any]:
@@ -158,7 +165,7 @@ class FakeOllama(FakeUpstream):
         tokens += [line({"role": "assistant", "content": t}) for t in reply.tokens]
         if reply.tool_calls:
             tokens.append(line({"role": "assistant", "content": "", "tool_calls": _tool_calls(reply)}))
-        message = (reply.fault.message if reply.fault else None) or "an error was encountered while running the model"
+        message = (reply.fault.message if reply.fault else None) or RUNNER_ERROR
         return Frames(
             preamble=[],
             tokens=tokens,

@@ -372,10 +372,12 @@ class Upstream:
         *,
         headers: Mapping[str, str],
         model: str,
+        on_headers: Callable[[Mapping[str, str]], None] | None = None,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """POST ``body()`` for one whole (non-streamed) reply and yield what ``read`` makes of its body: one
         batch, ending with the ``Finish``. For a caller that wants the reply whole (``stream: false``), one
-        JSON body is a fraction of the work of a stream of chunks to parse and reassemble.
+        JSON body is a fraction of the work of a stream of chunks to parse and reassemble. ``on_headers`` sees the
+        reply's headers first (TGI's ``/generate`` counts the prompt only there).
 
         The same contract as ``stream`` (an iterator of batches; the error tree; the body built on the first
         iteration). The status line is the reply's first byte, and a server sends it once the whole reply is
@@ -390,6 +392,8 @@ class Upstream:
         try:
             deadline.begin(loop.time() + conn.first_token_timeout)
             response = await self._post(url, orjson.dumps(body()), headers, model, deadline)
+            if on_headers is not None:
+                on_headers(response.headers)
             deadline.begin(loop.time() + conn.idle_timeout)
             try:
                 raw = await self._read_at_most(response, conn.max_event_bytes)

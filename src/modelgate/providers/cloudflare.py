@@ -12,10 +12,12 @@ Function calling and JSON mode (Workers AI "traditional function calling" and "J
 Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them,
 ``response_format: {"type": "json_schema", "json_schema": <schema>}`` (``json_object`` is sent as the schema
 of any object). JSON mode does not stream, and the official provider does not stream tool calls either, so
-a call with tools or a response format is sent without ``stream`` and the whole envelope
+a call with tools or a response format is sent without ``stream``, as is every call whose caller wants the reply
+whole (``complete``): the whole envelope
 ``{"result": {"response", "tool_calls": [{"name", "arguments": {…}}], "usage"}, "success": true}`` becomes the
-events (``response`` is an object when JSON mode parsed it; it is sent on as JSON text). Tool calls come
-without ids: each gets a generated one. A past call goes back as the assistant's OpenAI-shaped
+events a stream would have given (``response`` is an object when JSON mode parsed it; it is sent on as JSON text;
+``workers-ai-provider``'s ``doGenerate`` reads the same fields). Tool calls come without ids: each gets a generated
+one. A past call goes back as the assistant's OpenAI-shaped
 ``tool_calls``, a tool result as ``{"role": "tool", "name", "content"}``.
 
 Images (a model declaring ``vision``, such as ``@cf/meta/llama-3.2-11b-vision-instruct``): Workers AI's vision
@@ -101,7 +103,7 @@ def search_listing(listing: Any) -> Iterator[ListedModel]:
         yield entry["name"], context_window(properties.get("context_window"))
 
 
-def build_body(request: ChatRequest) -> dict[str, Any]:
+def build_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
     p = request.params
     fields = {
         "max_tokens": p.max_new_tokens,
@@ -114,7 +116,7 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     }
     names = {call.id: call.name for m in request.messages for call in m.tool_calls}
     body: dict[str, Any] = {"messages": [_message(m, names) for m in request.messages]}
-    if whole_reply(request):
+    if not stream or whole_reply(request):
         if offers_tools(request):
             body["tools"] = [wire_tool(tool) for tool in request.tools]
         fmt = request.response_format
@@ -162,38 +164,13 @@ def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
     return wire
 
 
-#: A whole (non-streamed) reply larger than this is refused rather than buffered further.
-MAX_WHOLE_REPLY = 8_000_000
-
-
-class CloudflareWholeReply:
-    """Parser of one non-streamed ``ai/run`` envelope: nothing until the body ends, then all the events."""
-
-    __slots__ = ("_body", "_request", "_upstream", "done", "failure")
-
-    def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
-        self._upstream = upstream
-        self._request = request
-        self._body = bytearray()
-        self.done = False
-        self.failure: UpstreamError | None = None
-
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
-        self._body += chunk
-        if len(self._body) > MAX_WHOLE_REPLY:
-            self.failure = self._upstream.protocol_error(f"the reply is larger than {MAX_WHOLE_REPLY} bytes")
-        return []
-
-    def end(self) -> list[StreamEvent]:
-        try:
-            out = self._events(orjson.loads(self._body)["result"])
-        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError):
-            self.failure = self._upstream.protocol_error(f"unreadable reply: {bytes(self._body[:120])!r}")
-            return []
-        self.done = True
-        return out
-
-    def _events(self, result: Any) -> list[StreamEvent]:
+def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[StreamEvent]:
+    """One non-streamed ``ai/run`` envelope as the events its stream would have given, ending with the ``Finish``."""
+    try:
+        envelope = orjson.loads(raw)
+        if envelope.get("success") is False:  # an error under a 2xx status [never seen; the v4 envelope allows it]
+            raise upstream.error_for(500, _detail(envelope.get("errors")))
+        result = envelope["result"]
         out: list[StreamEvent] = []
         text = result.get("response")
         if text is not None and not isinstance(text, str):
@@ -215,12 +192,14 @@ class CloudflareWholeReply:
         counted = (
             Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
             if usage
-            else Usage(estimate_prompt_tokens(self._request.messages), 0, estimated=True)
+            else Usage(estimate_prompt_tokens(request.messages), 0, estimated=True)
         )
-        limit = self._request.params.max_new_tokens or DEFAULT_MAX_TOKENS
-        reason: FinishReason = "tool-calls" if calls else "length" if counted.completion_tokens == limit else "stop"
-        out.append(Finish(reason, counted))
-        return out
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise upstream.protocol_error(f"unreadable reply: {raw[:120]!r}") from exc
+    limit = request.params.max_new_tokens or DEFAULT_MAX_TOKENS
+    reason: FinishReason = "tool-calls" if calls else "length" if counted.completion_tokens == limit else "stop"
+    out.append(Finish(reason, counted))
+    return out
 
 
 class CloudflareStream:
@@ -327,13 +306,24 @@ class Cloudflare(HttpProvider):
                 ) from None
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        if whole_reply(request):
+            return self.complete(model, request)  # tool calls and JSON mode come whole
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
-        whole = whole_reply(request)
         return self.upstream.stream(
             f"{self._account_url()}/run/{model.upstream_model}",
             functools.partial(build_body, request),
-            CloudflareWholeReply(self.upstream, request) if whole else CloudflareStream(self.upstream, request),
-            headers={**self._auth(), "Accept": "application/json" if whole else "text/event-stream"},
+            CloudflareStream(self.upstream, request),
+            headers={**self._auth(), "Accept": "text/event-stream"},
+            model=model.upstream_model,
+        )
+
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        # No ``stream`` (its default is false, and the official client sends none): one v4 envelope.
+        return self.upstream.fetch(
+            f"{self._account_url()}/run/{model.upstream_model}",
+            functools.partial(build_body, request, stream=False),
+            functools.partial(read_whole, self.upstream, request),
+            headers={**self._auth(), "Accept": "application/json"},
             model=model.upstream_model,
         )
 

@@ -8,6 +8,11 @@ have a real status and ``{"error": "…"}``; after lines were sent, the status s
 line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
 only a real JSON parser reads right.
 
+A caller that wants the reply whole (``complete``) gets it as Ollama offers it: ``stream: false`` and one
+``ChatResponse`` object — the final line's shape, with the whole ``message`` (content, thinking, tool calls) in it
+(server/routes.go ``collectChatResponse``), read into the events its stream would have given. Ollama sends
+nothing until the generation is over; a runner failing meanwhile is an error status, not a late line.
+
 Tools, structured output and images (ollama-python ``_types.py``: ``ChatRequest.tools``/``format``,
 ``Message.images``/``tool_calls``/``tool_name``): ``tools`` as OpenAI defines them; ``format`` is the JSON
 schema, or ``"json"`` for any object; images are base64 strings in the message's ``images`` — Ollama takes
@@ -56,7 +61,7 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(str(payload["error"]))
 
 
-def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
+def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
     p = request.params
     option_values = {
         "num_predict": p.max_new_tokens,
@@ -77,7 +82,7 @@ def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model.upstream_model,
         "messages": [_message(m, names) for m in request.messages],
-        "stream": True,
+        "stream": stream,
     }
     if "reasoning" in model.capabilities:
         body["think"] = True
@@ -134,6 +139,15 @@ class OllamaStream:
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         return self._parse(self._lines.feed(chunk))
+
+    def whole(self, raw: bytes) -> list[StreamEvent]:
+        """A non-streamed reply: one object, the stream's last line with the whole message in it."""
+        events = self._parse([raw])
+        if self.failure is not None:
+            raise self.failure
+        if not self.done:
+            raise self._upstream.truncated()
+        return events
 
     def end(self) -> list[StreamEvent]:
         events = self._parse(self._lines.flush())
@@ -232,6 +246,16 @@ class Ollama(HttpProvider):
             functools.partial(build_body, model, request),
             OllamaStream(self.upstream),
             headers={"Accept": "application/x-ndjson"},
+            model=model.upstream_model,
+        )
+
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        # ``stream: false``: one ChatResponse object (api/types.go), the message whole, ``done`` and the counts.
+        return self.upstream.fetch(
+            f"{self.connection.base_url}/api/chat",
+            functools.partial(build_body, model, request, stream=False),
+            OllamaStream(self.upstream).whole,
+            headers={"Accept": "application/json"},
             model=model.upstream_model,
         )
 

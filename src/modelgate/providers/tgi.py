@@ -14,6 +14,12 @@ Structured output is TGI's guidance: ``parameters.grammar = {"type": "json", "va
 calling lives on its Chat Completions route, which this ``api`` does not use), so a TGI model has no
 ``tools`` capability: such a request is refused with a 400 naming the model before any call.
 
+A caller that wants the reply whole (``complete``) gets it from ``POST {base}/generate`` (the same body; TGI's
+``GenerateResponse``: ``generated_text`` and ``details`` — ``finish_reason``, ``generated_tokens``), read into the
+events its stream would have given. The non-streamed ``details`` has no ``input_length``: the prompt's token count
+is the ``x-prompt-tokens`` header TGI sets on every ``/generate`` reply (router/src/server.rs
+``generate_internal``). Errors there are real statuses with TGI's body, ``error_type`` mapped as in a stream.
+
 The health probe is TGI's free ``GET /info`` (router/src/lib.rs ``Info``): it answers while the server
 runs and states ``max_total_tokens``, the bound on prompt + reply that ``check-config --online`` checks
 ``truncate + max_new_tokens`` against. TGI serves one model whatever the catalogue calls it (its
@@ -22,7 +28,7 @@ runs and states ``max_total_tokens``, the bound on prompt + reply that ``check-c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -59,6 +65,8 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(
         str(payload["error"]),
         retry_after=float(estimated) if isinstance(estimated, int | float) else None,
+        # ``/generate``'s statuses: its ``overloaded`` 429 is a full queue, as in a stream (``_ERROR_TYPES``).
+        status=_ERROR_TYPES.get(str(payload.get("error_type"))),
     )
 
 
@@ -103,18 +111,24 @@ def build_parameters(request: ChatRequest) -> dict[str, Any]:
     return params
 
 
-def build_body(model: CatalogueModel, request: ChatRequest) -> dict[str, Any]:
-    return {
+def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "inputs": render_prompt(model.template or "", request.messages),
         "parameters": build_parameters(request),
-        "stream": True,
     }
+    if stream:
+        body["stream"] = True  # /generate takes no ``stream`` (the route decides)
+    return body
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class TGIStream:
     """Incremental parser of one TGI token stream."""
 
-    __slots__ = ("_events", "_model", "_splitter", "_tokens", "_upstream", "done", "failure", "inputs")
+    __slots__ = ("_events", "_model", "_splitter", "_tokens", "_upstream", "done", "failure", "inputs", "prompt_tokens")
 
     def __init__(self, upstream: Upstream, model: str, splitter: ReasoningSplitter | None) -> None:
         self._upstream = upstream
@@ -126,6 +140,8 @@ class TGIStream:
         self.failure: UpstreamError | None = None
         #: The prompt sent, for a usage estimate when TGI reports none.
         self.inputs = ""
+        #: The prompt's token count from ``x-prompt-tokens`` (a whole reply's ``details`` has no ``input_length``).
+        self.prompt_tokens: int | None = None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -161,6 +177,37 @@ class TGIStream:
     def end(self) -> list[StreamEvent]:
         raise self._upstream.truncated()  # no event with generated_text: TGI's end never came
 
+    def headers(self, headers: Mapping[str, str]) -> None:
+        """A whole reply's headers: TGI counts the prompt there."""
+        value = headers.get("x-prompt-tokens", "")
+        self.prompt_tokens = int(value) if value.isdigit() else None
+
+    def whole(self, raw: bytes) -> list[StreamEvent]:
+        """A ``/generate`` reply (``generated_text`` and ``details``) as the events its stream would have given;
+        raises the ``UpstreamError`` an ``error`` body means."""
+        try:
+            payload = orjson.loads(raw)
+            if isinstance(payload, list):  # TGI's compat route wraps the object in an array
+                payload = payload[0]
+            if "error" in payload:
+                raise self._stream_error(payload)
+            text = payload["generated_text"]
+            if not isinstance(text, str):
+                raise TypeError(f"generated_text is {type(text).__name__}")
+            details = payload.get("details")
+            if details is not None and not isinstance(details, dict):
+                raise TypeError(f"details is {type(details).__name__}")
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, IndexError) as exc:
+            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+        out: list[StreamEvent] = []
+        if text:
+            splitter = self._splitter
+            out.extend([TextDelta(text)] if splitter is None else [*splitter.feed(text), *splitter.flush()])
+        if details is None or _count(details.get("generated_tokens")) is None:
+            self._tokens = estimate_tokens(text)  # no count to read: the text's estimate
+        out.append(self._finish(details, ended_on_special=False))
+        return out
+
     def _finish(self, details: Any, *, ended_on_special: bool) -> Finish:
         if not details:
             # No details (an upstream that ignored details: true): an end token means a natural stop.
@@ -168,7 +215,7 @@ class TGIStream:
             return Finish(reason, Usage(estimate_tokens(self.inputs), self._tokens, estimated=True))
         reason = _FINISH.get(details.get("finish_reason"), "other")
         generated = details.get("generated_tokens")
-        prompt = details.get("input_length")
+        prompt = details.get("input_length", self.prompt_tokens)
         completion = generated if isinstance(generated, int) else self._tokens
         if isinstance(prompt, int):
             return Finish(reason, Usage(prompt, completion, estimated=not isinstance(generated, int)))
@@ -219,6 +266,26 @@ class TGI(HttpProvider):
             parser,
             headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
             model=model.upstream_model,
+        )
+
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        template = get_template(model.template or "")
+        splitter = ReasoningSplitter(starts_in_reasoning=True) if template.starts_in_reasoning else None
+        parser = TGIStream(self.upstream, model.upstream_model, splitter)
+
+        def body() -> dict[str, Any]:
+            built = build_body(model, request, stream=False)
+            parser.inputs = built["inputs"]
+            return built
+
+        token = self.connection.api_key("HF_TOKEN")
+        return self.upstream.fetch(
+            f"{self.connection.base_url}/generate",
+            body,
+            parser.whole,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            model=model.upstream_model,
+            on_headers=parser.headers,
         )
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
