@@ -29,6 +29,7 @@ from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.drain import DRAIN_STATE, Drain
 from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.heap import tune_for_serving
 from modelgate.ledger import Ledger
 from modelgate.limits import Limiter
 from modelgate.logs import RedactingFilter, secrets_of
@@ -227,9 +228,11 @@ def create_app(
     catalogue: Catalogue | None = None,
     *,
     handle_sighup: bool = False,
+    tune_gc: bool = False,
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """``handle_sighup``: reload the catalogue on SIGHUP (``modelgate serve`` sets it; main thread only).
+    ``tune_gc``: set the process's garbage collector for serving once started (``heap.py``; ``modelgate serve``).
     ``tracer_provider``: trace chat requests through it (``tracing.py``), whatever the settings say."""
     settings = settings or Settings.from_env()
     catalogue = catalogue or load_catalogue(settings.config_path)
@@ -238,6 +241,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await state.start()
+        if tune_gc:
+            tune_for_serving()
         try:
             async with catalogue_reloading(state, sighup=handle_sighup):
                 yield {DRAIN_STATE: state.drain}  # where the server finds it when it shuts down
@@ -273,7 +278,7 @@ def create_app_from_env() -> FastAPI:
     settings = Settings.from_env()
     try:
         catalogue = load_catalogue(settings.config_path)
-        return create_app(settings, catalogue, handle_sighup=True)  # also loads the keys file
+        return create_app(settings, catalogue, handle_sighup=True, tune_gc=True)  # also loads the keys file
     except CatalogueError as exc:
         log.error("invalid catalogue, worker not started: %s", one_line(exc.message))
         raise SystemExit(3) from None  # uvicorn.config.STARTUP_FAILURE

@@ -215,7 +215,7 @@ def serve(
     if worker_count == 1:
         from modelgate.app import create_app
 
-        server.run(create_app(settings, catalogue, handle_sighup=True), settings, **common)
+        server.run(create_app(settings, catalogue, handle_sighup=True, tune_gc=True), settings, **common)
         return
     # Each worker builds its own app from the environment; uvicorn's supervisor turns SIGHUP into a
     # rolling restart, in which a worker that cannot load the file exits and the old one keeps serving.

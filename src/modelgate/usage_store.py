@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from modelgate.key_store import create_key_tables
 from modelgate.ledger import UsageRecord
+
+#: A record's columns. (Not ``dataclasses.asdict``: it deep-copies every value, one row per request.)
+_RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 metadata = MetaData()
 
@@ -172,7 +175,7 @@ class UsageStore:
 
     async def insert(self, records: Sequence[UsageRecord]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(usage), [asdict(record) for record in records])
+            await conn.execute(insert(usage), [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records])
 
     async def report(self, query: UsageFilter) -> UsageReport:
         conditions = []
