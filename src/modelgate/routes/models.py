@@ -169,7 +169,7 @@ class ModelsAnswer:
         self._prepared: _Prepared | None = None
         self._gzip_ok: dict[bytes, bool] = {}
 
-    def respond(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def respond(self, scope: Scope) -> tuple[int, Headers, bytes]:
         catalogue = self.state.catalogue  # one read: this request is answered from one catalogue
         prepared = self._prepared
         if prepared is None or prepared.catalogue is not catalogue:
@@ -185,8 +185,8 @@ class ModelsAnswer:
 
         variant = prepared.gzip if accept_encoding and self._accepts_gzip(accept_encoding) else prepared.identity
         if if_none_match is not None and etag_matches(if_none_match, variant.etag):
-            return 304, list(variant.not_modified_headers), b""
-        return 200, list(variant.headers), b"" if scope["method"] == "HEAD" else variant.body
+            return 304, variant.not_modified_headers, b""
+        return 200, variant.headers, b"" if scope["method"] == "HEAD" else variant.body
 
     def _max_age(self, catalogue: Catalogue) -> int:
         configured = self.state.settings.cache_max_age
