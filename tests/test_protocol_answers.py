@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -275,3 +277,29 @@ def test_a_reload_reaches_the_early_answers(both: tuple[Served, Served], catalog
     assert after[0][2] == replacement.body
     assert dict(after[0][1])["etag"] == replacement.etag
     assert early.seen.paths == []
+
+
+def test_a_client_not_reading_gets_the_asgi_path(both: tuple[Served, Served]) -> None:
+    """Early answers stop once the connection's write buffer is full (uvicorn's send would wait there): a client
+    pipelining thousands of requests without reading them sends the rest through uvicorn's cycle, whose
+    pipeline stops reading from it; read at last, every response arrives, in order."""
+    early, _ = both
+    count = 3000  # ~25 MB of responses: more than the kernel's socket buffers hold
+    with raw_http.connect(early.url, timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(head("GET", "/models") * count,), daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 20
+        while not early.seen.paths and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert early.seen.paths, "the early answers went on writing to a client that does not read"
+        responses = read_responses(sock, ("GET",) * count)
+        sender.join(timeout=10)
+    assert {status for status, _, _ in responses} == {b"HTTP/1.1 200 OK"}
+    assert 0 < len(early.seen.paths) < count
+
+
+def test_the_setting() -> None:
+    assert Settings().protocol_answers is True
+    assert Settings.from_env({}).protocol_answers is True
+    for off in ("0", "false", "no", "off"):
+        assert Settings.from_env({"MODELGATE_PROTOCOL_ANSWERS": off}).protocol_answers is False

@@ -6,7 +6,8 @@ Two pieces serve one contract:
   catalogue (identity and gzip bodies, their ETags and header lists): no routing, no pydantic, no
   JSON work per request. ``create_app`` puts it in the request observer's table of fast answers
   (``fast_routes``), so it is answered in front of the framework and still gets a request id, CORS
-  headers, metrics and an access line like any other request (``observer.py``).
+  headers, metrics and an access line like any other request (``observer.py``). Under ``modelgate serve``
+  the HTTP protocol writes that same answer without an ASGI task (``protocol_answers.py``).
 * The FastAPI route below is what ``/openapi.json`` and ``/docs`` describe (the seed's
   ``ModelsResponse``); it serves the same bytes should an app be built without the fast answer.
 * ``ModelsMethods``, a pure ASGI middleware inside CORS, answers every other method on these paths
