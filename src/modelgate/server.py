@@ -120,8 +120,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._turns = 0
         #: A byte of the current head has arrived.
         self._head_begun = False
-        #: Bytes in the network read being parsed.
+        #: Bytes in the network read being parsed, and whether the current head began in it.
         self._read_size = 0
+        self._head_in_read = False
         #: The app's answers this connection writes itself (``protocol_answers.py``), if it may.
         self._early = self._early_answers()
         #: The message being parsed has no uvicorn request cycle: answered by ``_answer_early``, or dropped.
@@ -159,6 +160,7 @@ class GuardedProtocol(HttpToolsProtocol):
         counting = self._in_head
         self._turns = 0
         self._read_size = len(data)
+        self._head_in_read = False
         super().data_received(data)
         if self.transport.is_closing():
             return
@@ -174,7 +176,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_begun = True
+        self._head_begun = self._head_in_read = True
         self._no_cycle = False
 
     def on_headers_complete(self) -> None:
@@ -212,7 +214,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _fits(self) -> bool:
         """Whether the head just completed is within ``max_header_bytes``."""
         limit = self.limits.max_header_bytes
-        if self._head_bytes + self._read_size <= limit:  # the earlier reads of this head and this one: no more
+        if self._head_in_read and self._read_size <= limit:  # all of it came in this read: no larger than that
             return True
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) <= limit
 
