@@ -203,6 +203,10 @@ class GuardedProtocol(HttpToolsProtocol):
         finally:
             self.app = app
 
+    def on_body(self, body: bytes) -> None:
+        if not self._no_cycle:  # the body of a dropped request goes nowhere
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         if self._no_cycle:
             self._no_cycle = False
