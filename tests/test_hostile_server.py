@@ -86,6 +86,17 @@ def test_the_limit_is_per_request_on_a_keep_alive_connection(limited: str) -> No
         assert read_response(sock)[0] == 431
 
 
+def test_a_head_begun_in_the_read_of_the_previous_request_counts_from_its_first_byte(limited: str) -> None:
+    """Pipelined: the next head starts in the read that carried a whole request and ends in a later read, each
+    read under the limit, the head over it."""
+    half = "a" * (MAX_HEADER_BYTES * 3 // 4)
+    with connect(limited) as sock:
+        sock.sendall(request_head("GET", "/health") + f"GET /health HTTP/1.1\r\nX-Filler: {half}".encode())
+        assert read_response(sock)[0] == 200  # the first read was parsed: what follows is another read
+        sock.sendall(f"{half}\r\n\r\n".encode())
+        assert read_response(sock)[0] == 431
+
+
 def test_a_body_is_not_counted_as_head(limited: str) -> None:
     with connect(limited) as sock:
         sock.sendall(post("/health", b"x" * (50 * MAX_HEADER_BYTES)))

@@ -1,23 +1,36 @@
-"""GET /models and /api/models over a real socket: ETag/304, gzip, HEAD, 405, Cache-Control, CORS, OpenAPI."""
+"""GET /models and /api/models over a real socket: ETag/304, gzip, HEAD, 405, Cache-Control, CORS, OpenAPI.
+
+Served by ``GuardedProtocol``, as ``modelgate serve`` does: GET and HEAD are its early answers.
+"""
 
 from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import EXPOSE_HEADERS
 from modelgate.routes.models import accepts_gzip, etag_matches
+from modelgate.server import GuardedProtocol
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
-from tests.servers import serve_in_thread
+from tests.servers import serve_in_thread as serve_app
 
 PATHS = ("/models", "/api/models")
+
+
+def serve_in_thread(app: FastAPI) -> AbstractContextManager[str]:
+    """The app under the production protocol, which writes these answers itself (``protocol_answers.py``)."""
+    return serve_app(app, http=GuardedProtocol)
+
+
 IDENTITY = {"Accept-Encoding": "identity"}
 
 

@@ -240,12 +240,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        from modelgate.protocol_answers import lifespan_state
+
         await state.start()
         if tune_gc:
             tune_for_serving()
         try:
             async with catalogue_reloading(state, sighup=handle_sighup):
-                yield {DRAIN_STATE: state.drain}  # where the server finds it when it shuts down
+                # Where the server finds the drain it starts on shutdown, and the answers it writes itself.
+                yield {DRAIN_STATE: state.drain, **lifespan_state(app)}
         finally:
             await state.stop()
 

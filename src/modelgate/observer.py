@@ -23,7 +23,9 @@ everything a request gets: request id, CORS headers (``cors.OriginHeaders``, com
 origin), the metrics and the access line. Auth is decided once, when the table is built: a path
 ``auth.is_protected_path`` protects never enters it (today's fast paths are public by policy). What
 it does skip is FastAPI's native OpenTelemetry bridge, which is idle unless an OpenTelemetry
-provider is configured and costs ~2.5 µs per request to find that out.
+provider is configured and costs ~2.5 µs per request to find that out. Under ``server.GuardedProtocol``
+the HTTP protocol writes the same answers itself, without an ASGI task (``protocol_answers.py``), from
+``fast_reply`` and ``record_fast``: the observer still decides what is answered, counted and logged.
 
 **Direct answers.** The chat routes (``POST /v1/chat/completions``, ``POST /api/ai/.../chat``) are handed to
 ``direct`` (``routes/direct.py``) instead of the framework: the same CORS, key check, handlers and error
@@ -126,12 +128,13 @@ def current_observation() -> Observation | None:
 
 # --- fast answers -------------------------------------------------------------------------------
 
-Headers = list[tuple[bytes, bytes]]
+#: Header lists prepared once and shared by every request they answer (never mutated).
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class FastAnswer(Protocol):
     def respond(self, scope: Scope) -> tuple[int, Headers, bytes]:
-        """Status, headers (a new list the observer appends to) and body for this request."""
+        """Status, headers and body for this request (``scope``: at least ``method``, ``path``, ``headers``)."""
         ...
 
 
@@ -139,6 +142,21 @@ class FastAnswer(Protocol):
 class FastRoute:
     route: str  #: the route template the request is counted and logged under
     answer: FastAnswer
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond more per request
+class FastReply:
+    """A fast answer ready to send, by the observer (ASGI) or by the HTTP protocol itself (``protocol_answers.py``):
+    the answer's headers, then the CORS headers of the request's origin, then ``x-request-id``."""
+
+    route: str
+    status: int
+    headers: Headers
+    cors: Headers
+    request_id: str
+    client_id: bool
+    body: bytes
+    started: float  # time.perf_counter()
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -299,47 +317,50 @@ class RequestObserver:
 
     async def _answer(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
         """Send a fast answer, with the request id and CORS headers, counted and logged like any other."""
-        started = time.perf_counter()
-        given_id: bytes | None = None
-        origin: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given_id = value
-            elif name == b"origin":
-                origin = value
-        client_id = given_id is not None and _SANE_REQUEST_ID.match(given_id) is not None
-        request_id = given_id.decode("ascii") if client_id and given_id is not None else os.urandom(16).hex()
-        status = 500
+        try:
+            reply = self.fast_reply(fast, scope)
+        except Exception as exc:  # what the framework's last-resort handler would do: log it, answer opaquely
+            await self._fast_failed(fast, scope, receive, send, exc)
+            return
+        headers = [*reply.headers, *reply.cors, (b"x-request-id", reply.request_id.encode("ascii"))]
         recorded = False
         try:
-            try:
-                status, headers, body = fast.answer.respond(scope)
-            except Exception as exc:  # what the framework's last-resort handler would do: log it, answer opaquely
-                log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
-                error = self.respond(ModelgateError("Internal Server Error"), scope["path"])
-                id_header = (b"x-request-id", request_id.encode("ascii"))
-
-                async def send_with_id(message: Message) -> None:
-                    if message["type"] == "http.response.start":
-                        message = {**message, "headers": [*message.get("headers", ()), id_header]}
-                    await send(message)
-
-                recorded = True
-                self._record(None, request_id, client_id, scope["method"], fast.route, 500, started, None)
-                await error(scope, receive, send_with_id)
-                return
-            if origin is not None:
-                headers += self.cors.for_origin(origin)
-            headers.append((b"x-request-id", request_id.encode("ascii")))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             # Recorded before the body goes out, so the request is counted before its client sees the end.
             recorded = True
-            self._record(None, request_id, client_id, scope["method"], fast.route, status, started, None)
-            await send({"type": "http.response.body", "body": body})
+            self.record_fast(reply, scope["method"], reply.status)
+            await send({"type": "http.response.body", "body": reply.body})
         except BaseException:
             if not recorded:
-                self._record(None, request_id, client_id, scope["method"], fast.route, 500, started, None)
+                self.record_fast(reply, scope["method"], 500)
             raise
+
+    def fast_reply(self, fast: FastRoute, scope: Scope) -> FastReply:
+        """The whole fast answer to ``scope``; raises what the answer raises."""
+        started = time.perf_counter()
+        request_id, client_id, origin = _fast_request_ids(scope)
+        status, headers, body = fast.answer.respond(scope)
+        cors = self.cors.for_origin(origin) if origin is not None else ()
+        return FastReply(fast.route, status, headers, cors, request_id, client_id, body, started)
+
+    def record_fast(self, reply: FastReply, method: str, status: int) -> None:
+        """Count and log a fast answer (``status``: what the client got)."""
+        self._record(None, reply.request_id, reply.client_id, method, reply.route, status, reply.started, None)
+
+    async def _fast_failed(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+        started = time.perf_counter()
+        request_id, client_id, _ = _fast_request_ids(scope)
+        log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+        error = self.respond(ModelgateError("Internal Server Error"), scope["path"])
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        self._record(None, request_id, client_id, scope["method"], fast.route, 500, started, None)
+        await error(scope, receive, send_with_id)
 
     def _finish(self, scope: Scope, obs: Observation, status: int) -> None:
         principal = scope.get("state", {}).get(PRINCIPAL_STATE)
@@ -407,6 +428,20 @@ class RequestObserver:
                     self._static_routes[raw] = template
                 return template
         return UNMATCHED_ROUTE
+
+
+def _fast_request_ids(scope: Scope) -> tuple[str, bool, bytes | None]:
+    """A fast answer's request id, whether the client chose it, and the request's ``Origin``."""
+    given_id: bytes | None = None
+    origin: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            given_id = value
+        elif name == b"origin":
+            origin = value
+    if given_id is not None and _SANE_REQUEST_ID.match(given_id) is not None:
+        return given_id.decode("ascii"), True, origin
+    return os.urandom(16).hex(), False, origin
 
 
 class _BodyGuard:

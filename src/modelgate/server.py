@@ -18,23 +18,30 @@ and #6). ``GuardedProtocol`` adds to it, per connection:
 What uvicorn offers does not cover it: ``limit_concurrency`` counts connections but answers only once a
 request's headers are complete, so idle sockets still pile up; ``h11_max_incomplete_event_size`` bounds
 the head only with the (slower) h11 protocol, with a 400 and still no timer.
+
+It also writes the app's fast answers (``GET``/``HEAD /models``) itself when their head is complete,
+without an ASGI task (``protocol_answers.py``; ``_answer_early`` says when it may).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import resource
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 import orjson
 import uvicorn
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
 from modelgate.drain import DRAIN_STATE, Drain
+from modelgate.protocol_answers import EARLY_ANSWERS_STATE, EarlyAnswers
 from modelgate.settings import Settings
 
 #: Seconds uvicorn waits beyond ``graceful_timeout`` before cancelling what still runs (a reply blocked
@@ -113,6 +120,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self._turns = 0
         #: A byte of the current head has arrived.
         self._head_begun = False
+        #: Bytes in the network read being parsed, and whether the current head began in it.
+        self._read_size = 0
+        self._head_in_read = False
+        #: The app's answers this connection writes itself (``protocol_answers.py``), if it may.
+        self._early = self._early_answers()
+        #: The message being parsed has no uvicorn request cycle: answered by ``_answer_early``, or dropped.
+        self._no_cycle = False
 
     # -- the connection cap and the first timer ------------------------------------------------------
 
@@ -145,27 +159,42 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         counting = self._in_head
         self._turns = 0
+        self._read_size = len(data)
+        self._head_in_read = False
         super().data_received(data)
-        if not (counting and self._in_head and self._turns == 0) or self.transport.is_closing():
-            return  # the head ended in this read (its exact size was checked then), or was never read here
+        if self.transport.is_closing():
+            return
+        if self._head_begun and self._head_timer is None:
+            # A head began in this read and is not complete: its time runs from now. (Armed here rather than
+            # when each message begins, so a request head that arrives in one read costs no timer.)
+            self._arm_head_timer()
+        if not (counting and self._in_head and self._turns == 0):
+            return  # the head ended in this read (its size was checked then), or was never read here
         self._head_bytes += len(data)
         if self._head_bytes > self.limits.max_header_bytes:
             self._refuse(431, self._too_large())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_begun = True
-        if self._head_timer is None:  # a later request of a keep-alive connection: its own head time
-            self._arm_head_timer()
+        self._head_begun = self._head_in_read = True
+        self._no_cycle = False
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
+        fits = self._fits()
         self._in_head = self._head_begun = False
         self._head_bytes = 0
         self._turns += 1
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size <= self.limits.max_header_bytes:
-            super().on_headers_complete()
+        if fits:
+            if self.transport.is_closing():
+                # Pipelined behind an early answer that closed the connection: as uvicorn does with a request
+                # queued behind a closing response, it is never run (nothing more would reach the client).
+                self._no_cycle = True
+                return
+            # An early answer earlier in this read armed the keep-alive timer: not while this request runs.
+            self._unset_keepalive_if_required()
+            if self._early is None or not self._answer_early():
+                super().on_headers_complete()
             return
         # Answered through uvicorn's own request cycle (the parser goes on with the body), not the app.
         app, self.app = self.app, _HeadTooLarge(self._too_large())
@@ -174,10 +203,24 @@ class GuardedProtocol(HttpToolsProtocol):
         finally:
             self.app = app
 
+    def on_body(self, body: bytes) -> None:
+        if not self._no_cycle:  # the body of a dropped request goes nowhere
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        if self._no_cycle:
+            self._no_cycle = False
+        else:
+            super().on_message_complete()
         self._in_head = True
         self._turns += 1
+
+    def _fits(self) -> bool:
+        """Whether the head just completed is within ``max_header_bytes``."""
+        limit = self.limits.max_header_bytes
+        if self._head_in_read and self._read_size <= limit:  # all of it came in this read: no larger than that
+            return True
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) <= limit
 
     def _too_large(self) -> str:
         return f"Request headers are larger than {self.limits.max_header_bytes} bytes"
@@ -206,6 +249,68 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.write(refusal(status, message))
         self.transport.close()
 
+    # -- answers written here (protocol_answers.py) ----------------------------------------------------
+
+    def _early_answers(self) -> EarlyAnswers | None:
+        early = self.app_state.get(EARLY_ANSWERS_STATE)
+        if not isinstance(early, EarlyAnswers):
+            return None
+        # What uvicorn adds on the ASGI path and an early answer would skip: a root path, its concurrency
+        # limit's 503, its own access line, its ASGI message log (trace level).
+        if self.root_path or self.limit_concurrency is not None:
+            return None
+        if (self.access_log and self.access_logger.isEnabledFor(logging.INFO)) or self.logger.isEnabledFor(
+            TRACE_LOG_LEVEL
+        ):
+            return None
+        return early
+
+    def _answer_early(self) -> bool:
+        """Write the answer to a fast route now, as one write; False leaves the request to uvicorn."""
+        assert self._early is not None
+        parser = self.parser
+        method = parser.get_method()
+        if method != b"GET" and method != b"HEAD":
+            return False
+        try:
+            raw_path: bytes = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False  # uvicorn's answer to it, whatever that is
+        fast = self._early.route(raw_path, method)
+        if fast is None:
+            return False
+        # What uvicorn's request cycle is there for: a response still going out on this connection (this one
+        # waits its turn in uvicorn's pipeline), a client not reading what was sent (uvicorn's send waits for
+        # it), a body to read, 100-continue, an upgrade.
+        if (
+            (self.cycle is not None and not self.cycle.response_complete)
+            or self.pipeline
+            or self.flow.write_paused
+            or self.expect_100_continue
+            or parser.should_upgrade()
+        ):
+            return False
+        for name, _ in self.headers:
+            if name in _BODY_HEADERS:
+                return False
+        http_version = parser.get_http_version()
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()  # as uvicorn decides it
+        scope = self.scope
+        scope["method"] = method.decode("ascii")
+        scope["path"] = raw_path.decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        try:
+            response = self._early.response(fast, scope, self.server_state.default_headers, keep_alive)  # type: ignore[arg-type]
+        except Exception:
+            return False  # the ASGI path answers it again, and logs what went wrong
+        self.transport.write(response)
+        self._no_cycle = True
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # uvicorn's own end of a response: request count, reading, keep-alive timer
+        return True
+
     # -- shutdown -------------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -213,6 +318,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if isinstance(drain, Drain):
             drain.begin()
         super().shutdown()
+
+
+#: Request headers that announce a body (an early answer is only for requests without one).
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class _HeadTooLarge:

@@ -141,6 +141,8 @@ class Settings:
     private_ops: bool = False
     #: OpenTelemetry traces of chat requests (``tracing.py``; needs ``modelgate[otel]``).
     tracing: bool = False
+    #: ``GET``/``HEAD /models`` written by the HTTP protocol itself, without an ASGI task (``protocol_answers.py``).
+    protocol_answers: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -194,6 +196,7 @@ class Settings:
             },
             "private_ops": env.get("MODELGATE_PRIVATE_OPS", "").lower() in {"1", "true", "yes"},
             "tracing": tracing_enabled(env),
+            "protocol_answers": env.get("MODELGATE_PROTOCOL_ANSWERS", "").lower() not in {"0", "false", "no", "off"},
         }
         values.update(overrides)
         if "database_url" not in overrides:

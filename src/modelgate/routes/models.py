@@ -6,7 +6,8 @@ Two pieces serve one contract:
   catalogue (identity and gzip bodies, their ETags and header lists): no routing, no pydantic, no
   JSON work per request. ``create_app`` puts it in the request observer's table of fast answers
   (``fast_routes``), so it is answered in front of the framework and still gets a request id, CORS
-  headers, metrics and an access line like any other request (``observer.py``).
+  headers, metrics and an access line like any other request (``observer.py``). Under ``modelgate serve``
+  the HTTP protocol writes that same answer without an ASGI task (``protocol_answers.py``).
 * The FastAPI route below is what ``/openapi.json`` and ``/docs`` describe (the seed's
   ``ModelsResponse``); it serves the same bytes should an app be built without the fast answer.
 * ``ModelsMethods``, a pure ASGI middleware inside CORS, answers every other method on these paths
@@ -169,7 +170,7 @@ class ModelsAnswer:
         self._prepared: _Prepared | None = None
         self._gzip_ok: dict[bytes, bool] = {}
 
-    def respond(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def respond(self, scope: Scope) -> tuple[int, Headers, bytes]:
         catalogue = self.state.catalogue  # one read: this request is answered from one catalogue
         prepared = self._prepared
         if prepared is None or prepared.catalogue is not catalogue:
@@ -185,8 +186,8 @@ class ModelsAnswer:
 
         variant = prepared.gzip if accept_encoding and self._accepts_gzip(accept_encoding) else prepared.identity
         if if_none_match is not None and etag_matches(if_none_match, variant.etag):
-            return 304, list(variant.not_modified_headers), b""
-        return 200, list(variant.headers), b"" if scope["method"] == "HEAD" else variant.body
+            return 304, variant.not_modified_headers, b""
+        return 200, variant.headers, b"" if scope["method"] == "HEAD" else variant.body
 
     def _max_age(self, catalogue: Catalogue) -> int:
         configured = self.state.settings.cache_max_age
