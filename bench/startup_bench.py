@@ -28,7 +28,7 @@ from systems import clean_env
 
 COMMANDS = {"--help": ["--help"], "models": ["models"]}
 #: ``serve`` as shipped (``--workers auto`` in this tree: one worker per core; 1 in the previous release) and
-#: with one worker (no supervisor, no worker processes to spawn).
+#: with one worker (no supervisor, no worker processes to start).
 SERVE = {"serve": [], "serve --workers 1": ["--workers", "1"]}
 
 
