@@ -23,16 +23,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from modelgate.chat import GenerationParams
 from modelgate.errors import CatalogueError, NotFound
 from modelgate.instances import PROVIDER_NAMES, Instance, ProviderEntry, build_instances, check_routing
 from modelgate.schema import ModelParameters
 from modelgate.templates import TEMPLATE_NAMES
+
+if TYPE_CHECKING:
+    from modelgate.chat import GenerationParams
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -242,6 +244,8 @@ class CatalogueModel:
 
     @property
     def defaults(self) -> GenerationParams:
+        from modelgate.chat import GenerationParams  # the chat types: not needed to load and list the catalogue
+
         p = self.parameters
         return GenerationParams.from_catalogue(
             max_new_tokens=p.max_new_tokens,

@@ -4,8 +4,10 @@ Thin by design: arguments → ``create_app`` + uvicorn, or → the catalogue loa
 A catalogue problem is one message on stderr and exit code 1, never a traceback.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: typer reads every command's annotations each time the CLI
+# runs (``--help`` included), and string annotations would be evaluated again on every run (issue 13 item 5).
 
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -60,7 +62,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def keys_or_fail(settings: Settings, catalogue: Catalogue) -> KeyRing:
+def keys_or_fail(settings: Settings, catalogue: "Catalogue") -> "KeyRing":
     """The API keys (environment + the keys file the catalogue names), or the problem and exit 1."""
     from modelgate.auth import load_keyring
 
@@ -70,7 +72,7 @@ def keys_or_fail(settings: Settings, catalogue: Catalogue) -> KeyRing:
         fail(exc.message)
 
 
-def load_or_fail(path: Path | None) -> Catalogue:
+def load_or_fail(path: Path | None) -> "Catalogue":
     from modelgate.catalogue import load_catalogue
 
     try:
@@ -164,7 +166,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve GET /models, the chat endpoints and the OpenAI-compatible API. SIGHUP reloads the catalogue."""
-    from modelgate.workers import in_process_limits, parse, resolve
+    from modelgate.workers import in_process_limits, parse, resolve, shared_directory
 
     try:
         requested_workers = parse(workers)
@@ -200,44 +202,56 @@ def serve(
     keys = keys_or_fail(settings, catalogue)  # the keys file too
     notice = access_notice(keys, host)
     worker_count, why = resolve(requested_workers, in_process_limits=in_process_limits(settings, catalogue, keys))
-    # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
-    # uvicorn's access log.
-    common: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_config": logging_config(log_level.value),
-        "access_log": False,
-    }
-    logging.config.dictConfig(common["log_config"])  # so the access notice is a log line like the others
-    logging.getLogger("modelgate.auth").log(*notice)
-    if why is not None:
-        logging.getLogger("modelgate.workers").warning(why)
-    if worker_count == 1:
-        from modelgate.app import create_app
+    with contextlib.ExitStack() as stack:
+        if worker_count > 1:
+            # One /metrics for all workers (prometheus_client's multiprocess mode). The library reads its
+            # directory once, when first imported: by the logging configuration below (access_log.py).
+            stack.enter_context(shared_directory())
+        # JSON lines on stderr for modelgate and uvicorn alike; the app's request observer replaces
+        # uvicorn's access log.
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "log_config": logging_config(log_level.value),
+            "access_log": False,
+        }
+        logging.config.dictConfig(common["log_config"])  # so the access notice is a log line like the others
+        logging.getLogger("modelgate.auth").log(*notice)
+        if why is not None:
+            logging.getLogger("modelgate.workers").warning(why)
+        if worker_count == 1:
+            from modelgate.app import create_app
 
-        server.run(create_app(settings, catalogue, handle_sighup=True, tune_gc=True), settings, **common)
-        return
-    # Each worker builds its own app from the environment; uvicorn's supervisor turns SIGHUP into a
-    # rolling restart, in which a worker that cannot load the file exits and the old one keeps serving.
+            server.run(create_app(settings, catalogue, handle_sighup=True, tune_gc=True), settings, **common)
+            return
+        _serve_workers(settings, worker_count, {**server_options, "log_level": log_level.value}, common)
+
+
+def _serve_workers(settings: Settings, workers: int, options: dict[str, Any], common: dict[str, Any]) -> None:
+    """Each worker builds its own app from the environment; uvicorn's supervisor turns SIGHUP into a
+    rolling restart, in which a worker that cannot load the file exits and the old one keeps serving."""
+    from modelgate import server
+    from modelgate.workers import forked_workers, preload_app
+
     if settings.config_path is not None:
         os.environ["MODELGATE_CONFIG"] = str(settings.config_path)
     if settings.watch_config:
         os.environ["MODELGATE_WATCH_CONFIG"] = "1"
-    os.environ["MODELGATE_LOG_LEVEL"] = log_level.value
-    for name, value in server_options.items():
-        if value is not None:  # the workers' apps read the graceful-shutdown limit from the environment
+    for name, value in options.items():
+        if value is not None:  # the workers' apps read e.g. the graceful-shutdown limit from the environment
             os.environ[f"MODELGATE_{name.upper()}"] = str(value)
     os.environ["MODELGATE_DATABASE_URL"] = settings.database_url or LEDGER_OFF
-    from modelgate.worker_metrics import shared_directory
-
-    with shared_directory():  # one /metrics for all workers (prometheus_client's multiprocess mode)
-        server.run("modelgate.app:create_app_from_env", settings, workers=worker_count, **common)
+    # Forked from this process once it has imported the app, rather than each importing it again (workers.py).
+    with forked_workers() as forking:
+        if forking:
+            preload_app()
+        server.run("modelgate.app:create_app_from_env", settings, workers=workers, **common)
 
 
 # --- models ----------------------------------------------------------------------------------------
 
 
-def rows_from_catalogue(catalogue: Catalogue) -> list[tuple[str, ...]]:
+def rows_from_catalogue(catalogue: "Catalogue") -> list[tuple[str, ...]]:
     return [
         (
             m.publisher,
@@ -295,7 +309,7 @@ def providers_from_endpoints(models: Sequence[str], endpoints: Mapping[str, Sequ
     return possible
 
 
-def rows_from_response(document: ModelsResponse) -> list[tuple[str, ...]]:
+def rows_from_response(document: "ModelsResponse") -> list[tuple[str, ...]]:
     """Rows in ``models`` order, the provider read back from ``endpoints`` (``a | b`` when ambiguous)."""
     endpoints = cast(Mapping[str, list[str]], document.endpoints)
     rows: list[tuple[str, ...]] = []
@@ -317,7 +331,7 @@ def rows_from_response(document: ModelsResponse) -> list[tuple[str, ...]]:
     return rows
 
 
-def _stdout_console() -> Console:
+def _stdout_console() -> "Console":
     from rich.console import Console
 
     # Piped output keeps whole cells: no terminal width to fit.
@@ -405,7 +419,7 @@ def check_config(
         _check_online(settings, catalogue)
 
 
-def _check_online(settings: Settings, catalogue: Catalogue) -> None:
+def _check_online(settings: Settings, catalogue: "Catalogue") -> None:
     import asyncio
 
     from rich.table import Table

@@ -6,7 +6,8 @@ same on SQLite and PostgreSQL and obeys the same admin key (``--admin-key`` or `
 what to do with it on stderr.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: typer reads every command's annotations each time the CLI
+# runs (``--help`` included), and string annotations would be evaluated again on every run (issue 13 item 5).
 
 import json
 import sys

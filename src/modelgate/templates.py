@@ -33,11 +33,12 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NoReturn
 
-from modelgate.chat import Message
 from modelgate.errors import BadRequest
 
 if TYPE_CHECKING:
     import jinja2  # imported when a template is first compiled: the catalogue needs only the names
+
+    from modelgate.chat import Message
 
 # Each source is one Jinja2 template; ``trim_blocks``/``lstrip_blocks`` (as in transformers) plus the
 # ``{%-``/``{{-`` markers keep the layout whitespace of this file out of the output.

@@ -1,7 +1,7 @@
 """One ``/metrics`` for every worker of ``modelgate serve --workers N``: prometheus_client's multiprocess mode.
 
 ``serve --workers N`` gives its workers one shared directory (``PROMETHEUS_MULTIPROC_DIR``: the operator's,
-else a private temporary one removed on exit, see ``shared_directory``). In it:
+else a private temporary one removed on exit, see ``workers.shared_directory``). In it:
 
 - the library's own series (upstream attempts, tokens, time to first token, streams in flight) are
   mmap-backed by prometheus_client itself: each worker writes ``counter_<pid>.db``, ``histogram_<pid>.db``,
@@ -27,9 +27,6 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,25 +55,6 @@ def multiprocess_directory() -> Path | None:
         return None
     directory = os.environ.get(DIRECTORY_ENV)
     return Path(directory) if directory else None
-
-
-@contextlib.contextmanager
-def shared_directory() -> Iterator[Path]:
-    """For ``serve --workers N``, before the workers start: ``PROMETHEUS_MULTIPROC_DIR`` if set (the operator
-    keeps it empty between runs, as prometheus_client requires), else a fresh private directory, removed on exit."""
-    given = os.environ.get(DIRECTORY_ENV)
-    if given:
-        path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    path = Path(tempfile.mkdtemp(prefix="modelgate-metrics-"))
-    os.environ[DIRECTORY_ENV] = str(path)  # inherited by the workers uvicorn spawns
-    try:
-        yield path
-    finally:
-        del os.environ[DIRECTORY_ENV]
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def collect(directory: Path) -> bytes:

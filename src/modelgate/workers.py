@@ -1,4 +1,4 @@
-"""How many worker processes ``modelgate serve`` runs (issue 13 item 4).
+"""How many worker processes ``modelgate serve`` runs (issue 13 item 4), and how they start (item 5).
 
 ``--workers auto`` (the default) is one worker per CPU core this process may use (affinity mask, cgroup CPU
 quota), because one worker saturates one core (bench/README.md *Cores*: ``--workers 2`` vs 1 on
@@ -8,12 +8,29 @@ One exception keeps a single process: limits whose counters live in the process 
 ``requests_per_minute``/``concurrent_streams``, a model's or provider's ``max_concurrency``) without
 ``MODELGATE_REDIS_URL``. Each worker would count on its own, so the effective limit would silently become N
 times the configured one; ``auto`` says so in the log instead. ``--workers N`` is taken as given.
+
+How they start: uvicorn's supervisor starts each worker with multiprocessing's *spawn*, a fresh interpreter
+that imports the CLI, uvicorn and the whole app again (~0.6 s of CPU each, the workers competing for the cores
+while the supervisor waited). ``forked_workers`` has it *fork* them instead, once the supervisor has imported
+the app (``preload_app``): a worker then only builds its app and runs the lifespan, sharing the imported
+modules' pages with the supervisor (bench/README.md *Start-up*). Nothing else runs in the supervisor when it
+forks: no event loop, no thread, no socket but the listening one, no app instance (each worker builds its own,
+so ledger connections, Redis clients and metric files belong to one process). A catalogue reload (SIGHUP)
+forks the new workers from the same supervisor, so they read the catalogue file again but run the code the
+supervisor loaded: upgrading modelgate itself needs a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from multiprocessing.context import ForkProcess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,3 +108,84 @@ def resolve(requested: str | int, *, in_process_limits: bool) -> tuple[int, str 
             f"and {cores} workers would each count on their own; set MODELGATE_REDIS_URL or --workers N"
         )
     return cores, None
+
+
+# --- starting the workers -------------------------------------------------------------------------------
+
+#: prometheus_client's multiprocess directory (the library reads this variable once, when first imported).
+METRICS_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared_directory() -> Iterator[Path]:
+    """For ``serve --workers N``, before the workers start and before anything imports prometheus_client:
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (the operator keeps it empty between runs, as prometheus_client
+    requires), else a fresh private directory, removed on exit. One ``/metrics`` for all workers
+    (``worker_metrics.py``)."""
+    given = os.environ.get(METRICS_DIRECTORY_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="modelgate-metrics-"))
+    os.environ[METRICS_DIRECTORY_ENV] = str(path)  # inherited by the workers
+    try:
+        yield path
+    finally:
+        del os.environ[METRICS_DIRECTORY_ENV]
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def preload_app() -> None:
+    """Import, in the supervisor, every module a worker imports to build and serve its app (nothing is run).
+
+    Inside ``shared_directory``, before anything imported prometheus_client: forked workers keep the mode the
+    library chose when the supervisor imported it."""
+    import modelgate.app
+    import modelgate.routes
+    import modelgate.routes.direct  # noqa: F401  (imported by create_app)
+    from modelgate.worker_metrics import multiprocess_directory
+
+    if multiprocess_directory() is None:  # a worker would count on its own, and /metrics show one worker's share
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
+
+
+class WorkerProcess(ForkProcess):
+    """A worker forked from the supervisor, starting with the signal handlers a fresh interpreter has.
+
+    uvicorn's supervisor catches its signals to queue them for its own loop; a forked worker would inherit that
+    and silently drop e.g. a SIGHUP that arrives before its app installs its own handler."""
+
+    def run(self) -> None:
+        from uvicorn.supervisors.multiprocess import SIGNALS
+
+        for number in SIGNALS:
+            signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
+        super().run()
+
+
+class _ForkContext:
+    """What uvicorn's ``get_subprocess`` asks of its multiprocessing context: a ``Process`` class."""
+
+    Process = WorkerProcess
+
+
+@contextlib.contextmanager
+def forked_workers() -> Iterator[bool]:
+    """While open, uvicorn's supervisor forks its workers (after ``preload_app``) instead of spawning them.
+
+    Yields whether it does: not where ``fork`` is unavailable or unsafe (another thread is running; a fork copies
+    only the calling thread, so a lock held elsewhere would stay locked in the worker for good), nor with a
+    uvicorn that no longer starts workers through ``uvicorn._subprocess.spawn``."""
+    from uvicorn import _subprocess
+
+    if not hasattr(os, "fork") or threading.active_count() > 1 or not hasattr(_subprocess, "spawn"):
+        yield False
+        return
+    spawn = _subprocess.spawn
+    _subprocess.spawn = _ForkContext  # type: ignore[assignment]  # read by get_subprocess at each worker start
+    try:
+        yield True
+    finally:
+        _subprocess.spawn = spawn
