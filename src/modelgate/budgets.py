@@ -223,7 +223,7 @@ class BudgetCounters(Protocol):
         """Add ``spent`` (the actual charges) and drop the hold ``hold_id`` (of ``amounts``)."""
         ...
 
-    async def read(self, counters: list[Counter]) -> list[Usage]: ...
+    async def read(self, counters: list[Counter], now: datetime) -> list[Usage]: ...
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
         """Set each counter's spent to ``spent`` unless this period's counter already has spending."""
@@ -277,8 +277,9 @@ class MemoryCounters:
             tally.spent += charge
             tally.holds.pop(hold_id, None)
 
-    async def read(self, counters: list[Counter]) -> list[Usage]:
-        stamp = time.time()
+    async def read(self, counters: list[Counter], now: datetime) -> list[Usage]:
+        # ``now``, the clock ``reserve`` stamped the holds with (not time.time(): a hold would lapse by another clock).
+        stamp = now.timestamp()
         return [self._usage(counter.key, stamp) for counter in counters]
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
@@ -379,8 +380,8 @@ class RedisCounters:
         except self._failures as exc:
             raise BudgetUnavailable() from exc
 
-    async def read(self, counters: list[Counter]) -> list[Usage]:
-        keys = self._keys(counters)
+    async def read(self, counters: list[Counter], now: datetime) -> list[Usage]:
+        keys = self._keys(counters)  # (holds lapse by the Redis server's clock, as the scripts stamp them)
         now_ms = int(time.time() * 1000)
         try:
             async with self._client().pipeline(transaction=False) as pipe:
@@ -474,8 +475,9 @@ class Budgets:
         )
 
     async def state(self, key_id: str, budget: Budget) -> list[BudgetState]:
-        current = counters(key_id, budget, self.now())
-        found = await self.store.read(current)
+        now = self.now()
+        current = counters(key_id, budget, now)
+        found = await self.store.read(current, now)
         return [_state(counter, usage) for counter, usage in zip(current, found, strict=True)]
 
 

@@ -8,9 +8,8 @@ an anyio task group: a cancel scope, two tasks and their bookkeeping per respons
 Those wrappers only look at ``http.response.start`` (to add headers, or note that a response started), so
 here the start goes through them as before and the body chunks go straight to the observer's send
 (``observer.DIRECT_SEND`` in the scope: the send guard, the metrics and the access line stay on every
-response). The body is iterated in a task of its own (a short await chain to wake per chunk); one small task
-listens for the client leaving and then cancels it, as the task group did, so a client that goes away still
-closes the upstream at once.
+response). The body is iterated in the request's own task; one small task listens for the client leaving
+and then cancels it, as the task group did, so a client that goes away still closes the upstream at once.
 
 Under uvicorn's httptools protocol (ours: ``server.GuardedProtocol``) a chunk is framed and written to the
 connection's transport directly (``ChunkWriter``) while the transport takes it without waiting: that is all
@@ -42,32 +41,24 @@ class RelayResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         direct: Send = scope.get(DIRECT_SEND, send)
-        # The body runs in a task of its own: every upstream read wakes the task that waits for it, and a
-        # wake-up resumes each coroutine of the task's await chain. Beneath the request task that chain is
-        # the server's cycle and every middleware (a dozen frames, twice per chunk); here it starts at
-        # ``_send_body``. The request task waits once, for the end.
-        body = asyncio.create_task(self._send_body(direct, ChunkWriter.of(scope.get(SERVER_SEND))))
-        state = _Listening(body)
+        write = ChunkWriter.of(scope.get(SERVER_SEND))
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Listening(task)
         listener = asyncio.create_task(state.listen(receive))
-        try:
-            await body  # a cancellation of this task (server shutdown) cancels the body with it
-        except asyncio.CancelledError:
-            # The client left (the listener cancelled the body): the response is over, as in Starlette's.
-            # A cancellation from anywhere else stands.
-            task = asyncio.current_task()
-            if not state.left or (task is not None and task.cancelling()):
-                raise
-        finally:
-            state.done = True
-            listener.cancel()
-
-    async def _send_body(self, direct: Send, write: ChunkWriter | None) -> None:
         try:
             async for chunk in self.body_iterator:
                 if chunk and (write is None or not write(chunk)):
                     await direct({"type": "http.response.body", "body": chunk, "more_body": True})
             await direct({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            # The client left (the listener cancelled us): the response is over, as in Starlette's. A
+            # cancellation from anywhere else (server shutdown) stands.
+            if not state.left or task.uncancel() > 0:
+                raise
         finally:
+            state.done = True
+            listener.cancel()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()  # closes the reply and so the upstream, now rather than at garbage collection
