@@ -28,7 +28,7 @@ runs and states ``max_total_tokens``, the bound on prompt + reply that ``check-c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -249,44 +249,42 @@ class TGI(HttpProvider):
     )
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
-        template = get_template(model.template or "")
-        splitter = ReasoningSplitter(starts_in_reasoning=True) if template.starts_in_reasoning else None
-        parser = TGIStream(self.upstream, model.upstream_model, splitter)
-
-        def body() -> dict[str, Any]:
-            built = build_body(model, request)
-            parser.inputs = built["inputs"]
-            return built
-
-        token = self.connection.api_key("HF_TOKEN")
+        parser, body, auth = self._call(model, request, stream=True)
         # TGI serves one model: the route names none (§1.1); ``inputs`` carries the rendered prompt.
         return self.upstream.stream(
             f"{self.connection.base_url}/generate_stream",
             body,
             parser,
-            headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+            headers={**auth, "Accept": "text/event-stream"},
             model=model.upstream_model,
         )
 
     def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+        parser, body, auth = self._call(model, request, stream=False)
+        return self.upstream.fetch(
+            f"{self.connection.base_url}/generate",
+            body,
+            parser.whole,
+            headers={**auth, "Accept": "application/json"},
+            model=model.upstream_model,
+            on_headers=parser.headers,
+        )
+
+    def _call(
+        self, model: CatalogueModel, request: ChatRequest, *, stream: bool
+    ) -> tuple[TGIStream, Callable[[], dict[str, Any]], dict[str, str]]:
+        """What both calls share: the reply's parser, the body (built when sent; the parser keeps its prompt)
+        and the authorization header."""
         template = get_template(model.template or "")
         splitter = ReasoningSplitter(starts_in_reasoning=True) if template.starts_in_reasoning else None
         parser = TGIStream(self.upstream, model.upstream_model, splitter)
 
         def body() -> dict[str, Any]:
-            built = build_body(model, request, stream=False)
+            built = build_body(model, request, stream=stream)
             parser.inputs = built["inputs"]
             return built
 
-        token = self.connection.api_key("HF_TOKEN")
-        return self.upstream.fetch(
-            f"{self.connection.base_url}/generate",
-            body,
-            parser.whole,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            model=model.upstream_model,
-            on_headers=parser.headers,
-        )
+        return parser, body, {"Authorization": f"Bearer {self.connection.api_key('HF_TOKEN')}"}
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         token = self.connection.api_key("HF_TOKEN")
