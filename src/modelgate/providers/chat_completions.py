@@ -235,11 +235,7 @@ class ChatCompletionsStream:
                     break
                 try:
                     payload = orjson.loads(data)
-                    if "error" in payload or payload.get("object") == "error":
-                        raise self._mid_stream_error(payload.get("error", payload))
-                    usage = payload.get("usage")
-                    if usage:
-                        self._usage = openai_usage(usage)
+                    self._envelope(payload)
                     for choice in payload.get("choices") or ():
                         self._choice(choice, out)
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
@@ -247,6 +243,14 @@ class ChatCompletionsStream:
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
         return out
+
+    def _envelope(self, payload: Any) -> None:
+        """What a chunk and a whole reply carry beside their choices: an error (raised) or the usage (kept)."""
+        if "error" in payload or payload.get("object") == "error":
+            raise self._mid_stream_error(payload.get("error", payload))
+        usage = payload.get("usage")
+        if usage:
+            self._usage = openai_usage(usage)
 
     def _choice(self, choice: Any, out: list[StreamEvent]) -> None:
         delta = choice.get("delta") or {}
@@ -290,11 +294,7 @@ class ChatCompletionsStream:
         have been; raises the ``UpstreamError`` an ``error`` body means."""
         try:
             payload = orjson.loads(raw)
-            if "error" in payload or payload.get("object") == "error":
-                raise self._mid_stream_error(payload.get("error", payload))
-            usage = payload.get("usage")
-            if usage:
-                self._usage = openai_usage(usage)
+            self._envelope(payload)
             out: list[StreamEvent] = []
             for choice in payload["choices"]:
                 message = choice.get("message") or {}
