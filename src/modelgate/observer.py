@@ -235,10 +235,8 @@ class RequestObserver:
                 given_id = value
             elif name == b"content-length":
                 declared_length = value
-        if given_id is not None and _SANE_REQUEST_ID.match(given_id):
-            obs = Observation(given_id.decode("ascii"), started, client_id=True)
-        else:
-            obs = Observation(os.urandom(16).hex(), started)
+        request_id, client_id = _request_id(given_id)
+        obs = Observation(request_id, started, client_id=client_id)
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state[OBSERVATION_STATE] = obs
         token = _current.set(obs)
@@ -435,6 +433,13 @@ class RequestObserver:
         return UNMATCHED_ROUTE
 
 
+def _request_id(given: bytes | None) -> tuple[str, bool]:
+    """The request's id and whether the client chose it: its ``X-Request-ID`` if sane, else a new one."""
+    if given is not None and _SANE_REQUEST_ID.match(given) is not None:
+        return given.decode("ascii"), True
+    return os.urandom(16).hex(), False
+
+
 def _fast_request_ids(scope: Scope) -> tuple[str, bool, bytes | None]:
     """A fast answer's request id, whether the client chose it, and the request's ``Origin``."""
     given_id: bytes | None = None
@@ -444,9 +449,7 @@ def _fast_request_ids(scope: Scope) -> tuple[str, bool, bytes | None]:
             given_id = value
         elif name == b"origin":
             origin = value
-    if given_id is not None and _SANE_REQUEST_ID.match(given_id) is not None:
-        return given_id.decode("ascii"), True, origin
-    return os.urandom(16).hex(), False, origin
+    return (*_request_id(given_id), origin)
 
 
 class _BodyGuard:
