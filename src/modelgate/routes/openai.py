@@ -49,7 +49,7 @@ from modelgate.routes.openai_input import (
     to_tool_choice,
     to_tools,
 )
-from modelgate.routes.opening import open_for_client, unless_client_leaves
+from modelgate.routes.opening import collect_for_client, open_for_client
 from modelgate.settings import Settings
 from modelgate.wire import WireInt, WireText
 
@@ -448,10 +448,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     collecting = collect_completion(
         start.events, completion_id=completion_id, created=created, model=start.model.id, provider=start.model.provider
     )
-    if start.complete:  # the reply is all here (a whole reply): nothing to wait for, no client to watch
-        completion = await collecting
-    else:  # nobody listens to the client else
-        completion = await unless_client_leaves(request, gateway(request).drain, collecting)
+    completion = await collect_for_client(request, gateway(request), start, collecting)
     if (completion.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(completion), media_type=JSON, headers=headers)

@@ -5,10 +5,10 @@ upstream event: up to two first-token timeouts, minutes), and nothing else liste
 client that left kept its concurrency slots and the upstream call for all that time (issue 11, #9).
 ``open_for_client`` watches ``receive()`` for ``http.disconnect`` meanwhile; when it comes first the
 opening is cancelled — which closes the upstream request — and ``ClientDisconnected`` ends the request,
-so ``AccessMiddleware`` releases the slots at once. A non-streamed ``/v1`` completion, collected whole
-before its response starts, is watched the same way (``unless_client_leaves``). The graceful-shutdown
-``Drain`` may cut the wait too (503), and bounds the reply that follows (``Drain.bounded``), for every
-output protocol alike.
+so ``AccessMiddleware`` releases the slots at once. A non-streamed ``/v1`` reply, collected whole before
+its response starts, is watched the same way (``collect_for_client``) unless it arrived whole. The
+graceful-shutdown ``Drain`` may cut the wait too (503), and bounds the reply that follows
+(``Drain.bounded``), for every output protocol alike.
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[A
             raise ShuttingDown()
         raise ClientDisconnected()
     return task.result()  # or its own error (a 4xx/5xx for the client)
+
+
+async def collect_for_client(
+    request: Request, state: GatewayState, start: StreamStart, collecting: Coroutine[Any, Any, T]
+) -> T:
+    """A non-streamed reply, collected before its response starts: the client is watched meanwhile, unless
+    the reply is already all here (``start.complete``: a whole reply waits on nobody)."""
+    if start.complete:
+        return await collecting
+    return await unless_client_leaves(request, state.drain, collecting)
 
 
 async def _disconnect(receive: Receive) -> None:

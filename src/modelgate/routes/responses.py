@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.encoders.openai import USAGE_HEADER
@@ -21,8 +21,9 @@ from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import BadRequest
+from modelgate.relay_response import RelayResponse
 from modelgate.routes.openai import JSONBodyRoute, open_reply
-from modelgate.routes.opening import unless_client_leaves
+from modelgate.routes.opening import collect_for_client
 from modelgate.routes.responses_input import (
     RESPONSES_PARAMS,
     ResponsesRequest,
@@ -73,12 +74,11 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     provider = start.model.provider
     if body.stream:
         encoder = ResponseStreamEncoder(head, provider=provider)
-        return StreamingResponse(
+        return RelayResponse(
             encoder.encode(start.events), media_type=STREAM_MEDIA_TYPE, headers={**STREAM_HEADERS, **headers}
         )
-    # Collected whole before the response starts: nothing else listens to the client meanwhile.
     collecting = collect_response(start.events, head, provider=provider)
-    response = await unless_client_leaves(request, gateway(request).drain, collecting)
+    response = await collect_for_client(request, gateway(request), start, collecting)
     if (response.get("usage") or {}).get("estimated"):
         headers[USAGE_HEADER] = "estimated"
     return Response(orjson.dumps(response), media_type=JSON, headers=headers)
