@@ -128,8 +128,11 @@ async def _concurrent_streams(url: str, name: str, callers: int) -> list[int]:
             json={"messages": MESSAGES},
             headers={"Authorization": f"Bearer {KEYS['wide']}"},
         ) as response:
+            # Kept until the stream is let go: a half-read iterator that is dropped gets finalised, and
+            # httpx then closes the connection, so the server ends the stream and frees its slot early.
+            lines = response.aiter_lines()
             if response.status_code == 200:
-                async for line in response.aiter_lines():
+                async for line in lines:
                     if line.startswith("0:"):  # the fallback's first token: it is streaming
                         break
             else:
@@ -138,6 +141,7 @@ async def _concurrent_streams(url: str, name: str, callers: int) -> list[int]:
             if len(statuses) == callers:
                 all_answered.set()
             await release.wait()  # holding the stream (and its slots) until every caller has an answer
+            await lines.aclose()
 
     limits = httpx.Limits(max_connections=callers + 5)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
