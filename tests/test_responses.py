@@ -183,11 +183,13 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
 
 
 def test_usage_the_provider_does_not_report_is_estimated_and_marked(client: openai.OpenAI, fakes: Fakes) -> None:
-    fakes.openrouter.default = Reply(tokens=["Hi", "!"], usage=None)  # every call: no usage reported
+    fakes.openrouter.default = Reply(tokens=["four words", " of text"], usage=None)  # every call: no usage reported
     raw = client.responses.with_raw_response.create(model=THINKER, input="hi")
+    assert fakes.openrouter.last.json["stream"] is False  # asked for one JSON reply, not a stream
     assert raw.headers["x-modelgate-usage"] == "estimated"
     usage = raw.parse().usage
-    assert usage is not None and usage.output_tokens == 2 and usage.model_extra == {"estimated": True}
+    # Counted from the whole reply's text: 18 characters, ~4 a token.
+    assert usage is not None and usage.output_tokens == 5 and usage.model_extra == {"estimated": True}
     with client.responses.create(model=THINKER, input="hi", stream=True) as stream:
         completed = [e for e in stream if e.type == "response.completed"]
     assert completed[0].response.usage is not None and completed[0].response.usage.model_extra == {"estimated": True}
@@ -416,10 +418,13 @@ def test_the_failure_on_the_wire_is_error_then_response_failed(service: str, fak
 
 
 def test_a_non_streamed_failure_midway_is_a_502(client: openai.OpenAI, fakes: Fakes) -> None:
-    fakes.ollama.script(Reply(tokens=["one", " two"], fault=Fault.error_after(1)))
+    # Asked for a whole reply, Ollama answers a runner failing mid-generation with an error status, which is
+    # retried (nothing reached the client yet): it fails on every attempt here.
+    fakes.ollama.default = Reply(tokens=["one", " two"], fault=Fault.error_after(1))
     with pytest.raises(openai.InternalServerError) as caught:
         client.responses.create(model=OLLAMA, input="hi")
     assert caught.value.status_code == 502
+    assert fakes.ollama.last.json["stream"] is False
 
 
 def test_closing_the_stream_closes_the_upstream(client: openai.OpenAI, fakes: Fakes) -> None:

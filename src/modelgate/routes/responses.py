@@ -53,6 +53,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
             body.model,
             lambda model, settings: to_chat_request(body, model, settings),
             RESPONSES_PARAMS,
+            whole=not body.stream,
         )
     except BadRequest as exc:
         exc.param = _OUR_PARAMS.get(exc.param or "", exc.param)
