@@ -386,6 +386,7 @@ def impatient_service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
         """
 [providers.ollama]
 first_token_timeout = 1
+whole_reply_timeout = 2.5
 max_retries = 0
 
 [[models]]
@@ -411,6 +412,24 @@ def test_a_hanging_upstream_is_an_sdk_timeout(impatient_service: str, fakes: Fak
     fakes.ollama.script(Reply(fault=Fault.hang()))
     with sdk(impatient_service, timeout=0.3) as client, pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+
+
+def test_a_whole_reply_may_take_longer_than_the_first_token_timeout(impatient_service: str, fakes: Fakes) -> None:
+    """Generated in ~1.5 s, each token 0.5 s after the last: a stream's first token would be in time, and so is
+    the whole reply, whose status line comes once all of it is generated (the whole-reply timeout is 2.5 s)."""
+    fakes.ollama.script(Reply(tokens=["one", " two", " three", " four"], delay=0.5))
+    with sdk(impatient_service, timeout=30) as client:
+        completion = client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert completion.choices[0].message.content == "one two three four"
+    assert fakes.ollama.last.json["stream"] is False
+
+
+def test_a_whole_reply_is_bounded_by_the_whole_reply_timeout(impatient_service: str, fakes: Fakes) -> None:
+    fakes.ollama.script(Reply(fault=Fault.hang()))
+    with sdk(impatient_service, timeout=30) as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODELS["ollama"], messages=MESSAGES)
+    assert caught.value.status_code == 504
+    assert "no whole reply within 2.5s (whole-reply timeout)" in str(caught.value.body)
 
 
 def test_a_hanging_upstream_is_a_504_from_the_gateway(impatient_service: str, fakes: Fakes) -> None:

@@ -467,11 +467,19 @@ def test_an_unreachable_provider_is_retried_then_failed_over(fakes: Fakes, tmp_p
     assert 'model="acme/primary",outcome="upstream_error",provider="ollama"} 3.0' in metrics
 
 
-def test_a_first_token_timeout_is_retried_once(fakes: Fakes, serve: Any) -> None:
-    url = serve(FAST_RETRIES + "first_token_timeout = 0.3\n", fallbacks="[]")
+@pytest.mark.parametrize(
+    ("timeout", "stream", "message"),
+    [
+        ("first_token_timeout", True, "no reply within 0.3s (first-token timeout)"),
+        ("whole_reply_timeout", False, "no whole reply within 0.3s (whole-reply timeout)"),
+    ],
+)
+def test_a_timeout_is_retried_once(fakes: Fakes, serve: Any, timeout: str, stream: bool, message: str) -> None:
+    url = serve(FAST_RETRIES + f"{timeout} = 0.3\n", fallbacks="[]")
     fakes.ollama.default = Reply(fault=Fault.slow_first(5))
-    response = chat(url)
+    response = chat(url, stream=stream)
     assert response.status_code == 504
+    assert message in response.text
     assert chat_models(fakes) == ["primary:1b"] * 2  # max_retries is 2, but a timeout gets one retry only
 
 

@@ -137,6 +137,7 @@ class GatewayState:
             connect_timeout=entry.connect_timeout,
             first_token_timeout=entry.first_token_timeout,
             idle_timeout=entry.idle_timeout,
+            whole_reply_timeout=entry.whole_reply_timeout,
             name=provider,
             key_variable=instance.key_variable,
             extra_params=instance.extra_params,

@@ -63,6 +63,10 @@ class ProviderEntry(BaseModel):
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
     idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    whole_reply_timeout: Annotated[
+        float,
+        Field(gt=0, description="Seconds a non-streamed call may take to be generated whole (its status line)"),
+    ] = 600.0
     max_concurrency: Annotated[int | None, Field(gt=0)] = None
     # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
     max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2

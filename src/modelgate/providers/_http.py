@@ -29,6 +29,8 @@ Timeouts (no total deadline by default — a healthy long stream may run for min
 * ``idle_timeout``: once events flow, the longest wait for the next *event*. Bytes that complete none
   (comments, blank lines, empty chunks) are not progress and re-arm nothing.
 * ``max_stream_seconds`` (optional, off by default): the whole reply.
+* ``whole_reply_timeout``: a non-streamed call (``fetch``) shows no progress until the server generated all
+  of it and sends its status line, so that wait is bounded by the generation's length, not a first token's.
 
 What a hostile or broken upstream cannot do to the worker (issue 11):
 
@@ -381,8 +383,9 @@ class Upstream:
 
         The same contract as ``stream`` (an iterator of batches; the error tree; the body built on the first
         iteration). The status line is the reply's first byte, and a server sends it once the whole reply is
-        generated: it must come within ``first_token_timeout``; the body (one event, so at most
-        ``max_event_bytes``) within ``idle_timeout`` after it.
+        generated: it must come within ``whole_reply_timeout`` (and ``max_stream_seconds``, when set), a bound on
+        the generation rather than on a first token; the body (one event, so at most ``max_event_bytes``) within
+        ``idle_timeout`` after it.
         """
         conn = self.connection
         loop = asyncio.get_running_loop()
@@ -390,8 +393,11 @@ class Upstream:
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
-            deadline.begin(loop.time() + conn.first_token_timeout)
-            response = await self._post(url, orjson.dumps(body()), headers, model, deadline)
+            wait = min(conn.whole_reply_timeout, conn.max_stream_seconds or math.inf)
+            deadline.begin(loop.time() + wait)
+            response = await self._post(
+                url, orjson.dumps(body()), headers, model, deadline, timed_out=lambda: self._whole_reply_timeout(wait)
+            )
             if on_headers is not None:
                 on_headers(response.headers)
             deadline.begin(loop.time() + conn.idle_timeout)
@@ -415,9 +421,17 @@ class Upstream:
                 await self._close(response, reuse=finished)
 
     async def _post(
-        self, url: str, payload: bytes, headers: Mapping[str, str], model: str, deadline: Deadline
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        model: str,
+        deadline: Deadline,
+        *,
+        timed_out: Callable[[], UpstreamTimeout] | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send the call and wait for a 2xx status line (until ``deadline``, which the caller began)."""
+        """Send the call and wait for a 2xx status line (until ``deadline``, which the caller began; then the
+        error is ``timed_out()``, by default the first-token timeout's)."""
         try:
             response = await self.http.request(
                 "POST",
@@ -441,7 +455,7 @@ class Upstream:
             return response
         except asyncio.CancelledError:
             if deadline.fired():
-                raise self._first_token_timeout() from None
+                raise (timed_out or self._first_token_timeout)() from None
             raise
         except (aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(exc, started=False) from exc
@@ -632,6 +646,9 @@ class Upstream:
         return UpstreamTimeout(
             self.provider, f"no reply within {self.connection.first_token_timeout:g}s (first-token timeout)"
         )
+
+    def _whole_reply_timeout(self, seconds: float) -> UpstreamTimeout:
+        return UpstreamTimeout(self.provider, f"no whole reply within {seconds:g}s (whole-reply timeout)")
 
     def _deadline_error(self, started: bool, *, overran: bool) -> UpstreamTimeout:
         """Which of the stream's deadlines passed: the total duration, the first token, or the idle gap."""

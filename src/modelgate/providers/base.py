@@ -50,6 +50,9 @@ class Connection:
     #: Seconds allowed between two events once the reply streams (bytes that complete no event, such as
     #: SSE comments, do not count as progress).
     idle_timeout: float = 60.0
+    #: Seconds to wait for a whole (non-streamed) reply's status line, which a server sends once it has
+    #: generated everything: the generation's whole length, not a first token's wait.
+    whole_reply_timeout: float = 600.0
     #: The provider instance this connects (errors and logs name it); empty: the adapter's kind.
     name: str = ""
     #: Which of ``credentials`` is the bearer key (an instance's ``api_key_env``); None: the kind's own.
