@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
 
-from modelgate.chat import ChatRequest, GenerationParams, Usage
+from modelgate.chat import ChatRequest, Finish, GenerationParams, ToolCallDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers._http import Upstream
 from modelgate.providers.base import Connection
 from modelgate.providers.cloudflare import Cloudflare, read_error, read_whole
 from tests.fakes import Fakes, Fault, Reply
-from tests.fakes._base import RecordedRequest
+from tests.fakes._base import RecordedRequest, ToolCallScript
 from tests.fakes.cloudflare import CONTEXT_WINDOW
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, WholeReplyContract, catalogue_model, collect, free_port_url
 
@@ -130,6 +131,37 @@ class TestCloudflare(WholeReplyContract):
         got = await self.run(fakes)
         assert type(got.error) is UpstreamError
         assert "not available upstream" in got.error.message
+
+    # -- newer models answer in the OpenAI format (workers-ai-provider reads both) ---------------------
+
+    @pytest.mark.anyio
+    async def test_an_openai_format_stream_is_read_with_reasoning_usage_and_finish(self, fakes: Fakes) -> None:
+        reply = Reply(tokens=["It", " is", " 6."], reasoning=["Add", " them."], usage=(31, 5), finish="length")
+        got = await self.run(fakes, replace(reply, options={"openai_format": True}))
+        assert got.reasoning == "Add them." and got.text == "It is 6."
+        assert got.finish == Finish("length", Usage(31, 5))
+
+    @pytest.mark.anyio
+    async def test_an_openai_format_stream_without_usage_is_counted_and_ends_at_its_finish(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a", "b"], usage=None, options={"openai_format": True}))
+        assert got.text == "ab"
+        assert got.finish == Finish("stop", Usage(ESTIMATED_PROMPT, 2, estimated=True))
+
+    @pytest.mark.anyio
+    async def test_an_openai_format_whole_reply_is_read_with_its_tool_calls(self, fakes: Fakes) -> None:
+        call = ToolCallScript(name="add", arguments='{"a": 3, "b": 3}', id="call_cf_1")
+        reply = Reply(tokens=[], tool_calls=[call], usage=(40, 9), finish="tool_calls", options={"openai_format": True})
+        got = await self.run_whole(fakes, reply)
+        calls = [e for e in got.events if isinstance(e, ToolCallDelta)]
+        assert [(c.id, c.name, c.arguments) for c in calls] == [("call_cf_1", "add", '{"a": 3, "b": 3}')]
+        assert got.finish == Finish("tool-calls", Usage(40, 9))
+
+    @pytest.mark.anyio
+    async def test_an_openai_format_whole_reply_carries_text_and_reasoning(self, fakes: Fakes) -> None:
+        reply = Reply(tokens=["It", " is", " 6."], reasoning=["Add."], usage=(31, 4), options={"openai_format": True})
+        got = await self.run_whole(fakes, reply)
+        assert got.reasoning == "Add." and got.text == "It is 6."
+        assert got.finish == Finish("stop", Usage(31, 4))
 
     @pytest.mark.anyio
     async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:

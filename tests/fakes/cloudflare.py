@@ -15,7 +15,10 @@ an error status (the envelope, code 3043 [illustrative]) (``_base.WholeReply``).
 answers them, without streaming: ``result.tool_calls`` is ``[{"name", "arguments": {object}}]`` (no ids), and
 with a ``response_format`` the ``response`` is the parsed JSON object rather than text.
 
-``Reply.options``: ``padding`` (False to send old-style ``{"response":…}`` events only).
+``Reply.options``: ``padding`` (False to send old-style ``{"response":…}`` events only); ``openai_format`` (True:
+answer as the newer models — Qwen3, gpt-oss — do, in the OpenAI format inside the same transport: Chat Completions
+chunks until ``[DONE]``, or a ``chat.completion`` as the envelope's ``result``; the shapes Cloudflare's own
+``workers-ai-provider`` reads in ``streaming.ts`` and ``extractContent``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeReply, dumps, json_error
+from tests.fakes.openai_compatible import ChatCompletionsServer
 
 ACCOUNT = "acct"
 TOKEN = "cf_test"
@@ -129,6 +133,8 @@ class FakeCloudflare(FakeUpstream):
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.status_error(fault.http_status, fault.retry_after, fault.code, fault.message)
+        if reply.options.get("openai_format"):
+            return self._openai_format(reply, body, model, epoch)
         if body.get("stream") is not True:
             usage = self.usage_of(reply, self._generated(reply, body))
             text = "".join(reply.tokens)
@@ -143,6 +149,17 @@ class FakeCloudflare(FakeUpstream):
             failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
             return WholeReply(self, epoch, reply, answer, failure)
         return FrameStream(self, epoch, reply, self.render(reply, body), media_type="text/event-stream")
+
+    def _openai_format(self, reply: Reply, body: dict[str, Any], model: str, epoch: int) -> Response:
+        chat = ChatCompletionsServer(self, token=None)
+        if body.get("stream") is not True:
+            result = chat.completion(reply, model)
+            answer = JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+            fault = reply.fault
+            failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
+            return WholeReply(self, epoch, reply, answer, failure)
+        frames = chat.render(reply, model, include_usage=True)
+        return FrameStream(self, epoch, reply, frames, media_type="text/event-stream")
 
     def render(self, reply: Reply, body: dict[str, Any]) -> Frames:
         padded = reply.options.get("padding", True)

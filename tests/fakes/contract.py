@@ -120,6 +120,7 @@ class ProviderContract:
         *,
         first_token_timeout: float = 10.0,
         idle_timeout: float = 10.0,
+        whole_reply_timeout: float = 10.0,
         credentials: dict[str, str] | None = None,
     ) -> Provider:
         connection = Connection(
@@ -128,6 +129,7 @@ class ProviderContract:
             connect_timeout=5.0,
             first_token_timeout=first_token_timeout,
             idle_timeout=idle_timeout,
+            whole_reply_timeout=whole_reply_timeout,
         )
         return self.provider(connection, http)
 
@@ -358,16 +360,16 @@ class WholeReplyContract(ProviderContract):
         assert "dropped" in got.error.message and got.events == []
 
     @pytest.mark.anyio
-    async def test_a_whole_reply_slower_than_the_first_token_timeout_is_a_504(self, fakes: Fakes) -> None:
-        got = await self.run_whole(fakes, Reply(fault=Fault.slow_first(30)), first_token_timeout=0.3)
-        assert isinstance(got.error, UpstreamTimeout) and "first-token" in got.error.message
+    async def test_a_whole_reply_slower_than_the_whole_reply_timeout_is_a_504(self, fakes: Fakes) -> None:
+        got = await self.run_whole(fakes, Reply(fault=Fault.slow_first(30)), whole_reply_timeout=0.3)
+        assert isinstance(got.error, UpstreamTimeout) and "whole-reply timeout" in got.error.message
         assert got.events == []
 
     @pytest.mark.anyio
-    async def test_a_whole_generation_within_the_first_token_timeout_is_served(self, fakes: Fakes) -> None:
-        # Longer than the idle timeout in all: a whole reply's generation is bounded by the first-token timeout alone.
+    async def test_a_whole_generation_within_the_whole_reply_timeout_is_served(self, fakes: Fakes) -> None:
+        # Longer than the first-token and the idle timeout: a whole reply's generation is bounded by its own timeout.
         reply = Reply(tokens=["late", " but", " whole"], fault=Fault.slow_first(0.2), delay=0.2)
-        got = await self.run_whole(fakes, reply, first_token_timeout=30, idle_timeout=0.3)
+        got = await self.run_whole(fakes, reply, first_token_timeout=0.3, idle_timeout=0.3, whole_reply_timeout=30)
         assert got.text == "late but whole"
 
     @pytest.mark.anyio
@@ -375,7 +377,7 @@ class WholeReplyContract(ProviderContract):
         fake = self.fake(fakes)
         fake.script(Reply(fault=Fault.hang(after=1)))
         async with new_session() as http:
-            provider = self.make(http, self.base_url(fake), first_token_timeout=0.3)
+            provider = self.make(http, self.base_url(fake), whole_reply_timeout=0.3)
             got = await collect(provider.complete(catalogue_model(self.model_id), self.request()))
             # Seen while our client (and its connection pool) is still open: the call itself was closed.
             assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1

@@ -234,15 +234,24 @@ class ChatCompletionsStream:
                     self.done = True
                     break
                 try:
-                    payload = orjson.loads(data)
-                    self._envelope(payload)
-                    for choice in payload.get("choices") or ():
-                        self._choice(choice, out)
+                    self.read_chunk(orjson.loads(data), out)
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
                     raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
         return out
+
+    def read_chunk(self, payload: Any, out: list[StreamEvent]) -> None:
+        """One parsed chunk's events into ``out`` (Workers AI wraps such chunks in its own stream for some
+        models). Raises the ``UpstreamError`` an ``error`` chunk means; a chunk in no known shape, a ``KeyError``
+        or the like."""
+        self._envelope(payload)
+        for choice in payload.get("choices") or ():
+            self._choice(choice, out)
+
+    def finish(self) -> list[StreamEvent]:
+        """The events that end a stream whose end marker came (the usage, counted if not reported)."""
+        return self._final()
 
     def _envelope(self, payload: Any) -> None:
         """What a chunk and a whole reply carry beside their choices: an error (raised) or the usage (kept)."""
@@ -293,7 +302,13 @@ class ChatCompletionsStream:
         """A non-streamed reply (``chat.completion``: ``choices[].message``) as the events its stream would
         have been; raises the ``UpstreamError`` an ``error`` body means."""
         try:
-            payload = orjson.loads(raw)
+            return self.whole_reply(orjson.loads(raw), raw)
+        except orjson.JSONDecodeError as exc:
+            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+
+    def whole_reply(self, payload: Any, raw: bytes) -> list[StreamEvent]:
+        """``whole`` for a reply already parsed from ``raw`` (Workers AI wraps one in its envelope's ``result``)."""
+        try:
             self._envelope(payload)
             out: list[StreamEvent] = []
             for choice in payload["choices"]:
@@ -301,7 +316,7 @@ class ChatCompletionsStream:
                 # The message is one delta holding everything; its tool calls are numbered by position.
                 calls = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
                 self._choice({**choice, "delta": {**message, "tool_calls": calls}}, out)
-        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
         if self._finish is None:
             raise self._upstream.protocol_error("the reply has no finish_reason")

@@ -26,6 +26,13 @@ constrained to 8-bit unsigned integer values" (the model's input schema), beside
 own AI SDK provider (``workers-ai-provider``) sends exactly that, and takes one image per call. So modelgate sends
 the bytes of a ``data:`` URL as that array, refuses a second image (400), and refuses a remote URL (400): the
 field holds bytes, and modelgate never fetches a URL a client names.
+
+Newer models (Qwen3, gpt-oss, …) answer in the OpenAI format instead, in the same transport: stream events are
+Chat Completions chunks (``choices[0].delta``: ``content``, ``reasoning_content``, ``tool_calls``; the usage in a
+chunk of its own) and a whole reply's ``result`` is a ``chat.completion`` (``choices[0].message``,
+``finish_reason``). ``workers-ai-provider`` reads both formats in both places (its ``streaming.ts`` and
+``extractContent``), and so does modelgate: such a payload is read by the Chat Completions parser, finish reason
+included.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ from modelgate.providers._http import (
     parse_json,
 )
 from modelgate.providers.base import ProbeResult
-from modelgate.providers.chat_completions import wire_tool
+from modelgate.providers.chat_completions import ChatCompletionsStream, wire_tool
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -171,6 +178,8 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
         if envelope.get("success") is False:  # an error under a 2xx status [never seen; the v4 envelope allows it]
             raise upstream.error_for(500, _detail(envelope.get("errors")))
         result = envelope["result"]
+        if "choices" in result:  # the OpenAI format of newer models
+            return ChatCompletionsStream(upstream, request).whole_reply(result, raw)
         out: list[StreamEvent] = []
         text = result.get("response")
         if text is not None and not isinstance(text, str):
@@ -205,7 +214,7 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
 class CloudflareStream:
     """Incremental parser of one Workers AI SSE stream."""
 
-    __slots__ = ("_events", "_fragments", "_request", "_upstream", "_usage", "done", "failure")
+    __slots__ = ("_events", "_fragments", "_openai", "_request", "_upstream", "_usage", "done", "failure")
 
     def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
@@ -213,6 +222,8 @@ class CloudflareStream:
         self._events = SSEDecoder()
         self._usage: Usage | None = None
         self._fragments = 0
+        #: The parser of a model that streams OpenAI-format chunks, from its first such chunk on.
+        self._openai: ChatCompletionsStream | None = None
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -222,13 +233,18 @@ class CloudflareStream:
             for event in self._events.feed(chunk):
                 data = event.data
                 if data == "[DONE]":
-                    out.append(self._final())
+                    out.extend(self._openai.finish() if self._openai is not None else (self._final(),))
                     self.done = True
                     break
                 try:
                     payload = orjson.loads(data)
                     if payload.get("success") is False:  # an envelope error inside the stream [unconfirmed]
                         raise self._upstream.error_for(500, _detail(payload.get("errors")))
+                    if self._openai is not None or "choices" in payload:
+                        if self._openai is None:
+                            self._openai = ChatCompletionsStream(self._upstream, self._request)
+                        self._openai.read_chunk(payload, out)
+                        continue
                     text = payload.get("response")
                     if text and isinstance(text, str):
                         self._fragments += 1
@@ -243,6 +259,8 @@ class CloudflareStream:
         return out
 
     def end(self) -> list[StreamEvent]:
+        if self._openai is not None:  # complete if its finish_reason came
+            return self._openai.end()
         raise self._upstream.truncated()  # no [DONE]: Cloudflare's only end marker never came
 
     def _final(self) -> Finish:
