@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from modelgate.server import GatewayConfig, ServerLimits
+
 
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # signals belong to the test process
@@ -19,10 +21,15 @@ class _ThreadedServer(uvicorn.Server):
 
 @contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yield its base URL; shut down on exit."""
-    server = _ThreadedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **config)
-    )
+    """Serve ``app`` on a free loopback port; yield its base URL; shut down on exit.
+
+    With the protocol ``modelgate serve`` runs (``server.GuardedProtocol``: its limits, its early answers) unless
+    ``config`` names another ``http``, so the end-to-end tests exercise what production serves."""
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "log_level": "warning", "lifespan": "on", **config}
+    if "http" in options:
+        server = _ThreadedServer(uvicorn.Config(app, **options))
+    else:
+        server = _ThreadedServer(GatewayConfig(app, limits=ServerLimits(), **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

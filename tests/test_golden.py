@@ -9,7 +9,6 @@ import httpx
 
 from modelgate.app import create_app
 from modelgate.schema import ModelsResponse
-from modelgate.server import GuardedProtocol
 from modelgate.settings import Settings
 from tests.servers import serve_in_thread
 
@@ -18,7 +17,7 @@ GOLDEN = Path(__file__).parent / "fixtures" / "models.example.json"
 
 def test_models_matches_seed_example_exactly() -> None:
     expected_text = GOLDEN.read_text(encoding="utf-8")
-    with serve_in_thread(create_app(Settings()), http=GuardedProtocol) as url:  # as `modelgate serve`
+    with serve_in_thread(create_app(Settings())) as url:  # GuardedProtocol, as `modelgate serve`
         for path in ("/models", "/api/models"):
             response = httpx.get(url + path)
             assert response.status_code == 200
