@@ -87,6 +87,17 @@ def test_keys_file_is_read_relative_to_the_catalogue(tmp_path: Path) -> None:
     assert ring.identify(FULL_KEY.encode()) is ring.keys[0]
 
 
+def test_a_ring_of_many_keys_finds_each_key_and_no_other() -> None:
+    """Run-time keys can number tens of thousands: each is one lookup by digest, and only its own key finds it."""
+    keys = tuple(ApiKey(key_digest(f"mg-many-{i:06d}"), f"k{i}") for i in range(20_000))
+    ring = KeyRing(keys)
+    assert ring.identify(b"mg-many-012345") is keys[12345]
+    assert ring.identify(b"mg-many-019999") is keys[-1]
+    assert ring.identify(b"mg-many-020000") is None
+    assert ring.identify(keys[7].digest) is None  # the digest itself is not the key
+    assert ring.identify(b"") is None
+
+
 def test_environment_keys_are_added_and_the_file_entry_wins_for_a_shared_key(tmp_path: Path) -> None:
     ring = keyring_for(tmp_path, KEYS_TOML, api_keys=(ENV_KEY, QWEN_KEY))
     assert [k.name for k in ring.keys] == ["full", "qwen-only", "hashed", "env-1"]

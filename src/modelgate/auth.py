@@ -17,9 +17,10 @@ the database and join the ring built here (``runtime_keys.py``); this module onl
 comes from when it is the file and the environment, and how a request is checked against a ring.
 
 With any key configured, ``/api/ai/...`` and ``/v1/...`` need ``Authorization: Bearer <key>``; every
-other path stays public. A presented key is hashed once and compared against the SHA-256 digest of
-*every* configured key with ``hmac.compare_digest`` (no early exit), so timing says nothing about
-which prefix matched. A key is never logged or echoed: ``key_id`` (a short SHA-256 prefix) names it.
+other path stays public. A presented key is hashed once and its SHA-256 digest looked up among the
+configured keys' digests (``KeyRing.identify``: one lookup, with ten keys or a hundred thousand; timing can
+only tell about the hash of what was sent, never a prefix of a key). A key is never logged or echoed:
+``key_id`` (a short SHA-256 prefix) names it.
 
 ``may_call`` is the one policy: ``/v1/models`` lists exactly the models it allows, and ``admit``
 (``limits.py``) refuses exactly the ones it does not — lists and authorization cannot disagree. A
@@ -29,13 +30,12 @@ fallback goes through it too (``limits.Admission.admit_fallback``): never a way 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import logging
 import re
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -140,19 +140,22 @@ class KeyRing:
     #: Require a key even when none is configured: run-time keys exist (or are not loaded yet), and
     #: revoking the last of them must not open the service (``runtime_keys.py``).
     required: bool = False
+    #: The keys by digest (the last of a repeated digest wins, as ``keys`` order says).
+    _by_digest: Mapping[bytes, ApiKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_digest", {key.digest: key for key in self.keys})
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys) or self.required
 
     def identify(self, presented: bytes) -> ApiKey | None:
-        """The configured key equal to ``presented``, compared in constant time against every key."""
-        digest = key_digest(presented)
-        found: ApiKey | None = None
-        for key in self.keys:  # no early exit: every digest is compared whatever matches
-            if hmac.compare_digest(key.digest, digest):
-                found = key
-        return found
+        """The configured key equal to ``presented``: one lookup of its SHA-256 digest, however many keys there are
+        (a scan comparing every digest cost each request time in proportion to the run-time keys). A lookup by
+        digest tells a caller nothing a timing could use: what is compared is the hash of what it sent, and making
+        a hash share a prefix with a stored one takes the preimage work SHA-256 rules out."""
+        return self._by_digest.get(key_digest(presented))
 
     def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal for an ``Authorization`` header value; raises ``Unauthorized`` (401)."""
