@@ -128,6 +128,25 @@ def test_a_non_streamed_call_asks_the_upstream_for_one_json_reply(
         assert whole["stream"] is True
 
 
+def test_a_workers_ai_model_answering_in_the_openai_format_is_relayed_whole_and_streamed(
+    client: openai.OpenAI, fakes: Fakes
+) -> None:
+    """Newer Workers AI models answer Chat Completions chunks and a chat.completion inside Cloudflare's transport."""
+    fakes.cloudflare.default = Reply(tokens=["It", " is", " 4."], usage=(9, 3), options={"openai_format": True})
+    whole = client.chat.completions.create(model=MODELS["cloudflare"], messages=MESSAGES)
+    assert "stream" not in fakes.cloudflare.last.json
+    assert whole.choices[0].message.content == "It is 4." and whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (9, 3)
+    stream = client.chat.completions.create(
+        model=MODELS["cloudflare"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert fakes.cloudflare.last.json["stream"] is True
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "It is 4."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
 def test_a_whole_reply_without_usage_is_estimated_and_says_so(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openrouter.script(Reply(tokens=["four words of text"], usage=None))
     raw = client.chat.completions.with_raw_response.create(model=MODELS["openrouter"], messages=MESSAGES)
