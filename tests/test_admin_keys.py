@@ -228,6 +228,27 @@ def test_a_run_time_keys_budget_is_enforced_and_a_bad_one_refused(fakes: Fakes, 
         assert int(answers[2].headers["retry-after"]) > 0
 
 
+def test_a_run_time_keys_spending_survives_a_restart(fakes: Fakes, tmp_path: Path) -> None:
+    """The in-process counters die with the process; a run-time key, loaded from the database after start, starts
+    its counters from the ledger as a file key does (before, it came back with its whole budget)."""
+    settings = settings_for(fakes, tmp_path, f"sqlite:///{tmp_path / 'usage.sqlite3'}")
+    fakes.ollama.default = Reply(tokens=["a", "b"], usage=(6, 2))  # 8 tokens a request
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        body = {"name": "capped", "budget": {"tokens_per_day": 15}}
+        secret = client.post("/admin/keys", json=body, headers=bearer(ADMIN)).json()["key"]
+        answers = [client.post(TINY, json={**BODY, "max_tokens": 2}, headers=bearer(secret)) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]  # 16 of 15 spent
+
+    def spent(client: httpx.Client) -> object:
+        answer = client.get("/api/usage?limit=0", headers=bearer(secret))  # 401 until the key is loaded
+        return answer.status_code == 200 and answer.json()["budget"][0]["spent"]
+
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        wait_for(lambda: spent(client) == 16, "the run-time key's counters restored from the ledger")
+        refused = client.post(TINY, json={**BODY, "max_tokens": 2}, headers=bearer(secret))
+        assert refused.status_code == 429 and "tokens per day" in refused.json()["statusMessage"], refused.text
+
+
 # --- the keys file is imported, not replaced ---------------------------------------------------------
 
 
