@@ -180,6 +180,62 @@ def test_a_stream_that_fails_midway_marks_both_spans(
         assert (span.attributes or {})["modelgate.stream_outcome"] == "stream_error"
 
 
+CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN = 0x00F067AA0BA902B7
+
+
+def traceparent(trace_id: int, span_id: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
+
+
+def ids(header: str | None) -> tuple[int, int]:
+    """(trace id, parent span id) of a W3C ``traceparent`` (its flags vary: the SDK may mark a random trace id)."""
+    assert header is not None
+    version, trace_id, span_id, _flags = header.split("-")
+    assert version == "00"
+    return int(trace_id, 16), int(span_id, 16)
+
+
+def test_trace_context_crosses_the_gateway_both_ways(
+    service: str, fakes: Fakes, exporter: InMemorySpanExporter
+) -> None:
+    """The caller's traceparent parents the request span; every upstream call carries its own attempt's."""
+    fakes.ollama.script(Reply(fault=Fault.status(503)), Reply(tokens=["ok"]))  # a retry: two attempts, two contexts
+    headers = {"traceparent": traceparent(CALLER_TRACE, CALLER_SPAN)}
+    body = {"model": "a/primary", "messages": MESSAGES}
+    response = httpx.post(service + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+
+    request, attempts = _split(_spans(exporter, 3))
+    assert request.context.trace_id == CALLER_TRACE
+    assert request.parent is not None and request.parent.span_id == CALLER_SPAN and request.parent.is_remote
+    sent = [ids(r.headers.get("traceparent")) for r in fakes.ollama.requests if r.path == "/api/chat"]
+    assert sent == [(CALLER_TRACE, attempt.context.span_id) for attempt in attempts]
+    assert len(set(sent)) == 2
+
+
+def test_a_request_without_trace_context_starts_a_trace_the_upstream_joins(
+    service: str, fakes: Fakes, exporter: InMemorySpanExporter
+) -> None:
+    fakes.ollama.script(Reply(tokens=["ok"]))
+    malformed = {"traceparent": "00-not-a-trace-01"}  # ignored, as the W3C format says: a new trace
+    body = {"model": "a/primary", "messages": MESSAGES}
+    assert httpx.post(service + "/v1/chat/completions", json=body, headers=malformed, timeout=30).status_code == 200
+    request, (attempt,) = _split(_spans(exporter, 2))
+    assert request.parent is None
+    assert ids(fakes.ollama.last.headers.get("traceparent")) == (request.context.trace_id, attempt.context.span_id)
+
+
+def test_with_tracing_off_no_trace_context_goes_upstream(fakes: Fakes, tmp_path: Path) -> None:
+    config = write_catalogue(tmp_path / "catalogue.toml", model_toml("a", "primary", upstream="primary:1b"))
+    settings = Settings(config_path=config, probe_interval=0, **fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings)) as url:
+        headers = {"traceparent": traceparent(CALLER_TRACE, CALLER_SPAN)}
+        body = {"model": "a/primary", "messages": MESSAGES}
+        assert httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30).status_code == 200
+    assert "traceparent" not in fakes.ollama.last.headers
+
+
 def test_other_routes_make_no_spans(service: str, exporter: InMemorySpanExporter) -> None:
     assert httpx.get(service + "/models").status_code == 200
     assert httpx.get(service + "/health").status_code == 200

@@ -41,7 +41,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, MutableMapping
+from collections.abc import AsyncGenerator, Callable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,6 +113,8 @@ class Observation:
     client_id: bool = False
     #: Events of the answering reply relayed so far: the completion estimate of a reply cut before its usage.
     relayed_events: int = 0
+    #: The request's headers as the server gave them (tracing reads a caller's trace context from them).
+    request_headers: Sequence[tuple[bytes, bytes]] = ()
 
     @property
     def ttft_ms(self) -> float | None:
@@ -236,7 +238,7 @@ class RequestObserver:
             elif name == b"content-length":
                 declared_length = value
         request_id, client_id = _request_id(given_id)
-        obs = Observation(request_id, started, client_id=client_id)
+        obs = Observation(request_id, started, client_id=client_id, request_headers=scope["headers"])
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state[OBSERVATION_STATE] = obs
         token = _current.set(obs)

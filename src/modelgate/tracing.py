@@ -19,6 +19,11 @@ Per chat request:
   ``server.address`` / ``server.port``, the parameters actually sent, and either the usage and finish reason
   of the reply it relayed or ``error.type`` (the failure's exception class) and an ERROR status.
 
+Trace context crosses the gateway both ways, through OpenTelemetry's configured propagators (W3C
+``traceparent``/``tracestate`` by default): a caller's context parents the request span, so a front-end's trace
+goes on through modelgate, and each upstream call carries its attempt span's context
+(``upstream_trace_headers``, read by the HTTP client), so a traced server behind (vLLM, TGI) joins the same trace.
+
 Names follow https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ (semconv 1.37+, where
 ``gen_ai.provider.name`` replaced ``gen_ai.system``). Span texts pass through the log redactor: no credential
 reaches a collector. Message contents are never recorded.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -44,6 +50,15 @@ log = logging.getLogger("modelgate.tracing")
 
 #: GenAI finish reasons as the conventions spell them (OpenAI's words), from modelgate's (the AI SDK's).
 _FINISH_REASONS: Mapping[str, str] = {"content-filter": "content_filter", "tool-calls": "tool_calls"}
+
+
+#: The trace headers of the upstream attempt running in this task (empty with tracing off or outside a request).
+_upstream_headers: ContextVar[Mapping[str, str] | None] = ContextVar("modelgate_upstream_trace_headers", default=None)
+
+
+def upstream_trace_headers() -> Mapping[str, str]:
+    """The headers that carry the current upstream attempt's trace context to the upstream (``traceparent`` …)."""
+    return _upstream_headers.get() or {}
 
 
 class Tracing:
@@ -82,8 +97,11 @@ class Tracing:
     def start_request(
         self, obs: Observation, model: CatalogueModel, request: ChatRequest, catalogue: Catalogue
     ) -> RequestTrace:
+        from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
 
+        # A trace the caller is in continues here (a malformed or absent context starts a new trace).
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in obs.request_headers}
         # The span starts when the request arrived, not when the gateway got to it.
         started = time.time_ns() - int((time.perf_counter() - obs.started) * 1e9)
         attributes: dict[str, Any] = {
@@ -93,7 +111,11 @@ class Tracing:
             **_params(request.params),
         }
         span = self.tracer.start_span(
-            f"chat {model.id}", kind=SpanKind.SERVER, start_time=started, attributes=attributes
+            f"chat {model.id}",
+            context=extract(carrier),
+            kind=SpanKind.SERVER,
+            start_time=started,
+            attributes=attributes,
         )
         return RequestTrace(self, span, catalogue)
 
@@ -136,9 +158,15 @@ class RequestTrace:
             **_server(base_url),
             **_params(request.params),
         }
+        from opentelemetry.propagate import inject
+        from opentelemetry.trace import set_span_in_context
+
         self._attempt = self._tracing.tracer.start_span(
             f"chat {model.upstream_model}", context=self._context, kind=SpanKind.CLIENT, attributes=attributes
         )
+        headers: dict[str, str] = {}
+        inject(headers, context=set_span_in_context(self._attempt))
+        _upstream_headers.set(headers)  # this task's upstream call (the attempt's) sends them
 
     def fail_attempt(self, exc: BaseException) -> None:
         """The current attempt failed before its reply started (a retry or a fallback may follow)."""

@@ -79,6 +79,7 @@ from modelgate.errors import (
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.redact import Redactor
 from modelgate.templates import render_prompt
+from modelgate.tracing import upstream_trace_headers
 
 #: Upstream error messages are clipped to this many characters before they reach a client or a log.
 MAX_MESSAGE = 500
@@ -438,7 +439,12 @@ class Upstream:
                 url,
                 data=payload,
                 # identity: a compressed event stream is buffered by whoever compresses it.
-                headers={"Content-Type": "application/json", "Accept-Encoding": "identity", **headers},
+                headers={
+                    "Content-Type": "application/json",
+                    "Accept-Encoding": "identity",
+                    **headers,
+                    **upstream_trace_headers(),
+                },
                 timeout=self._timeouts,
                 # A redirect is an error, as it was with httpx: never re-send the call (and its
                 # credentials) to wherever a response points.
