@@ -78,6 +78,9 @@ Period = Literal["day", "month"]
 
 #: USD are counted in nano-dollars: integers keep Redis' INCRBY exact, and a one-token charge still counts.
 NANO_USD = 1_000_000_000
+#: The largest limits a budget takes: counters are 64-bit integers (Redis' INCRBY), spending included on top.
+MAX_TOKENS = 10**15
+MAX_USD = 10**9
 #: Counters outlive their period by this much (seconds), so a late settlement still finds its counter.
 COUNTER_GRACE = 3600
 
@@ -87,10 +90,18 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tokens_per_day: Annotated[int | None, Field(gt=0, description="Prompt + completion tokens per UTC day")] = None
-    tokens_per_month: Annotated[int | None, Field(gt=0, description="Prompt + completion tokens per UTC month")] = None
-    usd_per_day: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="USD per UTC day")] = None
-    usd_per_month: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="USD per UTC month")] = None
+    tokens_per_day: Annotated[
+        int | None, Field(gt=0, le=MAX_TOKENS, description="Prompt + completion tokens per UTC day")
+    ] = None
+    tokens_per_month: Annotated[
+        int | None, Field(gt=0, le=MAX_TOKENS, description="Prompt + completion tokens per UTC month")
+    ] = None
+    usd_per_day: Annotated[
+        float | None, Field(gt=0, le=MAX_USD, allow_inf_nan=False, description="USD per UTC day")
+    ] = None
+    usd_per_month: Annotated[
+        float | None, Field(gt=0, le=MAX_USD, allow_inf_nan=False, description="USD per UTC month")
+    ] = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Budget:

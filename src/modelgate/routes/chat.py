@@ -140,6 +140,77 @@ def _image(where: str, media_type: Any, url: Any, budget: ImageBudget) -> Image:
 
 _ROLES = ("system", "user", "assistant")
 
+#: The body both routes take, for ``/openapi.json`` (the routes read the raw bytes to give their own messages,
+#: so FastAPI cannot derive it): what ``parse_chat_body`` accepts, AI SDK 4 and 5 alike.
+AI_SDK_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "title": "AI SDK chat request",
+                "type": "object",
+                "required": ["messages"],
+                "properties": {
+                    "messages": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["role"],
+                            "properties": {
+                                "role": {"type": "string", "enum": list(_ROLES)},
+                                "content": {"type": "string", "description": "AI SDK 4: the message's text"},
+                                "parts": {
+                                    "type": "array",
+                                    "description": "AI SDK 5: text parts, and image file parts of a user message "
+                                    "(data: or https: URLs); step-start, reasoning and source parts are skipped",
+                                    "items": {
+                                        "oneOf": [
+                                            {
+                                                "type": "object",
+                                                "required": ["type", "text"],
+                                                "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                            },
+                                            {
+                                                "type": "object",
+                                                "required": ["type", "mediaType", "url"],
+                                                "properties": {
+                                                    "type": {"const": "file"},
+                                                    "mediaType": {"type": "string", "pattern": "^image/"},
+                                                    "url": {"type": "string"},
+                                                },
+                                            },
+                                        ]
+                                    },
+                                },
+                                "experimental_attachments": {
+                                    "type": "array",
+                                    "description": "AI SDK 4: image files of a user message",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["contentType", "url"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "contentType": {"type": "string", "pattern": "^image/"},
+                                            "url": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "trigger": {
+                        "type": "string",
+                        "description": "Sent by AI SDK 5 useChat (submit-message, regenerate-message): the reply "
+                        "is then the UI message stream",
+                    },
+                    "id": {"type": "string", "description": "The chat's id (accepted, not used)"},
+                },
+            }
+        }
+    },
+}
+
 
 def parse_chat_body(
     raw: bytes,
@@ -221,7 +292,12 @@ TWO_PART = "/api/ai/{first}/{second}/chat"
 THREE_PART = "/api/ai/{provider}/{publisher}/{name}/chat"
 
 
-@router.post(TWO_PART, responses=_ERRORS, summary="Chat with a catalogue model")
+@router.post(
+    TWO_PART,
+    responses=_ERRORS,
+    summary="Chat with a catalogue model",
+    openapi_extra={"requestBody": AI_SDK_REQUEST_BODY},
+)
 async def chat(
     request: Request,
     first: str,
@@ -234,7 +310,12 @@ async def chat(
     return await answer(request, gateway(request).catalogue.resolve_route(first, second), protocol)
 
 
-@router.post(THREE_PART, responses=_ERRORS, summary="Chat with a model of a provider")
+@router.post(
+    THREE_PART,
+    responses=_ERRORS,
+    summary="Chat with a model of a provider",
+    openapi_extra={"requestBody": AI_SDK_REQUEST_BODY},
+)
 async def chat_by_provider_and_publisher(
     request: Request,
     provider: str,
