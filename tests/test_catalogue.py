@@ -171,6 +171,14 @@ def test_every_problem_is_reported_one_per_line(tmp_path: Path) -> None:
     assert all(line.startswith(str(tmp_path / "catalogue.toml")) for line in lines)
 
 
+def test_a_key_holding_a_line_break_stays_on_its_problems_line(tmp_path: Path) -> None:
+    # Found by the catalogue fuzzer (ten times its CI cases): a provider named "a\nb" split the line in two.
+    message = rejected(tmp_path, model_toml(), header='[providers."a\\nb\\u2028c"]\nkind = 7\n')
+    lines = message.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "catalogue.toml")), lines
+    assert "a\\nb\\u2028c" in lines[0]
+
+
 # --- models_order -------------------------------------------------------------------------------------
 
 

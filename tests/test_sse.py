@@ -94,6 +94,14 @@ def test_a_cr_at_a_chunk_end_then_a_new_line_is_two_line_ends() -> None:
     assert decode(b"data: a\r", b"\r", b"data: b\r", b"\n\r\n") == [ServerSentEvent("a"), ServerSentEvent("b")]
 
 
+def test_a_cr_inside_a_chunk_does_not_swallow_the_next_chunks_lf() -> None:
+    # Found by the parser fuzzer (ten times its CI cases): a CR line end followed by a partial line in the same chunk
+    # was taken for the first half of a CRLF, so the next chunk's LF was dropped and with it the event's end.
+    stream = b"data: x\revent: e\n\n"
+    for chunks in every_split(stream):
+        assert decode(*chunks) == [ServerSentEvent("x", "e")], chunks
+
+
 def test_invalid_utf8_is_replaced_not_raised() -> None:
     assert decode(b"data: \xff\n\n") == [ServerSentEvent("\ufffd")]
 

@@ -486,6 +486,11 @@ def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
     )
 
 
+#: What ``str.splitlines`` splits on, written as escapes in an error line: a key holding a line break (a TOML quoted
+#: key may) must not split one problem into lines that do not name the file.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def describe_validation_error(
     exc: ValidationError, source: str, *, collection: str, label: Callable[[int], str], whole_entry: str = ""
 ) -> str:
@@ -508,7 +513,7 @@ def describe_validation_error(
             message += f" (got {error['input']!r})"
         entry_level = whole_entry if where else "(top level): "
         field_path = ".".join(str(part) for part in loc) + ": " if loc else entry_level
-        line = f"{source}: {where}{field_path}{message}"
+        line = f"{source}: {where}{field_path}{message}".translate(_LINE_BREAKS)
         if line not in lines:
             lines.append(line)
     return "\n".join(lines)

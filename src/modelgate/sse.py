@@ -58,8 +58,9 @@ class SSEDecoder:
             return []
         if b"\r" in complete:
             lines = _LINE_BREAK.split(complete)
-            # A trailing CR may be the first half of a CRLF split across chunks.
-            self._pending_cr = complete.endswith(b"\r")
+            # A CR that ends the chunk may be the first half of a CRLF split across chunks; one followed by
+            # more of the chunk (now ``_partial``) was a line ending of its own.
+            self._pending_cr = complete.endswith(b"\r") and not self._partial
         else:
             lines = complete.split(b"\n")
         lines.pop()  # "": ``complete`` ends with a terminator
