@@ -177,6 +177,11 @@ def test_a_key_holding_a_line_break_stays_on_its_problems_line(tmp_path: Path) -
     lines = message.splitlines()
     assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "catalogue.toml")), lines
     assert "a\\nb\\u2028c" in lines[0]
+    # The same for the checks after validation (30 times the CI cases found this one: a \x85 in models_order).
+    message = rejected(tmp_path, model_toml(), header='models_order = ["acme/tiny", "x\\u0085y\\nz"]\n')
+    assert message.splitlines() == [
+        f"{tmp_path / 'catalogue.toml'}: models_order: names 'x\\x85y\\nz', which is not a declared model"
+    ]
 
 
 # --- models_order -------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
     try:
         parsed = KeysFile.model_validate(raw)
     except ValidationError as exc:
-        raise CatalogueError(_describe(exc, raw, source)) from None
+        raise CatalogueError(*_describe(exc, raw, source)) from None
 
     keys: list[ApiKey] = []
     digests: set[bytes] = set()
@@ -303,7 +303,7 @@ def _check_unique_ids(keys: Iterable[ApiKey], source: str) -> None:
         seen[key.key_id] = key.name
 
 
-def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
     return describe_validation_error(
         exc, source, collection="keys", label=lambda i: f"keys[{i}]{_entry_name(raw, i)}", whole_entry="(entry): "
     )

@@ -386,7 +386,7 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
     try:
         parsed = CatalogueFile.model_validate(raw)
     except ValidationError as exc:
-        raise CatalogueError(_describe(exc, raw, source)) from None
+        raise CatalogueError(*_describe(exc, raw, source)) from None
 
     instances = build_instances(parsed.providers, source)
     declared: list[CatalogueModel] = []
@@ -486,14 +486,9 @@ def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
     )
 
 
-#: What ``str.splitlines`` splits on, written as escapes in an error line: a key holding a line break (a TOML quoted
-#: key may) must not split one problem into lines that do not name the file.
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
-
-
 def describe_validation_error(
     exc: ValidationError, source: str, *, collection: str, label: Callable[[int], str], whole_entry: str = ""
-) -> str:
+) -> list[str]:
     """One readable line per problem: file, entry (``label(i)`` for item i of ``collection``), field, what is wrong.
 
     Shared by the catalogue and the keys file so both speak the same way about a bad file. ``whole_entry``
@@ -513,13 +508,13 @@ def describe_validation_error(
             message += f" (got {error['input']!r})"
         entry_level = whole_entry if where else "(top level): "
         field_path = ".".join(str(part) for part in loc) + ": " if loc else entry_level
-        line = f"{source}: {where}{field_path}{message}".translate(_LINE_BREAKS)
+        line = f"{source}: {where}{field_path}{message}"
         if line not in lines:
             lines.append(line)
-    return "\n".join(lines)
+    return lines
 
 
-def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+def _describe(exc: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
     # A model-level check (template vs provider) already starts its message with the field name.
     return describe_validation_error(exc, source, collection="models", label=lambda i: f"model {_model_label(raw, i)}")
 

@@ -45,8 +45,19 @@ class ModelgateError(Exception):
         return {}
 
 
+#: What ``str.splitlines`` splits on, written as escapes inside one problem's line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class CatalogueError(ModelgateError):
-    """The catalogue file is invalid; the message names the file, the model and the field."""
+    """The catalogue (or keys) file is invalid; the message names the file, the model and the field.
+
+    One line per problem: a line break inside one (a quoted TOML key or a string value may hold any) is written as
+    its escape, so every line still starts with the file's name.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problem.translate(_LINE_BREAKS) for problem in problems))
 
 
 class BadRequest(ModelgateError):
