@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,8 @@ class GatewayState:
         await self.limiter.start()
         budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
         if self.ledger is not None and budgeted:  # in the background: the ledger opens in its own time
-            self._restoring = asyncio.create_task(budgets.restore(self.limiter.budgets, self.ledger, budgeted))
+            restoring = budgets.restore(self.limiter.budgets, self.ledger, budgeted, started_at=time.time())
+            self._restoring = asyncio.create_task(restoring)
         self.metrics.start()
         self.redactor.install()
         self.prober.start()

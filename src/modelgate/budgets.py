@@ -237,7 +237,9 @@ class BudgetCounters(Protocol):
     async def read(self, counters: list[Counter], now: datetime) -> list[Usage]: ...
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
-        """Set each counter's spent to ``spent`` unless this period's counter already has spending."""
+        """Start each counter from ``spent``, what the ledger holds from before this process started: the
+        in-process counters add it to what they counted live since; Redis's, shared by every instance, take it
+        only where the counter does not exist (one that exists was counted live by some instance)."""
         ...
 
 
@@ -295,9 +297,9 @@ class MemoryCounters:
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
         for counter, amount in zip(counters, spent, strict=True):
-            tally = self._tally(counter, now)
-            if tally.spent == 0:
-                tally.spent = amount
+            # Live spending here is what this process admitted since it started, which the ledger rows before
+            # its start do not hold: the sum is the period's (a request served meanwhile must not hide them).
+            self._tally(counter, now).spent += amount
 
     def _usage(self, key: str, stamp: float) -> Usage:
         tally = self._tallies.get(key)
@@ -557,14 +559,14 @@ def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalog
 # --- the ledger as the record ----------------------------------------------------------------------
 
 
-async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Budget]]) -> None:
-    """Start each budgeted key's counters of the current periods from the ledger, where the store has none.
+async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Budget]], *, started_at: float) -> None:
+    """Start each budgeted key's counters of the current periods from the ledger.
 
     Run once at start (``app.GatewayState.start``): a restarted single instance keeps what its keys spent
     today and this month (the in-process counters died with it), and so do instances that come back to
-    a Redis restarted without persistence. A counter that already has spending is left as it is: it was
-    counted live, by an instance that saw more than the ledger's flushed rows. Failures are logged: the
-    counters then start from zero, as they would without a ledger.
+    a Redis restarted without persistence. Only rows from before ``started_at`` (Unix time: this process's
+    start) count: what it served since is counted live (``BudgetCounters.restore`` says how each store
+    combines the two). Failures are logged: the counters then start from zero, as they would without a ledger.
     """
     from modelgate.usage_store import UsageFilter  # loaded with the ledger, in the background
 
@@ -575,7 +577,8 @@ async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Bu
             spent = []
             for counter in current:
                 since = period_start(counter.limit.period, now).timestamp()
-                totals = (await ledger.report(UsageFilter(key_id=key_id, since=since, limit=0))).totals
+                window = UsageFilter(key_id=key_id, since=since, until=started_at, limit=0)
+                totals = (await ledger.report(window)).totals
                 if counter.limit.measure == "tokens":
                     spent.append(totals.prompt_tokens + totals.completion_tokens)
                 else:
