@@ -144,7 +144,8 @@ class RequestTrace:
 
     def start_attempt(self, model: CatalogueModel, request: ChatRequest, base_url: str) -> None:
         """An upstream call to ``model`` begins (``request``: what is sent, the model's defaults merged)."""
-        from opentelemetry.trace import SpanKind
+        from opentelemetry.propagate import inject
+        from opentelemetry.trace import SpanKind, set_span_in_context
 
         self._end_attempt_open()
         kind = self._catalogue.instance(model.provider).kind
@@ -158,9 +159,6 @@ class RequestTrace:
             **_server(base_url),
             **_params(request.params),
         }
-        from opentelemetry.propagate import inject
-        from opentelemetry.trace import set_span_in_context
-
         self._attempt = self._tracing.tracer.start_span(
             f"chat {model.upstream_model}", context=self._context, kind=SpanKind.CLIENT, attributes=attributes
         )

@@ -145,21 +145,22 @@ class FakeCloudflare(FakeUpstream):
             }
             if usage:
                 result["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
-            answer = JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
-            failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
-            return WholeReply(self, epoch, reply, answer, failure)
+            return self._whole(reply, epoch, result)
         return FrameStream(self, epoch, reply, self.render(reply, body), media_type="text/event-stream")
 
     def _openai_format(self, reply: Reply, body: dict[str, Any], model: str, epoch: int) -> Response:
         chat = ChatCompletionsServer(self, token=None)
         if body.get("stream") is not True:
-            result = chat.completion(reply, model)
-            answer = JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
-            fault = reply.fault
-            failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
-            return WholeReply(self, epoch, reply, answer, failure)
+            return self._whole(reply, epoch, chat.completion(reply, model))
         frames = chat.render(reply, model, include_usage=True)
         return FrameStream(self, epoch, reply, frames, media_type="text/event-stream")
+
+    def _whole(self, reply: Reply, epoch: int, result: dict[str, Any]) -> WholeReply:
+        """``result`` in the v4 envelope once the generation is over, or its failure as an error status."""
+        answer = JSONResponse({"result": result, "success": True, "errors": [], "messages": []})
+        fault = reply.fault
+        failure = self.status_error(500, None, fault.code if fault else None, fault.message if fault else None)
+        return WholeReply(self, epoch, reply, answer, failure)
 
     def render(self, reply: Reply, body: dict[str, Any]) -> Frames:
         padded = reply.options.get("padding", True)

@@ -302,9 +302,10 @@ class ChatCompletionsStream:
         """A non-streamed reply (``chat.completion``: ``choices[].message``) as the events its stream would
         have been; raises the ``UpstreamError`` an ``error`` body means."""
         try:
-            return self.whole_reply(orjson.loads(raw), raw)
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+            raise self._unreadable(raw) from exc
+        return self.whole_reply(payload, raw)
 
     def whole_reply(self, payload: Any, raw: bytes) -> list[StreamEvent]:
         """``whole`` for a reply already parsed from ``raw`` (Workers AI wraps one in its envelope's ``result``)."""
@@ -317,13 +318,16 @@ class ChatCompletionsStream:
                 calls = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
                 self._choice({**choice, "delta": {**message, "tool_calls": calls}}, out)
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
-            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+            raise self._unreadable(raw) from exc
         if self._finish is None:
             raise self._upstream.protocol_error("the reply has no finish_reason")
         if self._usage is None:
             # Not reported: counted from the text (a stream's estimate counts its deltas instead).
             self._deltas = sum(estimate_tokens(e.text) for e in out if isinstance(e, TextDelta | ReasoningDelta))
         return out + self._final()
+
+    def _unreadable(self, raw: bytes) -> UpstreamProtocolError:
+        return self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}")
 
     def end(self) -> list[StreamEvent]:
         if self._finish is None:

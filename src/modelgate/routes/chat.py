@@ -140,72 +140,63 @@ def _image(where: str, media_type: Any, url: Any, budget: ImageBudget) -> Image:
 
 _ROLES = ("system", "user", "assistant")
 
+
+def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema object with ``required`` among its ``properties``."""
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_STRING: dict[str, Any] = {"type": "string"}
+_IMAGE_MEDIA_TYPE: dict[str, Any] = {"type": "string", "pattern": "^image/"}
+
 #: The body both routes take, for ``/openapi.json`` (the routes read the raw bytes to give their own messages,
 #: so FastAPI cannot derive it): what ``parse_chat_body`` accepts, AI SDK 4 and 5 alike.
+_MESSAGE = _object(
+    ["role"],
+    {
+        "role": {"type": "string", "enum": list(_ROLES)},
+        "content": {"type": "string", "description": "AI SDK 4: the message's text"},
+        "parts": {
+            "type": "array",
+            "description": "AI SDK 5: text parts, and image file parts of a user message (data: or https: URLs); "
+            "step-start, reasoning and source parts are skipped",
+            "items": {
+                "oneOf": [
+                    _object(["type", "text"], {"type": {"const": "text"}, "text": _STRING}),
+                    _object(
+                        ["type", "mediaType", "url"],
+                        {"type": {"const": "file"}, "mediaType": _IMAGE_MEDIA_TYPE, "url": _STRING},
+                    ),
+                ]
+            },
+        },
+        "experimental_attachments": {
+            "type": "array",
+            "description": "AI SDK 4: image files of a user message",
+            "items": _object(
+                ["contentType", "url"], {"name": _STRING, "contentType": _IMAGE_MEDIA_TYPE, "url": _STRING}
+            ),
+        },
+    },
+)
 AI_SDK_REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "application/json": {
             "schema": {
                 "title": "AI SDK chat request",
-                "type": "object",
-                "required": ["messages"],
-                "properties": {
-                    "messages": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["role"],
-                            "properties": {
-                                "role": {"type": "string", "enum": list(_ROLES)},
-                                "content": {"type": "string", "description": "AI SDK 4: the message's text"},
-                                "parts": {
-                                    "type": "array",
-                                    "description": "AI SDK 5: text parts, and image file parts of a user message "
-                                    "(data: or https: URLs); step-start, reasoning and source parts are skipped",
-                                    "items": {
-                                        "oneOf": [
-                                            {
-                                                "type": "object",
-                                                "required": ["type", "text"],
-                                                "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-                                            },
-                                            {
-                                                "type": "object",
-                                                "required": ["type", "mediaType", "url"],
-                                                "properties": {
-                                                    "type": {"const": "file"},
-                                                    "mediaType": {"type": "string", "pattern": "^image/"},
-                                                    "url": {"type": "string"},
-                                                },
-                                            },
-                                        ]
-                                    },
-                                },
-                                "experimental_attachments": {
-                                    "type": "array",
-                                    "description": "AI SDK 4: image files of a user message",
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["contentType", "url"],
-                                        "properties": {
-                                            "name": {"type": "string"},
-                                            "contentType": {"type": "string", "pattern": "^image/"},
-                                            "url": {"type": "string"},
-                                        },
-                                    },
-                                },
-                            },
+                **_object(
+                    ["messages"],
+                    {
+                        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+                        "trigger": {
+                            "type": "string",
+                            "description": "Sent by AI SDK 5 useChat (submit-message, regenerate-message): the "
+                            "reply is then the UI message stream",
                         },
+                        "id": {"type": "string", "description": "The chat's id (accepted, not used)"},
                     },
-                    "trigger": {
-                        "type": "string",
-                        "description": "Sent by AI SDK 5 useChat (submit-message, regenerate-message): the reply "
-                        "is then the UI message stream",
-                    },
-                    "id": {"type": "string", "description": "The chat's id (accepted, not used)"},
-                },
+                ),
             }
         }
     },
