@@ -370,3 +370,26 @@ def test_the_maximum_stream_duration_ends_a_reply_that_never_finishes(
     [message] = error_parts(response.text)
     assert "maximum stream duration of 3s" in message
     healthy(tight_service)
+
+
+def test_the_maximum_stream_duration_bounds_a_whole_reply_and_says_so(
+    hostile: HostileUpstream, tight_service: Served
+) -> None:
+    """A non-streamed call waits for a status line that only comes once everything is generated: the shorter of
+    ``whole_reply_timeout`` (600 s) and the maximum stream duration (3 s) applies, and the error names that one."""
+
+    async def silent(_: Received) -> AsyncIterator[bytes]:
+        await asyncio.sleep(30)
+        yield b""
+
+    hostile.reset(silent)
+    response = httpx.post(
+        tight_service.url + "/v1/chat/completions",
+        json={"model": "ollama/rwkv-6-world", "stream": False, **BODY},
+        timeout=60,
+    )
+    assert response.status_code == 504, response.text
+    message = response.json()["error"]["message"]
+    assert "maximum stream duration of 3s" in message
+    assert "whole-reply timeout" not in message
+    healthy(tight_service)

@@ -394,11 +394,12 @@ class Upstream:
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
-            wait = min(conn.whole_reply_timeout, conn.max_stream_seconds or math.inf)
+            # The shorter bound applies, and its error says which it was.
+            wait, timed_out = conn.whole_reply_timeout, self._whole_reply_timeout
+            if conn.max_stream_seconds and conn.max_stream_seconds < wait:
+                wait, timed_out = conn.max_stream_seconds, lambda: self._deadline_error(False, overran=True)
             deadline.begin(loop.time() + wait)
-            response = await self._post(
-                url, orjson.dumps(body()), headers, model, deadline, timed_out=lambda: self._whole_reply_timeout(wait)
-            )
+            response = await self._post(url, orjson.dumps(body()), headers, model, deadline, timed_out=timed_out)
             if on_headers is not None:
                 on_headers(response.headers)
             deadline.begin(loop.time() + conn.idle_timeout)
@@ -653,7 +654,8 @@ class Upstream:
             self.provider, f"no reply within {self.connection.first_token_timeout:g}s (first-token timeout)"
         )
 
-    def _whole_reply_timeout(self, seconds: float) -> UpstreamTimeout:
+    def _whole_reply_timeout(self) -> UpstreamTimeout:
+        seconds = self.connection.whole_reply_timeout
         return UpstreamTimeout(self.provider, f"no whole reply within {seconds:g}s (whole-reply timeout)")
 
     def _deadline_error(self, started: bool, *, overran: bool) -> UpstreamTimeout:
