@@ -24,6 +24,7 @@ from tests.servers import serve_in_thread
 MODEL = "openrouter/deepseek-chat"
 HELLO = [{"role": "user", "content": "Hello"}]
 JSON = {"content-type": "application/json"}
+HI = b'[{"role": "user", "content": "hi"}]'
 
 
 class _Seen:
@@ -68,6 +69,11 @@ CASES: list[tuple[str, dict[str, str], bytes | None]] = [
     ("/v1/chat/completions", {**AUTH, "content-type": "text/plain"}, b"{}"),
     ("/v1/chat/completions", {**AUTH, **JSON}, b"\xeeu\x0fA"),  # not UTF-8 (found by test_fuzz_api)
     ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+    # What orjson refuses and ``json.loads`` (FastAPI's parser) accepts: the direct route falls back to it.
+    ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "x/y", "temperature": NaN, "messages": %s}' % HI),
+    ("/v1/chat/completions", {**AUTH, **JSON}, b'{"model": "x/y", "seed": 18446744073709551616, "messages": %s}' % HI),
+    ("/v1/chat/completions", {**AUTH, **JSON}, b'\xef\xbb\xbf{"model": "x/y", "messages": %s}' % HI),  # a BOM
+    ("/v1/chat/completions", {**AUTH, **JSON}, (b'{"model": "x/y", "messages": %s}' % HI).decode().encode("utf-16")),
     ("/v1/chat/completions", JSON, b"{}"),  # no key
     ("/v1/chat/completions", {"authorization": "Bearer wrong", **JSON}, b"{}"),
     ("/api/ai/openrouter/no-such-model/chat", {**AUTH, **JSON}, b'{"messages": [{"role": "user", "content": "x"}]}'),
