@@ -4,7 +4,8 @@ FastAPI parses request bodies with ``json.loads``, which accepts more than ``orj
 serializer of every upstream request and of our own error bodies — can write back: a lone surrogate
 (``"\\ud800"``) in a string, an integer beyond 64 bits. Unchecked, such a value passed validation and
 failed later as a 500 (issue 11, #8); with these types it is a 400 naming the field. (``/api/ai``
-bodies are parsed by orjson, which refuses both already.)
+bodies are parsed by orjson, which refuses a lone surrogate and reads an integer beyond 64 bits as a float;
+they carry no integer field. ``/v1`` bodies stay on ``json.loads`` for that reason: ``routes/direct.py``.)
 """
 
 from __future__ import annotations
