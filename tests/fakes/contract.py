@@ -230,6 +230,16 @@ class ProviderContract:
         assert "dropped" in got.error.message
 
     @pytest.mark.anyio
+    async def test_a_connection_dropped_before_the_first_token_is_sent_once(self, fakes: Fakes) -> None:
+        # The caller's retry policy decides whether to try again; the adapter never re-sends on its own (a
+        # second generation, billed and thrown away).
+        got = await self.run(fakes, Reply(tokens=["a", "b"], fault=Fault.drop_after(0)))
+        assert isinstance(got.error, UpstreamProtocolError) and got.error.transient
+        assert "dropped" in got.error.message
+        assert got.events == []
+        assert len(self.fake(fakes).requests) == 1
+
+    @pytest.mark.anyio
     async def test_no_first_byte_in_time_is_a_504_and_abandons_the_call(self, fakes: Fakes) -> None:
         fake = self.fake(fakes)
         fake.script(Reply(fault=Fault.hang()))

@@ -201,6 +201,7 @@ class ChatCompletionsStream:
         "_upstream",
         "_usage",
         "done",
+        "ended",
         "failure",
         "seen",
     )
@@ -222,6 +223,8 @@ class ChatCompletionsStream:
         self.failure: UpstreamError | None = None
         #: Whether any event arrived (an empty 200 is how llama.cpp's server refuses a streamed request).
         self.seen = False
+        #: Whether the body came to its end (not cut off by a dropped connection or a timeout).
+        self.ended = False
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -330,6 +333,7 @@ class ChatCompletionsStream:
         return self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}")
 
     def end(self) -> list[StreamEvent]:
+        self.ended = True
         if self._finish is None:
             raise self._upstream.truncated()
         # The finish chunk arrived but [DONE] did not: the reply itself is complete.
@@ -423,10 +427,12 @@ class ChatCompletionsProvider(HttpProvider):
                 async for batch in batches:
                     yield batch
         except UpstreamProtocolError as exc:
-            if parser.seen:
+            if parser.seen or not parser.ended:
                 raise
             # llama-cpp-python's server answers a streamed request it refuses (a prompt over its context window)
-            # with an empty 200; the same request not streamed gets the 400 and the server's reason.
+            # with an empty 200; the same request not streamed gets the 400 and the server's reason. Only a body
+            # that *ended* without an event: after a dropped connection or a timeout the call is sent no second
+            # time (it would be a whole generation, billed and thrown away).
             once = {k: v for k, v in body().items() if k != "stream_options"} | {"stream": False}
             refusal = await self.upstream.refusal(url, once, headers=headers, model=name)
             if refusal is None:
