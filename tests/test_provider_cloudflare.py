@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import orjson
 import pytest
 
 from modelgate.chat import ChatRequest, Finish, GenerationParams, ToolCallDelta, Usage
@@ -201,3 +202,33 @@ def test_an_error_envelope_under_a_2xx_status_is_the_error_it_says() -> None:
     body = b'{"result": null, "success": false, "errors": [{"code": 3040, "message": "Capacity exceeded"}]}'
     with pytest.raises(UpstreamRateLimited, match="3040: Capacity exceeded"):
         read_whole(upstream, ChatRequest(MESSAGES, GenerationParams()), body)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected_id"),
+    [
+        # The native shape: no id, one is generated.
+        ({"name": "get_weather", "arguments": {"city": "Paris"}}, None),
+        # OpenAI-shaped calls in the legacy result, as workers-ai-provider's processToolCall reads them first.
+        (
+            {
+                "id": "chatcmpl-tool-1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            "chatcmpl-tool-1",
+        ),
+    ],
+    ids=["native", "openai-shaped"],
+)
+def test_tool_calls_in_a_legacy_whole_reply_are_read_in_both_shapes(
+    call: dict[str, Any], expected_id: str | None
+) -> None:
+    upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    usage = {"prompt_tokens": 200, "completion_tokens": 20, "total_tokens": 220}
+    body = orjson.dumps({"result": {"response": None, "tool_calls": [call], "usage": usage}, "success": True})
+    events = read_whole(upstream, ChatRequest(MESSAGES, GenerationParams()), body)
+    [delta] = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert (delta.name, orjson.loads(delta.arguments)) == ("get_weather", {"city": "Paris"})
+    assert delta.id == expected_id if expected_id else delta.id and delta.id.startswith("call_")
+    assert isinstance(events[-1], Finish) and events[-1].reason == "tool-calls"

@@ -17,7 +17,8 @@ whole (``complete``): the whole envelope
 ``{"result": {"response", "tool_calls": [{"name", "arguments": {…}}], "usage"}, "success": true}`` becomes the
 events a stream would have given (``response`` is an object when JSON mode parsed it; it is sent on as JSON text;
 ``workers-ai-provider``'s ``doGenerate`` reads the same fields). Tool calls come without ids: each gets a generated
-one. A past call goes back as the assistant's OpenAI-shaped
+one; some models put OpenAI-shaped calls there instead (``{"id", "type", "function": {"name", "arguments"}}``), read
+as the official provider reads them, with their own ids. A past call goes back as the assistant's OpenAI-shaped
 ``tool_calls``, a tool result as ``{"role": "tool", "name", "content"}``.
 
 Images (a model declaring ``vision``, such as ``@cf/meta/llama-3.2-11b-vision-instruct``): Workers AI's vision
@@ -188,12 +189,17 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
             out.append(TextDelta(text))
         calls = result.get("tool_calls") or ()
         for index, call in enumerate(calls):
-            arguments = call.get("arguments") or {}
+            # Some models put OpenAI-shaped calls here ({"id", "type", "function": {"name", "arguments"}});
+            # workers-ai-provider (utils.ts processToolCall) reads that shape first, then the native one.
+            function = call.get("function")
+            native = not isinstance(function, dict)
+            named = call if native else function
+            arguments = named.get("arguments") or {}
             out.append(
                 ToolCallDelta(
                     index=index,
-                    id=f"call_{uuid.uuid4().hex[:24]}",
-                    name=str(call["name"]),
+                    id=(None if native else call.get("id")) or f"call_{uuid.uuid4().hex[:24]}",
+                    name=str(named["name"]),
                     arguments=arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode(),
                 )
             )
