@@ -181,6 +181,19 @@ class TestCloudflare(WholeReplyContract):
         assert missing is not None and missing.reachable and missing.available_models == frozenset()
         assert down is not None and not down.reachable
 
+    @pytest.mark.anyio
+    async def test_a_named_instance_probe_searches_its_own_models(self, fakes: Fakes) -> None:
+        # ``[providers.cf-eu] kind = "cloudflare"``: its models name the instance, not the kind. Ours sorts after a
+        # first page of 20 others, so a search for nothing in particular would not find it.
+        ours = "@cf/zz/our-model"
+        fakes.cloudflare.models = {f"@cf/aa/model-{i:02d}" for i in range(24)} | {ours}
+        model = replace(catalogue_model(self.model_id), provider="cf-eu", upstream_model=ours)
+        async with new_session() as http:
+            provider = self.make(http, fakes.cloudflare.url)
+            result = await Cloudflare(replace(provider.connection, name="cf-eu"), http).probe([model])
+        assert result is not None and result.available_models == frozenset({ours})
+        assert [listing.query for listing in fakes.cloudflare.listings] == ["search=@cf/zz/our-model"]
+
 
 def test_registered() -> None:
     assert PROVIDERS["cloudflare"] is Cloudflare

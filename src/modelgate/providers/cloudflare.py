@@ -353,10 +353,11 @@ class Cloudflare(HttpProvider):
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
         # The model search listing is free (no inference, no neurons). One search per model keeps
-        # the answer exact whatever the listing's page size.
+        # the answer exact whatever the listing's page size. ``models`` are this instance's (a named
+        # ``[providers.X] kind = "cloudflare"`` too).
         found: set[str] = set()
         windows: dict[str, int] = {}
-        for term in [m.upstream_model for m in models if m.provider == self.name] or [""]:
+        for term in [m.upstream_model for m in models] or [""]:
             result = await self.upstream.probe_listing(
                 f"{self._account_url()}/models/search?search={quote(term, safe='')}",
                 search_listing,
