@@ -180,6 +180,16 @@ def test_registered() -> None:
         (b'{"object":"error","message":"too long","type":"BadRequestError","code":400}', "too long"),  # older vLLM
         (b'{"detail":"Not Found"}', "Not Found"),  # FastAPI
         (b'{"error":{"message":"no","code":"context_length_exceeded"}}', "no (context_length_exceeded)"),
+        # OpenRouter relaying a serving provider's refusal: its own body in metadata.raw (JSON text or not).
+        (
+            b'{"error":{"code":400,"message":"Provider returned error","metadata":{"provider_name":"DeepInfra",'
+            b'"raw":"{\\"error\\":{\\"message\\":\\"max context is 32768 tokens\\",\\"code\\":400}}"}}}',
+            "Provider returned error: DeepInfra: max context is 32768 tokens",
+        ),
+        (
+            b'{"error":{"code":502,"message":"Provider returned error","metadata":{"raw":"upstream gateway timeout"}}}',
+            "Provider returned error: upstream gateway timeout",
+        ),
     ],
 )
 def test_error_bodies_of_the_servers_in_the_field(body: bytes, message: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -116,7 +116,28 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     message = str(error.get("message") or code or "unknown error")
     if isinstance(code, str) and not code.isdigit() and code not in message:
         message = f"{message} ({code})"  # e.g. context_length_exceeded: the reason a client can act on
+    serving = _serving_provider_reason(metadata)
+    if serving:
+        message = f"{message}: {serving}"
     return status, ErrorDetail(message, retry_after=retry_after)
+
+
+def _serving_provider_reason(metadata: Any) -> str | None:
+    """OpenRouter's ``"Provider returned error"`` carries the serving provider's own answer in ``metadata``
+    (``provider_name``, ``raw``: its body, often JSON text): that is the reason a client can act on (a context
+    window, a refused parameter). The caller cleans and clips it like any upstream text."""
+    if not isinstance(metadata, dict) or "raw" not in metadata:
+        return None
+    raw = metadata["raw"]
+    if isinstance(raw, str):
+        with suppress(orjson.JSONDecodeError):
+            raw = orjson.loads(raw)
+    if isinstance(raw, dict):  # {"error": {"message"}}, {"error": "text"} or {"message"}
+        inner = raw.get("error", raw)
+        raw = inner.get("message", inner) if isinstance(inner, dict) else inner
+    reason = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+    name = metadata.get("provider_name")
+    return f"{name}: {reason}" if isinstance(name, str) and name else reason
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
