@@ -247,6 +247,20 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     assert usages[0].completion_tokens_details.reasoning_tokens == 2
 
 
+def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    reply = Reply(tokens=["4"], usage=(1200, 1), options={"cached_tokens": 1024})
+    fakes.openrouter.script(reply, reply)
+    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
+    assert completion.usage is not None and completion.usage.prompt_tokens_details is not None
+    assert completion.usage.prompt_tokens_details.cached_tokens == 1024
+    with client.chat.completions.create(
+        model=MODELS["openrouter"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ) as stream:
+        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+    assert len(usages) == 1 and usages[0].prompt_tokens_details is not None
+    assert usages[0].prompt_tokens_details.cached_tokens == 1024
+
+
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
     raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)

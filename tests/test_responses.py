@@ -182,6 +182,12 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     assert [item.type for item in response.output] == ["reasoning", "message"]
 
 
+def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openrouter.script(Reply(tokens=["4"], usage=(1200, 1), options={"cached_tokens": 1024}))
+    response = client.responses.create(model=THINKER, input="2+2?")
+    assert response.usage is not None and response.usage.input_tokens_details.cached_tokens == 1024
+
+
 def test_usage_the_provider_does_not_report_is_estimated_and_marked(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openrouter.default = Reply(tokens=["four words", " of text"], usage=None)  # every call: no usage reported
     raw = client.responses.with_raw_response.create(model=THINKER, input="hi")

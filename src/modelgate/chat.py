@@ -176,6 +176,8 @@ class Usage:
     estimated: bool = False
     #: Of ``completion_tokens``, those spent reasoning: only when the upstream reports it (never counted by us).
     reasoning_tokens: int | None = None
+    #: Of ``prompt_tokens``, those the provider served from its prompt cache: only when it reports them.
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -12,7 +12,8 @@ fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
 
 ``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``);
 ``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
-key OpenRouter's usage may carry, §3.3; absent otherwise).
+key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (an int: reported as
+``usage.prompt_tokens_details.cached_tokens``, as openai-python's ``CompletionUsage`` has it).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class FakeOpenRouter(FakeUpstream):
         counts: dict[str, Any] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
         if "reasoning_tokens" in reply.options:
             counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
+        if "cached_tokens" in reply.options:  # OpenRouter passes on the serving provider's prompt-cache hits
+            counts["prompt_tokens_details"] = {"cached_tokens": reply.options["cached_tokens"]}
         return counts
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:

@@ -53,14 +53,17 @@ USAGE_HEADER = "X-Modelgate-Usage"
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:
-    """OpenAI's usage object; ``completion_tokens_details.reasoning_tokens`` only when the upstream reported
-    it (a missing field says "unknown"; a 0 we made up would say "no reasoning"); an estimate (the provider
-    reported none) carries ``"estimated": true``, a non-standard field SDKs keep."""
+    """OpenAI's usage object; ``completion_tokens_details.reasoning_tokens`` and
+    ``prompt_tokens_details.cached_tokens`` only when the upstream reported them (a missing field says
+    "unknown"; a 0 we made up would say "none"); an estimate (the provider reported none) carries
+    ``"estimated": true``, a non-standard field SDKs keep."""
     body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
     if usage.reasoning_tokens is not None:
         body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     if usage.estimated:

@@ -141,8 +141,9 @@ def _new_item(kind: ItemKind, output_index: int) -> _Item:
 
 
 def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
-    """``ResponseUsage``. The cache counts are required by the SDK types: modelgate has no prompt cache and no
-    provider reports one to it, so they are 0. ``reasoning_tokens`` is the provider's count; else 0 for a reply
+    """``ResponseUsage``. The cache counts are required by the SDK types: ``cached_tokens`` is the provider's
+    count when it reports one (OpenAI, OpenRouter, vLLM), else 0, as is ``cache_write_tokens`` (no provider
+    modelgate speaks reports it). ``reasoning_tokens`` is the provider's count; else 0 for a reply
     without reasoning, and ``null`` for one with reasoning: unknown, not a made-up number (the one field where we
     send less than the SDK type's ``int``; openai-python then reads ``None``, the AI SDK's schema allows it)."""
     reasoning = usage.reasoning_tokens
@@ -150,7 +151,7 @@ def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
         reasoning = 0
     body: dict[str, Any] = {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens or 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.total_tokens,

@@ -197,14 +197,20 @@ def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
 
 
 def openai_usage(usage: Any) -> Usage:
-    """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` when it is there."""
-    details = usage.get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` and
+    ``prompt_tokens_details.cached_tokens`` (OpenAI, OpenRouter, vLLM with prefix caching) when they are there."""
     return Usage(
         int(usage["prompt_tokens"]),
         int(usage["completion_tokens"]),
-        reasoning_tokens=reasoning if isinstance(reasoning, int) and not isinstance(reasoning, bool) else None,
+        reasoning_tokens=_count(usage.get("completion_tokens_details"), "reasoning_tokens"),
+        cached_tokens=_count(usage.get("prompt_tokens_details"), "cached_tokens"),
     )
+
+
+def _count(details: Any, name: str) -> int | None:
+    """``details[name]`` when ``details`` is an object holding a whole number there, else None (unknown)."""
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class ChatCompletionsStream:
