@@ -165,6 +165,17 @@ class TestCloudflare(WholeReplyContract):
         assert got.finish == Finish("stop", Usage(31, 4))
 
     @pytest.mark.anyio
+    async def test_a_leading_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
+        # A reasoning model whose server does not separate its thinking (DeepSeek-R1's distills): the tags arrive
+        # as text, split anywhere; the blank lines after </think> only separate.
+        tokens = ["<th", "ink>Let me", " see.</thi", "nk>\n\nHi", " there"]
+        streamed = await self.run(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        whole = await self.run_whole(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        for got in (streamed, whole):
+            assert (got.reasoning, got.text) == ("Let me see.", "Hi there")
+            assert got.finish.reason == "stop"
+
+    @pytest.mark.anyio
     async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:
         model = catalogue_model(self.model_id)
         async with new_session() as http:

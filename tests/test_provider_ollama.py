@@ -124,6 +124,17 @@ class TestOllama(WholeReplyContract):
         assert got.text == "<b>&</b>"  # Go's \u003c escapes read right
 
     @pytest.mark.anyio
+    async def test_a_leading_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
+        # A reasoning model whose server does not separate its thinking (DeepSeek-R1's distills): the tags arrive
+        # as text, split anywhere; the blank lines after </think> only separate.
+        tokens = ["<th", "ink>Let me", " see.</thi", "nk>\n\nHi", " there"]
+        streamed = await self.run(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        whole = await self.run_whole(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        for got in (streamed, whole):
+            assert (got.reasoning, got.text) == ("Let me see.", "Hi there")
+            assert got.finish.reason == "stop"
+
+    @pytest.mark.anyio
     async def test_other_models_never_get_think(self, fakes: Fakes) -> None:
         # Real Ollama refuses think for a model that cannot (400 "... does not support thinking").
         got = await self.run(fakes, Reply(reasoning=["hmm"], tokens=["ok"]))

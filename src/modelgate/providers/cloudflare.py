@@ -71,6 +71,7 @@ from modelgate.providers._http import (
 )
 from modelgate.providers.base import ProbeResult
 from modelgate.providers.chat_completions import ChatCompletionsStream, wire_tool
+from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -183,10 +184,11 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
             return ChatCompletionsStream(upstream, request).whole_reply(result, raw)
         out: list[StreamEvent] = []
         text = result.get("response")
-        if text is not None and not isinstance(text, str):
-            text = orjson.dumps(text).decode()  # JSON mode: the parsed object, sent on as JSON text
-        if text:
-            out.append(TextDelta(text))
+        if isinstance(text, str) and text:
+            splitter = ReasoningSplitter()  # a leading <think> block is reasoning, as in a stream
+            out.extend([*splitter.feed(text), *splitter.flush()])
+        elif text is not None and not isinstance(text, str):
+            out.append(TextDelta(orjson.dumps(text).decode()))  # JSON mode: the parsed object, sent on as JSON text
         calls = result.get("tool_calls") or ()
         for index, call in enumerate(calls):
             # Some models put OpenAI-shaped calls here ({"id", "type", "function": {"name", "arguments"}});
@@ -220,7 +222,7 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
 class CloudflareStream:
     """Incremental parser of one Workers AI SSE stream."""
 
-    __slots__ = ("_events", "_fragments", "_openai", "_request", "_upstream", "_usage", "done", "failure")
+    __slots__ = ("_events", "_fragments", "_openai", "_request", "_splitter", "_upstream", "_usage", "done", "failure")
 
     def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
@@ -230,6 +232,8 @@ class CloudflareStream:
         self._fragments = 0
         #: The parser of a model that streams OpenAI-format chunks, from its first such chunk on.
         self._openai: ChatCompletionsStream | None = None
+        # DeepSeek-R1's distills on Workers AI write their leading <think> block into ``response``.
+        self._splitter = ReasoningSplitter()
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -239,7 +243,7 @@ class CloudflareStream:
             for event in self._events.feed(chunk):
                 data = event.data
                 if data == "[DONE]":
-                    out.extend(self._openai.finish() if self._openai is not None else (self._final(),))
+                    out.extend(self._openai.finish() if self._openai is not None else self._final())
                     self.done = True
                     break
                 try:
@@ -254,7 +258,7 @@ class CloudflareStream:
                     text = payload.get("response")
                     if text and isinstance(text, str):
                         self._fragments += 1
-                        out.append(TextDelta(text))
+                        out.extend(self._splitter.feed(text))
                     usage = payload.get("usage")
                     if usage:
                         self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
@@ -269,14 +273,17 @@ class CloudflareStream:
             return self._openai.end()
         raise self._upstream.truncated()  # no [DONE]: Cloudflare's only end marker never came
 
-    def _final(self) -> Finish:
+    def _final(self) -> list[StreamEvent]:
+        """What a held-back tag turned out to be, then the ``Finish``."""
+        out: list[StreamEvent] = list(self._splitter.flush())
         usage = self._usage
         if usage is None:
             # Older deployments report nothing. Workers AI streams one token per event, so the
             # count of non-empty fragments is the completion; the prompt is ≈ 4 characters a token.
             usage = Usage(estimate_prompt_tokens(self._request.messages), self._fragments, estimated=True)
         limit = self._request.params.max_new_tokens or DEFAULT_MAX_TOKENS
-        return Finish("length" if usage.completion_tokens == limit else "stop", usage)
+        out.append(Finish("length" if usage.completion_tokens == limit else "stop", usage))
+        return out
 
 
 class Cloudflare(HttpProvider):

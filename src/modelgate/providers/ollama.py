@@ -48,6 +48,7 @@ from modelgate.errors import BadRequest, UpstreamError
 from modelgate.providers._http import ErrorDetail, HttpProvider, ListedModel, Upstream, body_message, parse_json
 from modelgate.providers.base import ProbeResult
 from modelgate.providers.chat_completions import wire_tool
+from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import NDJSONDecoder
 
 if TYPE_CHECKING:
@@ -128,12 +129,16 @@ def _count(value: object) -> int:
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
-    __slots__ = ("_calls", "_lines", "_upstream", "done", "failure")
+    __slots__ = ("_calls", "_lines", "_separated", "_splitter", "_upstream", "done", "failure")
 
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
         self._lines = NDJSONDecoder()
         self._calls = 0
+        # Ollama separates reasoning (``message.thinking``) when asked to think; otherwise, and in versions
+        # before it could, a reasoning model writes its leading <think> block into the content.
+        self._splitter = ReasoningSplitter()
+        self._separated = False
         self.done = False
         self.failure: UpstreamError | None = None
 
@@ -167,9 +172,11 @@ class OllamaStream:
                         raise self._upstream.error_for(500, ErrorDetail(str(item["error"])))
                     if message:
                         if message.get("thinking"):
+                            self._separated = True
                             events.append(ReasoningDelta(_text(message["thinking"])))
                         if message.get("content"):
-                            events.append(TextDelta(_text(message["content"])))
+                            text = _text(message["content"])
+                            events.extend((TextDelta(text),) if self._separated else self._splitter.feed(text))
                         for call in message.get("tool_calls") or ():
                             events.append(self._tool_call(call))
                     if item.get("done"):
@@ -178,6 +185,7 @@ class OllamaStream:
                             reason = "tool-calls"
                         # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
                         usage = Usage(_count(item.get("prompt_eval_count", 0)), _count(item.get("eval_count", 0)))
+                        events.extend(self._splitter.flush())
                         events.append(Finish(reason, usage))
                         self.done = True
                         break
