@@ -183,6 +183,16 @@ def test_ui_message_stream_through_the_ai_sdk_5_parser(service: str, fakes: Fake
     assert summary["text"] == "".join(TOKENS)
 
 
+@requires_node_parsers
+def test_a_refusal_reaches_an_ai_sdk_client_as_text(service: str, fakes: Fakes) -> None:
+    # The AI SDK streams have no refusal part: the words of the model's refusal are the reply's text, not nothing.
+    fakes.openrouter.script(Reply(tokens=["I can't", " help."], options={"refusal": True}))
+    summary = parse_ui_stream(
+        service + "/api/ai/openrouter/deepseek-chat/chat?protocol=ui-strict", {"messages": MESSAGES}, sdk="ai5"
+    )
+    assert (summary["status"], summary["text"]) == (200, "I can't help.")
+
+
 #: What AI SDK 5+ ``useChat`` posts (``DefaultChatTransport``): messages with ``parts`` only, and a trigger.
 AI_SDK_5_MESSAGES = [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "What is 2+2?"}]}]
 

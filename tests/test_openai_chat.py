@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from modelgate.app import create_app
@@ -259,6 +260,24 @@ def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(clien
         usages = [chunk.usage for chunk in stream if chunk.usage is not None]
     assert len(usages) == 1 and usages[0].prompt_tokens_details is not None
     assert usages[0].prompt_tokens_details.cached_tokens == 1024
+
+
+def test_a_refusal_is_the_messages_refusal_streamed_and_whole(client: openai.OpenAI, fakes: Fakes) -> None:
+    """OpenAI's models refuse in ``refusal`` beside a null ``content``; ``chat.completions.parse`` reads it there."""
+    reply = Reply(tokens=["I can't", " help with that."], options={"refusal": True})
+    fakes.openrouter.script(reply, reply, reply)
+    message = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES).choices[0].message
+    assert (message.content, message.refusal) == (None, "I can't help with that.")
+    with client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES, stream=True) as stream:
+        deltas = [c.choices[0].delta for c in stream if c.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I can't help with that."
+    assert not "".join(d.content or "" for d in deltas)
+
+    class Answer(pydantic.BaseModel):
+        value: int
+
+    parsed = client.chat.completions.parse(model=MODELS["openrouter"], messages=MESSAGES, response_format=Answer)
+    assert parsed.choices[0].message.refusal == "I can't help with that." and parsed.choices[0].message.parsed is None
 
 
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -182,6 +182,12 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     assert [item.type for item in response.output] == ["reasoning", "message"]
 
 
+def test_a_refusal_is_the_replys_text(client: openai.OpenAI, fakes: Fakes) -> None:
+    # Not yet a ``refusal`` content part: the words of the model's refusal are the message's text, never nothing.
+    fakes.openrouter.script(Reply(tokens=["I can't", " help."], options={"refusal": True}))
+    assert client.responses.create(model=THINKER, input="hi").output_text == "I can't help."
+
+
 def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openrouter.script(Reply(tokens=["4"], usage=(1200, 1), options={"cached_tokens": 1024}))
     response = client.responses.create(model=THINKER, input="2+2?")

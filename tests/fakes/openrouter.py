@@ -13,7 +13,8 @@ fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
 ``Reply.options``: ``separate_usage`` (True: usage comes in its own final chunk with ``choices: []``);
 ``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
 key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (an int: reported as
-``usage.prompt_tokens_details.cached_tokens``, as openai-python's ``CompletionUsage`` has it).
+``usage.prompt_tokens_details.cached_tokens``, as openai-python's ``CompletionUsage`` has it); ``refusal``
+(True: the tokens are the model's refusal, ``refusal`` beside a null ``content``, as OpenAI's models refuse).
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ class FakeOpenRouter(FakeUpstream):
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
         if body.get("stream") is not True:
             # As OpenRouter answers ``stream: false``: the reasoning beside the content, usage always.
+            refused = reply.options.get("refusal")
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": "".join(reply.tokens),
-                "refusal": None,
+                "content": None if refused else "".join(reply.tokens),
+                "refusal": "".join(reply.tokens) if refused else None,
                 "reasoning": "".join(reply.reasoning) or None,
             }
             if reply.tool_calls:
@@ -137,7 +139,10 @@ class FakeOpenRouter(FakeUpstream):
             return b"data: " + dumps({**head, "choices": [choice], **extra}) + b"\n\n"
 
         tokens = [chunk({"role": "assistant", "content": "", "reasoning": t}) for t in reply.reasoning]
-        tokens += [chunk({"role": "assistant", "content": t}) for t in reply.tokens]
+        if reply.options.get("refusal"):  # as OpenAI streams a refusal: beside a null content
+            tokens += [chunk({"role": "assistant", "content": None, "refusal": t}) for t in reply.tokens]
+        else:
+            tokens += [chunk({"role": "assistant", "content": t}) for t in reply.tokens]
         # Tool calls as OpenRouter streams them: the OpenAI pieces, arguments in fragments, content null.
         tokens += [chunk({"role": "assistant", "content": None, "tool_calls": [p]}) for p in tool_call_pieces(reply)]
         if len(tokens) > 1:

@@ -22,7 +22,16 @@ from typing import Any
 
 import orjson
 
-from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from modelgate.chat import (
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    RefusalDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 
 log = logging.getLogger("modelgate.openai")
@@ -96,6 +105,7 @@ class ChunkEncoder:
         choice_tail = b'},"logprobs":null,"finish_reason":null}]' + tail
         self._content_prefix = head + b',"choices":[{"index":0,"delta":{"content":'
         self._reasoning_prefix = head + b',"choices":[{"index":0,"delta":{"reasoning_content":'
+        self._refusal_prefix = head + b',"choices":[{"index":0,"delta":{"refusal":'
         self._delta_suffix = choice_tail
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, *, usage_chunk: bool = False) -> bytes:
@@ -143,7 +153,8 @@ class ChunkEncoder:
                 for event in batch:
                     if isinstance(event, TextDelta):
                         if event.text:
-                            out += content_prefix + dumps(event.text) + suffix
+                            prefix = self._refusal_prefix if type(event) is RefusalDelta else content_prefix
+                            out += prefix + dumps(event.text) + suffix
                     elif isinstance(event, ReasoningDelta):
                         if event.text:
                             out += reasoning_prefix + dumps(event.text) + suffix
@@ -176,6 +187,7 @@ async def collect_completion(
 ) -> dict[str, Any]:
     """Drain ``events`` into one ``chat.completion`` object. Raises ``ModelgateError`` on a failure."""
     text: list[str] = []
+    refusal: list[str] = []
     reasoning: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     finish: Finish | None = None
@@ -183,7 +195,7 @@ async def collect_completion(
         async for batch in events:
             for event in batch:
                 if isinstance(event, TextDelta):
-                    text.append(event.text)
+                    (refusal if type(event) is RefusalDelta else text).append(event.text)
                 elif isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
                 elif isinstance(event, ToolCallDelta):
@@ -200,8 +212,12 @@ async def collect_completion(
     if finish.reason == "error":
         raise UpstreamError(provider, _ENDED_WITH_ERROR)
     content = "".join(text)
-    # OpenAI: content is null on a reply that only calls tools.
-    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else ""), "refusal": None}
+    # OpenAI: content is null on a reply that only calls tools, or only refuses.
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content or (None if calls or refusal else ""),
+        "refusal": "".join(refusal) or None,
+    }
     if calls:
         message["tool_calls"] = [calls[index] for index in sorted(calls)]
     if reasoning:

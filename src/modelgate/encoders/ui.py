@@ -40,7 +40,7 @@ from typing import Final
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta
+from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta
 from modelgate.encoders.base import close, ended_early, failure_message
 
 MEDIA_TYPE: Final = "text/event-stream"
@@ -129,12 +129,15 @@ class UIMessageStreamEncoder:
                         return
                     if isinstance(event, ToolCallDelta) or not event.text:  # /api/ai bodies carry no tools
                         continue
-                    if part is not None and part.kind is type(event):
+                    kind = type(event)
+                    if kind is RefusalDelta:
+                        kind = TextDelta  # the stream has no refusal part: the refusal's words are its text
+                    if part is not None and part.kind is kind:
                         out += part.delta_prefix + dumps(event.text) + _DELTA_END
                         continue
                     closing = part.end if part is not None else b""
                     count += 1
-                    part = _Part(type(event), count)
+                    part = _Part(kind, count)
                     out += closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
                 if out:
                     yield out

@@ -42,6 +42,7 @@ from modelgate.chat import (
     Message,
     NamedTool,
     ReasoningDelta,
+    RefusalDelta,
     ResponseFormat,
     StreamEvent,
     TextDelta,
@@ -298,6 +299,10 @@ class ChatCompletionsStream:
             self._separated = True
             self._deltas += 1
             out.append(ReasoningDelta(reasoning))
+        refusal = delta.get("refusal")
+        if refusal:
+            self._deltas += 1
+            out.append(RefusalDelta(refusal))
         content = delta.get("content")
         if content:
             self._deltas += 1
