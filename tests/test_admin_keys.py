@@ -20,8 +20,9 @@ import pytest
 
 import modelgate.runtime_keys as runtime_keys
 from modelgate.app import create_app
-from modelgate.auth import ApiKey, KeyRing, key_digest
+from modelgate.auth import MAX_KEY_LIMIT, ApiKey, KeyRing, key_digest, load_keyring
 from modelgate.catalogue import load_catalogue
+from modelgate.errors import CatalogueError
 from modelgate.runtime_keys import KeyRecord, compose, local_sources
 from modelgate.settings import Settings
 from tests import test_ledger as ledger_tests
@@ -207,6 +208,24 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
         rotate = client.post("/admin/keys/abc/rotate", json={"grace_seconds": -1}, headers=bearer(ADMIN))
         assert rotate.status_code == 400
         assert client.get("/health").status_code == 200  # still serving
+
+
+def test_a_limit_past_what_the_key_store_holds_is_a_400(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    """Found in review: 2**64 reached the database and came back as a 503 (SQLite's OverflowError)."""
+    with serve(settings_for(fakes, tmp_path, ledger_url)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for field in ("requests_per_minute", "concurrent_streams"):
+            for value, status in ((2**64, 400), (MAX_KEY_LIMIT + 1, 400), (MAX_KEY_LIMIT, 201)):
+                answer = client.post(
+                    "/admin/keys", json={"name": f"{field}-{value}", field: value}, headers=bearer(ADMIN)
+                )
+                assert answer.status_code == status, (field, value, answer.text)
+                if status == 400:
+                    assert field in answer.json()["statusMessage"], answer.text
+    # The keys file takes the same bound (its keys are written to the same store).
+    (tmp_path / "keys.toml").write_text(f'[[keys]]\nkey = "k-1"\nconcurrent_streams = {2**64}\n', encoding="utf-8")
+    path = write_catalogue(tmp_path / "limits.toml", *PRICED, header='[server]\nkeys_file = "keys.toml"\n')
+    with pytest.raises(CatalogueError, match="concurrent_streams"):
+        load_keyring(Settings(), load_catalogue(path))
 
 
 def test_a_run_time_keys_budget_is_enforced_and_a_bad_one_refused(fakes: Fakes, tmp_path: Path) -> None:

@@ -174,6 +174,37 @@ def test_admitted_while_below_busy_while_held_exhausted_when_spent(store_kind: s
     asyncio.run(scenario())
 
 
+def test_a_key_refused_by_several_budgets_is_sent_back_when_all_of_them_let_it_in(
+    store_kind: str, redis_url: str
+) -> None:
+    clock = Clock("2026-12-02T10:00:00")
+    month_message = "Budget exhausted: key 'ci' has spent its 100 tokens per month; it resets at 2027-01-01T00:00:00Z"
+    to_january = (29 * 24 + 14) * 3600
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            # The day and the month both spent: the day resets first, but the month keeps the key out until January.
+            budget = Budget(tokens_per_day=100, tokens_per_month=100)
+            await budgets.settle(await budgets.reserve("k1", "ci", budget, Charge(100, 0), 10), Charge(100, 0))
+            with pytest.raises(RateLimited) as both:
+                await budgets.reserve("k1", "ci", budget, Charge(1, 0), 1)
+            assert refusal(both)[1:] == (
+                month_message,
+                {"retryAfter": to_january, "budget": "tokens_per_month", "resetsAt": "2027-01-01T00:00:00Z"},
+            )
+            # The day only held by a running request, the month spent: not "try again in a second".
+            budget = Budget(tokens_per_day=1000, tokens_per_month=100)
+            await budgets.reserve("k2", "ci", budget, Charge(1000, 0), 10)
+            [_, month] = budgets_module.counters("k2", budget, budgets.now())
+            await store.restore([month], [100], budgets.now())
+            with pytest.raises(RateLimited) as spent_and_busy:
+                await budgets.reserve("k2", "ci", budget, Charge(1, 0), 1)
+            assert refusal(spent_and_busy)[1] == month_message
+
+    asyncio.run(scenario())
+
+
 def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request whose instance was killed never settles: its hold must not block the key until the period ends."""
     monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
@@ -444,6 +475,14 @@ def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, t
         assert refused.status_code == 429
         assert refused.json()["statusMessage"].startswith("Budget exhausted: key 'capped' has spent its 40 tokens")
         assert chat(url, "cut").status_code == 200  # a key that spent nothing is unaffected
+
+
+def test_token_figures_are_whole_numbers_on_the_wire(service: str) -> None:
+    # As the README shows them ("spent":15): a token is not divisible, so 15.0 would only puzzle a client.
+    assert chat(service, "capped").status_code == 200
+    settled(service, "capped")
+    raw = httpx.get(f"{service}/api/usage?limit=0", headers=bearer("capped"), timeout=30).text
+    assert '"limit":40,"spent":15,"reserved":0,"remaining":25,' in raw, raw
 
 
 @pytest.mark.parametrize("ending", ["cut", "failed"])

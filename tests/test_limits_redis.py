@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import re
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from modelgate import limits
 from modelgate.app import create_app
-from modelgate.limits import REBUILD_SECONDS, REBUILDING, Lease, Plan, RedisBackend, Slot, Window
+from modelgate.auth import ApiKey, Principal, key_digest
+from modelgate.budgets import Budget, Charge
+from modelgate.catalogue import load_catalogue
+from modelgate.chat import ChatRequest, Message
+from modelgate.errors import RateLimited
+from modelgate.limits import REBUILD_SECONDS, REBUILDING, Admission, Lease, Limiter, Plan, RedisBackend, Slot, Window
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for
@@ -344,3 +353,130 @@ def test_a_cap_still_holds_for_running_streams_after_a_redis_restart(fakes: Fake
                 ),
                 "the slots to come back after the streams ended",
             )
+
+
+# --- Redis's answer late or lost on the way back ----------------------------------------------------------
+
+
+@asynccontextmanager
+async def proxy(
+    redis_url: str, *, reply_delay: float = 0.0, lose_reply_to: bytes = b"", nth: int = 1
+) -> AsyncIterator[str]:
+    """A TCP proxy to ``redis_url`` on this loop: Redis's replies come back ``reply_delay`` late, and the connection
+    that sends the ``nth`` command containing ``lose_reply_to`` is cut once Redis has run it, before its reply."""
+    target = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    seen = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        cut = asyncio.Event()
+
+        async def requests() -> None:
+            nonlocal seen
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+                if lose_reply_to and lose_reply_to in data and (seen := seen + 1) == nth:
+                    cut.set()
+                    await asyncio.sleep(0.2)  # Redis runs it; its reply goes nowhere
+                    return
+
+        async def replies() -> None:
+            while data := await up_reader.read(65536):
+                await asyncio.sleep(reply_delay)
+                if cut.is_set():
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(requests()), asyncio.create_task(replies())]
+        with contextlib.suppress(OSError):
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for end in (writer, up_writer):
+            end.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
+def test_a_request_cancelled_while_its_budget_is_reserved_gives_it_back(redis_url: str, tmp_path: Path) -> None:
+    """Found in review: cancelled (the client left) after Redis held its budget, before the answer came back, a
+    request kept that hold for HOLD_SECONDS (an hour)."""
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml("a", "m", max_new_tokens=100)))
+    model = catalogue.by_id["a/m"]
+    key = ApiKey(digest=key_digest("mg-cancelled-reservation"), name="t", budget=Budget(tokens_per_day=1000))
+    request = ChatRequest(messages=(Message("user", "Hi!"),))
+
+    async def scenario() -> tuple[int, int]:
+        async with proxy(redis_url, reply_delay=0.3) as url:
+            limiter = Limiter(RedisBackend(url, prefix="t9:"))
+            await limiter.start()
+            try:
+                await limiter.ping()  # a pooled connection, ready
+                admission = Admission(Principal(key), limiter, catalogue)
+                reserving = asyncio.create_task(admission.reserve_budget(model, request))
+                await asyncio.sleep(0.1)  # Redis held it; the answer is on its way back
+                reserving.cancel()
+                await asyncio.wait((reserving,))
+                await admission.release()  # the access middleware's cleanup
+                [state] = await limiter.budgets.state(key.key_id, key.budget)  # type: ignore[arg-type]
+                return state.reserved, state.spent
+            finally:
+                await limiter.stop()
+
+    assert asyncio.run(scenario()) == (0, 0)
+
+
+def test_a_script_sent_again_after_its_reply_was_lost_does_nothing_twice(redis_url: str, tmp_path: Path) -> None:
+    """Found in review: the client sends a command again when its connection broke, and Redis may have run it.
+    A settlement was charged twice (INCRBY); an admission at a cap of 1 counted its own first lease, was refused,
+    and that lease kept the only slot for ``lease_ttl``."""
+    catalogue = load_catalogue(
+        write_catalogue(tmp_path / "c.toml", model_toml("a", "m", extra="max_concurrency = 1\n"))
+    )
+    model = catalogue.by_id["a/m"]
+    budget = Budget(tokens_per_day=100)  # full once a request's 108 is held
+    acquire = hashlib.sha1(limits._ACQUIRE.encode()).hexdigest().encode()
+
+    async def settled(lose_reply_to: bytes) -> int:
+        async with proxy(redis_url, lose_reply_to=lose_reply_to) as url:
+            limiter = Limiter(RedisBackend(url, prefix=f"t10-{uuid.uuid4().hex}:"))  # (not the trigger's text)
+            await limiter.start()
+            try:
+                reservation = await limiter.budgets.reserve("k", "t", budget, Charge(108, 0), 8)
+                await limiter.budgets.settle(reservation, Charge(15, 0))
+                [state] = await limiter.budgets.state("k", budget)
+                return state.spent + state.reserved
+            finally:
+                await limiter.stop()
+
+    async def admitted_twice() -> list[str]:
+        # The 3rd EVALSHA of _ACQUIRE: NOSCRIPT, then the epoch is new to this process, then the admission.
+        async with proxy(redis_url, lose_reply_to=acquire, nth=3) as url:
+            limiter = Limiter(RedisBackend(url, prefix="t11:"))
+            await limiter.start()
+            outcomes = []
+            try:
+                for _ in range(2):  # one request, over, then the next
+                    admission = Admission(
+                        Principal(ApiKey(digest=key_digest("mg-resent"), name="t")), limiter, catalogue
+                    )
+                    try:
+                        await admission.admit_model(model)
+                        outcomes.append("admitted")
+                    except RateLimited as exc:
+                        outcomes.append(exc.message)
+                    await admission.release()
+                return outcomes
+            finally:
+                await limiter.stop()
+
+    assert asyncio.run(settled(b"INCRBY")) == 15  # the settlement's reply lost
+    assert asyncio.run(settled(b"ZRANGE")) == 15  # the reservation's (the settlement's script has no ZRANGE)
+    assert asyncio.run(admitted_twice()) == ["admitted", "admitted"]

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from modelgate.auth import ApiKey, KeyRing, key_digest
+from modelgate.budgets import Budget
 from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
 from modelgate.workers import AUTO, cgroup_cpu_limit, in_process_limits, parse, resolve, usable_cores
@@ -73,6 +74,14 @@ def test_which_configurations_count_in_the_process(tmp_path: Path) -> None:
     assert not in_process_limits(shared, plain, KeyRing((_key(concurrent_streams=2),)))
     capped = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml(extra="max_concurrency = 2\n")))
     assert in_process_limits(Settings(), capped, KeyRing())
+
+
+def test_a_budget_without_redis_counts_in_the_process() -> None:
+    # Its counters live beside the limits' (MemoryCounters): each worker would let the key spend its budget again.
+    budgeted = ApiKey(digest=key_digest("sk-test-0123456789abcdef"), name="k", budget=Budget(tokens_per_day=1000))
+    plain = load_catalogue(None)
+    assert in_process_limits(Settings(), plain, KeyRing((budgeted,)))
+    assert not in_process_limits(Settings(redis_url="redis://127.0.0.1:1/0"), plain, KeyRing((budgeted,)))
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="needs a machine with two usable cores")

@@ -60,6 +60,9 @@ _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Length of ``key_id``: enough to tell keys apart in logs, far too short to matter as a hash leak.
 KEY_ID_LENGTH = 12
+#: The largest ``requests_per_minute`` / ``concurrent_streams`` a key takes: far past any real use, and within
+#: the key store's INTEGER columns (32-bit on PostgreSQL, where a larger value fails the write).
+MAX_KEY_LIMIT = 10**9
 
 #: ``scope["state"]`` entries the access middleware maintains (Starlette's ``request.state``).
 PRINCIPAL_STATE = "modelgate_principal"
@@ -187,8 +190,8 @@ class KeyEntry(BaseModel):
     models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
         default_factory=lambda: ["*"], description="fnmatch globs over publisher/name"
     )
-    requests_per_minute: Annotated[int | None, Field(gt=0)] = None
-    concurrent_streams: Annotated[int | None, Field(gt=0)] = None
+    requests_per_minute: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
+    concurrent_streams: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
     budget: Budget | None = None
 
     @field_validator("key")

@@ -13,9 +13,9 @@ two numbers: *spent* (what finished requests cost) and *held* (the reservations 
   the most it may generate (``max_tokens`` / the catalogue's ``max_new_tokens``), priced for the USD
   counters. Check and reservation are one atomic step. Otherwise 429 with ``Retry-After``: when spent
   alone has reached the limit, the budget is *exhausted* (the message names the budget and its UTC reset
-  time, ``Retry-After`` counts the seconds to it); when it is full only because of running requests'
-  reservations, the key is told so with ``Retry-After: 1`` (one of them may end any moment and give
-  back most of its reservation).
+  time, ``Retry-After`` counts the seconds to it; of several spent, the one that resets last); when it is
+  full only because of running requests' reservations, the key is told so with ``Retry-After: 1`` (one of
+  them may end any moment and give back most of its reservation).
 - The end (``Budgets.settle``, when the request is over — answered, failed, or cut by the client): its
   actual cost is added to spent and its estimate taken off held. Actual is the usage the upstream
   reported, else the estimate the gateway made for the ledger (prompt estimate + one token per event
@@ -223,9 +223,9 @@ class Refusal:
 
 
 class BudgetCounters(Protocol):
-    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
         """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` under ``hold_id``
-        for ``HOLD_SECONDS``; else say which counter is full."""
+        for ``HOLD_SECONDS`` and return nothing; else hold nothing and return every full counter."""
         ...
 
     async def settle(
@@ -270,17 +270,20 @@ class MemoryCounters:
     def __init__(self) -> None:
         self._tallies: dict[str, _Tally] = {}
 
-    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
         stamp = now.timestamp()
-        for index, counter in enumerate(counters):
-            refusal = _refusal(index, self._usage(counter.key, stamp), counter.limit.units)
-            if refusal is not None:
-                return refusal
+        refusals = [
+            refusal
+            for index, counter in enumerate(counters)
+            if (refusal := _refusal(index, self._usage(counter.key, stamp), counter.limit.units)) is not None
+        ]
+        if refusals:
+            return refusals
         for counter, amount in zip(counters, amounts, strict=True):
             tally = self._tally(counter, now)
             tally.holds = {k: v for k, v in tally.holds.items() if v[0] > stamp}  # lapsed holds go
             tally.holds[hold_id] = (stamp + HOLD_SECONDS, amount)
-        return None
+        return []
 
     async def settle(
         self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
@@ -320,12 +323,20 @@ class MemoryCounters:
 # Each counter is two keys: KEYS[i] = spent (an integer), KEYS[n + i] = its holds (a sorted set, member
 # "<hold id>:<amount>", score = when the hold lapses, ms on the Redis server's clock).
 #
-# Reserve: ARGV = hold id, hold ms, n limits, n amounts, n TTLs (s). Returns 0 when held; else i
-# (1-based) for a counter whose spent has reached its limit, -i for one full only because of holds.
+# The limiter's client sends a command again when its connection broke (``RedisBackend.start``), and the
+# first one may have run: both scripts do nothing the second time.
+#
+# Reserve: ARGV = hold id, hold ms, n limits, n amounts, n TTLs (s). Returns {} when held (or held already);
+# else, for every full counter, i (1-based) when its spent has reached its limit, -i when it is full only
+# because of holds.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS / 2
+if redis.call('ZSCORE', KEYS[n + 1], ARGV[1] .. ':' .. ARGV[3 + n]) then
+  return {}
+end
+local full = {}
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[n + i], '-inf', now)
   local held = 0
@@ -334,29 +345,38 @@ for i = 1, n do
   end
   local spent, limit = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[2 + i])
   if spent + held >= limit then
-    if spent >= limit then
-      return i
-    end
-    return -i
+    full[#full + 1] = spent >= limit and i or -i
   end
+end
+if #full > 0 then
+  return full
 end
 for i = 1, n do
   redis.call('ZADD', KEYS[n + i], now + tonumber(ARGV[2]), ARGV[1] .. ':' .. ARGV[2 + n + i])
   redis.call('EXPIRE', KEYS[n + i], ARGV[2 + 2 * n + i])
 end
-return 0
+return {}
 """
 
-# Settle: ARGV = hold id, n amounts (as held), n charges, n TTLs (s).
+# Settle: KEYS[2n + 1] = the settlement's mark, set once per hold id; ARGV = hold id, n amounts (as held),
+# n charges, n TTLs (s), the mark's TTL (s). A charge of 0 (a hold given back) creates no counter, so
+# ``restore`` still fills a missing one.
 _SETTLE = """
-local n = #KEYS / 2
+local n = (#KEYS - 1) / 2
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[2 + 3 * n]) then
+  return 0
+end
 for i = 1, n do
-  redis.call('INCRBY', KEYS[i], ARGV[1 + n + i])
-  redis.call('EXPIRE', KEYS[i], ARGV[1 + 2 * n + i])
+  if tonumber(ARGV[1 + n + i]) > 0 then
+    redis.call('INCRBY', KEYS[i], ARGV[1 + n + i])
+    redis.call('EXPIRE', KEYS[i], ARGV[1 + 2 * n + i])
+  end
   redis.call('ZREM', KEYS[n + i], ARGV[1] .. ':' .. ARGV[1 + i])
 end
 return 0
 """
+#: How long a settlement's mark stays: far longer than a re-send takes (at once, on a fresh connection).
+SETTLED_MARK_SECONDS = 60
 
 
 class RedisCounters:
@@ -373,21 +393,21 @@ class RedisCounters:
         spent = [self.prefix + c.key for c in counters]
         return [*spent, *(key + ":held" for key in spent)]
 
-    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> Refusal | None:
+    async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
         keys = self._keys(counters)
         args: list[str | int] = [hold_id, HOLD_SECONDS * 1000, *(c.limit.units for c in counters), *amounts]
         args += [c.ttl(now) for c in counters]
         try:
-            found = int(await self._client().eval(_RESERVE, len(keys), *keys, *args))
+            found = [int(which) for which in await self._client().eval(_RESERVE, len(keys), *keys, *args)]
         except self._failures as exc:  # fail closed, as the limiter does: unmetered spending is the risk
             raise BudgetUnavailable() from exc
-        return None if found == 0 else Refusal(abs(found) - 1, busy=found < 0)
+        return [Refusal(abs(which) - 1, busy=which < 0) for which in found]
 
     async def settle(
         self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
     ) -> None:
-        keys = self._keys(counters)
-        args: list[str | int] = [hold_id, *amounts, *spent, *(c.ttl(now) for c in counters)]
+        keys = [*self._keys(counters), f"{self.prefix}budget-settled:{hold_id}"]
+        args: list[str | int] = [hold_id, *amounts, *spent, *(c.ttl(now) for c in counters), SETTLED_MARK_SECONDS]
         try:
             await self._client().eval(_SETTLE, len(keys), *keys, *args)
         except self._failures as exc:
@@ -438,7 +458,7 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class BudgetState:
-    """One limit of a key as ``/api/usage`` shows it to that key (tokens, or USD)."""
+    """One limit of a key as ``/api/usage`` shows it to that key: tokens (integers), or USD."""
 
     name: str  #: tokens_per_day | tokens_per_month | usd_per_day | usd_per_month
     limit: float
@@ -467,14 +487,24 @@ class Budgets:
     ) -> Reservation:
         """Admit a request of ``estimate`` against ``budget`` and hold it; else ``RateLimited`` (429), or
         ``BudgetUnavailable`` (503) when the store does not answer."""
+        reservation = self.reservation(key_id, budget, estimate, prompt_estimate)
+        await self.hold(reservation, key_name)
+        return reservation
+
+    def reservation(self, key_id: str, budget: Budget, estimate: Charge, prompt_estimate: int) -> Reservation:
+        """The reservation of ``estimate`` in ``budget``'s counters now, not held yet (``hold`` does that)."""
         now = self.now()
-        held = counters(key_id, budget, now)
-        hold_id = uuid.uuid4().hex
-        refusal = await self.store.reserve(held, hold_id, [estimate.units(c.limit.measure) for c in held], now)
-        if refusal is not None:
-            counter = held[refusal.index]
-            raise busy(key_name, counter) if refusal.busy else exhausted(key_name, counter, now)
-        return Reservation(hold_id, tuple(held), estimate, prompt_estimate, now)
+        return Reservation(uuid.uuid4().hex, tuple(counters(key_id, budget, now)), estimate, prompt_estimate, now)
+
+    async def hold(self, reservation: Reservation, key_name: str) -> None:
+        """Hold ``reservation`` if its counters have room; else ``RateLimited`` (429), or ``BudgetUnavailable``
+        (503) when the store does not answer. Whoever awaits this may be cancelled while the store holds it:
+        ``give_back`` then undoes it."""
+        held = list(reservation.counters)
+        amounts = [reservation.estimate.units(c.limit.measure) for c in held]
+        refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
+        if refusals:
+            raise refused(key_name, held, refusals, reservation.admitted_at)
 
     async def settle(self, reservation: Reservation, actual: Charge) -> None:
         """Charge what the request actually cost and give back its reservation."""
@@ -487,6 +517,10 @@ class Budgets:
             reservation.admitted_at,
         )
 
+    async def give_back(self, reservation: Reservation) -> None:
+        """Drop ``reservation``'s hold, if it was made, charging nothing (its request never started)."""
+        await self.settle(reservation, NOTHING)
+
     async def state(self, key_id: str, budget: Budget) -> list[BudgetState]:
         now = self.now()
         current = counters(key_id, budget, now)
@@ -496,14 +530,26 @@ class Budgets:
 
 def _state(counter: Counter, usage: Usage) -> BudgetState:
     limit = counter.limit
-    scale = 1 if limit.measure == "tokens" else NANO_USD
-    spent, reserved = usage.spent / scale, usage.held / scale
+    if limit.measure == "tokens":  # whole tokens, as configured: /api/usage shows "spent":15, not 15.0
+        tokens_left = max(0, limit.units - usage.spent - usage.held)
+        return BudgetState(limit.name, limit.units, usage.spent, usage.held, tokens_left, counter.resets_at)
+    spent, reserved = usage.spent / NANO_USD, usage.held / NANO_USD
     remaining = max(0.0, limit.value - spent - reserved)
     return BudgetState(limit.name, limit.value, spent, reserved, remaining, counter.resets_at)
 
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refused(key_name: str, held: list[Counter], refusals: list[Refusal], now: datetime) -> RateLimited:
+    """The 429 for the full counter that keeps the key out longest: a spent one before one only busy, and of
+    spent ones the last to reset (a key whose month is spent too, sent back at the day's reset, would only be
+    refused again)."""
+    spent = [held[refusal.index] for refusal in refusals if not refusal.busy]
+    if spent:
+        return exhausted(key_name, max(spent, key=lambda counter: counter.resets_at), now)
+    return busy(key_name, held[refusals[0].index])
 
 
 def exhausted(key_name: str, counter: Counter, now: datetime) -> RateLimited:

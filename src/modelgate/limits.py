@@ -188,7 +188,8 @@ class MemoryBackend:
 # epoch this process knows ('' = none), lease id, lease ttl ms, window limit (0 = none), window ms, then
 # one limit per slot. Returns {1} when admitted, {-1} when the epoch differs (resync, then ask again),
 # else {0, which (0 = window, i = slot i, -1 = rebuilding), retry-after ms}. The server's TIME keeps
-# instances with skewed clocks agreeing.
+# instances with skewed clocks agreeing. A lease already counted (this script sent again after its reply
+# was lost, ``RedisBackend.start``) is not counted against itself: it is admitted again, and counted once.
 _ACQUIRE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {-1}
@@ -205,14 +206,18 @@ local lease, ttl = ARGV[2], tonumber(ARGV[3])
 local wlimit, wms = tonumber(ARGV[4]), tonumber(ARGV[5])
 if wlimit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - wms)
-  if redis.call('ZCARD', KEYS[3]) >= wlimit then
+  if not redis.call('ZSCORE', KEYS[3], lease) and redis.call('ZCARD', KEYS[3]) >= wlimit then
     local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     return {0, 0, tonumber(oldest[2]) + wms - now}
   end
 end
 for i = 4, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then
+  local others = redis.call('ZCARD', KEYS[i])
+  if redis.call('ZSCORE', KEYS[i], lease) then
+    others = others - 1
+  end
+  if others >= tonumber(ARGV[i + 2]) then
     return {0, i - 3, 0}
   end
 end
@@ -309,7 +314,8 @@ class RedisBackend:
             socket_timeout=5.0,
             socket_connect_timeout=5.0,
             # A pooled connection a Redis restart has closed fails on first use: reconnect and send
-            # once more. Every script here is idempotent (members are lease ids), so a retry is safe.
+            # once more. The first may have run (its reply lost), so every script this client runs does
+            # nothing twice: leases and budget holds count their own id once, a settlement is marked.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_error=[RedisConnectionError],
         )
@@ -568,6 +574,8 @@ class Admission:
         self._key_slots: tuple[str, ...] = ()
         self._model_slots: tuple[str, ...] = ()
         self._reservation: Reservation | None = None
+        #: A reservation sent to the budget store and not answered yet (see ``reserve_budget``).
+        self._pending: Reservation | None = None
         self._obs: Observation | None = None
 
     @property
@@ -604,23 +612,34 @@ class Admission:
 
         Settled to the actual cost by ``release``."""
         key = self.principal.key
-        if key is None or key.budget is None or self._reservation is not None:
+        if key is None or key.budget is None or self._reservation is not None or self._pending is not None:
             return
         most, prompt = budgets.estimate(model, request)
         self._obs = current_observation()
-        self._reservation = await self._limiter.budgets.reserve(key.key_id, key.name, key.budget, most, prompt)
+        reservation = self._limiter.budgets.reservation(key.key_id, key.budget, most, prompt)
+        # Recorded before the store answers: a request cancelled meanwhile (its hold may be made in Redis, the
+        # answer on its way back) still gives it back in ``release`` instead of holding it for HOLD_SECONDS.
+        self._pending = reservation
+        try:
+            await self._limiter.budgets.hold(reservation, key.name)
+        except ModelgateError:  # refused, or the store is down: nothing to give back
+            self._pending = None
+            raise
+        self._pending, self._reservation = None, reservation
 
     async def release(self) -> None:
         """Give back everything held and charge the budget what the request cost (run once it is over)."""
         await self._give_back(self.held)
         self._key_slots = self._model_slots = ()
         reservation, self._reservation = self._reservation, None
-        if reservation is not None:
-            charge = budgets.actual(self._obs, reservation, self._catalogue)
-            try:
-                await self._limiter.budgets.settle(reservation, charge)
-            except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
-                log.warning("could not settle a budget charge: %s", exc.message)
+        pending, self._pending = self._pending, None
+        try:
+            if reservation is not None:
+                await self._limiter.budgets.settle(reservation, budgets.actual(self._obs, reservation, self._catalogue))
+            elif pending is not None:  # cancelled while the store answered: no reply began, nothing to charge
+                await self._limiter.budgets.give_back(pending)
+        except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
+            log.warning("could not settle a budget charge: %s", exc.message)
 
     def _check_policy(self, model: CatalogueModel) -> None:
         if not may_call(self.principal, model.id):

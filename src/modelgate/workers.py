@@ -5,7 +5,7 @@ quota), because one worker saturates one core (bench/README.md *Cores*: ``--work
 ``GET /models`` and on 200 streams).
 
 One exception keeps a single process: limits whose counters live in the process (a key's
-``requests_per_minute``/``concurrent_streams``, a model's or provider's ``max_concurrency``) without
+``requests_per_minute``/``concurrent_streams`` or budget, a model's or provider's ``max_concurrency``) without
 ``MODELGATE_REDIS_URL``. Each worker would count on its own, so the effective limit would silently become N
 times the configured one; ``auto`` says so in the log instead. ``--workers N`` is taken as given.
 
@@ -91,7 +91,8 @@ def in_process_limits(settings: Settings, catalogue: Catalogue, keys: KeyRing) -
     if settings.redis_url:
         return False
     return (
-        any(key.requests_per_minute or key.concurrent_streams for key in keys.keys)
+        # A budget's counters are the limits' (``Limiter.budgets``): N workers would let a key spend N budgets.
+        any(key.requests_per_minute or key.concurrent_streams or key.budget is not None for key in keys.keys)
         or any(model.max_concurrency for model in catalogue.models)
         or any(entry.max_concurrency for entry in catalogue.providers.values())
     )

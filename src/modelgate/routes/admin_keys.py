@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import KEY_ID_LENGTH, BearerUnauthorized, key_digest
+from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, key_digest
 from modelgate.budgets import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
 from modelgate.runtime_keys import SOURCE_API, KeyRecord, RuntimeKeys, digest_hex, new_secret
@@ -73,8 +73,8 @@ class NewKey(BaseModel):
     models: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)] = Field(
         default_factory=lambda: ["*"], description="fnmatch globs over publisher/name"
     )
-    requests_per_minute: Annotated[int | None, Field(gt=0)] = None
-    concurrent_streams: Annotated[int | None, Field(gt=0)] = None
+    requests_per_minute: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
+    concurrent_streams: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
     budget: Annotated[
         Budget | None,
         Field(description="tokens_per_day, tokens_per_month, usd_per_day, usd_per_month (budgets.py)"),
