@@ -173,6 +173,13 @@ def test_text_error_before_any_text() -> None:
     assert encode("text", [], OVERLOADED) == b"\n[error: Upstream provider error (huggingface): Model is overloaded]"
 
 
+def test_text_a_reply_the_provider_ended_with_an_error_says_so() -> None:
+    # OpenRouter's finish_reason "error": the data and UI streams say it in their finish part; text has only text.
+    assert encode("text", [TextDelta("It is"), Finish("error")]) == (
+        b"It is\n[error: the provider ended the reply with an error]"
+    )
+
+
 def test_text_is_utf8() -> None:
     assert encode("text", [TextDelta("ünï 🙂"), Finish("stop")]) == "ünï 🙂".encode()
 

@@ -6,7 +6,8 @@ metadata, no finish part. The protocol has no reasoning or error channel, so:
 
 * reasoning is not sent (a client of this protocol would show it as answer text);
 * a failure after the stream started is appended as a visible line, ``\\n[error: <message>]``, since
-  the status code has already gone out and silence would look like a complete answer.
+  the status code has already gone out and silence would look like a complete answer; so is a reply the
+  provider itself ended with an error (OpenRouter's ``finish_reason: "error"``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class TextStreamEncoder:
                     if isinstance(event, TextDelta):
                         text += event.text
                     elif isinstance(event, Finish):
+                        if event.reason == "error":  # the other protocols say it in their finish part
+                            text += "\n[error: the provider ended the reply with an error]"
                         if text:
                             yield text.encode()
                         return
