@@ -261,14 +261,16 @@ def test_ui_estimated_usage_and_finish_reason_travel_as_message_metadata() -> No
     }
 
 
-def test_ui_reported_reasoning_tokens_are_in_the_usage_metadata() -> None:
-    body = encode("ui", [ReasoningDelta("hm"), TextDelta("Hi"), Finish("stop", Usage(12, 5, reasoning_tokens=3))])
+def test_ui_reported_reasoning_and_cached_tokens_are_in_the_usage_metadata() -> None:
+    usage = Usage(12, 5, reasoning_tokens=3, cached_tokens=8)
+    body = encode("ui", [ReasoningDelta("hm"), TextDelta("Hi"), Finish("stop", usage)])
     finish = orjson.loads(body.split(b"\n\n")[-3].removeprefix(b"data: "))
     assert finish["messageMetadata"]["usage"] == {
         "inputTokens": 12,
         "outputTokens": 5,
         "totalTokens": 17,
         "reasoningTokens": 3,
+        "cachedInputTokens": 8,
     }
 
 

@@ -71,8 +71,10 @@ def finish_metadata(finish: Finish) -> dict[str, object]:
             "outputTokens": finish.usage.completion_tokens,
             "totalTokens": finish.usage.total_tokens,
         }
-        if finish.usage.reasoning_tokens is not None:  # AI SDK 5's LanguageModelUsage name, when reported
+        if finish.usage.reasoning_tokens is not None:  # AI SDK 5's LanguageModelUsage names, when reported
             usage["reasoningTokens"] = finish.usage.reasoning_tokens
+        if finish.usage.cached_tokens is not None:
+            usage["cachedInputTokens"] = finish.usage.cached_tokens
         metadata["usage"] = usage
         if finish.usage.estimated:
             metadata["usageEstimated"] = True
