@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import (
+    MAX_RETRY_AFTER,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
@@ -122,6 +123,17 @@ def test_epoch_ms_reset() -> None:
     assert seconds_until_epoch_ms(str(int((time.time() + 30) * 1000))) == pytest.approx(30, abs=2)
     assert seconds_until_epoch_ms("0") == 0
     assert seconds_until_epoch_ms("never") is None
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("inf", MAX_RETRY_AFTER), ("1e999", MAX_RETRY_AFTER), ("nan", None)])
+def test_an_infinite_retry_hint_is_the_longest_delay_and_nan_none(value: str, seconds: float | None) -> None:
+    assert retry_after_header(CIMultiDict({"Retry-After": value})) == seconds
+    assert seconds_until_epoch_ms(value) == seconds
+
+
+def test_a_far_off_retry_after_date_is_capped() -> None:
+    assert retry_after_header(CIMultiDict({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})) == MAX_RETRY_AFTER
+    assert retry_after_header(CIMultiDict({"Retry-After": "Fri, 31 Dec 99999 23:59:59 GMT"})) is None
 
 
 # --- listings (probes) ------------------------------------------------------------------------------

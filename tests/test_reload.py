@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from modelgate.reload import one_line, reload_catalogue
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for
+from tests.fakes import Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 
 BROKEN = model_toml("acme", "tiny", max_new_tokens=0)
@@ -94,6 +96,38 @@ def test_watch_enabled_by_environment_in_process(tmp_path: Path) -> None:
         assert served_models(url) == ["acme/one"]
         write_catalogue(path, model_toml("acme", "two"))
         wait_for(lambda: serving(url, ["acme/two"]), "the watched file to be reloaded")
+
+
+def test_a_reload_removing_a_fallbacks_instance_mid_retry_leaves_the_request_its_catalogue(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    header = "[providers.ollama]\nmax_retries = 1\nretry_base_delay = 0.01\nretry_max_delay = 10\n"
+    closed_port = '[providers.llama]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b", extra='fallbacks = ["acme/backup"]'),
+        model_toml("acme", "backup", provider="llama", upstream="backup"),
+        header=header + closed_port,
+    )
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0, config_path=path, watch_config=True)
+    # The primary's first 503 asks for 3 s: the reload lands while the request waits to retry.
+    fakes.ollama.script(Reply(fault=Fault.status(503, retry_after=3)), Reply(fault=Fault.status(503)))
+    body = {"model": "acme/primary", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(create_app(settings)) as url:
+        answer: dict[str, httpx.Response] = {}
+        caller = threading.Thread(
+            target=lambda: answer.setdefault("r", httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30))
+        )
+        caller.start()
+        wait_for(lambda: len(fakes.ollama.requests) == 1, "the first attempt")
+        write_catalogue(path, model_toml("acme", "primary", upstream="primary:1b"), header=header)
+        wait_for(lambda: served_models(url) == ["acme/primary"], "the reload dropping llama and its model")
+        caller.join(30)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert len(fakes.ollama.requests) == 2
+    # The backup is still tried, on the catalogue the request started with; then the primary's own error.
+    assert 'model="acme/backup",outcome="upstream_error",provider="llama"' in metrics
+    assert answer["r"].status_code == 503, answer["r"].text
 
 
 def test_workers_reload_by_rolling_restart_and_keep_serving_on_a_broken_file(tmp_path: Path) -> None:

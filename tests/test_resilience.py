@@ -6,7 +6,9 @@ server pointed at the fake upstreams of ``tests/fakes``.
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,9 @@ from modelgate.resilience import (
 )
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import wait_for
 from tests.fakes import Fakes, Fault, Reply
+from tests.raw_http import connect, post
 from tests.redis_server import free_port
 from tests.servers import serve_in_thread
 
@@ -118,6 +122,17 @@ def test_retry_after_is_a_floor_up_to_the_cap() -> None:
 
 def test_a_retry_after_beyond_the_cap_ends_the_retries() -> None:
     assert budget(max_delay=5.0).next_delay(UpstreamRateLimited("p", "x", retry_after=60)) is None
+
+
+def test_the_retry_after_sent_is_bounded_and_never_overflows() -> None:
+    # Upstream hints are capped at a day where they are read (``retry_after_header``); what we send ourselves may be
+    # longer (a monthly budget's reset), but never unbounded.
+    year = str(366 * 86_400)
+    assert UpstreamRateLimited("p", "x", retry_after=float("inf")).headers == {"Retry-After": year}
+    assert UpstreamRateLimited("p", "x", retry_after=1e300).headers == {"Retry-After": year}
+    assert UpstreamRateLimited("p", "x", retry_after=20 * 86_400).headers == {"Retry-After": str(20 * 86_400)}
+    assert UpstreamRateLimited("p", "x", retry_after=float("nan")).headers == {}
+    assert UpstreamRateLimited("p", "x", retry_after=0.2).headers == {"Retry-After": "1"}
 
 
 def test_policy_comes_from_the_provider_entry() -> None:
@@ -246,9 +261,30 @@ def test_a_trial_without_verdict_frees_the_slot() -> None:
     b.acquire()
     b.record_failure("x")
     clock.now += 6
-    b.acquire()
-    b.release()  # e.g. the client went away while waiting
+    trial = b.acquire()
+    b.release(trial)  # e.g. the client went away while waiting
     b.acquire()  # another caller may try
+
+
+def test_only_the_trial_itself_frees_the_trials_slot() -> None:
+    clock = FakeClock()
+    b = breaker(clock, threshold=1)
+    early = b.acquire()  # started while closed: not the trial
+    assert early is None
+    b.acquire()
+    b.record_failure("x")
+    clock.now += 6
+    trial = b.acquire()
+    assert trial is not None and b.state is BreakerState.HALF_OPEN
+    b.release(early)  # the early attempt's client went away
+    with pytest.raises(CircuitOpen):
+        b.acquire()  # the trial is still out
+    b.record_failure("still down", early)  # an early attempt's failure reopens, but frees no slot
+    clock.now += 6
+    with pytest.raises(CircuitOpen):
+        b.acquire()  # a new cooldown is over, yet the trial is still out
+    b.release(trial)
+    assert b.acquire() is not None  # the next trial
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -333,6 +369,17 @@ def test_a_retry_after_longer_than_the_cap_is_handed_to_the_client(fakes: Fakes,
     assert chat_models(fakes) == ["primary:1b"]  # not retried: nobody waits two minutes for a first byte
 
 
+@pytest.mark.parametrize("retry_after", [float("inf"), 1e300, 2e5])
+def test_an_absurd_retry_after_is_handed_on_capped_at_a_day(fakes: Fakes, serve: Any, retry_after: float) -> None:
+    url = serve(fallbacks="[]")
+    fakes.ollama.script(Reply(fault=Fault.status(503, retry_after=retry_after, message="busy")))
+    response = chat(url)
+    assert response.status_code == 503, response.text
+    assert "busy" in response.json()["error"]["message"]
+    assert response.headers["retry-after"] == "86400"
+    assert chat_models(fakes) == ["primary:1b"]  # far beyond the cap: not retried
+
+
 def test_a_fallback_answers_after_the_primarys_503s(fakes: Fakes, serve: Any) -> None:
     url = serve()
     fakes.ollama.script(*[Reply(fault=Fault.status(503))] * 3, Reply(tokens=["from", " backup"]))
@@ -363,6 +410,39 @@ def test_a_bad_request_is_neither_retried_nor_failed_over(fakes: Fakes, serve: A
     response = chat(url)
     assert response.status_code == 400
     assert chat_models(fakes) == ["primary:1b"]
+
+
+def test_a_fallbacks_bad_request_passes_it_over_and_keeps_the_primarys_error(fakes: Fakes, serve: Any) -> None:
+    url = serve()
+    fakes.ollama.script(
+        *[Reply(fault=Fault.status(503, message="server busy"))] * 3,
+        Reply(fault=Fault.status(400, message="prompt is longer than the context window")),
+    )
+    response = chat(url)
+    assert response.status_code == 503, response.text  # the requested model's error, not the fallback's 400
+    assert "server busy" in response.json()["error"]["message"]
+    assert chat_models(fakes) == ["primary:1b"] * 3 + ["backup:1b"]  # a 400 is not retried
+
+
+def test_the_next_fallback_answers_after_one_refuses_the_request(fakes: Fakes, tmp_path: Path) -> None:
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b", extra='fallbacks = ["acme/small", "acme/big"]'),
+        model_toml("acme", "small", upstream="small:1b"),
+        model_toml("acme", "big", upstream="big:1b"),
+        header=FAST_RETRIES,
+    )
+    fakes.ollama.script(
+        *[Reply(fault=Fault.status(503))] * 3,
+        Reply(fault=Fault.status(400, message="prompt is longer than the context window")),
+        Reply(tokens=["from big"]),
+    )
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        response = chat(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelgate-model"] == "acme/big" and content(response) == "from big"
+    assert chat_models(fakes) == ["primary:1b"] * 3 + ["small:1b", "big:1b"]
 
 
 def test_when_everything_fails_the_primarys_error_is_reported(fakes: Fakes, serve: Any) -> None:
@@ -414,6 +494,30 @@ def test_the_breaker_opens_fails_fast_and_closes_after_a_good_trial(fakes: Fakes
     assert chat(url).status_code == 200
     assert len(chat_models(fakes)) == 4
     assert httpx.get(f"{url}/api/status").json()["providers"]["ollama"]["status"] != "down"
+
+
+def test_an_earlier_attempt_leaving_does_not_let_a_second_trial_through(fakes: Fakes, serve: Any) -> None:
+    url = serve(BREAKER.replace("breaker_threshold = 2", "breaker_threshold = 1"), fallbacks="[]")
+    fakes.ollama.script(
+        Reply(fault=Fault.hang()),  # started while closed: not the trial
+        Reply(fault=Fault.status(500)),  # opens the breaker
+        Reply(fault=Fault.hang()),  # the half-open trial, still out
+    )
+    body = json.dumps({"model": "acme/primary", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    early = connect(url)
+    early.sendall(post("/v1/chat/completions", body.encode()))
+    wait_for(lambda: len(chat_models(fakes)) == 1, "the early attempt upstream")
+    assert chat(url).status_code == 502
+    time.sleep(0.6)  # the cooldown is over
+    trial = connect(url)
+    trial.sendall(post("/v1/chat/completions", body.encode()))
+    wait_for(lambda: len(chat_models(fakes)) == 3, "the trial upstream")
+    early.close()  # the early attempt is cancelled: it releases the breaker, but holds no trial
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+    refused = chat(url)
+    trial.close()
+    assert refused.status_code == 503 and "provider in cooldown" in refused.text
+    assert len(chat_models(fakes)) == 3
 
 
 def _poll(call: Any, done: Any, attempts: int = 100) -> Any:

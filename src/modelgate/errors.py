@@ -26,6 +26,7 @@ Foreign exceptions (aiohttp, OS errors, json) are translated into this tree in o
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -96,13 +97,21 @@ class PayloadTooLarge(ModelgateError):
     status = 413
 
 
+#: The longest ``Retry-After`` we take from an upstream, in seconds: a far-off (or infinite) one promises
+#: nothing past a day.
+MAX_RETRY_AFTER = 86_400.0
+#: The longest we send: our own can be longer than an upstream's (a monthly budget resets in up to 31 days),
+#: and a bounded number never overflows ``round`` or a header.
+MAX_SENT_RETRY_AFTER = 366 * 86_400.0
+
+
 class _RetryAfter:
     retry_after: float | None = None
 
     def retry_after_headers(self) -> dict[str, str]:
-        if self.retry_after is None:
+        if self.retry_after is None or math.isnan(self.retry_after):
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {"Retry-After": str(round(min(max(1.0, self.retry_after), MAX_SENT_RETRY_AFTER)))}
 
 
 class RateLimited(_RetryAfter, ModelgateError):
@@ -121,9 +130,10 @@ class ProviderNotConfigured(ModelgateError):
     status = 503
 
     def __init__(self, provider: str, variables: list[str]) -> None:
+        # No variables: the instance itself is not (or no longer) in the catalogue.
+        needed = f": set {' and '.join(variables)}" if variables else ""
         super().__init__(
-            f"Provider '{provider}' is not configured: set {' and '.join(variables)}",
-            data={"provider": provider, "missing": variables},
+            f"Provider '{provider}' is not configured{needed}", data={"provider": provider, "missing": variables}
         )
         self.provider = provider
 

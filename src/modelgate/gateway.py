@@ -81,17 +81,20 @@ async def open_stream(
     """
     if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
         await admission.reserve_budget(model, request)
+    # One catalogue and its provider instances for the whole request, read together: a reload during a
+    # retry's wait must not leave the fallbacks fixed below without the instances they name.
+    catalogue, providers = state.catalogue, state.providers
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
         obs.requested_model = model.id
         if state.tracing is not None:
-            obs.trace = state.tracing.start_request(obs, model, request, state.catalogue)
+            obs.trace = state.tracing.start_request(obs, model, request, catalogue)
     first_error: ModelgateError | None = None
-    for candidate in _candidates(state.catalogue, model):
+    for candidate in _candidates(catalogue, model):
         call = _for_model(request, candidate)
-        provider = state.providers.get(candidate.provider)
+        provider = providers.get(candidate.provider)
         if provider is not None:
             try:
                 # Before any upstream call (and before a fallback takes a slot): the requested model's refusal
@@ -114,10 +117,12 @@ async def open_stream(
                 attempts.append((candidate.id, exc.message))
                 continue
         try:
-            start = await _open_model(state, candidate, call, attempts, obs, whole)
+            start = await _open_model(state, catalogue, provider, candidate, call, attempts, obs, whole)
         except ModelgateError as exc:
-            if not may_fall_back(exc):
-                raise
+            if candidate is model and not may_fall_back(exc):
+                raise  # the request itself was refused (a 400): just as invalid elsewhere
+            # A fallback's refusal is its own (a smaller context window, say): it is in the attempts, the
+            # next fallback may serve, and the client hears the requested model's error, not this one.
             first_error = first_error or exc
             continue
         if candidate is not model:
@@ -154,21 +159,29 @@ def _for_model(request: ChatRequest, model: CatalogueModel) -> ChatRequest:
 
 async def _open_model(
     state: GatewayState,
+    catalogue: Catalogue,
+    provider: Provider | None,
     model: CatalogueModel,
     request: ChatRequest,
     attempts: list[tuple[str, str]],
     obs: Observation | None,
     whole: bool,
 ) -> StreamStart:
-    """One model: breaker, then attempts with retries, until its first event or a final error."""
+    """One model: breaker, then attempts with retries, until its first event or a final error.
+
+    ``catalogue`` and ``provider`` (``model``'s instance in it) are what ``open_stream`` read at its start.
+    """
     metrics = state.metrics
-    missing = state.missing_credentials(model.provider)
-    if missing:
+    missing: list[str] = []
+    if provider is not None:
+        variables = catalogue.instance(model.provider).credential_variables
+        missing = state.settings.missing_credentials(model.provider, variables)
+    # No provider: the route resolved the model just before a reload removed its instance.
+    if provider is None or missing:
         error = ProviderNotConfigured(model.provider, missing)
         attempts.append((model.id, error.message))
         raise error
-    provider = state.providers[model.provider]
-    entry = state.catalogue.provider_entry(model.provider)
+    entry = catalogue.provider_entry(model.provider)
     breaker = state.breakers.get(model.provider, BreakerConfig.from_entry(entry))
     budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
     trace = obs.trace if obs is not None else None
@@ -177,23 +190,24 @@ async def _open_model(
             trace.start_attempt(model, request, provider.connection.base_url)
         sent = time.perf_counter()
         try:
-            breaker.acquire()
-            first, upstream = await _first_batch(provider, model, request, whole)
+            trial = breaker.acquire()  # this attempt's own: only the half-open trial may end the trial
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             if trace is not None:
                 trace.fail_attempt(exc)
             attempts.append((model.id, exc.message))
             raise
+        try:
+            first, upstream = await _first_batch(provider, model, request, whole)
         except ModelgateError as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             if trace is not None:
                 trace.fail_attempt(exc)
             if counts_against_provider(exc):
-                breaker.record_failure(exc.message)
+                breaker.record_failure(exc.message, trial)
                 state.status.record(model.provider, model.id, ok=False, reason=exc.message)
             else:
-                breaker.release()
+                breaker.release(trial)
             attempts.append((model.id, exc.message))
             delay = budget.next_delay(exc)
             if delay is None:
@@ -202,7 +216,7 @@ async def _open_model(
             await asyncio.sleep(delay)
             continue
         except BaseException as exc:
-            breaker.release()  # cancelled (client gone) or a bug: no verdict on the provider
+            breaker.release(trial)  # cancelled (client gone) or a bug: no verdict on the provider
             if trace is not None:
                 trace.fail_attempt(exc)
             if isinstance(exc, Exception):

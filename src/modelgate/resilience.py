@@ -105,7 +105,8 @@ def may_fall_back(exc: BaseException) -> bool:
     """Whether another model could succeed where this failure happened.
 
     Any upstream failure qualifies (after its own retries) except a rejected request: the same
-    request is just as invalid elsewhere. A provider without credentials is skipped too.
+    request is just as invalid elsewhere. A provider without credentials is skipped too. This is about
+    the requested model; a fallback's rejection only passes that fallback over (``gateway.open_stream``).
     """
     if isinstance(exc, UpstreamBadRequest):
         return False
@@ -172,8 +173,18 @@ class BreakerConfig:
         return cls(threshold=entry.breaker_threshold, window=entry.breaker_window, cooldown=entry.breaker_cooldown)
 
 
+class Trial:
+    """The ticket of a half-open breaker's one trial attempt: only the attempt holding it may end the trial."""
+
+    __slots__ = ()
+
+
 class CircuitBreaker:
-    """One provider's breaker. Not thread-safe by design: it lives on one event loop."""
+    """One provider's breaker. Not thread-safe by design: it lives on one event loop.
+
+    ``acquire`` hands the half-open trial its ``Trial``; the caller passes what ``acquire`` returned to
+    ``release`` / ``record_failure``, so an attempt that started earlier (while closed) cannot free the trial's slot.
+    """
 
     def __init__(self, provider: str, config: BreakerConfig, clock: Clock = time.monotonic) -> None:
         self.provider = provider
@@ -183,7 +194,7 @@ class CircuitBreaker:
         self.failures = 0
         self._streak_started = 0.0
         self._opened_at = 0.0
-        self._trial_in_flight = False
+        self._trial: Trial | None = None
         #: Why it opened (the last failure), for ``/api/status``.
         self.reason: str | None = None
 
@@ -196,31 +207,38 @@ class CircuitBreaker:
         """Open and still cooling down (a half-open breaker waiting for its trial counts as closed here)."""
         return self.state is BreakerState.OPEN and self.remaining_cooldown() > 0
 
-    def acquire(self) -> None:
-        """Call before each upstream attempt; raises ``CircuitOpen`` to fail fast."""
+    def acquire(self) -> Trial | None:
+        """Call before each upstream attempt; raises ``CircuitOpen`` to fail fast.
+
+        Returns the ``Trial`` when this attempt is the half-open trial, else None: pass it to ``release`` or
+        ``record_failure`` when the attempt ends.
+        """
         if self.state is BreakerState.OPEN:
             remaining = self.remaining_cooldown()
             if remaining > 0:
                 raise CircuitOpen(self.provider, remaining)
             self.state = BreakerState.HALF_OPEN
         if self.state is BreakerState.HALF_OPEN:
-            if self._trial_in_flight:
+            if self._trial is not None:
                 raise CircuitOpen(self.provider, self.config.cooldown)
-            self._trial_in_flight = True
+            self._trial = Trial()
+            return self._trial
+        return None
 
-    def release(self) -> None:
+    def release(self, trial: Trial | None) -> None:
         """The attempt ended without a verdict (cancelled, or a failure that is not the provider's)."""
-        self._trial_in_flight = False
+        self._end(trial)
 
     def record_success(self) -> None:
+        """The provider answered (the trial, any other attempt, or a probe): closed, so no trial is out any more."""
         self.state = BreakerState.CLOSED
         self.failures = 0
-        self._trial_in_flight = False
+        self._trial = None
         self.reason = None
 
-    def record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str, trial: Trial | None = None) -> None:
         now = self.clock()
-        self._trial_in_flight = False
+        self._end(trial)
         if self.state is BreakerState.HALF_OPEN:
             self._open(now, reason)
             return
@@ -230,6 +248,10 @@ class CircuitBreaker:
         self.failures += 1
         if self.failures >= self.config.threshold:
             self._open(now, reason)
+
+    def _end(self, trial: Trial | None) -> None:
+        if trial is not None and trial is self._trial:
+            self._trial = None
 
     def _open(self, now: float, reason: str) -> None:
         self.state = BreakerState.OPEN

@@ -67,6 +67,7 @@ import orjson
 from modelgate.chat import Message, StreamEvent
 from modelgate.deadline import Deadline
 from modelgate.errors import (
+    MAX_RETRY_AFTER,
     BadRequest,
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -201,29 +202,33 @@ def body_message(body: bytes) -> str:
 
 
 def retry_after_header(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` as seconds (RFC 9110: delay-seconds or an HTTP-date)."""
+    """``Retry-After`` as seconds (RFC 9110: delay-seconds or an HTTP-date), at most ``MAX_RETRY_AFTER``."""
     value = headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    # "inf" or "1e999" says "not soon": longer than any retry cap, so the 503 is handed on, with a day at most.
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def seconds_until_epoch_ms(value: object) -> float | None:
-    """OpenRouter's ``X-RateLimit-Reset`` (epoch **milliseconds**) as seconds from now."""
+    """OpenRouter's ``X-RateLimit-Reset`` (epoch **milliseconds**) as seconds from now, at most ``MAX_RETRY_AFTER``."""
     try:
         reset_ms = float(str(value))
     except ValueError:
         return None
-    return max(0.0, reset_ms / 1000 - time.time())
+    if math.isnan(reset_ms):
+        return None
+    return min(max(0.0, reset_ms / 1000 - time.time()), MAX_RETRY_AFTER)
 
 
 #: One model of a listing: its upstream id and its context window in tokens (None when not stated).
