@@ -525,3 +525,46 @@ def test_a_cut_or_failed_stream_is_charged_what_it_produced(service: str, fakes:
     assert rows[0]["outcome"] == {"cut": "cancelled", "failed": "stream_error"}[ending]
     assert rows[0]["usage_estimated"]
     assert rows[0]["prompt_tokens"] + rows[0]["completion_tokens"] == state["spent"]
+
+
+def test_a_fallback_that_may_cost_more_is_held_at_its_own_maximum(fakes: Fakes, tmp_path: Path) -> None:
+    """a/small may generate 1 token (a hold of 8 + 1), fails, and a/big (up to 100) answers: the hold must be
+    a/big's, or concurrent requests each pass a limit they would overrun together (the README's "at most one
+    request over it")."""
+    key, limit = "mg-budget-fallback", 50
+    keys = f'[[keys]]\nname = "fb"\nkey = "{key}"\n[keys.budget]\ntokens_per_day = {limit}\n'
+    (tmp_path / "keys.toml").write_text(keys, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("a", "small", upstream="small:1b", max_new_tokens=1, extra='fallbacks = ["a/big"]\n'),
+        model_toml("a", "big", upstream="big:1b", max_new_tokens=100),
+        header='[server]\nkeys_file = "keys.toml"\n',
+    )
+    fakes.ollama.models = {"big:1b"}  # a/small's model is not there: a 404, then the fallback
+    fakes.ollama.default = Reply(tokens=["x"] * 40, delay=0.02)  # 8 + 40 tokens, ~1 s
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        probe_interval=0,
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def burst(url: str) -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"messages": MESSAGES}
+            answers = await asyncio.gather(
+                *(client.post(f"{url}/api/ai/ollama/small/chat", json=body, headers=headers) for _ in range(8))
+            )
+        return [answer.status_code for answer in answers]
+
+    with serve_in_thread(create_app(settings)) as url:
+        statuses = asyncio.run(burst(url))
+
+        def spent() -> object | None:
+            [found] = httpx.get(f"{url}/api/usage?limit=0", headers=headers, timeout=30).json()["budget"]
+            return found["spent"] if found["reserved"] == 0 else None
+
+        total = wait_for(spent, "the budget to be settled")
+    assert statuses.count(200) >= 1
+    assert isinstance(total, int) and total < limit + 8 + 100, (statuses, total)

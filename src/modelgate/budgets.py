@@ -588,6 +588,16 @@ def estimate(model: CatalogueModel, request: ChatRequest) -> tuple[Charge, int]:
     return Charge.of(prompt, completion, model.pricing), prompt
 
 
+def worst_case(estimates: Iterable[tuple[Charge, int]]) -> tuple[Charge, int]:
+    """The most of several ``estimate`` results, tokens and USD each on its own (one model may generate more, another
+    cost more per token), and the largest prompt part."""
+    charges = list(estimates)
+    return (
+        Charge(max(c.tokens for c, _ in charges), max(c.nano_usd for c, _ in charges)),
+        max(prompt for _, prompt in charges),
+    )
+
+
 def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalogue) -> Charge:
     """What the request cost: the usage the upstream reported (or the gateway estimated, ``gateway._relay``);
     for a reply cut before that was known, its prompt estimate + the events relayed; nothing if no reply began."""

@@ -79,11 +79,13 @@ async def open_stream(
     from the upstream where its protocol offers one); everything else is the same.
     Raises the requested model's own error when it and every fallback failed or were skipped.
     """
-    if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
-        await admission.reserve_budget(model, request)
     # One catalogue and its provider instances for the whole request, read together: a reload during a
     # retry's wait must not leave the fallbacks fixed below without the instances they name.
     catalogue, providers = state.catalogue, state.providers
+    if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
+        # Held at the most any model that may answer could cost: a fallback generating more (or priced where the
+        # requested model is not) must not run on a smaller hold.
+        await admission.reserve_budget(model, [(c, _for_model(request, c)) for c in _candidates(catalogue, model)])
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers
