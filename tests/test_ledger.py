@@ -309,3 +309,64 @@ def test_rows_a_failed_write_kept_are_written_by_the_next(
     assert [row["request_id"] for row in ledger_rows(url)] == ["first", "b", "c", "d"]
     assert [row["cost"] for row in ledger_rows(url)] == [pytest.approx((4 * 0.15 + 2 * 0.6) / 1e6)] * 4
     assert "writing 4 rows failed" in caplog.text and "1 oldest rows dropped" in caplog.text
+
+
+def test_a_write_in_progress_at_shutdown_is_finished_not_lost(tmp_path: Path) -> None:
+    """``stop`` (SIGTERM) while the writer is inside a slow insert: the README's "writes every row left" holds for
+    the batch being written too (cancelled there, it was neither written nor put back)."""
+    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+
+    def finished(request_id: str) -> Observation:
+        obs = Observation(request_id, time.perf_counter())
+        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", "ollama", 4, 2
+        return obs
+
+    async def scenario() -> None:
+        ledger = Ledger(url, scrub=str, flush_interval=0.05)
+        await ledger.start()
+        store = await ledger.database()
+        assert store is not None
+        insert, writing = store.insert, asyncio.Event()
+
+        async def slow_insert(records: Any) -> None:  # a database across a slow network
+            writing.set()
+            await asyncio.sleep(0.5)
+            await insert(records)
+
+        store.insert = slow_insert  # type: ignore[method-assign]
+        for request_id in ("a", "b", "c"):
+            ledger.record(finished(request_id), 200, None, catalogue)
+        await writing.wait()  # the writer holds the three rows now
+        await ledger.stop()
+
+    asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(url)] == ["a", "b", "c"]
+
+
+@pytest.mark.postgres
+def test_a_row_the_database_cannot_hold_does_not_hold_back_the_others(
+    postgres: PostgresCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL refuses a value longer than its column (``provider`` is VARCHAR(64)); before, the whole batch
+    went back to the queue and failed again on every write, so no row after it was ever written."""
+    url = postgres.create_database()
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+
+    def finished(request_id: str, provider: str) -> Observation:
+        obs = Observation(request_id, time.perf_counter())
+        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", provider, 4, 2
+        return obs
+
+    async def scenario() -> None:
+        ledger = Ledger(url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        for request_id, provider in (("a", "ollama"), ("too-long", "x" * 65), ("c", "ollama")):
+            ledger.record(finished(request_id, provider), 200, None, catalogue)
+        await ledger.flush()
+        assert ledger.pending == 0
+        await ledger.stop()
+
+    asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(url)] == ["a", "c"]
+    assert "1 rows the database refused were not written (request ids too-long)" in caplog.text

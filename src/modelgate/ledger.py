@@ -48,6 +48,8 @@ log = logging.getLogger("modelgate.ledger")
 MAX_PENDING = 100_000
 #: Seconds between two log lines saying the database cannot be opened (it is retried every flush interval).
 COMPLAINT_INTERVAL = 60.0
+#: Seconds ``stop`` waits for a write in progress before it gives up on it.
+STOP_WAIT = 10.0
 
 
 class LedgerUnavailable(ModelgateError):
@@ -153,8 +155,7 @@ class Ledger:
         """Write everything still queued, then close the database."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await self._cancel_between_writes(task)
         if self._writing is None:  # never started
             return
         if await self._open():
@@ -165,6 +166,24 @@ class Ledger:
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+    async def _cancel_between_writes(self, task: asyncio.Task[None]) -> None:
+        """Stop the writer once a write in progress is done: cancelled inside ``insert``, its batch (out of
+        ``_pending`` by then) would be lost, or, if the database committed it anyway, written twice if put back.
+        A database that does not finish within ``STOP_WAIT`` seconds is not waited for."""
+        assert self._writing is not None
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                await self._writing.acquire()
+        except TimeoutError:
+            log.error("usage ledger: a write did not finish within %g s of shutdown; its rows may be lost", STOP_WAIT)
+            task.cancel()
+        else:
+            try:
+                task.cancel()
+            finally:
+                self._writing.release()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _open(self) -> bool:
         """Open the database (and migrate it) unless it is open; False, logged, when it cannot be."""
@@ -205,7 +224,7 @@ class Ledger:
                 return
             assert self._store is not None
             try:
-                await self._store.insert(batch)
+                refused = await self._store.insert(batch)
             except Exception as exc:
                 self._pending = batch + self._pending  # back in front of what arrived meanwhile, oldest first
                 log.error(
@@ -215,6 +234,13 @@ class Ledger:
                     self._scrub(_first_line(exc)),
                 )
                 self._bound()
+            else:
+                if refused:  # values the database cannot hold: dropped, as they would hold back every later row
+                    log.error(
+                        "usage ledger: %d rows the database refused were not written (request ids %s)",
+                        len(refused),
+                        ", ".join(record.request_id for record in refused[:10]),
+                    )
 
     def _bound(self) -> None:
         """Drop the oldest waiting rows past ``MAX_PENDING`` (the database has been failing for long)."""

@@ -36,7 +36,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from modelgate.key_store import create_key_tables
@@ -153,6 +153,15 @@ def _totals(row: Any) -> UsageTotals:
     )
 
 
+def _refused_value(exc: DBAPIError) -> bool:
+    """The database refused a value of the row (SQLSTATE class 22, data exception, or 23, integrity), not the
+    connection: asyncpg's errors reach SQLAlchemy as a plain ``DBAPIError`` that carries the SQLSTATE."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(code, str) and code[:2] in ("22", "23")
+
+
 class UsageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -173,7 +182,29 @@ class UsageStore:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))  # another SQLite process was migrating
 
-    async def insert(self, records: Sequence[UsageRecord]) -> None:
+    async def insert(self, records: Sequence[UsageRecord]) -> list[UsageRecord]:
+        """Write ``records`` in one transaction. When the database refuses a value (one it cannot hold: too long,
+        out of range), each row is written on its own, so one bad row does not hold back the others; the rows it
+        refused are returned, not written. Any other failure (the database is down) raises, nothing written."""
+        try:
+            await self._insert(records)
+            return []
+        except DBAPIError as exc:
+            if not _refused_value(exc):
+                raise
+            if len(records) == 1:
+                return list(records)
+        refused = []
+        for record in records:
+            try:
+                await self._insert((record,))
+            except DBAPIError as exc:
+                if not _refused_value(exc):
+                    raise
+                refused.append(record)
+        return refused
+
+    async def _insert(self, records: Sequence[UsageRecord]) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(insert(usage), [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records])
 
