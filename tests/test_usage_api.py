@@ -121,6 +121,16 @@ def test_an_open_service_shows_all_usage_and_an_admin_key_alone_closes_it(fakes:
         assert httpx.get(url + "/api/usage", headers=bearer(ADMIN)).json()["totals"]["requests"] == 2
 
 
+@pytest.mark.parametrize("name", ["key", "model", "provider"])
+def test_a_control_character_in_a_filter_is_a_400(fakes: Fakes, tmp_path: Path, name: str) -> None:
+    # PostgreSQL refuses a NUL in text (a 500 there); no id holds a control character anyway.
+    with serve_in_thread(create_app(settings_for(fakes, tmp_path))) as url:
+        answer = httpx.get(url + "/api/usage", params={name: "acme/ti\x00ny"})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["statusCode"] == 400 and name in answer.text
+        assert httpx.get(url + "/api/usage", params={name: "acme/tiny"}).status_code == 200
+
+
 def test_prices_are_validated() -> None:
     def parse(pricing: str) -> None:
         text = catalogue_toml(model_toml(extra=f"[models.pricing]\n{pricing}\n"))

@@ -108,6 +108,10 @@ class UsageAnswer(BaseModel):
     )
 
 
+#: No control characters in a filter: none is in any id, and PostgreSQL refuses a NUL in text outright (a 500).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 @router.get(
     "/api/usage",
     summary="Usage from the ledger: totals, per key and model, newest requests",
@@ -115,9 +119,13 @@ class UsageAnswer(BaseModel):
 )
 async def usage(
     request: Request,
-    key: Annotated[str | None, Query(max_length=64, description="A key id (as in the logs)")] = None,
-    model: Annotated[str | None, Query(max_length=256, description="The model that answered")] = None,
-    provider: Annotated[str | None, Query(max_length=64)] = None,
+    key: Annotated[
+        str | None, Query(max_length=64, pattern=_PRINTABLE, description="A key id (as in the logs)")
+    ] = None,
+    model: Annotated[
+        str | None, Query(max_length=256, pattern=_PRINTABLE, description="The model that answered")
+    ] = None,
+    provider: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
     since: Annotated[datetime | None, Query(alias="from", description="ISO 8601; UTC when no offset")] = None,
     until: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_RECORDS, description="Newest rows to list")] = 100,
