@@ -3,6 +3,7 @@ model's provider in its own format (OpenRouter: ``image_url`` parts), over loopb
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,8 @@ import httpx
 import pytest
 
 from modelgate.app import create_app
+from modelgate.errors import PayloadTooLarge
+from modelgate.images import ImageBudget
 from modelgate.settings import Settings
 from tests.fakes import Fakes
 from tests.servers import serve_in_thread
@@ -63,3 +66,21 @@ def test_a_file_that_is_not_an_image_is_refused(service: str, fakes: Fakes) -> N
     assert response.status_code == 400
     assert "not supported unless it is an image" in response.text and "messages[0].parts[1]" in response.text
     assert fakes.openrouter.requests == []
+
+
+@pytest.mark.parametrize("size", [4, 5, 6])  # base64 padded with "==", "=" and not at all
+@pytest.mark.parametrize("padded", [True, False])
+def test_an_image_is_counted_by_its_decoded_bytes(size: int, padded: bool) -> None:
+    data = base64.b64encode(b"\0" * size).decode()
+    url = f"data:image/png;base64,{data if padded else data.rstrip('=')}"
+    ImageBudget(per_image=size, per_request=2 * size).image(url, "x")  # exactly at the limit: within it
+    two = ImageBudget(per_image=size, per_request=2 * size)
+    two.image(url, "x")
+    two.image(url, "y")  # the request's total counts the same bytes
+    assert two.total == 2 * size
+    with pytest.raises(PayloadTooLarge, match="per image"):
+        ImageBudget(per_image=size - 1, per_request=100).image(url, "x")
+    over = ImageBudget(per_image=size, per_request=2 * size - 1)
+    over.image(url, "x")
+    with pytest.raises(PayloadTooLarge, match="per request"):
+        over.image(url, "y")

@@ -158,6 +158,13 @@ def test_a_whole_reply_without_usage_is_estimated_and_says_so(client: openai.Ope
     assert usage["completion_tokens"] == 5  # 18 characters, ~4 a token
 
 
+def test_stream_null_is_a_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
+    # The SDKs' non-streaming params type it ``Optional[Literal[False]]``.
+    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES, stream=None)
+    assert completion.choices[0].message.content
+    assert fakes.openrouter.last.json["stream"] is False
+
+
 def test_an_upstream_error_status_on_a_whole_reply_maps_as_on_a_stream(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openrouter.script(Reply(tokens=["x"], fault=Fault.status(402, message="Insufficient credits")))
     with pytest.raises(openai.InternalServerError, match=r"payment required.*Insufficient credits") as caught:
@@ -278,6 +285,25 @@ def test_a_refusal_is_the_messages_refusal_streamed_and_whole(client: openai.Ope
 
     parsed = client.chat.completions.parse(model=MODELS["openrouter"], messages=MESSAGES, response_format=Answer)
     assert parsed.choices[0].message.refusal == "I can't help with that." and parsed.choices[0].message.parsed is None
+
+
+def test_a_refusal_sent_back_is_the_assistants_text(client: openai.OpenAI, fakes: Fakes) -> None:
+    """The usual loop appends the reply's message (null content, ``refusal``) to the conversation; a refusal
+    content part likewise. The provider sees the words the model said."""
+    fakes.openrouter.script(Reply(tokens=["I can't", " help with that."], options={"refusal": True}))
+    model = MODELS["openrouter"]
+    refusal = client.chat.completions.create(model=model, messages=MESSAGES).choices[0].message
+    messages: list[Any] = [
+        *MESSAGES,
+        refusal,
+        {"role": "user", "content": "Why not?"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "It is against the rules."}]},
+        {"role": "user", "content": "Say hi then"},
+    ]
+    client.chat.completions.create(model=model, messages=messages)
+    sent = fakes.openrouter.last.json["messages"]
+    assert sent[2] == {"role": "assistant", "content": "I can't help with that."}
+    assert sent[4] == {"role": "assistant", "content": "It is against the rules."}
 
 
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -244,6 +244,24 @@ def test_parse_returns_the_pydantic_object(client: openai.OpenAI, fakes: Fakes, 
     assert sent["json_schema"]["schema"]["required"] == ["city", "degrees"]
 
 
+def test_the_schema_description_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openai.script(Reply(tokens=['{"city": "Zürich", "degrees": 21}']))
+    json_schema: Any = {
+        "name": "Weather",
+        "description": "The weather in the city asked about",
+        "schema": Weather.model_json_schema(),
+        "strict": True,
+    }
+    client.chat.completions.create(
+        model="t/smol",
+        messages=[{"role": "user", "content": "Weather in Zürich?"}],
+        response_format={"type": "json_schema", "json_schema": json_schema},
+    )
+    sent = fakes.openai.last.json["response_format"]["json_schema"]
+    assert sent["description"] == "The weather in the city asked about"
+    assert (sent["name"], sent["strict"]) == ("Weather", True)
+
+
 def test_json_object_mode_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openai.script(Reply(tokens=['{"ok": true}']))
     completion = client.chat.completions.create(

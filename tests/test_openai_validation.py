@@ -68,6 +68,7 @@ def refused(client: openai.OpenAI, **fields: Any) -> openai.BadRequestError:
         ({"model": GEMMA, "response_format": {"type": "json_object"}}, "response_format", [GEMMA, "'json'"]),
         ({"response_format": {"type": "json_schema"}}, "response_format", ["json_schema: required"]),
         ({"logprobs": True}, "logprobs", ["not supported"]),
+        ({"function_call": {"name": "f"}}, "function_call", ["deprecated function_call", "use tool_choice"]),
         ({"messages": []}, "messages", ["at least 1"]),
     ],
 )
@@ -99,6 +100,10 @@ def test_out_of_range_or_unsupported_fields_are_named(
             ["messages[1].content[0]", "input_audio"],
         ),
         ([{"role": "tool", "content": "42"}], ["messages[0].tool_call_id: required"]),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_nope", "content": "42"}],
+            ["messages[1].tool_call_id", "'call_nope'", "no tool call of an earlier assistant message"],
+        ),
         (
             [
                 {

@@ -297,7 +297,12 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "item_reference": ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", "cannot be referenced"),
     "function_call_output": (
-        {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+        {
+            "input": [
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": "1"},
+            ]
+        },
         "tools",
         "(capability 'tools')",
     ),
@@ -324,6 +329,12 @@ def test_unsupported_requests_are_refused(client: openai.OpenAI, fakes: Fakes, c
 def test_store_false_or_absent_is_served(client: openai.OpenAI, store: bool | None) -> None:
     fields: dict[str, Any] = {} if store is None else {"store": store}
     assert client.responses.create(model=OLLAMA, input="hi", **fields).output_text == "Hello, world!"
+
+
+def test_stream_null_is_a_whole_response(client: openai.OpenAI, fakes: Fakes) -> None:
+    # The SDKs' non-streaming params type it ``Optional[Literal[False]]``.
+    assert client.responses.create(model=OLLAMA, input="hi", stream=None).output_text == "Hello, world!"
+    assert fakes.ollama.last.json["stream"] is False
 
 
 def test_a_bad_body_is_an_openai_shaped_400(service: str) -> None:

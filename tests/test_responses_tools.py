@@ -259,6 +259,23 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
     ),
     "max_tool_calls": ("t/smol", {"tools": [TOOL], "max_tool_calls": 2}, "max_tool_calls", ["t/smol"]),
     "required without tools": ("t/smol", {"tool_choice": "required"}, "tool_choice", ["only allowed when tools"]),
+    "tool_choice field beyond type and name": (
+        "t/smol",
+        {"tools": [TOOL], "tool_choice": {"type": "function", "name": "get_weather", "mode": "auto"}},
+        "tool_choice",
+        ["tool_choice: mode: not supported", "t/smol"],
+    ),
+    "function_call_output without its call": (
+        "t/smol",
+        {
+            "input": [
+                {"role": "user", "content": "Weather?"},
+                {"type": "function_call_output", "call_id": "call_nope", "output": "21"},
+            ]
+        },
+        "input",
+        ["input[1].call_id", "'call_nope'", "no earlier function_call"],
+    ),
     "allowed_tools choice": (
         "t/smol",
         {"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
@@ -373,6 +390,22 @@ def test_what_cannot_be_carried_is_a_400_before_any_upstream_call(
     assert all(fake.requests == [] for fake in (fakes[kind] for kind in set(KINDS.values())))
 
 
+@pytest.mark.parametrize("value", ["100000000000000000000000000000", '"\\ud800"'])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_choice_extra_no_upstream_request_can_carry_is_a_400(
+    service: str, fakes: Fakes, value: str, stream: bool
+) -> None:
+    # Echoed in the response, such a value was a 500 (or a cut stream) after the upstream call.
+    choice = {"type": "function", "name": "get_weather", "x": "VALUE"}
+    body = {"model": "t/smol", "input": "hi", "stream": stream, "tools": [TOOL], "tool_choice": choice}
+    raw = json.dumps(body).replace('"VALUE"', value)  # as they come on the wire
+    answer = httpx.post(f"{service}/v1/responses", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "tool_choice"
+    assert "x: not supported" in answer.json()["error"]["message"]
+    assert fakes.openai.requests == []
+
+
 # --- structured output -----------------------------------------------------------------------------------
 
 
@@ -394,6 +427,20 @@ def test_parse_returns_the_pydantic_object(client: openai.OpenAI, fakes: Fakes, 
     if model in CHAT_COMPATIBLE:
         assert sent["response_format"]["json_schema"]["name"] == "Weather"
         assert sent["response_format"]["json_schema"]["strict"] is True
+
+
+def test_the_schema_description_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.openai.script(Reply(tokens=['{"city": "Zürich", "degrees": 21}']))
+    text_format: Any = {
+        "type": "json_schema",
+        "name": "Weather",
+        "description": "The weather in the city asked about",
+        "schema": Weather.model_json_schema(),
+    }
+    client.responses.create(model="t/smol", input="Weather in Zürich?", text={"format": text_format})
+    sent = fakes.openai.last.json["response_format"]["json_schema"]
+    assert sent["description"] == "The weather in the city asked about"
+    assert sent["name"] == "Weather"
 
 
 def test_json_object_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -85,6 +85,8 @@ class ResponseFormat:
     type: Literal["json_object", "json_schema"]
     schema: Mapping[str, Any] | None = None
     name: str | None = None
+    #: What the schema is for (``json_schema.description``): guidance for the model, where the protocol has it.
+    description: str | None = None
     strict: bool | None = None
 
 

@@ -17,6 +17,13 @@ from modelgate.errors import BadRequest, PayloadTooLarge
 _DATA_URL = re.compile(r"data:image/[a-zA-Z0-9.+-]{1,64};base64,")
 
 
+def decoded_size(data: str) -> int:
+    """The bytes base64 ``data`` decodes to, without decoding it: its ``=`` padding stands for no bytes (so an image
+    exactly at the limit is within it); unpadded data counts its whole 6-bit groups."""
+    padding = 2 if data.endswith("==") else 1 if data.endswith("=") else 0
+    return len(data) * 3 // 4 - padding
+
+
 class ImageBudget:
     """Checks a request's images one by one, counting the decoded bytes of inline ones against the limits."""
 
@@ -28,7 +35,7 @@ class ImageBudget:
         if url.startswith("data:"):
             if not _DATA_URL.match(url):
                 raise BadRequest(f"{where}: a data: URL must be data:image/<type>;base64,<data>", param=self.param)
-            size = len(url.partition(",")[2]) * 3 // 4
+            size = decoded_size(url.partition(",")[2])
             if size > self.per_image:
                 raise PayloadTooLarge(
                     f"{where}: the image is {size} bytes, more than the limit of {self.per_image} bytes per image",

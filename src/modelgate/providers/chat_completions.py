@@ -190,6 +190,8 @@ def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
     if value.type == "json_object":
         return {"type": "json_object"}
     spec: dict[str, Any] = {"name": value.name or "response"}
+    if value.description is not None:
+        spec["description"] = value.description
     if value.schema is not None:
         spec["schema"] = value.schema
     if value.strict is not None:

@@ -287,7 +287,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: bool | None = Field(default=False, description="null is false, as the SDKs' types allow")
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -305,6 +305,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormatParam | None = None
     # Accepted only so that they can be refused with a clear message (see ``_refuse_unsupported``).
     functions: list[Any] | None = None
+    function_call: Any = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
@@ -328,6 +329,11 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
     refusals: list[tuple[str, bool, str]] = [
         ("n", (body.n or 1) > 1, "only one choice per request is supported; n must be 1"),
         ("functions", bool(body.functions), "the deprecated functions are not supported; use tools"),
+        (
+            "function_call",
+            body.function_call is not None,
+            "the deprecated function_call is not supported; use tool_choice",
+        ),
         ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "log probabilities are not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
         ("modalities", any(m != "text" for m in body.modalities or ()), "only text output is supported"),

@@ -39,12 +39,14 @@ class ImageURL(BaseModel):
 
 
 class ContentPart(BaseModel):
-    """A text or image part; other types (``input_audio``, ``file``) are refused by name."""
+    """A text or image part (or an assistant's ``refusal``); other types (``input_audio``, ``file``) are refused
+    by name."""
 
     model_config = _open
 
     type: str
     text: str | None = None
+    refusal: str | None = None
     image_url: ImageURL | None = None
 
 
@@ -64,11 +66,13 @@ class ToolCallParam(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    # OpenAI messages carry fields we do not use (name, refusal, ...): ignored, as compatible servers do.
+    # OpenAI messages carry fields we do not use (name, annotations, ...): ignored, as compatible servers do.
     model_config = _open
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    # An earlier reply's refusal (beside a null content), sent back with the conversation.
+    refusal: WireText | None = None
     tool_calls: list[ToolCallParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: WireText | None = Field(default=None, max_length=256)
     function_call: Any = None
@@ -82,8 +86,9 @@ class ChatMessage(BaseModel):
         elif value is not None:
             for part in value:
                 unicode_text(part.type)
-                if part.text is not None:
-                    unicode_text(part.text)
+                for text in (part.text, part.refusal):
+                    if text is not None:
+                        unicode_text(text)
         return value
 
 
@@ -156,7 +161,23 @@ def to_messages(
             data={"limit": max_messages},
         )
     budget = ImageBudget(max_image_bytes, max_images_bytes)
-    return tuple(_message(message, f"messages[{index}]", budget) for index, message in enumerate(messages))
+    converted = tuple(_message(message, f"messages[{index}]", budget) for index, message in enumerate(messages))
+    _refuse_orphan_results(converted)
+    return converted
+
+
+def _refuse_orphan_results(messages: tuple[Message, ...]) -> None:
+    """A tool result must answer a call made earlier in the conversation (as OpenAI's API requires): providers
+    that match results by position or name (Ollama) would otherwise hand the model an answer to nothing."""
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        called.update(call.id for call in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in called:
+            raise BadRequest(
+                f"messages[{index}].tool_call_id: '{message.tool_call_id}' answers no tool call of an earlier "
+                "assistant message",
+                param="messages",
+            )
 
 
 def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
@@ -175,6 +196,9 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
     elif message.tool_call_id is not None:
         raise BadRequest(f"{where}.tool_call_id: only tool messages carry one", param="messages")
     content = message.content
+    if content is None and role == "assistant" and message.refusal is not None:
+        # A refusal is what the assistant said: the provider sees it as the assistant's text.
+        content = message.refusal
     if content is None:
         if not calls:
             raise BadRequest(f"{where}.content: required", param="messages")
@@ -189,12 +213,16 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
             if part.text is None:
                 raise BadRequest(f"{here}.text: required", param="messages")
             texts.append(part.text)
+        elif part.type == "refusal" and role == "assistant":
+            if part.refusal is None:
+                raise BadRequest(f"{here}.refusal: required", param="messages")
+            texts.append(part.refusal)
         elif part.type == "image_url" and role == "user":
             if part.image_url is None:
                 raise BadRequest(f"{here}.image_url: required", param="messages")
             images.append(budget.image(part.image_url.url, here, detail=part.image_url.detail))
         else:
-            allowed = "text and image_url" if role == "user" else "text"
+            allowed = {"user": "text and image_url", "assistant": "text and refusal"}.get(role, "text")
             raise BadRequest(
                 f"{here}: content of type '{part.type}' is not supported in a {message.role} message; send {allowed}",
                 param="messages",
@@ -243,4 +271,6 @@ def to_response_format(value: ResponseFormatParam | None) -> ResponseFormat | No
     spec = value.json_schema
     if spec is None:
         raise BadRequest("response_format.json_schema: required for type json_schema", param="response_format")
-    return ResponseFormat(type="json_schema", schema=spec.schema_, name=spec.name, strict=spec.strict)
+    return ResponseFormat(
+        type="json_schema", schema=spec.schema_, name=spec.name, description=spec.description, strict=spec.strict
+    )

@@ -190,7 +190,7 @@ class ResponsesRequest(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stream: bool = False
+    stream: bool | None = Field(default=False, description="null is false, as the SDKs' types allow")
     metadata: dict[WireText, WireText] | None = Field(default=None, description="Echoed in the response; not forwarded")
     user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
     parallel_tool_calls: bool | None = None
@@ -281,6 +281,12 @@ def _tool_choice(body: ResponsesRequest, tools: tuple[Tool, ...], model: Catalog
             )
         if choice.name is None:
             raise BadRequest("tool_choice.name: required", param="tool_choice")
+        # As for function tools: a field we would neither carry nor be able to echo is named, not ignored.
+        unsupported = sorted(name for name, value in (choice.model_extra or {}).items() if value is not None)
+        if unsupported:
+            raise BadRequest(
+                f"tool_choice: {', '.join(unsupported)}: not supported (model '{model.id}')", param="tool_choice"
+            )
         # The Chat Completions shape, so that one function checks the name against the tools.
         return to_tool_choice(NamedToolChoice(type="function", function=NamedFunction(name=choice.name)), tools)
     return to_tool_choice(choice, tools)
@@ -289,7 +295,8 @@ def _tool_choice(body: ResponsesRequest, tools: tuple[Tool, ...], model: Catalog
 def echo_tool_choice(choice: str | ToolChoiceParam | None) -> str | dict[str, Any]:
     if choice is None:
         return "auto"
-    return choice if isinstance(choice, str) else choice.model_dump(exclude_none=True)
+    # Only the fields ``ToolChoiceFunction`` has: extras are the caller's, unchecked for what the encoder can write.
+    return choice if isinstance(choice, str) else {"type": choice.type, "name": choice.name}
 
 
 def to_response_format(body: ResponsesRequest) -> ResponseFormat | None:
@@ -302,13 +309,16 @@ def to_response_format(body: ResponsesRequest) -> ResponseFormat | None:
     for name, value in (("name", spec.name), ("schema", spec.schema_)):
         if value is None:
             raise BadRequest(f"text.format.{name}: required for type json_schema", param="text.format")
-    return ResponseFormat(type="json_schema", schema=spec.schema_, name=spec.name, strict=spec.strict)
+    return ResponseFormat(
+        type="json_schema", schema=spec.schema_, name=spec.name, description=spec.description, strict=spec.strict
+    )
 
 
 def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings) -> tuple[Message, ...]:
     max_messages = settings.max_messages
     budget = ImageBudget(settings.max_image_bytes, settings.max_images_bytes, param="input")
     messages: list[Message] = []
+    called: set[str] = set()
     if body.instructions is not None:
         messages.append(Message(role="system", content=body.instructions))
     if isinstance(body.input, str):
@@ -318,6 +328,7 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
             where = f"input[{index}]"
             if item.type == "function_call":
                 call = _function_call(item, where)
+                called.add(call.id)
                 last = messages[-1] if messages else None
                 if last is not None and last.role == "assistant":
                     # The calls of one turn (and the text before them) are one assistant message in chat form.
@@ -326,8 +337,14 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
                     messages.append(Message(role="assistant", content="", tool_calls=(call,)))
                 continue
             message = _item_message(item, where, model, budget)
-            if message is not None:
-                messages.append(message)
+            if message is None:
+                continue
+            if message.role == "tool" and message.tool_call_id not in called:
+                # OpenAI's API refuses it too; providers that match results by position (Ollama) would not.
+                raise BadRequest(
+                    f"{where}.call_id: '{message.tool_call_id}' answers no earlier function_call item", param="input"
+                )
+            messages.append(message)
     if not any(message.role != "system" for message in messages):
         raise BadRequest("input: at least one message is required", param="input")
     if len(messages) > max_messages:
