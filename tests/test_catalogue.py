@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from modelgate import catalogue as catalogue_module
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import CatalogueError
 from tests.catalogue_files import model_toml, write_catalogue
@@ -127,6 +128,26 @@ def test_names_must_be_safe_url_segments(tmp_path: Path, field: str, value: str)
     assert f"model '{label}': {field}: {value!r} is not safe as a URL path segment" in message
 
 
+def test_a_provider_name_longer_than_the_ledgers_column_is_refused(tmp_path: Path) -> None:
+    # usage_store.py: provider VARCHAR(64), model VARCHAR(256); a longer name could never be recorded.
+    name = "p" * 65
+    message = rejected(tmp_path, model_toml(provider=name), header=f'[providers.{name}]\nkind = "ollama"\n')
+    assert f"providers: provider '{name}': the name is longer than 64 characters" in message
+    fits = "p" * 64
+    catalogue = load_catalogue(
+        write_catalogue(tmp_path / "c.toml", model_toml(provider=fits), header=f'[providers.{fits}]\nkind = "ollama"\n')
+    )
+    assert catalogue.models[0].provider == fits
+
+
+def test_a_model_id_longer_than_the_ledgers_column_is_refused(tmp_path: Path) -> None:
+    publisher, name = "p" * 100, "n" * 156  # publisher/name: 257 characters
+    message = rejected(tmp_path, model_toml(publisher, name))
+    assert f"model '{publisher}/{name}': publisher/name: longer than 256 characters" in message
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml(publisher, name[:-1])))
+    assert len(catalogue.models[0].id) == 256
+
+
 # --- ranges -------------------------------------------------------------------------------------------
 
 
@@ -147,6 +168,83 @@ def test_names_must_be_safe_url_segments(tmp_path: Path, field: str, value: str)
 def test_out_of_range_numbers(tmp_path: Path, name: str, value: str, expected: str) -> None:
     message = rejected(tmp_path, with_parameter(name, value))
     assert f"model 'acme/tiny': configuration.parameters.{expected}" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (
+            model_toml(max_new_tokens=2**64),
+            "configuration.parameters.max_new_tokens: Input should be less than or equal to 2147483647 "
+            "(got 18446744073709551616)",
+        ),
+        (
+            model_toml(truncate=10**400),
+            "configuration.parameters.truncate: Input should be less than or equal to 2147483647 "
+            "(got an integer of 401 digits)",
+        ),
+        (model_toml(extra="context_length = 2147483648\n"), "context_length: Input should be less than or equal to"),
+        (model_toml(extra="max_concurrency = 2147483648\n"), "max_concurrency: Input should be less than or equal to"),
+    ],
+)
+def test_integers_beyond_what_the_wire_carries_are_refused(tmp_path: Path, model: str, expected: str) -> None:
+    # Accepted, they made every GET /models a 500 (orjson: "Integer exceeds 64-bit range").
+    message = rejected(tmp_path, model)
+    assert f"model 'acme/tiny': {expected}" in message
+    assert message.count("\n") == 0
+
+
+def test_the_largest_accepted_integers_are_served(tmp_path: Path) -> None:
+    model = model_toml(max_new_tokens=2**31 - 1, truncate=2**31 - 1, extra="context_length = 2147483647\n")
+    catalogue = load_catalogue(
+        write_catalogue(tmp_path / "c.toml", model, header="[server]\ncache_max_age = 2147483647\n")
+    )
+    assert b'"max_new_tokens":2147483647' in catalogue.body
+
+
+def test_a_cache_max_age_beyond_32_bits_is_refused(tmp_path: Path) -> None:
+    message = rejected(tmp_path, model_toml(), header="[server]\ncache_max_age = 2147483648\n")
+    assert "server.cache_max_age: Input should be less than or equal to 2147483647" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("repetition_penalty", "inf", "repetition_penalty: must be a finite number, got inf"),
+        ("repetition_penalty", "1e400", "repetition_penalty: must be a finite number, got inf"),  # TOML: inf
+        ("repetition_penalty", str(10**400), "repetition_penalty: must be at most 9007199254740992 in magnitude"),
+        ("typical_p", "nan", "typical_p: must be a finite number, got nan"),
+        ("temperature", "inf", "temperature: must be a finite number, got inf"),
+        ("temperature", str(2**64), "temperature: must be at most 9007199254740992 in magnitude as an integer, got"),
+    ],
+)
+def test_non_finite_or_huge_numbers_are_refused(tmp_path: Path, name: str, value: str, expected: str) -> None:
+    # inf was served as null (the seed's float fields are never null); 10**400 failed building the seed model.
+    message = rejected(tmp_path, with_parameter(name, value))
+    assert f"model 'acme/tiny': configuration.parameters.{expected}" in message
+    assert message.count("\n") == 0
+
+
+def test_an_integer_beyond_pythons_digit_limit_is_not_valid_toml(tmp_path: Path) -> None:
+    path = write_catalogue(tmp_path / "c.toml", with_parameter("truncate", "1" * 5000))
+    with pytest.raises(CatalogueError, match=r"c\.toml: not valid TOML: Exceeds the limit"):
+        load_catalogue(path)
+
+
+def test_a_failure_building_the_seed_model_is_a_catalogue_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the file's checks miss, the seed's ModelParameters refusing it is one line, never a traceback.
+    class Refusing:
+        @classmethod
+        def model_validate(cls, value: object) -> None:
+            raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(catalogue_module, "ModelParameters", Refusing)
+    message = rejected(tmp_path, model_toml())
+    assert message.endswith(
+        "model 'acme/tiny': configuration.parameters: OverflowError: int too large to convert to float"
+    )
 
 
 @pytest.mark.parametrize(

@@ -390,6 +390,61 @@ def test_chat_rejects_a_malformed_model() -> None:
 # --- help and version ----------------------------------------------------------------------------------
 
 
+# --- a bad environment or a malformed argument: one line, never a traceback ------------------------------
+
+
+def one_line_failure(result: Any) -> str:
+    """The stderr of a command that failed as the CLI promises: exit 1, one line, no exception escaping."""
+    assert isinstance(result.exception, SystemExit), result.exception  # the runner catches any other as exit 1 too
+    assert result.exit_code == 1
+    message: str = result.stderr
+    assert message.count("\n") == 1 and "Traceback" not in message, message
+    return message.strip()
+
+
+@pytest.mark.parametrize("command", ["check-config", "models", "serve"])
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODELGATE_CACHE_MAX_AGE", "1m", "MODELGATE_CACHE_MAX_AGE: expected a whole number, got '1m'"),
+        ("MODELGATE_PROBE_INTERVAL", "soon", "MODELGATE_PROBE_INTERVAL: expected a number of seconds, got 'soon'"),
+        ("MODELGATE_DATABASE_URL", "mysql://db/usage", "unsupported database URL scheme 'mysql'"),
+    ],
+)
+def test_a_bad_environment_value_is_one_line_naming_the_variable(
+    tmp_path: Path, command: str, variable: str, value: str, expected: str
+) -> None:
+    path = write_catalogue(tmp_path / "c.toml", model_toml())
+    result = runner.invoke(cli, [command], env={"MODELGATE_CONFIG": str(path), variable: value})
+    message = one_line_failure(result)
+    assert variable in message and expected in message, message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "--url", "http://[::1"],
+        ["usage", "--url", "http://[::1"],
+        ["chat", "acme/tiny", "hi", "--url", "http://[::1"],
+        ["keys", "list", "--url", "http://[::1"],
+    ],
+)
+def test_a_malformed_url_is_one_line(args: list[str]) -> None:
+    assert one_line_failure(runner.invoke(cli, args)).startswith("--url 'http://[::1': ")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["usage", "--url", "http://127.0.0.1:9", "--api-key", "clé-ключ"], "--api-key"),
+        (["keys", "list", "--url", "http://127.0.0.1:9", "--admin-key", "clé-ключ"], "--admin-key"),
+    ],
+)
+def test_a_key_that_is_not_ascii_is_one_line(args: list[str], option: str) -> None:
+    # An HTTP header carries ASCII only: httpx raised UnicodeEncodeError before sending anything.
+    assert one_line_failure(runner.invoke(cli, args)).startswith(f"{option} (or MODELGATE_")
+
+
 def test_version_and_help() -> None:
     assert runner.invoke(cli, ["--version"]).stdout.strip() == f"modelgate {__version__}"
     help_text = runner.invoke(cli, ["--help"]).stdout

@@ -10,11 +10,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from modelgate import app as app_module
 from modelgate.app import create_app
 from modelgate.reload import one_line, reload_catalogue
 from modelgate.settings import Settings
@@ -162,6 +164,71 @@ def test_reload_failure_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptur
     assert "\n" not in message
     assert "max_new_tokens: Input should be greater than 0 (got 0); " in message
     assert "truncate: Input should be greater than 0 (got 0)" in message
+
+
+def test_an_unexpected_reload_failure_keeps_the_catalogue_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGHUP's handler and the watch loop both call reload_catalogue: whatever fails in it must not escape.
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    state = create_app(Settings(config_path=path)).state.gateway
+    good = state.catalogue
+
+    def failing(_: object) -> None:
+        raise RuntimeError("a bug, not the file")
+
+    monkeypatch.setattr(app_module, "load_catalogue", failing)
+    caplog.set_level(logging.ERROR, logger="modelgate")
+    assert reload_catalogue(state, "SIGHUP") is False
+    assert state.catalogue is good
+    (record,) = [r for r in caplog.records if r.name == "modelgate.reload"]
+    assert (
+        "reload (SIGHUP) failed unexpectedly, still serving the last good catalogue (1 models)" in record.getMessage()
+    )
+    assert record.exc_info is not None and "a bug, not the file" in str(record.exc_info[1])
+
+
+def test_the_watch_survives_an_unexpected_reload_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    settings = Settings.from_env(
+        {"MODELGATE_CONFIG": str(path), "MODELGATE_WATCH_CONFIG": "1", "MODELGATE_PROBE_INTERVAL": "0"}
+    )
+    app = create_app(settings)
+    real = app_module.load_catalogue
+    calls: list[object] = []
+
+    def first_fails(config: Path | None) -> object:
+        calls.append(config)
+        if len(calls) == 1:
+            raise RuntimeError("a bug, not the file")
+        return real(config)
+
+    monkeypatch.setattr(app_module, "load_catalogue", first_fails)
+    with serve_in_thread(app) as url:
+        time.sleep(0.5)  # the watcher starts
+        write_catalogue(path, model_toml("acme", "two"))
+        wait_for(lambda: calls, "the first reload")
+        assert served_models(url) == ["acme/one"]
+        time.sleep(0.5)  # the next save must be seen as its own change
+        write_catalogue(path, model_toml("acme", "three"))
+        wait_for(lambda: serving(url, ["acme/three"]), "the next save to be reloaded", timeout=10)
+
+
+def test_the_watch_survives_a_file_with_a_huge_number(tmp_path: Path) -> None:
+    # 10**400 for a float field once failed building the seed's model with a pydantic ValidationError, not a
+    # CatalogueError: it ended the watch, and the fixed file was never loaded.
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    settings = Settings.from_env(
+        {"MODELGATE_CONFIG": str(path), "MODELGATE_WATCH_CONFIG": "1", "MODELGATE_PROBE_INTERVAL": "0"}
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        time.sleep(0.5)  # the watcher starts
+        huge = model_toml("acme", "one").replace("repetition_penalty = -1", f"repetition_penalty = {10**400}")
+        path.write_text(huge, encoding="utf-8")
+        time.sleep(1.5)  # the broken save is seen and refused
+        assert served_models(url) == ["acme/one"]
+        write_catalogue(path, model_toml("acme", "two"))
+        wait_for(lambda: serving(url, ["acme/two"]), "the fixed file to be reloaded", timeout=10)
 
 
 def test_one_line_joins_a_multi_problem_message() -> None:

@@ -49,3 +49,31 @@ def test_the_connection_cap_defaults_to_half_the_open_files_limit() -> None:
 
 def test_private_ops_is_documented() -> None:
     assert "`MODELGATE_PRIVATE_OPS=1`" in README
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODELGATE_CACHE_MAX_AGE", "1m", "MODELGATE_CACHE_MAX_AGE: expected a whole number, got '1m'"),
+        ("MODELGATE_PROBE_INTERVAL", "soon", "MODELGATE_PROBE_INTERVAL: expected a number of seconds, got 'soon'"),
+        ("MODELGATE_HEADER_TIMEOUT", "nan", "MODELGATE_HEADER_TIMEOUT: expected a number of seconds >= 0, got 'nan'"),
+        ("MODELGATE_GRACEFUL_TIMEOUT", "-1", "MODELGATE_GRACEFUL_TIMEOUT: expected a number of seconds >= 0, got '-1'"),
+        ("MODELGATE_MAX_CONNECTIONS", "0", "MODELGATE_MAX_CONNECTIONS: expected a whole number >= 1, got '0'"),
+        ("MODELGATE_MAX_HEADER_BYTES", "32k", "MODELGATE_MAX_HEADER_BYTES: expected a whole number, got '32k'"),
+        ("MODELGATE_UPSTREAM_MAX_EVENT_BYTES", "4 MiB", "MODELGATE_UPSTREAM_MAX_EVENT_BYTES: expected a whole number"),
+        ("MODELGATE_UPSTREAM_MAX_STREAM_SECONDS", "1h", "MODELGATE_UPSTREAM_MAX_STREAM_SECONDS: expected a number"),
+        ("MODELGATE_DATABASE_URL", "mysql://db/usage", "MODELGATE_DATABASE_URL: unsupported database URL scheme"),
+    ],
+)
+def test_a_value_the_environment_cannot_use_names_its_variable(variable: str, value: str, expected: str) -> None:
+    # A bare int("1m") said "invalid literal for int() with base 10: '1m'": which of thirty variables?
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({variable: value})
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_negative_cache_max_age_is_refused_at_start() -> None:
+    # It was served as "Cache-Control: public, max-age=-60"; the file's cache_max_age is checked (>= 0) too.
+    with pytest.raises(ValueError, match=r"^MODELGATE_CACHE_MAX_AGE: expected a whole number >= 0 and <= 2147483647"):
+        Settings.from_env({"MODELGATE_CACHE_MAX_AGE": "-60"})
+    assert Settings.from_env({"MODELGATE_CACHE_MAX_AGE": "0"}).cache_max_age == 0

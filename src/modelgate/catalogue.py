@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelgate.errors import CatalogueError, NotFound
 from modelgate.instances import PROVIDER_NAMES, Instance, ProviderEntry, build_instances, check_routing
@@ -55,6 +64,16 @@ SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
 
 DEFAULT_CATALOGUE = "catalogue.toml"
 
+#: Upper bound of every integer in the file (token counts, concurrency, seconds): a signed 32-bit integer, what
+#: providers' token fields take (TGI's are u32), well inside what JSON (orjson: 64 bits) can carry.
+MAX_INT = 2**31 - 1
+#: Integers written for a number field (``repetition_penalty = 2``) must be exact as a double, as every JSON
+#: client reads them.
+MAX_EXACT_INT = 2**53
+#: Lengths of the usage ledger's columns (usage_store.py): a longer name could not be recorded.
+MAX_PROVIDER_NAME = 64
+MAX_MODEL_ID = 256
+
 
 def default_catalogue_path() -> Path:
     return Path(str(resources.files("modelgate").joinpath(DEFAULT_CATALOGUE)))
@@ -73,17 +92,39 @@ def _plain_number(value: object) -> object:
     return value
 
 
-#: A number as written in the file (ints stay ints, so ``-1`` is served as ``-1``).
-Number = Annotated[int | float, BeforeValidator(_plain_number)]
+def _finite(value: float) -> float:
+    # TOML has inf and nan, and integers of any size: JSON has none of them (orjson writes inf as null,
+    # refuses an integer past 64 bits), so GET /models and every cost sum would break.
+    if isinstance(value, int):
+        if abs(value) > MAX_EXACT_INT:
+            raise ValueError(f"must be at most {MAX_EXACT_INT} in magnitude as an integer, got {_shown(value)}")
+    elif not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: an integer of hundreds of digits by its size (tomllib reads at most 4300)."""
+    if isinstance(value, int) and abs(value) > MAX_EXACT_INT:
+        digits = str(abs(value))
+        if len(digits) > 24:
+            return f"an integer of {len(digits)} digits"
+    return repr(value)
+
+
+#: A number as written in the file (ints stay ints, so ``-1`` is served as ``-1``), finite.
+Number = Annotated[int | float, BeforeValidator(_plain_number), AfterValidator(_finite)]
+#: A count (tokens, requests, seconds) as the wire carries it.
+Count = Annotated[int, Field(le=MAX_INT)]
 
 
 class ParametersEntry(BaseModel):
     model_config = _closed
 
-    max_new_tokens: Annotated[int, Field(gt=0, description="Maximum number of tokens to generate")]
+    max_new_tokens: Annotated[Count, Field(gt=0, description="Maximum number of tokens to generate")]
     typical_p: Annotated[Number, Field(description="In (0, 1), or -1 for the provider's default")]
     repetition_penalty: Annotated[Number, Field(description="> 0, or -1 for the provider's default")]
-    truncate: Annotated[int, Field(gt=0, description="Keep only the last N prompt tokens")]
+    truncate: Annotated[Count, Field(gt=0, description="Keep only the last N prompt tokens")]
     return_full_text: bool = False
     temperature: Annotated[Number | None, Field(ge=0)] = None
 
@@ -117,13 +158,6 @@ class PricingEntry(BaseModel):
     input: Annotated[Number, Field(ge=0, description="USD per million prompt tokens")]
     output: Annotated[Number, Field(ge=0, description="USD per million completion tokens (reasoning included)")]
 
-    @field_validator("input", "output")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):  # TOML has inf; a cost of inf would be null in JSON and break every sum
-            raise ValueError(f"must be a finite number, got {value}")
-        return value
-
 
 class ModelEntry(BaseModel):
     model_config = _closed
@@ -136,9 +170,9 @@ class ModelEntry(BaseModel):
     type: Literal["instruct", "chat"]
     configuration: ConfigurationEntry
     template: str | None = Field(default=None, description="Chat template (huggingface text-generation only)")
-    context_length: Annotated[int | None, Field(gt=0)] = None
+    context_length: Annotated[Count | None, Field(gt=0)] = None
     fallbacks: list[str] = Field(default_factory=list, description="Other models tried in order")
-    max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    max_concurrency: Annotated[Count | None, Field(gt=0)] = None
     routing: str | None = Field(default=None, description="Hugging Face router policy; wins over the instance's")
     capabilities: list[Literal["tools", "json", "vision", "reasoning"]] = Field(default_factory=list)
     pricing: PricingEntry | None = Field(default=None, description="Prices per million tokens (optional)")
@@ -149,6 +183,12 @@ class ModelEntry(BaseModel):
         if not SAFE_SEGMENT.match(value):
             raise ValueError(f"{value!r} is not safe as a URL path segment (use letters, digits, '.', '_', '~', '-')")
         return value
+
+    @model_validator(mode="after")
+    def _id_length(self) -> ModelEntry:
+        if len(self.publisher) + 1 + len(self.name) > MAX_MODEL_ID:  # the usage ledger's model column
+            raise ValueError(f"publisher/name: longer than {MAX_MODEL_ID} characters")
+        return self
 
     @field_validator("template")
     @classmethod
@@ -173,7 +213,7 @@ class ModelEntry(BaseModel):
 class ServerEntry(BaseModel):
     model_config = _closed
 
-    cache_max_age: Annotated[int, Field(ge=0)] = 60
+    cache_max_age: Annotated[Count, Field(ge=0)] = 60
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     keys_file: str | None = None
 
@@ -195,6 +235,8 @@ class CatalogueFile(BaseModel):
                     f"provider {name!r}: the name is not safe as a URL path segment "
                     "(use letters, digits, '.', '_', '~', '-')"
                 )
+            if len(name) > MAX_PROVIDER_NAME:  # the usage ledger's provider column
+                raise ValueError(f"provider {name!r}: the name is longer than {MAX_PROVIDER_NAME} characters")
         return value
 
 
@@ -377,7 +419,7 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
         raise CatalogueError(f"{source}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogueError(f"{source}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # a TOMLDecodeError, or an integer beyond Python's 4300 digits
         raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
     return parse_catalogue(raw, source=source)
 
@@ -392,7 +434,7 @@ def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
     declared: list[CatalogueModel] = []
     seen: dict[str, int] = {}
     for position, entry in enumerate(parsed.models, start=1):
-        model = _build_model(entry, _model_instance(entry, instances, source))
+        model = _build_model(entry, _model_instance(entry, instances, source), source)
         if model.id in seen:
             raise CatalogueError(
                 f"{source}: model '{model.id}': publisher/name: declared twice (models #{seen[model.id]} and "
@@ -462,10 +504,20 @@ def _model_instance(entry: ModelEntry, instances: Mapping[str, Instance], source
     return instance
 
 
-def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
+def _build_model(entry: ModelEntry, instance: Instance, source: str) -> CatalogueModel:
     params = entry.configuration.parameters
     written = params.model_dump(exclude_none=True)
     wire = {key: written[key] for key in _PARAMETER_ORDER if key in written}
+    where = f"{source}: model '{entry.publisher}/{entry.name}': configuration.parameters"
+    # The file's checks should leave nothing the seed's model refuses; if one is missed, it is still one
+    # line naming the file and the model, never a traceback (nor a failed reload that stops the watch).
+    try:
+        parameters = ModelParameters.model_validate(wire)
+    except ValidationError as exc:
+        problems = (f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CatalogueError(*problems) from None
+    except Exception as exc:
+        raise CatalogueError(f"{where}: {type(exc).__name__}: {exc}") from None
     return CatalogueModel(
         publisher=entry.publisher,
         name=entry.name,
@@ -474,7 +526,7 @@ def _build_model(entry: ModelEntry, instance: Instance) -> CatalogueModel:
         icon=entry.icon,
         type=entry.type,
         upstream_model=entry.configuration.model,
-        parameters=ModelParameters.model_validate(wire),
+        parameters=parameters,
         template=entry.template,
         context_length=entry.context_length or params.truncate,
         fallbacks=tuple(entry.fallbacks),
@@ -505,7 +557,7 @@ def describe_validation_error(
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] not in ("missing", "value_error") and isinstance(error.get("input"), str | int | float):
-            message += f" (got {error['input']!r})"
+            message += f" (got {_shown(error['input'])})"
         entry_level = whole_entry if where else "(top level): "
         field_path = ".".join(str(part) for part in loc) + ": " if loc else entry_level
         line = f"{source}: {where}{field_path}{message}"

@@ -1,7 +1,8 @@
 """Command line: ``modelgate serve | models | check-config | chat | usage | keys``.
 
 Thin by design: arguments → ``create_app`` + uvicorn, or → the catalogue loader, or → the client.
-A catalogue problem is one message on stderr and exit code 1, never a traceback.
+A catalogue problem, an environment variable it cannot use, a malformed ``--url`` or ``--api-key``: each is one
+message on stderr and exit code 1, never a traceback.
 """
 
 # No ``from __future__ import annotations`` here: typer reads every command's annotations each time the CLI
@@ -29,6 +30,7 @@ from modelgate.settings import database_url as ledger_database_url
 # FastAPI, aiohttp), `modelgate models` only the catalogue loader, the client commands only httpx
 # (issue 13 item 5; tests/test_startup_imports.py holds it).
 if TYPE_CHECKING:
+    import httpx
     from rich.console import Console
 
     from modelgate.auth import KeyRing
@@ -60,6 +62,36 @@ class LogLevel(StrEnum):
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def settings_or_fail() -> Settings:
+    """The environment's settings, or the variable it cannot use (``from_env`` names it) and exit 1."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def get_or_fail(url: str, path: str, *, api_key: str | None = None, params: Any = None) -> "httpx.Response":
+    """GET ``url`` + ``path`` from a running server; anything but a success answer is one line and exit 1."""
+    import httpx
+
+    from modelgate.client import ModelgateAPIError
+
+    if api_key is not None and not api_key.isascii():  # httpx would raise UnicodeEncodeError on the header
+        fail("--api-key (or MODELGATE_API_KEY): must be ASCII, as an HTTP header is")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=30)
+    except httpx.InvalidURL as exc:  # not an HTTPError
+        fail(f"--url {url!r}: {exc}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    except ValueError as exc:  # a value httpx cannot send (e.g. a query parameter it cannot encode)
+        fail(f"{url}: {exc}")
+    if not response.is_success:
+        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    return response
 
 
 def keys_or_fail(settings: Settings, catalogue: "Catalogue") -> "KeyRing":
@@ -173,9 +205,12 @@ def serve(
         env = Settings.from_env(database_url=None)  # the ledger's default depends on --config: decided below
         path = config or env.config_path
         resolved = path.resolve() if path is not None else None
-        ledger_url = ledger_database_url(database_url, resolved)
     except ValueError as exc:
         fail(str(exc))
+    try:
+        ledger_url = ledger_database_url(database_url, resolved)
+    except ValueError as exc:
+        fail(f"--database-url (or MODELGATE_DATABASE_URL): {exc}")
     server_options = {
         "max_header_bytes": max_header_bytes,
         "header_timeout": header_timeout,
@@ -352,25 +387,19 @@ def models(
     from rich.table import Table
 
     if url is not None:
-        import httpx
-
-        from modelgate.client import ModelgateAPIError
         from modelgate.schema import ModelsResponse
 
-        try:
-            response = httpx.get(url.rstrip("/") + "/api/models", timeout=30)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach {url}: {exc}")
-        if not response.is_success:
-            error = ModelgateAPIError.from_response(response)
-            fail(f"{url}: {error}")
+        response = get_or_fail(url, "/api/models")
         if as_json:
             sys.stdout.write(response.text + "\n")
             return
-        rows = rows_from_response(ModelsResponse.model_validate_json(response.content))
+        try:
+            rows = rows_from_response(ModelsResponse.model_validate_json(response.content))
+        except ValueError:  # a pydantic ValidationError: some other server answered
+            fail(f"{url}: the answer is not a GET /models document")
         source = url
     else:
-        path = config or Settings.from_env().config_path
+        path = config or settings_or_fail().config_path
         catalogue = load_or_fail(path)
         if as_json:
             sys.stdout.write(catalogue.body.decode() + "\n")
@@ -406,7 +435,7 @@ def check_config(
     ] = False,
 ) -> None:
     """Validate a catalogue file without serving it (exit 0 when valid, 1 with the problem otherwise)."""
-    settings = Settings.from_env()
+    settings = settings_or_fail()
     catalogue = load_or_fail(path or settings.config_path)
     keys_or_fail(Settings(), catalogue)  # the keys file it names, if any
     providers = Counter(m.provider for m in catalogue.models)
@@ -470,6 +499,8 @@ def chat(
     except (ModelgateClientError, ValueError) as exc:
         sys.stdout.write("\n")
         fail(f"error: {exc}")
+    except httpx.InvalidURL as exc:  # not an HTTPError
+        fail(f"--url {url!r}: {exc}")
     except httpx.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}")
     sys.stdout.write("\n")
@@ -520,22 +551,16 @@ def usage(
     params = {name: value for name, value in given.items() if value is not None}
     if not as_json:
         params["limit"] = "0"  # the table shows the groups; the rows are for --json
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    import httpx
     from rich.table import Table
 
-    from modelgate.client import ModelgateAPIError
-
-    try:
-        response = httpx.get(url.rstrip("/") + "/api/usage", params=params, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
-    if not response.is_success:
-        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    response = get_or_fail(url, "/api/usage", api_key=api_key, params=params)
     if as_json:
         sys.stdout.write(response.text + "\n")
         return
-    rows = usage_rows(response.json())
+    try:
+        rows = usage_rows(response.json())
+    except (ValueError, KeyError, TypeError):  # some other server answered
+        fail(f"{url}: the answer is not a GET /api/usage report")
     table = Table(*USAGE_COLUMNS, title=f"usage from {url}")
     for number in range(3, len(USAGE_COLUMNS)):
         table.columns[number].justify = "right"

@@ -43,14 +43,23 @@ def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = N
 
     from modelgate.client import ModelgateAPIError
 
+    if admin_key is not None and not admin_key.isascii():  # httpx would raise UnicodeEncodeError on the header
+        _fail("--admin-key (or MODELGATE_ADMIN_KEY): must be ASCII, as an HTTP header is")
     headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
     try:
         response = httpx.request(method, url.rstrip("/") + "/admin/keys" + path, json=body, headers=headers, timeout=30)
+    except httpx.InvalidURL as exc:  # not an HTTPError
+        _fail(f"--url {url!r}: {exc}")
     except httpx.HTTPError as exc:
         _fail(f"cannot reach {url}: {exc}")
+    except ValueError as exc:  # a value httpx cannot send
+        _fail(f"{url}: {exc}")
     if not response.is_success:
         _fail(f"{url}: {ModelgateAPIError.from_response(response)}")
-    answer: dict[str, Any] = response.json()
+    try:
+        answer: dict[str, Any] = response.json()
+    except ValueError:  # some other server answered
+        _fail(f"{url}: the answer is not JSON")
     return answer
 
 

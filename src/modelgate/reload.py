@@ -38,7 +38,11 @@ def one_line(message: str) -> str:
 
 
 def reload_catalogue(state: GatewayState, trigger: str) -> bool:
-    """Load the file again and swap it in; on a broken file keep the last good catalogue and log why."""
+    """Load the file again and swap it in; on a broken file keep the last good catalogue and log why.
+
+    Never raises: it runs in the file watch's loop and as the SIGHUP handler, and a failure that escaped
+    would end the watch, so a file fixed afterwards would not be seen.
+    """
     previous = state.catalogue
     try:
         state.reload()
@@ -48,6 +52,13 @@ def reload_catalogue(state: GatewayState, trigger: str) -> bool:
             trigger,
             len(previous.models),
             one_line(exc.message),
+        )
+        return False
+    except Exception:  # a bug of ours, not the file's: the same promise, with the traceback for the report
+        log.exception(
+            "catalogue reload (%s) failed unexpectedly, still serving the last good catalogue (%d models)",
+            trigger,
+            len(previous.models),
         )
         return False
     return True

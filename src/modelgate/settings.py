@@ -8,6 +8,7 @@ names the variable holding its key (``api_key_env``) and takes its base URL from
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -146,6 +147,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """The settings of ``environ`` (default: the process's). A value it cannot use is a ``ValueError`` whose
+        message names the variable, for the CLI to print as one line."""
         env = os.environ if environ is None else environ
         base_urls = {
             provider: env[f"MODELGATE_{provider.upper()}_BASE_URL"].rstrip("/")
@@ -166,13 +169,14 @@ class Settings:
             "credentials": credentials,
             "api_keys": tuple(k.strip() for k in env.get("MODELGATE_API_KEYS", "").split(",") if k.strip()),
             "redis_url": env.get("MODELGATE_REDIS_URL") or None,
-            "cache_max_age": int(env["MODELGATE_CACHE_MAX_AGE"]) if env.get("MODELGATE_CACHE_MAX_AGE") else None,
+            # Cache-Control's delta-seconds: never negative; the catalogue file's [server] cache_max_age bound.
+            "cache_max_age": env_number(env, "MODELGATE_CACHE_MAX_AGE", int, maximum=2**31 - 1),
             "cors_origins": tuple(o.strip() for o in origins.split(",") if o.strip()) if origins else None,
             "watch_config": env.get("MODELGATE_WATCH_CONFIG", "").lower() in {"1", "true", "yes"},
             "log_level": env.get("MODELGATE_LOG_LEVEL", "info").lower(),
             "admin_key": env.get("MODELGATE_ADMIN_KEY") or None,
             **{
-                name: float(env[variable])
+                name: env_number(env, variable, float)
                 for name, variable in (
                     ("client_body_timeout", "MODELGATE_CLIENT_BODY_TIMEOUT"),
                     ("client_send_timeout", "MODELGATE_CLIENT_SEND_TIMEOUT"),
@@ -187,7 +191,7 @@ class Settings:
             },
             **_upstream_limits(env),
             **{
-                name: int(env[variable])
+                name: env_number(env, variable, int, minimum=1)
                 for name, variable in (
                     ("max_header_bytes", "MODELGATE_MAX_HEADER_BYTES"),
                     ("max_connections", "MODELGATE_MAX_CONNECTIONS"),
@@ -201,9 +205,12 @@ class Settings:
         values.update(overrides)
         if "database_url" not in overrides:
             config_path = values["config_path"]
-            values["database_url"] = database_url(
-                env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None
-            )
+            try:
+                values["database_url"] = database_url(
+                    env.get("MODELGATE_DATABASE_URL"), config_path if isinstance(config_path, Path) else None
+                )
+            except ValueError as exc:
+                raise ValueError(f"MODELGATE_DATABASE_URL: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
 
     def base_url_override(self, instance: str) -> str | None:
@@ -250,7 +257,29 @@ def tracing_enabled(env: Mapping[str, str]) -> bool:
 def _upstream_limits(env: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     if env.get("MODELGATE_UPSTREAM_MAX_EVENT_BYTES"):
-        values["upstream_max_event_bytes"] = int(env["MODELGATE_UPSTREAM_MAX_EVENT_BYTES"])
+        values["upstream_max_event_bytes"] = env_number(env, "MODELGATE_UPSTREAM_MAX_EVENT_BYTES", int, minimum=1)
     if env.get("MODELGATE_UPSTREAM_MAX_STREAM_SECONDS"):
-        values["upstream_max_stream_seconds"] = float(env["MODELGATE_UPSTREAM_MAX_STREAM_SECONDS"])
+        values["upstream_max_stream_seconds"] = env_number(env, "MODELGATE_UPSTREAM_MAX_STREAM_SECONDS", float)
     return values
+
+
+def env_number(
+    env: Mapping[str, str], variable: str, kind: type[int | float], *, minimum: int = 0, maximum: int | None = None
+) -> float | None:
+    """``variable`` as a finite number (an int for ``kind=int``) in [minimum, maximum]; None when unset or empty.
+
+    Anything else is a ``ValueError`` naming the variable: a bare ``int("1m")`` would say neither which
+    variable nor what it expects.
+    """
+    text = env.get(variable, "")
+    if not text:
+        return None
+    expected = "a whole number" if kind is int else "a number of seconds"
+    try:
+        value = kind(text)
+    except ValueError:  # also an integer beyond Python's 4300 digits
+        raise ValueError(f"{variable}: expected {expected}, got {text!r}") from None
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ValueError(f"{variable}: expected {expected} {bounds}, got {text!r}")
+    return value
