@@ -150,6 +150,24 @@ def test_each_mistake_names_the_file_the_entry_and_the_field(
     assert expected in message, message
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("first_token_timeout = inf", "providers.openrouter.first_token_timeout: Input should be a finite number"),
+        ("whole_reply_timeout = 1e300", "providers.openrouter.whole_reply_timeout: Input should be less than or equal"),
+        ("breaker_cooldown = nan", "providers.openrouter.breaker_cooldown: Input should be a finite number"),
+        ("max_concurrency = 18446744073709551616", "providers.openrouter.max_concurrency: Input should be less than"),
+    ],
+)
+def test_a_providers_durations_and_counts_are_finite_and_bounded(tmp_path: Path, line: str, expected: str) -> None:
+    # Accepted before, they failed later: when a request armed its timer, or when a count reached the wire.
+    assert expected in rejected(tmp_path, model_toml(), header=f"[providers.openrouter]\n{line}\n")
+    week = write_catalogue(
+        tmp_path / "week.toml", model_toml(), header="[providers.openrouter]\nidle_timeout = 604800\n"
+    )
+    assert load_catalogue(week).provider_entry("openrouter").idle_timeout == 604800
+
+
 def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
     assert base_url_variable("tgi-local.v2") == "MODELGATE_TGI_LOCAL_V2_BASE_URL"
     settings = Settings.from_env({"MODELGATE_TGI_LOCAL_BASE_URL": "http://other:9/", "TGI_KEY": "secret-1"})

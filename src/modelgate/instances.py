@@ -48,6 +48,12 @@ def check_routing(value: str | None) -> str | None:
     return value
 
 
+#: The longest any of a provider's durations may be (a week): a finite number the event loop's timers can hold; ``inf``
+#: or ``1e300`` seconds would fail when a request arms its timer, not when the file is read.
+MAX_SECONDS = 7 * 86_400
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+
+
 class ProviderEntry(BaseModel):
     model_config = _closed
 
@@ -60,22 +66,23 @@ class ProviderEntry(BaseModel):
         default_factory=dict,
         description="openai kind: catalogue parameters beyond the standard fields → the server's field names",
     )
-    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
-    first_token_timeout: Annotated[float, Field(gt=0)] = 60.0
-    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout: Seconds = 5.0
+    first_token_timeout: Seconds = 60.0
+    idle_timeout: Seconds = 60.0
     whole_reply_timeout: Annotated[
-        float,
-        Field(gt=0, description="Seconds a non-streamed call may take to be generated whole (its status line)"),
+        Seconds, Field(description="Seconds a non-streamed call may take to be generated whole (its status line)")
     ] = 600.0
-    max_concurrency: Annotated[int | None, Field(gt=0)] = None
+    max_concurrency: Annotated[int | None, Field(gt=0, le=2**31 - 1)] = None
     # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
     max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
-    retry_base_delay: Annotated[float, Field(gt=0, description="Backoff base, seconds (doubles per retry)")] = 0.25
-    retry_max_delay: Annotated[float, Field(gt=0, description="Backoff cap; a longer Retry-After is not waited")] = 4.0
-    breaker_threshold: Annotated[int, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
-    breaker_window: Annotated[float, Field(gt=0, description="Seconds within which those failures count")] = 30.0
-    breaker_cooldown: Annotated[float, Field(gt=0, description="Seconds the breaker stays open")] = 15.0
-    probe_timeout: Annotated[float, Field(gt=0, description="Deadline of one health probe, seconds")] = 10.0
+    retry_base_delay: Annotated[Seconds, Field(description="Backoff base, seconds (doubles per retry)")] = 0.25
+    retry_max_delay: Annotated[Seconds, Field(description="Backoff cap; a longer Retry-After is not waited")] = 4.0
+    breaker_threshold: Annotated[
+        int, Field(ge=1, le=2**31 - 1, description="Consecutive failures that open the breaker")
+    ] = 5
+    breaker_window: Annotated[Seconds, Field(description="Seconds within which those failures count")] = 30.0
+    breaker_cooldown: Annotated[Seconds, Field(description="Seconds the breaker stays open")] = 15.0
+    probe_timeout: Annotated[Seconds, Field(description="Deadline of one health probe, seconds")] = 10.0
 
     @field_validator("routing")
     @classmethod
