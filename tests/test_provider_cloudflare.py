@@ -17,13 +17,13 @@ from modelgate.providers.cloudflare import Cloudflare, read_error, read_whole
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest, ToolCallScript
 from tests.fakes.cloudflare import CONTEXT_WINDOW
-from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, WholeReplyContract, catalogue_model, collect, free_port_url
+from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ThinkTagsContract, catalogue_model, collect, free_port_url
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "stop")
 
 
-class TestCloudflare(WholeReplyContract):
+class TestCloudflare(ThinkTagsContract):
     provider = Cloudflare
     model_id = "cloudflare/llama-3.3-70b-instruct-fp8-fast"
     # The catalogue: max_new_tokens 256, repetition_penalty 1.1; typical_p 0.2 and truncate are not carried.
@@ -163,17 +163,6 @@ class TestCloudflare(WholeReplyContract):
         got = await self.run_whole(fakes, reply)
         assert got.reasoning == "Add." and got.text == "It is 6."
         assert got.finish == Finish("stop", Usage(31, 4))
-
-    @pytest.mark.anyio
-    async def test_a_leading_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
-        # A reasoning model whose server does not separate its thinking (DeepSeek-R1's distills): the tags arrive
-        # as text, split anywhere; the blank lines after </think> only separate.
-        tokens = ["<th", "ink>Let me", " see.</thi", "nk>\n\nHi", " there"]
-        streamed = await self.run(fakes, Reply(tokens=tokens, usage=(9, 5)))
-        whole = await self.run_whole(fakes, Reply(tokens=tokens, usage=(9, 5)))
-        for got in (streamed, whole):
-            assert (got.reasoning, got.text) == ("Let me see.", "Hi there")
-            assert got.finish.reason == "stop"
 
     @pytest.mark.anyio
     async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:

@@ -14,10 +14,10 @@ from modelgate.providers._http import Upstream
 from modelgate.providers.ollama import Ollama, OllamaStream, read_error
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest, ToolCallScript
-from tests.fakes.contract import WholeReplyContract, catalogue_model, collect, free_port_url
+from tests.fakes.contract import ThinkTagsContract, catalogue_model, collect, free_port_url
 
 
-class TestOllama(WholeReplyContract):
+class TestOllama(ThinkTagsContract):
     provider = Ollama
     model_id = "ollama/rwkv-6-world"
     # The catalogue: max_new_tokens 500, typical_p -1, repetition_penalty -1, truncate 3596.
@@ -122,17 +122,6 @@ class TestOllama(WholeReplyContract):
         assert fakes.ollama.last.json["think"] is True
         assert got.reasoning == "hmm <ok>"
         assert got.text == "<b>&</b>"  # Go's \u003c escapes read right
-
-    @pytest.mark.anyio
-    async def test_a_leading_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
-        # A reasoning model whose server does not separate its thinking (DeepSeek-R1's distills): the tags arrive
-        # as text, split anywhere; the blank lines after </think> only separate.
-        tokens = ["<th", "ink>Let me", " see.</thi", "nk>\n\nHi", " there"]
-        streamed = await self.run(fakes, Reply(tokens=tokens, usage=(9, 5)))
-        whole = await self.run_whole(fakes, Reply(tokens=tokens, usage=(9, 5)))
-        for got in (streamed, whole):
-            assert (got.reasoning, got.text) == ("Let me see.", "Hi there")
-            assert got.finish.reason == "stop"
 
     @pytest.mark.anyio
     async def test_other_models_never_get_think(self, fakes: Fakes) -> None:

@@ -392,3 +392,19 @@ class WholeReplyContract(ProviderContract):
             # Seen while our client (and its connection pool) is still open: the call itself was closed.
             assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1
         assert isinstance(got.error, UpstreamTimeout) and got.error.status == 504
+
+
+class ThinkTagsContract(WholeReplyContract):
+    """Providers whose models may write their reasoning into the text as a leading ``<think>`` block (Workers AI's
+    legacy format, Ollama without ``think``): it is split out as reasoning, streamed and whole."""
+
+    @pytest.mark.anyio
+    async def test_a_leading_think_block_in_the_text_is_reasoning(self, fakes: Fakes) -> None:
+        # A reasoning model whose server does not separate its thinking (DeepSeek-R1's distills): the tags arrive
+        # as text, split anywhere; the blank lines after </think> only separate.
+        tokens = ["<th", "ink>Let me", " see.</thi", "nk>\n\nHi", " there"]
+        streamed = await self.run(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        whole = await self.run_whole(fakes, Reply(tokens=tokens, usage=(9, 5)))
+        for got in (streamed, whole):
+            assert (got.reasoning, got.text) == ("Let me see.", "Hi there")
+            assert got.finish.reason == "stop"
