@@ -17,10 +17,11 @@ from dataclasses import replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from modelgate.cli_http import fail, request_or_fail
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
 from modelgate.settings import LEDGER_OFF, Settings
@@ -30,7 +31,6 @@ from modelgate.settings import database_url as ledger_database_url
 # FastAPI, aiohttp), `modelgate models` only the catalogue loader, the client commands only httpx
 # (issue 13 item 5; tests/test_startup_imports.py holds it).
 if TYPE_CHECKING:
-    import httpx
     from rich.console import Console
 
     from modelgate.auth import KeyRing
@@ -59,39 +59,12 @@ class LogLevel(StrEnum):
     debug = "debug"
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
-
-
 def settings_or_fail() -> Settings:
     """The environment's settings, or the variable it cannot use (``from_env`` names it) and exit 1."""
     try:
         return Settings.from_env()
     except ValueError as exc:
         fail(str(exc))
-
-
-def get_or_fail(url: str, path: str, *, api_key: str | None = None, params: Any = None) -> "httpx.Response":
-    """GET ``url`` + ``path`` from a running server; anything but a success answer is one line and exit 1."""
-    import httpx
-
-    from modelgate.client import ModelgateAPIError
-
-    if api_key is not None and not api_key.isascii():  # httpx would raise UnicodeEncodeError on the header
-        fail("--api-key (or MODELGATE_API_KEY): must be ASCII, as an HTTP header is")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        response = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=30)
-    except httpx.InvalidURL as exc:  # not an HTTPError
-        fail(f"--url {url!r}: {exc}")
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
-    except ValueError as exc:  # a value httpx cannot send (e.g. a query parameter it cannot encode)
-        fail(f"{url}: {exc}")
-    if not response.is_success:
-        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
-    return response
 
 
 def keys_or_fail(settings: Settings, catalogue: "Catalogue") -> "KeyRing":
@@ -389,7 +362,7 @@ def models(
     if url is not None:
         from modelgate.schema import ModelsResponse
 
-        response = get_or_fail(url, "/api/models")
+        response = request_or_fail("GET", url, "/api/models", key=None, key_option="--api-key")
         if as_json:
             sys.stdout.write(response.text + "\n")
             return
@@ -553,7 +526,9 @@ def usage(
         params["limit"] = "0"  # the table shows the groups; the rows are for --json
     from rich.table import Table
 
-    response = get_or_fail(url, "/api/usage", api_key=api_key, params=params)
+    response = request_or_fail(
+        "GET", url, "/api/usage", key=api_key, key_option="--api-key (or MODELGATE_API_KEY)", params=params
+    )
     if as_json:
         sys.stdout.write(response.text + "\n")
         return

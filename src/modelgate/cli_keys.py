@@ -12,9 +12,11 @@ what to do with it on stderr.
 import json
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from modelgate.cli_http import fail, request_or_fail
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
@@ -32,34 +34,14 @@ AdminKeyOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw answer.")]
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
-
-
 def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    # Imported here: ``modelgate --help`` and the other commands load no HTTP client (issue 13, start-up).
-    import httpx
-
-    from modelgate.client import ModelgateAPIError
-
-    if admin_key is not None and not admin_key.isascii():  # httpx would raise UnicodeEncodeError on the header
-        _fail("--admin-key (or MODELGATE_ADMIN_KEY): must be ASCII, as an HTTP header is")
-    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-    try:
-        response = httpx.request(method, url.rstrip("/") + "/admin/keys" + path, json=body, headers=headers, timeout=30)
-    except httpx.InvalidURL as exc:  # not an HTTPError
-        _fail(f"--url {url!r}: {exc}")
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
-    except ValueError as exc:  # a value httpx cannot send
-        _fail(f"{url}: {exc}")
-    if not response.is_success:
-        _fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    response = request_or_fail(
+        method, url, "/admin/keys" + path, key=admin_key, key_option="--admin-key (or MODELGATE_ADMIN_KEY)", json=body
+    )
     try:
         answer: dict[str, Any] = response.json()
     except ValueError:  # some other server answered
-        _fail(f"{url}: the answer is not JSON")
+        fail(f"{url}: the answer is not JSON")
     return answer
 
 
@@ -82,7 +64,7 @@ def _budget(values: list[str]) -> dict[str, float] | None:
         try:
             budget[name.strip()] = float(amount)
         except ValueError:
-            _fail(f"--budget {item!r}: expected NAME=NUMBER, e.g. tokens_per_day=200000")
+            fail(f"--budget {item!r}: expected NAME=NUMBER, e.g. tokens_per_day=200000")
     return budget or None
 
 

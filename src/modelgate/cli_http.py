@@ -1,0 +1,45 @@
+"""The CLI's way out, and its calls to a running server (``models --url``, ``usage``, ``keys``).
+
+Every way such a call fails is one line on stderr and exit code 1, never a traceback: a key that cannot be an HTTP
+header, a malformed ``--url``, a server that cannot be reached, or one that answers an error.
+"""
+
+# No ``from __future__ import annotations``: see cli.py (typer and start-up).
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    import httpx
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def request_or_fail(
+    method: str, url: str, path: str, *, key: str | None, key_option: str, json: Any = None, params: Any = None
+) -> "httpx.Response":
+    """``method`` ``url`` + ``path`` with ``key`` as the bearer (named ``key_option`` in messages): the success
+    answer, or one line and exit 1."""
+    # Imported here: ``modelgate --help`` and the catalogue commands load no HTTP client (issue 13, start-up).
+    import httpx
+
+    from modelgate.client import ModelgateAPIError
+
+    if key is not None and not key.isascii():  # httpx would raise UnicodeEncodeError on the header
+        fail(f"{key_option}: must be ASCII, as an HTTP header is")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, json=json, params=params, headers=headers, timeout=30)
+    except httpx.InvalidURL as exc:  # not an HTTPError
+        fail(f"--url {url!r}: {exc}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    except ValueError as exc:  # a value httpx cannot send (e.g. a query parameter it cannot encode)
+        fail(f"{url}: {exc}")
+    if not response.is_success:
+        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
+    return response
