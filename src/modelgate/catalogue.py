@@ -41,6 +41,7 @@ from modelgate.errors import CatalogueError, NotFound
 from modelgate.instances import PROVIDER_NAMES, Instance, ProviderEntry, build_instances, check_routing
 from modelgate.schema import ModelParameters
 from modelgate.templates import TEMPLATE_NAMES
+from modelgate.wire import Count
 
 if TYPE_CHECKING:
     from modelgate.chat import GenerationParams
@@ -64,9 +65,6 @@ SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
 
 DEFAULT_CATALOGUE = "catalogue.toml"
 
-#: Upper bound of every integer in the file (token counts, concurrency, seconds): a signed 32-bit integer, what
-#: providers' token fields take (TGI's are u32), well inside what JSON (orjson: 64 bits) can carry.
-MAX_INT = 2**31 - 1
 #: Integers written for a number field (``repetition_penalty = 2``) must be exact as a double, as every JSON
 #: client reads them.
 MAX_EXACT_INT = 2**53
@@ -114,8 +112,6 @@ def _shown(value: object) -> str:
 
 #: A number as written in the file (ints stay ints, so ``-1`` is served as ``-1``), finite.
 Number = Annotated[int | float, BeforeValidator(_plain_number), AfterValidator(_finite)]
-#: A count (tokens, requests, seconds) as the wire carries it.
-Count = Annotated[int, Field(le=MAX_INT)]
 
 
 class ParametersEntry(BaseModel):

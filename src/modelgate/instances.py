@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from modelgate.errors import CatalogueError
 from modelgate.schema import Endpoints
 from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS
+from modelgate.wire import Count
 
 #: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
 PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)
@@ -72,14 +73,12 @@ class ProviderEntry(BaseModel):
     whole_reply_timeout: Annotated[
         Seconds, Field(description="Seconds a non-streamed call may take to be generated whole (its status line)")
     ] = 600.0
-    max_concurrency: Annotated[int | None, Field(gt=0, le=2**31 - 1)] = None
+    max_concurrency: Annotated[Count | None, Field(gt=0)] = None
     # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
     max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
     retry_base_delay: Annotated[Seconds, Field(description="Backoff base, seconds (doubles per retry)")] = 0.25
     retry_max_delay: Annotated[Seconds, Field(description="Backoff cap; a longer Retry-After is not waited")] = 4.0
-    breaker_threshold: Annotated[
-        int, Field(ge=1, le=2**31 - 1, description="Consecutive failures that open the breaker")
-    ] = 5
+    breaker_threshold: Annotated[Count, Field(ge=1, description="Consecutive failures that open the breaker")] = 5
     breaker_window: Annotated[Seconds, Field(description="Seconds within which those failures count")] = 30.0
     breaker_cooldown: Annotated[Seconds, Field(description="Seconds the breaker stays open")] = 15.0
     probe_timeout: Annotated[Seconds, Field(description="Deadline of one health probe, seconds")] = 10.0

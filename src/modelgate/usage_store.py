@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from modelgate.catalogue import MAX_MODEL_ID, MAX_PROVIDER_NAME
 from modelgate.key_store import create_key_tables
 from modelgate.ledger import UsageRecord
 
@@ -54,9 +55,10 @@ usage = Table(
     Column("ts", Float(precision=53), nullable=False),
     Column("request_id", String(128), nullable=False),
     Column("key_id", String(32)),
-    Column("model", String(256), nullable=False),
-    Column("requested_model", String(256), nullable=False),
-    Column("provider", String(64), nullable=False),
+    # As long as the catalogue lets them be (it refuses longer names).
+    Column("model", String(MAX_MODEL_ID), nullable=False),
+    Column("requested_model", String(MAX_MODEL_ID), nullable=False),
+    Column("provider", String(MAX_PROVIDER_NAME), nullable=False),
     Column("status", Integer, nullable=False),
     Column("outcome", String(16)),
     Column("prompt_tokens", Integer),
@@ -188,21 +190,13 @@ class UsageStore:
         refused are returned, not written. Any other failure (the database is down) raises, nothing written."""
         try:
             await self._insert(records)
-            return []
         except DBAPIError as exc:
             if not _refused_value(exc):
                 raise
             if len(records) == 1:
                 return list(records)
-        refused = []
-        for record in records:
-            try:
-                await self._insert((record,))
-            except DBAPIError as exc:
-                if not _refused_value(exc):
-                    raise
-                refused.append(record)
-        return refused
+            return [refused for record in records for refused in await self.insert((record,))]
+        return []
 
     async def _insert(self, records: Sequence[UsageRecord]) -> None:
         async with self.engine.begin() as conn:

@@ -29,6 +29,12 @@ def unicode_text(value: str) -> str:
     return value
 
 
+#: The largest count a catalogue takes (tokens, concurrency, seconds): a signed 32-bit integer, what providers'
+#: token fields take (TGI's are u32) and the stores' INTEGER columns hold, well inside what JSON carries.
+MAX_COUNT = 2**31 - 1
+#: A count as the catalogue takes it.
+Count = Annotated[int, Field(le=MAX_COUNT)]
+
 #: A string an upstream request can carry.
 WireText = Annotated[str, AfterValidator(unicode_text)]
 #: An integer an upstream request can carry.
