@@ -420,7 +420,7 @@ def test_a_request_cancelled_while_its_budget_is_reserved_gives_it_back(redis_ur
             try:
                 await limiter.ping()  # a pooled connection, ready
                 admission = Admission(Principal(key), limiter, catalogue)
-                reserving = asyncio.create_task(admission.reserve_budget(model, [(model, request)]))
+                reserving = asyncio.create_task(admission.reserve_budget([(model, request)]))
                 await asyncio.sleep(0.1)  # Redis held it; the answer is on its way back
                 reserving.cancel()
                 await asyncio.wait((reserving,))

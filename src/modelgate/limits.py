@@ -607,18 +607,16 @@ class Admission:
         key = self.principal.key
         return key.budget if key is not None else None
 
-    async def reserve_budget(self, model: CatalogueModel, calls: Sequence[tuple[CatalogueModel, ChatRequest]]) -> None:
+    async def reserve_budget(self, calls: Sequence[tuple[CatalogueModel, ChatRequest]]) -> None:
         """Hold the most the request may cost in its key's budget, or raise ``RateLimited`` (429) when spent.
 
-        ``calls``: the request as each model that may answer it would be sent (``model`` and its fallbacks, each
-        with its own defaults); the hold is the most any of them the key may use could cost. Settled to the actual
-        cost by ``release``."""
+        ``calls``: the request as each model that may answer it would be sent (the requested model, admitted by
+        ``admit_model``, and its fallbacks, each with its own defaults); the hold is the most any of them the key may
+        use could cost. Settled to the actual cost by ``release``."""
         key = self.principal.key
         if key is None or key.budget is None or self._reservation is not None or self._pending is not None:
             return
-        most, prompt = budgets.worst_case(
-            budgets.estimate(m, r) for m, r in calls if m is model or may_call(self.principal, m.id)
-        )
+        most, prompt = budgets.worst_case(budgets.estimate(m, r) for m, r in calls if may_call(self.principal, m.id))
         self._obs = current_observation()
         reservation = self._limiter.budgets.reservation(key.key_id, key.budget, most, prompt)
         # Recorded before the store answers: a request cancelled meanwhile (its hold may be made in Redis, the
