@@ -146,9 +146,10 @@ class GatewayState:
             max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )
 
-    def missing_credentials(self, provider: str) -> list[str]:
-        """The variables the instance ``provider`` needs that the environment does not set."""
-        variables = self._catalogue.instance(provider).credential_variables
+    def missing_credentials(self, provider: str, catalogue: Catalogue | None = None) -> list[str]:
+        """The variables the instance ``provider`` (of ``catalogue``, by default the current one) needs that the
+        environment does not set."""
+        variables = (catalogue or self._catalogue).instance(provider).credential_variables
         return self.settings.missing_credentials(provider, variables)
 
     def _build_providers(self, catalogue: Catalogue) -> dict[str, Provider]:

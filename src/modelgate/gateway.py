@@ -174,10 +174,7 @@ async def _open_model(
     ``catalogue`` and ``provider`` (``model``'s instance in it) are what ``open_stream`` read at its start.
     """
     metrics = state.metrics
-    missing: list[str] = []
-    if provider is not None:
-        variables = catalogue.instance(model.provider).credential_variables
-        missing = state.settings.missing_credentials(model.provider, variables)
+    missing = state.missing_credentials(model.provider, catalogue) if provider is not None else []
     # No provider: the route resolved the model just before a reload removed its instance.
     if provider is None or missing:
         error = ProviderNotConfigured(model.provider, missing)

@@ -324,8 +324,7 @@ async def probe_catalogue(state: GatewayState, catalogue: Catalogue) -> dict[str
     names = [
         name
         for name in by_provider
-        if not state.settings.missing_credentials(name, catalogue.instance(name).credential_variables)
-        and state.providers.get(name) is not None
+        if not state.missing_credentials(name, catalogue) and state.providers.get(name) is not None
     ]
     results = await asyncio.gather(
         *(
