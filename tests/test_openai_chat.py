@@ -241,32 +241,29 @@ def test_reasoning_is_kept_apart_from_content(client: openai.OpenAI, fakes: Fake
     assert "".join(d.content or "" for d in deltas) == "4"
 
 
-def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
-    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
+def usage_whole_and_streamed(client: openai.OpenAI, fakes: Fakes, reply: Reply) -> tuple[Any, Any]:
+    """The usage of ``reply`` through /v1, asked whole and then streamed (with ``include_usage``)."""
     fakes.openrouter.script(reply, reply)
-    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
-    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
-    assert completion.usage.completion_tokens_details.reasoning_tokens == 2
+    whole = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES).usage
     with client.chat.completions.create(
         model=MODELS["openrouter"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     ) as stream:
-        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
-    assert len(usages) == 1 and usages[0].completion_tokens_details is not None
-    assert usages[0].completion_tokens_details.reasoning_tokens == 2
+        [streamed] = [chunk.usage for chunk in stream if chunk.usage is not None]
+    return whole, streamed
+
+
+def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
+    reply = Reply(tokens=["4"], reasoning=["2+2", " is 4"], usage=(20, 3), options={"reasoning_tokens": 2})
+    for usage in usage_whole_and_streamed(client, fakes, reply):
+        assert usage is not None and usage.completion_tokens_details is not None
+        assert usage.completion_tokens_details.reasoning_tokens == 2
 
 
 def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:
     reply = Reply(tokens=["4"], usage=(1200, 1), options={"cached_tokens": 1024})
-    fakes.openrouter.script(reply, reply)
-    completion = client.chat.completions.create(model=MODELS["openrouter"], messages=MESSAGES)
-    assert completion.usage is not None and completion.usage.prompt_tokens_details is not None
-    assert completion.usage.prompt_tokens_details.cached_tokens == 1024
-    with client.chat.completions.create(
-        model=MODELS["openrouter"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-    ) as stream:
-        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
-    assert len(usages) == 1 and usages[0].prompt_tokens_details is not None
-    assert usages[0].prompt_tokens_details.cached_tokens == 1024
+    for usage in usage_whole_and_streamed(client, fakes, reply):
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens == 1024
 
 
 def test_a_refusal_is_the_messages_refusal_streamed_and_whole(client: openai.OpenAI, fakes: Fakes) -> None:
