@@ -527,6 +527,48 @@ def test_a_cut_or_failed_stream_is_charged_what_it_produced(service: str, fakes:
     assert rows[0]["prompt_tokens"] + rows[0]["completion_tokens"] == state["spent"]
 
 
+def test_a_usd_budget_is_charged_the_ledgers_cost_with_its_cache_hits(fakes: Fakes, tmp_path: Path) -> None:
+    """Reported prompt-cache hits at the catalogue's ``cached_input``: the budget charges what the ledger's row
+    costs (one price function), not the whole prompt at ``input``."""
+    pricing = Pricing(input=1.0, output=4.0, cached_input=0.25)
+    assert Charge.of(1200, 10, pricing, 1024) == Charge(1210, 472_000)  # (176 * 1 + 1024 * 0.25 + 10 * 4) / 1e6
+    assert Charge.of(1200, 10, pricing) == Charge(1210, 1_240_000)  # no hits reported: the whole prompt at input
+    key = "mg-budget-cache"
+    keys = f'[[keys]]\nname = "cache"\nkey = "{key}"\n[keys.budget]\nusd_per_day = 1.0\n'
+    (tmp_path / "keys.toml").write_text(keys, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml(
+            "acme",
+            "cache",
+            provider="openrouter",
+            upstream="acme/cache",
+            extra="[models.pricing]\ninput = 1\noutput = 4\ncached_input = 0.25\n",
+        ),
+        header='[server]\nkeys_file = "keys.toml"\n',
+    )
+    fakes.openrouter.script(Reply(tokens=["a"], usage=(1200, 10), options={"cached_tokens": 1024}))
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        probe_interval=0,
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve_in_thread(create_app(settings)) as url:
+        body = {"model": "acme/cache", "messages": MESSAGES}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30).status_code == 200
+
+        def spent() -> object | None:
+            [found] = httpx.get(f"{url}/api/usage?limit=0", headers=headers, timeout=30).json()["budget"]
+            return found["spent"] if found["reserved"] == 0 else None
+
+        charged = wait_for(spent, "the budget to be settled")
+        ledger_cost = httpx.get(f"{url}/api/usage", headers=headers, timeout=30).json()["totals"]["cost"]
+    assert charged == pytest.approx(472 / 1e6)
+    assert ledger_cost == pytest.approx(472 / 1e6)
+
+
 def test_a_fallback_that_may_cost_more_is_held_at_its_own_maximum(fakes: Fakes, tmp_path: Path) -> None:
     """a/small may generate 1 token (a hold of 8 + 1), fails, and a/big (up to 100) answers: the hold must be
     a/big's, or concurrent requests each pass a limit they would overrun together (the README's "at most one

@@ -29,6 +29,7 @@ from modelgate.catalogue import load_catalogue
 from modelgate.ledger import Ledger
 from modelgate.observer import Observation
 from modelgate.settings import LEDGER_FILE, Settings, database_url
+from modelgate.usage_store import UsageFilter, UsageReport
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess, wait_for
 from tests.fakes import Fakes, Fault, Reply
@@ -65,9 +66,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return cluster.create_database()
 
 
-def ledger_rows(url: str) -> list[dict[str, Any]]:
-    """Every row of the ledger, read with the plain driver."""
-    query = "SELECT * FROM modelgate_usage ORDER BY id"
+def ledger_rows(url: str, query: str = "SELECT * FROM modelgate_usage ORDER BY id") -> list[dict[str, Any]]:
+    """Every row of the ledger (or what ``query`` selects), read with the plain driver."""
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.row_factory = sqlite3.Row
@@ -150,6 +150,152 @@ def test_every_chat_request_is_one_row_with_its_tokens(fakes: Fakes, tmp_path: P
     assert (v1_row["model"], v1_row["provider"], v1_row["outcome"]) == ("acme/think", "openrouter", "ok")
     assert (v1_row["prompt_tokens"], v1_row["completion_tokens"], v1_row["reasoning_tokens"]) == (20, 9, 4)
     assert v1_row["cost"] == pytest.approx((20 * 1 + 9 * 4) / 1e6)
+
+
+#: acme/cache prices its prompt-cache reads; acme/think (PRICED) does not, so its cached tokens cost ``input``.
+CACHE_PRICED = [
+    *PRICED,
+    model_toml(
+        "acme",
+        "cache",
+        provider="openrouter",
+        upstream="acme/cache",
+        extra="[models.pricing]\ninput = 1\noutput = 4\ncached_input = 0.25\n",
+    ),
+]
+
+
+def test_reported_cache_hits_are_stored_priced_and_summed(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    """The upstream's ``usage.prompt_tokens_details.cached_tokens`` reaches the row (0 when it reported none, NULL
+    when it said nothing) and ``/api/usage``; the cost bills them at ``cached_input`` where the catalogue has one."""
+    path = write_catalogue(tmp_path / "catalogue.toml", *CACHE_PRICED)
+    settings = Settings(**fakes.settings_overrides(), config_path=path, database_url=ledger_url, probe_interval=0)
+    fakes.openrouter.script(
+        Reply(tokens=["a"], usage=(1200, 10), options={"cached_tokens": 1024}),  # hit
+        Reply(tokens=["b"], usage=(1200, 10), options={"cached_tokens": 1000}),  # hit, streamed
+        Reply(tokens=["c"], usage=(1200, 10), options={"cached_tokens": 0}),  # miss, reported as such
+        Reply(tokens=["d"], usage=(1200, 10), options={"cached_tokens": 1024}),  # hit on a model without a cache price
+    )
+    fakes.ollama.script(Reply(tokens=["e"], usage=(7, 3)))  # Ollama reports no cache figure
+    with serve_in_thread(create_app(settings, load_catalogue(path))) as url, httpx.Client(base_url=url) as client:
+        chat = {"model": "acme/cache", "messages": BODY["messages"]}
+        assert post(client, "/v1/chat/completions", chat, "hit").status_code == 200
+        assert post(client, "/v1/chat/completions", {**chat, "stream": True}, "hit-stream").status_code == 200
+        assert post(client, "/v1/chat/completions", chat, "miss").status_code == 200
+        assert post(client, "/v1/chat/completions", {**chat, "model": "acme/think"}, "unpriced").status_code == 200
+        assert post(client, TINY, BODY, "unknown").status_code == 200
+        answer = client.get("/api/usage").json()
+
+    rows = {row["request_id"]: row for row in ledger_rows(ledger_url)}
+    assert {name: row["cached_tokens"] for name, row in rows.items()} == {
+        "hit": 1024,
+        "hit-stream": 1000,
+        "miss": 0,
+        "unpriced": 1024,
+        "unknown": None,
+    }
+    costs = {
+        "hit": ((1200 - 1024) * 1 + 1024 * 0.25 + 10 * 4) / 1e6,
+        "hit-stream": ((1200 - 1000) * 1 + 1000 * 0.25 + 10 * 4) / 1e6,
+        "miss": (1200 * 1 + 10 * 4) / 1e6,
+        "unpriced": (1200 * 1 + 10 * 4) / 1e6,
+        "unknown": (7 * 0.15 + 3 * 0.6) / 1e6,
+    }
+    assert {name: row["cost"] for name, row in rows.items()} == {name: pytest.approx(c) for name, c in costs.items()}
+
+    assert answer["totals"]["cached_tokens"] == 1024 + 1000 + 0 + 1024
+    assert answer["totals"]["prompt_tokens"] == 4 * 1200 + 7
+    assert answer["totals"]["cost"] == pytest.approx(sum(costs.values()))
+    groups = {g["model"]: (g["requests"], g["cached_tokens"], g["cost"]) for g in answer["groups"]}
+    assert groups == {
+        "acme/cache": (3, 2024, pytest.approx(costs["hit"] + costs["hit-stream"] + costs["miss"])),
+        "acme/think": (1, 1024, pytest.approx(costs["unpriced"])),
+        "acme/tiny": (1, 0, pytest.approx(costs["unknown"])),
+    }
+    assert {r["request_id"]: r["cached_tokens"] for r in answer["records"]} == {
+        "hit": 1024,
+        "hit-stream": 1000,
+        "miss": 0,
+        "unpriced": 1024,
+        "unknown": None,
+    }
+
+
+#: ``modelgate_usage`` as migration step 1 created it before ``cached_tokens`` (step 3), by hand.
+OLD_USAGE_TABLE = """CREATE TABLE modelgate_usage (
+    id {id} PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, request_id VARCHAR(128) NOT NULL, key_id VARCHAR(32),
+    model VARCHAR(256) NOT NULL, requested_model VARCHAR(256) NOT NULL, provider VARCHAR(64) NOT NULL,
+    status INTEGER NOT NULL, outcome VARCHAR(16), prompt_tokens INTEGER, completion_tokens INTEGER,
+    reasoning_tokens INTEGER, usage_estimated BOOLEAN NOT NULL, ttft_ms FLOAT, duration_ms FLOAT NOT NULL,
+    cost DOUBLE PRECISION)"""
+
+
+def run_sql(url: str, *statements: str) -> None:
+    """Run ``statements`` with the plain driver, in one transaction."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            for statement in statements:
+                db.execute(statement)
+        return
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            async with connection.transaction():
+                for statement in statements:
+                    await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def test_a_ledger_from_before_cached_tokens_gets_the_column_on_open(tmp_path: Path, ledger_url: str) -> None:
+    """A database written by the release before: its table lacks ``cached_tokens`` and its migrations table says
+    step 1. Opening it adds the column (the old rows NULL: unknown), writes and reports new rows, and opening it
+    again changes nothing."""
+    sqlite = ledger_url.startswith("sqlite")
+    run_sql(
+        ledger_url,
+        OLD_USAGE_TABLE.format(id="INTEGER" if sqlite else "BIGSERIAL"),
+        "CREATE INDEX modelgate_usage_ts ON modelgate_usage (ts)",
+        "CREATE INDEX modelgate_usage_key_ts ON modelgate_usage (key_id, ts)",
+        "CREATE TABLE modelgate_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
+        f"INSERT INTO modelgate_migrations VALUES (1, {time.time() - 86400})",
+        "INSERT INTO modelgate_usage (ts, request_id, model, requested_model, provider, status, outcome,"
+        " prompt_tokens, completion_tokens, usage_estimated, duration_ms, cost)"
+        f" VALUES ({time.time() - 60}, 'old', 'acme/cache', 'acme/cache', 'openrouter', 200, 'ok', 1200, 10,"
+        f" {'0' if sqlite else 'FALSE'}, 12.5, 0.00124)",
+    )
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *CACHE_PRICED))
+
+    def finished(request_id: str, cached: int | None) -> Observation:
+        obs = Observation(request_id, time.perf_counter())
+        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/cache", "openrouter", 1200, 10
+        obs.cached_tokens = cached
+        return obs
+
+    async def scenario(request_id: str, cached: int | None) -> UsageReport:
+        ledger = Ledger(ledger_url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        try:
+            ledger.record(finished(request_id, cached), 200, None, catalogue)
+            return await ledger.report(UsageFilter())
+        finally:
+            await ledger.stop()
+
+    report = asyncio.run(scenario("new", 1024))
+    rows = {row["request_id"]: row for row in ledger_rows(ledger_url)}
+    assert (rows["old"]["cached_tokens"], rows["old"]["cost"]) == (None, pytest.approx(0.00124))
+    assert (rows["new"]["cached_tokens"], rows["new"]["cost"]) == (1024, pytest.approx((176 + 256 + 40) / 1e6))
+    assert report.totals.requests == 2 and report.totals.cached_tokens == 1024
+    assert {r.request_id: r.cached_tokens for r in report.records} == {"old": None, "new": 1024}
+
+    report = asyncio.run(scenario("again", 0))  # reopened: every step is recorded, nothing is applied twice
+    assert report.totals.requests == 3 and report.totals.cached_tokens == 1024
+    assert ledger_rows(ledger_url)[-1]["cached_tokens"] == 0
+    versions = ledger_rows(ledger_url, "SELECT version FROM modelgate_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == [1, 2, 3]
 
 
 def test_a_fallback_row_names_both_models(fakes: Fakes, tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def test_a_key_sees_its_own_usage_and_the_admin_everything(fakes: Fakes, tmp_pat
                 "prompt_tokens": 20,
                 "completion_tokens": 4,
                 "reasoning_tokens": 0,
+                "cached_tokens": 0,
                 "cost": pytest.approx(2 * (10 * 0.15 + 2 * 0.6) / 1e6),
             }
             assert {r["key_id"] for r in alice["records"]} == {key_id(ALICE)}
@@ -147,17 +148,32 @@ def test_prices_are_validated() -> None:
         parse("input = 1\noutput = inf")
     with pytest.raises(CatalogueError, match=r"pricing\.input: must be a number"):
         parse('input = "0.15"\noutput = 1')
+    parse("input = 1\noutput = 2\ncached_input = 0.1")
+    parse("input = 1\noutput = 2\ncached_input = 1")
+    with pytest.raises(CatalogueError, match=r"pricing\.cached_input: Input should be greater than or equal to 0"):
+        parse("input = 1\noutput = 1\ncached_input = -0.5")
+    with pytest.raises(CatalogueError, match=r"pricing: cached_input \(2\) is more than input \(1\)"):
+        parse("input = 1\noutput = 1\ncached_input = 2")
+    with pytest.raises(CatalogueError, match=r"pricing\.cached_input: must be a finite number, got nan"):
+        parse("input = 1\noutput = 1\ncached_input = nan")
 
 
 def test_v1_models_shows_prices_in_openrouters_shape_and_models_stays_as_it_was(fakes: Fakes, tmp_path: Path) -> None:
     settings = settings_for(fakes, tmp_path)
+    cached = model_toml("acme", "cache", extra="[models.pricing]\ninput = 1\noutput = 4\ncached_input = 0.25\n")
+    write_catalogue(settings.config_path, *PRICED, cached)
     catalogue = load_catalogue(settings.config_path)
     with serve_in_thread(create_app(settings, catalogue)) as url:
         listing = {m["id"]: m for m in httpx.get(url + "/v1/models").json()["data"]}
         one = httpx.get(url + "/v1/models/acme/think").json()
         models_body = httpx.get(url + "/models").content
     assert listing["acme/tiny"]["pricing"] == {"prompt": "0.00000015", "completion": "0.0000006"}
+    assert listing["acme/cache"]["pricing"] == {
+        "prompt": "0.000001",
+        "completion": "0.000004",
+        "input_cache_read": "0.00000025",  # OpenRouter's name for a prompt-cache read
+    }
     assert one["pricing"] == {"prompt": "0.000001", "completion": "0.000004"}
     assert "pricing" not in listing["acme/free"]
-    assert b"pricing" not in models_body
+    assert b"pricing" not in models_body and b"cached_input" not in models_body and b"input_cache" not in models_body
     assert models_body == catalogue.body

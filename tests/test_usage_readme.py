@@ -53,7 +53,8 @@ def test_the_price_example_parses() -> None:
         tomllib.loads(catalogue_toml(model_toml(extra="[models.pricing]" + pricing))), source="x"
     )
     price = catalogue.models[0].pricing
-    assert price is not None and (price.input, price.output) == (0.15, 0.60)
+    assert price is not None and (price.input, price.output, price.cached_input) == (0.15, 0.60, 0.075)
+    assert price.cost(1000, 100, 800) == pytest.approx((200 * 0.15 + 800 * 0.075 + 100 * 0.60) / 1e6)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the example uses curl")

@@ -3,7 +3,10 @@
 A key's ``Budget`` (the keys file's ``[keys.budget]`` table, or a run-time key record) names up to four
 limits: ``tokens_per_day``, ``tokens_per_month``, ``usd_per_day``, ``usd_per_month``. Tokens are prompt +
 completion tokens (reasoning included, as reported — or estimated when the upstream reports none); USD is
-the cost at the catalogue's ``[models.pricing]`` of the model that answered (an unpriced model costs 0).
+the cost at the catalogue's ``[models.pricing]`` of the model that answered (an unpriced model costs 0),
+by ``Pricing.cost`` as the ledger's ``cost``: reported prompt-cache hits at ``cached_input``. An estimate
+prices the whole prompt at ``input`` (hits are not known before the reply), which the catalogue requires to be
+at least ``cached_input``, so a reservation still covers the charge.
 
 **Reserve, then settle.** Each limit is a counter per key and period (``2026-12-02``, ``2026-12``) of
 two numbers: *spent* (what finished requests cost) and *held* (the reservations of requests still running).
@@ -148,8 +151,11 @@ class Charge:
     nano_usd: int
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, pricing: Pricing | None) -> Charge:
-        usd = pricing.cost(prompt_tokens, completion_tokens) if pricing is not None else 0.0
+    def of(
+        cls, prompt_tokens: int, completion_tokens: int, pricing: Pricing | None, cached_tokens: int | None = None
+    ) -> Charge:
+        """``cached_tokens`` (of the prompt, as reported) can only lower the USD: ``Pricing.cost``, the ledger's."""
+        usd = pricing.cost(prompt_tokens, completion_tokens, cached_tokens) if pricing is not None else 0.0
         return cls(prompt_tokens + completion_tokens, math.ceil(usd * NANO_USD))
 
     def units(self, measure: Measure) -> int:
@@ -606,7 +612,7 @@ def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalog
     answered = catalogue.by_id.get(obs.model) if obs.model is not None else None
     pricing = answered.pricing if answered is not None else None
     if obs.prompt_tokens is not None and obs.completion_tokens is not None:
-        return Charge.of(obs.prompt_tokens, obs.completion_tokens, pricing)
+        return Charge.of(obs.prompt_tokens, obs.completion_tokens, pricing, obs.cached_tokens)
     if obs.relayed_events:
         return Charge.of(reservation.prompt_estimate, obs.relayed_events, pricing)
     return NOTHING

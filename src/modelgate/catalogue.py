@@ -153,6 +153,18 @@ class PricingEntry(BaseModel):
 
     input: Annotated[Number, Field(ge=0, description="USD per million prompt tokens")]
     output: Annotated[Number, Field(ge=0, description="USD per million completion tokens (reasoning included)")]
+    cached_input: Annotated[
+        Number | None,
+        Field(ge=0, description="USD per million prompt tokens served from the provider's cache (default: input)"),
+    ] = None
+
+    @model_validator(mode="after")
+    def _cache_is_a_discount(self) -> PricingEntry:
+        # Budgets reserve a request's prompt at the input price before its cache hits are known
+        # (budgets.estimate): a cache price above it would let the charge exceed the reservation.
+        if self.cached_input is not None and self.cached_input > self.input:
+            raise ValueError(f"cached_input ({self.cached_input:g}) is more than input ({self.input:g})")
+        return self
 
 
 class ModelEntry(BaseModel):
@@ -245,10 +257,21 @@ class Pricing:
 
     input: float
     output: float
+    cached_input: float | None = None  #: prompt tokens read from the provider's cache; None: at ``input``
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one request; reasoning tokens are part of ``completion_tokens``, billed as output."""
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> float:
+        """USD for one request, the one price rule of the ledger's ``cost`` and the budgets' USD.
+
+        Reasoning tokens are part of ``completion_tokens``, billed as output; ``cached_tokens`` (None: not
+        reported) are part of ``prompt_tokens``, billed at ``cached_input`` as providers bill cache reads
+        (https://platform.openai.com/docs/guides/prompt-caching). A count past the prompt is capped at it.
+        """
+        if self.cached_input is None or not cached_tokens:
+            return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+        cached = min(cached_tokens, prompt_tokens)
+        return (
+            (prompt_tokens - cached) * self.input + cached * self.cached_input + completion_tokens * self.output
+        ) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,7 +553,11 @@ def _build_model(entry: ModelEntry, instance: Instance, source: str) -> Catalogu
         wire_parameters=wire,
         routing=entry.routing or instance.routing,
         capabilities=frozenset(entry.capabilities),
-        pricing=Pricing(entry.pricing.input, entry.pricing.output) if entry.pricing is not None else None,
+        pricing=(
+            Pricing(entry.pricing.input, entry.pricing.output, entry.pricing.cached_input)
+            if entry.pricing is not None
+            else None
+        ),
     )
 
 

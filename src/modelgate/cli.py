@@ -481,7 +481,7 @@ def chat(
 
 # --- usage -----------------------------------------------------------------------------------------
 
-USAGE_COLUMNS = ("key", "model", "provider", "requests", "prompt", "completion", "reasoning", "cost (USD)")
+USAGE_COLUMNS = ("key", "model", "provider", "requests", "prompt", "cached", "completion", "reasoning", "cost (USD)")
 
 
 def _cost(value: float | None) -> str:
@@ -495,6 +495,7 @@ def usage_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
         return (
             str(entry["requests"]),
             str(entry["prompt_tokens"]),
+            str(entry.get("cached_tokens", "-")),  # a server from before the column has none
             str(entry["completion_tokens"]),
             str(entry["reasoning_tokens"]),
             _cost(entry["cost"]),

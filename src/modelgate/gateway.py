@@ -313,6 +313,7 @@ async def _relay(
                 obs.prompt_tokens, obs.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 obs.usage_estimated = usage.estimated
                 obs.reasoning_tokens = usage.reasoning_tokens
+                obs.cached_tokens = usage.cached_tokens
             if obs.trace is not None:
                 obs.trace.end_attempt(usage, finish.reason if finish else None, outcome, obs.error)
         await _close(rest)

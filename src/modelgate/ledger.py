@@ -74,7 +74,10 @@ class UsageRecord:
     outcome: str | None  #: ok | stream_error | cancelled; None when no reply started
     prompt_tokens: int | None
     completion_tokens: int | None
-    reasoning_tokens: int | None
+    reasoning_tokens: int | None  #: of ``completion_tokens``; None when the upstream did not report it
+    #: Of ``prompt_tokens``, the provider's prompt-cache hits: 0 when it reported none, None when it did not say
+    #: (rows written before the column existed, upstreams that do not report them, estimated usage).
+    cached_tokens: int | None
     usage_estimated: bool
     ttft_ms: float | None
     duration_ms: float
@@ -114,7 +117,7 @@ class Ledger:
         answered = catalogue.by_id.get(obs.model)
         pricing = answered.pricing if answered is not None else None
         if pricing is not None and obs.prompt_tokens is not None and obs.completion_tokens is not None:
-            cost = pricing.cost(obs.prompt_tokens, obs.completion_tokens)
+            cost = pricing.cost(obs.prompt_tokens, obs.completion_tokens, obs.cached_tokens)
         self._pending.append(
             UsageRecord(
                 ts=time.time() - (now - obs.started),
@@ -128,6 +131,7 @@ class Ledger:
                 prompt_tokens=obs.prompt_tokens,
                 completion_tokens=obs.completion_tokens,
                 reasoning_tokens=obs.reasoning_tokens,
+                cached_tokens=obs.cached_tokens,
                 usage_estimated=obs.usage_estimated,
                 ttft_ms=obs.ttft_ms,
                 duration_ms=round((now - obs.started) * 1000, 1),

@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
@@ -64,6 +65,7 @@ usage = Table(
     Column("prompt_tokens", Integer),
     Column("completion_tokens", Integer),
     Column("reasoning_tokens", Integer),
+    Column("cached_tokens", Integer),  # migration 3; NULL: not reported (and every row from before it)
     Column("usage_estimated", Boolean, nullable=False),
     Column("ttft_ms", Float),
     Column("duration_ms", Float, nullable=False),
@@ -84,10 +86,26 @@ def _create_usage(connection: Connection) -> None:
     usage.create(connection)
 
 
+def _add_usage_columns(*names: str) -> Callable[[Connection], None]:
+    """A step adding columns of ``usage`` to a table created before them. Step 1 creates the table as
+    ``usage`` is now, columns included, so a database created since has them: each is added only if missing."""
+
+    def step(connection: Connection) -> None:
+        present = {column["name"] for column in inspect(connection).get_columns(usage.name)}
+        for name in names:
+            if name not in present:
+                column = usage.c[name]
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(text(f"ALTER TABLE {usage.name} ADD COLUMN {name} {kind}"))
+
+    return step
+
+
 #: (version, step). Append only: a released step is never changed.
 MIGRATIONS: Sequence[tuple[int, Callable[[Connection], None]]] = (
     (1, _create_usage),
     (2, create_key_tables),  # run-time keys (key_store.py)
+    (3, _add_usage_columns("cached_tokens")),  # prompt-cache hits (NULL in the rows before)
 )
 
 
@@ -117,6 +135,7 @@ class UsageTotals:
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
+    cached_tokens: int  #: of ``prompt_tokens``; rows that do not know theirs count 0
     cost: float | None  #: None when no matching row has a cost
 
 
@@ -140,6 +159,7 @@ _SUMS = (
     func.coalesce(func.sum(usage.c.prompt_tokens), 0).label("prompt_tokens"),
     func.coalesce(func.sum(usage.c.completion_tokens), 0).label("completion_tokens"),
     func.coalesce(func.sum(usage.c.reasoning_tokens), 0).label("reasoning_tokens"),
+    func.coalesce(func.sum(usage.c.cached_tokens), 0).label("cached_tokens"),
     func.sum(usage.c.cost).label("cost"),
 )
 
@@ -151,6 +171,7 @@ def _totals(row: Any) -> UsageTotals:
         prompt_tokens=int(row.prompt_tokens),
         completion_tokens=int(row.completion_tokens),
         reasoning_tokens=int(row.reasoning_tokens),
+        cached_tokens=int(row.cached_tokens),
         cost=None if cost is None else float(cost),
     )
 

@@ -220,12 +220,18 @@ def openrouter_pricing(pricing: Pricing) -> dict[str, str]:
     def per_token(per_million: float) -> str:
         return format((Decimal(str(per_million)) / 1_000_000).normalize(), "f")
 
-    return {"prompt": per_token(pricing.input), "completion": per_token(pricing.output)}
+    shown = {"prompt": per_token(pricing.input), "completion": per_token(pricing.output)}
+    if pricing.cached_input is not None:  # OpenRouter's name for the price of a prompt-cache read
+        shown["input_cache_read"] = per_token(pricing.cached_input)
+    return shown
 
 
 class ModelPricing(BaseModel):
     prompt: str = Field(description="USD per prompt token (OpenRouter's shape)")
     completion: str = Field(description="USD per completion token, reasoning included")
+    input_cache_read: str | None = Field(
+        default=None, description="USD per prompt token served from the provider's cache, when the catalogue says"
+    )
 
 
 class ModelObject(BaseModel):
