@@ -16,7 +16,15 @@ import httpx
 import openai
 import orjson
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import (
+    Response,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseOutputRefusal,
+    ResponseRefusalDeltaEvent,
+    ResponseRefusalDoneEvent,
+    ResponseStreamEvent,
+)
 
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
@@ -182,10 +190,71 @@ def test_reasoning_tokens_the_provider_reports_are_in_the_usage(client: openai.O
     assert [item.type for item in response.output] == ["reasoning", "message"]
 
 
-def test_a_refusal_is_the_replys_text(client: openai.OpenAI, fakes: Fakes) -> None:
-    # Not yet a ``refusal`` content part: the words of the model's refusal are the message's text, never nothing.
-    fakes.openrouter.script(Reply(tokens=["I can't", " help."], options={"refusal": True}))
-    assert client.responses.create(model=THINKER, input="hi").output_text == "I can't help."
+REFUSAL = Reply(tokens=["I can't", " help."], options={"refusal": True})  # OpenAI's ``refusal``, content null
+
+
+def _without_ids(response: Response) -> list[dict[str, Any]]:
+    return [item.model_dump(exclude={"id"}) for item in response.output]
+
+
+def test_a_refusal_is_a_refusal_part_whole_and_streamed(client: openai.OpenAI, fakes: Fakes) -> None:
+    """As OpenAI answers a refusal: a ``refusal`` part of the message, streamed as ``response.refusal.*``; the
+    SDK's ``output_text`` (``output_text`` parts only) is empty, so a refusal is never read as an answer."""
+    fakes.openrouter.script(REFUSAL, REFUSAL, REFUSAL)
+    raw = client.responses.with_raw_response.create(model=THINKER, input="hi")
+    whole = raw.parse()
+    Response.model_validate(raw.http_response.json())  # every field as the SDK's type declares it
+    [message] = whole.output
+    assert message.type == "message" and message.status == "completed"
+    assert message.content == [ResponseOutputRefusal(type="refusal", refusal="I can't help.")]
+    assert whole.output_text == "" and whole.status == "completed"
+
+    with client.responses.create(model=THINKER, input="hi", stream=True) as stream:
+        events: list[ResponseStreamEvent] = list(stream)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    [added] = [e for e in events if isinstance(e, ResponseContentPartAddedEvent)]
+    deltas = [e for e in events if isinstance(e, ResponseRefusalDeltaEvent)]
+    [done] = [e for e in events if isinstance(e, ResponseRefusalDoneEvent)]
+    [part_done] = [e for e in events if isinstance(e, ResponseContentPartDoneEvent)]
+    assert added.part == ResponseOutputRefusal(type="refusal", refusal="")
+    assert "".join(d.delta for d in deltas) == done.refusal == "I can't help."
+    assert part_done.part == ResponseOutputRefusal(type="refusal", refusal="I can't help.")
+    item_id = events[2].item.id  # type: ignore[union-attr]
+    for event in (added, *deltas, done, part_done):
+        assert (event.item_id, event.output_index, event.content_index) == (item_id, 0, 0)
+    assert not [e for e in events if e.type == "response.output_text.delta"]
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert _without_ids(completed.response) == _without_ids(whole)  # the same output as the whole reply
+
+    with client.responses.stream(model=THINKER, input="hi") as helper:
+        refused = "".join(e.delta for e in helper if e.type == "response.refusal.delta")
+        final = helper.get_final_response()
+    assert refused == "I can't help."
+    assert _without_ids(final) == _without_ids(whole) and final.output_text == ""
+
+
+def test_a_refusal_sent_back_is_the_assistants_text(client: openai.OpenAI, fakes: Fakes) -> None:
+    """The SDK's multi-turn pattern sends ``response.output`` back, the ``refusal`` part included: its words are
+    what the assistant said, as ``/v1/chat/completions`` takes a refusal sent back."""
+    fakes.openrouter.script(REFUSAL, Reply(tokens=["Hi"]))
+    first = client.responses.create(model=THINKER, input="Do it", store=False)
+    assert [part.type for part in first.output[0].content] == ["refusal"]  # type: ignore[union-attr]
+    second = client.responses.create(
+        model=THINKER,
+        input=[
+            {"role": "user", "content": "Do it"},
+            *[item.model_dump() for item in first.output],
+            {"role": "user", "content": "Say hi then"},
+        ],
+        store=False,
+    )
+    assert second.output_text == "Hi"
+    assert [(m["role"], m["content"]) for m in fakes.openrouter.last.json["messages"]] == [
+        ("user", "Do it"),
+        ("assistant", "I can't help."),
+        ("user", "Say hi then"),
+    ]
 
 
 def test_prompt_tokens_the_provider_served_from_its_cache_are_in_the_usage(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -12,7 +12,16 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
-from modelgate.chat import Finish, FinishReason, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from modelgate.chat import (
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    RefusalDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from modelgate.sse import SSEDecoder
@@ -144,6 +153,92 @@ def test_a_reply_without_text_still_has_its_message() -> None:
     events = _stream([Finish("stop", USAGE)])
     assert _types(events) == [*TEXT_EVENTS[:4], *TEXT_EVENTS[6:]]
     assert Response.model_validate(events[-1]["response"]).output_text == ""
+
+
+def test_a_refusal_is_a_refusal_part_streamed_as_refusal_events() -> None:
+    """OpenAI's shape for a refusal (``ResponseOutputRefusal``, ``ResponseRefusalDeltaEvent``/``DoneEvent``): a
+    client tells it from an answer, and ``output_text`` (the ``output_text`` parts only) leaves it out."""
+    events = _stream([RefusalDelta("I can't"), RefusalDelta(" help."), Finish("stop", USAGE)])
+    assert _types(events) == [
+        *TEXT_EVENTS[:4],
+        "response.refusal.delta",
+        "response.refusal.delta",
+        "response.refusal.done",
+        *TEXT_EVENTS[7:],
+    ]
+    added, part_added, d1, d2, refusal_done, part_done, item_done = events[2:9]
+    item_id = added["item"]["id"]
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    for event in (part_added, d1, d2, refusal_done, part_done):
+        assert {key: event[key] for key in where} == where
+    assert part_added["part"] == {"type": "refusal", "refusal": ""}
+    assert [d1["delta"], d2["delta"]] == ["I can't", " help."]
+    assert "logprobs" not in d1  # a refusal delta has none (output_text deltas do)
+    assert refusal_done["refusal"] == "I can't help."
+    assert part_done["part"] == item_done["item"]["content"][0] == {"type": "refusal", "refusal": "I can't help."}
+    response = Response.model_validate(events[-1]["response"])
+    [message] = response.output
+    assert message.type == "message" and message.status == "completed"
+    assert [part.model_dump() for part in message.content] == [{"type": "refusal", "refusal": "I can't help."}]
+    assert response.output_text == ""  # not an answer
+
+
+def test_text_and_refusal_are_two_parts_of_one_message_in_order() -> None:
+    events = _stream(
+        [ReasoningDelta("hm"), TextDelta("Sure"), TextDelta("."), RefusalDelta("No."), Finish("stop", USAGE)],
+        unvalidated=("response.completed",),  # its reasoning_tokens is unknown: null
+    )
+    message_events = [e for e in events if e.get("output_index") == 1]
+    assert _types(message_events) == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.content_part.added",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    item_id = message_events[0]["item"]["id"]
+    assert {e["item_id"] for e in message_events[1:-1]} == {item_id}
+    assert [e["content_index"] for e in message_events[1:-1]] == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert message_events[6]["part"] == {"type": "refusal", "refusal": ""}
+    content = [
+        {"type": "output_text", "annotations": [], "logprobs": [], "text": "Sure."},
+        {"type": "refusal", "refusal": "No."},
+    ]
+    assert message_events[-1]["item"]["content"] == content
+    response = Response.construct(**events[-1]["response"])  # as openai-python reads it (without validation)
+    assert [item["type"] for item in events[-1]["response"]["output"]] == ["reasoning", "message"]
+    assert events[-1]["response"]["output"][1]["content"] == content
+    assert response.output_text == "Sure."
+
+
+def test_collect_builds_the_same_refusal_parts_as_the_stream() -> None:
+    events: list[StreamEvent] = [TextDelta("Sure"), RefusalDelta("No"), RefusalDelta("."), Finish("stop", USAGE)]
+
+    def without_ids(response: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{key: value for key, value in item.items() if key != "id"} for item in response["output"]]
+
+    collected = asyncio.run(collect_response(_batches(events), HEAD, provider="ollama", clock=_clock))
+    streamed = _stream(events)[-1]["response"]
+    assert without_ids(collected) == without_ids(streamed)
+    response = Response.model_validate(collected)
+    assert [part.type for part in response.output[0].content] == ["output_text", "refusal"]  # type: ignore[union-attr]
+    assert response.output_text == "Sure"
+
+
+def test_a_failure_during_a_refusal_keeps_its_part() -> None:
+    events = _stream([RefusalDelta("I can")], UpstreamUnavailable("ollama", "overloaded"))
+    assert _types(events)[-2:] == ["error", "response.failed"]
+    response = Response.model_validate(events[-1]["response"])
+    assert response.output[0].status == "incomplete"
+    assert [part.model_dump() for part in response.output[0].content] == [  # type: ignore[union-attr]
+        {"type": "refusal", "refusal": "I can"}
+    ]
 
 
 @pytest.mark.parametrize(

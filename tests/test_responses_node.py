@@ -83,6 +83,33 @@ def test_reasoning_stays_out_of_the_text(v1: str, fakes: Fakes, sdk: str) -> Non
     assert result["parts"].index("reasoning-start") < result["parts"].index("reasoning-end")
 
 
+REFUSAL = Reply(tokens=["I can't", " help."], options={"refusal": True})  # OpenAI's ``refusal``, content null
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_a_refusal_is_text_with_a_content_filter_finish(v1: str, fakes: Fakes, mode: str) -> None:
+    """AI SDK 7 (@ai-sdk/openai 4.x) reads the ``refusal`` part and ``response.refusal.delta`` as text and
+    finishes with ``content-filter``: a refusal is not mistaken for an answer."""
+    fakes.openrouter.script(REFUSAL)
+    result = ai_sdk("v7", v1, mode, model="openrouter/deepseek-chat")
+    assert "error" not in result and result.get("errors", []) == [], result
+    assert result["text"] == "I can't help."
+    assert result["finishReason"] == "content-filter"
+
+
+def test_ai_sdk_5_does_not_read_a_refusal(v1: str, fakes: Fakes) -> None:
+    """@ai-sdk/openai 2.x (AI SDK 5) models no refusal, as it reads OpenAI's own: its stream skips
+    ``response.refusal.*`` as unknown chunks (no error, no text), and its schema of a whole response takes only
+    ``output_text`` parts, so ``generateText`` fails on the ``refusal`` part. Pinned here, as README says."""
+    fakes.openrouter.script(REFUSAL, REFUSAL)
+    streamed = ai_sdk("v5", v1, "stream", model="openrouter/deepseek-chat")
+    assert streamed["errors"] == [] and streamed["text"] == "" and streamed["finishReason"] == "stop"
+    assert streamed["parts"].index("text-start") < streamed["parts"].index("text-end")
+    whole = ai_sdk("v5", v1, "generate", model="openrouter/deepseek-chat")
+    assert whole["error"]["message"] == "Invalid JSON response"
+    assert '"type":"refusal"' in whole["error"]["responseBody"]
+
+
 @pytest.mark.parametrize("sdk", SDKS)
 def test_a_reply_cut_by_max_output_tokens_finishes_with_length(v1: str, fakes: Fakes, sdk: str) -> None:
     fakes.ollama.script(Reply(tokens=["a", "b"], finish="length"))

@@ -196,8 +196,8 @@ class TextDelta:
 @dataclass(slots=True)
 class RefusalDelta(TextDelta):
     """A model's refusal, which OpenAI's models give apart from the content (``refusal``): a text like any other
-    for the protocols that have no place for it (the AI SDK streams, the Responses API's text), and
-    ``refusal`` on ``/v1/chat/completions``, where ``client.chat.completions.parse`` looks for it."""
+    for the protocols that have no place for it (the AI SDK streams), ``refusal`` on ``/v1/chat/completions``
+    (where ``client.chat.completions.parse`` looks for it) and a ``refusal`` content part on ``/v1/responses``."""
 
 
 @dataclass(slots=True)

@@ -1,10 +1,10 @@
 """StreamEvents → the OpenAI Responses API: one ``response`` object, or its typed server-sent events.
 
 Pinned to the ``openai`` Python SDK's pydantic types (``openai.types.responses``, 3.57), which are the truth
-for every field: ``Response``, ``ResponseOutputMessage`` + ``ResponseOutputText``, ``ResponseReasoningItem``,
-``ResponseFunctionToolCall``, ``ResponseUsage`` and the stream events. ``tests/test_responses_encoder.py``
-validates every frame against them; the AI SDK's ``@ai-sdk/openai`` reads the same frames in
-``tests/test_responses_node.py``.
+for every field: ``Response``, ``ResponseOutputMessage`` + ``ResponseOutputText`` / ``ResponseOutputRefusal``,
+``ResponseReasoningItem``, ``ResponseFunctionToolCall``, ``ResponseUsage`` and the stream events.
+``tests/test_responses_encoder.py`` validates every frame against them; the AI SDK's ``@ai-sdk/openai`` reads the
+same frames in ``tests/test_responses_node.py``.
 
 A streamed reply is ``response.created``, ``response.in_progress``, then per output item
 ``response.output_item.added``, ``response.content_part.added``, its deltas, ``….done``,
@@ -12,6 +12,13 @@ A streamed reply is ``response.created``, ``response.in_progress``, then per out
 ``response.incomplete`` when the model hit ``max_output_tokens`` or a content filter) carrying the whole
 response with its usage. Every event has ``event:`` set to its type and a ``sequence_number`` counting from 0;
 there is no ``[DONE]`` (OpenAI sends none, and the AI SDK would try to parse it as JSON).
+
+A refusal (``RefusalDelta``: OpenAI's ``refusal`` beside a null ``content``) is a ``refusal`` content part of the
+``message`` item (``{"type": "refusal", "refusal": ...}``), streamed as ``response.refusal.delta`` and
+``response.refusal.done`` between its ``response.content_part.added``/``.done``, as OpenAI answers one: so a
+client tells a refusal from an answer, and the SDKs' ``output_text`` (the ``output_text`` parts only) leaves it
+out. Text and refusal in one reply are two parts of the one message, in the order they came
+(``content_index`` 0, 1, ...).
 
 A tool call (``ToolCallDelta`` pieces of one ``index``) is a ``function_call`` item: ``response.output_item.added``
 (``call_id``, ``name``, empty ``arguments``), ``response.function_call_arguments.delta`` per fragment, then
@@ -41,7 +48,7 @@ from typing import Any, Literal
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.base import close, ended_early, failure_message
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 
@@ -58,10 +65,15 @@ _INCOMPLETE = {"length": "max_output_tokens", "content-filter": "content_filter"
 #: The nested error's ``type``, as ``/v1`` error bodies name them (``app.openai_error``).
 _ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error"}
 
-#: Items with one content part of text; a ``function_call`` item holds its arguments instead.
+#: Items with content parts of text; a ``function_call`` item holds its arguments instead.
 TextKind = Literal["message", "reasoning"]
 ItemKind = Literal["message", "reasoning", "function_call"]
 _ID_PREFIXES: Mapping[ItemKind, str] = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+#: Content parts: a message's ``output_text`` (``ResponseOutputText``) and ``refusal`` (``ResponseOutputRefusal``),
+#: a reasoning item's ``reasoning_text``.
+PartKind = Literal["output_text", "refusal", "reasoning_text"]
+#: The field of a part, and of its ``….done`` event, that holds the part's text.
+_TEXT_FIELD: Mapping[PartKind, str] = {"output_text": "text", "refusal": "refusal", "reasoning_text": "text"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,8 @@ class ResponseHead:
     parallel_tool_calls: bool = True
     metadata: Mapping[str, str] | None = None
     user: str | None = None
+    #: The request's ``reasoning.effort``, echoed as ``Response.reasoning`` (``Reasoning``: no summary is made).
+    reasoning_effort: str | None = None
 
     @classmethod
     def new(cls, model: str, created_at: int, **settings: Any) -> ResponseHead:
@@ -89,32 +103,44 @@ class ResponseHead:
 
 
 @dataclass(slots=True)
+class _Part:
+    """One content part of a message or reasoning item: its kind and its text so far."""
+
+    kind: PartKind
+    index: int
+    text: list[str] = field(default_factory=list)
+
+    def as_output(self, text: str | None = None) -> dict[str, Any]:
+        """The part holding ``text`` (default: all of its text so far)."""
+        text = "".join(self.text) if text is None else text
+        if self.kind == "output_text":
+            return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        return {"type": self.kind, _TEXT_FIELD[self.kind]: text}
+
+
+@dataclass(slots=True)
 class _Item:
     kind: ItemKind
     id: str
     output_index: int
-    #: The text so far; of a ``function_call``, its arguments' fragments.
+    #: A ``function_call``'s arguments' fragments.
     text: list[str] = field(default_factory=list)
+    #: A message's or reasoning item's content parts; the last one is open while the item is.
+    parts: list[_Part] = field(default_factory=list)
     status: str = "in_progress"
     call_id: str = ""
     name: str = ""
 
-    def part(self, text: str | None = None) -> dict[str, Any]:
-        """The item's one content part, holding ``text`` (default: all of the item's text so far)."""
-        text = "".join(self.text) if text is None else text
-        if self.kind == "message":
-            return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        return {"type": "reasoning_text", "text": text}
-
-    def delta_prefix(self) -> bytes:
-        """A delta event of this item up to its text: built once per item, so a token costs one ``dumps``."""
-        kind = "output_text" if self.kind == "message" else "reasoning_text"
+    def delta_prefix(self, part: _Part) -> bytes:
+        """A delta event of ``part`` up to its text: built once per part, so a token costs one ``dumps``."""
+        kind = part.kind
         head = {"type": f"response.{kind}.delta", "item_id": self.id, "output_index": self.output_index}
-        logprobs = b',"logprobs":[]' if self.kind == "message" else b""
+        logprobs = b',"logprobs":[]' if kind == "output_text" else b""
         return (
             f"event: response.{kind}.delta\ndata: ".encode()
             + orjson.dumps(head)[:-1]
-            + b',"content_index":0'
+            + b',"content_index":'
+            + str(part.index).encode()
             + logprobs
             + b',"delta":'
         )
@@ -130,7 +156,7 @@ class _Item:
                 "arguments": arguments,
                 "status": self.status,
             }
-        content = [self.part()] if with_content else []
+        content = [part.as_output() for part in self.parts] if with_content else []
         if self.kind == "message":
             return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
         return {"id": self.id, "type": "reasoning", "status": self.status, "summary": [], "content": content}
@@ -206,7 +232,7 @@ class ResponseBuilder:
             "output": [item.as_output() for item in self.items],
             "parallel_tool_calls": h.parallel_tool_calls,
             "previous_response_id": None,
-            "reasoning": None,
+            "reasoning": {"effort": h.reasoning_effort, "summary": None} if h.reasoning_effort is not None else None,
             "temperature": h.temperature,
             "text": {"format": dict(h.text_format)},
             "tool_choice": h.tool_choice if isinstance(h.tool_choice, str) else dict(h.tool_choice),
@@ -225,19 +251,24 @@ class ResponseBuilder:
             {"type": "response.in_progress", "response": snapshot},
         ]
 
-    def delta(self, kind: TextKind, text: str) -> tuple[list[dict[str, Any]], _Item]:
-        """Payloads that must precede ``text`` (closing one item, opening another), and the item it joins."""
+    def delta(self, part_kind: PartKind, text: str) -> tuple[list[dict[str, Any]], _Item, _Part]:
+        """Payloads that must precede ``text`` (closing one item or part, opening another), and the item and
+        part it joins: a message's text and refusal are parts of one message, each kept apart from the other."""
+        kind: TextKind = "reasoning" if part_kind == "reasoning_text" else "message"
         out = self._close_calls("completed")
         if self._open is not None and self._open.kind != kind:
             out += self._close("completed")
         if self._open is None:
-            out += self._add(kind)
+            out += self._add(kind, part_kind)
         item = self._open
         assert item is not None
-        item.text.append(text)
+        if item.parts[-1].kind != part_kind:
+            out += self._close_part(item) + self._add_part(item, part_kind)
+        part = item.parts[-1]
+        part.text.append(text)
         if kind == "reasoning":
             self.had_reasoning = True
-        return out, item
+        return out, item, part
 
     def tool_call(self, piece: ToolCallDelta) -> list[dict[str, Any]]:
         """Payloads for one piece of a tool call: its item's ``output_item.added`` (the first piece, which
@@ -270,7 +301,7 @@ class ResponseBuilder:
         if self._open is not None and self._open.kind != "message":
             out += self._close("completed")
         if not any(item.kind in ("message", "function_call") for item in self.items):
-            out += self._add("message")  # every response has its message or a call, if only an empty message
+            out += self._add("message", "output_text")  # every response has its message or a call, if only empty
         if self._open is not None:
             out += self._close(status)
         out += self._close_calls(status)
@@ -304,42 +335,51 @@ class ResponseBuilder:
         self._calls.clear()
         return out
 
-    def _add(self, kind: TextKind) -> list[dict[str, Any]]:
+    def _add(self, kind: TextKind, part_kind: PartKind) -> list[dict[str, Any]]:
         item = _new_item(kind, len(self.items))
         self.items.append(item)
         self._open = item
-        return [
-            {
-                "type": "response.output_item.added",
-                "output_index": item.output_index,
-                "item": item.as_output(with_content=False),
-            },
-            {
-                "type": "response.content_part.added",
-                "item_id": item.id,
-                "output_index": item.output_index,
-                "content_index": 0,
-                "part": item.part(""),
-            },
-        ]
+        added = {
+            "type": "response.output_item.added",
+            "output_index": item.output_index,
+            "item": item.as_output(with_content=False),
+        }
+        return [added, *self._add_part(item, part_kind)]
+
+    @staticmethod
+    def _add_part(item: _Item, kind: PartKind) -> list[dict[str, Any]]:
+        part = _Part(kind, len(item.parts))
+        item.parts.append(part)
+        where = {"item_id": item.id, "output_index": item.output_index, "content_index": part.index}
+        return [{"type": "response.content_part.added", **where, "part": part.as_output("")}]
+
+    @staticmethod
+    def _close_part(item: _Item) -> list[dict[str, Any]]:
+        """The open (last) part's ``….done`` (``ResponseTextDoneEvent``, ``ResponseRefusalDoneEvent``,
+        ``ResponseReasoningTextDoneEvent``) and ``response.content_part.done``."""
+        part = item.parts[-1]
+        where = {"item_id": item.id, "output_index": item.output_index, "content_index": part.index}
+        text = "".join(part.text)
+        done: dict[str, Any] = {"type": f"response.{part.kind}.done", **where, _TEXT_FIELD[part.kind]: text}
+        if part.kind == "output_text":
+            done["logprobs"] = []
+        return [done, {"type": "response.content_part.done", **where, "part": part.as_output(text)}]
 
     def _close(self, status: str) -> list[dict[str, Any]]:
         item = self._open
         assert item is not None
         self._open = None
         item.status = status
-        where = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
-        text = "".join(item.text)
-        done: dict[str, Any]
-        if item.kind == "message":
-            done = {"type": "response.output_text.done", **where, "text": text, "logprobs": []}
-        else:
-            done = {"type": "response.reasoning_text.done", **where, "text": text}
         return [
-            done,
-            {"type": "response.content_part.done", **where, "part": item.part()},
+            *self._close_part(item),
             {"type": "response.output_item.done", "output_index": item.output_index, "item": item.as_output()},
         ]
+
+
+def _part_kind(event: TextDelta | ReasoningDelta) -> PartKind:
+    if isinstance(event, RefusalDelta):
+        return "refusal"
+    return "output_text" if isinstance(event, TextDelta) else "reasoning_text"
 
 
 class ResponseStreamEncoder:
@@ -350,7 +390,7 @@ class ResponseStreamEncoder:
         self._provider = provider
         self._clock = clock
         self._sequence = 0
-        self._prefixed: _Item | None = None
+        self._prefixed: _Part | None = None
         self._prefix = b""
 
     def _frames(self, payloads: Sequence[dict[str, Any]]) -> bytes:
@@ -361,9 +401,9 @@ class ResponseStreamEncoder:
             out += b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
         return out
 
-    def _delta(self, item: _Item, text: str) -> bytes:
-        if item is not self._prefixed:
-            self._prefixed, self._prefix = item, item.delta_prefix()
+    def _delta(self, item: _Item, part: _Part, text: str) -> bytes:
+        if part is not self._prefixed:
+            self._prefixed, self._prefix = part, item.delta_prefix(part)
         sequence = self._sequence
         self._sequence += 1
         return self._prefix + orjson.dumps(text) + b',"sequence_number":' + str(sequence).encode() + b"}\n\n"
@@ -380,9 +420,8 @@ class ResponseStreamEncoder:
                 for event in batch:
                     if isinstance(event, TextDelta | ReasoningDelta):
                         if event.text:
-                            kind: TextKind = "message" if isinstance(event, TextDelta) else "reasoning"
-                            before, item = builder.delta(kind, event.text)
-                            out += self._frames(before) + self._delta(item, event.text)
+                            before, item, part = builder.delta(_part_kind(event), event.text)
+                            out += self._frames(before) + self._delta(item, part, event.text)
                     elif isinstance(event, ToolCallDelta):
                         out += self._frames(builder.tool_call(event))
                     elif event.reason == "error":
@@ -421,12 +460,9 @@ async def collect_response(
     try:
         async for batch in events:
             for event in batch:
-                if isinstance(event, TextDelta):
+                if isinstance(event, TextDelta | ReasoningDelta):
                     if event.text:
-                        builder.delta("message", event.text)
-                elif isinstance(event, ReasoningDelta):
-                    if event.text:
-                        builder.delta("reasoning", event.text)
+                        builder.delta(_part_kind(event), event.text)
                 elif isinstance(event, ToolCallDelta):
                     builder.tool_call(event)
                 else:
