@@ -352,7 +352,19 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
         f"model '{OLLAMA}' does not support structured output",
     ),
     "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "(capability 'json')"),
-    "reasoning": ({"reasoning": {"effort": "high"}}, "reasoning", "reasoning options"),
+    # The effort is carried (tests/test_reasoning_effort.py); nothing else of ``reasoning`` is.
+    "reasoning_summary": (
+        {"reasoning": {"effort": "low", "summary": "auto"}},
+        "reasoning.summary",
+        f"not supported (model '{OLLAMA}'); only reasoning.effort is",
+    ),
+    "reasoning_generate_summary": (
+        {"reasoning": {"generate_summary": "concise"}},
+        "reasoning.generate_summary",
+        "only reasoning.effort is",
+    ),
+    "reasoning_mode": ({"reasoning": {"mode": "pro"}}, "reasoning.mode", "only reasoning.effort is"),
+    "reasoning_effort": ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "Input should be 'none'"),
     "include": ({"include": ["message.output_text.logprobs"]}, "include", "message.output_text.logprobs"),
     "image": (
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},

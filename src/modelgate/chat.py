@@ -16,6 +16,10 @@ Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other", "unknown"]
 #: What a model may declare it supports (a catalogue entry's ``capabilities``); ``json`` is structured output.
 Capability = Literal["tools", "json", "vision", "reasoning"]
+#: How hard a reasoning model thinks: the values openai-python 3.57 allows (``types/shared/reasoning_effort.py``),
+#: for ``reasoning_effort`` (Chat Completions) and ``reasoning.effort`` (Responses) alike. Not every model takes
+#: every value; each provider sends it in its own wire form or reports it as dropped.
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,8 @@ class GenerationParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    #: Never a catalogue default: only a caller's ``reasoning_effort`` / ``reasoning.effort`` sets it.
+    reasoning_effort: ReasoningEffort | None = None
 
     @classmethod
     def from_catalogue(

@@ -226,7 +226,7 @@ async def _open_model(
         breaker.record_success()
         state.status.record(model.provider, model.id, ok=True, ttft=ttft)
         metrics.observe_first_token(model.provider, model.id, ttft)
-        dropped = provider.dropped_params(request.params) + provider.unenforced(request)
+        dropped = provider.dropped_params(request.params) + provider.unenforced(model, request)
         if obs is not None:
             obs.model, obs.provider = model.id, model.provider
             obs.first_event_at = answered

@@ -117,14 +117,19 @@ class Provider(ABC):
         """The parameters this instance carries upstream: its kind's, plus any its entry maps."""
         return self.supported_params
 
+    def model_params(self, model: CatalogueModel) -> frozenset[str]:
+        """The parameters this instance carries for ``model`` (``supported_parameters`` in ``/v1/models``)."""
+        return self.carried_params
+
     def dropped_params(self, params: GenerationParams) -> list[str]:
         """The set parameters this provider cannot honour, sorted (reported in a response header)."""
         carried = self.carried_params
         return sorted(name for name in params.set_fields() if name not in carried)
 
-    def unenforced(self, request: ChatRequest) -> list[str]:
-        """Request fields this call set that the protocol cannot enforce (reported with the dropped parameters,
-        under their OpenAI names: ``tool_choice``, ``parallel_tool_calls``)."""
+    def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
+        """Request fields this call set that the protocol cannot enforce for ``model`` (reported with the dropped
+        parameters, under their OpenAI names: ``tool_choice``, ``parallel_tool_calls``, a ``reasoning_effort``
+        value the protocol has no form for)."""
         return []
 
     @abstractmethod

@@ -85,6 +85,8 @@ _ERROR_CODES = {
     "model_not_found": 404,
 }
 #: The fields every Chat Completions server takes (the OpenAI API reference), by our parameter names.
+#: ``reasoning_effort`` is openai-python's ``CompletionCreateParams.reasoning_effort``; vLLM and the HF router
+#: (huggingface.co/docs/inference-providers/guides/gpt-oss: "reasoning effort controls") take it as it is.
 STANDARD_FIELDS: Mapping[str, str] = MappingProxyType(
     {
         "max_new_tokens": "max_tokens",
@@ -94,6 +96,7 @@ STANDARD_FIELDS: Mapping[str, str] = MappingProxyType(
         "seed": "seed",
         "presence_penalty": "presence_penalty",
         "frequency_penalty": "frequency_penalty",
+        "reasoning_effort": "reasoning_effort",
     }
 )
 
@@ -394,7 +397,7 @@ class ChatCompletionsProvider(HttpProvider):
     key's variable, extra body fields and headers, the model id they send."""
 
     read_error = staticmethod(read_error)
-    #: ``GenerationParams`` field → the wire name this kind sends it under.
+    #: ``GenerationParams`` field → the wire name this kind sends it under (``a.b``: field ``b`` of object ``a``).
     fields: ClassVar[Mapping[str, str]] = STANDARD_FIELDS
     supported_params: ClassVar[frozenset[str]] = frozenset(STANDARD_FIELDS)
     #: The kind's own bearer-key variable (None: no key unless the instance names one).
@@ -431,7 +434,10 @@ class ChatCompletionsProvider(HttpProvider):
         for name, wire in self.wire_fields.items():
             if name in values:
                 value = values[name]
-                body[wire] = list(value) if isinstance(value, tuple) else value
+                # A dotted wire name is a field of an object (OpenRouter's ``reasoning.effort``).
+                parent, _, leaf = wire.rpartition(".")
+                target = body.setdefault(parent, {}) if parent else body
+                target[leaf] = list(value) if isinstance(value, tuple) else value
         if request.tools:
             body["tools"] = [wire_tool(tool) for tool in request.tools]
             if request.tool_choice is not None:

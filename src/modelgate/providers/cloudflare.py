@@ -6,7 +6,11 @@ ignored), then a separate ``{"response": "", "usage": {…}}`` event on newer mo
 ``max_tokens`` (the only hint Cloudflare gives). Errors use the v4 envelope
 ``{"success": false, "errors": [{"code", "message"}]}``, and the code says more than the status
 (§2.5). The input schema rejects unknown properties, so ``typical_p`` and ``truncate``, which it does
-not have, are never sent (and reported as dropped).
+not have, are never sent (and reported as dropped). So is a reasoning effort: each model has its own input schema,
+and only some have one — gpt-oss as ``reasoning: {"effort"}`` beside a Responses-style ``input`` (its model page,
+``@cloudflare/workers-types`` ``GPT_OSS_120B_Responses``), not beside the ``messages`` sent here; a few others
+(GLM, Kimi, QwQ) as ``reasoning_effort`` (``workers-ai-provider`` 3.1.12) — and a model without one refuses
+the whole request.
 
 Function calling and JSON mode (Workers AI "traditional function calling" and "JSON Mode"; the shapes of
 Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them,
@@ -309,7 +313,7 @@ class Cloudflare(HttpProvider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
-    def unenforced(self, request: ChatRequest) -> list[str]:
+    def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
         return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:

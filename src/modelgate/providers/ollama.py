@@ -3,7 +3,14 @@
 Ollama applies the model's own chat template, so messages go as they are. ``think: true`` is sent only
 for models the catalogue marks ``capabilities = ["reasoning"]``: Ollama refuses it for any other model
 (400 "… does not support thinking"), and only thinks — ``message.thinking``, a reasoning part here —
-when asked (ollama-python ``Client.chat(think=…)``; api/types.go ``ChatRequest.Think``). Errors before the stream
+when asked (ollama-python ``Client.chat(think=…)``; api/types.go ``ChatRequest.Think``).
+
+A caller's reasoning effort is ``think`` too: ``think`` is a bool or one of ``"low"``, ``"medium"``, ``"high"``
+(api/types.go ``ThinkValue.IsValid``; the levels gpt-oss takes, a plain "think" to other thinking models), so
+those levels go as they are to a reasoning model, and ``none`` is ``think: false`` (Ollama's documented switch
+off, taken by every model). The other efforts (``minimal``, ``xhigh``, ``max``) are no value Ollama has, and a
+level asked of a model that cannot think would be refused: those are not sent but reported as dropped
+(``Ollama.unenforced``), rather than rounded to a level the caller did not choose. Errors before the stream
 have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and one more
 line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
 only a real JSON parser reads right.
@@ -55,6 +62,8 @@ if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
 
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "load": "other", "unload": "other"}
+#: The thinking levels of Ollama's ``think`` (api/types.go ``ThinkValue.IsValid``).
+THINK_LEVELS = frozenset({"low", "medium", "high"})
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
@@ -85,8 +94,11 @@ def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = Tr
         "messages": [_message(m, names) for m in request.messages],
         "stream": stream,
     }
-    if "reasoning" in model.capabilities:
-        body["think"] = True
+    think = effort_think(model, p.reasoning_effort)
+    if think is None and "reasoning" in model.capabilities:
+        think = True
+    if think is not None:
+        body["think"] = think
     if request.tools and request.tool_choice != "none":
         # Ollama has no tool_choice: "none" is honoured by not offering the tools; "required" and a named
         # function cannot be enforced and are left to the model (documented).
@@ -98,6 +110,13 @@ def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = Tr
     if options:
         body["options"] = options
     return body
+
+
+def effort_think(model: CatalogueModel, effort: str | None) -> bool | str | None:
+    """The ``think`` value that carries the caller's reasoning ``effort`` to ``model``; None where Ollama has none."""
+    if effort == "none":
+        return False
+    return effort if effort in THINK_LEVELS and "reasoning" in model.capabilities else None
 
 
 def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
@@ -222,6 +241,7 @@ class Ollama(HttpProvider):
             "seed",
             "presence_penalty",
             "frequency_penalty",
+            "reasoning_effort",
         }
     )
 
@@ -245,8 +265,15 @@ class Ollama(HttpProvider):
                         param="messages",
                     )
 
-    def unenforced(self, request: ChatRequest) -> list[str]:
-        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+    def model_params(self, model: CatalogueModel) -> frozenset[str]:
+        # Only a model that thinks takes a level (and "none" to a model that never thinks changes nothing).
+        return self.carried_params if "reasoning" in model.capabilities else self.carried_params - {"reasoning_effort"}
+
+    def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
+        # No tool_choice, no parallel_tool_calls in this protocol; nor a think value for every reasoning effort.
+        effort = request.params.reasoning_effort
+        lost = effort is not None and effort_think(model, effort) is None
+        return request.tool_controls() + (["reasoning_effort"] if lost else [])
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(

@@ -6,6 +6,11 @@ content; a failure after the status line is a chunk with a top-level ``error`` (
 number or a string such as ``server_error``, a 429's reset in ``metadata.headers``); usage comes on the
 finish chunk or in a separate last chunk. Beyond the standard fields OpenRouter carries
 ``repetition_penalty`` to the serving provider, and takes its own ``usage: {include: true}`` switch.
+
+Reasoning effort goes in OpenRouter's documented ``reasoning: {"effort": …}`` object
+(openrouter.ai/docs/use-cases/reasoning-tokens: ``xhigh``, ``high``, ``medium``, ``low``, ``minimal`` or
+``none``; its SDKs' ``ChatRequestEffort`` adds ``max``), which it normalises for each serving provider. It also
+takes a top-level ``reasoning_effort`` as a shorthand, but the object is the form its reference documents.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class OpenRouter(ChatCompletionsProvider):
     name = "openrouter"
     key_variable = "OPENROUTER_API_KEY"
     fields: ClassVar[Mapping[str, str]] = MappingProxyType(
-        {**STANDARD_FIELDS, "repetition_penalty": "repetition_penalty"}
+        {**STANDARD_FIELDS, "repetition_penalty": "repetition_penalty", "reasoning_effort": "reasoning.effort"}
     )
     # The legacy switch; current OpenRouter sends usage on the last chunk anyway (and honours
     # stream_options.include_usage, which every Chat Completions kind sends).

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from modelgate.app import gateway
 from modelgate.auth import may_call, request_principal, visible_models
 from modelgate.catalogue import CatalogueModel, Pricing
-from modelgate.chat import ChatRequest, GenerationParams
+from modelgate.chat import ChatRequest, GenerationParams, ReasoningEffort
 from modelgate.encoders.openai import HEADERS as STREAM_HEADERS
 from modelgate.encoders.openai import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.openai import USAGE_HEADER, ChunkEncoder, collect_completion
@@ -110,6 +110,7 @@ OPENAI_PARAMS: Mapping[str, tuple[str, ...]] = {
     "seed": ("seed",),
     "presence_penalty": ("presence_penalty",),
     "frequency_penalty": ("frequency_penalty",),
+    "reasoning_effort": ("reasoning_effort",),
 }
 
 
@@ -169,7 +170,7 @@ def supported_parameters(model: CatalogueModel, provider: Provider | None) -> li
     """OpenAI request fields that ``provider`` (the model's instance) actually carries upstream for ``model``."""
     if provider is None:
         return []
-    honoured = provider.carried_params
+    honoured = provider.model_params(model)
     names = {name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names}
     for capability in provider.model_capabilities(model):
         names.update(CAPABILITY_PARAMS.get(capability, ()))
@@ -303,6 +304,9 @@ class ChatCompletionRequest(BaseModel):
     seed: WireInt | None = Field(default=None, description="A 64-bit integer")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None, description="How hard a reasoning model thinks; each provider takes it in its own form"
+    )
     user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
     tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
@@ -350,15 +354,24 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
             raise BadRequest(f"{param}: {reason}", param=param)
 
 
+def request_value(body: BaseModel, name: str) -> Any:
+    """The request field ``name`` of ``body``; ``a.b`` is field ``b`` of its object ``a`` (None where unset)."""
+    value: Any = body
+    for part in name.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
 def call_params(
     body: BaseModel, model: CatalogueModel, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
 ) -> GenerationParams:
     """This call's own values (the gateway applies them over the answering model's defaults), after checking
-    the model's limits. ``names``: our field → the request's field names (each /v1 route has its own)."""
+    the model's limits. ``names``: our field → the request's field names (each /v1 route has its own; a dotted
+    name is a field of an object, the Responses API's ``reasoning.effort``)."""
     overrides: dict[str, object] = {}
     for field, aliases in names.items():
         for name in aliases:
-            value = getattr(body, name)
+            value = request_value(body, name)
             if value is not None:
                 overrides[field] = value
                 break
@@ -387,7 +400,7 @@ def dropped_by_caller(
     defaults: list[str] = []
     for field in dropped:
         # A request field a provider cannot enforce (``tool_choice``) is reported under its own name.
-        used = next((name for name in names.get(field, (field,)) if getattr(body, name, None) is not None), None)
+        used = next((name for name in names.get(field, (field,)) if request_value(body, name) is not None), None)
         (named if used is not None else defaults).append(used or field)
     if defaults:
         log.debug("catalogue defaults of %s not carried by its provider: %s", model, ", ".join(sorted(defaults)))

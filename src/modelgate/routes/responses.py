@@ -71,6 +71,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         parallel_tool_calls=body.parallel_tool_calls is not False,
         metadata=body.metadata,
         user=body.user,
+        reasoning_effort=body.reasoning.effort if body.reasoning is not None else None,
     )
     provider = start.model.provider
     if body.stream:

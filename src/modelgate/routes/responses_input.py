@@ -11,8 +11,9 @@ Stateless: whatever needs a stored response (``store: true``, ``previous_respons
 ``item_reference`` items, ``background``, stored ``prompt``s) is a 400 that says so. An absent ``store`` means
 "not stored": OpenAI's server default is ``true``, but the SDKs leave the field out, and refusing every request
 that does not say ``store: false`` would refuse nearly all of them for a promise nobody asked us to keep. What
-the chat types cannot carry (hosted tools such as ``web_search``, files, audio, reasoning options) is a 400
-naming the field and the model: never silently ignored.
+the chat types cannot carry (hosted tools such as ``web_search``, files, audio, reasoning summaries) is a 400
+naming the field and the model: never silently ignored. ``reasoning.effort`` is Chat Completions'
+``reasoning_effort``: every provider kind sends it in its own form or reports it as dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, Image, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice
+from modelgate.chat import (
+    ChatRequest,
+    Image,
+    Message,
+    ReasoningEffort,
+    ResponseFormat,
+    Role,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
 from modelgate.routes.openai import call_params
@@ -43,6 +54,7 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
     "max_new_tokens": ("max_output_tokens",),
     "temperature": ("temperature",),
     "top_p": ("top_p",),
+    "reasoning_effort": ("reasoning.effort",),
 }
 
 _NOT_STORED = "responses are not stored"
@@ -169,9 +181,12 @@ class TextConfig(BaseModel):
 
 
 class ReasoningConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """OpenAI's ``Reasoning``: ``effort`` is carried; the rest (``summary``, the deprecated ``generate_summary``,
+    and any field a newer SDK adds) is kept only to be refused."""
 
-    effort: WireText | None = None
+    model_config = ConfigDict(extra="allow")
+
+    effort: ReasoningEffort | None = None
     summary: WireText | None = None
     generate_summary: WireText | None = None
 
@@ -230,13 +245,15 @@ def refuse_stateful(body: ResponsesRequest) -> None:
 def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
     """What the chat types cannot carry: a 400 naming the field and the model, never ignored."""
     named = f"(model '{model.id}')"
-    reasoning = body.reasoning
+    reasoning = body.reasoning or ReasoningConfig()
+    # No provider kind returns a summary of the reasoning (the reasoning itself is the output's reasoning item).
+    unsupported = {"summary": reasoning.summary, "generate_summary": reasoning.generate_summary}
+    unsupported |= reasoning.model_extra or {}
     refusals: list[tuple[str, bool, str]] = [
         ("text.verbosity", body.text is not None and body.text.verbosity is not None, f"not supported {named}"),
-        (
-            "reasoning",
-            reasoning is not None and any((reasoning.effort, reasoning.summary, reasoning.generate_summary)),
-            f"reasoning options (effort, summary) are not supported {named}",
+        *(
+            (f"reasoning.{name}", value is not None, f"not supported {named}; only reasoning.effort is")
+            for name, value in unsupported.items()
         ),
         (
             "max_tool_calls",
