@@ -516,3 +516,28 @@ def test_a_row_the_database_cannot_hold_does_not_hold_back_the_others(
     asyncio.run(scenario())
     assert [row["request_id"] for row in ledger_rows(url)] == ["a", "c"]
     assert "1 rows the database refused were not written (request ids too-long)" in caplog.text
+
+
+@pytest.mark.parametrize("cached", [5000, 2**40], ids=["past-the-prompt", "past-int4"])
+def test_a_cache_count_past_the_prompt_is_capped_at_it_everywhere(
+    fakes: Fakes, tmp_path: Path, ledger_url: str, cached: int
+) -> None:
+    """Cache hits are part of the prompt: an upstream that reports more of them than prompt tokens (a hostile or
+    broken one; 2**40 is past PostgreSQL's INTEGER) has its count capped at the prompt where it is read, so the row
+    is written (not refused by the database and lost), its cost is the one ``Pricing.cost`` charges, and neither the
+    ledger nor the client is told of more cached tokens than the prompt had."""
+    path = write_catalogue(tmp_path / "catalogue.toml", *CACHE_PRICED)
+    settings = Settings(**fakes.settings_overrides(), config_path=path, database_url=ledger_url, probe_interval=0)
+    fakes.openrouter.script(Reply(tokens=["a"], usage=(1200, 10), options={"cached_tokens": cached}))
+    with serve_in_thread(create_app(settings, load_catalogue(path))) as url, httpx.Client(base_url=url) as client:
+        chat = {"model": "acme/cache", "messages": BODY["messages"]}
+        answer = post(client, "/v1/chat/completions", chat, "hostile")
+        report = client.get("/api/usage").json()
+
+    assert [row["request_id"] for row in ledger_rows(ledger_url)] == ["hostile"]  # written, not refused
+    [row] = ledger_rows(ledger_url)
+    assert (row["prompt_tokens"], row["cached_tokens"]) == (1200, 1200)
+    assert row["cost"] == pytest.approx((1200 * 0.25 + 10 * 4) / 1e6)
+    assert (report["totals"]["prompt_tokens"], report["totals"]["cached_tokens"]) == (1200, 1200)
+    assert answer.status_code == 200
+    assert answer.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 1200}

@@ -204,12 +204,18 @@ def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
 
 def openai_usage(usage: Any) -> Usage:
     """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` and
-    ``prompt_tokens_details.cached_tokens`` (OpenAI, OpenRouter, vLLM with prefix caching) when they are there."""
+    ``prompt_tokens_details.cached_tokens`` (OpenAI, OpenRouter, vLLM with prefix caching) when they are there.
+
+    The cache hits are part of the prompt: a count past it (a broken or hostile upstream) is capped here, once,
+    so no client, ledger row or price sees more of them than the prompt had (and a count past PostgreSQL's
+    INTEGER cannot make the database refuse the request's whole ledger row)."""
+    prompt = int(usage["prompt_tokens"])
+    cached = _count(usage.get("prompt_tokens_details"), "cached_tokens")
     return Usage(
-        int(usage["prompt_tokens"]),
+        prompt,
         int(usage["completion_tokens"]),
         reasoning_tokens=_count(usage.get("completion_tokens_details"), "reasoning_tokens"),
-        cached_tokens=_count(usage.get("prompt_tokens_details"), "cached_tokens"),
+        cached_tokens=None if cached is None else min(cached, max(prompt, 0)),
     )
 
 
