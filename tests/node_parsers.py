@@ -3,7 +3,8 @@
 ``parse_data_stream(url, body)`` reads the reply with ``ai@4.3.19`` (``callChatApi`` + ``processDataStream``,
 what AI SDK 4 ``useChat`` runs); ``parse_ui_stream(url, body, sdk=...)`` with AI SDK 5's
 ``DefaultChatTransport`` + ``readUIMessageStream`` (``ai5`` = ai@5.0.0 with its strict chunk schemas,
-``ai5latest``, ``ai6``, ``ai7`` = current 5.x, 6.x, 7.x). Each returns the script's JSON summary (see the
+``ai5latest``, ``ai6``, ``ai7`` = current 5.x, 6.x, 7.x); ``run_chat_session(url, steps)`` holds a whole
+conversation with AI SDK 5's ``Chat`` (the class behind ``useChat``). Each returns the script's JSON summary (see the
 ``.mjs`` files for its keys: ``status``, ``headers``, ``text``, ``reasoning``, ``errors``, the finish parts,
 what ``useChat`` assembled, ``raw``) and raises ``NodeParserError`` when the SDK rejects the stream. A non-2xx
 answer is returned, not raised (``status`` and ``body``). The request is made by Node, so the URL must be a
@@ -75,3 +76,11 @@ def parse_ui_stream(
 ) -> dict[str, Any]:
     """POST ``body`` to ``url`` and read the reply as AI SDK 5 ``useChat`` does (UI message stream v1)."""
     return _run("ui-stream.mjs", sdk, url, _json(body))
+
+
+def run_chat_session(url: str, steps: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Hold a conversation at ``url`` with AI SDK 5's own ``Chat`` (what ``useChat`` runs; ``chat-session.mjs``):
+    for each step (``{"send": text}``, ``{"regenerate": True}``, ``{"continue": True}``) the body it posted,
+    its ``status``, ``error``, ``finishes`` and the ``messages`` it holds afterwards."""
+    steps_done: list[dict[str, Any]] = _run("chat-session.mjs", url, json.dumps(steps))["steps"]
+    return steps_done

@@ -17,10 +17,11 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue, parse_catalogue
+from modelgate.routes.chat import parse_chat_body
 from modelgate.settings import Settings
 from modelgate.templates import get_template
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
-from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node_parsers
+from tests.node_parsers import parse_data_stream, parse_ui_stream, requires_node_parsers, run_chat_session
 from tests.servers import serve_in_thread
 
 MESSAGES = [
@@ -171,6 +172,22 @@ def test_ai_sdk_5_parts_body(service: str, fakes: Fakes) -> None:
     assert fakes.openrouter.last.json["messages"] == [{"role": "user", "content": "What is 2+2?"}]
 
 
+@pytest.mark.parametrize(
+    ("last", "continues"),
+    [
+        ({"id": "a1", "role": "assistant", "parts": [{"type": "text", "text": "Once"}]}, "a1"),
+        ({"id": "u2", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}, None),
+        # Echoed in the stream and named in log lines: only a plain id is reused.
+        ({"id": "a1\nforged log line", "role": "assistant", "parts": []}, None),
+        ({"id": 7, "role": "assistant", "parts": []}, None),
+        ({"role": "assistant", "content": "Once"}, None),
+    ],
+)
+def test_a_reply_continuing_an_assistant_message_keeps_its_id(last: dict[str, Any], continues: str | None) -> None:
+    raw = json.dumps({"messages": [*AI_SDK_5_MESSAGES, last]}).encode()
+    assert parse_chat_body(raw, max_messages=10).continues == continues
+
+
 # --- output protocols ---------------------------------------------------------------------------------
 
 
@@ -207,6 +224,49 @@ def test_ai_sdk_5_on_the_advertised_endpoint_gets_the_ui_stream_unasked(service:
     assert summary["text"] == "".join(TOKENS)
     assert summary["finish"]["finishReason"] == "stop"
     assert set(summary["message"]["metadata"]["usage"]) == {"inputTokens", "outputTokens", "totalTokens"}
+
+
+def _shown(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """A conversation as a ``useChat`` page shows it: each message's role and text."""
+    return [(m["role"], "".join(p.get("text", "") for p in m["parts"] if p["type"] == "text")) for m in messages]
+
+
+@requires_node_parsers
+def test_use_chat_conversation_send_continue_and_regenerate(service: str, fakes: Fakes) -> None:
+    # A whole conversation with AI SDK 5's own Chat (useChat): its second request posts back the assistant
+    # message it assembled (step-start, reasoning and text parts); sendMessage() without a message continues a
+    # reply cut for length, which must grow that same message (under a new id useChat shows a second copy).
+    fakes.openrouter.script(
+        Reply(reasoning=["Let me", " think"], tokens=["It", " is", " 4."]),
+        Reply(tokens=["Once", " upon"], finish="length"),
+        Reply(tokens=[" a", " time."]),
+        Reply(tokens=["Another."]),
+    )
+    steps = run_chat_session(
+        service + "/api/ai/openrouter/deepseek-chat/chat",
+        [{"send": "What is 2+2?"}, {"send": "Tell a story"}, {"continue": True}, {"regenerate": True}],
+    )
+    assert [(step["status"], step["error"]) for step in steps] == [("ready", None)] * 4
+    asked, story, continued, regenerated = steps
+    first_reply = asked["messages"][1]
+    assert [p["type"] for p in first_reply["parts"]] == ["step-start", "reasoning", "text"]
+    assert story["body"]["messages"][1] == first_reply  # posted back as useChat holds it ...
+    assert fakes.openrouter.requests[-3].json["messages"][:2] == [  # ... and reached the provider as text
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "It is 4."},
+    ]
+    assert continued["body"]["messages"][-1]["role"] == "assistant"
+    assert continued["finishes"] == ["stop"]
+    assert _shown(continued["messages"]) == [
+        ("user", "What is 2+2?"),
+        ("assistant", "It is 4."),
+        ("user", "Tell a story"),
+        ("assistant", "Once upon a time."),
+    ]
+    assert continued["messages"][-1]["id"] == story["messages"][-1]["id"]
+    assert regenerated["body"]["trigger"] == "regenerate-message"
+    assert _shown(regenerated["messages"])[-1] == ("assistant", "Another.")
+    assert len(regenerated["messages"]) == 4
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ The reply streams in the protocol the client reads (``encoders.choose_protocol``
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class _IncomingMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: str
+    #: The message's id in the client (``UIMessage.id``): a reply continuing an assistant message keeps it.
+    id: Any = None
     content: Any = None
     parts: Any = None
     #: AI SDK 4's files of a user message: ``[{"name", "contentType", "url"}]``.
@@ -76,6 +79,8 @@ class ChatBody:
     messages: tuple[Message, ...]
     #: The body came from AI SDK 5+ (it reads only the UI message stream).
     ai_sdk_5: bool
+    #: The id of the assistant message the reply continues (the last message is the assistant's), else None.
+    continues: str | None = None
 
 
 def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) -> tuple[str, list[Image]]:
@@ -155,6 +160,11 @@ _MESSAGE = _object(
     ["role"],
     {
         "role": {"type": "string", "enum": list(_ROLES)},
+        "id": {
+            "type": "string",
+            "description": "AI SDK 5: the message's id; a reply to a conversation ending with an assistant message "
+            "continues that message and names its id",
+        },
         "content": {"type": "string", "description": "AI SDK 4: the message's text"},
         "parts": {
             "type": "array",
@@ -240,7 +250,22 @@ def parse_chat_body(
             )
         text, images = _message_text(i, message, budget)
         messages.append(Message(role=message.role, content=text, images=tuple(images)))  # type: ignore[arg-type]
-    return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5())
+    return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5(), continues=_continued_id(body.messages[-1]))
+
+
+#: A client's message id we echo in the stream (and name in log lines): printable ASCII, no spaces.
+_MESSAGE_ID = re.compile(r"[!-~]{1,256}")
+
+
+def _continued_id(last: _IncomingMessage) -> str | None:
+    """The id of the assistant message a reply continues: what AI SDK 5+ ``useChat`` posts when the conversation
+    ends with the assistant's message (``sendMessage()`` without a message, e.g. to go on after a finish for
+    ``length``). Its ``start`` chunk must name that message, as ``streamText().toUIMessageStreamResponse`` does
+    (``getResponseUIMessageId``); under a new id ``useChat`` appends a second message holding a copy of the
+    first one's parts. AI SDK 4 continues the last assistant message by itself (``processChatResponse``)."""
+    if last.role == "assistant" and isinstance(last.id, str) and _MESSAGE_ID.fullmatch(last.id):
+        return last.id
+    return None
 
 
 def stream_headers(start: StreamStart) -> dict[str, str]:
@@ -267,7 +292,8 @@ async def answer(request: Request, model: CatalogueModel, protocol: str | None) 
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"), ai_sdk_5_body=incoming.ai_sdk_5)]
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
     start = await open_for_client(request, state, model, ChatRequest(messages=incoming.messages), admission)
-    body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=f"msg-{uuid.uuid4().hex[:24]}")
+    message_id = incoming.continues or f"msg-{uuid.uuid4().hex[:24]}"
+    body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=message_id)
     return RelayResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})
 
 
