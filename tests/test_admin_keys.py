@@ -210,6 +210,30 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
         assert client.get("/health").status_code == 200  # still serving
 
 
+@pytest.mark.parametrize(
+    "expires_at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.999999", "9999-12-31T20:00:00-05:00"]
+)
+def test_an_expiry_past_the_last_writable_moment_is_a_400_and_nothing_is_stored(
+    fakes: Fakes, tmp_path: Path, expires_at: str
+) -> None:
+    """Found in review: a moment whose UTC time is in year 10000 (or rounds into it) was stored, then every answer
+    describing it was a 500: the create (the key shown nowhere) and every later ``GET /admin/keys``."""
+    database = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        answer = client.post("/admin/keys", json={"name": "far", "expires_at": expires_at}, headers=bearer(ADMIN))
+        assert answer.status_code == 400, answer.text
+        assert "expires_at" in answer.json()["statusMessage"], answer.text
+        listing = client.get("/admin/keys", headers=bearer(ADMIN))
+        assert listing.status_code == 200, listing.text
+        assert [key["name"] for key in listing.json()["keys"] if key["source"] == "api"] == []
+        # The last moment that can be written is taken, and listed as written.
+        last = client.post(
+            "/admin/keys", json={"name": "far", "expires_at": "9999-12-31T23:59:59Z"}, headers=bearer(ADMIN)
+        )
+        assert last.status_code == 201 and last.json()["expires_at"] == "9999-12-31T23:59:59Z", last.text
+        assert client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 200
+
+
 def test_a_limit_past_what_the_key_store_holds_is_a_400(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
     """Found in review: 2**64 reached the database and came back as a 503 (SQLite's OverflowError)."""
     with serve(settings_for(fakes, tmp_path, ledger_url)) as url, httpx.Client(base_url=url, timeout=30) as client:

@@ -39,6 +39,9 @@ log = logging.getLogger("modelgate.keys")
 
 #: Longest grace period a rotation may give the old key.
 MAX_GRACE_SECONDS = 7 * 24 * 3600
+#: The latest ``expires_at`` (Unix time): the last second ``datetime`` can write in UTC. A later moment (year 9999
+#: with a negative offset is year 10000 in UTC) could be stored but never described: every answer naming it failed.
+LAST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 class KeysOff(ModelgateError):
@@ -139,7 +142,8 @@ async def _admin(request: Request) -> AsyncIterator[tuple[GatewayState, RuntimeK
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    # min: a record stored before LAST_EXPIRY bounded expires_at must not make every listing fail.
+    return datetime.fromtimestamp(min(ts, LAST_EXPIRY), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def describe(record: KeyRecord, now: float) -> dict[str, Any]:
@@ -190,6 +194,8 @@ async def create_key(request: Request, new: NewKey) -> Response:
             expires = moment.timestamp()
             if expires <= now:
                 raise BadRequest("expires_at: must be in the future")
+            if expires > LAST_EXPIRY:
+                raise BadRequest("expires_at: must be at most 9999-12-31T23:59:59Z")
         records = await store.records()
         if any(r.name == new.name and r.status(now) == "active" for r in records):
             raise KeyConflict(f"A key named '{new.name}' exists: revoke it or choose another name")
