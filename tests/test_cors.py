@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
+import httpx
 import pytest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Message, Receive, Scope, Send
@@ -13,6 +15,7 @@ from modelgate.app import create_app
 from modelgate.cors import ALLOW_METHODS, EXPOSE_HEADERS, OriginHeaders
 from modelgate.routes.models import VARY as MODELS_VARY
 from modelgate.settings import Settings
+from tests.servers import serve_in_thread
 
 BASE = [(b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
 
@@ -64,3 +67,51 @@ def test_origins_follow_the_catalogue_after_a_swap() -> None:
     state.settings = Settings(cors_origins=("https://b.example",))
     assert (b"access-control-allow-origin", b"https://a.example") not in headers.for_origin(b"https://a.example")
     assert (b"access-control-allow-origin", b"https://b.example") in headers.for_origin(b"https://b.example")
+
+
+# --- preflights over a real server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listed() -> Iterator[str]:
+    settings = Settings(cors_origins=("https://a.example",), api_keys=("mg-cors-key-123456",), probe_interval=0)
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def preflight(url: str, path: str, origin: str, **extra: str) -> httpx.Response:
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, x-internal-token",
+        **extra,
+    }
+    return httpx.options(url + path, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/v1/chat/completions", "openai"), ("/api/ai/ollama/rwkv-6-world/chat", "seed"), ("/models", "seed")],
+)
+def test_a_refused_preflight_is_an_error_in_the_documented_shape_granting_nothing(
+    listed: str, path: str, shape: str
+) -> None:
+    """Found in review: Starlette's ``text/plain`` "Disallowed CORS origin", with the requested headers granted in
+    ``Access-Control-Allow-Headers`` all the same."""
+    refused = preflight(listed, path, "https://evil.example")
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/json"
+    if shape == "openai":
+        assert refused.json()["error"]["message"] == "Disallowed CORS origin"
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+    else:
+        assert refused.json() == {"statusCode": 400, "statusMessage": "Disallowed CORS origin"}
+    assert not [name for name in refused.headers if name.startswith("access-control-")], refused.headers
+    assert "Origin" in refused.headers["vary"]
+    assert refused.headers["x-request-id"]
+    allowed = preflight(listed, path, "https://a.example")
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://a.example"
+    assert allowed.headers["access-control-allow-headers"] == "authorization, x-internal-token"
+    method = preflight(listed, path, "https://a.example", **{"Access-Control-Request-Method": "DELETE"})
+    assert method.status_code == 400 and "Disallowed CORS method" in method.text

@@ -298,7 +298,7 @@ def _install_middleware(app: ModelgateAPI, state: GatewayState) -> None:
     app.add_middleware(ModelsMethods)
     # Inside CORS, so a 401 still carries the CORS headers a browser needs to read it.
     app.add_middleware(AccessMiddleware, respond=error_response)
-    app.add_middleware(CatalogueCORS, state=state)
+    app.add_middleware(CatalogueCORS, state=state, respond=error_response)
     # In front of everything: every request (fast answers and refusals included) gets a request id, a log
     # line, metrics; GET and HEAD /models are answered there (routes/models.py, observer.py).
     from modelgate.routes.direct import DirectChat

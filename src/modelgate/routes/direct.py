@@ -51,7 +51,9 @@ class DirectChat:
     def __init__(self, app: FastAPI, state: GatewayState) -> None:
         self.app = app
         # What the framework ran in front of these routes (``app._install_middleware``), nothing else.
-        self.chain: ASGIApp = CatalogueCORS(AccessMiddleware(self._answer, respond=error_response), state=state)
+        self.chain: ASGIApp = CatalogueCORS(
+            AccessMiddleware(self._answer, respond=error_response), state=state, respond=error_response
+        )
         #: Route template → the framework's route object (the observer logs and counts under its template).
         self._routes: dict[str, Any] | None = None
 
