@@ -8,6 +8,7 @@ one that trickles its body, one that never reads, one that hangs up mid-stream.
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import time
@@ -242,4 +243,80 @@ def test_many_clients_hanging_up_at_once_leave_nothing_behind(service: str, fake
     assert fakes.ollama.wait_for_disconnects(10) == 10
     assert wait_until(lambda: in_flight(service) == 0)
     fakes.ollama.default = Reply()
+    others_are_served(service)
+
+
+# --- bytes the HTTP parser refuses ---------------------------------------------------------------------
+
+
+def requests_counted(url: str, route: str, status: int) -> float:
+    wanted = f'route="{route}",status="{status}"'
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("modelgate_http_requests_total{") and wanted in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: modelgate\r\nBad Header: space in its name\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: modelgate\r\nX-Request-ID: a\rb\r\n\r\n",
+        b"POST /api/ai/ollama/rwkv-6-world/chat HTTP/1.1\r\nHost: modelgate\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+        b"POST /api/ai/ollama/rwkv-6-world/chat HTTP/1.1\r\nHost: modelgate\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["request-line", "header-name", "bare-cr", "two-lengths", "chunk-size"],
+)
+def test_bytes_the_http_parser_refuses_get_a_400_in_the_seed_shape(service: str, raw: bytes) -> None:
+    """Found in review: uvicorn's own answer was ``text/plain`` "Invalid HTTP request received." — the one error
+    of the service outside the documented shape."""
+    with connect(service) as sock:
+        sock.sendall(raw)
+        status, headers, body = read_response(sock)
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"statusCode": 400, "statusMessage": "Invalid HTTP request"}
+        assert headers["connection"] == "close"
+        assert closed_by_peer(sock)
+    others_are_served(service)
+
+
+def test_bad_framing_behind_a_streaming_reply_never_writes_into_it(service: str, fakes: Fakes) -> None:
+    """A refusal written while a response is still going out would land inside that response's body (uvicorn
+    wrote its 400 there): the connection is closed instead, as for the other refusals (``server._refuse``)."""
+    fakes.ollama.script(Reply(tokens=["tick"] * 40, delay=0.05))
+    payload = orjson.dumps(BODY)
+    with connect(service) as sock:
+        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+        sock.sendall(payload)
+        sock.settimeout(10)
+        received = sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GARBAGE\r\n\r\n")  # a pipelined "request" no parser accepts
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert b"HTTP/1.1 400" not in received and b"Invalid HTTP request" not in received, received[-300:]
+    others_are_served(service)
+
+
+def test_a_client_leaving_mid_body_is_a_499_not_an_unhandled_error(
+    service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: on the chat routes (answered in front of the framework, ``routes/direct.py``) a body cut
+    short by its client was logged as an unhandled error with a traceback and counted as a 500 — one error-level
+    traceback per hostile connection, and a server-error rate a client could raise at will."""
+    for path in (CHAT, OPENAI):
+        with connect(service) as sock:
+            sock.sendall(head("POST", path, {"Content-Type": "application/json", "Content-Length": "100"}))
+            sock.sendall(b'{"messages": [')
+            sock.shutdown(socket.SHUT_WR)
+            assert closed_by_peer(sock)
+        route = path if path == OPENAI else "/api/ai/{first}/{second}/chat"
+        assert wait_until(lambda route=route: requests_counted(service, route, 499) == 1), path  # type: ignore[misc]
+        assert requests_counted(service, route, 500) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     others_are_served(service)

@@ -8,10 +8,13 @@ reply waits for the first token. Counts stay small (50 sockets against a cap of 
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -146,6 +149,36 @@ def test_an_idle_keep_alive_connection_is_closed(limited: str) -> None:
         assert read_until_closed(sock, timeout=30) == b""
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        request_head("GET", "/health", {"Content-Length": "100000000"}),
+        request_head("POST", "/nowhere", {"Content-Length": "100000000"}),
+        request_head("POST", "/health", {"Transfer-Encoding": "chunked"}),
+    ],
+    ids=["get-with-a-body", "post-to-no-route", "chunked-to-a-405"],
+)
+def test_a_body_nobody_reads_cannot_hold_the_connection_open(limited: str, head: bytes) -> None:
+    """Found in review: the answer went out without reading the body, and then every trickled byte of it (read and
+    dropped) restarted the keep-alive timer, and no other timer ran: a connection held for good, a byte a second."""
+    chunked = b"chunked" in head
+    with connect(limited) as sock:
+        sock.sendall(head + (b"1\r\nx\r\n" if chunked else b"x"))
+        assert read_response(sock)[0] in (200, 405, 413)
+        closed = False
+        for _ in range(40):  # 20 s of trickling, against a 2 s header timeout and a 1 s keep-alive
+            try:
+                sock.sendall(b"1\r\nx\r\n" if chunked else b"x")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if select.select([sock], [], [], 0.5)[0]:
+                closed = True
+                break
+        assert closed, "the connection is still open"
+    health_is_served(limited)
+
+
 def test_connections_over_the_cap_get_503_and_the_service_recovers(limited: str) -> None:
     sockets: list[socket.socket] = []
     try:
@@ -164,19 +197,53 @@ def test_connections_over_the_cap_get_503_and_the_service_recovers(limited: str)
     health_is_served(limited)
 
 
+def test_a_websocket_upgrade_is_an_ordinary_request_and_its_query_is_never_logged(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Found in review: the service has no WebSocket route, yet uvicorn took upgrades to its WebSocket protocol: an
+    empty ``text/plain`` 403 outside the documented shape, the connection out of the protocol's limits, and a log
+    line with the path *and query string* (``?api_key=…``) beside the client's address."""
+    secret = "mg-unknown-to-the-redactor-4f1c9a0b77"
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    env = {"MODELGATE_PROBE_INTERVAL": "0", "MODELGATE_API_KEYS": "mg-some-configured-key-1"}
+    with serve_subprocess([], tmp_path_factory.mktemp("ws"), env=env) as served:
+        for path, status in ((f"/v1/models?api_key={secret}", 401), (f"/health?key={secret}", 200)):
+            with connect(served.url) as sock:
+                sock.sendall(request_head("GET", path, upgrade))
+                answer, headers, body = read_response(sock)
+            assert answer == status, body
+            assert headers["content-type"] == "application/json" and headers["x-request-id"]
+        health_is_served(served.url)
+        wait_for(lambda: served.log().count('"route":"/health"') >= 2, "the access lines")
+        log = served.log()
+    assert secret not in log, log
+    assert "WebSocket" not in log, log  # nor uvicorn's advice to install a WebSocket library
+
+
 # --- #9, #8, #12: a gateway in front of the fakes ---------------------------------------------------
 
 CHAT = "/api/ai/acme/tiny/chat"
 OPENAI = "/v1/chat/completions"
 CHAT_BODY = {"messages": [{"role": "user", "content": "Hi"}]}
 OPENAI_BODY = {"model": "acme/tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+SEND_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module")
 def gateway(_fake_servers: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("gateway")
     catalogue = write_catalogue(tmp / "catalogue.toml", model_toml("acme", "tiny", extra="max_concurrency = 1\n"))
-    env = {**_fake_servers.env(), "MODELGATE_PROBE_INTERVAL": "0"}
+    env = {
+        **_fake_servers.env(),
+        "MODELGATE_PROBE_INTERVAL": "0",
+        "MODELGATE_CLIENT_SEND_TIMEOUT": str(SEND_TIMEOUT),
+        "MODELGATE_UPSTREAM_MAX_EVENT_BYTES": str(64 * 1024 * 1024),  # a reply larger than any socket buffer
+    }
     with serve_subprocess(["--config", str(catalogue)], tmp, env=env) as served:
         yield served.url
 
@@ -229,6 +296,58 @@ def test_a_client_leaving_a_non_streamed_v1_completion_cancels_upstream(
         if fakes.ollama.last.json["stream"]:
             wait_for(lambda: first_tokens(gateway) > before, "the first token")  # now collecting the rest
     assert fakes.ollama.wait_for_disconnects(1, timeout=10) == 1, "the upstream request is still open"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(OPENAI, {**OPENAI_BODY, "stream": False}), ("/v1/responses", {"model": "acme/tiny", "input": "Hi"})],
+    ids=["chat-completion", "response"],
+)
+def test_a_client_not_reading_a_whole_reply_is_dropped_in_time(
+    gateway: str, fakes: Fakes, path: str, body: dict[str, Any]
+) -> None:
+    """Found in review: ``MODELGATE_CLIENT_SEND_TIMEOUT`` bounded streamed chunks only. A reply sent whole (a
+    non-streamed completion, any large answer) waited for a client that never reads for good: its connection,
+    its task and the reply's bytes, buffered in the server, held until the client chose to read or leave."""
+    fakes.ollama.script(Reply(tokens=["x" * 8192] * 4000, usage=None))  # ~32 MB: more than any socket buffer
+    address = urlsplit(gateway)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((address.hostname or "127.0.0.1", address.port or 80))
+        sock.sendall(post(path, json.dumps(body).encode()))
+        wait_for(lambda: fakes.ollama.requests, "the upstream call")
+        time.sleep(3 * SEND_TIMEOUT)  # never reading meanwhile
+        received = read_until_closed(sock, timeout=30)
+    assert received is not None, "the connection is still open"
+    assert received.startswith(b"HTTP/1.1 200")
+    declared = int(re.search(rb"content-length: (\d+)", received, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    assert len(received.partition(b"\r\n\r\n")[2]) < declared, "the whole reply waited for the client"
+    health = httpx.get(gateway + "/health", timeout=10)
+    assert health.status_code == 200
+
+
+def test_a_client_reading_a_whole_reply_slowly_gets_all_of_it(gateway: str, fakes: Fakes) -> None:
+    """The send timeout is for a client that reads nothing: one reading, however slowly, keeps its connection."""
+    fakes.ollama.script(Reply(tokens=["x" * 8192] * 800, usage=None))  # ~6.5 MB
+    address = urlsplit(gateway)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((address.hostname or "127.0.0.1", address.port or 80))
+        sock.sendall(post(OPENAI, json.dumps({**OPENAI_BODY, "stream": False}).encode()))
+        sock.settimeout(10)
+        received = b""
+        while True:
+            time.sleep(SEND_TIMEOUT / 2)  # a pause shorter than the timeout, then 1 MB at most
+            chunk = b"x"
+            budget = len(received) + 1024 * 1024
+            while chunk and len(received) < budget:
+                chunk = sock.recv(65536)
+                received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            match = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+            if not chunk or (match is not None and len(body) >= int(match.group(1))):
+                break
+    assert match is not None and len(body) == int(match.group(1)), "the reply was cut"
 
 
 def v1(gateway: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:

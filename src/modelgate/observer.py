@@ -259,7 +259,8 @@ class RequestObserver:
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             elif kind == "http.response.body":
                 if message.get("more_body", False):
-                    # Only streamed chunks can wait on a client that does not read; one-shot bodies fit the buffer.
+                    # A stream is ended here when its client stops reading (and its upstream closed). A one-shot body
+                    # waiting on such a client is dropped with its connection by the server (server.GuardedProtocol).
                     # One Deadline per response, not a timeout object per chunk (deadline.py).
                     if stall is None:
                         stall = Deadline(asyncio.get_running_loop())

@@ -11,9 +11,17 @@ and #6). ``GuardedProtocol`` adds to it, per connection:
   the connection opening or of the previous response → 408 and close (a connection that sent nothing
   is just closed);
 - the keep-alive idle timeout (uvicorn's own timer, set from ``keepalive_timeout``);
+- a body the answer did not read (a refusal, a GET with a body) must end within ``header_timeout`` of the
+  response, else the connection is closed: uvicorn drops its bytes as they come, and each restarted its
+  keep-alive timer, so a client trickling one held the connection for good;
 - a cap on open connections per process: one over ``max_connections`` gets 503 and is closed at once,
   before it holds a buffer or a timer (the open-files limit is what a flood of sockets exhausts);
-- the shutdown hook: the start of a graceful shutdown starts the app's ``Drain`` (``drain.py``).
+- a client that reads nothing of what is written to it for ``send_timeout`` seconds (``client_send_timeout``) is
+  dropped, buffer and all: uvicorn's ``send`` waited on it for good once its buffer was full (a reply sent whole,
+  such as a non-streamed completion), and ``close()`` waits for the buffer to be read;
+- the shutdown hook: the start of a graceful shutdown starts the app's ``Drain`` (``drain.py``);
+- bytes the parser refuses get ``400`` in the seed's error shape (uvicorn's is plain text), never written into a
+  response still going out on the connection.
 
 What uvicorn offers does not cover it: ``limit_concurrency`` counts connections but answers only once a
 request's headers are complete, so idle sockets still pile up; ``h11_max_incomplete_event_size`` bounds
@@ -57,6 +65,8 @@ class ServerLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     max_connections: int = 512
+    #: Seconds what is written may wait in the server's buffer for a client that reads none of it.
+    send_timeout: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServerLimits:
@@ -65,6 +75,7 @@ class ServerLimits:
             header_timeout=settings.header_timeout,
             keepalive_timeout=settings.keepalive_timeout,
             max_connections=settings.max_connections or default_max_connections(),
+            send_timeout=settings.client_send_timeout,
         )
 
 
@@ -80,7 +91,10 @@ class GatewayConfig(uvicorn.Config):
     """uvicorn's config carrying our limits (pickled with it into ``--workers`` processes)."""
 
     def __init__(self, app: Any, *, limits: ServerLimits, **kwargs: Any) -> None:
-        super().__init__(app, http=GuardedProtocol, **kwargs)
+        # ws="none": the service has no WebSocket route. With a WebSocket library installed, uvicorn would take every
+        # upgrade request to its WebSocket protocol: out of these limits, refused in plain text, and logged with
+        # its query string (where a client may have put a key). Without, an upgrade is an ordinary request.
+        super().__init__(app, http=GuardedProtocol, ws="none", **kwargs)
         self.limits = limits
         #: Loop time of the last "connection refused" log line (a flood of refusals logs one per 10 s).
         self.refusal_logged_at = -math.inf
@@ -127,6 +141,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._early = self._early_answers()
         #: The message being parsed has no uvicorn request cycle: answered by ``_answer_early``, or dropped.
         self._no_cycle = False
+        #: Runs from the end of a response given before its request's body was all here (``on_response_complete``).
+        self._body_timer: asyncio.TimerHandle | None = None
+        #: Runs while the transport's buffer is over its high-water mark; and its size when last looked at.
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unread = 0
 
     # -- the connection cap and the first timer ------------------------------------------------------
 
@@ -152,7 +171,37 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    # -- a client that does not read -------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._unread = self.transport.get_write_buffer_size()
+            self._write_timer = self.loop.call_later(self.limits.send_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        unread = self.transport.get_write_buffer_size()
+        if unread < self._unread:  # the client reads, slowly: it has as long again for the next bytes
+            self._unread = unread
+            self._write_timer = self.loop.call_later(self.limits.send_timeout, self._write_timed_out)
+            return
+        # It read nothing for send_timeout seconds. close() would wait for it to read the buffer, for good: drop it.
+        # Waiting sends see the connection lost (uvicorn's cycle), so the response ends as for a client gone.
+        self.transport.abort()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     # -- the head: size and time ------------------------------------------------------------------------
 
@@ -208,12 +257,31 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._cancel_body_timer()
         if self._no_cycle:
             self._no_cycle = False
         else:
             super().on_message_complete()
         self._in_head = True
         self._turns += 1
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._in_head and not self._no_cycle and not self.transport.is_closing():
+            # Answered before its body was all here (a refusal, a GET with a body, a route that reads none): uvicorn
+            # reads the rest and drops it, and every byte of it restarts the keep-alive timer. The rest gets the
+            # header timeout to arrive, as a head does, and the connection is closed when it has not.
+            self._body_timer = self.loop.call_later(self.limits.header_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._in_head:
+            self.transport.close()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _fits(self) -> bool:
         """Whether the head just completed is within ``max_header_bytes``."""
@@ -241,6 +309,25 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(408, f"Request headers did not arrive within {self.limits.header_timeout:g} seconds")
         else:
             self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # An upgrade is served as an ordinary request (GatewayConfig: no WebSocket protocol); uvicorn's two warnings
+        # per request ("install websockets") would be wrong advice, and a log flood for the asking.
+        pass
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (a malformed request line, header or chunk) is
+        ``text/plain`` and written even into a response still going out on this connection; ours is the
+        seed's error shape, or only the close while a response is under way."""
+        cycle = self.cycle
+        if not self._in_head and not self.pipeline and cycle is not None and not cycle.response_started:
+            # The body of the request being answered is malformed (its chunk framing), before its answer began:
+            # this is its answer (the app then finds its client gone).
+            self._cancel_head_timer()
+            self.transport.write(refusal(400, "Invalid HTTP request"))
+            self.transport.close()
+            return
+        self._refuse(400, "Invalid HTTP request")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` and close, unless a response is under way on this connection (then just close)."""

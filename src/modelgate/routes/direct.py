@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +38,7 @@ from modelgate.auth import AccessMiddleware
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import ModelgateError
 from modelgate.routes import chat, openai
+from modelgate.routes.opening import ClientDisconnected
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
@@ -102,6 +103,8 @@ class DirectChat:
                 response = error_response(exc, path)
             except StarletteHTTPException as exc:  # a body the observer refused (it answers that itself)
                 response = error_response(http_exception_error(exc, request.method, path), path)
+            except ClientDisconnect:  # the client left before its body was all here: a 499, not a bug
+                response = error_response(ClientDisconnected(), path)
         except Exception as exc:
             response = error_response(unexpected_error(request.method, path, exc), path)
         await response(scope, receive, send)
