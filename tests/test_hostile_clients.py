@@ -173,6 +173,13 @@ def test_a_10mb_body_without_length_is_cut_off_at_the_limit(service: str) -> Non
 # --- hostile clients ---------------------------------------------------------------------------------
 
 
+def post_chat(sock: socket.socket) -> None:
+    """Send the chat request (BODY, whole) on a raw connection."""
+    payload = orjson.dumps(BODY)
+    sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
+    sock.sendall(payload)
+
+
 def test_a_body_trickling_in_byte_by_byte_gets_a_408_and_blocks_nobody(service: str) -> None:
     payload = orjson.dumps(BODY)
     with connect(service) as sock:
@@ -197,10 +204,8 @@ def test_a_body_trickling_in_byte_by_byte_gets_a_408_and_blocks_nobody(service: 
 
 def test_a_client_that_never_reads_is_dropped_and_the_upstream_closed(service: str, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["x" * 8192] * 4000, usage=None))  # ~32 MB: more than any buffer holds
-    payload = orjson.dumps(BODY)
     with connect(service, receive_buffer=4096) as sock:
-        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
-        sock.sendall(payload)
+        post_chat(sock)
         # Never read. The gateway's writes stall, it gives up, and closes the upstream stream.
         assert fakes.ollama.wait_for_disconnects(1) == 1
         assert wait_until(lambda: in_flight(service) == 0)
@@ -209,10 +214,8 @@ def test_a_client_that_never_reads_is_dropped_and_the_upstream_closed(service: s
 
 def test_a_client_hanging_up_mid_stream_frees_everything(service: str, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["tick"] * 400, delay=0.05))
-    payload = orjson.dumps(BODY)
     with connect(service) as sock:
-        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
-        sock.sendall(payload)
+        post_chat(sock)
         sock.settimeout(10)
         received = b""
         while received.count(b'0:"tick"') < 3:
@@ -227,12 +230,10 @@ def test_a_client_hanging_up_mid_stream_frees_everything(service: str, fakes: Fa
 
 def test_many_clients_hanging_up_at_once_leave_nothing_behind(service: str, fakes: Fakes) -> None:
     fakes.ollama.default = Reply(tokens=["tick"] * 400, delay=0.05)
-    payload = orjson.dumps(BODY)
     sockets = []
     for _ in range(10):
         sock = connect(service)
-        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
-        sock.sendall(payload)
+        post_chat(sock)
         sockets.append(sock)
     for sock in sockets:
         sock.settimeout(10)
@@ -289,10 +290,8 @@ def test_bad_framing_behind_a_streaming_reply_never_writes_into_it(service: str,
     """A refusal written while a response is still going out would land inside that response's body (uvicorn
     wrote its 400 there): the connection is closed instead, as for the other refusals (``server._refuse``)."""
     fakes.ollama.script(Reply(tokens=["tick"] * 40, delay=0.05))
-    payload = orjson.dumps(BODY)
     with connect(service) as sock:
-        sock.sendall(head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}))
-        sock.sendall(payload)
+        post_chat(sock)
         sock.settimeout(10)
         received = sock.recv(65536)
         assert received.startswith(b"HTTP/1.1 200")
