@@ -205,6 +205,20 @@ def test_health_is_always_ok() -> None:
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
+@pytest.mark.parametrize("path", ["/health", "/ready", "/api/status", "/metrics"])
+def test_probes_answer_head_as_get_without_the_body(path: str) -> None:
+    """Uptime monitors and load balancers probe with HEAD: it was a 405 (FastAPI routes answer only GET)."""
+    with serve_in_thread(create_app(Settings(probe_interval=0))) as url:
+        head = httpx.head(f"{url}{path}")
+        get = httpx.get(f"{url}{path}")
+        schema = httpx.get(f"{url}/openapi.json").json()
+    assert head.status_code == 200 == get.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["cache-control"] == "no-store"
+    assert "head" not in schema["paths"].get(path, {})  # the HEAD twin stays out of the API's description
+
+
 def test_ready_without_redis() -> None:
     with serve_in_thread(create_app(Settings(probe_interval=0))) as url:
         response = httpx.get(f"{url}/ready")

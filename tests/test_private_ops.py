@@ -41,6 +41,12 @@ def test_private_ops_need_a_key(private: str, path: str) -> None:
     assert httpx.get(private + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
+@pytest.mark.parametrize("path", OPS)
+def test_a_head_probe_of_private_ops_needs_the_key_too(private: str, path: str) -> None:
+    assert httpx.head(private + path).status_code == 401
+    assert httpx.head(private + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
 @pytest.mark.parametrize("path", PUBLIC)
 def test_liveness_readiness_and_the_catalogue_stay_public(private: str, path: str) -> None:
     assert httpx.get(private + path).status_code == 200

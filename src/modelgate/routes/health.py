@@ -11,6 +11,7 @@ and ``/ready`` stay public: orchestrators probe them without credentials.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -29,13 +30,27 @@ REDIS_PING_TIMEOUT = 2.0
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
+Endpoint = Callable[..., Awaitable[Response]]
 
-@router.get("/health", summary="Liveness: the process answers")
+
+def _probe(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """``GET path``, and ``HEAD`` too: uptime monitors and load balancers probe with either. FastAPI's routes,
+    unlike Starlette's, answer only the methods named (HEAD was a 405); the HEAD twin stays out of the schema,
+    and the server sends its headers without the body."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+        return router.get(path, **options)(endpoint)
+
+    return register
+
+
+@_probe("/health", summary="Liveness: the process answers")
 async def health() -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON, headers=_NO_STORE)
 
 
-@router.get("/ready", summary="Readiness: catalogue loaded, Redis reachable when configured")
+@_probe("/ready", summary="Readiness: catalogue loaded, Redis reachable when configured")
 async def ready(request: Request) -> Response:
     state = gateway(request)
     checks: dict[str, Any] = {"catalogue": state.http is not None and bool(state.catalogue.models)}
@@ -62,7 +77,7 @@ def _private(request: Request) -> None:
         request_principal(request)
 
 
-@router.get("/api/status", summary="Health of each provider and model, from traffic and free probes")
+@_probe("/api/status", summary="Health of each provider and model, from traffic and free probes")
 async def status(request: Request) -> Response:
     _private(request)
     state = gateway(request)
@@ -70,7 +85,7 @@ async def status(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type=JSON, headers=_NO_STORE)
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+@_probe("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     _private(request)
     return Response(gateway(request).metrics.exposition(), media_type=CONTENT_TYPE, headers=_NO_STORE)
