@@ -320,19 +320,16 @@ class GuardedProtocol(HttpToolsProtocol):
         ``text/plain`` and written even into a response still going out on this connection; ours is the
         seed's error shape, or only the close while a response is under way."""
         cycle = self.cycle
-        if not self._in_head and not self.pipeline and cycle is not None and not cycle.response_started:
-            # The body of the request being answered is malformed (its chunk framing), before its answer began:
-            # this is its answer (the app then finds its client gone).
-            self._cancel_head_timer()
-            self.transport.write(refusal(400, "Invalid HTTP request"))
-            self.transport.close()
-            return
-        self._refuse(400, "Invalid HTTP request")
+        # The body of the request being answered is malformed (its chunk framing) before its answer began: the
+        # refusal is its answer (the app then finds its client gone).
+        its_answer = not self._in_head and not self.pipeline and cycle is not None and not cycle.response_started
+        self._refuse(400, "Invalid HTTP request", answers_request=its_answer)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` and close, unless a response is under way on this connection (then just close)."""
+    def _refuse(self, status: int, message: str, *, answers_request: bool = False) -> None:
+        """Answer ``status`` and close, unless a response is under way on this connection (then just close).
+        ``answers_request``: the refusal is the answer of the request in progress, whose response has not begun."""
         self._cancel_head_timer()
-        if self.cycle is None or self.cycle.response_complete:
+        if answers_request or self.cycle is None or self.cycle.response_complete:
             self.transport.write(refusal(status, message))
         self.transport.close()
 
