@@ -12,7 +12,7 @@ import re
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,21 +118,23 @@ def test_headers_that_never_finish_get_408_and_the_connection_closed(limited: st
     assert b"Request headers did not arrive within 2 seconds" in answer
 
 
+def cut_off(sock: socket.socket, pieces: Iterable[bytes], *, wait: float) -> bool:
+    """Send ``pieces`` ``wait`` seconds apart until the server answers or closes (True) or they run out (False)."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        if select.select([sock], [], [], wait)[0]:
+            return True
+    return False
+
+
 def test_headers_trickled_a_byte_at_a_time_are_cut_off(limited: str) -> None:
     """Slowloris: every byte arrives in time for a per-read timeout; the head as a whole does not."""
     trickle = b"GET /health HTTP/1.1\r\nHost: modelgate\r\n" + b"X-Slow: " + b"a" * 1000
     with connect(limited) as sock:
-        closed = False
-        for byte in trickle:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            if select.select([sock], [], [], 0.2)[0]:
-                closed = True
-                break
-        assert closed, "the server waited for the whole trickle"
+        assert cut_off(sock, (bytes([byte]) for byte in trickle), wait=0.2), "the server waited for the whole trickle"
         answer = read_until_closed(sock)
     assert answer is not None and answer.startswith(b"HTTP/1.1 408 ")
 
@@ -165,17 +167,9 @@ def test_a_body_nobody_reads_cannot_hold_the_connection_open(limited: str, head:
     with connect(limited) as sock:
         sock.sendall(head + (b"1\r\nx\r\n" if chunked else b"x"))
         assert read_response(sock)[0] in (200, 405, 413)
-        closed = False
-        for _ in range(40):  # 20 s of trickling, against a 2 s header timeout and a 1 s keep-alive
-            try:
-                sock.sendall(b"1\r\nx\r\n" if chunked else b"x")
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            if select.select([sock], [], [], 0.5)[0]:
-                closed = True
-                break
-        assert closed, "the connection is still open"
+        # 20 s of trickling, against a 2 s header timeout and a 1 s keep-alive.
+        trickle = [b"1\r\nx\r\n" if chunked else b"x"] * 40
+        assert cut_off(sock, trickle, wait=0.5), "the connection is still open"
     health_is_served(limited)
 
 
