@@ -17,6 +17,7 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, default_catalogue_path, load_catalogue, parse_catalogue
+from modelgate.errors import BadRequest
 from modelgate.routes.chat import parse_chat_body
 from modelgate.settings import Settings
 from modelgate.templates import get_template
@@ -170,6 +171,37 @@ def test_ai_sdk_5_parts_body(service: str, fakes: Fakes) -> None:
     response = post(service + "/api/ai/openrouter/deepseek-chat/chat", body)
     assert response.status_code == 200
     assert fakes.openrouter.last.json["messages"] == [{"role": "user", "content": "What is 2+2?"}]
+
+
+def test_ai_sdk_5_data_parts_are_skipped_as_the_sdk_skips_them(service: str, fakes: Fakes) -> None:
+    # An app's own data parts (``data-*``) are never prompt text: convertToModelMessages drops them by default.
+    parts = [{"type": "data-weather", "data": {"city": "Oslo"}}, {"type": "text", "text": "Hi"}]
+    body = {"trigger": "submit-message", "messages": [{"id": "u1", "role": "user", "parts": parts}]}
+    response = post(service + "/api/ai/openrouter/deepseek-chat/chat", body)
+    assert response.status_code == 200
+    assert fakes.openrouter.last.json["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "tool-weather", "toolCallId": "c1", "state": "output-available", "input": {}, "output": "sunny"},
+        {"type": "dynamic-tool", "toolName": "weather", "toolCallId": "c1", "state": "input-available", "input": {}},
+    ],
+)
+def test_ai_sdk_5_tool_parts_are_a_400_pointing_to_the_v1_tools(service: str, fakes: Fakes, part: dict) -> None:
+    messages = [*AI_SDK_5_MESSAGES, {"id": "a1", "role": "assistant", "parts": [part]}]
+    response = post(service + "/api/ai/openrouter/deepseek-chat/chat", {"messages": messages})
+    assert response.status_code == 400
+    assert "/v1/chat/completions with tools" in response.json()["statusMessage"]
+    assert fakes.openrouter.requests == []
+
+
+@pytest.mark.parametrize("kind", [["text"], {"a": 1}, None, 3])
+def test_a_part_type_that_is_not_a_string_is_a_400(kind: Any) -> None:
+    raw = json.dumps({"messages": [{"role": "user", "parts": [{"type": kind, "text": "x"}]}]}).encode()
+    with pytest.raises(BadRequest, match=r"messages\[0\]\.parts\[0\] needs a string type"):
+        parse_chat_body(raw, max_messages=10)
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,10 @@ def parsed_or_refused(raw: bytes) -> Any:
 _ROLE = st.sampled_from(["system", "user", "assistant"]) | st.text(max_size=6)
 _PART = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)}),
-    st.fixed_dictionaries({"type": st.sampled_from(["step-start", "reasoning", "file", "tool-call"])}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["step-start", "reasoning", "file", "tool-call", "tool-search", "data-x"])}
+    ),
+    st.fixed_dictionaries({"type": _JSON}),  # a list or an object as the type was a TypeError (unhashable)
     _JSON,
 )
 _MESSAGE = st.one_of(

@@ -40,7 +40,8 @@ from modelgate.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
-#: Part types of AI SDK 5 messages that carry no prompt text and are skipped, not refused.
+#: Part types of AI SDK 5 messages that carry no prompt text and are skipped, not refused. ``data-*`` parts
+#: (an app's own data) are skipped too, as the AI SDK's ``convertToModelMessages`` skips them by default.
 _IGNORED_PART_TYPES = frozenset({"step-start", "reasoning", "source-url", "source-document"})
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -98,6 +99,8 @@ def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) ->
     texts = []
     for j, part in enumerate(message.parts):
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):  # a list or an object is not hashable: never look it up
+            raise BadRequest(f"{where}.parts[{j}] needs a string type", data={"field": f"{where}.parts[{j}].type"})
         if kind == "text":
             text = part.get("text")
             if not isinstance(text, str):
@@ -105,7 +108,16 @@ def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) ->
             texts.append(text)
         elif kind == "file" and message.role == "user":
             images.append(_image(f"{where}.parts[{j}]", part.get("mediaType"), part.get("url"), budget))
-        elif kind not in _IGNORED_PART_TYPES:
+        elif kind in _IGNORED_PART_TYPES or kind.startswith("data-"):
+            continue
+        elif kind.startswith("tool-") or kind == "dynamic-tool":
+            # Dropping them would hide a call and its result from the model; this route declares no tools.
+            raise BadRequest(
+                f"{where}.parts[{j}]: tool parts are not supported here (this route offers the model no tools); "
+                "use /v1/chat/completions with tools",
+                data={"field": f"{where}.parts[{j}].type"},
+            )
+        else:
             raise BadRequest(
                 f"{where}.parts[{j}]: part type {kind!r} is not supported (only text, and image files from the user)",
                 data={"field": f"{where}.parts[{j}].type"},
@@ -169,7 +181,7 @@ _MESSAGE = _object(
         "parts": {
             "type": "array",
             "description": "AI SDK 5: text parts, and image file parts of a user message (data: or https: URLs); "
-            "step-start, reasoning and source parts are skipped",
+            "step-start, reasoning, source and data-* parts are skipped",
             "items": {
                 "oneOf": [
                     _object(["type", "text"], {"type": {"const": "text"}, "text": _STRING}),
