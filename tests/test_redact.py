@@ -26,12 +26,15 @@ def redactor() -> Redactor:
         "Incorrect API key provided: sk-proj-********abcd",  # someone else's key shape
         "Token hf_QwErTyUiOp... lacks permission",
         "authorization: bearer some.jwt.value",
+        # A key /admin/keys made at run time (maybe on another instance): no configured list holds it.
+        "request id mg-Xq3_f9Lk2pQ-Zr8sTu1vWy4aBcDeFgHiJkLmNoPqRs",
+        "mg-Xq3_f9Lk… was revoked",
     ],
 )
 def test_credentials_whole_partial_or_shaped_are_redacted(redactor: Redactor, text: str) -> None:
     cleaned = redactor.scrub(text)
     assert REDACTED in cleaned
-    for fragment in (OPENROUTER_KEY[:10], CLOUDFLARE_TOKEN[:10], "sk-proj", "hf_QwErTy", "some.jwt"):
+    for fragment in (OPENROUTER_KEY[:10], CLOUDFLARE_TOKEN[:10], "sk-proj", "hf_QwErTy", "some.jwt", "mg-Xq3"):
         assert fragment not in cleaned
 
 
@@ -41,6 +44,7 @@ def test_credentials_whole_partial_or_shaped_are_redacted(redactor: Redactor, te
         "the model task-force-7b is not available upstream",
         "set hf_token in your environment",
         "install hf_transfer for faster downloads",
+        "deployed as mg-gateway-2 behind the balancer",
         "risk-free retry after 3s",
         "abc",  # a configured value shorter than the minimum is not treated as a secret
         "rate limited: 20 requests per minute",
@@ -48,6 +52,14 @@ def test_credentials_whole_partial_or_shaped_are_redacted(redactor: Redactor, te
 )
 def test_ordinary_text_is_left_alone(redactor: Redactor, text: str) -> None:
     assert redactor.scrub(text) == text
+
+
+def test_a_key_the_admin_api_makes_has_the_redacted_shape(redactor: Redactor) -> None:
+    from modelgate.runtime_keys import new_secret
+
+    for _ in range(200):  # random keys: every one, not a lucky one
+        secret = new_secret()
+        assert redactor.scrub(f"id={secret};") == f"id={REDACTED};"
 
 
 def test_bearer_keeps_its_scheme_word(redactor: Redactor) -> None:

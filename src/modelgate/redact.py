@@ -6,7 +6,8 @@ It replaces, with ``[REDACTED]``:
 * any word that *starts* like a configured secret (its first ``PREFIX_LENGTH`` characters): providers
   quote a refused key partially ("invalid key sk-or-v1-ab12…"), and a clipped message can cut a key;
 * any ``Bearer …`` token (an upstream that reflects our ``Authorization`` header);
-* words shaped like the well-known provider keys (``sk-…``, ``hf_…``), whoever's they are.
+* words shaped like the well-known provider keys (``sk-…``, ``hf_…``), whoever's they are, and like the keys
+  ``/admin/keys`` makes (``mg-…``): those are created at run time, on any instance, so no list holds them all.
 
 Used by the log filter (``logs.RedactingFilter``), ``/api/status`` and ``providers._http.Upstream``, the
 one place where upstream text becomes client-visible text.
@@ -29,9 +30,18 @@ MIN_PREFIX_SECRET = 12
 #: The rest of a word: what a key, or its quoted and elided form ("…", "***"), can be made of.
 _WORD_REST = r"[^\s\"'`,;()<>\[\]{}]*"
 _BEARER = r"(?i:\bbearer\s+)[^\s\"',;]+"
-#: OpenAI/OpenRouter/Anthropic-style ``sk-…`` and Hugging Face ``hf_…`` keys, whole or partial. An HF
-#: token is mixed-case letters: one capital among them tells it from a name such as ``hf_transfer``.
-_KEY_SHAPES = r"\b(?:sk-[A-Za-z0-9]" + _WORD_REST + r"|hf_(?=[a-z0-9]*[A-Z])[A-Za-z0-9]{6,}" + _WORD_REST + ")"
+#: OpenAI/OpenRouter/Anthropic-style ``sk-…``, Hugging Face ``hf_…`` and our own ``mg-…`` keys
+#: (``runtime_keys.new_secret``), whole or partial. HF tokens and ours are mixed-case: one capital among the
+#: first characters tells them from a name such as ``hf_transfer`` or ``mg-gateway-2``.
+_KEY_SHAPES = (
+    r"\b(?:sk-[A-Za-z0-9]"
+    + _WORD_REST
+    + r"|hf_(?=[a-z0-9]*[A-Z])[A-Za-z0-9]{6,}"
+    + _WORD_REST
+    + r"|mg-(?=[a-z0-9_-]*[A-Z])[A-Za-z0-9_-]{8,}"
+    + _WORD_REST
+    + ")"
+)
 
 
 class Redactor:
