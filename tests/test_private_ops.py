@@ -61,3 +61,20 @@ def test_private_ops_without_any_key_configured_stay_open() -> None:
     """Nothing to authenticate against: the service is open, so are its operations endpoints."""
     for url in serve(Settings.from_env({"MODELGATE_PRIVATE_OPS": "1"}, probe_interval=0)):
         assert httpx.get(url + "/metrics").status_code == 200
+
+
+ADMIN = "mg-ops-admin-key"
+
+
+@pytest.mark.parametrize("api_keys", [KEY, ""])
+def test_the_admin_key_opens_private_ops_as_it_opens_the_usage(api_keys: str) -> None:
+    """The operator's key reads /api/usage; it was refused on /metrics and /api/status (not an API key)."""
+    env = {"MODELGATE_PRIVATE_OPS": "1", "MODELGATE_ADMIN_KEY": ADMIN, "MODELGATE_DATABASE_URL": "off"}
+    for url in serve(Settings.from_env({**env, "MODELGATE_API_KEYS": api_keys}, probe_interval=0)):
+        for path in OPS:
+            assert httpx.get(url + path, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+            assert httpx.head(url + path, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+            # With only the admin key configured, the service is not open: no key or a wrong one is refused.
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"}):
+                refused = httpx.get(url + path, headers=headers)
+                assert refused.status_code == 401 and refused.json()["statusCode"] == 401

@@ -30,6 +30,7 @@ fallback goes through it too (``limits.Admission.admit_fallback``): never a way 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -71,6 +72,20 @@ CLEANUPS_STATE = "modelgate_cleanups"
 
 def key_digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode("ascii") if isinstance(key, str) else key).digest()
+
+
+def bearer_token(authorization: str | None) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header, as the bytes the client sent (ASGI decodes
+    headers as latin-1); empty for any other header or none."""
+    scheme, _, token = (authorization or "").encode("latin-1").strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+def is_admin_token(token: bytes, admin_key: str | None) -> bool:
+    """``token`` is ``MODELGATE_ADMIN_KEY``: compared by digest in constant time, as the API keys are."""
+    if not token or admin_key is None:
+        return False
+    return hmac.compare_digest(key_digest(token), key_digest(admin_key.encode()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ within ``MODELGATE_KEY_REFRESH_INTERVAL`` seconds plus one query.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, key_digest
+from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, bearer_token, is_admin_token
 from modelgate.budgets import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
 from modelgate.runtime_keys import SOURCE_API, KeyRecord, RuntimeKeys, digest_hex, new_secret
@@ -107,11 +106,10 @@ def require_admin(state: GatewayState, authorization: str | None) -> None:
     admin = state.settings.admin_key
     if admin is None:
         raise Forbidden("Key management is off: set MODELGATE_ADMIN_KEY on the server")
-    scheme, _, token = (authorization or "").encode("latin-1").strip().partition(b" ")
-    token = token.strip()
-    if scheme.lower() != b"bearer" or not token:
+    token = bearer_token(authorization)
+    if not token:
         raise BearerUnauthorized("Missing admin key: send 'Authorization: Bearer <MODELGATE_ADMIN_KEY>'")
-    if hmac.compare_digest(key_digest(token), key_digest(admin.encode())):
+    if is_admin_token(token, admin):
         return
     if state.keys.identify(token) is not None:
         raise Forbidden("This key may not manage keys: use the admin key")

@@ -4,7 +4,7 @@ None of them calls a provider: ``/api/status`` reads what traffic and the backgr
 (``status.py``), so it answers at once whatever the upstreams are doing.
 
 ``/api/status`` and ``/metrics`` tell an outsider which providers are configured, failing or busy; with
-``MODELGATE_PRIVATE_OPS=1`` (and keys configured) they need a key like the chat endpoints. ``/health``
+``MODELGATE_PRIVATE_OPS=1`` (and keys configured) they need an API key or the admin key. ``/health``
 and ``/ready`` stay public: orchestrators probe them without credentials.
 """
 
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import JSON, error_response, gateway
-from modelgate.auth import request_principal
+from modelgate.auth import BearerUnauthorized, bearer_token, is_admin_token, request_principal
 from modelgate.errors import ModelgateError
 from modelgate.metrics import CONTENT_TYPE
 
@@ -72,9 +72,18 @@ async def ready(request: Request) -> Response:
 
 
 def _private(request: Request) -> None:
-    """With ``private_ops``, the caller must present a valid key (401 otherwise; open when no key is configured)."""
-    if gateway(request).settings.private_ops:
-        request_principal(request)
+    """With ``private_ops``, the caller must present an API key or the admin key (401 otherwise), as on
+    ``/api/usage``; open when neither is configured."""
+    state = gateway(request)
+    if not state.settings.private_ops:
+        return
+    token = bearer_token(request.headers.get("authorization"))
+    if is_admin_token(token, state.settings.admin_key):
+        return
+    if state.keys.enabled:
+        request_principal(request)  # 401 unless a valid API key
+    elif state.settings.admin_key is not None:
+        raise BearerUnauthorized("Invalid API key" if token else "Missing API key: send 'Authorization: Bearer <key>'")
 
 
 @_probe("/api/status", summary="Health of each provider and model, from traffic and free probes")

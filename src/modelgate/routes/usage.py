@@ -13,7 +13,6 @@ The admin key is compared by SHA-256 digest in constant time, like the API keys 
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -24,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import BearerUnauthorized, key_digest
+from modelgate.auth import BearerUnauthorized, bearer_token, is_admin_token
 from modelgate.errors import Forbidden, ModelgateError
 
 router = APIRouter(tags=["usage"])
@@ -46,15 +45,13 @@ def usage_scope(state: GatewayState, authorization: str | None) -> str | None:
     keyring = state.keys
     if admin is None and not keyring.enabled:
         return None
-    header = (authorization or "").encode("latin-1")  # back to the bytes the client sent (ASGI decodes latin-1)
-    scheme, _, token = header.strip().partition(b" ")
-    token = token.strip()
-    if scheme.lower() != b"bearer" or not token:
+    token = bearer_token(authorization)
+    if not token:
         raise BearerUnauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-    if admin is not None and hmac.compare_digest(key_digest(token), key_digest(admin.encode())):
+    if is_admin_token(token, admin):
         return None
     if keyring.enabled:
-        key_id = keyring.authenticate(header).key_id  # raises 401 for an unknown key
+        key_id = keyring.authenticate(b"Bearer " + token).key_id  # raises 401 for an unknown key
         assert key_id is not None  # keys are configured, so the principal is one of them
         return key_id
     raise BearerUnauthorized("Invalid API key")
