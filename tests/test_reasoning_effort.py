@@ -172,8 +172,20 @@ def test_responses_reasoning_effort_is_forwarded_or_reported_under_its_own_name(
         assert response.status_code == 200, response.text
         return response
 
+    def echoed(response: httpx.Response) -> Any:
+        """``Response.reasoning`` as the reply states it (streamed: in every event carrying the response)."""
+        if not stream:
+            return response.json()["reasoning"]
+        events = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        states = [event["response"]["reasoning"] for event in events if "response" in event]
+        assert len(states) >= 2 and all(state == states[0] for state in states)
+        return states[0]
+
     forwarded = respond("t/router")
     assert fakes.huggingface.last.json["reasoning_effort"] == "medium"
     assert "x-modelgate-dropped-params" not in forwarded.headers
-    assert dropped(respond("t/workers")) == {"reasoning.effort"}
+    assert echoed(forwarded) == {"effort": "medium", "summary": None}
+    not_sent = respond("t/workers")
+    assert dropped(not_sent) == {"reasoning.effort"}
     assert "reasoning" not in fakes.cloudflare.last.json
+    assert echoed(not_sent) is None  # the reply states the effort applied: none was sent

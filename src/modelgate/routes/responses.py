@@ -71,7 +71,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         parallel_tool_calls=body.parallel_tool_calls is not False,
         metadata=body.metadata,
         user=body.user,
-        reasoning_effort=body.reasoning.effort if body.reasoning is not None else None,
+        # Echoed as applied: a provider without a form for it dropped it (and the header says so).
+        reasoning_effort=None
+        if body.reasoning is None or "reasoning_effort" in start.dropped_params
+        else body.reasoning.effort,
     )
     provider = start.model.provider
     if body.stream:
