@@ -461,3 +461,25 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert result.returncode == 0
     assert result.stdout.strip() == f"modelgate {__version__}"
     assert sys.executable  # the same interpreter runs the subprocess
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_a_table_is_never_cut_to_fit_a_narrow_terminal(width: int) -> None:
+    """``modelgate usage`` on an 80-column terminal showed ``12345…`` for a count: a wrong figure."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from modelgate.cli import USAGE_COLUMNS
+    from modelgate.cli_http import print_table
+
+    row = ("3f9a1c2b4d5e", "meta-llama/llama-3.3-70b-instruct", "openrouter", "1234567", "123456789012")
+    row += ("12345678901", "1234567890", "123456789", "123.45678901")
+    table = Table(*USAGE_COLUMNS)
+    table.add_row(*row)
+    out = io.StringIO()
+    print_table(table, Console(file=out, width=width, force_terminal=True, color_system=None))
+    line = next(line for line in out.getvalue().splitlines() if "3f9a1c2b4d5e" in line)
+    assert [cell.strip() for cell in line.strip("│").split("│")] == list(row)
+    assert "…" not in out.getvalue()

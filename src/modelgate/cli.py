@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from modelgate.cli_http import fail, request_or_fail
+from modelgate.cli_http import fail, print_table, request_or_fail
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
 from modelgate.settings import LEDGER_OFF, Settings
@@ -31,8 +31,6 @@ from modelgate.settings import database_url as ledger_database_url
 # FastAPI, aiohttp), `modelgate models` only the catalogue loader, the client commands only httpx
 # (issue 13 item 5; tests/test_startup_imports.py holds it).
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from modelgate.auth import KeyRing
     from modelgate.catalogue import Catalogue
     from modelgate.schema import ModelsResponse
@@ -339,13 +337,6 @@ def rows_from_response(document: "ModelsResponse") -> list[tuple[str, ...]]:
     return rows
 
 
-def _stdout_console() -> "Console":
-    from rich.console import Console
-
-    # Piped output keeps whole cells: no terminal width to fit.
-    return Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
-
-
 @cli.command()
 def models(
     url: Annotated[
@@ -382,7 +373,7 @@ def models(
     table = Table(*TABLE_COLUMNS, title=f"{len(rows)} models from {source}")
     for row in rows:
         table.add_row(*row)
-    _stdout_console().print(table)
+    print_table(table)
 
 
 # --- check-config ----------------------------------------------------------------------------------
@@ -440,7 +431,7 @@ def _check_online(settings: Settings, catalogue: "Catalogue") -> None:
             sum_cell += " !"
             note = f"exceeds the provider's context by {check.over_window}" + (f"; {note}" if note else "")
         table.add_row(check.model.id, check.model.provider, check.model.upstream_model, listed, window, sum_cell, note)
-    _stdout_console().print(table)
+    print_table(table)
     problems = failed(checks)
     if problems:
         fail(f"{len(problems)} of {len(checks)} models failed the online check")
@@ -542,7 +533,7 @@ def usage(
         table.columns[number].justify = "right"
     for row in rows:
         table.add_row(*row, end_section=row[0] == "total" or row is rows[-2])
-    _stdout_console().print(table)
+    print_table(table)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The CLI's way out, and its calls to a running server (``models --url``, ``usage``, ``keys``).
+"""The CLI's way out (an error line, a table), and its calls to a running server (``models --url``, ``usage``,
+``keys``).
 
 Every way such a call fails is one line on stderr and exit code 1, never a traceback: a key that cannot be an HTTP
 header, a malformed ``--url``, a server that cannot be reached, or one that answers an error.
@@ -12,11 +13,26 @@ import typer
 
 if TYPE_CHECKING:
     import httpx
+    from rich.console import Console
+    from rich.table import Table
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def print_table(table: "Table", console: "Console | None" = None) -> None:
+    """Print ``table`` to stdout with every cell whole. Fitted to a narrower terminal, rich cuts cells with an
+    ellipsis (``12345…``), and a count, a cost or a key id shown cut is a wrong one: the table keeps its
+    natural width and the terminal wraps its lines."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console(soft_wrap=False)
+    unbounded = console.options.update(max_width=1 << 20)  # measured against the console, a width is capped by it
+    console.width = max(console.width, console.measure(table, options=unbounded).maximum)
+    console.print(table)
 
 
 def request_or_fail(

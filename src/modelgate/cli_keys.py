@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modelgate.cli_http import fail, request_or_fail
+from modelgate.cli_http import fail, print_table, request_or_fail
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
@@ -133,14 +133,12 @@ def list_keys(url: UrlOption = DEFAULT_URL, admin_key: AdminKeyOption = None, as
     if as_json:
         sys.stdout.write(_dumps(answer) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(*KEY_COLUMNS, title=f"{len(answer['keys'])} keys on {url}")
     for row in key_rows(answer):
         table.add_row(*row)
-    # Piped output keeps whole cells: no terminal width to fit.
-    Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False).print(table)
+    print_table(table)
 
 
 @keys_cli.command()
