@@ -307,15 +307,16 @@ def test_a_client_leaving_mid_body_is_a_499_not_an_unhandled_error(
 ) -> None:
     """Found in review: on the chat routes (answered in front of the framework, ``routes/direct.py``) a body cut
     short by its client was logged as an unhandled error with a traceback and counted as a 500 — one error-level
-    traceback per hostile connection, and a server-error rate a client could raise at will."""
-    for path in (CHAT, OPENAI):
+    traceback per hostile connection, and a server-error rate a client could raise at will. The framework's routes
+    (``/v1/responses``) answered it as FastAPI's 400 "error parsing the body", a client error nobody made."""
+    for path in (CHAT, OPENAI, "/v1/responses"):
         with connect(service) as sock:
             sock.sendall(head("POST", path, {"Content-Type": "application/json", "Content-Length": "100"}))
             sock.sendall(b'{"messages": [')
             sock.shutdown(socket.SHUT_WR)
             assert closed_by_peer(sock)
-        route = path if path == OPENAI else "/api/ai/{first}/{second}/chat"
+        route = "/api/ai/{first}/{second}/chat" if path == CHAT else path
         assert wait_until(lambda route=route: requests_counted(service, route, 499) == 1), path  # type: ignore[misc]
-        assert requests_counted(service, route, 500) == 0
+        assert requests_counted(service, route, 500) == requests_counted(service, route, 400) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     others_are_served(service)

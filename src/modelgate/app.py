@@ -20,6 +20,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -29,7 +30,14 @@ from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.drain import DRAIN_STATE, Drain
-from modelgate.errors import BadRequest, CatalogueError, MethodNotAllowed, ModelgateError, NotFound
+from modelgate.errors import (
+    BadRequest,
+    CatalogueError,
+    ClientDisconnected,
+    MethodNotAllowed,
+    ModelgateError,
+    NotFound,
+)
 from modelgate.heap import tune_for_serving
 from modelgate.ledger import Ledger
 from modelgate.limits import Limiter
@@ -365,6 +373,9 @@ def error_response(exc: ModelgateError, path: str) -> Response:
 
 def http_exception_error(exc: StarletteHTTPException, method: str, path: str) -> ModelgateError:
     """A Starlette ``HTTPException`` (no route, wrong method, a refused body) as our error."""
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI's 400 "error parsing the body" for a client that left mid-body: nobody reads it (nginx's 499).
+        return ClientDisconnected()
     if exc.status_code == 404:
         return NotFound(f"Page not found: {path}")
     if exc.status_code == 405:

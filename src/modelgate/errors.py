@@ -188,3 +188,12 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     pass
+
+
+class ClientDisconnected(ModelgateError):
+    """The client left before the reply started (logged as nginx's 499; nobody reads the answer)."""
+
+    status = 499
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the reply started")

@@ -36,9 +36,8 @@ from modelgate.app import (
 )
 from modelgate.auth import AccessMiddleware
 from modelgate.cors import CatalogueCORS
-from modelgate.errors import ModelgateError
+from modelgate.errors import ClientDisconnected, ModelgateError
 from modelgate.routes import chat, openai
-from modelgate.routes.opening import ClientDisconnected
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState

@@ -25,20 +25,11 @@ from modelgate.app import GatewayState
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest
 from modelgate.drain import Drain, ShuttingDown
-from modelgate.errors import ModelgateError
+from modelgate.errors import ClientDisconnected
 from modelgate.gateway import StreamStart, open_stream
 from modelgate.limits import Admission
 
 T = TypeVar("T")
-
-
-class ClientDisconnected(ModelgateError):
-    """The client left before the reply started (logged as nginx's 499; nobody reads the answer)."""
-
-    status = 499
-
-    def __init__(self) -> None:
-        super().__init__("The client closed the connection before the reply started")
 
 
 async def open_for_client(
