@@ -41,12 +41,21 @@ WireText = Annotated[str, AfterValidator(unicode_text)]
 WireInt = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
 
 
+#: How deep a client's JSON value (a tool's schema, a call's arguments) may nest. orjson writes at most 255
+#: levels, and ours wrap a value in a few more (a Responses event echoing a schema, an Ollama message holding
+#: a call's arguments): deeper ones passed validation and failed as a 500, or cut a stream already started. A
+#: schema needs a handful of levels (OpenAI's structured outputs allow 10 of nesting, ~30 here).
+MAX_JSON_DEPTH = 64
+
+
 def writable_json(value: Any) -> Any:
     """``value`` (a parsed JSON document: a tool's schema, say) if every string and integer in it can be
-    written upstream, else ``ValueError`` naming where it is not."""
-    stack: list[tuple[str, Any]] = [("", value)]
+    written upstream and it nests at most ``MAX_JSON_DEPTH`` levels, else ``ValueError`` naming where not."""
+    stack: list[tuple[str, Any, int]] = [("", value, 0)]
     while stack:
-        path, item = stack.pop()
+        path, item, depth = stack.pop()
+        if isinstance(item, dict | list) and depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, str):
             try:
                 unicode_text(item)
@@ -56,10 +65,10 @@ def writable_json(value: Any) -> Any:
             raise ValueError(f"{path or 'value'}: {item} is beyond a 64-bit integer")
         elif isinstance(item, dict):
             for key, inner in item.items():
-                stack.append((f"{path}.{key}" if path else str(key), key))
-                stack.append((f"{path}.{key}" if path else str(key), inner))
+                stack.append((f"{path}.{key}" if path else str(key), key, depth))
+                stack.append((f"{path}.{key}" if path else str(key), inner, depth + 1))
         elif isinstance(item, list):
-            stack.extend((f"{path}[{index}]", inner) for index, inner in enumerate(item))
+            stack.extend((f"{path}[{index}]", inner, depth + 1) for index, inner in enumerate(item))
     return value
 
 

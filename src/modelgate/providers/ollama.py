@@ -57,6 +57,7 @@ from modelgate.providers.base import ProbeResult
 from modelgate.providers.chat_completions import wire_tool
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import NDJSONDecoder
+from modelgate.wire import writable_json
 
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
@@ -264,6 +265,12 @@ class Ollama(HttpProvider):
                         f"messages[{index}].tool_calls: the arguments of '{call.id}' must be a JSON object for Ollama",
                         param="messages",
                     )
+                try:  # sent as an object, not as the text the other kinds forward: it must be writable
+                    writable_json(arguments)
+                except ValueError as exc:
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls: the arguments of '{call.id}': {exc}", param="messages"
+                    ) from None
 
     def model_params(self, model: CatalogueModel) -> frozenset[str]:
         # Only a model that thinks takes a level (and "none" to a model that never thinks changes nothing).
