@@ -32,6 +32,24 @@ def test_unknown_path_is_404_in_seed_shape(url: str, path: str) -> None:
     assert response.json() == {"statusCode": 404, "statusMessage": f"Page not found: {path}"}
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/models/"), ("GET", "/api/status/"), ("POST", "/api/ai/ollama/rwkv-6-world/chat/")],
+)
+def test_a_slash_too_many_is_a_404_not_a_redirect_to_the_clients_host(url: str, method: str, path: str) -> None:
+    """Starlette answered an empty 307 whose Location was built from the client's Host header."""
+    response = httpx.request(method, url + path, headers={"Host": "evil.example"}, json={"messages": []})
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json() == {"statusCode": 404, "statusMessage": f"Page not found: {path}"}
+
+
+def test_a_slash_too_many_under_v1_is_openais_404(url: str) -> None:
+    response = httpx.post(url + "/v1/chat/completions/", headers={"Host": "evil.example"}, json={})
+    assert response.status_code == 404 and "location" not in response.headers
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] == "Page not found: /v1/chat/completions/"
+
+
 def test_wrong_method_on_a_routed_path_is_405_with_allow(url: str) -> None:
     response = httpx.delete(url + "/openapi.json")
     assert response.status_code == 405

@@ -272,6 +272,9 @@ def create_app(
         openapi_url="/openapi.json",
         docs_url=None,  # served by routes/docs.py: Swagger UI from the package, not a CDN
         redoc_url=None,
+        # A path with a slash too many is a 404 in our shape, not Starlette's empty 307 to a Location built from
+        # the client's Host header (``Host: evil.example`` was sent back as ``http://evil.example/...``).
+        redirect_slashes=False,
     )
     app.state.gateway = state
     _install_error_handlers(app)
