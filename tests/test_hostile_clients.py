@@ -286,6 +286,38 @@ def test_bytes_the_http_parser_refuses_get_a_400_in_the_seed_shape(service: str,
     others_are_served(service)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: modelgate\r\nBad Header: space in its name\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: modelgate\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["header-name", "chunk-size"],
+)
+def test_under_v1_the_parsers_400_is_in_openais_shape(service: str, raw: bytes) -> None:
+    """Found from outside: the server's own refusals were in the seed's shape on ``/v1`` too, where the README
+    promises OpenAI's (an SDK reads ``error.message``)."""
+    with connect(service) as sock:
+        sock.sendall(raw)
+        status, headers, body = read_response(sock)
+        assert status == 400 and headers["connection"] == "close"
+        error = json.loads(body)["error"]
+        assert error["message"] == "Invalid HTTP request" and error["type"] == "invalid_request_error"
+    others_are_served(service)
+
+
+def test_garbage_after_a_v1_request_is_not_answered_in_that_requests_shape(service: str) -> None:
+    """The parser keeps the last request's URL until the next one begins: a request line it cannot read has no
+    path, and gets the seed's shape."""
+    with connect(service) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: modelgate\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        status, _, body = read_response(sock)
+        assert status == 400 and json.loads(body) == {"statusCode": 400, "statusMessage": "Invalid HTTP request"}
+
+
 def test_bad_framing_behind_a_streaming_reply_never_writes_into_it(service: str, fakes: Fakes) -> None:
     """A refusal written while a response is still going out would land inside that response's body (uvicorn
     wrote its 400 there): the connection is closed instead, as for the other refusals (``server._refuse``)."""

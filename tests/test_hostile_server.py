@@ -7,6 +7,7 @@ reply waits for the first token. Counts stay small (50 sockets against a cap of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import select
@@ -70,6 +71,28 @@ def test_an_endless_header_block_is_refused_with_431_before_it_is_all_sent(limit
         assert read_until_closed(sock) is not None
     assert sent < total  # refused at the limit, not buffered to the end
     health_is_served(limited)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "endless"])
+def test_under_v1_a_head_too_large_is_refused_in_openais_shape(limited: str, split: bool) -> None:
+    """Found from outside: the server's own 431 was in the seed's shape on ``/v1`` too."""
+    with connect(limited) as sock:
+        if split:  # refused while the head is still coming (its size counted read by read)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: modelgate\r\n")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(4):
+                    sock.sendall(b"X-Filler: " + b"a" * MAX_HEADER_BYTES + b"\r\n")
+        else:  # refused once the head is complete (it came in one read)
+            sock.sendall(request_head("GET", "/v1/models", {"X-Filler": "a" * (MAX_HEADER_BYTES + 200)}))
+        status, headers, body = read_response(sock)
+    assert status == 431 and headers["connection"] == "close"
+    error = json.loads(body)["error"]
+    assert error == {
+        "message": f"Request headers are larger than {MAX_HEADER_BYTES} bytes",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
 
 
 @pytest.mark.parametrize(("size", "status"), [(MAX_HEADER_BYTES - 500, 200), (MAX_HEADER_BYTES + 200, 431)])

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +29,7 @@ from modelgate.auth import AccessMiddleware, KeyRing, load_keyring
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.cors import CatalogueCORS
 from modelgate.drain import DRAIN_STATE, Drain
+from modelgate.error_bodies import error_body, is_openai_path
 from modelgate.errors import (
     BadRequest,
     CatalogueError,
@@ -330,39 +330,6 @@ def gateway(request: Request) -> GatewayState:
 
 
 # --- errors at the boundary ---------------------------------------------------------------------
-
-
-def is_openai_path(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
-
-
-def error_body(exc: ModelgateError, path: str) -> bytes:
-    if is_openai_path(path):
-        return orjson.dumps({"error": openai_error(exc)})
-    body: dict[str, Any] = {"statusCode": exc.status, "statusMessage": exc.message}
-    if exc.data is not None:
-        body["data"] = exc.data
-    return orjson.dumps(body)
-
-
-_OPENAI_TYPES = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("permission_error", "model_not_allowed"),
-    404: ("invalid_request_error", None),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
-
-
-def openai_error(exc: ModelgateError) -> dict[str, Any]:
-    kind, code = _OPENAI_TYPES.get(exc.status, ("server_error", None))
-    param = getattr(exc, "param", None)
-    if exc.status == 404 and isinstance(exc.data, dict) and "model" in exc.data:
-        code, param = "model_not_found", "model"
-    return {"message": exc.message, "type": kind, "param": param, "code": code}
 
 
 def error_response(exc: ModelgateError, path: str) -> Response:

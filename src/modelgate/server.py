@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-import orjson
 import uvicorn
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -49,6 +48,8 @@ from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
 from modelgate.drain import DRAIN_STATE, Drain
+from modelgate.error_bodies import error_body
+from modelgate.errors import ModelgateError
 from modelgate.protocol_answers import EARLY_ANSWERS_STATE, EarlyAnswers
 from modelgate.settings import Settings
 
@@ -100,9 +101,10 @@ class GatewayConfig(uvicorn.Config):
         self.refusal_logged_at = -math.inf
 
 
-def refusal(status: int, message: str) -> bytes:
-    """A whole response in the seed's error shape, closing the connection."""
-    body = orjson.dumps({"statusCode": status, "statusMessage": message})
+def refusal(status: int, message: str, path: str = "") -> bytes:
+    """A whole response in the error shape of ``path`` (OpenAI's under ``/v1``, else the seed's), closing the
+    connection."""
+    body = error_body(ModelgateError(message, status=status), path)
     return b"".join(
         (
             STATUS_LINE[status],
@@ -330,8 +332,14 @@ class GuardedProtocol(HttpToolsProtocol):
         ``answers_request``: the refusal is the answer of the request in progress, whose response has not begun."""
         self._cancel_head_timer()
         if answers_request or self.cycle is None or self.cycle.response_complete:
-            self.transport.write(refusal(status, message))
+            self.transport.write(refusal(status, message, self._path()))
         self.transport.close()
+
+    def _path(self) -> str:
+        """The path of the request being read, as far as it came ("" between requests: the last one's URL stays)."""
+        if self._in_head and not self._head_begun:
+            return ""
+        return getattr(self, "url", b"").partition(b"?")[0].decode("latin-1")
 
     # -- answers written here (protocol_answers.py) ----------------------------------------------------
 
@@ -412,16 +420,17 @@ class _HeadTooLarge:
     """The ASGI app that answers a request whose head is over the limit: 431, connection closed."""
 
     def __init__(self, message: str) -> None:
-        self.body = orjson.dumps({"statusCode": 431, "statusMessage": message})
+        self.message = message
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = error_body(ModelgateError(self.message, status=431), scope["path"])
         headers = [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode("ascii")),
+            (b"content-length", str(len(body)).encode("ascii")),
             (b"connection", b"close"),
         ]
         await send({"type": "http.response.start", "status": 431, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        await send({"type": "http.response.body", "body": body})
 
 
 def run(app: Any, settings: Settings, *, workers: int = 1, **options: Any) -> None:

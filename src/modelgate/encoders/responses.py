@@ -62,7 +62,7 @@ _ENDED_WITH_ERROR = "the provider ended the reply with an error"
 #: (``IncompleteDetails.reason``), which the SDKs map back to a ``length`` / ``content-filter`` finish.
 _INCOMPLETE = {"length": "max_output_tokens", "content-filter": "content_filter"}
 
-#: The nested error's ``type``, as ``/v1`` error bodies name them (``app.openai_error``).
+#: The nested error's ``type``, as ``/v1`` error bodies name them (``error_bodies.openai_error``).
 _ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error"}
 
 #: Items with content parts of text; a ``function_call`` item holds its arguments instead.

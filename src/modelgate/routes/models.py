@@ -27,10 +27,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelgate.app import JSON, error_body, gateway
+from modelgate.app import JSON, gateway
 from modelgate.auth import is_protected_path
 from modelgate.catalogue import Catalogue
 from modelgate.cors import VARY as CORS_VARY
+from modelgate.error_bodies import error_body
 from modelgate.errors import MethodNotAllowed
 from modelgate.observer import FastRoute
 from modelgate.schema import ErrorResponse, ModelsResponse
