@@ -262,6 +262,8 @@ def test_a_run_time_keys_budget_is_enforced_and_a_bad_one_refused(fakes: Fakes, 
         assert bad.status_code == 400 and "tokens_per_week" in bad.json()["statusMessage"], bad.text
         empty = client.post("/admin/keys", json={"name": "b", "budget": {}}, headers=bearer(ADMIN))
         assert empty.status_code == 400 and "at least one" in empty.json()["statusMessage"], empty.text
+        tiny = client.post("/admin/keys", json={"name": "b", "budget": {"usd_per_day": 1e-300}}, headers=bearer(ADMIN))
+        assert tiny.status_code == 400 and "usd_per_day" in tiny.json()["statusMessage"], tiny.text
 
         body = {"name": "capped", "budget": {"tokens_per_day": 15}}
         created = client.post("/admin/keys", json=body, headers=bearer(ADMIN))

@@ -84,6 +84,9 @@ NANO_USD = 1_000_000_000
 #: The largest limits a budget takes: counters are 64-bit integers (Redis' INCRBY), spending included on top.
 MAX_TOKENS = 10**15
 MAX_USD = 10**9
+#: The smallest USD limit a budget takes: one nano-dollar, its unit (a smaller one was counted as 0 and refused
+#: every request, priced or not, while /api/usage showed it as left).
+MIN_USD = 1 / NANO_USD
 #: Counters outlive their period by this much (seconds), so a late settlement still finds its counter.
 COUNTER_GRACE = 3600
 
@@ -100,10 +103,10 @@ class Budget(BaseModel):
         int | None, Field(gt=0, le=MAX_TOKENS, description="Prompt + completion tokens per UTC month")
     ] = None
     usd_per_day: Annotated[
-        float | None, Field(gt=0, le=MAX_USD, allow_inf_nan=False, description="USD per UTC day")
+        float | None, Field(ge=MIN_USD, le=MAX_USD, allow_inf_nan=False, description="USD per UTC day")
     ] = None
     usd_per_month: Annotated[
-        float | None, Field(gt=0, le=MAX_USD, allow_inf_nan=False, description="USD per UTC month")
+        float | None, Field(ge=MIN_USD, le=MAX_USD, allow_inf_nan=False, description="USD per UTC month")
     ] = None
 
     @model_validator(mode="after")
