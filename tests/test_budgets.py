@@ -53,7 +53,7 @@ def test_a_budget_needs_at_least_one_positive_limit() -> None:
         Budget(usd_per_month=float("inf"))
     # Below one nano-dollar (the counters' unit) a limit counted as 0: every request refused, priced or not.
     for tiny in (1e-300, 4e-10):
-        with pytest.raises(ValidationError, match="greater than or equal to 0.000000001"):
+        with pytest.raises(ValidationError, match=r"greater than or equal to 0\.000000001"):
             Budget(usd_per_day=tiny)
     assert [limit.units for limit in Budget(usd_per_month=1e-9).limits()] == [1]
     budget = Budget(tokens_per_month=10, usd_per_day=0.5)

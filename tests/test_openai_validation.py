@@ -131,6 +131,38 @@ def test_unsupported_message_content_is_refused(
         assert word in error.body["message"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]},
+            "messages.0.content.0.image_url",
+            "Input should be a valid dictionary",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": 5, "text": "x"}]}]},
+            "messages.0.content.0.type",
+            "Input should be a valid string",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice", "Input should be 'auto', 'none' or 'required'"),
+        (
+            {"tools": [TOOL_G], "tool_choice": {"type": "function", "function": {"name": "bad name"}}},
+            "tool_choice.function.name",
+            "String should match pattern",
+        ),
+    ],
+)
+def test_a_union_field_error_names_the_field_the_client_sent(
+    client: openai.OpenAI, fields: dict[str, Any], param: str, message: str
+) -> None:
+    """Found from outside: a bad content part was reported as ``messages.0.content.str: Input should be a valid
+    string`` (the first union member pydantic tried), and ``tool_choice`` errors under pydantic's type tags."""
+    error = refused(client, **fields)
+    assert isinstance(error.body, dict)
+    assert error.body["param"] == param
+    assert error.body["message"].startswith(f"Invalid request: {param}: {message}")
+
+
 def test_unknown_role_is_a_validation_error_naming_the_field(client: openai.OpenAI) -> None:
     error = refused(client, messages=[{"role": "robot", "content": "hi"}])
     assert isinstance(error.body, dict)

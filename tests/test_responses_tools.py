@@ -318,6 +318,17 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
         "tools",
         ["t/plain", "'tools'"],
     ),
+    "a call named outside OpenAI's pattern": (
+        "t/smol",
+        {
+            "input": [
+                {"type": "function_call", "call_id": "c", "name": "bad name!", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": "1"},
+            ]
+        },
+        "input.0.name",
+        ["Invalid request: input.0.name: String should match pattern"],
+    ),
     "tools on TGI": ("t/tgi", {"tools": [TOOL]}, "tools", ["t/tgi", "tool calling"]),
     "json on a model without it": (
         "t/plain",

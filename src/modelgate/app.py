@@ -363,12 +363,30 @@ def validation_error(errors: Sequence[Any]) -> BadRequest:
         return BadRequest(
             f"The request body is not valid JSON: {reason} (at character {where})", data={"position": where}
         )
-    problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in errors]
+    # A value no member of a union takes fails once per member, each under the member's tag ("str",
+    # "list[ContentPart]", "NamedToolChoice"): the deepest failure is the member the client meant, and tags are
+    # no field of the body. (The first error named "messages.0.content.str" for a bad image part.)
+    ordered = sorted(errors, key=lambda e: -len(e["loc"]))  # stable: first among the deepest
+    problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in ordered]
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     where = f"Invalid request: {first['field']}" if first["field"] else "Invalid request body"  # e.g. a JSON list
     mapped = BadRequest(f"{where}: {first['message']}", data=problems)
     mapped.param = first["field"] or None
     return mapped
+
+
+#: Type names pydantic puts in an error's location for a union's member, besides parametrised ones ("list[...]").
+_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """An error location as the body's field path: no ``body`` prefix, no union member tags (a model's name
+    starts with a capital; the bodies' fields never do)."""
+    return ".".join(
+        str(part)
+        for part in loc
+        if not (isinstance(part, str) and (part in _TAGS or "[" in part or part[:1].isupper() or part == "body"))
+    )
 
 
 def unexpected_error(method: str, path: str, exc: BaseException) -> ModelgateError:

@@ -108,12 +108,12 @@ class InputPart(BaseModel):
 
 
 def _text_or_list(value: Any) -> str:
-    return "text" if isinstance(value, str) else "list"
+    return "str" if isinstance(value, str) else "list"  # type names: error locations drop them (app._field)
 
 
 #: A string or a list of parts, validated as the one it is: an error names that one, not both union members.
 TextOrParts = Annotated[
-    Annotated[WireText, Tag("text")] | Annotated[list[InputPart], Tag("list")], Discriminator(_text_or_list)
+    Annotated[WireText, Tag("str")] | Annotated[list[InputPart], Tag("list")], Discriminator(_text_or_list)
 ]
 
 
@@ -128,13 +128,14 @@ class InputItem(BaseModel):
     role: WireText | None = None
     content: TextOrParts | None = None
     call_id: WireText | None = Field(default=None, max_length=256)
-    name: WireText | None = None
+    #: A function call's name: held to OpenAI's pattern, as on /v1/chat/completions (it is sent upstream).
+    name: FunctionName | None = None
     arguments: WireText | None = Field(default=None, description="The JSON text the model wrote")
     output: TextOrParts | None = Field(default=None, description="A function call's result")
 
 
 TextOrItems = Annotated[
-    Annotated[WireText, Tag("text")] | Annotated[list[InputItem], Tag("list")], Discriminator(_text_or_list)
+    Annotated[WireText, Tag("str")] | Annotated[list[InputItem], Tag("list")], Discriminator(_text_or_list)
 ]
 
 
