@@ -121,7 +121,7 @@ def test_a_chat_line_is_complete_and_redacted(direct: Direct, fakes: Fakes) -> N
     text = direct.path.read_text(encoding="utf-8")
     assert API_KEY not in text
     (line,) = access_lines(text)
-    assert line["request_id"] == REDACTED
+    assert line["request_id"] == ok.headers["x-request-id"] != API_KEY  # a key is never taken as the id
     assert line["model"] == "ollama/rwkv-6-world" and line["provider"] == "ollama" and line["stream"] == "ok"
     assert line["completion_tokens"] == 1 and len(line["key_id"]) == 12
     assert len(line["attempts"]) == 1 and REDACTED in line["attempts"][0]
@@ -215,3 +215,31 @@ def test_clock_matches_a_full_conversion() -> None:
         now = start + step / 1_000_000
         full = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert clock.iso(now) == full, now
+
+
+def test_a_key_sent_as_the_request_id_is_never_logged(direct: Direct, fakes: Fakes, tmp_path: Path) -> None:
+    """Found from outside: a key of the keys file (held as a digest, so no redactor pattern knows it) sent as
+    ``X-Request-ID`` was logged as given. A key is never taken as the request's id."""
+    from modelgate.catalogue import load_catalogue as load
+    from tests.catalogue_files import model_toml, write_catalogue
+
+    file_key = "mg-file-key-7a41c2d9e0"  # all lower case: not the shape of a generated key
+    (tmp_path / "keys.toml").write_text(f'[[keys]]\nname = "team"\nkey = "{file_key}"\n', encoding="utf-8")
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "tiny", provider="ollama", upstream="tiny:1b"),
+        header='[server]\nkeys_file = "keys.toml"\n',
+    )
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
+    fakes.ollama.script(Reply(tokens=["ok"]))
+    with serve_in_thread(direct.app(settings, load(path))) as url:
+        headers = {"Authorization": f"Bearer {file_key}", "X-Request-ID": file_key}
+        chat = httpx.post(url + "/api/ai/acme/tiny/chat", json=BODY, headers=headers)
+        listing = httpx.get(url + "/models", headers={"X-Request-ID": file_key})  # answered by the server itself
+        other = httpx.get(url + "/models", headers={"X-Request-ID": "my-trace-1"})
+    assert chat.status_code == listing.status_code == 200
+    assert chat.headers["x-request-id"] != file_key and listing.headers["x-request-id"] != file_key
+    assert other.headers["x-request-id"] == "my-trace-1"  # any other sane id is kept
+    text = direct.path.read_text(encoding="utf-8")
+    assert file_key not in text
+    assert [line["request_id"] for line in access_lines(text)][-1] == "my-trace-1"

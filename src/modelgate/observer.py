@@ -58,6 +58,7 @@ from modelgate.metrics import UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
+    from modelgate.auth import KeyRing
     from modelgate.tracing import RequestTrace
 
 log = logging.getLogger("modelgate")
@@ -238,7 +239,7 @@ class RequestObserver:
                 given_id = value
             elif name == b"content-length":
                 declared_length = value
-        request_id, client_id = _request_id(given_id)
+        request_id, client_id = _request_id(given_id, self.state.keys)
         obs = Observation(request_id, started, client_id=client_id, request_headers=scope["headers"])
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state[OBSERVATION_STATE] = obs
@@ -345,7 +346,7 @@ class RequestObserver:
     def fast_reply(self, fast: FastRoute, scope: Scope) -> FastReply:
         """The whole fast answer to ``scope``; raises what the answer raises."""
         started = time.perf_counter()
-        request_id, client_id, origin = _fast_request_ids(scope)
+        request_id, client_id, origin = _fast_request_ids(scope, self.state.keys)
         status, headers, body = fast.answer.respond(scope)
         cors = self.cors.for_origin(origin) if origin is not None else ()
         return FastReply(fast.route, status, headers, cors, request_id, client_id, body, started)
@@ -356,7 +357,7 @@ class RequestObserver:
 
     async def _fast_failed(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
         started = time.perf_counter()
-        request_id, client_id, _ = _fast_request_ids(scope)
+        request_id, client_id, _ = _fast_request_ids(scope, self.state.keys)
         log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
         error = self.respond(ModelgateError("Internal Server Error"), scope["path"])
         id_header = (b"x-request-id", request_id.encode("ascii"))
@@ -437,14 +438,16 @@ class RequestObserver:
         return UNMATCHED_ROUTE
 
 
-def _request_id(given: bytes | None) -> tuple[str, bool]:
-    """The request's id and whether the client chose it: its ``X-Request-ID`` if sane, else a new one."""
-    if given is not None and _SANE_REQUEST_ID.match(given) is not None:
+def _request_id(given: bytes | None, keys: KeyRing) -> tuple[str, bool]:
+    """The request's id and whether the client chose it: its ``X-Request-ID`` if sane, else a new one. A key
+    sent as the id is replaced too: the keys file's and the run-time ones are held as digests, so no redactor
+    pattern knows them, and the id goes to the access line, the ledger and the trace."""
+    if given is not None and _SANE_REQUEST_ID.match(given) is not None and keys.identify(given) is None:
         return given.decode("ascii"), True
     return os.urandom(16).hex(), False
 
 
-def _fast_request_ids(scope: Scope) -> tuple[str, bool, bytes | None]:
+def _fast_request_ids(scope: Scope, keys: KeyRing) -> tuple[str, bool, bytes | None]:
     """A fast answer's request id, whether the client chose it, and the request's ``Origin``."""
     given_id: bytes | None = None
     origin: bytes | None = None
@@ -453,7 +456,7 @@ def _fast_request_ids(scope: Scope) -> tuple[str, bool, bytes | None]:
             given_id = value
         elif name == b"origin":
             origin = value
-    return (*_request_id(given_id), origin)
+    return (*_request_id(given_id, keys), origin)
 
 
 class _BodyGuard:
