@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -78,3 +79,32 @@ def test_the_admin_key_opens_private_ops_as_it_opens_the_usage(api_keys: str) ->
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"}):
                 refused = httpx.get(url + path, headers=headers)
                 assert refused.status_code == 401 and refused.json()["statusCode"] == 401
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/api/usage", "/admin/keys", "/v1/models"])
+@pytest.mark.parametrize(
+    ("authorization", "says"),
+    [
+        (None, "Missing"),
+        ("Bearer", "Malformed Authorization header: expected 'Bearer <key>'"),
+        (f"Basic {KEY}", "Malformed Authorization header: expected 'Bearer <key>'"),
+    ],
+)
+def test_every_route_says_the_same_of_a_missing_or_malformed_header(
+    tmp_path: Path, path: str, authorization: str | None, says: str
+) -> None:
+    """Found from outside: ``Bearer`` without a key was "Malformed" on the chat routes but "Missing" on the
+    usage, admin and operations routes."""
+    env = {
+        "MODELGATE_PRIVATE_OPS": "1",
+        "MODELGATE_API_KEYS": KEY,
+        "MODELGATE_ADMIN_KEY": ADMIN,
+        "MODELGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+    }
+    for url in serve(Settings.from_env(env, probe_interval=0)):
+        headers = {} if authorization is None else {"Authorization": authorization}
+        refused = httpx.get(url + path, headers=headers)
+        assert refused.status_code == 401
+        body = refused.json()
+        message = body["error"]["message"] if path.startswith("/v1") else body["statusMessage"]
+        assert message.startswith(says), message

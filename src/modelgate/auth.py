@@ -152,6 +152,22 @@ class BearerUnauthorized(Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="modelgate"'}
 
 
+#: What every route says of a request without an ``Authorization`` header, and of one that is not ``Bearer <key>``.
+MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>'"
+MALFORMED_AUTHORIZATION = "Malformed Authorization header: expected 'Bearer <key>'"
+
+
+def presented_token(authorization: str | None, missing: str) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header; else a 401 saying ``missing`` (no header) or that
+    the header is malformed, as ``KeyRing.authenticate`` says it on the chat routes."""
+    if not authorization:
+        raise BearerUnauthorized(missing)
+    token = bearer_token(authorization)
+    if not token:
+        raise BearerUnauthorized(MALFORMED_AUTHORIZATION)
+    return token
+
+
 @dataclass(frozen=True)
 class KeyRing:
     keys: tuple[ApiKey, ...] = ()
@@ -180,11 +196,11 @@ class KeyRing:
         if not self.enabled:
             return ANONYMOUS
         if not authorization:
-            raise BearerUnauthorized("Missing API key: send 'Authorization: Bearer <key>'")
+            raise BearerUnauthorized(MISSING_KEY)
         scheme, _, token = authorization.strip().partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
-            raise BearerUnauthorized("Malformed Authorization header: expected 'Bearer <key>'")
+            raise BearerUnauthorized(MALFORMED_AUTHORIZATION)
         key = self.identify(token)
         if key is None:
             raise BearerUnauthorized("Invalid API key")

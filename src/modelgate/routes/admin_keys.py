@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, bearer_token, is_admin_token
+from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, is_admin_token, presented_token
 from modelgate.budgets import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
 from modelgate.runtime_keys import SOURCE_API, KeyRecord, RuntimeKeys, digest_hex, new_secret
@@ -106,9 +106,7 @@ def require_admin(state: GatewayState, authorization: str | None) -> None:
     admin = state.settings.admin_key
     if admin is None:
         raise Forbidden("Key management is off: set MODELGATE_ADMIN_KEY on the server")
-    token = bearer_token(authorization)
-    if not token:
-        raise BearerUnauthorized("Missing admin key: send 'Authorization: Bearer <MODELGATE_ADMIN_KEY>'")
+    token = presented_token(authorization, "Missing admin key: send 'Authorization: Bearer <MODELGATE_ADMIN_KEY>'")
     if is_admin_token(token, admin):
         return
     if state.keys.identify(token) is not None:

@@ -19,7 +19,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import JSON, error_response, gateway
-from modelgate.auth import BearerUnauthorized, bearer_token, is_admin_token, request_principal
+from modelgate.auth import (
+    MISSING_KEY,
+    BearerUnauthorized,
+    bearer_token,
+    is_admin_token,
+    presented_token,
+    request_principal,
+)
 from modelgate.errors import ModelgateError
 from modelgate.metrics import CONTENT_TYPE
 
@@ -77,13 +84,14 @@ def _private(request: Request) -> None:
     state = gateway(request)
     if not state.settings.private_ops:
         return
-    token = bearer_token(request.headers.get("authorization"))
-    if is_admin_token(token, state.settings.admin_key):
+    authorization = request.headers.get("authorization")
+    if is_admin_token(bearer_token(authorization), state.settings.admin_key):
         return
     if state.keys.enabled:
         request_principal(request)  # 401 unless a valid API key
     elif state.settings.admin_key is not None:
-        raise BearerUnauthorized("Invalid API key" if token else "Missing API key: send 'Authorization: Bearer <key>'")
+        presented_token(authorization, MISSING_KEY)
+        raise BearerUnauthorized("Invalid API key")
 
 
 @_probe("/api/status", summary="Health of each provider and model, from traffic and free probes")

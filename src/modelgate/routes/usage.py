@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import BearerUnauthorized, bearer_token, is_admin_token
+from modelgate.auth import MISSING_KEY, BearerUnauthorized, is_admin_token, presented_token
 from modelgate.errors import Forbidden, ModelgateError
 
 router = APIRouter(tags=["usage"])
@@ -45,9 +45,7 @@ def usage_scope(state: GatewayState, authorization: str | None) -> str | None:
     keyring = state.keys
     if admin is None and not keyring.enabled:
         return None
-    token = bearer_token(authorization)
-    if not token:
-        raise BearerUnauthorized("Missing API key: send 'Authorization: Bearer <key>'")
+    token = presented_token(authorization, MISSING_KEY)
     if is_admin_token(token, admin):
         return None
     if keyring.enabled:
