@@ -207,6 +207,11 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
         assert client.post("/admin/keys", json={"name": "dup"}, headers=bearer(ADMIN)).status_code == 409
         rotate = client.post("/admin/keys/abc/rotate", json={"grace_seconds": -1}, headers=bearer(ADMIN))
         assert rotate.status_code == 400
+        # Another media type is a 415 saying what to send (was a 400 about a "dictionary"), as on /v1.
+        form = client.post("/admin/keys", data={"name": "x"}, headers=bearer(ADMIN))
+        assert form.status_code == 415 and "Content-Type: application/json" in form.json()["statusMessage"]
+        undeclared = client.post("/admin/keys", content=b'{"name": "curl"}', headers=bearer(ADMIN))
+        assert undeclared.status_code == 201, undeclared.text  # no Content-Type: read as JSON
         assert client.get("/health").status_code == 200  # still serving
 
 

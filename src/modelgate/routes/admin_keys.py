@@ -28,12 +28,14 @@ from modelgate.app import JSON, GatewayState, gateway
 from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, is_admin_token, presented_token
 from modelgate.budgets import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
+from modelgate.routes.openai import JSONBodyRoute
 from modelgate.runtime_keys import SOURCE_API, KeyRecord, RuntimeKeys, digest_hex, new_secret
 
 if TYPE_CHECKING:
     from modelgate.key_store import KeyStore
 
-router = APIRouter(prefix="/admin/keys", tags=["keys"])
+#: As on /v1: a body without Content-Type is read as JSON, another media type is a 415 saying what to send.
+router = APIRouter(prefix="/admin/keys", tags=["keys"], route_class=JSONBodyRoute)
 log = logging.getLogger("modelgate.keys")
 
 #: Longest grace period a rotation may give the old key.
