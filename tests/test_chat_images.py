@@ -53,6 +53,26 @@ def test_ai_sdk_4_attachments(service: str, fakes: Fakes) -> None:
     assert fakes.openrouter.last.json["messages"] == EXPECTED
 
 
+def test_ai_sdk_5_parts_keep_their_order(service: str, fakes: Fakes) -> None:
+    """An image before the text (``useChat`` puts the files first): the text and images go upstream in that
+    order, each text part its own, as the AI SDK's ``convertToModelMessages`` hands them to a provider."""
+    file = {"type": "file", "mediaType": "image/png", "url": IMAGE}
+    parts = [file, {"type": "text", "text": "What is this"}, {"type": "text", "text": "?"}]
+    body = {"messages": [{"id": "m1", "role": "user", "parts": parts}], "trigger": "submit-message"}
+    response = httpx.post(service + VISION, json=body)
+    assert response.status_code == 200, response.text
+    assert fakes.openrouter.last.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": IMAGE}},
+                {"type": "text", "text": "What is this"},
+                {"type": "text", "text": "?"},
+            ],
+        }
+    ]
+
+
 def test_an_image_for_a_model_without_vision_is_refused(service: str, fakes: Fakes) -> None:
     response = httpx.post(service + TEXT_ONLY, json=_v5({"type": "file", "mediaType": "image/png", "url": IMAGE}))
     assert response.status_code == 400

@@ -314,6 +314,56 @@ def test_image_parts_are_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
     ]
 
 
+#: Two images each with its own words: "compare" needs the text between them where the client put it.
+INTERLEAVED: Any = [
+    {"type": "text", "text": "Compare this"},
+    {"type": "image_url", "image_url": {"url": "https://example.org/a.png"}},
+    {"type": "text", "text": "with this"},
+    {"type": "image_url", "image_url": {"url": "https://example.org/b.png", "detail": "high"}},
+]
+
+
+def test_text_between_images_keeps_its_place(client: openai.OpenAI, fakes: Fakes) -> None:
+    """Found from outside: a message's images were sent after all of its text ("Compare this\\nwith this",
+    then both images), so the model could not tell which words went with which image."""
+    client.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": INTERLEAVED}])
+    assert fakes.openrouter.last.json["messages"] == [{"role": "user", "content": INTERLEAVED}]
+
+
+def test_responses_text_between_images_keeps_its_place(client: openai.OpenAI, fakes: Fakes) -> None:
+    content: Any = [
+        {"type": "input_image", "image_url": "https://example.org/a.png", "detail": "auto"},
+        {"type": "input_text", "text": "is older than"},
+        {"type": "input_image", "image_url": "https://example.org/b.png", "detail": "auto"},
+    ]
+    client.responses.create(model="t/deepseek", input=[{"role": "user", "content": content}])
+    assert fakes.openrouter.last.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.org/a.png", "detail": "auto"}},
+                {"type": "text", "text": "is older than"},
+                {"type": "image_url", "image_url": {"url": "https://example.org/b.png", "detail": "auto"}},
+            ],
+        }
+    ]
+
+
+def test_ollama_takes_the_text_and_the_images_apart_as_its_protocol_has_them(
+    client: openai.OpenAI, fakes: Fakes
+) -> None:
+    inline = "data:image/png;base64,iVBORw0KGgo="
+    content: Any = [
+        {"type": "image_url", "image_url": {"url": inline}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    fakes.ollama.script(Reply(tokens=["a bird"]))
+    client.chat.completions.create(model="t/llava", messages=[{"role": "user", "content": content}])
+    assert fakes.ollama.last.json["messages"] == [
+        {"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}
+    ]
+
+
 @pytest.mark.parametrize(
     ("fields", "capability", "param"),
     [

@@ -59,6 +59,21 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     #: A ``tool`` message: the id of the call it answers.
     tool_call_id: str | None = None
+    #: The text and image parts in the client's order, when some text follows an image ("compare this" image
+    #: "with this" image); None when the text comes first. Protocols with content parts (Chat Completions) send
+    #: this order; the others take the text and the images apart.
+    parts: tuple[str | Image, ...] | None = None
+
+
+def content_message(role: Role, parts: list[str | Image], *, separator: str, **fields: Any) -> Message:
+    """A message of ``parts`` (texts and images in the client's order): its text joined by ``separator``, its
+    images, and the order itself only when it is not "the text, then the images"."""
+    texts = [part for part in parts if isinstance(part, str)]
+    images = tuple(part for part in parts if isinstance(part, Image))
+    first_image = next((index for index, part in enumerate(parts) if isinstance(part, Image)), len(parts))
+    interleaved = any(isinstance(part, str) for part in parts[first_image:])
+    ordered = tuple(parts) if interleaved else None
+    return Message(role=role, content=separator.join(texts), images=images, parts=ordered, **fields)
 
 
 @dataclass(frozen=True, slots=True)

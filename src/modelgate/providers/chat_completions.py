@@ -39,6 +39,7 @@ from modelgate.chat import (
     ChatRequest,
     Finish,
     FinishReason,
+    Image,
     Message,
     NamedTool,
     ReasoningDelta,
@@ -155,17 +156,24 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(str(payload["detail"]))
 
 
+def _image_part(image: Image) -> dict[str, Any]:
+    url: dict[str, Any] = {"url": image.url}
+    if image.detail is not None:
+        url["detail"] = image.detail
+    return {"type": "image_url", "image_url": url}
+
+
 def wire_message(message: Message) -> dict[str, Any]:
-    """One message as the OpenAI reference has it: images as ``image_url`` parts after the text."""
+    """One message as the OpenAI reference has it: text and ``image_url`` parts in the client's order (the text
+    first when it came first)."""
     content: Any = message.content
-    if message.images:
+    if message.parts is not None:
+        content = [
+            {"type": "text", "text": part} if isinstance(part, str) else _image_part(part) for part in message.parts
+        ]
+    elif message.images:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-        for image in message.images:
-            url: dict[str, Any] = {"url": image.url}
-            if image.detail is not None:
-                url["detail"] = image.detail
-            parts.append({"type": "image_url", "image_url": url})
-        content = parts
+        content = parts + [_image_part(image) for image in message.images]
     wire: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls:
         wire["content"] = message.content or None

@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, Image, Message
+from modelgate.chat import ChatRequest, Image, Message, content_message
 from modelgate.encoders import ENCODERS, choose_protocol
 from modelgate.errors import BadRequest
 from modelgate.gateway import StreamStart
@@ -84,19 +84,20 @@ class ChatBody:
     continues: str | None = None
 
 
-def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) -> tuple[str, list[Image]]:
-    """The text of a message and its images (AI SDK 5 ``file`` parts, AI SDK 4 ``experimental_attachments``)."""
+def _message_parts(index: int, message: _IncomingMessage, budget: ImageBudget) -> list[str | Image]:
+    """The texts and images of a message in the order sent: AI SDK 5 ``text`` and ``file`` parts, or AI SDK 4's
+    ``content`` then its ``experimental_attachments``."""
     where = f"messages[{index}]"
-    images = _attachments(where, message, budget)
+    attached: list[str | Image] = list(_attachments(where, message, budget))
     if message.content is not None:
         if not isinstance(message.content, str):
             raise BadRequest(f"{where}.content must be a string", data={"field": f"{where}.content"})
-        return message.content, images
+        return [message.content, *attached]
     if message.parts is None:
         raise BadRequest(f"{where} has neither content nor parts", data={"field": where})
     if not isinstance(message.parts, list):
         raise BadRequest(f"{where}.parts must be a list", data={"field": f"{where}.parts"})
-    texts = []
+    parts = attached
     for j, part in enumerate(message.parts):
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str):  # a list or an object is not hashable: never look it up
@@ -105,9 +106,9 @@ def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) ->
             text = part.get("text")
             if not isinstance(text, str):
                 raise BadRequest(f"{where}.parts[{j}].text must be a string", data={"field": f"{where}.parts[{j}]"})
-            texts.append(text)
+            parts.append(text)
         elif kind == "file" and message.role == "user":
-            images.append(_image(f"{where}.parts[{j}]", part.get("mediaType"), part.get("url"), budget))
+            parts.append(_image(f"{where}.parts[{j}]", part.get("mediaType"), part.get("url"), budget))
         elif kind in _IGNORED_PART_TYPES or kind.startswith("data-"):
             continue
         elif kind.startswith("tool-") or kind == "dynamic-tool":
@@ -122,7 +123,7 @@ def _message_text(index: int, message: _IncomingMessage, budget: ImageBudget) ->
                 f"{where}.parts[{j}]: part type {kind!r} is not supported (only text, and image files from the user)",
                 data={"field": f"{where}.parts[{j}].type"},
             )
-    return "".join(texts), images
+    return parts
 
 
 def _attachments(where: str, message: _IncomingMessage, budget: ImageBudget) -> list[Image]:
@@ -260,8 +261,8 @@ def parse_chat_body(
                 f"messages[{i}].role {message.role!r} is not one of {', '.join(_ROLES)}",
                 data={"field": f"messages[{i}].role"},
             )
-        text, images = _message_text(i, message, budget)
-        messages.append(Message(role=message.role, content=text, images=tuple(images)))  # type: ignore[arg-type]
+        parts = _message_parts(i, message, budget)
+        messages.append(content_message(message.role, parts, separator=""))  # type: ignore[arg-type]
     return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5(), continues=_continued_id(body.messages[-1]))
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from modelgate.chat import Image, Message, NamedTool, ResponseFormat, Role, Tool, ToolCall, ToolChoice
+from modelgate.chat import Image, Message, NamedTool, ResponseFormat, Role, Tool, ToolCall, ToolChoice, content_message
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
 from modelgate.wire import WireJSON, WireText, unicode_text
@@ -205,22 +205,21 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
         return Message(role=role, content="", tool_calls=calls)
     if isinstance(content, str):
         return Message(role=role, content=content, tool_calls=calls, tool_call_id=message.tool_call_id)
-    texts: list[str] = []
-    images: list[Image] = []
+    parts: list[str | Image] = []
     for index, part in enumerate(content):
         here = f"{where}.content[{index}]"
         if part.type == "text":
             if part.text is None:
                 raise BadRequest(f"{here}.text: required", param="messages")
-            texts.append(part.text)
+            parts.append(part.text)
         elif part.type == "refusal" and role == "assistant":
             if part.refusal is None:
                 raise BadRequest(f"{here}.refusal: required", param="messages")
-            texts.append(part.refusal)
+            parts.append(part.refusal)
         elif part.type == "image_url" and role == "user":
             if part.image_url is None:
                 raise BadRequest(f"{here}.image_url: required", param="messages")
-            images.append(budget.image(part.image_url.url, here, detail=part.image_url.detail))
+            parts.append(budget.image(part.image_url.url, here, detail=part.image_url.detail))
         else:
             allowed = {"user": "text and image_url", "assistant": "text and refusal"}.get(role, "text")
             raise BadRequest(
@@ -228,13 +227,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
                 param="messages",
             )
     # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
-    return Message(
-        role=role,
-        content="\n".join(texts),
-        images=tuple(images),
-        tool_calls=calls,
-        tool_call_id=message.tool_call_id,
-    )
+    return content_message(role, parts, separator="\n", tool_calls=calls, tool_call_id=message.tool_call_id)
 
 
 def to_tools(tools: list[ToolParam] | None) -> tuple[Tool, ...]:

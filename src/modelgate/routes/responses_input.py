@@ -35,6 +35,7 @@ from modelgate.chat import (
     Tool,
     ToolCall,
     ToolChoice,
+    content_message,
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
@@ -425,19 +426,19 @@ def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: Im
     role = _ROLES.get(item.role or "")
     if role is None:
         raise BadRequest(f"{where}.role: must be one of {', '.join(_ROLES)}, got {item.role!r}", param="input")
-    text, images = _content(item.content, where, role, model, budget)
-    return Message(role=role, content=text, images=images)
-
-
-def _content(
-    content: str | list[InputPart] | None, where: str, role: Role, model: CatalogueModel, budget: ImageBudget
-) -> tuple[str, tuple[Image, ...]]:
-    if content is None:
+    if item.content is None:
         raise BadRequest(f"{where}.content: required", param="input")
-    if isinstance(content, str):
-        return content, ()
-    texts = []
-    images: list[Image] = []
+    if isinstance(item.content, str):
+        return Message(role=role, content=item.content)
+    # Parts are paragraphs of one message, joined as /v1/chat/completions joins text parts.
+    return content_message(role, _parts(item.content, where, role, model, budget), separator="\n")
+
+
+def _parts(
+    content: list[InputPart], where: str, role: Role, model: CatalogueModel, budget: ImageBudget
+) -> list[str | Image]:
+    """A message's texts and images, in the order sent."""
+    parts: list[str | Image] = []
     for index, part in enumerate(content):
         at = f"{where}.content[{index}]"
         if part.type in _MEDIA_PARTS:
@@ -446,7 +447,7 @@ def _content(
                 param="input",
             )
         if part.type == "input_image":
-            images.append(_image(part, at, role, budget))
+            parts.append(_image(part, at, role, budget))
             continue
         if part.type == "refusal":  # an earlier answer's refusal is what the assistant said
             text = part.refusal
@@ -456,9 +457,8 @@ def _content(
             raise BadRequest(f"{at}: content of type '{part.type}' is not supported; send input_text", param="input")
         if text is None:
             raise BadRequest(f"{at}: the part has no text", param="input")
-        texts.append(text)
-    # Parts are paragraphs of one message, joined as /v1/chat/completions joins text parts.
-    return "\n".join(texts), tuple(images)
+        parts.append(text)
+    return parts
 
 
 def _image(part: InputPart, where: str, role: Role, budget: ImageBudget) -> Image:
