@@ -240,6 +240,7 @@ def test_chat_body_a_lone_surrogate_is_a_400() -> None:
     """The JSON escape of a lone surrogate is valid JSON but no UTF-8 text: refused, not sent upstream."""
     refused = parsed_or_refused(b'{"messages":[{"role":"user","content":"\\ud800"}]}')
     assert isinstance(refused, BadRequest)
+    assert "lone surrogate" in refused.message and "valid Unicode" in refused.message  # the words /v1 uses
 
 
 # --- the catalogue file ---------------------------------------------------------------------------------

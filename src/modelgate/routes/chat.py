@@ -237,6 +237,10 @@ def parse_chat_body(
     try:
         decoded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):  # valid JSON grammar, but no Unicode text: said as /v1 says it
+            raise BadRequest(
+                "The request body contains a lone surrogate; send valid Unicode", data={"reason": str(exc)}
+            ) from None
         raise BadRequest("The request body is not valid JSON", data={"reason": str(exc)}) from None
     if not isinstance(decoded, dict):
         raise BadRequest("The request body must be a JSON object with a 'messages' list")
