@@ -237,7 +237,7 @@ def parse_chat_body(
     try:
         decoded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if "surrogate" in str(exc):  # valid JSON grammar, but no Unicode text: said as /v1 says it
+        if "surrogate in string" in str(exc):  # a "\\ud800" escape: JSON's grammar, but no Unicode text (as /v1)
             raise BadRequest(
                 "The request body contains a lone surrogate; send valid Unicode", data={"reason": str(exc)}
             ) from None
