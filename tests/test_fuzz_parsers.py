@@ -20,7 +20,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from modelgate.catalogue import default_catalogue_path, load_catalogue, parse_catalogue
-from modelgate.chat import Finish, ReasoningDelta, TextDelta
+from modelgate.chat import ChatRequest, Finish, Message, ReasoningDelta, TextDelta
 from modelgate.errors import BadRequest, CatalogueError, UpstreamError
 from modelgate.providers._http import Connection, Upstream
 from modelgate.providers.ollama import OllamaStream, read_error
@@ -155,7 +155,8 @@ def _one_field_replaced(item: dict[str, Any]) -> st.SearchStrategy[dict[str, Any
 def run_ollama(pieces: list[bytes]) -> tuple[list[Any], UpstreamError | None]:
     """Feed ``pieces`` as ``Upstream.stream`` does: stop at the final line or a failure, else ``end()``."""
     # Parsing never touches the HTTP session: the upstream is only asked to build errors.
-    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), cast(Any, None), read_error))
+    upstream = Upstream("ollama", Connection("http://127.0.0.1:9"), cast(Any, None), read_error)
+    parser = OllamaStream(upstream, ChatRequest(messages=(Message(role="user", content="Hi"),)))
     events: list[Any] = []
     for piece in pieces:
         events += parser.feed(piece)

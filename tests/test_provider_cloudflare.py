@@ -201,13 +201,36 @@ def test_registered() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b'{"response": "no envelope"}', b'{"result": {"response": "x", "usage": {"prompt_tokens": 1}}}'],
+    [
+        b"not json",
+        b'{"response": "no envelope"}',
+        b'{"result": {"response": "x", "tool_calls": [{"name": null, "arguments": {}}]}}',  # was sent on as "None"
+    ],
 )
 def test_a_whole_reply_in_no_shape_workers_ai_sends_is_a_protocol_error(body: bytes) -> None:
     upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
     request = ChatRequest(MESSAGES, GenerationParams())
     with pytest.raises(UpstreamProtocolError, match="unreadable reply"):
         read_whole(upstream, request, body)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        '{"prompt_tokens": 1}',
+        '{"prompt_tokens": -5, "completion_tokens": 2}',
+        '{"prompt_tokens": 1180591620717411303424, "completion_tokens": 1}',
+    ],
+)
+def test_counts_that_are_not_token_counts_are_estimated_not_trusted(usage: str) -> None:
+    """A finished reply with unreadable counts is delivered, counted by us and marked so: negative counts refunded
+    budgets and 2**70 broke the access line and the ledger."""
+    upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    request = ChatRequest(MESSAGES, GenerationParams())
+    body = b'{"result": {"response": "hello", "usage": ' + usage.encode() + b'}, "success": true}'
+    *_, finish = read_whole(upstream, request, body)
+    assert isinstance(finish, Finish) and finish.usage.estimated
+    assert 0 < finish.usage.prompt_tokens < 100
 
 
 def test_an_error_envelope_under_a_2xx_status_is_the_error_it_says() -> None:

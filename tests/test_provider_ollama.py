@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelgate.chat import GenerationParams, TextDelta, ToolCallDelta, Usage
+from modelgate.chat import ChatRequest, Finish, GenerationParams, Message, TextDelta, ToolCallDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError
 from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
@@ -15,6 +15,9 @@ from modelgate.providers.ollama import Ollama, OllamaStream, read_error
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest, ToolCallScript
 from tests.fakes.contract import ThinkTagsContract, catalogue_model, collect, free_port_url
+
+#: What a parser estimates a prompt from, when the counts are unreadable.
+REQUEST = ChatRequest(messages=(Message(role="user", content="Hi"),))
 
 
 class TestOllama(ThinkTagsContract):
@@ -186,7 +189,7 @@ def test_registered() -> None:
 @pytest.mark.anyio
 async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncated() -> None:
     async with new_session() as http:
-        parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), http, read_error))
+        parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), http, read_error), REQUEST)
         assert parser.feed(b'{"message":{"role":"assistant","content":"a"},"done":false}\n') == [TextDelta("a")]
         assert parser.feed(b'{"message":{"role":"assistant","content":"b"},"done":false}') == []
         assert parser.end() == [TextDelta("b")]
@@ -198,12 +201,31 @@ async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncate
     [
         b'{"message":{"content":true},"done":false}\n',
         b'{"message":{"thinking":["x"]},"done":false}\n',
-        b'{"message":{"content":""},"done":true,"prompt_eval_count":null}\n',
-        b'{"message":{"content":""},"done":true,"eval_count":true}\n',
+        b'{"message":{"tool_calls":[{"function":{"name":5,"arguments":{}}}]},"done":false}\n',
     ],
 )
 def test_a_field_of_the_wrong_type_is_a_protocol_error_not_a_bad_event(line: bytes) -> None:
-    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error))  # type: ignore[arg-type]
+    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error), REQUEST)  # type: ignore[arg-type]
     assert parser.feed(line) == []
     assert isinstance(parser.failure, UpstreamProtocolError)
     assert "unreadable NDJSON line" in parser.failure.message
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        '"prompt_eval_count":null',
+        '"eval_count":true',
+        '"prompt_eval_count":-1000000000,"eval_count":-3',
+        '"prompt_eval_count":1180591620717411303424',
+    ],
+)
+def test_counts_that_are_not_token_counts_are_estimated_not_trusted(counts: str) -> None:
+    """A finished reply whose counts cannot be token counts is delivered, counted by us and marked so (negative
+    counts refunded budgets; a 71-bit one broke the access line, the budget counters and the ledger)."""
+    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error), REQUEST)  # type: ignore[arg-type]
+    line = '{"message":{"content":"Hello there"},"done":true,' + counts + "}\n"
+    text, finish = parser.feed(line.encode())
+    assert text == TextDelta("Hello there") and parser.failure is None
+    assert isinstance(finish, Finish) and finish.usage.estimated
+    assert finish.usage.completion_tokens == 3 and 0 < finish.usage.prompt_tokens < 100

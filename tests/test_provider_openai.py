@@ -11,7 +11,7 @@ import pytest
 
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, ToolCallDelta, Usage
-from modelgate.errors import UpstreamAuthError, UpstreamBadRequest, UpstreamError
+from modelgate.errors import UpstreamAuthError, UpstreamBadRequest, UpstreamError, UpstreamProtocolError
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
 from modelgate.providers._http import Upstream, estimate_tokens
 from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
@@ -240,3 +240,81 @@ async def test_tool_calls_without_ids_get_one_and_a_stop_after_them_means_tool_c
     assert first.id is not None and first.id.startswith("call_")
     assert (second.id, second.name, second.arguments) == (None, None, ":1}")
     assert isinstance(finish, Finish) and finish.reason == "tool-calls"
+
+
+def _parse(stream: bytes) -> tuple[list[Any], UpstreamError | None]:
+    """``stream`` through the Chat Completions parser (a stream the HF router, OpenRouter and openai share)."""
+    upstream = Upstream("llama", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
+    events = parser.feed(stream)
+    return events, parser.failure
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        b'{"content":42}',
+        b'{"content":["a","b"]}',
+        b'{"reasoning_content":7}',
+        b'{"refusal":{"a":1}}',
+        b'{"tool_calls":[{"index":0,"id":7,"function":{"name":"f","arguments":"{}"}}]}',
+        b'{"tool_calls":[{"index":0,"id":"c","function":{"name":5,"arguments":"{}"}}]}',
+        b'{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":5}}]}',
+    ],
+)
+def test_a_text_field_that_is_not_text_is_a_protocol_error_not_passed_on(delta: bytes) -> None:
+    """Found from outside: a number or an object as text went on to every client (a /v1 chunk openai-python
+    rejects, a data-stream part the AI SDK throws on) or was a 500 where the text is joined."""
+    events, failure = _parse(b'data: {"choices":[{"index":0,"delta":' + delta + b"}]}\n\n")
+    assert events == []
+    assert isinstance(failure, UpstreamProtocolError) and "unreadable stream chunk" in failure.message
+
+
+def test_arguments_sent_as_an_object_are_passed_on_as_their_json_text() -> None:
+    events, failure = _parse(
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":'
+        b'{"name":"f","arguments":{"city":"Bern"}}}]}}]}\n\n'
+    )
+    assert failure is None and isinstance(events[0], ToolCallDelta) and events[0].arguments == '{"city":"Bern"}'
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        b'{"prompt_tokens":-1000000,"completion_tokens":5}',
+        b'{"prompt_tokens":1180591620717411303424,"completion_tokens":5}',
+        b'{"prompt_tokens":3000000000,"completion_tokens":5}',
+        b'{"prompt_tokens":"7","completion_tokens":5}',
+        b'{"prompt_tokens":7}',
+        b"null",
+        b'"x"',
+    ],
+)
+def test_usage_that_is_not_token_counts_is_estimated_and_the_reply_kept(usage: bytes) -> None:
+    events, failure = _parse(
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
+        b'data: {"choices":[],"usage":' + usage + b"}\n\ndata: [DONE]\n\n"
+    )
+    assert failure is None
+    text, finish = events
+    assert text == TextDelta("Hi") and isinstance(finish, Finish)
+    assert finish.usage.estimated and 0 < finish.usage.prompt_tokens < 100 and finish.usage.completion_tokens == 1
+
+
+def test_parts_of_the_usage_are_capped_at_their_whole() -> None:
+    events, _ = _parse(
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,'
+        b'"completion_tokens_details":{"reasoning_tokens":900},"prompt_tokens_details":{"cached_tokens":-4}}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    finish = events[-1]
+    assert isinstance(finish, Finish) and not finish.usage.estimated
+    assert (finish.usage.reasoning_tokens, finish.usage.cached_tokens) == (5, None)
+
+
+@pytest.mark.parametrize("code", [b"1000000000000000000000000000000", b'"1000000000000000000000000000000"', b"200"])
+def test_an_error_code_that_is_no_error_status_is_not_taken_for_one(code: bytes) -> None:
+    """A 31-digit ``code`` became the error's status and broke the error body naming it (a 500 on /api/ai)."""
+    _, failure = _parse(b'data: {"error":{"message":"boom","code":' + code + b"}}\n\n")
+    assert isinstance(failure, UpstreamError) and failure.status == 502 and "boom" in failure.message

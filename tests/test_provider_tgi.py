@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from modelgate.chat import ChatRequest, GenerationParams, Message, Usage
+from modelgate.chat import ChatRequest, Finish, GenerationParams, Message, TextDelta, Usage
 from modelgate.errors import (
     BadRequest,
     UpstreamBadRequest,
@@ -16,7 +16,9 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers import PROVIDERS, new_session
-from modelgate.providers.tgi import TGI
+from modelgate.providers._http import Upstream
+from modelgate.providers.base import Connection
+from modelgate.providers.tgi import TGI, TGIStream, read_error
 from modelgate.templates import render_prompt
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest
@@ -247,3 +249,33 @@ class TestTGI(WholeReplyContract):
 
 def test_registered() -> None:
     assert PROVIDERS["tgi"] is TGI
+
+
+def _tgi() -> TGIStream:
+    upstream = Upstream("tgi", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    parser = TGIStream(upstream, "m", None)
+    parser.inputs = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    return parser
+
+
+@pytest.mark.parametrize("finish_reason", [b'["eos_token"]', b'{"a":1}'])
+def test_a_whole_reply_whose_finish_reason_is_no_text_is_other_not_a_500(finish_reason: bytes) -> None:
+    """Found from outside: an unhashable finish_reason was a TypeError outside the parser's guard (a 500)."""
+    raw = b'{"generated_text":"Hello","details":{"finish_reason":' + finish_reason + b',"generated_tokens":2}}'
+    text, finish = _tgi().whole(raw)
+    assert text == TextDelta("Hello") and isinstance(finish, Finish) and finish.reason == "other"
+
+
+@pytest.mark.parametrize(
+    ("details", "header"),
+    [
+        (b'{"finish_reason":"eos_token","generated_tokens":-2,"input_length":-7}', ""),
+        (b'{"finish_reason":"eos_token","generated_tokens":1180591620717411303424}', "99999999999999999999999"),
+    ],
+)
+def test_counts_that_are_not_token_counts_are_estimated(details: bytes, header: str) -> None:
+    parser = _tgi()
+    parser.headers({"x-prompt-tokens": header})
+    *_, finish = parser.whole(b'{"generated_text":"Hello","details":' + details + b"}")
+    assert isinstance(finish, Finish) and finish.usage.estimated
+    assert 0 < finish.usage.prompt_tokens < 100 and 0 < finish.usage.completion_tokens < 100

@@ -177,3 +177,35 @@ def test_v1_models_shows_prices_in_openrouters_shape_and_models_stays_as_it_was(
     assert "pricing" not in listing["acme/free"]
     assert b"pricing" not in models_body and b"cached_input" not in models_body and b"input_cache" not in models_body
     assert models_body == catalogue.body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_upstreams_impossible_counts_are_estimated_and_never_reach_a_budget_or_the_ledger(
+    fakes: Fakes, tmp_path: Path, stream: bool
+) -> None:
+    """Found from outside: a negative prompt count refunded a key's budget and made negative ledger costs; one
+    past 32 bits was refused by the ledger's INTEGER, one past 64 bits broke the reply, the budget and every
+    later ledger write. Counts that are not token counts are now the gateway's estimate, marked as such."""
+    (tmp_path / "keys.toml").write_text(
+        f'[[keys]]\nname = "alice"\nkey = "{ALICE}"\n[keys.budget]\ntokens_per_day = 100000\n', encoding="utf-8"
+    )
+    settings = settings_for(fakes, tmp_path, admin_key=ADMIN)
+    # Over settings_for's catalogue: the same models, and the keys file with a budgeted key.
+    path = write_catalogue(settings.config_path, *PRICED, header='[server]\nkeys_file = "keys.toml"\n')
+    fakes.openrouter.script(
+        Reply(tokens=["a"], usage=(-1_000_000, 5)), Reply(tokens=["b"], usage=(3_000_000_000, 5)), Reply(tokens=["c"])
+    )
+    body = {"model": "acme/think", "messages": BODY["messages"], "stream": stream}
+    with serve_in_thread(create_app(settings, load_catalogue(path))) as url, httpx.Client(base_url=url) as client:
+        answers = [client.post("/v1/chat/completions", json=body, headers=bearer(ALICE)) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        if not stream:
+            for answer in answers[:2]:
+                usage = answer.json()["usage"]
+                assert 0 < usage["prompt_tokens"] < 100 and answer.headers["x-modelgate-usage"] == "estimated"
+        report = client.get("/api/usage", headers=bearer(ADMIN)).json()
+        spent = client.get("/api/usage", headers=bearer(ALICE)).json()["budget"][0]["spent"]
+    totals = report["totals"]
+    assert totals["requests"] == 3  # every row written, none refused
+    assert 0 < totals["prompt_tokens"] < 300 and totals["cost"] > 0
+    assert 0 < spent < 1000  # charged what was estimated: not refunded, not charged billions

@@ -207,6 +207,46 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+#: The most tokens one request's usage report may count: what the ledger's INTEGER columns hold, and far past any
+#: context window. Past it (2**70 was read as a 71-bit integer) a count broke the reply's access line, the budget
+#: counters and every later ledger write.
+MAX_REPORTED_TOKENS = 2**31 - 1
+
+
+def token_count(value: Any) -> int | None:
+    """``value`` as a token count an upstream reported: a whole number from 0 to ``MAX_REPORTED_TOKENS`` (a float
+    that is one too), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        return None
+    return value
+
+
+def reported_usage(prompt: Any, completion: Any, *, reasoning: Any = None, cached: Any = None) -> Usage | None:
+    """An upstream's usage report, or None when its counts are not token counts (negative ones refunded budgets,
+    huge ones broke them): the provider then counts itself, as for a report that never came. The reasoning and
+    cached counts are parts of the completion and of the prompt: capped at them, dropped when unreadable."""
+    prompt_tokens, completion_tokens = token_count(prompt), token_count(completion)
+    if prompt_tokens is None or completion_tokens is None:
+        return None
+    return Usage(
+        prompt_tokens,
+        completion_tokens,
+        reasoning_tokens=_part(reasoning, completion_tokens),
+        cached_tokens=_part(cached, prompt_tokens),
+    )
+
+
+def _part(value: Any, whole: int) -> int | None:
+    """A count of part of ``whole``: at most ``whole`` (however large it was said to be); None if not a count."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, whole)
+
+
 # The deltas are made once per token: not frozen, since a frozen dataclass's __init__ pays an
 # ``object.__setattr__`` call per field (~3x the cost of the plain one). Nothing changes an event once made.
 @dataclass(slots=True)

@@ -159,6 +159,14 @@ class ErrorDetail:
 ErrorReader = Callable[[int, bytes], ErrorDetail]
 
 
+def text_field(value: object) -> str:
+    """A text field of an upstream's reply; anything else (a number, an object) makes the reply unreadable (a
+    ``TypeError``, which each parser maps to a protocol error): passed on, it broke every client's stream."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
 def estimate_tokens(text: str) -> int:
     """A token count for when the upstream reports none (the result is marked ``estimated``).
 

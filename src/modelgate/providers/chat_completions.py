@@ -50,6 +50,7 @@ from modelgate.chat import (
     Tool,
     ToolCallDelta,
     Usage,
+    reported_usage,
 )
 from modelgate.errors import UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
@@ -61,6 +62,7 @@ from modelgate.providers._http import (
     openai_listing,
     parse_json,
     seconds_until_epoch_ms,
+    text_field,
 )
 from modelgate.providers.base import Connection, ProbeResult
 from modelgate.reasoning import ReasoningSplitter
@@ -110,8 +112,10 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     code = error.get("code")
     metadata = error.get("metadata") or {}
     status = code if isinstance(code, int) and not isinstance(code, bool) else None
-    if status is None and isinstance(code, str) and code.isdigit():
+    if status is None and isinstance(code, str) and code.isdigit() and len(code) == 3:
         status = int(code)
+    if status is not None and not 400 <= status <= 599:
+        status = None  # not an HTTP error status (a 10**30 "status" broke the error body that names it)
     if status is None:
         status = _ERROR_CODES.get(str(code)) or _ERROR_CODES.get(str(metadata.get("error_type", "")))
     retry_after = None
@@ -210,27 +214,29 @@ def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def openai_usage(usage: Any) -> Usage:
+def openai_usage(usage: Any) -> Usage | None:
     """An OpenAI-shaped ``usage`` object, with ``completion_tokens_details.reasoning_tokens`` and
-    ``prompt_tokens_details.cached_tokens`` (OpenAI, OpenRouter, vLLM with prefix caching) when they are there.
-
-    The cache hits are part of the prompt: a count past it (a broken or hostile upstream) is capped here, once,
-    so no client, ledger row or price sees more of them than the prompt had (and a count past PostgreSQL's
-    INTEGER cannot make the database refuse the request's whole ledger row)."""
-    prompt = int(usage["prompt_tokens"])
-    cached = _count(usage.get("prompt_tokens_details"), "cached_tokens")
-    return Usage(
-        prompt,
-        int(usage["completion_tokens"]),
-        reasoning_tokens=_count(usage.get("completion_tokens_details"), "reasoning_tokens"),
-        cached_tokens=None if cached is None else min(cached, max(prompt, 0)),
+    ``prompt_tokens_details.cached_tokens`` (OpenAI, OpenRouter, vLLM with prefix caching) when they are there;
+    None when it holds no readable counts (``chat.reported_usage``: the reply is then counted by us)."""
+    if not isinstance(usage, dict):
+        return None
+    return reported_usage(
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        reasoning=_detail(usage.get("completion_tokens_details"), "reasoning_tokens"),
+        cached=_detail(usage.get("prompt_tokens_details"), "cached_tokens"),
     )
 
 
-def _count(details: Any, name: str) -> int | None:
-    """``details[name]`` when ``details`` is an object holding a whole number there, else None (unknown)."""
-    value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+def _arguments(value: Any) -> str:
+    """A call's arguments: the JSON text OpenAI sends, or an object some servers send parsed, as its text."""
+    if not value:
+        return ""
+    return orjson.dumps(value).decode() if isinstance(value, dict) else text_field(value)
+
+
+def _detail(details: Any, name: str) -> Any:
+    return details.get(name) if isinstance(details, dict) else None
 
 
 class ChatCompletionsStream:
@@ -309,21 +315,23 @@ class ChatCompletionsStream:
             raise self._mid_stream_error(payload.get("error", payload))
         usage = payload.get("usage")
         if usage:
-            self._usage = openai_usage(usage)
+            self._usage = openai_usage(usage) or self._usage  # unreadable counts: counted by us at the end
 
     def _choice(self, choice: Any, out: list[StreamEvent]) -> None:
+        # Text fields are checked (``text_field``): a number or an object went on to every client's stream.
         delta = choice.get("delta") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
             self._separated = True
             self._deltas += 1
-            out.append(ReasoningDelta(reasoning))
+            out.append(ReasoningDelta(text_field(reasoning)))
         refusal = delta.get("refusal")
         if refusal:
             self._deltas += 1
-            out.append(RefusalDelta(refusal))
+            out.append(RefusalDelta(text_field(refusal)))
         content = delta.get("content")
         if content:
+            content = text_field(content)
             self._deltas += 1
             if self._separated or self._splitter.answering:
                 out.append(TextDelta(content))
@@ -332,7 +340,7 @@ class ChatCompletionsStream:
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             index = int(call.get("index", 0))
-            call_id = call.get("id") or None
+            call_id = text_field(call["id"]) if call.get("id") else None
             if index not in self._calls:
                 self._calls.add(index)
                 # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
@@ -342,8 +350,8 @@ class ChatCompletionsStream:
                 ToolCallDelta(
                     index=index,
                     id=call_id,
-                    name=function.get("name") or None,
-                    arguments=function.get("arguments") or "",
+                    name=text_field(function["name"]) if function.get("name") else None,
+                    arguments=_arguments(function.get("arguments")),
                 )
             )
         reason = choice.get("finish_reason")

@@ -72,9 +72,10 @@ from modelgate.providers._http import (
     context_window,
     estimate_prompt_tokens,
     parse_json,
+    text_field,
 )
 from modelgate.providers.base import ProbeResult
-from modelgate.providers.chat_completions import ChatCompletionsStream, wire_tool
+from modelgate.providers.chat_completions import ChatCompletionsStream, openai_usage, wire_tool
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 
@@ -204,16 +205,14 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
             out.append(
                 ToolCallDelta(
                     index=index,
-                    id=(None if native else call.get("id")) or f"call_{uuid.uuid4().hex[:24]}",
-                    name=str(named["name"]),
+                    id=(None if native else text_field(call.get("id") or "")) or f"call_{uuid.uuid4().hex[:24]}",
+                    name=text_field(named["name"]),  # a null name was sent on as "None"
                     arguments=arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode(),
                 )
             )
         usage = result.get("usage")
-        counted = (
-            Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
-            if usage
-            else Usage(estimate_prompt_tokens(request.messages), 0, estimated=True)
+        counted = (openai_usage(usage) if usage else None) or Usage(
+            estimate_prompt_tokens(request.messages), 0, estimated=True
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
         raise upstream.protocol_error(f"unreadable reply: {raw[:120]!r}") from exc
@@ -265,7 +264,7 @@ class CloudflareStream:
                         out.extend(self._splitter.feed(text))
                     usage = payload.get("usage")
                     if usage:
-                        self._usage = Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+                        self._usage = openai_usage(usage) or self._usage  # unreadable: counted by us at the end
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
                     raise self._upstream.protocol_error(f"unreadable stream event: {data[:120]}") from exc
         except UpstreamError as exc:

@@ -33,6 +33,7 @@ an object, no id): each becomes one ``ToolCallDelta`` with a generated id, and t
 from __future__ import annotations
 
 import functools
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,9 +51,19 @@ from modelgate.chat import (
     TextDelta,
     ToolCallDelta,
     Usage,
+    reported_usage,
 )
 from modelgate.errors import BadRequest, UpstreamError
-from modelgate.providers._http import ErrorDetail, HttpProvider, ListedModel, Upstream, body_message, parse_json
+from modelgate.providers._http import (
+    ErrorDetail,
+    HttpProvider,
+    ListedModel,
+    Upstream,
+    body_message,
+    estimate_prompt_tokens,
+    parse_json,
+    text_field,
+)
 from modelgate.providers.base import ProbeResult
 from modelgate.providers.chat_completions import wire_tool
 from modelgate.reasoning import ReasoningSplitter
@@ -133,26 +144,16 @@ def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
     return wire
 
 
-def _text(value: object) -> str:
-    """A text field as Ollama sends it; anything else is a broken line (a ``TypeError``, mapped below)."""
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _count(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer count, got {type(value).__name__}")
-    return value
-
-
 class OllamaStream:
     """Incremental parser of one ``/api/chat`` NDJSON reply."""
 
-    __slots__ = ("_calls", "_lines", "_separated", "_splitter", "_upstream", "done", "failure")
+    __slots__ = ("_calls", "_chars", "_lines", "_request", "_separated", "_splitter", "_upstream", "done", "failure")
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
+        self._request = request
+        #: Characters of text so far: the completion's estimate when the counts are unreadable.
+        self._chars = 0
         self._lines = NDJSONDecoder()
         self._calls = 0
         # Ollama separates reasoning (``message.thinking``) when asked to think; otherwise, and in versions
@@ -193,9 +194,12 @@ class OllamaStream:
                     if message:
                         if message.get("thinking"):
                             self._separated = True
-                            events.append(ReasoningDelta(_text(message["thinking"])))
+                            thought = text_field(message["thinking"])
+                            self._chars += len(thought)
+                            events.append(ReasoningDelta(thought))
                         if message.get("content"):
-                            text = _text(message["content"])
+                            text = text_field(message["content"])
+                            self._chars += len(text)
                             events.extend((TextDelta(text),) if self._separated else self._splitter.feed(text))
                         for call in message.get("tool_calls") or ():
                             events.append(self._tool_call(call))
@@ -203,8 +207,12 @@ class OllamaStream:
                         reason = _DONE_REASONS.get(item.get("done_reason") or "stop", "other")
                         if reason == "stop" and self._calls:
                             reason = "tool-calls"
-                        # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0.
-                        usage = Usage(_count(item.get("prompt_eval_count", 0)), _count(item.get("eval_count", 0)))
+                        # Zero-valued metrics are omitted (Go omitempty), so a missing count is 0; unreadable
+                        # counts are estimated as for a server that reports none.
+                        usage = reported_usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+                        if usage is None:
+                            prompt = estimate_prompt_tokens(self._request.messages)
+                            usage = Usage(prompt, math.ceil(self._chars / 4), estimated=True)
                         events.extend(self._splitter.flush())
                         events.append(Finish(reason, usage))
                         self.done = True
@@ -223,7 +231,9 @@ class OllamaStream:
         self._calls += 1
         arguments = function.get("arguments") or {}
         text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
-        return ToolCallDelta(index=index, id=f"call_{uuid.uuid4().hex[:24]}", name=function["name"], arguments=text)
+        return ToolCallDelta(
+            index=index, id=f"call_{uuid.uuid4().hex[:24]}", name=text_field(function["name"]), arguments=text
+        )
 
 
 class Ollama(HttpProvider):
@@ -286,7 +296,7 @@ class Ollama(HttpProvider):
         return self.upstream.stream(
             f"{self.connection.base_url}/api/chat",
             functools.partial(build_body, model, request),
-            OllamaStream(self.upstream),
+            OllamaStream(self.upstream, request),
             headers={"Accept": "application/x-ndjson"},
             model=model.upstream_model,
         )
@@ -296,7 +306,7 @@ class Ollama(HttpProvider):
         return self.upstream.fetch(
             f"{self.connection.base_url}/api/chat",
             functools.partial(build_body, model, request, stream=False),
-            OllamaStream(self.upstream).whole,
+            OllamaStream(self.upstream, request).whole,
             headers={"Accept": "application/json"},
             model=model.upstream_model,
         )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from modelgate.chat import Capability, ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from modelgate.chat import Capability, ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage, token_count
 from modelgate.errors import UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
@@ -43,6 +43,7 @@ from modelgate.providers._http import (
     context_window,
     estimate_tokens,
     parse_json,
+    text_field,
 )
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
@@ -121,10 +122,6 @@ def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = Tr
     return body
 
 
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 class TGIStream:
     """Incremental parser of one TGI token stream."""
 
@@ -155,7 +152,7 @@ class TGIStream:
                     token = payload.get("token")
                     if token is not None:
                         self._tokens += 1
-                        text = token["text"]
+                        text = text_field(token["text"])
                         if text and not token.get("special"):
                             if splitter is None:
                                 out.append(TextDelta(text))
@@ -180,7 +177,7 @@ class TGIStream:
     def headers(self, headers: Mapping[str, str]) -> None:
         """A whole reply's headers: TGI counts the prompt there."""
         value = headers.get("x-prompt-tokens", "")
-        self.prompt_tokens = int(value) if value.isdigit() else None
+        self.prompt_tokens = token_count(int(value)) if value.isdigit() and len(value) < 20 else None
 
     def whole(self, raw: bytes) -> list[StreamEvent]:
         """A ``/generate`` reply (``generated_text`` and ``details``) as the events its stream would have given;
@@ -203,7 +200,7 @@ class TGIStream:
         if text:
             splitter = self._splitter
             out.extend([TextDelta(text)] if splitter is None else [*splitter.feed(text), *splitter.flush()])
-        if details is None or _count(details.get("generated_tokens")) is None:
+        if details is None or token_count(details.get("generated_tokens")) is None:
             self._tokens = estimate_tokens(text)  # no count to read: the text's estimate
         out.append(self._finish(details, ended_on_special=False))
         return out
@@ -213,12 +210,13 @@ class TGIStream:
             # No details (an upstream that ignored details: true): an end token means a natural stop.
             reason: FinishReason = "stop" if ended_on_special else "unknown"
             return Finish(reason, Usage(estimate_tokens(self.inputs), self._tokens, estimated=True))
-        reason = _FINISH.get(details.get("finish_reason"), "other")
-        generated = details.get("generated_tokens")
-        prompt = details.get("input_length", self.prompt_tokens)
-        completion = generated if isinstance(generated, int) else self._tokens
-        if isinstance(prompt, int):
-            return Finish(reason, Usage(prompt, completion, estimated=not isinstance(generated, int)))
+        finish = details.get("finish_reason")
+        reason = _FINISH.get(finish, "other") if isinstance(finish, str) else "other"
+        generated = token_count(details.get("generated_tokens"))
+        prompt = token_count(details.get("input_length", self.prompt_tokens))
+        completion = self._tokens if generated is None else generated
+        if prompt is not None:
+            return Finish(reason, Usage(prompt, completion, estimated=generated is None))
         return Finish(reason, Usage(estimate_tokens(self.inputs), completion, estimated=True))
 
     def _stream_error(self, payload: Any) -> UpstreamError:
