@@ -239,6 +239,10 @@ def _detail(details: Any, name: str) -> Any:
     return details.get(name) if isinstance(details, dict) else None
 
 
+#: How much of a streamed reply's body is kept while no event has come (``ChatCompletionsStream._not_a_stream``).
+HEAD_LIMIT = 256 * 1024
+
+
 class ChatCompletionsStream:
     """Incremental parser of one Chat Completions SSE stream."""
 
@@ -247,6 +251,7 @@ class ChatCompletionsStream:
         "_deltas",
         "_events",
         "_finish",
+        "_head",
         "_request",
         "_separated",
         "_splitter",
@@ -276,11 +281,17 @@ class ChatCompletionsStream:
         self.failure: UpstreamError | None = None
         #: Whether any event arrived (an empty 200 is how llama.cpp's server refuses a streamed request).
         self.seen = False
+        #: The body's first bytes while no event has come: what a 200 that is no event stream said (a bytearray:
+        #: a body trickled a byte at a time must not cost a copy of the whole head per byte).
+        self._head = bytearray()
         #: Whether the body came to its end (not cut off by a dropped connection or a timeout).
         self.ended = False
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        head = self._head
+        if not self.seen and len(head) < HEAD_LIMIT:
+            head += chunk[: HEAD_LIMIT - len(head)]
         try:
             for event in self._events.feed(chunk):
                 self.seen = True
@@ -295,6 +306,8 @@ class ChatCompletionsStream:
                     raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
+        if self.seen and head:
+            head.clear()  # an event stream: nothing to quote
         return out
 
     def read_chunk(self, payload: Any, out: list[StreamEvent]) -> None:
@@ -391,8 +404,15 @@ class ChatCompletionsStream:
     def _unreadable(self, raw: bytes) -> UpstreamProtocolError:
         return self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}")
 
+    @property
+    def received(self) -> bool:
+        """Whether the body held anything (events or not)."""
+        return self.seen or bool(self._head)
+
     def end(self) -> list[StreamEvent]:
         self.ended = True
+        if not self.seen and self._head.strip():
+            return self._not_a_stream(bytes(self._head))
         if self._finish is None:
             raise self._upstream.truncated()
         # The finish chunk arrived but [DONE] did not: the reply itself is complete.
@@ -408,6 +428,21 @@ class ChatCompletionsStream:
             usage = Usage(prompt, self._deltas, estimated=True)
         out.append(Finish(self._finish or "unknown", usage))
         return out
+
+    def _not_a_stream(self, head: bytes) -> list[StreamEvent]:
+        """A 200 to a streamed call whose body held no event: a whole ``chat.completion`` (a server that does
+        not stream) is read as one, an ``error`` body is the error it says (a quota refusal under a 200); else
+        the body's start is quoted. Never a second call: that would be a second generation, billed."""
+        try:
+            payload = orjson.loads(head)
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and "choices" in payload:
+            return self.whole_reply(payload, head)
+        if isinstance(payload, dict) and ("error" in payload or payload.get("object") == "error"):
+            raise self._mid_stream_error(payload.get("error", payload))
+        quoted = head[:120].decode("utf-8", "replace")
+        raise self._upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
 
     def _mid_stream_error(self, error: Any) -> UpstreamError:
         status, detail = error_detail(error)
@@ -489,7 +524,7 @@ class ChatCompletionsProvider(HttpProvider):
                 async for batch in batches:
                     yield batch
         except UpstreamProtocolError as exc:
-            if parser.seen or not parser.ended:
+            if parser.received or not parser.ended:
                 raise
             # llama-cpp-python's server answers a streamed request it refuses (a prompt over its context window)
             # with an empty 200; the same request not streamed gets the 400 and the server's reason. Only a body
