@@ -148,3 +148,17 @@ def test_an_empty_chunk_between_cr_and_lf_is_not_a_blank_line() -> None:
     decoder = SSEDecoder()
     events = decoder.feed(b"data: a\r") + decoder.feed(b"") + decoder.feed(b"\n") + decoder.feed(b"data: b\n\n")
     assert [e.data for e in events] == ["a\nb"]
+
+
+@pytest.mark.parametrize("split", [0, 1, 2, 3, 5])
+def test_a_leading_byte_order_mark_is_ignored_wherever_the_chunks_split(split: int) -> None:
+    """WHATWG: one leading BOM is ignored. Read as part of a field name, it dropped the first event silently."""
+    stream = b'\xef\xbb\xbfdata: {"a":1}\n\ndata: {"b":2}\n\n'
+    decoder = SSEDecoder()
+    events = decoder.feed(stream[:split]) + decoder.feed(stream[split:])
+    assert [e.data for e in events] == ['{"a":1}', '{"b":2}']
+
+
+def test_a_byte_order_mark_later_in_the_stream_is_data() -> None:
+    events = SSEDecoder().feed(b"data: a\n\n\xef\xbb\xbfdata: b\n\n")
+    assert [e.data for e in events] == ["a"]  # not a field the spec knows: ignored, as any unknown field

@@ -35,9 +35,10 @@ class ServerSentEvent:
 class SSEDecoder:
     """Bytes in, complete events out. One instance per stream."""
 
-    __slots__ = ("_data", "_event", "_last_id", "_partial", "_pending_cr", "retry")
+    __slots__ = ("_begun", "_data", "_event", "_last_id", "_partial", "_pending_cr", "retry")
 
     def __init__(self) -> None:
+        self._begun = False  # a first line was read (the stream's leading BOM, if any, is behind us)
         self._partial = bytearray()  # the bytes of a line whose terminator has not arrived yet
         self._pending_cr = False  # the last chunk ended in CR: an LF starting the next one belongs to it
         self._data: list[str] = []
@@ -56,6 +57,11 @@ class SSEDecoder:
         complete = _complete_lines(self._partial, chunk)
         if complete is None:
             return []
+        if not self._begun:
+            # "One leading U+FEFF BYTE ORDER MARK character must be ignored": read as part of the first field's
+            # name, it made the first event (the reply's first words) vanish without a trace.
+            self._begun = True
+            complete = complete.removeprefix(b"\xef\xbb\xbf")
         if b"\r" in complete:
             lines = _LINE_BREAK.split(complete)
             # A CR that ends the chunk may be the first half of a CRLF split across chunks; one followed by
