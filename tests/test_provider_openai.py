@@ -318,3 +318,15 @@ def test_an_error_code_that_is_no_error_status_is_not_taken_for_one(code: bytes)
     """A 31-digit ``code`` became the error's status and broke the error body naming it (a 500 on /api/ai)."""
     _, failure = _parse(b'data: {"error":{"message":"boom","code":' + code + b"}}\n\n")
     assert isinstance(failure, UpstreamError) and failure.status == 502 and "boom" in failure.message
+
+
+def test_only_the_first_choice_is_the_answer() -> None:
+    """n is 1: a second choice (a broken server's) was merged into the answer ("AB", the last one's finish)."""
+    events, failure = _parse(
+        b'data: {"choices":[{"index":0,"delta":{"content":"A"}},{"index":1,"delta":{"content":"B"}}]}\n\n'
+        b'data: {"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    assert failure is None
+    text, finish = events
+    assert text == TextDelta("A") and isinstance(finish, Finish) and finish.reason == "stop"

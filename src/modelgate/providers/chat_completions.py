@@ -316,7 +316,8 @@ class ChatCompletionsStream:
         or the like."""
         self._envelope(payload)
         for choice in payload.get("choices") or ():
-            self._choice(choice, out)
+            if choice.get("index", 0) == 0:  # n is 1: another choice (a broken server's) is not this answer
+                self._choice(choice, out)
 
     def finish(self) -> list[StreamEvent]:
         """The events that end a stream whose end marker came (the usage, counted if not reported)."""
@@ -388,6 +389,8 @@ class ChatCompletionsStream:
             self._envelope(payload)
             out: list[StreamEvent] = []
             for choice in payload["choices"]:
+                if choice.get("index", 0) != 0:
+                    continue  # as in a stream: only the first choice is the answer
                 message = choice.get("message") or {}
                 # The message is one delta holding everything; its tool calls are numbered by position.
                 calls = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
