@@ -243,3 +243,27 @@ def test_a_key_sent_as_the_request_id_is_never_logged(direct: Direct, fakes: Fak
     text = direct.path.read_text(encoding="utf-8")
     assert file_key not in text
     assert [line["request_id"] for line in access_lines(text)][-1] == "my-trace-1"
+
+
+class _Unwritable(AccessLog):
+    def record(self, obs: Any, **fields: Any) -> None:
+        raise TypeError("Integer exceeds 64-bit range")  # what a 2**70 token count did to orjson.dumps
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_line_that_cannot_be_written_never_breaks_the_reply(
+    fakes: Fakes, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """Found from outside: the access line is written in the response's last ``send``; a value it could not
+    serialize raised there and cut a finished reply (a whole one arrived as headers without its body)."""
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0))  # type: ignore[arg-type]
+    state = app.state.gateway
+    state.access_log = _Unwritable(state.redactor)
+    fakes.ollama.script(Reply(tokens=["fine"]))
+    body = {"model": "ollama/rwkv-6-world", "messages": BODY["messages"], "stream": stream}
+    with serve_in_thread(app) as url:
+        answer = httpx.post(url + "/v1/chat/completions", json=body)
+        assert httpx.get(url + "/health").status_code == 200  # and the service keeps serving
+    assert answer.status_code == 200
+    assert "fine" in answer.text and (answer.text.rstrip().endswith("[DONE]") if stream else answer.json()["usage"])
+    assert "could not record POST /v1/chat/completions" in caplog.text

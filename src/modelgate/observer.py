@@ -371,15 +371,18 @@ class RequestObserver:
         await error(scope, receive, send_with_id)
 
     def _finish(self, scope: Scope, obs: Observation, status: int) -> None:
-        principal = scope.get("state", {}).get(PRINCIPAL_STATE)
-        key_id: str | None = getattr(principal, "key_id", None)
-        route = self._route(scope)
-        ledger = self.state.ledger
-        if ledger is not None and obs.model is not None:  # a chat request that reached open_stream (ledger.py)
-            ledger.record(obs, status, key_id, self.state.catalogue)
-        if obs.trace is not None:
-            obs.trace.end(obs, status)
-        self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)
+        try:
+            principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+            key_id: str | None = getattr(principal, "key_id", None)
+            route = self._route(scope)
+            ledger = self.state.ledger
+            if ledger is not None and obs.model is not None:  # a chat request that reached open_stream (ledger.py)
+                ledger.record(obs, status, key_id, self.state.catalogue)
+            if obs.trace is not None:
+                obs.trace.end(obs, status)
+            self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)
+        except Exception as exc:  # bookkeeping never breaks the response it describes
+            _bookkeeping_failed(scope, exc)
 
     def _record(
         self,
@@ -436,6 +439,12 @@ class RequestObserver:
                     self._static_routes[raw] = template
                 return template
         return UNMATCHED_ROUTE
+
+
+def _bookkeeping_failed(scope: Scope, exc: Exception) -> None:
+    """A request's line, ledger row or trace could not be made: said in the log, and the response goes on (it
+    runs in the response's ``send``: raised there, a value the bookkeeping could not write cut a finished reply)."""
+    log.error("could not record %s %s", scope["method"], scope["path"], exc_info=exc)
 
 
 def _request_id(given: bytes | None, keys: KeyRing) -> tuple[str, bool]:
