@@ -211,8 +211,10 @@ class UsageStore:
         refused are returned, not written. Any other failure (the database is down) raises, nothing written."""
         try:
             await self._insert(records)
-        except DBAPIError as exc:
-            if not _refused_value(exc):
+        except (DBAPIError, OverflowError) as exc:
+            # OverflowError: SQLite's driver refuses an integer past 64 bits before the database sees it, not as
+            # a DBAPIError; raised on, the batch went back in front of the queue and no row was written again.
+            if isinstance(exc, DBAPIError) and not _refused_value(exc):
                 raise
             if len(records) == 1:
                 return list(records)
