@@ -106,3 +106,13 @@ def cluster_backends() -> Iterator[Any]:
 
     with running_backends() as backends:
         yield backends
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Any]:
+    """A raw loopback upstream answering the bytes a test scripts (``tests/fakes/hostile.py``)."""
+    from tests.fakes.hostile import HostileUpstream
+
+    upstream = HostileUpstream()
+    with upstream.serve():
+        yield upstream

@@ -58,14 +58,6 @@ async def endless(piece: bytes, total: int) -> AsyncIterator[bytes]:
 # --- fixtures -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileUpstream]:
-    upstream = HostileUpstream()
-    with upstream.serve() as url:
-        upstream.url = url  # type: ignore[attr-defined]
-        yield upstream
-
-
 def service_env(url: str, **extra: str) -> dict[str, str]:
     return {
         **{f"MODELGATE_{name}_BASE_URL": url for name in ("HUGGINGFACE", "CLOUDFLARE", "OPENROUTER", "OLLAMA")},
@@ -81,7 +73,7 @@ def service_env(url: str, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def service(hostile: HostileUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """``modelgate serve`` with every provider pointed at the hostile upstream, default limits."""
-    env = service_env(hostile.url)  # type: ignore[attr-defined]
+    env = service_env(hostile.url)
     with serve_subprocess([], tmp_path_factory.mktemp("hostile"), env=env) as served:
         yield served
 
@@ -330,7 +322,7 @@ def tight_service(hostile: HostileUpstream, tmp_path_factory: pytest.TempPathFac
     catalogue = catalogue.replace("[providers.openrouter]\n", "[providers.openrouter]\nidle_timeout = 1\n", 1)
     (folder / "catalogue.toml").write_text(catalogue, encoding="utf-8")
     env = service_env(
-        hostile.url,  # type: ignore[attr-defined]
+        hostile.url,
         MODELGATE_CONFIG=str(folder / "catalogue.toml"),
         MODELGATE_UPSTREAM_MAX_STREAM_SECONDS="3",
     )

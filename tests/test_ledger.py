@@ -25,7 +25,7 @@ import pytest
 
 import modelgate.ledger as ledger_module
 from modelgate.app import create_app
-from modelgate.catalogue import load_catalogue
+from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.ledger import Ledger
 from modelgate.observer import Observation
 from modelgate.settings import LEDGER_FILE, Settings, database_url
@@ -490,31 +490,33 @@ def test_a_write_in_progress_at_shutdown_is_finished_not_lost(tmp_path: Path) ->
     assert [row["request_id"] for row in ledger_rows(url)] == ["a", "b", "c"]
 
 
+def write_one_batch(url: str, catalogue: Catalogue, rows: list[tuple[str, str, int]]) -> list[str]:
+    """``rows`` (request id, provider, prompt tokens) flushed in one batch; the request ids then in the database."""
+
+    async def scenario() -> None:
+        ledger = Ledger(url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        for request_id, provider, prompt in rows:
+            obs = Observation(request_id, time.perf_counter())
+            obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", provider, prompt, 2
+            ledger.record(obs, 200, None, catalogue)
+        await ledger.flush()
+        assert ledger.pending == 0
+        await ledger.stop()
+
+    asyncio.run(scenario())
+    return [row["request_id"] for row in ledger_rows(url)]
+
+
 @pytest.mark.postgres
 def test_a_row_the_database_cannot_hold_does_not_hold_back_the_others(
     postgres: PostgresCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PostgreSQL refuses a value longer than its column (``provider`` is VARCHAR(64)); before, the whole batch
     went back to the queue and failed again on every write, so no row after it was ever written."""
-    url = postgres.create_database()
     catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
-
-    def finished(request_id: str, provider: str) -> Observation:
-        obs = Observation(request_id, time.perf_counter())
-        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", provider, 4, 2
-        return obs
-
-    async def scenario() -> None:
-        ledger = Ledger(url, scrub=str, flush_interval=3600)
-        await ledger.start()
-        for request_id, provider in (("a", "ollama"), ("too-long", "x" * 65), ("c", "ollama")):
-            ledger.record(finished(request_id, provider), 200, None, catalogue)
-        await ledger.flush()
-        assert ledger.pending == 0
-        await ledger.stop()
-
-    asyncio.run(scenario())
-    assert [row["request_id"] for row in ledger_rows(url)] == ["a", "c"]
+    rows = [("a", "ollama", 4), ("too-long", "x" * 65, 4), ("c", "ollama", 4)]
+    assert write_one_batch(postgres.create_database(), catalogue, rows) == ["a", "c"]
     assert "1 rows the database refused were not written (request ids too-long)" in caplog.text
 
 
@@ -524,25 +526,9 @@ def test_a_count_sqlite_cannot_hold_does_not_hold_back_the_others(
     """SQLite's driver refuses an integer past 64 bits with a plain OverflowError, not a DBAPIError: the batch went
     back in front of the queue and no row was ever written again (found from outside, a hostile upstream's count;
     such counts are estimated where they are read now, this is the ledger's own guard)."""
-    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
     catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
-
-    def finished(request_id: str, prompt: int) -> Observation:
-        obs = Observation(request_id, time.perf_counter())
-        obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", "ollama", prompt, 2
-        return obs
-
-    async def scenario() -> None:
-        ledger = Ledger(url, scrub=str, flush_interval=3600)
-        await ledger.start()
-        for request_id, prompt in (("a", 4), ("huge", 2**70), ("c", 4)):
-            ledger.record(finished(request_id, prompt), 200, None, catalogue)
-        await ledger.flush()
-        assert ledger.pending == 0
-        await ledger.stop()
-
-    asyncio.run(scenario())
-    assert [row["request_id"] for row in ledger_rows(url)] == ["a", "c"]
+    rows = [("a", "ollama", 4), ("huge", "ollama", 2**70), ("c", "ollama", 4)]
+    assert write_one_batch(f"sqlite:///{tmp_path / 'usage.sqlite3'}", catalogue, rows) == ["a", "c"]
     assert "1 rows the database refused were not written (request ids huge)" in caplog.text
 
 

@@ -31,17 +31,9 @@ WHOLE = orjson.dumps(
 )
 
 
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileUpstream]:
-    upstream = HostileUpstream()
-    with upstream.serve() as url:
-        upstream.url = url  # type: ignore[attr-defined]
-        yield upstream
-
-
 @pytest.fixture
 def service(hostile: HostileUpstream) -> Iterator[str]:
-    header = f'[providers.local]\nkind = "openai"\nbase_url = "{hostile.url}"\n'  # type: ignore[attr-defined]
+    header = f'[providers.local]\nkind = "openai"\nbase_url = "{hostile.url}"\n'
     catalogue = parse_catalogue(
         tomllib.loads(header + model_toml("h", "m", provider="local", upstream="m")), source="hostile.toml"
     )

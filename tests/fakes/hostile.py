@@ -74,6 +74,8 @@ class HostileUpstream:
         self._received: list[Received] = []
         self._outcomes: list[Outcome] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The base URL while ``serve`` runs.
+        self.url = ""
 
     @property
     def received(self) -> list[Received]:
@@ -111,8 +113,9 @@ class HostileUpstream:
         thread.start()
         if not started.wait(10):
             raise RuntimeError("hostile upstream did not start")
+        self.url = f"http://127.0.0.1:{port[0]}"
         try:
-            yield f"http://127.0.0.1:{port[0]}"
+            yield self.url
         finally:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(stop[0].set)
