@@ -13,7 +13,7 @@ from modelgate.auth import ApiKey, KeyRing, key_digest
 from modelgate.budgets import Budget
 from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
-from modelgate.workers import AUTO, cgroup_cpu_limit, in_process_limits, parse, resolve, usable_cores
+from modelgate.workers import AUTO, cgroup_cpu_limit, in_process_limits, max_workers, parse, resolve, usable_cores
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess, wait_for
 
@@ -58,6 +58,18 @@ def test_serve_refuses_a_bad_workers_value_with_one_line() -> None:
     done = run_cli("serve", "--port", "0", "--workers", "many")
     assert done.returncode == 1
     assert done.stderr.strip() == "--workers must be a positive number or 'auto', not 'many'"
+
+
+def test_more_workers_than_the_machine_can_run_are_refused_before_any_fork() -> None:
+    """Found from outside: ``--workers 100000`` was taken as given and forked until the machine stopped answering."""
+    most = max_workers()
+    assert most == max(8, 4 * usable_cores())
+    assert parse(str(most)) == most
+    with pytest.raises(ValueError, match=f"--workers {most + 1}: at most {most}"):
+        parse(str(most + 1))
+    done = run_cli("serve", "--port", "0", "--workers", "100000")
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(f"--workers 100000: at most {most} (4 per usable CPU core")
 
 
 def _key(**limits: int) -> ApiKey:

@@ -73,8 +73,17 @@ def usable_cores(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, min(cores, limit) if limit is not None else cores)
 
 
+#: Workers per usable core ``--workers N`` may ask for: more only compete for the cores (one saturates one).
+WORKERS_PER_CORE = 4
+
+
+def max_workers() -> int:
+    """The most workers ``--workers N`` takes: ``--workers 100000`` forked until the machine stopped answering."""
+    return max(8, WORKERS_PER_CORE * usable_cores())
+
+
 def parse(value: str) -> str | int:
-    """``auto`` or a positive number of workers (the ``--workers`` option's value)."""
+    """``auto`` or a positive number of workers up to ``max_workers()`` (the ``--workers`` option's value)."""
     if value.strip().lower() == AUTO:
         return AUTO
     try:
@@ -83,6 +92,11 @@ def parse(value: str) -> str | int:
         raise ValueError(f"--workers must be a positive number or {AUTO!r}, not {value!r}") from None
     if number < 1:
         raise ValueError(f"--workers must be a positive number or {AUTO!r}, not {value!r}")
+    if number > (most := max_workers()):
+        raise ValueError(
+            f"--workers {number}: at most {most} ({WORKERS_PER_CORE} per usable CPU core, "
+            f"{usable_cores()} here; one worker saturates one core)"
+        )
     return number
 
 
