@@ -483,3 +483,24 @@ def test_a_table_is_never_cut_to_fit_a_narrow_terminal(width: int) -> None:
     line = next(line for line in out.getvalue().splitlines() if "3f9a1c2b4d5e" in line)
     assert [cell.strip() for cell in line.strip("│").split("│")] == list(row)
     assert "…" not in out.getvalue()
+
+
+def test_models_from_a_server_with_hundreds_of_models() -> None:
+    """Found from outside: the provider read-back recursed once per model; 250 passed Python's limit (a traceback
+    from ``models --url`` for a catalogue ``check-config`` calls valid)."""
+    from modelgate.cli import providers_from_endpoints
+
+    models = [f"p/m{i}" for i in range(600)]
+    endpoints = {"ollama": [f"/api/ai/ollama/m{i}/chat" for i in range(0, 600, 2)]}
+    endpoints["openrouter"] = [f"/api/ai/openrouter/m{i}/chat" for i in range(1, 600, 2)]
+    assert providers_from_endpoints(models, endpoints) == [["ollama"], ["openrouter"]] * 300
+
+
+def test_models_of_one_name_on_every_provider_are_ambiguous_in_bounded_time() -> None:
+    """120 models of one name over 4 providers made ~N**4 states: 14 s of CPU on a hostile server's answer. Past
+    a bound the answer is every provider listing the name (ambiguous, never wrong)."""
+    from modelgate.cli import providers_from_endpoints
+
+    providers = ["a", "b", "c", "d"]
+    endpoints = {p: [f"/api/ai/{p}/x/chat"] * 30 for p in providers}
+    assert providers_from_endpoints(["p/x"] * 120, endpoints) == [providers] * 120

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from enum import StrEnum
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -272,6 +271,10 @@ def rows_from_catalogue(catalogue: "Catalogue") -> list[tuple[str, ...]]:
     ]
 
 
+#: How far each provider's endpoint list has been matched (``providers_from_endpoints``).
+Cursors = tuple[int, ...]
+
+
 def providers_from_endpoints(models: Sequence[str], endpoints: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """For each of ``models``, every provider that can serve it according to ``endpoints``.
 
@@ -283,36 +286,44 @@ def providers_from_endpoints(models: Sequence[str], endpoints: Mapping[str, Sequ
     names = [model.partition("/")[2] for model in models]
     providers = list(endpoints)
 
-    def choices(i: int, cursors: tuple[int, ...]) -> list[int]:
-        out = []
-        for k, provider in enumerate(providers):
-            paths = endpoints[provider]
-            if cursors[k] < len(paths) and paths[cursors[k]] == f"/api/ai/{provider}/{names[i]}/chat":
-                out.append(k)
-        return out
+    lists = [endpoints[p] for p in providers]
+    wanted = [[f"/api/ai/{p}/{name}/chat" for p in providers] for name in names]
 
-    def advance(cursors: tuple[int, ...], k: int) -> tuple[int, ...]:
+    def choices(i: int, cursors: Cursors) -> list[int]:
+        paths = wanted[i]
+        return [k for k, at in enumerate(cursors) if at < len(lists[k]) and lists[k][at] == paths[k]]
+
+    def advance(cursors: Cursors, k: int) -> Cursors:
         return (*cursors[:k], cursors[k] + 1, *cursors[k + 1 :])
 
-    @cache
-    def completes(i: int, cursors: tuple[int, ...]) -> bool:
-        if i == len(names):
-            return all(cursors[k] == len(endpoints[p]) for k, p in enumerate(providers))
-        return any(completes(i + 1, advance(cursors, k)) for k in choices(i, cursors))
-
-    possible: list[list[str]] = []
-    frontier = {tuple(0 for _ in providers)}
+    # Level by level, not by recursion (a catalogue of ~250 models passed Python's recursion limit): the
+    # cursor states reachable after each model, then back from the end those that complete the assignment.
+    levels: list[set[Cursors]] = [{tuple(0 for _ in providers)}]
     for i in range(len(names)):
+        levels.append({advance(c, k) for c in levels[-1] for k in choices(i, c)})
+        if len(levels[-1]) > MAX_ASSIGNMENT_STATES:
+            # Names repeated across providers make the states grow as a power of the models: past this many,
+            # each model's candidates are every provider listing its name next (ambiguous, never wrong).
+            return [[p for p in providers if f"/api/ai/{p}/{name}/chat" in endpoints[p]] for name in names]
+    done = tuple(len(endpoints[p]) for p in providers)
+    completing: set[Cursors] = {done} & levels[-1]
+    possible: list[list[str]] = [[] for _ in names]
+    for i in reversed(range(len(names))):
         found: set[int] = set()
-        reached: set[tuple[int, ...]] = set()
-        for cursors in frontier:
+        before: set[Cursors] = set()
+        for cursors in levels[i]:
             for k in choices(i, cursors):
-                if completes(i + 1, following := advance(cursors, k)):
+                if advance(cursors, k) in completing:
                     found.add(k)
-                    reached.add(following)
-        possible.append([providers[k] for k in sorted(found)])
-        frontier = reached
+                    before.add(cursors)
+        possible[i] = [providers[k] for k in sorted(found)]
+        completing = before
     return possible
+
+
+#: The most cursor states ``providers_from_endpoints`` follows per model before it settles for an ambiguous
+#: answer (a hostile server's 120 models of one name took 14 s of CPU).
+MAX_ASSIGNMENT_STATES = 2_000
 
 
 def rows_from_response(document: "ModelsResponse") -> list[tuple[str, ...]]:
