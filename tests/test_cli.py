@@ -504,3 +504,80 @@ def test_models_of_one_name_on_every_provider_are_ambiguous_in_bounded_time() ->
     providers = ["a", "b", "c", "d"]
     endpoints = {p: [f"/api/ai/{p}/x/chat"] * 30 for p in providers}
     assert providers_from_endpoints(["p/x"] * 120, endpoints) == [providers] * 120
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["usage", "--url", "http://127.0.0.1:9", "--api-key", "mg-secret-key-123\n"],
+        ["keys", "list", "--url", "http://127.0.0.1:9", "--admin-key", "mg-secret-key-123\r\nX-Evil: 1"],
+        ["chat", "acme/tiny", "hi", "--url", "http://127.0.0.1:9", "--api-key", "mg-secret-key-123\n"],
+    ],
+)
+def test_a_key_with_a_line_break_is_refused_without_being_printed(args: list[str]) -> None:
+    """Found from outside: httpx's error for such a header ("Illegal header value b'Bearer …'") printed the whole
+    key to stderr, behind a misleading "cannot reach"."""
+    message = one_line_failure(runner.invoke(cli, args))
+    assert "control character" in message and "mg-secret-key-123" not in message
+
+
+def _keys_server(answer: Any, status: int = 200) -> Any:
+    """A server answering every ``/admin/keys`` call with ``answer``; the paths it was asked for."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    asked: list[str] = []
+
+    async def any_call(request: Any) -> JSONResponse:
+        asked.append(request.scope["raw_path"].decode())
+        return JSONResponse(answer, status_code=status)
+
+    app = Starlette(routes=[Route("/{path:path}", any_call, methods=["GET", "POST", "DELETE"])])
+    return app, asked
+
+
+def test_keys_list_shows_names_as_written_never_as_markup_or_terminal_codes() -> None:
+    """Found from outside: ``keys create '[/x]'`` (a name the server accepts) made every later ``keys list`` a
+    rich MarkupError traceback; ``*/[a-z]*`` was shown as ``*/*``; an escape sequence reached the terminal."""
+    key = {"id": "0123456789ab", "name": "[/x]", "source": "api", "status": "active", "models": ["*/[a-z]*"]}
+    key |= {"requests_per_minute": None, "concurrent_streams": None, "budget": None}
+    key |= {"created_at": "2026-12-03T00:00:00Z", "expires_at": None}
+    evil = {**key, "id": "ba9876543210", "name": "x\x1b]0;pwned\x07"}
+    app, _ = _keys_server({"keys": [key, evil]})
+    with serve_in_thread(app) as url:
+        result = runner.invoke(cli, ["keys", "list", "--url", url, "--admin-key", "k"])
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.stdout and "*/[a-z]*" in result.stdout
+    assert "\x1b" not in result.stdout and "\\x1b]0;pwned\\x07" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "answer"),
+    [
+        (["keys", "list"], [1, 2]),
+        (["keys", "list"], {"keys": {"a": 1}}),
+        (["keys", "list"], {"keys": [{}]}),
+        (["keys", "create", "x"], {"id": "k"}),
+        (["keys", "create", "x"], {"key": "mg-abc\x1b]0;pwned\x07\nrm -rf", "name": "x", "id": "k"}),
+        (["keys", "revoke", "0123456789ab"], []),
+    ],
+)
+def test_a_keys_answer_in_another_shape_is_one_line_not_a_traceback(args: list[str], answer: Any) -> None:
+    app, _ = _keys_server(answer, 201 if args[1] == "create" else 200)
+    with serve_in_thread(app) as url:
+        result = runner.invoke(cli, [*args, "--url", url, "--admin-key", "k"])
+    one_line_failure(result)  # exit 1, one line on stderr, no traceback
+    assert "\x1b" not in result.stdout
+
+
+@pytest.mark.parametrize("key_id", ["../../v1/x", "a#frag", "a?b=c"])
+def test_a_key_id_is_sent_as_one_path_segment(key_id: str) -> None:
+    """Found from outside: ``keys revoke ../../v1/x`` sent ``DELETE /v1/x`` with the admin key; ``a#frag``
+    revoked key ``a``."""
+    app, asked = _keys_server({"id": "x", "name": "x"})
+    with serve_in_thread(app) as url:
+        runner.invoke(cli, ["keys", "revoke", key_id, "--url", url, "--admin-key", "k"])
+    from urllib.parse import quote
+
+    assert asked == ["/admin/keys/" + quote(key_id, safe="")]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from modelgate.cli_http import fail, print_table, request_or_fail
+from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
 from modelgate.settings import LEDGER_OFF, Settings
@@ -383,7 +383,7 @@ def models(
         source = catalogue.source
     table = Table(*TABLE_COLUMNS, title=f"{len(rows)} models from {source}")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(cell, row))
     print_table(table)
 
 
@@ -441,7 +441,8 @@ def _check_online(settings: Settings, catalogue: "Catalogue") -> None:
         if check.over_window:
             sum_cell += " !"
             note = f"exceeds the provider's context by {check.over_window}" + (f"; {note}" if note else "")
-        table.add_row(check.model.id, check.model.provider, check.model.upstream_model, listed, window, sum_cell, note)
+        row = (check.model.id, check.model.provider, check.model.upstream_model, listed, window, sum_cell, note)
+        table.add_row(*map(cell, row))
     print_table(table)
     problems = failed(checks)
     if problems:
@@ -466,6 +467,8 @@ def chat(
 
     from modelgate.client import ModelgateClient, ModelgateClientError
 
+    if api_key is not None:
+        check_key(api_key, "--api-key (or MODELGATE_API_KEY)")
     try:
         with ModelgateClient(url, api_key=api_key) as client:
             for chunk in client.chat(model, prompt):
@@ -543,7 +546,7 @@ def usage(
     for number in range(3, len(USAGE_COLUMNS)):
         table.columns[number].justify = "right"
     for row in rows:
-        table.add_row(*row, end_section=row[0] == "total" or row is rows[-2])
+        table.add_row(*map(cell, row), end_section=row[0] == "total" or row is rows[-2])
     print_table(table)
 
 

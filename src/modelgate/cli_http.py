@@ -22,17 +22,36 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def cell(value: object) -> str:
+    """A table cell as the text it is: control characters (an escape sequence a server put in a name) shown
+    escaped, never sent to the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def print_table(table: "Table", console: "Console | None" = None) -> None:
-    """Print ``table`` to stdout with every cell whole. Fitted to a narrower terminal, rich cuts cells with an
-    ellipsis (``12345…``), and a count, a cost or a key id shown cut is a wrong one: the table keeps its
-    natural width and the terminal wraps its lines."""
+    """Print ``table`` to stdout with every cell whole and as written. Fitted to a narrower terminal, rich cuts
+    cells with an ellipsis (``12345…``), and a count, a cost or a key id shown cut is a wrong one: the table
+    keeps its natural width and the terminal wraps its lines. Cells are not rich markup: a key named ``[/x]``
+    made every ``keys list`` a MarkupError, and ``*/[a-z]*`` was shown as ``*/*``."""
     if console is None:
         from rich.console import Console
 
-        console = Console(soft_wrap=False)
+        console = Console(soft_wrap=False, markup=False, emoji=False, highlight=False)
     unbounded = console.options.update(max_width=1 << 20)  # measured against the console, a width is capped by it
     console.width = max(console.width, console.measure(table, options=unbounded).maximum)
     console.print(table)
+
+
+def check_key(key: str, key_option: str) -> None:
+    """One line and exit 1 for a key no HTTP header can carry, never quoting it: httpx's own error for a key
+    ending in a line break (read from a file) printed the whole key to stderr."""
+    if not key.isascii():  # httpx would raise UnicodeEncodeError on the header
+        fail(f"{key_option}: must be ASCII, as an HTTP header is")
+    if not key.isprintable():
+        fail(f"{key_option}: holds a control character (a line break at its end?), which no HTTP header can carry")
 
 
 def request_or_fail(
@@ -45,8 +64,8 @@ def request_or_fail(
 
     from modelgate.client import ModelgateAPIError
 
-    if key is not None and not key.isascii():  # httpx would raise UnicodeEncodeError on the header
-        fail(f"{key_option}: must be ASCII, as an HTTP header is")
+    if key is not None:
+        check_key(key, key_option)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.request(method, url.rstrip("/") + path, json=json, params=params, headers=headers, timeout=30)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modelgate.cli_http import fail, print_table, request_or_fail
+from modelgate.cli_http import cell, fail, print_table, request_or_fail
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
@@ -39,9 +39,11 @@ def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = N
         method, url, "/admin/keys" + path, key=admin_key, key_option="--admin-key (or MODELGATE_ADMIN_KEY)", json=body
     )
     try:
-        answer: dict[str, Any] = response.json()
+        answer = response.json()
     except ValueError:  # some other server answered
         fail(f"{url}: the answer is not JSON")
+    if not isinstance(answer, dict):
+        fail(f"{url}: the answer is not a key management answer")
     return answer
 
 
@@ -49,8 +51,12 @@ def _new_key(answer: Mapping[str, Any], what: str, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(_dumps(answer) + "\n")
         return
-    sys.stdout.write(answer["key"] + "\n")
-    typer.echo(f"{what} key '{answer['name']}' (id {answer['id']}): store it now, it is not shown again", err=True)
+    key = answer.get("key")
+    if not isinstance(key, str) or not key.isascii() or not key.isprintable():  # it goes to KEY=$(modelgate ...)
+        fail("the server's answer holds no printable key")
+    sys.stdout.write(key + "\n")
+    name, key_id = cell(answer.get("name")), cell(answer.get("id"))
+    typer.echo(f"{what} key '{name}' (id {key_id}): store it now, it is not shown again", err=True)
 
 
 def _dumps(value: Any) -> str:
@@ -109,6 +115,8 @@ def key_rows(answer: Mapping[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for key in answer["keys"]:
         budget = key["budget"]
+        if not isinstance(key["models"], list) or not isinstance(budget, dict | None):
+            raise TypeError("not a key record")
         rows.append(
             (
                 key["id"],
@@ -135,9 +143,13 @@ def list_keys(url: UrlOption = DEFAULT_URL, admin_key: AdminKeyOption = None, as
         return
     from rich.table import Table
 
-    table = Table(*KEY_COLUMNS, title=f"{len(answer['keys'])} keys on {url}")
-    for row in key_rows(answer):
-        table.add_row(*row)
+    try:
+        rows = key_rows(answer)
+    except (KeyError, TypeError, ValueError, AttributeError):  # some other server, or a broken one
+        fail(f"{url}: the answer is not a GET /admin/keys listing")
+    table = Table(*KEY_COLUMNS, title=f"{len(rows)} keys on {url}")
+    for row in rows:
+        table.add_row(*map(cell, row))
     print_table(table)
 
 
@@ -148,8 +160,8 @@ def revoke(
     admin_key: AdminKeyOption = None,
 ) -> None:
     """Revoke a key: every instance refuses it within seconds."""
-    answer = _call(url, admin_key, "DELETE", f"/{key_id}")
-    typer.echo(f"revoked key '{answer['name']}' (id {answer['id']})")
+    answer = _call(url, admin_key, "DELETE", _key_path(key_id))
+    typer.echo(f"revoked key '{cell(answer.get('name'))}' (id {cell(answer.get('id'))})")
 
 
 @keys_cli.command()
@@ -161,4 +173,12 @@ def rotate(
     as_json: JsonOption = False,
 ) -> None:
     """A new key for the same record, limits and usage; the old one stops (after --grace seconds)."""
-    _new_key(_call(url, admin_key, "POST", f"/{key_id}/rotate", {"grace_seconds": grace}), "rotated", as_json)
+    _new_key(_call(url, admin_key, "POST", f"{_key_path(key_id)}/rotate", {"grace_seconds": grace}), "rotated", as_json)
+
+
+def _key_path(key_id: str) -> str:
+    """``/<id>``, the id quoted: ``../../v1/x`` or ``a#b`` sent as they are reached another path, or another key,
+    with the admin key."""
+    from urllib.parse import quote
+
+    return "/" + quote(key_id, safe="")
