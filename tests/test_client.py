@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import types
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -270,9 +272,44 @@ def test_decoder_refuses_a_complete_line_over_its_limit() -> None:
 
 def test_chat_rejects_a_model_that_is_not_publisher_slash_name() -> None:
     with ModelgateClient("http://127.0.0.1:9") as client:
-        for model in ("no-slash", "a/b/c", "/x", "x/"):
+        for model in ("no-slash", "a/b/c", "/x", "x/", "../v1", "../..", "a/.."):
             with pytest.raises(ValueError, match="publisher/name"):
                 list(client.chat(model, "Hi"))
+
+
+@pytest.mark.parametrize("model", ["a/b#x", "a/b?x=1"])
+def test_a_model_name_is_sent_as_path_segments_never_as_url_syntax(chat_url: str, script: Script, model: str) -> None:
+    """Found from outside: "a/b#x" was sent to /api/ai/a/b (the fragment dropped), "a/b?x=1" with a query."""
+    script.chunks = [b'0:"ok"\n' + FINISH]
+    with ModelgateClient(chat_url) as client:
+        list(client.chat(model, "Hi"))
+    publisher, _, name = model.partition("/")
+    assert unquote(script.received[-1]["path"]) == f"/api/ai/{publisher}/{name}/chat"  # all of it, in the path
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        (b"0:null\n" + FINISH, "a text part that is not text: null"),
+        (b'0:{"a":1}\n' + FINISH, 'a text part that is not text: {"a": 1}'),
+        (b'3:{"message":"boom"}\n', 'an error part: {"message": "boom"}'),
+        (FINISH + b'0:"more"\n', "went on after its finish part"),
+    ],
+)
+def test_parts_that_break_the_protocol_raise_instead_of_showing_python_values(
+    chat_url: str, script: Script, chunks: bytes, message: str
+) -> None:
+    """Found from outside: "0:null" was yielded as the text "None", an error object as its Python repr."""
+    script.chunks = [chunks]
+    with ModelgateClient(chat_url) as client, pytest.raises(ModelgateStreamError, match=re.escape(message)):
+        list(client.chat("qwen/Qwen2.5-72B-Instruct", "Hi"))
+
+
+def test_an_error_page_is_one_line() -> None:
+    response = httpx.Response(500, content=b"<html><body><h1>500</h1>\n<p>oops</p>\n</body></html>")
+    assert str(ModelgateAPIError.from_response(response)) == "500 <html><body><h1>500</h1> <p>oops</p> </body></html>"
+    nested = httpx.Response(400, json={"error": {"message": "nope\nsecond line"}})
+    assert ModelgateAPIError.from_response(nested).statusMessage == "nope second line"
 
 
 def test_an_injected_http_client_is_used_and_left_open(chat_url: str, script: Script) -> None:

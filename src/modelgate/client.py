@@ -25,6 +25,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -65,7 +66,7 @@ class ModelgateAPIError(ModelgateClientError):
             body = json.loads(content)
         except ValueError:
             body = None
-            text = content.decode("utf-8", "replace").strip()
+            text = " ".join(content.decode("utf-8", "replace").split())  # one line: an HTML page has many
             if text:
                 message = text[:500]
         if isinstance(body, dict):
@@ -75,7 +76,7 @@ class ModelgateAPIError(ModelgateClientError):
             elif isinstance(body.get("error"), dict) and isinstance(body["error"].get("message"), str):
                 message = body["error"]["message"]
                 data = body["error"]
-        return cls(response.status_code, message, data)
+        return cls(response.status_code, " ".join(message.split()) or message, data)
 
 
 class ModelgateStreamError(ModelgateClientError):
@@ -131,10 +132,14 @@ class _ChatReply:
     def texts(self, parts: list[tuple[str, Any]]) -> Iterator[str]:
         # A generator, so the text before an error part in the same chunk still reaches the caller.
         for code, value in parts:
+            if self.finished and code in ("0", "3"):
+                raise ModelgateStreamError("the reply stream went on after its finish part")
             if code == "0":
-                yield str(value)
+                if not isinstance(value, str):  # "0:null" was yielded as the text "None"
+                    raise ModelgateStreamError(f"a text part that is not text: {_clip(value)}")
+                yield value
             elif code == "3":
-                raise ModelgateStreamError(str(value))
+                raise ModelgateStreamError(value if isinstance(value, str) else f"an error part: {_clip(value)}")
             elif code == "d":
                 self.finished = True
 
@@ -152,11 +157,16 @@ def _messages(messages: Messages) -> list[dict[str, Any]]:
     return [dict(m) for m in messages]
 
 
+def _clip(value: Any) -> str:
+    return json.dumps(value)[:200]
+
+
 def _chat_path(model: str) -> str:
     publisher, sep, name = model.partition("/")
-    if not sep or not publisher or not name or "/" in name:
+    if not sep or not publisher or not name or "/" in name or {publisher, name} & {".", ".."}:
         raise ValueError(f"model must be 'publisher/name', got {model!r}")
-    return f"/api/ai/{publisher}/{name}/chat"
+    # Each part one quoted segment: "../v1" or "a/b#x" sent as written reached another path with the key.
+    return f"/api/ai/{quote(publisher, safe='')}/{quote(name, safe='')}/chat"
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
