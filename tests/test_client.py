@@ -28,7 +28,7 @@ from modelgate import (
 )
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
-from modelgate.client import DataStreamDecoder
+from modelgate.client import DataStreamDecoder, ModelgateClientError
 from modelgate.settings import Settings
 from tests import seed_model
 from tests.catalogue_files import broken_copy
@@ -396,3 +396,36 @@ def test_chat_end_to_end_unknown_model_is_404(gateway_url: str) -> None:
     with ModelgateClient(gateway_url, api_key="mg-test-key-1") as client, pytest.raises(ModelgateAPIError) as info:
         client.chat_text("acme/none", "Hi")
     assert info.value.status_code == 404
+
+
+def test_an_answer_that_is_no_models_document_is_a_client_error(hostile: Any) -> None:
+    """Found from outside: pydantic's ValidationError escaped ``get_models`` (the README names the client's own)."""
+    from tests.fakes.hostile import response_head
+
+    async def script(_: Any) -> AsyncIterator[bytes]:
+        yield response_head(200, {"Content-Type": "application/json"}) + b'{"models": [1]}'
+
+    hostile.reset(script)
+    with ModelgateClient(hostile.url) as client, pytest.raises(ModelgateClientError, match="not a GET /models"):
+        client.get_models()
+
+
+def test_a_reply_cut_mid_body_is_a_stream_error(hostile: Any) -> None:
+    """httpx's RemoteProtocolError escaped ``chat`` (sync and async) for a body cut before its length."""
+    from tests.fakes.hostile import response_head
+
+    async def script(_: Any) -> AsyncIterator[bytes]:
+        yield response_head(200, {"Content-Length": "100"}) + b'0:"partial"\n'
+
+    hostile.reset(script)
+    seen: list[str] = []
+    with ModelgateClient(hostile.url) as client, pytest.raises(ModelgateStreamError, match="was cut"):
+        seen.extend(client.chat("a/b", "Hi"))
+    assert seen == ["partial"]
+
+    async def main() -> str:
+        async with AsyncModelgateClient(hostile.url) as client:
+            return await client.chat_text("a/b", "Hi")
+
+    with pytest.raises(ModelgateStreamError, match="was cut"):
+        run(main())

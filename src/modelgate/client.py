@@ -28,6 +28,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from modelgate.schema import ModelsResponse
 
@@ -183,7 +184,12 @@ def _endpoints(models: ModelsResponse, provider: str) -> list[str]:
 def _models(response: httpx.Response) -> ModelsResponse:
     if not response.is_success:
         raise ModelgateAPIError.from_response(response)
-    return ModelsResponse.model_validate_json(response.content)
+    try:
+        return ModelsResponse.model_validate_json(response.content)
+    except ValidationError as exc:  # a pydantic error escaped the client's own errors
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the body"
+        raise ModelgateClientError(f"the answer is not a GET /models document: {where}: {first['msg']}") from None
 
 
 def _error_body(chunks: Iterator[bytes]) -> bytes:
@@ -256,8 +262,11 @@ class ModelgateClient(_Base):
         with self._http.stream("POST", **request) as response:
             if not response.is_success:
                 raise ModelgateAPIError.from_response(response, _error_body(response.iter_bytes()))
-            for chunk in response.iter_bytes():
-                yield from reply.texts(decoder.feed(chunk))
+            try:
+                for chunk in response.iter_bytes():
+                    yield from reply.texts(decoder.feed(chunk))
+            except httpx.TransportError as exc:  # the reply began: the stream broke, not the connection attempt
+                raise ModelgateStreamError(f"the reply stream was cut: {exc}") from None
             yield from reply.texts(decoder.flush())
         reply.end()
 
@@ -309,9 +318,12 @@ class AsyncModelgateClient(_Base):
         async with self._http.stream("POST", **request) as response:
             if not response.is_success:
                 raise ModelgateAPIError.from_response(response, await _async_error_body(response.aiter_bytes()))
-            async for chunk in response.aiter_bytes():
-                for text in reply.texts(decoder.feed(chunk)):
-                    yield text
+            try:
+                async for chunk in response.aiter_bytes():
+                    for text in reply.texts(decoder.feed(chunk)):
+                        yield text
+            except httpx.TransportError as exc:
+                raise ModelgateStreamError(f"the reply stream was cut: {exc}") from None
             for text in reply.texts(decoder.flush()):
                 yield text
         reply.end()
