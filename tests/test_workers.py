@@ -38,7 +38,12 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path, cpu_max: str, limit: 
 
 
 def test_a_number_is_taken_as_given_even_with_in_process_limits() -> None:
-    assert resolve(parse("3"), in_process_limits=True) == (3, None)
+    count, why = resolve(parse("3"), in_process_limits=True)
+    assert count == 3
+    # Found from outside: only ``auto`` said so; an explicit N multiplied the limits in silence.
+    assert why is not None and "up to 3 times as much" in why and "MODELGATE_REDIS_URL" in why
+    assert resolve(parse("3"), in_process_limits=False) == (3, None)
+    assert resolve(parse("1"), in_process_limits=True) == (1, None)
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="needs a machine with two usable cores")

@@ -7,7 +7,8 @@ quota), because one worker saturates one core (bench/README.md *Cores*: ``--work
 One exception keeps a single process: limits whose counters live in the process (a key's
 ``requests_per_minute``/``concurrent_streams`` or budget, a model's or provider's ``max_concurrency``) without
 ``MODELGATE_REDIS_URL``. Each worker would count on its own, so the effective limit would silently become N
-times the configured one; ``auto`` says so in the log instead. ``--workers N`` is taken as given.
+times the configured one; ``auto`` says so in the log instead. ``--workers N`` is taken as given, and the log
+says what it does to such limits.
 
 How they start: uvicorn's supervisor starts each worker with multiprocessing's *spawn*, a fresh interpreter
 that imports the CLI, uvicorn and the whole app again (~0.6 s of CPU each, the workers competing for the cores
@@ -113,9 +114,17 @@ def in_process_limits(settings: Settings, catalogue: Catalogue, keys: KeyRing) -
 
 
 def resolve(requested: str | int, *, in_process_limits: bool) -> tuple[int, str | None]:
-    """The number of workers, and why ``auto`` chose it when that needs saying in the log."""
+    """The number of workers, and what needs saying of it in the log: why ``auto`` chose it, or that ``--workers N``
+    multiplies limits counted in the process (taken as given, but not in silence)."""
     if requested != AUTO:
-        return int(requested), None
+        count = int(requested)
+        if count > 1 and in_process_limits:
+            return count, (
+                f"--workers {count}: limits are counted in the process (no MODELGATE_REDIS_URL), so each of the "
+                f"{count} workers counts on its own and a limit lets through up to {count} times as much; "
+                "set MODELGATE_REDIS_URL to count them across workers"
+            )
+        return count, None
     cores = usable_cores()
     if cores > 1 and in_process_limits:
         return 1, (
