@@ -213,14 +213,19 @@ class Usage:
 MAX_REPORTED_TOKENS = 2**31 - 1
 
 
-def token_count(value: Any) -> int | None:
-    """``value`` as a token count an upstream reported: a whole number from 0 to ``MAX_REPORTED_TOKENS`` (a float
-    that is one too), else None."""
+def _count(value: Any) -> int | None:
+    """``value`` as a count: a whole number from 0 (a float that is one too; never a bool), else None."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def token_count(value: Any) -> int | None:
+    """``value`` as a token count an upstream reported: a count up to ``MAX_REPORTED_TOKENS``, else None."""
+    count = _count(value)
+    return count if count is not None and count <= MAX_REPORTED_TOKENS else None
 
 
 def reported_usage(prompt: Any, completion: Any, *, reasoning: Any = None, cached: Any = None) -> Usage | None:
@@ -240,11 +245,8 @@ def reported_usage(prompt: Any, completion: Any, *, reasoning: Any = None, cache
 
 def _part(value: Any, whole: int) -> int | None:
     """A count of part of ``whole``: at most ``whole`` (however large it was said to be); None if not a count."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return min(value, whole)
+    count = _count(value)
+    return None if count is None else min(count, whole)
 
 
 # The deltas are made once per token: not frozen, since a frozen dataclass's __init__ pays an
