@@ -173,7 +173,12 @@ def estimate_tokens(text: str) -> int:
     About four characters per token: the rule of thumb OpenAI and Hugging Face document for English
     text with BPE tokenizers. It is a display figure for usage, never used to enforce limits.
     """
-    return math.ceil(len(text) / 4)
+    return tokens_of_characters(len(text))
+
+
+def tokens_of_characters(count: int) -> int:
+    """``estimate_tokens`` of a text of ``count`` characters (for a parser that counted them as they came)."""
+    return math.ceil(count / 4)
 
 
 #: A chat prompt is more than its texts: the template wraps each message in role markers and delimiters

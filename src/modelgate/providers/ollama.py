@@ -33,7 +33,6 @@ an object, no id): each becomes one ``ToolCallDelta`` with a generated id, and t
 from __future__ import annotations
 
 import functools
-import math
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -63,6 +62,7 @@ from modelgate.providers._http import (
     estimate_prompt_tokens,
     parse_json,
     text_field,
+    tokens_of_characters,
 )
 from modelgate.providers.base import ProbeResult
 from modelgate.providers.chat_completions import wire_tool
@@ -212,7 +212,7 @@ class OllamaStream:
                         usage = reported_usage(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
                         if usage is None:
                             prompt = estimate_prompt_tokens(self._request.messages)
-                            usage = Usage(prompt, math.ceil(self._chars / 4), estimated=True)
+                            usage = Usage(prompt, tokens_of_characters(self._chars), estimated=True)
                         events.extend(self._splitter.flush())
                         events.append(Finish(reason, usage))
                         self.done = True
