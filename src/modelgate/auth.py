@@ -74,10 +74,11 @@ def key_digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode("ascii") if isinstance(key, str) else key).digest()
 
 
-def bearer_token(authorization: str | None) -> bytes:
-    """The token of an ``Authorization: Bearer <token>`` header, as the bytes the client sent (ASGI decodes
-    headers as latin-1); empty for any other header or none."""
-    scheme, _, token = (authorization or "").encode("latin-1").strip().partition(b" ")
+def bearer_token(authorization: str | bytes | None) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header (its raw bytes, or its value as ASGI decodes it:
+    latin-1), as the bytes the client sent; empty for any other header or none."""
+    header = authorization.encode("latin-1") if isinstance(authorization, str) else authorization or b""
+    scheme, _, token = header.strip().partition(b" ")
     return token.strip() if scheme.lower() == b"bearer" else b""
 
 
@@ -157,7 +158,7 @@ MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>'"
 MALFORMED_AUTHORIZATION = "Malformed Authorization header: expected 'Bearer <key>'"
 
 
-def presented_token(authorization: str | None, missing: str) -> bytes:
+def presented_token(authorization: str | bytes | None, missing: str = MISSING_KEY) -> bytes:
     """The token of an ``Authorization: Bearer <token>`` header; else a 401 saying ``missing`` (no header) or that
     the header is malformed, as ``KeyRing.authenticate`` says it on the chat routes."""
     if not authorization:
@@ -195,12 +196,10 @@ class KeyRing:
         """The principal for an ``Authorization`` header value; raises ``Unauthorized`` (401)."""
         if not self.enabled:
             return ANONYMOUS
-        if not authorization:
-            raise BearerUnauthorized(MISSING_KEY)
-        scheme, _, token = authorization.strip().partition(b" ")
-        token = token.strip()
-        if scheme.lower() != b"bearer" or not token:
-            raise BearerUnauthorized(MALFORMED_AUTHORIZATION)
+        return self.principal(presented_token(authorization))
+
+    def principal(self, token: bytes) -> Principal:
+        """The principal of a presented key (``presented_token``); raises ``Unauthorized`` (401) for an unknown one."""
         key = self.identify(token)
         if key is None:
             raise BearerUnauthorized("Invalid API key")

@@ -20,7 +20,6 @@ from starlette.responses import Response
 
 from modelgate.app import JSON, error_response, gateway
 from modelgate.auth import (
-    MISSING_KEY,
     BearerUnauthorized,
     bearer_token,
     is_admin_token,
@@ -90,7 +89,7 @@ def _private(request: Request) -> None:
     if state.keys.enabled:
         request_principal(request)  # 401 unless a valid API key
     elif state.settings.admin_key is not None:
-        presented_token(authorization, MISSING_KEY)
+        presented_token(authorization)
         raise BearerUnauthorized("Invalid API key")
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import MISSING_KEY, BearerUnauthorized, is_admin_token, presented_token
+from modelgate.auth import BearerUnauthorized, is_admin_token, presented_token
 from modelgate.errors import Forbidden, ModelgateError
 
 router = APIRouter(tags=["usage"])
@@ -45,11 +45,11 @@ def usage_scope(state: GatewayState, authorization: str | None) -> str | None:
     keyring = state.keys
     if admin is None and not keyring.enabled:
         return None
-    token = presented_token(authorization, MISSING_KEY)
+    token = presented_token(authorization)
     if is_admin_token(token, admin):
         return None
     if keyring.enabled:
-        key_id = keyring.authenticate(b"Bearer " + token).key_id  # raises 401 for an unknown key
+        key_id = keyring.principal(token).key_id  # raises 401 for an unknown key
         assert key_id is not None  # keys are configured, so the principal is one of them
         return key_id
     raise BearerUnauthorized("Invalid API key")
