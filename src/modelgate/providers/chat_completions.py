@@ -409,12 +409,12 @@ class ChatCompletionsStream:
 
     @property
     def received(self) -> bool:
-        """Whether the body held anything (events or not)."""
-        return self.seen or bool(self._head)
+        """Whether the body said anything: events, or bytes other than blank space."""
+        return self.seen or bool(self._head.strip())
 
     def end(self) -> list[StreamEvent]:
         self.ended = True
-        if not self.seen and self._head.strip():
+        if not self.seen and self.received:
             return self._not_a_stream(bytes(self._head))
         if self._finish is None:
             raise self._upstream.truncated()
