@@ -67,7 +67,7 @@ class ModelgateAPIError(ModelgateClientError):
             body = json.loads(content)
         except ValueError:
             body = None
-            text = " ".join(content.decode("utf-8", "replace").split())  # one line: an HTML page has many
+            text = content.decode("utf-8", "replace").strip()
             if text:
                 message = text[:500]
         if isinstance(body, dict):
@@ -77,6 +77,7 @@ class ModelgateAPIError(ModelgateClientError):
             elif isinstance(body.get("error"), dict) and isinstance(body["error"].get("message"), str):
                 message = body["error"]["message"]
                 data = body["error"]
+        # One line, whatever the server wrote (an HTML page, a message with line breaks).
         return cls(response.status_code, " ".join(message.split()) or message, data)
 
 
