@@ -421,6 +421,32 @@ def test_a_bad_environment_value_is_one_line_naming_the_variable(
 
 
 @pytest.mark.parametrize(
+    "variable",
+    [
+        "MODELGATE_CLIENT_BODY_TIMEOUT",
+        "MODELGATE_CLIENT_SEND_TIMEOUT",
+        "MODELGATE_HEADER_TIMEOUT",
+        "MODELGATE_KEEPALIVE_TIMEOUT",
+        "MODELGATE_LEDGER_FLUSH_INTERVAL",
+        "MODELGATE_KEY_REFRESH_INTERVAL",
+    ],
+)
+def test_a_timeout_or_interval_that_cannot_be_off_refuses_zero(tmp_path: Path, variable: str) -> None:
+    # 0 was taken: every request a 408 as it arrived (header timeout), or a loop polling the database without a
+    # pause (key refresh). The least is the one `serve --header-timeout` has always had.
+    path = write_catalogue(tmp_path / "c.toml", model_toml())
+    result = runner.invoke(cli, ["check-config"], env={"MODELGATE_CONFIG": str(path), variable: "0"})
+    assert one_line_failure(result).endswith(f"{variable}: expected a number of seconds >= 0.01, got '0'")
+    accepted = runner.invoke(cli, ["check-config"], env={"MODELGATE_CONFIG": str(path), variable: "0.01"})
+    assert accepted.exit_code == 0, accepted.output
+
+
+def test_zero_still_turns_the_probes_off_and_the_grace_period_to_none() -> None:
+    settings = Settings.from_env({"MODELGATE_PROBE_INTERVAL": "0", "MODELGATE_GRACEFUL_TIMEOUT": "0"})
+    assert (settings.probe_interval, settings.graceful_timeout) == (0, 0)
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["models", "--url", "http://[::1"],

@@ -23,7 +23,7 @@ import typer
 from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
-from modelgate.settings import LEDGER_OFF, Settings
+from modelgate.settings import LEDGER_OFF, MIN_SECONDS, Settings
 from modelgate.settings import database_url as ledger_database_url
 
 # Each command imports what it uses, inside it: `modelgate --help` needs none of the server (uvicorn,
@@ -137,11 +137,11 @@ def serve(
     ] = None,
     header_timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds to send the request headers, then 408 (default 10).", min=0.01),
+        typer.Option(help="Seconds to send the request headers, then 408 (default 10).", min=MIN_SECONDS),
     ] = None,
     keepalive_timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds an idle keep-alive connection stays open (default 5).", min=0.01),
+        typer.Option(help="Seconds an idle keep-alive connection stays open (default 5).", min=MIN_SECONDS),
     ] = None,
     max_connections: Annotated[
         int | None,

@@ -54,6 +54,9 @@ def ollama_base_url(ollama_host: str | None) -> str:
 
 
 #: ``MODELGATE_DATABASE_URL`` / ``serve --database-url`` value that turns the usage ledger off.
+#: The least a timeout or an interval that cannot be off may be set to (seconds); the CLI's options say the same.
+MIN_SECONDS = 0.01
+
 LEDGER_OFF = "off"
 #: URL schemes of the databases the ledger speaks (``usage_store.async_url`` picks the driver).
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
@@ -178,12 +181,20 @@ class Settings:
             **{
                 name: env_number(env, variable, float)
                 for name, variable in (
+                    ("probe_interval", "MODELGATE_PROBE_INTERVAL"),  # 0 turns the probes off
+                    ("graceful_timeout", "MODELGATE_GRACEFUL_TIMEOUT"),  # 0: streams end at once on SIGTERM
+                )
+                if env.get(variable)
+            },
+            # 0 is no setting for these: every request a 408 at once, every idle connection closed as it opens,
+            # a loop polling the database with no pause. The least is the CLI's (``--header-timeout``).
+            **{
+                name: env_number(env, variable, float, minimum=MIN_SECONDS)
+                for name, variable in (
                     ("client_body_timeout", "MODELGATE_CLIENT_BODY_TIMEOUT"),
                     ("client_send_timeout", "MODELGATE_CLIENT_SEND_TIMEOUT"),
-                    ("probe_interval", "MODELGATE_PROBE_INTERVAL"),
                     ("header_timeout", "MODELGATE_HEADER_TIMEOUT"),
                     ("keepalive_timeout", "MODELGATE_KEEPALIVE_TIMEOUT"),
-                    ("graceful_timeout", "MODELGATE_GRACEFUL_TIMEOUT"),
                     ("ledger_flush_interval", "MODELGATE_LEDGER_FLUSH_INTERVAL"),
                     ("key_refresh_interval", "MODELGATE_KEY_REFRESH_INTERVAL"),
                 )
@@ -264,7 +275,12 @@ def _upstream_limits(env: Mapping[str, str]) -> dict[str, object]:
 
 
 def env_number(
-    env: Mapping[str, str], variable: str, kind: type[int | float], *, minimum: int = 0, maximum: int | None = None
+    env: Mapping[str, str],
+    variable: str,
+    kind: type[int | float],
+    *,
+    minimum: float = 0,
+    maximum: int | None = None,
 ) -> float | None:
     """``variable`` as a finite number (an int for ``kind=int``) in [minimum, maximum]; None when unset or empty.
 
