@@ -9,6 +9,8 @@ message on stderr and exit code 1, never a traceback.
 # runs (``--help`` included), and string annotations would be evaluated again on every run (issue 13 item 5).
 
 import contextlib
+import json
+import math
 import os
 import sys
 from collections import Counter
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail
+from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail, shown_url
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
 from modelgate.settings import LEDGER_OFF, MIN_SECONDS, Settings
@@ -364,15 +366,15 @@ def models(
     if url is not None:
         from modelgate.schema import ModelsResponse
 
-        response = request_or_fail("GET", url, "/api/models", key=None, key_option="--api-key")
+        body = request_or_fail("GET", url, "/api/models", key=None, key_option="--api-key")
         if as_json:
-            sys.stdout.write(response.text + "\n")
+            sys.stdout.write(body.decode("utf-8", "replace") + "\n")
             return
         try:
-            rows = rows_from_response(ModelsResponse.model_validate_json(response.content))
+            rows = rows_from_response(ModelsResponse.model_validate_json(body))
         except ValueError:  # a pydantic ValidationError: some other server answered
-            fail(f"{url}: the answer is not a GET /models document")
-        source = url
+            fail(f"{shown_url(url)}: the answer is not a GET /models document")
+        source = shown_url(url)
     else:
         path = config or settings_or_fail().config_path
         catalogue = load_or_fail(path)
@@ -478,9 +480,9 @@ def chat(
         sys.stdout.write("\n")
         fail(f"error: {exc}")
     except httpx.InvalidURL as exc:  # not an HTTPError
-        fail(f"--url {url!r}: {exc}")
+        fail(f"--url {shown_url(url)!r}: {exc}")
     except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
+        fail(f"cannot reach {shown_url(url)}: {exc}")
     sys.stdout.write("\n")
 
 
@@ -489,24 +491,46 @@ def chat(
 USAGE_COLUMNS = ("key", "model", "provider", "requests", "prompt", "cached", "completion", "reasoning", "cost (USD)")
 
 
-def _cost(value: float | None) -> str:
-    return "-" if value is None else f"{value:.8f}"  # a request costs millionths of a dollar
+def _cost(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"a cost that is not a number: {value!r}")
+    shown = f"{value:.8f}"  # a request costs millionths of a dollar
+    # A cost under half a hundred-millionth of a dollar is not 0: it is shown in its own digits.
+    return shown if value == 0 or shown.strip("-0.") else f"{value:.2e}"
+
+
+def _whole(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"a count that is not a whole number: {value!r}")
+    return str(value)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a name that is not text: {value!r}")
+    return value
 
 
 def usage_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """The groups of a ``GET /api/usage`` answer as table rows, then the totals row."""
+    """The groups of a ``GET /api/usage`` answer as table rows, then the totals row. A value of another type
+    than the report's is a ``TypeError``: a server's list or object was shown in a count's cell."""
 
     def counts(entry: Mapping[str, Any]) -> tuple[str, ...]:
         return (
-            str(entry["requests"]),
-            str(entry["prompt_tokens"]),
-            str(entry.get("cached_tokens", "-")),  # a server from before the column has none
-            str(entry["completion_tokens"]),
-            str(entry["reasoning_tokens"]),
+            _whole(entry["requests"]),
+            _whole(entry["prompt_tokens"]),
+            _whole(entry["cached_tokens"]) if "cached_tokens" in entry else "-",  # a server from before the column
+            _whole(entry["completion_tokens"]),
+            _whole(entry["reasoning_tokens"]),
             _cost(entry["cost"]),
         )
 
-    rows = [(g["key_id"] or "-", g["model"], g["provider"], *counts(g)) for g in report["groups"]]
+    rows = [
+        ((g["key_id"] and _text(g["key_id"])) or "-", _text(g["model"]), _text(g["provider"]), *counts(g))
+        for g in report["groups"]
+    ]
     rows.append(("total", "", "", *counts(report["totals"])))
     return rows
 
@@ -532,17 +556,17 @@ def usage(
         params["limit"] = "0"  # the table shows the groups; the rows are for --json
     from rich.table import Table
 
-    response = request_or_fail(
+    body = request_or_fail(
         "GET", url, "/api/usage", key=api_key, key_option="--api-key (or MODELGATE_API_KEY)", params=params
     )
     if as_json:
-        sys.stdout.write(response.text + "\n")
+        sys.stdout.write(body.decode("utf-8", "replace") + "\n")
         return
     try:
-        rows = usage_rows(response.json())
+        rows = usage_rows(json.loads(body))
     except (ValueError, KeyError, TypeError):  # some other server answered
-        fail(f"{url}: the answer is not a GET /api/usage report")
-    table = Table(*USAGE_COLUMNS, title=f"usage from {url}")
+        fail(f"{shown_url(url)}: the answer is not a GET /api/usage report")
+    table = Table(*USAGE_COLUMNS, title=f"usage from {shown_url(url)}")
     for number in range(3, len(USAGE_COLUMNS)):
         table.columns[number].justify = "right"
     for row in rows:

@@ -7,6 +7,8 @@ header, a malformed ``--url``, a server that cannot be reached, or one that answ
 
 # No ``from __future__ import annotations``: see cli.py (typer and start-up).
 
+import os
+import re
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -54,27 +56,74 @@ def check_key(key: str, key_option: str) -> None:
         fail(f"{key_option}: holds a control character (a line break at its end?), which no HTTP header can carry")
 
 
+#: Seconds one CLI call may take in all, from connecting to the answer's last byte (``MODELGATE_CLI_TIMEOUT``).
+#: httpx's timeouts are per read: a server sending a byte now and then held the CLI for ever.
+CALL_SECONDS = 60.0
+
+
 def request_or_fail(
     method: str, url: str, path: str, *, key: str | None, key_option: str, json: Any = None, params: Any = None
-) -> "httpx.Response":
+) -> bytes:
     """``method`` ``url`` + ``path`` with ``key`` as the bearer (named ``key_option`` in messages): the success
-    answer, or one line and exit 1."""
+    answer's body (decoded, at most ``MAX_DOCUMENT_BYTES``), or one line and exit 1."""
     # Imported here: ``modelgate --help`` and the catalogue commands load no HTTP client (issue 13, start-up).
+    import asyncio
+
     import httpx
 
-    from modelgate.client import ModelgateAPIError
+    from modelgate.client import ModelgateAPIError, ModelgateClientError, document
 
     if key is not None:
         check_key(key, key_option)
+    seconds = call_seconds()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    shown = shown_url(url)
     try:
-        response = httpx.request(method, url.rstrip("/") + path, json=json, params=params, headers=headers, timeout=30)
+        response, body = asyncio.run(_call(method, url.rstrip("/") + path, seconds, json, params, headers))
+    except TimeoutError:
+        fail(f"{shown}: no whole answer within {seconds:g} s (MODELGATE_CLI_TIMEOUT)")
     except httpx.InvalidURL as exc:  # not an HTTPError
-        fail(f"--url {url!r}: {exc}")
+        fail(f"--url {shown!r}: {exc}")
     except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
+        fail(f"cannot reach {shown}: {exc}")
     except ValueError as exc:  # a value httpx cannot send (e.g. a query parameter it cannot encode)
-        fail(f"{url}: {exc}")
+        fail(f"{shown}: {exc}")
     if not response.is_success:
-        fail(f"{url}: {ModelgateAPIError.from_response(response)}")
-    return response
+        fail(f"{shown}: {ModelgateAPIError.from_response(response, body)}")
+    try:
+        return document(body)
+    except ModelgateClientError as exc:
+        fail(f"{shown}: {exc}")
+
+
+async def _call(
+    method: str, url: str, seconds: float, json: Any, params: Any, headers: dict[str, str]
+) -> "tuple[httpx.Response, bytes]":
+    import asyncio
+
+    import httpx
+
+    from modelgate.client import MAX_DOCUMENT_BYTES, async_read_up_to
+
+    async with (
+        asyncio.timeout(seconds),
+        httpx.AsyncClient(timeout=seconds) as client,
+        client.stream(method, url, json=json, params=params, headers=headers) as response,
+    ):
+        return response, await async_read_up_to(response.aiter_bytes(), MAX_DOCUMENT_BYTES)
+
+
+def call_seconds() -> float:
+    """``MODELGATE_CLI_TIMEOUT``, or ``CALL_SECONDS``; a value that is no such number is one line and exit 1."""
+    from modelgate.settings import MIN_SECONDS, env_number
+
+    try:
+        seconds = env_number(os.environ, "MODELGATE_CLI_TIMEOUT", float, minimum=MIN_SECONDS)
+    except ValueError as exc:
+        fail(str(exc))
+    return CALL_SECONDS if seconds is None else seconds
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: a password in it (``http://user:secret@host``) replaced by ``***``."""
+    return re.sub(r"(//[^/?#@:]*:)[^/?#@]*@", r"\1***@", url)

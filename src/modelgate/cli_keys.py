@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modelgate.cli_http import cell, fail, print_table, request_or_fail
+from modelgate.cli_http import cell, fail, print_table, request_or_fail, shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")
@@ -35,15 +35,15 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw answer."
 
 
 def _call(url: str, admin_key: str | None, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    response = request_or_fail(
+    content = request_or_fail(
         method, url, "/admin/keys" + path, key=admin_key, key_option="--admin-key (or MODELGATE_ADMIN_KEY)", json=body
     )
     try:
-        answer = response.json()
+        answer = json.loads(content)
     except ValueError:  # some other server answered
-        fail(f"{url}: the answer is not JSON")
+        fail(f"{shown_url(url)}: the answer is not JSON")
     if not isinstance(answer, dict):
-        fail(f"{url}: the answer is not a key management answer")
+        fail(f"{shown_url(url)}: the answer is not a key management answer")
     return answer
 
 
@@ -146,8 +146,8 @@ def list_keys(url: UrlOption = DEFAULT_URL, admin_key: AdminKeyOption = None, as
     try:
         rows = key_rows(answer)
     except (KeyError, TypeError, ValueError, AttributeError):  # some other server, or a broken one
-        fail(f"{url}: the answer is not a GET /admin/keys listing")
-    table = Table(*KEY_COLUMNS, title=f"{len(rows)} keys on {url}")
+        fail(f"{shown_url(url)}: the answer is not a GET /admin/keys listing")
+    table = Table(*KEY_COLUMNS, title=f"{len(rows)} keys on {shown_url(url)}")
     for row in rows:
         table.add_row(*map(cell, row))
     print_table(table)

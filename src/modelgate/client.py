@@ -14,8 +14,9 @@ Chat reads the Vercel AI SDK data stream v1 (one ``<code>:<JSON>`` part per line
 hold U+2028 and friends, which ``str.splitlines`` (and so ``httpx.Response.iter_lines``) would split on.
 A non-2xx answer raises ``ModelgateAPIError`` with the seed's ``statusCode``/``statusMessage``.
 What the client reads from a server is bounded like what the server reads from an upstream: a line of
-the stream over ``MAX_LINE_BYTES`` and an error body over ``MAX_ERROR_BYTES`` stop the read (a broken
-or hostile server cannot make the caller buffer without end).
+the stream over ``MAX_LINE_BYTES``, an error body over ``MAX_ERROR_BYTES`` and a ``GET /models`` document
+over ``MAX_DOCUMENT_BYTES`` (counted decoded: a gzip bomb stops there) stop the read (a broken or hostile
+server cannot make the caller buffer without end).
 Depends only on the leaves (``schema``), never on the server modules.
 """
 
@@ -38,6 +39,8 @@ MODELS_PATH = "/api/models"
 MAX_LINE_BYTES = 8 * 1024 * 1024
 #: How much of an error body is read: modelgate's errors are a few hundred bytes.
 MAX_ERROR_BYTES = 64 * 1024
+#: The longest whole answer read (decoded): a catalogue of thousands of models is a few megabytes.
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
 
 Messages = Sequence[Mapping[str, Any]] | str
 
@@ -58,9 +61,9 @@ class ModelgateAPIError(ModelgateClientError):
 
     @classmethod
     def from_response(cls, response: httpx.Response, content: bytes | None = None) -> ModelgateAPIError:
-        """Read the seed shape (or OpenAI's ``{"error": {...}}``) from ``content`` (default: the whole,
-        already read body); fall back to the reason phrase."""
-        content = response.content if content is None else content
+        """Read the seed shape (or OpenAI's ``{"error": {...}}``) from the first ``MAX_ERROR_BYTES`` of
+        ``content`` (default: the whole, already read body); fall back to the reason phrase."""
+        content = (response.content if content is None else content)[:MAX_ERROR_BYTES]
         message = response.reason_phrase or "HTTP error"
         data: Any = None
         try:
@@ -182,33 +185,47 @@ def _endpoints(models: ModelsResponse, provider: str) -> list[str]:
     return list(models.endpoints[provider])  # type: ignore[literal-required]
 
 
-def _models(response: httpx.Response) -> ModelsResponse:
+def _models(response: httpx.Response, body: bytes) -> ModelsResponse:
     if not response.is_success:
-        raise ModelgateAPIError.from_response(response)
+        raise ModelgateAPIError.from_response(response, body)
     try:
-        return ModelsResponse.model_validate_json(response.content)
+        return ModelsResponse.model_validate_json(document(body))
     except ValidationError as exc:  # a pydantic error escaped the client's own errors
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the body"
         raise ModelgateClientError(f"the answer is not a GET /models document: {where}: {first['msg']}") from None
 
 
-def _error_body(chunks: Iterator[bytes]) -> bytes:
-    body = b""
+def document(body: bytes) -> bytes:
+    """``body`` read by ``read_up_to(…, MAX_DOCUMENT_BYTES)``, or an error saying it is longer."""
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise ModelgateClientError(f"the answer is longer than {MAX_DOCUMENT_BYTES} bytes")
+    return body
+
+
+def read_up_to(chunks: Iterator[bytes], limit: int) -> bytes:
+    """The body, read until it is whole or longer than ``limit`` (then the read stops: more than ``limit``
+    bytes come back, the rest is never read)."""
+    parts: list[bytes] = []
+    size = 0
     for chunk in chunks:
-        body += chunk
-        if len(body) >= MAX_ERROR_BYTES:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
             break
-    return body[:MAX_ERROR_BYTES]
+    return b"".join(parts)
 
 
-async def _async_error_body(chunks: AsyncIterator[bytes]) -> bytes:
-    body = b""
+async def async_read_up_to(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """``read_up_to`` of an async body."""
+    parts: list[bytes] = []
+    size = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) >= MAX_ERROR_BYTES:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
             break
-    return body[:MAX_ERROR_BYTES]
+    return b"".join(parts)
 
 
 class _Base:
@@ -250,8 +267,9 @@ class ModelgateClient(_Base):
         self._http = http_client if http_client is not None else httpx.Client()
 
     def get_models(self) -> ModelsResponse:
-        response = self._http.get(self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
-        return _models(response)
+        with self._http.stream("GET", self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout) as response:
+            body = read_up_to(response.iter_bytes(), MAX_DOCUMENT_BYTES)
+        return _models(response, body)
 
     def endpoints(self, provider: str) -> list[str]:
         return _endpoints(self.get_models(), provider)
@@ -262,7 +280,7 @@ class ModelgateClient(_Base):
         decoder, reply = DataStreamDecoder(), _ChatReply()
         with self._http.stream("POST", **request) as response:
             if not response.is_success:
-                raise ModelgateAPIError.from_response(response, _error_body(response.iter_bytes()))
+                raise ModelgateAPIError.from_response(response, read_up_to(response.iter_bytes(), MAX_ERROR_BYTES))
             try:
                 for chunk in response.iter_bytes():
                     yield from reply.texts(decoder.feed(chunk))
@@ -306,8 +324,10 @@ class AsyncModelgateClient(_Base):
         self._http = http_client if http_client is not None else httpx.AsyncClient()
 
     async def get_models(self) -> ModelsResponse:
-        response = await self._http.get(self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
-        return _models(response)
+        request = self._http.stream("GET", self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
+        async with request as response:
+            body = await async_read_up_to(response.aiter_bytes(), MAX_DOCUMENT_BYTES)
+        return _models(response, body)
 
     async def endpoints(self, provider: str) -> list[str]:
         return _endpoints(await self.get_models(), provider)
@@ -318,7 +338,8 @@ class AsyncModelgateClient(_Base):
         decoder, reply = DataStreamDecoder(), _ChatReply()
         async with self._http.stream("POST", **request) as response:
             if not response.is_success:
-                raise ModelgateAPIError.from_response(response, await _async_error_body(response.aiter_bytes()))
+                error_body = await async_read_up_to(response.aiter_bytes(), MAX_ERROR_BYTES)
+                raise ModelgateAPIError.from_response(response, error_body)
             try:
                 async for chunk in response.aiter_bytes():
                     for text in reply.texts(decoder.feed(chunk)):
