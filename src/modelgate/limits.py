@@ -120,6 +120,10 @@ class LimitBackend(Protocol):
 
     async def release(self, lease: Lease) -> None: ...
 
+    async def uncount(self, window: Window, lease_id: str) -> None:
+        """Take ``lease_id``'s admission out of ``window``: the request it counted was refused after all."""
+        ...
+
 
 # --- in-process -------------------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class MemoryBackend:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._hits: dict[str, deque[float]] = {}
+        self._hits: dict[str, deque[tuple[float, str]]] = {}  #: window key → (admitted at, lease id), oldest first
         self._holders: dict[str, set[str]] = {}
 
     async def start(self) -> None:
@@ -146,18 +150,18 @@ class MemoryBackend:
     async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
         now = self._clock()
         window = plan.window
-        hits: deque[float] | None = None
+        hits: deque[tuple[float, str]] | None = None
         if window is not None:
             hits = self._hits.setdefault(window.key, deque())
-            while hits and hits[0] <= now - window.seconds:
+            while hits and hits[0][0] <= now - window.seconds:
                 hits.popleft()
             if len(hits) >= window.limit:
-                return Denied(window, hits[0] + window.seconds - now)
+                return Denied(window, hits[0][0] + window.seconds - now)
         for slot in plan.slots:
             if len(self._holders.get(slot.key, ())) >= slot.limit:
                 return Denied(slot, CONCURRENCY_RETRY_AFTER)
         if hits is not None:
-            hits.append(now)
+            hits.append((now, lease_id))
         for slot in plan.slots:
             self._holders.setdefault(slot.key, set()).add(lease_id)
         return None
@@ -169,6 +173,12 @@ class MemoryBackend:
                 holders.discard(lease.id)
                 if not holders:
                     del self._holders[key]
+
+    async def uncount(self, window: Window, lease_id: str) -> None:
+        hits = self._hits.get(window.key)
+        if hits is not None:
+            for hit in [hit for hit in hits if hit[1] == lease_id]:
+                hits.remove(hit)
 
     def holding(self, key: str) -> int:
         return len(self._holders.get(key, ()))
@@ -391,6 +401,9 @@ class RedisBackend:
                 pipe.zrem(self.prefix + key, lease.id)
             await pipe.execute()
 
+    async def uncount(self, window: Window, lease_id: str) -> None:
+        await self.client.zrem(self.prefix + window.key, lease_id)
+
     async def resync(self) -> None:
         """Adopt the store's epoch, re-taking every lease this process holds (see ``_RESYNC``)."""
         keys: list[str] = [self._epoch_key, self.prefix + "rebuilding"]
@@ -550,6 +563,13 @@ class Limiter:
             retry_after = max(1, math.ceil(denied.retry_after))
             raise RateLimited(denied.limit.message, retry_after=retry_after, data={"retryAfter": retry_after})
 
+    async def uncount(self, window: Window, lease_id: str) -> None:
+        """Give back ``lease_id``'s place in ``window``, as a request refused at admission never took one."""
+        try:
+            await self.backend.uncount(window, lease_id)
+        except self.backend.errors as exc:  # it leaves the window within its 60 s anyway
+            log.warning("could not give back a requests-per-minute admission: %s", type(exc).__name__)
+
     async def release(self, lease: Lease) -> None:
         try:
             await self.backend.release(lease)
@@ -624,8 +644,9 @@ class Admission:
         self._pending = reservation
         try:
             await self._limiter.budgets.hold(reservation, key.name)
-        except ModelgateError:  # refused, or the store is down: nothing to give back
+        except ModelgateError:  # refused, or the store is down: no budget to give back, but the window's place
             self._pending = None
+            await self._uncount_window()
             raise
         self._pending, self._reservation = None, reservation
 
@@ -642,6 +663,13 @@ class Admission:
                 await self._limiter.budgets.give_back(pending)
         except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
             log.warning("could not settle a budget charge: %s", exc.message)
+
+    async def _uncount_window(self) -> None:
+        """A request the budget refused reaches no upstream: like one over a concurrency cap, it must not use up
+        one of the key's ``requests_per_minute`` (a client retrying a busy budget each second locked itself out)."""
+        window = self._limiter.key_plan(self.principal).window
+        if window is not None:
+            await self._limiter.uncount(window, self._lease_id)
 
     def _check_policy(self, model: CatalogueModel) -> None:
         if not may_call(self.principal, model.id):
