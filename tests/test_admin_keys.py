@@ -215,6 +215,28 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
         assert client.get("/health").status_code == 200  # still serving
 
 
+def test_concurrent_creates_of_one_name_make_one_key(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    """Found probing: the name was checked in one query and the key written in another, so twenty creates of one
+    name sent at once all got a 201 and twenty active keys shared it (README: unique among active keys)."""
+
+    async def create_many(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/admin/keys", json={"name": "twin"}, headers=bearer(ADMIN)) for _ in range(20))
+            )
+
+    with serve(settings_for(fakes, tmp_path, ledger_url)) as url:
+        answers = asyncio.run(create_many(url))
+        assert sorted(answer.status_code for answer in answers) == [201] + [409] * 19, [a.text for a in answers]
+        listed = httpx.get(url + "/admin/keys", headers=bearer(ADMIN), timeout=30).json()["keys"]
+        assert [(key["name"], key["status"]) for key in listed] == [("twin", "active")]
+        # A conflict writes nothing, and the name is free again once its key is revoked.
+        [created] = [answer.json() for answer in answers if answer.status_code == 201]
+        assert httpx.delete(f"{url}/admin/keys/{created['id']}", headers=bearer(ADMIN), timeout=30).status_code == 200
+        again = httpx.post(url + "/admin/keys", json={"name": "twin"}, headers=bearer(ADMIN), timeout=30)
+        assert again.status_code == 201, again.text
+
+
 @pytest.mark.parametrize(
     "expires_at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.999999", "9999-12-31T20:00:00-05:00"]
 )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     insert,
+    or_,
     select,
     update,
 )
@@ -100,10 +101,19 @@ class KeyStore:
         found = await self._select(keys.c.id == key_id)
         return found[0] if found else None
 
-    async def create(self, record: KeyRecord) -> None:
+    async def create(self, record: KeyRecord) -> bool:
+        """Store ``record`` unless an active key has its name (then False, nothing written).
+
+        The revision is bumped first: that write locks its one row (PostgreSQL) or the database (SQLite) until
+        the commit, so concurrent creates, on this instance or another, check the names one after the other
+        (a check in its own query let twenty creates of one name in at once, all active)."""
         async with self.engine.begin() as conn:
-            await conn.execute(insert(keys).values(**_values(record)))
             await _bump(conn)
+            if await _active_name(conn, record.name, record.created_at):
+                await conn.rollback()
+                return False
+            await conn.execute(insert(keys).values(**_values(record)))
+            return True
 
     async def revoke(self, key_id: str, now: float) -> None:
         async with self.engine.begin() as conn:
@@ -175,6 +185,17 @@ def _values(record: KeyRecord) -> dict[str, Any]:
     values = {name: getattr(record, name) for name in _FIELDS}
     values["models"] = list(record.models)
     return values
+
+
+async def _active_name(conn: AsyncConnection, name: str, now: float) -> bool:
+    """Whether a key that works at ``now`` is named ``name`` (``KeyRecord.status`` "active", in SQL)."""
+    found = await conn.execute(
+        select(keys.c.id)
+        .where(keys.c.name == name, keys.c.revoked_at.is_(None))
+        .where(or_(keys.c.expires_at.is_(None), keys.c.expires_at > now))
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def _bump(conn: AsyncConnection) -> None:

@@ -194,10 +194,7 @@ async def create_key(request: Request, new: NewKey) -> Response:
                 raise BadRequest("expires_at: must be in the future")
             if expires > LAST_EXPIRY:
                 raise BadRequest("expires_at: must be at most 9999-12-31T23:59:59Z")
-        records = await store.records()
-        if any(r.name == new.name and r.status(now) == "active" for r in records):
-            raise KeyConflict(f"A key named '{new.name}' exists: revoke it or choose another name")
-        taken = {r.id for r in records}
+        taken = {r.id for r in await store.records()}
         secret = new_secret()
         while digest_hex(secret)[:KEY_ID_LENGTH] in taken:  # 48-bit ids: a clash is improbable
             secret = new_secret()
@@ -214,7 +211,8 @@ async def create_key(request: Request, new: NewKey) -> Response:
             updated_at=now,
             expires_at=expires,
         )
-        await store.create(record)
+        if not await store.create(record):  # checked there, in the write's transaction: concurrent creates race
+            raise KeyConflict(f"A key named '{new.name}' exists: revoke it or choose another name")
         await runtime.refresh()  # this instance lets it in before the client gets it
     return _answer({"key": secret, **describe(record, now)}, status=201)
 
