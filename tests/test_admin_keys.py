@@ -516,3 +516,23 @@ def test_the_cli_creates_lists_rotates_and_revokes(fakes: Fakes, tmp_path: Path)
 
         refused = run_cli("keys", "list", "--url", url, env={"MODELGATE_ADMIN_KEY": "mg-wrong"})
         assert refused.returncode == 1 and "401" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("amount", ["nan", "inf", "-Infinity", "lots"])
+def test_the_cli_refuses_a_budget_that_is_no_finite_number_itself(amount: str) -> None:
+    """Found probing: ``--budget tokens_per_day=nan`` reached the JSON encoder and failed as
+    "http://127.0.0.1:...: Out of range float values are not JSON compliant", blaming the server's URL."""
+    done = run_cli(
+        "keys",
+        "create",
+        "ci",
+        "--budget",
+        f"tokens_per_day={amount}",
+        "--url",
+        "http://127.0.0.1:9",
+        "--admin-key",
+        ADMIN,
+    )
+    assert done.returncode == 1
+    assert f"--budget 'tokens_per_day={amount}': expected NAME=NUMBER (a finite number)" in done.stderr, done.stderr
+    assert "127.0.0.1" not in done.stderr and "Traceback" not in done.stderr

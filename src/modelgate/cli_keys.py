@@ -10,6 +10,7 @@ what to do with it on stderr.
 # runs (``--help`` included), and string annotations would be evaluated again on every run (issue 13 item 5).
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -68,9 +69,13 @@ def _budget(values: list[str]) -> dict[str, float] | None:
     for item in values:
         name, _, amount = item.partition("=")
         try:
-            budget[name.strip()] = float(amount)
+            number = float(amount)
         except ValueError:
-            fail(f"--budget {item!r}: expected NAME=NUMBER, e.g. tokens_per_day=200000")
+            number = math.nan
+        # Not NaN or infinity either: JSON has no such numbers, and the call failed naming the server's URL.
+        if not math.isfinite(number):
+            fail(f"--budget {item!r}: expected NAME=NUMBER (a finite number), e.g. tokens_per_day=200000")
+        budget[name.strip()] = number
     return budget or None
 
 
