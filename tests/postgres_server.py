@@ -75,6 +75,21 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
+    def stop(self) -> None:
+        """Stop the server ("fast" shutdown: its clients' connections are cut), as a database that goes away."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port and data: the database comes back."""
+        self.process = _start_postgres(self.bin_dir, self.data, self.port, self.user)
+        if not _wait_ready(self.bin_dir, self.port, self.process):
+            raise RuntimeError("postgres did not start again")
+
     def create_database(self, name: str | None = None) -> str:
         """A new empty database (a fresh name unless given); its ``postgresql://`` URL."""
         self._databases += 1
@@ -108,31 +123,8 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         )
         for _ in range(3):  # another process may take the free port before postgres binds it
             port = free_port()
-            process = subprocess.Popen(
-                [
-                    str(bin_dir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-k",
-                    str(root),
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=root,
-                user=user,
-            )
-            deadline = time.monotonic() + 30
-            while process.poll() is None and not _ready(bin_dir, port) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if process.poll() is None and _ready(bin_dir, port):
+            process = _start_postgres(bin_dir, data, port, user)
+            if _wait_ready(bin_dir, port, process):
                 break
             process.kill()
             process.wait()
@@ -142,14 +134,42 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         try:
             yield cluster
         finally:
-            process.send_signal(signal.SIGINT)  # "fast" shutdown: does not wait for clients to leave
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            if cluster.process.poll() is None:  # a test may have stopped it
+                cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_postgres(bin_dir: Path, data: Path, port: int, user: str | None) -> subprocess.Popen[bytes]:
+    root = data.parent
+    return subprocess.Popen(
+        [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=root,
+        user=user,
+    )
+
+
+def _wait_ready(bin_dir: Path, port: int, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 30
+    while process.poll() is None and not _ready(bin_dir, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process.poll() is None and _ready(bin_dir, port)
 
 
 def _ready(bin_dir: Path, port: int) -> bool:

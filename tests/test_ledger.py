@@ -404,6 +404,54 @@ def test_rows_wait_for_a_database_that_comes_later(fakes: Fakes, tmp_path: Path,
     assert sorted(row["request_id"] for row in ledger_rows(url)) == ["before", "meanwhile"]
 
 
+@pytest.mark.postgres
+@pytest.mark.timeout(120)
+def test_a_database_that_stops_and_starts_again_loses_no_row_and_says_so_once(
+    fakes: Fakes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found probing (PostgreSQL stopped under a running instance): ``/api/usage`` was a 500, not the README's 503,
+    and every flush interval logged the failed write again. Chat keeps serving, the rows wait and are written
+    when the database is back, and no log line or answer holds the URL's password."""
+    password = "hunter2-pg-secret"
+    with postgres_cluster() as cluster:  # its own: this test stops it
+        url = cluster.create_database("outage").replace("@", f":{password}@", 1)  # trust auth ignores it
+        settings = priced_settings(fakes, tmp_path, url, ledger_flush_interval=0.05)
+        answers: list[httpx.Response] = []
+        with (
+            serve_in_thread(create_app(settings, load_catalogue(settings.config_path))) as base,
+            httpx.Client(base_url=base, timeout=30) as client,
+        ):
+            answers.append(post(client, TINY, BODY, "before"))
+            wait_for(lambda: httpx.get(base + "/api/usage").json()["totals"]["requests"] == 1, "the first row")
+            cluster.stop()
+            for index in range(3):
+                started = time.monotonic()
+                answers.append(post(client, TINY, BODY, f"while-down-{index}"))
+                assert answers[-1].status_code == 200 and time.monotonic() - started < 5
+            answers.append(client.get("/api/usage"))
+            assert answers[-1].status_code == 503, answers[-1].text
+            assert set(answers[-1].json()) == {"statusCode", "statusMessage"}
+            time.sleep(0.5)  # ten flush intervals of failed writes
+            assert caplog.text.count("rows failed") == 1, caplog.text
+            cluster.start()
+
+            def usage_once_back() -> dict[str, Any] | None:
+                answer = client.get("/api/usage")
+                return answer.json() if answer.status_code == 200 else None
+
+            back = wait_for(usage_once_back, "the database back")
+            assert back["totals"]["requests"] == 4
+        assert sorted(row["request_id"] for row in ledger_rows(url)) == [
+            "before",
+            "while-down-0",
+            "while-down-1",
+            "while-down-2",
+        ]
+    assert "the database is writable again" in caplog.text
+    assert password not in caplog.text
+    assert not any(password in answer.text for answer in answers)
+
+
 def test_default_database_beside_the_catalogue_or_in_the_state_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

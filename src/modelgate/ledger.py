@@ -106,6 +106,8 @@ class Ledger:
         self._writing: asyncio.Lock | None = None
         self._opening: asyncio.Lock | None = None
         self._complained_at = -COMPLAINT_INTERVAL
+        #: Since when writes have been failing (monotonic), or None while they succeed.
+        self._failing_since: float | None = None
 
     # -- the request path ------------------------------------------------------------------------
 
@@ -231,20 +233,41 @@ class Ledger:
                 refused = await self._store.insert(batch)
             except Exception as exc:
                 self._pending = batch + self._pending  # back in front of what arrived meanwhile, oldest first
-                log.error(
-                    "usage ledger: writing %d rows failed (%s: %s); they wait for the next try",
-                    len(batch),
-                    type(exc).__name__,
-                    self._scrub(_first_line(exc)),
-                )
+                self._write_failed(exc)
                 self._bound()
             else:
+                self._write_succeeded(len(batch))
                 if refused:  # values the database cannot hold: dropped, as they would hold back every later row
                     log.error(
                         "usage ledger: %d rows the database refused were not written (request ids %s)",
                         len(refused),
                         ", ".join(record.request_id for record in refused[:10]),
                     )
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Say that writes fail once a minute, not every flush interval (a down database filled the log)."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._complained_at >= COMPLAINT_INTERVAL:
+            self._complained_at = now
+            log.error(
+                "usage ledger: writing %d rows failed (%s: %s); they wait, retried every %g s (logged once a minute)",
+                len(self._pending),
+                type(exc).__name__,
+                self._scrub(_first_line(exc)),
+                self.flush_interval,
+            )
+
+    def _write_succeeded(self, written: int) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "usage ledger: the database is writable again after %.0f s; %d waiting rows written",
+                time.monotonic() - self._failing_since,
+                written,
+            )
+            self._failing_since = None
+            self._complained_at = -COMPLAINT_INTERVAL  # the next outage is reported at once
 
     def _bound(self) -> None:
         """Drop the oldest waiting rows past ``MAX_PENDING`` (the database has been failing for long)."""
@@ -273,7 +296,11 @@ class Ledger:
             raise LedgerUnavailable()
         await self.flush()
         assert self._store is not None
-        return await self._store.report(query)
+        try:
+            return await self._store.report(query)
+        except Exception as exc:  # opened once, gone since (README: 503 until it is back), not a 500
+            log.error("usage ledger: reading failed (%s: %s)", type(exc).__name__, self._scrub(_first_line(exc)))
+            raise LedgerUnavailable() from exc
 
     async def database(self) -> UsageStore | None:
         """The open database (opened now if need be) for the other tables in it (``key_store.py``);
