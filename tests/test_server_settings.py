@@ -56,7 +56,11 @@ def test_private_ops_is_documented() -> None:
     [
         ("MODELGATE_CACHE_MAX_AGE", "1m", "MODELGATE_CACHE_MAX_AGE: expected a whole number, got '1m'"),
         ("MODELGATE_PROBE_INTERVAL", "soon", "MODELGATE_PROBE_INTERVAL: expected a number of seconds, got 'soon'"),
-        ("MODELGATE_HEADER_TIMEOUT", "nan", "MODELGATE_HEADER_TIMEOUT: expected a number of seconds >= 0.01, got 'nan'"),
+        (
+            "MODELGATE_HEADER_TIMEOUT",
+            "nan",
+            "MODELGATE_HEADER_TIMEOUT: expected a number of seconds >= 0.01, got 'nan'",
+        ),
         ("MODELGATE_GRACEFUL_TIMEOUT", "-1", "MODELGATE_GRACEFUL_TIMEOUT: expected a number of seconds >= 0, got '-1'"),
         ("MODELGATE_MAX_CONNECTIONS", "0", "MODELGATE_MAX_CONNECTIONS: expected a whole number >= 1, got '0'"),
         ("MODELGATE_MAX_HEADER_BYTES", "32k", "MODELGATE_MAX_HEADER_BYTES: expected a whole number, got '32k'"),
