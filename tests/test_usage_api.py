@@ -132,6 +132,19 @@ def test_a_control_character_in_a_filter_is_a_400(fakes: Fakes, tmp_path: Path, 
         assert httpx.get(url + "/api/usage", params={name: "acme/tiny"}).status_code == 200
 
 
+@pytest.mark.parametrize("value", ["2026", "253402300800", "1.7e9", "-5"])
+@pytest.mark.parametrize("name", ["from", "to"])
+def test_a_time_that_is_a_number_is_a_400_not_unix_seconds(fakes: Fakes, tmp_path: Path, name: str, value: str) -> None:
+    """Found from outside: pydantic read a number as Unix seconds (or milliseconds, by its size): ``from=2026`` was
+    1970-01-01T00:33:46 and the answer every row since then, where the README says ISO 8601."""
+    with serve_in_thread(create_app(settings_for(fakes, tmp_path))) as url:
+        answer = httpx.get(url + "/api/usage", params={name: value})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["statusCode"] == 400 and name in answer.text and "ISO 8601" in answer.text
+        iso = httpx.get(url + "/api/usage", params={name: "2026-12-01"})
+        assert iso.status_code == 200 and iso.json()["filters"][name].startswith("2026-12-01T00:00:00")
+
+
 def test_prices_are_validated() -> None:
     def parse(pricing: str) -> None:
         text = catalogue_toml(model_toml(extra=f"[models.pricing]\n{pricing}\n"))

@@ -13,13 +13,14 @@ The admin key is compared by SHA-256 digest in constant time, like the API keys 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
@@ -108,6 +109,14 @@ class UsageAnswer(BaseModel):
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
+def _iso_8601(value: object) -> object:
+    """Only ISO 8601 text: pydantic reads a number as Unix seconds or milliseconds by its size, so ``from=2026``
+    was 1970 and ``from=253402300800`` 1978, where the README promises ISO 8601."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        raise ValueError("expected an ISO 8601 date or time, e.g. 2026-12-01 or 2026-12-01T12:00:00Z")
+    return value
+
+
 @router.get(
     "/api/usage",
     summary="Usage from the ledger: totals, per key and model, newest requests",
@@ -122,8 +131,12 @@ async def usage(
         str | None, Query(max_length=256, pattern=_PRINTABLE, description="The model that answered")
     ] = None,
     provider: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
-    since: Annotated[datetime | None, Query(alias="from", description="ISO 8601; UTC when no offset")] = None,
-    until: Annotated[datetime | None, Query(alias="to", description="ISO 8601, exclusive")] = None,
+    since: Annotated[
+        datetime | None, BeforeValidator(_iso_8601), Query(alias="from", description="ISO 8601; UTC when no offset")
+    ] = None,
+    until: Annotated[
+        datetime | None, BeforeValidator(_iso_8601), Query(alias="to", description="ISO 8601, exclusive")
+    ] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_RECORDS, description="Newest rows to list")] = 100,
 ) -> Response:
     from modelgate.usage_store import UsageFilter  # the database layer, loaded with the ledger
