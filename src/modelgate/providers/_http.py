@@ -64,7 +64,7 @@ import aiohttp
 import certifi
 import orjson
 
-from modelgate.chat import Message, StreamEvent
+from modelgate.chat import Finish, Message, StreamEvent
 from modelgate.deadline import Deadline
 from modelgate.errors import (
     MAX_RETRY_AFTER,
@@ -346,16 +346,23 @@ class Upstream:
             unyielded = 0  # bytes read since the event loop last had a turn
             while True:
                 deadline.begin(min(next_deadline, stream_end))
+                cut: UpstreamError | None = None
                 try:
                     chunk = await read()
                 except asyncio.CancelledError:
-                    if deadline.fired():
-                        raise self._deadline_error(started, overran=loop.time() >= stream_end) from None
-                    raise
+                    if not deadline.fired():
+                        raise
+                    overran = loop.time() >= stream_end
+                    cut = self._deadline_error(started, overran=overran)
                 except (aiohttp.ClientError, OSError) as exc:
-                    raise self._transport_error(exc, started=started) from exc
+                    overran = False
+                    cut = self._transport_error(exc, started=started)
+                    cut.__cause__ = exc
                 finally:
                     deadline.end()
+                if cut is not None:  # the reply may be whole all the same: then its end, as a close there gives
+                    yield self._cut_short(parser, cut, whole_possible=started and not overran)
+                    return
                 # An empty chunk: the body ended.
                 events = parser.feed(chunk) if chunk else parser.end()
                 if events:
@@ -671,6 +678,22 @@ class Upstream:
         return UpstreamTimeout(
             self.provider, f"no reply within {self.connection.first_token_timeout:g}s (first-token timeout)"
         )
+
+    def _cut_short(self, parser: StreamParser, cut: UpstreamError, *, whole_possible: bool) -> list[StreamEvent]:
+        """The stream stopped (a deadline, a dropped connection, a body its HTTP framing says is short): ``cut``,
+        unless the reply is already whole and only what follows its finish is missing (a Chat Completions finish
+        chunk came, the usage chunk or ``[DONE]`` did not): then the parser's end, as a plain close there gives
+        (a silence or a short chunked body there was an error, a close a finish)."""
+        if not whole_possible:
+            raise cut
+        try:
+            events = parser.end()
+        except UpstreamError:
+            raise cut from cut.__cause__
+        # Some parsers' end reports a cut as their ``failure`` (Ollama's): only an end with the Finish is whole.
+        if parser.failure is not None or not any(isinstance(event, Finish) for event in events):
+            raise cut
+        return events
 
     def _whole_reply_timeout(self) -> UpstreamTimeout:
         seconds = self.connection.whole_reply_timeout
