@@ -98,3 +98,16 @@ def test_an_empty_200_still_asks_once_more_for_the_servers_reason(hostile: Hosti
     response = stream(service)
     assert calls == [True, False]
     assert response.status_code == 400 and "the prompt is too long" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("head", [b'data: {"id":"chatcmpl-1","choices":[{"ind', b": OPENROUTER PROCESSING\n\n"])
+def test_an_event_stream_cut_inside_its_first_event_is_truncated_not_no_stream(
+    hostile: HostileUpstream, service: str, head: bytes
+) -> None:
+    """Found by the stream-endings matrix: the error was right (502) but said the reply was no event stream."""
+    hostile.reset(answering(head, "text/event-stream"))  # type: ignore[arg-type]
+    response = stream(service)
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert "truncated" in message and "no event stream" not in message, message
+    assert len(hostile.received) == 1

@@ -444,6 +444,8 @@ class ChatCompletionsStream:
             return self.whole_reply(payload, head)
         if isinstance(payload, dict) and ("error" in payload or payload.get("object") == "error"):
             raise self._mid_stream_error(payload.get("error", payload))
+        if head.lstrip().startswith((b"data:", b":", b"event:")):  # an event stream, cut inside its first event
+            raise self._upstream.truncated()
         quoted = head[:120].decode("utf-8", "replace")
         raise self._upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
 
