@@ -21,6 +21,7 @@ from modelgate.app import create_app
 from modelgate.auth import key_digest, load_keyring
 from modelgate.budgets import (
     NANO_USD,
+    SETTLE_RETRY_DELAYS,
     Budget,
     BudgetCounters,
     Budgets,
@@ -250,6 +251,39 @@ def test_an_unreachable_redis_fails_closed_with_503() -> None:
             )
         finally:
             await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_settlement_the_store_missed_is_sent_again_and_charged_once(redis_url: str) -> None:
+    """Found probing: when Redis did not answer as a stream ended, its hold kept the whole estimate for an hour (the
+    key "busy") and its cost was never charged. The settlement is sent again; sending one that did arrive again
+    charges nothing more (the settled mark)."""
+
+    async def scenario() -> None:
+        good = redis.asyncio.Redis.from_url(redis_url)
+        gone = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+        current = [good]
+        budgets = Budgets(RedisCounters(lambda: current[0], f"test-resend-{uuid.uuid4().hex}:"))
+        budget = Budget(tokens_per_day=100)
+        try:
+            reservation = await budgets.reserve("k", "ci", budget, Charge(40, 0), 10)
+            current[0] = gone
+            with pytest.raises(BudgetUnavailable):
+                await budgets.settle(reservation, Charge(15, 0))
+            current[0] = good  # the store is back
+            [state] = await budgets.state("k", budget)
+            assert (state.spent, state.reserved) == (0, 40)  # not settled yet: the first resend is due later
+            await asyncio.sleep(SETTLE_RETRY_DELAYS[0] + 0.5)
+            [state] = await budgets.state("k", budget)
+            assert (state.spent, state.reserved) == (15, 0)
+            await budgets.settle(reservation, Charge(15, 0))  # a resend of one that arrived: no second charge
+            [state] = await budgets.state("k", budget)
+            assert (state.spent, state.reserved) == (15, 0)
+        finally:
+            await budgets.stop()
+            await good.aclose()
+            await gone.aclose()
 
     asyncio.run(scenario())
 

@@ -53,6 +53,7 @@ The periods follow this process's UTC clock; a request is charged in the period 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -481,12 +482,22 @@ class BudgetState:
 BUSY_RETRY_AFTER = 1
 
 
+#: Pauses before a failed settlement is sent again (the store did not answer: a Redis restart, a network blip).
+#: Left unsettled, the request's hold kept its whole estimate for ``HOLD_SECONDS`` (a key "busy" for an hour) and
+#: its cost was never charged. Every resend stays within ``SETTLED_MARK_SECONDS`` of the first try, so one that
+#: did reach the store is never charged twice (the mark makes a resend a no-op).
+SETTLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: The latest a resend starts, after the first try (half the mark's life: the store may answer slowly).
+SETTLE_RETRY_WITHIN = SETTLED_MARK_SECONDS / 2
+
+
 class Budgets:
     """Check and charge the budget of one key (id + ``Budget``), whatever the key's source."""
 
     def __init__(self, store: BudgetCounters, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._clock = clock
+        self._resends: set[asyncio.Task[None]] = set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -516,7 +527,39 @@ class Budgets:
             raise refused(key_name, held, refusals, reservation.admitted_at)
 
     async def settle(self, reservation: Reservation, actual: Charge) -> None:
-        """Charge what the request actually cost and give back its reservation."""
+        """Charge what the request actually cost and give back its reservation. When the store does not answer
+        (``BudgetUnavailable``, raised for the caller's log), the settlement is sent again in the background
+        (``SETTLE_RETRY_DELAYS``)."""
+        try:
+            await self._settle(reservation, actual)
+        except BudgetUnavailable:
+            task = asyncio.get_running_loop().create_task(self._resend(reservation, actual))
+            self._resends.add(task)
+            task.add_done_callback(self._resends.discard)
+            raise
+
+    async def _resend(self, reservation: Reservation, actual: Charge) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_RETRY_WITHIN
+        for delay in SETTLE_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            if loop.time() > until:
+                break
+            try:
+                await self._settle(reservation, actual)
+            except BudgetUnavailable:
+                continue
+            log.warning("a budget charge was settled when sent again")
+            return
+        log.warning("gave up settling a budget charge: its hold lapses within %d s", HOLD_SECONDS)
+
+    async def stop(self) -> None:
+        """Stop sending settlements again (the instance stops; their holds lapse)."""
+        for task in list(self._resends):
+            task.cancel()
+        await asyncio.gather(*self._resends, return_exceptions=True)
+
+    async def _settle(self, reservation: Reservation, actual: Charge) -> None:
         counters = list(reservation.counters)
         await self.store.settle(
             counters,

@@ -484,6 +484,7 @@ class Limiter:
         await self.backend.start()
 
     async def stop(self) -> None:
+        await self.budgets.stop()
         await self.backend.stop()
 
     async def ping(self) -> bool:
@@ -661,8 +662,8 @@ class Admission:
                 await self._limiter.budgets.settle(reservation, budgets.actual(self._obs, reservation, self._catalogue))
             elif pending is not None:  # cancelled while the store answered: no reply began, nothing to charge
                 await self._limiter.budgets.give_back(pending)
-        except ModelgateError as exc:  # its hold lapses (budgets.HOLD_SECONDS); the ledger still has its row
-            log.warning("could not settle a budget charge: %s", exc.message)
+        except ModelgateError as exc:  # sent again for a while, then its hold lapses; the ledger has its row
+            log.warning("could not settle a budget charge (sent again shortly): %s", exc.message)
 
     async def _uncount_window(self) -> None:
         """A request the budget refused reaches no upstream: like one over a concurrency cap, it must not use up
