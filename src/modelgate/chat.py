@@ -170,6 +170,9 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    #: Fields the caller set that the route accepts but no provider kind carries (OpenAI's ``service_tier``,
+    #: ``prompt_cache_key``, …), under the route's names: reported with the dropped parameters, never lost.
+    not_carried: tuple[str, ...] = ()
 
     def tool_controls(self) -> list[str]:
         """The tool controls set beyond offering tools or not (``tool_choice`` ``required`` or a named function,

@@ -226,7 +226,8 @@ async def _open_model(
         breaker.record_success()
         state.status.record(model.provider, model.id, ok=True, ttft=ttft)
         metrics.observe_first_token(model.provider, model.id, ttft)
-        dropped = provider.dropped_params(request.params) + provider.unenforced(model, request)
+        lost = [*provider.dropped_params(request.params), *provider.unenforced(model, request), *request.not_carried]
+        dropped = list(dict.fromkeys(lost))  # a field can be both a dropped default and a caller's lost one
         if obs is not None:
             obs.model, obs.provider = model.id, model.provider
             obs.first_event_at = answered

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
 import orjson
@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from modelgate.app import gateway
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, Image, Message, content_message
+from modelgate.chat import ChatRequest, GenerationParams, Image, Message, content_message
 from modelgate.encoders import ENCODERS, choose_protocol
 from modelgate.errors import BadRequest
 from modelgate.gateway import StreamStart
@@ -43,6 +43,24 @@ router = APIRouter(tags=["chat"])
 #: Part types of AI SDK 5 messages that carry no prompt text and are skipped, not refused. ``data-*`` parts
 #: (an app's own data) are skipped too, as the AI SDK's ``convertToModelMessages`` skips them by default.
 _IGNORED_PART_TYPES = frozenset({"step-start", "reasoning", "source-url", "source-document"})
+
+#: Model parameters a client may add beside the messages (``useChat({ body: { temperature } })``): ours, OpenAI's
+#: and the AI SDK's call settings. This route's parameters are the catalogue's (the seed's contract), so these are
+#: not used: they are reported as dropped rather than lost.
+BODY_PARAMETERS = frozenset(
+    {
+        *(param.name for param in fields(GenerationParams)),
+        "max_tokens",
+        "max_completion_tokens",
+        "top_k",
+        "maxOutputTokens",
+        "topP",
+        "topK",
+        "presencePenalty",
+        "frequencyPenalty",
+        "stopSequences",
+    }
+)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 429, 502, 503, 504)
@@ -82,6 +100,8 @@ class ChatBody:
     ai_sdk_5: bool
     #: The id of the assistant message the reply continues (the last message is the assistant's), else None.
     continues: str | None = None
+    #: Model parameters the body set (``BODY_PARAMETERS``): not used, reported as dropped.
+    unused_params: tuple[str, ...] = ()
 
 
 def _message_parts(index: int, message: _IncomingMessage, budget: ImageBudget) -> list[str | Image]:
@@ -267,7 +287,12 @@ def parse_chat_body(
             )
         parts = _message_parts(i, message, budget)
         messages.append(content_message(message.role, parts, separator=""))  # type: ignore[arg-type]
-    return ChatBody(messages=tuple(messages), ai_sdk_5=body.is_ai_sdk_5(), continues=_continued_id(body.messages[-1]))
+    return ChatBody(
+        messages=tuple(messages),
+        ai_sdk_5=body.is_ai_sdk_5(),
+        continues=_continued_id(body.messages[-1]),
+        unused_params=tuple(sorted(name for name in BODY_PARAMETERS if decoded.get(name) is not None)),
+    )
 
 
 #: A client's message id we echo in the stream (and name in log lines): printable ASCII, no spaces.
@@ -308,7 +333,8 @@ async def answer(request: Request, model: CatalogueModel, protocol: str | None) 
     )
     encoder = ENCODERS[choose_protocol(protocol, request.headers.get("accept"), ai_sdk_5_body=incoming.ai_sdk_5)]
     admission = await admit(state, request, model)  # key policy (403), limits (429); held until the reply ends
-    start = await open_for_client(request, state, model, ChatRequest(messages=incoming.messages), admission)
+    chat = ChatRequest(messages=incoming.messages, not_carried=incoming.unused_params)
+    start = await open_for_client(request, state, model, chat, admission)
     message_id = incoming.continues or f"msg-{uuid.uuid4().hex[:24]}"
     body: AsyncIterator[bytes] = encoder.encode(start.events, message_id=message_id)
     return RelayResponse(body, media_type=encoder.media_type, headers={**encoder.headers, **stream_headers(start)})

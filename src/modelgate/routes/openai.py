@@ -113,6 +113,23 @@ OPENAI_PARAMS: Mapping[str, tuple[str, ...]] = {
     "reasoning_effort": ("reasoning_effort",),
 }
 
+#: OpenAI request fields no provider kind carries whose loss leaves the reply's shape as the client expects it:
+#: hints to OpenAI's own servers (caching, service tier, abuse tracking, storage, predicted output). Accepted
+#: and reported as dropped, like a ``reasoning_effort`` a kind has no form for; ``False`` asks for what happens
+#: anyway (``store: false``, ``include_obfuscation: false``) and is not reported.
+NOT_CARRIED = (
+    "metadata",
+    "prediction",
+    "prompt_cache_key",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "stream_options.include_obfuscation",
+    "user",
+)
+
 
 # --- model objects ------------------------------------------------------------------------------
 
@@ -284,6 +301,8 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+    #: OpenAI's padding of stream events against side channels: modelgate sends none (reported when asked).
+    include_obfuscation: bool | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -307,7 +326,7 @@ class ChatCompletionRequest(BaseModel):
     reasoning_effort: ReasoningEffort | None = Field(
         default=None, description="How hard a reasoning model thinks; each provider takes it in its own form"
     )
-    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded (reported as dropped)")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
     tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoiceParam | None = None
@@ -321,6 +340,18 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, Any] | None = None
     modalities: list[str] | None = None
     audio: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
+    verbosity: WireText | None = None
+    # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).
+    store: bool | None = None
+    metadata: Any = None
+    service_tier: WireText | None = None
+    prediction: Any = None
+    prompt_cache_key: WireText | None = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: WireText | None = None
+    safety_identifier: WireText | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -344,10 +375,16 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
             body.function_call is not None,
             "the deprecated function_call is not supported; use tool_choice",
         ),
-        ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "log probabilities are not supported"),
+        ("logprobs", bool(body.logprobs), "log probabilities are not supported"),
+        ("top_logprobs", body.top_logprobs is not None, "log probabilities are not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
         ("modalities", any(m != "text" for m in body.modalities or ()), "only text output is supported"),
         ("audio", body.audio is not None, "audio output is not supported"),
+        # Each would leave out of the reply what the client asked to be in it (sources, a moderation verdict), or
+        # be refused as on /v1/responses (``text.verbosity``).
+        ("web_search_options", body.web_search_options is not None, "web search is not supported"),
+        ("moderation", body.moderation is not None, "moderation is not supported"),
+        ("verbosity", body.verbosity is not None, "verbosity is not supported"),
     ]
     for param, refused, reason in refusals:
         if refused:
@@ -360,6 +397,11 @@ def request_value(body: BaseModel, name: str) -> Any:
     for part in name.split("."):
         value = getattr(value, part, None)
     return value
+
+
+def not_carried(body: BaseModel, names: Iterable[str]) -> tuple[str, ...]:
+    """Of the fields ``names`` no provider carries, those ``body`` set to anything but null or ``false``."""
+    return tuple(name for name in names if (value := request_value(body, name)) is not None and value is not False)
 
 
 def call_params(
@@ -423,6 +465,7 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, settings
         tool_choice=to_tool_choice(body.tool_choice, tools),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body.response_format),
+        not_carried=not_carried(body, NOT_CARRIED),
     )
 
 

@@ -39,7 +39,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
-from modelgate.routes.openai import call_params
+from modelgate.routes.openai import StreamOptions, call_params, not_carried
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
     FunctionName,
@@ -57,6 +57,20 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
     "top_p": ("top_p",),
     "reasoning_effort": ("reasoning.effort",),
 }
+
+#: As ``routes.openai.NOT_CARRIED``: hints to OpenAI's servers, accepted and reported as dropped (``metadata`` is
+#: not here: it is echoed in the response, as OpenAI's).
+NOT_CARRIED = (
+    "access_programs",
+    "image",
+    "prompt_cache_key",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "service_tier",
+    "stream_options.include_obfuscation",
+    "user",
+)
 
 _NOT_STORED = "responses are not stored"
 #: ``developer`` is the newer name of ``system``.
@@ -209,12 +223,13 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = Field(default=False, description="null is false, as the SDKs' types allow")
     metadata: dict[WireText, WireText] | None = Field(default=None, description="Echoed in the response; not forwarded")
-    user: WireText | None = Field(default=None, description="Accepted; not forwarded to providers")
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded (reported as dropped)")
     parallel_tool_calls: bool | None = None
     store: bool | None = Field(default=None, description="Only false (or absent): responses are not stored")
     previous_response_id: WireText | None = None
     conversation: Any = None
     background: bool | None = None
+    background_options: Any = None
     prompt: Any = None
     tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceParam | None = None
@@ -224,6 +239,17 @@ class ResponsesRequest(BaseModel):
     max_tool_calls: int | None = None
     top_logprobs: int | None = None
     truncation: WireText | None = None
+    context_management: Any = None
+    moderation: Any = None
+    # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).
+    service_tier: WireText | None = None
+    prompt_cache_key: WireText | None = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: WireText | None = None
+    safety_identifier: WireText | None = None
+    stream_options: StreamOptions | None = None
+    image: Any = None
+    access_programs: Any = None
 
 
 def refuse_stateful(body: ResponsesRequest) -> None:
@@ -237,6 +263,11 @@ def refuse_stateful(body: ResponsesRequest) -> None:
         ),
         ("conversation", body.conversation is not None, f"{_NOT_STORED}; conversations are not supported"),
         ("background", body.background is True, f"{_NOT_STORED}; background responses are not supported"),
+        (
+            "background_options",
+            body.background_options is not None,
+            f"{_NOT_STORED}; background responses are not supported",
+        ),
         ("prompt", body.prompt is not None, "stored prompts are not supported; send the instructions and input"),
     ]
     for param, refused, reason in refusals:
@@ -265,6 +296,8 @@ def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
         ("include", bool(body.include), f"{', '.join(body.include or ())}: cannot be included {named}"),
         ("top_logprobs", body.top_logprobs is not None, f"log probabilities are not supported {named}"),
         ("truncation", body.truncation not in (None, "disabled"), "only 'disabled' is supported (input is not cut)"),
+        ("context_management", body.context_management is not None, f"input is not compacted {named}"),
+        ("moderation", body.moderation is not None, f"moderation is not supported {named}"),
     ]
     for param, refused, reason in refusals:
         if refused:
@@ -486,6 +519,7 @@ def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Set
         tool_choice=_tool_choice(body, tools, model),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body),
+        not_carried=not_carried(body, NOT_CARRIED),
     )
 
 
