@@ -553,3 +553,21 @@ def test_the_lists_cover_openai_python() -> None:
     responses = {case.name.split(".")[0] for case in RESPONSES_CASES}
     assert _fields(completion_create_params.CompletionCreateParamsBase) - {"model", "messages"} <= chat
     assert _fields(response_create_params.ResponseCreateParamsBase) - {"model", "input"} <= responses
+
+
+@pytest.mark.parametrize(("route", "stream"), ROUTES)
+def test_unknown_fields_are_named_as_dropped_never_sent(
+    service: str, client: httpx.Client, fakes: Fakes, route: str, stream: bool
+) -> None:
+    """A server's own sampling fields sent with openai-python's ``extra_body`` (vLLM's ``top_k``, ``min_p``) were
+    ignored without a word ("unknown fields are ignored"): a client tuning a model saw no effect and no reason.
+    The header names the first 16 (sorted) that it can carry."""
+    extra: dict[str, Any] = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "bad name\u00e9": 1}
+    extra |= {f"x_vendor_{number:02}": number for number in range(20)}
+    scripted(fakes, "openai")
+    answer = post_v1(client, service, route, KINDS["openai"][0], stream=stream, fields=extra)
+    assert answer.status == 200, answer.text[:300]
+    assert {"min_p", "repetition_penalty", "top_k"} <= answer.dropped and len(answer.dropped) == 16, answer.dropped
+    assert "x_vendor_12" in answer.dropped and "x_vendor_13" not in answer.dropped
+    sent = upstream_body(fakes, "openai")
+    assert not {"top_k", "min_p", "repetition_penalty"} & set(sent), sent

@@ -306,10 +306,11 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's request body (providers.md 5.2). Unknown fields are ignored, not rejected: SDKs and
-    agents send extras (``store``, ``metadata``, ...), so this edge is deliberately open."""
+    """OpenAI's request body (providers.md 5.2). Unknown fields are not rejected: SDKs and agents send extras
+    (a server's own sampling fields through openai-python's ``extra_body``), so this edge is deliberately open;
+    they are kept (``extra="allow"``) only to be named as dropped (``unknown_fields``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     messages: list[ChatMessage] = Field(min_length=1)
@@ -400,8 +401,25 @@ def request_value(body: BaseModel, name: str) -> Any:
 
 
 def not_carried(body: BaseModel, names: Iterable[str]) -> tuple[str, ...]:
-    """Of the fields ``names`` no provider carries, those ``body`` set to anything but null or ``false``."""
-    return tuple(name for name in names if (value := request_value(body, name)) is not None and value is not False)
+    """Of the fields ``names`` no provider carries, those ``body`` set to anything but null or ``false``; then
+    the top-level fields the route does not know (``unknown_fields``)."""
+    known = tuple(name for name in names if (value := request_value(body, name)) is not None and value is not False)
+    return known + unknown_fields(body)
+
+
+#: How many unknown fields the dropped-parameters header names (the first, sorted), and the form a name needs to
+#: be named there at all: a header carries printable ASCII, a client's JSON key may be anything of any length.
+MAX_NAMED_UNKNOWN = 16
+_NAMEABLE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def unknown_fields(body: BaseModel) -> tuple[str, ...]:
+    """Top-level fields ``body`` holds that the route does not know, e.g. vLLM's ``top_k`` or ``min_p`` sent with
+    openai-python's ``extra_body``: no provider is sent them, so they are reported as dropped, never ignored."""
+    extra = body.model_extra
+    if not extra:
+        return ()
+    return tuple(sorted(name for name in extra if _NAMEABLE.fullmatch(name))[:MAX_NAMED_UNKNOWN])
 
 
 def call_params(

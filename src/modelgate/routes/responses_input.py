@@ -208,10 +208,11 @@ class ReasoningConfig(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    """OpenAI's ``ResponseCreateParams``. Unknown fields are ignored, as on ``/v1/chat/completions``; the ones
-    below that we cannot honour are declared only to be refused (``refuse_stateful``, ``_refuse_unsupported``)."""
+    """OpenAI's ``ResponseCreateParams``. Unknown fields are named as dropped, as on ``/v1/chat/completions``;
+    the ones below that we cannot honour are declared only to be refused (``refuse_stateful``,
+    ``_refuse_unsupported``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     input: TextOrItems = Field(
