@@ -176,6 +176,9 @@ def serve(
         requested_workers = parse(workers)
         env = Settings.from_env(database_url=None)  # the ledger's default depends on --config: decided below
         path = config or env.config_path
+        # Absolute, not resolved: a reload reads the path again, following symlinks re-pointed since (a
+        # Kubernetes ConfigMap swaps ``..data``, then deletes the directory the old target was in).
+        configured = path.absolute() if path is not None else None
         resolved = path.resolve() if path is not None else None
     except ValueError as exc:
         fail(str(exc))
@@ -192,7 +195,7 @@ def serve(
     }
     settings = replace(
         env,
-        config_path=resolved,
+        config_path=configured,
         watch_config=watch or env.watch_config,
         log_level=log_level.value,
         **{name: value for name, value in server_options.items() if value is not None},  # type: ignore[arg-type]

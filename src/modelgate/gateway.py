@@ -90,7 +90,7 @@ async def open_stream(
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers
         obs.model, obs.provider, obs.attempts = model.id, model.provider, attempts
-        obs.requested_model = model.id
+        obs.requested_model, obs.catalogue = model.id, catalogue
         if state.tracing is not None:
             obs.trace = state.tracing.start_request(obs, model, request, catalogue)
     first_error: ModelgateError | None = None

@@ -59,6 +59,7 @@ from modelgate.metrics import UNMATCHED_ROUTE
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
     from modelgate.auth import KeyRing
+    from modelgate.catalogue import Catalogue
     from modelgate.tracing import RequestTrace
 
 log = logging.getLogger("modelgate")
@@ -95,6 +96,8 @@ class Observation:
     model: str | None = None  #: the model answering (or trying to): set by ``gateway.open_stream``
     requested_model: str | None = None
     provider: str | None = None
+    #: The catalogue ``open_stream`` read: a reload mid-stream must not reprice (or unprice) its ledger row.
+    catalogue: Catalogue | None = None
     first_event_at: float | None = None  # perf_counter() when the answering upstream's first event came
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -377,7 +380,7 @@ class RequestObserver:
             route = self._route(scope)
             ledger = self.state.ledger
             if ledger is not None and obs.model is not None:  # a chat request that reached open_stream (ledger.py)
-                ledger.record(obs, status, key_id, self.state.catalogue)
+                ledger.record(obs, status, key_id, obs.catalogue or self.state.catalogue)
             if obs.trace is not None:
                 obs.trace.end(obs, status)
             self._record(obs, obs.request_id, obs.client_id, scope["method"], route, status, obs.started, key_id)

@@ -65,26 +65,52 @@ def reload_catalogue(state: GatewayState, trigger: str) -> bool:
 
 
 def catalogue_file(state: GatewayState) -> Path:
-    return (state.settings.config_path or default_catalogue_path()).resolve()
+    """The catalogue file as configured: absolute, its symlinks not followed (they may be re-pointed)."""
+    return (state.settings.config_path or default_catalogue_path()).absolute()
 
 
 async def watch_catalogue(state: GatewayState, stop: asyncio.Event) -> None:
     """Reload whenever the catalogue file is written, replaced or re-created, until ``stop`` is set.
 
     The parent directory is watched rather than the file: editors and ``mv`` replace the file by a
-    rename, after which a watch on the old inode would stay silent.
+    rename, after which a watch on the old inode would stay silent. So is the directory of the file its
+    symlinks lead to; when a save re-points them (a Kubernetes ConfigMap update swaps ``..data``), the
+    watch moves to where they lead now.
     """
     target = catalogue_file(state)
-
-    def is_target(change: Change, path: str) -> bool:
-        return change != Change.deleted and Path(path).resolve() == target
-
     log.info("watching %s for changes", target)
     try:
-        async for _ in awatch(target.parent, watch_filter=is_target, stop_event=stop, recursive=False):
-            reload_catalogue(state, "file changed")
+        while not stop.is_set():
+            await _watch_until_relinked(state, target, stop)
     except Exception as exc:  # e.g. out of inotify watches: serving goes on, SIGHUP still reloads
         log.error("watching %s stopped: %s", target, exc)
+
+
+async def _watch_until_relinked(state: GatewayState, target: Path, stop: asyncio.Event) -> None:
+    """Reload on every change of ``target``, until ``stop`` or until ``target`` resolves to another file."""
+    resolved = _where_it_leads(target)
+
+    def is_relevant(change: Change, path: str) -> bool:
+        if change == Change.deleted:
+            return False
+        changed = Path(path)
+        # A symlink beside the file may be one it resolves through (``..data``); other files there (the
+        # SQLite ledger's) are not.
+        return changed in (target, resolved) or (changed.parent == target.parent and changed.is_symlink())
+
+    directories = sorted({d for d in (target.parent, resolved.parent) if d.is_dir()})
+    async for _ in awatch(*directories, watch_filter=is_relevant, stop_event=stop, recursive=False):
+        reload_catalogue(state, "file changed")
+        if _where_it_leads(target) != resolved:
+            return
+
+
+def _where_it_leads(target: Path) -> Path:
+    """``target`` with its symlinks followed; itself while they loop (a swap half done): the reload says why."""
+    try:
+        return target.resolve()
+    except (OSError, RuntimeError):
+        return target
 
 
 def _in_main_thread() -> bool:

@@ -19,13 +19,17 @@ and #6). ``GuardedProtocol`` adds to it, per connection:
 - a client that reads nothing of what is written to it for ``send_timeout`` seconds (``client_send_timeout``) is
   dropped, buffer and all: uvicorn's ``send`` waited on it for good once its buffer was full (a reply sent whole,
   such as a non-streamed completion), and ``close()`` waits for the buffer to be read;
-- the shutdown hook: the start of a graceful shutdown starts the app's ``Drain`` (``drain.py``);
+- the shutdown hook: the start of a graceful shutdown starts the app's ``Drain`` (``drain.py``), and gives each
+  keep-alive connection a last request (``LAST_CALL_SECONDS``) rather than closing it under a request on its way;
 - bytes the parser refuses get ``400`` in the seed's error shape (uvicorn's is plain text), never written into a
   response still going out on the connection.
 
 What uvicorn offers does not cover it: ``limit_concurrency`` counts connections but answers only once a
 request's headers are complete, so idle sockets still pile up; ``h11_max_incomplete_event_size`` bounds
 the head only with the (slower) h11 protocol, with a 400 and still no timer.
+
+With ``--workers N``, ``RollingSupervisor`` is uvicorn's supervisor with a SIGHUP rolling restart that a SIGTERM
+interrupts and a burst of SIGHUPs does not repeat.
 
 It also writes the app's fast answers (``GET``/``HEAD /models``) itself when their head is complete,
 without an ASGI task (``protocol_answers.py``; ``_answer_early`` says when it may).
@@ -37,6 +41,7 @@ import asyncio
 import logging
 import math
 import resource
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +51,8 @@ from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import SIGNALS
+from uvicorn.supervisors.multiprocess import Process as WorkerSlot
 
 from modelgate.drain import DRAIN_STATE, Drain
 from modelgate.error_bodies import error_body
@@ -58,6 +65,10 @@ from modelgate.settings import Settings
 SHUTDOWN_BACKSTOP = 5.0
 #: Seconds between two log lines about refused connections.
 REFUSAL_LOG_INTERVAL = 10.0
+#: Seconds an idle keep-alive connection stays open once a shutdown began, to answer (with ``Connection: close``) a
+#: request its client sent as it began: closed at once, it was lost (a reset, or no response at all) — in every
+#: SIGHUP rolling restart, where the clients of a retiring worker are busy, not idle.
+LAST_CALL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,9 @@ class GuardedProtocol(HttpToolsProtocol):
         #: Runs while the transport's buffer is over its high-water mark; and its size when last looked at.
         self._write_timer: asyncio.TimerHandle | None = None
         self._unread = 0
+        #: The server is shutting down: the next request is this connection's last (``shutdown``).
+        self._last_call = False
+        self._last_call_timer: asyncio.TimerHandle | None = None
 
     # -- the connection cap and the first timer ------------------------------------------------------
 
@@ -246,6 +260,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._unset_keepalive_if_required()
             if self._early is None or not self._answer_early():
                 super().on_headers_complete()
+                if self._last_call and self.cycle is not None:
+                    self.cycle.keep_alive = False
             return
         # Answered through uvicorn's own request cycle (the parser goes on with the body), not the app.
         app, self.app = self.app, _HeadTooLarge(self._too_large())
@@ -269,6 +285,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._last_call:
+            self._give_last_call()
         if not self._in_head and not self._no_cycle and not self.transport.is_closing():
             # Answered before its body was all here (a refusal, a GET with a body, a route that reads none): uvicorn
             # reads the rest and drops it, and every byte of it restarts the keep-alive timer. The rest gets the
@@ -386,7 +404,7 @@ class GuardedProtocol(HttpToolsProtocol):
             if name in _BODY_HEADERS:
                 return False
         http_version = parser.get_http_version()
-        keep_alive = http_version != "1.0" and parser.should_keep_alive()  # as uvicorn decides it
+        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not self._last_call  # as uvicorn
         scope = self.scope
         scope["method"] = method.decode("ascii")
         scope["path"] = raw_path.decode("ascii")
@@ -409,7 +427,16 @@ class GuardedProtocol(HttpToolsProtocol):
         drain = self.app_state.get(DRAIN_STATE)
         if isinstance(drain, Drain):
             drain.begin()
-        super().shutdown()
+        # Not closed at once, nor as soon as its running response ends (its client may have sent the next
+        # request by then): a request on its way is answered, as the connection's last.
+        self._last_call = True
+        if self.cycle is None or self.cycle.response_complete:
+            self._give_last_call()
+
+    def _give_last_call(self) -> None:
+        if self._last_call_timer is None and not self.transport.is_closing():
+            wait = min(LAST_CALL_SECONDS, self.limits.keepalive_timeout)
+            self._last_call_timer = self.loop.call_later(wait, super().shutdown)  # uvicorn's: close, or after this one
 
 
 #: Request headers that announce a body (an early answer is only for requests without one).
@@ -433,6 +460,87 @@ class _HeadTooLarge:
         await send({"type": "http.response.body", "body": body})
 
 
+#: The supervisor's log, as uvicorn's own lines about its workers.
+supervisor_log = logging.getLogger("uvicorn.error")
+#: Signals that stop the supervisor (uvicorn's ``handle_int``, ``handle_term``, ``handle_break``).
+_EXIT_SIGNALS = frozenset(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+
+class RollingSupervisor(Multiprocess):
+    """uvicorn's supervisor, with a SIGHUP rolling restart that neither repeats nor holds up a stop.
+
+    uvicorn waited for each retired worker to drain (up to ``graceful_timeout``) before replacing the next, in the
+    thread that handles signals: a SIGTERM meanwhile waited for the whole restart (a new worker was even started
+    after it), past an orchestrator's kill deadline. A burst of N SIGHUPs was N restarts one after another, though
+    the first new workers already read the file as it is. Here retired workers drain side by side (reaped as they
+    exit), a stop ends the restart, and SIGHUPs queued together are one restart."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[Any]) -> None:
+        super().__init__(config, sockets)
+        #: Workers told to stop by a restart, still draining their replies.
+        self.retiring: list[WorkerSlot] = []
+
+    def handle_signals(self) -> None:
+        queued = [self.signal_queue.pop(0) for _ in range(len(self.signal_queue))]
+        if any(number in _EXIT_SIGNALS for number in queued):
+            queued = [number for number in queued if number != signal.SIGHUP]  # no restart on the way out
+        restarted = False
+        for number in queued:
+            if number == signal.SIGHUP:
+                if restarted:
+                    continue
+                restarted = True
+            handler = getattr(self, f"handle_{SIGNALS[number].lower()}", None)
+            if handler is not None:
+                handler()
+
+    def stop_requested(self) -> bool:
+        """Set, or a stop signal waits in the queue (this thread handles it only after the restart)."""
+        return self.should_exit.is_set() or any(number in _EXIT_SIGNALS for number in self.signal_queue)
+
+    def restart_all(self) -> None:
+        """Replace each worker by a new one once that one is ready, as uvicorn does, without waiting for the
+        old one to drain; stop at a stop signal."""
+        stop = _StopRequested(self)
+        for index, old in enumerate(self.processes):
+            if stop.is_set():
+                return
+            new = WorkerSlot(self.config, self.sockets)
+            new.start()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, stop):  # type: ignore[arg-type]
+                new.kill()
+                new.join()
+                if not stop.is_set():
+                    supervisor_log.error(
+                        "New child process [%s] was not ready in time; keeping worker [%s] and aborting the restart.",
+                        new.pid,
+                        old.pid,
+                    )
+                return
+            old.terminate()
+            self.retiring.append(old)
+            self.processes[index] = new
+
+    def keep_subprocess_alive(self) -> None:
+        self.retiring = [worker for worker in self.retiring if worker.process.is_alive()]  # reaps the exited
+        super().keep_subprocess_alive()
+
+    def join_all(self) -> None:
+        super().join_all()
+        for worker in self.retiring:
+            worker.join()
+
+
+class _StopRequested:
+    """``RollingSupervisor.stop_requested`` as the event ``Process.wait_until_ready`` polls."""
+
+    def __init__(self, supervisor: RollingSupervisor) -> None:
+        self.supervisor = supervisor
+
+    def is_set(self) -> bool:
+        return self.supervisor.stop_requested()
+
+
 def run(app: Any, settings: Settings, *, workers: int = 1, **options: Any) -> None:
     """Serve ``app`` (an ASGI app, or an import string of a factory with ``workers`` > 1) like ``uvicorn.run``."""
     config = GatewayConfig(
@@ -445,7 +553,7 @@ def run(app: Any, settings: Settings, *, workers: int = 1, **options: Any) -> No
     )
     try:
         if workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            RollingSupervisor(config, sockets=[config.bind_socket()]).run()
         else:
             uvicorn.Server(config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on; as uvicorn.run, no traceback
