@@ -27,18 +27,11 @@ from tests.fakes import Fakes, Reply
 from tests.raw_http import connect, read_response, request_head
 from tests.servers import serve_in_thread
 from tests.test_ledger import ledger_rows
+from tests.test_reload import served_models
 from tests.test_shutdown import refused
 
 CHAT = "/api/ai/ollama/tiny/chat"
 BODY = {"messages": [{"role": "user", "content": "Hi"}]}
-
-
-def served_models(url: str) -> list[str] | None:
-    try:
-        response = httpx.get(url + "/models", timeout=5)
-    except httpx.TransportError:
-        return None
-    return response.json()["models"] if response.status_code == 200 else None
 
 
 # --- a reload while a stream runs ----------------------------------------------------------------------
