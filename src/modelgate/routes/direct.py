@@ -37,7 +37,7 @@ from modelgate.app import (
 from modelgate.auth import AccessMiddleware
 from modelgate.cors import CatalogueCORS
 from modelgate.errors import ClientDisconnected, ModelgateError
-from modelgate.routes import chat, openai
+from modelgate.routes import chat, openai, openai_request
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
@@ -118,7 +118,7 @@ async def _chat_completions(request: Request) -> Response:
     if not raw:  # FastAPI: a required body that is absent
         raise validation_error([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
-        body = openai.ChatCompletionRequest.model_validate(_json_body(raw), from_attributes=True)
+        body = openai_request.ChatCompletionRequest.model_validate(_json_body(raw), from_attributes=True)
     except ValidationError as exc:
         # As FastAPI reports a body model's errors: located under ``body``.
         raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None

@@ -39,7 +39,6 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
-from modelgate.routes.openai import StreamOptions, call_params, not_carried
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
     FunctionName,
@@ -47,6 +46,7 @@ from modelgate.routes.openai_input import (
     NamedToolChoice,
     to_tool_choice,
 )
+from modelgate.routes.openai_request import StreamOptions, call_params, not_carried
 from modelgate.settings import Settings
 from modelgate.wire import WireJSON, WireText
 
@@ -58,8 +58,8 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
     "reasoning_effort": ("reasoning.effort",),
 }
 
-#: As ``routes.openai.NOT_CARRIED``: hints to OpenAI's servers, accepted and reported as dropped (``metadata`` is
-#: not here: it is echoed in the response, as OpenAI's).
+#: As ``routes.openai_request.NOT_CARRIED``: hints to OpenAI's servers, accepted and reported as dropped
+#: (``metadata`` is not here: it is echoed in the response, as OpenAI's).
 NOT_CARRIED = (
     "access_programs",
     "image",
