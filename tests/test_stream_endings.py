@@ -15,7 +15,7 @@ last chunk: httpx refuses an unterminated one), within a few seconds; and the se
 
 A Chat Completions reply is complete once its ``finish_reason`` chunk has come: the usage chunk and ``[DONE]`` may
 be missing (cut, or the upstream silent), as openai-python and the AI SDK read such a stream, and as servers that
-send no ``[DONE]`` have existed (TGI before 2.2, llama-box, ik_llama.cpp). The usage is then the gateway's
+send no ``[DONE]`` have existed (TGI until mid-2024, llama-box, ik_llama.cpp). The usage is then the gateway's
 estimate, marked so, unless the chunk that reported it had come.
 
 One gateway serves the whole module. Each case is named by a marker in the prompt, which the upstream's one
