@@ -49,22 +49,22 @@ OPENAI_PARAMS: Mapping[str, tuple[str, ...]] = {
     "reasoning_effort": ("reasoning_effort",),
 }
 
-#: OpenAI request fields no provider kind carries whose loss leaves the reply's shape as the client expects it:
-#: hints to OpenAI's own servers (caching, service tier, abuse tracking, storage, predicted output). Accepted
-#: and reported as dropped, like a ``reasoning_effort`` a kind has no form for; ``False`` asks for what happens
-#: anyway (``store: false``, ``include_obfuscation: false``) and is not reported.
-NOT_CARRIED = (
-    "metadata",
-    "prediction",
+#: Request fields of both OpenAI APIs that tune OpenAI's own servers (end user, service tier, prompt caching, abuse
+#: tracking, stream padding): no provider kind carries them and their loss leaves the reply's shape as the client
+#: expects it, so they are accepted (``ServerHints``) and reported as dropped, like a ``reasoning_effort`` a kind has
+#: no form for. ``False`` asks for what happens anyway (``include_obfuscation: false``) and is not reported.
+SERVER_HINTS = (
     "prompt_cache_key",
     "prompt_cache_options",
     "prompt_cache_retention",
     "safety_identifier",
     "service_tier",
-    "store",
     "stream_options.include_obfuscation",
     "user",
 )
+#: Chat Completions' fields reported as dropped: the server hints, its ``metadata`` and predicted output, and
+#: ``store`` (``store: false`` is what happens anyway).
+NOT_CARRIED = (*SERVER_HINTS, "metadata", "prediction", "store")
 
 
 # --- chat completions: the request --------------------------------------------------------------
@@ -78,7 +78,21 @@ class StreamOptions(BaseModel):
     include_obfuscation: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ServerHints(BaseModel):
+    """The ``SERVER_HINTS`` fields, in both OpenAI request bodies: accepted only to be reported as dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user: WireText | None = Field(default=None, description="Accepted; not forwarded (reported as dropped)")
+    service_tier: WireText | None = None
+    prompt_cache_key: WireText | None = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: WireText | None = None
+    safety_identifier: WireText | None = None
+    stream_options: StreamOptions | None = None
+
+
+class ChatCompletionRequest(ServerHints):
     """OpenAI's request body (providers.md 5.2). Unknown fields are not rejected: SDKs and agents send extras
     (a server's own sampling fields through openai-python's ``extra_body``), so this edge is deliberately open;
     they are kept (``extra="allow"``) only to be named as dropped (``unknown_fields``)."""
@@ -88,7 +102,6 @@ class ChatCompletionRequest(BaseModel):
     model: WireText = Field(min_length=1, description="A catalogue id, publisher/name")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = Field(default=False, description="null is false, as the SDKs' types allow")
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -100,7 +113,6 @@ class ChatCompletionRequest(BaseModel):
     reasoning_effort: ReasoningEffort | None = Field(
         default=None, description="How hard a reasoning model thinks; each provider takes it in its own form"
     )
-    user: WireText | None = Field(default=None, description="Accepted; not forwarded (reported as dropped)")
     n: int | None = Field(default=None, ge=1, description="Only 1 is supported")
     tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoiceParam | None = None
@@ -120,12 +132,7 @@ class ChatCompletionRequest(BaseModel):
     # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).
     store: bool | None = None
     metadata: Any = None
-    service_tier: WireText | None = None
     prediction: Any = None
-    prompt_cache_key: WireText | None = None
-    prompt_cache_options: Any = None
-    prompt_cache_retention: WireText | None = None
-    safety_identifier: WireText | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

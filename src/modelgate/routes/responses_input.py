@@ -46,7 +46,7 @@ from modelgate.routes.openai_input import (
     NamedToolChoice,
     to_tool_choice,
 )
-from modelgate.routes.openai_request import StreamOptions, call_params, not_carried
+from modelgate.routes.openai_request import SERVER_HINTS, ServerHints, call_params, not_carried
 from modelgate.settings import Settings
 from modelgate.wire import WireJSON, WireText
 
@@ -58,19 +58,9 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
     "reasoning_effort": ("reasoning.effort",),
 }
 
-#: As ``routes.openai_request.NOT_CARRIED``: hints to OpenAI's servers, accepted and reported as dropped
-#: (``metadata`` is not here: it is echoed in the response, as OpenAI's).
-NOT_CARRIED = (
-    "access_programs",
-    "image",
-    "prompt_cache_key",
-    "prompt_cache_options",
-    "prompt_cache_retention",
-    "safety_identifier",
-    "service_tier",
-    "stream_options.include_obfuscation",
-    "user",
-)
+#: Fields reported as dropped: the server hints both APIs share, and two Responses has (``metadata`` is not here:
+#: it is echoed in the response, as OpenAI's).
+NOT_CARRIED = (*SERVER_HINTS, "access_programs", "image")
 
 _NOT_STORED = "responses are not stored"
 #: ``developer`` is the newer name of ``system``.
@@ -207,7 +197,7 @@ class ReasoningConfig(BaseModel):
     generate_summary: WireText | None = None
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(ServerHints):
     """OpenAI's ``ResponseCreateParams``. Unknown fields are named as dropped, as on ``/v1/chat/completions``;
     the ones below that we cannot honour are declared only to be refused (``refuse_stateful``,
     ``_refuse_unsupported``)."""
@@ -224,7 +214,6 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = Field(default=False, description="null is false, as the SDKs' types allow")
     metadata: dict[WireText, WireText] | None = Field(default=None, description="Echoed in the response; not forwarded")
-    user: WireText | None = Field(default=None, description="Accepted; not forwarded (reported as dropped)")
     parallel_tool_calls: bool | None = None
     store: bool | None = Field(default=None, description="Only false (or absent): responses are not stored")
     previous_response_id: WireText | None = None
@@ -243,12 +232,6 @@ class ResponsesRequest(BaseModel):
     context_management: Any = None
     moderation: Any = None
     # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).
-    service_tier: WireText | None = None
-    prompt_cache_key: WireText | None = None
-    prompt_cache_options: Any = None
-    prompt_cache_retention: WireText | None = None
-    safety_identifier: WireText | None = None
-    stream_options: StreamOptions | None = None
     image: Any = None
     access_programs: Any = None
 
