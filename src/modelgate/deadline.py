@@ -52,6 +52,10 @@ class Deadline:
         """A wait starts, allowed to last ``seconds`` from now."""
         self.begin(self._loop.time() + seconds)
 
+    def extend(self, when: float) -> None:
+        """Move the running wait's deadline on to ``when`` (later than now's) from outside the waiting task."""
+        self.when = when
+
     def end(self) -> None:
         """The wait is over (whatever its outcome)."""
         self._task = None

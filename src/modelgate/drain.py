@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from modelgate.errors import ModelgateError
+from modelgate.push_lane import LANE
 
 log = logging.getLogger("modelgate")
 
@@ -97,6 +98,8 @@ class Drain:
         waiting = self._waiting
         task = asyncio.current_task()  # the response's own task iterates the reply to its end
         assert task is not None
+        if (lane := LANE.get()) is not None:
+            lane.drain = self  # a pushed batch is held back once the limit passed, and the pull path ends the reply
         try:
             while True:  # per batch: a set add and discard, no context manager (this runs once per upstream read)
                 if self.expired:

@@ -35,6 +35,7 @@ from modelgate.errors import (
 )
 from modelgate.observer import Observation, current_observation
 from modelgate.providers._http import estimate_prompt_tokens
+from modelgate.push_lane import register_relay
 from modelgate.resilience import (
     BreakerConfig,
     CircuitOpen,
@@ -267,6 +268,7 @@ async def _relay(
     key's budget): the prompt's, and one token per event relayed, as the adapters estimate a completion."""
     metrics = state.metrics
     metrics.streams_in_flight.inc()
+    register_relay(obs)  # a pushed batch is counted in ``obs.relayed_events`` as below
     outcome = "cancelled"  # unless it ends otherwise: the client went away (generator closed)
     usage = None
     finish: Finish | None = None

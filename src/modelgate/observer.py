@@ -79,6 +79,8 @@ _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
 DIRECT_SEND = "modelgate.send"
 #: ``scope`` key of the server's own ``send`` (beneath the observer), for ``relay_response.ChunkWriter``.
 SERVER_SEND = "modelgate.server_send"
+#: Whether a streamed response may push the middle of its reply (``push_lane.py``; ``Settings.push_lane``).
+PUSH_LANE = "modelgate.push_lane"
 
 #: Methods whose body the guard counts and times.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -295,6 +297,7 @@ class RequestObserver:
 
         scope[DIRECT_SEND] = send_out
         scope[SERVER_SEND] = send
+        scope[PUSH_LANE] = settings.push_lane
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes
@@ -323,7 +326,7 @@ class RequestObserver:
             # The request's reference cycles end here (the scope holds our send closures, which hold the
             # scope; its state holds cleanups bound to objects that hold the request): refcounting frees it
             # all now, instead of the cyclic collector walking it later (heap.py).
-            del scope[DIRECT_SEND], scope[SERVER_SEND]
+            del scope[DIRECT_SEND], scope[SERVER_SEND], scope[PUSH_LANE]
             state.clear()
 
     async def _answer(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:

@@ -27,7 +27,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from modelgate.observer import DIRECT_SEND, SERVER_SEND
+from modelgate.observer import DIRECT_SEND, PUSH_LANE, SERVER_SEND
+from modelgate.push_lane import LANE, PUSH_SUPPORTED, Lane
 
 
 class RelayResponse(Response):
@@ -46,8 +47,13 @@ class RelayResponse(Response):
         assert task is not None
         state = _Listening(task)
         listener = asyncio.create_task(state.listen(receive))
+        # The layers beneath register their per-batch parts as they start (see ``push_lane``).
+        lane = Lane(write) if write is not None and PUSH_SUPPORTED and scope.get(PUSH_LANE) else None
+        token = LANE.set(lane)
         try:
             async for chunk in self.body_iterator:
+                if lane is not None and lane.unsent:
+                    chunk, lane.unsent = lane.unsent + chunk, b""
                 if chunk and (write is None or not write(chunk)):
                     await direct({"type": "http.response.body", "body": chunk, "more_body": True})
             await direct({"type": "http.response.body", "body": b"", "more_body": False})
@@ -57,6 +63,7 @@ class RelayResponse(Response):
             if not state.left or task.uncancel() > 0:
                 raise
         finally:
+            LANE.reset(token)
             state.done = True
             listener.cancel()
             aclose = getattr(self.body_iterator, "aclose", None)
@@ -82,6 +89,11 @@ class ChunkWriter:
         if not cycle.response_started or cycle.chunked_encoding is not True or cycle.scope["method"] == "HEAD":
             return None
         return cls(cycle)
+
+    def writable(self) -> bool:
+        """A chunk written now goes to the socket (or its buffer) without waiting for the client."""
+        cycle = self.cycle
+        return not (cycle.flow.write_paused or cycle.disconnected or cycle.response_complete)
 
     def __call__(self, chunk: bytes) -> bool:
         """Write one non-empty chunk; False (nothing written) when it must wait for the client or the

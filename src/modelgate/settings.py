@@ -147,6 +147,8 @@ class Settings:
     tracing: bool = False
     #: ``GET``/``HEAD /models`` written by the HTTP protocol itself, without an ASGI task (``protocol_answers.py``).
     protocol_answers: bool = True
+    #: The middle of a streamed reply carried from the upstream's read to the client's socket (``push_lane.py``).
+    push_lane: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -212,6 +214,7 @@ class Settings:
             "private_ops": env.get("MODELGATE_PRIVATE_OPS", "").lower() in {"1", "true", "yes"},
             "tracing": tracing_enabled(env),
             "protocol_answers": env.get("MODELGATE_PROTOCOL_ANSWERS", "").lower() not in {"0", "false", "no", "off"},
+            "push_lane": env.get("MODELGATE_PUSH_LANE", "").lower() not in {"0", "false", "no", "off"},
         }
         values.update(overrides)
         if "database_url" not in overrides:

@@ -27,8 +27,9 @@ from typing import Final
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta
+from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta
 from modelgate.encoders.base import close, ended_early, failure_message
+from modelgate.push_lane import LANE
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 HEADER: Final = "X-Vercel-AI-Data-Stream"
@@ -70,27 +71,37 @@ def finish_parts(finish: Finish) -> bytes:
     return annotation + FINISH_STEP + orjson.dumps(step) + NEWLINE + FINISH_MESSAGE + orjson.dumps(message) + NEWLINE
 
 
+def deltas(batch: Sequence[StreamEvent]) -> bytes:
+    """The parts of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
+    out = b""
+    dumps = orjson.dumps
+    for event in batch:
+        if type(event) is TextDelta:
+            if event.text:
+                out += TEXT + dumps(event.text) + NEWLINE
+        elif isinstance(event, ReasoningDelta):
+            if event.text:
+                out += REASONING + dumps(event.text) + NEWLINE
+        elif isinstance(event, TextDelta) and event.text:  # a subclass (a refusal): text all the same
+            out += TEXT + dumps(event.text) + NEWLINE
+        # a ToolCallDelta: /api/ai bodies carry no tools (issue 12 left them to /v1)
+    return out
+
+
 class DataStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         out = start_part(message_id)  # goes out with the first batch
-        dumps = orjson.dumps
+        if (lane := LANE.get()) is not None:
+            lane.encode = deltas  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
-                for event in batch:
-                    if isinstance(event, TextDelta):
-                        if event.text:
-                            out += TEXT + dumps(event.text) + NEWLINE
-                    elif isinstance(event, ReasoningDelta):
-                        if event.text:
-                            out += REASONING + dumps(event.text) + NEWLINE
-                    elif isinstance(event, ToolCallDelta):
-                        continue  # /api/ai bodies carry no tools (issue 12 left them to /v1)
-                    else:
-                        yield out + finish_parts(event)
-                        return
+                if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
+                    yield out + deltas(batch[:-1]) + finish_parts(last)
+                    return
+                out += deltas(batch)
                 if out:
                     yield out
                     out = b""

@@ -33,6 +33,7 @@ from modelgate.chat import (
     Usage,
 )
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
+from modelgate.push_lane import LANE
 
 log = logging.getLogger("modelgate.openai")
 
@@ -138,6 +139,23 @@ class ChunkEncoder:
             out += self._chunk([], finish.usage, usage_chunk=True)
         return out
 
+    def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
+        """The chunks of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
+        out = b""
+        dumps = orjson.dumps
+        content_prefix, suffix = self._content_prefix, self._delta_suffix
+        for event in batch:
+            if isinstance(event, TextDelta):
+                if event.text:
+                    prefix = self._refusal_prefix if type(event) is RefusalDelta else content_prefix
+                    out += prefix + dumps(event.text) + suffix
+            elif isinstance(event, ReasoningDelta):
+                if event.text:
+                    out += self._reasoning_prefix + dumps(event.text) + suffix
+            elif isinstance(event, ToolCallDelta):
+                out += self.tool_call_chunk(event)
+        return out
+
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``; one bytes per batch.
 
@@ -145,27 +163,17 @@ class ChunkEncoder:
         error event before ``[DONE]``: never a silent end.
         """
         out = self.role_chunk()  # goes out with the first batch
-        content_prefix, reasoning_prefix, suffix = self._content_prefix, self._reasoning_prefix, self._delta_suffix
-        dumps = orjson.dumps
+        if (lane := LANE.get()) is not None:
+            lane.encode = self.deltas  # the middle of the reply may be pushed (``push_lane``)
         finished = False
         try:
             async for batch in events:
-                for event in batch:
-                    if isinstance(event, TextDelta):
-                        if event.text:
-                            prefix = self._refusal_prefix if type(event) is RefusalDelta else content_prefix
-                            out += prefix + dumps(event.text) + suffix
-                    elif isinstance(event, ReasoningDelta):
-                        if event.text:
-                            out += reasoning_prefix + dumps(event.text) + suffix
-                    elif isinstance(event, ToolCallDelta):
-                        out += self.tool_call_chunk(event)
-                    else:
-                        out += error_chunk(_ENDED_WITH_ERROR) if event.reason == "error" else self.finish_chunks(event)
-                        finished = True
-                        break
-                if finished:
+                if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
+                    out += self.deltas(batch[:-1])
+                    out += error_chunk(_ENDED_WITH_ERROR) if last.reason == "error" else self.finish_chunks(last)
+                    finished = True
                     break
+                out += self.deltas(batch)
                 if out:
                     yield out
                     out = b""

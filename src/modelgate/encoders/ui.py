@@ -42,6 +42,7 @@ import orjson
 
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta
 from modelgate.encoders.base import close, ended_early, failure_message
+from modelgate.push_lane import LANE
 
 MEDIA_TYPE: Final = "text/event-stream"
 HEADER: Final = "x-vercel-ai-ui-message-stream"
@@ -119,28 +120,16 @@ class UIMessageStreamEncoder:
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         out = chunk({"type": "start", "messageId": message_id}) + START_STEP  # goes out with the first batch
-        dumps = orjson.dumps
-        part: _Part | None = None  # the open part; deltas of the other kind close it and open a new one
-        count = 0
+        parts = _Parts()
+        if (lane := LANE.get()) is not None:
+            lane.encode = parts.deltas  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
-                for event in batch:
-                    if isinstance(event, Finish):
-                        closing = part.end if part is not None else b""
-                        yield out + closing + FINISH_STEP + self.finish_chunk(event) + DONE
-                        return
-                    if isinstance(event, ToolCallDelta) or not event.text:  # /api/ai bodies carry no tools
-                        continue
-                    kind = type(event)
-                    if kind is RefusalDelta:
-                        kind = TextDelta  # the stream has no refusal part: the refusal's words are its text
-                    if part is not None and part.kind is kind:
-                        out += part.delta_prefix + dumps(event.text) + _DELTA_END
-                        continue
-                    closing = part.end if part is not None else b""
-                    count += 1
-                    part = _Part(kind, count)
-                    out += closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
+                if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
+                    out += parts.deltas(batch[:-1]) + parts.closing()
+                    yield out + FINISH_STEP + self.finish_chunk(last) + DONE
+                    return
+                out += parts.deltas(batch)
                 if out:
                     yield out
                     out = b""
@@ -149,3 +138,36 @@ class UIMessageStreamEncoder:
             yield out + error_chunks(failure_message(exc, message_id=message_id))
         finally:
             await close(events)
+
+
+class _Parts:
+    """The parts of one reply: the open one, closed when a delta of the other kind opens the next."""
+
+    __slots__ = ("count", "part")
+
+    def __init__(self) -> None:
+        self.part: _Part | None = None
+        self.count = 0
+
+    def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
+        """The chunks of a batch of deltas (a batch without the ``Finish``)."""
+        out = b""
+        dumps = orjson.dumps
+        part = self.part
+        for event in batch:
+            if isinstance(event, ToolCallDelta | Finish) or not event.text:  # /api/ai bodies carry no tools
+                continue
+            kind = type(event)
+            if kind is RefusalDelta:
+                kind = TextDelta  # the stream has no refusal part: the refusal's words are its text
+            if part is not None and part.kind is kind:
+                out += part.delta_prefix + dumps(event.text) + _DELTA_END
+                continue
+            closing = part.end if part is not None else b""
+            self.count += 1
+            part = self.part = _Part(kind, self.count)
+            out += closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
+        return out
+
+    def closing(self) -> bytes:
+        return self.part.end if self.part is not None else b""

@@ -78,6 +78,7 @@ from modelgate.errors import (
     UpstreamUnavailable,
 )
 from modelgate.providers.base import Connection, ProbeResult, Provider
+from modelgate.push_lane import PUSH_SUPPORTED, Carry, current_lane
 from modelgate.redact import Redactor
 from modelgate.templates import render_prompt
 from modelgate.tracing import upstream_trace_headers
@@ -344,11 +345,22 @@ class Upstream:
             started = False
             quiet = 0  # bytes read since the parser last completed an event
             unyielded = 0  # bytes read since the event loop last had a turn
+            pull = True  # the next bytes are read by this task (the first batch always is: it opens the response)
             while True:
+                carry = None
+                if not pull and (lane := current_lane()) is not None:
+                    carry = Carry(
+                        lane, parser, deadline, idle=idle, stream_end=stream_end, max_event=max_event, quiet=quiet
+                    )
+                pull = True
                 deadline.begin(min(next_deadline, stream_end))
                 cut: UpstreamError | None = None
+                chunk = b""
                 try:
-                    chunk = await read()
+                    if carry is None:
+                        chunk = await read()
+                    else:
+                        await carry.run(response.content)
                 except asyncio.CancelledError:
                     if not deadline.fired():
                         raise
@@ -363,6 +375,21 @@ class Upstream:
                 if cut is not None:  # the reply may be whole all the same: then its end, as a close there gives
                     yield self._cut_short(parser, cut, whole_possible=started and not overran)
                     return
+                if carry is not None:
+                    # Handed back: a batch the layers above must see (its Finish, a failure after it), or bytes,
+                    # an end or an error for the read below.
+                    quiet, next_deadline = carry.quiet, deadline.when
+                    if carry.events:
+                        finished = parser.done
+                        yield carry.events
+                        next_deadline = loop.time() + idle
+                    if parser.failure is not None:
+                        raise parser.failure
+                    if finished:
+                        return
+                    if quiet > max_event:
+                        raise self._event_limit_error(max_event)
+                    continue
                 # An empty chunk: the body ended.
                 events = parser.feed(chunk) if chunk else parser.end()
                 if events:
@@ -371,16 +398,14 @@ class Upstream:
                     finished = parser.done or not chunk
                     yield events
                     next_deadline = loop.time() + idle  # the consumer's time is not the upstream's
+                    pull = not PUSH_SUPPORTED
                 if parser.failure is not None:
                     raise parser.failure
                 if finished or not chunk:
                     return
                 quiet += len(chunk)
                 if quiet > max_event:
-                    raise self.protocol_error(
-                        f"the reply sent more than {max_event} bytes without completing an event "
-                        "(a line, event or record over the limit, or endless non-data bytes)"
-                    )
+                    raise self._event_limit_error(max_event)
                 if loop.time() >= stream_end:
                     raise self._deadline_error(started, overran=True)
                 unyielded += len(chunk)
@@ -636,6 +661,12 @@ class Upstream:
     def protocol_error(self, message: str, *, transient: bool = False) -> UpstreamProtocolError:
         """A broken reply; ``message`` may quote the upstream's bytes (it is cleaned here)."""
         return UpstreamProtocolError(self.provider, self.clean(message), transient=transient)
+
+    def _event_limit_error(self, max_event: int) -> UpstreamProtocolError:
+        return self.protocol_error(
+            f"the reply sent more than {max_event} bytes without completing an event "
+            "(a line, event or record over the limit, or endless non-data bytes)"
+        )
 
     def truncated(self) -> UpstreamProtocolError:
         return UpstreamProtocolError(self.provider, "the reply was truncated (the stream ended before it finished)")

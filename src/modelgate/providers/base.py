@@ -4,7 +4,9 @@ A provider gets its connection (base URL, credentials, timeouts) and the shared 
 ``aiohttp.ClientSession``, ``providers._http.new_session``) injected; it knows only its own wire
 protocol. ``stream()`` yields batches of ``StreamEvent``s, one non-empty batch per upstream network
 read, and raises ``modelgate.errors`` exceptions, including mid-stream; it never lets an aiohttp or JSON
-exception out. When it returns normally its last batch ends with exactly one ``Finish`` event.
+exception out. When it returns normally its last batch ends with exactly one ``Finish`` event. An adapter
+passes ``Upstream.stream``'s batches on unchanged: the push lane (``push_lane.py``) carries the middle of a reply
+from that reader to the client without passing through the adapter.
 """
 
 from __future__ import annotations

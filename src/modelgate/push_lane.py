@@ -1,0 +1,214 @@
+"""The push lane: the middle of a relayed reply carried from the upstream's network read to the client's socket
+in one synchronous call, without waking the response's task.
+
+Pulled, each upstream read resolves aiohttp's read future, the task wakes and resumes the whole chain of
+async generators above the read (the upstream reader, the provider, the gateway's relay, the drain bound, the
+encoder, the response loop), and the chunk goes out: a loop turn, aiohttp's read path and a dozen frames per
+token, about half of the server's CPU per relayed token (``bench/README.md``, "Fourth pass"). Pushed, aiohttp's
+protocol hands the bytes to the reply's parser in ``data_received`` and the events go straight through the same
+per-batch work those layers do (count, encode, write), while the task sleeps until the lane hands the reply back.
+
+Only the *middle* of a reply is pushed: a batch of deltas, parsed without failure, for a client socket that
+takes it now. Everything else is handed back to the pulling task unchanged, which then does exactly what it did
+before: the first batch (which opens the response), the batch with the ``Finish``, a failure in the stream, the
+end of the body or a broken connection, a client that stops reading (its bytes then wait in aiohttp's buffer,
+whose flow control pauses the upstream), and a server shutting down. So retries, fallbacks, errors, endings and
+backpressure keep their one tested path, and a reply is pushed only when every layer between the socket and the
+upstream has said how to do its part for a batch (``Lane.ready``): the response, its encoder, the drain bound and
+the relay. A layer that has no such part (the Responses API's encoder today) leaves the lane unready and the
+reply is pulled.
+
+The lane finds its layers through a context variable: ``RelayResponse`` sets it in the response's task, and each
+layer, running in that task, registers itself when it starts. The upstream reader (``Upstream.stream``) pushes
+only when the lane of its task is ready; the providers pass batches through unchanged (``Provider.stream``).
+
+aiohttp has no hook for this, so a pushed reply's ``StreamReader`` is given a subclass (``PushReader``, no new
+state: the sinks live in ``_SINKS``) whose ``feed_data`` offers the bytes to the lane first; anything declined is
+buffered as aiohttp would. ``PUSH_SUPPORTED`` is False, and every reply pulled, when aiohttp's reader no longer
+has the shape this relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import StreamReader
+
+from modelgate.chat import Finish, StreamEvent
+
+if TYPE_CHECKING:
+    from modelgate.deadline import Deadline
+    from modelgate.drain import Drain
+    from modelgate.observer import Observation
+    from modelgate.providers._http import StreamParser
+    from modelgate.relay_response import ChunkWriter
+
+#: The lane of the response being relayed by the current task (set by ``RelayResponse``).
+LANE: ContextVar[Lane | None] = ContextVar("modelgate_push_lane", default=None)
+
+
+class Lane:
+    """The per-batch work of every layer of one relayed reply, registered by the layers themselves."""
+
+    __slots__ = ("drain", "encode", "observation", "relayed", "unsent", "writer")
+
+    def __init__(self, writer: ChunkWriter) -> None:
+        self.writer = writer
+        #: The encoder's bytes for a batch of deltas (no ``Finish``), or None until the encoder registers.
+        self.encode: Callable[[Sequence[StreamEvent]], bytes] | None = None
+        self.drain: Drain | None = None
+        #: The relay registered (``observation`` may still be None: a relay without an observer).
+        self.relayed = False
+        self.observation: Observation | None = None
+        #: Encoded bytes the socket refused after all (the response sends them before its next chunk).
+        self.unsent = b""
+
+    def ready(self) -> bool:
+        return self.encode is not None and self.drain is not None and self.relayed
+
+    def open(self) -> bool:
+        """A pushed batch could go out now: the client's socket takes it and the server is not ending replies."""
+        drain = self.drain
+        return self.writer.writable() and not (drain is not None and drain.expired) and not self.unsent
+
+    def push(self, events: Sequence[StreamEvent]) -> None:
+        """One batch of deltas through the relay's count, the encoder and out to the client."""
+        obs = self.observation
+        if obs is not None:
+            obs.relayed_events += len(events)
+        encode = self.encode
+        assert encode is not None
+        out = encode(events)
+        if out and not self.writer(out):
+            self.unsent += out
+
+
+def current_lane() -> Lane | None:
+    """The lane of the current task's response, when it is ready to carry batches."""
+    current = LANE.get()
+    return current if current is not None and current.ready() else None
+
+
+def register_relay(observation: Observation | None) -> None:
+    """The gateway's relay starts in the current task: its per-batch part is the observation's count."""
+    current = LANE.get()
+    if current is not None:
+        current.relayed = True
+        current.observation = observation
+
+
+class PushReader(StreamReader):
+    """aiohttp's reader whose incoming bytes are offered to a ``Carry`` first (while one is attached)."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        sink = _SINKS.get(id(self))
+        if sink is not None and data and sink.feed(data):
+            return False
+        return super().feed_data(data, size)
+
+    def feed_eof(self) -> None:
+        sink = _SINKS.get(id(self))
+        if sink is not None:
+            sink.hand_back()
+        super().feed_eof()
+
+    def set_exception(self, exc: BaseException, *args: Any, **kwargs: Any) -> None:
+        sink = _SINKS.get(id(self))
+        if sink is not None:
+            sink.hand_back()
+        super().set_exception(exc, *args, **kwargs)
+
+
+#: Reader id → the carry its bytes are offered to. A reader is in here only while its task waits in ``Carry.run``.
+_SINKS: dict[int, Carry] = {}
+
+
+def _push_supported() -> bool:
+    """aiohttp's reader still has the shape ``PushReader`` relies on (a slotted class with these methods)."""
+    try:
+        probe = StreamReader.__new__(StreamReader)
+        probe.__class__ = PushReader
+    except TypeError:
+        return False
+    return all(callable(getattr(StreamReader, name, None)) for name in ("feed_data", "feed_eof", "set_exception"))
+
+
+PUSH_SUPPORTED = _push_supported()
+
+
+class Carry:
+    """One stretch of pushed batches: from ``run`` until the reply needs its pulling task again.
+
+    Shares the read loop's state: ``quiet`` (bytes since the last completed event, bounded by ``max_event``)
+    and the idle deadline, moved on by each pushed batch as the loop moves it on by each pulled one.
+    """
+
+    __slots__ = ("deadline", "events", "idle", "lane", "loop", "max_event", "parser", "quiet", "stream_end", "waiter")
+
+    def __init__(
+        self,
+        lane: Lane,
+        parser: StreamParser,
+        deadline: Deadline,
+        *,
+        idle: float,
+        stream_end: float,
+        max_event: int,
+        quiet: int,
+    ) -> None:
+        self.lane = lane
+        self.parser = parser
+        self.deadline = deadline
+        self.idle = idle
+        self.stream_end = stream_end
+        self.max_event = max_event
+        self.quiet = quiet
+        #: A batch the pulling task must deliver (it holds the ``Finish``, or the parser failed after it).
+        self.events: list[StreamEvent] = []
+        self.loop = asyncio.get_running_loop()
+        self.waiter: asyncio.Future[None] | None = None
+
+    async def run(self, reader: StreamReader) -> None:
+        """Carry the reply's batches until it is handed back (the caller's deadline bounds the wait)."""
+        if not self.lane.open() or reader.exception() is not None or reader.is_eof() or reader._buffer:
+            return  # buffered bytes, an end or a closed socket: the pulling path first
+        reader.__class__ = PushReader
+        self.waiter = waiter = self.loop.create_future()
+        _SINKS[id(reader)] = self
+        try:
+            await waiter
+        finally:
+            _SINKS.pop(id(reader), None)
+            self.waiter = None
+
+    def hand_back(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.waiter = None
+
+    def feed(self, data: bytes) -> bool:
+        """Bytes from the upstream: True when taken (pushed, or parsed and handed back), False when declined
+        (the reader buffers them for the pulling task)."""
+        if self.waiter is None or not self.lane.open():
+            self.hand_back()
+            return False
+        parser = self.parser
+        events = parser.feed(data)
+        if parser.failure is not None or parser.done or (events and isinstance(events[-1], Finish)):
+            self.events = events
+            self.hand_back()
+            return True
+        if events:
+            self.quiet = 0
+            self.lane.push(events)
+            self.deadline.extend(min(self.loop.time() + self.idle, self.stream_end))
+        self.quiet += len(data)  # as the read loop counts it
+        if self.quiet > self.max_event:
+            self.hand_back()  # the read loop raises the limit's error
+        return True
