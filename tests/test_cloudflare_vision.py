@@ -85,6 +85,24 @@ def test_an_image_reaches_the_vision_model_as_workers_ai_byte_array(client: open
     assert sent.json["stream"] is True
 
 
+@pytest.mark.parametrize(("detail", "reported"), [("low", True), ("high", True), ("auto", False), (None, False)])
+def test_an_image_detail_the_protocol_cannot_carry_is_reported(
+    client: openai.OpenAI, fakes: Fakes, detail: str | None, reported: bool
+) -> None:
+    """Workers AI takes the image's bytes and nothing else: a ``detail`` hint (the resolution the image is read
+    at, and so its cost) is named as dropped, never lost without a word; ``auto`` asks for nothing."""
+    fakes.cloudflare.script(Reply(tokens=["A dot."]))
+    image: dict[str, Any] = {"url": DATA_URL} | ({"detail": detail} if detail else {})
+    messages: Any = [
+        {"role": "user", "content": [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": image}]}
+    ]
+    raw = client.chat.completions.with_raw_response.create(model="cf/vision", messages=messages)
+    assert raw.parse().choices[0].message.content == "A dot."
+    dropped = raw.headers.get("x-modelgate-dropped-params", "")
+    assert ("image_url.detail" in dropped.split(",")) is reported, dropped
+    assert "detail" not in fakes.cloudflare.last.json
+
+
 def test_an_ai_sdk_5_file_part_reaches_it_the_same_way(service: str, fakes: Fakes) -> None:
     fakes.cloudflare.script(Reply(tokens=["A dot."]))
     parts = [{"type": "text", "text": "What is this?"}, {"type": "file", "mediaType": "image/png", "url": DATA_URL}]

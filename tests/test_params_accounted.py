@@ -209,6 +209,8 @@ class Case:
     streamed_only: bool = False
     #: Sent ids: the case is one of several of the same field.
     label: str = ""
+    #: The kinds it runs on, when not all (an image needs a model that reads images upstream too).
+    kinds: tuple[str, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -271,6 +273,18 @@ def effort_sent(effort: str) -> dict[str, Sent]:
 
 
 SCHEMA_SPEC = {"name": "answer", "description": "One answer", "schema": SCHEMA, "strict": True}
+#: A 1x1 PNG (Workers AI's fake decodes it), read at ``detail: low``: a hint of cost the bare-image protocols lack.
+PNG = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+DETAIL_SENT = dict.fromkeys(CHAT_COMPLETIONS_KINDS, anywhere('"detail":"low"'))
+#: Workers AI's model here reads no images (its fake refuses one, as the service does): its loss of ``detail`` is
+#: in ``test_cloudflare_vision.py``. TGI refuses images (naming ``messages``).
+IMAGE_KINDS = tuple(kind for kind in KINDS if kind != "cloudflare")
+SCHEMA_DESCRIPTION_SENT = dict.fromkeys(
+    CHAT_COMPLETIONS_KINDS, at("response_format.json_schema.description", SCHEMA_SPEC["description"])
+)
 
 #: ``/v1/chat/completions``: every field of ``CompletionCreateParamsBase`` but ``model`` and ``messages``.
 CHAT_CASES: tuple[Case, ...] = (
@@ -295,6 +309,28 @@ CHAT_CASES: tuple[Case, ...] = (
         {"response_format": {"type": "json_schema", "json_schema": SCHEMA_SPEC}},
         json_schema_sent(SCHEMA_SPEC),
         label="json_schema",
+    ),
+    Case(
+        "response_format.json_schema.description",
+        {"response_format": {"type": "json_schema", "json_schema": SCHEMA_SPEC}},
+        SCHEMA_DESCRIPTION_SENT,
+    ),
+    Case(
+        "image_url.detail",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Say hi"},
+                        {"type": "image_url", "image_url": {"url": PNG, "detail": "low"}},
+                    ],
+                }
+            ]
+        },
+        DETAIL_SENT,
+        ("messages",),
+        kinds=IMAGE_KINDS,
     ),
     Case("tools", {"tools": [WEATHER]}, tools_sent()),
     Case("tool_choice", {"tools": [WEATHER], "tool_choice": "required"}, tool_choice_sent("required"), ("tools",)),
@@ -360,6 +396,28 @@ RESPONSES_CASES: tuple[Case, ...] = (
         {"text": {"format": {"type": "json_schema", **SCHEMA_SPEC}}},
         json_schema_sent(SCHEMA_SPEC),
         label="json_schema",
+    ),
+    Case(
+        "text.format.description",
+        {"text": {"format": {"type": "json_schema", **SCHEMA_SPEC}}},
+        SCHEMA_DESCRIPTION_SENT,
+    ),
+    Case(
+        "input_image.detail",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Say hi"},
+                        {"type": "input_image", "image_url": PNG, "detail": "low"},
+                    ],
+                }
+            ]
+        },
+        DETAIL_SENT,
+        ("input",),
+        kinds=IMAGE_KINDS,
     ),
     Case("text.verbosity", {"text": {"verbosity": "low"}}),
     Case("tools", {"tools": [FLAT_WEATHER]}, tools_sent()),
@@ -511,6 +569,7 @@ def _v1_params() -> list[Any]:
         for case in (CHAT_CASES if route == "chat" else RESPONSES_CASES)
         if stream or not case.streamed_only
         for kind in KINDS
+        if case.kinds is None or kind in case.kinds
     ]
 
 

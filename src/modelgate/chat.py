@@ -158,6 +158,11 @@ class GenerationParams:
         return {name: getattr(self, name) for name in self.__slots__ if getattr(self, name) is not None}
 
 
+#: Names of request fields a protocol may have no form for (``ChatRequest.bare_form_losses``).
+SCHEMA_DESCRIPTION = "response_format.json_schema.description"
+IMAGE_DETAIL = "image_url.detail"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One call. Routes pass only the caller's own ``params`` (overrides); the gateway merges them onto the
@@ -181,6 +186,17 @@ class ChatRequest:
             return []
         controls = [] if self.tool_choice in (None, "auto") else ["tool_choice"]
         return controls + (["parallel_tool_calls"] if self.parallel_tool_calls is not None else [])
+
+    def bare_form_losses(self) -> list[str]:
+        """What a protocol taking a bare JSON schema and bare images (Ollama, Workers AI, TGI's grammar) cannot
+        carry of this request, by its Chat Completions names: the schema's ``description`` (guidance for the
+        model) and an image's ``detail`` (the resolution it is read at, and so its cost)."""
+        lost = []
+        if self.response_format is not None and self.response_format.description:
+            lost.append(SCHEMA_DESCRIPTION)
+        if any(image.detail not in (None, "auto") for message in self.messages for image in message.images):
+            lost.append(IMAGE_DETAIL)
+        return lost
 
     def needs(self) -> frozenset[Capability]:
         """The capabilities a model must have to answer this request."""

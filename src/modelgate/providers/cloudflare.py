@@ -313,7 +313,8 @@ class Cloudflare(HttpProvider):
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        return request.tool_controls()  # no tool_choice, no parallel_tool_calls in this protocol
+        # No tool_choice, no parallel_tool_calls in this protocol; the schema goes bare, the image as bytes.
+        return request.tool_controls() + request.bare_form_losses()
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)  # a model without ``vision`` is refused any image there

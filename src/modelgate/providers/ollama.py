@@ -287,10 +287,11 @@ class Ollama(HttpProvider):
         return self.carried_params if "reasoning" in model.capabilities else self.carried_params - {"reasoning_effort"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        # No tool_choice, no parallel_tool_calls in this protocol; nor a think value for every reasoning effort.
+        # No tool_choice, no parallel_tool_calls in this protocol; nor a think value for every reasoning effort; the
+        # schema goes bare as ``format``, an image bare in ``images``.
         effort = request.params.reasoning_effort
         lost = effort is not None and effort_think(model, effort) is None
-        return request.tool_controls() + (["reasoning_effort"] if lost else [])
+        return request.tool_controls() + (["reasoning_effort"] if lost else []) + request.bare_form_losses()
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(

@@ -246,6 +246,9 @@ class TGI(HttpProvider):
         }
     )
 
+    def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
+        return request.bare_form_losses()  # the grammar is the bare schema
+
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         parser, body, auth = self._call(model, request, stream=True)
         # TGI serves one model: the route names none (§1.1); ``inputs`` carries the rendered prompt.

@@ -81,6 +81,8 @@ class JSONBodyRoute(APIRoute):
 router = APIRouter(tags=["OpenAI compatible"], route_class=JSONBodyRoute)
 
 JSON = "application/json"
+#: The parameters of this call its answering provider did not carry (the header the README documents).
+DROPPED_HEADER = "X-Modelgate-Dropped-Params"
 
 #: ``created`` of every model object. The catalogue records no dates; a constant keeps the listing
 #: byte-stable across restarts and reloads (the value of the reference example, providers.md 5.5).
@@ -274,7 +276,7 @@ async def open_reply(
     headers = {"X-Modelgate-Model": start.model.id}
     dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
     if dropped:
-        headers["X-Modelgate-Dropped-Params"] = ",".join(dropped)
+        headers[DROPPED_HEADER] = ",".join(dropped)
     return start, headers
 
 

@@ -9,6 +9,7 @@ messages, tools and response format through ``routes.openai_input``, the samplin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -227,6 +228,10 @@ def call_params(
     return GenerationParams(**overrides)  # type: ignore[arg-type]
 
 
+#: The sampling parameters, which a catalogue may set as defaults (the other dropped names are request fields).
+_PARAM_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationParams))
+
+
 def dropped_by_caller(
     body: BaseModel, dropped: Iterable[str], *, model: str, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
 ) -> list[str]:
@@ -239,6 +244,9 @@ def dropped_by_caller(
     named: list[str] = []
     defaults: list[str] = []
     for field in dropped:
+        if field not in _PARAM_FIELDS:  # a request field (``tool_choice``, an image's ``detail``): a caller set it
+            named.append(field)
+            continue
         # A request field a provider cannot enforce (``tool_choice``) is reported under its own name.
         used = next((name for name in names.get(field, (field,)) if request_value(body, name) is not None), None)
         (named if used is not None else defaults).append(used or field)

@@ -16,13 +16,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import gateway
+from modelgate.chat import IMAGE_DETAIL, SCHEMA_DESCRIPTION
 from modelgate.encoders.openai import USAGE_HEADER
 from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import BadRequest
 from modelgate.relay_response import RelayResponse
-from modelgate.routes.openai import JSONBodyRoute, open_reply
+from modelgate.routes.openai import DROPPED_HEADER, JSONBodyRoute, open_reply
 from modelgate.routes.opening import collect_for_client
 from modelgate.routes.responses_input import (
     RESPONSES_PARAMS,
@@ -41,6 +42,9 @@ JSON = "application/json"
 
 #: The capability check (``Provider.check``) names Chat Completions' fields; these are this API's.
 _OUR_PARAMS: Mapping[str, str] = {"response_format": "text.format", "messages": "input"}
+#: The Chat Completions names of request fields a provider could not carry (``ChatRequest.bare_form_losses``) →
+#: this API's, for the dropped-parameters header.
+_OUR_NAMES: Mapping[str, str] = {SCHEMA_DESCRIPTION: "text.format.description", IMAGE_DETAIL: "input_image.detail"}
 
 
 @router.post("/v1/responses", summary="Create a model response (OpenAI Responses API, stateless), streamed or not")
@@ -58,6 +62,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     except BadRequest as exc:
         exc.param = _OUR_PARAMS.get(exc.param or "", exc.param)
         raise
+    if dropped := headers.get(DROPPED_HEADER):
+        headers[DROPPED_HEADER] = ",".join(_OUR_NAMES.get(name, name) for name in dropped.split(","))
     head = ResponseHead.new(
         start.model.id,
         int(time.time()),
