@@ -54,25 +54,49 @@ async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[A
     """``work``'s result; ``ClientDisconnected`` when the client leaves first, ``ShuttingDown`` when the
     shutdown limit passes first — either way ``work`` is cancelled (and so its upstream call closed).
 
-    For what runs before a response starts: once it streams, Starlette's response watches the client.
+    For what runs before a response starts: once it streams, the response watches the client. ``work`` runs in
+    this task (its context: the request's observation); one small task listens for the client leaving and then
+    cancels it, as the drain does when the limit passes.
     """
-    task = asyncio.create_task(work)  # copies the context: the request's observation
-    leaving = asyncio.create_task(_disconnect(request.receive))
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _Watch(task)
+    listener = asyncio.create_task(watch.listen(request.receive))
     try:
         with drain.cuts(task):
-            await asyncio.wait((task, leaving), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        leaving.cancel()
-        if not task.done():
-            task.cancel()  # the client left, or this request was cancelled: stop the upstream call
-            await asyncio.wait((task,))  # until it is closed; its outcome is read below
-    if leaving.done() and not leaving.cancelled():
-        leaving.exception()  # retrieved: a failing receive() counts as the client gone
-    if task.cancelled():
+            result = await work
+        if watch.left:
+            task.uncancel()  # the client left as the work ended, which kept it: the response finds it gone
+        return result
+    except asyncio.CancelledError:
         if drain.was_cut(task):
-            raise ShuttingDown()
-        raise ClientDisconnected()
-    return task.result()  # or its own error (a 4xx/5xx for the client)
+            raise ShuttingDown() from None
+        if watch.left and task.uncancel() == 0:
+            raise ClientDisconnected() from None
+        raise  # a cancellation from elsewhere (the server's) stands
+    finally:
+        watch.done = True
+        listener.cancel()
+        work.close()  # never started (cancelled at once) or already finished: no warning either way
+
+
+class _Watch:
+    __slots__ = ("done", "left", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.done = False
+        self.left = False
+
+    async def listen(self, receive: Receive) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:
+            pass  # a failing receive() counts as the client gone
+        if not self.done:
+            self.left = True
+            self.task.cancel()
 
 
 async def collect_for_client(
@@ -83,8 +107,3 @@ async def collect_for_client(
     if start.complete:
         return await collecting
     return await unless_client_leaves(request, state.drain, collecting)
-
-
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
