@@ -21,10 +21,10 @@ import httpx
 import orjson
 import pytest
 
-from modelgate import relay_response
+from modelgate import push_lane, relay_response
 from modelgate.app import create_app
 from modelgate.catalogue import parse_catalogue
-from modelgate.push_lane import PUSH_SUPPORTED, Lane
+from modelgate.push_lane import LAG_CHECKS, LAG_LIMIT, LAG_PERIOD, PUSH_SUPPORTED, Lane, LoopLag
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml
 from tests.fakes.hostile import HostileUpstream, Received, response_head
@@ -107,7 +107,9 @@ def service(hostile: HostileUpstream) -> Iterator[str]:
 
 @pytest.fixture
 def pushed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the batches the lane pushed during the test."""
+    """The sizes of the batches the lane pushed during the test (a busy test machine's loop never counts as
+    overloaded here: ``LoopLag`` has tests of its own)."""
+    monkeypatch.setattr(push_lane, "LAG_LIMIT", 3600.0)
     sizes: list[int] = []
     push = Lane.push
 
@@ -233,6 +235,28 @@ def test_a_client_that_stops_reading_stops_the_upstream_and_then_gets_every_toke
     assert received.splitlines()[-1].startswith(b"d:")
 
 
+def test_a_failure_of_the_lane_itself_ends_the_reply_with_an_error_in_its_protocol(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a pushed batch's work (here: the fifth push fails) runs inside aiohttp's ``data_received``; it must
+    not pass for a broken upstream connection nor be lost: the reply ends with the route's internal-error part."""
+    pushes: list[int] = []
+    push = Lane.push
+
+    def failing(lane: Lane, events: Any) -> None:
+        pushes.append(len(events))
+        if len(pushes) == 5:
+            raise RuntimeError("a bug")
+        push(lane, events)
+
+    monkeypatch.setattr(Lane, "push", failing)
+    raw = body(service, AI_PATH, ask())
+    assert raw.splitlines()[-1] == b'3:"Internal Server Error"'
+    assert b"d:" not in raw
+    monkeypatch.setattr(Lane, "push", push)
+    assert body(service, AI_PATH, ask()).splitlines()[-1].startswith(b"d:")  # and the next reply is whole
+
+
 def test_the_lane_can_be_turned_off(hostile: HostileUpstream, pushed: list[int]) -> None:
     hostile.reset(script)
     with gateway(hostile.url, {"MODELGATE_PUSH_LANE": "0"}) as url:
@@ -245,3 +269,27 @@ def completion_tokens(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     found = re.search(r'^modelgate_completion_tokens_total\{model="push/lane",provider="up"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+def test_an_overloaded_loop_pulls_and_a_relieved_one_pushes_again() -> None:
+    """Under sustained overload the pulled path relays more cheaply (bench/README.md, "Fourth pass"): a loop late
+    by more than ``LAG_LIMIT`` at ``LAG_CHECKS`` checks in a row counts as overloaded; one check on time ends it.
+    Only while a reply may be pushed does the check run."""
+
+    async def scenario() -> list[bool]:
+        lag = LoopLag()
+        seen: list[bool] = []
+        lag.enter()
+        for _ in range(LAG_CHECKS + 1):  # each check finds the loop blocked beyond the limit
+            time.sleep(LAG_PERIOD + LAG_LIMIT * 2)  # noqa: ASYNC251 - blocking the loop is the point
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        seen.append(lag.late)
+        await asyncio.sleep(LAG_PERIOD * 3)  # idle: the next checks are on time
+        seen.append(lag.late)
+        lag.leave()
+        await asyncio.sleep(LAG_PERIOD * 2)
+        seen.append(lag._handle is None)  # no reply left: no timer
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True]

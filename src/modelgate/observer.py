@@ -55,6 +55,7 @@ from modelgate.cors import OriginHeaders
 from modelgate.deadline import Deadline
 from modelgate.errors import ModelgateError, PayloadTooLarge
 from modelgate.metrics import UNMATCHED_ROUTE
+from modelgate.push_lane import LoopLag
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
@@ -79,7 +80,8 @@ _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}$")
 DIRECT_SEND = "modelgate.send"
 #: ``scope`` key of the server's own ``send`` (beneath the observer), for ``relay_response.ChunkWriter``.
 SERVER_SEND = "modelgate.server_send"
-#: Whether a streamed response may push the middle of its reply (``push_lane.py``; ``Settings.push_lane``).
+#: The loop's ``LoopLag`` when a streamed response may push the middle of its reply, else None (``push_lane.py``;
+#: ``Settings.push_lane``).
 PUSH_LANE = "modelgate.push_lane"
 
 #: Methods whose body the guard counts and times.
@@ -223,6 +225,8 @@ class RequestObserver:
         self.direct = direct
         self.cors = OriginHeaders(state)
         self._app_routes = routes
+        #: How late this app's loop runs while replies are pushed (``push_lane.LoopLag``).
+        self.lag = LoopLag()
         #: Route templates of paths that routes without parameters answer (bounded by the route table).
         self._static_routes: dict[str, str] = {}
         self._flat_routes: list[Any] | None = None
@@ -297,7 +301,7 @@ class RequestObserver:
 
         scope[DIRECT_SEND] = send_out
         scope[SERVER_SEND] = send
-        scope[PUSH_LANE] = settings.push_lane
+        scope[PUSH_LANE] = self.lag if settings.push_lane else None
         try:
             if scope["method"] in _BODY_METHODS:
                 limit = settings.max_body_bytes

@@ -8,15 +8,16 @@ token, about half of the server's CPU per relayed token (``bench/README.md``, "F
 protocol hands the bytes to the reply's parser in ``data_received`` and the events go straight through the same
 per-batch work those layers do (count, encode, write), while the task sleeps until the lane hands the reply back.
 
-Only the *middle* of a reply is pushed: a batch of deltas, parsed without failure, for a client socket that
-takes it now. Everything else is handed back to the pulling task unchanged, which then does exactly what it did
-before: the first batch (which opens the response), the batch with the ``Finish``, a failure in the stream, the
-end of the body or a broken connection, a client that stops reading (its bytes then wait in aiohttp's buffer,
-whose flow control pauses the upstream), and a server shutting down. So retries, fallbacks, errors, endings and
-backpressure keep their one tested path, and a reply is pushed only when every layer between the socket and the
-upstream has said how to do its part for a batch (``Lane.ready``): the response, its encoder, the drain bound and
-the relay. A layer that has no such part (the Responses API's encoder today) leaves the lane unready and the
-reply is pulled.
+Only the *middle* of a reply is pushed, and only while the loop keeps up (``LoopLag``: under sustained overload the
+pulled path relays more tokens per second, its wake-ups gathering what several reads brought): a batch of deltas,
+parsed without failure, for a client socket that takes it now. Everything else is handed back to the pulling task
+unchanged, which then does exactly what it did before: the first batch (which opens the response), the batch with
+the ``Finish``, a failure in the stream, the end of the body or a broken connection, a client that stops reading
+(its bytes then wait in aiohttp's buffer, whose flow control pauses the upstream), and a server shutting down. So
+retries, fallbacks, errors, endings and backpressure keep their one tested path, and a reply is pushed only when
+every layer between the socket and the upstream has said how to do its part for a batch (``Lane.ready``): the
+response, its encoder, the drain bound and the relay. A layer that has no such part (the Responses API's encoder
+today) leaves the lane unready and the reply is pulled.
 
 The lane finds its layers through a context variable: ``RelayResponse`` sets it in the response's task, and each
 layer, running in that task, registers itself when it starts. The upstream reader (``Upstream.stream``) pushes
@@ -50,13 +51,61 @@ if TYPE_CHECKING:
 LANE: ContextVar[Lane | None] = ContextVar("modelgate_push_lane", default=None)
 
 
+#: How often a loop that relays pushed replies checks how late it runs, and the lateness that counts as late.
+LAG_PERIOD = 0.02
+LAG_LIMIT = 0.02
+#: Consecutive late checks before the loop counts as overloaded (one late check is a pause, not a load).
+LAG_CHECKS = 3
+
+
+class LoopLag:
+    """Whether the event loop is overloaded, while replies are relayed: a timer measures its own lateness.
+
+    An overloaded loop pulls rather than pushes. Measured (``bench/README.md``, "Fourth pass"): at 1,000 streams on
+    one core, the pulled path relays more tokens per second (its wake-ups gather what several reads brought), the
+    pushed one writes every read at once; below saturation pushing costs a third less. The timer runs only while a
+    reply may be pushed (``enter`` .. ``leave``), so an idle server has none.
+    """
+
+    __slots__ = ("_due", "_handle", "_late_checks", "late", "users")
+
+    def __init__(self) -> None:
+        self.late = False
+        self.users = 0
+        self._late_checks = 0
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def enter(self) -> None:
+        self.users += 1
+        if self._handle is None:
+            self._schedule(asyncio.get_running_loop())
+
+    def leave(self) -> None:
+        self.users -= 1
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + LAG_PERIOD
+        self._handle = loop.call_at(self._due, self._check, loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        late = loop.time() - self._due > LAG_LIMIT
+        self._late_checks = self._late_checks + 1 if late else 0
+        self.late = self._late_checks >= LAG_CHECKS
+        if self.users > 0:
+            self._schedule(loop)
+        else:
+            self._handle, self._late_checks, self.late = None, 0, False
+
+
 class Lane:
     """The per-batch work of every layer of one relayed reply, registered by the layers themselves."""
 
-    __slots__ = ("drain", "encode", "observation", "relayed", "unsent", "writer")
+    __slots__ = ("drain", "encode", "lag", "observation", "relayed", "unsent", "writer")
 
-    def __init__(self, writer: ChunkWriter) -> None:
+    def __init__(self, writer: ChunkWriter, lag: LoopLag) -> None:
         self.writer = writer
+        self.lag = lag
         #: The encoder's bytes for a batch of deltas (no ``Finish``), or None until the encoder registers.
         self.encode: Callable[[Sequence[StreamEvent]], bytes] | None = None
         self.drain: Drain | None = None
@@ -70,9 +119,15 @@ class Lane:
         return self.encode is not None and self.drain is not None and self.relayed
 
     def open(self) -> bool:
-        """A pushed batch could go out now: the client's socket takes it and the server is not ending replies."""
+        """A pushed batch could go out now: the client's socket takes it, the server is not ending replies and its
+        loop is not overloaded."""
         drain = self.drain
-        return self.writer.writable() and not (drain is not None and drain.expired) and not self.unsent
+        return (
+            self.writer.writable()
+            and not (drain is not None and drain.expired)
+            and not self.unsent
+            and not self.lag.late
+        )
 
     def push(self, events: Sequence[StreamEvent]) -> None:
         """One batch of deltas through the relay's count, the encoder and out to the client."""
@@ -148,7 +203,19 @@ class Carry:
     and the idle deadline, moved on by each pushed batch as the loop moves it on by each pulled one.
     """
 
-    __slots__ = ("deadline", "events", "idle", "lane", "loop", "max_event", "parser", "quiet", "stream_end", "waiter")
+    __slots__ = (
+        "deadline",
+        "error",
+        "events",
+        "idle",
+        "lane",
+        "loop",
+        "max_event",
+        "parser",
+        "quiet",
+        "stream_end",
+        "waiter",
+    )
 
     def __init__(
         self,
@@ -170,6 +237,8 @@ class Carry:
         self.quiet = quiet
         #: A batch the pulling task must deliver (it holds the ``Finish``, or the parser failed after it).
         self.events: list[StreamEvent] = []
+        #: What the lane's own work raised (never the upstream's doing: that is the parser's ``failure``).
+        self.error: Exception | None = None
         self.loop = asyncio.get_running_loop()
         self.waiter: asyncio.Future[None] | None = None
 
@@ -199,15 +268,20 @@ class Carry:
             self.hand_back()
             return False
         parser = self.parser
-        events = parser.feed(data)
-        if parser.failure is not None or parser.done or (events and isinstance(events[-1], Finish)):
-            self.events = events
+        try:
+            events = parser.feed(data)
+            if parser.failure is not None or parser.done or (events and isinstance(events[-1], Finish)):
+                self.events = events
+                self.hand_back()
+                return True
+            if events:
+                self.quiet = 0
+                self.lane.push(events)
+                self.deadline.extend(min(self.loop.time() + self.idle, self.stream_end))
+        except Exception as exc:  # a bug of ours: raised in the response's task, where the pulled path reports it
+            self.error = exc
             self.hand_back()
             return True
-        if events:
-            self.quiet = 0
-            self.lane.push(events)
-            self.deadline.extend(min(self.loop.time() + self.idle, self.stream_end))
         self.quiet += len(data)  # as the read loop counts it
         if self.quiet > self.max_event:
             self.hand_back()  # the read loop raises the limit's error

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from modelgate.observer import DIRECT_SEND, PUSH_LANE, SERVER_SEND
-from modelgate.push_lane import LANE, PUSH_SUPPORTED, Lane
+from modelgate.push_lane import LANE, PUSH_SUPPORTED, Lane, LoopLag
 
 
 class RelayResponse(Response):
@@ -48,8 +48,11 @@ class RelayResponse(Response):
         state = _Listening(task)
         listener = asyncio.create_task(state.listen(receive))
         # The layers beneath register their per-batch parts as they start (see ``push_lane``).
-        lane = Lane(write) if write is not None and PUSH_SUPPORTED and scope.get(PUSH_LANE) else None
+        lag: LoopLag | None = scope.get(PUSH_LANE)
+        lane = Lane(write, lag) if write is not None and lag is not None and PUSH_SUPPORTED else None
         token = LANE.set(lane)
+        if lane is not None:
+            lane.lag.enter()
         try:
             async for chunk in self.body_iterator:
                 if lane is not None and lane.unsent:
@@ -64,6 +67,8 @@ class RelayResponse(Response):
                 raise
         finally:
             LANE.reset(token)
+            if lane is not None:
+                lane.lag.leave()
             state.done = True
             listener.cancel()
             aclose = getattr(self.body_iterator, "aclose", None)

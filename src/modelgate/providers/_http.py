@@ -379,6 +379,8 @@ class Upstream:
                     # Handed back: a batch the layers above must see (its Finish, a failure after it), or bytes,
                     # an end or an error for the read below.
                     quiet, next_deadline = carry.quiet, deadline.when
+                    if carry.error is not None:
+                        raise carry.error
                     if carry.events:
                         finished = parser.done
                         yield carry.events
