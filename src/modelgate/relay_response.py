@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -45,7 +46,7 @@ class RelayResponse(Response):
         write = ChunkWriter.of(scope.get(SERVER_SEND))
         task = asyncio.current_task()
         assert task is not None
-        state = _Listening(task)
+        state = ClientWatch(task)
         listener = asyncio.create_task(state.listen(receive))
         # The layers beneath register their per-batch parts as they start (see ``push_lane``).
         lag: LoopLag | None = scope.get(PUSH_LANE)
@@ -110,17 +111,24 @@ class ChunkWriter:
         return True
 
 
-class _Listening:
+class ClientWatch:
+    """Cancels ``task`` when the client leaves (``http.disconnect``, or ``receive`` failing) before ``done``; ``left``
+    then says the cancellation was this watch's. For a task that waits on an upstream while no one reads the client:
+    a response streaming its reply, or a route waiting for the reply's first token (``routes/opening.py``)."""
+
     __slots__ = ("done", "left", "task")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.done = False
         self.left = False
 
     async def listen(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:
+            pass  # a failing receive() counts as the client gone
         if not self.done:
             self.left = True
             self.task.cancel()

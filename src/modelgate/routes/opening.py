@@ -19,7 +19,6 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.types import Receive
 
 from modelgate.app import GatewayState
 from modelgate.catalogue import CatalogueModel
@@ -28,6 +27,7 @@ from modelgate.drain import Drain, ShuttingDown
 from modelgate.errors import ClientDisconnected
 from modelgate.gateway import StreamStart, open_stream
 from modelgate.limits import Admission
+from modelgate.relay_response import ClientWatch
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[A
     """
     task = asyncio.current_task()
     assert task is not None
-    watch = _Watch(task)
+    watch = ClientWatch(task)
     listener = asyncio.create_task(watch.listen(request.receive))
     try:
         with drain.cuts(task):
@@ -78,25 +78,6 @@ async def unless_client_leaves(request: Request, drain: Drain, work: Coroutine[A
         watch.done = True
         listener.cancel()
         work.close()  # never started (cancelled at once) or already finished: no warning either way
-
-
-class _Watch:
-    __slots__ = ("done", "left", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.done = False
-        self.left = False
-
-    async def listen(self, receive: Receive) -> None:
-        try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        except Exception:
-            pass  # a failing receive() counts as the client gone
-        if not self.done:
-            self.left = True
-            self.task.cancel()
 
 
 async def collect_for_client(
