@@ -149,8 +149,13 @@ def test_the_lane_is_supported_by_the_installed_aiohttp() -> None:
 
 @pytest.mark.parametrize(
     ("path", "payload"),
-    [(AI_PATH, ask()), (AI_PATH + "?protocol=ui", ask()), ("/v1/chat/completions", v1())],
-    ids=["ai-data", "ai-ui", "v1"],
+    [
+        (AI_PATH, ask()),
+        (AI_PATH + "?protocol=ui", ask()),
+        (AI_PATH + "?protocol=text", ask()),
+        ("/v1/chat/completions", v1()),
+    ],
+    ids=["ai-data", "ai-ui", "ai-text", "v1"],
 )
 def test_a_trickled_reply_is_pushed_and_reads_as_the_pulled_one(
     service: str, pushed: list[int], monkeypatch: pytest.MonkeyPatch, path: str, payload: dict[str, Any]
@@ -164,7 +169,9 @@ def test_a_trickled_reply_is_pushed_and_reads_as_the_pulled_one(
     assert len(pushed) == count  # the lane was off
     assert steady(with_lane) == steady(without)
     text = "".join(TOKENS)
-    if path.endswith("=ui"):
+    if path.endswith("=text"):
+        assert with_lane.decode() == text
+    elif path.endswith("=ui"):
         chunks = [orjson.loads(line[6:]) for line in with_lane.splitlines() if line.startswith(b"data: {")]
         assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == text
         assert [c["type"] for c in chunks].count("text-start") == 1

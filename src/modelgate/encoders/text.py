@@ -18,6 +18,7 @@ from typing import Final
 
 from modelgate.chat import Finish, StreamEvent, TextDelta
 from modelgate.encoders.base import close, ended_early, failure_message
+from modelgate.push_lane import LANE
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -27,25 +28,29 @@ def error_line(message: str) -> bytes:
     return f"\n[error: {message}]".encode()
 
 
+def deltas(batch: Sequence[StreamEvent]) -> bytes:
+    """The text of a batch of deltas (a batch without the ``Finish``): reasoning and tool calls are not sent."""
+    return "".join(event.text for event in batch if isinstance(event, TextDelta)).encode()
+
+
 class TextStreamEncoder:
     media_type: str = MEDIA_TYPE
     headers: Mapping[str, str] = HEADERS
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
+        if (lane := LANE.get()) is not None:
+            lane.encode = deltas  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
-                text = ""
-                for event in batch:
-                    if isinstance(event, TextDelta):
-                        text += event.text
-                    elif isinstance(event, Finish):
-                        if event.reason == "error":  # the other protocols say it in their finish part
-                            text += "\n[error: the provider ended the reply with an error]"
-                        if text:
-                            yield text.encode()
-                        return
-                if text:
-                    yield text.encode()
+                if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
+                    text = deltas(batch[:-1])
+                    if last.reason == "error":  # the other protocols say it in their finish part
+                        text += b"\n[error: the provider ended the reply with an error]"
+                    if text:
+                        yield text
+                    return
+                if text := deltas(batch):
+                    yield text
             yield error_line(ended_early(message_id))
         except Exception as exc:
             yield error_line(failure_message(exc, message_id=message_id))
