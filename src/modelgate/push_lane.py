@@ -62,9 +62,9 @@ class LoopLag:
     """Whether the event loop is overloaded, while replies are relayed: a timer measures its own lateness.
 
     An overloaded loop pulls rather than pushes. Measured (``bench/README.md``, "Fourth pass"): at 1,000 streams on
-    one core, the pulled path relays more tokens per second (its wake-ups gather what several reads brought), the
-    pushed one writes every read at once; below saturation pushing costs a third less. The timer runs only while a
-    reply may be pushed (``enter`` .. ``leave``), so an idle server has none.
+    one core, the pulled path relays more tokens per second (presumably its late wake-ups gather what several reads
+    brought, where pushing writes every read at once); below saturation pushing costs up to a third less. The timer
+    runs only while a reply may be pushed (``enter`` .. ``leave``), so an idle server has none.
     """
 
     __slots__ = ("_due", "_handle", "_late_checks", "late", "users")
