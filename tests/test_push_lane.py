@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -145,6 +146,16 @@ def steady(raw: bytes) -> bytes:
 def test_the_lane_is_supported_by_the_installed_aiohttp() -> None:
     # Without it every reply is pulled (correct, but the lane's gain is gone): an aiohttp upgrade must say so here.
     assert PUSH_SUPPORTED
+
+
+@pytest.mark.parametrize(
+    ("version", "pushed"), [("3.13.2", False), ("3.10.0", False), ("3.14.5", True), ("4.0.0", True)]
+)
+def test_an_aiohttp_the_lane_was_not_checked_against_is_pulled(
+    monkeypatch: pytest.MonkeyPatch, version: str, pushed: bool
+) -> None:
+    monkeypatch.setattr(aiohttp, "__version__", version)
+    assert push_lane._push_supported() is pushed
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import StreamReader
 
 from modelgate.chat import Finish, StreamEvent
@@ -183,8 +184,20 @@ class PushReader(StreamReader):
 _SINKS: dict[int, Carry] = {}
 
 
+#: The aiohttp releases whose parser was read to call ``StreamReader.feed_data`` once per de-chunked piece and
+#: nothing else to fill the buffer (3.14); an older one (pyproject allows 3.10) gets the pulled path, untested.
+PUSH_FROM_AIOHTTP = (3, 14)
+
+
 def _push_supported() -> bool:
-    """aiohttp's reader still has the shape ``PushReader`` relies on (a slotted class with these methods)."""
+    """aiohttp is a release the lane was checked against and its reader still has the shape ``PushReader`` relies
+    on (a slotted class with these methods)."""
+    try:
+        release = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    if release < PUSH_FROM_AIOHTTP:
+        return False
     try:
         probe = StreamReader.__new__(StreamReader)
         probe.__class__ = PushReader
