@@ -184,9 +184,6 @@ class PushReader(StreamReader):
 _SINKS: dict[int, Carry] = {}
 
 
-#: The most bytes of one network read parsed before their deltas are pushed without waiting for the read's end.
-FLUSH_BYTES = 64 * 1024
-
 #: The aiohttp releases whose parser was read to call ``StreamReader.feed_data`` once per de-chunked piece and
 #: nothing else to fill the buffer (3.14); an older one (pyproject allows 3.10) gets the pulled path, untested.
 PUSH_FROM_AIOHTTP = (3, 14)
@@ -228,8 +225,6 @@ class Carry:
         "loop",
         "max_event",
         "parser",
-        "pending",
-        "pending_bytes",
         "quiet",
         "stream_end",
         "waiter",
@@ -255,9 +250,6 @@ class Carry:
         self.quiet = quiet
         #: A batch the pulling task must deliver (it holds the ``Finish``, or the parser failed after it).
         self.events: list[StreamEvent] = []
-        #: Deltas parsed during this network read, pushed together once aiohttp has fed all of it (``flush``).
-        self.pending: list[StreamEvent] = []
-        self.pending_bytes = 0
         #: What the lane's own work raised (never the upstream's doing: that is the parser's ``failure``).
         self.error: Exception | None = None
         self.loop = asyncio.get_running_loop()
@@ -277,31 +269,10 @@ class Carry:
             self.waiter = None
 
     def hand_back(self) -> None:
-        """The pulling task takes the reply again, with the deltas not yet pushed in front of its batch."""
-        if self.pending:
-            self.events = self.pending + self.events
-            self.pending, self.pending_bytes = [], 0
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self.waiter = None
-
-    def flush(self) -> None:
-        """Push the deltas of the network read aiohttp has just fed piece by piece: one encode and one write for
-        all of it. (aiohttp calls ``feed_data`` once per HTTP chunk, and a read under load brings dozens: writing
-        each on its own cost a system call per token where the pulled path wrote once per read.)"""
-        events = self.pending
-        if not events or self.waiter is None:
-            return  # handed back meanwhile (with them), or the reply is over
-        if not self.lane.open():
-            self.hand_back()  # they go out through the pulled path, which waits for the client
-            return
-        self.pending, self.pending_bytes = [], 0
-        try:
-            self.lane.push(events)
-        except Exception as exc:  # a bug of ours: raised in the response's task, where the pulled path reports it
-            self.error = exc
-            self.hand_back()
 
     def feed(self, data: bytes) -> bool:
         """Bytes from the upstream: True when taken (pushed, or parsed and handed back), False when declined
@@ -318,12 +289,7 @@ class Carry:
                 return True
             if events:
                 self.quiet = 0
-                if not self.pending:
-                    self.loop.call_soon(self.flush)
-                self.pending += events
-            self.pending_bytes += len(data)
-            if self.pending_bytes >= FLUSH_BYTES:
-                self.flush()  # a flood: bounded batches, and the client's backpressure seen between them
+                self.lane.push(events)
                 self.deadline.extend(min(self.loop.time() + self.idle, self.stream_end))
         except Exception as exc:  # a bug of ours: raised in the response's task, where the pulled path reports it
             self.error = exc
