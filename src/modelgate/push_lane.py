@@ -9,7 +9,7 @@ protocol hands the bytes to the reply's parser in ``data_received`` and the even
 per-batch work those layers do (count, encode, write), while the task sleeps until the lane hands the reply back.
 
 Only the *middle* of a reply is pushed, and only while the loop keeps up (``LoopLag``: under sustained overload the
-pulled path relays more tokens per second, its wake-ups gathering what several reads brought): a batch of deltas,
+pulled path relays more tokens per second, joining a read's HTTP chunks into one write): a batch of deltas,
 parsed without failure, for a client socket that takes it now. Everything else is handed back to the pulling task
 unchanged, which then does exactly what it did before: the first batch (which opens the response), the batch with
 the ``Finish``, a failure in the stream, the end of the body or a broken connection, a client that stops reading
@@ -63,9 +63,10 @@ class LoopLag:
     """Whether the event loop is overloaded, while replies are relayed: a timer measures its own lateness.
 
     An overloaded loop pulls rather than pushes. Measured (``bench/README.md``, "Fourth pass"): at 1,000 streams on
-    one core, the pulled path relays more tokens per second (presumably its late wake-ups gather what several reads
-    brought, where pushing writes every read at once); below saturation pushing costs up to a third less. The timer
-    runs only while a reply may be pushed (``enter`` .. ``leave``), so an idle server has none.
+    one core, the pulled path relays more tokens per second, because aiohttp feeds a chunked body one HTTP chunk at
+    a time and the lane writes each, where the pulled path's ``readany`` joins a read's chunks into one write; below
+    saturation pushing costs up to a third less. The timer runs only while a reply may be pushed (``enter`` ..
+    ``leave``), so an idle server has none.
     """
 
     __slots__ = ("_due", "_handle", "_late_checks", "late", "users")
