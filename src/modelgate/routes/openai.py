@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from decimal import Decimal
 from html.parser import HTMLParser
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -261,12 +262,14 @@ async def open_reply(
     to_chat: Callable[[CatalogueModel, Settings], ChatRequest],
     param_names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
     *,
+    field_names: Mapping[str, str] = MappingProxyType({}),
     whole: bool = False,
 ) -> tuple[StreamStart, dict[str, str]]:
     """What every ``/v1`` generation route does before its first byte: resolve ``model_id``, admit the call
     (key, policy 403, limits 429; slots held until the reply ends), build its ``ChatRequest`` with
     ``to_chat(model, settings)`` and open the reply (retries, fallbacks, metrics). Returns the stream and
-    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names``.
+    the ``X-Modelgate-*`` headers: the dropped parameters ``body`` set, under the route's own ``param_names`` (and
+    ``field_names`` for request fields it names otherwise than Chat Completions).
     ``whole``: the reply is collected before the response starts (``gateway.open_stream``)."""
     state = gateway(request)
     model = state.catalogue.get(model_id)
@@ -274,7 +277,7 @@ async def open_reply(
     chat = to_chat(model, state.settings)
     start = await open_for_client(request, state, model, chat, admission, whole=whole)
     headers = {"X-Modelgate-Model": start.model.id}
-    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names)
+    dropped = dropped_by_caller(body, start.dropped_params, model=start.model.id, names=param_names, fields=field_names)
     if dropped:
         headers[DROPPED_HEADER] = ",".join(dropped)
     return start, headers

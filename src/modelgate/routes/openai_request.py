@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -233,9 +234,15 @@ _PARAM_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationP
 
 
 def dropped_by_caller(
-    body: BaseModel, dropped: Iterable[str], *, model: str, names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS
+    body: BaseModel,
+    dropped: Iterable[str],
+    *,
+    model: str,
+    names: Mapping[str, tuple[str, ...]] = OPENAI_PARAMS,
+    fields: Mapping[str, str] = MappingProxyType({}),
 ) -> list[str]:
-    """Of the parameters the answering provider could not carry, those this call set, under the names it used.
+    """Of the parameters the answering provider could not carry, those this call set, under the names it used
+    (``names`` for the sampling parameters, ``fields`` for request fields the route names otherwise).
 
     The rest are catalogue defaults the operator configured, not the caller's doing: they are not reported
     to the caller; the access log line lists every dropped parameter (``dropped_params``), and this debug
@@ -245,9 +252,8 @@ def dropped_by_caller(
     defaults: list[str] = []
     for field in dropped:
         if field not in _PARAM_FIELDS:  # a request field (``tool_choice``, an image's ``detail``): a caller set it
-            named.append(field)
+            named.append(fields.get(field, field))
             continue
-        # A request field a provider cannot enforce (``tool_choice``) is reported under its own name.
         used = next((name for name in names.get(field, (field,)) if request_value(body, name) is not None), None)
         (named if used is not None else defaults).append(used or field)
     if defaults:

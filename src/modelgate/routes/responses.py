@@ -23,7 +23,7 @@ from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from modelgate.encoders.responses import ResponseHead, ResponseStreamEncoder, collect_response
 from modelgate.errors import BadRequest
 from modelgate.relay_response import RelayResponse
-from modelgate.routes.openai import DROPPED_HEADER, JSONBodyRoute, open_reply
+from modelgate.routes.openai import JSONBodyRoute, open_reply
 from modelgate.routes.opening import collect_for_client
 from modelgate.routes.responses_input import (
     RESPONSES_PARAMS,
@@ -57,13 +57,12 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
             body.model,
             lambda model, settings: to_chat_request(body, model, settings),
             RESPONSES_PARAMS,
+            field_names=_OUR_NAMES,
             whole=not body.stream,
         )
     except BadRequest as exc:
         exc.param = _OUR_PARAMS.get(exc.param or "", exc.param)
         raise
-    if dropped := headers.get(DROPPED_HEADER):
-        headers[DROPPED_HEADER] = ",".join(_OUR_NAMES.get(name, name) for name in dropped.split(","))
     head = ResponseHead.new(
         start.model.id,
         int(time.time()),
