@@ -103,7 +103,7 @@ class LoopLag:
 class Lane:
     """The per-batch work of every layer of one relayed reply, registered by the layers themselves."""
 
-    __slots__ = ("drain", "encode", "lag", "observation", "relayed", "unsent", "writer")
+    __slots__ = ("drain", "encode", "lag", "observation", "relayed", "writer")
 
     def __init__(self, writer: ChunkWriter, lag: LoopLag) -> None:
         self.writer = writer
@@ -114,8 +114,6 @@ class Lane:
         #: The relay registered (``observation`` may still be None: a relay without an observer).
         self.relayed = False
         self.observation: Observation | None = None
-        #: Encoded bytes the socket refused after all (the response sends them before its next chunk).
-        self.unsent = b""
 
     def ready(self) -> bool:
         return self.encode is not None and self.drain is not None and self.relayed
@@ -124,12 +122,7 @@ class Lane:
         """A pushed batch could go out now: the client's socket takes it, the server is not ending replies and its
         loop is not overloaded."""
         drain = self.drain
-        return (
-            self.writer.writable()
-            and not (drain is not None and drain.expired)
-            and not self.unsent
-            and not self.lag.late
-        )
+        return self.writer.writable() and not (drain is not None and drain.expired) and not self.lag.late
 
     def push(self, events: Sequence[StreamEvent]) -> None:
         """One batch of deltas through the relay's count, the encoder and out to the client."""
@@ -139,8 +132,8 @@ class Lane:
         encode = self.encode
         assert encode is not None
         out = encode(events)
-        if out and not self.writer(out):
-            self.unsent += out
+        if out and not self.writer(out):  # ``open`` said it would take it, and nothing ran since
+            raise RuntimeError("the client's transport refused a pushed batch")
 
 
 def current_lane() -> Lane | None:

@@ -56,8 +56,6 @@ class RelayResponse(Response):
             lane.lag.enter()
         try:
             async for chunk in self.body_iterator:
-                if lane is not None and lane.unsent:
-                    chunk, lane.unsent = lane.unsent + chunk, b""
                 if chunk and (write is None or not write(chunk)):
                     await direct({"type": "http.response.body", "body": chunk, "more_body": True})
             await direct({"type": "http.response.body", "body": b"", "more_body": False})
@@ -104,10 +102,9 @@ class ChunkWriter:
     def __call__(self, chunk: bytes) -> bool:
         """Write one non-empty chunk; False (nothing written) when it must wait for the client or the
         connection is gone: then ``send`` decides (it waits under the send guard, or drops it)."""
-        cycle = self.cycle
-        if cycle.flow.write_paused or cycle.disconnected or cycle.response_complete:
+        if not self.writable():
             return False
-        cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        self.cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         return True
 
 

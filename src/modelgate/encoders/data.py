@@ -76,14 +76,11 @@ def deltas(batch: Sequence[StreamEvent]) -> bytes:
     out = b""
     dumps = orjson.dumps
     for event in batch:
-        if type(event) is TextDelta:
+        if isinstance(event, TextDelta):  # a refusal too: the protocol has only text
             if event.text:
                 out += TEXT + dumps(event.text) + NEWLINE
-        elif isinstance(event, ReasoningDelta):
-            if event.text:
-                out += REASONING + dumps(event.text) + NEWLINE
-        elif isinstance(event, TextDelta) and event.text:  # a subclass (a refusal): text all the same
-            out += TEXT + dumps(event.text) + NEWLINE
+        elif isinstance(event, ReasoningDelta) and event.text:
+            out += REASONING + dumps(event.text) + NEWLINE
         # a ToolCallDelta: /api/ai bodies carry no tools (issue 12 left them to /v1)
     return out
 
