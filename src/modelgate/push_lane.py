@@ -8,9 +8,9 @@ token, about half of the server's CPU per relayed token (``bench/README.md``, "F
 protocol hands the bytes to the reply's parser in ``data_received`` and the events go straight through the same
 per-batch work those layers do (count, encode, write), while the task sleeps until the lane hands the reply back.
 
-Only the *middle* of a reply is pushed, and only while the loop keeps up (``LoopLag``: under sustained overload the
-pulled path relays more tokens per second, joining a read's HTTP chunks into one write): a batch of deltas,
-parsed without failure, for a client socket that takes it now. Everything else is handed back to the pulling task
+Only the *middle* of a reply is pushed, and only while the loop keeps up (``LoopLag``): the deltas of one network
+read (aiohttp feeds them an HTTP chunk at a time; ``Carry.flush`` writes them together), parsed without failure,
+for a client socket that takes them now. Everything else is handed back to the pulling task
 unchanged, which then does exactly what it did before: the first batch (which opens the response), the batch with
 the ``Finish``, a failure in the stream, the end of the body or a broken connection, a client that stops reading
 (its bytes then wait in aiohttp's buffer, whose flow control pauses the upstream), and a server shutting down. So
@@ -63,10 +63,10 @@ class LoopLag:
     """Whether the event loop is overloaded, while replies are relayed: a timer measures its own lateness.
 
     An overloaded loop pulls rather than pushes. Measured (``bench/README.md``, "Fourth pass"): at 1,000 streams on
-    one core, the pulled path relays more tokens per second, because aiohttp feeds a chunked body one HTTP chunk at
-    a time and the lane writes each, where the pulled path's ``readany`` joins a read's chunks into one write; below
-    saturation pushing costs up to a third less. The timer runs only while a reply may be pushed (``enter`` ..
-    ``leave``), so an idle server has none.
+    one core, before the lane joined a read's HTTP chunks into one write (``Carry.flush``), the pulled path relayed
+    more tokens per second; since, the two are within the run-to-run noise there (with this rule 85-96k
+    tokens/s, pushed throughout 54-88k), so the rule stays, a guard with no cost below saturation. The timer runs
+    only while a reply may be pushed (``enter`` .. ``leave``), so an idle server has none.
     """
 
     __slots__ = ("_due", "_handle", "_late_checks", "late", "users")
@@ -182,6 +182,9 @@ _SINKS: dict[int, Carry] = {}
 #: nothing else to fill the buffer (3.14); an older one (pyproject allows 3.10) gets the pulled path, untested.
 PUSH_FROM_AIOHTTP = (3, 14)
 
+#: The most bytes of one network read parsed before their deltas are pushed without waiting for the read's end.
+FLUSH_BYTES = 64 * 1024
+
 
 def _push_supported() -> bool:
     """aiohttp is a release the lane was checked against and its reader still has the shape ``PushReader`` relies
@@ -219,6 +222,8 @@ class Carry:
         "loop",
         "max_event",
         "parser",
+        "pending",
+        "pending_bytes",
         "quiet",
         "stream_end",
         "waiter",
@@ -244,6 +249,9 @@ class Carry:
         self.quiet = quiet
         #: A batch the pulling task must deliver (it holds the ``Finish``, or the parser failed after it).
         self.events: list[StreamEvent] = []
+        #: Deltas parsed during this network read, pushed together once aiohttp has fed all of it (``flush``).
+        self.pending: list[StreamEvent] = []
+        self.pending_bytes = 0
         #: What the lane's own work raised (never the upstream's doing: that is the parser's ``failure``).
         self.error: Exception | None = None
         self.loop = asyncio.get_running_loop()
@@ -263,10 +271,31 @@ class Carry:
             self.waiter = None
 
     def hand_back(self) -> None:
+        """The pulling task takes the reply again, with the deltas not yet pushed in front of its batch."""
+        if self.pending:
+            self.events = self.pending + self.events
+            self.pending, self.pending_bytes = [], 0
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self.waiter = None
+
+    def flush(self) -> None:
+        """Push the deltas of the network read aiohttp has just fed piece by piece: one encode and one write for
+        all of it. (aiohttp calls ``feed_data`` once per HTTP chunk, and a read under load brings dozens: writing
+        each on its own cost a system call per token where the pulled path writes once per read.)"""
+        events = self.pending
+        if not events or self.waiter is None:
+            return  # handed back meanwhile (with them), or the reply is over
+        if not self.lane.open():
+            self.hand_back()  # they go out through the pulled path, which waits for the client
+            return
+        self.pending, self.pending_bytes = [], 0
+        try:
+            self.lane.push(events)
+        except Exception as exc:  # a bug of ours: raised in the response's task, where the pulled path reports it
+            self.error = exc
+            self.hand_back()
 
     def feed(self, data: bytes) -> bool:
         """Bytes from the upstream: True when taken (pushed, or parsed and handed back), False when declined
@@ -283,8 +312,13 @@ class Carry:
                 return True
             if events:
                 self.quiet = 0
-                self.lane.push(events)
+                if not self.pending:
+                    self.loop.call_soon(self.flush)
+                self.pending += events
+                self.pending_bytes += len(data)
                 self.deadline.extend(min(self.loop.time() + self.idle, self.stream_end))
+                if self.pending_bytes >= FLUSH_BYTES:
+                    self.flush()  # a flood: bounded batches, and the client's backpressure seen between them
         except Exception as exc:  # a bug of ours: raised in the response's task, where the pulled path reports it
             self.error = exc
             self.hand_back()

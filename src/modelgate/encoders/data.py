@@ -73,16 +73,16 @@ def finish_parts(finish: Finish) -> bytes:
 
 def deltas(batch: Sequence[StreamEvent]) -> bytes:
     """The parts of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
-    out = b""
+    out: list[bytes] = []
     dumps = orjson.dumps
     for event in batch:
         if isinstance(event, TextDelta):  # a refusal too: the protocol has only text
             if event.text:
-                out += TEXT + dumps(event.text) + NEWLINE
+                out.append(TEXT + dumps(event.text) + NEWLINE)
         elif isinstance(event, ReasoningDelta) and event.text:
-            out += REASONING + dumps(event.text) + NEWLINE
+            out.append(REASONING + dumps(event.text) + NEWLINE)
         # a ToolCallDelta: /api/ai bodies carry no tools (issue 12 left them to /v1)
-    return out
+    return b"".join(out)
 
 
 class DataStreamEncoder:

@@ -141,20 +141,20 @@ class ChunkEncoder:
 
     def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
         """The chunks of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
-        out = b""
+        out: list[bytes] = []
         dumps = orjson.dumps
         content_prefix, suffix = self._content_prefix, self._delta_suffix
         for event in batch:
             if isinstance(event, TextDelta):
                 if event.text:
                     prefix = self._refusal_prefix if type(event) is RefusalDelta else content_prefix
-                    out += prefix + dumps(event.text) + suffix
+                    out.append(prefix + dumps(event.text) + suffix)
             elif isinstance(event, ReasoningDelta):
                 if event.text:
-                    out += self._reasoning_prefix + dumps(event.text) + suffix
+                    out.append(self._reasoning_prefix + dumps(event.text) + suffix)
             elif isinstance(event, ToolCallDelta):
-                out += self.tool_call_chunk(event)
-        return out
+                out.append(self.tool_call_chunk(event))
+        return b"".join(out)
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``; one bytes per batch.

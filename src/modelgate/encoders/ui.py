@@ -151,7 +151,7 @@ class _Parts:
 
     def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
         """The chunks of a batch of deltas (a batch without the ``Finish``)."""
-        out = b""
+        out: list[bytes] = []
         dumps = orjson.dumps
         part = self.part
         for event in batch:
@@ -161,13 +161,13 @@ class _Parts:
             if kind is RefusalDelta:
                 kind = TextDelta  # the stream has no refusal part: the refusal's words are its text
             if part is not None and part.kind is kind:
-                out += part.delta_prefix + dumps(event.text) + _DELTA_END
+                out.append(part.delta_prefix + dumps(event.text) + _DELTA_END)
                 continue
             closing = part.end if part is not None else b""
             self.count += 1
             part = self.part = _Part(kind, self.count)
-            out += closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END
-        return out
+            out.append(closing + part.start + part.delta_prefix + dumps(event.text) + _DELTA_END)
+        return b"".join(out)
 
     def closing(self) -> bytes:
         return self.part.end if self.part is not None else b""
