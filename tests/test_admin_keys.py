@@ -237,6 +237,34 @@ def test_concurrent_creates_of_one_name_make_one_key(fakes: Fakes, tmp_path: Pat
         assert again.status_code == 201, again.text
 
 
+def test_concurrent_rotations_of_one_key_hand_out_one_working_key(
+    fakes: Fakes, tmp_path: Path, ledger_url: str
+) -> None:
+    """Found probing: ten rotations of one key sent at once all got a 200, each with a new key, and only the last
+    write's key worked: nine callers were handed dead keys. Now one rotation wins and the others are a 409."""
+    fakes.ollama.script(*[Reply(tokens=["a"], usage=(1, 1)) for _ in range(10)])
+
+    async def rotate_many(url: str, key_id: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post(f"/admin/keys/{key_id}/rotate", headers=bearer(ADMIN)) for _ in range(10))
+            )
+
+    with serve(settings_for(fakes, tmp_path, ledger_url)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        created = client.post("/admin/keys", json={"name": "spun"}, headers=bearer(ADMIN)).json()
+        answers = asyncio.run(rotate_many(url, created["id"]))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200] + [409] * 9, [a.text for a in answers]
+        assert all("changed meanwhile" in a.json()["statusMessage"] for a in answers if a.status_code == 409)
+        [winner] = [answer.json()["key"] for answer in answers if answer.status_code == 200]
+        assert chat(client, winner) == 200
+        assert chat(client, created["key"]) == 401  # no grace asked: the old key stopped
+        # A revoked key cannot be rotated back to life, even by a rotation that read it while it was active.
+        assert client.delete(f"/admin/keys/{created['id']}", headers=bearer(ADMIN)).status_code == 200
+        assert client.post(f"/admin/keys/{created['id']}/rotate", headers=bearer(ADMIN)).status_code == 409
+        assert chat(client, winner) == 401
+
+
 @pytest.mark.parametrize(
     "expires_at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.999999", "9999-12-31T20:00:00-05:00"]
 )

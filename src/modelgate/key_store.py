@@ -124,12 +124,21 @@ class KeyStore:
             )
             await _bump(conn)
 
-    async def rotate(self, key_id: str, digest: str, now: float, previous_until: float | None) -> None:
-        """A new digest for the record; the old one works until ``previous_until`` (None: not at all)."""
+    async def rotate(self, key_id: str, replaced: str, digest: str, now: float, previous_until: float | None) -> bool:
+        """A new digest for the record; the old one works until ``previous_until`` (None: not at all).
+
+        Only while the record is active and its digest still ``replaced`` (the one the caller read), else False
+        and nothing written: of two rotations at once one wins, and the other caller is not handed a key that
+        the winner's write has already replaced (found probing: both got a 200, one with a dead key)."""
         async with self.engine.begin() as conn:
-            await conn.execute(
+            changed = await conn.execute(
                 update(keys)
-                .where(keys.c.id == key_id, keys.c.source == SOURCE_API)
+                .where(
+                    keys.c.id == key_id,
+                    keys.c.source == SOURCE_API,
+                    keys.c.digest == replaced,
+                    keys.c.revoked_at.is_(None),
+                )
                 .values(
                     digest=digest,
                     previous_digest=keys.c.digest if previous_until is not None else None,
@@ -137,7 +146,11 @@ class KeyStore:
                     updated_at=now,
                 )
             )
+            if changed.rowcount != 1:
+                await conn.rollback()
+                return False
             await _bump(conn)
+            return True
 
     # -- the keys file and MODELGATE_API_KEYS, listed beside the run-time keys ------------------------
 

@@ -252,7 +252,8 @@ async def rotate_key(request: Request, key_id: KeyId, rotation: Annotated[Rotati
             raise KeyConflict(f"Key '{record.name}' is {record.status(now)}: create a new one")
         grace = (rotation or Rotation()).grace_seconds
         secret = new_secret()
-        await store.rotate(key_id, digest_hex(secret), now, now + grace if grace else None)
+        if not await store.rotate(key_id, record.digest, digest_hex(secret), now, now + grace if grace else None):
+            raise KeyConflict(f"Key '{record.name}' was changed meanwhile (rotated or revoked): read it and retry")
         await runtime.refresh()
         record = await _record(store, key_id)
     return _answer({"key": secret, **describe(record, time.time())})
