@@ -23,8 +23,10 @@ from modelgate.app import create_app
 from modelgate.auth import MAX_KEY_LIMIT, ApiKey, KeyRing, key_digest, load_keyring
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import CatalogueError
-from modelgate.runtime_keys import KeyRecord, compose, local_sources
+from modelgate.key_store import KeyStore
+from modelgate.runtime_keys import KeyRecord, compose, digest_hex, local_sources
 from modelgate.settings import Settings
+from modelgate.usage_store import open_store
 from tests import test_ledger as ledger_tests
 from tests.catalogue_files import write_catalogue
 from tests.cli_process import run_cli, wait_for
@@ -197,6 +199,7 @@ def test_bad_input_is_a_clear_400_or_409(fakes: Fakes, tmp_path: Path) -> None:
             ({"name": "x", "budget": {"usd_per_month": 1.3e308}}, 400, "usd_per_month"),
             ({"name": "x", "budget": {"tokens_per_day": 10**19}}, 400, "tokens_per_day"),
             ({"name": ""}, 400, "name"),
+            ({"name": "x", "models": ["*"] * 257}, 400, "models"),  # each request matches every glob
             ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400, "future"),
             ([], 400, "Invalid"),
         ):
@@ -237,32 +240,50 @@ def test_concurrent_creates_of_one_name_make_one_key(fakes: Fakes, tmp_path: Pat
         assert again.status_code == 201, again.text
 
 
-def test_concurrent_rotations_of_one_key_hand_out_one_working_key(
-    fakes: Fakes, tmp_path: Path, ledger_url: str
-) -> None:
-    """Found probing: ten rotations of one key sent at once all got a 200, each with a new key, and only the last
-    write's key worked: nine callers were handed dead keys. Now one rotation wins and the others are a 409."""
+def test_a_rotation_replaces_only_the_key_it_read(fakes: Fakes, tmp_path: Path, ledger_url: str) -> None:
+    """Found probing: a rotation read the record, then wrote its new key whatever had happened meanwhile. A
+    rotation that had read the key before another rotation replaced it handed its caller a 200 for a lost update,
+    and one that had read it before a revoke answered 200 with a key that never worked. The write now holds only
+    while the record is still what the rotation read (``KeyStore.rotate``), else the rotation is a 409."""
     fakes.ollama.script(*[Reply(tokens=["a"], usage=(1, 1)) for _ in range(10)])
 
-    async def rotate_many(url: str, key_id: str) -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await asyncio.gather(
-                *(client.post(f"/admin/keys/{key_id}/rotate", headers=bearer(ADMIN)) for _ in range(10))
-            )
+    def stale_rotation(key_id: str, read_key: str) -> bool:
+        """A rotation that read the record while its key was ``read_key`` (another instance's, say)."""
+
+        async def rotate() -> bool:
+            database = await open_store(ledger_url)
+            try:
+                store = KeyStore(database.engine)
+                return await store.rotate(key_id, digest_hex(read_key), digest_hex("mg-stale-rotation"), 1.0, None)
+            finally:
+                await database.close()
+
+        return asyncio.run(rotate())
 
     with serve(settings_for(fakes, tmp_path, ledger_url)) as url, httpx.Client(base_url=url, timeout=30) as client:
         created = client.post("/admin/keys", json={"name": "spun"}, headers=bearer(ADMIN)).json()
-        answers = asyncio.run(rotate_many(url, created["id"]))
-        codes = sorted(answer.status_code for answer in answers)
-        assert codes == [200] + [409] * 9, [a.text for a in answers]
-        assert all("changed meanwhile" in a.json()["statusMessage"] for a in answers if a.status_code == 409)
-        [winner] = [answer.json()["key"] for answer in answers if answer.status_code == 200]
-        assert chat(client, winner) == 200
-        assert chat(client, created["key"]) == 401  # no grace asked: the old key stopped
-        # A revoked key cannot be rotated back to life, even by a rotation that read it while it was active.
+        rotated = client.post(f"/admin/keys/{created['id']}/rotate", headers=bearer(ADMIN)).json()["key"]
+        assert stale_rotation(created["id"], created["key"]) is False  # it read the key the rotation replaced
+        time.sleep(0.5)  # two key refreshes: a write would have reached this instance
+        assert chat(client, rotated) == 200 and chat(client, "mg-stale-rotation") == 401
         assert client.delete(f"/admin/keys/{created['id']}", headers=bearer(ADMIN)).status_code == 200
-        assert client.post(f"/admin/keys/{created['id']}/rotate", headers=bearer(ADMIN)).status_code == 409
-        assert chat(client, winner) == 401
+        assert stale_rotation(created["id"], rotated) is False  # it read the key active, before the revoke
+        answer = client.post(f"/admin/keys/{created['id']}/rotate", headers=bearer(ADMIN))
+        assert answer.status_code == 409 and "revoked" in answer.json()["statusMessage"], answer.text
+
+        # Ten at once: each answer is a 200 or a 409 saying why, and of the keys handed out the last one works.
+        async def rotate_many(key_id: str) -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as many:
+                return await asyncio.gather(
+                    *(many.post(f"/admin/keys/{key_id}/rotate", headers=bearer(ADMIN)) for _ in range(10))
+                )
+
+        other = client.post("/admin/keys", json={"name": "spun-too"}, headers=bearer(ADMIN)).json()
+        answers = asyncio.run(rotate_many(other["id"]))
+        assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+        assert all("changed meanwhile" in a.json()["statusMessage"] for a in answers if a.status_code == 409)
+        handed_out = [a.json()["key"] for a in answers if a.status_code == 200]
+        assert [chat(client, key) for key in handed_out].count(200) == 1, handed_out
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,8 @@ KEY_ID_LENGTH = 12
 #: The largest ``requests_per_minute`` / ``concurrent_streams`` a key takes: far past any real use, and within
 #: the key store's INTEGER columns (32-bit on PostgreSQL, where a larger value fails the write).
 MAX_KEY_LIMIT = 10**9
+#: The most model globs one key may list: each request of the key matches its model against every one.
+MAX_KEY_MODELS = 256
 
 #: ``scope["state"]`` entries the access middleware maintains (Starlette's ``request.state``).
 PRINCIPAL_STATE = "modelgate_principal"
@@ -217,8 +219,8 @@ class KeyEntry(BaseModel):
     name: Annotated[str | None, Field(min_length=1, max_length=64, description="Shown in logs")] = None
     key: Annotated[str | None, Field(description="The key itself (plaintext)")] = None
     sha256: Annotated[str | None, Field(description="Hex SHA-256 of the key, so the file need not hold it")] = None
-    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["*"], description="fnmatch globs over publisher/name"
+    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_KEY_MODELS)] = (
+        Field(default_factory=lambda: ["*"], description="fnmatch globs over publisher/name")
     )
     requests_per_minute: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
     concurrent_streams: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None

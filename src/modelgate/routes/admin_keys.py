@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from modelgate.app import JSON, GatewayState, gateway
-from modelgate.auth import KEY_ID_LENGTH, MAX_KEY_LIMIT, BearerUnauthorized, is_admin_token, presented_token
+from modelgate.auth import (
+    KEY_ID_LENGTH,
+    MAX_KEY_LIMIT,
+    MAX_KEY_MODELS,
+    BearerUnauthorized,
+    is_admin_token,
+    presented_token,
+)
 from modelgate.budgets import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
 from modelgate.routes.openai import JSONBodyRoute
@@ -74,9 +81,9 @@ class NewKey(BaseModel):
     model_config = _closed
 
     name: Annotated[str, Field(min_length=1, max_length=64, description="Shown in logs and limit messages; unique")]
-    models: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["*"], description="fnmatch globs over publisher/name"
-    )
+    models: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=MAX_KEY_MODELS)
+    ] = Field(default_factory=lambda: ["*"], description="fnmatch globs over publisher/name")
     requests_per_minute: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
     concurrent_streams: Annotated[int | None, Field(gt=0, le=MAX_KEY_LIMIT)] = None
     budget: Annotated[
