@@ -21,7 +21,7 @@ from modelgate.app import create_app
 from modelgate.reload import one_line, reload_catalogue
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
-from tests.cli_process import serve_subprocess, wait_for
+from tests.cli_process import Served, serve_subprocess, wait_for
 from tests.fakes import Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 
@@ -148,6 +148,39 @@ def test_workers_reload_by_rolling_restart_and_keep_serving_on_a_broken_file(tmp
         wait_for(lambda: "keeping worker" in served.log(), "the supervisor to keep the old worker", 120)
         assert f"invalid catalogue, worker not started: {path}: {BROKEN_WHY}" in served.log()
         assert all(served_models(served.url) == ["acme/two"] for _ in range(6))
+
+
+def worker_pids(served: Served) -> list[int]:
+    """The supervisor's children: its workers (forked; nothing else is)."""
+    pid = served.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii").split()
+    return sorted(int(child) for child in children)
+
+
+def test_a_dead_worker_whose_replacement_cannot_load_the_file_leaves_the_others_serving(tmp_path: Path) -> None:
+    """Found probing: with a half-edited (broken) file on disk, one worker dying stopped the whole service: uvicorn's
+    supervisor took the replacement's failure to start for a broken configuration and exited. Now the other worker
+    keeps serving, the log says why, and the slot is tried again until the file loads."""
+    path = write_catalogue(tmp_path / "catalogue.toml", model_toml("acme", "one"))
+    with serve_subprocess(["--config", str(path), "--workers", "2"], tmp_path) as served:
+        wait_for(lambda: serving(served.url, ["acme/one"]) and len(worker_pids(served)) == 2, "two workers")
+        first, survivor = worker_pids(served)
+        path.write_text(BROKEN, encoding="utf-8")
+        os.kill(first, signal.SIGKILL)  # an OOM kill, say
+
+        def tried_twice() -> bool:
+            assert served.process.poll() is None, f"the service stopped:\n{served.log()}"
+            return served.log().count("invalid catalogue, worker not started") >= 2
+
+        wait_for(tried_twice, "two failed tries", 60)
+        assert "workers serving, trying again in" in served.log()
+        assert survivor in worker_pids(served)
+        assert all(served_models(served.url) == ["acme/one"] for _ in range(6))  # the survivor answers every one
+
+        write_catalogue(path, model_toml("acme", "one"), model_toml("acme", "two"))  # the edit is finished
+        wait_for(lambda: len(worker_pids(served)) == 2, "the slot filled again", 60)
+        wait_for(lambda: any(serving(served.url, ["acme/one", "acme/two"]) for _ in range(6)), "the new worker", 60)
+        assert "Traceback" not in served.log()
 
 
 def test_reload_failure_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

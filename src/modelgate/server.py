@@ -42,11 +42,13 @@ import logging
 import math
 import resource
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -460,6 +462,9 @@ class _HeadTooLarge:
         await send({"type": "http.response.body", "body": body})
 
 
+#: Seconds before a worker that could not replace a dead one is tried again, doubling up to the most.
+REPLACEMENT_RETRY = 1.0
+REPLACEMENT_RETRY_MAX = 30.0
 #: The supervisor's log, as uvicorn's own lines about its workers.
 supervisor_log = logging.getLogger("uvicorn.error")
 #: Signals that stop the supervisor (uvicorn's ``handle_int``, ``handle_term``, ``handle_break``).
@@ -473,12 +478,26 @@ class RollingSupervisor(Multiprocess):
     thread that handles signals: a SIGTERM meanwhile waited for the whole restart (a new worker was even started
     after it), past an orchestrator's kill deadline. A burst of N SIGHUPs was N restarts one after another, though
     the first new workers already read the file as it is. Here retired workers drain side by side (reaped as they
-    exit), a stop ends the restart, and SIGHUPs queued together are one restart."""
+    exit), a stop ends the restart, and SIGHUPs queued together are one restart.
+
+    A worker that dies is replaced as in uvicorn, but a replacement that cannot start (the catalogue file on disk
+    broken meanwhile: an operator mid-edit) no longer stops the service: uvicorn took its start-up failure for a
+    broken configuration and stopped the parent, so one crashed worker and a half-edited file were an outage. The
+    other workers keep serving the catalogue they loaded, and the slot is tried again, at growing intervals, until
+    the file loads. A start-up failure of the first workers still stops the service."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[Any]) -> None:
         super().__init__(config, sockets)
         #: Workers told to stop by a restart, still draining their replies.
         self.retiring: list[WorkerSlot] = []
+        #: The workers started with the service (their start-up failure stops it, as in uvicorn).
+        self.first: set[WorkerSlot] = set()
+        #: Slot → (when to try it again, the wait before that), for a replacement that could not start.
+        self.retries: dict[int, tuple[float, float]] = {}
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self.first = set(self.processes)
 
     def handle_signals(self) -> None:
         queued = [self.signal_queue.pop(0) for _ in range(len(self.signal_queue))]
@@ -520,10 +539,51 @@ class RollingSupervisor(Multiprocess):
             old.terminate()
             self.retiring.append(old)
             self.processes[index] = new
+            self.retries.pop(index, None)
 
     def keep_subprocess_alive(self) -> None:
+        """uvicorn's, but a replacement that fails to start is tried again later instead of stopping the service."""
         self.retiring = [worker for worker in self.retiring if worker.process.is_alive()]  # reaps the exited
-        super().keep_subprocess_alive()
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            retry = self.retries.get(index)
+            if retry is not None and not process.process.is_alive():
+                if time.monotonic() >= retry[0]:
+                    self._replace(index)
+                continue
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                if retry is not None and process.is_ready(timeout=1):
+                    del self.retries[index]  # it serves: a later failure starts from the shortest wait again
+                continue
+            process.kill()  # hung, or dead already
+            process.join()
+            if self.should_exit.is_set():
+                return
+            if process.exitcode != STARTUP_FAILURE:
+                supervisor_log.info("Child process [%s] died", process.pid)
+                self._replace(index)
+            elif process in self.first:
+                supervisor_log.error("Child process [%s] failed to start, stopping the parent process.", process.pid)
+                self.should_exit.set()
+                return
+            else:
+                wait = min(retry[1] * 2, REPLACEMENT_RETRY_MAX) if retry is not None else REPLACEMENT_RETRY
+                self.retries[index] = (time.monotonic() + wait, wait)
+                serving = sum(1 for worker in self.processes if worker.process.is_alive())
+                supervisor_log.error(
+                    "Child process [%s] failed to start (its log line says why); %d of %d workers serving, "
+                    "trying again in %.0f s",
+                    process.pid,
+                    serving,
+                    len(self.processes),
+                    wait,
+                )
+
+    def _replace(self, index: int) -> None:
+        process = WorkerSlot(self.config, self.sockets)
+        process.start()
+        self.processes[index] = process
 
     def join_all(self) -> None:
         super().join_all()
