@@ -150,8 +150,8 @@ def v1(prompt: str = "hello") -> dict[str, Any]:
 
 def steady(raw: bytes) -> bytes:
     """A body without what differs from one reply to the next (ids, timestamps)."""
-    raw = re.sub(rb'"(messageId|id)":"[^"]*"', b'"id":"*"', raw)
-    return re.sub(rb'"created":\d+', b'"created":0', raw)
+    raw = re.sub(rb'"(messageId|id|item_id)":"[^"]*"', b'"id":"*"', raw)
+    return re.sub(rb'"(created|created_at|completed_at)":\d+', b'"created":0', raw)
 
 
 def test_the_lane_is_supported_by_the_installed_aiohttp() -> None:
@@ -176,8 +176,9 @@ def test_an_aiohttp_the_lane_was_not_checked_against_is_pulled(
         (AI_PATH + "?protocol=ui", ask()),
         (AI_PATH + "?protocol=text", ask()),
         ("/v1/chat/completions", v1()),
+        ("/v1/responses", {"model": MODEL, "stream": True, "input": "hello"}),
     ],
-    ids=["ai-data", "ai-ui", "ai-text", "v1"],
+    ids=["ai-data", "ai-ui", "ai-text", "v1", "responses"],
 )
 def test_a_trickled_reply_is_pushed_and_reads_as_the_pulled_one(
     service: str, pushed: list[int], monkeypatch: pytest.MonkeyPatch, path: str, payload: dict[str, Any]
@@ -198,6 +199,12 @@ def test_a_trickled_reply_is_pushed_and_reads_as_the_pulled_one(
         assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == text
         assert [c["type"] for c in chunks].count("text-start") == 1
         assert [c["type"] for c in chunks][-3:] == ["text-end", "finish-step", "finish"]
+    elif path == "/v1/responses":
+        events = [orjson.loads(line[6:]) for line in with_lane.splitlines() if line.startswith(b"data: {")]
+        assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == text
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))  # pushed and pulled: one count
+        assert events[-1]["type"] == "response.completed"
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
     elif path == AI_PATH:
         parts = [orjson.loads(line[2:]) for line in with_lane.splitlines() if line.startswith(b"0:")]
         assert "".join(parts) == text

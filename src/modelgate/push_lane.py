@@ -16,8 +16,9 @@ the ``Finish``, a failure in the stream, the end of the body or a broken connect
 (its bytes then wait in aiohttp's buffer, whose flow control pauses the upstream), and a server shutting down. So
 retries, fallbacks, errors, endings and backpressure keep their one tested path, and a reply is pushed only when
 every layer between the socket and the upstream has said how to do its part for a batch (``Lane.ready``): the
-response, its encoder, the drain bound and the relay. A layer that has no such part (the Responses API's encoder
-today) leaves the lane unready and the reply is pulled.
+response, its encoder, the drain bound and the relay. A layer that has no such part leaves the lane unready and
+the reply is pulled. Every encoder has one (``deltas``): the data, UI message and text streams, ``/v1`` chunks and
+the Responses API's events.
 
 The lane finds its layers through a context variable: ``RelayResponse`` sets it in the response's task, and each
 layer, running in that task, registers itself when it starts. The upstream reader (``Upstream.stream``) pushes

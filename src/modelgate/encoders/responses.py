@@ -51,6 +51,7 @@ import orjson
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.base import close, ended_early, failure_message
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
+from modelgate.push_lane import LANE
 
 MEDIA_TYPE = "text/event-stream"
 #: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
@@ -394,12 +395,12 @@ class ResponseStreamEncoder:
         self._prefix = b""
 
     def _frames(self, payloads: Sequence[dict[str, Any]]) -> bytes:
-        out = b""
+        out: list[bytes] = []
         for payload in payloads:
             payload["sequence_number"] = self._sequence
             self._sequence += 1
-            out += b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-        return out
+            out.append(b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n")
+        return b"".join(out)
 
     def _delta(self, item: _Item, part: _Part, text: str) -> bytes:
         if part is not self._prefixed:
@@ -408,36 +409,45 @@ class ResponseStreamEncoder:
         self._sequence += 1
         return self._prefix + orjson.dumps(text) + b',"sequence_number":' + str(sequence).encode() + b"}\n\n"
 
+    def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
+        """The events of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
+        builder = self._builder
+        out: list[bytes] = []
+        for event in batch:
+            if isinstance(event, TextDelta | ReasoningDelta):
+                if event.text:
+                    before, item, part = builder.delta(_part_kind(event), event.text)
+                    if before:  # an item or part closed and another opened
+                        out.append(self._frames(before))
+                    out.append(self._delta(item, part, event.text))
+            elif isinstance(event, ToolCallDelta):
+                out.append(self._frames(builder.tool_call(event)))
+        return b"".join(out)
+
+    def _ending(self, finish: Finish) -> bytes:
+        builder = self._builder
+        if finish.reason == "error":
+            return self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
+        return self._frames(builder.finish(finish, int(self._clock())))
+
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body, one bytes per batch of events. A ``ModelgateError`` from ``events`` (or a
         stream that ends without a ``Finish``) becomes ``error`` + ``response.failed``: never a silent end."""
         builder = self._builder
         response_id = builder.head.response_id
         out = self._frames(builder.start())  # goes out with the first batch
-        finished = False
+        if (lane := LANE.get()) is not None:
+            lane.encode = self.deltas  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
-                for event in batch:
-                    if isinstance(event, TextDelta | ReasoningDelta):
-                        if event.text:
-                            before, item, part = builder.delta(_part_kind(event), event.text)
-                            out += self._frames(before) + self._delta(item, part, event.text)
-                    elif isinstance(event, ToolCallDelta):
-                        out += self._frames(builder.tool_call(event))
-                    elif event.reason == "error":
-                        out += self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
-                        finished = True
-                        break
-                    else:
-                        out += self._frames(builder.finish(event, int(self._clock())))
-                        finished = True
-                        break
-                if finished:
+                if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
+                    out += self.deltas(batch[:-1]) + self._ending(last)
                     break
+                out += self.deltas(batch)
                 if out:
                     yield out
                     out = b""
-            if not finished:
+            else:
                 out += self._frames(builder.fail(ended_early(response_id)))
         except Exception as exc:
             out += self._frames(builder.fail(failure_message(exc, message_id=response_id), error_code(exc)))
