@@ -173,7 +173,10 @@ def test_a_dead_worker_whose_replacement_cannot_load_the_file_leaves_the_others_
             return served.log().count("invalid catalogue, worker not started") >= 2
 
         wait_for(tried_twice, "two failed tries", 60)
-        assert "workers serving, trying again in" in served.log()
+        # Each try is logged, and each waits twice as long as the one before (a worker that cannot start would
+        # otherwise be forked again every half second).
+        wait_for(lambda: "1 of 2 workers serving, trying again in 2 s" in served.log(), "the second wait", 30)
+        assert served.log().count("1 of 2 workers serving, trying again in 1 s") == 1
         assert survivor in worker_pids(served)
         assert all(served_models(served.url) == ["acme/one"] for _ in range(6))  # the survivor answers every one
 

@@ -492,8 +492,10 @@ class RollingSupervisor(Multiprocess):
         self.retiring: list[WorkerSlot] = []
         #: The workers started with the service (their start-up failure stops it, as in uvicorn).
         self.first: set[WorkerSlot] = set()
-        #: Slot → (when to try it again, the wait before that), for a replacement that could not start.
-        self.retries: dict[int, tuple[float, float]] = {}
+        #: Slot → when to start its next worker, while the slot's last one could not start and exited.
+        self.waiting: dict[int, float] = {}
+        #: Slot → the last wait it was given, until a worker in it serves (the next wait is twice as long).
+        self.backoff: dict[int, float] = {}
 
     def init_processes(self) -> None:
         super().init_processes()
@@ -539,7 +541,8 @@ class RollingSupervisor(Multiprocess):
             old.terminate()
             self.retiring.append(old)
             self.processes[index] = new
-            self.retries.pop(index, None)
+            self.waiting.pop(index, None)
+            self.backoff.pop(index, None)
 
     def keep_subprocess_alive(self) -> None:
         """uvicorn's, but a replacement that fails to start is tried again later instead of stopping the service."""
@@ -547,14 +550,15 @@ class RollingSupervisor(Multiprocess):
         if self.should_exit.is_set():
             return
         for index, process in enumerate(self.processes):
-            retry = self.retries.get(index)
-            if retry is not None and not process.process.is_alive():
-                if time.monotonic() >= retry[0]:
+            due = self.waiting.get(index)
+            if due is not None:
+                if time.monotonic() >= due:
+                    del self.waiting[index]
                     self._replace(index)
                 continue
             if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                if retry is not None and process.is_ready(timeout=1):
-                    del self.retries[index]  # it serves: a later failure starts from the shortest wait again
+                if index in self.backoff and process.is_ready(timeout=1):
+                    del self.backoff[index]  # it serves: a later failure starts from the shortest wait again
                 continue
             process.kill()  # hung, or dead already
             process.join()
@@ -568,8 +572,9 @@ class RollingSupervisor(Multiprocess):
                 self.should_exit.set()
                 return
             else:
-                wait = min(retry[1] * 2, REPLACEMENT_RETRY_MAX) if retry is not None else REPLACEMENT_RETRY
-                self.retries[index] = (time.monotonic() + wait, wait)
+                last = self.backoff.get(index)
+                wait = self.backoff[index] = min(last * 2, REPLACEMENT_RETRY_MAX) if last else REPLACEMENT_RETRY
+                self.waiting[index] = time.monotonic() + wait
                 serving = sum(1 for worker in self.processes if worker.process.is_alive())
                 supervisor_log.error(
                     "Child process [%s] failed to start (its log line says why); %d of %d workers serving, "
