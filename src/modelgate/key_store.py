@@ -127,9 +127,9 @@ class KeyStore:
     async def rotate(self, key_id: str, replaced: str, digest: str, now: float, previous_until: float | None) -> bool:
         """A new digest for the record; the old one works until ``previous_until`` (None: not at all).
 
-        Only while the record is active and its digest still ``replaced`` (the one the caller read), else False
-        and nothing written: of two rotations at once one wins, and the other caller is not handed a key that
-        the winner's write has already replaced (found probing: both got a 200, one with a dead key)."""
+        Only while the record is not revoked and its digest is still ``replaced`` (the one the caller read), else
+        False and nothing written: a rotation that read the record before another rotation or a revoke changed it
+        would answer 200 for a lost update, or with a new key for a revoked record that never works."""
         async with self.engine.begin() as conn:
             changed = await conn.execute(
                 update(keys)
