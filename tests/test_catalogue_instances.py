@@ -180,3 +180,29 @@ def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
 
 def test_every_kind_and_api_has_an_adapter() -> None:
     assert set(PROVIDERS) == {*KINDS, "tgi"}
+
+
+def test_openais_own_api_gets_the_token_limit_as_max_completion_tokens(tmp_path: Path) -> None:
+    """OpenAI's reasoning models (o-series, GPT-5) refuse ``max_tokens``, and OpenAI takes ``max_completion_tokens``
+    for every chat model: an instance at api.openai.com sends that name unless its ``extra_params`` says otherwise,
+    wherever its base URL comes from; every other server keeps ``max_tokens`` (the name they all take)."""
+    openai = (
+        '[providers.oai]\nkind = "openai"\nbase_url = "https://api.openai.com/v1"\napi_key_env = "OPENAI_API_KEY"\n'
+    )
+    kept = '[providers.kept]\nkind = "openai"\nbase_url = "https://api.openai.com/v1"\n'
+    kept += 'extra_params = { max_new_tokens = "max_tokens", typical_p = "typical_p" }\n'
+    path = write_catalogue(
+        tmp_path / "c.toml",
+        *(model_toml("acme", name, provider=name) for name in ("oai", "kept", "llama")),
+        header=openai + kept + LLAMA,
+    )
+    instances = load_catalogue(path).instances
+    assert instances["oai"].wire_params("https://api.openai.com/v1") == {"max_new_tokens": "max_completion_tokens"}
+    assert instances["kept"].wire_params("https://api.openai.com/v1") == {
+        "max_new_tokens": "max_tokens",
+        "typical_p": "typical_p",
+    }
+    llama = instances["llama"]
+    assert llama.wire_params("http://127.0.0.1:8080/v1") == {}
+    assert llama.wire_params("https://api.openai.com/v1") == {"max_new_tokens": "max_completion_tokens"}  # env's URL
+    assert instances["openrouter"].wire_params("https://api.openai.com/v1") == {}  # not an openai-kind instance

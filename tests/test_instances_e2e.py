@@ -212,3 +212,24 @@ def test_an_instances_environment_variables_win(fakes: Fakes) -> None:
         status = httpx.get(url + "/api/status")
     assert status.status_code == 200 and "sk-llama" not in status.text
     assert fakes.openai.last.headers["authorization"] == "Bearer sk-llama"
+
+
+def test_a_server_that_refuses_max_tokens_is_callable_with_the_limit_renamed(fakes: Fakes) -> None:
+    """OpenAI's reasoning models answer ``max_tokens`` with a 400: such a model was listed but never callable. The
+    catalogue's ``extra_params`` now renames ``max_new_tokens``; the fake refuses ``max_tokens`` as OpenAI does."""
+    fakes.openai.refuses_max_tokens = True
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, instances_catalogue(fakes))) as url:
+        refused = chat(url, "llama/smol")
+        assert refused.status_code == 400 and "Use 'max_completion_tokens' instead" in refused.text, refused.text
+    renamed = instances_catalogue(fakes, llama_extra='extra_params = { max_new_tokens = "max_completion_tokens" }')
+    with serve_in_thread(create_app(settings, renamed)) as url:
+        response = chat(url, "llama/smol")
+        assert response.status_code == 200 and '0:"Hello"' in response.text, response.text
+        assert fakes.openai.last.json["max_completion_tokens"] == 64 and "max_tokens" not in fakes.openai.last.json
+        with openai.OpenAI(base_url=url + "/v1", api_key="unused") as client:
+            reply = client.chat.completions.create(
+                model="local/smol", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=9
+            )
+        assert reply.choices[0].message.content == "Hello, world!"  # the fake's default reply, whole
+        assert fakes.openai.last.json["max_completion_tokens"] == 9

@@ -110,6 +110,28 @@ class TestOpenAICompatible(ProviderContract):
         assert self.sent_params(fakes.openai.last.json) == {"max_tokens": 8, "repeat_penalty": 1.3}
 
     @pytest.mark.anyio
+    async def test_max_new_tokens_can_be_sent_as_max_completion_tokens(self, fakes: Fakes) -> None:
+        """OpenAI's reasoning models (o-series, GPT-5) answer ``max_tokens`` with a 400 and take only
+        ``max_completion_tokens``: every call to them failed, the catalogue's ``max_new_tokens`` being always set."""
+        fakes.openai.refuses_max_tokens = True
+        params = GenerationParams(max_new_tokens=8)
+        async with new_session() as http:
+            refused = await collect(
+                OpenAICompatible(Connection(fakes.openai.url), http).stream(
+                    llama_model(), ChatRequest(MESSAGES, params)
+                )
+            )
+            assert isinstance(refused.error, UpstreamBadRequest)
+            assert "Use 'max_completion_tokens' instead" in refused.error.message
+            connection = Connection(fakes.openai.url, extra_params={"max_new_tokens": "max_completion_tokens"})
+            provider = OpenAICompatible(connection, http)
+            got = await collect(provider.stream(llama_model(), ChatRequest(MESSAGES, params)))
+            whole = await collect(provider.complete(llama_model(), ChatRequest(MESSAGES, params)))
+            assert provider.dropped_params(params) == []
+        assert got.error is None and whole.error is None, (got.error, whole.error)
+        assert self.sent_params(fakes.openai.last.json) == {"max_completion_tokens": 8}
+
+    @pytest.mark.anyio
     async def test_reported_usage_is_presented_as_reported(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(tokens=["a"], usage=(31, 1)))
         assert got.finish.usage == Usage(31, 1)

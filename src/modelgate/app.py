@@ -149,7 +149,7 @@ class GatewayState:
             whole_reply_timeout=entry.whole_reply_timeout,
             name=provider,
             key_variable=instance.key_variable,
-            extra_params=instance.extra_params,
+            extra_params=instance.wire_params(base_url),
             max_event_bytes=self.settings.upstream_max_event_bytes,
             max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )

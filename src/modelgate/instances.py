@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,8 +33,12 @@ KINDS: tuple[str, ...] = ("huggingface", "cloudflare", "openrouter", "ollama", "
 ROUTING_POLICIES: tuple[str, ...] = ("auto", "fastest", "cheapest")
 _ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: Parameters outside the standard Chat Completions fields that an ``openai`` instance may map to its
-#: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``.
-EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate")
+#: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``;
+#: and ``max_new_tokens``, sent as ``max_tokens`` unless renamed (OpenAI's reasoning models refuse that name).
+EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate", "max_new_tokens")
+#: Hosts whose Chat Completions take the token limit only as ``max_completion_tokens`` for some models (OpenAI's
+#: o-series and GPT-5 answer ``max_tokens`` with a 400) and as that name for all: the default there.
+MAX_COMPLETION_TOKENS_HOSTS = frozenset({"api.openai.com"})
 
 
 # Strict, as the rest of the catalogue file: a quoted number is a mistake, not something to coerce.
@@ -65,7 +70,8 @@ class ProviderEntry(BaseModel):
     routing: str | None = Field(default=None, description="Hugging Face router policy: auto, fastest, cheapest, …")
     extra_params: dict[str, str] = Field(
         default_factory=dict,
-        description="openai kind: catalogue parameters beyond the standard fields → the server's field names",
+        description="openai kind: catalogue parameters → the server's field names (beyond the standard fields; "
+        "max_new_tokens too)",
     )
     connect_timeout: Seconds = 5.0
     first_token_timeout: Seconds = 60.0
@@ -131,6 +137,15 @@ class Instance:
     entry: ProviderEntry
     #: ``openai`` kind: parameter → the server's field name, beyond the standard fields.
     extra_params: Mapping[str, str] = field(default_factory=dict)
+
+    def wire_params(self, base_url: str) -> Mapping[str, str]:
+        """``extra_params`` for a server at ``base_url`` (from the file or the environment): a host that needs it
+        gets ``max_new_tokens`` as ``max_completion_tokens`` unless the file maps it."""
+        if self.kind != "openai" or "max_new_tokens" in self.extra_params:
+            return self.extra_params
+        if urlsplit(base_url).hostname not in MAX_COMPLETION_TOKENS_HOSTS:
+            return self.extra_params
+        return {**self.extra_params, "max_new_tokens": "max_completion_tokens"}
 
     @property
     def protocol(self) -> str:

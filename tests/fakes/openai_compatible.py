@@ -179,6 +179,8 @@ class FakeOpenAI(FakeUpstream):
     prefix = "/v1"
     listed_by_default = ("HuggingFaceTB/SmolLM2-135M-Instruct",)
     token: str | None = None
+    #: Answer ``max_tokens`` as OpenAI's reasoning models (o-series, GPT-5) do: a 400 naming the field to use.
+    refuses_max_tokens = False
 
     def __init__(self) -> None:
         # vLLM's listing states the served context window as max_model_len.
@@ -193,8 +195,19 @@ class FakeOpenAI(FakeUpstream):
 
     async def chat(self, request: Request) -> Response:
         self.server.token = self.token
+        if self.refuses_max_tokens and b'"max_tokens"' in await request.body():
+            await self.record(request)
+            error = {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "unsupported_parameter",
+            }
+            return json_error(400, {"error": error})
         return await self.server.chat(request)
 
     def reset(self) -> None:
         super().reset()
         self.token = None
+        self.refuses_max_tokens = False
