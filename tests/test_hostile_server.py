@@ -174,6 +174,23 @@ def test_an_idle_keep_alive_connection_is_closed(limited: str) -> None:
         assert read_until_closed(sock, timeout=30) == b""
 
 
+def test_the_keep_alive_timeout_runs_from_the_last_answer(limited: str) -> None:
+    """The keep-alive timer is made once a connection and re-armed when it fires early (``GuardedProtocol``), where
+    uvicorn made and cancelled one per request: a connection answered again 0.7 s into its 1 s keep-alive stays open
+    1 s from that answer, whether the answer went through a request cycle or was written by the protocol itself
+    (``GET /models``); then it is closed."""
+    with connect(limited) as sock:
+        sock.sendall(request_head("GET", "/health"))
+        assert read_response(sock)[0] == 200
+        time.sleep(0.7)
+        sock.sendall(request_head("GET", "/models"))
+        assert read_response(sock)[0] == 200
+        time.sleep(0.6)  # 1.3 s after the first answer: the timer armed then has fired, and waits on
+        sock.sendall(request_head("GET", "/health"))
+        assert read_response(sock)[0] == 200
+        assert read_until_closed(sock, timeout=30) == b""
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -440,3 +457,20 @@ def test_v1_body_declared_as_another_media_type_is_a_clear_415(gateway: str) -> 
     assert error["type"] == "invalid_request_error"
     assert "Content-Type: application/json" in error["message"]
     assert "application/x-www-form-urlencoded" in error["message"]
+
+
+def test_a_reply_outlasting_the_keep_alive_timeout_is_not_cut_by_it(gateway: str, fakes: Fakes) -> None:
+    """The keep-alive timer armed by the previous answer on the connection fires while this reply streams
+    (``GuardedProtocol`` keeps one timer a connection and checks, when it fires, that the connection is idle): the
+    reply goes on to its end. 12 tokens 0.5 s apart against the default 5 s keep-alive."""
+    fakes.ollama.script(Reply(tokens=[f"t{i} " for i in range(12)], delay=0.5))
+    with httpx.Client(base_url=gateway, timeout=30, limits=httpx.Limits(max_connections=1)) as client:
+        assert client.get("/health").status_code == 200
+        reply = client.post(CHAT, json=CHAT_BODY)
+        assert client.get("/health").status_code == 200  # and the connection is kept after it
+    assert reply.status_code == 200
+    lines = reply.text.splitlines()
+    assert "".join(json.loads(line[2:]) for line in lines if line.startswith("0:")) == "".join(
+        f"t{i} " for i in range(12)
+    )
+    assert lines[-1].startswith("d:"), lines[-3:]
