@@ -10,7 +10,8 @@ and #6). ``GuardedProtocol`` adds to it, per connection:
 - a head read timeout: the request line and headers must arrive within ``header_timeout`` seconds of
   the connection opening or of the previous response → 408 and close (a connection that sent nothing
   is just closed);
-- the keep-alive idle timeout (uvicorn's own timer, set from ``keepalive_timeout``);
+- the keep-alive idle timeout (``keepalive_timeout``): one timer a connection, re-armed when it fires while the
+  connection was busy since (uvicorn made a timer and cancelled it per request);
 - a body the answer did not read (a refusal, a GET with a body) must end within ``header_timeout`` of the
   response, else the connection is closed: uvicorn drops its bytes as they come, and each restarted its
   keep-alive timer, so a client trickling one held the connection for good;
