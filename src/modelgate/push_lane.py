@@ -143,6 +143,13 @@ def current_lane() -> Lane | None:
     return current if current is not None and current.ready() else None
 
 
+def register_encoder(encode: Callable[[Sequence[StreamEvent]], bytes]) -> None:
+    """An encoder starts in the current task: its per-batch part is ``encode``, the bytes of a batch of deltas."""
+    current = LANE.get()
+    if current is not None:
+        current.encode = encode
+
+
 def register_relay(observation: Observation | None) -> None:
     """The gateway's relay starts in the current task: its per-batch part is the observation's count."""
     current = LANE.get()

@@ -29,7 +29,7 @@ import orjson
 
 from modelgate.chat import Finish, ReasoningDelta, StreamEvent, TextDelta
 from modelgate.encoders.base import close, ended_early, failure_message
-from modelgate.push_lane import LANE
+from modelgate.push_lane import register_encoder
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 HEADER: Final = "X-Vercel-AI-Data-Stream"
@@ -91,8 +91,7 @@ class DataStreamEncoder:
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         out = start_part(message_id)  # goes out with the first batch
-        if (lane := LANE.get()) is not None:
-            lane.encode = deltas  # the middle of the reply may be pushed (``push_lane``)
+        register_encoder(deltas)  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
                 if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event

@@ -33,7 +33,7 @@ from modelgate.chat import (
     Usage,
 )
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
-from modelgate.push_lane import LANE
+from modelgate.push_lane import register_encoder
 
 log = logging.getLogger("modelgate.openai")
 
@@ -163,8 +163,7 @@ class ChunkEncoder:
         error event before ``[DONE]``: never a silent end.
         """
         out = self.role_chunk()  # goes out with the first batch
-        if (lane := LANE.get()) is not None:
-            lane.encode = self.deltas  # the middle of the reply may be pushed (``push_lane``)
+        register_encoder(self.deltas)  # the middle of the reply may be pushed (``push_lane``)
         finished = False
         try:
             async for batch in events:

@@ -51,7 +51,7 @@ import orjson
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.base import close, ended_early, failure_message
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
-from modelgate.push_lane import LANE
+from modelgate.push_lane import register_encoder
 
 MEDIA_TYPE = "text/event-stream"
 #: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
@@ -436,8 +436,7 @@ class ResponseStreamEncoder:
         builder = self._builder
         response_id = builder.head.response_id
         out = self._frames(builder.start())  # goes out with the first batch
-        if (lane := LANE.get()) is not None:
-            lane.encode = self.deltas  # the middle of the reply may be pushed (``push_lane``)
+        register_encoder(self.deltas)  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
                 if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event

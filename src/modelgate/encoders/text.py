@@ -18,7 +18,7 @@ from typing import Final
 
 from modelgate.chat import Finish, StreamEvent, TextDelta
 from modelgate.encoders.base import close, ended_early, failure_message
-from modelgate.push_lane import LANE
+from modelgate.push_lane import register_encoder
 
 MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -38,8 +38,7 @@ class TextStreamEncoder:
     headers: Mapping[str, str] = HEADERS
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
-        if (lane := LANE.get()) is not None:
-            lane.encode = deltas  # the middle of the reply may be pushed (``push_lane``)
+        register_encoder(deltas)  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
                 if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event

@@ -42,7 +42,7 @@ import orjson
 
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta
 from modelgate.encoders.base import close, ended_early, failure_message
-from modelgate.push_lane import LANE
+from modelgate.push_lane import register_encoder
 
 MEDIA_TYPE: Final = "text/event-stream"
 HEADER: Final = "x-vercel-ai-ui-message-stream"
@@ -121,8 +121,7 @@ class UIMessageStreamEncoder:
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]], *, message_id: str) -> AsyncIterator[bytes]:
         out = chunk({"type": "start", "messageId": message_id}) + START_STEP  # goes out with the first batch
         parts = _Parts()
-        if (lane := LANE.get()) is not None:
-            lane.encode = parts.deltas  # the middle of the reply may be pushed (``push_lane``)
+        register_encoder(parts.deltas)  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
                 if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
