@@ -51,11 +51,13 @@ _MESSAGES = {
 }
 
 
-def error_response(status: int, message: str | None, code: Any = None, *, retry_after: float | None = None) -> Response:
+def error_response(
+    status: int, message: str | None, code: Any = None, *, param: str | None = None, retry_after: float | None = None
+) -> Response:
     error = {
         "message": message or _MESSAGES.get(status, f"HTTP {status}"),
         "type": _TYPES.get(status, "server_error"),
-        "param": None,
+        "param": param,
         "code": code,
     }
     return json_error(status, {"error": error}, retry_after=retry_after)
@@ -197,14 +199,9 @@ class FakeOpenAI(FakeUpstream):
         self.server.token = self.token
         if self.refuses_max_tokens and b'"max_tokens"' in await request.body():
             await self.record(request)
-            error = {
-                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                "Use 'max_completion_tokens' instead.",
-                "type": "invalid_request_error",
-                "param": "max_tokens",
-                "code": "unsupported_parameter",
-            }
-            return json_error(400, {"error": error})
+            message = "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            message += "Use 'max_completion_tokens' instead."
+            return error_response(400, message, "unsupported_parameter", param="max_tokens")
         return await self.server.chat(request)
 
     def reset(self) -> None:
