@@ -18,8 +18,9 @@ reasoning in ``delta.reasoning_content`` (DeepSeek, vLLM, llama.cpp) or ``delta.
 as a leading ``<think>…</think>`` block in the content (models whose server does not split it);
 ``finish_reason`` on the last choice chunk, usage on it or in a chunk of its own, then ``data: [DONE]``.
 A failure after the status line is a chunk with a top-level ``error`` (OpenAI, OpenRouter, vLLM and the HF
-router all send ``{"error": {"message", "code"?, ...}}``; ``code`` an HTTP status or a string) — raised as
-the matching error once the events before it are delivered.
+router all send ``{"error": {"message", "code"?, ...}}``; ``code`` an HTTP status or a string; TGI's Messages
+API ``http_status_code`` instead, or before 2.4.1 a text ``error`` beside ``error_type``) — raised as the matching
+error once the events before it are delivered.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from modelgate.providers._http import (
     text_field,
 )
 from modelgate.providers.base import Connection, ProbeResult
+from modelgate.providers.tgi import ERROR_TYPES as TGI_ERROR_TYPES
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 
@@ -87,6 +89,10 @@ _ERROR_CODES = {
     "invalid_request_error": 400,
     "model_not_found": 404,
 }
+#: TGI's Chat Completions stream error is ``{"error": {"message", "http_status_code": 422}}``, 422 whatever failed
+#: (router/src/infer/mod.rs ``into_openai_event``): right for a refused request, not for the failures TGI answers
+#: with another status on its other routes (router/src/server.rs), told apart only by the message's start.
+_TGI_FAILURES = {"Model is overloaded": 503, "Request failed during generation": 424, "Incomplete generation": 500}
 #: The fields every Chat Completions server takes (the OpenAI API reference), by our parameter names.
 #: ``reasoning_effort`` is openai-python's ``CompletionCreateParams.reasoning_effort``; vLLM and the HF router
 #: (huggingface.co/docs/inference-providers/guides/gpt-oss: "reasoning effort controls") take it as it is.
@@ -118,6 +124,8 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
         status = None  # not an HTTP error status (a 10**30 "status" broke the error body that names it)
     if status is None:
         status = _ERROR_CODES.get(str(code)) or _ERROR_CODES.get(str(metadata.get("error_type", "")))
+    if status is None and "http_status_code" in error:
+        status = _tgi_status(str(error.get("message", "")), error["http_status_code"])
     retry_after = None
     reset = (metadata.get("headers") or {}).get("X-RateLimit-Reset")  # OpenRouter: epoch milliseconds
     if reset is not None:
@@ -129,6 +137,14 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     if serving:
         message = f"{message}: {serving}"
     return status, ErrorDetail(message, retry_after=retry_after)
+
+
+def _tgi_status(message: str, stated: Any) -> int | None:
+    for start, status in _TGI_FAILURES.items():
+        if message.startswith(start):
+            return status
+    is_status = isinstance(stated, int) and not isinstance(stated, bool) and 400 <= stated <= 599
+    return stated if is_status else None
 
 
 def _serving_provider_reason(metadata: Any) -> str | None:
@@ -326,7 +342,7 @@ class ChatCompletionsStream:
     def _envelope(self, payload: Any) -> None:
         """What a chunk and a whole reply carry beside their choices: an error (raised) or the usage (kept)."""
         if "error" in payload or payload.get("object") == "error":
-            raise self._mid_stream_error(payload.get("error", payload))
+            raise self._mid_stream_error(payload)
         usage = payload.get("usage")
         if usage:
             self._usage = openai_usage(usage) or self._usage  # unreadable counts: counted by us at the end
@@ -443,14 +459,18 @@ class ChatCompletionsStream:
         if isinstance(payload, dict) and "choices" in payload:
             return self.whole_reply(payload, head)
         if isinstance(payload, dict) and ("error" in payload or payload.get("object") == "error"):
-            raise self._mid_stream_error(payload.get("error", payload))
+            raise self._mid_stream_error(payload)
         if head.lstrip().startswith((b"data:", b":", b"event:")):  # an event stream, cut inside its first event
             raise self._upstream.truncated()
         quoted = head[:120].decode("utf-8", "replace")
         raise self._upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
 
-    def _mid_stream_error(self, error: Any) -> UpstreamError:
-        status, detail = error_detail(error)
+    def _mid_stream_error(self, payload: Any) -> UpstreamError:
+        """``payload``: a chunk with a top-level ``error``, or an error itself (vLLM's older ``object: error``)."""
+        status, detail = error_detail(payload.get("error", payload))
+        if status is None:
+            # TGI before 2.4.1 (and its native stream): a text ``error`` beside its ``error_type``.
+            status = TGI_ERROR_TYPES.get(str(payload.get("error_type")))
         return self._upstream.error_for(status or 502, detail)
 
 

@@ -57,7 +57,7 @@ _FINISH: dict[str, FinishReason] = {"eos_token": "stop", "stop_sequence": "stop"
 
 #: TGI ``error_type`` → the HTTP status TGI gives it on non-stream routes (router/src/server.rs), except
 #: ``overloaded``: TGI says 429, but it is the model's queue that is full, not our rate: 503.
-_ERROR_TYPES = {"validation": 422, "overloaded": 503, "generation": 424, "template_error": 422}
+ERROR_TYPES = {"validation": 422, "overloaded": 503, "generation": 424, "template_error": 422}
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
@@ -66,8 +66,8 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return ErrorDetail(
         str(payload["error"]),
         retry_after=float(estimated) if isinstance(estimated, int | float) else None,
-        # ``/generate``'s statuses: its ``overloaded`` 429 is a full queue, as in a stream (``_ERROR_TYPES``).
-        status=_ERROR_TYPES.get(str(payload.get("error_type"))),
+        # ``/generate``'s statuses: its ``overloaded`` 429 is a full queue, as in a stream (``ERROR_TYPES``).
+        status=ERROR_TYPES.get(str(payload.get("error_type"))),
     )
 
 
@@ -224,7 +224,7 @@ class TGIStream:
         message = str(payload["error"])
         if kind.startswith("incomplete_generation"):
             return self._upstream.protocol_error(f"the reply was truncated upstream: {message}", transient=True)
-        return self._upstream.error_for(_ERROR_TYPES.get(kind, 500), ErrorDetail(message), model=self._model)
+        return self._upstream.error_for(ERROR_TYPES.get(kind, 500), ErrorDetail(message), model=self._model)
 
 
 class TGI(HttpProvider):

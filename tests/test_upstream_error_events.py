@@ -1,0 +1,80 @@
+"""Errors real Chat Completions servers send inside a 200 event stream, in the bytes they really write.
+
+Found from outside, against the servers' source: each came to the client as a 502 (a failure of the provider,
+retried) or as an empty successful reply, where the server had said the request itself was refused.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import orjson
+import pytest
+
+from modelgate.app import create_app
+from modelgate.catalogue import parse_catalogue
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml
+from tests.fakes.hostile import HostileUpstream, Received, response_head
+from tests.servers import serve_in_thread
+
+#: TGI's own text for a prompt over its window (router/src/validation.rs ``MaxTotalTokens``).
+TGI_TOO_LONG = (
+    "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
+    "Given: 3900 `inputs` tokens and 500 `max_new_tokens`"
+)
+
+
+@pytest.fixture
+def service(hostile: HostileUpstream) -> Iterator[str]:
+    header = f'[providers.local]\nkind = "openai"\nbase_url = "{hostile.url}"\n'
+    catalogue = parse_catalogue(
+        tomllib.loads(header + model_toml("h", "m", provider="local", upstream="m")), source="hostile.toml"
+    )
+    with serve_in_thread(create_app(Settings(probe_interval=0), catalogue)) as url:
+        yield url
+
+
+def streaming(body: bytes) -> object:
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, {"Content-Type": "text/event-stream"})
+        yield body
+
+    return script
+
+
+def ask(url: str) -> httpx.Response:
+    body = {"model": "h/m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        # TGI >= 2.4.1 on /v1/chat/completions (router/src/infer/mod.rs ``into_openai_event``): 422 whatever failed.
+        orjson.dumps({"error": {"message": TGI_TOO_LONG, "http_status_code": 422}}),
+        # TGI before it, and its native form (router/src/server.rs ``impl From<InferError> for Event``).
+        orjson.dumps({"error": TGI_TOO_LONG, "error_type": "validation"}),
+    ],
+)
+def test_a_tgi_validation_error_in_the_stream_is_the_clients_error(
+    hostile: HostileUpstream, service: str, event: bytes
+) -> None:
+    """TGI validates a streamed chat request after its 200 (the validation runs inside the stream): a prompt over
+    the window came to the client as a 502 "failed with status 502", a provider failure worth retrying."""
+    hostile.reset(streaming(b"data:" + event + b"\n\ndata:[DONE]\n\n"))  # type: ignore[arg-type]
+    response = ask(service)
+    assert response.status_code in (400, 422), response.text
+    assert "must be <= 4096" in response.json()["error"]["message"]
+    assert len(hostile.received) == 1  # the same prompt again would be refused again
+
+
+def test_a_tgi_overload_in_the_stream_stays_an_unavailability(hostile: HostileUpstream, service: str) -> None:
+    """TGI's 422 is fixed: an overload (its queue full) says 422 too, and only its message tells it apart."""
+    event = orjson.dumps({"error": {"message": "Model is overloaded", "http_status_code": 422}})
+    hostile.reset(streaming(b"data:" + event + b"\n\ndata:[DONE]\n\n"))  # type: ignore[arg-type]
+    response = ask(service)
+    assert response.status_code == 503, response.text
+    assert "Model is overloaded" in response.json()["error"]["message"]
