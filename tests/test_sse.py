@@ -62,6 +62,14 @@ def test_unknown_fields_are_ignored() -> None:
     assert decode(b"foo: bar\ndata: x\nbaz\n\n") == [ServerSentEvent("x")]
 
 
+def test_an_error_line_is_an_error_event() -> None:
+    """llama.cpp's server (2025 builds) writes a failure as ``error: {…}``: not a spec field, but dropped, lost."""
+    assert decode(b'error: {"code":400}\n\ndata: [DONE]\n\n') == [
+        ServerSentEvent('{"code":400}', "error"),
+        ServerSentEvent("[DONE]"),
+    ]
+
+
 def test_an_unterminated_event_is_discarded_at_the_end() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: complete\n\ndata: partial\n") == [ServerSentEvent("complete")]

@@ -78,3 +78,20 @@ def test_a_tgi_overload_in_the_stream_stays_an_unavailability(hostile: HostileUp
     response = ask(service)
     assert response.status_code == 503, response.text
     assert "Model is overloaded" in response.json()["error"]["message"]
+
+
+def test_a_llama_cpp_error_line_is_the_error_it_says_not_an_empty_reply(hostile: HostileUpstream, service: str) -> None:
+    """llama.cpp's server (builds of 2025, tools/server/server.cpp ``server_sent_event(sink, "error", error_data)``
+    then ``data: [DONE]``) writes a failure as an ``error:`` line, a field the SSE spec does not know. A prompt over
+    its context came to the client as a successful, empty reply."""
+    error = {
+        "code": 400,
+        "message": "the request exceeds the available context size, try increasing it",
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": 4400,
+        "n_ctx": 4096,
+    }
+    hostile.reset(streaming(b"error: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n"))  # type: ignore[arg-type]
+    response = ask(service)
+    assert response.status_code == 400, response.text
+    assert "exceeds the available context size" in response.json()["error"]["message"]

@@ -6,7 +6,8 @@ openai-python's ``SSEDecoder`` does: lines end in CRLF, LF or CR; a blank line d
 starting with ``:`` is a comment (TGI's ``:`` keep-alive, OpenRouter's ``: OPENROUTER PROCESSING``);
 ``name:value`` loses exactly one optional space after the colon (TGI writes ``data:{…}``, the others
 ``data: {…}``); several ``data`` lines join with ``\\n``. Never ``payload.lstrip("data:")``: that strips
-a set of characters, not a prefix.
+a set of characters, not a prefix. One liberty: an ``error:`` line, which the spec would ignore, is read as
+``event: error`` with that data (llama.cpp's server wrote its failures so).
 
 Both decoders take raw network chunks. They split on ASCII line terminators *before* decoding
 UTF-8, so a chunk boundary anywhere — inside a line, between CR and LF, or inside a multi-byte
@@ -114,6 +115,11 @@ class SSEDecoder:
                 self._last_id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
             self.retry = int(value)
+        elif name == b"error":
+            # Not a field of the spec, but how llama.cpp's server (2025 builds: ``server_sent_event(sink, "error",
+            # …)``) writes a failure: read as ``event: error`` with its data, or the failure vanished unread.
+            self._event = "error"
+            self._data.append(value.decode("utf-8", "replace"))
         # any other field name is ignored, as the spec says
 
 

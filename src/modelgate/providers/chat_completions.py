@@ -317,7 +317,10 @@ class ChatCompletionsStream:
                     self.done = True
                     break
                 try:
-                    self.read_chunk(orjson.loads(data), out)
+                    payload = orjson.loads(data)
+                    if event.event == "error":  # llama.cpp's ``error:`` line (``SSEDecoder``): the error itself
+                        raise self._mid_stream_error(payload)
+                    self.read_chunk(payload, out)
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
                     raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
         except UpstreamError as exc:
