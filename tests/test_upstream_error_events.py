@@ -95,3 +95,21 @@ def test_a_llama_cpp_error_line_is_the_error_it_says_not_an_empty_reply(hostile:
     response = ask(service)
     assert response.status_code == 400, response.text
     assert "exceeds the available context size" in response.json()["error"]["message"]
+
+
+def test_a_reply_the_server_aborted_is_not_presented_as_complete(hostile: HostileUpstream, service: str) -> None:
+    """vLLM (v1 ``FinishReason.ABORT``: "aborted for another reason", e.g. its ``POST /pause`` aborting in-flight
+    requests) and SGLang (``FINISH_ABORT``, ``/abort_request``) end a cut reply with ``finish_reason: "abort"`` and
+    ``[DONE]``. It reached the client as a normal ``"stop"``: half an answer, presented as the whole."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "The answer is"}}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "abort"}]},
+    ]
+    body = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+    hostile.reset(streaming(body))  # type: ignore[arg-type]
+    response = ask(service)
+    events = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    reasons = [c["choices"][0].get("finish_reason") for c in events if c.get("choices")]
+    assert "stop" not in reasons, response.text
+    assert any("error" in event for event in events), response.text

@@ -80,6 +80,9 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool-calls",
     "content_filter": "content-filter",
     "error": "error",
+    # vLLM (v1 FinishReason.ABORT: "aborted for another reason", e.g. its POST /pause) and SGLang (FINISH_ABORT,
+    # /abort_request) end a reply they cut so: never a whole answer.
+    "abort": "error",
 }
 #: A string error ``code`` (or OpenRouter's ``metadata.error_type``) → the HTTP status it means.
 _ERROR_CODES = {
