@@ -116,3 +116,23 @@ def hostile() -> Iterator[Any]:
     upstream = HostileUpstream()
     with upstream.serve():
         yield upstream
+
+
+@pytest.fixture
+def hostile_openai_service(hostile: Any) -> Iterator[str]:
+    """A service whose one model ``h/m`` is served by ``hostile`` as an OpenAI-compatible server (kind
+    ``openai``): for the bytes real Chat Completions servers write."""
+    import tomllib
+
+    from modelgate.app import create_app
+    from modelgate.catalogue import parse_catalogue
+    from modelgate.settings import Settings
+    from tests.catalogue_files import model_toml
+    from tests.servers import serve_in_thread
+
+    header = f'[providers.local]\nkind = "openai"\nbase_url = "{hostile.url}"\n'
+    catalogue = parse_catalogue(
+        tomllib.loads(header + model_toml("h", "m", provider="local", upstream="m")), source="hostile.toml"
+    )
+    with serve_in_thread(create_app(Settings(probe_interval=0), catalogue)) as url:
+        yield url

@@ -6,19 +6,13 @@ retried) or as an empty successful reply, where the server had said the request 
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
 import pytest
 
-from modelgate.app import create_app
-from modelgate.catalogue import parse_catalogue
-from modelgate.settings import Settings
-from tests.catalogue_files import model_toml
 from tests.fakes.hostile import HostileUpstream, Received, response_head
-from tests.servers import serve_in_thread
 
 #: TGI's own text for a prompt over its window (router/src/validation.rs ``MaxTotalTokens``).
 TGI_TOO_LONG = (
@@ -28,13 +22,8 @@ TGI_TOO_LONG = (
 
 
 @pytest.fixture
-def service(hostile: HostileUpstream) -> Iterator[str]:
-    header = f'[providers.local]\nkind = "openai"\nbase_url = "{hostile.url}"\n'
-    catalogue = parse_catalogue(
-        tomllib.loads(header + model_toml("h", "m", provider="local", upstream="m")), source="hostile.toml"
-    )
-    with serve_in_thread(create_app(Settings(probe_interval=0), catalogue)) as url:
-        yield url
+def service(hostile_openai_service: str) -> str:
+    return hostile_openai_service
 
 
 def streaming(body: bytes) -> object:
