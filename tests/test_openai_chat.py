@@ -303,6 +303,30 @@ def test_a_refusal_sent_back_is_the_assistants_text(client: openai.OpenAI, fakes
     assert sent[4] == {"role": "assistant", "content": "It is against the rules."}
 
 
+#: Two participants of one conversation, told apart by OpenAI's message ``name`` (openai-python
+#: ``ChatCompletionUserMessageParam.name``, and the system, developer and assistant messages' own).
+NAMED: list[Any] = [
+    {"role": "system", "content": "Answer the one who asked.", "name": "host"},
+    {"role": "user", "content": "I am hungry.", "name": "alice"},
+    {"role": "user", "content": "Who is hungry?", "name": "bob"},
+]
+
+
+def test_message_names_reach_a_chat_completions_upstream(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODELS["openrouter"], messages=NAMED)
+    raw.parse()
+    assert [m.get("name") for m in fakes.openrouter.last.json["messages"]] == ["host", "alice", "bob"]
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
+@pytest.mark.parametrize("provider", ["ollama", "cloudflare"])
+def test_message_names_a_provider_cannot_carry_are_reported(client: openai.OpenAI, fakes: Fakes, provider: str) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=NAMED)
+    raw.parse()
+    assert raw.headers["x-modelgate-dropped-params"].split(",") == ["messages.name"]
+    assert all("name" not in m for m in fakes[provider].last.json["messages"])
+
+
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
     raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)

@@ -63,6 +63,9 @@ class Message:
     #: "with this" image); None when the text comes first. Protocols with content parts (Chat Completions) send
     #: this order; the others take the text and the images apart.
     parts: tuple[str | Image, ...] | None = None
+    #: OpenAI's ``name`` of a system, user or assistant message: which participant said it (two users of one
+    #: conversation are told apart by it). Sent where the protocol has it, reported as dropped elsewhere.
+    name: str | None = None
 
 
 def content_message(role: Role, parts: list[str | Image], *, separator: str, **fields: Any) -> Message:
@@ -161,6 +164,7 @@ class GenerationParams:
 #: Names of request fields a protocol may have no form for (``ChatRequest.bare_form_losses``).
 SCHEMA_DESCRIPTION = "response_format.json_schema.description"
 IMAGE_DETAIL = "image_url.detail"
+MESSAGE_NAME = "messages.name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +194,15 @@ class ChatRequest:
     def bare_form_losses(self) -> list[str]:
         """What a protocol taking a bare JSON schema and bare images (Ollama, Workers AI, TGI's grammar) cannot
         carry of this request, by its Chat Completions names: the schema's ``description`` (guidance for the
-        model) and an image's ``detail`` (the resolution it is read at, and so its cost)."""
+        model), an image's ``detail`` (the resolution it is read at, and so its cost) and a message's ``name``
+        (their messages have only a role)."""
         lost = []
         if self.response_format is not None and self.response_format.description:
             lost.append(SCHEMA_DESCRIPTION)
         if any(image.detail not in (None, "auto") for message in self.messages for image in message.images):
             lost.append(IMAGE_DETAIL)
+        if any(message.name is not None for message in self.messages):
+            lost.append(MESSAGE_NAME)
         return lost
 
     def needs(self) -> frozenset[Capability]:

@@ -198,6 +198,8 @@ def wire_message(message: Message) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
         content = parts + [_image_part(image) for image in message.images]
     wire: dict[str, Any] = {"role": message.role, "content": content}
+    if message.name is not None:
+        wire["name"] = message.name
     if message.tool_calls:
         wire["content"] = message.content or None
         wire["tool_calls"] = [

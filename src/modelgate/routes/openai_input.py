@@ -66,11 +66,14 @@ class ToolCallParam(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    # OpenAI messages carry fields we do not use (name, annotations, ...): ignored, as compatible servers do.
+    # OpenAI messages carry fields we do not use (annotations, audio, ...): ignored, as compatible servers do.
     model_config = _open
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    #: The participant's name (system, developer, user and assistant messages): sent on where the protocol
+    #: has it, else reported as dropped (``ChatRequest.bare_form_losses``).
+    name: WireText | None = None
     # An earlier reply's refusal (beside a null content), sent back with the conversation.
     refusal: WireText | None = None
     tool_calls: list[ToolCallParam] | None = Field(default=None, max_length=MAX_TOOLS)
@@ -195,6 +198,8 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
             raise BadRequest(f"{where}.tool_call_id: required on a tool message", param="messages")
     elif message.tool_call_id is not None:
         raise BadRequest(f"{where}.tool_call_id: only tool messages carry one", param="messages")
+    # OpenAI's tool messages have no name; a function message (which had one) is refused above.
+    name = message.name if role != "tool" else None
     content = message.content
     if content is None and role == "assistant" and message.refusal is not None:
         # A refusal is what the assistant said: the provider sees it as the assistant's text.
@@ -202,9 +207,9 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
     if content is None:
         if not calls:
             raise BadRequest(f"{where}.content: required", param="messages")
-        return Message(role=role, content="", tool_calls=calls)
+        return Message(role=role, content="", tool_calls=calls, name=name)
     if isinstance(content, str):
-        return Message(role=role, content=content, tool_calls=calls, tool_call_id=message.tool_call_id)
+        return Message(role=role, content=content, tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
     parts: list[str | Image] = []
     for index, part in enumerate(content):
         here = f"{where}.content[{index}]"
@@ -227,7 +232,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
                 param="messages",
             )
     # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
-    return content_message(role, parts, separator="\n", tool_calls=calls, tool_call_id=message.tool_call_id)
+    return content_message(role, parts, separator="\n", tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
 
 
 def to_tools(tools: list[ToolParam] | None) -> tuple[Tool, ...]:
