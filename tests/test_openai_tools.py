@@ -515,6 +515,31 @@ def test_tool_controls_ollama_and_cloudflare_cannot_enforce_are_reported(
     assert "x-modelgate-dropped-params" not in plain.headers
 
 
+#: A strict function tool, as ``openai.pydantic_function_tool`` builds one (``parse`` then reads its arguments).
+STRICT_TOOL: Any = {"type": "function", "function": {**WEATHER_TOOL["function"], "strict": True}}
+
+
+@pytest.mark.parametrize(("model", "fake"), [("t/llava", "ollama"), ("t/cf", "cloudflare")])
+def test_strict_tools_ollama_and_cloudflare_cannot_enforce_are_reported(
+    client: openai.OpenAI, fakes: Fakes, model: str, fake: str
+) -> None:
+    """Their tools have no ``strict`` (ollama-python ``Tool.Function``: name, description, parameters): the
+    arguments are not held to the schema, so the caller is told, and the field is not sent to be ignored."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], tools=[STRICT_TOOL]
+    )
+    assert raw.headers["x-modelgate-dropped-params"] == "tools.function.strict"
+    assert [tool["function"] for tool in fakes[fake].last.json["tools"]] == [WEATHER_TOOL["function"]]
+
+
+def test_strict_tools_reach_a_chat_completions_upstream(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="t/deepseek", messages=[{"role": "user", "content": "hi"}], tools=[STRICT_TOOL]
+    )
+    assert "x-modelgate-dropped-params" not in raw.headers
+    assert fakes.openrouter.last.json["tools"] == [STRICT_TOOL]
+
+
 def test_ollama_format_is_the_schema_or_json(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=['{"city": "Bern", "degrees": 19}']), Reply(tokens=["{}"]))
     completion = client.chat.completions.parse(

@@ -242,6 +242,11 @@ def test_tool_controls_ollama_cannot_enforce_are_reported(client: openai.OpenAI)
     assert raw.headers["x-modelgate-dropped-params"] == "parallel_tool_calls,tool_choice"
 
 
+def test_strict_tools_ollama_cannot_enforce_are_reported(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model="t/llava", input="hi", tools=[{**TOOL, "strict": True}])
+    assert raw.headers["x-modelgate-dropped-params"] == "tools.strict"
+
+
 REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
     "hosted tool": ("t/smol", {"tools": [{"type": "web_search"}]}, "tools", ["'web_search'", "t/smol"]),
     "function tool field": (

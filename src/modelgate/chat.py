@@ -165,6 +165,8 @@ class GenerationParams:
 SCHEMA_DESCRIPTION = "response_format.json_schema.description"
 IMAGE_DETAIL = "image_url.detail"
 MESSAGE_NAME = "messages.name"
+#: A function tool's ``strict`` (its arguments held to its schema), by its Chat Completions name.
+TOOL_STRICT = "tools.function.strict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +187,13 @@ class ChatRequest:
 
     def tool_controls(self) -> list[str]:
         """The tool controls set beyond offering tools or not (``tool_choice`` ``required`` or a named function,
-        ``parallel_tool_calls``), by their OpenAI names: what a protocol without them cannot enforce."""
+        ``parallel_tool_calls``, a tool's ``strict: true``), by their OpenAI names: what a protocol without them
+        cannot enforce."""
         if not self.tools or self.tool_choice == "none":
             return []
         controls = [] if self.tool_choice in (None, "auto") else ["tool_choice"]
-        return controls + (["parallel_tool_calls"] if self.parallel_tool_calls is not None else [])
+        controls += ["parallel_tool_calls"] if self.parallel_tool_calls is not None else []
+        return controls + ([TOOL_STRICT] if any(tool.strict for tool in self.tools) else [])
 
     def bare_form_losses(self) -> list[str]:
         """What a protocol taking a bare JSON schema and bare images (Ollama, Workers AI, TGI's grammar) cannot

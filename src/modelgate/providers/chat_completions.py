@@ -211,13 +211,14 @@ def wire_message(message: Message) -> dict[str, Any]:
     return wire
 
 
-def wire_tool(tool: Tool) -> dict[str, Any]:
+def wire_tool(tool: Tool, *, strict: bool = True) -> dict[str, Any]:
+    """``strict=False``: for a protocol whose tools have no ``strict`` (``ChatRequest.tool_controls`` reports it)."""
     function: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         function["description"] = tool.description
     if tool.parameters is not None:
         function["parameters"] = tool.parameters
-    if tool.strict is not None:
+    if strict and tool.strict is not None:
         function["strict"] = tool.strict
     return {"type": "function", "function": function}
 

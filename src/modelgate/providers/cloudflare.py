@@ -132,7 +132,7 @@ def build_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": [_message(m, names) for m in request.messages]}
     if not stream or whole_reply(request):
         if offers_tools(request):
-            body["tools"] = [wire_tool(tool) for tool in request.tools]
+            body["tools"] = [wire_tool(tool, strict=False) for tool in request.tools]  # no strict here
         fmt = request.response_format
         if fmt is not None:
             schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}

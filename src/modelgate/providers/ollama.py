@@ -113,8 +113,8 @@ def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = Tr
         body["think"] = think
     if request.tools and request.tool_choice != "none":
         # Ollama has no tool_choice: "none" is honoured by not offering the tools; "required" and a named
-        # function cannot be enforced and are left to the model (documented).
-        body["tools"] = [wire_tool(tool) for tool in request.tools]
+        # function cannot be enforced and are left to the model (documented), as is a tool's strict.
+        body["tools"] = [wire_tool(tool, strict=False) for tool in request.tools]
     fmt = request.response_format
     if fmt is not None:
         body["format"] = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else "json"

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import gateway
-from modelgate.chat import IMAGE_DETAIL, SCHEMA_DESCRIPTION
+from modelgate.chat import IMAGE_DETAIL, SCHEMA_DESCRIPTION, TOOL_STRICT
 from modelgate.encoders.openai import USAGE_HEADER
 from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
@@ -44,7 +44,11 @@ JSON = "application/json"
 _OUR_PARAMS: Mapping[str, str] = {"response_format": "text.format", "messages": "input"}
 #: The Chat Completions names of request fields a provider could not carry (``ChatRequest.bare_form_losses``) →
 #: this API's, for the dropped-parameters header.
-_OUR_NAMES: Mapping[str, str] = {SCHEMA_DESCRIPTION: "text.format.description", IMAGE_DETAIL: "input_image.detail"}
+_OUR_NAMES: Mapping[str, str] = {
+    SCHEMA_DESCRIPTION: "text.format.description",
+    IMAGE_DETAIL: "input_image.detail",
+    TOOL_STRICT: "tools.strict",
+}
 
 
 @router.post("/v1/responses", summary="Create a model response (OpenAI Responses API, stateless), streamed or not")
