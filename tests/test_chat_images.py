@@ -45,6 +45,17 @@ def test_ai_sdk_5_file_part(service: str, fakes: Fakes) -> None:
     assert fakes.openrouter.last.json["messages"] == EXPECTED
 
 
+@pytest.mark.parametrize("media_type", ["image", "image/*"])
+def test_a_file_part_named_an_image_by_its_top_level_type_is_an_image(
+    service: str, fakes: Fakes, media_type: str
+) -> None:
+    """AI SDK 7's ``FileUIPart.mediaType`` may be the top-level segment alone (``image``; ``image/*`` is the same),
+    and its providers read such a part as an image (provider-utils ``getTopLevelMediaType``)."""
+    response = httpx.post(service + VISION, json=_v5({"type": "file", "mediaType": media_type, "url": IMAGE}))
+    assert response.status_code == 200, response.text
+    assert fakes.openrouter.last.json["messages"] == EXPECTED
+
+
 def test_ai_sdk_4_attachments(service: str, fakes: Fakes) -> None:
     attachment = {"name": "x.png", "contentType": "image/png", "url": IMAGE}
     body = {"messages": [{"role": "user", "content": "What is this?", "experimental_attachments": [attachment]}]}

@@ -167,7 +167,8 @@ def _attachments(where: str, message: _IncomingMessage, budget: ImageBudget) -> 
 
 
 def _image(where: str, media_type: Any, url: Any, budget: ImageBudget) -> Image:
-    if not isinstance(media_type, str) or not media_type.startswith("image/"):
+    # AI SDK 7's FileUIPart.mediaType may be the top-level type alone ("image"), as its providers read it.
+    if not isinstance(media_type, str) or media_type.partition("/")[0] != "image":
         raise BadRequest(
             f"{where}: a file is not supported unless it is an image (media type {media_type!r})", data={"field": where}
         )
@@ -185,7 +186,7 @@ def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 
 
 _STRING: dict[str, Any] = {"type": "string"}
-_IMAGE_MEDIA_TYPE: dict[str, Any] = {"type": "string", "pattern": "^image/"}
+_IMAGE_MEDIA_TYPE: dict[str, Any] = {"type": "string", "pattern": "^image(/|$)"}
 
 #: The body both routes take, for ``/openapi.json`` (the routes read the raw bytes to give their own messages,
 #: so FastAPI cannot derive it): what ``parse_chat_body`` accepts, AI SDK 4 and 5 alike.
