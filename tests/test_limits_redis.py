@@ -480,3 +480,87 @@ def test_a_script_sent_again_after_its_reply_was_lost_does_nothing_twice(redis_u
     assert asyncio.run(settled(b"INCRBY")) == 15  # the settlement's reply lost
     assert asyncio.run(settled(b"ZRANGE")) == 15  # the reservation's (the settlement's script has no ZRANGE)
     assert asyncio.run(admitted_twice()) == ["admitted", "admitted"]
+
+
+# --- Redis out of reach for longer than a lease ------------------------------------------------------------
+
+
+class Switch:
+    """A TCP proxy to Redis that can be cut: while off, every connection through it is dropped and new ones are."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.target = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        self.on = True
+        self._links: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def cut(self) -> None:
+        self.on = False
+        for link in list(self._links):
+            link.cancel()
+
+    async def stop(self) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.on:
+            writer.transport.abort()
+            return
+        link = asyncio.current_task()
+        assert link is not None
+        self._links.add(link)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._links.discard(link)
+            for end in (writer, up_writer):
+                end.transport.abort()
+
+
+def test_a_stream_outliving_a_redis_outage_longer_than_its_lease_is_counted_again(redis_url: str) -> None:
+    """Found in review: an instance cut off from Redis for longer than ``lease_ttl`` (a partition, a failover) while a
+    stream ran found its lease swept by another instance's admission when it got back, and its renewals (ZADD XX)
+    never put it back: the stream ran to its end uncounted, so the other instances admitted past the cap."""
+
+    async def scenario() -> None:
+        switch = Switch(redis_url)
+        holder = RedisBackend(await switch.start(), lease_ttl=1.0, prefix="t12:")
+        (other,) = await backends(redis_url, "t12:", n=1, lease_ttl=1.0)
+        await holder.start()
+        p = plan(None, ("streams:model:m", 1))
+        try:
+            assert await holder.acquire(p, "running") is None  # a stream that goes on through what follows
+            switch.cut()
+            deadline = time.monotonic() + 10
+            while await other.acquire(p, "probe") is not None:  # the lease lapsed: another instance sweeps it
+                assert time.monotonic() < deadline, "the cut-off holder's lease never lapsed"
+                await asyncio.sleep(0.1)
+            await other.release(Lease("probe", ("streams:model:m",)))
+            switch.on = True  # Redis is within reach again; the stream still runs
+            deadline = time.monotonic() + 10
+            while b"running" not in await other.client.zrange("t12:streams:model:m", 0, -1):
+                assert time.monotonic() < deadline, "the running stream was never counted again"
+                await asyncio.sleep(0.1)
+            denied = await other.acquire(p, "late")
+            assert denied is not None and denied.limit is p.slots[0]
+        finally:
+            for backend in (holder, other):
+                await backend.stop()
+            await switch.stop()
+
+    asyncio.run(scenario())

@@ -438,7 +438,9 @@ class RedisBackend:
                 continue
             try:
                 current = await self.client.get(self._epoch_key)
-                if current is None or _text(current) != self._epoch:
+                # Back after failing: a lease may have lapsed meanwhile and been swept by another admission, which
+                # a renewal (XX) would not put back; the stream still runs, so it is taken again like after a loss.
+                if failing or current is None or _text(current) != self._epoch:
                     await self.resync()  # re-takes (and so renews) every held lease
                     since_renewal = 0.0
                 elif since_renewal >= renew_every:
