@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -476,6 +477,41 @@ def test_keys_keep_working_while_the_database_is_gone(
         wait_for(lambda: client.get("/admin/keys", headers=bearer(ADMIN)).status_code == 200, "the database back")
         assert client.delete(f"/admin/keys/{key['id']}", headers=bearer(ADMIN)).status_code == 200
         assert chat(client, key["key"]) == 401
+
+
+@pytest.mark.postgres
+def test_a_grace_period_ends_on_time_while_the_database_does_not_answer(
+    fakes: Fakes, tmp_path: Path, postgres: PostgresCluster
+) -> None:
+    """Found in review: expiries and grace ends need no database, but they were applied only after a poll of it
+    returned. A database that hangs instead of refusing (a table lock, a network black hole: no error for as long as
+    it lasts) kept a rotated-out key working past its grace period for that long."""
+    database = postgres.create_database()
+    locked, unlock = threading.Event(), threading.Event()
+
+    async def hold_the_revision_locked() -> None:
+        connection = await asyncpg.connect(database)
+        try:
+            async with connection.transaction():  # every instance's poll of the revision waits on it
+                await connection.execute("LOCK TABLE modelgate_key_revision IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                await asyncio.to_thread(unlock.wait)
+        finally:
+            await connection.close()
+
+    with serve(settings_for(fakes, tmp_path, database)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        old = client.post("/admin/keys", json={"name": "app"}, headers=bearer(ADMIN)).json()
+        answer = client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_seconds": 5}, headers=bearer(ADMIN))
+        new = answer.json()
+        locker = threading.Thread(target=asyncio.run, args=(hold_the_revision_locked(),))
+        locker.start()
+        try:
+            assert locked.wait(30)  # (within the grace period, or the ring was rebuilt before: this passes anyway)
+            wait_for(lambda: chat(client, old["key"]) == 401, "the grace period to end", timeout=20)
+            assert chat(client, new["key"]) == 200
+        finally:
+            unlock.set()
+            locker.join()
 
 
 def test_with_an_admin_key_an_instance_whose_database_is_down_starts_closed(

@@ -269,7 +269,16 @@ class RuntimeKeys:
 
     async def _run(self) -> None:
         while True:
-            await self.refresh()
+            refreshing = asyncio.ensure_future(self.refresh())
+            try:
+                # A database that hangs (a lock, a network black hole) raises nothing for as long as it lasts:
+                # expiries and grace ends, which need no database, are applied meanwhile all the same.
+                while not refreshing.done():
+                    await asyncio.wait((refreshing,), timeout=self.interval)
+                    self._rebuild(time.time())
+                refreshing.result()
+            finally:
+                refreshing.cancel()
             await asyncio.sleep(self.interval)
 
 
