@@ -22,7 +22,7 @@ from modelgate.auth import ApiKey, Principal, key_digest
 from modelgate.budgets import Budget, Charge
 from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Message
-from modelgate.errors import RateLimited
+from modelgate.errors import ModelgateError, RateLimited
 from modelgate.limits import REBUILD_SECONDS, REBUILDING, Admission, Lease, Limiter, Plan, RedisBackend, Slot, Window
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
@@ -486,11 +486,13 @@ def test_a_script_sent_again_after_its_reply_was_lost_does_nothing_twice(redis_u
 
 
 class Switch:
-    """A TCP proxy to Redis that can be cut: while off, every connection through it is dropped and new ones are."""
+    """A TCP proxy to Redis that can be cut: while off, every connection through it is dropped and new ones are.
+    While ``losing``, Redis runs every command sent, and the connection is cut before its reply gets through."""
 
     def __init__(self, redis_url: str) -> None:
         self.target = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         self.on = True
+        self.losing = False
         self._links: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
@@ -517,13 +519,16 @@ class Switch:
         self._links.add(link)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
             while data := await source.read(65536):
+                if replies and self.losing:  # Redis has run the command: its answer goes nowhere
+                    sink.transport.abort()
+                    return
                 sink.write(data)
                 await sink.drain()
 
         try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -564,3 +569,52 @@ def test_a_stream_outliving_a_redis_outage_longer_than_its_lease_is_counted_agai
             await switch.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_admission_whose_answer_from_redis_was_lost_gives_back_what_redis_took(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Found in review: when Redis ran an admission's script but its answer never came back (a connection cut twice,
+    a reply later than the socket timeout), the request got its 503 and forgot what the script took: the key's
+    stream slot stayed taken for the lease's 30 s, and the budget's hold for HOLD_SECONDS, an hour (a budgeted key
+    refused as "held by its running requests" with none running, after a Redis hiccup)."""
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml("a", "m", max_new_tokens=100)))
+    model = catalogue.by_id["a/m"]
+    key = ApiKey(
+        digest=key_digest("mg-lost-answers"), name="t", concurrent_streams=1, budget=Budget(tokens_per_day=1000)
+    )
+    request = ChatRequest(messages=(Message("user", "Hi!"),))
+
+    async def scenario() -> tuple[list[int], int]:
+        switch = Switch(redis_url)
+        limiter = Limiter(RedisBackend(await switch.start(), prefix=f"t13-{uuid.uuid4().hex}:"))
+        await limiter.start()
+        statuses = []
+        try:
+            warm = Admission(Principal(key), limiter, catalogue)  # the scripts loaded, the epoch known
+            await warm.admit_model(model)
+            await warm.release()
+
+            slot = Admission(Principal(key), limiter, catalogue)
+            switch.losing = True
+            with pytest.raises(ModelgateError) as refused:
+                await slot.admit_model(model)  # taken in Redis; the answer lost
+            statuses.append(refused.value.status)
+            switch.losing = False
+            await slot.release()  # the access middleware's cleanup
+
+            hold = Admission(Principal(key), limiter, catalogue)
+            await hold.admit_model(model)  # the slot is free again
+            switch.losing = True
+            with pytest.raises(ModelgateError) as refused:
+                await hold.reserve_budget([(model, request)])  # held in Redis; the answer lost
+            statuses.append(refused.value.status)
+            switch.losing = False
+            await hold.release()
+            [state] = await limiter.budgets.state(key.key_id, key.budget)  # type: ignore[arg-type]
+            return statuses, state.reserved
+        finally:
+            await limiter.stop()
+            await switch.stop()
+
+    assert asyncio.run(scenario()) == ([503, 503], 0)

@@ -647,8 +647,11 @@ class Admission:
         self._pending = reservation
         try:
             await self._limiter.budgets.hold(reservation, key.name)
-        except ModelgateError:  # refused, or the store is down: no budget to give back, but the window's place
-            self._pending = None
+        except ModelgateError as exc:
+            # No reply reaches an upstream: the window's place is given back. Refused (429), nothing is held; a store
+            # failing (503) may have held it, its answer lost on the way back: ``release`` gives it back then.
+            if isinstance(exc, RateLimited):
+                self._pending = None
             await self._uncount_window()
             raise
         self._pending, self._reservation = None, reservation
@@ -679,13 +682,14 @@ class Admission:
             raise Forbidden(f"This API key may not use the model '{model.id}'", data={"model": model.id})
 
     async def _take(self, plan: Plan, key_slots: tuple[Slot, ...], model_slots: tuple[Slot, ...]) -> None:
-        # Counted as held before the store answers: if the request is cancelled meanwhile, ``release``
-        # still gives them back (releasing a slot that was never taken changes nothing).
+        # Counted as held before the store answers: if the request is cancelled meanwhile, or the store fails
+        # (it may have taken them, its answer lost on the way back), ``release`` still gives them back (releasing
+        # a slot that was never taken changes nothing).
         self._key_slots += tuple(s.key for s in key_slots)
         self._model_slots += tuple(s.key for s in model_slots)
         try:
             await self._limiter.take(plan, self._lease_id)
-        except ModelgateError:
+        except RateLimited:  # refused: nothing was taken
             self._key_slots = tuple(k for k in self._key_slots if k not in {s.key for s in key_slots})
             self._model_slots = ()
             raise
