@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio
 from pydantic import ValidationError
 
@@ -33,6 +36,7 @@ from modelgate.budgets import (
 )
 from modelgate.catalogue import Pricing, load_catalogue
 from modelgate.errors import CatalogueError, RateLimited
+from modelgate.ledger import Ledger
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import wait_for
@@ -514,6 +518,48 @@ def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, t
         assert refused.status_code == 429
         assert refused.json()["statusMessage"].startswith("Budget exhausted: key 'capped' has spent its 40 tokens")
         assert chat(url, "cut").status_code == 200  # a key that spent nothing is unaffected
+
+
+def test_a_request_ending_before_the_ledger_was_read_does_not_hide_the_days_spending_in_redis(
+    fakes: Fakes, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: Redis lost its data and the fleet restarted; the first request of a key to end before the
+    instance had read the ledger (it opens in the background) created the counter with its own charge, so the
+    ledger's figure, set only where no counter exists, was dropped: the key spent its whole day again."""
+    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
+    )
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        redis_url=redis_url,
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    redis.Redis.from_url(redis_url).flushdb()
+    with serve_in_thread(create_app(settings)) as url:
+        for _ in range(3):
+            assert chat(url, "capped").status_code == 200
+            settled(url, "capped")
+        assert chat(url, "capped").status_code == 429
+    redis.Redis.from_url(redis_url).flushdb()  # Redis restarted without persistence; the instance restarts too
+    ledger_read = threading.Event()
+    report = Ledger.report
+
+    async def slow_report(self: Ledger, query: Any) -> Any:  # a ledger slow to open (a driver, a migration lock)
+        await asyncio.to_thread(ledger_read.wait)
+        return await report(self, query)
+
+    monkeypatch.setattr(Ledger, "report", slow_report)
+    with serve_in_thread(create_app(settings)) as url:
+        first: list[int] = []
+        request = threading.Thread(target=lambda: first.append(chat(url, "capped").status_code))
+        request.start()
+        request.join(timeout=2)  # (ended already without the fix; with it, it waits for the ledger)
+        ledger_read.set()
+        request.join()
+        assert first == [429]
+        assert chat(url, "capped").status_code == 429
 
 
 def test_token_figures_are_whole_numbers_on_the_wire(service: str) -> None:

@@ -194,6 +194,7 @@ class GatewayState:
         await self.limiter.start()
         budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
         if self.ledger is not None and budgeted:  # in the background: the ledger opens in its own time
+            self.limiter.budgets.restoring(key_id for key_id, _ in budgeted)
             restoring = budgets.restore(self.limiter.budgets, self.ledger, budgeted, started_at=time.time())
             self._restoring = asyncio.create_task(restoring)
         self.metrics.start()

@@ -233,6 +233,10 @@ class Refusal:
 
 
 class BudgetCounters(Protocol):
+    #: ``restore`` adds the ledger's figure to what was counted live (in-process), rather than setting it where no
+    #: counter exists yet (Redis): then a key's first charge must wait for it, or it would be the counter it finds.
+    restore_adds: bool
+
     async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
         """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` under ``hold_id``
         for ``HOLD_SECONDS`` and return nothing; else hold nothing and return every full counter."""
@@ -276,6 +280,8 @@ class _Tally:
 
 class MemoryCounters:
     """One process's counters. ``reserve`` never awaits, so it is atomic under asyncio."""
+
+    restore_adds = True
 
     def __init__(self) -> None:
         self._tallies: dict[str, _Tally] = {}
@@ -392,6 +398,8 @@ SETTLED_MARK_SECONDS = 60
 class RedisCounters:
     """Counters in the limiter's Redis, shared by every process pointing at it."""
 
+    restore_adds = False
+
     def __init__(self, client: Callable[[], redis.asyncio.Redis], prefix: str) -> None:
         from redis.exceptions import RedisError  # here: a process without Redis never imports it for budgets
 
@@ -464,6 +472,7 @@ class Reservation:
     estimate: Charge
     prompt_estimate: int  #: the prompt part of ``estimate`` (what a cut reply is charged for its prompt)
     admitted_at: datetime
+    key_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +498,8 @@ BUSY_RETRY_AFTER = 1
 SETTLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: The latest a resend starts, after the first try (half the mark's life: the store may answer slowly).
 SETTLE_RETRY_WITHIN = SETTLED_MARK_SECONDS / 2
+#: The longest a key's request waits at start for ``restore`` to have started the key's Redis counters.
+RESTORE_WAIT = 10.0
 
 
 class Budgets:
@@ -498,6 +509,20 @@ class Budgets:
         self.store = store
         self._clock = clock
         self._resends: set[asyncio.Task[None]] = set()
+        #: Keys whose counters ``restore`` is starting from the ledger → set once it has (or given up).
+        self._restoring: dict[str, asyncio.Event] = {}
+
+    def restoring(self, key_ids: Iterable[str]) -> None:
+        """``restore`` is about to start these keys' counters: where it sets a counter only if none exists (Redis), a
+        request of one of them holds nothing until it has, or the first charge to end would create the counter and
+        hide the ledger's figure (the key's whole day, after Redis lost its data)."""
+        if not self.store.restore_adds:
+            self._restoring.update((key_id, asyncio.Event()) for key_id in key_ids)
+
+    def restored(self, key_id: str) -> None:
+        event = self._restoring.pop(key_id, None)
+        if event is not None:
+            event.set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -514,12 +539,20 @@ class Budgets:
     def reservation(self, key_id: str, budget: Budget, estimate: Charge, prompt_estimate: int) -> Reservation:
         """The reservation of ``estimate`` in ``budget``'s counters now, not held yet (``hold`` does that)."""
         now = self.now()
-        return Reservation(uuid.uuid4().hex, tuple(counters(key_id, budget, now)), estimate, prompt_estimate, now)
+        return Reservation(
+            uuid.uuid4().hex, tuple(counters(key_id, budget, now)), estimate, prompt_estimate, now, key_id
+        )
 
     async def hold(self, reservation: Reservation, key_name: str) -> None:
         """Hold ``reservation`` if its counters have room; else ``RateLimited`` (429), or ``BudgetUnavailable``
         (503) when the store does not answer. Whoever awaits this may be cancelled while the store holds it:
         ``give_back`` then undoes it."""
+        restoring = self._restoring.get(reservation.key_id)
+        if restoring is not None:
+            try:
+                await asyncio.wait_for(restoring.wait(), RESTORE_WAIT)
+            except TimeoutError:  # a ledger that does not answer: the counters start from zero, no request waits more
+                self.restored(reservation.key_id)
         held = list(reservation.counters)
         amounts = [reservation.estimate.units(c.limit.measure) for c in held]
         refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
@@ -679,6 +712,7 @@ async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Bu
     from modelgate.usage_store import UsageFilter  # loaded with the ledger, in the background
 
     now = budgets.now()
+    keys = list(keys)
     try:
         for key_id, budget in keys:
             current = counters(key_id, budget, now)
@@ -692,5 +726,9 @@ async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Bu
                 else:
                     spent.append(math.ceil((totals.cost or 0.0) * NANO_USD))
             await budgets.store.restore(current, spent, now)
+            budgets.restored(key_id)
     except Exception as exc:  # the ledger or the store is down: count from zero rather than not serve
         log.warning("budgets: could not start the counters from the usage ledger: %s", getattr(exc, "message", exc))
+    finally:  # (cancelled or failed too: no request waits for a restore that will not come)
+        for key_id, _ in keys:
+            budgets.restored(key_id)
