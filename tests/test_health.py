@@ -234,6 +234,35 @@ def test_ready_follows_redis() -> None:
             assert httpx.get(f"{url}/ready").json() == {"status": "ready", "catalogue": True, "redis": True}
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("refusal", "reason"),
+    [
+        # A replica after a failover that pointed the service at the wrong node: every write is READONLY.
+        (lambda r: r.replicaof("127.0.0.1", free_port()), "read only replica"),
+        # Full, with nothing it may evict: every write is refused with OOM.
+        (lambda r: r.config_set("maxmemory", 1) and r.config_set("maxmemory-policy", "noeviction"), "maxmemory"),
+    ],
+    ids=["read-only replica", "out of memory"],
+)
+def test_ready_is_503_when_redis_answers_but_refuses_writes(refusal: Callable[[Any], Any], reason: str) -> None:
+    """Every chat request that counts a limit writes to Redis: a Redis that answers PING but takes no write serves
+    none of them (503), and /ready must not call that ready."""
+    import redis
+
+    with running_redis() as redis_url:
+        app = create_app(Settings(redis_url=redis_url, probe_interval=0))
+        with serve_in_thread(app) as url, redis.Redis.from_url(redis_url) as admin:
+            assert httpx.get(f"{url}/ready").status_code == 200
+            refusal(admin)
+            response = httpx.get(f"{url}/ready", timeout=10)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["data"] == {"catalogue": True, "redis": False}
+    assert body["statusMessage"].startswith("Not ready: redis refuses writes")
+    assert reason in body["statusMessage"]
+
+
 def test_ready_is_503_when_redis_is_unreachable() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     with serve_in_thread(create_app(Settings(redis_url=dead, probe_interval=0))) as url:

@@ -164,17 +164,17 @@ def test_giving_back_part_of_a_lease_keeps_the_rest_renewed(redis_url: str) -> N
 
 
 def test_ping(redis_url: str) -> None:
-    async def scenario() -> tuple[bool, bool]:
+    async def scenario() -> tuple[str | None, str | None]:
         (up,) = await backends(redis_url, "t6:", n=1)
         down = RedisBackend("redis://127.0.0.1:1/0")
         await down.start()
         try:
-            return await up.ping(), await down.ping()
+            return await up.problem(), await down.problem()
         finally:
             await up.stop()
             await down.stop()
 
-    assert asyncio.run(scenario()) == (True, False)
+    assert asyncio.run(scenario()) == (None, "redis unreachable")
 
 
 # --- separate service processes sharing one Redis -------------------------------------------------------
@@ -418,7 +418,7 @@ def test_a_request_cancelled_while_its_budget_is_reserved_gives_it_back(redis_ur
             limiter = Limiter(RedisBackend(url, prefix="t9:"))
             await limiter.start()
             try:
-                await limiter.ping()  # a pooled connection, ready
+                await limiter.problem()  # a pooled connection, ready
                 admission = Admission(Principal(key), limiter, catalogue)
                 reserving = asyncio.create_task(admission.reserve_budget([(model, request)]))
                 await asyncio.sleep(0.1)  # Redis held it; the answer is on its way back

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelgate.limits")
 
 WINDOW_SECONDS = 60.0
+#: How long ``/ready``'s probe key lives in Redis (one a prefix, rewritten by every probe).
+READY_PROBE_TTL_MS = 60_000
 #: Retry-After for a full concurrency cap: a stream may end any moment, so "soon".
 CONCURRENCY_RETRY_AFTER = 1.0
 
@@ -112,7 +114,8 @@ class LimitBackend(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def ping(self) -> bool: ...
+    async def problem(self) -> str | None:
+        """What keeps the store from counting (``/ready`` reports it), or None."""
 
     async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
         """Atomically: if every limit of ``plan`` has room, count the request and take its slots."""
@@ -144,8 +147,8 @@ class MemoryBackend:
     async def stop(self) -> None:
         pass
 
-    async def ping(self) -> bool:
-        return True
+    async def problem(self) -> str | None:
+        return None
 
     async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
         now = self._clock()
@@ -295,9 +298,10 @@ class RedisBackend:
     """Counters shared by every process that points at the same Redis."""
 
     def __init__(self, url: str, *, lease_ttl: float = 30.0, prefix: str = "modelgate:") -> None:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         self.errors: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._refused = ResponseError  # Redis answered, with an error (READONLY, OOM, ...)
         self._url = url
         self.lease_ttl = lease_ttl
         self.prefix = prefix
@@ -344,11 +348,16 @@ class RedisBackend:
             await self._client.aclose()
             self._client = None
 
-    async def ping(self) -> bool:
+    async def problem(self) -> str | None:
+        # A write, not PING: a replica (after a failover to the wrong node) or a full Redis answers PING but refuses
+        # the admission script's writes, so every counted request would get a 503 from a "ready" process.
         try:
-            return bool(await self.client.ping())
+            await self.client.set(self.prefix + "ready-probe", b"1", px=READY_PROBE_TTL_MS)
+        except self._refused as exc:
+            return f"redis refuses writes: {str(exc)[:120]}"
         except self.errors:
-            return False
+            return "redis unreachable"
+        return None
 
     async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
         window = plan.window
@@ -489,9 +498,9 @@ class Limiter:
         await self.budgets.stop()
         await self.backend.stop()
 
-    async def ping(self) -> bool:
-        """Whether the counter store answers (``/ready`` reports it)."""
-        return await self.backend.ping()
+    async def problem(self) -> str | None:
+        """What keeps the counter store from counting (``/ready`` reports it), or None."""
+        return await self.backend.problem()
 
     def plan(self, principal: Principal, model: CatalogueModel, catalogue: Catalogue) -> Plan:
         """Every limit of a direct call by ``principal`` to ``model``."""

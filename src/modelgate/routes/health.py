@@ -64,11 +64,12 @@ async def ready(request: Request) -> Response:
     if state.settings.redis_url:
         try:
             async with asyncio.timeout(REDIS_PING_TIMEOUT):
-                checks["redis"] = await state.limiter.ping()
+                redis_problem = await state.limiter.problem()
         except TimeoutError:
-            checks["redis"] = False
-        if not checks["redis"]:
-            problems.append("redis unreachable")
+            redis_problem = "redis unreachable"
+        checks["redis"] = redis_problem is None
+        if redis_problem is not None:
+            problems.append(redis_problem)
     if problems:
         error = ModelgateError(f"Not ready: {', '.join(problems)}", status=503, data=checks)
         response = error_response(error, request.url.path)
