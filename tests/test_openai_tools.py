@@ -485,12 +485,50 @@ def test_ollama_second_turn_sends_its_own_message_shapes(client: openai.OpenAI, 
     completion = client.chat.completions.create(model="t/llava", messages=SECOND_TURN, tools=[WEATHER_TOOL])
     assert completion.choices[0].message.content == "21 degrees."
     sent = fakes.ollama.last.json["messages"]
+    # The call keeps its id and the result names it (api/types.go ``ToolCall.ID``, ``Message.ToolCallID``), as
+    # Ollama's own OpenAI layer passes them on (openai/openai.go ``FromChatRequest``).
     assert sent[1] == {
         "role": "assistant",
         "content": "",
-        "tool_calls": [{"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
+        "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
     }
-    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather"}
+    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather", "tool_call_id": "call_9"}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_ollama_tool_loop_links_each_result_to_its_call_by_ollamas_id(
+    client: openai.OpenAI, fakes: Fakes, stream: bool
+) -> None:
+    """Two calls of one function: only the id tells their results apart (Cohere's renderer, model/renderers/cohere.go
+    ``resolveResultID``, rendered a result without ``tool_call_id`` with an empty id, linked to no call)."""
+    bern = ToolCallScript(name="get_weather", arguments='{"city": "Bern"}', id="call_k3x9q2za")
+    fakes.ollama.script(Reply(tokens=(), tool_calls=(CALL, bern), finish="tool_calls"), Reply(tokens=["Both mild."]))
+    messages: Any = [{"role": "user", "content": "Weather in Zürich and Bern?"}]
+    if stream:
+        chunks = client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL], stream=True)
+        calls = [
+            {"id": p.id, "type": "function", "function": {"name": "get_weather", "arguments": p.function.arguments}}
+            for chunk in chunks
+            for choice in chunk.choices
+            for p in choice.delta.tool_calls or []
+            if p.function is not None
+        ]
+    else:
+        message = client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL])
+        calls = [c.model_dump() for c in message.choices[0].message.tool_calls or []]
+    assert [c["id"] for c in calls] == ["call_w1", "call_k3x9q2za"]  # Ollama's own ids
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_k3x9q2za", "content": "18"},
+        {"role": "tool", "tool_call_id": "call_w1", "content": "21"},
+    ]
+    client.chat.completions.create(model="t/llava", messages=messages, tools=[WEATHER_TOOL])
+    sent = fakes.ollama.last.json["messages"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_w1", "call_k3x9q2za"]
+    assert [(m["tool_name"], m["tool_call_id"], m["content"]) for m in sent[2:]] == [
+        ("get_weather", "call_k3x9q2za", "18"),
+        ("get_weather", "call_w1", "21"),
+    ]
 
 
 def test_ollama_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: Fakes) -> None:

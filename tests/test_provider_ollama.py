@@ -37,7 +37,10 @@ class TestOllama(ThinkTagsContract):
         model = dataclasses.replace(
             catalogue_model(self.model_id), upstream_model="qwen3:0.6b", capabilities=frozenset({"reasoning"})
         )
-        calls = (ToolCallScript("get_weather", '{"city": "Bern"}'), ToolCallScript("get_time", "{}"))
+        calls = (
+            ToolCallScript("get_weather", '{"city": "Bern"}', id="call_a1b2c3d4"),
+            ToolCallScript("get_time", "{}", id="call_e5f6g7h8"),
+        )
         reply = Reply(reasoning=["hmm", " <ok>"], tokens=["<b>", "&", "</b>"], tool_calls=calls, finish="tool_calls")
         fakes.ollama.script(reply, reply)
         async with new_session() as http:
@@ -52,7 +55,7 @@ class TestOllama(ThinkTagsContract):
                 (0, "get_weather", '{"city":"Bern"}'),
                 (1, "get_time", "{}"),
             ]
-            assert all(p.id and p.id.startswith("call_") for p in pieces)
+            assert [p.id for p in pieces] == ["call_a1b2c3d4", "call_e5f6g7h8"]  # Ollama's ids
             assert got.finish.reason == "tool-calls"  # Ollama says "stop"
             assert got.finish.usage == Usage(11, 5)  # the scripted tokens, reasoning included
 
@@ -194,6 +197,15 @@ async def test_a_last_line_without_done_delivers_its_text_then_fails_as_truncate
         assert parser.feed(b'{"message":{"role":"assistant","content":"b"},"done":false}') == []
         assert parser.end() == [TextDelta("b")]
     assert isinstance(parser.failure, UpstreamProtocolError) and "truncated" in parser.failure.message
+
+
+def test_a_tool_call_without_an_id_gets_one_of_ours() -> None:
+    """Ollama versions before server/routes.go ``toolCallId`` send no id: the call still needs one to be answered."""
+    parser = OllamaStream(Upstream("ollama", Connection("http://127.0.0.1:9"), None, read_error), REQUEST)  # type: ignore[arg-type]
+    line = b'{"message":{"tool_calls":[{"function":{"name":"f","arguments":{}}}]},"done":false}\n'
+    [call] = parser.feed(line)
+    assert isinstance(call, ToolCallDelta) and call.id is not None and call.id.startswith("call_")
+    assert (call.name, call.arguments) == ("f", "{}")
 
 
 @pytest.mark.parametrize(

@@ -186,9 +186,9 @@ def test_ollama_and_cloudflare_get_their_own_second_turn_shapes(client: openai.O
     assert sent[1] == {
         "role": "assistant",
         "content": "",
-        "tool_calls": [{"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
+        "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}],
     }
-    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather"}
+    assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather", "tool_call_id": "call_9"}
     fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
     client.responses.create(model="t/cf", input=turn, tools=[TOOL])
     assert fakes.cloudflare.last.json["messages"][2] == {"role": "tool", "content": "21", "name": "get_weather"}

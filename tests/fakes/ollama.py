@@ -16,7 +16,8 @@ Thinking follows Ollama's ``ChatHandler`` (server/routes.go): a model with the t
 (a scripted ``Reply.reasoning`` is not sent).
 
 Tool calls (``Reply.tool_calls``) as Ollama sends them: whole, in one line's ``message.tool_calls``
-(``{"function": {"name", "arguments": {object}}}``, no id), and ``done_reason`` stays ``"stop"``.
+(``{"id", "function": {"index", "name", "arguments": {object}}}``: api/types.go ``ToolCall``, the id minted by
+server/routes.go ``toolCallId``), and ``done_reason`` stays ``"stop"``.
 Images must be plain base64 (Ollama answers 400 "illegal base64 data at input byte N" otherwise).
 """
 
@@ -178,4 +179,9 @@ class FakeOllama(FakeUpstream):
 
 
 def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
-    return [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in reply.tool_calls]
+    # api.ToolCall: an ``id`` (server/routes.go ``toolCallId``: "call_" and 8 random characters) and the function
+    # with its ``index`` (not omitempty).
+    return [
+        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": json.loads(c.arguments)}}
+        for i, c in enumerate(reply.tool_calls)
+    ]

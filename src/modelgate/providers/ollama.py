@@ -24,9 +24,11 @@ Tools, structured output and images (ollama-python ``_types.py``: ``ChatRequest.
 ``Message.images``/``tool_calls``/``tool_name``): ``tools`` as OpenAI defines them; ``format`` is the JSON
 schema, or ``"json"`` for any object; images are base64 strings in the message's ``images`` — Ollama takes
 bytes, not URLs, and modelgate fetches no URL a client names, so a remote image URL is refused (400).
-An assistant's tool call goes back with its arguments as an object, a tool result as a ``tool`` message
-naming the function (``tool_name``). Ollama's tool calls arrive whole (``message.tool_calls``, arguments
-an object, no id): each becomes one ``ToolCallDelta`` with a generated id, and the reply finishes with
+An assistant's tool call goes back with its id and its arguments as an object, a tool result as a ``tool`` message
+naming the function (``tool_name``) and the call (``tool_call_id``; api/types.go ``Message.ToolCallID``, which
+renderers such as Cohere's link results by, and Ollama's own OpenAI layer passes on). Ollama's tool calls arrive
+whole (``message.tool_calls``, arguments an object, an ``id`` since server/routes.go ``toolCallId``): each becomes
+one ``ToolCallDelta`` with that id (a generated one from versions without), and the reply finishes with
 ``tool-calls`` (Ollama says ``stop``).
 """
 
@@ -137,10 +139,13 @@ def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
         wire["images"] = [inline[1] for image in message.images if (inline := image.inline) is not None]
     if message.tool_calls:
         wire["tool_calls"] = [
-            {"function": {"name": c.name, "arguments": orjson.loads(c.arguments or "{}")}} for c in message.tool_calls
+            {"id": c.id, "function": {"name": c.name, "arguments": orjson.loads(c.arguments or "{}")}}
+            for c in message.tool_calls
         ]
-    if message.tool_call_id is not None and message.tool_call_id in names:
-        wire["tool_name"] = names[message.tool_call_id]
+    if message.tool_call_id is not None:
+        if message.tool_call_id in names:
+            wire["tool_name"] = names[message.tool_call_id]
+        wire["tool_call_id"] = message.tool_call_id
     return wire
 
 
@@ -225,15 +230,14 @@ class OllamaStream:
         return events
 
     def _tool_call(self, call: Any) -> ToolCallDelta:
-        """A whole call (arguments an object) as one piece, with the id Ollama does not give."""
+        """A whole call (arguments an object) as one piece, with Ollama's id (one of ours from a version without)."""
         function = call["function"]
         index = self._calls
         self._calls += 1
         arguments = function.get("arguments") or {}
         text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
-        return ToolCallDelta(
-            index=index, id=f"call_{uuid.uuid4().hex[:24]}", name=text_field(function["name"]), arguments=text
-        )
+        call_id = text_field(call.get("id") or "") or f"call_{uuid.uuid4().hex[:24]}"
+        return ToolCallDelta(index=index, id=call_id, name=text_field(function["name"]), arguments=text)
 
 
 class Ollama(HttpProvider):
