@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +66,7 @@ base_url = "{fakes.huggingface.url}"
             _model("plain", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct", "[]"),
             _model("llava", "ollama", "llava:7b"),
             _model("cf", "cloudflare", "@cf/meta/llama-3.3-70b-instruct-fp8-fast", '["tools", "json"]'),
+            _model("cf-mistral", "cloudflare", "@cf/mistralai/mistral-small-3.1-24b-instruct", '["tools"]'),
             _model("tgi", "tgi-local", "Qwen/Qwen2.5-72B-Instruct", '["tools", "json"]', 'template = "chatml"'),
         )
     )
@@ -659,7 +661,30 @@ def test_cloudflare_second_turn(client: openai.OpenAI, fakes: Fakes) -> None:
     assert completion.choices[0].finish_reason == "stop"
     sent = fakes.cloudflare.last.json["messages"]
     assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ARGUMENTS}
-    assert sent[2] == {"role": "tool", "content": "21", "name": "get_weather"}
+    # "call_9" is off the schema's pattern ([a-zA-Z0-9]{9}): the call and its result get one derived from it, alike.
+    call_id = sent[1]["tool_calls"][0]["id"]
+    assert re.fullmatch(r"[a-zA-Z0-9]{9}", call_id)
+    assert sent[2] == {"role": "tool", "content": "21", "name": "get_weather", "tool_call_id": call_id}
+
+
+@pytest.mark.parametrize("model", ["t/cf", "t/cf-mistral"])
+def test_cloudflare_tool_results_name_their_call(client: openai.OpenAI, fakes: Fakes, model: str) -> None:
+    """A tool result carries its call's ``tool_call_id``, as workers-ai-provider sends it: Mistral-3 refuses one without
+    ("Must be supplied for tool calls for Mistral-3", the model's input schema)."""
+    fakes.cloudflare.script(_tool_call_reply(), Reply(tokens=["21 degrees."]))
+    messages: Any = [{"role": "user", "content": "Weather?"}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+    calls = first.choices[0].message.tool_calls or []
+    assert len(calls) == 1
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "21"},
+    ]
+    second = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].message.content == "21 degrees."
+    sent = fakes.cloudflare.last.json["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == calls[0].id
+    assert sent[2] == {"role": "tool", "content": "21", "name": "get_weather", "tool_call_id": calls[0].id}
 
 
 def test_cloudflare_json_mode(client: openai.OpenAI, fakes: Fakes) -> None:

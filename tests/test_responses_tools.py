@@ -191,7 +191,13 @@ def test_ollama_and_cloudflare_get_their_own_second_turn_shapes(client: openai.O
     assert sent[2] == {"role": "tool", "content": "21", "tool_name": "get_weather", "tool_call_id": "call_9"}
     fakes.cloudflare.script(Reply(tokens=["21 degrees."]))
     client.responses.create(model="t/cf", input=turn, tools=[TOOL])
-    assert fakes.cloudflare.last.json["messages"][2] == {"role": "tool", "content": "21", "name": "get_weather"}
+    sent = fakes.cloudflare.last.json["messages"]
+    assert sent[2] == {
+        "role": "tool",
+        "content": "21",
+        "name": "get_weather",
+        "tool_call_id": sent[1]["tool_calls"][0]["id"],
+    }
 
 
 def test_text_and_calls_of_one_turn_are_one_assistant_message(client: openai.OpenAI, fakes: Fakes) -> None:

@@ -4,7 +4,8 @@ Framing (§2.4): ``data: {…}`` events, **bare** (no v4 envelope): ``{"response
 with random-length ``p`` padding, then a separate ``{"response":"","usage":{…}}`` event, then
 ``data: [DONE]``. No finish reason. Errors use the v4 envelope with numeric codes (§2.5). The body is
 schema-checked like the real endpoint: unknown properties (``typical_p``, ``truncate`` …) and
-out-of-range values are rejected with 400 / code 5006, so an adapter that sends them fails here too.
+out-of-range values are rejected with 400 / code 5006, so an adapter that sends them fails here too; so are a
+``tool_call_id`` off the schema's pattern, and a tool result without one for a Mistral-3 model (``MISTRAL_3``).
 
 An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`` (whether Cloudflare
 ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
@@ -24,6 +25,7 @@ chunks until ``[DONE]``, or a ``chat.completion`` as the envelope's ``result``; 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -63,6 +65,13 @@ SCHEMA: dict[str, tuple[float, float] | None] = {
 #: The vision model's input (llama-3.2-11b-vision-instruct) adds ``image``: one of the image's bytes as an array of
 #: integers 0 to 255, or a "binary string representing the image contents".
 VISION_MODELS = frozenset({"@cf/meta/llama-3.2-11b-vision-instruct"})
+
+#: Models whose tool results must name their call: the messages' ``tool_call_id`` "Must be supplied for tool calls for
+#: Mistral-3" (the model's input schema), as Mistral's tokenizer refuses a tool message without one (mistral-common
+#: ``validator.py``: "Tool call id has to be defined.").
+MISTRAL_3 = frozenset({"@cf/mistralai/mistral-small-3.1-24b-instruct"})
+#: The schema's ``pattern`` for ``tool_call_id``, unanchored as JSON Schema patterns are.
+TOOL_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
 
 
 def envelope_error(status: int, code: int, message: str, *, retry_after: float | None = None) -> Response:
@@ -125,7 +134,7 @@ class FakeCloudflare(FakeUpstream):
         if not self.serves(model):
             return envelope_error(400, 5007, f"No such model {model} or task")
         body = recorded.json
-        problem = validate(body, vision=model in VISION_MODELS)
+        problem = validate(body, vision=model in VISION_MODELS, mistral=model in MISTRAL_3)
         if problem:
             return envelope_error(400, 5006, f"AiError: Bad input: {problem}")
         assert isinstance(body, dict)
@@ -206,7 +215,7 @@ def _positive(request: Request, name: str, default: int) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
-def validate(body: Any, *, vision: bool = False) -> str | None:
+def validate(body: Any, *, vision: bool = False, mistral: bool = False) -> str | None:
     if not isinstance(body, dict):
         return "Error: Type mismatch of '/', 'object' not 'string'"
     if ("messages" in body) == ("prompt" in body):
@@ -237,4 +246,10 @@ def validate(body: Any, *, vision: bool = False) -> str | None:
         and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
     ):
         return "Error: Type mismatch of '/messages', each message needs a role and a string content"
+    for index, message in enumerate(messages or ()):
+        call_id = message.get("tool_call_id")
+        if call_id is not None and not (isinstance(call_id, str) and TOOL_CALL_ID.search(call_id)):
+            return f"Error: '/messages/{index}/tool_call_id' does not match pattern '[a-zA-Z0-9]{{9}}'"
+        if mistral and message["role"] == "tool" and call_id is None:
+            return "Tool call id has to be defined."  # [illustrative] how Workers AI words the tokenizer's refusal
     return None

@@ -23,7 +23,8 @@ events a stream would have given (``response`` is an object when JSON mode parse
 ``workers-ai-provider``'s ``doGenerate`` reads the same fields). Tool calls come without ids: each gets a generated
 one; some models put OpenAI-shaped calls there instead (``{"id", "type", "function": {"name", "arguments"}}``), read
 as the official provider reads them, with their own ids. A past call goes back as the assistant's OpenAI-shaped
-``tool_calls``, a tool result as ``{"role": "tool", "name", "content"}``.
+``tool_calls``, a tool result as ``{"role": "tool", "name", "tool_call_id", "content"}`` (as ``workers-ai-provider``
+sends it; the input schemas: "Must be supplied for tool calls for Mistral-3", pattern ``[a-zA-Z0-9]{9}``).
 
 Images (a model declaring ``vision``, such as ``@cf/meta/llama-3.2-11b-vision-instruct``): Workers AI's vision
 input is one image in the top-level ``image`` field, "an array of integers that represent the image data
@@ -45,6 +46,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -166,15 +169,26 @@ def whole_reply(request: ChatRequest) -> bool:
     return offers_tools(request) or request.response_format is not None
 
 
+#: The input schemas' pattern for a message's ``tool_call_id`` (unanchored, as JSON Schema patterns are).
+_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
+
+
+def wire_call_id(call_id: str) -> str:
+    """A call's id as Workers AI takes it: as it is, or, when it has no nine letters and digits in a row (the schemas'
+    pattern), nine hex digits derived from it, so that the call and its result still carry the same one."""
+    return call_id if _CALL_ID.search(call_id) else hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+
 def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
     wire: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         wire["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            {"id": wire_call_id(c.id), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in message.tool_calls
         ]
     if message.tool_call_id is not None:
         wire["name"] = names.get(message.tool_call_id, "")
+        wire["tool_call_id"] = wire_call_id(message.tool_call_id)
     return wire
 
 
