@@ -112,6 +112,17 @@ class TestCloudflare(ThinkTagsContract):
         assert got.error.status == 429 and "3036" in got.error.message
 
     @pytest.mark.anyio
+    @pytest.mark.parametrize("status", [429, 500])
+    async def test_daily_allocation_used_up_under_its_current_code_is_not_retried(
+        self, fakes: Fakes, status: int
+    ) -> None:
+        """Workers AI now says "4006: you have used up your daily free allocation of 10,000 neurons" (3036 was the
+        code of the errors page): a 429 no retry cures until the allocation resets, whatever status carries it."""
+        got = await self.run(fakes, Reply(fault=Fault.status(status, code=4006)))
+        assert isinstance(got.error, UpstreamRateLimited) and not got.error.transient
+        assert got.error.status == 429 and "4006" in got.error.message
+
+    @pytest.mark.anyio
     async def test_auth_code_under_403_is_still_an_auth_error(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(fault=Fault.status(403, code=10000)))
         assert got.error is not None and type(got.error).__name__ == "UpstreamAuthError"

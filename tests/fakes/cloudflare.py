@@ -9,7 +9,8 @@ out-of-range values are rejected with 400 / code 5006, so an adapter that sends 
 
 An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`` (whether Cloudflare
 ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
-``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity).
+``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity); ``code=4006`` is the same
+exhaustion in Workers AI's current wording.
 A call without ``stream: true`` gets one v4 envelope ``{"result": {"response", "tool_calls", "usage"},
 "success": true, "errors": [], "messages": []}`` once the scripted generation is over, and a failure midway as
 an error status (the envelope, code 3043 [illustrative]) (``_base.WholeReply``). Tools and JSON mode as Workers AI
@@ -205,6 +206,14 @@ class FakeCloudflare(FakeUpstream):
         }
         if code == 3036:
             default = (3036, "3036: Account limited: you have used up your daily free allocation of 10,000 neurons")
+        elif (
+            code == 4006
+        ):  # the same exhaustion as Workers AI words it now (the HTTP status it comes under: unconfirmed)
+            default = (
+                4006,
+                "4006: you have used up your daily free allocation of 10,000 neurons, please upgrade to Cloudflare's "
+                "Workers Paid plan if you would like to continue usage.",
+            )
         else:
             default = defaults.get(status, (7000, f"HTTP {status}"))
         return envelope_error(status, code or default[0], message or default[1], retry_after=retry_after)

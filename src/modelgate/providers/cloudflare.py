@@ -94,6 +94,7 @@ _CODES: dict[int, tuple[int, bool | None]] = {
     7003: (401, None),  # "could not route to /accounts/…": the account id is wrong
     3040: (429, True),  # out of capacity: retry with backoff
     3036: (429, False),  # daily free allocation used up: no retry helps until tomorrow
+    4006: (429, False),  # the same, as Workers AI words it now ("4006: you have used up your daily free allocation …")
     5007: (404, None),  # no such model
     3042: (404, None),  # invalid model id
 }
