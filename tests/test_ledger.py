@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 import modelgate.ledger as ledger_module
 from modelgate.app import create_app
@@ -33,6 +34,7 @@ from modelgate.usage_store import UsageFilter, UsageReport
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import run_cli, serve_subprocess, wait_for
 from tests.fakes import Fakes, Fault, Reply
+from tests.postgres_proxy import CommitAnswerCutter
 from tests.postgres_server import PostgresCluster, postgres_cluster
 from tests.servers import serve_in_thread
 
@@ -253,8 +255,14 @@ def run_sql(url: str, *statements: str) -> None:
 def test_a_ledger_from_before_cached_tokens_gets_the_column_on_open(tmp_path: Path, ledger_url: str) -> None:
     """A database written by the release before: its table lacks ``cached_tokens`` and its migrations table says
     step 1. Opening it adds the column (the old rows NULL: unknown), writes and reports new rows, and opening it
-    again changes nothing."""
+    again changes nothing. So for ``record_id`` (step 4): NULL in the old rows, which its unique index lets be."""
     sqlite = ledger_url.startswith("sqlite")
+    old_row = (
+        "INSERT INTO modelgate_usage (ts, request_id, model, requested_model, provider, status, outcome,"
+        " prompt_tokens, completion_tokens, usage_estimated, duration_ms, cost)"
+        f" VALUES ({time.time() - 60}, 'old', 'acme/cache', 'acme/cache', 'openrouter', 200, 'ok', 1200, 10,"
+        f" {'0' if sqlite else 'FALSE'}, 12.5, 0.00124)"
+    )
     run_sql(
         ledger_url,
         OLD_USAGE_TABLE.format(id="INTEGER" if sqlite else "BIGSERIAL"),
@@ -262,10 +270,8 @@ def test_a_ledger_from_before_cached_tokens_gets_the_column_on_open(tmp_path: Pa
         "CREATE INDEX modelgate_usage_key_ts ON modelgate_usage (key_id, ts)",
         "CREATE TABLE modelgate_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
         f"INSERT INTO modelgate_migrations VALUES (1, {time.time() - 86400})",
-        "INSERT INTO modelgate_usage (ts, request_id, model, requested_model, provider, status, outcome,"
-        " prompt_tokens, completion_tokens, usage_estimated, duration_ms, cost)"
-        f" VALUES ({time.time() - 60}, 'old', 'acme/cache', 'acme/cache', 'openrouter', 200, 'ok', 1200, 10,"
-        f" {'0' if sqlite else 'FALSE'}, 12.5, 0.00124)",
+        old_row,
+        old_row.replace("'old'", "'older'").replace("1200, 10", "0, 0").replace("0.00124", "0"),
     )
     catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *CACHE_PRICED))
 
@@ -288,14 +294,23 @@ def test_a_ledger_from_before_cached_tokens_gets_the_column_on_open(tmp_path: Pa
     rows = {row["request_id"]: row for row in ledger_rows(ledger_url)}
     assert (rows["old"]["cached_tokens"], rows["old"]["cost"]) == (None, pytest.approx(0.00124))
     assert (rows["new"]["cached_tokens"], rows["new"]["cost"]) == (1024, pytest.approx((176 + 256 + 40) / 1e6))
-    assert report.totals.requests == 2 and report.totals.cached_tokens == 1024
-    assert {r.request_id: r.cached_tokens for r in report.records} == {"old": None, "new": 1024}
+    assert report.totals.requests == 3 and report.totals.cached_tokens == 1024
+    assert {r.request_id: r.cached_tokens for r in report.records} == {"old": None, "older": None, "new": 1024}
+    assert (rows["old"]["record_id"], rows["older"]["record_id"]) == (None, None)
+    assert len(rows["new"]["record_id"]) == 32
 
     report = asyncio.run(scenario("again", 0))  # reopened: every step is recorded, nothing is applied twice
-    assert report.totals.requests == 3 and report.totals.cached_tokens == 1024
+    assert report.totals.requests == 4 and report.totals.cached_tokens == 1024
     assert ledger_rows(ledger_url)[-1]["cached_tokens"] == 0
     versions = ledger_rows(ledger_url, "SELECT version FROM modelgate_migrations ORDER BY version")
-    assert [row["version"] for row in versions] == [1, 2, 3]
+    assert [row["version"] for row in versions] == [1, 2, 3, 4]
+    index_query = (
+        "SELECT sql AS definition FROM sqlite_master WHERE name = 'modelgate_usage_record_id'"
+        if sqlite
+        else "SELECT indexdef AS definition FROM pg_indexes WHERE indexname = 'modelgate_usage_record_id'"
+    )
+    [index] = ledger_rows(ledger_url, index_query)
+    assert "UNIQUE INDEX" in index["definition"].upper() and "record_id" in index["definition"]
 
 
 def test_a_fallback_row_names_both_models(fakes: Fakes, tmp_path: Path) -> None:
@@ -536,6 +551,78 @@ def test_a_write_in_progress_at_shutdown_is_finished_not_lost(tmp_path: Path) ->
 
     asyncio.run(scenario())
     assert [row["request_id"] for row in ledger_rows(url)] == ["a", "b", "c"]
+
+
+def tiny_request(request_id: str) -> Observation:
+    obs = Observation(request_id, time.perf_counter())
+    obs.model, obs.provider, obs.prompt_tokens, obs.completion_tokens = "acme/tiny", "ollama", 4, 2
+    return obs
+
+
+@pytest.mark.postgres
+def test_a_batch_whose_commit_answer_is_lost_is_not_written_twice(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """The connection is cut after PostgreSQL committed a batch but before its answer reached the ledger: the
+    writer sees a failed write and writes the batch again. Before, every row was then in the ledger twice, so
+    ``/api/usage`` and the budgets restored from it counted those requests twice."""
+    url = postgres.create_database()
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+
+    async def scenario() -> UsageReport:
+        async with CommitAnswerCutter(postgres.port) as proxy:
+            ledger = Ledger(url.replace(f":{postgres.port}/", f":{proxy.port}/"), scrub=str, flush_interval=3600)
+            await ledger.start()
+            try:
+                assert await ledger.database() is not None  # opened and migrated before the cut is armed
+                for request_id in ("a", "b", "c"):
+                    ledger.record(tiny_request(request_id), 200, "k1", catalogue)
+                proxy.cut_next_commit()
+                await ledger.flush()
+                assert (proxy.cuts, ledger.pending) == (1, 3)  # committed, but the ledger kept them as unwritten
+                await ledger.flush()  # the retry
+                assert ledger.pending == 0
+                return await ledger.report(UsageFilter())
+            finally:
+                await ledger.stop()
+
+    report = asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(url)] == ["a", "b", "c"]
+    assert (report.totals.requests, report.totals.prompt_tokens, report.totals.completion_tokens) == (3, 12, 6)
+
+
+def test_a_batch_committed_before_its_write_failed_is_not_written_twice(tmp_path: Path, ledger_url: str) -> None:
+    """The same on either database, the lost answer as the driver reports it: the insert commits, then raises the
+    error a connection reset or a timeout gives. The retry adds no row; the rows that arrived meanwhile are added."""
+    catalogue = load_catalogue(write_catalogue(tmp_path / "catalogue.toml", *PRICED))
+
+    async def scenario() -> UsageReport:
+        ledger = Ledger(ledger_url, scrub=str, flush_interval=3600)
+        await ledger.start()
+        try:
+            store = await ledger.database()
+            assert store is not None
+            insert = store._insert
+
+            async def commit_then_lose_the_answer(records: Any) -> None:
+                store._insert = insert  # type: ignore[method-assign]  # once
+                await insert(records)
+                raise OperationalError("COMMIT", None, ConnectionResetError("connection reset by peer"))
+
+            store._insert = commit_then_lose_the_answer  # type: ignore[method-assign]
+            for request_id in ("a", "b"):
+                ledger.record(tiny_request(request_id), 200, "k1", catalogue)
+            await ledger.flush()
+            assert ledger.pending == 2
+            ledger.record(tiny_request("c"), 200, "k1", catalogue)
+            await ledger.flush()
+            assert ledger.pending == 0
+            return await ledger.report(UsageFilter())
+        finally:
+            await ledger.stop()
+
+    report = asyncio.run(scenario())
+    assert [row["request_id"] for row in ledger_rows(ledger_url)] == ["a", "b", "c"]
+    assert (report.totals.requests, report.totals.prompt_tokens) == (3, 12)
+    assert report.totals.cost == pytest.approx(3 * (4 * 0.15 + 2 * 0.6) / 1e6)
 
 
 def write_one_batch(url: str, catalogue: Catalogue, rows: list[tuple[str, str, int]]) -> list[str]:

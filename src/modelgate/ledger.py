@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ class UsageRecord:
     ttft_ms: float | None
     duration_ms: float
     cost: float | None  #: USD, when the catalogue prices the answering model and the usage is known
+    #: Random, made once with the record (``new_record_id``), so a batch written again after its commit's answer was
+    #: lost adds no row: the database keeps one per id. Not ``request_id``: a client chooses that one (and may reuse
+    #: it). None in the rows written before the column existed (migration 4).
+    record_id: str | None
+
+
+def new_record_id() -> str:
+    return os.urandom(16).hex()
 
 
 class Ledger:
@@ -138,6 +147,7 @@ class Ledger:
                 ttft_ms=obs.ttft_ms,
                 duration_ms=round((now - obs.started) * 1000, 1),
                 cost=cost,
+                record_id=new_record_id(),
             )
         )
         if len(self._pending) >= self.batch_size and self._due is not None:
@@ -175,7 +185,7 @@ class Ledger:
 
     async def _cancel_between_writes(self, task: asyncio.Task[None]) -> None:
         """Stop the writer once a write in progress is done: cancelled inside ``insert``, its batch (out of
-        ``_pending`` by then) would be lost, or, if the database committed it anyway, written twice if put back.
+        ``_pending`` by then) would be lost.
         A database that does not finish within ``STOP_WAIT`` seconds is not waited for."""
         assert self._writing is not None
         try:
@@ -221,7 +231,9 @@ class Ledger:
         return True
 
     async def flush(self) -> None:
-        """Write the queued rows now, in one transaction. On failure they stay queued for the next try."""
+        """Write the queued rows now, in one transaction. On failure they stay queued for the next try; one whose
+        commit reached the database but whose answer was lost (a cut connection, a timeout) is stored once
+        anyway, as the database skips the records it has (``record_id``)."""
         if self._writing is None or not await self._open():  # not started, or the database is not there yet
             return
         async with self._writing:

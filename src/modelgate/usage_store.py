@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
+    Insert,
     Integer,
     MetaData,
     String,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -70,9 +72,13 @@ usage = Table(
     Column("ttft_ms", Float),
     Column("duration_ms", Float, nullable=False),
     Column("cost", Float(precision=53)),
+    Column("record_id", String(32)),  # migration 4; NULL in every row from before it (NULLs never conflict)
     Index("modelgate_usage_ts", "ts"),
     Index("modelgate_usage_key_ts", "key_id", "ts"),
 )
+
+#: One row per record: a batch written again after its commit's answer was lost skips the rows it already wrote.
+record_id_index = Index("modelgate_usage_record_id", usage.c.record_id, unique=True)
 
 migrations_table = Table(
     "modelgate_migrations",
@@ -101,11 +107,17 @@ def _add_usage_columns(*names: str) -> Callable[[Connection], None]:
     return step
 
 
+def _add_record_ids(connection: Connection) -> None:
+    _add_usage_columns("record_id")(connection)
+    record_id_index.create(connection, checkfirst=True)  # step 1 made it already in a database created since
+
+
 #: (version, step). Append only: a released step is never changed.
 MIGRATIONS: Sequence[tuple[int, Callable[[Connection], None]]] = (
     (1, _create_usage),
     (2, create_key_tables),  # run-time keys (key_store.py)
     (3, _add_usage_columns("cached_tokens")),  # prompt-cache hits (NULL in the rows before)
+    (4, _add_record_ids),  # a unique id per row: a batch retried after a lost commit answer is written once
 )
 
 
@@ -185,9 +197,17 @@ def _refused_value(exc: DBAPIError) -> bool:
     return isinstance(code, str) and code[:2] in ("22", "23")
 
 
+def _insert_new_records(dialect: str) -> Insert:
+    """``INSERT … ON CONFLICT (record_id) DO NOTHING``: the records the database has already are skipped, not
+    refused (a refused row would be dropped, and the rest of its batch written row by row)."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return dialect_insert(usage).on_conflict_do_nothing(index_elements=[usage.c.record_id])
+
+
 class UsageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._insert_statement = _insert_new_records(engine.dialect.name)
 
     async def migrate(self) -> None:
         """Apply the steps this database lacks (see the module docstring)."""
@@ -223,7 +243,8 @@ class UsageStore:
 
     async def _insert(self, records: Sequence[UsageRecord]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(usage), [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records])
+            rows = [{name: getattr(r, name) for name in _RECORD_FIELDS} for r in records]
+            await conn.execute(self._insert_statement, rows)
 
     async def report(self, query: UsageFilter) -> UsageReport:
         conditions = []

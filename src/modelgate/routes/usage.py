@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -26,6 +26,9 @@ from starlette.responses import Response
 from modelgate.app import JSON, GatewayState, gateway
 from modelgate.auth import BearerUnauthorized, is_admin_token, presented_token
 from modelgate.errors import Forbidden, ModelgateError
+
+if TYPE_CHECKING:
+    from modelgate.ledger import UsageRecord
 
 router = APIRouter(tags=["usage"])
 
@@ -64,6 +67,14 @@ def _unix(moment: datetime | None) -> float | None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _record_out(record: UsageRecord) -> dict[str, Any]:
+    """A row as the answer lists it: ``ts`` in ISO 8601, and no ``record_id`` (the writer's key against writing a
+    row twice, of no use to a reader)."""
+    row = asdict(record)
+    del row["record_id"]
+    return {**row, "ts": _iso(record.ts)}
 
 
 async def _budget_state(state: GatewayState, key_id: str) -> list[dict[str, Any]] | None:
@@ -163,7 +174,7 @@ async def usage(
         "groups": [
             {"key_id": g.key_id, "model": g.model, "provider": g.provider, **asdict(g.totals)} for g in report.groups
         ],
-        "records": [{**asdict(r), "ts": _iso(r.ts)} for r in report.records],
+        "records": [_record_out(r) for r in report.records],
     }
     if scope is not None:
         body["budget"] = await _budget_state(state, scope)
