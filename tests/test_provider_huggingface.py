@@ -7,21 +7,27 @@ The request is what both official clients send a chat model (huggingface_hub ``_
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
 
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, GenerationParams, Usage
-from modelgate.errors import UpstreamBadRequest, UpstreamError
+from modelgate.errors import UpstreamError
 from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers._http import estimate_tokens
 from modelgate.providers.huggingface import HuggingFaceRouter
+from modelgate.settings import Settings
 from modelgate.templates import render_prompt
+from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
 from tests.fakes.huggingface import ROUTER_CONTEXT_WINDOWS
+from tests.servers import serve_in_thread
 
 #: The fields every request carries; the rest are the parameters.
 _ENVELOPE = ("model", "messages", "stream", "stream_options")
@@ -112,11 +118,17 @@ class TestHuggingFaceRouter(ProviderContract):
         assert "Qwen/Qwen2.5-72B-Instruct" in got.error.message and "not available upstream" in got.error.message
 
     @pytest.mark.anyio
-    async def test_model_not_supported_by_provider_400_is_a_bad_request_with_its_message(self, fakes: Fakes) -> None:
-        message = "The requested model 'Qwen/Qwen2.5-72B-Instruct' is not supported by provider 'nebius'."
+    async def test_model_not_supported_400_is_a_model_not_served_not_a_bad_request(self, fakes: Fakes) -> None:
+        """The router answers a model none of the account's enabled providers serves with HTTP 400
+        ``{"error": {"message": "The requested model 'x' is not supported by any provider you have enabled.",
+        "code": "model_not_supported", "type": "invalid_request_error", "param": "model"}}``: the catalogue's model
+        is not served, the caller's request is not wrong. As the router's 404 for an unknown model: not available
+        upstream, which a fallback may serve (never the client's 400)."""
+        message = "The requested model 'Qwen/Qwen2.5-72B-Instruct' is not supported by any provider you have enabled."
         got = await self.run(fakes, Reply(fault=Fault.status(400, message=message, code="model_not_supported")))
-        assert isinstance(got.error, UpstreamBadRequest) and got.error.status == 400
-        assert message in got.error.message
+        assert type(got.error) is UpstreamError and not got.error.transient
+        assert got.error.upstream_status == 404
+        assert "not available upstream" in got.error.message and message in got.error.message
 
     @pytest.mark.anyio
     async def test_in_stream_error_event_after_tokens(self, fakes: Fakes) -> None:
@@ -151,3 +163,30 @@ def test_the_per_model_route_is_the_routers_not_tgis(fakes: Fakes) -> None:
 
 def test_registered() -> None:
     assert PROVIDERS["huggingface"] is HuggingFaceRouter
+
+
+def test_a_model_the_router_serves_nowhere_falls_back_instead_of_refusing_the_client(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """End to end: the router's 400 ``model_not_supported`` for the requested model sends the request to its
+    fallback (another provider's model), not a 400 "rejected the request" back to a client whose request is fine;
+    and a 4xx about our configuration does not count against the router's breaker."""
+    fallback = 'fallbacks = ["acme/elsewhere"]'
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "qwen", provider="huggingface", upstream="Qwen/Qwen2.5-72B-Instruct", extra=fallback),
+        model_toml("acme", "elsewhere", provider="openrouter", upstream="meta-llama/llama-3.3-70b-instruct:free"),
+        header="[providers.huggingface]\nbreaker_threshold = 1\n",
+    )
+    message = "The requested model 'Qwen/Qwen2.5-72B-Instruct' is not supported by any provider you have enabled."
+    fakes.huggingface.default = Reply(fault=Fault.status(400, message=message, code="model_not_supported"))
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    body = {"model": "acme/qwen", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(app) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/elsewhere"
+        assert len(fakes.huggingface.requests) == 1  # not retried: a retry gets the same answer
+        # With a breaker that opens on one failure, the next request still reaches the router.
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        assert len(fakes.huggingface.requests) == 2

@@ -25,6 +25,7 @@ error once the events before it are delivered.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -91,6 +92,9 @@ _ERROR_CODES = {
     "context_length_exceeded": 400,
     "invalid_request_error": 400,
     "model_not_found": 404,
+    # The HF router's 400 for a model none of the account's enabled providers serves ("The requested model 'x' is not
+    # supported by any provider you have enabled."): the catalogue's model is not served, the request is not wrong.
+    "model_not_supported": 404,
 }
 #: TGI's Chat Completions stream error is ``{"error": {"message", "http_status_code": 422}}``, 422 whatever failed
 #: (router/src/infer/mod.rs ``into_openai_event``): right for a refused request, not for the failures TGI answers
@@ -170,13 +174,17 @@ def _serving_provider_reason(metadata: Any) -> str | None:
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     """A non-2xx body: ``{"error": {...}}`` or ``{"error": "text"}`` (HF router), vLLM's older
-    ``{"object": "error", "message"}``, or FastAPI's ``{"detail": ...}``."""
+    ``{"object": "error", "message"}``, or FastAPI's ``{"detail": ...}``. A ``code`` that names what failed
+    (``model_not_supported`` under a 400) says more than the HTTP status: it is the status the error means."""
     payload = parse_json(body)
-    if "error" in payload:
-        return error_detail(payload["error"])[1]
-    if "message" in payload:
-        return error_detail(payload)[1]
-    return ErrorDetail(str(payload["detail"]))
+    if "error" not in payload and "message" not in payload:
+        return ErrorDetail(str(payload["detail"]))
+    error = payload.get("error", payload)
+    meant, detail = error_detail(error)
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code in _ERROR_CODES:
+        return dataclasses.replace(detail, status=meant)
+    return detail
 
 
 def _image_part(image: Image) -> dict[str, Any]:
