@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
 from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
 from modelgate.providers.openrouter import OpenRouter
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ProviderContract, catalogue_model, collect, free_port_url
+from tests.servers import serve_in_thread
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "stop", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "repeat_penalty")
@@ -132,11 +139,21 @@ class TestOpenRouter(ProviderContract):
         assert detail.message == "Rate limit exceeded: free-models-per-day"
 
     @pytest.mark.anyio
-    async def test_unknown_model_is_a_bad_request_with_openrouters_message(self, fakes: Fakes) -> None:
+    async def test_unknown_model_is_not_available_upstream_with_openrouters_message(self, fakes: Fakes) -> None:
+        """OpenRouter answers a model id it does not know (a ``:free`` variant withdrawn, a slug renamed) with HTTP 400
+        ``{"error": {"message": "<id> is not a valid model ID", "code": 400}}``: the catalogue's id is wrong, not the
+        caller's request. Not available upstream (a fallback may serve), never the client's 400."""
         fakes.openrouter.models = {"deepseek/deepseek-chat:free"}
         got = await self.run(fakes)
-        assert isinstance(got.error, UpstreamBadRequest)
-        assert "is not a valid model ID" in got.error.message
+        assert type(got.error) is UpstreamError and not got.error.transient
+        assert got.error.upstream_status == 404
+        assert "not available upstream" in got.error.message and "is not a valid model ID" in got.error.message
+
+    @pytest.mark.anyio
+    async def test_other_400s_stay_bad_requests(self, fakes: Fakes) -> None:
+        message = "This endpoint's maximum context length is 8192 tokens. However, you requested about 9000 tokens."
+        got = await self.run(fakes, Reply(fault=Fault.status(400, message=message)))
+        assert isinstance(got.error, UpstreamBadRequest) and got.error.status == 400
 
     @pytest.mark.anyio
     async def test_402_is_not_transient(self, fakes: Fakes) -> None:
@@ -170,6 +187,25 @@ async def test_a_stream_cut_after_the_finish_chunk_but_before_done_is_complete()
 
 def test_registered() -> None:
     assert PROVIDERS["openrouter"] is OpenRouter
+
+
+def test_a_withdrawn_model_id_falls_back_instead_of_refusing_the_client(fakes: Fakes, tmp_path: Path) -> None:
+    """End to end: OpenRouter's 400 "<id> is not a valid model ID" for the requested model sends the request to its
+    fallback, not a 400 "rejected the request" to a client whose request is fine."""
+    fallback = 'fallbacks = ["acme/local"]'
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "gone", provider="openrouter", upstream="acme/withdrawn:free", extra=fallback),
+        model_toml("acme", "local", upstream="local:1b"),
+    )
+    fakes.openrouter.models = {"deepseek/deepseek-chat:free"}
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    body = {"model": "acme/gone", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(app) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelgate-model"] == "acme/local"
+    assert [r.json["model"] for r in fakes.openrouter.requests] == ["acme/withdrawn:free"]  # not retried
 
 
 @pytest.mark.anyio

@@ -15,15 +15,32 @@ takes a top-level ``reasoning_effort`` as a shorthand, but the object is the for
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from modelgate.providers._http import ErrorDetail
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
+from modelgate.providers.chat_completions import read_error as read_chat_error
 
 #: App attribution (providers.md §3.1); optional for OpenRouter, shown in its rankings. No
 #: HTTP-Referer: the project has no public site to name, and inventing one would misattribute.
 ATTRIBUTION: Mapping[str, str] = MappingProxyType({"X-Title": "modelgate"})
+
+
+#: How OpenRouter's 400 names a model id it does not know (``{"error": {"message": "<id> is not a valid model ID",
+#: "code": 400}}``): a ``:free`` variant withdrawn or a slug renamed, which is the catalogue's, not the caller's, fault.
+UNKNOWN_MODEL = " is not a valid model ID"
+
+
+def read_error(status: int, body: bytes) -> ErrorDetail:
+    """Chat Completions' error body; a 400 for an unknown model id means the model is not available upstream (404):
+    not the client's bad request, and a fallback may serve it."""
+    detail = read_chat_error(status, body)
+    if status == 400 and detail.status is None and detail.message.endswith(UNKNOWN_MODEL):
+        return dataclasses.replace(detail, status=404)
+    return detail
 
 
 class OpenRouter(ChatCompletionsProvider):
@@ -37,3 +54,4 @@ class OpenRouter(ChatCompletionsProvider):
     extra_body: ClassVar[Mapping[str, Any]] = MappingProxyType({"usage": {"include": True}})
     extra_headers = ATTRIBUTION
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
+    read_error = staticmethod(read_error)
