@@ -7,6 +7,7 @@ The request is what both official clients send a chat model (huggingface_hub ``_
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream
 from tests.fakes.contract import MESSAGES, ProviderContract, catalogue_model, collect
+from tests.fakes.hostile import Received, response_head
 from tests.fakes.huggingface import ROUTER_CONTEXT_WINDOWS
 from tests.servers import serve_in_thread
 
@@ -190,3 +192,33 @@ def test_a_model_the_router_serves_nowhere_falls_back_instead_of_refusing_the_cl
         # With a breaker that opens on one failure, the next request still reaches the router.
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
         assert len(fakes.huggingface.requests) == 2
+
+
+def test_a_cold_model_503_hands_on_estimated_time_and_is_not_retried_sooner(
+    hostile: Any, fakes: Fakes, tmp_path: Path
+) -> None:
+    """The hosted service's cold start: HTTP 503 ``{"error": "Model <id> is currently loading", "estimated_time": s}``
+    with the hint in the body only, no Retry-After (providers.md §1.6; the TGI adapter reads it). Retrying within
+    the retry cap cannot help when the model needs two minutes: the client gets the 503 at once with the
+    ``Retry-After`` the router promised, not after two futile retries without one."""
+    loading = b'{"error":"Model Qwen/Qwen2.5-72B-Instruct is currently loading","estimated_time":120.0}'
+
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(503, {"Content-Type": "application/json", "Content-Length": str(len(loading))})
+        yield loading
+
+    hostile.reset(script)
+    overrides = fakes.settings_overrides()
+    overrides["base_url_overrides"] = {**overrides["base_url_overrides"], "huggingface": hostile.url}  # type: ignore[dict-item]
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "qwen", provider="huggingface", upstream="Qwen/Qwen2.5-72B-Instruct"),
+    )
+    app = create_app(Settings(**overrides, probe_interval=0), load_catalogue(path))  # type: ignore[arg-type]
+    body = {"model": "acme/qwen", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(app) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 503, response.text
+    assert "currently loading" in response.json()["error"]["message"]
+    assert response.headers.get("retry-after") == "120"
+    assert len(hostile.received) == 1

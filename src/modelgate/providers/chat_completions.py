@@ -54,7 +54,7 @@ from modelgate.chat import (
     Usage,
     reported_usage,
 )
-from modelgate.errors import UpstreamError, UpstreamProtocolError
+from modelgate.errors import MAX_RETRY_AFTER, UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -174,13 +174,17 @@ def _serving_provider_reason(metadata: Any) -> str | None:
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     """A non-2xx body: ``{"error": {...}}`` or ``{"error": "text"}`` (HF router), vLLM's older
-    ``{"object": "error", "message"}``, or FastAPI's ``{"detail": ...}``. A ``code`` that names what failed
+    ``{"object": "error", "message"}``, or FastAPI's ``{"detail": ...}``. The HF router's cold start carries its
+    wait in ``estimated_time`` beside the error (seconds, as TGI's hosted API has it). A ``code`` that names what failed
     (``model_not_supported`` under a 400) says more than the HTTP status: it is the status the error means."""
     payload = parse_json(body)
     if "error" not in payload and "message" not in payload:
         return ErrorDetail(str(payload["detail"]))
     error = payload.get("error", payload)
     meant, detail = error_detail(error)
+    estimated = payload.get("estimated_time")  # the HF router's cold start: a 503 "Model <id> is currently loading"
+    if isinstance(estimated, int | float) and not isinstance(estimated, bool) and estimated >= 0:
+        detail = dataclasses.replace(detail, retry_after=min(float(estimated), MAX_RETRY_AFTER))
     code = error.get("code") if isinstance(error, dict) else None
     if isinstance(code, str) and code in _ERROR_CODES:
         return dataclasses.replace(detail, status=meant)
