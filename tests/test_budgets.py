@@ -405,18 +405,23 @@ def key_id(key: str) -> str:
     return key_digest(KEYS[key]).hex()[:12]
 
 
-@pytest.fixture
-def service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
+def budgeted_settings(fakes: Fakes, tmp_path: Path, **more: Any) -> Settings:
+    """One model, the keys of ``KEYS_TOML`` and a SQLite ledger in ``tmp_path``."""
     (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
     catalogue = write_catalogue(
         tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
     )
-    settings = Settings(
+    return Settings(
         config_path=catalogue,
         database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
         **fakes.settings_overrides(),  # type: ignore[arg-type]
+        **more,
     )
-    with serve_in_thread(create_app(settings)) as url:
+
+
+@pytest.fixture
+def service(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
+    with serve_in_thread(create_app(budgeted_settings(fakes, tmp_path))) as url:
         yield url
 
 
@@ -526,16 +531,7 @@ def test_a_request_ending_before_the_ledger_was_read_does_not_hide_the_days_spen
     """Found in review: Redis lost its data and the fleet restarted; the first request of a key to end before the
     instance had read the ledger (it opens in the background) created the counter with its own charge, so the
     ledger's figure, set only where no counter exists, was dropped: the key spent its whole day again."""
-    (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
-    catalogue = write_catalogue(
-        tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
-    )
-    settings = Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        redis_url=redis_url,
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-    )
+    settings = budgeted_settings(fakes, tmp_path, redis_url=redis_url)
     redis.Redis.from_url(redis_url).flushdb()
     with serve_in_thread(create_app(settings)) as url:
         for _ in range(3):
