@@ -1,0 +1,347 @@
+"""OpenAI's Codex CLI (github.com/openai/codex, ``codex-rs``) against ``POST /v1/responses``: its exact request bodies
+to a real modelgate over the fakes, and its stream parser's needs checked on what comes back.
+
+Codex, configured with a custom provider (``wire_api = "responses"``, README "Responses API"), sends per turn
+(``codex-api/src/common.rs`` ``ResponsesApiRequest``, built in ``core/src/client.rs``): ``model``,
+``instructions``, ``input`` (its history as ``ResponseItem``s), ``tools``, ``tool_choice: "auto"``,
+``parallel_tool_calls``, ``reasoning`` (``null``, or ``{effort, summary}`` when the model is taken to reason),
+``store: false``, ``stream: true``, ``include`` (``["reasoning.encrypted_content"]`` beside a ``reasoning``,
+else ``[]``), ``prompt_cache_key`` (the thread id), ``client_metadata`` (its installation id), and ``text``
+(``verbosity``) only for models it knows to take one. A model it does not know gets the ``shell`` function tool,
+``update_plan`` and ``view_image`` (``core/src/tools/spec.rs``), and, unless ``web_search = "disabled"``, the
+hosted ``{"type": "web_search"}`` tool (the ``cached`` default).
+
+Later turns send the history back (``protocol/src/models.rs``): a ``reasoning`` item as
+``{"type": "reasoning", "summary": [...], "encrypted_content": null}`` (its ``reasoning_text`` content and id
+are not serialized), ``function_call`` items (``name``, ``arguments``, ``call_id``) and ``function_call_output``
+items (``call_id``, ``output`` a string or content items).
+
+The stream is read by ``codex-api/src/sse/responses.rs`` ``process_sse``: ``response.created`` (with a
+``response``), ``response.output_text.delta``, ``response.reasoning_text.delta`` (``content_index``),
+``response.output_item.done`` (each item deserialized as a ``ResponseItem``; one that fails is skipped), and
+``response.completed``, whose ``response`` must deserialize as ``{id, usage?}`` with integer
+``input_tokens``/``output_tokens``/``total_tokens`` and, when present, integer
+``output_tokens_details.reasoning_tokens`` and ``input_tokens_details.cached_tokens``: a ``response.completed``
+that does not parse fails the turn ("stream closed before response.completed"), as does a stream without one.
+``CodexTurn`` below is that parser's contract.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import test_openai_tools as chat_tools
+from tests.fakes import Fakes, Reply
+from tests.fakes._base import ToolCallScript
+
+# The tools catalogue's server over the fakes (``t/deepseek``: OpenRouter, streams reasoning and tool calls).
+service = chat_tools.service
+MODEL = "t/deepseek"
+
+INSTRUCTIONS = "You are a coding agent running in the Codex CLI, a terminal-based coding assistant."
+#: ``create_shell_tool`` (``ConfigShellToolType::Default``, a model Codex does not know): a function tool.
+SHELL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "shell",
+    "description": "Runs a shell command and returns its output.",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "command": {"type": "array", "items": {"type": "string"}, "description": "The command to execute"},
+            "workdir": {"type": "string", "description": "The working directory to execute the command in"},
+            "timeout_ms": {"type": "number", "description": "The timeout for the command in milliseconds"},
+            "sandbox_permissions": {"type": "string", "description": "Sandbox permissions for the command."},
+            "justification": {"type": "string", "description": "Only set if sandbox_permissions is set."},
+        },
+        "required": ["command"],
+        "additionalProperties": False,
+    },
+}
+PLAN_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "update_plan",
+    "description": "Updates the task plan.",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "explanation": {"type": "string"},
+            "plan": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"step": {"type": "string"}, "status": {"type": "string"}},
+                    "required": ["step", "status"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["plan"],
+        "additionalProperties": False,
+    },
+}
+#: ``create_web_search_tool`` for ``web_search = "cached"``, Codex's default.
+WEB_SEARCH_TOOL: dict[str, Any] = {"type": "web_search", "external_web_access": False}
+THREAD = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+
+#: The history Codex opens a thread with: its developer (permissions) and environment messages, then the prompt.
+OPENING: list[dict[str, Any]] = [
+    {
+        "type": "message",
+        "role": "developer",
+        "content": [{"type": "input_text", "text": "<permissions instructions>sandbox: workspace-write"}],
+    },
+    {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "<environment_context><cwd>/repo</cwd></environment_context>"}],
+    },
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List the files."}]},
+]
+CALL_ARGUMENTS = '{"command":["ls"],"workdir":"/repo"}'
+SHELL_CALL = ToolCallScript(name="shell", arguments=CALL_ARGUMENTS, id="call_ls")
+
+
+def codex_request(
+    input_items: list[dict[str, Any]], *, reasoning: bool = True, tools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The body ``ResponsesApiRequest`` serializes, in its field order; ``reasoning`` as with
+    ``model_supports_reasoning_summaries = true`` and ``model_reasoning_effort = "high"`` in config.toml."""
+    return {
+        "model": MODEL,
+        "instructions": INSTRUCTIONS,
+        "input": input_items,
+        "tools": [SHELL_TOOL, PLAN_TOOL] if tools is None else tools,
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "high", "summary": "auto"} if reasoning else None,
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"] if reasoning else [],
+        "prompt_cache_key": THREAD,
+        "client_metadata": {"x-codex-installation-id": "5f1c33d4-7a3e-4b55-9f0f-0d6a1c2b9e77"},
+    }
+
+
+# --- Codex's stream parser, as a contract ---------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _codex_usage_parses(usage: Any) -> bool:
+    """``ResponseCompletedUsage``: i64 counts; the detail objects are ``Option``s, their one field an i64."""
+    if usage is None:
+        return True
+    counts = all(_is_int(usage.get(name)) for name in ("input_tokens", "output_tokens", "total_tokens"))
+    details = [("input_tokens_details", "cached_tokens"), ("output_tokens_details", "reasoning_tokens")]
+    return counts and all(usage.get(obj) is None or _is_int(usage[obj].get(name)) for obj, name in details)
+
+
+def _codex_item(item: dict[str, Any]) -> bool:
+    """Whether ``ResponseItem`` deserializes ``item`` (the variants modelgate sends)."""
+    kind = item.get("type")
+    if kind == "message":
+        return isinstance(item.get("role"), str) and all(
+            part.get("type") in ("input_text", "input_image", "output_text") for part in item.get("content", ())
+        )
+    if kind == "reasoning":
+        summary_ok = all(part.get("type") == "summary_text" for part in item.get("summary", ()))
+        content_ok = all(part.get("type") in ("reasoning_text", "text") for part in item.get("content") or ())
+        return isinstance(item.get("id"), str) and summary_ok and content_ok
+    if kind == "function_call":
+        return all(isinstance(item.get(name), str) for name in ("name", "arguments", "call_id"))
+    return False
+
+
+@dataclass
+class CodexTurn:
+    """What ``process_sse`` hands the agent loop for one streamed response."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+    reasoning: str = ""
+    response_id: str | None = None
+    usage: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, body: str) -> CodexTurn:
+        turn, created = cls(), False
+        for line in body.splitlines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            kind = event["type"]
+            if kind == "response.created":
+                created = event.get("response") is not None
+            elif kind == "response.output_text.delta":
+                turn.text += event["delta"]
+            elif kind == "response.reasoning_text.delta":
+                assert _is_int(event.get("content_index")), event  # else Codex drops the delta
+                turn.reasoning += event["delta"]
+            elif kind == "response.output_item.done":
+                assert _codex_item(event["item"]), f"Codex would skip this item: {event['item']}"
+                turn.items.append(event["item"])
+            elif kind == "response.completed":
+                response = event["response"]
+                assert isinstance(response.get("id"), str)
+                usage = response.get("usage")
+                assert _codex_usage_parses(usage), f"failed to parse ResponseCompleted: usage {usage}"
+                turn.response_id, turn.usage = response["id"], usage
+            elif kind in ("response.failed", "error"):
+                raise AssertionError(f"the turn failed: {event}")
+        assert created, "no response.created"
+        assert turn.response_id is not None, "stream closed before response.completed"
+        return turn
+
+
+def post(service: str, body: dict[str, Any]) -> httpx.Response:
+    # Codex's headers beside the body: none of them changes the answer.
+    headers = {"session_id": THREAD, "originator": "codex_exec", "OpenAI-Beta": "responses=experimental"}
+    return httpx.post(f"{service}/v1/responses", json=body, headers=headers, timeout=30)
+
+
+def _dropped(answer: httpx.Response) -> set[str]:
+    return set(filter(None, answer.headers.get("x-modelgate-dropped-params", "").split(",")))
+
+
+# --- the agent loop ------------------------------------------------------------------------------------
+
+
+def test_first_turn_with_reasoning_is_served_as_codex_reads_it(service: str, fakes: Fakes) -> None:
+    fakes.openrouter.script(
+        Reply(reasoning=["I should ", "list them."], tokens=(), tool_calls=(SHELL_CALL,), finish="tool_calls")
+    )
+    answer = post(service, codex_request(OPENING))
+    assert answer.status_code == 200, answer.text
+    turn = CodexTurn.read(answer.text)
+    assert [item["type"] for item in turn.items] == ["reasoning", "function_call"]
+    assert turn.reasoning == "I should list them."
+    call = turn.items[1]
+    assert (call["name"], call["call_id"], json.loads(call["arguments"])) == ("shell", "call_ls", {"command": ["ls"], "workdir": "/repo"})
+    assert turn.usage is not None
+    # The provider did not count reasoning apart: unknown, and still a usage Codex parses.
+    assert turn.usage["output_tokens_details"] is None
+    # What nobody here can make or use is accepted and named; the effort is carried.
+    assert {"include", "reasoning.summary", "prompt_cache_key", "client_metadata"} <= _dropped(answer)
+    sent = fakes.openrouter.last.json
+    assert sent["reasoning"] == {"effort": "high"}
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["shell", "update_plan"]
+    assert [m["role"] for m in sent["messages"]] == ["system", "system", "user", "user"]
+
+
+def test_follow_up_turn_sends_back_reasoning_call_and_output(service: str, fakes: Fakes) -> None:
+    """The second request of the loop: the history with the first answer's items as Codex serializes them."""
+    fakes.openrouter.script(Reply(reasoning=["Done."], tokens=["There are ", "two files."]))
+    history = [
+        *OPENING,
+        {"type": "reasoning", "summary": [], "encrypted_content": None},
+        {"type": "function_call", "name": "shell", "arguments": CALL_ARGUMENTS, "call_id": "call_ls"},
+        {"type": "function_call_output", "call_id": "call_ls", "output": "README.md\nsrc\n"},
+    ]
+    answer = post(service, codex_request(history))
+    assert answer.status_code == 200, answer.text
+    turn = CodexTurn.read(answer.text)
+    assert [item["type"] for item in turn.items] == ["reasoning", "message"]
+    assert turn.text == "There are two files."
+    sent = fakes.openrouter.last.json["messages"]
+    assert sent[-2]["tool_calls"][0]["id"] == "call_ls"
+    assert sent[-1] == {"role": "tool", "content": "README.md\nsrc\n", "tool_call_id": "call_ls"}
+    assert "reasoning" not in json.dumps(sent)  # an earlier answer's reasoning is not replayed
+
+
+def test_items_with_ids_status_summaries_and_encrypted_content_are_taken(service: str, fakes: Fakes) -> None:
+    """History from another provider (OpenAI's own, or an app that keeps every field): ids, statuses, a summary
+    and encrypted reasoning. The reasoning is opaque and not replayed; the rest is read as before."""
+    fakes.openrouter.script(Reply(tokens=["ok"]))
+    history = [
+        *OPENING,
+        {
+            "type": "reasoning",
+            "id": "rs_68af",
+            "summary": [{"type": "summary_text", "text": "**Listing files**"}],
+            "encrypted_content": "gAAAAABo-opaque",
+            "status": "completed",
+        },
+        {
+            "type": "function_call",
+            "id": "fc_68af",
+            "status": "completed",
+            "name": "shell",
+            "arguments": CALL_ARGUMENTS,
+            "call_id": "call_ls",
+        },
+        {"type": "function_call_output", "call_id": "call_ls", "output": [{"type": "input_text", "text": "src"}]},
+        {
+            "type": "message",
+            "id": "msg_68af",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "One directory.", "annotations": []}],
+        },
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks."}]},
+    ]
+    answer = post(service, codex_request(history))
+    assert answer.status_code == 200, answer.text
+    assert CodexTurn.read(answer.text).text == "ok"
+    sent = json.dumps(fakes.openrouter.last.json["messages"])
+    assert "opaque" not in sent and "Listing files" not in sent
+
+
+def test_a_turn_without_reasoning_reports_nothing_it_did_not_ask(service: str, fakes: Fakes) -> None:
+    """``reasoning: null`` and ``include: []`` (a model Codex does not take to reason) ask for nothing."""
+    fakes.openrouter.script(Reply(tokens=["Hi."]))
+    answer = post(service, codex_request(OPENING, reasoning=False))
+    assert answer.status_code == 200, answer.text
+    assert CodexTurn.read(answer.text).text == "Hi."
+    assert _dropped(answer) == {"prompt_cache_key", "client_metadata"}
+
+
+def test_the_default_web_search_tool_is_refused_saying_how_to_turn_it_off(service: str, fakes: Fakes) -> None:
+    """A hosted search the model cannot run is not a hint: refused, with Codex's setting named."""
+    answer = post(service, codex_request(OPENING, tools=[SHELL_TOOL, WEB_SEARCH_TOOL]))
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "tools"
+    assert "tools[1]: tools of type 'web_search' are not supported" in error["message"]
+    assert 'web_search = "disabled"' in error["message"]
+    assert fakes.openrouter.requests == []
+
+
+# --- verbosity, on both OpenAI routes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "field"),
+    [("responses", {"text": {"verbosity": "medium"}}), ("chat/completions", {"verbosity": "medium"})],
+)
+def test_the_default_verbosity_is_accepted_and_reported(service: str, fakes: Fakes, route: str, field: Any) -> None:
+    """``medium`` is OpenAI's default: asking for it asks for an ordinary answer, which is what is given."""
+    fakes.openrouter.script(Reply(tokens=["Hi."]))
+    opening = {"input": "Hi"} if route == "responses" else {"messages": [{"role": "user", "content": "Hi"}]}
+    answer = httpx.post(f"{service}/v1/{route}", json={"model": MODEL, **opening, **field}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert _dropped(answer) == {"text.verbosity" if route == "responses" else "verbosity"}
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "param"),
+    [
+        ("responses", {"text": {"verbosity": "low"}}, "text.verbosity"),
+        ("chat/completions", {"verbosity": "high"}, "verbosity"),
+    ],
+)
+def test_another_verbosity_is_refused(service: str, fakes: Fakes, route: str, field: Any, param: str) -> None:
+    """A shorter or longer answer than usual is an answer no provider here can be held to."""
+    opening = {"input": "Hi"} if route == "responses" else {"messages": [{"role": "user", "content": "Hi"}]}
+    answer = httpx.post(f"{service}/v1/{route}", json={"model": MODEL, **opening, **field}, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == param
+    assert fakes.openrouter.requests == []
