@@ -115,7 +115,7 @@ def test_a_text_reply_is_the_documented_event_sequence() -> None:
 def test_reasoning_is_its_own_output_item_before_the_message() -> None:
     events = _stream(
         [ReasoningDelta("2+2"), ReasoningDelta(" is 4"), TextDelta("4"), Finish("stop", USAGE)],
-        unvalidated=("response.completed",),  # its reasoning_tokens is unknown: null (checked below)
+        unvalidated=("response.completed",),  # its reasoning count is unknown: null (checked below)
     )
     assert _types(events) == [
         "response.created",
@@ -138,8 +138,9 @@ def test_reasoning_is_its_own_output_item_before_the_message() -> None:
     response = Response.construct(**events[-1]["response"])  # as openai-python reads it (without validation)
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output_text == "4"
-    # Reasoning happened but this provider does not count it apart: unknown (null), never a made-up 0.
-    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens is None
+    # Reasoning happened but this provider does not count it apart: unknown (null details), never a made-up 0; not
+    # ``{"reasoning_tokens": null}``, which Codex cannot parse (tests/test_responses_codex.py).
+    assert response.usage is not None and response.usage.output_tokens_details is None
 
 
 def test_reasoning_tokens_the_provider_counted_are_reported() -> None:
@@ -186,7 +187,7 @@ def test_a_refusal_is_a_refusal_part_streamed_as_refusal_events() -> None:
 def test_text_and_refusal_are_two_parts_of_one_message_in_order() -> None:
     events = _stream(
         [ReasoningDelta("hm"), TextDelta("Sure"), TextDelta("."), RefusalDelta("No."), Finish("stop", USAGE)],
-        unvalidated=("response.completed",),  # its reasoning_tokens is unknown: null
+        unvalidated=("response.completed",),  # its reasoning count is unknown: null
     )
     message_events = [e for e in events if e.get("output_index") == 1]
     assert _types(message_events) == [

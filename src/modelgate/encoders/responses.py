@@ -170,9 +170,12 @@ def _new_item(kind: ItemKind, output_index: int) -> _Item:
 def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
     """``ResponseUsage``. The cache counts are required by the SDK types: ``cached_tokens`` is the provider's
     count when it reports one (OpenAI, OpenRouter, vLLM), else 0, as is ``cache_write_tokens`` (no provider
-    modelgate speaks reports it). ``reasoning_tokens`` is the provider's count; else 0 for a reply
-    without reasoning, and ``null`` for one with reasoning: unknown, not a made-up number (the one field where we
-    send less than the SDK type's ``int``; openai-python then reads ``None``, the AI SDK's schema allows it)."""
+    modelgate speaks reports it). ``reasoning_tokens`` is the provider's count, else 0 for a reply without
+    reasoning. For a reply with reasoning the provider did not count, the count is unknown, not a made-up number:
+    ``output_tokens_details`` is ``null`` (the one field where we send less than the SDK type). Not
+    ``{"reasoning_tokens": null}``: Codex (``codex-api/src/sse/responses.rs``) reads the details as optional but
+    their count as an integer, and a ``response.completed`` it cannot parse fails the turn; the AI SDK's schema
+    allows either."""
     reasoning = usage.reasoning_tokens
     if reasoning is None and not had_reasoning:
         reasoning = 0
@@ -180,7 +183,7 @@ def usage_object(usage: Usage, *, had_reasoning: bool) -> dict[str, Any]:
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens or 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "output_tokens_details": {"reasoning_tokens": reasoning} if reasoning is not None else None,
         "total_tokens": usage.total_tokens,
     }
     if usage.estimated:  # counted by us, as on /v1/chat/completions: a non-standard field SDKs keep
