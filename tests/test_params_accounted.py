@@ -373,6 +373,7 @@ CHAT_CASES: tuple[Case, ...] = (
     Case("prediction", {"prediction": {"type": "content", "content": "Hello there"}}),
     Case("web_search_options", {"web_search_options": {"search_context_size": "low"}}),
     Case("verbosity", {"verbosity": "low"}),
+    Case("verbosity", {"verbosity": "medium"}, label="verbosity-default"),
     Case("prompt_cache_key", {"prompt_cache_key": "conversation-7"}),
     Case("prompt_cache_options", {"prompt_cache_options": {"mode": "explicit"}}),
     Case("prompt_cache_retention", {"prompt_cache_retention": "24h"}),
@@ -420,6 +421,7 @@ RESPONSES_CASES: tuple[Case, ...] = (
         kinds=IMAGE_KINDS,
     ),
     Case("text.verbosity", {"text": {"verbosity": "low"}}),
+    Case("text.verbosity", {"text": {"verbosity": "medium"}}, label="text.verbosity-default"),
     Case("tools", {"tools": [FLAT_WEATHER]}, tools_sent()),
     Case("tool_choice", {"tools": [FLAT_WEATHER], "tool_choice": "required"}, tool_choice_sent("required"), ("tools",)),
     Case(
@@ -444,6 +446,7 @@ RESPONSES_CASES: tuple[Case, ...] = (
     Case("background_options", {"background_options": {"completion_window": "2h"}}),
     Case("prompt", {"prompt": {"id": "pmpt_123"}}),
     Case("include", {"include": ["reasoning.encrypted_content"]}),
+    Case("include", {"include": ["message.output_text.logprobs"]}, label="include-logprobs"),
     Case("max_tool_calls", {"max_tool_calls": 3}),
     Case("top_logprobs", {"top_logprobs": 2}),
     Case("truncation", {"truncation": "auto"}),

@@ -352,20 +352,19 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
         f"model '{OLLAMA}' does not support structured output",
     ),
     "json_object": ({"text": {"format": {"type": "json_object"}}}, "text.format", "(capability 'json')"),
-    # The effort is carried (tests/test_reasoning_effort.py); nothing else of ``reasoning`` is.
-    "reasoning_summary": (
-        {"reasoning": {"effort": "low", "summary": "auto"}},
-        "reasoning.summary",
-        f"not supported (model '{OLLAMA}'); only reasoning.effort is",
+    # The effort is carried (tests/test_reasoning_effort.py), a summary reported as dropped (below); nothing else.
+    "reasoning_mode": (
+        {"reasoning": {"mode": "pro"}},
+        "reasoning.mode",
+        f"not supported (model '{OLLAMA}'); only reasoning.effort is carried",
     ),
-    "reasoning_generate_summary": (
-        {"reasoning": {"generate_summary": "concise"}},
-        "reasoning.generate_summary",
-        "only reasoning.effort is",
-    ),
-    "reasoning_mode": ({"reasoning": {"mode": "pro"}}, "reasoning.mode", "only reasoning.effort is"),
     "reasoning_effort": ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "Input should be 'none'"),
-    "include": ({"include": ["message.output_text.logprobs"]}, "include", "message.output_text.logprobs"),
+    "include": (
+        {"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]},
+        "include",
+        "message.output_text.logprobs: cannot be included",
+    ),
+    "text_verbosity": ({"text": {"verbosity": "low"}}, "text.verbosity", "only the default, 'medium'"),
     "image": (
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
         "input",
@@ -404,6 +403,28 @@ def test_unsupported_requests_are_refused(client: openai.OpenAI, fakes: Fakes, c
     assert caught.value.body["param"] == param
     assert message in caught.value.body["message"]
     assert fakes.ollama.requests == []
+
+
+#: Extra output no provider kind makes, whose absence leaves the answer as asked: accepted, named as dropped.
+UNMADE: dict[str, tuple[dict[str, Any], str]] = {
+    "summary": ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),
+    "generate_summary": ({"reasoning": {"generate_summary": "concise"}}, "reasoning.generate_summary"),
+    "encrypted_reasoning": ({"include": ["reasoning.encrypted_content"]}, "include"),
+    "default_verbosity": ({"text": {"verbosity": "medium"}}, "text.verbosity"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNMADE))
+def test_extra_output_nobody_makes_is_reported_as_dropped(client: openai.OpenAI, case: str) -> None:
+    fields, name = UNMADE[case]
+    raw = client.responses.with_raw_response.create(model=OLLAMA, input="hi", **fields)
+    assert raw.parse().output_text == "Hello, world!"
+    assert name in raw.headers["x-modelgate-dropped-params"].split(",")
+
+
+def test_an_empty_include_asks_for_nothing(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model=OLLAMA, input="hi", include=[])
+    assert "x-modelgate-dropped-params" not in raw.headers
 
 
 @pytest.mark.parametrize("store", [False, None])

@@ -67,6 +67,10 @@ SERVER_HINTS = (
 #: Chat Completions' fields reported as dropped: the server hints, its ``metadata`` and predicted output, and
 #: ``store`` (``store: false`` is what happens anyway).
 NOT_CARRIED = (*SERVER_HINTS, "metadata", "prediction", "store")
+#: OpenAI's default ``verbosity`` (``text.verbosity`` on /v1/responses): asking for it asks for an ordinary answer,
+#: which every model gives, so it is accepted and reported as dropped; ``low``/``high`` ask for an answer no
+#: provider here can be held to and are refused. Codex sends it for the models it knows to take one.
+DEFAULT_VERBOSITY = "medium"
 
 
 # --- chat completions: the request --------------------------------------------------------------
@@ -130,7 +134,9 @@ class ChatCompletionRequest(ServerHints):
     audio: Any = None
     web_search_options: Any = None
     moderation: Any = None
-    verbosity: WireText | None = None
+    verbosity: WireText | None = Field(
+        default=None, description="Only 'medium', OpenAI's default (reported as dropped)"
+    )
     # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).
     store: bool | None = None
     metadata: Any = None
@@ -163,11 +169,15 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
         ("modalities", any(m != "text" for m in body.modalities or ()), "only text output is supported"),
         ("audio", body.audio is not None, "audio output is not supported"),
-        # Each would leave out of the reply what the client asked to be in it (sources, a moderation verdict), or
-        # be refused as on /v1/responses (``text.verbosity``).
+        # Each would leave out of the reply what the client asked to be in it (sources, a moderation verdict, a
+        # shorter or longer answer), as on /v1/responses (``text.verbosity``).
         ("web_search_options", body.web_search_options is not None, "web search is not supported"),
         ("moderation", body.moderation is not None, "moderation is not supported"),
-        ("verbosity", body.verbosity is not None, "verbosity is not supported"),
+        (
+            "verbosity",
+            body.verbosity not in (None, DEFAULT_VERBOSITY),
+            f"'{body.verbosity}' is not supported; only the default, '{DEFAULT_VERBOSITY}'",
+        ),
     ]
     for param, refused, reason in refusals:
         if refused:
@@ -277,5 +287,6 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, settings
         tool_choice=to_tool_choice(body.tool_choice, tools),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body.response_format),
-        not_carried=not_carried(body, NOT_CARRIED),
+        # ``verbosity`` is here only at its default: other values were refused above.
+        not_carried=not_carried(body, (*NOT_CARRIED, "verbosity")),
     )

@@ -11,9 +11,15 @@ Stateless: whatever needs a stored response (``store: true``, ``previous_respons
 ``item_reference`` items, ``background``, stored ``prompt``s) is a 400 that says so. An absent ``store`` means
 "not stored": OpenAI's server default is ``true``, but the SDKs leave the field out, and refusing every request
 that does not say ``store: false`` would refuse nearly all of them for a promise nobody asked us to keep. What
-the chat types cannot carry (hosted tools such as ``web_search``, files, audio, reasoning summaries) is a 400
-naming the field and the model: never silently ignored. ``reasoning.effort`` is Chat Completions'
-``reasoning_effort``: every provider kind sends it in its own form or reports it as dropped.
+the chat types cannot carry (hosted tools such as ``web_search``, files, audio) is a 400 naming the field and
+the model: never silently ignored. ``reasoning.effort`` is Chat Completions' ``reasoning_effort``: every provider
+kind sends it in its own form or reports it as dropped.
+
+Extra output no provider kind makes, whose absence leaves the answer as asked, is accepted and reported as
+dropped (``unmade_extras``): a reasoning summary (``reasoning.summary``, Codex sends ``auto``), the
+``reasoning.encrypted_content`` ``include`` (opaque reasoning for the server that made it to read back; nothing
+here makes it or reads it) and ``text.verbosity: "medium"`` (OpenAI's default). Other ``include`` values and
+verbosities are refused: they ask for data or an answer the client would not get.
 """
 
 from __future__ import annotations
@@ -46,7 +52,13 @@ from modelgate.routes.openai_input import (
     NamedToolChoice,
     to_tool_choice,
 )
-from modelgate.routes.openai_request import SERVER_HINTS, ServerHints, call_params, not_carried
+from modelgate.routes.openai_request import (
+    DEFAULT_VERBOSITY,
+    SERVER_HINTS,
+    ServerHints,
+    call_params,
+    not_carried,
+)
 from modelgate.settings import Settings
 from modelgate.wire import WireJSON, WireText
 
@@ -61,6 +73,12 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
 #: Fields reported as dropped: the server hints both APIs share, and two Responses has (``metadata`` is not here:
 #: it is echoed in the response, as OpenAI's).
 NOT_CARRIED = (*SERVER_HINTS, "access_programs", "image")
+#: The one ``include`` value accepted (and reported): the reasoning encrypted for its maker to read back in a later
+#: turn, which is what Codex asks beside every ``reasoning`` (``codex-rs/core/src/client.rs``). Reasoning items sent
+#: back are not replayed here, so there is nothing to encrypt and nothing lost.
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+#: The reasoning fields accepted and reported: summaries (and their deprecated name) no provider kind makes.
+_SUMMARY_FIELDS = ("summary", "generate_summary")
 
 _NOT_STORED = "responses are not stored"
 #: ``developer`` is the newer name of ``system``.
@@ -97,6 +115,11 @@ _TOOL_ITEMS = frozenset(
         "tool_search_output",
     }
 )
+
+
+#: Where a client known to send a hosted tool by default turns it off: Codex sends ``web_search`` unless told not to
+#: (``codex-rs/core/src/tools/spec.rs``, the ``cached`` default).
+_TOOL_SETTINGS: Mapping[str, str] = {"web_search": ' (Codex: web_search = "disabled" in config.toml)'}
 
 
 class InputPart(BaseModel):
@@ -187,8 +210,8 @@ class TextConfig(BaseModel):
 
 
 class ReasoningConfig(BaseModel):
-    """OpenAI's ``Reasoning``: ``effort`` is carried; the rest (``summary``, the deprecated ``generate_summary``,
-    and any field a newer SDK adds) is kept only to be refused."""
+    """OpenAI's ``Reasoning``: ``effort`` is carried; ``summary`` (and the deprecated ``generate_summary``) is
+    reported as dropped; any field a newer SDK adds is kept only to be refused."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -263,21 +286,24 @@ def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
     """What the chat types cannot carry: a 400 naming the field and the model, never ignored."""
     named = f"(model '{model.id}')"
     reasoning = body.reasoning or ReasoningConfig()
-    # No provider kind returns a summary of the reasoning (the reasoning itself is the output's reasoning item).
-    unsupported = {"summary": reasoning.summary, "generate_summary": reasoning.generate_summary}
-    unsupported |= reasoning.model_extra or {}
+    verbosity = body.text.verbosity if body.text is not None else None
+    uncarried = sorted(value for value in body.include or () if value != ENCRYPTED_REASONING)
     refusals: list[tuple[str, bool, str]] = [
-        ("text.verbosity", body.text is not None and body.text.verbosity is not None, f"not supported {named}"),
+        (
+            "text.verbosity",
+            verbosity not in (None, DEFAULT_VERBOSITY),
+            f"'{verbosity}' is not supported {named}; only the default, '{DEFAULT_VERBOSITY}'",
+        ),
         *(
-            (f"reasoning.{name}", value is not None, f"not supported {named}; only reasoning.effort is")
-            for name, value in unsupported.items()
+            (f"reasoning.{name}", value is not None, f"not supported {named}; only reasoning.effort is carried")
+            for name, value in (reasoning.model_extra or {}).items()
         ),
         (
             "max_tool_calls",
             body.max_tool_calls is not None,
             f"no provider can be held to a number of tool calls {named}",
         ),
-        ("include", bool(body.include), f"{', '.join(body.include or ())}: cannot be included {named}"),
+        ("include", bool(uncarried), f"{', '.join(uncarried)}: cannot be included {named}"),
         ("top_logprobs", body.top_logprobs is not None, f"log probabilities are not supported {named}"),
         ("truncation", body.truncation not in (None, "disabled"), "only 'disabled' is supported (input is not cut)"),
         ("context_management", body.context_management is not None, f"input is not compacted {named}"),
@@ -288,13 +314,24 @@ def _refuse_unsupported(body: ResponsesRequest, model: CatalogueModel) -> None:
             raise BadRequest(f"{param}: {reason}", param=param)
 
 
+def unmade_extras(body: ResponsesRequest) -> tuple[str, ...]:
+    """Extra output the request asks for that no provider kind makes and whose absence leaves the answer as asked
+    (the rest is refused by ``_refuse_unsupported``): named in the dropped-parameters header."""
+    reasoning = body.reasoning or ReasoningConfig()
+    summaries = tuple(f"reasoning.{name}" for name in _SUMMARY_FIELDS if getattr(reasoning, name) is not None)
+    include = ("include",) if body.include else ()  # only ENCRYPTED_REASONING is left by now; [] asks for nothing
+    verbosity = ("text.verbosity",) if body.text is not None and body.text.verbosity is not None else ()
+    return summaries + include + verbosity
+
+
 def to_tools(body: ResponsesRequest, model: CatalogueModel) -> tuple[Tool, ...]:
     tools: list[Tool] = []
     for index, tool in enumerate(body.tools or ()):
         where = f"tools[{index}]"
         if tool.type != "function":
             raise BadRequest(
-                f"{where}: tools of type '{tool.type}' are not supported (model '{model.id}'); send function tools",
+                f"{where}: tools of type '{tool.type}' are not supported (model '{model.id}'); send function tools"
+                + _TOOL_SETTINGS.get(tool.type, ""),
                 param="tools",
             )
         if tool.name is None:
@@ -503,7 +540,7 @@ def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Set
         tool_choice=_tool_choice(body, tools, model),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body),
-        not_carried=not_carried(body, NOT_CARRIED),
+        not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body),
     )
 
 
