@@ -225,7 +225,11 @@ def test_first_turn_with_reasoning_is_served_as_codex_reads_it(service: str, fak
     assert [item["type"] for item in turn.items] == ["reasoning", "function_call"]
     assert turn.reasoning == "I should list them."
     call = turn.items[1]
-    assert (call["name"], call["call_id"], json.loads(call["arguments"])) == ("shell", "call_ls", {"command": ["ls"], "workdir": "/repo"})
+    assert (call["name"], call["call_id"], json.loads(call["arguments"])) == (
+        "shell",
+        "call_ls",
+        {"command": ["ls"], "workdir": "/repo"},
+    )
     assert turn.usage is not None
     # The provider did not count reasoning apart: unknown, and still a usage Codex parses.
     assert turn.usage["output_tokens_details"] is None
