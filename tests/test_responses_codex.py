@@ -8,8 +8,10 @@ Codex, configured with a custom provider (``wire_api = "responses"``, README "Re
 ``store: false``, ``stream: true``, ``include`` (``["reasoning.encrypted_content"]`` beside a ``reasoning``,
 else ``[]``), ``prompt_cache_key`` (the thread id), ``client_metadata`` (its installation id), and ``text``
 (``verbosity``) only for models it knows to take one. A model it does not know gets the ``shell`` function tool,
-``update_plan`` and ``view_image`` (``core/src/tools/spec.rs``), and, unless ``web_search = "disabled"``, the
-hosted ``{"type": "web_search"}`` tool (the ``cached`` default).
+``update_plan`` and ``view_image`` (``core/src/tools/spec.rs``; 0.171 sends ``exec_command``, ``write_stdin``,
+``request_user_input``, ``view_image`` and goal tools), and, unless ``web_search = "disabled"``, the hosted
+``{"type": "web_search"}`` tool (the ``cached`` default); 0.171 also sends its sub-agent tools as a ``namespace``
+unless ``[agents] enabled = false``.
 
 Later turns send the history back (``protocol/src/models.rs``): a ``reasoning`` item as
 ``{"type": "reasoning", "summary": [...], "encrypted_content": null}`` (its ``reasoning_text`` content and id
@@ -308,14 +310,33 @@ def test_a_turn_without_reasoning_reports_nothing_it_did_not_ask(service: str, f
     assert _dropped(answer) == {"prompt_cache_key", "client_metadata"}
 
 
-def test_the_default_web_search_tool_is_refused_saying_how_to_turn_it_off(service: str, fakes: Fakes) -> None:
-    """A hosted search the model cannot run is not a hint: refused, with Codex's setting named."""
-    answer = post(service, codex_request(OPENING, tools=[SHELL_TOOL, WEB_SEARCH_TOOL]))
+#: Codex 0.171's sub-agent tools (``[agents]``, on by default): a ``namespace`` of function tools.
+AGENTS_TOOL: dict[str, Any] = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Sub-agents.",
+    "tools": [{**PLAN_TOOL, "name": "spawn_agent"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("tool", "kind", "setting"),
+    [
+        (WEB_SEARCH_TOOL, "web_search", 'web_search = "disabled"'),
+        (AGENTS_TOOL, "namespace", "[agents] enabled = false"),
+    ],
+)
+def test_codex_default_tools_it_cannot_run_here_are_refused_naming_the_setting(
+    service: str, fakes: Fakes, tool: dict[str, Any], kind: str, setting: str
+) -> None:
+    """A hosted search the model cannot run, or a namespace the chat types have no form for, is not a hint:
+    refused, with the Codex setting that leaves it out named."""
+    answer = post(service, codex_request(OPENING, tools=[SHELL_TOOL, tool]))
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["param"] == "tools"
-    assert "tools[1]: tools of type 'web_search' are not supported" in error["message"]
-    assert 'web_search = "disabled"' in error["message"]
+    assert f"tools[1]: tools of type '{kind}' are not supported" in error["message"]
+    assert setting in error["message"]
     assert fakes.openrouter.requests == []
 
 

@@ -117,9 +117,12 @@ _TOOL_ITEMS = frozenset(
 )
 
 
-#: Where a client known to send a hosted tool by default turns it off: Codex sends ``web_search`` unless told not to
-#: (``codex-rs/core/src/tools/spec.rs``, the ``cached`` default).
-_TOOL_SETTINGS: Mapping[str, str] = {"web_search": ' (Codex: web_search = "disabled" in config.toml)'}
+#: Where a client known to send such a tool by default turns it off: Codex sends the hosted ``web_search`` unless told
+#: not to (the ``cached`` default), and (0.171) its sub-agent tools as a ``namespace`` of functions.
+_TOOL_SETTINGS: Mapping[str, str] = {
+    "web_search": ' (Codex: web_search = "disabled" in config.toml)',
+    "namespace": " (Codex: [agents] enabled = false in config.toml)",
+}
 
 
 class InputPart(BaseModel):
