@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
+import orjson
 import pytest
 from multidict import CIMultiDict
 from starlette.applications import Starlette
@@ -35,6 +37,7 @@ from modelgate.providers._http import (
     retry_after_header,
     seconds_until_epoch_ms,
 )
+from modelgate.providers.ollama import Ollama
 from modelgate.providers.openrouter import OpenRouter
 from modelgate.providers.tgi import TGI
 from modelgate.providers.tgi import read_error as hf_read_error
@@ -210,6 +213,28 @@ async def test_a_credential_echoed_by_the_upstream_never_reaches_the_client(fake
 
 
 REQUEST = ChatRequest((Message("user", "hi"),))
+
+
+@pytest.mark.anyio
+async def test_credentials_in_the_base_url_never_reach_the_client() -> None:
+    """Found from outside: a base URL with a user and password (an Ollama behind a proxy that asks for them) sends
+    them as ``Authorization: Basic …``. An upstream reflecting that header, or quoting the password, had both
+    shown to the client (and logged): no redactor knew either."""
+    password = "pr0xy-Passw0rd-7f3a"
+
+    async def refuse(request: Request) -> Response:
+        text = f"proxy: {request.headers['authorization']} refused (password {password} expired)"
+        return Response(orjson.dumps({"error": text}), status_code=400, media_type="application/json")
+
+    app = Starlette(routes=[Route("/api/chat", refuse, methods=["POST"])])
+    with serve_in_thread(app) as url:
+        async with new_session() as http:
+            provider = Ollama(Connection(url.replace("http://", f"http://bob:{password}@")), http)
+            got = await collect(provider.stream(catalogue_model("ollama/rwkv-6-world"), REQUEST))
+    assert isinstance(got.error, UpstreamBadRequest) and "refused" in got.error.message
+    basic = base64.b64encode(f"bob:{password}".encode()).decode()
+    assert password not in got.error.message and basic not in got.error.message
+    assert password[:10] not in got.error.message and basic[:10] not in got.error.message
 
 
 @pytest.mark.anyio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelgate.redact import REDACTED, Redactor
+from modelgate.redact import REDACTED, Redactor, url_secrets
 
 OPENROUTER_KEY = "sk-or-v1-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 CLOUDFLARE_TOKEN = "Zx8Qw7Er6Ty5Ui4Op3As2Df1Gh0JkLmNbVcXzAsD"
@@ -64,3 +64,20 @@ def test_a_key_the_admin_api_makes_has_the_redacted_shape(redactor: Redactor) ->
 
 def test_bearer_keeps_its_scheme_word(redactor: Redactor) -> None:
     assert redactor.scrub("got Bearer xyz123 from you") == f"got Bearer {REDACTED} from you"
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        (
+            "https://bob:pa%40ss-w0rd-xyz@proxy.example/v1",
+            ["pa%40ss-w0rd-xyz", "pa@ss-w0rd-xyz", "Ym9iOnBhQHNzLXcwcmQteHl6"],  # as written, decoded, Basic
+        ),
+        ("https://tok3n-in-the-user-part@host.example", ["tok3n-in-the-user-part", "dG9rM24taW4tdGhlLXVzZXItcGFydDo="]),
+    ],
+)
+def test_a_urls_user_information_and_its_basic_token_are_secrets(url: str, hidden: list[str]) -> None:
+    redactor = Redactor(url_secrets(url))
+    for value in hidden:
+        assert redactor.scrub(f"got {value} from you") == f"got {REDACTED} from you"
+    assert url_secrets("https://host.example/v1") == []

@@ -45,6 +45,7 @@ from modelgate.logs import RedactingFilter, secrets_of
 from modelgate.metrics import Metrics
 from modelgate.observer import RequestObserver
 from modelgate.providers import PROVIDERS, Connection, Provider, new_session
+from modelgate.redact import url_secrets
 from modelgate.reload import catalogue_reloading, one_line
 from modelgate.resilience import Breakers
 from modelgate.runtime_keys import RuntimeKeys
@@ -168,10 +169,12 @@ class GatewayState:
         }
 
     def _secrets(self, catalogue: Catalogue) -> list[str]:
-        """Every credential of every instance (its ``api_key_env`` included) and the API keys."""
+        """Every credential of every instance (its ``api_key_env`` and its base URL's user information included) and
+        the API keys."""
         values = secrets_of(self.settings)
         for name, instance in catalogue.instances.items():
             values += self.settings.credential_values(name, instance.credential_variables).values()
+            values += url_secrets(self.settings.base_url_override(name) or instance.base_url or "")
         return values
 
     def open_upstreams(self) -> None:

@@ -6,6 +6,8 @@ It replaces, with ``[REDACTED]``:
 * any word that *starts* like a configured secret (its first ``PREFIX_LENGTH`` characters): providers
   quote a refused key partially ("invalid key sk-or-v1-ab12…"), and a clipped message can cut a key;
 * any ``Bearer …`` token (an upstream that reflects our ``Authorization`` header);
+* the user information of a URL we call (``https://user:password@host``), and the ``Basic`` token the HTTP client
+  sends for it (``url_secrets``: the caller adds them to the secrets);
 * words shaped like the well-known provider keys (``sk-…``, ``hf_…``), whoever's they are, and like the keys
   ``/admin/keys`` makes (``mg-…``): those are created at run time, on any instance, so no list holds them all.
 
@@ -15,8 +17,10 @@ one place where upstream text becomes client-visible text.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "[REDACTED]"
 
@@ -42,6 +46,22 @@ _KEY_SHAPES = (
     + _WORD_REST
     + ")"
 )
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials of ``url``'s user information: its password (as written and decoded; without one the user,
+    a token put there), and the ``Authorization: Basic`` token aiohttp makes of them and sends with every call."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:  # not a URL a client could call
+        return []
+    if user is None and password is None:
+        return []
+    user, password = user or "", password or ""
+    found = [password, unquote(password)] if password else [user, unquote(user)]
+    found.append(base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode("latin-1", "replace")).decode())
+    return found
 
 
 class Redactor:

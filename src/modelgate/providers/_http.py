@@ -79,7 +79,7 @@ from modelgate.errors import (
 )
 from modelgate.providers.base import Connection, ProbeResult, Provider
 from modelgate.push_lane import PUSH_SUPPORTED, Carry, current_lane
-from modelgate.redact import Redactor
+from modelgate.redact import Redactor, url_secrets
 from modelgate.templates import render_prompt
 from modelgate.tracing import upstream_trace_headers
 
@@ -307,7 +307,8 @@ class Upstream:
         self._timeouts = aiohttp.ClientTimeout(
             total=None, connect=connection.connect_timeout, sock_connect=connection.connect_timeout
         )
-        self._redactor = Redactor(connection.credentials.values())
+        # A base URL's user information travels too, as ``Authorization: Basic``.
+        self._redactor = Redactor([*connection.credentials.values(), *url_secrets(connection.base_url)])
 
     # -- streaming ------------------------------------------------------------------------------
 
