@@ -226,6 +226,24 @@ def test_a_request_without_trace_context_starts_a_trace_the_upstream_joins(
     assert ids(fakes.ollama.last.headers.get("traceparent")) == (request.context.trace_id, attempt.context.span_id)
 
 
+def test_a_credential_sent_as_the_request_id_never_reaches_a_span(
+    service: str, fakes: Fakes, exporter: InMemorySpanExporter
+) -> None:
+    """Found from outside: a client-chosen ``X-Request-ID`` is redacted in the access line and the ledger, but the
+    request span carried it as given, so a key sent as the id (here an OpenAI-shaped one) reached the collector."""
+    fakes.ollama.script(Reply(tokens=["ok"]))
+    key = "sk-proj-Q3mXv8LrT1nW5yZ0aBcDeFgH"
+    body = {"model": "a/primary", "messages": MESSAGES}
+    response = httpx.post(service + "/v1/chat/completions", json=body, headers={"X-Request-ID": key}, timeout=30)
+    assert response.status_code == 200, response.text
+    request, _ = _split(_spans(exporter, 2))
+    assert (request.attributes or {})["modelgate.request_id"] == "[REDACTED]"
+    plain = {"X-Request-ID": "my-trace-1"}  # any other id is kept as given
+    assert httpx.post(service + "/v1/chat/completions", json=body, headers=plain, timeout=30).status_code == 200
+    spans = [s for s in _spans(exporter, 4) if s.kind is SpanKind.SERVER]
+    assert [(s.attributes or {})["modelgate.request_id"] for s in spans][-1] == "my-trace-1"
+
+
 def test_with_tracing_off_no_trace_context_goes_upstream(fakes: Fakes, tmp_path: Path) -> None:
     config = write_catalogue(tmp_path / "catalogue.toml", model_toml("a", "primary", upstream="primary:1b"))
     settings = Settings(config_path=config, probe_interval=0, **fakes.settings_overrides())  # type: ignore[arg-type]

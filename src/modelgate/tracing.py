@@ -107,7 +107,8 @@ class Tracing:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.request.model": model.id,
-            "modelgate.request_id": obs.request_id,
+            # A client-chosen id is client text: redacted, as in the access line and the ledger.
+            "modelgate.request_id": self.scrub(obs.request_id) if obs.client_id else obs.request_id,
             **_params(request.params),
         }
         span = self.tracer.start_span(
