@@ -160,3 +160,44 @@ def test_a_cost_too_small_for_eight_decimals_is_not_shown_as_zero(
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "0123456789ab" in line)
     assert row.rstrip(" │").endswith(f" {shown}"), row
+
+
+#: Terminal controls a server (or an upstream, through the gateway's error texts) may put in a text: OSC 52 (write
+#: the clipboard), erase the line, a C1 CSI. ``cell`` keeps them out of tables; they went to the terminal elsewhere.
+ESCAPES = "\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2K\x9b31m"
+
+
+def _no_controls(text: str) -> bool:
+    return not any(char in text for char in "\x1b\x07\x9b")
+
+
+@pytest.mark.parametrize("args", CALLS)
+def test_a_servers_error_message_never_sends_terminal_controls(hostile: HostileUpstream, args: list[str]) -> None:
+    """Found from outside: the error line quoted the server's message as it came, escape sequences and all."""
+
+    async def refuse(_: Any) -> AsyncIterator[bytes]:
+        body = {"statusCode": 500, "statusMessage": f"down{ESCAPES}now"}
+        yield response_head(500, JSON_HEAD) + json.dumps(body).encode()
+
+    hostile.reset(refuse)
+    message = one_line_failure(runner.invoke(cli, [*args, hostile.url]))
+    assert "down" in message and "now" in message and _no_controls(message), repr(message)
+
+
+def test_chat_never_sends_an_upstreams_terminal_controls(hostile: HostileUpstream, hostile_openai_service: str) -> None:
+    """Found from outside: ``modelgate chat`` wrote the reply, and the error a reply ended with, as they came: an
+    upstream's (or a prompt-injected model's) escape sequences drove the terminal."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).encode()
+
+    async def reply(_: Any) -> AsyncIterator[bytes]:
+        yield response_head(200, {"Content-Type": "text/event-stream"})
+        yield chunk({"content": f"one{ESCAPES}\ttwo\n"}) + b"\n\n"
+        yield b'data: {"error": {"message": "broke' + ESCAPES.encode("unicode_escape") + b' here"}}\n\n'
+
+    hostile.reset(reply)
+    result = runner.invoke(cli, ["chat", "h/m", "Hi", "--url", hostile_openai_service])
+    assert result.exit_code == 1, result.output
+    assert "one" in result.stdout and "\ttwo\n" in result.stdout and _no_controls(result.stdout), repr(result.stdout)
+    assert "broke" in result.stderr and _no_controls(result.stderr), repr(result.stderr)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail, shown_url
+from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail, shown_url, terminal_text
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
 from modelgate.settings import LEDGER_OFF, MIN_SECONDS, Settings
@@ -477,7 +477,7 @@ def chat(
     try:
         with ModelgateClient(url, api_key=api_key) as client:
             for chunk in client.chat(model, prompt):
-                sys.stdout.write(chunk)
+                sys.stdout.write(terminal_text(chunk))
                 sys.stdout.flush()
     except (ModelgateClientError, ValueError) as exc:
         sys.stdout.write("\n")

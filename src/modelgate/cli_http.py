@@ -9,6 +9,7 @@ header, a malformed ``--url``, a server that cannot be reached, or one that answ
 
 import os
 import re
+import unicodedata
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(message, err=True)
+    # A message may quote a server's text (its error, an upstream's through it): no terminal control from there.
+    typer.echo(terminal_text(message), err=True)
     raise typer.Exit(code)
 
 
@@ -31,6 +33,14 @@ def cell(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def terminal_text(text: str) -> str:
+    """Running text (a reply, an error line) for the terminal: its line breaks and tabs as they are, every other
+    control character (C0, DEL, C1: an escape sequence a server, an upstream or a model wrote) shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(char if char in "\n\t" or unicodedata.category(char) != "Cc" else repr(char)[1:-1] for char in text)
 
 
 def print_table(table: "Table", console: "Console | None" = None) -> None:
