@@ -29,6 +29,7 @@ from modelgate.errors import (
 )
 from modelgate.providers import Connection, new_session
 from modelgate.providers._http import (
+    MAX_ERROR_BODY,
     ErrorDetail,
     Upstream,
     context_window,
@@ -103,6 +104,16 @@ def test_401_never_repeats_the_upstream_text_but_names_the_variable(upstream: Up
 def test_credentials_echoed_in_any_message_are_redacted(upstream: Upstream) -> None:
     error = upstream.error_for(400, ErrorDetail("bad key sekrit-value in header"))
     assert "sekrit-value" not in error.message and "[REDACTED]" in error.message
+
+
+def test_an_error_text_made_to_be_slow_to_redact_is_redacted_at_once(upstream: Upstream) -> None:
+    """Found from outside: an upstream error body of 64 KB of ``mg-mg-mg-…`` (text a server may also echo from a
+    request) took the redactor ~9 s of CPU, holding the event loop (and the GIL): every other request of the
+    worker waited. Each ``mg-`` made the run-time key shape look ahead through all the rest of the text."""
+    started = time.perf_counter()
+    error = upstream.error_for(400, ErrorDetail("mg-" * (MAX_ERROR_BODY // 3)))
+    assert time.perf_counter() - started < 1.0
+    assert error.message.startswith("Upstream provider error (someprovider): rejected the request: mg-mg-")
 
 
 def test_detail_overrides_status_and_transience(upstream: Upstream) -> None:

@@ -36,13 +36,15 @@ _WORD_REST = r"[^\s\"'`,;()<>\[\]{}]*"
 _BEARER = r"(?i:\bbearer\s+)[^\s\"',;]+"
 #: OpenAI/OpenRouter/Anthropic-style ``sk-…``, Hugging Face ``hf_…`` and our own ``mg-…`` keys
 #: (``runtime_keys.new_secret``), whole or partial. HF tokens and ours are mixed-case: one capital among the
-#: first characters tells them from a name such as ``hf_transfer`` or ``mg-gateway-2``.
+#: first characters tells them from a name such as ``hf_transfer`` or ``mg-gateway-2``. Ours looks for it among
+#: the 43 characters a key has after ``mg-``, no further: ``-`` is one of them, so an unbounded look-ahead read on
+#: through every ``mg-mg-mg-…`` that followed, and 64 KB of them (an upstream's error body) took seconds of CPU.
 _KEY_SHAPES = (
     r"\b(?:sk-[A-Za-z0-9]"
     + _WORD_REST
     + r"|hf_(?=[a-z0-9]*[A-Z])[A-Za-z0-9]{6,}"
     + _WORD_REST
-    + r"|mg-(?=[a-z0-9_-]*[A-Z])[A-Za-z0-9_-]{8,}"
+    + r"|mg-(?=[a-z0-9_-]{0,42}[A-Z])[A-Za-z0-9_-]{8,}"
     + _WORD_REST
     + ")"
 )
