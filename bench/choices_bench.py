@@ -317,7 +317,9 @@ def profile_section(data: dict[str, Any]) -> list[str]:
 
 def micro(catalogue_body: bytes) -> dict[str, Any]:
     """Per-operation costs on the hot paths: parsing one upstream chunk, encoding one output part (json vs orjson),
-    and gzip of the /models body per request (what nginx's gzip does) vs once at load."""
+    gzip of the /models body per request (what nginx's gzip does) vs once at load, and redacting the largest
+    upstream error body we read, plain and made to be slow (64 KB of ``mg-``: seconds before the bounded
+    look-ahead, tests/test_provider_http.py)."""
     import gzip
     import json
     import timeit
@@ -340,6 +342,14 @@ def micro(catalogue_body: bytes) -> dict[str, Any]:
         "encode one text value (data stream `0:`): json.dumps": per_call_us(lambda: json.dumps(" ~lorem").encode()),
         "encode one text value (data stream `0:`): orjson.dumps": per_call_us(lambda: orjson.dumps(" ~lorem")),
     }
+    from modelgate.providers._http import MAX_ERROR_BODY
+    from modelgate.redact import Redactor
+
+    redactor = Redactor(["sk-or-v1-" + "0" * 64])
+    for name, text in (("plain", "x " * (MAX_ERROR_BODY // 2)), ("mg-mg-mg-…", "mg-" * (MAX_ERROR_BODY // 3))):
+        rows[f"redact a {MAX_ERROR_BODY // 1024} KB upstream error body, {name}"] = per_call_us(
+            lambda text=text: redactor.scrub(text), number=5
+        )
     sizes = {}
     for level in (1, 6, 9):
         rows[f"gzip the /models body, level {level}"] = per_call_us(
