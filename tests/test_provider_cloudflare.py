@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import tomllib
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import anyio
+import anyio.to_thread
+import httpx
+import openai
 import orjson
 import pytest
 
-from modelgate.chat import ChatRequest, Finish, GenerationParams, ToolCallDelta, Usage
+from modelgate.app import create_app
+from modelgate.catalogue import CatalogueModel, parse_catalogue
+from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, ToolCallDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamProtocolError, UpstreamRateLimited
 from modelgate.providers import PROVIDERS, new_session
 from modelgate.providers._http import Upstream
 from modelgate.providers.base import Connection
-from modelgate.providers.cloudflare import Cloudflare, read_error, read_whole
-from tests.fakes import Fakes, Fault, Reply
+from modelgate.providers.cloudflare import Cloudflare, CloudflareStream, NotStreamed, read_error, read_whole
+from modelgate.settings import Settings
+from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest, ToolCallScript
-from tests.fakes.cloudflare import CONTEXT_WINDOW
+from tests.fakes.cloudflare import CONTEXT_WINDOW, EMPTY_RESULT
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ThinkTagsContract, catalogue_model, collect, free_port_url
+from tests.servers import serve_in_thread
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "seed")
 PARAM_FIELDS += ("presence_penalty", "frequency_penalty", "typical_p", "truncate", "stop")
+#: A model that does not stream on ``/ai/run/``: a streamed call gets an empty envelope (the fake's ``unstreamed``).
+GPT_OSS = "@cf/openai/gpt-oss-120b"
 
 
 class TestCloudflare(ThinkTagsContract):
@@ -175,6 +189,68 @@ class TestCloudflare(ThinkTagsContract):
         assert got.reasoning == "Add." and got.text == "It is 6."
         assert got.finish == Finish("stop", Usage(31, 4))
 
+    # -- models that do not stream on /ai/run/ (GPT-OSS, Kimi): asked again without ``stream`` -----------
+
+    def unstreamed_model(self) -> CatalogueModel:
+        return replace(catalogue_model(self.model_id), upstream_model=GPT_OSS)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("openai_format", [False, True], ids=["legacy", "openai-format"])
+    async def test_a_model_that_does_not_stream_is_asked_again_whole(self, fakes: Fakes, openai_format: bool) -> None:
+        """Its 200 ``application/json`` envelope with an empty result is no truncated stream: the call goes again
+        without ``stream`` (``workers-ai-provider`` utils.ts ``createRun``), and that whole reply is the stream."""
+        reply = Reply(tokens=["It", " is", " 6."], usage=(31, 3), options={"openai_format": openai_format})
+        fakes.cloudflare.script(reply)
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.cloudflare.url).stream(self.unstreamed_model(), self.request()))
+        assert got.text == "It is 6."
+        assert got.finish == Finish("stop", Usage(31, 3))
+        first, second = fakes.cloudflare.requests
+        assert first.json["stream"] is True
+        assert "stream" not in second.json and second.json["messages"] == first.json["messages"]
+        assert second.path == first.path == f"/client/v4/accounts/acct/ai/run/{GPT_OSS}"
+
+    @pytest.mark.anyio
+    async def test_a_model_known_not_to_stream_is_asked_whole_at_once(self, fakes: Fakes) -> None:
+        fakes.cloudflare.script(Reply(tokens=["a"]), Reply(tokens=["b"]))
+        async with new_session() as http:
+            provider = self.make(http, fakes.cloudflare.url)
+            first = await collect(provider.stream(self.unstreamed_model(), self.request()))
+            second = await collect(provider.stream(self.unstreamed_model(), self.request()))
+            other = await collect(provider.stream(catalogue_model(self.model_id), self.request()))
+        assert (first.text, second.text, other.text) == ("a", "b", "Hello, world!")
+        streamed = [request.json.get("stream") is True for request in fakes.cloudflare.requests]
+        assert streamed == [True, False, False, True]  # learnt once; another model still streams
+
+    @pytest.mark.anyio
+    async def test_a_whole_call_to_a_model_that_does_not_stream_is_one_request(self, fakes: Fakes) -> None:
+        fakes.cloudflare.script(Reply(tokens=["It", " is", " 6."], usage=(31, 3)))
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.cloudflare.url).complete(self.unstreamed_model(), self.request()))
+        assert got.text == "It is 6." and got.finish == Finish("stop", Usage(31, 3))
+        [sent] = fakes.cloudflare.requests
+        assert "stream" not in sent.json
+
+    @pytest.mark.anyio
+    async def test_the_whole_calls_failure_is_the_streams(self, fakes: Fakes) -> None:
+        fakes.cloudflare.script(Reply(fault=Fault.status(429, code=3036)))
+        async with new_session() as http:
+            got = await collect(self.make(http, fakes.cloudflare.url).stream(self.unstreamed_model(), self.request()))
+        assert isinstance(got.error, UpstreamRateLimited) and "3036" in got.error.message
+        assert got.events == [] and len(fakes.cloudflare.requests) == 2
+
+    @pytest.mark.anyio
+    async def test_a_stream_cancelled_during_the_whole_call_abandons_it(self, fakes: Fakes) -> None:
+        fake = fakes.cloudflare
+        fake.script(Reply(fault=Fault.hang()))
+        async with new_session() as http:
+            stream = self.make(http, fake.url).stream(self.unstreamed_model(), self.request())
+            with pytest.raises(TimeoutError):  # the caller's deadline cancels the stream while the whole call waits
+                await asyncio.wait_for(anext(aiter(stream)), 2.0)
+            # Seen while our client (and its connection pool) is still open: the whole call itself was closed.
+            assert await anyio.to_thread.run_sync(fake.wait_for_disconnects, 1) == 1
+        assert len(fake.requests) == 2
+
     @pytest.mark.anyio
     async def test_probe_searches_the_free_model_listing(self, fakes: Fakes) -> None:
         model = catalogue_model(self.model_id)
@@ -249,6 +325,117 @@ def test_an_error_envelope_under_a_2xx_status_is_the_error_it_says() -> None:
     body = b'{"result": null, "success": false, "errors": [{"code": 3040, "message": "Capacity exceeded"}]}'
     with pytest.raises(UpstreamRateLimited, match="3040: Capacity exceeded"):
         read_whole(upstream, ChatRequest(MESSAGES, GenerationParams()), body)
+
+
+def stream_body(body: bytes, *chunks: bytes) -> CloudflareStream:
+    """A parser fed ``body`` (then ``chunks``), as a 200 to a streamed call brought it."""
+    upstream = Upstream("cloudflare", Connection("http://127.0.0.1:9"), None, read_error)  # type: ignore[arg-type]
+    parser = CloudflareStream(upstream, ChatRequest(MESSAGES, GenerationParams()))
+    for chunk in (body, *chunks):
+        assert parser.feed(chunk) == []
+    return parser
+
+
+@pytest.mark.parametrize(
+    "body",
+    [orjson.dumps(EMPTY_RESULT), b'{"result": {}, "success": true}', b'{"result": null, "success": true}'],
+    ids=["null-response", "empty", "null"],
+)
+def test_an_empty_envelope_to_a_streamed_call_means_the_model_does_not_stream(body: bytes) -> None:
+    with pytest.raises(NotStreamed):
+        stream_body(body[:9], body[9:]).end()
+
+
+def test_an_error_envelope_to_a_streamed_call_is_the_error_it_says_not_a_model_that_does_not_stream() -> None:
+    body = b'{"result": null, "success": false, "errors": [{"code": 3040, "message": "Capacity exceeded"}]}'
+    with pytest.raises(UpstreamRateLimited, match="3040: Capacity exceeded") as raised:
+        stream_body(body).end()
+    assert not isinstance(raised.value, NotStreamed)
+
+
+def test_a_whole_reply_to_a_streamed_call_is_read_not_asked_again() -> None:
+    body = (
+        b'{"result": {"response": "It is 6.", "usage": {"prompt_tokens": 9, "completion_tokens": 3}}, "success": true}'
+    )
+    events = stream_body(body).end()
+    assert events == [TextDelta("It is 6."), Finish("stop", Usage(9, 3))]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"<html>busy</html>", "no event stream: <html>busy</html>"), (b'data: {"respo', "truncated")],
+)
+def test_a_body_neither_events_nor_an_envelope_is_a_protocol_error(body: bytes, message: str) -> None:
+    with pytest.raises(UpstreamProtocolError, match=message) as raised:
+        stream_body(body).end()
+    assert not isinstance(raised.value, NotStreamed)
+
+
+# -- end to end: a listed model that does not stream answers every kind of call ---------------------------------
+
+
+@pytest.fixture
+def gpt_oss_service(fakes: Fakes) -> Iterator[str]:
+    text = f"""
+[[models]]
+publisher = "openai"
+name = "gpt-oss-120b"
+provider = "cloudflare"
+type = "chat"
+[models.configuration]
+model = "{GPT_OSS}"
+[models.configuration.parameters]
+max_new_tokens = 64
+typical_p = -1
+repetition_penalty = -1
+truncate = 2048
+"""
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, parse_catalogue(tomllib.loads(text), source="gpt-oss.toml"))) as url:
+        yield url
+
+
+ASK = [{"role": "user", "content": "And 3+3?"}]
+
+
+def assert_asked_twice(fakes: Fakes) -> None:
+    first, second = fakes.cloudflare.requests
+    assert first.json["stream"] is True and "stream" not in second.json
+
+
+def test_a_data_stream_from_a_model_that_does_not_stream(gpt_oss_service: str, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=["It", " is", " 6."]))
+    response = httpx.post(gpt_oss_service + "/api/ai/cloudflare/openai/gpt-oss-120b/chat", json={"messages": ASK})
+    assert response.status_code == 200
+    parts = [(line[:1], json.loads(line[2:])) for line in response.text.splitlines()]
+    assert "".join(value for code, value in parts if code == "0") == "It is 6."
+    [finish] = [value for code, value in parts if code == "d"]
+    assert finish == {"finishReason": "stop", "usage": {"promptTokens": PROMPT_TOKENS, "completionTokens": 3}}
+    assert_asked_twice(fakes)
+
+
+def test_a_v1_stream_from_a_model_that_does_not_stream(gpt_oss_service: str, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=["It", " is", " 6."]))
+    client = openai.OpenAI(base_url=gpt_oss_service + "/v1", api_key="unused", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="openai/gpt-oss-120b", messages=ASK, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "It is 6."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (PROMPT_TOKENS, 3)
+    assert_asked_twice(fakes)
+
+
+def test_a_v1_whole_reply_from_a_model_that_does_not_stream_is_one_request(gpt_oss_service: str, fakes: Fakes) -> None:
+    fakes.cloudflare.script(Reply(tokens=["It", " is", " 6."]))
+    client = openai.OpenAI(base_url=gpt_oss_service + "/v1", api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(model="openai/gpt-oss-120b", messages=ASK)
+    assert completion.choices[0].message.content == "It is 6." and completion.choices[0].finish_reason == "stop"
+    [sent] = fakes.cloudflare.requests
+    assert "stream" not in sent.json
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from modelgate.catalogue import parse_catalogue
 from modelgate.push_lane import LAG_CHECKS, LAG_LIMIT, LAG_PERIOD, PUSH_SUPPORTED, Lane, LoopLag
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml
+from tests.fakes import Fakes, Reply
 from tests.fakes.hostile import HostileUpstream, Received, response_head
 from tests.servers import serve_in_thread
 
@@ -224,6 +225,20 @@ def test_the_chunks_of_one_network_read_are_pushed_as_one_batch(service: str, pu
     assert "".join(orjson.loads(line[2:]) for line in raw.splitlines() if line.startswith(b"0:")) == "".join(TOKENS)
     assert raw.splitlines()[-1].startswith(b"d:")
     assert max(pushed) >= len(TOKENS) - 10, pushed  # the burst's tokens went out together
+
+
+def test_a_cloudflare_stream_is_pushed(fakes: Fakes, pushed: list[int]) -> None:
+    """Workers AI's stream comes through a generator of the provider's own (``Cloudflare.stream``, which asks a model
+    that does not stream again, whole): its middle is pushed all the same."""
+    fakes.cloudflare.script(Reply(tokens=TOKENS, delay=TRICKLE))
+    text = model_toml("cf", "llama", provider="cloudflare", upstream="@cf/meta/llama-3.1-8b-instruct")
+    catalogue = parse_catalogue(tomllib.loads(text), source="push-lane-cloudflare.toml")
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        raw = body(url, "/api/ai/cf/llama/chat", ask())
+    assert "".join(orjson.loads(line[2:]) for line in raw.splitlines() if line.startswith(b"0:")) == "".join(TOKENS)
+    assert raw.splitlines()[-1].startswith(b"d:")
+    assert sum(pushed) >= len(TOKENS) - 5
 
 
 def test_a_reply_cut_after_pushed_tokens_ends_with_an_error_and_is_counted(service: str, pushed: list[int]) -> None:

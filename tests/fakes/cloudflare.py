@@ -21,6 +21,12 @@ with a ``response_format`` the ``response`` is the parsed JSON object rather tha
 answer as the newer models — Qwen3, gpt-oss — do, in the OpenAI format inside the same transport: Chat Completions
 chunks until ``[DONE]``, or a ``chat.completion`` as the envelope's ``result``; the shapes Cloudflare's own
 ``workers-ai-provider`` reads in ``streaming.ts`` and ``extractContent``).
+
+Models in ``unstreamed`` (by default ``UNSTREAMED``, the GPT-OSS models) do not stream on ``/ai/run/``: a call with
+``stream: true`` gets a 200 ``application/json`` envelope with an empty result (``EMPTY_RESULT``), no events, and
+consumes no scripted reply; the same call without ``stream`` gets the whole reply as any model's
+(``workers-ai-provider`` utils.ts ``createRun``: "Some models (e.g. GPT-OSS) don't support streaming via the
+/ai/run/ endpoint and return a JSON response with empty result instead of SSE").
 """
 
 from __future__ import annotations
@@ -74,6 +80,13 @@ MISTRAL_3 = frozenset({"@cf/mistralai/mistral-small-3.1-24b-instruct"})
 #: The schema's ``pattern`` for ``tool_call_id``, unanchored as JSON Schema patterns are.
 TOOL_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
 
+#: Models that answer a streamed call with ``EMPTY_RESULT`` (GPT-OSS, as ``workers-ai-provider``'s ``createRun`` names
+#: it; Kimi too, by its changelog).
+UNSTREAMED = frozenset({"@cf/openai/gpt-oss-120b", "@cf/openai/gpt-oss-20b"})
+#: What such a model answers to ``stream: true`` (the official client reads it as "a JSON response with empty result";
+#: its exact fields are [illustrative]).
+EMPTY_RESULT = {"result": {"response": None}, "success": True, "errors": [], "messages": []}
+
 
 def envelope_error(status: int, code: int, message: str, *, retry_after: float | None = None) -> Response:
     body = {"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}
@@ -86,6 +99,15 @@ class FakeCloudflare(FakeUpstream):
     listed_by_default = ("@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct")
     account = ACCOUNT
     token: str | None = TOKEN
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Models that do not stream on ``/ai/run/`` (see the module's docstring).
+        self.unstreamed: set[str] = set(UNSTREAMED)
+
+    def reset(self) -> None:
+        super().reset()
+        self.unstreamed = set(UNSTREAMED)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -139,6 +161,8 @@ class FakeCloudflare(FakeUpstream):
         if problem:
             return envelope_error(400, 5006, f"AiError: Bad input: {problem}")
         assert isinstance(body, dict)
+        if body.get("stream") is True and model in self.unstreamed:
+            return JSONResponse(EMPTY_RESULT)  # no scripted reply is used up: it is the whole call's
         reply = self.next_reply()
         fault = reply.fault
         if fault is not None and fault.kind == "status":

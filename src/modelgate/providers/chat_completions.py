@@ -277,6 +277,22 @@ def _detail(details: Any, name: str) -> Any:
 HEAD_LIMIT = 256 * 1024
 
 
+def keep_head(head: bytearray, chunk: bytes) -> None:
+    """Add ``chunk`` to the body's ``head``, up to ``HEAD_LIMIT`` bytes (a bytearray: a body trickled a byte at a
+    time must not cost a copy of the whole head per byte)."""
+    if len(head) < HEAD_LIMIT:
+        head += chunk[: HEAD_LIMIT - len(head)]
+
+
+def not_an_event_stream(upstream: Upstream, head: bytes) -> UpstreamProtocolError:
+    """The error for a 200 to a streamed call whose body held no event, and no reply its parser reads: an event
+    stream cut inside its first event is truncated; anything else is quoted."""
+    if head.lstrip().startswith((b"data:", b":", b"event:")):
+        return upstream.truncated()
+    quoted = head[:120].decode("utf-8", "replace")
+    return upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
+
+
 class ChatCompletionsStream:
     """Incremental parser of one Chat Completions SSE stream."""
 
@@ -315,8 +331,7 @@ class ChatCompletionsStream:
         self.failure: UpstreamError | None = None
         #: Whether any event arrived (an empty 200 is how llama.cpp's server refuses a streamed request).
         self.seen = False
-        #: The body's first bytes while no event has come: what a 200 that is no event stream said (a bytearray:
-        #: a body trickled a byte at a time must not cost a copy of the whole head per byte).
+        #: The body's first bytes while no event has come: what a 200 that is no event stream said (``keep_head``).
         self._head = bytearray()
         #: Whether the body came to its end (not cut off by a dropped connection or a timeout).
         self.ended = False
@@ -324,8 +339,8 @@ class ChatCompletionsStream:
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         head = self._head
-        if not self.seen and len(head) < HEAD_LIMIT:
-            head += chunk[: HEAD_LIMIT - len(head)]
+        if not self.seen:
+            keep_head(head, chunk)
         try:
             for event in self._events.feed(chunk):
                 self.seen = True
@@ -481,10 +496,7 @@ class ChatCompletionsStream:
             return self.whole_reply(payload, head)
         if isinstance(payload, dict) and ("error" in payload or payload.get("object") == "error"):
             raise self._mid_stream_error(payload)
-        if head.lstrip().startswith((b"data:", b":", b"event:")):  # an event stream, cut inside its first event
-            raise self._upstream.truncated()
-        quoted = head[:120].decode("utf-8", "replace")
-        raise self._upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
+        raise not_an_event_stream(self._upstream, head)
 
     def _mid_stream_error(self, payload: Any) -> UpstreamError:
         """``payload``: a chunk with a top-level ``error``, or an error itself (vLLM's older ``object: error``)."""

@@ -39,6 +39,14 @@ chunk of its own) and a whole reply's ``result`` is a ``chat.completion`` (``cho
 ``finish_reason``). ``workers-ai-provider`` reads both formats in both places (its ``streaming.ts`` and
 ``extractContent``), and so does modelgate: such a payload is read by the Chat Completions parser, finish reason
 included.
+
+Some models do not stream on ``/ai/run/`` (GPT-OSS, Kimi): to ``stream: true`` they answer a 200 ``application/json``
+envelope with an empty result, no events. Cloudflare's own provider then sends the same call without streaming and
+relays that whole reply (``workers-ai-provider`` utils.ts ``createRun``: "Some models (e.g. GPT-OSS) don't support
+streaming via the /ai/run/ endpoint and return a JSON response with empty result instead of SSE. Retry without
+streaming"), and so does modelgate (``NotStreamed``, ``Cloudflare.stream``), which also remembers the model so that
+its next streamed calls are sent whole at once. An envelope with ``success: false`` is the error it says, and one
+whose result holds a reply is read as it is: neither is asked again.
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -66,7 +75,7 @@ from modelgate.chat import (
     ToolCallDelta,
     Usage,
 )
-from modelgate.errors import BadRequest, UpstreamError
+from modelgate.errors import BadRequest, UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -77,12 +86,20 @@ from modelgate.providers._http import (
     parse_json,
     text_field,
 )
-from modelgate.providers.base import ProbeResult
-from modelgate.providers.chat_completions import ChatCompletionsStream, openai_usage, wire_tool
+from modelgate.providers.base import Connection, ProbeResult
+from modelgate.providers.chat_completions import (
+    ChatCompletionsStream,
+    keep_head,
+    not_an_event_stream,
+    openai_usage,
+    wire_tool,
+)
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from modelgate.catalogue import CatalogueModel
 
 #: Workers AI's default when ``max_tokens`` is not sent (§2.2).
@@ -237,10 +254,32 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
     return out
 
 
+class NotStreamed(UpstreamProtocolError):
+    """A streamed call answered with an empty v4 envelope and no event: the model does not stream on ``/ai/run/``
+    (``Cloudflare.stream`` asks again without ``stream``)."""
+
+
+def _answered(result: Any) -> bool:
+    """Whether an envelope's ``result`` holds a reply (text, tool calls, OpenAI-format choices), not an empty one."""
+    return isinstance(result, dict) and any(result.get(key) for key in ("response", "tool_calls", "choices"))
+
+
 class CloudflareStream:
     """Incremental parser of one Workers AI SSE stream."""
 
-    __slots__ = ("_events", "_fragments", "_openai", "_request", "_splitter", "_upstream", "_usage", "done", "failure")
+    __slots__ = (
+        "_events",
+        "_fragments",
+        "_head",
+        "_openai",
+        "_request",
+        "_seen",
+        "_splitter",
+        "_upstream",
+        "_usage",
+        "done",
+        "failure",
+    )
 
     def __init__(self, upstream: Upstream, request: ChatRequest) -> None:
         self._upstream = upstream
@@ -254,11 +293,17 @@ class CloudflareStream:
         self._splitter = ReasoningSplitter()
         self.done = False
         self.failure: UpstreamError | None = None
+        #: Whether any event arrived, and the body's first bytes until one does (a 200 that is a JSON envelope).
+        self._seen = False
+        self._head = bytearray()
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        if not self._seen:
+            keep_head(self._head, chunk)
         try:
             for event in self._events.feed(chunk):
+                self._seen = True
                 data = event.data
                 if data == "[DONE]":
                     out.extend(self._openai.finish() if self._openai is not None else self._final())
@@ -284,12 +329,29 @@ class CloudflareStream:
                     raise self._upstream.protocol_error(f"unreadable stream event: {data[:120]}") from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
+        if self._seen and self._head:
+            self._head.clear()  # an event stream: nothing to read whole
         return out
 
     def end(self) -> list[StreamEvent]:
         if self._openai is not None:  # complete if its finish_reason came
             return self._openai.end()
+        if not self._seen and self._head.strip():
+            return self._not_a_stream(bytes(self._head))
         raise self._upstream.truncated()  # no [DONE]: Cloudflare's only end marker never came
+
+    def _not_a_stream(self, head: bytes) -> list[StreamEvent]:
+        """A body without an event. A v4 envelope is what it says: an error, a reply (read whole: asking again would
+        be a second generation), or an empty result, ``NotStreamed``; anything else is no event stream."""
+        try:
+            envelope = orjson.loads(head)
+        except orjson.JSONDecodeError:
+            envelope = None
+        if not isinstance(envelope, dict) or not ("result" in envelope or "success" in envelope):
+            raise not_an_event_stream(self._upstream, head)
+        if envelope.get("success") is not False and not _answered(envelope.get("result")):
+            raise NotStreamed(self._upstream.provider, "the model answered a streamed call with an empty result")
+        return read_whole(self._upstream, self._request, head)  # raises the error a ``success: false`` says
 
     def _final(self) -> list[StreamEvent]:
         """What a held-back tag turned out to be, then the ``Finish``."""
@@ -319,6 +381,13 @@ class Cloudflare(HttpProvider):
             "frequency_penalty",
         }
     )
+
+    def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
+        super().__init__(connection, http)
+        #: Upstream models seen answering a streamed call with ``NotStreamed``: their streamed calls go whole at once
+        #: (no wasted first request each time). Catalogue models only, so bounded by this instance's catalogue, and
+        #: forgotten when a reload builds new providers (a model that learnt to stream is then streamed again).
+        self._unstreamed: set[str] = set()
 
     def _account_url(self) -> str:
         account = quote(self.connection.credentials.get("CLOUDFLARE_ACCOUNT_ID", ""), safe="")
@@ -356,18 +425,36 @@ class Cloudflare(HttpProvider):
                 ) from None
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
-        if whole_reply(request):
-            return self.complete(model, request)  # tool calls and JSON mode come whole
+        if whole_reply(request) or model.upstream_model in self._unstreamed:
+            return self.complete(model, request)  # tool calls, JSON mode and models that do not stream come whole
+        return self._stream_or_whole(model, request)
+
+    async def _stream_or_whole(
+        self, model: CatalogueModel, request: ChatRequest
+    ) -> AsyncIterator[Sequence[StreamEvent]]:
+        """The stream, or for a model that does not stream on ``/ai/run/`` the whole reply, asked again without
+        ``stream`` (``workers-ai-provider`` utils.ts ``createRun``)."""
         # The model goes into the path as is, "@" and slashes included (§2.1): never percent-encoded.
-        return self.upstream.stream(
+        events = self.upstream.stream(
             f"{self._account_url()}/run/{model.upstream_model}",
             functools.partial(build_body, request),
             CloudflareStream(self.upstream, request),
             headers={**self._auth(), "Accept": "text/event-stream"},
             model=model.upstream_model,
         )
+        try:
+            async with aclosing(events) as batches:
+                async for batch in batches:
+                    yield batch
+            return
+        except NotStreamed:
+            # Raised only by a body without an event, so nothing was yielded: the whole reply is all the stream.
+            self._unstreamed.add(model.upstream_model)
+        async with aclosing(self.complete(model, request)) as whole:
+            async for batch in whole:
+                yield batch
 
-    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
+    def complete(self, model: CatalogueModel, request: ChatRequest) -> AsyncGenerator[list[StreamEvent], None]:
         # No ``stream`` (its default is false, and the official client sends none): one v4 envelope.
         return self.upstream.fetch(
             f"{self._account_url()}/run/{model.upstream_model}",
