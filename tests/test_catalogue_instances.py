@@ -168,6 +168,31 @@ def test_a_providers_durations_and_counts_are_finite_and_bounded(tmp_path: Path,
     assert load_catalogue(week).provider_entry("openrouter").idle_timeout == 604800
 
 
+@pytest.mark.parametrize(
+    ("mapping", "expected"),
+    [
+        ('{ typical_p = "messages" }', "typical_p: 'messages' is a field modelgate writes itself"),
+        ('{ truncate = "model" }', "truncate: 'model' is a field modelgate writes itself"),
+        ('{ max_new_tokens = "stream" }', "max_new_tokens: 'stream' is a field modelgate writes itself"),
+        ('{ repetition_penalty = "temperature" }', "repetition_penalty: 'temperature' is a field modelgate writes"),
+        ('{ typical_p = "max_tokens" }', "typical_p: 'max_tokens' is a field modelgate writes itself"),
+        ('{ typical_p = "top_k", truncate = "top_k" }', "'top_k' is named twice"),
+    ],
+)
+def test_extra_params_cannot_overwrite_a_field_of_the_request(tmp_path: Path, mapping: str, expected: str) -> None:
+    # Accepted before: the parameter's value replaced the request's own field in every call (``messages`` became a
+    # number, ``stream`` a count of tokens, one parameter's value another's), and every request to the server failed.
+    message = rejected(tmp_path, model_toml(provider="llama"), header=LLAMA + f"extra_params = {mapping}\n")
+    assert f"providers.llama.extra_params: {expected}" in message, message
+
+
+def test_extra_params_may_keep_or_rename_the_token_limit(tmp_path: Path) -> None:
+    for wire in ("max_tokens", "max_completion_tokens"):
+        header = LLAMA + f'extra_params = {{ max_new_tokens = "{wire}", typical_p = "typical_p" }}\n'
+        path = write_catalogue(tmp_path / "c.toml", model_toml(provider="llama"), header=header)
+        assert load_catalogue(path).instances["llama"].extra_params["max_new_tokens"] == wire
+
+
 def test_an_instances_base_url_and_key_come_from_its_own_variables() -> None:
     assert base_url_variable("tgi-local.v2") == "MODELGATE_TGI_LOCAL_V2_BASE_URL"
     settings = Settings.from_env({"MODELGATE_TGI_LOCAL_BASE_URL": "http://other:9/", "TGI_KEY": "secret-1"})

@@ -36,6 +36,17 @@ _ROUTING = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: server's own names (``extra_params``), e.g. llama.cpp's ``repeat_penalty``, vLLM's ``repetition_penalty``;
 #: and ``max_new_tokens``, sent as ``max_tokens`` unless renamed (OpenAI's reasoning models refuse that name).
 EXTRA_PARAMS: tuple[str, ...] = ("typical_p", "repetition_penalty", "truncate", "max_new_tokens")
+#: Fields of a Chat Completions request modelgate writes itself (``providers.chat_completions``: the body's own and
+#: the standard parameters' wire names): a parameter mapped onto one would replace it in every call.
+REQUEST_FIELDS = frozenset(
+    {
+        *("model", "messages", "stream", "stream_options", "tools", "tool_choice", "parallel_tool_calls"),
+        *("response_format", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed"),
+        *("presence_penalty", "frequency_penalty", "reasoning_effort"),
+    }
+)
+#: What ``max_new_tokens`` may be sent as among those: its own names on the wire.
+TOKEN_LIMIT_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 #: Hosts whose Chat Completions take the token limit only as ``max_completion_tokens`` for some models (OpenAI's
 #: o-series and GPT-5 answer ``max_tokens`` with a 400) and as that name for all: the default there.
 MAX_COMPLETION_TOKENS_HOSTS = frozenset({"api.openai.com"})
@@ -102,6 +113,12 @@ class ProviderEntry(BaseModel):
                 raise ValueError(f"{name!r} is not a parameter to map (one of: {', '.join(EXTRA_PARAMS)})")
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", wire):
                 raise ValueError(f"{name}: {wire!r} is not a request field name")
+            if wire in REQUEST_FIELDS and not (name == "max_new_tokens" and wire in TOKEN_LIMIT_FIELDS):
+                raise ValueError(f"{name}: {wire!r} is a field modelgate writes itself; map to the server's own name")
+        named = list(value.values())
+        for wire in dict.fromkeys(named):
+            if named.count(wire) > 1:
+                raise ValueError(f"{wire!r} is named twice; each parameter needs a field of its own")
         return value
 
     @field_validator("api_key_env")
