@@ -109,6 +109,16 @@ def test_routing_wins_per_model_and_never_shows_in_the_document(tmp_path: Path) 
         ),
         (LLAMA + 'api_key_env = "sk-123 key"\n', (), "providers.llama.api_key_env: 'sk-123 key' is not an environment"),
         (LLAMA.replace("http://127.0.0.1:8080/v1", "127.0.0.1:8080"), (), "providers.llama.base_url: must be an http"),
+        (
+            LLAMA.replace("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1?x=1"),
+            (),
+            "providers.llama.base_url: must be an http:// or https:// URL with no query or fragment",
+        ),
+        (
+            LLAMA.replace("8080", "80800"),
+            (),
+            "providers.llama.base_url: 'http://127.0.0.1:80800/v1': the port is not one of 1 to 65535",
+        ),
         ('[providers."a/b"]\nkind = "openai"\n', (), "provider 'a/b': the name is not safe as a URL path segment"),
         (
             '[providers.openrouter]\nextra_params = { typical_p = "typical_p" }\n',

@@ -81,3 +81,39 @@ def test_a_negative_cache_max_age_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match=r"^MODELGATE_CACHE_MAX_AGE: expected a whole number >= 0 and <= 2147483647"):
         Settings.from_env({"MODELGATE_CACHE_MAX_AGE": "-60"})
     assert Settings.from_env({"MODELGATE_CACHE_MAX_AGE": "0"}).cache_max_age == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODELGATE_HUGGINGFACE_BASE_URL", "router.huggingface.co/v1", "must be an http:// or https:// URL"),
+        ("MODELGATE_LLAMA_BASE_URL", "127.0.0.1:8080/v1", "must be an http:// or https:// URL"),
+        ("MODELGATE_LLAMA_BASE_URL", "ftp://127.0.0.1/v1", "must be an http:// or https:// URL"),
+        ("MODELGATE_LLAMA_BASE_URL", "http://127.0.0.1:99999/v1", "the port is not one of 1 to 65535"),
+        ("MODELGATE_LLAMA_BASE_URL", "http://127.0.0.1:8080/v1?key=1", "no query or fragment"),
+        ("OLLAMA_HOST", "127.0.0.1:port", "the port is not one of 1 to 65535"),
+    ],
+)
+def test_a_base_url_the_environment_cannot_use_names_its_variable(variable: str, value: str, expected: str) -> None:
+    # Accepted before (the file's base_url is checked, the variable that wins over it was not): serve and
+    # check-config said nothing, and every call to the provider was a 502 "NonHttpUrlClientError", retried.
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({variable: value})
+    assert str(info.value).startswith(f"{variable}: "), str(info.value)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_a_base_url_from_the_environment_is_taken_as_written() -> None:
+    settings = Settings.from_env(
+        {"MODELGATE_LLAMA_BASE_URL": "http://[::1]:8080/v1/", "MODELGATE_OPENROUTER_BASE_URL": "https://or.example"}
+    )
+    assert settings.base_url_override("llama") == "http://[::1]:8080/v1"
+    assert settings.base_url_override("openrouter") == "https://or.example"
+
+
+def test_check_config_refuses_a_base_url_variable_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["check-config"], env={"MODELGATE_LLAMA_BASE_URL": "http://u:secret@llama:8080:x"})
+    assert result.exit_code == 1
+    assert result.output == (
+        "MODELGATE_LLAMA_BASE_URL: 'http://u:***@llama:8080:x': the port is not one of 1 to 65535\n"
+    ), result.output

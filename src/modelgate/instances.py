@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelgate.errors import CatalogueError
 from modelgate.schema import Endpoints
-from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS
+from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS, base_url_problem
 from modelgate.wire import Count
 
 #: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
@@ -131,8 +131,8 @@ class ProviderEntry(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if value is not None and (problem := base_url_problem(value)):
+            raise ValueError(problem)
         return value
 
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 #: Built-in upstream base URLs per provider kind (the catalogue file and then the environment override
 #: them). The ``openai`` kind and Hugging Face's ``tgi`` API have none: their entry must name one.
@@ -40,6 +41,32 @@ CREDENTIAL_VARIABLES: Mapping[str, tuple[str, ...]] = {
 def base_url_variable(instance: str) -> str:
     """``MODELGATE_<NAME>_BASE_URL`` for an instance name (upper-cased, ``-``, ``.`` and ``~`` → ``_``)."""
     return "MODELGATE_" + re.sub(r"[-.~]", "_", instance).upper() + "_BASE_URL"
+
+
+_BASE_URL = re.compile(r"^https?://[^/\s?#]+[^\s?#]*$")
+_BASE_URL_VARIABLE = re.compile(r"^MODELGATE_\w+_BASE_URL$")
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base URL, or None. Paths are appended to it (``/chat/completions``), so it is
+    an http(s) URL with a host, a port a connection can use, and no query or fragment (the path would land in them).
+    A password in it is not shown."""
+    shown = repr(re.sub(r"(//[^/?#@:]*:)[^/?#@]*@", r"\1***@", url))
+    if not _BASE_URL.match(url):
+        return f"must be an http:// or https:// URL with no query or fragment, got {shown}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        return f"{shown}: {exc}"
+    if not parts.hostname:
+        return f"{shown}: names no host"
+    try:
+        port = parts.port
+    except ValueError:  # no number, or out of range
+        port = 0
+    if port == 0:
+        return f"{shown}: the port is not one of 1 to 65535"
+    return None
 
 
 def ollama_base_url(ollama_host: str | None) -> str:
@@ -162,6 +189,13 @@ class Settings:
         }
         if "ollama" not in base_urls and env.get("OLLAMA_HOST"):
             base_urls["ollama"] = ollama_base_url(env["OLLAMA_HOST"])
+            if problem := base_url_problem(base_urls["ollama"]):
+                raise ValueError(f"OLLAMA_HOST: {problem}")
+        # Every instance's variable, as the file's base_url is checked: the variable wins over it, and a URL no call
+        # can use made every call a 502 instead of a line at start.
+        for variable, value in env.items():
+            if value and _BASE_URL_VARIABLE.match(variable) and (problem := base_url_problem(value)):
+                raise ValueError(f"{variable}: {problem}")
         credentials = {
             provider: {name: env[name] for name in names if env.get(name)}
             for provider, names in CREDENTIAL_VARIABLES.items()
