@@ -409,6 +409,11 @@ def one_line_failure(result: Any) -> str:
         ("MODELGATE_CACHE_MAX_AGE", "1m", "MODELGATE_CACHE_MAX_AGE: expected a whole number, got '1m'"),
         ("MODELGATE_PROBE_INTERVAL", "soon", "MODELGATE_PROBE_INTERVAL: expected a number of seconds, got 'soon'"),
         ("MODELGATE_DATABASE_URL", "mysql://db/usage", "unsupported database URL scheme 'mysql'"),
+        # Taken before: serve bound, then its start-up failed with redis-py's traceback in the log (exit 3), and
+        # check-config said OK.
+        ("MODELGATE_REDIS_URL", "localhost:6379", "MODELGATE_REDIS_URL: not a Redis URL: use redis://HOST[:PORT]"),
+        ("MODELGATE_REDIS_URL", "http://cache:6379", "MODELGATE_REDIS_URL: unsupported Redis URL scheme 'http'"),
+        ("MODELGATE_REDIS_URL", "redis://:pw@cache:6380x/0", "MODELGATE_REDIS_URL: the port is not one of 1 to 65535"),
     ],
 )
 def test_a_bad_environment_value_is_one_line_naming_the_variable(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -115,6 +115,30 @@ def database_url(given: str | None, config_path: Path | None) -> str | None:
     return f"sqlite:///{folder / LEDGER_FILE}"
 
 
+#: URL schemes redis-py connects to (``redis.asyncio.Redis.from_url``).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def redis_url(given: str | None) -> str | None:
+    """``MODELGATE_REDIS_URL`` as redis-py will take it, or a ``ValueError`` saying why not (never quoting the URL,
+    which may hold a password): redis-py refused it only when the server's start-up connected, with a traceback."""
+    if not given:
+        return None
+    use = "use redis://HOST[:PORT][/DB], rediss://… or unix:///PATH"
+    scheme, sep, _ = given.partition("://")
+    if not sep:
+        raise ValueError(f"not a Redis URL: {use}")
+    if scheme.lower() not in REDIS_SCHEMES:
+        raise ValueError(f"unsupported Redis URL scheme {scheme!r}: {use}")
+    try:
+        port = urlsplit(given).port
+    except ValueError:  # no number, out of range, or a broken IPv6 address
+        port = 0
+    if port == 0:
+        raise ValueError("the port is not one of 1 to 65535")
+    return given
+
+
 @dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
@@ -207,7 +231,7 @@ class Settings:
             "base_url_overrides": base_urls,
             "credentials": credentials,
             "api_keys": tuple(k.strip() for k in env.get("MODELGATE_API_KEYS", "").split(",") if k.strip()),
-            "redis_url": env.get("MODELGATE_REDIS_URL") or None,
+            "redis_url": _named("MODELGATE_REDIS_URL", redis_url, env.get("MODELGATE_REDIS_URL")),
             # Cache-Control's delta-seconds: never negative; the catalogue file's [server] cache_max_age bound.
             "cache_max_age": env_number(env, "MODELGATE_CACHE_MAX_AGE", int, maximum=2**31 - 1),
             "cors_origins": tuple(o.strip() for o in origins.split(",") if o.strip()) if origins else None,
@@ -288,6 +312,14 @@ class Settings:
         names = tuple(CREDENTIAL_VARIABLES.get(provider, ()) if variables is None else variables)
         found = self.credential_values(provider, names)
         return [name for name in names if name not in found]
+
+
+def _named(variable: str, check: Callable[[str | None], str | None], value: str | None) -> str | None:
+    """``check(value)``, its ``ValueError`` naming ``variable``."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{variable}: {exc}") from None
 
 
 def tracing_enabled(env: Mapping[str, str]) -> bool:
