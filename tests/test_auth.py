@@ -146,6 +146,9 @@ def test_no_plaintext_key_is_kept_in_memory(tmp_path: Path) -> None:
             r"keys\[1\] \(a\): name: 'a' is used by another key",
         ),
         ("[[keys]\n", r"not valid TOML"),
+        # A RecursionError and a ValueError (Python's 4300-digit limit) before: tracebacks from check-config and serve.
+        ("x = " + "[" * 600 + "]" * 600 + "\n", r"not valid TOML: values nested too deeply$"),
+        ("x = " + "1" * 5000 + "\n", r"not valid TOML: Exceeds the limit \(4300 digits\)"),
         ('keys = "x"\n', r"keys: "),
     ],
 )

@@ -231,6 +231,16 @@ def test_an_integer_beyond_pythons_digit_limit_is_not_valid_toml(tmp_path: Path)
         load_catalogue(path)
 
 
+@pytest.mark.parametrize("nested", ["[" * 600 + "]" * 600, "{a = " * 600 + "1" + "}" * 600])
+def test_values_nested_past_the_parsers_depth_are_not_valid_toml(tmp_path: Path, nested: str) -> None:
+    # tomllib parses nesting by recursion: 500 nested arrays were a RecursionError, a traceback from check-config
+    # and serve, and a reload that failed "unexpectedly".
+    path = write_catalogue(tmp_path / "c.toml", model_toml(), header=f"x = {nested}\n")
+    with pytest.raises(CatalogueError) as info:
+        load_catalogue(path)
+    assert info.value.message == f"{path}: not valid TOML: values nested too deeply"
+
+
 def test_a_failure_building_the_seed_model_is_a_catalogue_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

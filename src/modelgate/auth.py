@@ -291,8 +291,10 @@ def load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogueError(f"{source}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # a TOMLDecodeError, or an integer beyond Python's 4300 digits
         raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise CatalogueError(f"{source}: not valid TOML: values nested too deeply") from None
     try:
         parsed = KeysFile.model_validate(raw)
     except ValidationError as exc:

@@ -440,6 +440,8 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
         raise CatalogueError(f"{source}: cannot read: {exc}") from None
     except ValueError as exc:  # a TOMLDecodeError, or an integer beyond Python's 4300 digits
         raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise CatalogueError(f"{source}: not valid TOML: values nested too deeply") from None
     return parse_catalogue(raw, source=source)
 
 
