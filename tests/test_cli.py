@@ -592,6 +592,10 @@ def test_keys_list_shows_names_as_written_never_as_markup_or_terminal_codes() ->
         (["keys", "create", "x"], {"id": "k"}),
         (["keys", "create", "x"], {"key": "mg-abc\x1b]0;pwned\x07\nrm -rf", "name": "x", "id": "k"}),
         (["keys", "revoke", "0123456789ab"], []),
+        # Some other server answering 200: a revocation nobody confirmed is no success (a leaked key stays live).
+        (["keys", "revoke", "0123456789ab"], {}),
+        (["keys", "revoke", "0123456789ab"], {"id": "ba9876543210", "name": "x", "status": "revoked"}),
+        (["keys", "revoke", "0123456789ab"], {"id": "0123456789ab", "name": "x", "status": "active"}),
     ],
 )
 def test_a_keys_answer_in_another_shape_is_one_line_not_a_traceback(args: list[str], answer: Any) -> None:

@@ -166,6 +166,9 @@ def revoke(
 ) -> None:
     """Revoke a key: every instance refuses it within seconds."""
     answer = _call(url, admin_key, "DELETE", _key_path(key_id))
+    if answer.get("id") != key_id or answer.get("status") != "revoked":
+        # Some other server's 200 is no revocation: an operator revoking a leaked key must not be told it is done.
+        fail(f"{shown_url(url)}: the answer does not confirm that key {cell(key_id)} is revoked")
     typer.echo(f"revoked key '{cell(answer.get('name'))}' (id {cell(answer.get('id'))})")
 
 
