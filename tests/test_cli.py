@@ -409,6 +409,9 @@ def one_line_failure(result: Any) -> str:
         ("MODELGATE_CACHE_MAX_AGE", "1m", "MODELGATE_CACHE_MAX_AGE: expected a whole number, got '1m'"),
         ("MODELGATE_PROBE_INTERVAL", "soon", "MODELGATE_PROBE_INTERVAL: expected a number of seconds, got 'soon'"),
         ("MODELGATE_DATABASE_URL", "mysql://db/usage", "unsupported database URL scheme 'mysql'"),
+        # Taken before: the server ran with a ledger that never opened, logging so every second.
+        ("MODELGATE_DATABASE_URL", "sqlite://usage.db", "a SQLite URL has no host"),
+        ("MODELGATE_DATABASE_URL", "postgresql://u:pw@db:54x2/u", "the port is not one of 1 to 65535"),
         # Taken before: serve bound, then its start-up failed with redis-py's traceback in the log (exit 3), and
         # check-config said OK.
         ("MODELGATE_REDIS_URL", "localhost:6379", "MODELGATE_REDIS_URL: not a Redis URL: use redis://HOST[:PORT]"),

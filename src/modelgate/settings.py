@@ -80,10 +80,10 @@ def ollama_base_url(ollama_host: str | None) -> str:
     return f"http://{host or '127.0.0.1'}:{port or '11434'}"
 
 
-#: ``MODELGATE_DATABASE_URL`` / ``serve --database-url`` value that turns the usage ledger off.
 #: The least a timeout or an interval that cannot be off may be set to (seconds); the CLI's options say the same.
 MIN_SECONDS = 0.01
 
+#: ``MODELGATE_DATABASE_URL`` / ``serve --database-url`` value that turns the usage ledger off.
 LEDGER_OFF = "off"
 #: URL schemes of the databases the ledger speaks (``usage_store.async_url`` picks the driver).
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
@@ -105,6 +105,7 @@ def database_url(given: str | None, config_path: Path | None) -> str | None:
         scheme = given.partition(":")[0].partition("+")[0].lower()
         if scheme not in DATABASE_SCHEMES or "://" not in given:
             raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH, postgresql://… or 'off'")
+        _check_database_address(scheme, given)
         return given
     if config_path is not None:
         folder = config_path.resolve().parent
@@ -113,6 +114,21 @@ def database_url(given: str | None, config_path: Path | None) -> str | None:
         state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         folder = Path(state_home) / "modelgate"
     return f"sqlite:///{folder / LEDGER_FILE}"
+
+
+def _check_database_address(scheme: str, url: str) -> None:
+    """What would otherwise surface only once the server runs, as a ledger that never opens (logged every second,
+    no usage recorded): a SQLite path written with two slashes (read as a host name), or a port that is none.
+    The URL is never quoted: it may hold a password."""
+    parts = urlsplit(url)
+    if scheme == "sqlite" and parts.netloc:
+        raise ValueError("a SQLite URL has no host: sqlite:///relative/path or sqlite:////absolute/path")
+    try:
+        port = parts.port
+    except ValueError:  # no number, out of range, or a broken IPv6 address
+        port = 0
+    if port == 0:
+        raise ValueError("the port is not one of 1 to 65535")
 
 
 #: URL schemes redis-py connects to (``redis.asyncio.Redis.from_url``).
