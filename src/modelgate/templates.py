@@ -9,8 +9,9 @@ lstrip_blocks=True)`` with a ``raise_exception`` global (``transformers/utils/ch
 
 The template texts below are small Jinja2 templates written for the plain-text chat path (system, user,
 assistant; no tools, which the gateway never sends) of each official template. They keep the official
-branch structure and the official refusal messages, and the golden renders in ``tests/test_templates.py``
-pin them byte-for-byte to what the official templates produce:
+branch structure and the official refusal messages; ``tests/test_templates_official.py`` renders the official
+templates themselves (verbatim in ``tests/fixtures/chat_templates``) over many conversation shapes and pins ours
+byte-for-byte to them:
 
 * ``gemma2``        google/gemma-2-*-it (Gemma family template; no system role, ``model`` for the assistant)
 * ``phi3``          microsoft/Phi-3-mini-4k-instruct (current revision, which keeps system messages)
@@ -18,7 +19,8 @@ pin them byte-for-byte to what the official templates produce:
 * ``deepseek-r1``   deepseek-ai/DeepSeek-R1-Distill-Qwen-* (generation prompt opens ``<think>``)
 * ``mistral-v3``    mistralai/Mistral-7B-Instruct-v0.3 (system text goes into the *last* user turn)
 * ``mistral-nemo``  mistralai/Mistral-Nemo-Instruct-2407 (as v3, Tekken spacing: no spaces)
-* ``llama3``        meta-llama/Llama-3.1/3.2/3.3-*-Instruct (always a dated system header)
+* ``llama3``        meta-llama/Llama-3.1/3.3-*-Instruct (always a system header dated 26 Jul 2024; Llama 3.2's
+                    template dates it with the day of the render instead, its only difference)
 
 Templates are compiled once per process, on first use (never at import).
 """
