@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelgate.chat import ReasoningDelta, TextDelta
-from modelgate.reasoning import ReasoningSplitter
+from modelgate.reasoning import MAX_HELD, ReasoningSplitter
 
 Delta = TextDelta | ReasoningDelta
 
@@ -117,3 +117,43 @@ def test_flush_is_empty_when_nothing_is_held() -> None:
     splitter = ReasoningSplitter()
     assert splitter.feed("") == []
     assert splitter.flush() == []
+
+
+#: A million characters of whitespace, in a thousand deltas.
+WHITESPACE = [" " * 999 + "\n"] * 1000
+
+
+def fed(splitter: ReasoningSplitter, chunks: list[str]) -> list[Delta]:
+    deltas: list[Delta] = []
+    for chunk in chunks:
+        deltas += splitter.feed(chunk)
+    return deltas
+
+
+@pytest.mark.parametrize(("starts_in_reasoning", "kind"), [(False, "text"), (True, "reasoning")])
+def test_endless_whitespace_before_the_block_is_not_held_without_bound(starts_in_reasoning: bool, kind: str) -> None:
+    """Whitespace may be the lead of a ``<think>``, so it is held back; an upstream that streams nothing else (its
+    refusal or tool-call deltas keeping the stream's byte limit quiet) made that grow with the reply. At most
+    ``MAX_HELD`` characters wait: the rest goes out as the kind of text it is whatever follows."""
+    splitter = ReasoningSplitter(starts_in_reasoning=starts_in_reasoning)
+    deltas = fed(splitter, WHITESPACE)
+    assert sum(len(d.text) for d in deltas) >= len("".join(WHITESPACE)) - MAX_HELD
+    deltas += splitter.feed("<think>r</think>Answer") + splitter.flush()
+    assert merged(deltas) == [(kind, "".join(WHITESPACE) if kind == "text" else "".join(WHITESPACE) + "r")] + (
+        [("reasoning", "r"), ("text", "Answer")] if kind == "text" else [("text", "Answer")]
+    )
+
+
+def test_endless_blank_lines_after_the_block_are_not_held_without_bound() -> None:
+    splitter = ReasoningSplitter()
+    assert fed(splitter, ["<think>r</think>", *WHITESPACE]) == [ReasoningDelta("r")]  # the separator: dropped
+    assert len(splitter._pending) <= MAX_HELD  # what is held back (nothing else tells how much)
+    assert splitter.feed("  x") == [TextDelta("  x")]  # as held whole: the first line's indentation stays
+
+
+def test_a_line_of_spaces_after_the_block_longer_than_what_is_held_begins_the_answer() -> None:
+    splitter = ReasoningSplitter()
+    deltas = fed(splitter, ["<think>r</think>\n\n", *[" " * 100] * 100])
+    assert merged(deltas)[1:] and len(merged(deltas)[1][1]) >= 10_000 - MAX_HELD
+    deltas += splitter.feed("x") + splitter.flush()
+    assert merged(deltas) == [("reasoning", "r"), ("text", " " * 10_000 + "x")]

@@ -17,6 +17,10 @@ Rules, chosen to match how these models actually emit the block:
   they are dropped, so the answer does not start with empty lines; the first line's indentation stays.
   Everything else is kept as the model wrote it (the reasoning's own leading and trailing newlines too).
 * A partial tag at the end of a feed is held back until the next feed (or ``flush``) decides it.
+* Whitespace before the block, and after ``</think>``, is held back too (it is text or separator depending on
+  what follows), but at most ``MAX_HELD`` characters of it: past that, the whitespace before the block goes out
+  as the kind of text it is whatever follows, the blank lines after ``</think>`` are dropped as they would be,
+  and a longer run without a line break begins the answer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ _OPEN = "<think>"
 _CLOSE = "</think>"
 
 Delta = TextDelta | ReasoningDelta
+
+#: The most whitespace held back before the block or after ``</think>``. An upstream may stream whitespace without
+#: end, and between deltas of another kind (a refusal, a tool call) the stream's byte limit (``max_event_bytes``,
+#: counted only while no event comes) never sees it: held whole, it grew with the reply (and each feed rescanned it).
+MAX_HELD = 4096
 
 #: The blank lines at the start of the answer (whitespace-only lines, each ended by a line break).
 _BLANK_LINES = re.compile(r"(?:[ \t]*\r?\n)+")
@@ -62,6 +71,8 @@ class ReasoningSplitter:
         out: list[Delta] = []
         if self._state is _State.START:
             self._state = self._leave_start(out)
+            if self._state is _State.START and len(self._pending) > MAX_HELD:
+                self._release_lead(out)
         if self._state is _State.REASONING:
             self._scan_reasoning(out)
         if self._state is _State.AFTER_CLOSE:
@@ -94,10 +105,24 @@ class ReasoningSplitter:
         # No block opened here: the lead stays in _pending, as reasoning or as the answer's first text.
         return _State.REASONING if self._starts_in_reasoning else _State.ANSWER
 
+    def _release_lead(self, out: list[Delta]) -> None:
+        """Send the whitespace before a possible ``<think>`` now: it is the same kind of text whatever follows."""
+        body = self._pending.lstrip()
+        lead = self._pending[: len(self._pending) - len(body)]
+        self._pending = body
+        out.append(ReasoningDelta(lead) if self._starts_in_reasoning else TextDelta(lead))
+
     def _leave_after_close(self, out: list[Delta]) -> None:
         """Once the answer's first non-blank character is in, send it without the blank lines before it."""
         pending = self._pending
         if pending.isspace() or not pending:
+            if len(pending) > MAX_HELD:  # drop the blank lines now; a longer run than that is the answer's text
+                blank = _BLANK_LINES.match(pending)
+                self._pending = pending = pending[blank.end() :] if blank else pending
+                if len(pending) > MAX_HELD:
+                    self._state = _State.ANSWER
+                    self._pending = ""
+                    out.append(TextDelta(pending))
             return  # all separator so far
         self._state = _State.ANSWER
         self._pending = ""

@@ -1,0 +1,59 @@
+"""State a hostile upstream could grow without bound inside the service, driven from outside through a real server.
+
+Each test streams, from the hostile upstream (``tests/fakes/hostile.py``), what makes one piece of per-reply state
+grow, and checks the bound from the client's side: what it receives, or the documented error once a limit is
+passed. Never a timing or a memory figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+
+from modelgate.reasoning import MAX_HELD
+from tests.fakes.hostile import HostileUpstream, Received, response_head
+
+SSE = {"Content-Type": "text/event-stream"}
+
+
+def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
+
+
+def test_whitespace_between_refusal_deltas_reaches_the_client_instead_of_piling_up(
+    hostile: HostileUpstream, hostile_openai_service: str
+) -> None:
+    """Content that is only whitespace is held back while a ``<think>`` may follow it (``reasoning.py``); a
+    refusal delta beside it in every chunk keeps the stream's byte limit (counted only while no event comes) from
+    ever seeing it, so it piled up for the whole reply. The upstream here waits, after a megabyte of it, until
+    the client has received all but ``MAX_HELD`` characters of it."""
+    seen_enough = threading.Event()
+    waited: list[bool] = []
+    total = 1000 * 1000
+
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE)
+        for _ in range(total // 1000):
+            yield chunk({"refusal": ".", "content": " " * 999 + "\n"})
+        waited.append(await asyncio.to_thread(seen_enough.wait, 20))
+        yield chunk({"content": "end"}, "stop") + b"data: [DONE]\n\n"
+
+    hostile.reset(script)
+    body = {"model": "h/m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    received = 0
+    with httpx.stream("POST", hostile_openai_service + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            for choice in orjson.loads(line[6:])["choices"]:
+                received += len(choice["delta"].get("content") or "")
+            if received >= total - MAX_HELD:
+                seen_enough.set()
+    assert waited == [True], "the client did not get the whitespace before the upstream gave up waiting"
+    assert received == total + len("end")
