@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 
+from modelgate.providers.chat_completions import MAX_TOOL_CALLS
 from modelgate.reasoning import MAX_HELD
 from tests.fakes.hostile import HostileUpstream, Received, response_head
 
@@ -57,3 +58,31 @@ def test_whitespace_between_refusal_deltas_reaches_the_client_instead_of_piling_
                 seen_enough.set()
     assert waited == [True], "the client did not get the whitespace before the upstream gave up waiting"
     assert received == total + len("end")
+
+
+def test_a_reply_numbering_tool_calls_without_end_is_cut_at_the_limit(
+    hostile: HostileUpstream, hostile_openai_service: str
+) -> None:
+    """Every tool call is remembered until the reply ends (the parser's indexes, the Responses item of each, a
+    collected reply's calls), and a chunk naming a new one is a few dozen bytes, each an event: an upstream numbering
+    calls without end grew that with the stream. Past ``MAX_TOOL_CALLS`` the stream ends with an error chunk."""
+    calls = MAX_TOOL_CALLS + 100
+
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE)
+        for index in range(calls):
+            call = {"index": index, "id": f"c{index}", "function": {"name": "f", "arguments": "{}"}}
+            yield chunk({"tool_calls": [call]})
+        yield chunk({}, "tool_calls") + b"data: [DONE]\n\n"
+
+    hostile.reset(script)
+    body = {"model": "h/m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    response = httpx.post(hostile_openai_service + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200
+    payloads = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    relayed = {
+        call["index"] for p in payloads for c in p.get("choices", ()) for call in c["delta"].get("tool_calls", ())
+    }
+    assert relayed == set(range(MAX_TOOL_CALLS))
+    [error] = [p["error"] for p in payloads if "error" in p]
+    assert f"more than {MAX_TOOL_CALLS} tool calls" in error["message"]

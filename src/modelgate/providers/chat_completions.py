@@ -275,6 +275,11 @@ def _detail(details: Any, name: str) -> Any:
 
 #: How much of a streamed reply's body is kept while no event has come (``ChatCompletionsStream._not_a_stream``).
 HEAD_LIMIT = 256 * 1024
+#: The most tool calls (distinct ``index`` values) one reply may make: far past any model's turn (OpenAI takes at
+#: most 128 tools in a request). Every call is remembered for the rest of the reply (here, and whole by whoever
+#: collects it), and a chunk naming a new index is a few dozen bytes: unbounded, an upstream numbering calls
+#: without end grew that memory with the stream, never tripping the per-event limit.
+MAX_TOOL_CALLS = 1024
 
 
 def keep_head(head: bytearray, chunk: bytes) -> None:
@@ -408,6 +413,8 @@ class ChatCompletionsStream:
             index = int(call.get("index", 0))
             call_id = text_field(call["id"]) if call.get("id") else None
             if index not in self._calls:
+                if len(self._calls) >= MAX_TOOL_CALLS:
+                    raise self._upstream.protocol_error(f"the reply made more than {MAX_TOOL_CALLS} tool calls")
                 self._calls.add(index)
                 # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
                 call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
