@@ -8,6 +8,7 @@ passed. Never a timing or a memory figure.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 
@@ -86,3 +87,24 @@ def test_a_reply_numbering_tool_calls_without_end_is_cut_at_the_limit(
     assert relayed == set(range(MAX_TOOL_CALLS))
     [error] = [p["error"] for p in payloads if "error" in p]
     assert f"more than {MAX_TOOL_CALLS} tool calls" in error["message"]
+
+
+def test_a_tool_call_index_past_any_reply_is_the_upstreams_protocol_error(
+    hostile: HostileUpstream, hostile_openai_service: str
+) -> None:
+    """An index no encoder can write (past 64 bits: ``orjson`` refuses it) passed through to the client's chunk
+    encoder, which failed there as our own error; it is the upstream's broken reply, said as such."""
+
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE)
+        call = {"index": 10**30, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": "tool_calls"}
+        # json, not orjson: the bytes a server may send, which orjson itself would refuse to write.
+        yield b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\ndata: [DONE]\n\n"
+
+    hostile.reset(script)
+    body = {"model": "h/m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    with httpx.stream("POST", hostile_openai_service + "/v1/chat/completions", json=body, timeout=60) as response:
+        text = response.read().decode()
+    assert "a tool call index out of range" in text, text
+    assert "Internal" not in text, text

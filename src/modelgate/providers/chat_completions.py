@@ -280,6 +280,9 @@ HEAD_LIMIT = 256 * 1024
 #: collects it), and a chunk naming a new index is a few dozen bytes: unbounded, an upstream numbering calls
 #: without end grew that memory with the stream, never tripping the per-event limit.
 MAX_TOOL_CALLS = 1024
+#: Past the largest ``index`` a tool call may have: servers number calls 0, 1, 2…, and one past 64 bits could not
+#: even be written to the client (``orjson`` refuses it: an "Internal Server Error" chunk, as if ours).
+TOOL_INDEX_LIMIT = 2**31
 
 
 def keep_head(head: bytearray, chunk: bytes) -> None:
@@ -411,6 +414,8 @@ class ChatCompletionsStream:
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             index = int(call.get("index", 0))
+            if not 0 <= index < TOOL_INDEX_LIMIT:
+                raise self._upstream.protocol_error(f"a tool call index out of range: {str(index)[:20]}")
             call_id = text_field(call["id"]) if call.get("id") else None
             if index not in self._calls:
                 if len(self._calls) >= MAX_TOOL_CALLS:
