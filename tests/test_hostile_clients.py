@@ -22,7 +22,7 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.settings import Settings
-from tests.fakes import Fakes, Reply
+from tests.fakes import Fakes, Fault, Reply
 from tests.raw_http import read_response
 from tests.servers import serve_in_thread
 
@@ -244,6 +244,42 @@ def test_many_clients_hanging_up_at_once_leave_nothing_behind(service: str, fake
     assert fakes.ollama.wait_for_disconnects(10) == 10
     assert wait_until(lambda: in_flight(service) == 0)
     fakes.ollama.default = Reply()
+    others_are_served(service)
+
+
+def pipelined_chats(sock: socket.socket) -> None:
+    """Two chat requests on a raw connection, the second sent right behind the first (HTTP/1.1 pipelining)."""
+    payload = orjson.dumps(BODY)
+    one = head("POST", CHAT, {"Content-Type": "application/json", "Content-Length": str(len(payload))}) + payload
+    sock.sendall(one + one)
+
+
+def test_a_client_leaving_before_the_first_token_with_a_request_pipelined_behind_frees_the_upstream(
+    service: str, fakes: Fakes
+) -> None:
+    """Found by chaos: with a second request queued behind it, uvicorn told the queued request the client was gone,
+    not the one running; it waited for its first token (the upstream call, its slots) until the timeout."""
+    fakes.ollama.script(Reply(fault=Fault.hang()))  # no status line: the gateway waits for the first token
+    with connect(service) as sock:
+        pipelined_chats(sock)
+        assert wait_until(lambda: len(fakes.ollama.requests) == 1)
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+    others_are_served(service)
+
+
+def test_a_client_leaving_mid_stream_with_a_request_pipelined_behind_frees_everything(
+    service: str, fakes: Fakes
+) -> None:
+    fakes.ollama.script(Reply(tokens=["tick"] * 10, fault=Fault.hang(after=3)))  # three tokens, then silence
+    with connect(service) as sock:
+        pipelined_chats(sock)
+        sock.settimeout(10)
+        received = b""
+        while received.count(b'0:"tick"') < 3:
+            received += sock.recv(4096)
+        assert in_flight(service) == 1
+    assert fakes.ollama.wait_for_disconnects(1) == 1
+    assert wait_until(lambda: in_flight(service) == 0)
     others_are_served(service)
 
 

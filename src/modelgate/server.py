@@ -51,7 +51,7 @@ import httptools
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.logging import TRACE_LOG_LEVEL
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import SIGNALS
@@ -167,6 +167,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._last_call_timer: asyncio.TimerHandle | None = None
         #: When the connection last became idle (its response complete, nothing received since); None: busy.
         self._idle_since: float | None = None
+        #: The request whose ASGI task runs (or ran last): ``self.cycle`` is the newest, a pipelined one waiting.
+        self._running: RequestResponseCycle | None = None
 
     # -- the connection cap and the first timer ------------------------------------------------------
 
@@ -198,6 +200,19 @@ class GuardedProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
         super().connection_lost(exc)
+        # uvicorn tells the newest request cycle the client is gone; with a request pipelined behind the running one,
+        # that is the waiting one, which never runs. The running one went on as if its client were there: waiting
+        # for its first token (the upstream call and the slots held) until the timeout, or writing into the closed
+        # transport (an unhandled error).
+        running, self._running = self._running, None
+        if running is not None and running is not self.cycle:
+            if not running.response_complete:
+                running.disconnected = True
+            running.message_event.set()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     # -- keep-alive: one timer a connection, re-armed when it fires early --------------------------------
 
