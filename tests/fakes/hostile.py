@@ -13,13 +13,19 @@ the fake records how many bytes it wrote and whether the client hung up first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["HostileUpstream", "Received", "Script", "gzip_bomb", "response_head"]
+__all__ = ["RESET", "HostileUpstream", "Received", "Script", "gzip_bomb", "response_head"]
+
+#: A piece a script yields to reset the connection there (an RST, not the FIN every other ending sends).
+RESET = b"\x00reset\x00"
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,15 @@ class HostileUpstream:
             self._loop.call_soon_threadsafe(stop[0].set)
             thread.join(timeout=10)
 
+    @staticmethod
+    async def _watch(reader: asyncio.StreamReader, outcome: Outcome, replying: asyncio.Task[None]) -> None:
+        """Stop the reply when the client hangs up, even while the script waits (a stall notices nothing else).
+        Nothing more comes on a request's connection (no pipelining here): a read that returns is the end."""
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1)
+        outcome.cut_by_client = True
+        replying.cancel()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         outcome = Outcome()
         try:
@@ -140,10 +155,24 @@ class HostileUpstream:
             if script is None:
                 writer.write(response_head(500) + b"no script")
                 return
-            async for piece in script(received):
-                writer.write(piece)
-                await writer.drain()
-                outcome.written += len(piece)
+            replying = asyncio.current_task()
+            assert replying is not None
+            watcher = asyncio.create_task(self._watch(reader, outcome, replying))
+            try:
+                async for piece in script(received):
+                    if piece is RESET:
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        writer.transport.abort()
+                        return
+                    writer.write(piece)
+                    await writer.drain()
+                    outcome.written += len(piece)
+            except asyncio.CancelledError:
+                if not outcome.cut_by_client:
+                    raise  # the server stopping
+            finally:
+                watcher.cancel()
         except (ConnectionError, asyncio.IncompleteReadError):
             outcome.cut_by_client = True
         finally:
