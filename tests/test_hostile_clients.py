@@ -212,15 +212,20 @@ def test_a_client_that_never_reads_is_dropped_and_the_upstream_closed(service: s
         others_are_served(service)
 
 
+def read_ticks(sock: socket.socket, count: int) -> bytes:
+    """What the connection received until ``count`` ``tick`` tokens were in it (10 s at most a read)."""
+    sock.settimeout(10)
+    received = b""
+    while received.count(b'0:"tick"') < count:
+        received += sock.recv(4096)
+    return received
+
+
 def test_a_client_hanging_up_mid_stream_frees_everything(service: str, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["tick"] * 400, delay=0.05))
     with connect(service) as sock:
         post_chat(sock)
-        sock.settimeout(10)
-        received = b""
-        while received.count(b'0:"tick"') < 3:
-            received += sock.recv(4096)
-        assert received.startswith(b"HTTP/1.1 200")
+        assert read_ticks(sock, 3).startswith(b"HTTP/1.1 200")
         assert in_flight(service) == 1
     # The socket is closed: the upstream must see it, and nothing must stay in flight.
     assert fakes.ollama.wait_for_disconnects(1) == 1
@@ -273,10 +278,7 @@ def test_a_client_leaving_mid_stream_with_a_request_pipelined_behind_frees_every
     fakes.ollama.script(Reply(tokens=["tick"] * 10, fault=Fault.hang(after=3)))  # three tokens, then silence
     with connect(service) as sock:
         pipelined_chats(sock)
-        sock.settimeout(10)
-        received = b""
-        while received.count(b'0:"tick"') < 3:
-            received += sock.recv(4096)
+        read_ticks(sock, 3)
         assert in_flight(service) == 1
     assert fakes.ollama.wait_for_disconnects(1) == 1
     assert wait_until(lambda: in_flight(service) == 0)
