@@ -11,11 +11,16 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 
+from modelgate import push_lane, relay_response
+from modelgate.encoders.responses import MAX_HELD_OUTPUT
 from modelgate.providers.chat_completions import MAX_TOOL_CALLS
+from modelgate.push_lane import Lane
 from modelgate.reasoning import MAX_HELD
 from tests.fakes.hostile import HostileUpstream, Received, response_head
 
@@ -108,3 +113,56 @@ def test_a_tool_call_index_past_any_reply_is_the_upstreams_protocol_error(
         text = response.read().decode()
     assert "a tool call index out of range" in text, text
     assert "Internal" not in text, text
+
+
+@pytest.mark.parametrize("lane", ["pushed", "pulled"])
+def test_a_streamed_response_without_end_fails_at_the_held_output_limit(
+    hostile: HostileUpstream, hostile_openai_service: str, monkeypatch: pytest.MonkeyPatch, lane: str
+) -> None:
+    """A streamed ``/v1/responses`` reply holds its whole output for ``response.completed``: an upstream streaming
+    text without end grew that with the stream. Past ``MAX_HELD_OUTPUT`` characters the client has every delta up
+    to the limit, then ``error`` and ``response.failed`` saying so, and nothing after; pushed or pulled alike."""
+    piece = 50_000
+    pieces = 2 * MAX_HELD_OUTPUT // piece  # twice the limit, then a finish the client must never see
+
+    async def script(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE)
+        yield chunk({"role": "assistant", "content": ""})
+        for _ in range(pieces):
+            yield chunk({"content": "x" * piece})
+            await asyncio.sleep(0.002)  # reads of their own, so the lane pushes them
+        yield chunk({}, "stop") + b"data: [DONE]\n\n"
+
+    ended_in_push: list[bool] = []
+    if lane == "pushed":
+        monkeypatch.setattr(push_lane, "LAG_LIMIT", 3600.0)  # a busy test machine's loop never counts as late
+        push = Lane.push
+
+        def counted(self: Lane, events: Any) -> None:
+            push(self, events)
+            ended_in_push.append(self.ended)
+
+        monkeypatch.setattr(Lane, "push", counted)
+    else:
+        monkeypatch.setattr(relay_response, "PUSH_SUPPORTED", False)
+    hostile.reset(script)
+    body = {"model": "h/m", "input": "Hi", "stream": True}
+    events: list[dict[str, Any]] = []
+    with httpx.stream("POST", hostile_openai_service + "/v1/responses", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(orjson.loads(line[6:]))
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert len(text) == MAX_HELD_OUTPUT // piece * piece
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed"
+    assert f"passed {MAX_HELD_OUTPUT} characters" in failed["error"]["message"]
+    assert events[-2]["message"] == failed["error"]["message"]
+    assert failed["output"][0]["content"][0]["text"] == text  # what was delivered, and no more
+    if lane == "pushed":
+        assert True in ended_in_push  # the limit was passed in a pushed batch, and the pulled path ended the reply
+    else:
+        assert not ended_in_push

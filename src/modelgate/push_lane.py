@@ -104,7 +104,7 @@ class LoopLag:
 class Lane:
     """The per-batch work of every layer of one relayed reply, registered by the layers themselves."""
 
-    __slots__ = ("drain", "encode", "lag", "observation", "relayed", "writer")
+    __slots__ = ("drain", "encode", "ended", "lag", "observation", "relayed", "writer")
 
     def __init__(self, writer: ChunkWriter, lag: LoopLag) -> None:
         self.writer = writer
@@ -115,15 +115,23 @@ class Lane:
         #: The relay registered (``observation`` may still be None: a relay without an observer).
         self.relayed = False
         self.observation: Observation | None = None
+        #: A layer ended the reply's middle (the Responses encoder past its limit): nothing more is pushed, and the
+        #: pulling task, handed the reply back at the next bytes, ends it.
+        self.ended = False
 
     def ready(self) -> bool:
         return self.encode is not None and self.drain is not None and self.relayed
 
     def open(self) -> bool:
-        """A pushed batch could go out now: the client's socket takes it, the server is not ending replies and its
-        loop is not overloaded."""
+        """A pushed batch could go out now: the client's socket takes it, the server is not ending replies, no layer
+        ended the reply and its loop is not overloaded."""
         drain = self.drain
-        return self.writer.writable() and not (drain is not None and drain.expired) and not self.lag.late
+        return (
+            self.writer.writable()
+            and not (drain is not None and drain.expired)
+            and not self.ended
+            and not self.lag.late
+        )
 
     def push(self, events: Sequence[StreamEvent]) -> None:
         """One batch of deltas through the relay's count, the encoder and out to the client."""
@@ -143,11 +151,13 @@ def current_lane() -> Lane | None:
     return current if current is not None and current.ready() else None
 
 
-def register_encoder(encode: Callable[[Sequence[StreamEvent]], bytes]) -> None:
-    """An encoder starts in the current task: its per-batch part is ``encode``, the bytes of a batch of deltas."""
+def register_encoder(encode: Callable[[Sequence[StreamEvent]], bytes]) -> Lane | None:
+    """An encoder starts in the current task: its per-batch part is ``encode``, the bytes of a batch of deltas.
+    Returns the lane (None: the reply is pulled), for an encoder that may end the reply's middle (``Lane.ended``)."""
     current = LANE.get()
     if current is not None:
         current.encode = encode
+    return current
 
 
 def register_relay(observation: Observation | None) -> None:

@@ -49,15 +49,28 @@ from typing import Any, Literal
 import orjson
 
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
-from modelgate.encoders.base import close, ended_early, failure_message
+from modelgate.encoders.base import close, ended_early, failure_message, log
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
-from modelgate.push_lane import register_encoder
+from modelgate.push_lane import Lane, register_encoder
 
 MEDIA_TYPE = "text/event-stream"
 #: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
 HEADERS: Mapping[str, str] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _ENDED_WITH_ERROR = "the provider ended the reply with an error"
+
+#: The most characters of output (text, refusal, reasoning and tool-call arguments together) a streamed response
+#: holds for its closing event, which repeats the whole output: past it the stream ends with ``response.failed``.
+#: A model's largest reply is about 128k output tokens (the most any API offers), some 0.5M characters at ~4 a
+#: token: this is eight times that, and the default ``upstream_max_event_bytes``, so one event the reader lets
+#: through fits. Unbounded, an upstream streaming without end (a broken or hostile server, a model looping under a
+#: huge ``max_output_tokens``, no ``upstream_max_stream_seconds`` by default) grew the held output with the stream,
+#: where the chat completion and AI SDK streams hold nothing. At most 4 bytes a character in memory.
+MAX_HELD_OUTPUT = 4 * 1024 * 1024
+_TOO_LONG = (
+    f"the reply passed {MAX_HELD_OUTPUT} characters of output, the most a streamed response holds"
+    " (its closing event repeats the whole output); ask for less output or stream /v1/chat/completions"
+)
 
 #: Finish reasons that end a reply early: the response is ``incomplete`` with this reason
 #: (``IncompleteDetails.reason``), which the SDKs map back to a ``length`` / ``content-filter`` finish.
@@ -396,6 +409,10 @@ class ResponseStreamEncoder:
         self._sequence = 0
         self._prefixed: _Part | None = None
         self._prefix = b""
+        #: Characters of output held (``MAX_HELD_OUTPUT``); past it, ``over`` and the rest of the reply is dropped.
+        self._held = 0
+        self.over = False
+        self._lane: Lane | None = None
 
     def _frames(self, payloads: Sequence[dict[str, Any]]) -> bytes:
         out: list[bytes] = []
@@ -413,19 +430,41 @@ class ResponseStreamEncoder:
         return self._prefix + orjson.dumps(text) + b',"sequence_number":' + str(sequence).encode() + b"}\n\n"
 
     def deltas(self, batch: Sequence[StreamEvent]) -> bytes:
-        """The events of a batch of deltas (a batch without the ``Finish``): what every batch but the last is."""
+        """The events of a batch of deltas (a batch without the ``Finish``): what every batch but the last is.
+
+        Never raises for the reply's length (the push lane takes that for a bug of ours): the delta that would pass
+        ``MAX_HELD_OUTPUT`` and all after it are dropped, ``over`` is set, and the lane is told to push no more;
+        ``encode``, pulling, then ends the stream with ``response.failed``."""
+        if self.over:
+            return b""
         builder = self._builder
         out: list[bytes] = []
         for event in batch:
             if isinstance(event, TextDelta | ReasoningDelta):
                 if event.text:
+                    if not self._hold(len(event.text)):
+                        break
                     before, item, part = builder.delta(_part_kind(event), event.text)
                     if before:  # an item or part closed and another opened
                         out.append(self._frames(before))
                     out.append(self._delta(item, part, event.text))
             elif isinstance(event, ToolCallDelta):
+                # The name and id too: a call's are held, and each of up to ``MAX_TOOL_CALLS`` may be one long event.
+                size = len(event.arguments or "") + len(event.name or "") + len(event.id or "")
+                if size and not self._hold(size):
+                    break
                 out.append(self._frames(builder.tool_call(event)))
         return b"".join(out)
+
+    def _hold(self, size: int) -> bool:
+        """Whether ``size`` more characters fit under ``MAX_HELD_OUTPUT`` (counted when they do)."""
+        self._held += size
+        if self._held <= MAX_HELD_OUTPUT:
+            return True
+        self.over = True
+        if self._lane is not None:
+            self._lane.ended = True
+        return False
 
     def _ending(self, finish: Finish) -> bytes:
         builder = self._builder
@@ -433,19 +472,29 @@ class ResponseStreamEncoder:
             return self._frames(builder.fail(UpstreamError(self._provider, _ENDED_WITH_ERROR).message))
         return self._frames(builder.finish(finish, int(self._clock())))
 
+    def _too_long(self) -> bytes:
+        log.warning(
+            "stream %s: the reply passed %d characters of output", self._builder.head.response_id, MAX_HELD_OUTPUT
+        )
+        return self._frames(self._builder.fail(UpstreamError(self._provider, _TOO_LONG).message))
+
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body, one bytes per batch of events. A ``ModelgateError`` from ``events`` (or a
         stream that ends without a ``Finish``) becomes ``error`` + ``response.failed``: never a silent end."""
         builder = self._builder
         response_id = builder.head.response_id
         out = self._frames(builder.start())  # goes out with the first batch
-        register_encoder(self.deltas)  # the middle of the reply may be pushed (``push_lane``)
+        self._lane = register_encoder(self.deltas)  # the middle of the reply may be pushed (``push_lane``)
         try:
             async for batch in events:
                 if batch and isinstance(last := batch[-1], Finish):  # a Finish is always the last event
-                    out += self.deltas(batch[:-1]) + self._ending(last)
+                    out += self.deltas(batch[:-1])
+                    out += self._too_long() if self.over else self._ending(last)
                     break
                 out += self.deltas(batch)
+                if self.over:  # in this batch, or in one the lane pushed
+                    out += self._too_long()
+                    break
                 if out:
                     yield out
                     out = b""
