@@ -5,7 +5,9 @@ sends garbage, ends without ``[DONE]``, answers 503 (retries, fallbacks) or answ
 before the head, right after it, mid-stream (with a FIN or an RST, or with a second request pipelined behind), during a
 retry's backoff and during a fallback, on every chat route, with and without a key's stream limit and budget.
 Once quiet: nothing in flight, every admission slot and budget hold given back, every upstream connection closed,
-no task left over, and one ledger row per request that reached the upstream.
+no task left over, and one ledger row per request that reached the upstream. Twice: limits and budgets counted in
+this process, and in a real Redis (``MODELGATE_REDIS_URL``), where no lease or budget hold may be left under the
+limiter's prefix. ``test_chaos_shutdown.py`` sends SIGTERM in the middle of the same chaos.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from modelgate.settings import Settings
 from tests.catalogue_files import model_toml
 from tests.cli_process import wait_for
 from tests.fakes.hostile import RESET, HostileUpstream, Received, response_head
+from tests.redis_server import running_redis
 from tests.servers import serve_in_thread
 
 REQUESTS = 200
@@ -200,6 +203,7 @@ class Served:
     url: str
     app: Any
     loops: list[asyncio.AbstractEventLoop]
+    redis_url: str | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -209,8 +213,9 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
 
-@pytest.fixture
-def served(hostile: HostileUpstream, tmp_path: Path) -> Iterator[Served]:
+def chaos_catalogue(hostile: HostileUpstream, tmp_path: Path) -> str:
+    """The catalogue of the chaos (its keys file written to ``tmp_path``): ``chaos/primary`` falling back to
+    ``chaos/backup``, both served by ``hostile``."""
     (tmp_path / "keys.toml").write_text(KEYS_TOML, encoding="utf-8")
     resilience = RESILIENCE.format(threshold=1000)
     text = f'[server]\nkeys_file = "{tmp_path / "keys.toml"}"\n\n'
@@ -219,6 +224,22 @@ def served(hostile: HostileUpstream, tmp_path: Path) -> Iterator[Served]:
     extra = f'fallbacks = ["chaos/backup"]\nmax_concurrency = {MODEL_CAP}\n'
     text += model_toml("chaos", "primary", provider="up", upstream="m-primary", extra=extra)
     text += model_toml("chaos", "backup", provider="up2", upstream="m-backup")
+    return text
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limits_store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Where the limits and budgets count: this process (None), or a real Redis (its URL)."""
+    if request.param == "memory":
+        yield None
+        return
+    with running_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def served(hostile: HostileUpstream, tmp_path: Path, limits_store: str | None) -> Iterator[Served]:
+    text = chaos_catalogue(hostile, tmp_path)
     catalogue = parse_catalogue(tomllib.loads(text), source=str(tmp_path / "chaos.toml"))
     settings = Settings.from_env(
         {},
@@ -227,6 +248,7 @@ def served(hostile: HostileUpstream, tmp_path: Path) -> Iterator[Served]:
         admin_key=ADMIN,
         ledger_flush_interval=0.1,
         client_send_timeout=2.0,
+        redis_url=limits_store,
     )
     app = create_app(settings, catalogue)
     loops: list[asyncio.AbstractEventLoop] = []
@@ -240,7 +262,7 @@ def served(hostile: HostileUpstream, tmp_path: Path) -> Iterator[Served]:
     try:
         with serve_in_thread(observed) as url:
             httpx.get(url + "/health", timeout=10)
-            yield Served(url, app, loops)
+            yield Served(url, app, loops, limits_store)
     finally:
         hostile.reset()
 
@@ -275,7 +297,10 @@ def request_bytes(route: str, prompt: str, key: str, rid: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 
-def drive(url: str, route: str, mode: str, behaviour: str, key: str, rid: str, rng: random.Random) -> bytes:
+def drive(
+    url: str, route: str, mode: str, behaviour: str, key: str, rid: str, rng: random.Random, patience: float = 2.0
+) -> bytes:
+    """One client's request, and what it read before it left (``patience``: how long it waits on a silent reply)."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=20)
     received = b""
@@ -288,7 +313,7 @@ def drive(url: str, route: str, mode: str, behaviour: str, key: str, rid: str, r
         if behaviour == "before_head":
             sock.settimeout(rng.choice((0.01, 0.1, 0.4, 1.2)))
         else:
-            sock.settimeout(2.0)  # a client that gives up on a stalled reply
+            sock.settimeout(patience)  # a client that gives up on a stalled reply
         try:
             while True:
                 piece = sock.recv(65536)
@@ -327,6 +352,20 @@ def budget_reserved(url: str) -> int:
     return sum(int(entry["reserved"]) for entry in answer.json()["budget"])
 
 
+def redis_holds(url: str, prefix: str) -> dict[str, list[bytes]]:
+    """Every concurrency lease and budget hold in Redis under the limiter's ``prefix``, by key (an emptied sorted
+    set is deleted)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [*client.scan_iter(f"{prefix}streams:*"), *client.scan_iter(f"{prefix}budget:*:held")]
+        found = {key.decode(): client.zrange(key, 0, -1) for key in keys}
+    finally:
+        client.close()
+    return {key: members for key, members in found.items() if members}
+
+
 def all_upstream_closed(hostile: HostileUpstream) -> bool:
     return all(outcome.done.is_set() for outcome in hostile.outcomes)
 
@@ -360,7 +399,11 @@ def test_chaos_leaves_nothing_behind(served: Served, hostile: HostileUpstream) -
     assert wait_for(lambda: all_upstream_closed(hostile) or None, "every upstream connection closed")
     gateway = served.app.state.gateway
     backend = gateway.limiter.backend
-    assert wait_for(lambda: not backend._holders or None, f"every slot free: {backend._holders}")
+    if (redis_url := served.redis_url) is None:
+        assert wait_for(lambda: not backend._holders or None, f"every slot free: {backend._holders}")
+    else:  # every lease released (not left to lapse), every budget hold settled, in Redis itself
+        assert wait_for(lambda: not backend._held or None, f"no lease held or renewed: {backend._held}")
+        assert wait_for(lambda: not redis_holds(redis_url, backend.prefix) or None, "no lease or hold in Redis")
     assert wait_for(lambda: budget_reserved(url) == 0 or None, "the budget's holds given back")
     lag = served.app.observer.lag
     assert wait_for(lambda: (lag.users == 0 and lag._handle is None) or None, f"the lag timer stopped: {lag.users}")
