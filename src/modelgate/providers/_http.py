@@ -234,6 +234,15 @@ def retry_after_header(headers: Mapping[str, str]) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
+def estimated_time(payload: Mapping[str, object]) -> float | None:
+    """A cold model's wait beside its 503 (``{"error": "Model … is currently loading", "estimated_time": 120.0}``: TGI's
+    hosted API, and the HF router's hf-inference backend) as seconds, at most ``MAX_RETRY_AFTER``."""
+    estimated = payload.get("estimated_time")
+    if not isinstance(estimated, int | float) or isinstance(estimated, bool) or not estimated >= 0:  # NaN too
+        return None
+    return min(float(estimated), MAX_RETRY_AFTER)
+
+
 def seconds_until_epoch_ms(value: object) -> float | None:
     """OpenRouter's ``X-RateLimit-Reset`` (epoch **milliseconds**) as seconds from now, at most ``MAX_RETRY_AFTER``."""
     try:

@@ -54,13 +54,14 @@ from modelgate.chat import (
     Usage,
     reported_usage,
 )
-from modelgate.errors import MAX_RETRY_AFTER, UpstreamError, UpstreamProtocolError
+from modelgate.errors import UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
     Upstream,
     estimate_prompt_tokens,
     estimate_tokens,
+    estimated_time,
     openai_listing,
     parse_json,
     seconds_until_epoch_ms,
@@ -182,9 +183,8 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
         return ErrorDetail(str(payload["detail"]))
     error = payload.get("error", payload)
     meant, detail = error_detail(error)
-    estimated = payload.get("estimated_time")  # the HF router's cold start: a 503 "Model <id> is currently loading"
-    if isinstance(estimated, int | float) and not isinstance(estimated, bool) and estimated >= 0:
-        detail = dataclasses.replace(detail, retry_after=min(float(estimated), MAX_RETRY_AFTER))
+    if (estimated := estimated_time(payload)) is not None:  # the HF router's cold start: a 503 "currently loading"
+        detail = dataclasses.replace(detail, retry_after=estimated)
     code = error.get("code") if isinstance(error, dict) else None
     if isinstance(code, str) and code in _ERROR_CODES:
         return dataclasses.replace(detail, status=meant)

@@ -42,6 +42,7 @@ from modelgate.providers._http import (
     Upstream,
     context_window,
     estimate_tokens,
+    estimated_time,
     parse_json,
     text_field,
 )
@@ -62,10 +63,9 @@ ERROR_TYPES = {"validation": 422, "overloaded": 503, "generation": 424, "templat
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     payload = parse_json(body)
-    estimated = payload.get("estimated_time")  # the hosted API's cold start (503 "currently loading")
     return ErrorDetail(
         str(payload["error"]),
-        retry_after=float(estimated) if isinstance(estimated, int | float) else None,
+        retry_after=estimated_time(payload),  # the hosted API's cold start (503 "currently loading")
         # ``/generate``'s statuses: its ``overloaded`` 429 is a full queue, as in a stream (``ERROR_TYPES``).
         status=ERROR_TYPES.get(str(payload.get("error_type"))),
     )
