@@ -45,6 +45,16 @@ def base_url_variable(instance: str) -> str:
 
 _BASE_URL = re.compile(r"^https?://[^/\s?#]+[^\s?#]*$")
 _BASE_URL_VARIABLE = re.compile(r"^MODELGATE_\w+_BASE_URL$")
+#: What every URL check below says of a port no connection can use.
+_BAD_PORT = "the port is not one of 1 to 65535"
+
+
+def _port_unusable(url: str) -> bool:
+    """Whether ``url`` names a port no connection can use (not a number, 0, or out of range); no port is fine."""
+    try:
+        return urlsplit(url).port == 0
+    except ValueError:  # no number, out of range, or a broken IPv6 address
+        return True
 
 
 def base_url_problem(url: str) -> str | None:
@@ -60,12 +70,8 @@ def base_url_problem(url: str) -> str | None:
         return f"{shown}: {exc}"
     if not parts.hostname:
         return f"{shown}: names no host"
-    try:
-        port = parts.port
-    except ValueError:  # no number, or out of range
-        port = 0
-    if port == 0:
-        return f"{shown}: the port is not one of 1 to 65535"
+    if _port_unusable(url):
+        return f"{shown}: {_BAD_PORT}"
     return None
 
 
@@ -120,15 +126,10 @@ def _check_database_address(scheme: str, url: str) -> None:
     """What would otherwise surface only once the server runs, as a ledger that never opens (logged every second,
     no usage recorded): a SQLite path written with two slashes (read as a host name), or a port that is none.
     The URL is never quoted: it may hold a password."""
-    parts = urlsplit(url)
-    if scheme == "sqlite" and parts.netloc:
+    if scheme == "sqlite" and urlsplit(url).netloc:
         raise ValueError("a SQLite URL has no host: sqlite:///relative/path or sqlite:////absolute/path")
-    try:
-        port = parts.port
-    except ValueError:  # no number, out of range, or a broken IPv6 address
-        port = 0
-    if port == 0:
-        raise ValueError("the port is not one of 1 to 65535")
+    if _port_unusable(url):
+        raise ValueError(_BAD_PORT)
 
 
 #: URL schemes redis-py connects to (``redis.asyncio.Redis.from_url``).
@@ -146,12 +147,8 @@ def redis_url(given: str | None) -> str | None:
         raise ValueError(f"not a Redis URL: {use}")
     if scheme.lower() not in REDIS_SCHEMES:
         raise ValueError(f"unsupported Redis URL scheme {scheme!r}: {use}")
-    try:
-        port = urlsplit(given).port
-    except ValueError:  # no number, out of range, or a broken IPv6 address
-        port = 0
-    if port == 0:
-        raise ValueError("the port is not one of 1 to 65535")
+    if _port_unusable(given):
+        raise ValueError(_BAD_PORT)
     return given
 
 
