@@ -34,7 +34,6 @@ import hmac
 import ipaddress
 import logging
 import re
-import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -47,7 +46,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelgate.budgets import Budget
-from modelgate.catalogue import describe_validation_error
+from modelgate.catalogue import describe_validation_error, read_toml
 from modelgate.errors import CatalogueError, ModelgateError, Unauthorized
 
 if TYPE_CHECKING:
@@ -283,18 +282,7 @@ def load_keyring(settings: Settings, catalogue: Catalogue) -> KeyRing:
 
 def load_keys_file(path: Path, catalogue: Catalogue) -> list[ApiKey]:
     source = str(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CatalogueError(
-            f"{source}: keys file not found (named by [server] keys_file in {catalogue.source})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogueError(f"{source}: cannot read: {exc}") from None
-    except ValueError as exc:  # a TOMLDecodeError, or an integer beyond Python's 4300 digits
-        raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
-    except RecursionError:  # tomllib parses nested arrays and tables by recursion
-        raise CatalogueError(f"{source}: not valid TOML: values nested too deeply") from None
+    raw = read_toml(path, missing=f"keys file not found (named by [server] keys_file in {catalogue.source})")
     try:
         parsed = KeysFile.model_validate(raw)
     except ValidationError as exc:

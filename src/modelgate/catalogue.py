@@ -431,18 +431,23 @@ _PARAMETER_ORDER = ("max_new_tokens", "typical_p", "repetition_penalty", "temper
 def load_catalogue(path: Path | str | None = None) -> Catalogue:
     """Read, validate and build a catalogue. Raises ``CatalogueError`` with one clear message."""
     file = Path(path) if path is not None else default_catalogue_path()
+    return parse_catalogue(read_toml(file), source=str(file))
+
+
+def read_toml(file: Path, *, missing: str = "file not found") -> dict[str, Any]:
+    """A TOML file (the catalogue, the keys file) as a dict, or ``CatalogueError`` with one line saying why not
+    (``missing``: what to say when there is no such file)."""
     source = str(file)
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CatalogueError(f"{source}: file not found") from None
+        raise CatalogueError(f"{source}: {missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogueError(f"{source}: cannot read: {exc}") from None
     except ValueError as exc:  # a TOMLDecodeError, or an integer beyond Python's 4300 digits
         raise CatalogueError(f"{source}: not valid TOML: {exc}") from None
     except RecursionError:  # tomllib parses nested arrays and tables by recursion
         raise CatalogueError(f"{source}: not valid TOML: values nested too deeply") from None
-    return parse_catalogue(raw, source=source)
 
 
 def parse_catalogue(raw: dict[str, Any], *, source: str) -> Catalogue:
