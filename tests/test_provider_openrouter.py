@@ -11,7 +11,7 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
-from modelgate.chat import ChatRequest, Finish, GenerationParams, TextDelta, Usage
+from modelgate.chat import ChatRequest, Finish, GenerationParams, Message, TextDelta, Usage
 from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from modelgate.providers import PROVIDERS, Connection, new_session
 from modelgate.providers._http import Upstream
@@ -154,6 +154,20 @@ class TestOpenRouter(ProviderContract):
         message = "This endpoint's maximum context length is 8192 tokens. However, you requested about 9000 tokens."
         got = await self.run(fakes, Reply(fault=Fault.status(400, message=message)))
         assert isinstance(got.error, UpstreamBadRequest) and got.error.status == 400
+
+    @pytest.mark.anyio
+    async def test_a_prompt_over_a_small_window_is_refused_not_cut_in_the_middle(self, fakes: Fakes) -> None:
+        """On an endpoint of 8,192 tokens or less OpenRouter compresses an over-long prompt by default: it cuts the
+        middle out and answers the rest, so the reply would answer a prompt the client never sent. modelgate turns
+        the context-compression plugin off: the over-long prompt is OpenRouter's 400, as on any larger window."""
+        fakes.openrouter.context_length = 4096
+        long = (Message("user", "word " * 8000), Message("assistant", "Noted."), Message("user", "Sum it up."))
+        async with new_session() as http:
+            provider = self.make(http, fakes.openrouter.url)
+            got = await collect(provider.stream(catalogue_model(self.model_id), ChatRequest(long)))
+        assert isinstance(got.error, UpstreamBadRequest), got.events
+        assert "maximum context length is 4096 tokens" in got.error.message
+        assert fakes.openrouter.last.json["plugins"] == [{"id": "context-compression", "enabled": False}]
 
     @pytest.mark.anyio
     async def test_402_is_not_transient(self, fakes: Fakes) -> None:

@@ -15,6 +15,11 @@ fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
 key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (an int: reported as
 ``usage.prompt_tokens_details.cached_tokens``, as openai-python's ``CompletionUsage`` has it); ``refusal``
 (True: the tokens are the model's refusal, ``refusal`` beside a null ``content``, as OpenAI's models refuse).
+
+``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
+context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
+request sends ``plugins: [{"id": "context-compression", "enabled": false}]`` (openrouter.ai/docs, Message
+Transforms) — in which case the middle of the prompt is cut, silently, and the shortened prompt answered.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from tests.fakes.openai_compatible import tool_call_pieces
 
 TOKEN = "sk-or-test"
 COMMENT = b": OPENROUTER PROCESSING\n\n"
+#: The largest window on which OpenRouter compresses an over-long prompt unless told not to (Message Transforms).
+COMPRESSED_BY_DEFAULT_UP_TO = 8192
+DEFAULT_CONTEXT_LENGTH = 131072
 
 _ERRORS = {
     400: "Invalid request",
@@ -54,6 +62,15 @@ class FakeOpenRouter(FakeUpstream):
         "meta-llama/llama-3.3-70b-instruct:free",
     )
     token: str | None = TOKEN
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The served endpoint's context window, in tokens (about four characters each).
+        self.context_length = DEFAULT_CONTEXT_LENGTH
+
+    def reset(self) -> None:
+        super().reset()
+        self.context_length = DEFAULT_CONTEXT_LENGTH
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -90,6 +107,13 @@ class FakeOpenRouter(FakeUpstream):
         model = body.get("model")
         if not isinstance(model, str) or not self.serves(model):
             return self.error(400, f"{model} is not a valid model ID")
+        if self._over_the_window(body) and not self._compresses(body):
+            wanted, limit = self._prompt_tokens(body), self.context_length
+            return self.error(
+                400,
+                f"This endpoint's maximum context length is {limit} tokens. However, you requested about {wanted} "
+                "tokens. Please reduce the length of the messages, or enable context compression.",
+            )
         reply = self.next_reply()
         fault = reply.fault
         if fault is not None and fault.kind == "status":
@@ -120,6 +144,20 @@ class FakeOpenRouter(FakeUpstream):
                 completion["usage"] = usage
             return JSONResponse(completion)
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="text/event-stream")
+
+    @staticmethod
+    def _prompt_tokens(body: dict[str, Any]) -> int:
+        return sum(len(str(m.get("content") or "")) for m in body["messages"] if isinstance(m, dict)) // 4
+
+    def _over_the_window(self, body: dict[str, Any]) -> bool:
+        return self._prompt_tokens(body) > self.context_length
+
+    def _compresses(self, body: dict[str, Any]) -> bool:
+        """Whether OpenRouter would cut the middle out of an over-long prompt (and answer what is left)."""
+        for plugin in body.get("plugins") or ():
+            if isinstance(plugin, dict) and plugin.get("id") == "context-compression":
+                return plugin.get("enabled", True) is not False
+        return self.context_length <= COMPRESSED_BY_DEFAULT_UP_TO
 
     @staticmethod
     def _head(model: str, kind: str) -> dict[str, Any]:

@@ -11,6 +11,13 @@ Reasoning effort goes in OpenRouter's documented ``reasoning: {"effort": …}`` 
 (openrouter.ai/docs/use-cases/reasoning-tokens: ``xhigh``, ``high``, ``medium``, ``low``, ``minimal`` or
 ``none``; its SDKs' ``ChatRequestEffort`` adds ``max``), which it normalises for each serving provider. It also
 takes a top-level ``reasoning_effort`` as a shorthand, but the object is the form its reference documents.
+
+Context compression is turned off on every call. OpenRouter's docs (guides/features/message-transforms: "All
+OpenRouter endpoints with 8k (8,192 tokens) or less context length will default to using context compression. To
+disable this, pass ``plugins: [{"id": "context-compression", "enabled": false}]``"; formerly ``transforms:
+["middle-out"]``, off with ``transforms: []``) say a prompt too long for such an endpoint has its middle cut out and
+the rest answered, silently: a reply to a prompt the client never sent. Off, it is OpenRouter's 400 naming the
+window, as on every larger endpoint. Neither the catalogue nor a request can turn it back on.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ from typing import Any, ClassVar
 from modelgate.providers._http import ErrorDetail
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
 from modelgate.providers.chat_completions import read_error as read_chat_error
+
+#: The request field that keeps OpenRouter from cutting the middle out of an over-long prompt (module docstring).
+NO_CONTEXT_COMPRESSION: Mapping[str, Any] = MappingProxyType(
+    {"plugins": ({"id": "context-compression", "enabled": False},)}
+)
 
 #: App attribution (providers.md §3.1); optional for OpenRouter, shown in its rankings. No
 #: HTTP-Referer: the project has no public site to name, and inventing one would misattribute.
@@ -51,7 +63,7 @@ class OpenRouter(ChatCompletionsProvider):
     )
     # The legacy switch; current OpenRouter sends usage on the last chunk anyway (and honours
     # stream_options.include_usage, which every Chat Completions kind sends).
-    extra_body: ClassVar[Mapping[str, Any]] = MappingProxyType({"usage": {"include": True}})
+    extra_body: ClassVar[Mapping[str, Any]] = MappingProxyType({"usage": {"include": True}, **NO_CONTEXT_COMPRESSION})
     extra_headers = ATTRIBUTION
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
