@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 import pytest
 
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Finish, GenerationParams, Message, TextDelta, Usage
-from modelgate.errors import UpstreamBadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from modelgate.errors import (
+    UpstreamBadRequest,
+    UpstreamContentFlagged,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from modelgate.providers import PROVIDERS, Connection, new_session
-from modelgate.providers._http import Upstream
+from modelgate.providers._http import MAX_FLAGGED_REASON, MAX_FLAGGED_REASONS, Upstream
 from modelgate.providers.chat_completions import ChatCompletionsStream, read_error
 from modelgate.providers.openrouter import OpenRouter
 from modelgate.settings import Settings
@@ -170,6 +178,36 @@ class TestOpenRouter(ProviderContract):
         assert fakes.openrouter.last.json["plugins"] == [{"id": "context-compression", "enabled": False}]
 
     @pytest.mark.anyio
+    async def test_a_moderation_refusal_is_the_clients_400_naming_the_reasons_not_the_input(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(options={"flagged": ["harassment", "violence"]}))
+        assert type(got.error) is UpstreamContentFlagged, got.error
+        assert got.error.status == 400 and got.error.upstream_status == 403 and not got.error.transient
+        assert got.error.reasons == ("harassment", "violence")
+        assert "flagged by moderation" in got.error.message and "harassment, violence" in got.error.message
+        assert "3+3" not in got.error.message  # flagged_input: the user's own text, never repeated
+        assert "3+3" not in str(got.error.data)
+
+    @pytest.mark.anyio
+    async def test_a_moderation_refusal_keeps_a_bounded_list_of_reasons(self) -> None:
+        reasons = ["sexual", 7, None, "x" * 10_000, *[f"r{i}" for i in range(100)]]
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": 403,
+                    "message": "flagged",
+                    "metadata": {"reasons": reasons, "flagged_input": "secret words"},
+                }
+            }
+        )
+        async with new_session() as http:
+            upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
+            error = upstream.error_for(403, read_error(403, body))
+        assert isinstance(error, UpstreamContentFlagged)
+        assert error.reasons[0] == "sexual" and len(error.reasons) == MAX_FLAGGED_REASONS
+        assert all(len(reason) <= MAX_FLAGGED_REASON for reason in error.reasons)
+        assert len(error.message) <= 1000 and "secret words" not in error.message
+
+    @pytest.mark.anyio
     async def test_402_is_not_transient(self, fakes: Fakes) -> None:
         got = await self.run(fakes, Reply(fault=Fault.status(402)))
         assert type(got.error) is UpstreamError
@@ -223,6 +261,22 @@ def test_a_withdrawn_model_id_falls_back_instead_of_refusing_the_client(fakes: F
 
 
 @pytest.mark.anyio
+async def test_a_moderation_refusal_in_a_stream_is_the_same_refusal() -> None:
+    async with new_session() as http:
+        upstream = Upstream("openrouter", Connection("http://127.0.0.1:9"), http, read_error)
+        parser = ChatCompletionsStream(upstream, ChatRequest(MESSAGES))
+        parser.feed(
+            b'data: {"error":{"code":403,"message":"flagged","metadata":{"reasons":["self-harm"],'
+            b'"flagged_input":"my own words","provider_name":"OpenAI","model_slug":"openai/gpt-4o"}},'
+            b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n'
+        )
+    error = parser.failure
+    assert isinstance(error, UpstreamContentFlagged) and error.upstream_status == 403
+    assert error.reasons == ("self-harm",) and "my own words" not in error.message
+    assert error.message.endswith("(self-harm); OpenAI requires it for openai/gpt-4o")
+
+
+@pytest.mark.anyio
 async def test_tokens_and_an_error_in_one_read_deliver_the_tokens_first() -> None:
     # The same network read may carry tokens and then the provider's error: the tokens are returned
     # and the error is kept for the caller to raise after them (whatever the read boundaries were).
@@ -235,3 +289,38 @@ async def test_tokens_and_an_error_in_one_read_deliver_the_tokens_first() -> Non
         )
     assert events == [TextDelta("a")]
     assert isinstance(parser.failure, UpstreamError) and "provider crashed" in parser.failure.message
+
+
+def test_a_moderation_refusal_is_a_400_on_both_routes_with_no_fallback_and_no_echo(
+    fakes: Fakes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end: OpenRouter's 403 for input its moderation flagged is the client's 400 in each route's error shape
+    (OpenAI's ``content_policy_violation`` code under /v1; ``data.reasons`` under /api/ai), naming the reasons. The
+    flagged text (``flagged_input``, the user's own words) is in no response and no log line. The fallback is not
+    tried: the input is what was refused, and a fallback is for a model that cannot answer, not a way around a
+    provider's content policy."""
+    caplog.set_level(logging.DEBUG)
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml(
+            "acme", "guarded", provider="openrouter", upstream="openai/gpt-4o", extra='fallbacks = ["acme/local"]'
+        ),
+        model_toml("acme", "local", upstream="local:1b"),
+    )
+    fakes.openrouter.default = Reply(options={"flagged": ["harassment"]})
+    words = "zq-marker " + "unkind words " * 20
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        body = {"model": "acme/guarded", "messages": [{"role": "user", "content": words}]}
+        v1 = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        seed = httpx.post(f"{url}/api/ai/openrouter/guarded/chat", json={"messages": body["messages"]}, timeout=30)
+    assert fakes.openrouter.last.json["messages"][-1]["content"] == words  # it did reach the moderation
+    assert (v1.status_code, seed.status_code) == (400, 400), (v1.text, seed.text)
+    error = v1.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "content_policy_violation")
+    assert "flagged by moderation" in error["message"] and "harassment" in error["message"]
+    assert seed.json()["statusCode"] == 400 and seed.json()["data"]["reasons"] == ["harassment"]
+    assert "harassment" in seed.json()["statusMessage"]
+    assert fakes.ollama.requests == []  # no fallback
+    for text in (v1.text, seed.text, *(r.getMessage() for r in caplog.records)):
+        assert "zq-marker" not in text and "unkind" not in text

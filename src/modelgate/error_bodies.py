@@ -38,6 +38,7 @@ _OPENAI_TYPES = {
 
 def openai_error(exc: ModelgateError) -> dict[str, Any]:
     kind, code = _OPENAI_TYPES.get(exc.status, ("invalid_request_error" if exc.status < 500 else "server_error", None))
+    code = exc.code or code
     param = getattr(exc, "param", None)
     if exc.status == 404 and isinstance(exc.data, dict) and "model" in exc.data:
         code, param = "model_not_found", "model"

@@ -17,6 +17,7 @@
         ├── UpstreamRateLimited         429  the provider said 429; carries `retry_after`
         ├── UpstreamUnavailable         503  the provider said 503 / overloaded; `retry_after`
         ├── UpstreamBadRequest          400  the provider rejected the request as invalid
+        │   └── UpstreamContentFlagged  400  its content filter refused the input; carries `reasons`
         ├── UpstreamTimeout             504  no first byte (or no next chunk) in time
         └── UpstreamProtocolError       502  the provider broke its own protocol (truncated stream…)
 
@@ -33,6 +34,8 @@ from typing import Any
 class ModelgateError(Exception):
     status: int = 500
     transient: bool = False
+    #: OpenAI's ``error.code`` under ``/v1`` when it says more than the status does (``error_bodies.openai_error``).
+    code: str | None = None
 
     def __init__(self, message: str, *, data: Any = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -179,6 +182,23 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamBadRequest(UpstreamError):
     status = 400
+
+
+class UpstreamContentFlagged(UpstreamBadRequest):
+    """The provider's content filter refused the input (OpenRouter's moderation: a 403 with the ``reasons``). The
+    client's to change, so a 400, and not the provider's failure (no retry, no fallback: ``resilience``).
+    ``reasons`` are the filter's categories; the flagged text, the user's own, is never carried."""
+
+    #: OpenRouter's ``error_type`` for it (api_reference/errors-and-debugging, "Content policy"), and the code
+    #: OpenAI's Images API gives a prompt its safety system refuses.
+    code = "content_policy_violation"
+
+    def __init__(
+        self, provider: str, message: str, *, reasons: tuple[str, ...], upstream_status: int | None = None
+    ) -> None:
+        super().__init__(provider, message, upstream_status=upstream_status, transient=False)
+        self.reasons = reasons
+        self.data = {**self.data, "reasons": list(reasons)}
 
 
 class UpstreamTimeout(UpstreamError):

@@ -107,6 +107,11 @@ def may_fall_back(exc: BaseException) -> bool:
     Any upstream failure qualifies (after its own retries) except a rejected request: the same
     request is just as invalid elsewhere. A provider without credentials is skipped too. This is about
     the requested model; a fallback's rejection only passes that fallback over (``gateway.open_stream``).
+
+    An input a content filter refused (``UpstreamContentFlagged``, a kind of rejected request) is not sent on
+    either: through OpenRouter another model would meet the same moderation, and a fallback on a provider with none
+    might answer, but fallbacks are there for a model that cannot answer, not as a way around a provider's content
+    policy; the client hears why, and may choose another model itself.
     """
     if isinstance(exc, UpstreamBadRequest):
         return False

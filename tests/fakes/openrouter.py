@@ -14,7 +14,10 @@ fragments (``content: null`` beside them), ``finish_reason: "tool_calls"``.
 ``reasoning_tokens`` (an int: reported as ``usage.completion_tokens_details.reasoning_tokens``, an extra
 key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (an int: reported as
 ``usage.prompt_tokens_details.cached_tokens``, as openai-python's ``CompletionUsage`` has it); ``refusal``
-(True: the tokens are the model's refusal, ``refusal`` beside a null ``content``, as OpenAI's models refuse).
+(True: the tokens are the model's refusal, ``refusal`` beside a null ``content``, as OpenAI's models refuse);
+``flagged`` (a list of categories: the input is refused by the moderation the model requires, HTTP 403 with
+OpenRouter's ``ModerationErrorMetadata``: ``reasons``, ``flagged_input`` — the last message's text, at most 100
+characters, cut in the middle with ``...`` — ``provider_name`` and ``model_slug``; api_reference/errors-and-debugging).
 
 ``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
 context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
@@ -115,6 +118,8 @@ class FakeOpenRouter(FakeUpstream):
                 "tokens. Please reduce the length of the messages, or enable context compression.",
             )
         reply = self.next_reply()
+        if "flagged" in reply.options:
+            return self.moderation_refusal(model, body["messages"], reply.options["flagged"])
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
@@ -214,6 +219,17 @@ class FakeOpenRouter(FakeUpstream):
         if "cached_tokens" in reply.options:  # OpenRouter passes on the serving provider's prompt-cache hits
             counts["prompt_tokens_details"] = {"cached_tokens": reply.options["cached_tokens"]}
         return counts
+
+    def moderation_refusal(self, model: str, messages: list[Any], reasons: list[str]) -> Response:
+        """OpenRouter's 403 for an input the model's moderation flagged (its message as OpenRouter words it)."""
+        text = str(messages[-1].get("content") or "") if messages and isinstance(messages[-1], dict) else ""
+        flagged = text if len(text) <= 100 else f"{text[:48]}...{text[-49:]}"
+        reason = reasons[0] if reasons else "misc"
+        message = (
+            f'{model} requires moderation on OpenAI. Your input was flagged for "{reason}". No credits were charged.'
+        )
+        metadata = {"reasons": reasons, "flagged_input": flagged, "provider_name": "OpenAI", "model_slug": model}
+        return json_error(403, {"error": {"code": 403, "message": message, "metadata": metadata}})
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}

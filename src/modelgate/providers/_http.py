@@ -71,6 +71,7 @@ from modelgate.errors import (
     BadRequest,
     UpstreamAuthError,
     UpstreamBadRequest,
+    UpstreamContentFlagged,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRateLimited,
@@ -85,6 +86,10 @@ from modelgate.tracing import upstream_trace_headers
 
 #: Upstream error messages are clipped to this many characters before they reach a client or a log.
 MAX_MESSAGE = 500
+#: How many of a content filter's reasons an error names, and how long each may be (OpenRouter's are category names
+#: such as ``harassment``): a client's error body and a log line stay small whatever the upstream sends.
+MAX_FLAGGED_REASONS = 16
+MAX_FLAGGED_REASON = 100
 #: How much of a non-2xx body is read to find the provider's message.
 MAX_ERROR_BODY = 64 * 1024
 #: After the ``Finish``, how long the end of the body (the chunked terminator, usually in the same read
@@ -155,6 +160,9 @@ class ErrorDetail:
     status: int | None = None
     #: Overrides whether a retry may cure it (Cloudflare 3036: a 429 that lasts until tomorrow).
     transient: bool | None = None
+    #: A content filter refused the input, for these reasons (OpenRouter's moderation ``reasons``): the client's to
+    #: change (``UpstreamContentFlagged``), whatever the HTTP status.
+    flagged: tuple[str, ...] | None = None
 
 
 ErrorReader = Callable[[int, bytes], ErrorDetail]
@@ -642,6 +650,11 @@ class Upstream:
         message = self.clean(detail.message)
         cls: type[UpstreamError] = UpstreamError
         transient: bool | None = None
+        if detail.flagged is not None:
+            reasons = tuple(self.clean(reason)[:MAX_FLAGGED_REASON] for reason in detail.flagged[:MAX_FLAGGED_REASONS])
+            named = f" ({', '.join(reasons)})" if reasons else ""
+            text = f"the input was flagged by moderation{named}; {message}"
+            return UpstreamContentFlagged(name, self.clean(text), reasons=reasons, upstream_status=status)
         if status == 401:
             # Never the upstream's text here: some echo (part of) the key they refused.
             variables = " and ".join(self.connection.credentials) or "its credentials"

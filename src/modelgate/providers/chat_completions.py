@@ -125,6 +125,8 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
         return None, ErrorDetail(error)
     code = error.get("code")
     metadata = error.get("metadata") or {}
+    if (flagged := _moderation(metadata, code)) is not None:
+        return 403, flagged  # the status OpenRouter documents for it, also when it comes in a stream
     status = code if isinstance(code, int) and not isinstance(code, bool) else None
     if status is None and isinstance(code, str) and code.isdigit() and len(code) == 3:
         status = int(code)
@@ -145,6 +147,24 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     if serving:
         message = f"{message}: {serving}"
     return status, ErrorDetail(message, retry_after=retry_after)
+
+
+def _moderation(metadata: Any, code: Any) -> ErrorDetail | None:
+    """OpenRouter's refusal of an input the model's moderation flagged: HTTP 403 with ``metadata: {reasons,
+    flagged_input, provider_name, model_slug}`` (api_reference/errors-and-debugging, "Moderation errors"). The detail
+    is built from the reasons and names alone: ``flagged_input`` is the user's own text (up to 100 characters) and
+    OpenRouter's ``message`` is free text that might quote it, so neither is read, and neither reaches a reply or a
+    log line."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("reasons"), list):
+        return None
+    if "flagged_input" not in metadata and code != 403:
+        return None
+    reasons = tuple(reason for reason in metadata["reasons"] if isinstance(reason, str))
+    provider, model = (metadata.get(key) for key in ("provider_name", "model_slug"))
+    required = f"{provider} requires it" if isinstance(provider, str) and provider else "the model requires it"
+    if isinstance(model, str) and model:
+        required += f" for {model}"
+    return ErrorDetail(required, flagged=reasons)
 
 
 def _tgi_status(message: str, stated: Any) -> int | None:
