@@ -650,6 +650,49 @@ def test_a_usd_budget_is_charged_the_ledgers_cost_with_its_cache_hits(fakes: Fak
     assert ledger_cost == pytest.approx(472 / 1e6)
 
 
+def test_the_cost_openrouter_reports_is_what_the_ledger_and_a_usd_budget_charge(fakes: Fakes, tmp_path: Path) -> None:
+    """OpenRouter's ``usage.cost`` is what it billed (USD credits). It is the request's cost in the ledger and its
+    key's USD budget: for a model the catalogue prices (its list price only sized the hold) and for one it does not
+    (which cost nothing, and left the budget untouched however much it spent)."""
+    key = "mg-budget-reported"
+    keys = f'[[keys]]\nname = "reported"\nkey = "{key}"\n[keys.budget]\nusd_per_day = 1.0\n'
+    (tmp_path / "keys.toml").write_text(keys, encoding="utf-8")
+    priced = "[models.pricing]\ninput = 1\noutput = 4\n"
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "priced", provider="openrouter", upstream="acme/priced", extra=priced),
+        model_toml("acme", "unpriced", provider="openrouter", upstream="acme/unpriced"),
+        header='[server]\nkeys_file = "keys.toml"\n',
+    )
+    fakes.openrouter.script(
+        Reply(tokens=["a"], usage=(1200, 10), options={"cost": 0.002}),  # the list price says 0.00124
+        Reply(tokens=["b"], usage=(1200, 10), options={"cost": 0.0003}),
+    )
+    settings = Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        probe_interval=0,
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve_in_thread(create_app(settings)) as url:
+        for model in ("acme/priced", "acme/unpriced"):
+            body = {"model": model, "messages": MESSAGES}
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30).status_code == 200
+
+        def spent() -> object | None:
+            [found] = httpx.get(f"{url}/api/usage?limit=0", headers=headers, timeout=30).json()["budget"]
+            return found["spent"] if found["reserved"] == 0 else None
+
+        charged = wait_for(spent, "the budget to be settled")
+        records = httpx.get(f"{url}/api/usage", headers=headers, timeout=30).json()["records"]
+    assert charged == pytest.approx(0.0023)
+    assert {r["model"]: r["cost"] for r in records} == {
+        "acme/priced": pytest.approx(0.002),
+        "acme/unpriced": pytest.approx(0.0003),
+    }
+
+
 def test_a_fallback_that_may_cost_more_is_held_at_its_own_maximum(fakes: Fakes, tmp_path: Path) -> None:
     """a/small may generate 1 token (a hold of 8 + 1), fails, and a/big (up to 100) answers: the hold must be
     a/big's, or concurrent requests each pass a limit they would overrun together (the README's "at most one

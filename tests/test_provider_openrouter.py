@@ -13,7 +13,7 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
-from modelgate.chat import ChatRequest, Finish, GenerationParams, Message, TextDelta, Usage
+from modelgate.chat import MAX_REPORTED_COST, ChatRequest, Finish, GenerationParams, Message, TextDelta, Usage
 from modelgate.errors import (
     UpstreamBadRequest,
     UpstreamContentFlagged,
@@ -107,6 +107,36 @@ class TestOpenRouter(ProviderContract):
         got = await self.run(fakes, Reply(reasoning=["Let me", " think."], tokens=["6"], usage=(12, 3)))
         assert got.finish.usage == Usage(12, 3)
         assert got.finish.usage.reasoning_tokens is None
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("separate", [False, True], ids=["on-finish", "own-chunk"])
+    async def test_the_reported_cost_is_kept(self, fakes: Fakes, separate: bool) -> None:
+        """``usage.cost``: what OpenRouter charged (use-cases/usage-accounting). On an ordinary request
+        ``cost_details.upstream_inference_cost`` repeats it, and is not added to it."""
+        options = {"cost": 0.0042, "separate_usage": separate}
+        got = await self.run(fakes, Reply(tokens=["a"], usage=(12, 1), options=options))
+        assert got.finish.usage == Usage(12, 1, cost=0.0042)
+
+    @pytest.mark.anyio
+    async def test_a_byok_request_costs_openrouters_fee_and_the_providers_charge(self, fakes: Fakes) -> None:
+        got = await self.run(fakes, Reply(tokens=["a"], usage=(12, 1), options={"cost": 0.0002, "byok_cost": 0.004}))
+        assert got.finish.usage is not None and got.finish.usage.cost == pytest.approx(0.0042)
+
+    @pytest.mark.anyio
+    async def test_the_cost_of_a_whole_reply_is_kept(self, fakes: Fakes) -> None:
+        fakes.openrouter.script(Reply(tokens=["a"], usage=(12, 1), options={"cost": 0.0042}))
+        async with new_session() as http:
+            provider = self.make(http, fakes.openrouter.url)
+            got = await collect(provider.complete(catalogue_model(self.model_id), self.request()))
+        assert got.finish.usage == Usage(12, 1, cost=0.0042)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("cost", [-0.5, "0.5", True, None, [1], 1e29, 10**30, MAX_REPORTED_COST * 2])
+    async def test_a_cost_that_is_no_price_is_not_kept_and_the_counts_still_are(self, fakes: Fakes, cost: Any) -> None:
+        """A negative cost refunded a budget, a huge one spent it at once, text is no number: each is dropped (the
+        catalogue's price counts then, as for a reply that reported none); the token counts stand."""
+        got = await self.run(fakes, Reply(tokens=["a"], usage=(12, 1), options={"cost": cost}))
+        assert got.finish.usage == Usage(12, 1)
 
     @pytest.mark.anyio
     async def test_usage_in_a_separate_last_chunk(self, fakes: Fakes) -> None:

@@ -3,10 +3,13 @@
 A key's ``Budget`` (the keys file's ``[keys.budget]`` table, or a run-time key record) names up to four
 limits: ``tokens_per_day``, ``tokens_per_month``, ``usd_per_day``, ``usd_per_month``. Tokens are prompt +
 completion tokens (reasoning included, as reported — or estimated when the upstream reports none); USD is
-the cost at the catalogue's ``[models.pricing]`` of the model that answered (an unpriced model costs 0),
-by ``Pricing.cost`` as the ledger's ``cost``: reported prompt-cache hits at ``cached_input``. An estimate
-prices the whole prompt at ``input`` (hits are not known before the reply), which the catalogue requires to be
-at least ``cached_input``, so a reservation still covers the charge.
+the ledger's ``cost`` (``ledger.request_cost``): what the upstream reported it billed (OpenRouter's ``usage.cost``),
+else the cost at the catalogue's ``[models.pricing]`` of the model that answered (an unpriced model costs 0), by
+``Pricing.cost``: reported prompt-cache hits at ``cached_input``. An estimate prices the whole prompt at ``input``
+(hits are not known before the reply), which the catalogue requires to be at least ``cached_input``, so a
+reservation still covers a charge at the catalogue's prices. An estimate can only use the catalogue's prices (the
+upstream says what it billed once it is over): an unpriced model is held at 0 USD, and a reported cost above the
+list price is charged all the same.
 
 **Reserve, then settle.** Each limit is a counter per key and period (``2026-12-02``, ``2026-12``) of
 two numbers: *spent* (what finished requests cost) and *held* (the reservations of requests still running).
@@ -66,6 +69,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelgate.errors import ModelgateError, RateLimited
+from modelgate.ledger import request_cost
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -691,7 +695,8 @@ def actual(obs: Observation | None, reservation: Reservation, catalogue: Catalog
     answered = catalogue.by_id.get(obs.model) if obs.model is not None else None
     pricing = answered.pricing if answered is not None else None
     if obs.prompt_tokens is not None and obs.completion_tokens is not None:
-        return Charge.of(obs.prompt_tokens, obs.completion_tokens, pricing, obs.cached_tokens)
+        usd = request_cost(obs, pricing) or 0.0  # the ledger's cost: the upstream's figure when it reported one
+        return Charge(obs.prompt_tokens + obs.completion_tokens, math.ceil(usd * NANO_USD))
     if obs.relayed_events:
         return Charge.of(reservation.prompt_estimate, obs.relayed_events, pricing)
     return NOTHING

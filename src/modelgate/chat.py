@@ -8,6 +8,7 @@ stream runner turns it into the client protocol's error part.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -231,6 +232,9 @@ class Usage:
     reasoning_tokens: int | None = None
     #: Of ``prompt_tokens``, those the provider served from its prompt cache: only when it reports them.
     cached_tokens: int | None = None
+    #: USD the upstream says it billed for the request (OpenRouter's ``usage.cost``), only when it says
+    #: (``reported_cost``): the request's cost in the ledger and in its key's budget, over the catalogue's price.
+    cost: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -271,6 +275,24 @@ def reported_usage(prompt: Any, completion: Any, *, reasoning: Any = None, cache
         reasoning_tokens=_part(reasoning, completion_tokens),
         cached_tokens=_part(cached, prompt_tokens),
     )
+
+
+#: The most USD one request's reported cost may be: far past the price of any chat request today (a 200k-token prompt
+#: and 100k tokens of output at the dearest per-token list prices come to under 100 USD). A larger figure is no price
+#: but a broken (or hostile) report, which would spend a key's budget at once.
+MAX_REPORTED_COST = 1000.0
+
+
+def reported_cost(value: Any) -> float | None:
+    """``value`` as the USD an upstream says a request cost: a finite number from 0 to ``MAX_REPORTED_COST`` (a JSON
+    number: never a bool or a string), else None, and the catalogue's price counts, as for a report that never came.
+    A negative one refunded a budget."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and not 0 <= value <= MAX_REPORTED_COST:  # before float(): 10**400 overflows it
+        return None
+    cost = float(value)
+    return cost if math.isfinite(cost) and 0.0 <= cost <= MAX_REPORTED_COST else None
 
 
 def _part(value: Any, whole: int) -> int | None:

@@ -317,6 +317,7 @@ async def _relay(
                 obs.usage_estimated = usage.estimated
                 obs.reasoning_tokens = usage.reasoning_tokens
                 obs.cached_tokens = usage.cached_tokens
+                obs.reported_cost = usage.cost
             if obs.trace is not None:
                 obs.trace.end_attempt(usage, finish.reason if finish else None, outcome, obs.error)
         await _close(rest)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from modelgate.errors import ModelgateError
 
 if TYPE_CHECKING:
-    from modelgate.catalogue import Catalogue
+    from modelgate.catalogue import Catalogue, Pricing
     from modelgate.observer import Observation
     from modelgate.usage_store import UsageFilter, UsageReport, UsageStore
 
@@ -82,7 +82,7 @@ class UsageRecord:
     usage_estimated: bool
     ttft_ms: float | None
     duration_ms: float
-    cost: float | None  #: USD, when the catalogue prices the answering model and the usage is known
+    cost: float | None  #: USD (``request_cost``): as the upstream reported it, else at the catalogue's prices
     #: Random, made once with the record (``new_record_id``), so a batch written again after its commit's answer was
     #: lost adds no row: the database keeps one per id. Not ``request_id``: a client chooses that one (and may reuse
     #: it). None in the rows written before the column existed (migration 4).
@@ -91,6 +91,18 @@ class UsageRecord:
 
 def new_record_id() -> str:
     return os.urandom(16).hex()
+
+
+def request_cost(obs: Observation, pricing: Pricing | None) -> float | None:
+    """USD a finished request cost, the one rule of the ledger's ``cost`` and the budgets' USD charge: what the
+    upstream reported it billed (OpenRouter's ``usage.cost``: what was really charged, also where the catalogue has
+    no price or an outdated one, or the upstream routed to a dearer provider), else its usage at the catalogue's
+    prices of the model that answered (``pricing``), else None (no price, or no usage known)."""
+    if obs.reported_cost is not None:
+        return obs.reported_cost
+    if pricing is None or obs.prompt_tokens is None or obs.completion_tokens is None:
+        return None
+    return pricing.cost(obs.prompt_tokens, obs.completion_tokens, obs.cached_tokens)
 
 
 class Ledger:
@@ -124,11 +136,8 @@ class Ledger:
         """Queue the row of one finished chat request (``obs.model`` is set). Never waits."""
         assert obs.model is not None and obs.provider is not None
         now = time.perf_counter()
-        cost = None
         answered = catalogue.by_id.get(obs.model)
-        pricing = answered.pricing if answered is not None else None
-        if pricing is not None and obs.prompt_tokens is not None and obs.completion_tokens is not None:
-            cost = pricing.cost(obs.prompt_tokens, obs.completion_tokens, obs.cached_tokens)
+        cost = request_cost(obs, answered.pricing if answered is not None else None)
         self._pending.append(
             UsageRecord(
                 ts=time.time() - (now - obs.started),

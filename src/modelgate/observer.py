@@ -107,6 +107,7 @@ class Observation:
     completion_tokens: int | None = None
     reasoning_tokens: int | None = None
     cached_tokens: int | None = None  #: of ``prompt_tokens``, the provider's prompt-cache hits, when it reports them
+    reported_cost: float | None = None  #: USD the upstream says it billed (``Usage.cost``), when it says
     usage_estimated: bool = False
     dropped_params: list[str] = field(default_factory=list)
     #: (model id, error) of each failed attempt before the answer (retries and fallbacks).

@@ -17,7 +17,11 @@ key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (a
 (True: the tokens are the model's refusal, ``refusal`` beside a null ``content``, as OpenAI's models refuse);
 ``flagged`` (a list of categories: the input is refused by the moderation the model requires, HTTP 403 with
 OpenRouter's ``ModerationErrorMetadata``: ``reasons``, ``flagged_input`` — the last message's text, at most 100
-characters, cut in the middle with ``...`` — ``provider_name`` and ``model_slug``; api_reference/errors-and-debugging).
+characters, cut in the middle with ``...`` — ``provider_name`` and ``model_slug``; api_reference/errors-and-debugging);
+``cost`` (any JSON value: sent as ``usage.cost``, what OpenRouter charged in USD credits, with ``is_byok: false`` and
+``cost_details.upstream_inference_cost`` equal to it, as real replies carry them), and with it ``byok_cost`` (the
+request ran on the account's own provider key: ``is_byok: true``, ``cost`` is OpenRouter's fee and this the
+provider's own charge, ``cost_details.upstream_inference_cost``; use-cases/usage-accounting, "Cost Breakdown").
 
 ``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
 context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
@@ -218,6 +222,11 @@ class FakeOpenRouter(FakeUpstream):
             counts["completion_tokens_details"] = {"reasoning_tokens": reply.options["reasoning_tokens"]}
         if "cached_tokens" in reply.options:  # OpenRouter passes on the serving provider's prompt-cache hits
             counts["prompt_tokens_details"] = {"cached_tokens": reply.options["cached_tokens"]}
+        if "cost" in reply.options:
+            byok = "byok_cost" in reply.options
+            upstream = reply.options["byok_cost"] if byok else reply.options["cost"]
+            counts |= {"cost": reply.options["cost"], "is_byok": byok}
+            counts["cost_details"] = {"upstream_inference_cost": upstream}
         return counts
 
     def moderation_refusal(self, model: str, messages: list[Any], reasons: list[str]) -> Response:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -86,6 +86,8 @@ _FINISH: dict[str, FinishReason] = {
     # /abort_request) end a reply they cut so: never a whole answer.
     "abort": "error",
 }
+#: Reads what a request cost, in USD, from a usage object that carries it (OpenRouter's ``usage.cost``), or None.
+CostReader = Callable[[Mapping[str, Any]], float | None]
 #: A string error ``code`` (or OpenRouter's ``metadata.error_type``) → the HTTP status it means.
 _ERROR_CODES = {
     "rate_limit_exceeded": 429,
@@ -330,6 +332,7 @@ class ChatCompletionsStream:
         "_events",
         "_finish",
         "_head",
+        "_read_cost",
         "_request",
         "_separated",
         "_splitter",
@@ -342,10 +345,19 @@ class ChatCompletionsStream:
         "seen",
     )
 
-    def __init__(self, upstream: Upstream, request: ChatRequest, *, template: str | None = None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        request: ChatRequest,
+        *,
+        template: str | None = None,
+        read_cost: CostReader | None = None,
+    ) -> None:
         self._upstream = upstream
         self._request = request
         self._template = template
+        #: The kind's reader of the cost its usage reports (``ChatCompletionsProvider.read_cost``), if it reports one.
+        self._read_cost = read_cost
         self._events = SSEDecoder()
         # A leading <think> block in the content is reasoning, unless the server separates reasoning itself.
         self._splitter = ReasoningSplitter()
@@ -409,7 +421,10 @@ class ChatCompletionsStream:
             raise self._mid_stream_error(payload)
         usage = payload.get("usage")
         if usage:
-            self._usage = openai_usage(usage) or self._usage  # unreadable counts: counted by us at the end
+            counted = openai_usage(usage)
+            if counted is not None and self._read_cost is not None and (cost := self._read_cost(usage)) is not None:
+                counted = dataclasses.replace(counted, cost=cost)
+            self._usage = counted or self._usage  # unreadable counts: counted by us at the end
 
     def _choice(self, choice: Any, out: list[StreamEvent]) -> None:
         # Text fields are checked (``text_field``): a number or an object went on to every client's stream.
@@ -564,6 +579,11 @@ class ChatCompletionsProvider(HttpProvider):
         #: The kind's fields and the instance's own mapping (``extra_params``: llama.cpp's ``repeat_penalty``, …).
         self.wire_fields: Mapping[str, str] = {**self.fields, **connection.extra_params}
 
+    @staticmethod
+    def read_cost(usage: Mapping[str, Any]) -> float | None:
+        """What a request cost in USD, as the kind's usage says (OpenRouter's ``usage.cost``); None: it does not say."""
+        return None
+
     @property
     def carried_params(self) -> frozenset[str]:
         return frozenset(self.wire_fields)
@@ -608,7 +628,7 @@ class ChatCompletionsProvider(HttpProvider):
     async def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         url, headers, name = f"{self.connection.base_url}/chat/completions", self.headers(), self.upstream_model(model)
         body = functools.partial(self.build_body, model, request)
-        parser = ChatCompletionsStream(self.upstream, request, template=model.template)
+        parser = ChatCompletionsStream(self.upstream, request, template=model.template, read_cost=self.read_cost)
         try:
             async with aclosing(self.upstream.stream(url, body, parser, headers=headers, model=name)) as batches:
                 async for batch in batches:
@@ -631,7 +651,7 @@ class ChatCompletionsProvider(HttpProvider):
         url, headers, name = f"{self.connection.base_url}/chat/completions", self.headers(), self.upstream_model(model)
         headers["Accept"] = "application/json"
         body = functools.partial(self.build_body, model, request, stream=False)
-        parser = ChatCompletionsStream(self.upstream, request, template=model.template)
+        parser = ChatCompletionsStream(self.upstream, request, template=model.template, read_cost=self.read_cost)
         return self.upstream.fetch(url, body, parser.whole, headers=headers, model=name)
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from modelgate.chat import reported_cost
 from modelgate.providers._http import ErrorDetail
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
 from modelgate.providers.chat_completions import read_error as read_chat_error
@@ -55,6 +56,20 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return detail
 
 
+def billed_cost(usage: Mapping[str, Any]) -> float | None:
+    """What a request cost in USD, from OpenRouter's ``usage`` (cookbook/administration/usage-accounting: "cost: The
+    total amount charged to your account", in credits, which OpenRouter counts in USD). A BYOK request (``is_byok``)
+    is also billed by the serving provider to the account's own key, ``cost_details.upstream_inference_cost``, while
+    ``cost`` is OpenRouter's fee on it (guides/overview/auth/byok); on any other request that field repeats ``cost``
+    or is null, and is not added. None when ``cost`` is no price (``chat.reported_cost``)."""
+    cost = reported_cost(usage.get("cost"))
+    details = usage.get("cost_details")
+    if cost is None or usage.get("is_byok") is not True or not isinstance(details, dict):
+        return cost
+    provider_charge = reported_cost(details.get("upstream_inference_cost"))
+    return cost + provider_charge if provider_charge is not None else cost
+
+
 class OpenRouter(ChatCompletionsProvider):
     name = "openrouter"
     key_variable = "OPENROUTER_API_KEY"
@@ -67,3 +82,4 @@ class OpenRouter(ChatCompletionsProvider):
     extra_headers = ATTRIBUTION
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
+    read_cost = staticmethod(billed_cost)

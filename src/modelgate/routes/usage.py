@@ -101,7 +101,7 @@ class UsageTotalsOut(BaseModel):
     completion_tokens: int
     reasoning_tokens: int
     cached_tokens: int = Field(description="Of prompt_tokens, those the providers served from their prompt cache")
-    cost: float | None = Field(description="USD; null when no matching request has a price")
+    cost: float | None = Field(description="USD; null when no matching request has a price or a reported cost")
 
 
 class UsageAnswer(BaseModel):
