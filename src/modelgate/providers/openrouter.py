@@ -4,8 +4,10 @@
 ``: OPENROUTER PROCESSING`` comments are skipped by the SSE decoder; ``delta.reasoning`` is reasoning, never
 content; a failure after the status line is a chunk with a top-level ``error`` (``code`` an HTTP status
 number or a string such as ``server_error``, a 429's reset in ``metadata.headers``); usage comes on the
-finish chunk or in a separate last chunk. Beyond the standard fields OpenRouter carries
-``repetition_penalty`` to the serving provider, and takes its own ``usage: {include: true}`` switch.
+finish chunk or in a separate last chunk, with what the request cost (``billed_cost``). An input the moderation a
+model requires has flagged is a 403 with the reasons (read as the client's refusal by ``chat_completions``). Beyond
+the standard fields OpenRouter carries ``repetition_penalty`` to the serving provider, and takes its own
+``usage: {include: true}`` switch.
 
 Reasoning effort goes in OpenRouter's documented ``reasoning: {"effort": …}`` object
 (openrouter.ai/docs/use-cases/reasoning-tokens: ``xhigh``, ``high``, ``medium``, ``low``, ``minimal`` or
