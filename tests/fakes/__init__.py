@@ -10,7 +10,8 @@ Usage (the ``fakes`` pytest fixture does this once per session and resets betwee
 
 Each fake records every request (``.requests``, ``.last``), counts streams the client abandoned
 (``.disconnects``, ``.wait_for_disconnects()``), answers ``.script()``-ed replies in order and then
-``.default``, and serves only ``.models`` when that is set. See ``_base.Fault`` for the faults.
+``.default`` (a model in ``.by_model`` always gets its own reply), and serves only ``.models`` when that is
+set. See ``_base.Fault`` for the faults.
 """
 
 from __future__ import annotations

@@ -190,6 +190,9 @@ class FakeUpstream:
         self._epoch = 0
         #: Answer this when nothing is scripted.
         self.default = Reply()
+        #: Answer each request for one of these models (as the request names it) with its reply, before the script:
+        #: one model failing beside the provider's others.
+        self.by_model: dict[str, Reply] = {}
         #: None: serve any model. A set: only these (others get the provider's "not found"), and list them.
         self.models: set[str] | None = None
         #: Base URL of the running server (set by ``running_fakes``).
@@ -247,6 +250,7 @@ class FakeUpstream:
             self._disconnects = 0
             self._epoch += 1
             self.default = Reply()
+            self.by_model = {}
             self.models = None
 
     # -- for the provider modules -----------------------------------------------------------------
@@ -279,8 +283,10 @@ class FakeUpstream:
             (self._listings if listing else self._requests).append(recorded)
             return recorded, self._epoch
 
-    def next_reply(self) -> Reply:
+    def next_reply(self, model: str | None = None) -> Reply:
         with self._lock:
+            if model is not None and model in self.by_model:
+                return self.by_model[model]
             return self._queue.popleft() if self._queue else self.default
 
     def count_disconnect(self, epoch: int) -> None:

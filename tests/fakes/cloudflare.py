@@ -163,7 +163,7 @@ class FakeCloudflare(FakeUpstream):
         assert isinstance(body, dict)
         if body.get("stream") is True and model in self.unstreamed:
             return JSONResponse(EMPTY_RESULT)  # no scripted reply is used up: it is the whole call's
-        reply = self.next_reply()
+        reply = self.next_reply(model)
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.status_error(fault.http_status, fault.retry_after, fault.code, fault.message)

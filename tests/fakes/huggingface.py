@@ -121,7 +121,7 @@ class FakeHuggingFace(FakeUpstream):
         body = recorded.json
         if not isinstance(body, dict):
             return json_error(422, {"error": "Failed to deserialize the JSON body", "error_type": "validation"})
-        reply = self.next_reply()
+        reply = self.next_reply(model or None)
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.status_error(fault.http_status, fault.retry_after, fault.message, model)

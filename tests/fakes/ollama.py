@@ -121,7 +121,7 @@ class FakeOllama(FakeUpstream):
             return self.error(400, f"{json.dumps(model, ensure_ascii=False)} does not support thinking")
         else:
             thinks = False
-        reply = self.next_reply()
+        reply = self.next_reply(model)
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)

@@ -86,7 +86,7 @@ class ChatCompletionsServer:
         name = model or body.get("model")
         if not isinstance(name, str) or not self.fake.serves(name.split(":", 1)[0]):
             return error_response(404, f"The model `{name}` does not exist", "model_not_found")
-        reply = self.fake.next_reply()
+        reply = self.fake.next_reply(name)
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return error_response(fault.http_status, fault.message, fault.code, retry_after=fault.retry_after)

@@ -121,7 +121,7 @@ class FakeOpenRouter(FakeUpstream):
                 f"This endpoint's maximum context length is {limit} tokens. However, you requested about {wanted} "
                 "tokens. Please reduce the length of the messages, or enable context compression.",
             )
-        reply = self.next_reply()
+        reply = self.next_reply(model)
         if "flagged" in reply.options:
             return self.moderation_refusal(model, body["messages"], reply.options["flagged"])
         fault = reply.fault
