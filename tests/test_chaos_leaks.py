@@ -412,6 +412,7 @@ def test_chaos_leaves_nothing_behind(served: Served, hostile: HostileUpstream) -
     for provider in ("up", "up2"):
         breaker = gateway.breakers.peek(provider)
         assert breaker is None or breaker._trial is None
+    assert all(breaker._trial is None for breaker in gateway.breakers._models.values())
 
     # From outside: the key's N streams and the model's cap can be taken again, all at once.
     assert_can_hold(url, "limited", STREAMS)

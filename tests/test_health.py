@@ -20,11 +20,13 @@ from starlette.responses import Response
 
 from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
+from modelgate.errors import UpstreamUnavailable
 from modelgate.providers import ProbeResult
 from modelgate.resilience import BreakerConfig, Breakers
 from modelgate.settings import Settings
 from modelgate.status import DOWN_AFTER, MIN_SAMPLES, SLOW_TTFT, WINDOW, StatusBoard
 from tests.catalogue_files import model_toml, write_catalogue
+from tests.cli_process import wait_for
 from tests.fakes import FakeOllama, Fakes, Fault, Reply
 from tests.redis_server import free_port, running_redis
 from tests.servers import serve_in_thread
@@ -165,6 +167,18 @@ def test_an_open_breaker_is_down(board_setup: Any) -> None:
     b.record_failure("HTTP 500")
     provider = snapshot(board_setup)["providers"]["ollama"]
     assert provider["status"] == "down" and "circuit open" in provider["reason"]
+
+
+def test_an_open_model_breaker_is_that_models_down_only(board_setup: Any) -> None:
+    _, _, _, _, breakers = board_setup
+    call = breakers.for_model("ollama", "big:70b", BreakerConfig(threshold=1, cooldown=30))
+    call.record_failure(UpstreamUnavailable("ollama", "server busy", upstream_status=503), call.acquire())
+    status = snapshot(board_setup)
+    assert status["models"]["acme/big"]["status"] == "down"
+    assert "circuit open" in status["models"]["acme/big"]["reason"]
+    assert "server busy" in status["models"]["acme/big"]["reason"]
+    assert status["models"]["acme/tiny"]["status"] != "down"
+    assert status["providers"]["ollama"]["status"] != "down"
 
 
 def test_a_failed_probe_is_down_until_a_probe_or_a_reply_succeeds(board_setup: Any) -> None:
@@ -463,23 +477,47 @@ def test_a_successful_probe_closes_an_open_breaker(tmp_path: Path) -> None:
         )
     )
     body = {"model": "ollama/rwkv", "messages": [{"role": "user", "content": "hi"}]}
-    with serve_in_thread(fake.app) as root:
-        settings = Settings(base_url_overrides={"ollama": root}, probe_interval=0.05)
-        with serve_in_thread(create_app(settings, catalogue)) as url:
-            fake.mode = "error"  # the server is unwell: its listing fails too, so no probe closes anything
-            fake.script(Reply(fault=Fault.status(500, message="runner crashed")))
-            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 502
-            refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
-            assert refused.status_code == 503
-            assert "provider in cooldown" in refused.json()["error"]["message"]
-            assert len(fake.requests) == 1  # refused without calling upstream
+    port = free_port()
+    # Nothing listens yet: the call gets no answer at all, which is the provider's failure (the probes fail too).
+    settings = Settings(base_url_overrides={"ollama": f"http://127.0.0.1:{port}"}, probe_interval=0.05)
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 502
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        assert refused.status_code == 503
+        assert "provider in cooldown" in refused.json()["error"]["message"]
 
-            fake.mode = "up"  # the server is back and answers its listing
+        with serve_in_thread(fake.app, port=port):  # the server is back and answers its listing
             poll(url, lambda s: s["providers"]["ollama"]["status"] == "ok")
             answered = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
     assert answered.status_code == 200, answered.text
     assert answered.json()["choices"][0]["message"]["content"]
-    assert len(fake.requests) == 2
+    assert len(fake.requests) == 1  # the refused call never reached it
+
+
+def test_a_probe_leaves_a_models_open_breaker_alone(fakes: Fakes, tmp_path: Path) -> None:
+    """The listing answering says the provider is up, not that a model over its rate limit or still loading is."""
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("ollama", "rwkv", upstream=RWKV),
+            header="[providers.ollama]\nmax_retries = 0\nbreaker_threshold = 1\nbreaker_cooldown = 3600\n",
+        )
+    )
+    fakes.ollama.script(Reply(fault=Fault.status(500, message="llama runner process has terminated")))
+    body = {"model": "ollama/rwkv", "messages": [{"role": "user", "content": "hi"}]}
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0.05)
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 502
+        listings = len(fakes.ollama.listings)
+        wait_for(lambda: len(fakes.ollama.listings) >= listings + 2, "two more probes")
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        status = poll(url, lambda s: s["providers"]["ollama"]["last_checked_at"] is not None)
+    assert refused.status_code == 503
+    assert "model in cooldown" in refused.json()["error"]["message"]
+    assert len(fakes.ollama.requests) == 1
+    assert status["providers"]["ollama"]["status"] == "ok"
+    assert status["models"]["ollama/rwkv"]["status"] == "down"
+    assert "circuit open" in status["models"]["ollama/rwkv"]["reason"]
 
 
 def test_a_hanging_probe_hits_its_deadline_and_never_holds_a_request(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from modelgate import resilience
 from modelgate.app import create_app
 from modelgate.catalogue import ProviderEntry, load_catalogue
 from modelgate.errors import (
@@ -36,9 +37,10 @@ from modelgate.resilience import (
     CircuitOpen,
     RetryBudget,
     RetryPolicy,
-    counts_against_provider,
+    counts_as_failure,
     may_fall_back,
     outcome_of,
+    provider_wide,
 )
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
@@ -149,13 +151,22 @@ def test_classification() -> None:
     assert not may_fall_back(UpstreamBadRequest("p", "invalid"))
     assert not may_fall_back(ValueError("bug"))
 
-    assert counts_against_provider(UpstreamUnavailable("p", "x"))
-    assert counts_against_provider(UpstreamProtocolError("p", "x"))
-    assert counts_against_provider(UpstreamError("p", "x", upstream_status=500))
-    assert not counts_against_provider(UpstreamError("p", "x", upstream_status=404))
-    assert not counts_against_provider(UpstreamBadRequest("p", "x"))
-    assert not counts_against_provider(UpstreamAuthError("p", "x"))
-    assert not counts_against_provider(CircuitOpen("p", 1.0))
+    assert counts_as_failure(UpstreamUnavailable("p", "x"))
+    assert counts_as_failure(UpstreamProtocolError("p", "x"))
+    assert counts_as_failure(UpstreamError("p", "x", upstream_status=500))
+    assert not counts_as_failure(UpstreamError("p", "x", upstream_status=404))
+    assert not counts_as_failure(UpstreamBadRequest("p", "x"))
+    assert not counts_as_failure(UpstreamAuthError("p", "x"))
+    assert not counts_as_failure(CircuitOpen("p", 1.0))
+    assert counts_as_failure(UpstreamError("p", "unreachable", connection_failed=True))
+
+    # Only a call that got no answer is the provider's; whatever it answered (or was slow to) is the model's.
+    assert provider_wide(UpstreamError("p", "unreachable (ClientConnectorError)", connection_failed=True))
+    assert provider_wide(UpstreamProtocolError("p", "the connection dropped", connection_failed=True))
+    assert not provider_wide(UpstreamRateLimited("p", "rate limited", upstream_status=429))
+    assert not provider_wide(UpstreamUnavailable("p", "currently loading", upstream_status=503))
+    assert not provider_wide(UpstreamError("p", "x", upstream_status=500))
+    assert not provider_wide(UpstreamTimeout("p", "no reply within 60s (first-token timeout)"))
 
     assert outcome_of(CircuitOpen("p", 1.0)) == "circuit_open"
     assert outcome_of(UpstreamTimeout("p", "x")) == "timeout"
@@ -285,6 +296,81 @@ def test_only_the_trial_itself_frees_the_trials_slot() -> None:
         b.acquire()  # a new cooldown is over, yet the trial is still out
     b.release(trial)
     assert b.acquire() is not None  # the next trial
+
+
+def test_an_answered_failure_counts_against_the_model_and_no_answer_against_the_provider() -> None:
+    clock = FakeClock()
+    breakers = Breakers(clock=clock)
+    config = BreakerConfig(threshold=2, cooldown=5.0)
+    free, other = breakers.for_model("or", "a:free", config), breakers.for_model("or", "b", config)
+    assert free.provider is other.provider and free.model is not other.model
+    for _ in range(2):
+        free.record_failure(UpstreamRateLimited("or", "rate limited", upstream_status=429), free.acquire())
+    with pytest.raises(CircuitOpen) as caught:
+        free.acquire()
+    assert caught.value.message.endswith("model in cooldown") and caught.value.model == "a:free"
+    assert free.provider.state is BreakerState.CLOSED
+    other.record_success()  # another model of the provider is untouched
+
+    unreachable = UpstreamError("or", "unreachable (ClientConnectorError)", transient=True, connection_failed=True)
+    for _ in range(2):
+        other.record_failure(unreachable, other.acquire())
+    assert other.model.state is BreakerState.CLOSED  # never reached: no verdict on the model
+    for breaker in (other, breakers.for_model("or", "never-called", config)):
+        with pytest.raises(CircuitOpen) as caught:
+            breaker.acquire()
+        assert caught.value.message.endswith("provider in cooldown") and caught.value.model is None
+    breakers.probe_succeeded("or")  # the listing answers: the provider is back, the rate-limited model is not
+    other.acquire()
+    with pytest.raises(CircuitOpen):
+        free.acquire()
+
+
+def test_a_model_refusing_gives_back_the_providers_trial() -> None:
+    clock = FakeClock()
+    breakers = Breakers(clock=clock)
+    config = BreakerConfig(threshold=1, cooldown=5.0)
+    free, other = breakers.for_model("or", "a:free", config), breakers.for_model("or", "b", config)
+    unreachable = UpstreamError("or", "unreachable", transient=True, connection_failed=True)
+    other.record_failure(unreachable, other.acquire())  # the provider: open until +5
+    clock.now += 3
+    free.model.record_failure("rate limited")  # the model: open until +8
+    clock.now += 3
+    with pytest.raises(CircuitOpen) as caught:
+        free.acquire()  # the provider is half-open, but this attempt goes nowhere: its trial is given back
+    assert caught.value.model == "a:free"
+    passage = other.acquire()
+    assert passage.provider is not None  # the provider's trial is still there to take
+    other.record_success()
+    assert free.provider.state is BreakerState.CLOSED
+
+
+def test_an_answered_failure_is_the_providers_answer_too() -> None:
+    """The provider's half-open trial that gets a 429 about one model shows the provider answering: it closes."""
+    clock = FakeClock()
+    breakers = Breakers(clock=clock)
+    call = breakers.for_model("or", "a:free", BreakerConfig(threshold=1, cooldown=5.0))
+    call.record_failure(UpstreamError("or", "unreachable", transient=True, connection_failed=True), call.acquire())
+    clock.now += 6
+    passage = call.acquire()
+    assert passage.provider is not None and call.provider.state is BreakerState.HALF_OPEN
+    call.record_failure(UpstreamRateLimited("or", "x", upstream_status=429), passage)
+    assert call.provider.state is BreakerState.CLOSED
+    assert call.model.state is BreakerState.OPEN
+
+
+def test_model_breakers_are_bounded_keeping_those_that_hold_something(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resilience, "MAX_MODEL_BREAKERS", 4)
+    breakers = Breakers(clock=FakeClock())
+    config = BreakerConfig(threshold=1)
+    failing = breakers.for_model("p", "failing", config)
+    failing.record_failure(UpstreamUnavailable("p", "loading", upstream_status=503), failing.acquire())
+    for index in range(20):  # catalogue after catalogue, each with new models that answered
+        breakers.for_model("p", f"m{index}", config).record_success()
+    assert len(breakers._models) <= 4
+    assert breakers.peek_model("p", "failing") is failing.model and failing.model.is_open()
+    assert breakers.peek_model("p", "m0") is None
+    assert breakers.peek_model("p", "m19") is not None
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -481,19 +567,20 @@ def test_the_breaker_opens_fails_fast_and_closes_after_a_good_trial(fakes: Fakes
 
     refused = chat(url)  # open: refused without calling upstream
     assert refused.status_code == 503
-    assert "provider in cooldown" in refused.json()["error"]["message"]
+    assert "model in cooldown" in refused.json()["error"]["message"]  # Ollama answered: the 500s are the model's
     assert refused.headers["retry-after"] == "1"
     assert len(chat_models(fakes)) == 2
     status = httpx.get(f"{url}/api/status").json()
-    assert status["providers"]["ollama"]["status"] == "down"
-    assert "circuit open" in status["providers"]["ollama"]["reason"]
+    assert status["models"]["acme/primary"]["status"] == "down"
+    assert "circuit open" in status["models"]["acme/primary"]["reason"]
+    assert status["providers"]["ollama"]["status"] != "down"
 
     # After the cooldown one trial goes through; it succeeds, so the breaker closes.
     answered = _poll(lambda: chat(url), lambda r: r.status_code == 200)
     assert answered.status_code == 200
     assert chat(url).status_code == 200
     assert len(chat_models(fakes)) == 4
-    assert httpx.get(f"{url}/api/status").json()["providers"]["ollama"]["status"] != "down"
+    assert httpx.get(f"{url}/api/status").json()["models"]["acme/primary"]["status"] != "down"
 
 
 def test_an_earlier_attempt_leaving_does_not_let_a_second_trial_through(fakes: Fakes, serve: Any) -> None:
@@ -516,7 +603,7 @@ def test_an_earlier_attempt_leaving_does_not_let_a_second_trial_through(fakes: F
     assert fakes.ollama.wait_for_disconnects(1) == 1
     refused = chat(url)
     trial.close()
-    assert refused.status_code == 503 and "provider in cooldown" in refused.text
+    assert refused.status_code == 503 and "model in cooldown" in refused.text
     assert len(chat_models(fakes)) == 3
 
 
@@ -550,6 +637,134 @@ def test_an_open_breaker_sends_requests_to_a_fallback_elsewhere(fakes: Fakes, tm
         assert response.headers["x-modelgate-model"] == "acme/elsewhere"
         assert len(chat_models(fakes)) == 2  # the open breaker spared the failing provider a third call
         assert [r.json["model"] for r in fakes.openrouter.requests] == ["meta-llama/llama-3.3-70b-instruct:free"] * 3
+
+
+ONE_FAILURE_EACH = """
+[providers.{provider}]
+max_retries = 0
+breaker_threshold = 2
+breaker_window = 60
+breaker_cooldown = 600
+"""
+
+
+@pytest.mark.parametrize(
+    ("provider", "failing", "working", "fault"),
+    [
+        # An OpenRouter :free model over its own rate limit.
+        (
+            "openrouter",
+            "meta-llama/llama-3.3-70b-instruct:free",
+            "deepseek/deepseek-chat:free",
+            Fault.status(429, message="meta-llama/llama-3.3-70b-instruct:free is temporarily rate-limited upstream"),
+        ),
+        # One cold Hugging Face model (the router's 503 "currently loading").
+        (
+            "huggingface",
+            "Qwen/Qwen2.5-72B-Instruct",
+            "microsoft/Phi-3-mini-4k-instruct",
+            Fault.status(503, message="Model Qwen/Qwen2.5-72B-Instruct is currently loading"),
+        ),
+    ],
+)
+def test_one_models_failures_open_its_own_breaker_not_its_providers(
+    fakes: Fakes, tmp_path: Path, provider: str, failing: str, working: str, fault: Fault
+) -> None:
+    """Listed means callable: one model failing again and again cuts off that model (to its fallback), not the
+    provider's others. Its failures used to open the provider's breaker, and the working model was refused."""
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "failing", provider=provider, upstream=failing, extra='fallbacks = ["acme/backup"]'),
+        model_toml("acme", "working", provider=provider, upstream=working),
+        model_toml("acme", "backup", upstream="backup:1b"),  # on Ollama
+        header=ONE_FAILURE_EACH.format(provider=provider),
+    )
+    fake = fakes[provider]
+    fake.by_model[failing] = Reply(fault=fault)
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+
+    def called(model: str) -> int:
+        return sum(1 for r in fake.requests if r.json["model"] == model)
+
+    with serve_in_thread(app) as url:
+        for _ in range(2):  # each fails upstream and is answered by the fallback
+            response = chat(url, "acme/failing")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-modelgate-model"] == "acme/backup"
+        assert called(failing) == 2
+
+        # Its breaker is open: its next call goes straight to the fallback, without calling it.
+        response = chat(url, "acme/failing")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+        assert called(failing) == 2
+
+        # The provider's other model still answers, itself.
+        for _ in range(3):
+            response = chat(url, "acme/working")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-modelgate-model"] == "acme/working"
+            assert content(response) == "Hello, world!"
+        assert called(working) == 3
+
+        status = httpx.get(f"{url}/api/status").json()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert status["models"]["acme/failing"]["status"] == "down"
+    assert "circuit open" in status["models"]["acme/failing"]["reason"]
+    assert status["models"]["acme/working"]["status"] != "down"
+    assert status["providers"][provider]["status"] != "down"
+    assert f'model="acme/failing",outcome="circuit_open",provider="{provider}"}} 1.0' in metrics
+    assert 'model="acme/working",outcome="circuit_open"' not in metrics
+
+
+def test_a_fallback_on_the_same_provider_answering_does_not_keep_the_failing_model_open(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """The :free model's fallback is its paid twin on OpenRouter. With one breaker for both, every answer of the
+    fallback reset the failures of the :free model, whose breaker never opened: each request paid its 429 first."""
+    free, paid = "meta-llama/llama-3.3-70b-instruct:free", "meta-llama/llama-3.3-70b-instruct"
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "free", provider="openrouter", upstream=free, extra='fallbacks = ["acme/paid"]'),
+        model_toml("acme", "paid", provider="openrouter", upstream=paid),
+        header=ONE_FAILURE_EACH.format(provider="openrouter"),
+    )
+    fakes.openrouter.by_model[free] = Reply(
+        fault=Fault.status(429, message="Rate limit exceeded: free-models-per-min.")
+    )
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        for _ in range(4):
+            response = chat(url, "acme/free")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-modelgate-model"] == "acme/paid"
+    assert [r.json["model"] for r in fakes.openrouter.requests] == [free, paid, free, paid, paid, paid]
+
+
+def test_a_refused_connection_opens_the_providers_breaker_for_every_model(tmp_path: Path) -> None:
+    """No answer at all (nothing listens) is the provider's failure: its other models fail fast as well."""
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b"),
+        model_toml("acme", "other", upstream="other:1b"),
+        header=ONE_FAILURE_EACH.format(provider="ollama"),
+    )
+    settings = Settings(base_url_overrides={"ollama": f"http://127.0.0.1:{free_port()}"}, probe_interval=0)
+    with serve_in_thread(create_app(settings, load_catalogue(path))) as url:
+        for _ in range(2):
+            failed = chat(url, "acme/primary")
+            assert failed.status_code == 502
+            assert "unreachable" in failed.json()["error"]["message"]
+        refused = chat(url, "acme/other")  # never called before, yet refused at once
+        status = httpx.get(f"{url}/api/status").json()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert refused.status_code == 503
+    assert "provider in cooldown" in refused.json()["error"]["message"]
+    assert 'model="acme/other",outcome="circuit_open",provider="ollama"} 1.0' in metrics
+    assert 'model="acme/other",outcome="upstream_error"' not in metrics
+    assert status["providers"]["ollama"]["status"] == "down"
+    assert "circuit open" in status["providers"]["ollama"]["reason"]
+    assert status["models"]["acme/other"]["status"] == "down"
 
 
 def test_an_unreachable_provider_is_retried_then_failed_over(fakes: Fakes, tmp_path: Path) -> None:

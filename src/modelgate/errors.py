@@ -152,6 +152,7 @@ class UpstreamError(_RetryAfter, ModelgateError):
         upstream_status: int | None = None,
         retry_after: float | None = None,
         transient: bool | None = None,
+        connection_failed: bool = False,
     ) -> None:
         super().__init__(f"Upstream provider error ({provider}): {message}")
         self.provider = provider
@@ -159,6 +160,9 @@ class UpstreamError(_RetryAfter, ModelgateError):
         self.retry_after = retry_after
         if transient is not None:
             self.transient = transient
+        #: No HTTP answer came back: the connection itself failed (refused, reset, DNS, TLS, a connect timeout).
+        #: Such a failure is the provider's as a whole, not the one model's (``resilience.provider_wide``).
+        self.connection_failed = connection_failed
         self.data = {"provider": provider, "upstreamStatus": upstream_status}
 
     @property

@@ -1,10 +1,10 @@
 """Open a chat stream for a resolved catalogue model: the one path both ``/api/ai/...`` and ``/v1`` use.
 
 ``open_stream`` does everything that must happen *before the first byte reaches the client*:
-credentials check, provider lookup, circuit breaker, retries of transient failures, the model's
-``fallbacks``, and waiting for the first upstream event. A fallback is admitted like a direct call
-to it (``limits.Admission``): one the caller's key may not use, or whose provider or model is at its
-concurrency cap, is skipped — never a way around the key's policy or the caps.
+credentials check, provider lookup, circuit breakers (the provider's, the model's), retries of transient
+failures, the model's ``fallbacks``, and waiting for the first upstream event. A fallback is admitted like a
+direct call to it (``limits.Admission``): one the caller's key may not use, or whose provider or model is at
+its concurrency cap, is skipped — never a way around the key's policy or the caps.
 
 Errors up to that point raise (and become an HTTP error response); after it, they are raised from
 the returned iterator and the encoder turns them into the client protocol's error part. Once the
@@ -41,7 +41,7 @@ from modelgate.resilience import (
     CircuitOpen,
     RetryBudget,
     RetryPolicy,
-    counts_against_provider,
+    counts_as_failure,
     may_fall_back,
     outcome_of,
 )
@@ -170,7 +170,8 @@ async def _open_model(
     obs: Observation | None,
     whole: bool,
 ) -> StreamStart:
-    """One model: breaker, then attempts with retries, until its first event or a final error.
+    """One model: breakers (its provider's, its own), then attempts with retries, until its first event or a
+    final error.
 
     ``catalogue`` and ``provider`` (``model``'s instance in it) are what ``open_stream`` read at its start.
     """
@@ -182,7 +183,7 @@ async def _open_model(
         attempts.append((model.id, error.message))
         raise error
     entry = catalogue.provider_entry(model.provider)
-    breaker = state.breakers.get(model.provider, BreakerConfig.from_entry(entry))
+    breakers = state.breakers.for_model(model.provider, model.upstream_model, BreakerConfig.from_entry(entry))
     budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
     trace = obs.trace if obs is not None else None
     while True:
@@ -190,7 +191,7 @@ async def _open_model(
             trace.start_attempt(model, request, provider.connection.base_url)
         sent = time.perf_counter()
         try:
-            trial = breaker.acquire()  # this attempt's own: only the half-open trial may end the trial
+            passage = breakers.acquire()  # this attempt's own: only a half-open breaker's trial may end its trial
         except CircuitOpen as exc:
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             if trace is not None:
@@ -203,11 +204,9 @@ async def _open_model(
             metrics.observe_upstream(model.provider, model.id, outcome_of(exc))
             if trace is not None:
                 trace.fail_attempt(exc)
-            if counts_against_provider(exc):
-                breaker.record_failure(exc.message, trial)
+            breakers.record_failure(exc, passage)
+            if counts_as_failure(exc):
                 state.status.record(model.provider, model.id, ok=False, reason=exc.message)
-            else:
-                breaker.release(trial)
             attempts.append((model.id, exc.message))
             delay = budget.next_delay(exc)
             if delay is None:
@@ -216,7 +215,7 @@ async def _open_model(
             await asyncio.sleep(delay)
             continue
         except BaseException as exc:
-            breaker.release(trial)  # cancelled (client gone) or a bug: no verdict on the provider
+            breakers.release(passage)  # cancelled (client gone) or a bug: no verdict on provider or model
             if trace is not None:
                 trace.fail_attempt(exc)
             if isinstance(exc, Exception):
@@ -224,7 +223,7 @@ async def _open_model(
             raise
         answered = time.perf_counter()
         ttft = answered - sent
-        breaker.record_success()
+        breakers.record_success()
         state.status.record(model.provider, model.id, ok=True, ttft=ttft)
         metrics.observe_first_token(model.provider, model.id, ttft)
         lost = [*provider.dropped_params(request.params), *provider.unenforced(model, request), *request.not_carried]
@@ -292,7 +291,7 @@ async def _relay(
         outcome = "ok"
     except ModelgateError as exc:
         outcome = "stream_error"
-        if counts_against_provider(exc):
+        if counts_as_failure(exc):
             state.status.record(model.provider, model.id, ok=False, reason=exc.message)
         if obs is not None:
             obs.error = exc.message

@@ -91,7 +91,8 @@ class ProviderEntry(BaseModel):
         Seconds, Field(description="Seconds a non-streamed call may take to be generated whole (its status line)")
     ] = 600.0
     max_concurrency: Annotated[Count | None, Field(gt=0)] = None
-    # Resilience (see resilience.py): retries before the first event, then the circuit breaker.
+    # Resilience (see resilience.py): retries before the first event, then the circuit breakers (the
+    # provider's and each of its models', all with these settings).
     max_retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure")] = 2
     retry_base_delay: Annotated[Seconds, Field(description="Backoff base, seconds (doubles per retry)")] = 0.25
     retry_max_delay: Annotated[Seconds, Field(description="Backoff cap; a longer Retry-After is not waited")] = 4.0

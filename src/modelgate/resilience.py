@@ -12,20 +12,32 @@ better to fall back, or to hand the client the upstream's Retry-After, than to h
 minutes). A first-token timeout is retried at most once, because every such attempt already cost the
 whole ``first_token_timeout``.
 
-Circuit breaker, one per provider (``Breakers`` lives on ``GatewayState``)::
+Circuit breakers, one per provider and one per upstream model (``Breakers`` lives on ``GatewayState``)::
 
     closed ──N consecutive failures within `window` s──▶ open ──`cooldown` s──▶ half-open
       ▲                                                   ▲                       │ one trial call
       └────────────────────── trial succeeds ─────────────┴──── trial fails ──────┘
 
-A successful probe of the provider's model listing (``status.Prober``) closes an open or half-open
-breaker at once: the provider answers again, so calls should not keep failing fast until the cooldown
-ends (a probe is free; a trial call is a user's request).
+Each failure counts against one of the two (``provider_wide``). A call that got no HTTP answer at all
+(connection refused or reset, DNS, TLS, a connect timeout: ``UpstreamError.connection_failed``) is the
+provider's: every model behind that address fails the same way. What the upstream *answered* (a 429, a
+503, any 5xx, a broken reply) or was too slow to answer (a first-token timeout; the connect has its own,
+shorter ``connect_timeout``) is the model's: one OpenRouter ``:free`` model over its rate limit, or one
+cold Hugging Face model answering 503 "currently loading", says nothing about the provider's other
+models. OpenRouter documents its statuses per model ("502: your chosen model is down", "503: no available
+model provider", https://openrouter.ai/docs/api/errors), and an Ollama 500 is one model's runner. So such
+a failure opens only that model's breaker, and the provider, which answered, counts as up: a provider
+that answers 5xx for every model trips each model's breaker in turn.
 
-While open (or while half-open with its trial in flight) calls fail fast with ``UpstreamUnavailable``
-("provider in cooldown", ``Retry-After`` = the cooldown left), which the gateway turns into a fallback
-when the model has one. Client errors (400, bad credentials) say nothing about the provider's health and
-never count against it.
+A successful probe of the provider's model listing (``status.Prober``) closes its open or half-open
+provider breaker at once: the provider answers again, so calls should not keep failing fast until the
+cooldown ends (a probe is free; a trial call is a user's request). It leaves the models' breakers alone: a
+listing says nothing about a model's rate limit or whether it is warm.
+
+While open (or while half-open with its trial in flight) calls fail fast with ``CircuitOpen``
+("provider in cooldown" or "model in cooldown", ``Retry-After`` = the cooldown left), which the gateway
+turns into a fallback when the model has one. Client errors (400, bad credentials, 404) say nothing about
+the upstream's health and count against neither.
 """
 
 from __future__ import annotations
@@ -118,16 +130,23 @@ def may_fall_back(exc: BaseException) -> bool:
     return isinstance(exc, UpstreamError | ProviderNotConfigured)
 
 
-def counts_against_provider(exc: BaseException) -> bool:
-    """Failures that say the provider is unwell (trip the breaker, lower its health).
+def counts_as_failure(exc: BaseException) -> bool:
+    """Failures that say the upstream is unwell (trip a breaker, lower its health).
 
-    Transient failures, broken protocol and 5xx do; a refused request, refused credentials or an
-    unknown model (404) are about this call or this configuration, and must not cut off the
-    provider's other models.
+    No answer at all, transient failures, broken protocol and 5xx do; a refused request, refused
+    credentials or an unknown model (404) are about this call or this configuration: a cooldown would
+    neither cure nor explain them. Which breaker a failure counts against is ``provider_wide``'s answer.
     """
     if not isinstance(exc, UpstreamError) or isinstance(exc, CircuitOpen):
         return False
-    return exc.transient or isinstance(exc, UpstreamProtocolError) or (exc.upstream_status or 0) >= 500
+    if exc.connection_failed or exc.transient or isinstance(exc, UpstreamProtocolError):
+        return True
+    return (exc.upstream_status or 0) >= 500
+
+
+def provider_wide(exc: BaseException) -> bool:
+    """Whether a failure is the provider's as a whole (no HTTP answer came back), not the one model's."""
+    return isinstance(exc, UpstreamError) and exc.connection_failed
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -153,12 +172,15 @@ def outcome_of(exc: BaseException) -> str:
 
 
 class CircuitOpen(UpstreamUnavailable):
-    """The provider is in cooldown. Not transient: retrying now would only hit the open breaker again."""
+    """The provider, or the model, is in cooldown. Not transient: retrying now would only hit the open breaker
+    again."""
 
-    def __init__(self, provider: str, retry_after: float) -> None:
+    def __init__(self, provider: str, retry_after: float, *, model: str | None = None) -> None:
+        what = "provider" if model is None else "model"
         super().__init__(
-            provider, "provider in cooldown", upstream_status=None, retry_after=retry_after, transient=False
+            provider, f"{what} in cooldown", upstream_status=None, retry_after=retry_after, transient=False
         )
+        self.model = model
 
 
 class BreakerState(StrEnum):
@@ -185,14 +207,18 @@ class Trial:
 
 
 class CircuitBreaker:
-    """One provider's breaker. Not thread-safe by design: it lives on one event loop.
+    """One provider's breaker, or one upstream model's. Not thread-safe by design: it lives on one event loop.
 
     ``acquire`` hands the half-open trial its ``Trial``; the caller passes what ``acquire`` returned to
     ``release`` / ``record_failure``, so an attempt that started earlier (while closed) cannot free the trial's slot.
     """
 
-    def __init__(self, provider: str, config: BreakerConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, provider: str, config: BreakerConfig, clock: Clock = time.monotonic, *, model: str | None = None
+    ) -> None:
         self.provider = provider
+        #: The upstream model id for a model's breaker, None for the provider's.
+        self.model = model
         self.config = config
         self.clock = clock
         self.state = BreakerState.CLOSED
@@ -221,11 +247,11 @@ class CircuitBreaker:
         if self.state is BreakerState.OPEN:
             remaining = self.remaining_cooldown()
             if remaining > 0:
-                raise CircuitOpen(self.provider, remaining)
+                raise CircuitOpen(self.provider, remaining, model=self.model)
             self.state = BreakerState.HALF_OPEN
         if self.state is BreakerState.HALF_OPEN:
             if self._trial is not None:
-                raise CircuitOpen(self.provider, self.config.cooldown)
+                raise CircuitOpen(self.provider, self.config.cooldown, model=self.model)
             self._trial = Trial()
             return self._trial
         return None
@@ -258,6 +284,10 @@ class CircuitBreaker:
         if trial is not None and trial is self._trial:
             self._trial = None
 
+    def idle(self) -> bool:
+        """Closed with no failure counted and no trial out: it holds nothing a new breaker would not."""
+        return self.state is BreakerState.CLOSED and self.failures == 0 and self._trial is None
+
     def _open(self, now: float, reason: str) -> None:
         self.state = BreakerState.OPEN
         self._opened_at = now
@@ -265,14 +295,72 @@ class CircuitBreaker:
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """One attempt's tickets through the provider's breaker and its model's (a half-open breaker's ``Trial``)."""
+
+    provider: Trial | None
+    model: Trial | None
+
+
+class CallBreakers:
+    """The two breakers one model's calls pass: the provider's first, then the model's own."""
+
+    __slots__ = ("model", "provider")
+
+    def __init__(self, provider: CircuitBreaker, model: CircuitBreaker) -> None:
+        self.provider = provider
+        self.model = model
+
+    def acquire(self) -> Passage:
+        """Call before each upstream attempt; raises ``CircuitOpen`` (the provider's, else the model's) to fail
+        fast. Pass what it returns to ``record_success`` / ``record_failure`` / ``release``."""
+        provider = self.provider.acquire()
+        try:
+            model = self.model.acquire()
+        except CircuitOpen:
+            self.provider.release(provider)  # this attempt will not be the provider's trial after all
+            raise
+        return Passage(provider, model)
+
+    def record_success(self) -> None:
+        self.provider.record_success()
+        self.model.record_success()
+
+    def record_failure(self, exc: ModelgateError, passage: Passage) -> None:
+        """The attempt failed with ``exc``: counted against the one breaker it belongs to, or against neither."""
+        if not counts_as_failure(exc):
+            self.release(passage)
+        elif provider_wide(exc):
+            self.provider.record_failure(exc.message, passage.provider)
+            self.model.release(passage.model)  # never reached: no verdict on the model
+        else:
+            self.model.record_failure(exc.message, passage.model)
+            self.provider.record_success()  # it answered, about this model: the provider itself is up
+
+    def release(self, passage: Passage) -> None:
+        """The attempt ended without a verdict (cancelled, or a failure that is nobody's health)."""
+        self.provider.release(passage.provider)
+        self.model.release(passage.model)
+
+
+#: Model breakers kept at most. Only catalogue models reach an upstream, but breakers outlive catalogue
+#: reloads, so the models of every catalogue served since start would pile up without a bound.
+MAX_MODEL_BREAKERS = 4096
+
+
 class Breakers:
-    """The app's breakers, one per provider, created on first use; config follows catalogue reloads."""
+    """The app's breakers, one per provider and one per upstream model, created on first use; config follows
+    catalogue reloads (a model's breaker takes its provider's settings)."""
 
     def __init__(self, clock: Clock = time.monotonic, rng: random.Random | None = None) -> None:
         self.clock = clock
         #: Jitter source for retries (seedable in tests).
         self.rng = rng or random.Random()
         self._breakers: dict[str, CircuitBreaker] = {}
+        #: Keyed by provider and upstream model id: two catalogue models naming one upstream model share its rate
+        #: limit and its warm-up, so they share its breaker.
+        self._models: dict[tuple[str, str], CircuitBreaker] = {}
 
     def get(self, provider: str, config: BreakerConfig | None = None) -> CircuitBreaker:
         breaker = self._breakers.get(provider)
@@ -282,12 +370,37 @@ class Breakers:
             breaker.config = config
         return breaker
 
+    def for_model(self, provider: str, upstream_model: str, config: BreakerConfig | None = None) -> CallBreakers:
+        """The breakers a call of ``upstream_model`` on ``provider`` passes."""
+        key = (provider, upstream_model)
+        breaker = self._models.get(key)
+        if breaker is None:
+            if len(self._models) >= MAX_MODEL_BREAKERS:
+                self._forget_models()
+            breaker = CircuitBreaker(provider, config or BreakerConfig(), self.clock, model=upstream_model)
+            self._models[key] = breaker
+        elif config is not None:
+            breaker.config = config
+        return CallBreakers(self.get(provider, config), breaker)
+
     def peek(self, provider: str) -> CircuitBreaker | None:
         return self._breakers.get(provider)
 
+    def peek_model(self, provider: str, upstream_model: str) -> CircuitBreaker | None:
+        return self._models.get((provider, upstream_model))
+
     def probe_succeeded(self, provider: str) -> None:
         """The provider answered its free listing (``status.Prober``): it is back, so an open or half-open
-        breaker closes now instead of failing calls fast for the rest of its cooldown."""
+        provider breaker closes now instead of failing calls fast for the rest of its cooldown."""
         breaker = self._breakers.get(provider)
         if breaker is not None and breaker.state is not BreakerState.CLOSED:
             breaker.record_success()
+
+    def _forget_models(self) -> None:
+        """Make room: the idle breakers (a new one starts the same), or the oldest when none is idle.
+
+        An attempt in flight with a breaker forgotten meanwhile records its verdict where nobody looks: a failure
+        may go uncounted, never a cooldown cut short while idle breakers are there to forget first."""
+        idle = [key for key, breaker in self._models.items() if breaker.idle()]
+        for key in idle or [next(iter(self._models))]:
+            del self._models[key]

@@ -23,10 +23,10 @@ Status rules (first that applies), per provider:
                   ``DEGRADED_ERROR_RATE``; or a median time to first token of ``SLOW_TTFT`` or more;
 ``ok``            otherwise: the last probe answered, or the traffic is healthy.
 
-Per model the same on the model's own traffic, plus: ``down`` when its provider is, or when the last
-probe listed the provider's models and this one's upstream id was not among them (the reason says
-so); ``unknown`` while its provider is and it has no traffic of its own; ``degraded`` when its
-provider is.
+Per model the same on the model's own traffic (every failure of it counts), plus: ``down`` when its
+provider is, when its own circuit breaker is open, or when the last probe listed the provider's models
+and this one's upstream id was not among them (the reason says so); ``unknown`` while its provider is
+and it has no traffic of its own; ``degraded`` when its provider is.
 
 Overall: ``unknown`` while every provider in use (configured) is; otherwise ``ok`` when every one
 with evidence is ``ok``, ``down`` when all are ``down``, else ``degraded``.
@@ -51,7 +51,7 @@ from modelgate.providers import ProbeResult, Provider
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
     from modelgate.catalogue import Catalogue, CatalogueModel
-    from modelgate.resilience import Breakers
+    from modelgate.resilience import Breakers, CircuitBreaker
     from modelgate.settings import Settings
 
 log = logging.getLogger("modelgate.status")
@@ -183,7 +183,7 @@ class StatusBoard:
             }
         models: dict[str, dict[str, Any]] = {}
         for model in catalogue.models:
-            status, reason = self._model_status(model, now, providers[model.provider])
+            status, reason = self._model_status(model, now, providers[model.provider], breakers)
             models[model.id] = {
                 "provider": model.provider,
                 "status": status,
@@ -201,10 +201,7 @@ class StatusBoard:
             return "unconfigured", f"set {' and '.join(missing)}"
         breaker = breakers.peek(name)
         if breaker is not None and breaker.is_open():
-            return (
-                "down",
-                f"circuit open for {breaker.remaining_cooldown():.0f} s more after repeated failures: {breaker.reason}",
-            )
+            return "down", _circuit_open(breaker)
         signals = self._providers.get(name)
         probe = self._probes.get(name)
         if probe is not None and not probe.reachable:
@@ -217,9 +214,14 @@ class StatusBoard:
             return "ok", None
         return signals.verdict(now)
 
-    def _model_status(self, model: CatalogueModel, now: float, provider: dict[str, Any]) -> tuple[Status, str | None]:
+    def _model_status(
+        self, model: CatalogueModel, now: float, provider: dict[str, Any], breakers: Breakers
+    ) -> tuple[Status, str | None]:
         if provider["status"] in ("unconfigured", "down"):
             return provider["status"], f"provider {model.provider} is {provider['status']}: {provider['reason']}"
+        breaker = breakers.peek_model(model.provider, model.upstream_model)
+        if breaker is not None and breaker.is_open():
+            return "down", _circuit_open(breaker)
         probe = self._probes.get(model.provider)
         if probe is not None and probe.available is not None and model.upstream_model not in probe.available:
             return "down", f"{model.provider} does not list the model '{model.upstream_model}'"
@@ -234,6 +236,10 @@ class StatusBoard:
     def _last_checked(self, signals: _Signals | None, probe: _Probe | None) -> str | None:
         times = [t for t in (signals.last_seen_wall if signals else None, probe.wall if probe else None) if t]
         return _iso(max(times)) if times else None
+
+
+def _circuit_open(breaker: CircuitBreaker) -> str:
+    return f"circuit open for {breaker.remaining_cooldown():.0f} s more after repeated failures: {breaker.reason}"
 
 
 def _overall(statuses: Iterable[str]) -> str:

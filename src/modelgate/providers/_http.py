@@ -767,17 +767,20 @@ class Upstream:
         return UpstreamTimeout(self.provider, f"the reply stalled: no data for {conn.idle_timeout:g}s mid-stream")
 
     def _transport_error(self, exc: BaseException, *, started: bool) -> UpstreamError:
-        """An aiohttp or OS failure of the call, as the error tree says it."""
+        """An aiohttp or OS failure of the call, as the error tree says it. Each is ``connection_failed``: the
+        connection failed, whichever model was called (our own deadlines are not here: ``_deadline_error``)."""
         name = self.provider
         kind = type(exc).__name__
         if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            return UpstreamError(name, f"unreachable ({kind})", transient=True)
+            return UpstreamError(name, f"unreachable ({kind})", transient=True, connection_failed=True)
         if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
-            return UpstreamTimeout(name, f"timed out ({kind})")
+            return UpstreamTimeout(name, f"timed out ({kind})", connection_failed=True)
         if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
             where = "mid-stream" if started else "before the reply started"
-            return UpstreamProtocolError(name, f"the connection dropped {where} ({kind})", transient=True)
-        return UpstreamError(name, f"request failed ({kind})", transient=True)
+            return UpstreamProtocolError(
+                name, f"the connection dropped {where} ({kind})", transient=True, connection_failed=True
+            )
+        return UpstreamError(name, f"request failed ({kind})", transient=True, connection_failed=True)
 
 
 class HttpProvider(Provider):
