@@ -181,6 +181,22 @@ def test_an_open_model_breaker_is_that_models_down_only(board_setup: Any) -> Non
     assert status["providers"]["ollama"]["status"] != "down"
 
 
+def test_failures_one_model_answered_make_that_model_down_not_its_provider(board_setup: Any) -> None:
+    board, *_ = board_setup
+    for _ in range(DOWN_AFTER + 1):
+        board.record("ollama", "acme/big", ok=False, reason="rate limited", provider_wide=False)
+    status = snapshot(board_setup)
+    assert status["models"]["acme/big"]["status"] == "down"
+    assert status["providers"]["ollama"]["status"] != "down"
+    assert status["models"]["acme/tiny"]["status"] != "down"
+    # No answer at all is the provider's: a run of those makes it down, whichever model was called.
+    for _ in range(DOWN_AFTER):
+        board.record("ollama", "acme/big", ok=False, reason="unreachable (ClientConnectorError)")
+    status = snapshot(board_setup)
+    assert status["providers"]["ollama"]["status"] == "down"
+    assert "ClientConnectorError" in status["providers"]["ollama"]["reason"]
+
+
 def test_a_failed_probe_is_down_until_a_probe_or_a_reply_succeeds(board_setup: Any) -> None:
     board, clock, *_ = board_setup
     board.record_probe("ollama", ProbeResult(reachable=False, detail="no answer within 5 s"))
@@ -518,6 +534,29 @@ def test_a_probe_leaves_a_models_open_breaker_alone(fakes: Fakes, tmp_path: Path
     assert status["providers"]["ollama"]["status"] == "ok"
     assert status["models"]["ollama/rwkv"]["status"] == "down"
     assert "circuit open" in status["models"]["ollama/rwkv"]["reason"]
+
+
+def test_one_model_failing_is_reported_down_alone(fakes: Fakes, tmp_path: Path) -> None:
+    """Ollama answers each call of one model with a 503: that model is down, not Ollama nor its other model (the
+    provider's run of failed attempts counted these, and its "down" took every model of it along)."""
+    catalogue = load_catalogue(
+        write_catalogue(
+            tmp_path / "c.toml",
+            model_toml("acme", "tiny", upstream="tiny:1b"),
+            model_toml("acme", "big", upstream="big:70b"),
+            header="[providers.ollama]\nmax_retries = 0\nbreaker_threshold = 50\n",
+        )
+    )
+    fakes.ollama.by_model["big:70b"] = Reply(fault=Fault.status(503, message="server busy"))
+    body = {"model": "acme/big", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(create_app(Settings(**fakes.settings_overrides(), probe_interval=0), catalogue)) as url:
+        for _ in range(DOWN_AFTER + 1):
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 503
+        status = httpx.get(f"{url}/api/status").json()
+    assert status["models"]["acme/big"]["status"] == "down"
+    assert "server busy" in status["models"]["acme/big"]["reason"]
+    assert status["providers"]["ollama"]["status"] != "down"
+    assert status["models"]["acme/tiny"]["status"] != "down"
 
 
 def test_a_hanging_probe_hits_its_deadline_and_never_holds_a_request(

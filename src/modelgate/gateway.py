@@ -44,6 +44,7 @@ from modelgate.resilience import (
     counts_as_failure,
     may_fall_back,
     outcome_of,
+    provider_wide,
 )
 
 if TYPE_CHECKING:
@@ -206,7 +207,9 @@ async def _open_model(
                 trace.fail_attempt(exc)
             breakers.record_failure(exc, passage)
             if counts_as_failure(exc):
-                state.status.record(model.provider, model.id, ok=False, reason=exc.message)
+                state.status.record(
+                    model.provider, model.id, ok=False, reason=exc.message, provider_wide=provider_wide(exc)
+                )
             attempts.append((model.id, exc.message))
             delay = budget.next_delay(exc)
             if delay is None:
@@ -292,7 +295,9 @@ async def _relay(
     except ModelgateError as exc:
         outcome = "stream_error"
         if counts_as_failure(exc):
-            state.status.record(model.provider, model.id, ok=False, reason=exc.message)
+            state.status.record(
+                model.provider, model.id, ok=False, reason=exc.message, provider_wide=provider_wide(exc)
+            )
         if obs is not None:
             obs.error = exc.message
         raise

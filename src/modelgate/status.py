@@ -16,7 +16,8 @@ Status rules (first that applies), per provider:
 
 ``unconfigured``  its credentials are missing;
 ``down``          its circuit breaker is open; or the last probe failed and no reply succeeded since;
-                  or its last ``DOWN_AFTER`` attempts (within the window) all failed;
+                  or its last ``DOWN_AFTER`` attempts (within the window) all failed without an answer
+                  (unreachable: an answered failure, such as one model's 429 or 503, is that model's);
 ``unknown``       no evidence yet: no probe has answered and no request was sent (just after start,
                   or with probes off until the first request; ``last_checked_at`` is then null);
 ``degraded``      at least ``MIN_SAMPLES`` attempts in the window and an error rate of at least
@@ -86,14 +87,18 @@ class _Signals:
     last_success_at: float = 0.0
     last_seen_wall: float | None = None
 
-    def record(self, now: float, wall: float, ok: bool, ttft: float | None, reason: str | None) -> None:
+    def record(
+        self, now: float, wall: float, ok: bool, ttft: float | None, reason: str | None, *, streak: bool = True
+    ) -> None:
+        """``streak``: a failure continues the run of failed attempts; False: it breaks the run as an answer
+        does (a provider that answered about one model is not down), yet counts in the error rate."""
         self.samples.append(_Sample(now, ok, ttft))
         self.last_seen_wall = wall
         if ok:
             self.consecutive_failures = 0
             self.last_success_at = now
         else:
-            self.consecutive_failures += 1
+            self.consecutive_failures = self.consecutive_failures + 1 if streak else 0
             self.last_failure = reason
             self.last_failure_at = now
 
@@ -146,10 +151,19 @@ class StatusBoard:
     # -- recording (called on the request path: keep it O(1)) --
 
     def record(
-        self, provider: str, model: str, *, ok: bool, ttft: float | None = None, reason: str | None = None
+        self,
+        provider: str,
+        model: str,
+        *,
+        ok: bool,
+        ttft: float | None = None,
+        reason: str | None = None,
+        provider_wide: bool = True,
     ) -> None:
+        """One attempt's outcome. ``provider_wide=False``: a failure the upstream answered about this model
+        (``resilience.provider_wide``), which counts in the provider's error rate, not in its run of failures."""
         now, wall = self.clock(), self.wall()
-        self._providers.setdefault(provider, _Signals()).record(now, wall, ok, ttft, reason)
+        self._providers.setdefault(provider, _Signals()).record(now, wall, ok, ttft, reason, streak=provider_wide)
         self._models.setdefault(model, _Signals()).record(now, wall, ok, ttft, reason)
 
     def record_probe(self, provider: str, result: ProbeResult) -> None:
