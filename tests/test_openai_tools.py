@@ -540,19 +540,49 @@ def test_ollama_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: F
     assert "tools" not in fakes.ollama.last.json
 
 
-@pytest.mark.parametrize("model", ["t/llava", "t/cf"])
-def test_tool_controls_ollama_and_cloudflare_cannot_enforce_are_reported(
-    client: openai.OpenAI, fakes: Fakes, model: str
-) -> None:
+def test_tool_controls_ollama_cannot_enforce_are_reported(client: openai.OpenAI) -> None:
     messages: Any = [{"role": "user", "content": "hi"}]
     forced = client.chat.completions.with_raw_response.create(
-        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
+        model="t/llava", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
     )
     assert forced.headers["x-modelgate-dropped-params"] == "parallel_tool_calls,tool_choice"
     plain = client.chat.completions.with_raw_response.create(
-        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto"
+        model="t/llava", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto"
     )
     assert "x-modelgate-dropped-params" not in plain.headers
+
+
+NAMED_CHOICE: Any = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED_CHOICE, "auto"])
+def test_cloudflare_tool_choice_is_sent_as_workers_ai_provider_sends_it(
+    client: openai.OpenAI, fakes: Fakes, choice: Any
+) -> None:
+    """``workers-ai-provider`` (utils.ts ``prepareToolsAndToolChoice``) sends ``tool_choice`` on ``/ai/run/``, the
+    named function in the OpenAI form, which Workers AI enforces: it is carried, not reported. Its tools have no
+    ``parallel_tool_calls``, which stays reported."""
+    fakes.cloudflare.script(_tool_call_reply())
+    raw = client.chat.completions.with_raw_response.create(
+        model="t/cf",
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice=choice,
+        parallel_tool_calls=False,
+    )
+    assert raw.headers["x-modelgate-dropped-params"] == "parallel_tool_calls"
+    sent = fakes.cloudflare.last.json
+    assert sent["tool_choice"] == choice and sent["tools"] == [WEATHER_TOOL]
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+
+
+def test_cloudflare_tool_choice_none_offers_no_tools(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="t/cf", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert "x-modelgate-dropped-params" not in raw.headers
+    sent = fakes.cloudflare.last.json
+    assert "tools" not in sent and "tool_choice" not in sent
 
 
 #: A strict function tool, as ``openai.pydantic_function_tool`` builds one (``parse`` then reads its arguments).

@@ -263,7 +263,8 @@ def json_schema_sent(spec: Mapping[str, Any]) -> dict[str, Sent]:
 
 
 def tool_choice_sent(value: Any) -> dict[str, Sent]:
-    return dict.fromkeys(CHAT_COMPLETIONS_KINDS, at("tool_choice", value))
+    """As OpenAI has it, to Workers AI too (as its own AI SDK provider sends it); Ollama has no such field."""
+    return dict.fromkeys((*CHAT_COMPLETIONS_KINDS, "cloudflare"), at("tool_choice", value))
 
 
 def effort_sent(effort: str) -> dict[str, Sent]:

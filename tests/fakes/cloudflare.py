@@ -64,9 +64,15 @@ SCHEMA: dict[str, tuple[float, float] | None] = {
     "presence_penalty": (-2, 2),
     "response_format": None,
     "tools": None,
+    "tool_choice": None,
     "functions": None,
     "lora": None,
 }
+
+#: ``tool_choice`` as Workers AI takes it: a mode, or the OpenAI named-function form (``workers-ai-provider`` utils.ts
+#: ``prepareToolsAndToolChoice``, sent to every model on ``/ai/run/``; anything else, such as ``"any"``, is
+#: "8001: Invalid input" by its 3.x changelog).
+TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 
 
 #: The vision model's input (llama-3.2-11b-vision-instruct) adds ``image``: one of the image's bytes as an array of
@@ -248,6 +254,19 @@ def _positive(request: Request, name: str, default: int) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
+def _tool_choice(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in TOOL_CHOICE_MODES
+    function = value.get("function") if isinstance(value, dict) else None
+    return (
+        isinstance(value, dict)
+        and value.keys() == {"type", "function"}
+        and value["type"] == "function"
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+    )
+
+
 def validate(body: Any, *, vision: bool = False, mistral: bool = False) -> str | None:
     if not isinstance(body, dict):
         return "Error: Type mismatch of '/', 'object' not 'string'"
@@ -266,6 +285,8 @@ def validate(body: Any, *, vision: bool = False, mistral: bool = False) -> str |
             continue
         if key not in SCHEMA:
             return f"Error: Additional or unevaluated properties '/{key}' are not allowed"
+        if key == "tool_choice" and not _tool_choice(value):
+            return "Error: oneOf at '/tool_choice' not met: 'auto', 'none', 'required' or a named function"
         bounds = SCHEMA[key]
         if bounds is None:
             continue

@@ -51,6 +51,7 @@ from modelgate.chat import (
     TextDelta,
     Tool,
     ToolCallDelta,
+    ToolChoice,
     Usage,
     reported_usage,
 )
@@ -255,6 +256,11 @@ def wire_tool(tool: Tool, *, strict: bool = True) -> dict[str, Any]:
     if strict and tool.strict is not None:
         function["strict"] = tool.strict
     return {"type": "function", "function": function}
+
+
+def wire_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    """A mode as it is; one function as OpenAI names it (``{"type": "function", "function": {"name"}}``)."""
+    return {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedTool) else choice
 
 
 def wire_response_format(value: ResponseFormat) -> dict[str, Any]:
@@ -608,10 +614,7 @@ class ChatCompletionsProvider(HttpProvider):
         if request.tools:
             body["tools"] = [wire_tool(tool) for tool in request.tools]
             if request.tool_choice is not None:
-                choice = request.tool_choice
-                body["tool_choice"] = (
-                    {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedTool) else choice
-                )
+                body["tool_choice"] = wire_tool_choice(request.tool_choice)
             if request.parallel_tool_calls is not None:
                 body["parallel_tool_calls"] = request.parallel_tool_calls
         if request.response_format is not None:

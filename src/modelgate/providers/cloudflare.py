@@ -13,8 +13,10 @@ and only some have one — gpt-oss as ``reasoning: {"effort"}`` beside a Respons
 the whole request.
 
 Function calling and JSON mode (Workers AI "traditional function calling" and "JSON Mode"; the shapes of
-Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them,
-``response_format: {"type": "json_schema", "json_schema": <schema>}`` (``json_object`` is sent as the schema
+Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them, ``tool_choice`` as
+that provider sends it to every model on ``/ai/run/`` since 3.1.3 (a mode, or since 3.2.0 one function in the
+OpenAI form, which Workers AI enforces server-side: its changelog, cloudflare/ai#429, #560, #575; ``none`` offers no
+tools), ``response_format: {"type": "json_schema", "json_schema": <schema>}`` (``json_object`` is sent as the schema
 of any object). JSON mode does not stream, and the official provider does not stream tool calls either, so
 a call with tools or a response format is sent without ``stream``, as is every call whose caller wants the reply
 whole (``complete``): the whole envelope
@@ -93,6 +95,7 @@ from modelgate.providers.chat_completions import (
     not_an_event_stream,
     openai_usage,
     wire_tool,
+    wire_tool_choice,
 )
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
@@ -154,6 +157,8 @@ def build_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
     if not stream or whole_reply(request):
         if offers_tools(request):
             body["tools"] = [wire_tool(tool, strict=False) for tool in request.tools]  # no strict here
+            if request.tool_choice is not None:
+                body["tool_choice"] = wire_tool_choice(request.tool_choice)
         fmt = request.response_format
         if fmt is not None:
             schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
@@ -178,7 +183,7 @@ def _image_bytes(request: ChatRequest) -> list[int] | None:
 
 
 def offers_tools(request: ChatRequest) -> bool:
-    # Workers AI has no tool_choice: "none" is honoured by not offering the tools.
+    # "none" is honoured by not offering the tools (no tool_choice a model could overlook).
     return bool(request.tools) and request.tool_choice != "none"
 
 
@@ -397,8 +402,10 @@ class Cloudflare(HttpProvider):
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        # No tool_choice, no parallel_tool_calls in this protocol; the schema goes bare, the image as bytes.
-        return request.tool_controls() + request.bare_form_losses()
+        # tool_choice is sent (build_body); no parallel_tool_calls nor strict in this protocol; the schema goes bare,
+        # the image as bytes.
+        lost = [control for control in request.tool_controls() if control != "tool_choice"]
+        return lost + request.bare_form_losses()
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)  # a model without ``vision`` is refused any image there
