@@ -27,7 +27,7 @@ from modelgate.providers.cloudflare import Cloudflare, CloudflareStream, NotStre
 from modelgate.settings import Settings
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.fakes._base import RecordedRequest, ToolCallScript
-from tests.fakes.cloudflare import CONTEXT_WINDOW, EMPTY_RESULT
+from tests.fakes.cloudflare import ACCOUNT, CONTEXT_WINDOW, EMPTY_RESULT, TOKEN
 from tests.fakes.contract import ESTIMATED_PROMPT, MESSAGES, ThinkTagsContract, catalogue_model, collect, free_port_url
 from tests.servers import serve_in_thread
 
@@ -466,3 +466,67 @@ def test_tool_calls_in_a_legacy_whole_reply_are_read_in_both_shapes(
     assert (delta.name, orjson.loads(delta.arguments)) == ("get_weather", {"city": "Paris"})
     assert delta.id == expected_id if expected_id else delta.id and delta.id.startswith("call_")
     assert isinstance(events[-1], Finish) and events[-1].reason == "tool-calls"
+
+
+# -- a model whose licence the account has not accepted (Workers AI 5016) ------------------------------------------
+
+VISION = "@cf/meta/llama-3.2-11b-vision-instruct"
+
+
+@pytest.fixture
+def licensed_service(fakes: Fakes) -> Iterator[str]:
+    """A licensed model under a breaker that one failure counted against the provider would open."""
+    text = f"""
+[providers.cloudflare]
+max_retries = 2
+retry_base_delay = 0.01
+breaker_threshold = 1
+
+[[models]]
+publisher = "meta"
+name = "llama-3.2-11b-vision-instruct"
+provider = "cloudflare"
+type = "chat"
+[models.configuration]
+model = "{VISION}"
+[models.configuration.parameters]
+max_new_tokens = 64
+typical_p = -1
+repetition_penalty = -1
+truncate = 2048
+"""
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, parse_catalogue(tomllib.loads(text), source="licensed.toml"))) as url:
+        yield url
+
+
+def test_a_licence_not_accepted_is_a_403_saying_to_send_agree_not_an_auth_error_or_an_outage(
+    licensed_service: str, fakes: Fakes
+) -> None:
+    """Workers AI's 5016 ("you must submit the prompt 'agree'") came as a 502 "access denied", which reads as refused
+    credentials. It is a 403 naming the remedy, asked once (no retry cures it), and not held against the provider: its
+    breaker stays closed and its status is not down. Once the owner has agreed, the model answers."""
+    fakes.cloudflare.unagreed = {VISION}
+    client = openai.OpenAI(base_url=licensed_service + "/v1", api_key="unused", max_retries=0)
+    for _ in range(2):  # a second call, after a failure the breaker counted, would be refused without asking
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            client.chat.completions.create(model="meta/llama-3.2-11b-vision-instruct", messages=ASK)
+        message = refused.value.message
+        assert f"the model '{VISION}'" in message and 'the prompt "agree"' in message
+        assert '{"prompt": "agree"}' in message and "5016" in message
+        assert "credentials" not in message and "access denied" not in message
+    assert len(fakes.cloudflare.requests) == 2  # one each: not retried
+    status = httpx.get(licensed_service + "/api/status").json()
+    assert status["providers"]["cloudflare"]["status"] != "down"
+    metrics = httpx.get(licensed_service + "/metrics").text
+    assert 'outcome="agreement_required"' in metrics
+
+    agreed = httpx.post(
+        f"{fakes.cloudflare.url}/accounts/{ACCOUNT}/ai/run/{VISION}",
+        json={"prompt": "agree"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert agreed.status_code == 200
+    fakes.cloudflare.script(Reply(tokens=["It", " is", " 6."]))
+    completion = client.chat.completions.create(model="meta/llama-3.2-11b-vision-instruct", messages=ASK)
+    assert completion.choices[0].message.content == "It is 6."

@@ -21,6 +21,7 @@ from modelgate.app import create_app
 from modelgate.catalogue import ProviderEntry, load_catalogue
 from modelgate.errors import (
     ProviderNotConfigured,
+    UpstreamAgreementRequired,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
@@ -87,6 +88,7 @@ def test_jitter_spreads_delays() -> None:
     [
         UpstreamBadRequest("p", "invalid"),
         UpstreamAuthError("p", "bad key"),
+        UpstreamAgreementRequired("p", "licence not accepted", upstream_status=403, transient=False),
         UpstreamError("p", "model not found", upstream_status=404),
         UpstreamProtocolError("p", "garbage"),
         CircuitOpen("p", 5.0),
@@ -157,6 +159,8 @@ def test_classification() -> None:
     assert not counts_as_failure(UpstreamError("p", "x", upstream_status=404))
     assert not counts_as_failure(UpstreamBadRequest("p", "x"))
     assert not counts_as_failure(UpstreamAuthError("p", "x"))
+    assert not counts_as_failure(UpstreamAgreementRequired("p", "x", upstream_status=403))
+    assert may_fall_back(UpstreamAgreementRequired("p", "x", upstream_status=403))
     assert not counts_as_failure(CircuitOpen("p", 1.0))
     assert counts_as_failure(UpstreamError("p", "unreachable", connection_failed=True))
 
@@ -172,6 +176,7 @@ def test_classification() -> None:
     assert outcome_of(UpstreamTimeout("p", "x")) == "timeout"
     assert outcome_of(UpstreamRateLimited("p", "x")) == "rate_limited"
     assert outcome_of(ProviderNotConfigured("p", ["X"])) == "unconfigured"
+    assert outcome_of(UpstreamAgreementRequired("p", "x")) == "agreement_required"
     assert outcome_of(RuntimeError()) == "error"
 
 

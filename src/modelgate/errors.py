@@ -14,6 +14,7 @@
     ├── ProviderNotConfigured           503  credentials missing; names the variable to set
     └── UpstreamError                   502  the provider failed; carries `provider`
         ├── UpstreamAuthError           502  the provider refused our credentials
+        ├── UpstreamAgreementRequired   403  the model's licence must be accepted first; the message says how
         ├── UpstreamRateLimited         429  the provider said 429; carries `retry_after`
         ├── UpstreamUnavailable         503  the provider said 503 / overloaded; `retry_after`
         ├── UpstreamBadRequest          400  the provider rejected the request as invalid
@@ -172,6 +173,13 @@ class UpstreamError(_RetryAfter, ModelgateError):
 
 class UpstreamAuthError(UpstreamError):
     pass
+
+
+class UpstreamAgreementRequired(UpstreamError):
+    """The provider serves this model only once its licence is accepted for the account (Workers AI 5016): neither
+    refused credentials nor an outage, and no retry cures it; the account's owner must act, as the message says."""
+
+    status = 403
 
 
 class UpstreamRateLimited(UpstreamError):

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from modelgate.errors import (
     ModelgateError,
     ProviderNotConfigured,
+    UpstreamAgreementRequired,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
@@ -158,6 +159,7 @@ def outcome_of(exc: BaseException) -> str:
         (UpstreamUnavailable, "unavailable"),
         (UpstreamBadRequest, "bad_request"),
         (UpstreamAuthError, "auth_error"),
+        (UpstreamAgreementRequired, "agreement_required"),
         (UpstreamProtocolError, "protocol_error"),
         (UpstreamError, "upstream_error"),
         (ProviderNotConfigured, "unconfigured"),

@@ -27,6 +27,10 @@ Models in ``unstreamed`` (by default ``UNSTREAMED``, the GPT-OSS models) do not 
 consumes no scripted reply; the same call without ``stream`` gets the whole reply as any model's
 (``workers-ai-provider`` utils.ts ``createRun``: "Some models (e.g. GPT-OSS) don't support streaming via the
 /ai/run/ endpoint and return a JSON response with empty result instead of SSE").
+
+Models in ``unagreed`` (none by default) refuse every call with 5016 under 403 (``AGREEMENT_REFUSAL``) until one
+sends ``{"prompt": "agree"}``, as a licensed model (Llama 3.2 vision) does for an account that has not accepted its
+licence (the errors page; the model's page: "send an initial request … with "prompt": "agree"").
 """
 
 from __future__ import annotations
@@ -94,6 +98,14 @@ UNSTREAMED = frozenset({"@cf/openai/gpt-oss-120b", "@cf/openai/gpt-oss-20b"})
 EMPTY_RESULT = {"result": {"response": None}, "success": True, "errors": [], "messages": []}
 
 
+#: How Workers AI refuses a model whose licence the account has not accepted (error 5016 under 403, its errors page;
+#: the words as users quote them, the licence's text after them [illustrative]).
+AGREEMENT_REFUSAL = (
+    "5016: Prior to using this model, you must submit the prompt 'agree'. By submitting 'agree', you hereby agree to "
+    "the {name} Community License and Acceptable Use Policy."
+)
+
+
 def envelope_error(status: int, code: int, message: str, *, retry_after: float | None = None) -> Response:
     body = {"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}
     return json_error(status, body, retry_after=retry_after)
@@ -110,10 +122,13 @@ class FakeCloudflare(FakeUpstream):
         super().__init__()
         #: Models that do not stream on ``/ai/run/`` (see the module's docstring).
         self.unstreamed: set[str] = set(UNSTREAMED)
+        #: Models whose licence the account has not accepted: 5016 until a call with ``"prompt": "agree"``.
+        self.unagreed: set[str] = set()
 
     def reset(self) -> None:
         super().reset()
         self.unstreamed = set(UNSTREAMED)
+        self.unagreed = set()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -163,6 +178,12 @@ class FakeCloudflare(FakeUpstream):
         if not self.serves(model):
             return envelope_error(400, 5007, f"No such model {model} or task")
         body = recorded.json
+        if model in self.unagreed:
+            if isinstance(body, dict) and body.get("prompt") == "agree":  # the model's page: accepted from now on
+                self.unagreed.discard(model)
+                thanks = {"result": {"response": "Thank you."}, "success": True, "errors": [], "messages": []}
+                return JSONResponse(thanks)  # [illustrative]
+            return envelope_error(403, 5016, AGREEMENT_REFUSAL.format(name=model.rsplit("/", 1)[-1]))
         problem = validate(body, vision=model in VISION_MODELS, mistral=model in MISTRAL_3)
         if problem:
             return envelope_error(400, 5006, f"AiError: Bad input: {problem}")

@@ -163,6 +163,9 @@ class ErrorDetail:
     #: A content filter refused the input, for these reasons (OpenRouter's moderation ``reasons``): the client's to
     #: change (``UpstreamContentFlagged``), whatever the HTTP status.
     flagged: tuple[str, ...] | None = None
+    #: The failure the body names when its status would say another (Cloudflare 5016, a licence to accept, comes
+    #: under 403, which would read as refused credentials): raised with ``message`` as it is, which says the remedy.
+    error: type[UpstreamError] | None = None
 
 
 ErrorReader = Callable[[int, bytes], ErrorDetail]
@@ -655,7 +658,9 @@ class Upstream:
             named = f" ({', '.join(reasons)})" if reasons else ""
             text = f"the input was flagged by moderation{named}; {message}"
             return UpstreamContentFlagged(name, self.clean(text), reasons=reasons, upstream_status=status)
-        if status == 401:
+        if detail.error is not None:
+            cls, text = detail.error, f"the model '{model}': {message}" if model else f"the model: {message}"
+        elif status == 401:
             # Never the upstream's text here: some echo (part of) the key they refused.
             variables = " and ".join(self.connection.credentials) or "its credentials"
             cls, text = UpstreamAuthError, f"our credentials were refused (HTTP 401); check {variables}"

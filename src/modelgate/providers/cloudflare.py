@@ -77,7 +77,7 @@ from modelgate.chat import (
     ToolCallDelta,
     Usage,
 )
-from modelgate.errors import BadRequest, UpstreamError, UpstreamProtocolError
+from modelgate.errors import BadRequest, UpstreamAgreementRequired, UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -120,12 +120,28 @@ _CODES: dict[int, tuple[int, bool | None]] = {
 }
 
 
+#: "Model agreement", 403, "User has not agreed to Llama3.2 model terms" (developers.cloudflare.com/workers-ai/platform/
+#: errors); Workers AI words it "5016: Prior to using this model, you must submit the prompt 'agree'. By submitting
+#: 'agree', you hereby agree to the … Community License …". The model's page: "send an initial request … with
+#: "prompt": "agree". After that, you'll be able to use the model as normal." Accepting a licence is the account
+#: owner's decision: modelgate says how, and never sends "agree" itself.
+AGREEMENT_REQUIRED = 5016
+_AGREEMENT_REMEDY = (
+    "its licence has not been accepted for this Cloudflare account (Workers AI 5016). The account's owner accepts it "
+    'once by sending the model the prompt "agree" (POST /accounts/{account_id}/ai/run/{model} with '
+    '{"prompt": "agree"}, as the model\'s page on developers.cloudflare.com says); after that it answers as usual. '
+    "Cloudflare said: "
+)
+
+
 def _detail(errors: Any) -> ErrorDetail:
     first = errors[0] if errors else {}
     code = first.get("code")
     message = str(first.get("message") or "unknown error")
     if code is not None and not message.startswith(f"{code}:"):
         message = f"{code}: {message}"
+    if code == AGREEMENT_REQUIRED:
+        return ErrorDetail(_AGREEMENT_REMEDY + message, status=403, transient=False, error=UpstreamAgreementRequired)
     status, transient = _CODES.get(code, (None, None)) if isinstance(code, int) else (None, None)
     return ErrorDetail(message, status=status, transient=transient)
 
