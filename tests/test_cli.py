@@ -381,6 +381,19 @@ def test_chat_error_goes_to_stderr(gateway_url: str) -> None:
     assert result.stderr.startswith("error: 401 ")
 
 
+def test_chat_with_the_server_down_is_one_line_not_a_traceback() -> None:
+    """The command as a user runs it (a real process): nothing listens at --url."""
+    from tests.redis_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("chat", "acme/tiny", "hi", "--url", url, env={"MODELGATE_API_KEY": "mg-cli-secret-key-42"})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"cannot reach {url}: ConnectError: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "mg-cli-secret-key-42" not in result.stderr
+
+
 def test_chat_rejects_a_malformed_model() -> None:
     result = runner.invoke(cli, ["chat", "no-slash", "Hi", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1

@@ -23,6 +23,7 @@ from modelgate import (
     AsyncModelgateClient,
     ModelgateAPIError,
     ModelgateClient,
+    ModelgateConnectionError,
     ModelgateStreamError,
     ModelsResponse,
 )
@@ -419,9 +420,10 @@ def test_a_reply_cut_mid_body_is_a_stream_error(hostile: Any) -> None:
 
     hostile.reset(script)
     seen: list[str] = []
-    with ModelgateClient(hostile.url) as client, pytest.raises(ModelgateStreamError, match="was cut"):
+    with ModelgateClient(hostile.url) as client, pytest.raises(ModelgateStreamError, match="was cut") as cut:
         seen.extend(client.chat("a/b", "Hi"))
     assert seen == ["partial"]
+    assert isinstance(cut.value.__cause__, httpx.RemoteProtocolError)  # the cause is kept
 
     async def main() -> str:
         async with AsyncModelgateClient(hostile.url) as client:
@@ -429,3 +431,89 @@ def test_a_reply_cut_mid_body_is_a_stream_error(hostile: Any) -> None:
 
     with pytest.raises(ModelgateStreamError, match="was cut"):
         run(main())
+
+
+# --- transport failures: the client's own error, cause chained, no credential --------------------------------
+
+SECRET_KEY = "mg-client-secret-key-0123456789"
+
+
+def _down_url() -> str:
+    """A loopback URL nothing listens on (the port was free a moment ago), with a password in it."""
+    from tests.redis_server import free_port
+
+    return f"http://admin:s3cr3t-pw@127.0.0.1:{free_port()}"
+
+
+def _assert_transport_error(error: BaseException, cause: type[BaseException]) -> None:
+    assert isinstance(error, ModelgateConnectionError) and isinstance(error, ModelgateClientError)
+    assert isinstance(error.__cause__, cause), repr(error.__cause__)
+    message = str(error)
+    assert "127.0.0.1" in message and "admin:***@" in message
+    assert "s3cr3t-pw" not in message and SECRET_KEY not in message
+
+
+def test_a_server_that_is_down_raises_the_clients_own_error() -> None:
+    """httpx's ConnectError escaped every method (sync and async, ``get_models`` and ``chat``) when nothing listened:
+    a caller catching ``ModelgateClientError``, as the README says to, got a traceback instead."""
+    url = _down_url()
+    with ModelgateClient(url, api_key=SECRET_KEY) as client:
+        with pytest.raises(ModelgateClientError) as caught:
+            client.get_models()
+        _assert_transport_error(caught.value, httpx.ConnectError)
+        with pytest.raises(ModelgateClientError) as caught:
+            list(client.chat("a/b", "Hi"))
+        _assert_transport_error(caught.value, httpx.ConnectError)
+
+    async def main() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with AsyncModelgateClient(url, api_key=SECRET_KEY) as client:
+            for call in (client.get_models(), client.chat_text("a/b", "Hi")):
+                try:
+                    await call
+                except ModelgateClientError as exc:
+                    errors.append(exc)
+        return errors
+
+    errors = run(main())
+    assert len(errors) == 2
+    for error in errors:
+        _assert_transport_error(error, httpx.ConnectError)
+
+
+def test_no_answer_within_the_timeout_raises_the_clients_own_error(hostile: Any) -> None:
+    """A server that takes the request and never answers: httpx's ReadTimeout escaped."""
+    import asyncio
+
+    async def silent(_: Any) -> AsyncIterator[bytes]:
+        await asyncio.sleep(30)
+        yield b""
+
+    hostile.reset(silent)
+    url = hostile.url.replace("//", "//admin:s3cr3t-pw@")
+    with ModelgateClient(url, api_key=SECRET_KEY, timeout=0.2) as client, pytest.raises(ModelgateClientError) as caught:
+        list(client.chat("a/b", "Hi"))
+    _assert_transport_error(caught.value, httpx.ReadTimeout)
+
+    async def main() -> None:
+        async with AsyncModelgateClient(url, api_key=SECRET_KEY, timeout=0.2) as client:
+            await client.get_models()
+
+    with pytest.raises(ModelgateClientError) as caught:
+        run(main())
+    _assert_transport_error(caught.value, httpx.ReadTimeout)
+
+
+def test_an_error_answer_cut_before_its_end_raises_the_clients_own_error(hostile: Any) -> None:
+    """The connection broke while the client read a 500's body (or the catalogue): httpx's error escaped."""
+    from tests.fakes.hostile import response_head
+
+    async def script(_: Any) -> AsyncIterator[bytes]:
+        yield response_head(500, {"Content-Length": "100"}) + b'{"statusCode": 500'
+
+    hostile.reset(script)
+    with ModelgateClient(hostile.url) as client:
+        for call in (client.get_models, lambda: list(client.chat("a/b", "Hi"))):
+            with pytest.raises(ModelgateConnectionError) as caught:
+                call()
+            assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)

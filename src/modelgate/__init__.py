@@ -17,6 +17,7 @@ if typing.TYPE_CHECKING:
         ModelgateAPIError,
         ModelgateClient,
         ModelgateClientError,
+        ModelgateConnectionError,
         ModelgateStreamError,
     )
     from modelgate.schema import (
@@ -39,6 +40,7 @@ _HOMES = {
     "ModelgateAPIError": "modelgate.client",
     "ModelgateClient": "modelgate.client",
     "ModelgateClientError": "modelgate.client",
+    "ModelgateConnectionError": "modelgate.client",
     "ModelgateStreamError": "modelgate.client",
     "ModelsResponse": "modelgate.schema",
 }
@@ -52,6 +54,7 @@ __all__ = [
     "ModelgateAPIError",
     "ModelgateClient",
     "ModelgateClientError",
+    "ModelgateConnectionError",
     "ModelgateStreamError",
     "ModelsResponse",
     "__version__",

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail, shown_url, terminal_text
+from modelgate.cli_http import cell, check_key, fail, print_table, request_or_fail, terminal_text
 from modelgate.cli_keys import keys_cli
 from modelgate.errors import CatalogueError
+from modelgate.redact import shown_url
 from modelgate.settings import LEDGER_OFF, MIN_SECONDS, Settings
 from modelgate.settings import database_url as ledger_database_url
 
@@ -470,7 +471,7 @@ def chat(
     """Stream one reply from a running server to stdout."""
     import httpx
 
-    from modelgate.client import ModelgateClient, ModelgateClientError
+    from modelgate.client import ModelgateClient, ModelgateClientError, ModelgateConnectionError
 
     if api_key is not None:
         check_key(api_key, "--api-key (or MODELGATE_API_KEY)")
@@ -479,13 +480,13 @@ def chat(
             for chunk in client.chat(model, prompt):
                 sys.stdout.write(terminal_text(chunk))
                 sys.stdout.flush()
+    except ModelgateConnectionError as exc:  # "cannot reach <url>: …", before any reply
+        fail(str(exc))
     except (ModelgateClientError, ValueError) as exc:
         sys.stdout.write("\n")
         fail(f"error: {exc}")
-    except httpx.InvalidURL as exc:  # not an HTTPError
+    except httpx.InvalidURL as exc:  # not an HTTPError: a malformed --url
         fail(f"--url {shown_url(url)!r}: {exc}")
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {shown_url(url)}: {exc}")
     sys.stdout.write("\n")
 
 

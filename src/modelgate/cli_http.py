@@ -8,11 +8,12 @@ header, a malformed ``--url``, a server that cannot be reached, or one that answ
 # No ``from __future__ import annotations``: see cli.py (typer and start-up).
 
 import os
-import re
 import unicodedata
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+from modelgate.redact import shown_url
 
 if TYPE_CHECKING:
     import httpx
@@ -132,8 +133,3 @@ def call_seconds() -> float:
     except ValueError as exc:
         fail(str(exc))
     return CALL_SECONDS if seconds is None else seconds
-
-
-def shown_url(url: str) -> str:
-    """``url`` as a message may show it: a password in it (``http://user:secret@host``) replaced by ``***``."""
-    return re.sub(r"(//[^/?#@:]*:)[^/?#@]*@", r"\1***@", url)

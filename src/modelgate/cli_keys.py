@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from modelgate.cli_http import cell, fail, print_table, request_or_fail, shown_url
+from modelgate.cli_http import cell, fail, print_table, request_or_fail
+from modelgate.redact import shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_COLUMNS = ("id", "name", "source", "status", "models", "rpm", "streams", "budget", "created", "expires")

@@ -12,7 +12,10 @@ Chat reads the Vercel AI SDK data stream v1 (one ``<code>:<JSON>`` part per line
 ``modelgate.encoders.data``): ``0:`` text is yielded, ``g:`` reasoning and other parts are skipped,
 ``3:`` raises ``ModelgateStreamError``, ``d:`` finishes. Lines are split on ``\\n`` only: the JSON may
 hold U+2028 and friends, which ``str.splitlines`` (and so ``httpx.Response.iter_lines``) would split on.
-A non-2xx answer raises ``ModelgateAPIError`` with the seed's ``statusCode``/``statusMessage``.
+A non-2xx answer raises ``ModelgateAPIError`` with the seed's ``statusCode``/``statusMessage``; a service that
+cannot be reached (refused, a name that does not resolve, a timeout, a connection broken before the answer is whole)
+``ModelgateConnectionError``, httpx's exception as its ``__cause__``, its text cleaned of the API key and of a
+password in the URL. Every failure is a ``ModelgateClientError`` (or a ``ValueError`` for a malformed argument).
 What the client reads from a server is bounded like what the server reads from an upstream: a line of
 the stream over ``MAX_LINE_BYTES``, an error body over ``MAX_ERROR_BYTES`` and a ``GET /models`` document
 over ``MAX_DOCUMENT_BYTES`` (counted decoded: a gzip bomb stops there) stop the read (a broken or hostile
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -31,6 +35,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from modelgate.redact import Redactor, shown_url, url_secrets
 from modelgate.schema import ModelsResponse
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -82,6 +87,12 @@ class ModelgateAPIError(ModelgateClientError):
                 data = body["error"]
         # One line, whatever the server wrote (an HTML page, a message with line breaks).
         return cls(response.status_code, " ".join(message.split()) or message, data)
+
+
+class ModelgateConnectionError(ModelgateClientError):
+    """The service could not be reached, or the connection failed before its answer was whole: refused, a name that
+    does not resolve, a timeout, a cut. httpx's exception is the ``__cause__``. A reply stream cut after it began is a
+    ``ModelgateStreamError``."""
 
 
 class ModelgateStreamError(ModelgateClientError):
@@ -234,9 +245,27 @@ class _Base:
         self.api_key = api_key
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
         self._headers = _headers(api_key)
+        # httpx's texts quote what they were given; the key or a URL's password must not reach a message.
+        self._redactor = Redactor([*([api_key] if api_key else []), *url_secrets(self.base_url)])
 
     def _url(self, path: str) -> str:
         return self.base_url + path
+
+    def _describe(self, exc: httpx.HTTPError) -> str:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return self._redactor.scrub(text)
+
+    @contextmanager
+    def _transport(self) -> Iterator[None]:
+        """httpx's errors inside as ``ModelgateConnectionError`` (``ModelgateStreamError`` passes through)."""
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            where = shown_url(self.base_url)
+            raise ModelgateConnectionError(f"cannot reach {where}: {self._describe(exc)}") from exc
+
+    def _cut(self, exc: httpx.HTTPError) -> ModelgateStreamError:
+        return ModelgateStreamError(f"the reply stream was cut: {self._describe(exc)}")
 
     def _chat_request(self, model: str, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -267,7 +296,8 @@ class ModelgateClient(_Base):
         self._http = http_client if http_client is not None else httpx.Client()
 
     def get_models(self) -> ModelsResponse:
-        with self._http.stream("GET", self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout) as response:
+        request = self._http.stream("GET", self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
+        with self._transport(), request as response:
             body = read_up_to(response.iter_bytes(), MAX_DOCUMENT_BYTES)
         return _models(response, body)
 
@@ -278,14 +308,14 @@ class ModelgateClient(_Base):
         """Stream the reply of ``model`` ("publisher/name") as text chunks."""
         request = self._chat_request(model, messages, params)
         decoder, reply = DataStreamDecoder(), _ChatReply()
-        with self._http.stream("POST", **request) as response:
+        with self._transport(), self._http.stream("POST", **request) as response:
             if not response.is_success:
                 raise ModelgateAPIError.from_response(response, read_up_to(response.iter_bytes(), MAX_ERROR_BYTES))
             try:
                 for chunk in response.iter_bytes():
                     yield from reply.texts(decoder.feed(chunk))
             except httpx.TransportError as exc:  # the reply began: the stream broke, not the connection attempt
-                raise ModelgateStreamError(f"the reply stream was cut: {exc}") from None
+                raise self._cut(exc) from exc
             yield from reply.texts(decoder.flush())
         reply.end()
 
@@ -325,8 +355,9 @@ class AsyncModelgateClient(_Base):
 
     async def get_models(self) -> ModelsResponse:
         request = self._http.stream("GET", self._url(MODELS_PATH), headers=self._headers, timeout=self.timeout)
-        async with request as response:
-            body = await async_read_up_to(response.aiter_bytes(), MAX_DOCUMENT_BYTES)
+        with self._transport():
+            async with request as response:
+                body = await async_read_up_to(response.aiter_bytes(), MAX_DOCUMENT_BYTES)
         return _models(response, body)
 
     async def endpoints(self, provider: str) -> list[str]:
@@ -336,18 +367,19 @@ class AsyncModelgateClient(_Base):
         """Stream the reply of ``model`` ("publisher/name") as text chunks."""
         request = self._chat_request(model, messages, params)
         decoder, reply = DataStreamDecoder(), _ChatReply()
-        async with self._http.stream("POST", **request) as response:
-            if not response.is_success:
-                error_body = await async_read_up_to(response.aiter_bytes(), MAX_ERROR_BYTES)
-                raise ModelgateAPIError.from_response(response, error_body)
-            try:
-                async for chunk in response.aiter_bytes():
-                    for text in reply.texts(decoder.feed(chunk)):
-                        yield text
-            except httpx.TransportError as exc:
-                raise ModelgateStreamError(f"the reply stream was cut: {exc}") from None
-            for text in reply.texts(decoder.flush()):
-                yield text
+        with self._transport():
+            async with self._http.stream("POST", **request) as response:
+                if not response.is_success:
+                    error_body = await async_read_up_to(response.aiter_bytes(), MAX_ERROR_BYTES)
+                    raise ModelgateAPIError.from_response(response, error_body)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        for text in reply.texts(decoder.feed(chunk)):
+                            yield text
+                except httpx.TransportError as exc:
+                    raise self._cut(exc) from exc
+                for text in reply.texts(decoder.flush()):
+                    yield text
         reply.end()
 
     async def chat_text(self, model: str, messages: Messages, **params: Any) -> str:

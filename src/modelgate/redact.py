@@ -12,7 +12,8 @@ It replaces, with ``[REDACTED]``:
   ``/admin/keys`` makes (``mg-…``): those are created at run time, on any instance, so no list holds them all.
 
 Used by the log filter (``logs.RedactingFilter``), ``/api/status`` and ``providers._http.Upstream``, the
-one place where upstream text becomes client-visible text.
+one place where upstream text becomes client-visible text; and by the Python client, whose errors quote httpx's.
+``shown_url`` writes a URL for a message with its password as ``***`` (the CLI and the client).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def url_secrets(url: str) -> list[str]:
     found = [password, unquote(password)] if password else [user, unquote(user)]
     found.append(base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode("latin-1", "replace")).decode())
     return found
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: a password in it (``http://user:secret@host``) replaced by ``***``."""
+    return re.sub(r"(//[^/?#@:]*:)[^/?#@]*@", r"\1***@", url)
 
 
 class Redactor:
