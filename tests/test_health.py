@@ -595,3 +595,26 @@ def test_status_reasons_never_show_a_credential(fakes: Fakes, tmp_path: Path) ->
     with serve_in_thread(app) as url:
         body = httpx.get(f"{url}/api/status").text
     assert key not in body and "[REDACTED]" in body
+
+
+def test_the_public_status_never_quotes_a_replys_bytes(hostile: Any, hostile_openai_service: str) -> None:
+    """Found in review: a failure's reason on ``/api/status`` (public unless MODELGATE_PRIVATE_OPS) quoted up to 120
+    characters of the upstream's unreadable chunk, a model's output that may echo its caller's prompt. The reason says
+    what failed and how many bytes; the caller's own error still quotes them."""
+    from tests.fakes.hostile import response_head
+
+    echo = b'data: {"choices": [{"delta": {"content": "PROMPT-ECHO-4711 my card number is\n\n'
+
+    async def broken(_: Any) -> Any:
+        yield response_head(200, {"Content-Type": "text/event-stream"}) + echo
+
+    hostile.reset(broken)
+    body = {"model": "h/m", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    for _ in range(DOWN_AFTER):  # enough failures for the reason to be shown
+        answer = httpx.post(hostile_openai_service + "/v1/chat/completions", json=body, timeout=30)
+        assert answer.status_code == 502 and "PROMPT-ECHO-4711" in answer.text  # the caller's own reply
+    status = httpx.get(hostile_openai_service + "/api/status", timeout=10).json()
+    for entry in (status["providers"]["local"], status["models"]["h/m"]):
+        assert entry["status"] == "down"
+        assert "unreadable stream chunk" in entry["reason"] and f"({len(echo) - 8} bytes)" in entry["reason"]
+        assert "PROMPT-ECHO" not in entry["reason"]

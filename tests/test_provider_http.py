@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -23,6 +25,7 @@ from modelgate.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -317,3 +320,49 @@ async def test_a_finished_reply_gives_its_connection_back_and_an_abandoned_one_c
     # Waiting for the body's end (TAIL_GRACE) let the first call's connection serve the second one;
     # the abandoned call's connection was closed, so the last call needed a new one.
     assert ports[0] == ports[1] == ports[2] != ports[3]
+
+
+# --- a broken reply's bytes: quoted for its caller, only counted for /api/status ----------------------------
+
+#: What a model wrote back, its caller's prompt perhaps: never for another reader.
+ECHO = "PROMPT-ECHO-4711 my card number is"
+
+
+def _broken_replies() -> list[tuple[str, Any]]:
+    """(adapter, a function of an ``Upstream`` raising or returning the protocol error of a reply broken there)."""
+    from modelgate.providers import chat_completions, cloudflare, ollama, tgi
+
+    request = ChatRequest(messages=(Message(role="user", content="Hi"),))
+    broken_event = f'data: {{"choices": [{{"delta": {{"content": "{ECHO}"\n\n'.encode()
+
+    def fed(parser: Any, chunk: bytes) -> Any:
+        parser.feed(chunk)
+        return parser.failure
+
+    return [
+        ("chat-completions stream", lambda u: fed(chat_completions.ChatCompletionsStream(u, request), broken_event)),
+        ("chat-completions whole", lambda u: chat_completions.ChatCompletionsStream(u, request).whole(ECHO.encode())),
+        ("not an event stream", lambda u: chat_completions.not_an_event_stream(u, f"<p>{ECHO}</p>".encode())),
+        ("cloudflare stream", lambda u: fed(cloudflare.CloudflareStream(u, request), broken_event)),
+        ("cloudflare whole", lambda u: cloudflare.read_whole(u, request, ECHO.encode())),
+        ("tgi stream", lambda u: fed(tgi.TGIStream(u, "m", None), broken_event)),
+        ("tgi whole", lambda u: tgi.TGIStream(u, "m", None).whole(ECHO.encode())),
+        ("ollama", lambda u: fed(ollama.OllamaStream(u, request), f'{{"message": "{ECHO}\n'.encode())),
+    ]
+
+
+@pytest.mark.parametrize(("adapter", "break_reply"), _broken_replies(), ids=[name for name, _ in _broken_replies()])
+def test_a_broken_replys_bytes_are_quoted_for_its_caller_and_only_counted_for_the_status(
+    upstream: Upstream, adapter: str, break_reply: Any
+) -> None:
+    """``/api/status`` (public unless MODELGATE_PRIVATE_OPS) showed the first 120 characters of an unreadable chunk:
+    a model's output, which may echo its caller's prompt, for anyone to read. The status reads ``public_reason``."""
+    try:
+        error = break_reply(upstream)
+    except UpstreamProtocolError as exc:
+        error = exc
+    assert isinstance(error, UpstreamProtocolError), adapter
+    assert "PROMPT-ECHO-4711" in error.message  # the caller's own error still shows what was wrong
+    assert "PROMPT-ECHO-4711" not in error.public_reason
+    kind = "no event stream" if adapter == "not an event stream" else "unreadable"
+    assert kind in error.public_reason and re.search(r"\(\d+ bytes\)$", error.public_reason), error.public_reason

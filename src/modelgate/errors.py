@@ -23,7 +23,9 @@
         └── UpstreamProtocolError       502  the provider broke its own protocol (truncated stream…)
 
 Foreign exceptions (aiohttp, OS errors, json) are translated into this tree in one place per layer, with
-``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure.
+``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure. ``public_reason`` is what a
+view anyone may read (``/api/status``) shows of a failure: the message, less the upstream reply bytes an
+``UpstreamError`` quotes for its caller.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class ModelgateError(Exception):
     @property
     def headers(self) -> dict[str, str]:
         return {}
+
+    @property
+    def public_reason(self) -> str:
+        return self.message
 
 
 #: What ``str.splitlines`` splits on, written as escapes inside one problem's line.
@@ -154,8 +160,12 @@ class UpstreamError(_RetryAfter, ModelgateError):
         retry_after: float | None = None,
         transient: bool | None = None,
         connection_failed: bool = False,
+        public_reason: str | None = None,
     ) -> None:
-        super().__init__(f"Upstream provider error ({provider}): {message}")
+        prefix = f"Upstream provider error ({provider}): "
+        super().__init__(prefix + message)
+        #: ``message`` without the upstream's bytes it quotes (a model's output can echo its caller's prompt).
+        self._public_reason = prefix + (message if public_reason is None else public_reason)
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
@@ -169,6 +179,10 @@ class UpstreamError(_RetryAfter, ModelgateError):
     @property
     def headers(self) -> dict[str, str]:
         return self.retry_after_headers()
+
+    @property
+    def public_reason(self) -> str:
+        return self._public_reason
 
 
 class UpstreamAuthError(UpstreamError):

@@ -208,7 +208,7 @@ async def _open_model(
             breakers.record_failure(exc, passage)
             if counts_as_failure(exc):
                 state.status.record(
-                    model.provider, model.id, ok=False, reason=exc.message, provider_wide=provider_wide(exc)
+                    model.provider, model.id, ok=False, reason=exc.public_reason, provider_wide=provider_wide(exc)
                 )
             attempts.append((model.id, exc.message))
             delay = budget.next_delay(exc)
@@ -296,7 +296,7 @@ async def _relay(
         outcome = "stream_error"
         if counts_as_failure(exc):
             state.status.record(
-                model.provider, model.id, ok=False, reason=exc.message, provider_wide=provider_wide(exc)
+                model.provider, model.id, ok=False, reason=exc.public_reason, provider_wide=provider_wide(exc)
             )
         if obs is not None:
             obs.error = exc.message

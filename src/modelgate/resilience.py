@@ -334,10 +334,10 @@ class CallBreakers:
         if not counts_as_failure(exc):
             self.release(passage)
         elif provider_wide(exc):
-            self.provider.record_failure(exc.message, passage.provider)
+            self.provider.record_failure(exc.public_reason, passage.provider)
             self.model.release(passage.model)  # never reached: no verdict on the model
         else:
-            self.model.record_failure(exc.message, passage.model)
+            self.model.record_failure(exc.public_reason, passage.model)
             self.provider.record_success()  # it answered, about this model: the provider itself is up
 
     def release(self, passage: Passage) -> None:

@@ -90,6 +90,8 @@ MAX_MESSAGE = 500
 #: such as ``harassment``): a client's error body and a log line stay small whatever the upstream sends.
 MAX_FLAGGED_REASONS = 16
 MAX_FLAGGED_REASON = 100
+#: How much of an unreadable part of a reply its protocol error quotes for the caller (``Upstream.protocol_error``).
+QUOTED_CHARACTERS = 120
 #: How much of a non-2xx body is read to find the provider's message.
 MAX_ERROR_BODY = 64 * 1024
 #: After the ``Finish``, how long the end of the body (the chunked terminator, usually in the same read
@@ -688,9 +690,24 @@ class Upstream:
             error.transient = detail.transient
         return error
 
-    def protocol_error(self, message: str, *, transient: bool = False) -> UpstreamProtocolError:
-        """A broken reply; ``message`` may quote the upstream's bytes (it is cleaned here)."""
-        return UpstreamProtocolError(self.provider, self.clean(message), transient=transient)
+    def protocol_error(
+        self, message: str, *, quoted: str | bytes | None = None, transient: bool = False
+    ) -> UpstreamProtocolError:
+        """A broken reply: ``message`` says what is wrong, ``quoted`` is the upstream's part it is wrong in (an event,
+        a line, the body). The error's message, which its caller and the access log read, quotes the first
+        ``QUOTED_CHARACTERS`` of it, cleaned; its ``public_reason``, which ``/api/status`` shows anyone, only counts
+        its bytes: a model's output may echo the prompt of the caller it answers."""
+        if quoted is None:
+            return UpstreamProtocolError(self.provider, self.clean(message), transient=transient)
+        size = len(quoted if isinstance(quoted, bytes) else quoted.encode("utf-8", "replace"))
+        text = quoted[:QUOTED_CHARACTERS]
+        excerpt = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        return UpstreamProtocolError(
+            self.provider,
+            self.clean(f"{message}: {excerpt}"),
+            transient=transient,
+            public_reason=f"{message} ({size} bytes)",
+        )
 
     def _event_limit_error(self, max_event: int) -> UpstreamProtocolError:
         return self.protocol_error(

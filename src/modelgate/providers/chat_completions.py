@@ -325,8 +325,7 @@ def not_an_event_stream(upstream: Upstream, head: bytes) -> UpstreamProtocolErro
     stream cut inside its first event is truncated; anything else is quoted."""
     if head.lstrip().startswith((b"data:", b":", b"event:")):
         return upstream.truncated()
-    quoted = head[:120].decode("utf-8", "replace")
-    return upstream.protocol_error(f"the reply to a streamed call is no event stream: {quoted}")
+    return upstream.protocol_error("the reply to a streamed call is no event stream", quoted=head)
 
 
 class ChatCompletionsStream:
@@ -401,7 +400,7 @@ class ChatCompletionsStream:
                         raise self._mid_stream_error(payload)
                     self.read_chunk(payload, out)
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-                    raise self._upstream.protocol_error(f"unreadable stream chunk: {data[:120]}") from exc
+                    raise self._upstream.protocol_error("unreadable stream chunk", quoted=data) from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
         if self.seen and head:
@@ -510,7 +509,7 @@ class ChatCompletionsStream:
         return out + self._final()
 
     def _unreadable(self, raw: bytes) -> UpstreamProtocolError:
-        return self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}")
+        return self._upstream.protocol_error("unreadable reply", quoted=raw)
 
     @property
     def received(self) -> bool:

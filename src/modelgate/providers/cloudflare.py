@@ -268,7 +268,7 @@ def read_whole(upstream: Upstream, request: ChatRequest, raw: bytes) -> list[Str
             estimate_prompt_tokens(request.messages), 0, estimated=True
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-        raise upstream.protocol_error(f"unreadable reply: {raw[:120]!r}") from exc
+        raise upstream.protocol_error("unreadable reply", quoted=raw) from exc
     limit = request.params.max_new_tokens or DEFAULT_MAX_TOKENS
     reason: FinishReason = "tool-calls" if calls else "length" if counted.completion_tokens == limit else "stop"
     out.append(Finish(reason, counted))
@@ -347,7 +347,7 @@ class CloudflareStream:
                     if usage:
                         self._usage = openai_usage(usage) or self._usage  # unreadable: counted by us at the end
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
-                    raise self._upstream.protocol_error(f"unreadable stream event: {data[:120]}") from exc
+                    raise self._upstream.protocol_error("unreadable stream event", quoted=data) from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
         if self._seen and self._head:

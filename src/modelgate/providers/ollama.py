@@ -60,7 +60,6 @@ from modelgate.providers._http import (
     HttpProvider,
     ListedModel,
     Upstream,
-    body_message,
     estimate_prompt_tokens,
     parse_json,
     text_field,
@@ -223,8 +222,7 @@ class OllamaStream:
                         self.done = True
                         break
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
-                    message_text = body_message(line)[:120]
-                    raise self._upstream.protocol_error(f"unreadable NDJSON line: {message_text}") from exc
+                    raise self._upstream.protocol_error("unreadable NDJSON line", quoted=line.strip()) from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``events`` are delivered
         return events

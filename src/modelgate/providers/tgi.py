@@ -166,7 +166,7 @@ class TGIStream:
                         self.done = True
                         break
                 except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
-                    raise self._upstream.protocol_error(f"unreadable stream event: {event.data[:120]}") from exc
+                    raise self._upstream.protocol_error("unreadable stream event", quoted=event.data) from exc
         except UpstreamError as exc:
             self.failure = exc  # raised once ``out`` is delivered
         return out
@@ -195,7 +195,7 @@ class TGIStream:
             if details is not None and not isinstance(details, dict):
                 raise TypeError(f"details is {type(details).__name__}")
         except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError, IndexError) as exc:
-            raise self._upstream.protocol_error(f"unreadable reply: {raw[:120].decode('utf-8', 'replace')}") from exc
+            raise self._upstream.protocol_error("unreadable reply", quoted=raw) from exc
         out: list[StreamEvent] = []
         if text:
             splitter = self._splitter
