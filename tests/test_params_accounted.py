@@ -634,3 +634,18 @@ def test_unknown_fields_are_named_as_dropped_never_sent(
     assert "x_vendor_12" in answer.dropped and "x_vendor_13" not in answer.dropped
     sent = upstream_body(fakes, "openai")
     assert not {"top_k", "min_p", "repetition_penalty"} & set(sent), sent
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_unknown_stream_options_are_named_as_dropped(
+    service: str, client: httpx.Client, fakes: Fakes, route: str
+) -> None:
+    """``stream_options`` fields other than OpenAI's, such as vLLM's ``continuous_usage_stats`` (usage in every
+    chunk), were ignored without a word (the object dropped unknown keys): the client waited for usage that never
+    came and was told nothing. They are named under their dotted path, as ``include_obfuscation`` is."""
+    scripted(fakes, "openai")
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    answer = post_v1(client, service, route, KINDS["openai"][0], stream=True, fields={"stream_options": options})
+    assert answer.status == 200, answer.text[:300]
+    assert answer.dropped == {"stream_options.continuous_usage_stats"}
+    assert "continuous_usage_stats" not in orjson.dumps(upstream_body(fakes, "openai")).decode()

@@ -77,7 +77,8 @@ DEFAULT_VERBOSITY = "medium"
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Unknown options (vLLM's ``continuous_usage_stats``) are kept only to be named as dropped (``unknown_fields``).
+    model_config = ConfigDict(extra="allow")
 
     include_usage: bool = False
     #: OpenAI's padding of stream events against side channels: modelgate sends none (reported when asked).
@@ -194,9 +195,11 @@ def request_value(body: BaseModel, name: str) -> Any:
 
 def not_carried(body: BaseModel, names: Iterable[str]) -> tuple[str, ...]:
     """Of the fields ``names`` no provider carries, those ``body`` set to anything but null or ``false``; then
-    the top-level fields the route does not know (``unknown_fields``)."""
+    the fields the route does not know (``unknown_fields``): top-level ones, and those of ``stream_options``."""
     known = tuple(name for name in names if (value := request_value(body, name)) is not None and value is not False)
-    return known + unknown_fields(body)
+    options = request_value(body, "stream_options")
+    nested = unknown_fields(options, prefix="stream_options.") if isinstance(options, BaseModel) else ()
+    return known + unknown_fields(body) + nested
 
 
 #: How many unknown fields the dropped-parameters header names (the first, sorted), and the form a name needs to
@@ -205,13 +208,16 @@ MAX_NAMED_UNKNOWN = 16
 _NAMEABLE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-def unknown_fields(body: BaseModel) -> tuple[str, ...]:
-    """Top-level fields ``body`` holds that the route does not know, e.g. vLLM's ``top_k`` or ``min_p`` sent with
-    openai-python's ``extra_body``: no provider is sent them, so they are reported as dropped, never ignored."""
+def unknown_fields(body: BaseModel, *, prefix: str = "") -> tuple[str, ...]:
+    """Fields ``body`` holds that the route does not know, e.g. vLLM's ``top_k`` or ``min_p`` sent with
+    openai-python's ``extra_body``: no provider is sent them, so they are reported as dropped (as ``prefix`` +
+    name), never ignored."""
     extra = body.model_extra
     if not extra:
         return ()
-    return tuple(sorted(name for name in extra if _NAMEABLE.fullmatch(name))[:MAX_NAMED_UNKNOWN])
+    return tuple(
+        prefix + name for name in sorted(name for name in extra if _NAMEABLE.fullmatch(name))[:MAX_NAMED_UNKNOWN]
+    )
 
 
 def call_params(
