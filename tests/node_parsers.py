@@ -84,3 +84,16 @@ def run_chat_session(url: str, steps: list[Mapping[str, Any]]) -> list[dict[str,
     its ``status``, ``error``, ``finishes`` and the ``messages`` it holds afterwards."""
     steps_done: list[dict[str, Any]] = _run("chat-session.mjs", url, json.dumps(steps))["steps"]
     return steps_done
+
+
+def run_ai_sdk_openai(
+    sdk: str,
+    base_url: str,
+    model: str,
+    mode: str,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Call ``base_url`` (a ``/v1``) with the AI SDK core and an OpenAI provider (``ai-sdk-openai.mjs``): ``v7``/``v5``
+    speak the Responses API (``@ai-sdk/openai``), ``compatible`` Chat Completions (``@ai-sdk/openai-compatible``).
+    ``mode``: generate, stream, two-turn, tools, tools-stream, object, image; ``options`` go into the call."""
+    return _run("ai-sdk-openai.mjs", sdk, base_url, model, mode, json.dumps(options or {}))

@@ -1,4 +1,4 @@
-"""``/v1/responses`` read by the AI SDK core (Node, ``tests/js/responses.mjs``): ``generateText`` and
+"""``/v1/responses`` read by the AI SDK core (Node, ``tests/js/ai-sdk-openai.mjs``): ``generateText`` and
 ``streamText`` with ``createOpenAI({ baseURL })(model)``, whose default model speaks the Responses API.
 
 Two pairs: ``v7`` = ai@7 + @ai-sdk/openai@4 (current), ``v5`` = ai@5 + @ai-sdk/openai@2 (AI SDK 5). Each
@@ -17,7 +17,7 @@ from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream, ToolCallScript
-from tests.node_parsers import JS_DIR, _run, requires_node_parsers
+from tests.node_parsers import JS_DIR, requires_node_parsers, run_ai_sdk_openai
 from tests.servers import serve_in_thread
 from tests.test_openai_tools import tools_catalogue
 
@@ -44,7 +44,7 @@ def v1(fakes: Fakes) -> Iterator[str]:
 def ai_sdk(
     sdk: str, base_url: str, mode: str, options: dict[str, Any] | None = None, *, model: str = MODEL
 ) -> dict[str, Any]:
-    return _run("responses.mjs", sdk, base_url, model, mode, json.dumps(options or {}))
+    return run_ai_sdk_openai(sdk, base_url, model, mode, options)
 
 
 @pytest.mark.parametrize("sdk", SDKS)

@@ -1,9 +1,12 @@
-// Call modelgate's /v1/responses with the AI SDK core and its OpenAI provider, unchanged: the provider's
-// default model, createOpenAI({ baseURL })(modelId), speaks the Responses API.
+// Call modelgate's /v1 with the AI SDK core and an OpenAI provider, unchanged:
 //
-//   node responses.mjs SDK BASE_URL MODEL MODE [JSON_OPTIONS]
+//   node ai-sdk-openai.mjs SDK BASE_URL MODEL MODE [JSON_OPTIONS]
 //
-// SDK: v7 (ai@7 + @ai-sdk/openai@4, current) or v5 (ai@5 + @ai-sdk/openai@2, AI SDK 5).
+// SDK: v7 (ai@7 + @ai-sdk/openai@4, current) or v5 (ai@5 + @ai-sdk/openai@2, AI SDK 5): the provider's default
+// model, createOpenAI({ baseURL })(modelId), speaks the Responses API (/v1/responses);
+// compatible (ai@7 + @ai-sdk/openai-compatible@3): createOpenAICompatible({ name, baseURL, includeUsage: true })
+// (modelId) speaks Chat Completions (/v1/chat/completions), as Cline's SDK creates it for an OpenAI-compatible
+// provider; structured output as json_object (supportsStructuredOutputs unset, the package's default).
 // MODE: generate (generateText), stream (streamText, reading fullStream), or two-turn (generateText, then
 // generateText again with the first answer's response.messages appended, as an app's chat history does);
 // tools / tools-stream: generateText / streamText with one tool (tool({ inputSchema: z.object(...) })) that the
@@ -15,19 +18,31 @@
 // errors; a rejected call is reported in the summary (error: name, message, statusCode, responseBody),
 // not as a crash, so the Python test can assert on it.
 const [sdkName, baseURL, modelId, mode, optionsJson = "{}"] = process.argv.slice(2);
-const SDKS = { v7: ["ai7", "@ai-sdk/openai"], v5: ["ai5latest", "ai-sdk-openai-v2"] };
+const SDKS = {
+  v7: ["ai7", async () => (await import("@ai-sdk/openai")).createOpenAI({ baseURL, apiKey: "test-key" })],
+  v5: ["ai5latest", async () => (await import("ai-sdk-openai-v2")).createOpenAI({ baseURL, apiKey: "test-key" })],
+  compatible: [
+    "ai7",
+    async () =>
+      (await import("@ai-sdk/openai-compatible")).createOpenAICompatible({
+        name: "modelgate",
+        baseURL,
+        apiKey: "test-key",
+        includeUsage: true,
+      }),
+  ],
+};
 const MODES = ["generate", "stream", "two-turn", "tools", "tools-stream", "object", "image"];
 if (!SDKS[sdkName] || !baseURL || !modelId || !MODES.includes(mode)) {
-  console.error(`usage: node responses.mjs v7|v5 BASE_URL MODEL ${MODES.join("|")} [JSON_OPTIONS]`);
+  console.error(`usage: node ai-sdk-openai.mjs ${Object.keys(SDKS).join("|")} BASE_URL MODEL ${MODES.join("|")} [JSON_OPTIONS]`);
   process.exit(2);
 }
-const [aiPackage, openaiPackage] = SDKS[sdkName];
+const [aiPackage, createProvider] = SDKS[sdkName];
 const { generateText, streamText, tool, stepCountIs, Output } = await import(aiPackage);
-const { createOpenAI } = await import(openaiPackage);
 // zod 4's API (both SDKs take it); the package also serves AI SDK 4's zod 3 peer.
 const { z } = await import("zod/v4");
 
-const provider = createOpenAI({ baseURL, apiKey: "test-key" });
+const provider = await createProvider();
 const model = provider(modelId);
 const extra = JSON.parse(optionsJson);
 const base = { model, maxRetries: 0, ...extra };
