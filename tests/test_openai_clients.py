@@ -157,7 +157,7 @@ def test_open_webui_builtin_tools_to_a_model_without_tools_are_a_clear_400(
     """Native function calling sends its builtin tools to every model; one whose catalogue entry lacks ``tools``
     cannot take them. The refusal is JSON (Open WebUI shows a non-stream error body as the chat's error) naming the
     field, the model and the capability; Open WebUI's per-model "Builtin Tools" capability (or function calling
-    "Default") stops it sending them."""
+    "Legacy") stops it sending them."""
     response = http.post(f"{service}/v1/chat/completions", json=open_webui_chat(PLAIN_MODEL))
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/json")
