@@ -216,7 +216,9 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
         app = _asgi_app(post_pyreqwest, open_client)
     else:
         raise SystemExit(f"unknown floor {kind!r}")
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False
+    )
 
 
 # --- the measurement -----------------------------------------------------------------------------------
@@ -256,7 +258,9 @@ def main() -> None:
     try:
         for kind in kinds:
             port = free_port()
-            proc = start(kind, [PY, __file__, "--serve", kind, str(port), str(fake_port)], core=SERVER_CORE, log_dir=logs)
+            proc = start(
+                kind, [PY, __file__, "--serve", kind, str(port), str(fake_port)], core=SERVER_CORE, log_dir=logs
+            )
             wait_tcp(proc, port)
             servers[kind] = (proc, port)
         port = free_port()
@@ -272,7 +276,7 @@ def main() -> None:
         wait_http(proc, f"http://127.0.0.1:{port}/models")
         servers["modelgate"] = (proc, port)
         figures: dict[str, list[float]] = {kind: [] for kind in servers}
-        for kind, (proc, port) in servers.items():  # warm-up: imports on first use, pools, the ledger
+        for _, port in servers.values():  # warm-up: imports on first use, pools, the ledger
             _load(port, args.connections, 1.0)
         for _ in range(args.repeats):
             for kind, (proc, port) in servers.items():
