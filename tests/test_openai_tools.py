@@ -753,6 +753,30 @@ def test_tgi_structured_output_is_a_grammar(client: openai.OpenAI, fakes: Fakes)
     assert grammar["value"]["required"] == ["city", "degrees"]
 
 
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "anything"}}],
+    ids=["json_object", "json_schema_without_schema"],
+)
+def test_tgi_any_json_object_is_a_regex_of_any_object(
+    client: openai.OpenAI, fakes: Fakes, response_format: Any
+) -> None:
+    """TGI refuses a JSON grammar without ``properties`` (its fake, as router/src/validation.rs does): "any object"
+    goes as the regex outlines-core makes of ``{"type": "object"}``, which takes objects and nothing else."""
+    fakes.huggingface.script(Reply(tokens=['{"city": "Bern"}']))
+    completion = client.chat.completions.create(
+        model="t/tgi", messages=[{"role": "user", "content": "Weather?"}], response_format=response_format
+    )
+    assert completion.choices[0].message.content == '{"city": "Bern"}'
+    grammar = fakes.huggingface.last.json["parameters"]["grammar"]
+    assert grammar["type"] == "regex"
+    any_object = re.compile(grammar["value"])
+    for text in ("{}", '{"a": 1, "b": [true, null, "x"]}', '{"a":{"b":[1.5e+3,"c"]},"d":[[1],{"e":null}]}'):
+        assert any_object.fullmatch(text), text
+    for text in ("[1]", '"x"', "1", '{"a": 1,}', '{"a" 1}', "{'a': 1}"):
+        assert not any_object.fullmatch(text), text
+
+
 def test_a_non_streamed_tgi_call_asks_generate_for_one_whole_reply(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.huggingface.script(Reply(tokens=["It is ", "21 degrees."], usage=(40, 3)), Reply(tokens=["x"]))
     completion = client.chat.completions.create(model="t/tgi", messages=[{"role": "user", "content": "Weather?"}])

@@ -25,6 +25,7 @@ connection closes cleanly after the tokens, without the final ``generated_text``
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import Request
@@ -285,9 +286,30 @@ def validate(inputs: Any, params: dict[str, Any]) -> str | None:
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4):
         return "Input validation error: `stop` supports up to 4 stop sequences"
     grammar = params.get("grammar")
-    if grammar is not None and not (
-        isinstance(grammar, dict) and grammar.get("type") in ("json", "regex") and "value" in grammar
-    ):
-        # TGI's GrammarType: {"type": "json" | "regex", "value": …} (serde's adjacent tagging)
+    if grammar is not None:
+        return _grammar_problem(grammar)
+    return None
+
+
+def _grammar_problem(grammar: Any) -> str | None:
+    """TGI's ``GrammarType`` (router/src/lib.rs: ``{"type": "json" | "json_object" | "regex" | "json_schema",
+    "value": …}``, serde's adjacent tagging) and its checks in router/src/validation.rs: a JSON grammar is an object
+    (or its text) with ``properties`` at its top, whatever else the schema says."""
+    kind = grammar.get("type") if isinstance(grammar, dict) else None
+    if kind not in ("json", "json_object", "regex", "json_schema") or "value" not in grammar:
         return "Failed to deserialize the JSON body: parameters.grammar: unknown variant"
+    value = grammar["value"]
+    if kind == "regex":
+        return None if isinstance(value, str) else "Failed to deserialize the JSON body: parameters.grammar.value"
+    if kind == "json_schema":
+        value = value.get("schema") if isinstance(value, dict) else None
+    elif isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            return f"Input validation error: grammar is not valid: {exc}"
+    if not isinstance(value, dict):
+        return "Input validation error: grammar is not supported"
+    if "properties" not in value:
+        return "Input validation error: grammar is not valid: Grammar must have a 'properties' field"
     return None

@@ -9,8 +9,11 @@ events with a top-level ``error``; every event is checked for one (§1.6, pitfal
 flagged ``special`` and is never part of the reply — filtered by the flag, never by a regex on ``<…>``.
 DeepSeek-R1's generation prompt opens a ``<think>`` block, so its reply starts in reasoning.
 
-Structured output is TGI's guidance: ``parameters.grammar = {"type": "json", "value": <schema>}`` (a
-``json_object`` request sends the schema of any object). ``/generate_stream`` has no tools (TGI's tool
+Structured output is TGI's guidance: ``parameters.grammar = {"type": "json", "value": <schema>}``. TGI refuses a
+schema without ``properties`` at its top ("Grammar must have a 'properties' field", router/src/validation.rs), and
+given ``properties`` it allows only those: no schema asks it for *any* object. So a ``json_object`` request (or a
+``json_schema`` without a schema) sends ``{"type": "regex", "value": …}`` with the regex TGI's own compiler,
+outlines-core, makes of ``{"type": "object"}`` (``any_object``). ``/generate_stream`` has no tools (TGI's tool
 calling lives on its Chat Completions route, which this ``api`` does not use), so a TGI model has no
 ``tools`` capability: such a request is refused with a 400 naming the model before any call.
 
@@ -28,6 +31,7 @@ runs and states ``max_total_tokens``, the bound on prompt + reply that ``check-c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -71,6 +75,43 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     )
 
 
+# outlines-core's regexes for JSON values (src/json_schema/types.rs, at the revision TGI's router/Cargo.toml pins:
+# dottxt-ai/outlines-core ba10c619), and the whitespace it allows between tokens.
+_STRING = r'"([^"\\\x00-\x1F\x7F-\x9F]|\\["\\])*"'
+_INTEGER = r"(-)?(0|[1-9][0-9]*)"
+_NUMBER = r"((-)?(0|[1-9][0-9]*))(\.[0-9]+)?([eE][+-][0-9]+)?"
+_BOOLEAN = r"(true|false)"
+_NULL = "null"
+_SPACE = r"[ ]?"
+#: How deep outlines-core nests an unconstrained object's values (its ``depth`` default).
+_DEPTH = 2
+
+
+def _object_regex(depth: int) -> str:
+    """outlines-core ``parse_object_type`` for ``{"type": "object", "depth": depth}`` (no other keyword)."""
+    values = [_STRING, _NUMBER, _BOOLEAN, _NULL]
+    if depth > 0:
+        values += [_object_regex(depth - 1), _array_regex(depth - 1)]
+    member = f"{_STRING}{_SPACE}:{_SPACE}({'|'.join(values)})"
+    return rf"\{{{_SPACE}({member}({_SPACE},{_SPACE}{member}){{0,}})?{_SPACE}\}}"
+
+
+def _array_regex(depth: int) -> str:
+    """outlines-core ``parse_array_type`` for ``{"type": "array", "depth": depth}`` (no ``items``)."""
+    values = [_BOOLEAN, _NULL, _NUMBER, _INTEGER, _STRING]
+    if depth > 0:
+        values += [_object_regex(depth - 1), _array_regex(depth - 1)]
+    item = "|".join(values)
+    return rf"\[{_SPACE}(({item})(,{_SPACE}({item})){{0,}})?{_SPACE}\]"
+
+
+@functools.cache
+def any_object() -> str:
+    """The regex of any JSON object, as TGI would compile ``{"type": "object"}`` if its validation let that schema
+    through (objects nested ``_DEPTH`` deep): a ``json_object`` request's grammar."""
+    return _object_regex(_DEPTH)
+
+
 def build_parameters(request: ChatRequest) -> dict[str, Any]:
     """``parameters`` for TGI, within TGI's validation ranges (§1.3, pitfall 6)."""
     p = request.params
@@ -105,8 +146,10 @@ def build_parameters(request: ChatRequest) -> dict[str, Any]:
     # details carries the usage of a stream.
     fmt = request.response_format
     if fmt is not None:
-        schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
-        params["grammar"] = {"type": "json", "value": schema}
+        if fmt.type == "json_schema" and fmt.schema is not None:
+            params["grammar"] = {"type": "json", "value": fmt.schema}
+        else:
+            params["grammar"] = {"type": "regex", "value": any_object()}
     params["return_full_text"] = False
     params["details"] = True
     return params
