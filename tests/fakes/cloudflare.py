@@ -79,9 +79,20 @@ SCHEMA: dict[str, tuple[float, float] | None] = {
 TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 
 
-#: The vision model's input (llama-3.2-11b-vision-instruct) adds ``image``: one of the image's bytes as an array of
-#: integers 0 to 255, or a "binary string representing the image contents".
-VISION_MODELS = frozenset({"@cf/meta/llama-3.2-11b-vision-instruct"})
+#: The vision models' inputs (@cloudflare/workers-types, types/defines/ai.d.ts): a message's content may be parts
+#: ``{"type", "text"?, "image_url"?: {"url"}}``, the url an "image uri with data (e.g. data:image/jpeg;base64,/9j/...).
+#: HTTP URL will not be accepted". A text model's content parts are text only.
+VISION_MODELS = frozenset(
+    {
+        "@cf/meta/llama-3.2-11b-vision-instruct",
+        "@cf/meta/llama-4-scout-17b-16e-instruct",
+        "@cf/mistralai/mistral-small-3.1-24b-instruct",
+        "@cf/google/gemma-3-12b-it",
+    }
+)
+#: Only llama-3.2-11b-vision-instruct's input also has a top-level ``image``: the image's bytes as an array of
+#: integers 0 to 255, or a "binary string representing the image contents". The others have no such property.
+IMAGE_FIELD_MODELS = frozenset({"@cf/meta/llama-3.2-11b-vision-instruct"})
 
 #: Models whose tool results must name their call: the messages' ``tool_call_id`` "Must be supplied for tool calls for
 #: Mistral-3" (the model's input schema), as Mistral's tokenizer refuses a tool message without one (mistral-common
@@ -184,7 +195,9 @@ class FakeCloudflare(FakeUpstream):
                 thanks = {"result": {"response": "Thank you."}, "success": True, "errors": [], "messages": []}
                 return JSONResponse(thanks)  # [illustrative]
             return envelope_error(403, 5016, AGREEMENT_REFUSAL.format(name=model.rsplit("/", 1)[-1]))
-        problem = validate(body, vision=model in VISION_MODELS, mistral=model in MISTRAL_3)
+        problem = validate(
+            body, vision=model in VISION_MODELS, image_field=model in IMAGE_FIELD_MODELS, mistral=model in MISTRAL_3
+        )
         if problem:
             return envelope_error(400, 5006, f"AiError: Bad input: {problem}")
         assert isinstance(body, dict)
@@ -288,13 +301,13 @@ def _tool_choice(value: Any) -> bool:
     )
 
 
-def validate(body: Any, *, vision: bool = False, mistral: bool = False) -> str | None:
+def validate(body: Any, *, vision: bool = False, image_field: bool = False, mistral: bool = False) -> str | None:
     if not isinstance(body, dict):
         return "Error: Type mismatch of '/', 'object' not 'string'"
     if ("messages" in body) == ("prompt" in body):
         return "Error: oneOf at '/' not met, 0 matches: required properties at '/' are 'prompt', 'messages'"
     for key, value in body.items():
-        if key == "image" and vision:  # oneOf: the bytes as integers, or a binary string
+        if key == "image" and image_field:  # oneOf: the bytes as integers, or a binary string
             if isinstance(value, str) and value:
                 continue
             if not (
@@ -316,15 +329,33 @@ def validate(body: Any, *, vision: bool = False, mistral: bool = False) -> str |
         if not bounds[0] <= value <= bounds[1]:
             return f"Error: '/{key}' must be between {bounds[0]} and {bounds[1]}"
     messages = body.get("messages")
-    if messages is not None and not (
-        isinstance(messages, list)
-        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
-    ):
-        return "Error: Type mismatch of '/messages', each message needs a role and a string content"
+    if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        return "Error: Type mismatch of '/messages', an array of objects"
     for index, message in enumerate(messages or ()):
+        problem = _content_problem(f"/messages/{index}", message, vision=vision)
+        if problem:
+            return problem
         call_id = message.get("tool_call_id")
         if call_id is not None and not (isinstance(call_id, str) and TOOL_CALL_ID.search(call_id)):
             return f"Error: '/messages/{index}/tool_call_id' does not match pattern '[a-zA-Z0-9]{{9}}'"
         if mistral and message["role"] == "tool" and call_id is None:
             return "Tool call id has to be defined."  # [illustrative] how Workers AI words the tokenizer's refusal
+    return None
+
+
+def _content_problem(where: str, message: dict[str, Any], *, vision: bool) -> str | None:
+    """A message's role and content: a string, or parts (text parts; a vision model's ``image_url`` parts too, each a
+    ``data:`` URL — "HTTP URL will not be accepted")."""
+    content = message.get("content")
+    if not message.get("role") or not isinstance(content, str | list):
+        return f"Error: Type mismatch of '{where}', a role and a string or an array content"
+    for j, part in enumerate(content if isinstance(content, list) else ()):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        url = (part.get("image_url") or {}).get("url") if kind == "image_url" and vision else None
+        if not isinstance(url, str):
+            return f"Error: '{where}/content/{j}' is not a text part{' or an image_url part' if vision else ''}"
+        if not url.startswith("data:image/"):
+            return f"Error: '{where}/content/{j}/image_url/url': HTTP URL will not be accepted"  # [illustrative]
     return None

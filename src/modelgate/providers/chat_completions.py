@@ -214,25 +214,31 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     return detail
 
 
-def _image_part(image: Image) -> dict[str, Any]:
+def _image_part(image: Image, *, detail: bool) -> dict[str, Any]:
     url: dict[str, Any] = {"url": image.url}
-    if image.detail is not None:
+    if detail and image.detail is not None:
         url["detail"] = image.detail
     return {"type": "image_url", "image_url": url}
 
 
-def wire_message(message: Message) -> dict[str, Any]:
-    """One message as the OpenAI reference has it: text and ``image_url`` parts in the client's order (the text
-    first when it came first)."""
-    content: Any = message.content
+def wire_content(message: Message, *, detail: bool = True) -> str | list[dict[str, Any]]:
+    """A message's content as the OpenAI reference has it: its text, or with images text and ``image_url`` parts in
+    the client's order (the text first when it came first). ``detail=False``: for a protocol whose image parts have
+    only a ``url`` (``ChatRequest.bare_form_losses`` reports the detail)."""
     if message.parts is not None:
-        content = [
-            {"type": "text", "text": part} if isinstance(part, str) else _image_part(part) for part in message.parts
+        return [
+            {"type": "text", "text": part} if isinstance(part, str) else _image_part(part, detail=detail)
+            for part in message.parts
         ]
-    elif message.images:
+    if message.images:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-        content = parts + [_image_part(image) for image in message.images]
-    wire: dict[str, Any] = {"role": message.role, "content": content}
+        return parts + [_image_part(image, detail=detail) for image in message.images]
+    return message.content
+
+
+def wire_message(message: Message) -> dict[str, Any]:
+    """One message as the OpenAI reference has it (``wire_content``)."""
+    wire: dict[str, Any] = {"role": message.role, "content": wire_content(message)}
     if message.name is not None:
         wire["name"] = message.name
     if message.tool_calls:

@@ -28,12 +28,16 @@ as the official provider reads them, with their own ids. A past call goes back a
 ``tool_calls``, a tool result as ``{"role": "tool", "name", "tool_call_id", "content"}`` (as ``workers-ai-provider``
 sends it; the input schemas: "Must be supplied for tool calls for Mistral-3", pattern ``[a-zA-Z0-9]{9}``).
 
-Images (a model declaring ``vision``, such as ``@cf/meta/llama-3.2-11b-vision-instruct``): Workers AI's vision
-input is one image in the top-level ``image`` field, "an array of integers that represent the image data
-constrained to 8-bit unsigned integer values" (the model's input schema), beside the text messages; Cloudflare's
-own AI SDK provider (``workers-ai-provider``) sends exactly that, and takes one image per call. So modelgate sends
-the bytes of a ``data:`` URL as that array, refuses a second image (400), and refuses a remote URL (400): the
-field holds bytes, and modelgate never fetches a URL a client names.
+Images (a model declaring ``vision``: ``@cf/meta/llama-4-scout-17b-16e-instruct``,
+``@cf/mistralai/mistral-small-3.1-24b-instruct``, ``@cf/google/gemma-3-12b-it``,
+``@cf/meta/llama-3.2-11b-vision-instruct``, …) go as OpenAI ``image_url`` parts of the user message's content, each
+a ``data:`` URL: the vision models' input schemas take content parts ``{"type", "text"?, "image_url"?: {"url"}}``,
+the url an "image uri with data (e.g. data:image/jpeg;base64,/9j/...). HTTP URL will not be accepted"
+(``@cloudflare/workers-types``, types/defines/ai.d.ts in cloudflare/workerd). Only llama-3.2-11b-vision also has a
+top-level ``image`` byte array, which the others' schemas lack; Cloudflare's own AI SDK provider stopped sending
+it for the parts in 3.1.4 ("enabling vision for models like Llama 4 Scout and Kimi K2.5"; cloudflare/ai 054ccb8,
+``convert-to-workersai-chat-messages.ts``), several images per message included. A remote URL is refused (400):
+Workers AI does not fetch it, and modelgate never fetches a URL a client names.
 
 Newer models (Qwen3, gpt-oss, …) answer in the OpenAI format instead, in the same transport: stream events are
 Chat Completions chunks (``choices[0].delta``: ``content``, ``reasoning_content``, ``tool_calls``; the usage in a
@@ -94,6 +98,7 @@ from modelgate.providers.chat_completions import (
     keep_head,
     not_an_event_stream,
     openai_usage,
+    wire_content,
     wire_tool,
     wire_tool_choice,
 )
@@ -181,21 +186,8 @@ def build_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
     else:
         body["stream"] = True
-    image = _image_bytes(request)
-    if image is not None:
-        body["image"] = image
     body.update((key, value) for key, value in fields.items() if value is not None)
     return body
-
-
-def _image_bytes(request: ChatRequest) -> list[int] | None:
-    """The request's one image (``Cloudflare.check`` saw to it: inline, valid, alone) as Workers AI's byte array."""
-    for message in request.messages:
-        for image in message.images:
-            inline = image.inline
-            assert inline is not None
-            return list(base64.b64decode(inline[1]))
-    return None
 
 
 def offers_tools(request: ChatRequest) -> bool:
@@ -219,7 +211,8 @@ def wire_call_id(call_id: str) -> str:
 
 
 def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    # Images as ``image_url`` parts with their ``data:`` URL (``Cloudflare.check``: inline only); no ``detail``.
+    wire: dict[str, Any] = {"role": message.role, "content": wire_content(message, detail=False)}
     if message.tool_calls:
         wire["tool_calls"] = [
             {"id": wire_call_id(c.id), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -419,20 +412,13 @@ class Cloudflare(HttpProvider):
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
         # tool_choice is sent (build_body); no parallel_tool_calls nor strict in this protocol; the schema goes bare,
-        # the image as bytes.
+        # an image part without detail.
         lost = [control for control in request.tool_controls() if control != "tool_choice"]
         return lost + request.bare_form_losses()
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)  # a model without ``vision`` is refused any image there
-        images = [(index, image) for index, message in enumerate(request.messages) for image in message.images]
-        if len(images) > 1:
-            raise BadRequest(
-                f"model '{model.id}' (Cloudflare Workers AI) takes one image per request; this one has {len(images)}",
-                data={"model": model.id, "limit": 1},
-                param="messages",
-            )
-        for index, image in images:
+        for index, image in ((i, image) for i, message in enumerate(request.messages) for image in message.images):
             inline = image.inline
             if inline is None:
                 raise BadRequest(
