@@ -246,6 +246,34 @@ def test_parse_returns_the_pydantic_object(client: openai.OpenAI, fakes: Fakes, 
     assert sent["json_schema"]["schema"]["required"] == ["city", "degrees"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openrouter_structured_output_goes_only_to_providers_that_honour_it(
+    client: openai.OpenAI, fakes: Fakes, stream: bool
+) -> None:
+    """Without ``provider.require_parameters`` OpenRouter may route to a serving provider that ignores
+    ``response_format`` (its fake does): the answer would be free text under a promise of JSON."""
+    fakes.openrouter.script(Reply(tokens=['{"city": "Zürich", "degrees": 21}']))
+    text = ""
+    if stream:
+        chunks = client.chat.completions.create(
+            model="t/deepseek", messages=[{"role": "user", "content": "Weather?"}], response_format=JSON, stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    else:
+        completion = client.chat.completions.create(
+            model="t/deepseek", messages=[{"role": "user", "content": "Weather?"}], response_format=JSON
+        )
+        text = completion.choices[0].message.content or ""
+    assert json.loads(text) == {"city": "Zürich", "degrees": 21}
+    assert fakes.openrouter.last.json["provider"] == {"require_parameters": True}
+    fakes.openrouter.script(Reply(tokens=["Hi"]))
+    client.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": "Hi"}])
+    assert "provider" not in fakes.openrouter.last.json  # other requests are routed as before
+
+
+JSON: Any = {"type": "json_object"}
+
+
 def test_the_schema_description_is_passed_on(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.openai.script(Reply(tokens=['{"city": "Zürich", "degrees": 21}']))
     json_schema: Any = {

@@ -46,6 +46,8 @@ COMMENT = b": OPENROUTER PROCESSING\n\n"
 #: The largest window on which OpenRouter compresses an over-long prompt unless told not to (Message Transforms).
 COMPRESSED_BY_DEFAULT_UP_TO = 8192
 DEFAULT_CONTEXT_LENGTH = 131072
+#: The answer of a serving provider that ignored a ``response_format`` it does not support.
+UNSTRUCTURED = "Sure! It is sunny in Zürich, 21 degrees."
 
 _ERRORS = {
     400: "Invalid request",
@@ -127,6 +129,10 @@ class FakeOpenRouter(FakeUpstream):
         fault = reply.fault
         if fault is not None and fault.kind == "status":
             return self.error(fault.http_status, fault.message, retry_after=fault.retry_after)
+        if "response_format" in body and (body.get("provider") or {}).get("require_parameters") is not True:
+            # Routed, as OpenRouter may, to a serving provider without structured outputs: it "will receive only the
+            # parameters [it supports], and ignore the rest" (ProviderPreferences.requireParameters).
+            reply = Reply(tokens=[UNSTRUCTURED])
         if body.get("stream") is not True:
             # As OpenRouter answers ``stream: false``: the reasoning beside the content, usage always.
             refused = reply.options.get("refusal")

@@ -20,6 +20,15 @@ disable this, pass ``plugins: [{"id": "context-compression", "enabled": false}]`
 ["middle-out"]``, off with ``transforms: []``) say a prompt too long for such an endpoint has its middle cut out and
 the rest answered, silently: a reply to a prompt the client never sent. Off, it is OpenRouter's 400 naming the
 window, as on every larger endpoint. Neither the catalogue nor a request can turn it back on.
+
+A request with a ``response_format`` also sends ``provider: {"require_parameters": true}``. OpenRouter routes a
+model's request to any of its serving providers, and "if this setting is omitted or set to false, then providers
+will receive only the parameters they support, and ignore the rest" (its SDKs' ``ProviderPreferences.
+requireParameters``; docs guides/features/structured-outputs: "To ensure your chosen model supports structured
+outputs … set ``require_parameters: true``"): without it a provider without structured outputs answers in free
+text, silently. Tools need no such switch (OpenRouter "will only route to providers that support tool use").
+The switch covers every parameter sent: when no provider of the model takes them all, OpenRouter answers 404
+("No endpoints found that can handle the requested parameters"), the model not available, never a broken answer.
 """
 
 from __future__ import annotations
@@ -27,12 +36,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelgate.chat import reported_cost
 from modelgate.providers._http import ErrorDetail
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
 from modelgate.providers.chat_completions import read_error as read_chat_error
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import CatalogueModel
+    from modelgate.chat import ChatRequest
 
 #: The request field that keeps OpenRouter from cutting the middle out of an over-long prompt (module docstring).
 NO_CONTEXT_COMPRESSION: Mapping[str, Any] = MappingProxyType(
@@ -85,3 +98,9 @@ class OpenRouter(ChatCompletionsProvider):
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
+
+    def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
+        body = super().build_body(model, request, stream=stream)
+        if request.response_format is not None:  # only providers that honour it (module docstring)
+            body.setdefault("provider", {})["require_parameters"] = True
+        return body
