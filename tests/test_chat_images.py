@@ -102,8 +102,8 @@ def test_a_file_that_is_not_an_image_is_refused(service: str, fakes: Fakes) -> N
 @pytest.mark.parametrize("size", [4, 5, 6])  # base64 padded with "==", "=" and not at all
 @pytest.mark.parametrize("padded", [True, False])
 def test_an_image_is_counted_by_its_decoded_bytes(size: int, padded: bool) -> None:
-    data = base64.b64encode(b"\0" * size).decode()
-    url = f"data:image/png;base64,{data if padded else data.rstrip('=')}"
+    data = base64.b64encode(b"\xff\xd8\xff" + b"\0" * (size - 3)).decode()  # a JPEG's first bytes
+    url = f"data:image/jpeg;base64,{data if padded else data.rstrip('=')}"
     ImageBudget(per_image=size, per_request=2 * size).image(url, "x")  # exactly at the limit: within it
     two = ImageBudget(per_image=size, per_request=2 * size)
     two.image(url, "x")

@@ -673,6 +673,83 @@ def test_ollama_refuses_a_remote_image_url(client: openai.OpenAI, fakes: Fakes) 
     assert fakes.ollama.requests == []
 
 
+def _data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def _look_at(url: str) -> Any:
+    image = {"type": "image_url", "image_url": {"url": url}}
+    return [{"role": "user", "content": [{"type": "text", "text": "What?"}, image]}]
+
+
+#: A JPEG's and a GIF's first bytes.
+JPEG_START, GIF_START = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"GIF89a\x01\x00\x01\x00"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        _data_url("image/gif", GIF_START),
+        _data_url("image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+        _data_url("image/heic", b"\x00\x00\x00\x18ftypheic"),
+    ],
+    ids=["gif", "svg", "heic"],
+)
+def test_ollama_refuses_an_image_type_it_cannot_read_before_calling(
+    client: openai.OpenAI, fakes: Fakes, url: str
+) -> None:
+    """Ollama reads PNG, JPEG and WebP (its own OpenAI layer takes no other); sent anyway, its runner failed with a
+    500 ("image: unknown format"), a 502 here counted against Ollama's health."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="t/llava", messages=_look_at(url))
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert "t/llava" in body["message"] and "PNG, JPEG and WebP" in body["message"]
+    assert fakes.ollama.requests == []
+
+
+@pytest.mark.parametrize("model", ["t/llava", "t/deepseek", "t/smol"])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (_data_url("image/png", b"hello, this is text"), "says image/png, but its data is no PNG, JPEG, GIF or WebP"),
+        (_data_url("image/jpeg", b""), "says image/jpeg, but its data is no PNG"),
+        ("data:image/png;base64,iVBORw0K*Ggo=", "not valid base64"),
+        ("data:image/png;base64,iVBORw0KG", "not valid base64"),  # one character past a whole group
+    ],
+    ids=["text", "empty", "not-base64", "truncated"],
+)
+def test_image_data_that_is_no_image_is_a_400_before_any_call(
+    client: openai.OpenAI, fakes: Fakes, model: str, url: str, words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model, messages=_look_at(url))
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert words in body["message"] and "messages[0].content[1]" in body["message"]
+    assert all(fake.requests == [] for fake in fakes.all())
+
+
+def test_unpadded_base64_reaches_ollama_padded(client: openai.OpenAI, fakes: Fakes) -> None:
+    """Go's base64 (Ollama's ``images``, ``[]byte`` in api/types.go) takes no data without its ``=`` padding."""
+    fakes.ollama.script(Reply(tokens=["A PNG."]))
+    reply = client.chat.completions.create(model="t/llava", messages=_look_at("data:image/png;base64,iVBORw0KGgo"))
+    assert reply.choices[0].message.content == "A PNG."
+    assert fakes.ollama.last.json["messages"][0]["images"] == ["iVBORw0KGgo="]
+
+
+@pytest.mark.parametrize("model", ["t/deepseek", "t/smol"])
+def test_an_image_labelled_as_another_format_goes_on_as_its_own(
+    client: openai.OpenAI, fakes: Fakes, model: str
+) -> None:
+    """A JPEG sent as image/png: a provider that checks the label against the bytes (Anthropic's, behind
+    OpenRouter) refuses it; the bytes say what it is."""
+    _fake(fakes, model).script(Reply(tokens=["A photo."]))
+    client.chat.completions.create(model=model, messages=_look_at(_data_url("image/png", JPEG_START)))
+    sent = _fake(fakes, model).last.json["messages"][0]["content"][1]["image_url"]["url"]
+    assert sent == _data_url("image/jpeg", JPEG_START)
+
+
 # --- Cloudflare: function calling and JSON mode, one whole reply ----------------------------------------
 
 
@@ -825,7 +902,7 @@ def test_a_non_streamed_tgi_call_asks_generate_for_one_whole_reply(client: opena
 
 
 def _image(decoded_bytes: int) -> Any:
-    data = base64.b64encode(b"\x89PNG" + b"\0" * (decoded_bytes - 4)).decode()
+    data = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * (decoded_bytes - 8)).decode()  # a PNG's first bytes
     return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
 
 

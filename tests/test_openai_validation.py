@@ -19,6 +19,9 @@ HELLO = [{"role": "user", "content": "Hello"}]
 GEMMA = "google/gemma-2-27b-it"  # no capabilities in the default catalogue
 TOOL_G = {"type": "function", "function": {"name": "g"}}
 
+#: A PNG's first bytes: enough to be taken for one.
+PNG_SIGNATURE = "data:image/png;base64,iVBORw0KGgo="
+
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[openai.OpenAI]:
@@ -86,7 +89,7 @@ def test_out_of_range_or_unsupported_fields_are_named(
     ("messages", "words"),
     [
         (
-            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}],
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_SIGNATURE}}]}],
             ["Qwen2.5-72B-Instruct", "image input", "'vision'"],
         ),
         (

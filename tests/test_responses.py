@@ -46,6 +46,9 @@ INPUT: list[Any] = [
     {"role": "user", "content": [{"type": "input_text", "text": "Say"}, {"type": "input_text", "text": "hello"}]},
 ]
 
+#: A PNG's first bytes: enough to be taken for one.
+PNG_SIGNATURE = "data:image/png;base64,iVBORw0KGgo="
+
 
 @pytest.fixture
 def service(fakes: Fakes) -> Iterator[str]:
@@ -366,7 +369,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "text_verbosity": ({"text": {"verbosity": "low"}}, "text.verbosity", "only the default, 'medium'"),
     "image": (
-        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": PNG_SIGNATURE}]}]},
         "input",
         f"model '{OLLAMA}' does not support image input (capability 'vision')",
     ),

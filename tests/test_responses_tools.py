@@ -505,7 +505,7 @@ def test_images_reach_ollama_as_base64(client: openai.OpenAI, fakes: Fakes) -> N
 
 
 def _image(decoded_bytes: int) -> Any:
-    data = base64.b64encode(b"\x89PNG" + b"\0" * (decoded_bytes - 4)).decode()
+    data = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * (decoded_bytes - 8)).decode()  # a PNG's first bytes
     return {"type": "input_image", "image_url": f"data:image/png;base64,{data}"}
 
 

@@ -54,6 +54,11 @@ def go_json(value: Any) -> bytes:
     return dumps(value).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
 
 
+#: The first bytes of the images Ollama decodes (PNG, JPEG; WebP is RIFF….WEBP): its OpenAI layer takes no others.
+READABLE_IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+UNREADABLE_IMAGE = "Failed to create new sequence: failed to process inputs: image: unknown format"
+
+
 class FakeOllama(FakeUpstream):
     name = "ollama"
     listed_by_default = ("mollysama/rwkv-6-world:1.6b", "llama3.2:latest")
@@ -110,9 +115,12 @@ class FakeOllama(FakeUpstream):
         for message in body.get("messages") or ():
             for image in message.get("images") or ():
                 try:
-                    base64.b64decode(image, validate=True)
+                    data = base64.b64decode(image, validate=True)
                 except (binascii.Error, TypeError):
                     return self.error(400, "illegal base64 data at input byte 4")
+                if not data.startswith(READABLE_IMAGES) and data[8:12] != b"WEBP":
+                    # The Go runner (runner/ollamarunner/runner.go before 9db4bdb): image.Decode fails, a 500.
+                    return self.error(500, UNREADABLE_IMAGE)
         think = body.get("think")
         asked = think is True or (isinstance(think, str) and think in ("low", "medium", "high"))
         if model in self.thinking_models:

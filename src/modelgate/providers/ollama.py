@@ -23,7 +23,8 @@ nothing until the generation is over; a runner failing meanwhile is an error sta
 Tools, structured output and images (ollama-python ``_types.py``: ``ChatRequest.tools``/``format``,
 ``Message.images``/``tool_calls``/``tool_name``): ``tools`` as OpenAI defines them; ``format`` is the JSON
 schema, or ``"json"`` for any object; images are base64 strings in the message's ``images`` — Ollama takes
-bytes, not URLs, and modelgate fetches no URL a client names, so a remote image URL is refused (400).
+bytes, not URLs, and modelgate fetches no URL a client names, so a remote image URL is refused (400), as is an
+image of a type Ollama does not read (``IMAGE_TYPES``), which it would fail on with a 500 or a 400.
 An assistant's tool call goes back with its id and its arguments as an object, a tool result as a ``tool`` message
 naming the function (``tool_name``) and the call (``tool_call_id``; api/types.go ``Message.ToolCallID``, which
 renderers such as Cohere's link results by, and Ollama's own OpenAI layer passes on). Ollama's tool calls arrive
@@ -77,6 +78,10 @@ if TYPE_CHECKING:
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "load": "other", "unload": "other"}
 #: The thinking levels of Ollama's ``think`` (api/types.go ``ThinkValue.IsValid``).
 THINK_LEVELS = frozenset({"low", "medium", "high"})
+#: The images Ollama reads: its own OpenAI layer takes ``data:image/{jpeg,jpg,png,webp};base64,`` and no other
+#: (openai/openai.go ``decodeImageURL``); WebP is decoded by Ollama itself (server/routes.go registers it,
+#: llm/llama_server.go ``llamaServerMediaBytes`` turns it into PNG). ``images.ImageBudget`` labels JPEG image/jpeg.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
@@ -261,12 +266,21 @@ class Ollama(HttpProvider):
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)
         for index, message in enumerate(request.messages):
-            if any(image.inline is None for image in message.images):
-                raise BadRequest(
-                    f"messages[{index}]: model '{model.id}' (Ollama) takes images only inline, as data: URLs; "
-                    "modelgate does not fetch image URLs",
-                    param="messages",
-                )
+            for image in message.images:
+                inline = image.inline
+                if inline is None:
+                    raise BadRequest(
+                        f"messages[{index}]: model '{model.id}' (Ollama) takes images only inline, as data: URLs; "
+                        "modelgate does not fetch image URLs",
+                        param="messages",
+                    )
+                if inline[0] not in IMAGE_TYPES:
+                    raise BadRequest(
+                        f"messages[{index}]: model '{model.id}' (Ollama) takes PNG, JPEG and WebP images, "
+                        f"not {inline[0]}",
+                        data={"model": model.id, "media_types": sorted(IMAGE_TYPES)},
+                        param="messages",
+                    )
             for call in message.tool_calls:
                 try:
                     arguments = orjson.loads(call.arguments or "{}")
