@@ -374,6 +374,13 @@ def test_a_body_neither_events_nor_an_envelope_is_a_protocol_error(body: bytes, 
 # -- end to end: a listed model that does not stream answers every kind of call ---------------------------------
 
 
+def _serve_catalogue(fakes: Fakes, text: str, source: str) -> Iterator[str]:
+    """A service of the catalogue ``text`` (TOML) in front of the fakes, no probes: its URL while it runs."""
+    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, parse_catalogue(tomllib.loads(text), source=source))) as url:
+        yield url
+
+
 @pytest.fixture
 def gpt_oss_service(fakes: Fakes) -> Iterator[str]:
     text = f"""
@@ -390,9 +397,7 @@ typical_p = -1
 repetition_penalty = -1
 truncate = 2048
 """
-    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
-    with serve_in_thread(create_app(settings, parse_catalogue(tomllib.loads(text), source="gpt-oss.toml"))) as url:
-        yield url
+    yield from _serve_catalogue(fakes, text, "gpt-oss.toml")
 
 
 ASK = [{"role": "user", "content": "And 3+3?"}]
@@ -495,9 +500,7 @@ typical_p = -1
 repetition_penalty = -1
 truncate = 2048
 """
-    settings = Settings(**fakes.settings_overrides(), probe_interval=0)  # type: ignore[arg-type]
-    with serve_in_thread(create_app(settings, parse_catalogue(tomllib.loads(text), source="licensed.toml"))) as url:
-        yield url
+    yield from _serve_catalogue(fakes, text, "licensed.toml")
 
 
 def test_a_licence_not_accepted_is_a_403_saying_to_send_agree_not_an_auth_error_or_an_outage(
