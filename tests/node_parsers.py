@@ -42,6 +42,12 @@ def unavailable_reason() -> str | None:
 requires_node_parsers = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
 
+def requires_js_package(name: str) -> pytest.MarkDecorator:
+    """Skip unless ``tests/js/node_modules`` has the npm package ``name`` (``scripts/test.sh`` installs them all)."""
+    installed = (JS_DIR / "node_modules" / name / "package.json").is_file()
+    return pytest.mark.skipif(not installed, reason=f"tests/js/node_modules lacks {name} (run: cd tests/js && npm ci)")
+
+
 class NodeParserError(AssertionError):
     """The AI SDK's parser rejected the stream (or the script could not run)."""
 

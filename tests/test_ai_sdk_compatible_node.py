@@ -20,17 +20,10 @@ from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import ToolCallScript
-from tests.node_parsers import JS_DIR, requires_node_parsers, run_ai_sdk_openai
+from tests.node_parsers import requires_js_package, requires_node_parsers, run_ai_sdk_openai
 from tests.servers import serve_in_thread
 
-_HAS_COMPATIBLE = (JS_DIR / "node_modules" / "@ai-sdk" / "openai-compatible" / "package.json").is_file()
-pytestmark = [
-    pytest.mark.node,
-    requires_node_parsers,
-    pytest.mark.skipif(
-        not _HAS_COMPATIBLE, reason="tests/js/node_modules lacks @ai-sdk/openai-compatible (run: cd tests/js && npm ci)"
-    ),
-]
+pytestmark = [pytest.mark.node, requires_node_parsers, requires_js_package("@ai-sdk/openai-compatible")]
 
 #: The default catalogue's Hugging Face model with tools and structured output.
 MODEL = "qwen/Qwen2.5-72B-Instruct"

@@ -17,18 +17,11 @@ from modelgate.app import create_app
 from modelgate.settings import Settings
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.fakes._base import FakeUpstream, ToolCallScript
-from tests.node_parsers import JS_DIR, requires_node_parsers, run_ai_sdk_openai
+from tests.node_parsers import requires_js_package, requires_node_parsers, run_ai_sdk_openai
 from tests.servers import serve_in_thread
 from tests.test_openai_tools import tools_catalogue
 
-_HAS_PROVIDER = (JS_DIR / "node_modules" / "@ai-sdk" / "openai" / "package.json").is_file()
-pytestmark = [
-    pytest.mark.node,
-    requires_node_parsers,
-    pytest.mark.skipif(
-        not _HAS_PROVIDER, reason="tests/js/node_modules lacks @ai-sdk/openai (run: cd tests/js && npm ci)"
-    ),
-]
+pytestmark = [pytest.mark.node, requires_node_parsers, requires_js_package("@ai-sdk/openai")]
 
 MODEL = "ollama/rwkv-6-world"
 SDKS = ["v7", "v5"]
