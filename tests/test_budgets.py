@@ -47,6 +47,16 @@ from tests.servers import serve_in_thread
 # --- the model and the periods ---------------------------------------------------------------------
 
 
+def ledger_settings(catalogue: Path, tmp_path: Path, fakes: Fakes, **more: Any) -> Settings:
+    """The settings of a service of ``catalogue`` in front of the fakes, its ledger a SQLite file in ``tmp_path``."""
+    return Settings(
+        config_path=catalogue,
+        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
+        **fakes.settings_overrides(),  # type: ignore[arg-type]
+        **more,
+    )
+
+
 def test_a_budget_needs_at_least_one_positive_limit() -> None:
     with pytest.raises(ValidationError, match="set at least one of tokens_per_day"):
         Budget()
@@ -411,12 +421,7 @@ def budgeted_settings(fakes: Fakes, tmp_path: Path, **more: Any) -> Settings:
     catalogue = write_catalogue(
         tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
     )
-    return Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-        **more,
-    )
+    return ledger_settings(catalogue, tmp_path, fakes, **more)
 
 
 @pytest.fixture
@@ -506,11 +511,7 @@ def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, t
     catalogue = write_catalogue(
         tmp_path / "catalogue.toml", model_toml("acme", "tiny"), header='[server]\nkeys_file = "keys.toml"\n'
     )
-    settings = Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-    )
+    settings = ledger_settings(catalogue, tmp_path, fakes)
     with serve_in_thread(create_app(settings)) as url:
         for _ in range(3):
             assert chat(url, "capped").status_code == 200
@@ -629,12 +630,7 @@ def test_a_usd_budget_is_charged_the_ledgers_cost_with_its_cache_hits(fakes: Fak
         header='[server]\nkeys_file = "keys.toml"\n',
     )
     fakes.openrouter.script(Reply(tokens=["a"], usage=(1200, 10), options={"cached_tokens": 1024}))
-    settings = Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        probe_interval=0,
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-    )
+    settings = ledger_settings(catalogue, tmp_path, fakes, probe_interval=0)
     headers = {"Authorization": f"Bearer {key}"}
     with serve_in_thread(create_app(settings)) as url:
         body = {"model": "acme/cache", "messages": MESSAGES}
@@ -668,12 +664,7 @@ def test_the_cost_openrouter_reports_is_what_the_ledger_and_a_usd_budget_charge(
         Reply(tokens=["a"], usage=(1200, 10), options={"cost": 0.002}),  # the list price says 0.00124
         Reply(tokens=["b"], usage=(1200, 10), options={"cost": 0.0003}),
     )
-    settings = Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        probe_interval=0,
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-    )
+    settings = ledger_settings(catalogue, tmp_path, fakes, probe_interval=0)
     headers = {"Authorization": f"Bearer {key}"}
     with serve_in_thread(create_app(settings)) as url:
         for model in ("acme/priced", "acme/unpriced"):
@@ -708,12 +699,7 @@ def test_a_fallback_that_may_cost_more_is_held_at_its_own_maximum(fakes: Fakes, 
     )
     fakes.ollama.models = {"big:1b"}  # a/small's model is not there: a 404, then the fallback
     fakes.ollama.default = Reply(tokens=["x"] * 40, delay=0.02)  # 8 + 40 tokens, ~1 s
-    settings = Settings(
-        config_path=catalogue,
-        database_url=f"sqlite:///{tmp_path / 'usage.sqlite3'}",
-        probe_interval=0,
-        **fakes.settings_overrides(),  # type: ignore[arg-type]
-    )
+    settings = ledger_settings(catalogue, tmp_path, fakes, probe_interval=0)
     headers = {"Authorization": f"Bearer {key}"}
 
     async def burst(url: str) -> list[int]:
