@@ -23,10 +23,11 @@ from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import UpstreamUnavailable
 from modelgate.providers import ProbeResult
+from modelgate.reload import reload_catalogue
 from modelgate.resilience import BreakerConfig, Breakers
 from modelgate.settings import Settings
 from modelgate.status import DOWN_AFTER, MIN_SAMPLES, SLOW_TTFT, WINDOW, StatusBoard
-from tests.catalogue_files import model_toml, write_catalogue
+from tests.catalogue_files import catalogue_toml, model_toml, write_catalogue
 from tests.cli_process import wait_for
 from tests.fakes import FakeOllama, Fakes, Fault, Reply
 from tests.redis_server import free_port, running_redis
@@ -620,3 +621,40 @@ def test_the_public_status_never_quotes_a_replys_bytes(hostile: Any, hostile_ope
     assert model["status"] == "down"
     assert "unreadable stream chunk" in model["reason"] and f"({len(echo) - 8} bytes)" in model["reason"]
     assert "PROMPT-ECHO" not in json.dumps(status)
+
+
+def test_reloads_with_new_names_leave_only_the_current_catalogues_records(fakes: Fakes, tmp_path: Path) -> None:
+    """Each catalogue names a provider instance and a model never seen before, and serves traffic (a success, and a
+    503 the model's breaker counts): the health records and the breakers of the ones before it are forgotten at the
+    reload, where they piled up with every catalogue served since start."""
+    path = tmp_path / "c.toml"
+    rounds = 12
+
+    def catalogue(index: int) -> str:
+        header = f'[providers.p{index}]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n'
+        model = model_toml("acme", f"m{index}", provider=f"p{index}", upstream=f"up-{index}")
+        return catalogue_toml(model, header=header)
+
+    path.write_text(catalogue(0), encoding="utf-8")
+    app = create_app(Settings(**fakes.settings_overrides(), config_path=path, probe_interval=3600))
+    state = app.state.gateway
+    with serve_in_thread(app) as url:
+        for index in range(rounds):
+            if index:
+                path.write_text(catalogue(index), encoding="utf-8")
+                assert reload_catalogue(state, "test")
+            fakes.openai.script(Reply(), Reply(fault=Fault.status(503, message="loading")))
+            body = {"model": f"acme/m{index}", "messages": [{"role": "user", "content": "Hi"}]}
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).status_code == 200
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)  # the 503, retried: a failure or two
+        status = httpx.get(f"{url}/api/status", timeout=5).json()
+    last = f"p{rounds - 1}"
+    assert list(status["models"]) == [f"acme/m{rounds - 1}"]
+    assert list(status["providers"]) == ["huggingface", "cloudflare", "openrouter", "ollama", last]
+    assert status["providers"][last]["requests"] >= 2
+    board, breakers = state.status, state.breakers
+    assert set(board._models) == {f"acme/m{rounds - 1}"}
+    assert set(board._providers) == {last}
+    assert set(board._probes) <= {last}
+    assert set(breakers._breakers) == {last}
+    assert set(breakers._models) == {(last, f"up-{rounds - 1}")}

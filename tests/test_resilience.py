@@ -378,6 +378,19 @@ def test_model_breakers_are_bounded_keeping_those_that_hold_something(monkeypatc
     assert breakers.peek_model("p", "m19") is not None
 
 
+def test_a_catalogue_swap_forgets_only_the_breakers_of_what_it_dropped(tmp_path: Path) -> None:
+    breakers = Breakers(clock=FakeClock())
+    config = BreakerConfig(threshold=1)
+    kept = breakers.for_model("ollama", "tiny:1b", config)
+    kept.record_failure(UpstreamUnavailable("ollama", "loading", upstream_status=503), kept.acquire())
+    breakers.for_model("gone", "old:1b", config).record_success()
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml("acme", "tiny", upstream="tiny:1b")))
+    breakers.retain(catalogue)
+    assert breakers.peek_model("ollama", "tiny:1b") is kept.model and kept.model.is_open()  # its cooldown goes on
+    assert breakers.peek("ollama") is kept.provider
+    assert breakers.peek("gone") is None and breakers.peek_model("gone", "old:1b") is None
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 FAST_RETRIES = """

@@ -63,7 +63,7 @@ from modelgate.errors import (
 )
 
 if TYPE_CHECKING:
-    from modelgate.catalogue import ProviderEntry
+    from modelgate.catalogue import Catalogue, ProviderEntry
 
 Clock = Callable[[], float]
 
@@ -346,8 +346,8 @@ class CallBreakers:
         self.model.release(passage.model)
 
 
-#: Model breakers kept at most. Only catalogue models reach an upstream, but breakers outlive catalogue
-#: reloads, so the models of every catalogue served since start would pile up without a bound.
+#: Model breakers kept at most. Only catalogue models reach an upstream and a catalogue swap forgets the breakers
+#: of models it no longer has (``Breakers.retain``); this bounds what requests in flight across swaps bring back.
 MAX_MODEL_BREAKERS = 4096
 
 
@@ -397,6 +397,18 @@ class Breakers:
         breaker = self._breakers.get(provider)
         if breaker is not None and breaker.state is not BreakerState.CLOSED:
             breaker.record_success()
+
+    def retain(self, catalogue: Catalogue) -> None:
+        """Forget the breakers of providers and upstream models ``catalogue`` no longer has (at each catalogue swap).
+
+        No new request can reach them, and the breakers of every catalogue served since start would otherwise
+        pile up. A request in flight keeps the ``CallBreakers`` it holds, so its verdict lands where it did; a
+        breaker it recreates by failing over is forgotten at the next swap. Both dicts are rebuilt and assigned
+        whole: tests swap catalogues from their own thread while the loop creates breakers."""
+        providers = set(catalogue.instances)
+        models = {(model.provider, model.upstream_model) for model in catalogue.models}
+        self._breakers = {name: b for name, b in list(self._breakers.items()) if name in providers}
+        self._models = {key: b for key, b in list(self._models.items()) if key in models}
 
     def _forget_models(self) -> None:
         """Make room: the idle breakers (a new one starts the same), or the oldest when none is idle.

@@ -179,6 +179,19 @@ class StatusBoard:
             available=result.available_models,
         )
 
+    def retain(self, catalogue: Catalogue) -> None:
+        """Forget the providers and models ``catalogue`` no longer has (at each catalogue swap).
+
+        ``/api/status`` reads only the current catalogue's, so the records of every catalogue served since
+        start would otherwise pile up. A request still in flight on a forgotten one records it again when it
+        ends; the next reload forgets that too. Each dict is rebuilt and assigned whole: tests swap catalogues
+        from their own thread while the loop records."""
+        providers = set(catalogue.instances)
+        models = {model.id for model in catalogue.models}
+        self._providers = {name: s for name, s in list(self._providers.items()) if name in providers}
+        self._probes = {name: p for name, p in list(self._probes.items()) if name in providers}
+        self._models = {model_id: s for model_id, s in list(self._models.items()) if model_id in models}
+
     # -- reading --
 
     def snapshot(
@@ -323,8 +336,8 @@ class Prober:
         """One round: probe every configured provider in use, record what each answered."""
         state = self.state
         for name, result in (await probe_catalogue(state, state.catalogue)).items():
-            if result is None:
-                continue
+            if result is None or name not in state.catalogue.instances:
+                continue  # no probe, or a reload dropped the provider meanwhile: nobody would read it
             state.status.record_probe(name, result)
             if result.reachable:
                 # It answered its listing, so it is back: no request should meet "provider in cooldown".
