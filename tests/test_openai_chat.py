@@ -327,6 +327,78 @@ def test_message_names_a_provider_cannot_carry_are_reported(client: openai.OpenA
     assert all("name" not in m for m in fakes[provider].last.json["messages"])
 
 
+#: Prompt-caching breakpoints as Roo Code and Cline send them for Anthropic models through OpenRouter (the system
+#: prompt's one text part), and as OpenRouter's prompt-caching page shows them: on the book, not on the question
+#: after it, so that another question about the same book reads the cache.
+CACHED: list[Any] = [
+    {"role": "system", "content": [{"type": "text", "text": "You are Roo.", "cache_control": {"type": "ephemeral"}}]},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Given the book below:"},
+            {"type": "text", "text": "HUGE TEXT BODY", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+            {"type": "text", "text": "Name all the characters."},
+        ],
+    },
+]
+
+
+def test_prompt_caching_breakpoints_reach_openrouter_on_their_parts(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODELS["openrouter"], messages=CACHED)
+    raw.parse()
+    assert fakes.openrouter.last.json["messages"] == [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "You are Roo.", "cache_control": {"type": "ephemeral"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Given the book below:"},
+                {"type": "text", "text": "HUGE TEXT BODY", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "text", "text": "Name all the characters."},
+            ],
+        },
+    ]
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
+@pytest.mark.parametrize("provider", ["huggingface", "ollama", "cloudflare"])
+def test_prompt_caching_breakpoints_a_provider_cannot_carry_are_reported(
+    client: openai.OpenAI, fakes: Fakes, provider: str
+) -> None:
+    """The HF router, Ollama and Workers AI document no ``cache_control``: the text goes as it would without it."""
+    raw = client.chat.completions.with_raw_response.create(model=MODELS[provider], messages=CACHED)
+    raw.parse()
+    assert raw.headers["x-modelgate-dropped-params"].split(",") == ["messages.content.cache_control"]
+    sent = fakes[provider].last.json["messages"]
+    assert "cache_control" not in str(sent)
+    assert [m["content"] for m in sent] == [
+        "You are Roo.",
+        "Given the book below:\nHUGE TEXT BODY\nName all the characters.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "error"),
+    [
+        ({"type": "persistent"}, "cache_control.type: Input should be 'ephemeral'"),
+        ({"type": "ephemeral", "ttl": "1d"}, "cache_control.ttl: Input should be '5m' or '1h'"),
+        ({"type": "ephemeral", "scope": "global"}, "cache_control.scope: Extra inputs are not permitted"),
+        ("ephemeral", "cache_control: Input should be a valid dictionary or object"),
+    ],
+)
+def test_a_prompt_caching_breakpoint_other_than_anthropics_is_refused(
+    service: str, fakes: Fakes, cache_control: Any, error: str
+) -> None:
+    part = {"type": "text", "text": "Hi", "cache_control": cache_control}
+    body = {"model": MODELS["openrouter"], "messages": [{"role": "user", "content": [part]}]}
+    response = httpx.post(f"{service}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 400
+    assert error in response.json()["error"]["message"]
+    assert fakes.openrouter.requests == []
+
+
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
     raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)

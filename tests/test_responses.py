@@ -321,6 +321,49 @@ def test_earlier_output_goes_back_as_input(client: openai.OpenAI, fakes: Fakes) 
     ]
 
 
+#: A prompt-caching breakpoint on an input block, as OpenRouter's Responses API takes it.
+CACHED_INPUT: list[Any] = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "HUGE TEXT BODY", "cache_control": {"type": "ephemeral"}},
+            {"type": "input_text", "text": "Name all the characters."},
+        ],
+    }
+]
+
+
+def test_a_prompt_caching_breakpoint_reaches_openrouter_on_its_part(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.responses.with_raw_response.create(model=MODELS["openrouter"], input=CACHED_INPUT, store=False)
+    raw.parse()
+    assert fakes.openrouter.last.json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "HUGE TEXT BODY", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Name all the characters."},
+            ],
+        }
+    ]
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
+def test_a_prompt_caching_breakpoint_ollama_cannot_carry_is_reported(client: openai.OpenAI, fakes: Fakes) -> None:
+    raw = client.responses.with_raw_response.create(model=OLLAMA, input=CACHED_INPUT, store=False)
+    raw.parse()
+    assert raw.headers["x-modelgate-dropped-params"] == "input.content.cache_control"
+    assert fakes.ollama.last.json["messages"][-1]["content"] == "HUGE TEXT BODY\nName all the characters."
+
+
+def test_a_prompt_caching_breakpoint_of_another_kind_is_refused(service: str, fakes: Fakes) -> None:
+    part = {"type": "input_text", "text": "Hi", "cache_control": {"type": "ephemeral", "ttl": "1d"}}
+    body = {"model": MODELS["openrouter"], "input": [{"role": "user", "content": [part]}], "store": False}
+    response = httpx.post(f"{service}/v1/responses", json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert "cache_control.ttl: Input should be '5m' or '1h'" in response.json()["error"]["message"]
+    assert fakes.openrouter.requests == []
+
+
 def test_catalogue_defaults_a_provider_cannot_carry_are_not_reported_as_dropped(client: openai.OpenAI) -> None:
     raw = client.responses.with_raw_response.create(model=MODELS["cloudflare"], input="hi", temperature=0.5)
     raw.parse()

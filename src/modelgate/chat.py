@@ -9,7 +9,7 @@ stream runner turns it into the client protocol's error part.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -42,6 +42,19 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheBreak:
+    """A prompt-caching breakpoint after the part before it in ``Message.parts``: a content part's ``cache_control``
+    (Anthropic's, which OpenRouter passes on to Anthropic and Gemini models; openrouter.ai/docs/features/
+    prompt-caching), asking that the prompt up to and including that part be cached. ``ttl``: Anthropic's ``5m``
+    (its default) or ``1h``."""
+
+    ttl: Literal["5m", "1h"] | None = None
+
+    def wire(self) -> dict[str, str]:
+        return {"type": "ephemeral"} | ({"ttl": self.ttl} if self.ttl else {})
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     """A call the assistant made: ``arguments`` is the JSON text the model wrote (not parsed: it may be invalid)."""
 
@@ -61,22 +74,33 @@ class Message:
     #: A ``tool`` message: the id of the call it answers.
     tool_call_id: str | None = None
     #: The text and image parts in the client's order, when some text follows an image ("compare this" image
-    #: "with this" image); None when the text comes first. Protocols with content parts (Chat Completions) send
-    #: this order; the others take the text and the images apart.
-    parts: tuple[str | Image, ...] | None = None
+    #: "with this" image) or a part carries a ``CacheBreak`` (each after its part); None when the text comes first
+    #: and nothing is to be cached. Protocols with content parts (Chat Completions) send this order; the others take
+    #: the text and the images apart.
+    parts: tuple[str | Image | CacheBreak, ...] | None = None
     #: OpenAI's ``name`` of a system, user or assistant message: which participant said it (two users of one
     #: conversation are told apart by it). Sent where the protocol has it, reported as dropped elsewhere.
     name: str | None = None
 
+    @property
+    def cache_breaks(self) -> bool:
+        return self.parts is not None and any(isinstance(part, CacheBreak) for part in self.parts)
 
-def content_message(role: Role, parts: list[str | Image], *, separator: str, **fields: Any) -> Message:
-    """A message of ``parts`` (texts and images in the client's order): its text joined by ``separator``, its
-    images, and the order itself only when it is not "the text, then the images"."""
+
+def interleaved(parts: Sequence[str | Image | CacheBreak]) -> bool:
+    """Whether some text follows an image (the order then says something a text-then-images protocol loses)."""
+    first_image = next((index for index, part in enumerate(parts) if isinstance(part, Image)), len(parts))
+    return any(isinstance(part, str) for part in parts[first_image:])
+
+
+def content_message(role: Role, parts: Sequence[str | Image | CacheBreak], *, separator: str, **fields: Any) -> Message:
+    """A message of ``parts`` (texts and images in the client's order, each maybe followed by a ``CacheBreak``): its
+    text joined by ``separator``, its images, and the parts themselves only when they say more than "the text, then
+    the images"."""
     texts = [part for part in parts if isinstance(part, str)]
     images = tuple(part for part in parts if isinstance(part, Image))
-    first_image = next((index for index, part in enumerate(parts) if isinstance(part, Image)), len(parts))
-    interleaved = any(isinstance(part, str) for part in parts[first_image:])
-    ordered = tuple(parts) if interleaved else None
+    kept = interleaved(parts) or any(isinstance(part, CacheBreak) for part in parts)
+    ordered = tuple(parts) if kept else None
     return Message(role=role, content=separator.join(texts), images=images, parts=ordered, **fields)
 
 
@@ -168,6 +192,8 @@ IMAGE_DETAIL = "image_url.detail"
 MESSAGE_NAME = "messages.name"
 #: A function tool's ``strict`` (its arguments held to its schema), by its Chat Completions name.
 TOOL_STRICT = "tools.function.strict"
+#: A content part's prompt-caching breakpoint (``CacheBreak``), by its Chat Completions name.
+CACHE_CONTROL = "messages.content.cache_control"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +235,10 @@ class ChatRequest:
         if any(message.name is not None for message in self.messages):
             lost.append(MESSAGE_NAME)
         return lost
+
+    def cache_breaks(self) -> bool:
+        """Whether a content part asks for a prompt-caching breakpoint (``CacheBreak``)."""
+        return any(message.cache_breaks for message in self.messages)
 
     def needs(self) -> frozenset[Capability]:
         """The capabilities a model must have to answer this request."""

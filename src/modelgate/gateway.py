@@ -229,7 +229,12 @@ async def _open_model(
         breakers.record_success()
         state.status.record(model.provider, model.id, ok=True, ttft=ttft)
         metrics.observe_first_token(model.provider, model.id, ttft)
-        lost = [*provider.dropped_params(request.params), *provider.unenforced(model, request), *request.not_carried]
+        lost = [
+            *provider.dropped_params(request.params),
+            *provider.unenforced(model, request),
+            *provider.lost_hints(request),
+            *request.not_carried,
+        ]
         dropped = list(dict.fromkeys(lost))  # a field can be both a dropped default and a caller's lost one
         if obs is not None:
             obs.model, obs.provider = model.id, model.provider

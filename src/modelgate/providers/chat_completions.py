@@ -37,6 +37,7 @@ import aiohttp
 import orjson
 
 from modelgate.chat import (
+    CacheBreak,
     Capability,
     ChatRequest,
     Finish,
@@ -53,6 +54,7 @@ from modelgate.chat import (
     ToolCallDelta,
     ToolChoice,
     Usage,
+    interleaved,
     reported_usage,
 )
 from modelgate.errors import UpstreamError, UpstreamProtocolError
@@ -221,28 +223,41 @@ def _image_part(image: Image, *, detail: bool) -> dict[str, Any]:
     return {"type": "image_url", "image_url": url}
 
 
-def wire_content(message: Message, *, detail: bool = True) -> str | list[dict[str, Any]]:
+def wire_content(message: Message, *, detail: bool = True, cache: bool = False) -> str | list[dict[str, Any]]:
     """A message's content as the OpenAI reference has it: its text, or with images text and ``image_url`` parts in
     the client's order (the text first when it came first). ``detail=False``: for a protocol whose image parts have
-    only a ``url`` (``ChatRequest.bare_form_losses`` reports the detail)."""
-    if message.parts is not None:
-        return [
-            {"type": "text", "text": part} if isinstance(part, str) else _image_part(part, detail=detail)
-            for part in message.parts
-        ]
+    only a ``url`` (``ChatRequest.bare_form_losses`` reports the detail). ``cache``: for a protocol taking a part's
+    ``cache_control`` (OpenRouter): the message's parts as the client cut them, each breakpoint on its part; else
+    the breakpoints are left out (``Provider.lost_hints`` reports them) and the message goes as if it had none."""
+    ordered = message.parts
+    if ordered is not None and not cache and message.cache_breaks:
+        ordered = tuple(part for part in ordered if not isinstance(part, CacheBreak))
+        ordered = ordered if interleaved(ordered) else None
+    if ordered is not None:
+        wire: list[dict[str, Any]] = []
+        for part in ordered:
+            if isinstance(part, CacheBreak):
+                if wire:
+                    wire[-1]["cache_control"] = part.wire()
+            elif isinstance(part, str):
+                wire.append({"type": "text", "text": part})
+            else:
+                wire.append(_image_part(part, detail=detail))
+        return wire
     if message.images:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
         return parts + [_image_part(image, detail=detail) for image in message.images]
     return message.content
 
 
-def wire_message(message: Message) -> dict[str, Any]:
+def wire_message(message: Message, *, cache: bool = False) -> dict[str, Any]:
     """One message as the OpenAI reference has it (``wire_content``)."""
-    wire: dict[str, Any] = {"role": message.role, "content": wire_content(message)}
+    wire: dict[str, Any] = {"role": message.role, "content": wire_content(message, cache=cache)}
     if message.name is not None:
         wire["name"] = message.name
     if message.tool_calls:
-        wire["content"] = message.content or None
+        if not (cache and message.cache_breaks):
+            wire["content"] = message.content or None
         wire["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in message.tool_calls
@@ -604,7 +619,7 @@ class ChatCompletionsProvider(HttpProvider):
 
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         values = request.params.set_fields()
-        messages = [wire_message(m) for m in request.messages]
+        messages = [wire_message(m, cache=self.carries_cache_control) for m in request.messages]
         body: dict[str, Any] = {"model": self.upstream_model(model), "messages": messages}
         # A non-streamed reply carries its usage without being asked.
         body |= {"stream": True, "stream_options": {"include_usage": True}} if stream else {"stream": False}

@@ -98,6 +98,7 @@ class OpenRouter(ChatCompletionsProvider):
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
+    carries_cache_control = True
 
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         body = super().build_body(model, request, stream=stream)

@@ -5,7 +5,8 @@ Shapes follow openai-python's ``types/chat`` (``ChatCompletionMessageParam``, ``
 ``ChatCompletionToolChoiceOptionParam``, ``completion_create_params.ResponseFormat``). What a client defines
 (tools, schemas) is closed (``extra="forbid"``: a misspelt field is an error, not a silently ignored one);
 messages ignore unknown fields, because SDKs send a previous reply's message back as they got it (with
-``refusal``, ``annotations``, ``audio``, ``reasoning_content``...).
+``refusal``, ``annotations``, ``audio``, ``reasoning_content``...). A content part's ``cache_control`` (a
+prompt-caching breakpoint) is read, and closed.
 
 Image bytes are bounded here, where a ``data:`` URL is first seen (``images.ImageBudget``).
 """
@@ -17,7 +18,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from modelgate.chat import Image, Message, NamedTool, ResponseFormat, Role, Tool, ToolCall, ToolChoice, content_message
+from modelgate.chat import (
+    CacheBreak,
+    Image,
+    Message,
+    NamedTool,
+    ResponseFormat,
+    Role,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    content_message,
+)
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
 from modelgate.wire import WireJSON, WireText, unicode_text
@@ -38,6 +50,17 @@ class ImageURL(BaseModel):
     detail: Literal["auto", "low", "high"] | None = None
 
 
+class CacheControl(BaseModel):
+    """A prompt-caching breakpoint (``chat.CacheBreak``) as Roo Code, Cline and OpenRouter's docs send it: Anthropic's
+    one type and its two lifetimes (openrouter.ai/docs/features/prompt-caching); anything else is a 400 naming it,
+    not a hint passed on for an upstream to refuse."""
+
+    model_config = _closed
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class ContentPart(BaseModel):
     """A text or image part (or an assistant's ``refusal``); other types (``input_audio``, ``file``) are refused
     by name."""
@@ -48,6 +71,7 @@ class ContentPart(BaseModel):
     text: str | None = None
     refusal: str | None = None
     image_url: ImageURL | None = None
+    cache_control: CacheControl | None = None
 
 
 class FunctionCall(BaseModel):
@@ -210,7 +234,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
         return Message(role=role, content="", tool_calls=calls, name=name)
     if isinstance(content, str):
         return Message(role=role, content=content, tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
-    parts: list[str | Image] = []
+    parts: list[str | Image | CacheBreak] = []
     for index, part in enumerate(content):
         here = f"{where}.content[{index}]"
         if part.type == "text":
@@ -231,6 +255,8 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
                 f"{here}: content of type '{part.type}' is not supported in a {message.role} message; send {allowed}",
                 param="messages",
             )
+        if part.cache_control is not None:
+            parts.append(CacheBreak(part.cache_control.ttl))
     # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
     return content_message(role, parts, separator="\n", tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelgate.app import gateway
-from modelgate.chat import IMAGE_DETAIL, SCHEMA_DESCRIPTION, TOOL_STRICT
+from modelgate.chat import CACHE_CONTROL, IMAGE_DETAIL, SCHEMA_DESCRIPTION, TOOL_STRICT
 from modelgate.encoders.openai import USAGE_HEADER
 from modelgate.encoders.responses import HEADERS as STREAM_HEADERS
 from modelgate.encoders.responses import MEDIA_TYPE as STREAM_MEDIA_TYPE
@@ -48,6 +48,7 @@ _OUR_NAMES: Mapping[str, str] = {
     SCHEMA_DESCRIPTION: "text.format.description",
     IMAGE_DETAIL: "input_image.detail",
     TOOL_STRICT: "tools.strict",
+    CACHE_CONTROL: "input.content.cache_control",
 }
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from modelgate.catalogue import CatalogueModel
 from modelgate.chat import (
+    CacheBreak,
     ChatRequest,
     Image,
     Message,
@@ -47,6 +48,7 @@ from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
+    CacheControl,
     FunctionName,
     NamedFunction,
     NamedToolChoice,
@@ -136,6 +138,8 @@ class InputPart(BaseModel):
     image_url: WireText | None = Field(default=None, description="A data: URL (base64) or an https: URL")
     detail: WireText | None = None
     file_id: WireText | None = None
+    #: A prompt-caching breakpoint, as OpenRouter's Responses API takes it on a content block.
+    cache_control: CacheControl | None = None
 
 
 def _text_or_list(value: Any) -> str:
@@ -493,9 +497,9 @@ def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: Im
 
 def _parts(
     content: list[InputPart], where: str, role: Role, model: CatalogueModel, budget: ImageBudget
-) -> list[str | Image]:
-    """A message's texts and images, in the order sent."""
-    parts: list[str | Image] = []
+) -> list[str | Image | CacheBreak]:
+    """A message's texts and images, in the order sent, each followed by its prompt-caching breakpoint if it has one."""
+    parts: list[str | Image | CacheBreak] = []
     for index, part in enumerate(content):
         at = f"{where}.content[{index}]"
         if part.type in _MEDIA_PARTS:
@@ -503,19 +507,22 @@ def _parts(
                 f"{at}: {part.type}: {_MEDIA_PARTS[part.type]} input is not supported (model '{model.id}')",
                 param="input",
             )
-        if part.type == "input_image":
-            parts.append(_image(part, at, role, budget))
-            continue
-        if part.type == "refusal":  # an earlier answer's refusal is what the assistant said
-            text = part.refusal
-        elif part.type in _TEXT_PARTS:
-            text = part.text
-        else:
-            raise BadRequest(f"{at}: content of type '{part.type}' is not supported; send input_text", param="input")
-        if text is None:
-            raise BadRequest(f"{at}: the part has no text", param="input")
-        parts.append(text)
+        parts.append(_image(part, at, role, budget) if part.type == "input_image" else _text(part, at))
+        if part.cache_control is not None:
+            parts.append(CacheBreak(part.cache_control.ttl))
     return parts
+
+
+def _text(part: InputPart, where: str) -> str:
+    if part.type == "refusal":  # an earlier answer's refusal is what the assistant said
+        text = part.refusal
+    elif part.type in _TEXT_PARTS:
+        text = part.text
+    else:
+        raise BadRequest(f"{where}: content of type '{part.type}' is not supported; send input_text", param="input")
+    if text is None:
+        raise BadRequest(f"{where}: the part has no text", param="input")
+    return text
 
 
 def _image(part: InputPart, where: str, role: Role, budget: ImageBudget) -> Image:
