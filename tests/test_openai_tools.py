@@ -438,6 +438,32 @@ def test_a_model_without_the_capability_is_refused_before_any_upstream_call(
     assert fakes.openai.requests == []
 
 
+@pytest.mark.parametrize(("model", "kind"), [("t/plain", "openai"), ("t/tgi", "huggingface")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_declined_with_tool_choice_none_reach_a_model_without_tools_as_a_plain_request(
+    client: openai.OpenAI, fakes: Fakes, model: str, kind: str, stream: bool
+) -> None:
+    # Open WebUI and LangChain agents send their tools on every turn; "none" asks for no tool use, which a model
+    # without tool calling (t/plain declares none; TGI's /generate_stream has none) serves as asked.
+    fakes[kind].script(Reply(tokens=["Hi", "!"]))
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        parallel_tool_calls=False,
+        stream=stream,
+    )
+    sent = fakes[kind].last.json
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+    assert "x-modelgate-dropped-params" not in raw.headers  # not using the tools is what the caller chose
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content or ""
+    assert text == "Hi!"
+
+
 def test_a_fallback_without_the_capability_is_passed_over(fakes: Fakes) -> None:
     catalogue = parse_catalogue(
         tomllib.loads(

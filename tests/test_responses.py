@@ -451,6 +451,17 @@ def test_unsupported_requests_are_refused(client: openai.OpenAI, fakes: Fakes, c
     assert fakes.ollama.requests == []
 
 
+def test_tools_declined_with_tool_choice_none_reach_a_model_without_tools(client: openai.OpenAI, fakes: Fakes) -> None:
+    # As an agent sends them on every turn: "none" asks for no tool use, which a model without tools serves.
+    tools: Any = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    raw = client.responses.with_raw_response.create(model=OLLAMA, input="hi", tools=tools, tool_choice="none")
+    reply = raw.parse()
+    assert reply.output_text == "Hello, world!"
+    assert reply.tool_choice == "none" and [tool.name for tool in reply.tools] == ["f"]  # echoed as asked
+    assert "tools" not in fakes.ollama.last.json
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
 #: Extra output no provider kind makes, whose absence leaves the answer as asked: accepted, named as dropped.
 UNMADE: dict[str, tuple[dict[str, Any], str]] = {
     "summary": ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),

@@ -222,6 +222,16 @@ class ChatRequest:
         controls += ["parallel_tool_calls"] if self.parallel_tool_calls is not None else []
         return controls + ([TOOL_STRICT] if any(tool.strict for tool in self.tools) else [])
 
+    def without_declined_tools(self) -> ChatRequest:
+        """This request without the tools its ``tool_choice: "none"`` declines, for a model that has no tool calling.
+
+        Open WebUI and LangChain agents send their tools on every turn, "none" included; such a turn asks for no
+        tool use, which a model without tools serves as asked (the tools are not reported as dropped: not using
+        them is what the caller chose). A history of tool calls still needs the capability (``needs``)."""
+        if not self.tools or self.tool_choice != "none":
+            return self
+        return replace(self, tools=(), tool_choice=None, parallel_tool_calls=None)
+
     def bare_form_losses(self) -> list[str]:
         """What a protocol taking a bare JSON schema and bare images (Ollama, Workers AI, TGI's grammar) cannot
         carry of this request, by its Chat Completions names: the schema's ``description`` (guidance for the
