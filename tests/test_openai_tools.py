@@ -606,6 +606,36 @@ def test_tool_controls_ollama_cannot_enforce_are_reported(client: openai.OpenAI)
     assert "x-modelgate-dropped-params" not in plain.headers
 
 
+#: Tool model → the tool controls its kind carries (the chat-completions kinds pass every one on; Workers AI takes
+#: tool_choice but no parallel_tool_calls; Ollama neither).
+TOOL_CONTROLS = {
+    "t/smol": {"tool_choice", "parallel_tool_calls"},
+    "t/qwen": {"tool_choice", "parallel_tool_calls"},
+    "t/deepseek": {"tool_choice", "parallel_tool_calls"},
+    "t/cf": {"tool_choice"},
+    "t/llava": set(),
+}
+
+
+@pytest.mark.parametrize("model", list(TOOL_CONTROLS))
+def test_supported_parameters_list_the_tool_controls_the_provider_carries(
+    client: openai.OpenAI, fakes: Fakes, model: str
+) -> None:
+    """``/v1/models`` promises what a call gets: a control it lists is carried, one it does not is reported dropped."""
+    supported = set(client.models.retrieve(model).model_extra["supported_parameters"])  # type: ignore[index]
+    assert supported & {"tools", "tool_choice", "parallel_tool_calls"} == {"tools"} | TOOL_CONTROLS[model]
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    raw.parse()
+    dropped = set(filter(None, raw.headers.get("x-modelgate-dropped-params", "").split(",")))
+    assert dropped == {"tool_choice", "parallel_tool_calls"} - supported
+
+
 NAMED_CHOICE: Any = {"type": "function", "function": {"name": "get_weather"}}
 
 

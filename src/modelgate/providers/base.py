@@ -96,6 +96,9 @@ class Provider(ABC):
     carries_cache_control: ClassVar[bool] = False
     #: The capabilities this adapter can carry at all; a model has those of its catalogue entry that are here.
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"reasoning"})
+    #: Tool controls (``ChatRequest.tool_controls`` names) the protocol has no form for: left to the model, reported
+    #: as dropped when a call sets them (``lost_tool_controls``) and not listed in ``/v1/models``.
+    uncarried_tool_controls: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         self.connection = connection
@@ -142,6 +145,10 @@ class Provider(ABC):
         """Hints of the caller's the protocol has no place for, which change no answer (a prompt-caching breakpoint:
         only what the call costs and how soon it starts); reported with the dropped parameters."""
         return [CACHE_CONTROL] if request.cache_breaks() and not self.carries_cache_control else []
+
+    def lost_tool_controls(self, request: ChatRequest) -> list[str]:
+        """The tool controls ``request`` sets that this protocol cannot carry (``uncarried_tool_controls``)."""
+        return [control for control in request.tool_controls() if control in self.uncarried_tool_controls]
 
     @abstractmethod
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:

@@ -69,6 +69,7 @@ from urllib.parse import quote
 import orjson
 
 from modelgate.chat import (
+    TOOL_STRICT,
     Capability,
     ChatRequest,
     Finish,
@@ -382,6 +383,8 @@ class Cloudflare(HttpProvider):
     name = "cloudflare"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     read_error = staticmethod(read_error)
+    #: tool_choice is sent (build_body); no parallel_tool_calls nor strict in this protocol.
+    uncarried_tool_controls: ClassVar[frozenset[str]] = frozenset({"parallel_tool_calls", TOOL_STRICT})
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -409,10 +412,8 @@ class Cloudflare(HttpProvider):
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        # tool_choice is sent (build_body); no parallel_tool_calls nor strict in this protocol; the schema goes bare,
-        # an image part without detail.
-        lost = [control for control in request.tool_controls() if control != "tool_choice"]
-        return lost + request.bare_form_losses()
+        # The schema goes bare, an image part without detail.
+        return self.lost_tool_controls(request) + request.bare_form_losses()
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)  # a model without ``vision`` is refused any image there

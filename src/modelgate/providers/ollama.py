@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from modelgate.chat import (
+    TOOL_STRICT,
     Capability,
     ChatRequest,
     Finish,
@@ -247,6 +248,8 @@ class Ollama(HttpProvider):
     name = "ollama"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     read_error = staticmethod(read_error)
+    #: No tool_choice (only "none" is honoured, by not offering the tools), parallel_tool_calls nor strict here.
+    uncarried_tool_controls: ClassVar[frozenset[str]] = frozenset({"tool_choice", "parallel_tool_calls", TOOL_STRICT})
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {
             "max_new_tokens",
@@ -303,11 +306,10 @@ class Ollama(HttpProvider):
         return self.carried_params if "reasoning" in model.capabilities else self.carried_params - {"reasoning_effort"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        # No tool_choice, no parallel_tool_calls in this protocol; nor a think value for every reasoning effort; the
-        # schema goes bare as ``format``, an image bare in ``images``.
+        # No think value for every reasoning effort; the schema goes bare as ``format``, an image bare in ``images``.
         effort = request.params.reasoning_effort
         lost = effort is not None and effort_think(model, effort) is None
-        return request.tool_controls() + (["reasoning_effort"] if lost else []) + request.bare_form_losses()
+        return self.lost_tool_controls(request) + (["reasoning_effort"] if lost else []) + request.bare_form_losses()
 
     def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         return self.upstream.stream(

@@ -148,7 +148,8 @@ def supported_parameters(model: CatalogueModel, provider: Provider | None) -> li
     honoured = provider.model_params(model)
     names = {name for field, names in OPENAI_PARAMS.items() if field in honoured for name in names}
     for capability in provider.model_capabilities(model):
-        names.update(CAPABILITY_PARAMS.get(capability, ()))
+        # Only the controls the protocol carries: a client reading the list (OpenRouter's) would count on the rest.
+        names.update(n for n in CAPABILITY_PARAMS.get(capability, ()) if n not in provider.uncarried_tool_controls)
     return sorted(names)
 
 
