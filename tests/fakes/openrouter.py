@@ -18,7 +18,9 @@ key OpenRouter's usage may carry, §3.3; absent otherwise); ``cached_tokens`` (a
 ``flagged`` (a list of categories: the input is refused by the moderation the model requires, HTTP 403 with
 OpenRouter's ``ModerationErrorMetadata``: ``reasons``, ``flagged_input`` — the last message's text, at most 100
 characters, cut in the middle with ``...`` — ``provider_name`` and ``model_slug``; api_reference/errors-and-debugging);
-``cost`` (any JSON value: sent as ``usage.cost``, what OpenRouter charged in USD credits, with ``is_byok: false`` and
+``guardrail`` (a list of phrases: the request is blocked by the account's prompt-injection guardrail, HTTP 403
+``Request blocked: …`` with the phrases found in its messages as ``metadata.patterns``); ``cost`` (any JSON value:
+sent as ``usage.cost``, what OpenRouter charged in USD credits, with ``is_byok: false`` and
 ``cost_details.upstream_inference_cost`` equal to it, as real replies carry them), and with it ``byok_cost`` (the
 request ran on the account's own provider key: ``is_byok: true``, ``cost`` is OpenRouter's fee and this the
 provider's own charge, ``cost_details.upstream_inference_cost``; use-cases/usage-accounting, "Cost Breakdown").
@@ -124,6 +126,8 @@ class FakeOpenRouter(FakeUpstream):
                 "tokens. Please reduce the length of the messages, or enable context compression.",
             )
         reply = self.next_reply(model)
+        if "guardrail" in reply.options:
+            return self.guardrail_block(body["messages"], reply.options["guardrail"])
         if "flagged" in reply.options:
             return self.moderation_refusal(model, body["messages"], reply.options["flagged"])
         fault = reply.fault
@@ -245,6 +249,14 @@ class FakeOpenRouter(FakeUpstream):
         )
         metadata = {"reasons": reasons, "flagged_input": flagged, "provider_name": "OpenAI", "model_slug": model}
         return json_error(403, {"error": {"code": 403, "message": message, "metadata": metadata}})
+
+    def guardrail_block(self, messages: list[Any], patterns: list[str]) -> Response:
+        """OpenRouter's 403 for a request the account's prompt-injection guardrail blocks: the patterns found in the
+        messages, as they are written there (its OpenAPI spec's ``guardrail-blocked`` example); none found, none."""
+        text = " ".join(str(m.get("content") or "") for m in messages if isinstance(m, dict)).lower()
+        found = [pattern for pattern in patterns if pattern.lower() in text]
+        message = "Request blocked: prompt injection patterns detected"
+        return json_error(403, {"error": {"code": 403, "message": message, "metadata": {"patterns": found}}})
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}

@@ -165,6 +165,8 @@ class ErrorDetail:
     #: A content filter refused the input, for these reasons (OpenRouter's moderation ``reasons``): the client's to
     #: change (``UpstreamContentFlagged``), whatever the HTTP status.
     flagged: tuple[str, ...] | None = None
+    #: Who refused a ``flagged`` input, as the message says it: the model's moderation, or the account's guardrail.
+    flagged_by: str = "flagged by moderation"
     #: The failure the body names when its status would say another (Cloudflare 5016, a licence to accept, comes
     #: under 403, which would read as refused credentials): raised with ``message`` as it is, which says the remedy.
     error: type[UpstreamError] | None = None
@@ -658,7 +660,7 @@ class Upstream:
         if detail.flagged is not None:
             reasons = tuple(self.clean(reason)[:MAX_FLAGGED_REASON] for reason in detail.flagged[:MAX_FLAGGED_REASONS])
             named = f" ({', '.join(reasons)})" if reasons else ""
-            text = f"the input was flagged by moderation{named}; {message}"
+            text = f"the input was {detail.flagged_by}{named}; {message}"
             return UpstreamContentFlagged(name, self.clean(text), reasons=reasons, upstream_status=status)
         if detail.error is not None:
             cls, text = detail.error, f"the model '{model}': {message}" if model else f"the model: {message}"

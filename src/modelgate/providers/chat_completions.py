@@ -130,7 +130,7 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
         return None, ErrorDetail(error)
     code = error.get("code")
     metadata = error.get("metadata") or {}
-    if (flagged := _moderation(metadata, code)) is not None:
+    if (flagged := _moderation(metadata, code) or _guardrail(error.get("message"), metadata, code)) is not None:
         return 403, flagged  # the status OpenRouter documents for it, also when it comes in a stream
     status = code if isinstance(code, int) and not isinstance(code, bool) else None
     if status is None and isinstance(code, str) and code.isdigit() and len(code) == 3:
@@ -170,6 +170,27 @@ def _moderation(metadata: Any, code: Any) -> ErrorDetail | None:
     if isinstance(model, str) and model:
         required += f" for {model}"
     return ErrorDetail(required, flagged=reasons)
+
+
+#: What a block by one of the OpenRouter account's guardrails may name of its kind (the words OpenRouter's message
+#: uses → the reason given): only these are shown, never the message, whose other words could quote the input.
+_GUARDRAIL_KINDS: Mapping[str, str] = {"prompt injection": "prompt injection", "sensitive": "sensitive info"}
+
+
+def _guardrail(message: Any, metadata: Any, code: Any) -> ErrorDetail | None:
+    """OpenRouter's refusal of a request one of the account's guardrails blocked before any model saw it: HTTP 403,
+    ``"Request blocked: prompt injection patterns detected"`` with ``metadata: {patterns: [...]}`` (its OpenAPI
+    spec's ``guardrail-blocked`` example; guides/features/guardrails: prompt injection and sensitive info "Block —
+    the entire request is rejected with a 403"). Not refused credentials: this input was refused. ``patterns`` are
+    the matched text, the user's own, so the detail counts them and names the guardrail's kind, nothing more."""
+    if str(code) != "403" or not isinstance(message, str) or not message.startswith("Request blocked"):
+        return None
+    kinds = tuple(kind for word, kind in _GUARDRAIL_KINDS.items() if word in message.lower())
+    patterns = metadata.get("patterns") if isinstance(metadata, dict) else None
+    matched = len(patterns) if isinstance(patterns, list) else 0
+    shown = f"{matched} matched pattern{'s' if matched != 1 else ''}, not repeated here; " if matched else ""
+    reason = f"{shown}the guardrails are the provider account's own settings"
+    return ErrorDetail(reason, flagged=kinds, flagged_by="blocked by a guardrail of the provider account")
 
 
 def _tgi_status(message: str, stated: Any) -> int | None:
