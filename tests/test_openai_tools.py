@@ -889,6 +889,44 @@ def test_cloudflare_json_mode(client: openai.OpenAI, fakes: Fakes) -> None:
     assert sent["json_schema"]["properties"].keys() == {"city", "degrees"}
 
 
+BARE_SCHEMA: Any = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize(
+    ("schema", "sent", "dropped"),
+    [
+        # The name and description go into the schema as its title and description: nothing is lost.
+        (BARE_SCHEMA, {**BARE_SCHEMA, "title": "weather_report", "description": "The weather asked about"}, None),
+        # The schema's own are kept, never overwritten: a description of the request's own so lost is reported.
+        (
+            {**BARE_SCHEMA, "title": "Weather", "description": "A city's weather"},
+            {**BARE_SCHEMA, "title": "Weather", "description": "A city's weather"},
+            "response_format.json_schema.description",
+        ),
+        (
+            {**BARE_SCHEMA, "description": "The weather asked about"},
+            {**BARE_SCHEMA, "title": "weather_report", "description": "The weather asked about"},
+            None,
+        ),
+    ],
+)
+def test_cloudflare_carries_the_schemas_name_and_description_in_the_schema(
+    client: openai.OpenAI, fakes: Fakes, schema: Any, sent: Any, dropped: str | None
+) -> None:
+    """Workers AI takes a bare schema; its own AI SDK provider folds the format's name and description into it as the
+    schema's ``title`` and ``description`` (``buildJsonSchemaPayload``, cloudflare/ai#559), unless it has its own."""
+    fakes.cloudflare.script(Reply(tokens=['{"city": "Bern"}']))
+    json_schema: Any = {"name": "weather_report", "description": "The weather asked about", "schema": schema}
+    raw = client.chat.completions.with_raw_response.create(
+        model="t/cf",
+        messages=[{"role": "user", "content": "Weather?"}],
+        response_format={"type": "json_schema", "json_schema": json_schema},
+    )
+    assert json.loads(raw.parse().choices[0].message.content or "") == {"city": "Bern"}
+    assert fakes.cloudflare.last.json["response_format"] == {"type": "json_schema", "json_schema": sent}
+    assert raw.headers.get("x-modelgate-dropped-params") == dropped
+
+
 # --- TGI: no tools; structured output through grammar ----------------------------------------------------
 
 

@@ -260,7 +260,15 @@ def json_schema_sent(spec: Mapping[str, Any]) -> dict[str, Sent]:
         **dict.fromkeys(CHAT_COMPLETIONS_KINDS, at("response_format", {"type": "json_schema", "json_schema": spec})),
         "tgi": at("parameters.grammar", {"type": "json", "value": SCHEMA}),
         "ollama": at("format", SCHEMA),
-        "cloudflare": at("response_format", {"type": "json_schema", "json_schema": SCHEMA}),
+        # Workers AI's schema carries the name and description as its title and description (as workers-ai-provider
+        # builds it, cloudflare/ai#559).
+        "cloudflare": at(
+            "response_format",
+            {
+                "type": "json_schema",
+                "json_schema": {**SCHEMA, "title": spec["name"], "description": spec["description"]},
+            },
+        ),
     }
 
 
@@ -285,9 +293,10 @@ DETAIL_SENT = dict.fromkeys(CHAT_COMPLETIONS_KINDS, anywhere('"detail":"low"'))
 #: Workers AI's model here reads no images (its fake refuses one, as the service does): its loss of ``detail`` is
 #: in ``test_cloudflare_vision.py``. TGI refuses images (naming ``messages``).
 IMAGE_KINDS = tuple(kind for kind in KINDS if kind != "cloudflare")
-SCHEMA_DESCRIPTION_SENT = dict.fromkeys(
-    CHAT_COMPLETIONS_KINDS, at("response_format.json_schema.description", SCHEMA_SPEC["description"])
-)
+SCHEMA_DESCRIPTION_SENT = {
+    **dict.fromkeys(CHAT_COMPLETIONS_KINDS, at("response_format.json_schema.description", SCHEMA_SPEC["description"])),
+    "cloudflare": at("response_format.json_schema.description", SCHEMA_SPEC["description"]),
+}
 
 #: ``/v1/chat/completions``: every field of ``CompletionCreateParamsBase`` but ``model`` and ``messages``.
 CHAT_CASES: tuple[Case, ...] = (

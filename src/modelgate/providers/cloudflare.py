@@ -16,8 +16,9 @@ Function calling and JSON mode (Workers AI "traditional function calling" and "J
 Cloudflare's own AI SDK provider, ``workers-ai-provider``): ``tools`` as OpenAI defines them, ``tool_choice`` as
 that provider sends it to every model on ``/ai/run/`` since 3.1.3 (a mode, or since 3.2.0 one function in the
 OpenAI form, which Workers AI enforces server-side: its changelog, cloudflare/ai#429, #560, #575; ``none`` offers no
-tools), ``response_format: {"type": "json_schema", "json_schema": <schema>}`` (``json_object`` is sent as the schema
-of any object). JSON mode does not stream, and the official provider does not stream tool calls either, so
+tools), ``response_format: {"type": "json_schema", "json_schema": <schema>}``, the bare schema with the format's
+name and description in it as its ``title`` and ``description`` (``titled_schema``; ``json_object`` is sent as the
+schema of any object). JSON mode does not stream, and the official provider does not stream tool calls either, so
 a call with tools or a response format is sent without ``stream``, as is every call whose caller wants the reply
 whole (``complete``): the whole envelope
 ``{"result": {"response", "tool_calls": [{"name", "arguments": {…}}], "usage"}, "success": true}`` becomes the
@@ -69,12 +70,14 @@ from urllib.parse import quote
 import orjson
 
 from modelgate.chat import (
+    SCHEMA_DESCRIPTION,
     TOOL_STRICT,
     Capability,
     ChatRequest,
     Finish,
     FinishReason,
     Message,
+    ResponseFormat,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -179,14 +182,25 @@ def build_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
             body["tools"] = [wire_tool(tool, strict=False) for tool in request.tools]  # no strict here
             if request.tool_choice is not None:
                 body["tool_choice"] = wire_tool_choice(request.tool_choice)
-        fmt = request.response_format
-        if fmt is not None:
-            schema = fmt.schema if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if request.response_format is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": titled_schema(request.response_format)}
     else:
         body["stream"] = True
     body.update((key, value) for key, value in fields.items() if value is not None)
     return body
+
+
+def titled_schema(fmt: ResponseFormat) -> dict[str, Any]:
+    """The bare schema Workers AI takes (``json_object``: that of any object), with the format's ``name`` and
+    ``description`` folded in as the schema's own ``title`` and ``description``, so they are not lost: as
+    ``workers-ai-provider``'s ``buildJsonSchemaPayload`` does (cloudflare/ai#559, a360e7a). A title or description the
+    schema has already is kept, never overwritten (a description so lost is reported: ``Cloudflare.unenforced``)."""
+    schema = dict(fmt.schema) if fmt.type == "json_schema" and fmt.schema is not None else {"type": "object"}
+    if fmt.name and "title" not in schema:
+        schema["title"] = fmt.name
+    if fmt.description and "description" not in schema:
+        schema["description"] = fmt.description
+    return schema
 
 
 def offers_tools(request: ChatRequest) -> bool:
@@ -412,8 +426,12 @@ class Cloudflare(HttpProvider):
         return {"Authorization": f"Bearer {self.connection.api_key('CLOUDFLARE_API_TOKEN')}"}
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
-        # The schema goes bare, an image part without detail.
-        return self.lost_tool_controls(request) + request.bare_form_losses()
+        # An image part goes without detail; the schema's description is carried in it unless it has its own.
+        lost = request.bare_form_losses()
+        fmt = request.response_format
+        if fmt is not None and titled_schema(fmt).get("description") == fmt.description:
+            lost = [name for name in lost if name != SCHEMA_DESCRIPTION]
+        return self.lost_tool_controls(request) + lost
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)  # a model without ``vision`` is refused any image there
