@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -117,11 +118,17 @@ def test_a_tool_call_index_past_any_reply_is_the_upstreams_protocol_error(
 
 @pytest.mark.parametrize("lane", ["pushed", "pulled"])
 def test_a_streamed_response_without_end_fails_at_the_held_output_limit(
-    hostile: HostileUpstream, hostile_openai_service: str, monkeypatch: pytest.MonkeyPatch, lane: str
+    hostile: HostileUpstream,
+    hostile_openai_service: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    lane: str,
 ) -> None:
     """A streamed ``/v1/responses`` reply holds its whole output for ``response.completed``: an upstream streaming
     text without end grew that with the stream. Past ``MAX_HELD_OUTPUT`` characters the client has every delta up
-    to the limit, then ``error`` and ``response.failed`` saying so, and nothing after; pushed or pulled alike."""
+    to the limit, then ``error`` and ``response.failed`` saying so, and nothing after; pushed or pulled alike.
+    The service records it as the stream error it is (it was counted as a client gone, ``cancelled``)."""
+    caplog.set_level(logging.INFO, logger="modelgate.access")
     piece = 50_000
     pieces = 2 * MAX_HELD_OUTPUT // piece  # twice the limit, then a finish the client must never see
 
@@ -162,6 +169,15 @@ def test_a_streamed_response_without_end_fails_at_the_held_output_limit(
     assert f"passed {MAX_HELD_OUTPUT} characters" in failed["error"]["message"]
     assert events[-2]["message"] == failed["error"]["message"]
     assert failed["output"][0]["content"][0]["text"] == text  # what was delivered, and no more
+    metrics = httpx.get(hostile_openai_service + "/metrics").text
+    assert 'modelgate_upstream_requests_total{model="h/m",outcome="stream_error",provider="local"} 1.0' in metrics
+    assert 'outcome="cancelled"' not in metrics
+    access = [
+        r.structured  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "modelgate.access" and r.structured["route"] == "/v1/responses"  # type: ignore[attr-defined]
+    ]
+    assert [(line["stream"], line["error"]) for line in access] == [("stream_error", failed["error"]["message"])]
     if lane == "pushed":
         assert True in ended_in_push  # the limit was passed in a pushed batch, and the pulled path ended the reply
     else:

@@ -314,6 +314,8 @@ async def _relay(
     finally:
         # Runs on normal end, on error, and when the client disconnects (the encoder is closed or
         # cancelled): closing the provider's generator closes the upstream response.
+        if outcome == "cancelled" and obs is not None and obs.cut_reason is not None:
+            outcome, obs.error = "stream_error", obs.cut_reason  # closed by a layer that ended the reply itself
         metrics.streams_in_flight.dec()
         metrics.observe_upstream(model.provider, model.id, outcome)
         if usage is None and obs is not None and obs.relayed_events:

@@ -115,6 +115,9 @@ class Observation:
     #: ok | stream_error | cancelled, once a relayed reply ended.
     stream_outcome: str | None = None
     error: str | None = None
+    #: Why a layer above the gateway's relay stopped reading the reply and ended it with an error (the Responses
+    #: encoder past its held output): the relay, closed, records a stream error with this, not a client gone.
+    cut_reason: str | None = None
     #: The request's OpenTelemetry spans, when tracing is on (``tracing.py``, started by ``gateway.open_stream``).
     trace: RequestTrace | None = None
     #: The reply being relayed, closed by the middleware if the response ended without closing it.

@@ -51,6 +51,7 @@ import orjson
 from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 from modelgate.encoders.base import close, ended_early, failure_message, log
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
+from modelgate.observer import current_observation
 from modelgate.push_lane import Lane, register_encoder
 
 MEDIA_TYPE = "text/event-stream"
@@ -476,7 +477,10 @@ class ResponseStreamEncoder:
         log.warning(
             "stream %s: the reply passed %d characters of output", self._builder.head.response_id, MAX_HELD_OUTPUT
         )
-        return self._frames(self._builder.fail(UpstreamError(self._provider, _TOO_LONG).message))
+        message = UpstreamError(self._provider, _TOO_LONG).message
+        if (obs := current_observation()) is not None:
+            obs.cut_reason = message  # the relay, closed next, records it as the reply's error, not a client gone
+        return self._frames(self._builder.fail(message))
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body, one bytes per batch of events. A ``ModelgateError`` from ``events`` (or a
