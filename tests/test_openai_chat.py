@@ -399,6 +399,51 @@ def test_a_prompt_caching_breakpoint_other_than_anthropics_is_refused(
     assert fakes.openrouter.requests == []
 
 
+def test_automatic_prompt_caching_reaches_openrouter_at_the_top_level(client: openai.OpenAI, fakes: Fakes) -> None:
+    """The request's own ``cache_control`` (OpenRouter's ``ChatRequest.cacheControl``, Anthropic's automatic
+    caching) goes to OpenRouter as the client sent it: no part gets one it did not ask for."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODELS["openrouter"],
+        messages=MESSAGES,
+        extra_body={"cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    )
+    raw.parse()
+    sent = fakes.openrouter.last.json
+    assert sent["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in str(sent["messages"])
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
+@pytest.mark.parametrize("provider", ["huggingface", "ollama", "cloudflare"])
+def test_automatic_prompt_caching_a_provider_cannot_carry_is_reported(
+    client: openai.OpenAI, fakes: Fakes, provider: str
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODELS[provider], messages=MESSAGES, extra_body={"cache_control": {"type": "ephemeral"}}
+    )
+    raw.parse()
+    assert raw.headers["x-modelgate-dropped-params"].split(",") == ["cache_control"]
+    assert "cache_control" not in str(fakes[provider].last.json)
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "error"),
+    [
+        ({"type": "persistent"}, "cache_control.type: Input should be 'ephemeral'"),
+        ({"type": "ephemeral", "ttl": "1d"}, "cache_control.ttl: Input should be '5m' or '1h'"),
+        ("ephemeral", "cache_control: Input should be a valid dictionary or object"),
+    ],
+)
+def test_an_automatic_prompt_caching_directive_other_than_anthropics_is_refused(
+    service: str, fakes: Fakes, cache_control: Any, error: str
+) -> None:
+    body = {"model": MODELS["openrouter"], "messages": MESSAGES, "cache_control": cache_control}
+    response = httpx.post(f"{service}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 400
+    assert error in response.json()["error"]["message"]
+    assert fakes.openrouter.requests == []
+
+
 def test_unreported_reasoning_tokens_are_left_out_not_invented(client: openai.OpenAI, fakes: Fakes) -> None:
     fakes.ollama.script(Reply(tokens=["4"], reasoning=["2+2", " is 4"]))  # Ollama reports no such count
     raw = client.chat.completions.with_raw_response.create(model=MODELS["ollama"], messages=MESSAGES)

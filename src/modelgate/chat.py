@@ -194,6 +194,8 @@ MESSAGE_NAME = "messages.name"
 TOOL_STRICT = "tools.function.strict"
 #: A content part's prompt-caching breakpoint (``CacheBreak``), by its Chat Completions name.
 CACHE_CONTROL = "messages.content.cache_control"
+#: The request's own ``cache_control`` (automatic prompt caching, ``ChatRequest.cache``), by its Chat Completions name.
+AUTO_CACHE_CONTROL = "cache_control"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,10 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    #: Automatic prompt caching: the request-level ``cache_control``, a breakpoint the upstream itself puts on the
+    #: last cacheable block (and moves on as the conversation grows). OpenRouter's ``ChatRequest.cacheControl``
+    #: (@openrouter/sdk ``AnthropicCacheControlDirective``), Anthropic's automatic caching.
+    cache: CacheBreak | None = None
     #: Fields the caller set that the route accepts but no provider kind carries (OpenAI's ``service_tier``,
     #: ``prompt_cache_key``, …), under the route's names: reported with the dropped parameters, never lost.
     not_carried: tuple[str, ...] = ()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 
-from modelgate.chat import CACHE_CONTROL, Capability, ChatRequest, GenerationParams, StreamEvent
+from modelgate.chat import AUTO_CACHE_CONTROL, CACHE_CONTROL, Capability, ChatRequest, GenerationParams, StreamEvent
 from modelgate.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -90,9 +90,10 @@ class Provider(ABC):
     #: ``GenerationParams`` fields this provider's protocol can carry; others are dropped and reported.
     supported_params: ClassVar[frozenset[str]]
 
-    #: Whether the protocol takes a content part's ``cache_control`` (a prompt-caching breakpoint, ``CacheBreak``):
-    #: OpenRouter documents it and passes it on. The other kinds' servers document none (OpenAI's own refuses a
-    #: field it does not know), so there it is left out and reported (``lost_hints``).
+    #: Whether the protocol takes a content part's ``cache_control`` (a prompt-caching breakpoint, ``CacheBreak``)
+    #: and the request's own (automatic caching, ``ChatRequest.cache``): OpenRouter documents both and passes them
+    #: on. The other kinds' servers document none (OpenAI's own refuses a field it does not know), so there they are
+    #: left out and reported (``lost_hints``).
     carries_cache_control: ClassVar[bool] = False
     #: The capabilities this adapter can carry at all; a model has those of its catalogue entry that are here.
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"reasoning"})
@@ -144,7 +145,10 @@ class Provider(ABC):
     def lost_hints(self, request: ChatRequest) -> list[str]:
         """Hints of the caller's the protocol has no place for, which change no answer (a prompt-caching breakpoint:
         only what the call costs and how soon it starts); reported with the dropped parameters."""
-        return [CACHE_CONTROL] if request.cache_breaks() and not self.carries_cache_control else []
+        if self.carries_cache_control:
+            return []
+        lost = [CACHE_CONTROL] if request.cache_breaks() else []
+        return lost + ([AUTO_CACHE_CONTROL] if request.cache is not None else [])
 
     def lost_tool_controls(self, request: ChatRequest) -> list[str]:
         """The tool controls ``request`` sets that this protocol cannot carry (``uncarried_tool_controls``)."""

@@ -660,6 +660,8 @@ class ChatCompletionsProvider(HttpProvider):
                 body["parallel_tool_calls"] = request.parallel_tool_calls
         if request.response_format is not None:
             body["response_format"] = wire_response_format(request.response_format)
+        if request.cache is not None and self.carries_cache_control:
+            body["cache_control"] = request.cache.wire()
         return body
 
     def headers(self) -> dict[str, str]:

@@ -19,10 +19,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import ChatRequest, GenerationParams, ReasoningEffort
+from modelgate.chat import CacheBreak, ChatRequest, GenerationParams, ReasoningEffort
 from modelgate.errors import BadRequest
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
+    CacheControl,
     ChatMessage,
     ResponseFormatParam,
     ToolChoiceParam,
@@ -125,6 +126,9 @@ class ChatCompletionRequest(ServerHints):
     tool_choice: ToolChoiceParam | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormatParam | None = None
+    cache_control: CacheControl | None = Field(
+        default=None, description="Automatic prompt caching, as OpenRouter takes it for Anthropic models"
+    )
     # Accepted only so that they can be refused with a clear message (see ``_refuse_unsupported``).
     functions: list[Any] | None = None
     function_call: Any = None
@@ -293,6 +297,7 @@ def to_chat_request(body: ChatCompletionRequest, model: CatalogueModel, settings
         tool_choice=to_tool_choice(body.tool_choice, tools),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body.response_format),
+        cache=CacheBreak(body.cache_control.ttl) if body.cache_control is not None else None,
         # ``verbosity`` is here only at its default: other values were refused above.
         not_carried=not_carried(body, (*NOT_CARRIED, "verbosity")),
     )
