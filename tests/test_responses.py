@@ -364,6 +364,52 @@ def test_a_prompt_caching_breakpoint_of_another_kind_is_refused(service: str, fa
     assert fakes.openrouter.requests == []
 
 
+def test_automatic_prompt_caching_reaches_openrouter_at_the_top_level(client: openai.OpenAI, fakes: Fakes) -> None:
+    """The request's own ``cache_control`` (OpenRouter's Responses API documents it: automatic prompt caching)
+    goes to OpenRouter as the client sent it: no part gets one it did not ask for."""
+    raw = client.responses.with_raw_response.create(
+        model=MODELS["openrouter"],
+        input="hi",
+        store=False,
+        extra_body={"cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    )
+    raw.parse()
+    sent = fakes.openrouter.last.json
+    assert sent["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in str(sent["messages"])
+    assert "x-modelgate-dropped-params" not in raw.headers
+
+
+@pytest.mark.parametrize("provider", ["huggingface", "ollama", "cloudflare"])
+def test_automatic_prompt_caching_a_provider_cannot_carry_is_reported(
+    client: openai.OpenAI, fakes: Fakes, provider: str
+) -> None:
+    raw = client.responses.with_raw_response.create(
+        model=MODELS[provider], input="hi", store=False, extra_body={"cache_control": {"type": "ephemeral"}}
+    )
+    raw.parse()
+    assert raw.headers["x-modelgate-dropped-params"].split(",") == ["cache_control"]
+    assert "cache_control" not in str(fakes[provider].last.json)
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "error"),
+    [
+        ({"type": "persistent"}, "cache_control.type: Input should be 'ephemeral'"),
+        ({"type": "ephemeral", "ttl": "1d"}, "cache_control.ttl: Input should be '5m' or '1h'"),
+        ("ephemeral", "cache_control: Input should be a valid dictionary or object"),
+    ],
+)
+def test_an_automatic_prompt_caching_directive_other_than_anthropics_is_refused(
+    service: str, fakes: Fakes, cache_control: Any, error: str
+) -> None:
+    body = {"model": MODELS["openrouter"], "input": "hi", "store": False, "cache_control": cache_control}
+    response = httpx.post(f"{service}/v1/responses", json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert error in response.json()["error"]["message"]
+    assert fakes.openrouter.requests == []
+
+
 def test_catalogue_defaults_a_provider_cannot_carry_are_not_reported_as_dropped(client: openai.OpenAI) -> None:
     raw = client.responses.with_raw_response.create(model=MODELS["cloudflare"], input="hi", temperature=0.5)
     raw.parse()

@@ -255,6 +255,9 @@ class ResponsesRequest(ServerHints):
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceParam | None = None
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
+    cache_control: CacheControl | None = Field(
+        default=None, description="Automatic prompt caching, as OpenRouter's Responses API takes it"
+    )
     include: list[WireText] | None = None
     max_tool_calls: int | None = None
     top_logprobs: int | None = None
@@ -550,6 +553,7 @@ def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Set
         tool_choice=_tool_choice(body, tools, model),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body),
+        cache=CacheBreak(body.cache_control.ttl) if body.cache_control is not None else None,
         not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body),
     )
 
