@@ -30,6 +30,7 @@ from modelgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from modelgate.providers import ollama
 from modelgate.resilience import (
     BreakerConfig,
     Breakers,
@@ -783,6 +784,42 @@ def test_a_refused_connection_opens_the_providers_breaker_for_every_model(tmp_pa
     assert status["providers"]["ollama"]["status"] == "down"
     assert "circuit open" in status["providers"]["ollama"]["reason"]
     assert status["models"]["acme/other"]["status"] == "down"
+
+
+#: Ollama's own text (server/sched.go ``ErrMaxQueue``), answered with a 503 (server/routes.go ``handleScheduleError``).
+OLLAMA_SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def test_ollamas_server_busy_opens_the_providers_breaker_for_every_model(fakes: Fakes, tmp_path: Path) -> None:
+    """Ollama's 503 "server busy" (server/sched.go ``ErrMaxQueue``: its one request queue, for all models, is full)
+    is about the server, not the model: its other models are refused at once too, not sent to the busy server.
+    It used to open only the one model's breaker."""
+    path = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b"),
+        model_toml("acme", "other", upstream="other:1b"),
+        header=ONE_FAILURE_EACH.format(provider="ollama"),
+    )
+    fakes.ollama.by_model["primary:1b"] = Reply(fault=Fault.status(503, message=OLLAMA_SERVER_BUSY))
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        for _ in range(2):
+            failed = chat(url, "acme/primary")
+            assert failed.status_code == 503
+            assert "server busy" in failed.json()["error"]["message"]
+        refused = chat(url, "acme/other")  # never called before, yet refused at once
+        status = httpx.get(f"{url}/api/status").json()
+    assert refused.status_code == 503
+    assert "provider in cooldown" in refused.json()["error"]["message"]
+    assert chat_models(fakes) == ["primary:1b", "primary:1b"]
+    assert status["providers"]["ollama"]["status"] == "down"
+
+
+def test_another_ollama_503_stays_the_models() -> None:
+    """Only the queue's own message is the whole server's; any other 503 body is read as the model's."""
+    busy = ollama.read_error(503, json.dumps({"error": OLLAMA_SERVER_BUSY}).encode())
+    other = ollama.read_error(503, json.dumps({"error": "account unavailable"}).encode())
+    assert busy.provider_wide and not other.provider_wide
 
 
 def test_an_unreachable_provider_is_retried_then_failed_over(fakes: Fakes, tmp_path: Path) -> None:

@@ -174,6 +174,9 @@ class UpstreamError(_RetryAfter, ModelgateError):
         #: No HTTP answer came back: the connection itself failed (refused, reset, DNS, TLS, a connect timeout).
         #: Such a failure is the provider's as a whole, not the one model's (``resilience.provider_wide``).
         self.connection_failed = connection_failed
+        #: The upstream answered, but about itself as a whole, not the one model (Ollama's "server busy"):
+        #: also the provider's failure (``resilience.provider_wide``).
+        self.provider_wide = False
         self.data = {"provider": provider, "upstreamStatus": upstream_status}
 
     @property

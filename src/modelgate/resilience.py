@@ -27,7 +27,9 @@ cold Hugging Face model answering 503 "currently loading", says nothing about th
 models. OpenRouter documents its statuses per model ("502: your chosen model is down", "503: no available
 model provider", https://openrouter.ai/docs/api/errors), and an Ollama 500 is one model's runner. So such
 a failure opens only that model's breaker, and the provider, which answered, counts as up: a provider
-that answers 5xx for every model trips each model's breaker in turn.
+that answers 5xx for every model trips each model's breaker in turn. The exception is an answer about the
+whole server (``UpstreamError.provider_wide``): Ollama's 503 "server busy", its one request queue for all
+models full (server/sched.go ``ErrMaxQueue``), is the provider's.
 
 A successful probe of the provider's model listing (``status.Prober``) closes its open or half-open
 provider breaker at once: the provider answers again, so calls should not keep failing fast until the
@@ -146,8 +148,9 @@ def counts_as_failure(exc: BaseException) -> bool:
 
 
 def provider_wide(exc: BaseException) -> bool:
-    """Whether a failure is the provider's as a whole (no HTTP answer came back), not the one model's."""
-    return isinstance(exc, UpstreamError) and exc.connection_failed
+    """Whether a failure is the provider's as a whole (no HTTP answer came back, or one about the whole server),
+    not the one model's."""
+    return isinstance(exc, UpstreamError) and (exc.connection_failed or exc.provider_wide)
 
 
 def outcome_of(exc: BaseException) -> str:

@@ -170,6 +170,9 @@ class ErrorDetail:
     #: The failure the body names when its status would say another (Cloudflare 5016, a licence to accept, comes
     #: under 403, which would read as refused credentials): raised with ``message`` as it is, which says the remedy.
     error: type[UpstreamError] | None = None
+    #: The body says the whole server is failing, not the one model (Ollama's full request queue): counted against
+    #: the provider's breaker (``resilience.provider_wide``), so its other models are not sent to it meanwhile.
+    provider_wide: bool = False
 
 
 ErrorReader = Callable[[int, bytes], ErrorDetail]
@@ -690,6 +693,7 @@ class Upstream:
         error = cls(name, text, upstream_status=status, retry_after=detail.retry_after, transient=transient)
         if detail.transient is not None:
             error.transient = detail.transient
+        error.provider_wide = detail.provider_wide
         return error
 
     def protocol_error(

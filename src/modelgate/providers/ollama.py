@@ -83,11 +83,16 @@ THINK_LEVELS = frozenset({"low", "medium", "high"})
 #: (openai/openai.go ``decodeImageURL``); WebP is decoded by Ollama itself (server/routes.go registers it,
 #: llm/llama_server.go ``llamaServerMediaBytes`` turns it into PNG). ``images.ImageBudget`` labels JPEG image/jpeg.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+#: Ollama's 503 when its one scheduler queue (``OLLAMA_MAX_QUEUE`` pending requests, for all models together) is
+#: full (server/sched.go ``ErrMaxQueue``, answered by server/routes.go ``handleScheduleError``): the whole server
+#: is busy, not the one model, so it counts against the provider's breaker (``ErrorDetail.provider_wide``).
+SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     payload = parse_json(body)
-    return ErrorDetail(str(payload["error"]))
+    message = str(payload["error"])
+    return ErrorDetail(message, provider_wide=status == 503 and message == SERVER_BUSY)
 
 
 def build_body(model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
