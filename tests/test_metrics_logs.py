@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +20,10 @@ import orjson
 import pytest
 
 from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
 from modelgate.logs import REDACTED, JsonFormatter, RedactingFilter, logging_config
 from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 
@@ -132,6 +135,30 @@ def test_a_mid_stream_failure_is_its_own_outcome(service: str, fakes: Fakes) -> 
     labels = {"provider": "ollama", "model": "ollama/rwkv-6-world"}
     assert sample(text, "modelgate_upstream_requests_total", outcome="stream_error", **labels) == 1
     assert sample(text, "modelgate_upstream_requests_total", outcome="ok", **labels) == 0
+
+
+def test_a_catalogue_swap_drops_the_series_of_the_models_it_dropped(fakes: Fakes, tmp_path: Path) -> None:
+    """A model a reload took away used to stay exported, frozen, for as long as the process ran."""
+    kept = model_toml("acme", "kept", upstream="kept:1b")
+    both = load_catalogue(write_catalogue(tmp_path / "both.toml", kept, model_toml("acme", "gone", upstream="gone:1b")))
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), both)
+    fakes.ollama.by_model["gone:1b"] = Reply(fault=Fault.status(500))  # a second outcome of its own
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with serve_in_thread(app) as url:
+        for model in ("acme/kept", "acme/gone"):
+            httpx.post(f"{url}/v1/chat/completions", json={"model": model, **chat}, timeout=30)
+        fakes.ollama.by_model.clear()
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "acme/gone", **chat}).status_code == 200
+        before = httpx.get(f"{url}/metrics").text
+        app.state.gateway.swap_catalogue(load_catalogue(write_catalogue(tmp_path / "kept.toml", kept)))
+        after = httpx.get(f"{url}/metrics").text
+    assert 'model="acme/gone"' in before
+    assert 'model="acme/gone"' not in after
+    labels = {"provider": "ollama", "model": "acme/kept"}
+    for name in ("modelgate_upstream_time_to_first_token_seconds_count", "modelgate_prompt_tokens_total"):
+        assert sample(after, name, **labels) == sample(before, name, **labels) > 0
+    assert sample(after, "modelgate_upstream_requests_total", outcome="ok", **labels) == 1
+    assert sample(after, "modelgate_completion_tokens_total", **labels) > 0
 
 
 def test_labels_stay_bounded_whatever_clients_send(service: str) -> None:

@@ -118,9 +118,11 @@ class GatewayState:
         self.local_keys = keys
         self.keys = self._enforced_keys()  # the run-time keys' task imports the file's keys at its next tick
         self.redactor.update(self._secrets(catalogue))
-        # Health records and breakers of providers and models the catalogue no longer has: nothing reads them.
+        # Health records, breakers and metric series of providers and models the catalogue no longer has:
+        # nothing reads them, and a scrape would show the dropped models forever.
         self.status.retain(catalogue)
         self.breakers.retain(catalogue)
+        self.metrics.retain(catalogue)
         if self.http is not None:
             self.providers = providers
             self.prober.wake()  # probe what the new catalogue uses now, not an interval later

@@ -24,6 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import metrics as _library
@@ -34,6 +35,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from modelgate import worker_metrics
+
+if TYPE_CHECKING:
+    from modelgate.catalogue import Catalogue
 
 #: How the library writes a bucket bound (``0.005``, ``1.0``, ``+Inf``); typed here, untyped there.
 _bound_label: Callable[[float], str] = floatToGoString
@@ -117,6 +121,29 @@ class Metrics:
             self.prompt_tokens.labels(provider, model).inc(prompt)
         if completion > 0:
             self.completion_tokens.labels(provider, model).inc(completion)
+
+    def retain(self, catalogue: Catalogue) -> None:
+        """Drop the per-model series of the (provider, model) pairs ``catalogue`` no longer has (at each swap).
+
+        Otherwise every model any catalogue ever served stays exported, frozen, for as long as the process
+        runs. A request still in flight on a dropped model records it again when it ends; the next swap drops
+        that too. Only in single-process mode: under ``--workers N`` the series live in the workers' shared
+        files (``worker_metrics``), which prometheus_client cannot remove from (it only warns), and another
+        worker, or a dead one's totals, may still hold them; there they stay until ``serve`` restarts."""
+        if self.shared_directory is not None:
+            return
+        served = {(model.provider, model.id) for model in catalogue.models}
+        for metric, labelnames in (
+            (self.upstream_requests, ("provider", "model", "outcome")),
+            (self.time_to_first_token, ("provider", "model")),
+            (self.prompt_tokens, ("provider", "model")),
+            (self.completion_tokens, ("provider", "model")),
+        ):
+            # The label sets as exported (every sample of a child carries them; a bucket adds only ``le``).
+            exported = {tuple(s.labels[n] for n in labelnames) for f in metric.collect() for s in f.samples}
+            for labels in exported:
+                if labels[:2] not in served:
+                    metric.remove(*labels)
 
     def exposition(self) -> bytes:
         """The text exposition format (what ``GET /metrics`` answers): this worker's, or every worker's."""
