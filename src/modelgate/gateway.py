@@ -208,10 +208,7 @@ async def _open_model(
             if trace is not None:
                 trace.fail_attempt(exc)
             breakers.record_failure(exc, passage)
-            if counts_as_failure(exc):
-                state.status.record(
-                    model.provider, model.id, ok=False, reason=exc.public_reason, provider_wide=provider_wide(exc)
-                )
+            _record_failure(state, model, exc)
             attempts.append((model.id, exc.message))
             delay = budget.next_delay(exc)
             if delay is None:
@@ -301,10 +298,7 @@ async def _relay(
         outcome = "ok"
     except ModelgateError as exc:
         outcome = "stream_error"
-        if counts_as_failure(exc):
-            state.status.record(
-                model.provider, model.id, ok=False, reason=exc.public_reason, provider_wide=provider_wide(exc)
-            )
+        _record_failure(state, model, exc)
         if obs is not None:
             obs.error = exc.message
         raise
@@ -334,6 +328,15 @@ async def _relay(
             if obs.trace is not None:
                 obs.trace.end_attempt(usage, finish.reason if finish else None, outcome, obs.error)
         await _close(rest)
+
+
+def _record_failure(state: GatewayState, model: CatalogueModel, exc: ModelgateError) -> None:
+    """A failure that says the upstream is unwell goes on the status board (``/api/status``): against the model,
+    and in its provider's run of failures only when it is the provider's (``resilience.provider_wide``)."""
+    if counts_as_failure(exc):
+        state.status.record(
+            model.provider, model.id, ok=False, reason=exc.public_reason, provider_wide=provider_wide(exc)
+        )
 
 
 async def _close(iterator: AsyncIterator[Sequence[StreamEvent]]) -> None:
