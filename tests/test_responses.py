@@ -34,7 +34,7 @@ from tests.catalogue_files import model_toml
 from tests.fakes import PROMPT_TOKENS, Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 from tests.test_metrics_logs import sample
-from tests.test_openai_chat import MODELS, PROVIDERS, UPSTREAM_PARAMS, async_sdk, sdk
+from tests.test_openai_chat import MODELS, PROVIDERS, REFUSED_CACHE_CONTROL, UPSTREAM_PARAMS, async_sdk, sdk
 
 TOKENS = ["Hel", "lo", ", wörld", " 😀 <b>&</b>"]
 TEXT = "".join(TOKENS)
@@ -394,11 +394,7 @@ def test_automatic_prompt_caching_a_provider_cannot_carry_is_reported(
 
 @pytest.mark.parametrize(
     ("cache_control", "error"),
-    [
-        ({"type": "persistent"}, "cache_control.type: Input should be 'ephemeral'"),
-        ({"type": "ephemeral", "ttl": "1d"}, "cache_control.ttl: Input should be '5m' or '1h'"),
-        ("ephemeral", "cache_control: Input should be a valid dictionary or object"),
-    ],
+    REFUSED_CACHE_CONTROL,
 )
 def test_an_automatic_prompt_caching_directive_other_than_anthropics_is_refused(
     service: str, fakes: Fakes, cache_control: Any, error: str
