@@ -736,6 +736,16 @@ def test_one_models_failures_open_its_own_breaker_not_its_providers(
     assert 'model="acme/working",outcome="circuit_open"' not in metrics
 
 
+def two_ollama_models(tmp_path: Path) -> Path:
+    """A catalogue of two Ollama models, ``acme/primary`` and ``acme/other``, whose breakers open at one failure."""
+    return write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "primary", upstream="primary:1b"),
+        model_toml("acme", "other", upstream="other:1b"),
+        header=ONE_FAILURE_EACH.format(provider="ollama"),
+    )
+
+
 def test_a_fallback_on_the_same_provider_answering_does_not_keep_the_failing_model_open(
     fakes: Fakes, tmp_path: Path
 ) -> None:
@@ -762,12 +772,7 @@ def test_a_fallback_on_the_same_provider_answering_does_not_keep_the_failing_mod
 
 def test_a_refused_connection_opens_the_providers_breaker_for_every_model(tmp_path: Path) -> None:
     """No answer at all (nothing listens) is the provider's failure: its other models fail fast as well."""
-    path = write_catalogue(
-        tmp_path / "catalogue.toml",
-        model_toml("acme", "primary", upstream="primary:1b"),
-        model_toml("acme", "other", upstream="other:1b"),
-        header=ONE_FAILURE_EACH.format(provider="ollama"),
-    )
+    path = two_ollama_models(tmp_path)
     settings = Settings(base_url_overrides={"ollama": f"http://127.0.0.1:{free_port()}"}, probe_interval=0)
     with serve_in_thread(create_app(settings, load_catalogue(path))) as url:
         for _ in range(2):
@@ -794,12 +799,7 @@ def test_ollamas_server_busy_opens_the_providers_breaker_for_every_model(fakes: 
     """Ollama's 503 "server busy" (server/sched.go ``ErrMaxQueue``: its one request queue, for all models, is full)
     is about the server, not the model: its other models are refused at once too, not sent to the busy server.
     It used to open only the one model's breaker."""
-    path = write_catalogue(
-        tmp_path / "catalogue.toml",
-        model_toml("acme", "primary", upstream="primary:1b"),
-        model_toml("acme", "other", upstream="other:1b"),
-        header=ONE_FAILURE_EACH.format(provider="ollama"),
-    )
+    path = two_ollama_models(tmp_path)
     fakes.ollama.by_model["primary:1b"] = Reply(fault=Fault.status(503, message=OLLAMA_SERVER_BUSY))
     app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
     with serve_in_thread(app) as url:
