@@ -100,8 +100,9 @@ async def open_stream(
         call = _for_model(request, candidate)
         provider = providers.get(candidate.provider)
         if provider is not None:
-            if "tools" not in provider.model_capabilities(candidate):
-                call = call.without_declined_tools()
+            declined = call.without_declined_tools()  # itself unless tools come with tool_choice "none"
+            if declined is not call and "tools" not in provider.model_capabilities(candidate):
+                call = declined
             try:
                 # Before any upstream call (and before a fallback takes a slot): the requested model's refusal
                 # is the answer (400 naming model and capability); a fallback that cannot serve the request
