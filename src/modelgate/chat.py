@@ -180,10 +180,15 @@ class GenerationParams:
 
     def merged(self, **overrides: object) -> GenerationParams:
         """These defaults with the non-None overrides of one call applied."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        # Not ``dataclasses.replace``: this runs for every call, and ``replace`` walks the dataclass's field
+        # objects with three calls per field.
+        get = overrides.get
+        return GenerationParams(
+            *[value if (value := get(name)) is not None else getattr(self, name) for name in self.__slots__]  # type: ignore[arg-type]
+        )
 
     def set_fields(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__ if getattr(self, name) is not None}
+        return {name: value for name in self.__slots__ if (value := getattr(self, name)) is not None}
 
 
 #: Names of request fields a protocol may have no form for (``ChatRequest.bare_form_losses``).

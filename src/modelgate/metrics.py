@@ -24,7 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import metrics as _library
@@ -90,6 +90,10 @@ class Metrics:
             ["provider", "model"],
             registry=r,
         )
+        self._upstream_requests = _Children(self.upstream_requests)
+        self._time_to_first_token = _Children(self.time_to_first_token)
+        self._prompt_tokens = _Children(self.prompt_tokens)
+        self._completion_tokens = _Children(self.completion_tokens)
         self.streams_in_flight = Gauge(
             "modelgate_streams_in_flight",
             "Replies currently being relayed to clients",
@@ -111,16 +115,16 @@ class Metrics:
         self.http.observe(route, method, status, seconds)
 
     def observe_upstream(self, provider: str, model: str, outcome: str) -> None:
-        self.upstream_requests.labels(provider, model, outcome).inc()
+        self._upstream_requests.child(provider, model, outcome).inc()
 
     def observe_first_token(self, provider: str, model: str, seconds: float) -> None:
-        self.time_to_first_token.labels(provider, model).observe(seconds)
+        self._time_to_first_token.child(provider, model).observe(seconds)
 
     def observe_tokens(self, provider: str, model: str, prompt: int, completion: int) -> None:
         if prompt > 0:
-            self.prompt_tokens.labels(provider, model).inc(prompt)
+            self._prompt_tokens.child(provider, model).inc(prompt)
         if completion > 0:
-            self.completion_tokens.labels(provider, model).inc(completion)
+            self._completion_tokens.child(provider, model).inc(completion)
 
     def retain(self, catalogue: Catalogue) -> None:
         """Drop the per-model series of the (provider, model) pairs ``catalogue`` no longer has (at each swap).
@@ -133,6 +137,13 @@ class Metrics:
         if self.shared_directory is not None:
             return
         served = {(model.provider, model.id) for model in catalogue.models}
+        for children in (
+            self._upstream_requests,
+            self._time_to_first_token,
+            self._prompt_tokens,
+            self._completion_tokens,
+        ):
+            children.forget()
         for metric, labelnames in (
             (self.upstream_requests, ("provider", "model", "outcome")),
             (self.time_to_first_token, ("provider", "model")),
@@ -152,6 +163,33 @@ class Metrics:
         if self.publisher is not None:
             self.publisher.publish()  # this worker's own counts are current; the others' at most PUBLISH_INTERVAL old
         return worker_metrics.collect(self.shared_directory)
+
+
+_Series = TypeVar("_Series", Counter, Histogram)
+
+
+class _Children(Generic[_Series]):
+    """A labelled series' children by label values, as the library's ``labels()`` would return them.
+
+    ``labels()`` checks and converts its values and takes the series' lock on every call: ~10 calls each, four
+    times a chat request. The values here are already strings of bounded sets (the module's docstring), so after
+    a child's first use a dict lookup finds it. ``forget`` must follow any ``remove``: a child the library
+    dropped and this still held would count where no scrape sees it."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Series) -> None:
+        self._metric: _Series = metric
+        self._children: dict[tuple[str, ...], _Series] = {}
+
+    def child(self, *labels: str) -> _Series:
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = self._metric.labels(*labels)
+        return found
+
+    def forget(self) -> None:
+        self._children.clear()
 
 
 # --- the per-request series -----------------------------------------------------------------------

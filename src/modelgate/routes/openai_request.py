@@ -10,6 +10,7 @@ messages, tools and response format through ``routes.openai_input``, the samplin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -197,11 +198,24 @@ def request_value(body: BaseModel, name: str) -> Any:
     return value
 
 
+@functools.cache
+def _top_level(name: str) -> str:
+    """The request field a dotted name starts from: ``reasoning`` of ``reasoning.effort``. Every field the dropped
+    and parameter names reach defaults to None or ``false``, so a name whose top-level field the client did not
+    send (``model_fields_set``) is not read at all: a request sends few of the names each check walks."""
+    return name.partition(".")[0]
+
+
 def not_carried(body: BaseModel, names: Iterable[str]) -> tuple[str, ...]:
     """Of the fields ``names`` no provider carries, those ``body`` set to anything but null or ``false``; then
     the fields the route does not know (``unknown_fields``): top-level ones, and those of ``stream_options``."""
-    known = tuple(name for name in names if (value := request_value(body, name)) is not None and value is not False)
-    options = request_value(body, "stream_options")
+    given = body.model_fields_set
+    known = tuple(
+        name
+        for name in names
+        if _top_level(name) in given and (value := request_value(body, name)) is not None and value is not False
+    )
+    options = request_value(body, "stream_options") if "stream_options" in given else None
     nested = unknown_fields(options, prefix="stream_options.") if isinstance(options, BaseModel) else ()
     return known + unknown_fields(body) + nested
 
@@ -231,9 +245,10 @@ def call_params(
     the model's limits. ``names``: our field → the request's field names (each /v1 route has its own; a dotted
     name is a field of an object, the Responses API's ``reasoning.effort``)."""
     overrides: dict[str, object] = {}
+    given = body.model_fields_set
     for field, aliases in names.items():
         for name in aliases:
-            value = request_value(body, name)
+            value = request_value(body, name) if _top_level(name) in given else None
             if value is not None:
                 overrides[field] = value
                 break
