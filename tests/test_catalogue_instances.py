@@ -241,3 +241,16 @@ def test_openais_own_api_gets_the_token_limit_as_max_completion_tokens(tmp_path:
     assert llama.wire_params("http://127.0.0.1:8080/v1") == {}
     assert llama.wire_params("https://api.openai.com/v1") == {"max_new_tokens": "max_completion_tokens"}  # env's URL
     assert instances["openrouter"].wire_params("https://api.openai.com/v1") == {}  # not an openai-kind instance
+
+
+def test_openais_own_api_takes_four_stop_sequences_and_other_servers_their_own(tmp_path: Path) -> None:
+    """api.openai.com refuses a fifth ``stop`` sequence (a 400, ``array_above_max_length``): an ``openai`` instance
+    there says so wherever its base URL comes from; any other server's limit is its adapter's (None: no limit known)."""
+    openai = '[providers.oai]\nkind = "openai"\nbase_url = "https://api.openai.com/v1"\n'
+    models = (model_toml("acme", name, provider=name) for name in ("oai", "llama"))
+    path = write_catalogue(tmp_path / "c.toml", *models, header=openai + LLAMA)
+    instances = load_catalogue(path).instances
+    assert instances["oai"].stop_limit("https://api.openai.com/v1") == 4
+    assert instances["llama"].stop_limit("http://127.0.0.1:8080/v1") is None
+    assert instances["llama"].stop_limit("https://api.openai.com/v1") == 4  # the environment's URL
+    assert instances["openrouter"].stop_limit("https://api.openai.com/v1") is None  # not an openai-kind instance

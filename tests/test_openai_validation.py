@@ -55,7 +55,9 @@ def refused(client: openai.OpenAI, **fields: Any) -> openai.BadRequestError:
         ({"top_p": 1.01}, "top_p", ["less than or equal to 1"]),
         ({"presence_penalty": 2.1}, "presence_penalty", ["less than or equal to 2"]),
         ({"frequency_penalty": -2.1}, "frequency_penalty", ["greater than or equal to -2"]),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", ["at most 4"]),
+        # Bounds on hostile input whatever the upstream takes (the upstream's own limit: test_stop_sequences.py).
+        ({"stop": ["END"] * 65}, "stop", ["at most 64 items", "not 65"]),
+        ({"stop": ["END", "x" * 1001]}, "stop.1", ["at most 1000 characters", "got 1001"]),
         ({"n": 2}, "n", ["n must be 1"]),
         (
             {"model": GEMMA, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},

@@ -156,6 +156,7 @@ class GatewayState:
             name=provider,
             key_variable=instance.key_variable,
             extra_params=instance.wire_params(base_url),
+            max_stop_sequences=instance.stop_limit(base_url),
             max_event_bytes=self.settings.upstream_max_event_bytes,
             max_stream_seconds=self.settings.upstream_max_stream_seconds or None,
         )

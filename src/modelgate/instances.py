@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -50,6 +51,10 @@ TOKEN_LIMIT_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 #: Hosts whose Chat Completions take the token limit only as ``max_completion_tokens`` for some models (OpenAI's
 #: o-series and GPT-5 answer ``max_tokens`` with a 400) and as that name for all: the default there.
 MAX_COMPLETION_TOKENS_HOSTS = frozenset({"api.openai.com"})
+#: Hosts whose Chat Completions take at most so many ``stop`` sequences: an ``openai`` instance's limit there. OpenAI's
+#: API reference: "Up to 4 sequences"; more are a 400 (``array_above_max_length``, "Invalid 'stop': array too long.
+#: Expected an array with maximum length 4, but got an array with length 5 instead.").
+STOP_SEQUENCE_LIMITS: Mapping[str, int] = MappingProxyType({"api.openai.com": 4})
 
 
 # Strict, as the rest of the catalogue file: a quoted number is a mistake, not something to coerce.
@@ -164,6 +169,13 @@ class Instance:
         if urlsplit(base_url).hostname not in MAX_COMPLETION_TOKENS_HOSTS:
             return self.extra_params
         return {**self.extra_params, "max_new_tokens": "max_completion_tokens"}
+
+    def stop_limit(self, base_url: str) -> int | None:
+        """How many ``stop`` sequences the server at ``base_url`` (from the file or the environment) takes, where its
+        host is known to refuse more (``STOP_SEQUENCE_LIMITS``); None: the adapter's own default."""
+        if self.kind != "openai":
+            return None
+        return STOP_SEQUENCE_LIMITS.get(urlsplit(base_url).hostname or "")
 
     @property
     def protocol(self) -> str:

@@ -40,12 +40,16 @@ TOKEN = "hf_test"
 ROUTER_CONTEXT_WINDOWS = (131072, 32768)
 #: ``max_total_tokens`` of the fake TGI's ``/info`` (TGI's own default when not set by the launcher).
 TGI_MAX_TOTAL_TOKENS = 4096
+#: How many ``stop`` sequences TGI takes unless launched with ``--max-stop-sequences`` (launcher/src/main.rs).
+TGI_MAX_STOP_SEQUENCES = 4
 
 
 class FakeHuggingFace(FakeUpstream):
     name = "huggingface"
     #: The bearer token this fake accepts (None: any).
     token: str | None = TOKEN
+    #: TGI's ``--max-stop-sequences``: more ``stop`` sequences are refused (a 422), as router/src/validation.rs does.
+    max_stop_sequences = TGI_MAX_STOP_SEQUENCES
 
     listed_by_default = (
         "Qwen/Qwen2.5-72B-Instruct",
@@ -65,6 +69,10 @@ class FakeHuggingFace(FakeUpstream):
         ]
         self.router = ChatCompletionsServer(self, token=TOKEN, owned_by="huggingface", listing={"providers": providers})
         super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        self.max_stop_sequences = TGI_MAX_STOP_SEQUENCES
 
     def routes(self) -> list[BaseRoute]:
         # The router's routes first: the per-model chat route must not be taken by TGI's /models/{id}.
@@ -102,7 +110,7 @@ class FakeHuggingFace(FakeUpstream):
                 "model_pipeline_tag": "text-generation",
                 "max_concurrent_requests": 128,
                 "max_best_of": 2,
-                "max_stop_sequences": 4,
+                "max_stop_sequences": self.max_stop_sequences,
                 "max_input_tokens": TGI_MAX_TOTAL_TOKENS - 1,
                 "max_total_tokens": TGI_MAX_TOTAL_TOKENS,
                 "validation_workers": 2,
@@ -131,7 +139,7 @@ class FakeHuggingFace(FakeUpstream):
         streaming = request.url.path == "/generate_stream" or (
             request.url.path != "/generate" and body.get("stream") is True
         )
-        problem = validate(body.get("inputs"), params)
+        problem = validate(body.get("inputs"), params, max_stop_sequences=self.max_stop_sequences)
         if not streaming:
             if problem:
                 return json_error(422, {"error": problem, "error_type": "validation"})
@@ -257,8 +265,9 @@ _MESSAGES = {
 }
 
 
-def validate(inputs: Any, params: dict[str, Any]) -> str | None:
-    """TGI's own checks (router/src/validation.rs) on what adapters send most."""
+def validate(inputs: Any, params: dict[str, Any], *, max_stop_sequences: int = TGI_MAX_STOP_SEQUENCES) -> str | None:
+    """TGI's own checks (router/src/validation.rs) on what adapters send most; the messages are TGI's
+    (``InferError::ValidationError``: "Input validation error: " and the ``ValidationError``'s own)."""
 
     def number(name: str) -> float | None:
         value = params.get(name)
@@ -283,8 +292,10 @@ def validate(inputs: Any, params: dict[str, Any]) -> str | None:
     if truncate is not None and (not isinstance(truncate, int) or truncate <= 0):
         return "Input validation error: `truncate` must be strictly positive and less than 1000000"
     stop = params.get("stop")
-    if stop is not None and (not isinstance(stop, list) or len(stop) > 4):
-        return "Input validation error: `stop` supports up to 4 stop sequences"
+    if stop is not None and not isinstance(stop, list):
+        return "Failed to deserialize the JSON body: parameters.stop: invalid type"
+    if stop is not None and len(stop) > max_stop_sequences:
+        return f"Input validation error: `stop` supports up to {max_stop_sequences} stop sequences. Given: {len(stop)}"
     grammar = params.get("grammar")
     if grammar is not None:
         return _grammar_problem(grammar)

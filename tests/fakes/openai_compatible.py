@@ -19,6 +19,7 @@ Tool calls (``Reply.tool_calls``): streamed as ``delta.tool_calls`` pieces (``to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,6 +164,15 @@ class ChatCompletionsServer:
         return Frames(preamble=preamble, tokens=tokens, trailer=trailer, error=error_frames)
 
 
+def _field(body: bytes, name: str) -> Any:
+    """Field ``name`` of a JSON object body, else None (the server's own checks answer a body that is not one)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed.get(name) if isinstance(parsed, dict) else None
+
+
 def tool_call_pieces(reply: Reply) -> list[dict[str, Any]]:
     """``delta.tool_calls`` entries as OpenAI streams them (openai-python ``ChoiceDeltaToolCall``): a call's first
     piece has ``id``, ``type`` and ``function.name`` with empty arguments, the next ones argument fragments."""
@@ -183,6 +193,8 @@ class FakeOpenAI(FakeUpstream):
     token: str | None = None
     #: Answer ``max_tokens`` as OpenAI's reasoning models (o-series, GPT-5) do: a 400 naming the field to use.
     refuses_max_tokens = False
+    #: Refuse more ``stop`` sequences than this as api.openai.com does (None: any number, as llama.cpp's server).
+    max_stop_sequences: int | None = None
 
     def __init__(self) -> None:
         # vLLM's listing states the served context window as max_model_len.
@@ -202,9 +214,18 @@ class FakeOpenAI(FakeUpstream):
             message = "Unsupported parameter: 'max_tokens' is not supported with this model. "
             message += "Use 'max_completion_tokens' instead."
             return error_response(400, message, "unsupported_parameter", param="max_tokens")
+        limit = self.max_stop_sequences
+        stop = _field(await request.body(), "stop") if limit is not None else None
+        if limit is not None and isinstance(stop, list) and len(stop) > limit:
+            await self.record(request)
+            # api.openai.com's answer, word for word (continuedev/continue issue 2461 quotes it).
+            message = f"Invalid 'stop': array too long. Expected an array with maximum length {limit}, "
+            message += f"but got an array with length {len(stop)} instead."
+            return error_response(400, message, "array_above_max_length", param="stop")
         return await self.server.chat(request)
 
     def reset(self) -> None:
         super().reset()
         self.token = None
         self.refuses_max_tokens = False
+        self.max_stop_sequences = None

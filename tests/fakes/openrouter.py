@@ -48,6 +48,8 @@ COMMENT = b": OPENROUTER PROCESSING\n\n"
 #: The largest window on which OpenRouter compresses an over-long prompt unless told not to (Message Transforms).
 COMPRESSED_BY_DEFAULT_UP_TO = 8192
 DEFAULT_CONTEXT_LENGTH = 131072
+#: How many ``stop`` sequences a chat request may carry (its OpenAPI ``ChatRequest.stop``: ``maxItems: 4``).
+MAX_STOP_SEQUENCES = 4
 #: The answer of a serving provider that ignored a ``response_format`` it does not support.
 UNSTRUCTURED = "Sure! It is sunny in Zürich, 21 degrees."
 
@@ -118,6 +120,10 @@ class FakeOpenRouter(FakeUpstream):
         model = body.get("model")
         if not isinstance(model, str) or not self.serves(model):
             return self.error(400, f"{model} is not a valid model ID")
+        stop = body.get("stop")
+        if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+            # Its OpenAPI ``ChatRequest.stop``: ``maxItems: 4``, "Stop sequences (up to 4)". [illustrative] message.
+            return self.error(400, f"stop: Array must contain at most {MAX_STOP_SEQUENCES} element(s)")
         if self._over_the_window(body) and not self._compresses(body):
             wanted, limit = self._prompt_tokens(body), self.context_length
             return self.error(

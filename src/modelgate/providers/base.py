@@ -61,6 +61,9 @@ class Connection:
     key_variable: str | None = None
     #: ``openai`` kind: further parameters the instance's server takes, ours → its wire name (``extra_params``).
     extra_params: Mapping[str, str] = field(default_factory=dict)
+    #: How many ``stop`` sequences the instance's server takes, where its host is known to refuse more
+    #: (``Instance.stop_limit``); None: the protocol's own default (``Provider.max_stop_sequences``).
+    max_stop_sequences: int | None = None
 
     def api_key(self, default_variable: str) -> str:
         """The bearer key: the instance's ``api_key_env`` value, else the kind's own variable's."""
@@ -100,6 +103,9 @@ class Provider(ABC):
     #: Tool controls (``ChatRequest.tool_controls`` names) the protocol has no form for: left to the model, reported
     #: as dropped when a call sets them (``lost_tool_controls``) and not listed in ``/v1/models``.
     uncarried_tool_controls: ClassVar[frozenset[str]] = frozenset()
+    #: How many ``stop`` sequences the protocol's servers take unless told otherwise, where they refuse more (TGI's
+    #: ``--max-stop-sequences``); None: no limit known (Ollama, llama.cpp's server), any number is sent.
+    max_stop_sequences: ClassVar[int | None] = None
 
     def __init__(self, connection: Connection, http: aiohttp.ClientSession) -> None:
         self.connection = connection
@@ -108,6 +114,12 @@ class Provider(ABC):
     def model_capabilities(self, model: CatalogueModel) -> frozenset[Capability]:
         """What ``model`` supports through this provider: declared in its entry, and carried by the adapter."""
         return frozenset(c for c in self.capabilities if c in model.capabilities)
+
+    @property
+    def stop_limit(self) -> int | None:
+        """How many ``stop`` sequences this instance's server takes (None: no limit known)."""
+        configured = self.connection.max_stop_sequences
+        return configured if configured is not None else self.max_stop_sequences
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         """Refuse (``BadRequest``) a request ``model`` cannot serve here, before any upstream call.
@@ -120,6 +132,15 @@ class Provider(ABC):
                 f" (capability {', '.join(repr(c) for c in missing)})",
                 data={"model": model.id, "capabilities": missing},
                 param=_PARAMS[missing[0]],
+            )
+        stop, limit = request.params.stop, self.stop_limit
+        if stop and limit is not None and len(stop) > limit and "stop" in self.carried_params:
+            # Refused here, never cut to the limit: the sequences left out would let the model run past them.
+            raise BadRequest(
+                f"stop: model '{model.id}' takes at most {limit} stop sequences (its upstream refuses more), "
+                f"got {len(stop)}",
+                data={"model": model.id, "limit": limit},
+                param="stop",
             )
 
     @property

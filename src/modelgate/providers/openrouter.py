@@ -99,6 +99,9 @@ class OpenRouter(ChatCompletionsProvider):
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
     carries_cache_control = True
+    #: Its API reference (openrouter.ai/docs, OpenAPI ``ChatRequest.stop``: "Stop sequences (up to 4)",
+    #: ``maxItems: 4``).
+    max_stop_sequences = 4
 
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         body = super().build_body(model, request, stream=stream)

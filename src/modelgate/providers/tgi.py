@@ -288,6 +288,9 @@ class TGI(HttpProvider):
             "frequency_penalty",
         }
     )
+    #: TGI's launcher default (launcher/src/main.rs ``--max-stop-sequences``, ``default_value = "4"``); more are a 422,
+    #: "`stop` supports up to 4 stop sequences. Given: 5" (router/src/validation.rs ``ValidationError::StopSequence``).
+    max_stop_sequences = 4
 
     def unenforced(self, model: CatalogueModel, request: ChatRequest) -> list[str]:
         return request.bare_form_losses()  # the grammar is the bare schema

@@ -15,12 +15,19 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import CacheBreak, ChatRequest, GenerationParams, ReasoningEffort
+from modelgate.chat import (
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+    CacheBreak,
+    ChatRequest,
+    GenerationParams,
+    ReasoningEffort,
+)
 from modelgate.errors import BadRequest
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
@@ -35,7 +42,7 @@ from modelgate.routes.openai_input import (
     to_tools,
 )
 from modelgate.settings import Settings
-from modelgate.wire import WireInt, WireText
+from modelgate.wire import WireInt, WireText, unicode_text
 
 log = logging.getLogger("modelgate.openai")
 
@@ -78,6 +85,17 @@ DEFAULT_VERBOSITY = "medium"
 # --- chat completions: the request --------------------------------------------------------------
 
 
+def _stop_sequence(value: str) -> str:
+    # Checked after ``unicode_text``: pydantic's own ``max_length`` turns a lone surrogate into an opaque parse error.
+    if len(unicode_text(value)) > MAX_STOP_CHARS:
+        raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters long, got {len(value)}")
+    return value
+
+
+#: One ``stop`` sequence: text an upstream request can carry (``WireText``), at most ``MAX_STOP_CHARS`` long.
+StopSequence = Annotated[str, AfterValidator(_stop_sequence)]
+
+
 class StreamOptions(BaseModel):
     # Unknown options (vLLM's ``continuous_usage_stats``) are kept only to be named as dropped (``unknown_fields``).
     model_config = ConfigDict(extra="allow")
@@ -115,7 +133,11 @@ class ChatCompletionRequest(ServerHints):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: tuple[WireText, ...] | None = Field(default=None, description="A string or up to 4 strings")
+    stop: tuple[StopSequence, ...] | None = Field(
+        default=None,
+        max_length=MAX_STOP_SEQUENCES,
+        description="A string or a list of strings; as many as the model's upstream takes (README, Stop sequences)",
+    )
     seed: WireInt | None = Field(default=None, description="A 64-bit integer")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -151,11 +173,10 @@ class ChatCompletionRequest(ServerHints):
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, value: object) -> object:
+        # No limit of OpenAI's own (4) here: how many the upstream takes is its provider's check (``Provider.check``).
         if isinstance(value, str):
             return (value,)
         if isinstance(value, list):
-            if len(value) > 4:
-                raise ValueError(f"at most 4 stop sequences are allowed, got {len(value)}")
             return tuple(value) or None
         return value
 

@@ -1,0 +1,128 @@
+"""``stop`` on ``/v1/chat/completions`` end to end: as many sequences as the answering upstream takes.
+
+modelgate is not api.openai.com: Continue sends every stop word of its templates to an OpenAI-compatible server that
+is not OpenAI (core/llm/llms/OpenAI.ts ``getMaxStopWords``: ``Infinity`` unless the host is api.openai.com or Groq),
+twelve for a Qwen coder's autocomplete. Ollama and llama.cpp's server take any number; TGI takes
+``--max-stop-sequences`` (4 by default) and answers more with a 422, OpenRouter's schema says 4, api.openai.com 4.
+A known limit is a 400 naming it and the model before any upstream call; no sequence is ever dropped.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from modelgate.app import create_app
+from modelgate.catalogue import Catalogue, parse_catalogue
+from modelgate.settings import Settings
+from tests.fakes import Fakes
+from tests.servers import serve_in_thread
+
+MESSAGES = [{"role": "user", "content": "def fib(n):"}]
+#: What Continue's autocomplete sends a Qwen coder (core/autocomplete/templating: the template's nine stop words,
+#: then ``getStopTokens``' three common ones).
+CONTINUE_STOPS = [
+    *("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>"),
+    *("<|file_sep|>", "<|im_start|>", "<|im_end|>", "/src/", "#- coding: utf-8", "```"),
+]
+
+
+def _model(name: str, provider: str, upstream: str, extra: str = "") -> str:
+    return f"""
+[[models]]
+publisher = "local"
+name = "{name}"
+provider = "{provider}"
+type = "chat"
+{extra}
+[models.configuration]
+model = "{upstream}"
+[models.configuration.parameters]
+max_new_tokens = 64
+typical_p = -1
+repetition_penalty = -1
+truncate = 2048
+"""
+
+
+def stop_catalogue(fakes: Fakes) -> Catalogue:
+    text = f"""
+[providers.llama]
+kind = "openai"
+base_url = "{fakes.openai.url}"
+
+[providers.tgi-local]
+kind = "huggingface"
+api = "tgi"
+base_url = "{fakes.huggingface.url}"
+""" + "".join(
+        (
+            _model("smol", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            _model("qwen-tgi", "tgi-local", "Qwen/Qwen2.5-72B-Instruct", 'template = "chatml"'),
+            _model("rwkv", "ollama", "mollysama/rwkv-6-world:1.6b"),
+            _model("deepseek", "openrouter", "deepseek/deepseek-chat"),
+        )
+    )
+    return parse_catalogue(tomllib.loads(text), source="stop.toml")
+
+
+@pytest.fixture
+def service(fakes: Fakes) -> Iterator[str]:
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, stop_catalogue(fakes))) as url:
+        yield url
+
+
+def complete(url: str, model: str, stop: list[str], **fields: Any) -> httpx.Response:
+    body = {"model": f"local/{model}", "messages": MESSAGES, "stop": stop, **fields}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+
+
+def sent_stop(fakes: Fakes, model: str) -> Any:
+    """The ``stop`` the model's upstream received, where its protocol puts it."""
+    if model == "rwkv":
+        return fakes.ollama.last.json["options"]["stop"]
+    if model.startswith("qwen-tgi"):
+        return fakes.tgi.last.json["parameters"]["stop"]
+    fake = fakes.openrouter if model == "deepseek" else fakes.openai
+    return fake.last.json["stop"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["rwkv", "smol"])
+def test_a_server_without_a_limit_gets_every_stop_sequence(
+    service: str, fakes: Fakes, model: str, stream: bool
+) -> None:
+    response = complete(service, model, CONTINUE_STOPS, stream=stream)
+    assert response.status_code == 200, response.text
+    assert sent_stop(fakes, model) == CONTINUE_STOPS
+
+
+@pytest.mark.parametrize(("model", "limit"), [("qwen-tgi", 4), ("deepseek", 4)])
+def test_up_to_a_known_limit_every_sequence_is_sent(service: str, fakes: Fakes, model: str, limit: int) -> None:
+    response = complete(service, model, CONTINUE_STOPS[:limit])
+    assert response.status_code == 200, response.text
+    assert sent_stop(fakes, model) == CONTINUE_STOPS[:limit]
+
+
+@pytest.mark.parametrize(
+    ("model", "limit", "upstream"),
+    [("qwen-tgi", 4, "tgi"), ("deepseek", 4, "openrouter")],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_above_a_known_limit_the_call_is_a_400_naming_it_and_the_model_and_never_sent(
+    service: str, fakes: Fakes, model: str, limit: int, upstream: str, stream: bool
+) -> None:
+    response = complete(service, model, CONTINUE_STOPS[: limit + 1], stream=stream)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "stop"
+    assert f"local/{model}" in error["message"]
+    assert f"at most {limit} stop sequences" in error["message"]
+    assert f"got {limit + 1}" in error["message"]
+    assert fakes[upstream].requests == []
