@@ -167,6 +167,8 @@ def test_each_mistake_names_the_file_the_entry_and_the_field(
         ("whole_reply_timeout = 1e300", "providers.openrouter.whole_reply_timeout: Input should be less than or equal"),
         ("breaker_cooldown = nan", "providers.openrouter.breaker_cooldown: Input should be a finite number"),
         ("max_concurrency = 18446744073709551616", "providers.openrouter.max_concurrency: Input should be less than"),
+        ("max_stop_sequences = 0", "providers.openrouter.max_stop_sequences: Input should be greater than or equal"),
+        ("max_stop_sequences = 65", "providers.openrouter.max_stop_sequences: Input should be less than or equal"),
     ],
 )
 def test_a_providers_durations_and_counts_are_finite_and_bounded(tmp_path: Path, line: str, expected: str) -> None:
@@ -247,10 +249,14 @@ def test_openais_own_api_takes_four_stop_sequences_and_other_servers_their_own(t
     """api.openai.com refuses a fifth ``stop`` sequence (a 400, ``array_above_max_length``): an ``openai`` instance
     there says so wherever its base URL comes from; any other server's limit is its adapter's (None: no limit known)."""
     openai = '[providers.oai]\nkind = "openai"\nbase_url = "https://api.openai.com/v1"\n'
-    models = (model_toml("acme", name, provider=name) for name in ("oai", "llama"))
-    path = write_catalogue(tmp_path / "c.toml", *models, header=openai + LLAMA)
+    told = '[providers.told]\nkind = "openai"\nbase_url = "https://api.openai.com/v1"\nmax_stop_sequences = 2\n'
+    wide = '[providers.tgi]\nkind = "huggingface"\napi = "tgi"\nbase_url = "http://tgi:80"\nmax_stop_sequences = 16\n'
+    models = (model_toml("acme", name, provider=name) for name in ("oai", "told", "llama"))
+    path = write_catalogue(tmp_path / "c.toml", *models, header=openai + told + wide + LLAMA)
     instances = load_catalogue(path).instances
     assert instances["oai"].stop_limit("https://api.openai.com/v1") == 4
+    assert instances["told"].stop_limit("https://api.openai.com/v1") == 2  # the entry's word wins
+    assert instances["tgi"].stop_limit("http://tgi:80") == 16  # a TGI launched with --max-stop-sequences 16
     assert instances["llama"].stop_limit("http://127.0.0.1:8080/v1") is None
     assert instances["llama"].stop_limit("https://api.openai.com/v1") == 4  # the environment's URL
     assert instances["openrouter"].stop_limit("https://api.openai.com/v1") is None  # not an openai-kind instance

@@ -19,7 +19,7 @@ import pytest
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, parse_catalogue
 from modelgate.settings import Settings
-from tests.fakes import Fakes
+from tests.fakes import Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 
 MESSAGES = [{"role": "user", "content": "def fib(n):"}]
@@ -55,15 +55,29 @@ def stop_catalogue(fakes: Fakes) -> Catalogue:
 kind = "openai"
 base_url = "{fakes.openai.url}"
 
+[providers.vllm]
+kind = "openai"
+base_url = "{fakes.openai.url}"
+max_stop_sequences = 4
+
 [providers.tgi-local]
 kind = "huggingface"
 api = "tgi"
 base_url = "{fakes.huggingface.url}"
+
+[providers.tgi-wide]
+kind = "huggingface"
+api = "tgi"
+base_url = "{fakes.huggingface.url}"
+max_stop_sequences = 8
 """ + "".join(
         (
             _model("smol", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            _model("smol-vllm", "vllm", "HuggingFaceTB/SmolLM2-135M-Instruct"),
             _model("qwen-tgi", "tgi-local", "Qwen/Qwen2.5-72B-Instruct", 'template = "chatml"'),
+            _model("qwen-tgi-wide", "tgi-wide", "Qwen/Qwen2.5-72B-Instruct", 'template = "chatml"'),
             _model("rwkv", "ollama", "mollysama/rwkv-6-world:1.6b"),
+            _model("rwkv-falls", "ollama", "llama3.2:latest", 'fallbacks = ["local/qwen-tgi", "local/smol"]'),
             _model("deepseek", "openrouter", "deepseek/deepseek-chat"),
         )
     )
@@ -102,8 +116,10 @@ def test_a_server_without_a_limit_gets_every_stop_sequence(
     assert sent_stop(fakes, model) == CONTINUE_STOPS
 
 
-@pytest.mark.parametrize(("model", "limit"), [("qwen-tgi", 4), ("deepseek", 4)])
+@pytest.mark.parametrize(("model", "limit"), [("qwen-tgi", 4), ("qwen-tgi-wide", 8), ("smol-vllm", 4), ("deepseek", 4)])
 def test_up_to_a_known_limit_every_sequence_is_sent(service: str, fakes: Fakes, model: str, limit: int) -> None:
+    fakes.tgi.max_stop_sequences = 8  # tgi-wide's server, launched with --max-stop-sequences 8
+    fakes.openai.max_stop_sequences = 4  # vllm's (VLLM_MAX_STOP_STRINGS, 4 by default)
     response = complete(service, model, CONTINUE_STOPS[:limit])
     assert response.status_code == 200, response.text
     assert sent_stop(fakes, model) == CONTINUE_STOPS[:limit]
@@ -111,12 +127,13 @@ def test_up_to_a_known_limit_every_sequence_is_sent(service: str, fakes: Fakes, 
 
 @pytest.mark.parametrize(
     ("model", "limit", "upstream"),
-    [("qwen-tgi", 4, "tgi"), ("deepseek", 4, "openrouter")],
+    [("qwen-tgi", 4, "tgi"), ("qwen-tgi-wide", 8, "tgi"), ("smol-vllm", 4, "openai"), ("deepseek", 4, "openrouter")],
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_above_a_known_limit_the_call_is_a_400_naming_it_and_the_model_and_never_sent(
     service: str, fakes: Fakes, model: str, limit: int, upstream: str, stream: bool
 ) -> None:
+    fakes.tgi.max_stop_sequences = 8
     response = complete(service, model, CONTINUE_STOPS[: limit + 1], stream=stream)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -126,3 +143,22 @@ def test_above_a_known_limit_the_call_is_a_400_naming_it_and_the_model_and_never
     assert f"at most {limit} stop sequences" in error["message"]
     assert f"got {limit + 1}" in error["message"]
     assert fakes[upstream].requests == []
+
+
+def test_an_upstream_that_refuses_more_than_modelgate_was_told_is_heard_not_silenced(
+    service: str, fakes: Fakes
+) -> None:
+    """tgi-wide says 8 but its server still takes TGI's default 4: TGI's own 422 reaches the caller as a 400."""
+    response = complete(service, "qwen-tgi-wide", CONTINUE_STOPS[:6])
+    assert response.status_code == 400, response.text
+    assert "`stop` supports up to 4 stop sequences. Given: 6" in response.json()["error"]["message"]
+    assert fakes.tgi.last.json["parameters"]["stop"] == CONTINUE_STOPS[:6]  # sent whole, refused upstream
+
+
+def test_a_fallback_that_takes_fewer_is_passed_over_for_one_that_takes_them_all(service: str, fakes: Fakes) -> None:
+    fakes.ollama.default = Reply(fault=Fault.status(503))
+    response = complete(service, "rwkv-falls", CONTINUE_STOPS[:6])
+    assert response.status_code == 200, response.text
+    assert response.headers["x-modelgate-model"] == "local/smol"
+    assert fakes.tgi.requests == []  # qwen-tgi (4 at most) was never asked
+    assert fakes.openai.last.json["stop"] == CONTINUE_STOPS[:6]

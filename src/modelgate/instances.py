@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modelgate.chat import MAX_STOP_SEQUENCES
 from modelgate.errors import CatalogueError
 from modelgate.schema import Endpoints
 from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS, base_url_problem
@@ -89,6 +90,15 @@ class ProviderEntry(BaseModel):
         description="openai kind: catalogue parameters → the server's field names (beyond the standard fields; "
         "max_new_tokens too)",
     )
+    max_stop_sequences: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=MAX_STOP_SEQUENCES,
+            description="How many stop sequences the server takes, where it refuses more (TGI's --max-stop-sequences, "
+            "vLLM's VLLM_MAX_STOP_STRINGS); default: the kind's or the host's known limit, else none",
+        ),
+    ] = None
     connect_timeout: Seconds = 5.0
     first_token_timeout: Seconds = 60.0
     idle_timeout: Seconds = 60.0
@@ -171,8 +181,10 @@ class Instance:
         return {**self.extra_params, "max_new_tokens": "max_completion_tokens"}
 
     def stop_limit(self, base_url: str) -> int | None:
-        """How many ``stop`` sequences the server at ``base_url`` (from the file or the environment) takes, where its
-        host is known to refuse more (``STOP_SEQUENCE_LIMITS``); None: the adapter's own default."""
+        """How many ``stop`` sequences the server at ``base_url`` (from the file or the environment) takes: the entry's
+        ``max_stop_sequences``, else its host's known limit (``STOP_SEQUENCE_LIMITS``); None: the adapter's default."""
+        if self.entry.max_stop_sequences is not None:
+            return self.entry.max_stop_sequences
         if self.kind != "openai":
             return None
         return STOP_SEQUENCE_LIMITS.get(urlsplit(base_url).hostname or "")

@@ -61,8 +61,8 @@ class Connection:
     key_variable: str | None = None
     #: ``openai`` kind: further parameters the instance's server takes, ours → its wire name (``extra_params``).
     extra_params: Mapping[str, str] = field(default_factory=dict)
-    #: How many ``stop`` sequences the instance's server takes, where its host is known to refuse more
-    #: (``Instance.stop_limit``); None: the protocol's own default (``Provider.max_stop_sequences``).
+    #: How many ``stop`` sequences the instance's server takes, as its entry or its host says (``Instance.stop_limit``);
+    #: None: the protocol's own default (``Provider.max_stop_sequences``).
     max_stop_sequences: int | None = None
 
     def api_key(self, default_variable: str) -> str:
