@@ -162,3 +162,18 @@ def test_a_fallback_that_takes_fewer_is_passed_over_for_one_that_takes_them_all(
     assert response.headers["x-modelgate-model"] == "local/smol"
     assert fakes.tgi.requests == []  # qwen-tgi (4 at most) was never asked
     assert fakes.openai.last.json["stop"] == CONTINUE_STOPS[:6]
+
+
+def test_v1_models_states_each_known_limit_and_none_where_there_is_none(service: str) -> None:
+    listed = {entry["id"]: entry for entry in httpx.get(f"{service}/v1/models", timeout=10).json()["data"]}
+    limits = {model: entry.get("max_stop_sequences") for model, entry in listed.items()}
+    assert limits == {
+        "local/smol": None,
+        "local/smol-vllm": 4,
+        "local/qwen-tgi": 4,
+        "local/qwen-tgi-wide": 8,
+        "local/rwkv": None,
+        "local/rwkv-falls": None,
+        "local/deepseek": 4,
+    }
+    assert all("stop" in entry["supported_parameters"] for entry in listed.values())

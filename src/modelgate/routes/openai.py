@@ -185,7 +185,17 @@ def model_object(model: CatalogueModel, provider: Provider | None) -> dict[str, 
     }
     if model.pricing is not None:
         body["pricing"] = openrouter_pricing(model.pricing)
+    if (stop_limit := max_stop_sequences(model, provider)) is not None:
+        body["max_stop_sequences"] = stop_limit
     return body
+
+
+def max_stop_sequences(model: CatalogueModel, provider: Provider | None) -> int | None:
+    """How many ``stop`` sequences ``model``'s upstream takes, where it refuses more (None: no limit known, or no
+    ``stop`` carried): what ``Provider.check`` holds a call to, so a client can size its list before sending it."""
+    if provider is None or "stop" not in provider.model_params(model):
+        return None
+    return provider.stop_limit
 
 
 def openrouter_pricing(pricing: Pricing) -> dict[str, str]:
@@ -229,6 +239,9 @@ class ModelObject(BaseModel):
     architecture: dict[str, list[str]] = Field(description="input_modalities (image where it takes images)")
     default_parameters: dict[str, Any] = Field(description="The catalogue's parameters; null = provider default")
     pricing: ModelPricing | None = Field(default=None, description="Only for models the catalogue gives prices for")
+    max_stop_sequences: int | None = Field(
+        default=None, description="The most `stop` sequences a call may send; only where the upstream refuses more"
+    )
 
 
 class ModelList(BaseModel):
