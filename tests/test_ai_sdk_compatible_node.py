@@ -22,6 +22,7 @@ from tests.fakes import Fakes, Fault, Reply
 from tests.fakes._base import ToolCallScript
 from tests.node_parsers import requires_js_package, requires_node_parsers, run_ai_sdk_openai
 from tests.servers import serve_in_thread
+from tests.test_reasoning_round_trip import round_trip_catalogue
 
 pytestmark = [pytest.mark.node, requires_node_parsers, requires_js_package("@ai-sdk/openai-compatible")]
 
@@ -88,3 +89,22 @@ def test_ai_sdk_openai_compatible_sees_a_failure_after_the_first_byte(v1: str, f
     assert [error["message"] for error in result["errors"]] == [
         "Upstream provider error (huggingface): failed with status 500: boom"
     ]
+
+
+@pytest.mark.parametrize("mode", ["tools", "tools-stream"])
+def test_ai_sdk_openai_compatible_hands_a_gemini_thought_signature_back(fakes: Fakes, mode: str) -> None:
+    """Gemini 3 on Google's OpenAI compatibility API (an ``openai`` instance): the SDK reads the call's
+    ``extra_content.google.thought_signature`` (into the tool call's provider metadata) and sends it back on the call
+    in the next step (``convert-to-openai-compatible-chat-messages.ts``); the fake, as Gemini 3, refuses the step
+    without it."""
+    fakes.openai.gemini = True
+    call = ToolCallScript(name="get_weather", arguments='{"city": "Zürich"}', id="call_w1")
+    fakes.openai.script(Reply(tokens=[], finish="tool_calls", tool_calls=[call]), Reply(tokens=["Sunny"]))
+    settings = Settings(**fakes.settings_overrides())  # type: ignore[arg-type]
+    with serve_in_thread(create_app(settings, round_trip_catalogue(fakes))) as url:
+        result = run_ai_sdk_openai("compatible", f"{url}/v1", "t/gemini", mode)
+    assert "error" not in result, result
+    assert (result["text"], result["finishReason"]) == ("Sunny", "stop")
+    signature = fakes.openai.server.signatures["call_w1"]
+    sent = fakes.openai.last.json["messages"][1]["tool_calls"][0]
+    assert sent["extra_content"] == {"google": {"thought_signature": signature}}

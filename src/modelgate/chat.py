@@ -61,6 +61,10 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    #: What the upstream attached to the call for the model to read back on the next turn, carried unread: Gemini's
+    #: thought signature, ``extra_content: {"google": {"thought_signature"}}`` on Google's OpenAI compatibility API
+    #: (ai.google.dev/gemini-api/docs/thought-signatures: Gemini 3 refuses a turn whose calls come back without it).
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +398,8 @@ class ToolCallDelta:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    #: The call's opaque ``extra_content`` (``ToolCall.extra``), on the piece it came with.
+    extra: Mapping[str, Any] | None = None
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finish

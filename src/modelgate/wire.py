@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, Field
 
 #: The integer range orjson serializes: signed and unsigned 64 bits.
@@ -48,14 +49,14 @@ WireInt = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
 MAX_JSON_DEPTH = 64
 
 
-def writable_json(value: Any) -> Any:
+def writable_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``value`` (a parsed JSON document: a tool's schema, say) if every string and integer in it can be
-    written upstream and it nests at most ``MAX_JSON_DEPTH`` levels, else ``ValueError`` naming where not."""
+    written upstream and it nests at most ``max_depth`` levels, else ``ValueError`` naming where not."""
     stack: list[tuple[str, Any, int]] = [("", value, 0)]
     while stack:
         path, item, depth = stack.pop()
-        if isinstance(item, dict | list) and depth >= MAX_JSON_DEPTH:
-            raise ValueError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict | list) and depth >= max_depth:
+            raise ValueError(f"{path or 'value'}: nested deeper than {max_depth} levels")
         if isinstance(item, str):
             try:
                 unicode_text(item)
@@ -74,3 +75,32 @@ def writable_json(value: Any) -> Any:
 
 #: A JSON object (a JSON Schema, say) that an upstream request can carry.
 WireJSON = Annotated[dict[str, Any], AfterValidator(writable_json)]
+
+
+#: How deep an opaque round-trip value (``opaque_object``) may nest. The ones modelgate carries are shallow: Gemini's
+#: ``extra_content`` is ``{"google": {"thought_signature": "…"}}``.
+MAX_OPAQUE_DEPTH = 8
+#: How long one opaque value may be, written out: a thought signature is a few KiB of base64. Far past it, and a bound
+#: of its own besides the body's and the upstream event's.
+MAX_OPAQUE_BYTES = 1024 * 1024
+
+
+def opaque_object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object an upstream request and a reply to the client can carry as it is: at most
+    ``MAX_OPAQUE_DEPTH`` levels deep and ``MAX_OPAQUE_BYTES`` long; else ``TypeError``/``ValueError`` saying which
+    bound it broke, never quoting it (it is the model's data, handed back unread: a thought signature)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    try:
+        writable_json(value, max_depth=MAX_OPAQUE_DEPTH)
+    except ValueError:
+        raise ValueError(
+            f"not a value to carry: nested deeper than {MAX_OPAQUE_DEPTH} levels, or not writable"
+        ) from None
+    if len(orjson.dumps(value)) > MAX_OPAQUE_BYTES:
+        raise ValueError(f"longer than {MAX_OPAQUE_BYTES} bytes")
+    return value
+
+
+#: An opaque JSON object a client hands back as it got it (``opaque_object``).
+OpaqueJSON = Annotated[dict[str, Any], AfterValidator(opaque_object)]

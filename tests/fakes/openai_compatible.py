@@ -14,11 +14,22 @@ goes into ``code`` (e.g. ``context_length_exceeded`` with HTTP 400, as llama-cpp
 Tool calls (``Reply.tool_calls``): streamed as ``delta.tool_calls`` pieces (``tool_call_pieces``), whole in
 ``message.tool_calls`` (``content`` null when there is no text) otherwise.
 
-``Reply.options``: ``never_usage`` (True: no usage even when asked, as llama.cpp's server on a stream).
+``Reply.options``: ``never_usage`` (True: no usage even when asked, as llama.cpp's server on a stream);
+``extra_content`` (any JSON value: the first tool call's ``extra_content``, in place of a Gemini signature).
+
+``FakeOpenAI.gemini``: speak as Google's OpenAI compatibility API does for Gemini 3 models
+(``generativelanguage.googleapis.com/v1beta/openai``). The first tool call of a reply carries the turn's thought
+signature, ``extra_content: {"google": {"thought_signature": "<base64>"}}`` (ai.google.dev/gemini-api/docs/
+thought-signatures: with parallel calls only the first has one; the shape @ai-sdk/openai-compatible's
+``openai-compatible-chat-language-model.ts`` reads), and a streamed call comes whole in one delta, without ``index``
+("google does not send index", its chunk schema). A request whose history holds a call the fake signed, without that
+signature on it, is refused as Gemini 3 refuses it: HTTP 400, the body a JSON *array* of one error
+(discuss.ai.google.dev "OpenAI API compatibility broken due to thought_signature on gemini-3-pro-preview").
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -75,6 +86,10 @@ class ChatCompletionsServer:
         self.owned_by = owned_by
         #: Fields each entry of the model listing adds (the context window, as each server family names it).
         self.listing = dict(listing)
+        #: Speak as Gemini 3 on Google's OpenAI compatibility API (the module docstring; ``FakeOpenAI.gemini``).
+        self.gemini = False
+        #: call id → the thought signature the fake gave it (Gemini mode).
+        self.signatures: dict[str, str] = {}
 
     async def chat(self, request: Request, *, model: str | None = None) -> Response:
         """``model``: the model a per-model route names (the HF router's ``/models/{id}/v1/...``)."""
@@ -87,6 +102,8 @@ class ChatCompletionsServer:
         name = model or body.get("model")
         if not isinstance(name, str) or not self.fake.serves(name.split(":", 1)[0]):
             return error_response(404, f"The model `{name}` does not exist", "model_not_found")
+        if self.gemini and (unsigned := self.unsigned_call(body["messages"])) is not None:
+            return unsigned
         reply = self.fake.next_reply(name)
         fault = reply.fault
         if fault is not None and fault.kind == "status":
@@ -116,13 +133,42 @@ class ChatCompletionsServer:
     def _head(model: str, kind: str) -> dict[str, Any]:
         return {"id": "chatcmpl-fake", "object": kind, "created": 1730000000, "model": model}
 
+    def unsigned_call(self, messages: list[Any]) -> Response | None:
+        """Gemini 3's 400 for a history whose signed call came back without its signature, else None."""
+        for position, message in enumerate(messages):
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            if not calls or calls[0].get("id") not in self.signatures:
+                continue
+            signature = ((calls[0].get("extra_content") or {}).get("google") or {}).get("thought_signature")
+            if signature != self.signatures[calls[0]["id"]]:
+                name = calls[0].get("function", {}).get("name")
+                text = (
+                    "Function call is missing a thought_signature in functionCall parts. This is required for tools "
+                    "to work correctly, and missing thought_signature may lead to degraded model performance. "
+                    f"Additional data, function call `default_api:{name}` , position {position + 1}. Please refer to "
+                    "https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
+                )
+                return JSONResponse([{"error": {"code": 400, "message": text, "status": "INVALID_ARGUMENT"}}], 400)
+        return None
+
+    def wire_calls(self, reply: Reply) -> list[dict[str, Any]]:
+        """``message.tool_calls``; the first call's ``extra_content`` as the reply (or Gemini) has it."""
+        calls: list[dict[str, Any]] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in reply.tool_calls
+        ]
+        if "extra_content" in reply.options:
+            calls[0]["extra_content"] = reply.options["extra_content"]
+        elif self.gemini:
+            signature = base64.b64encode(f"gemini-3 thought before {calls[0]['id']}".encode()).decode()
+            self.signatures[calls[0]["id"]] = signature
+            calls[0]["extra_content"] = {"google": {"thought_signature": signature}}
+        return calls
+
     def completion(self, reply: Reply, model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens) or None}
         if reply.tool_calls:
-            message["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in reply.tool_calls
-            ]
+            message["tool_calls"] = self.wire_calls(reply)
         if reply.reasoning:
             message["reasoning_content"] = "".join(reply.reasoning)
         usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
@@ -146,7 +192,13 @@ class ChatCompletionsServer:
         preamble = [chunk({"role": "assistant", "content": ""})]
         tokens = [chunk({"reasoning_content": t}) for t in reply.reasoning]
         tokens += [chunk({"content": t}) for t in reply.tokens]
-        tokens += [chunk({"tool_calls": [piece]}) for piece in tool_call_pieces(reply)]
+        if self.gemini or "extra_content" in reply.options:  # whole calls, one a delta, as Gemini streams them
+            whole = self.wire_calls(reply) if reply.tool_calls else []
+            tokens += [
+                chunk({"tool_calls": [call if self.gemini else {"index": i, **call}]}) for i, call in enumerate(whole)
+            ]
+        else:
+            tokens += [chunk({"tool_calls": [piece]}) for piece in tool_call_pieces(reply)]
         trailer = [chunk({}, reply.finish)]
         usage = self.fake.usage_of(reply, len(reply.tokens) + len(reply.reasoning))
         if include_usage and usage is not None:
@@ -195,6 +247,8 @@ class FakeOpenAI(FakeUpstream):
     refuses_max_tokens = False
     #: Refuse more ``stop`` sequences than this as api.openai.com does (None: any number, as llama.cpp's server).
     max_stop_sequences: int | None = None
+    #: Speak as Gemini 3 on Google's OpenAI compatibility API (the module docstring).
+    gemini = False
 
     def __init__(self) -> None:
         # vLLM's listing states the served context window as max_model_len.
@@ -209,6 +263,7 @@ class FakeOpenAI(FakeUpstream):
 
     async def chat(self, request: Request) -> Response:
         self.server.token = self.token
+        self.server.gemini = self.gemini
         if self.refuses_max_tokens and b'"max_tokens"' in await request.body():
             await self.record(request)
             message = "Unsupported parameter: 'max_tokens' is not supported with this model. "
@@ -229,3 +284,5 @@ class FakeOpenAI(FakeUpstream):
         self.token = None
         self.refuses_max_tokens = False
         self.max_stop_sequences = None
+        self.gemini = False
+        self.server.signatures.clear()

@@ -7,7 +7,9 @@ an ``error`` key). The golden bytes in ``tests/test_openai_encoder.py`` pin the 
 
 Non-standard, documented: reasoning text (``ReasoningDelta``) is sent as ``reasoning_content`` (in
 ``delta`` when streaming, in ``message`` otherwise), DeepSeek's API convention, so that reasoning never
-mixes into ``content``. Clients that do not know the field ignore it.
+mixes into ``content``. Clients that do not know the field ignore it. What the model attached for itself to read
+back goes out as the upstream sent it, for the client to return on its next turn: a tool call's ``extra_content``
+(Gemini's thought signature, as ``@ai-sdk/openai-compatible`` reads it).
 
 Per-token cost: a content chunk is ``prefix + orjson.dumps(text) + suffix``, with prefix and suffix
 built once per response; only the token text is serialized per event. The chunks of one batch of events
@@ -126,6 +128,8 @@ class ChunkEncoder:
         if delta.name is not None:
             function = {"name": delta.name, **function}
         call["function"] = function
+        if delta.extra is not None:
+            call["extra_content"] = delta.extra
         return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}])
 
     def role_chunk(self) -> bytes:
@@ -247,6 +251,8 @@ def _add_piece(calls: dict[int, dict[str, Any]], piece: ToolCallDelta) -> None:
     if piece.name is not None:
         call["function"]["name"] = piece.name
     call["function"]["arguments"] += piece.arguments
+    if piece.extra is not None:
+        call.setdefault("extra_content", piece.extra)  # the first piece's, as @ai-sdk/openai-compatible keeps it
 
 
 async def _close(events: AsyncIterator[Sequence[StreamEvent]]) -> None:

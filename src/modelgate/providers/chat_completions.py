@@ -51,6 +51,7 @@ from modelgate.chat import (
     StreamEvent,
     TextDelta,
     Tool,
+    ToolCall,
     ToolCallDelta,
     ToolChoice,
     Usage,
@@ -74,6 +75,7 @@ from modelgate.providers.base import Connection, ProbeResult
 from modelgate.providers.tgi import ERROR_TYPES as TGI_ERROR_TYPES
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
+from modelgate.wire import opaque_object
 
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
@@ -271,20 +273,26 @@ def wire_content(message: Message, *, detail: bool = True, cache: bool = False) 
     return message.content
 
 
-def wire_message(message: Message, *, cache: bool = False) -> dict[str, Any]:
-    """One message as the OpenAI reference has it (``wire_content``)."""
+def wire_message(message: Message, *, cache: bool = False, extra_content: bool = False) -> dict[str, Any]:
+    """One message as the OpenAI reference has it (``wire_content``). ``extra_content``: for a kind whose upstream
+    may read it back (``ChatCompletionsProvider``), a call's ``extra_content`` as the client handed it back; else it
+    is left out."""
     wire: dict[str, Any] = {"role": message.role, "content": wire_content(message, cache=cache)}
     if message.name is not None:
         wire["name"] = message.name
     if message.tool_calls:
         if not (cache and message.cache_breaks):
             wire["content"] = message.content or None
-        wire["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
+        wire["tool_calls"] = [_wire_call(call, extra_content=extra_content) for call in message.tool_calls]
     if message.tool_call_id is not None:
         wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _wire_call(call: ToolCall, *, extra_content: bool) -> dict[str, Any]:
+    wire = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    if extra_content and call.extra is not None:
+        wire["extra_content"] = call.extra
     return wire
 
 
@@ -505,6 +513,7 @@ class ChatCompletionsStream:
                 self._calls.add(index)
                 # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
                 call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+            extra = call.get("extra_content")
             self._deltas += 1
             out.append(
                 ToolCallDelta(
@@ -512,6 +521,7 @@ class ChatCompletionsStream:
                     id=call_id,
                     name=text_field(function["name"]) if function.get("name") else None,
                     arguments=_arguments(function.get("arguments")),
+                    extra=None if extra is None else self._opaque(extra, "a tool call's extra_content"),
                 )
             )
         reason = choice.get("finish_reason")
@@ -519,6 +529,14 @@ class ChatCompletionsStream:
             self._finish = _FINISH.get(reason, "other")
             if self._finish == "stop" and self._calls:
                 self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
+
+    def _opaque(self, value: Any, what: str) -> dict[str, Any]:
+        """``value`` bounded (``wire.opaque_object``); else a protocol error that never quotes it (it is the model's
+        reasoning, for it alone to read back)."""
+        try:
+            return opaque_object(value)
+        except (TypeError, ValueError) as exc:
+            raise self._upstream.protocol_error(f"{what} is unreadable: {exc}") from exc
 
     def whole(self, raw: bytes) -> list[StreamEvent]:
         """A non-streamed reply (``chat.completion``: ``choices[].message``) as the events its stream would
@@ -616,6 +634,9 @@ class ChatCompletionsProvider(HttpProvider):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"tools", "json", "vision", "reasoning"})
     #: Whether the listing needs the key (OpenRouter's is public: a probe must not spend a key on it).
     probe_with_key: ClassVar[bool] = True
+    #: Whether a tool call's ``extra_content`` (Gemini's thought signature, on Google's OpenAI compatibility API)
+    #: goes back upstream as the client returned it.
+    carries_extra_content: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -640,7 +661,10 @@ class ChatCompletionsProvider(HttpProvider):
 
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         values = request.params.set_fields()
-        messages = [wire_message(m, cache=self.carries_cache_control) for m in request.messages]
+        messages = [
+            wire_message(m, cache=self.carries_cache_control, extra_content=self.carries_extra_content)
+            for m in request.messages
+        ]
         body: dict[str, Any] = {"model": self.upstream_model(model), "messages": messages}
         # A non-streamed reply carries its usage without being asked.
         body |= {"stream": True, "stream_options": {"include_usage": True}} if stream else {"stream": False}

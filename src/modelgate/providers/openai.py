@@ -7,6 +7,12 @@ it does not know (llama.cpp's server reads ``repeat_penalty``, not ``repetition_
 unless the instance's ``extra_params`` maps them to the server's own names
 (``extra_params = { repetition_penalty = "repeat_penalty" }`` for llama.cpp).
 The key is the instance's ``api_key_env``; without one no ``Authorization`` is sent (local servers need none).
+
+What a model attached to its reply for itself goes back as the client returned it: a tool call's ``extra_content``
+(Gemini's thought signature on Google's OpenAI compatibility API, ``generativelanguage.googleapis.com/v1beta/openai``,
+as ``{"google": {"thought_signature"}}``; Vertex AI's as ``{"vertex": …}``; ai.google.dev/gemini-api/docs/
+thought-signatures: Gemini 3 answers a turn whose function calls lack it with a 400). A server that sent none is
+sent none: a client hands back only what it got.
 """
 
 from __future__ import annotations
@@ -16,3 +22,4 @@ from modelgate.providers.chat_completions import ChatCompletionsProvider
 
 class OpenAICompatible(ChatCompletionsProvider):
     name = "openai"
+    carries_extra_content = True

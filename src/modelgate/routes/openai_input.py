@@ -6,7 +6,9 @@ Shapes follow openai-python's ``types/chat`` (``ChatCompletionMessageParam``, ``
 (tools, schemas) is closed (``extra="forbid"``: a misspelt field is an error, not a silently ignored one);
 messages ignore unknown fields, because SDKs send a previous reply's message back as they got it (with
 ``refusal``, ``annotations``, ``audio``, ``reasoning_content``...). A content part's ``cache_control`` (a
-prompt-caching breakpoint) is read, and closed.
+prompt-caching breakpoint) is read, and closed. What a model attached to a reply for itself, a tool call's
+``extra_content`` (Gemini's thought signature), is read as an opaque object, bounded (``wire.opaque_object``), for the
+upstream to read back.
 
 Image bytes are bounded here, where a ``data:`` URL is first seen (``images.ImageBudget``).
 """
@@ -32,7 +34,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
-from modelgate.wire import WireJSON, WireText, unicode_text
+from modelgate.wire import OpaqueJSON, WireJSON, WireText, unicode_text
 
 _closed = ConfigDict(extra="forbid")
 _open = ConfigDict(extra="ignore")
@@ -87,6 +89,9 @@ class ToolCallParam(BaseModel):
     id: WireText = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: FunctionCall
+    extra_content: OpaqueJSON | None = Field(
+        default=None, description="What the model attached to its call (Gemini's thought signature), as received"
+    )
 
 
 class ChatMessage(BaseModel):
@@ -212,7 +217,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
         raise BadRequest(f"{where}: the deprecated function role is not supported; use tools", param="messages")
     role = _ROLES[message.role]
     calls = tuple(
-        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments, extra=call.extra_content)
         for call in message.tool_calls or ()
     )
     if calls and role != "assistant":
@@ -233,7 +238,13 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
             raise BadRequest(f"{where}.content: required", param="messages")
         return Message(role=role, content="", tool_calls=calls, name=name)
     if isinstance(content, str):
-        return Message(role=role, content=content, tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
+        return Message(
+            role=role,
+            content=content,
+            tool_calls=calls,
+            tool_call_id=message.tool_call_id,
+            name=name,
+        )
     parts: list[str | Image | CacheBreak] = []
     for index, part in enumerate(content):
         here = f"{where}.content[{index}]"
@@ -258,7 +269,14 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
         if part.cache_control is not None:
             parts.append(CacheBreak(part.cache_control.ttl))
     # Text parts are separate paragraphs of one message; joined as vLLM's OpenAI server does.
-    return content_message(role, parts, separator="\n", tool_calls=calls, tool_call_id=message.tool_call_id, name=name)
+    return content_message(
+        role,
+        parts,
+        separator="\n",
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        name=name,
+    )
 
 
 def to_tools(tools: list[ToolParam] | None) -> tuple[Tool, ...]:
