@@ -4,6 +4,8 @@ on loopback → the fakes, which refuse a tool loop that lost it as the real ups
 
 - Gemini's thought signature on Google's OpenAI compatibility API (the ``openai`` kind): a tool call's
   ``extra_content: {"google": {"thought_signature"}}`` (``FakeOpenAI.gemini``).
+- OpenRouter's reasoning blocks: an assistant message's ``reasoning_details`` (``reasoning_details`` of
+  ``tests/fakes/openrouter.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from tests.servers import serve_in_thread
 
 
 def round_trip_catalogue(fakes: Fakes) -> Catalogue:
-    """``t/gemini`` on an ``openai`` instance (the OpenAI fake), ``t/qwen`` on the HF router."""
+    """``t/gemini`` on an ``openai`` instance (the OpenAI fake), ``t/claude`` on OpenRouter, ``t/qwen`` on the HF
+    router."""
     header = f'[providers.gemini]\nkind = "openai"\nbase_url = "{fakes.openai.url}"\n'
     capable = 'capabilities = ["tools", "reasoning"]\n'
     text = catalogue_toml(
         model_toml("t", "gemini", provider="gemini", upstream="HuggingFaceTB/SmolLM2-135M-Instruct", extra=capable),
+        model_toml("t", "claude", provider="openrouter", upstream="deepseek/deepseek-chat:free", extra=capable),
         model_toml("t", "qwen", provider="huggingface", upstream="Qwen/Qwen2.5-72B-Instruct", extra=capable),
         header=header,
     )
@@ -49,6 +53,24 @@ WEATHER_TOOL: Any = {
 ARGUMENTS = '{"city": "Zürich"}'
 CALL = ToolCallScript(name="get_weather", arguments=ARGUMENTS, id="call_w1")
 QUESTION: Any = {"role": "user", "content": "Weather in Zürich?"}
+#: Reasoning blocks as OpenRouter gives them for Claude with thinking on (a signed thinking block, a redacted one).
+BLOCKS = [
+    {
+        "type": "reasoning.text",
+        "text": "The user wants the weather: call the tool.",
+        "signature": "EqQBCkgIARABGAIiQL2k4Zx0",
+        "id": None,
+        "format": "anthropic-claude-v1",
+        "index": 0,
+    },
+    {
+        "type": "reasoning.encrypted",
+        "data": "RW5jcnlwdGVkIHRoaW5raW5nIGJsb2Nr",
+        "id": None,
+        "format": "anthropic-claude-v1",
+        "index": 1,
+    },
+]
 
 
 @pytest.fixture
@@ -66,15 +88,17 @@ def client(service: str) -> Iterator[openai.OpenAI]:
 
 def _first_turn(client: openai.OpenAI, model: str, *, stream: bool) -> dict[str, Any]:
     """The assistant message of the first turn as the client sends it back: the SDK's own message, or the one a
-    streaming client assembles from the deltas (every field of theirs kept, as @ai-sdk/openai-compatible keeps
-    them)."""
+    streaming client assembles from the deltas (every field of theirs kept, as @ai-sdk/openai-compatible and
+    OpenRouter's provider keep them)."""
     if not stream:
         completion = client.chat.completions.create(model=model, messages=[QUESTION], tools=[WEATHER_TOOL])
         assert completion.choices[0].finish_reason == "tool_calls"
         return completion.choices[0].message.model_dump(exclude_none=True)
     calls: dict[int, dict[str, Any]] = {}
+    details: list[Any] = []
     for chunk in client.chat.completions.create(model=model, messages=[QUESTION], tools=[WEATHER_TOOL], stream=True):
         for choice in chunk.choices:
+            details += (choice.delta.model_extra or {}).get("reasoning_details") or []
             for piece in choice.delta.tool_calls or ():
                 call = calls.setdefault(piece.index, {"type": "function", "function": {"name": "", "arguments": ""}})
                 if piece.id:
@@ -85,6 +109,8 @@ def _first_turn(client: openai.OpenAI, model: str, *, stream: bool) -> dict[str,
                 if (extra := (piece.model_extra or {}).get("extra_content")) is not None:
                     call["extra_content"] = extra
     message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [calls[i] for i in sorted(calls)]}
+    if details:
+        message["reasoning_details"] = details
     return message
 
 
@@ -112,12 +138,34 @@ def test_a_gemini_thought_signature_goes_to_the_client_and_back(
     assert sent["extra_content"] == {"google": {"thought_signature": signature}}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openrouter_reasoning_details_go_to_the_client_and_back_unmodified(
+    client: openai.OpenAI, fakes: Fakes, stream: bool
+) -> None:
+    first = Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls", options={"reasoning_details": BLOCKS})
+    fakes.openrouter.script(first, Reply(tokens=["It is 21."]))
+    assistant = _first_turn(client, "t/claude", stream=stream)
+    assert assistant["reasoning_details"] == BLOCKS
+
+    assert _second_turn(client, "t/claude", assistant, stream=stream) == "It is 21."
+    assert fakes.openrouter.last.json["messages"][1]["reasoning_details"] == BLOCKS
+
+
+def test_the_reasoning_text_of_the_blocks_is_still_the_replys_reasoning(client: openai.OpenAI, fakes: Fakes) -> None:
+    """Streamed beside its block, a thinking block's text is ``reasoning_content`` as any reasoning is."""
+    fakes.openrouter.script(Reply(tokens=["Sunny."], options={"reasoning_details": BLOCKS}))
+    chunks = client.chat.completions.create(model="t/claude", messages=[QUESTION], stream=True)
+    reasoning = "".join((c.delta.model_extra or {}).get("reasoning_content") or "" for k in chunks for c in k.choices)
+    assert reasoning == BLOCKS[0]["text"]
+
+
 def test_a_kind_without_such_fields_is_sent_none(client: openai.OpenAI, fakes: Fakes) -> None:
-    """The HF router documents no such field: what a client hands back (from another model's reply) stays here."""
+    """The HF router documents neither field: what a client hands back (from another model's reply) stays here."""
     fakes.huggingface.script(Reply(tokens=["It is 21."]))
     assistant = {
         "role": "assistant",
         "content": None,
+        "reasoning_details": BLOCKS,
         "tool_calls": [
             {
                 "id": "call_w1",
@@ -128,7 +176,9 @@ def test_a_kind_without_such_fields_is_sent_none(client: openai.OpenAI, fakes: F
         ],
     }
     assert _second_turn(client, "t/qwen", assistant, stream=False) == "It is 21."
-    assert "extra_content" not in fakes.huggingface.last.json["messages"][1]["tool_calls"][0]
+    sent = fakes.huggingface.last.json["messages"][1]
+    assert "reasoning_details" not in sent
+    assert "extra_content" not in sent["tool_calls"][0]
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -168,11 +218,27 @@ def test_an_upstreams_extra_content_past_the_bounds_is_a_protocol_error_that_nev
     assert "SECRET-SIGNATURE" not in caplog.text
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_reasoning_block_past_the_bounds_is_a_protocol_error_that_never_quotes_it(
+    service: str, fakes: Fakes, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fakes.openrouter.script(Reply(tokens=["Sunny."], options={"reasoning_details": [_nested(MAX_OPAQUE_DEPTH + 1)]}))
+    body = {"model": "t/claude", "messages": [QUESTION], "stream": stream}
+    response = httpx.post(f"{service}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 502
+    assert "a reasoning_details entry is unreadable" in response.json()["error"]["message"]
+    assert "SECRET-SIGNATURE" not in response.text
+    assert "SECRET-SIGNATURE" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
         ("extra_content", _nested(MAX_OPAQUE_DEPTH + 1)),
         ("extra_content", "SECRET-SIGNATURE"),
+        ("reasoning_details", [_nested(MAX_OPAQUE_DEPTH + 1)]),
+        ("reasoning_details", {"type": "reasoning.encrypted"}),
     ],
 )
 def test_a_clients_opaque_field_past_the_bounds_is_a_400_naming_it(
@@ -192,4 +258,14 @@ def test_a_clients_opaque_field_past_the_bounds_is_a_400_naming_it(
     assert field in error["param"]
     assert "SECRET-SIGNATURE" not in response.text
     assert "SECRET-SIGNATURE" not in caplog.text
+    assert fakes.openai.requests == []
+
+
+def test_reasoning_details_on_a_user_message_are_a_400(service: str, fakes: Fakes) -> None:
+    messages = [{"role": "user", "content": "Hi", "reasoning_details": BLOCKS}]
+    response = httpx.post(
+        f"{service}/v1/chat/completions", json={"model": "t/gemini", "messages": messages}, timeout=30
+    )
+    assert response.status_code == 400
+    assert "messages[0].reasoning_details" in response.json()["error"]["message"]
     assert fakes.openai.requests == []

@@ -67,6 +67,11 @@ class ToolCall:
     extra: Mapping[str, Any] | None = None
 
 
+#: An opaque reasoning block (OpenRouter's ``reasoning_details`` entry: ``reasoning.text``, ``.summary``,
+#: ``.encrypted``, …), carried unread and unchanged.
+ReasoningDetail = Mapping[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
@@ -85,6 +90,10 @@ class Message:
     #: OpenAI's ``name`` of a system, user or assistant message: which participant said it (two users of one
     #: conversation are told apart by it). Sent where the protocol has it, reported as dropped elsewhere.
     name: str | None = None
+    #: An assistant message's reasoning blocks as the upstream gave them, in order (OpenRouter's
+    #: ``reasoning_details``): handed back so that the model goes on from its own reasoning after a tool call
+    #: (openrouter.ai/docs "Preserving reasoning": Anthropic's and Gemini's reasoning models need them then).
+    reasoning_details: tuple[ReasoningDetail, ...] = ()
 
     @property
     def cache_breaks(self) -> bool:
@@ -381,6 +390,9 @@ class RefusalDelta(TextDelta):
 @dataclass(slots=True)
 class ReasoningDelta:
     text: str
+    #: The reasoning blocks that came with this piece, as received (OpenRouter's ``delta.reasoning_details``; a whole
+    #: reply's ``message.reasoning_details``), for the client to hand back; ``text`` may then be empty.
+    details: tuple[ReasoningDetail, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

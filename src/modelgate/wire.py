@@ -78,17 +78,21 @@ WireJSON = Annotated[dict[str, Any], AfterValidator(writable_json)]
 
 
 #: How deep an opaque round-trip value (``opaque_object``) may nest. The ones modelgate carries are shallow: Gemini's
-#: ``extra_content`` is ``{"google": {"thought_signature": "…"}}``.
+#: ``extra_content`` is ``{"google": {"thought_signature": "…"}}``, an OpenRouter reasoning detail a flat object.
 MAX_OPAQUE_DEPTH = 8
-#: How long one opaque value may be, written out: a thought signature is a few KiB of base64. Far past it, and a bound
-#: of its own besides the body's and the upstream event's.
+#: How long one opaque value may be, written out: a thought signature is a few KiB of base64, and a reasoning detail
+#: (a thinking block's text, or OpenAI's encrypted reasoning) tens of KiB. Far past both, and a bound of its own
+#: besides the body's and the upstream event's.
 MAX_OPAQUE_BYTES = 1024 * 1024
+#: The most reasoning details (OpenRouter's ``reasoning_details``) one message or one streamed delta may carry.
+MAX_REASONING_DETAILS = 1024
 
 
 def opaque_object(value: Any) -> dict[str, Any]:
     """``value`` if it is a JSON object an upstream request and a reply to the client can carry as it is: at most
     ``MAX_OPAQUE_DEPTH`` levels deep and ``MAX_OPAQUE_BYTES`` long; else ``TypeError``/``ValueError`` saying which
-    bound it broke, never quoting it (it is the model's data, handed back unread: a thought signature)."""
+    bound it broke, never quoting it (it is the model's data, handed back unread: a thought signature, a reasoning
+    block)."""
     if not isinstance(value, dict):
         raise TypeError(f"expected a JSON object, got {type(value).__name__}")
     try:

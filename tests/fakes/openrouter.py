@@ -23,7 +23,13 @@ characters, cut in the middle with ``...`` — ``provider_name`` and ``model_slu
 sent as ``usage.cost``, what OpenRouter charged in USD credits, with ``is_byok: false`` and
 ``cost_details.upstream_inference_cost`` equal to it, as real replies carry them), and with it ``byok_cost`` (the
 request ran on the account's own provider key: ``is_byok: true``, ``cost`` is OpenRouter's fee and this the
-provider's own charge, ``cost_details.upstream_inference_cost``; use-cases/usage-accounting, "Cost Breakdown").
+provider's own charge, ``cost_details.upstream_inference_cost``; use-cases/usage-accounting, "Cost Breakdown");
+``reasoning_details`` (a list of reasoning blocks, OpenRouter's ``ReasoningDetailUnion`` objects: ``message.
+reasoning_details`` of a whole reply; streamed one a chunk in ``delta.reasoning_details``, a ``reasoning.text`` block
+beside its text in ``delta.reasoning``, before the content; guides/best-practices/reasoning-tokens, "Reasoning Details
+API Shape"). A reply with tool calls and blocks is remembered: a later request whose assistant message holds its first
+call without the same blocks, in the same order, is refused as OpenRouter passes on the serving model's refusal
+(Anthropic's with thinking on: a 400 "Provider returned error", the model's own body in ``metadata.raw``).
 
 ``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
 context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
@@ -33,6 +39,7 @@ Transforms) — in which case the middle of the prompt is cut, silently, and the
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -81,9 +88,13 @@ class FakeOpenRouter(FakeUpstream):
         #: The served endpoint's context window, in tokens (about four characters each).
         self.context_length = DEFAULT_CONTEXT_LENGTH
 
+        #: The first call id of each reply that came with reasoning blocks → those blocks.
+        self.reasoning_of: dict[str, list[Any]] = {}
+
     def reset(self) -> None:
         super().reset()
         self.context_length = DEFAULT_CONTEXT_LENGTH
+        self.reasoning_of = {}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -131,7 +142,12 @@ class FakeOpenRouter(FakeUpstream):
                 f"This endpoint's maximum context length is {limit} tokens. However, you requested about {wanted} "
                 "tokens. Please reduce the length of the messages, or enable context compression.",
             )
+        if (lost := self._lost_reasoning(body["messages"])) is not None:
+            return lost
         reply = self.next_reply(model)
+        details = reply.options.get("reasoning_details")
+        if details and reply.tool_calls:
+            self.reasoning_of[reply.tool_calls[0].id] = details
         if "guardrail" in reply.options:
             return self.guardrail_block(body["messages"], reply.options["guardrail"])
         if "flagged" in reply.options:
@@ -157,6 +173,8 @@ class FakeOpenRouter(FakeUpstream):
                     {"id": c.id, "type": "function", "index": i, "function": {"name": c.name, "arguments": c.arguments}}
                     for i, c in enumerate(reply.tool_calls)
                 ]
+            if details:
+                message["reasoning_details"] = details
             choice = {
                 "index": 0,
                 "finish_reason": reply.finish,
@@ -169,6 +187,27 @@ class FakeOpenRouter(FakeUpstream):
                 completion["usage"] = usage
             return JSONResponse(completion)
         return FrameStream(self, epoch, reply, self.render(reply, model), media_type="text/event-stream")
+
+    def _lost_reasoning(self, messages: list[Any]) -> Response | None:
+        """The serving model's refusal of a history whose tool call came back without its reasoning blocks."""
+        for position, message in enumerate(messages):
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            if not calls or calls[0].get("id") not in self.reasoning_of:
+                continue
+            if message.get("reasoning_details") != self.reasoning_of[calls[0]["id"]]:
+                raw = {
+                    "type": "error",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"messages.{position}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                        "but found `tool_use`. When `thinking` is enabled, a final `assistant` message must start "
+                        "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks).",
+                    },
+                }
+                error = {"code": 400, "message": "Provider returned error"}
+                error["metadata"] = {"raw": json.dumps(raw), "provider_name": "Anthropic"}
+                return json_error(400, {"error": error})
+        return None
 
     @staticmethod
     def _prompt_tokens(body: dict[str, Any]) -> int:
@@ -202,6 +241,9 @@ class FakeOpenRouter(FakeUpstream):
             return b"data: " + dumps({**head, "choices": [choice], **extra}) + b"\n\n"
 
         tokens = [chunk({"role": "assistant", "content": "", "reasoning": t}) for t in reply.reasoning]
+        for detail in reply.options.get("reasoning_details") or ():
+            text = detail.get("text") if detail.get("type") == "reasoning.text" else None
+            tokens.append(chunk({"role": "assistant", "content": "", "reasoning": text, "reasoning_details": [detail]}))
         if reply.options.get("refusal"):  # as OpenAI streams a refusal: beside a null content
             tokens += [chunk({"role": "assistant", "content": None, "refusal": t}) for t in reply.tokens]
         else:

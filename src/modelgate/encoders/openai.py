@@ -8,8 +8,9 @@ an ``error`` key). The golden bytes in ``tests/test_openai_encoder.py`` pin the 
 Non-standard, documented: reasoning text (``ReasoningDelta``) is sent as ``reasoning_content`` (in
 ``delta`` when streaming, in ``message`` otherwise), DeepSeek's API convention, so that reasoning never
 mixes into ``content``. Clients that do not know the field ignore it. What the model attached for itself to read
-back goes out as the upstream sent it, for the client to return on its next turn: a tool call's ``extra_content``
-(Gemini's thought signature, as ``@ai-sdk/openai-compatible`` reads it).
+back goes out as the upstream sent it, for the client to return on its next turn: its reasoning blocks as
+``reasoning_details`` (OpenRouter's), a tool call's ``extra_content`` (Gemini's thought signature, as
+``@ai-sdk/openai-compatible`` reads it).
 
 Per-token cost: a content chunk is ``prefix + orjson.dumps(text) + suffix``, with prefix and suffix
 built once per response; only the token text is serialized per event. The chunks of one batch of events
@@ -28,6 +29,7 @@ from modelgate.chat import (
     Finish,
     FinishReason,
     ReasoningDelta,
+    ReasoningDetail,
     RefusalDelta,
     StreamEvent,
     TextDelta,
@@ -36,6 +38,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 from modelgate.push_lane import register_encoder
+from modelgate.wire import MAX_REASONING_DETAILS
 
 log = logging.getLogger("modelgate.openai")
 
@@ -154,11 +157,19 @@ class ChunkEncoder:
                     prefix = self._refusal_prefix if type(event) is RefusalDelta else content_prefix
                     out.append(prefix + dumps(event.text) + suffix)
             elif isinstance(event, ReasoningDelta):
-                if event.text:
+                if event.details:
+                    out.append(self.reasoning_details_chunk(event))
+                elif event.text:
                     out.append(self._reasoning_prefix + dumps(event.text) + suffix)
             elif isinstance(event, ToolCallDelta):
                 out.append(self.tool_call_chunk(event))
         return b"".join(out)
+
+    def reasoning_details_chunk(self, event: ReasoningDelta) -> bytes:
+        """Reasoning with its blocks (``delta.reasoning_details``, as OpenRouter streams them beside the text)."""
+        delta: dict[str, Any] = {"reasoning_content": event.text} if event.text else {}
+        delta["reasoning_details"] = event.details
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     async def encode(self, events: AsyncIterator[Sequence[StreamEvent]]) -> AsyncIterator[bytes]:
         """The whole SSE body: role chunk, deltas, finish (+ usage) chunk, ``[DONE]``; one bytes per batch.
@@ -200,6 +211,7 @@ async def collect_completion(
     text: list[str] = []
     refusal: list[str] = []
     reasoning: list[str] = []
+    details: list[ReasoningDetail] = []
     calls: dict[int, dict[str, Any]] = {}
     finish: Finish | None = None
     try:
@@ -209,6 +221,9 @@ async def collect_completion(
                     (refusal if type(event) is RefusalDelta else text).append(event.text)
                 elif isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
+                    details += event.details
+                    if len(details) > MAX_REASONING_DETAILS:
+                        raise UpstreamProtocolError(provider, f"more than {MAX_REASONING_DETAILS} reasoning_details")
                 elif isinstance(event, ToolCallDelta):
                     _add_piece(calls, event)
                 else:
@@ -231,8 +246,10 @@ async def collect_completion(
     }
     if calls:
         message["tool_calls"] = [calls[index] for index in sorted(calls)]
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
+    if reasoning_text := "".join(reasoning):  # blocks without text (a signature) add none
+        message["reasoning_content"] = reasoning_text
+    if details:
+        message["reasoning_details"] = details
     return {
         "id": completion_id,
         "object": "chat.completion",

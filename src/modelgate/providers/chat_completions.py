@@ -46,6 +46,7 @@ from modelgate.chat import (
     Message,
     NamedTool,
     ReasoningDelta,
+    ReasoningDetail,
     RefusalDelta,
     ResponseFormat,
     StreamEvent,
@@ -75,7 +76,7 @@ from modelgate.providers.base import Connection, ProbeResult
 from modelgate.providers.tgi import ERROR_TYPES as TGI_ERROR_TYPES
 from modelgate.reasoning import ReasoningSplitter
 from modelgate.sse import SSEDecoder
-from modelgate.wire import opaque_object
+from modelgate.wire import MAX_REASONING_DETAILS, opaque_object
 
 if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
@@ -273,10 +274,12 @@ def wire_content(message: Message, *, detail: bool = True, cache: bool = False) 
     return message.content
 
 
-def wire_message(message: Message, *, cache: bool = False, extra_content: bool = False) -> dict[str, Any]:
-    """One message as the OpenAI reference has it (``wire_content``). ``extra_content``: for a kind whose upstream
-    may read it back (``ChatCompletionsProvider``), a call's ``extra_content`` as the client handed it back; else it
-    is left out."""
+def wire_message(
+    message: Message, *, cache: bool = False, extra_content: bool = False, reasoning_details: bool = False
+) -> dict[str, Any]:
+    """One message as the OpenAI reference has it (``wire_content``). ``extra_content``, ``reasoning_details``: for a
+    kind whose upstream may read them back (``ChatCompletionsProvider``), a call's ``extra_content`` and the message's
+    ``reasoning_details`` as the client handed them back; else they are left out."""
     wire: dict[str, Any] = {"role": message.role, "content": wire_content(message, cache=cache)}
     if message.name is not None:
         wire["name"] = message.name
@@ -284,6 +287,8 @@ def wire_message(message: Message, *, cache: bool = False, extra_content: bool =
         if not (cache and message.cache_breaks):
             wire["content"] = message.content or None
         wire["tool_calls"] = [_wire_call(call, extra_content=extra_content) for call in message.tool_calls]
+    if reasoning_details and message.reasoning_details:
+        wire["reasoning_details"] = list(message.reasoning_details)
     if message.tool_call_id is not None:
         wire["tool_call_id"] = message.tool_call_id
     return wire
@@ -485,10 +490,11 @@ class ChatCompletionsStream:
         # Text fields are checked (``text_field``): a number or an object went on to every client's stream.
         delta = choice.get("delta") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
+        details = self._reasoning_details(delta.get("reasoning_details"))
+        if reasoning or details:
             self._separated = True
-            self._deltas += 1
-            out.append(ReasoningDelta(text_field(reasoning)))
+            self._deltas += 1 if reasoning else 0  # a block without text (a signature) is no token
+            out.append(ReasoningDelta(text_field(reasoning) if reasoning else "", details))
         refusal = delta.get("refusal")
         if refusal:
             self._deltas += 1
@@ -529,6 +535,18 @@ class ChatCompletionsStream:
             self._finish = _FINISH.get(reason, "other")
             if self._finish == "stop" and self._calls:
                 self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
+
+    def _reasoning_details(self, value: Any) -> tuple[ReasoningDetail, ...]:
+        """A delta's (or a whole message's) ``reasoning_details``: OpenRouter's list of reasoning blocks, each an
+        object kept as it came (openrouter.ai/docs "Reasoning Details API Shape"; the types ``reasoning.text``,
+        ``.summary``, ``.encrypted`` and more in @openrouter/sdk's ``ReasoningDetailUnion``, unknown ones included)."""
+        if not value:
+            return ()
+        if not isinstance(value, list):
+            raise self._upstream.protocol_error("reasoning_details is not a list")
+        if len(value) > MAX_REASONING_DETAILS:
+            raise self._upstream.protocol_error(f"more than {MAX_REASONING_DETAILS} reasoning_details in one piece")
+        return tuple(self._opaque(detail, "a reasoning_details entry") for detail in value)
 
     def _opaque(self, value: Any, what: str) -> dict[str, Any]:
         """``value`` bounded (``wire.opaque_object``); else a protocol error that never quotes it (it is the model's
@@ -637,6 +655,8 @@ class ChatCompletionsProvider(HttpProvider):
     #: Whether a tool call's ``extra_content`` (Gemini's thought signature, on Google's OpenAI compatibility API)
     #: goes back upstream as the client returned it.
     carries_extra_content: ClassVar[bool] = False
+    #: Whether an assistant message's ``reasoning_details`` (OpenRouter's reasoning blocks) go back upstream.
+    carries_reasoning_details: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -662,7 +682,12 @@ class ChatCompletionsProvider(HttpProvider):
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         values = request.params.set_fields()
         messages = [
-            wire_message(m, cache=self.carries_cache_control, extra_content=self.carries_extra_content)
+            wire_message(
+                m,
+                cache=self.carries_cache_control,
+                extra_content=self.carries_extra_content,
+                reasoning_details=self.carries_reasoning_details,
+            )
             for m in request.messages
         ]
         body: dict[str, Any] = {"model": self.upstream_model(model), "messages": messages}

@@ -11,8 +11,9 @@ The key is the instance's ``api_key_env``; without one no ``Authorization`` is s
 What a model attached to its reply for itself goes back as the client returned it: a tool call's ``extra_content``
 (Gemini's thought signature on Google's OpenAI compatibility API, ``generativelanguage.googleapis.com/v1beta/openai``,
 as ``{"google": {"thought_signature"}}``; Vertex AI's as ``{"vertex": …}``; ai.google.dev/gemini-api/docs/
-thought-signatures: Gemini 3 answers a turn whose function calls lack it with a 400). A server that sent none is
-sent none: a client hands back only what it got.
+thought-signatures: Gemini 3 answers a turn whose function calls lack it with a 400) and an assistant message's
+``reasoning_details`` (OpenRouter's reasoning blocks, for a server speaking OpenRouter's extension). A server that
+sent neither is sent neither: a client hands back only what it got.
 """
 
 from __future__ import annotations
@@ -23,3 +24,4 @@ from modelgate.providers.chat_completions import ChatCompletionsProvider
 class OpenAICompatible(ChatCompletionsProvider):
     name = "openai"
     carries_extra_content = True
+    carries_reasoning_details = True

@@ -14,6 +14,11 @@ Reasoning effort goes in OpenRouter's documented ``reasoning: {"effort": …}`` 
 ``none``; its SDKs' ``ChatRequestEffort`` adds ``max``), which it normalises for each serving provider. It also
 takes a top-level ``reasoning_effort`` as a shorthand, but the object is the form its reference documents.
 
+An assistant message's ``reasoning_details`` go back as the client returned them (guides/best-practices/
+reasoning-tokens, "Preserving Reasoning": "Pass back unmodified"; the blocks must match the model's output, in
+order): with tool calls, Anthropic's and Gemini's reasoning models (whose thought signatures OpenRouter carries there,
+never in ``extra_content``) go on from their own reasoning only with them.
+
 Context compression is turned off on every call. OpenRouter's docs (guides/features/message-transforms: "All
 OpenRouter endpoints with 8k (8,192 tokens) or less context length will default to using context compression. To
 disable this, pass ``plugins: [{"id": "context-compression", "enabled": false}]``"; formerly ``transforms:
@@ -99,6 +104,7 @@ class OpenRouter(ChatCompletionsProvider):
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
     carries_cache_control = True
+    carries_reasoning_details = True
     #: Its API reference (openrouter.ai/docs, OpenAPI ``ChatRequest.stop``: "Stop sequences (up to 4)",
     #: ``maxItems: 4``).
     max_stop_sequences = 4

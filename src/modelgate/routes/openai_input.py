@@ -7,8 +7,8 @@ Shapes follow openai-python's ``types/chat`` (``ChatCompletionMessageParam``, ``
 messages ignore unknown fields, because SDKs send a previous reply's message back as they got it (with
 ``refusal``, ``annotations``, ``audio``, ``reasoning_content``...). A content part's ``cache_control`` (a
 prompt-caching breakpoint) is read, and closed. What a model attached to a reply for itself, a tool call's
-``extra_content`` (Gemini's thought signature), is read as an opaque object, bounded (``wire.opaque_object``), for the
-upstream to read back.
+``extra_content`` (Gemini's thought signature) and an assistant message's ``reasoning_details`` (OpenRouter's
+reasoning blocks), is read as opaque objects, bounded (``wire.opaque_object``), for the upstream to read back.
 
 Image bytes are bounded here, where a ``data:`` URL is first seen (``images.ImageBudget``).
 """
@@ -34,7 +34,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
-from modelgate.wire import OpaqueJSON, WireJSON, WireText, unicode_text
+from modelgate.wire import MAX_REASONING_DETAILS, OpaqueJSON, WireJSON, WireText, unicode_text
 
 _closed = ConfigDict(extra="forbid")
 _open = ConfigDict(extra="ignore")
@@ -108,6 +108,11 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCallParam] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: WireText | None = Field(default=None, max_length=256)
     function_call: Any = None
+    reasoning_details: list[OpaqueJSON] | None = Field(
+        default=None,
+        max_length=MAX_REASONING_DETAILS,
+        description="An assistant message's reasoning blocks (OpenRouter's), as the reply carried them",
+    )
 
     @field_validator("content")
     @classmethod
@@ -222,6 +227,9 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
     )
     if calls and role != "assistant":
         raise BadRequest(f"{where}.tool_calls: only assistant messages carry tool calls", param="messages")
+    details = tuple(message.reasoning_details or ())
+    if details and role != "assistant":
+        raise BadRequest(f"{where}.reasoning_details: only assistant messages carry them", param="messages")
     if role == "tool":
         if not message.tool_call_id:
             raise BadRequest(f"{where}.tool_call_id: required on a tool message", param="messages")
@@ -236,7 +244,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
     if content is None:
         if not calls:
             raise BadRequest(f"{where}.content: required", param="messages")
-        return Message(role=role, content="", tool_calls=calls, name=name)
+        return Message(role=role, content="", tool_calls=calls, name=name, reasoning_details=details)
     if isinstance(content, str):
         return Message(
             role=role,
@@ -244,6 +252,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
             tool_calls=calls,
             tool_call_id=message.tool_call_id,
             name=name,
+            reasoning_details=details,
         )
     parts: list[str | Image | CacheBreak] = []
     for index, part in enumerate(content):
@@ -276,6 +285,7 @@ def _message(message: ChatMessage, where: str, budget: ImageBudget) -> Message:
         tool_calls=calls,
         tool_call_id=message.tool_call_id,
         name=name,
+        reasoning_details=details,
     )
 
 
