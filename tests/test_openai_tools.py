@@ -1027,3 +1027,33 @@ def test_image_limits_are_a_413_naming_the_limit(fakes: Fakes, images: list[int]
         sdk.chat.completions.create(model="t/deepseek", messages=[{"role": "user", "content": within}])
     assert len(fakes.openrouter.requests) == 1
     assert str(limit) in caught.value.body["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_parallel_calls_streamed_without_index_stay_apart(
+    client: openai.OpenAI, fakes: Fakes, stream: bool
+) -> None:
+    """Google's OpenAI compatibility API streams each call whole in a delta of its own, without ``index``
+    (``FakeOpenAI.gemini``; @ai-sdk/openai-compatible's chunk schema: "google does not send index"): each is a call
+    of its own, numbered in order, never the arguments of the first one run together."""
+    fakes.openai.gemini = True
+    second = ToolCallScript(name="get_weather", arguments='{"city": "Bern"}', id="call_w2")
+    fakes.openai.script(Reply(tokens=(), tool_calls=(CALL, second), finish="tool_calls"))
+    body: Any = {
+        "model": "t/smol",
+        "messages": [{"role": "user", "content": "Zürich and Bern?"}],
+        "tools": [WEATHER_TOOL],
+    }
+    if not stream:
+        calls = client.chat.completions.create(**body).choices[0].message.tool_calls or []
+        got = [(c.id, c.function.name, c.function.arguments) for c in calls]
+    else:
+        pieces = [
+            p
+            for chunk in client.chat.completions.create(**body, stream=True)
+            for c in chunk.choices
+            for p in c.delta.tool_calls or ()
+        ]
+        assert [p.index for p in pieces] == [0, 1]
+        got = [(p.id, p.function and p.function.name, p.function and p.function.arguments) for p in pieces]
+    assert got == [("call_w1", "get_weather", ARGUMENTS), ("call_w2", "get_weather", '{"city": "Bern"}')]

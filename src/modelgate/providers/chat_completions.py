@@ -11,7 +11,8 @@ which wire names; what it cannot carry is reported as dropped, never sent under 
 Tools, structured output and images cross as the OpenAI reference has them (``tools``, ``tool_choice``,
 ``parallel_tool_calls``, ``response_format``, ``image_url`` content parts, assistant ``tool_calls``, ``tool``
 messages). A streamed tool call is ``delta.tool_calls[]`` pieces (``index``; ``id``, ``type``, ``function.name``
-on a call's first piece; ``function.arguments`` fragments, as OpenAI, vLLM and OpenRouter stream them).
+on a call's first piece; ``function.arguments`` fragments, as OpenAI, vLLM and OpenRouter stream them; Google's
+OpenAI compatibility API streams each call whole, with no ``index``: numbered in order, ``_call_index``).
 
 Reply: ``data: {chat.completion.chunk}`` events (comments skipped by the SSE decoder), ``delta.content``;
 reasoning in ``delta.reasoning_content`` (DeepSeek, vLLM, llama.cpp) or ``delta.reasoning`` (OpenRouter), or
@@ -392,6 +393,7 @@ class ChatCompletionsStream:
         "_events",
         "_finish",
         "_head",
+        "_last_call",
         "_read_cost",
         "_request",
         "_separated",
@@ -427,6 +429,8 @@ class ChatCompletionsStream:
         self._deltas = 0
         #: Indexes of the tool calls seen so far.
         self._calls: set[int] = set()
+        #: The index and id of the call the last tool-call piece belonged to (``_call_index``).
+        self._last_call: tuple[int, str | None] | None = None
         self.done = False
         self.failure: UpstreamError | None = None
         #: Whether any event arrived (an empty 200 is how llama.cpp's server refuses a streamed request).
@@ -509,16 +513,18 @@ class ChatCompletionsStream:
                 out.extend(self._splitter.feed(content))
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
-            index = int(call.get("index", 0))
+            call_id = text_field(call["id"]) if call.get("id") else None
+            index = self._call_index(call.get("index"), call_id)
             if not 0 <= index < TOOL_INDEX_LIMIT:
                 raise self._upstream.protocol_error(f"a tool call index out of range: {str(index)[:20]}")
-            call_id = text_field(call["id"]) if call.get("id") else None
             if index not in self._calls:
                 if len(self._calls) >= MAX_TOOL_CALLS:
                     raise self._upstream.protocol_error(f"the reply made more than {MAX_TOOL_CALLS} tool calls")
                 self._calls.add(index)
                 # A server that sends no id (some llama.cpp builds) still gets one: clients answer by it.
                 call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+            if call_id is not None or self._last_call is None or self._last_call[0] != index:
+                self._last_call = (index, call_id)
             extra = call.get("extra_content")
             self._deltas += 1
             out.append(
@@ -535,6 +541,19 @@ class ChatCompletionsStream:
             self._finish = _FINISH.get(reason, "other")
             if self._finish == "stop" and self._calls:
                 self._finish = "tool-calls"  # servers that say "stop" after tool calls; clients look for tool_calls
+
+    def _call_index(self, index: Any, call_id: str | None) -> int:
+        """A piece's call number: its ``index``. Google's OpenAI compatibility API sends none ("google does not send
+        index", @ai-sdk/openai-compatible's chunk schema), streaming each call whole: there a piece with an id other
+        than the last call's starts the next call, and a piece without one goes on with the last call."""
+        if index is not None:
+            return int(index)
+        last = self._last_call
+        if last is None:
+            return 0
+        if call_id is None or call_id == last[1]:
+            return last[0]
+        return max(self._calls) + 1
 
     def _reasoning_details(self, value: Any) -> tuple[ReasoningDetail, ...]:
         """A delta's (or a whole message's) ``reasoning_details``: OpenRouter's list of reasoning blocks, each an
