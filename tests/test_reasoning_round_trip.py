@@ -269,3 +269,17 @@ def test_reasoning_details_on_a_user_message_are_a_400(service: str, fakes: Fake
     assert response.status_code == 400
     assert "messages[0].reasoning_details" in response.json()["error"]["message"]
     assert fakes.openai.requests == []
+
+
+def test_a_history_without_its_signature_gets_geminis_reason(client: openai.OpenAI, fakes: Fakes) -> None:
+    """Google wraps the error of its OpenAI compatibility API in a JSON array (``[{"error": {...}}]``): the client reads
+    Gemini's message, not the array's text."""
+    fakes.openai.gemini = True
+    fakes.openai.script(Reply(tokens=(), tool_calls=(CALL,), finish="tool_calls"))
+    assistant = _first_turn(client, "t/gemini", stream=False)
+    del assistant["tool_calls"][0]["extra_content"]  # a client that drops what it does not know
+    with pytest.raises(openai.BadRequestError) as refused:
+        _second_turn(client, "t/gemini", assistant, stream=False)
+    message = refused.value.body["message"]  # type: ignore[index]
+    assert "Function call is missing a thought_signature in functionCall parts" in message
+    assert "INVALID_ARGUMENT" not in message and "[{" not in message

@@ -227,8 +227,12 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     """A non-2xx body: ``{"error": {...}}`` or ``{"error": "text"}`` (HF router), vLLM's older
     ``{"object": "error", "message"}``, or FastAPI's ``{"detail": ...}``. The HF router's cold start carries its
     wait in ``estimated_time`` beside the error (seconds, as TGI's hosted API has it). A ``code`` that names what failed
-    (``model_not_supported`` under a 400) says more than the HTTP status: it is the status the error means."""
+    (``model_not_supported`` under a 400) says more than the HTTP status: it is the status the error means. Google's
+    OpenAI compatibility API wraps its error in an array, ``[{"error": {"code", "message", "status"}}]``
+    (google-gemini/gemini-cli issues #4635, #14438; Gemini 3's missing thought signature): read as the one error."""
     payload = parse_json(body)
+    if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict):
+        payload = payload[0]
     if "error" not in payload and "message" not in payload:
         return ErrorDetail(str(payload["detail"]))
     error = payload.get("error", payload)
