@@ -98,8 +98,9 @@ def opaque_object(value: Any) -> dict[str, Any]:
     try:
         writable_json(value, max_depth=MAX_OPAQUE_DEPTH)
     except ValueError:
+        # writable_json's reason names a path into the value: its keys are the model's data too.
         raise ValueError(
-            f"not a value to carry: nested deeper than {MAX_OPAQUE_DEPTH} levels, or not writable"
+            f"nested deeper than {MAX_OPAQUE_DEPTH} levels, or holds text or a number JSON cannot carry"
         ) from None
     if len(orjson.dumps(value)) > MAX_OPAQUE_BYTES:
         raise ValueError(f"longer than {MAX_OPAQUE_BYTES} bytes")
