@@ -498,7 +498,8 @@ class ChatCompletionsStream:
         # Text fields are checked (``text_field``): a number or an object went on to every client's stream.
         delta = choice.get("delta") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        details = self._reasoning_details(delta.get("reasoning_details"))
+        blocks = delta.get("reasoning_details")
+        details = self._reasoning_details(blocks) if blocks else ()  # a call per token only where there are some
         if reasoning or details:
             self._separated = True
             self._deltas += 1 if reasoning else 0  # a block without text (a signature) is no token
