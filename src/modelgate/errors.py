@@ -23,7 +23,8 @@
         └── UpstreamProtocolError       502  the provider broke its own protocol (truncated stream…)
 
 Foreign exceptions (aiohttp, OS errors, json) are translated into this tree in one place per layer, with
-``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure. ``public_reason`` is what a
+``raise ... from exc``; routes never see them. ``transient`` marks what a retry may cure. ``account_block`` marks an
+upstream's refusal of the whole account (``ALL_MODELS``, or a pool of its models). ``public_reason`` is what a
 view anyone may read (``/api/status``) shows of a failure: the message, less the upstream reply bytes an
 ``UpstreamError`` quotes for its caller.
 """
@@ -113,6 +114,9 @@ MAX_RETRY_AFTER = 86_400.0
 #: The longest we send: our own can be longer than an upstream's (a monthly budget resets in up to 31 days),
 #: and a bounded number never overflows ``round`` or a header.
 MAX_SENT_RETRY_AFTER = 366 * 86_400.0
+#: ``UpstreamError.account_block`` of a refusal that holds for every model of the provider (the account is out of
+#: credits, its daily allocation is used up, its key is refused).
+ALL_MODELS = "every model"
 
 
 class _RetryAfter:
@@ -164,8 +168,10 @@ class UpstreamError(_RetryAfter, ModelgateError):
     ) -> None:
         prefix = f"Upstream provider error ({provider}): "
         super().__init__(prefix + message)
+        #: ``public_reason`` without the prefix that names the provider.
+        self.public_detail = message if public_reason is None else public_reason
         #: ``message`` without the upstream's bytes it quotes (a model's output can echo its caller's prompt).
-        self._public_reason = prefix + (message if public_reason is None else public_reason)
+        self._public_reason = prefix + self.public_detail
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
@@ -177,6 +183,12 @@ class UpstreamError(_RetryAfter, ModelgateError):
         #: The upstream answered, but about itself as a whole, not the one model (Ollama's "server busy"):
         #: also the provider's failure (``resilience.provider_wide``).
         self.provider_wide = False
+        #: The upstream refused the call for the account, not for this call or model: every model of the provider
+        #: (``ALL_MODELS``), or every one of a pool of its models sharing one quota (OpenRouter's ``:free`` models,
+        #: ``Provider.quota_pool``), fails the same way until the account is topped up or the quota resets
+        #: (``retry_after``, when the upstream says when). None: not such a refusal. ``resilience.CallBreakers``
+        #: blocks them all at once, so no request walks through them one failing call after another.
+        self.account_block: str | None = None
         self.data = {"provider": provider, "upstreamStatus": upstream_status}
 
     @property

@@ -187,7 +187,8 @@ async def _open_model(
         attempts.append((model.id, error.message))
         raise error
     entry = catalogue.provider_entry(model.provider)
-    breakers = state.breakers.for_model(model.provider, model.upstream_model, BreakerConfig.from_entry(entry))
+    config, pool = BreakerConfig.from_entry(entry), provider.quota_pool(model.upstream_model)
+    breakers = state.breakers.for_model(model.provider, model.upstream_model, config, pool=pool)
     budget = RetryBudget(RetryPolicy.from_entry(entry), state.breakers.rng)
     trace = obs.trace if obs is not None else None
     while True:

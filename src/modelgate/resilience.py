@@ -31,6 +31,14 @@ that answers 5xx for every model trips each model's breaker in turn. The excepti
 whole server (``UpstreamError.provider_wide``): Ollama's 503 "server busy", its one request queue for all
 models full (server/sched.go ``ErrMaxQueue``), is the provider's.
 
+An answer that refuses the *account* (``UpstreamError.account_block``: out of credits, a daily allocation
+used up) says every model behind it fails the same way until the account is topped up or the quota resets. It
+does not wait for ``threshold`` failures: it *blocks* the provider's breaker at once (``ALL_MODELS``), or the
+breaker of the pool of models that share the quota (OpenRouter's ``:free`` models, ``Provider.quota_pool``), for
+the upstream's reset time (``retry_after``) or else the breaker's ``cooldown``, then lets one trial through as
+usual. A probe does not end a block (a listing says nothing about credits), nor does an attempt that began
+before it and answers now: only the reset and its trial do.
+
 A successful probe of the provider's model listing (``status.Prober``) closes its open or half-open
 provider breaker at once: the provider answers again, so calls should not keep failing fast until the
 cooldown ends (a probe is free; a trial call is a user's request). It leaves the models' breakers alone: a
@@ -52,6 +60,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from modelgate.errors import (
+    ALL_MODELS,
     ModelgateError,
     ProviderNotConfigured,
     UpstreamAgreementRequired,
@@ -142,15 +151,17 @@ def counts_as_failure(exc: BaseException) -> bool:
     """
     if not isinstance(exc, UpstreamError) or isinstance(exc, CircuitOpen):
         return False
-    if exc.connection_failed or exc.transient or isinstance(exc, UpstreamProtocolError):
+    if exc.connection_failed or exc.transient or exc.account_block or isinstance(exc, UpstreamProtocolError):
         return True
     return (exc.upstream_status or 0) >= 500
 
 
 def provider_wide(exc: BaseException) -> bool:
-    """Whether a failure is the provider's as a whole (no HTTP answer came back, or one about the whole server),
-    not the one model's."""
-    return isinstance(exc, UpstreamError) and (exc.connection_failed or exc.provider_wide)
+    """Whether a failure is the provider's as a whole (no HTTP answer came back, one about the whole server, or
+    a refusal of its whole account), not the one model's."""
+    return isinstance(exc, UpstreamError) and (
+        exc.connection_failed or exc.provider_wide or exc.account_block == ALL_MODELS
+    )
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -178,13 +189,14 @@ def outcome_of(exc: BaseException) -> str:
 
 class CircuitOpen(UpstreamUnavailable):
     """The provider, or the model, is in cooldown. Not transient: retrying now would only hit the open breaker
-    again."""
+    again. ``blocked``: the upstream refused the account (``CircuitBreaker.block``), and the message says so."""
 
-    def __init__(self, provider: str, retry_after: float, *, model: str | None = None) -> None:
+    def __init__(
+        self, provider: str, retry_after: float, *, model: str | None = None, blocked: str | None = None
+    ) -> None:
         what = "provider" if model is None else "model"
-        super().__init__(
-            provider, f"{what} in cooldown", upstream_status=None, retry_after=retry_after, transient=False
-        )
+        text = f"{what} in cooldown" if blocked is None else blocked
+        super().__init__(provider, text, upstream_status=None, retry_after=retry_after, transient=False)
         self.model = model
 
 
@@ -219,25 +231,38 @@ class CircuitBreaker:
     """
 
     def __init__(
-        self, provider: str, config: BreakerConfig, clock: Clock = time.monotonic, *, model: str | None = None
+        self,
+        provider: str,
+        config: BreakerConfig,
+        clock: Clock = time.monotonic,
+        *,
+        model: str | None = None,
+        pool: str | None = None,
     ) -> None:
         self.provider = provider
         #: The upstream model id for a model's breaker, None for the provider's.
         self.model = model
+        #: The pool of models sharing one quota, for a pool's breaker (``Provider.quota_pool``).
+        self.pool = pool
         self.config = config
         self.clock = clock
         self.state = BreakerState.CLOSED
         self.failures = 0
         self._streak_started = 0.0
         self._opened_at = 0.0
+        #: How long a block lasts (``block``); None: opened by failures, for the configured cooldown.
+        self._blocked_for: float | None = None
         self._trial: Trial | None = None
         #: Why it opened (the last failure), for ``/api/status``.
         self.reason: str | None = None
+        #: What the upstream said of the account when it blocked (``block``); None when not blocked.
+        self.blocked: str | None = None
 
     def remaining_cooldown(self) -> float:
         if self.state is not BreakerState.OPEN:
             return 0.0
-        return max(0.0, self._opened_at + self.config.cooldown - self.clock())
+        cooldown = self.config.cooldown if self._blocked_for is None else self._blocked_for
+        return max(0.0, self._opened_at + cooldown - self.clock())
 
     def is_open(self) -> bool:
         """Open and still cooling down (a half-open breaker waiting for its trial counts as closed here)."""
@@ -252,25 +277,50 @@ class CircuitBreaker:
         if self.state is BreakerState.OPEN:
             remaining = self.remaining_cooldown()
             if remaining > 0:
-                raise CircuitOpen(self.provider, remaining, model=self.model)
+                raise self._refusal(remaining)
             self.state = BreakerState.HALF_OPEN
         if self.state is BreakerState.HALF_OPEN:
             if self._trial is not None:
-                raise CircuitOpen(self.provider, self.config.cooldown, model=self.model)
+                raise self._refusal(self.config.cooldown)
             self._trial = Trial()
             return self._trial
         return None
+
+    def _refusal(self, retry_after: float) -> CircuitOpen:
+        blocked = None
+        if self.blocked is not None:
+            blocked = f"{self.blocks()} blocked for {retry_after:.0f} s more (account-wide): {self.blocked}"
+        return CircuitOpen(self.provider, retry_after, model=self.model, blocked=blocked)
+
+    def blocks(self) -> str:
+        """The models this breaker stops, in words."""
+        if self.model is not None:
+            return "the model"
+        return "every model" if self.pool is None else f"its {self.pool} models"
 
     def release(self, trial: Trial | None) -> None:
         """The attempt ended without a verdict (cancelled, or a failure that is not the provider's)."""
         self._end(trial)
 
     def record_success(self) -> None:
-        """The provider answered (the trial, any other attempt, or a probe): closed, so no trial is out any more."""
+        """The provider answered (the trial, any other attempt, or a probe): closed, so no trial is out any more.
+
+        Not while blocked and cooling down: an attempt that began before the block says nothing of the account now.
+        """
+        if self.blocked is not None and self.is_open():
+            return
         self.state = BreakerState.CLOSED
         self.failures = 0
         self._trial = None
         self.reason = None
+        self.blocked = None
+
+    def block(self, reason: str, blocked: str, seconds: float | None, trial: Trial | None = None) -> None:
+        """The upstream refused the account (``UpstreamError.account_block``): open at once, without waiting for
+        ``threshold`` failures, for ``seconds`` (its reset), else for the cooldown. ``blocked`` is what it said."""
+        self._end(trial)
+        self._open(self.clock(), reason, seconds if seconds is not None else self.config.cooldown)
+        self.blocked = blocked
 
     def record_failure(self, reason: str, trial: Trial | None = None) -> None:
         now = self.clock()
@@ -293,59 +343,92 @@ class CircuitBreaker:
         """Closed with no failure counted and no trial out: it holds nothing a new breaker would not."""
         return self.state is BreakerState.CLOSED and self.failures == 0 and self._trial is None
 
-    def _open(self, now: float, reason: str) -> None:
+    def _open(self, now: float, reason: str, blocked_for: float | None = None) -> None:
         self.state = BreakerState.OPEN
         self._opened_at = now
+        self._blocked_for = blocked_for
         self.failures = 0
         self.reason = reason
+        self.blocked = None
 
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """One attempt's tickets through the provider's breaker and its model's (a half-open breaker's ``Trial``)."""
+    """One attempt's tickets through the provider's breaker, its pool's and its model's (a half-open breaker's
+    ``Trial``)."""
 
     provider: Trial | None
     model: Trial | None
+    pool: Trial | None = None
 
 
 class CallBreakers:
-    """The two breakers one model's calls pass: the provider's first, then the model's own."""
+    """The breakers one model's calls pass: the provider's first, then its pool's (when the model shares a quota
+    with others: ``Provider.quota_pool``), then the model's own."""
 
-    __slots__ = ("model", "provider")
+    __slots__ = ("model", "pool", "provider")
 
-    def __init__(self, provider: CircuitBreaker, model: CircuitBreaker) -> None:
+    def __init__(self, provider: CircuitBreaker, model: CircuitBreaker, pool: CircuitBreaker | None = None) -> None:
         self.provider = provider
         self.model = model
+        self.pool = pool
 
     def acquire(self) -> Passage:
-        """Call before each upstream attempt; raises ``CircuitOpen`` (the provider's, else the model's) to fail
-        fast. Pass what it returns to ``record_success`` / ``record_failure`` / ``release``."""
+        """Call before each upstream attempt; raises ``CircuitOpen`` (the provider's, else the pool's, else the
+        model's) to fail fast. Pass what it returns to ``record_success`` / ``record_failure`` / ``release``."""
         provider = self.provider.acquire()
+        pool = None
         try:
+            pool = self.pool.acquire() if self.pool is not None else None
             model = self.model.acquire()
         except CircuitOpen:
-            self.provider.release(provider)  # this attempt will not be the provider's trial after all
+            # This attempt will not be a trial after all.
+            self.provider.release(provider)
+            if self.pool is not None:
+                self.pool.release(pool)
             raise
-        return Passage(provider, model)
+        return Passage(provider, model, pool)
 
     def record_success(self) -> None:
         self.provider.record_success()
+        if self.pool is not None:
+            self.pool.record_success()
         self.model.record_success()
 
     def record_failure(self, exc: ModelgateError, passage: Passage) -> None:
-        """The attempt failed with ``exc``: counted against the one breaker it belongs to, or against neither."""
+        """The attempt failed with ``exc``: counted against the one breaker it belongs to, or against neither; a
+        refusal of the account blocks the breaker of every model it holds for (``CircuitBreaker.block``)."""
         if not counts_as_failure(exc):
             self.release(passage)
+        elif isinstance(exc, UpstreamError) and exc.account_block is not None:
+            breaker, trial = self._blocked_by(exc.account_block, passage)
+            self.release(passage)  # the others have no verdict (the blocked one's trial, if any, ends below)
+            breaker.block(exc.public_reason, exc.public_detail, exc.retry_after, trial)
         elif provider_wide(exc):
             self.provider.record_failure(exc.public_reason, passage.provider)
             self.model.release(passage.model)  # never reached: no verdict on the model
+            if self.pool is not None:
+                self.pool.release(passage.pool)
         else:
             self.model.record_failure(exc.public_reason, passage.model)
-            self.provider.record_success()  # it answered, about this model: the provider itself is up
+            # It answered, about this model: the provider itself is up, and the pool's quota was not the matter.
+            self.provider.record_success()
+            if self.pool is not None:
+                self.pool.record_success()
+
+    def _blocked_by(self, block: str, passage: Passage) -> tuple[CircuitBreaker, Trial | None]:
+        """The breaker an account refusal blocks: the provider's, the pool's it names, else the model's own."""
+        if block == ALL_MODELS:
+            return self.provider, passage.provider
+        if self.pool is not None and self.pool.pool == block:
+            return self.pool, passage.pool
+        return self.model, passage.model
 
     def release(self, passage: Passage) -> None:
         """The attempt ended without a verdict (cancelled, or a failure that is nobody's health)."""
         self.provider.release(passage.provider)
+        if self.pool is not None:
+            self.pool.release(passage.pool)
         self.model.release(passage.model)
 
 
@@ -366,6 +449,8 @@ class Breakers:
         #: Keyed by provider and upstream model id: two catalogue models naming one upstream model share its rate
         #: limit and its warm-up, so they share its breaker.
         self._models: dict[tuple[str, str], CircuitBreaker] = {}
+        #: Keyed by provider and pool (``Provider.quota_pool``): the models of one pool share its quota.
+        self._pools: dict[tuple[str, str], CircuitBreaker] = {}
 
     def get(self, provider: str, config: BreakerConfig | None = None) -> CircuitBreaker:
         breaker = self._breakers.get(provider)
@@ -375,8 +460,11 @@ class Breakers:
             breaker.config = config
         return breaker
 
-    def for_model(self, provider: str, upstream_model: str, config: BreakerConfig | None = None) -> CallBreakers:
-        """The breakers a call of ``upstream_model`` on ``provider`` passes."""
+    def for_model(
+        self, provider: str, upstream_model: str, config: BreakerConfig | None = None, *, pool: str | None = None
+    ) -> CallBreakers:
+        """The breakers a call of ``upstream_model`` on ``provider`` passes (``pool``: the model's
+        ``Provider.quota_pool``)."""
         key = (provider, upstream_model)
         breaker = self._models.get(key)
         if breaker is None:
@@ -386,7 +474,15 @@ class Breakers:
             self._models[key] = breaker
         elif config is not None:
             breaker.config = config
-        return CallBreakers(self.get(provider, config), breaker)
+        shared = None
+        if pool is not None:  # a handful per provider at most: never forgotten but with their provider
+            shared = self._pools.get((provider, pool))
+            if shared is None:
+                shared = CircuitBreaker(provider, config or BreakerConfig(), self.clock, pool=pool)
+                self._pools[provider, pool] = shared
+            elif config is not None:
+                shared.config = config
+        return CallBreakers(self.get(provider, config), breaker, shared)
 
     def peek(self, provider: str) -> CircuitBreaker | None:
         return self._breakers.get(provider)
@@ -394,11 +490,15 @@ class Breakers:
     def peek_model(self, provider: str, upstream_model: str) -> CircuitBreaker | None:
         return self._models.get((provider, upstream_model))
 
+    def peek_pool(self, provider: str, pool: str) -> CircuitBreaker | None:
+        return self._pools.get((provider, pool))
+
     def probe_succeeded(self, provider: str) -> None:
         """The provider answered its free listing (``status.Prober``): it is back, so an open or half-open
-        provider breaker closes now instead of failing calls fast for the rest of its cooldown."""
+        provider breaker closes now instead of failing calls fast for the rest of its cooldown. Not one the
+        upstream blocked for the account: a listing (OpenRouter's needs no key) says nothing about its credits."""
         breaker = self._breakers.get(provider)
-        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+        if breaker is not None and breaker.state is not BreakerState.CLOSED and breaker.blocked is None:
             breaker.record_success()
 
     def retain(self, catalogue: Catalogue) -> None:
@@ -412,6 +512,7 @@ class Breakers:
         models = {(model.provider, model.upstream_model) for model in catalogue.models}
         self._breakers = {name: b for name, b in list(self._breakers.items()) if name in providers}
         self._models = {key: b for key, b in list(self._models.items()) if key in models}
+        self._pools = {key: b for key, b in list(self._pools.items()) if key[0] in providers}
 
     def _forget_models(self) -> None:
         """Make room: the idle breakers (a new one starts the same), or the oldest when none is idle.

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelgate.errors import ModelgateError
-from modelgate.providers import ProbeResult, Provider
+from modelgate.providers import PROVIDERS, ProbeResult, Provider
 
 if TYPE_CHECKING:
     from modelgate.app import GatewayState
@@ -210,7 +210,8 @@ class StatusBoard:
             }
         models: dict[str, dict[str, Any]] = {}
         for model in catalogue.models:
-            status, reason = self._model_status(model, now, providers[model.provider], breakers)
+            pool = PROVIDERS[catalogue.instance(model.provider).protocol].quota_pool(model.upstream_model)
+            status, reason = self._model_status(model, now, providers[model.provider], breakers, pool)
             models[model.id] = {
                 "provider": model.provider,
                 "status": status,
@@ -242,13 +243,15 @@ class StatusBoard:
         return signals.verdict(now)
 
     def _model_status(
-        self, model: CatalogueModel, now: float, provider: dict[str, Any], breakers: Breakers
+        self, model: CatalogueModel, now: float, provider: dict[str, Any], breakers: Breakers, pool: str | None
     ) -> tuple[Status, str | None]:
+        """``pool``: the pool of models sharing a quota ``model`` is in (``Provider.quota_pool``), if any."""
         if provider["status"] in ("unconfigured", "down"):
             return provider["status"], f"provider {model.provider} is {provider['status']}: {provider['reason']}"
-        breaker = breakers.peek_model(model.provider, model.upstream_model)
-        if breaker is not None and breaker.is_open():
-            return "down", _circuit_open(breaker)
+        own = breakers.peek_model(model.provider, model.upstream_model)
+        for breaker in (breakers.peek_pool(model.provider, pool) if pool else None, own):
+            if breaker is not None and breaker.is_open():
+                return "down", _circuit_open(breaker)
         probe = self._probes.get(model.provider)
         if probe is not None and probe.available is not None and model.upstream_model not in probe.available:
             return "down", f"{model.provider} does not list the model '{model.upstream_model}'"
@@ -266,7 +269,10 @@ class StatusBoard:
 
 
 def _circuit_open(breaker: CircuitBreaker) -> str:
-    return f"circuit open for {breaker.remaining_cooldown():.0f} s more after repeated failures: {breaker.reason}"
+    remaining = breaker.remaining_cooldown()
+    if breaker.blocked is not None:  # one refusal of the account, not repeated failures
+        return f"{breaker.blocks()} blocked for {remaining:.0f} s more (account-wide): {breaker.reason}"
+    return f"circuit open for {remaining:.0f} s more after repeated failures: {breaker.reason}"
 
 
 def _overall(statuses: Iterable[str]) -> str:

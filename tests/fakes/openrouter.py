@@ -31,6 +31,9 @@ API Shape"). A reply with tool calls and blocks is remembered: a later request w
 call without the same blocks, in the same order, is refused as OpenRouter passes on the serving model's refusal
 (Anthropic's with thinking on: a 400 "Provider returned error", the model's own body in ``metadata.raw``).
 
+The account (api_reference/limits.mdx, "Credit limits"): ``out_of_credits`` (True: its balance cannot pay, and every
+model, ``:free`` ones included, is refused with OpenRouter's 402 ``limit_source: openrouter_credits``).
+
 ``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
 context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
 request sends ``plugins: [{"id": "context-compression", "enabled": false}]`` (openrouter.ai/docs, Message
@@ -60,6 +63,18 @@ MAX_STOP_SEQUENCES = 4
 #: The answer of a serving provider that ignored a ``response_format`` it does not support.
 UNSTRUCTURED = "Sure! It is sunny in Zürich, 21 degrees."
 
+#: The 402 of an account whose balance cannot pay, as OpenRouter answered it in 2026
+#: (open-assistant-org/open-assistant#80).
+OUT_OF_CREDITS = {
+    "message": "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+    "code": 402,
+    "metadata": {
+        "limit_source": "openrouter_credits",
+        "remedy_hint": "Add credits at https://openrouter.ai/settings/credits, or lower max_tokens / prompt size to "
+        "fit your remaining balance.",
+    },
+}
+
 _ERRORS = {
     400: "Invalid request",
     401: "No auth credentials found",
@@ -87,6 +102,8 @@ class FakeOpenRouter(FakeUpstream):
         super().__init__()
         #: The served endpoint's context window, in tokens (about four characters each).
         self.context_length = DEFAULT_CONTEXT_LENGTH
+        #: The account's state (module docstring).
+        self.out_of_credits = False
 
         #: The first call id of each reply that came with reasoning blocks → those blocks.
         self.reasoning_of: dict[str, list[Any]] = {}
@@ -95,6 +112,7 @@ class FakeOpenRouter(FakeUpstream):
         super().reset()
         self.context_length = DEFAULT_CONTEXT_LENGTH
         self.reasoning_of = {}
+        self.out_of_credits = False
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -142,6 +160,8 @@ class FakeOpenRouter(FakeUpstream):
                 f"This endpoint's maximum context length is {limit} tokens. However, you requested about {wanted} "
                 "tokens. Please reduce the length of the messages, or enable context compression.",
             )
+        if (refused := self.account_refusal(model)) is not None:
+            return refused
         if (lost := self._lost_reasoning(body["messages"])) is not None:
             return lost
         reply = self.next_reply(model)
@@ -305,6 +325,12 @@ class FakeOpenRouter(FakeUpstream):
         found = [pattern for pattern in patterns if pattern.lower() in text]
         message = "Request blocked: prompt injection patterns detected"
         return json_error(403, {"error": {"code": 403, "message": message, "metadata": {"patterns": found}}})
+
+    def account_refusal(self, model: str) -> Response | None:
+        """The account's answer before any model is asked."""
+        if self.out_of_credits:
+            return json_error(402, {"error": OUT_OF_CREDITS, "user_id": "user_fake"})
+        return None
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}

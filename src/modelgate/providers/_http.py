@@ -173,6 +173,10 @@ class ErrorDetail:
     #: The body says the whole server is failing, not the one model (Ollama's full request queue): counted against
     #: the provider's breaker (``resilience.provider_wide``), so its other models are not sent to it meanwhile.
     provider_wide: bool = False
+    #: The body says the account is refused, not this call or model (out of credits, a daily quota used up):
+    #: ``errors.ALL_MODELS`` or the pool of models it holds for (``UpstreamError.account_block``). Never retried:
+    #: the provider's models are blocked until ``retry_after`` (the upstream's reset) or the breaker's cooldown.
+    account_block: str | None = None
 
 
 ErrorReader = Callable[[int, bytes], ErrorDetail]
@@ -694,6 +698,9 @@ class Upstream:
         if detail.transient is not None:
             error.transient = detail.transient
         error.provider_wide = detail.provider_wide
+        if detail.account_block is not None:
+            # Every model it blocks would fail the same way: no retry, the block waits for the reset.
+            error.account_block, error.transient = detail.account_block, False
         return error
 
     def protocol_error(

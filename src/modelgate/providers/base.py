@@ -111,6 +111,12 @@ class Provider(ABC):
         self.connection = connection
         self.http = http
 
+    @staticmethod
+    def quota_pool(upstream_model: str) -> str | None:
+        """The pool of this kind's models that share one quota of the account with ``upstream_model`` (a refusal of
+        the pool, ``UpstreamError.account_block``, blocks them all and no other), or None."""
+        return None
+
     def model_capabilities(self, model: CatalogueModel) -> frozenset[Capability]:
         """What ``model`` supports through this provider: declared in its entry, and carried by the adapter."""
         return frozenset(c for c in self.capabilities if c in model.capabilities)

@@ -39,12 +39,14 @@ The switch covers every parameter sent: when no provider of the model takes them
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelgate.chat import reported_cost
-from modelgate.providers._http import ErrorDetail
+from modelgate.errors import ALL_MODELS
+from modelgate.providers._http import ErrorDetail, parse_json
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
 from modelgate.providers.chat_completions import read_error as read_chat_error
 
@@ -67,12 +69,45 @@ ATTRIBUTION: Mapping[str, str] = MappingProxyType({"X-Title": "modelgate"})
 UNKNOWN_MODEL = " is not a valid model ID"
 
 
+#: OpenRouter's 402 for a request that alone costs more than the balance left ("This request requires more credits, or
+#: fewer max_tokens. You requested up to 64000 tokens, but can only afford 2666."): a smaller one, or a cheaper model,
+#: still passes. "can only afford 0" passes nothing.
+_AFFORDABLE = re.compile(r"can only afford (\d+)")
+
+
+def _out_of_credits(payload: Any) -> str | None:
+    """What a 402 says of the account, when it refuses every model of it; None when it is about this request.
+
+    OpenRouter (api_reference/limits.mdx, "Credit limits"; ``error.metadata.limit_source``): the account's balance
+    (``openrouter_credits``; below zero it refuses even ``:free`` models) or the key's own credit limit
+    (``openrouter_key_limit``) cannot pay, whichever model is asked. Not a request too big for the balance or the
+    in-flight budget (``reason`` ``weight_exceeds_budget``, or "can only afford N" tokens), nor the in-flight budget
+    itself (``openrouter_in_flight_budget``: settled in seconds, its ``Retry-After`` says when)."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    metadata = error.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    source, message = metadata.get("limit_source"), str(error.get("message") or "")
+    if source == "openrouter_in_flight_budget" or metadata.get("reason") == "weight_exceeds_budget":
+        return None
+    affordable = _AFFORDABLE.search(message)
+    if affordable is not None and int(affordable.group(1)) > 0:
+        return None
+    if source == "openrouter_key_limit":
+        return "the API key's credit limit is used up (raise it, or wait for its reset)"
+    return "the account is out of credits (add credits to bring its balance above zero)"
+
+
 def read_error(status: int, body: bytes) -> ErrorDetail:
     """Chat Completions' error body; a 400 for an unknown model id means the model is not available upstream (404):
-    not the client's bad request, and a fallback may serve it."""
+    not the client's bad request, and a fallback may serve it. A 402 that refuses the account refuses every model
+    of it (``ErrorDetail.account_block``)."""
     detail = read_chat_error(status, body)
     if status == 400 and detail.status is None and detail.message.endswith(UNKNOWN_MODEL):
         return dataclasses.replace(detail, status=404)
+    if status == 402 and (account := _out_of_credits(parse_json(body))) is not None:
+        return dataclasses.replace(detail, message=f"{account}: {detail.message}", account_block=ALL_MODELS)
     return detail
 
 

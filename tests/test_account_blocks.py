@@ -1,0 +1,132 @@
+"""An upstream's refusal of the whole account (out of credits, a daily quota used up) blocks every model it holds
+for at once: end to end through a real server and the fakes answering as each service does, then the breakers.
+
+Each scenario has a model of the refused account with a sibling fallback on the same provider, then a fallback on
+Ollama: the sibling must not be called while the account is blocked, and the Ollama model must serve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from modelgate.app import create_app
+from modelgate.catalogue import load_catalogue
+from modelgate.errors import ALL_MODELS, UpstreamError
+from modelgate.providers import openrouter
+from modelgate.resilience import BreakerConfig, Breakers, BreakerState, CircuitOpen
+from modelgate.settings import Settings
+from tests.catalogue_files import model_toml, write_catalogue
+from tests.fakes import Fakes, FakeUpstream
+from tests.servers import serve_in_thread
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def chat(url: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+
+
+def called(fake: FakeUpstream) -> list[str]:
+    """The models a fake was asked for, in order (its chat calls only, not its listings)."""
+    return [r.json["model"] for r in fake.requests if isinstance(r.json, dict) and "model" in r.json]
+
+
+def account_catalogue(tmp_path: Path, provider: str, refused: str, sibling: str) -> Path:
+    """``acme/refused`` (falling back to ``acme/sibling`` on the same provider, then ``acme/backup`` on Ollama),
+    ``acme/sibling`` without a fallback, and the provider's default breaker settings (threshold 5)."""
+    return write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml(
+            "acme", "refused", provider=provider, upstream=refused, extra='fallbacks = ["acme/sibling", "acme/backup"]'
+        ),
+        model_toml("acme", "sibling", provider=provider, upstream=sibling),
+        model_toml("acme", "backup", upstream="backup:1b"),
+    )
+
+
+def test_an_openrouter_account_out_of_credits_blocks_all_its_models(fakes: Fakes, tmp_path: Path) -> None:
+    """OpenRouter's 402 "Insufficient credits" (``limit_source: openrouter_credits``) refuses every model of the
+    account, ``:free`` ones included (api_reference/limits.mdx). It used to count against neither breaker: each
+    request called the model, then its sibling, each answering 402."""
+    paid, sibling = "meta-llama/llama-3.3-70b-instruct", "deepseek/deepseek-chat:free"
+    path = account_catalogue(tmp_path, "openrouter", paid, sibling)
+    fakes.openrouter.out_of_credits = True
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert called(fakes.openrouter) == [paid]  # once: the sibling, and the next request, were not sent to it
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    message = refused.json()["error"]["message"]
+    assert "every model blocked" in message and "the account is out of credits" in message
+    assert status["providers"]["openrouter"]["status"] == "down"
+    assert "out of credits" in status["providers"]["openrouter"]["reason"]
+    assert status["models"]["acme/sibling"]["status"] == "down"
+    assert status["models"]["acme/backup"]["status"] == "ok"
+
+
+def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
+    clock = FakeClock()
+    breakers = Breakers(clock)
+    call = breakers.for_model("or", "a", BreakerConfig(threshold=5, cooldown=15.0))
+    refusal = UpstreamError("or", "payment required (HTTP 402): the account is out of credits", retry_after=3600)
+    refusal.account_block = ALL_MODELS
+    call.record_failure(refusal, call.acquire())
+    other = breakers.for_model("or", "b", BreakerConfig(threshold=5, cooldown=15.0))
+    clock.now += 60  # past the cooldown, well before the reset
+    try:
+        other.acquire()
+        raise AssertionError("the account's other model was let through")
+    except CircuitOpen as exc:
+        assert exc.retry_after == 3540 and "the account is out of credits" in exc.message
+    breakers.probe_succeeded("or")  # the listing answers: it says nothing about the account's credits
+    call.record_success()  # an attempt that began before the block answers now: neither does it
+    assert call.provider.state is BreakerState.OPEN and call.provider.is_open()
+    clock.now += 3600
+    trial = other.acquire()  # the reset passed: one trial
+    assert trial.provider is not None
+    other.record_success()
+    assert call.provider.state is BreakerState.CLOSED and call.provider.blocked is None
+
+
+def openrouter_402(message: str, **metadata: str) -> bytes:
+    return json.dumps({"error": {"code": 402, "message": message, "metadata": metadata}}).encode()
+
+
+def test_an_openrouter_402_about_the_request_alone_blocks_nothing() -> None:
+    """A request too big for what is left (a smaller one, or a cheaper model, passes) and the in-flight budget
+    (settled within its Retry-After) are not the account's refusal (api_reference/limits.mdx, "Handling 402")."""
+    about_the_request = [
+        openrouter_402(
+            "This request requires more credits, or fewer max_tokens. You requested up to 64000 tokens, but can only "
+            "afford 2666. To increase, visit https://openrouter.ai/settings/credits and upgrade to a paid account"
+        ),
+        openrouter_402("Too expensive", reason="weight_exceeds_budget", limit_source="openrouter_credits"),
+        openrouter_402(
+            "This request would exceed your available credits given your current in-flight requests.",
+            reason="in_flight_budget_exhausted",
+            limit_source="openrouter_in_flight_budget",
+        ),
+    ]
+    for body in about_the_request:
+        assert openrouter.read_error(402, body).account_block is None
+    for body in (
+        openrouter_402("Insufficient credits. Add more using https://openrouter.ai/settings/credits"),
+        openrouter_402("Key limit exceeded (total limit).", limit_source="openrouter_key_limit"),
+        openrouter_402("You requested up to 32000 tokens, but can only afford 0."),
+    ):
+        assert openrouter.read_error(402, body).account_block == ALL_MODELS
