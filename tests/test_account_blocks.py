@@ -8,6 +8,7 @@ Ollama: the sibling must not be called while the account is blocked, and the Oll
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from modelgate.app import create_app
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import ALL_MODELS, UpstreamError
 from modelgate.providers import openrouter
+from modelgate.providers.openrouter import OpenRouter
 from modelgate.resilience import BreakerConfig, Breakers, BreakerState, CircuitOpen
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
@@ -41,9 +43,10 @@ def called(fake: FakeUpstream) -> list[str]:
     return [r.json["model"] for r in fake.requests if isinstance(r.json, dict) and "model" in r.json]
 
 
-def account_catalogue(tmp_path: Path, provider: str, refused: str, sibling: str) -> Path:
+def account_catalogue(tmp_path: Path, provider: str, refused: str, sibling: str, *more: str) -> Path:
     """``acme/refused`` (falling back to ``acme/sibling`` on the same provider, then ``acme/backup`` on Ollama),
-    ``acme/sibling`` without a fallback, and the provider's default breaker settings (threshold 5)."""
+    ``acme/sibling`` without a fallback, ``more`` models, and the provider's default breaker settings (threshold 5,
+    two retries)."""
     return write_catalogue(
         tmp_path / "catalogue.toml",
         model_toml(
@@ -51,6 +54,7 @@ def account_catalogue(tmp_path: Path, provider: str, refused: str, sibling: str)
         ),
         model_toml("acme", "sibling", provider=provider, upstream=sibling),
         model_toml("acme", "backup", upstream="backup:1b"),
+        *more,
     )
 
 
@@ -77,6 +81,38 @@ def test_an_openrouter_account_out_of_credits_blocks_all_its_models(fakes: Fakes
     assert "out of credits" in status["providers"]["openrouter"]["reason"]
     assert status["models"]["acme/sibling"]["status"] == "down"
     assert status["models"]["acme/backup"]["status"] == "ok"
+
+
+def test_openrouters_daily_free_quota_blocks_its_free_models_not_its_paid_ones(fakes: Fakes, tmp_path: Path) -> None:
+    """OpenRouter's 429 "free-models-per-day" is the account's quota for all its ``:free`` models together ("not per
+    model", guides/routing/model-variants/free), reset at 00:00 UTC (its X-RateLimit-Reset): the other ``:free``
+    models are blocked until then, the paid ones still answer. It used to count against the one model: each
+    request called the ``:free`` model, then its ``:free`` sibling, and the 429 was retried."""
+    free, sibling, paid = ("meta-llama/llama-3.3-70b-instruct:free", "deepseek/deepseek-chat:free", "openai/gpt-4o")
+    path = account_catalogue(
+        tmp_path, "openrouter", free, sibling, model_toml("acme", "paid", provider="openrouter", upstream=paid)
+    )
+    fakes.openrouter.free_requests_left = 0
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        answered = chat(url, "acme/paid")
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert answered.status_code == 200 and answered.headers["x-modelgate-model"] == "acme/paid"
+    assert called(fakes.openrouter) == [free, paid]  # one :free call, then none until the reset
+    assert refused.status_code == 503
+    until_midnight = 86_400 - time.time() % 86_400  # the rest of the UTC day, as its X-RateLimit-Reset said
+    assert abs(int(refused.headers["Retry-After"]) - until_midnight) < 30
+    message = refused.json()["error"]["message"]
+    assert "its :free models blocked" in message and "free-models-per-day" in message
+    assert status["providers"]["openrouter"]["status"] != "down"
+    assert status["models"]["acme/sibling"]["status"] == "down"
+    assert ":free models blocked" in status["models"]["acme/sibling"]["reason"]
+    assert status["models"]["acme/paid"]["status"] == "ok"
 
 
 def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
@@ -130,3 +166,21 @@ def test_an_openrouter_402_about_the_request_alone_blocks_nothing() -> None:
         openrouter_402("You requested up to 32000 tokens, but can only afford 0."),
     ):
         assert openrouter.read_error(402, body).account_block == ALL_MODELS
+
+
+def test_only_openrouters_own_free_limits_block_the_free_pool() -> None:
+    """Its free-models-per-min and -per-day limits are the account's; a serving provider's 429 is the model's."""
+
+    def rate_limited(message: str, **extra: object) -> bytes:
+        return json.dumps({"error": {"code": 429, "message": message, **extra}}).encode()
+
+    per_minute = openrouter.read_error(429, rate_limited("Rate limit exceeded: free-models-per-min."))
+    per_day = openrouter.read_error(429, rate_limited("Rate limit exceeded: free-models-per-day-high-balance."))
+    serving = openrouter.read_error(
+        429, rate_limited("Provider returned error", metadata={"provider_name": "Chutes", "raw": "busy"})
+    )
+    assert per_minute.account_block == per_day.account_block == ":free" and serving.account_block is None
+    assert per_minute.retry_after is None  # its reset unsaid: the breaker's cooldown
+    assert per_day.retry_after is not None and 0 < per_day.retry_after <= 86_400  # 00:00 UTC
+    assert OpenRouter.quota_pool("deepseek/deepseek-chat:free") == ":free"
+    assert OpenRouter.quota_pool("openai/gpt-4o") is None

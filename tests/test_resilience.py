@@ -750,7 +750,9 @@ def test_a_fallback_on_the_same_provider_answering_does_not_keep_the_failing_mod
     fakes: Fakes, tmp_path: Path
 ) -> None:
     """The :free model's fallback is its paid twin on OpenRouter. With one breaker for both, every answer of the
-    fallback reset the failures of the :free model, whose breaker never opened: each request paid its 429 first."""
+    fallback reset the failures of the :free model, whose breaker never opened: each request paid its 429 first.
+    (The 429 of the model's serving provider: OpenRouter's own free-models-per-* limits block every :free model at
+    once, tests/test_account_blocks.py.)"""
     free, paid = "meta-llama/llama-3.3-70b-instruct:free", "meta-llama/llama-3.3-70b-instruct"
     path = write_catalogue(
         tmp_path / "catalogue.toml",
@@ -758,9 +760,7 @@ def test_a_fallback_on_the_same_provider_answering_does_not_keep_the_failing_mod
         model_toml("acme", "paid", provider="openrouter", upstream=paid),
         header=ONE_FAILURE_EACH.format(provider="openrouter"),
     )
-    fakes.openrouter.by_model[free] = Reply(
-        fault=Fault.status(429, message="Rate limit exceeded: free-models-per-min.")
-    )
+    fakes.openrouter.by_model[free] = Reply(fault=Fault.status(429, message="Provider returned error"))
     app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
     with serve_in_thread(app) as url:
         for _ in range(4):

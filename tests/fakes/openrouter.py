@@ -31,8 +31,12 @@ API Shape"). A reply with tool calls and blocks is remembered: a later request w
 call without the same blocks, in the same order, is refused as OpenRouter passes on the serving model's refusal
 (Anthropic's with thinking on: a 400 "Provider returned error", the model's own body in ``metadata.raw``).
 
-The account (api_reference/limits.mdx, "Credit limits"): ``out_of_credits`` (True: its balance cannot pay, and every
-model, ``:free`` ones included, is refused with OpenRouter's 402 ``limit_source: openrouter_credits``).
+The account (api_reference/limits.mdx, "Credit limits" and "Rate limits"): ``out_of_credits`` (True: its balance
+cannot pay, and every model, ``:free`` ones included, is refused with OpenRouter's 402 ``limit_source:
+openrouter_credits``); ``free_requests_left`` (None: no daily limit; else the ``:free`` requests left today, for all
+``:free`` models together: at 0 each is refused with the 429 "Rate limit exceeded: free-models-per-day", its
+``X-RateLimit-*`` headers in the reply's and in ``metadata.headers``, reset at the next 00:00 UTC; paid models
+still answer).
 
 ``context_length`` is the served endpoint's window: a prompt over it is refused with OpenRouter's 400, unless
 context compression is on for the request — it is by default on endpoints of 8,192 tokens or less, and off when the
@@ -74,6 +78,11 @@ OUT_OF_CREDITS = {
         "fit your remaining balance.",
     },
 }
+#: The 429 of the account's daily ``:free`` quota, as OpenRouter words it (Gitlawb/openclaude#936, n8n-io/n8n#19117).
+FREE_MODELS_PER_DAY = (
+    "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day"
+)
+SECONDS_A_DAY = 86_400
 
 _ERRORS = {
     400: "Invalid request",
@@ -104,6 +113,7 @@ class FakeOpenRouter(FakeUpstream):
         self.context_length = DEFAULT_CONTEXT_LENGTH
         #: The account's state (module docstring).
         self.out_of_credits = False
+        self.free_requests_left: int | None = None
 
         #: The first call id of each reply that came with reasoning blocks → those blocks.
         self.reasoning_of: dict[str, list[Any]] = {}
@@ -113,6 +123,7 @@ class FakeOpenRouter(FakeUpstream):
         self.context_length = DEFAULT_CONTEXT_LENGTH
         self.reasoning_of = {}
         self.out_of_credits = False
+        self.free_requests_left = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -327,10 +338,19 @@ class FakeOpenRouter(FakeUpstream):
         return json_error(403, {"error": {"code": 403, "message": message, "metadata": {"patterns": found}}})
 
     def account_refusal(self, model: str) -> Response | None:
-        """The account's answer before any model is asked."""
+        """The account's answer before any model is asked: out of credits, or out of ``:free`` requests today."""
         if self.out_of_credits:
             return json_error(402, {"error": OUT_OF_CREDITS, "user_id": "user_fake"})
-        return None
+        if not model.endswith(":free") or self.free_requests_left is None:
+            return None
+        if self.free_requests_left > 0:
+            self.free_requests_left -= 1
+            return None
+        now = time.time()
+        reset = str(int((now - now % SECONDS_A_DAY + SECONDS_A_DAY) * 1000))  # the next 00:00 UTC, epoch ms
+        headers = {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+        error = {"message": FREE_MODELS_PER_DAY, "code": 429, "metadata": {"headers": headers, "provider_name": None}}
+        return JSONResponse({"error": error, "user_id": "user_fake"}, status_code=429, headers=headers)
 
     def error(self, status: int, message: str | None = None, *, retry_after: float | None = None) -> Response:
         error: dict[str, Any] = {"code": status, "message": message or _ERRORS.get(status, f"HTTP {status}")}

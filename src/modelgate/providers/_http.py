@@ -276,6 +276,13 @@ def seconds_until_epoch_ms(value: object) -> float | None:
     return min(max(0.0, reset_ms / 1000 - time.time()), MAX_RETRY_AFTER)
 
 
+def seconds_until_utc_midnight() -> float:
+    """Seconds until the next 00:00 UTC, when a daily quota that says no reset of its own resets (Workers AI's,
+    OpenRouter's ``:free`` one)."""
+    now = time.time()
+    return 86_400 - now % 86_400
+
+
 #: One model of a listing: its upstream id and its context window in tokens (None when not stated).
 ListedModel = tuple[str, int | None]
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelgate.chat import reported_cost
 from modelgate.errors import ALL_MODELS
-from modelgate.providers._http import ErrorDetail, parse_json
+from modelgate.providers._http import ErrorDetail, parse_json, seconds_until_utc_midnight
 from modelgate.providers.chat_completions import STANDARD_FIELDS, ChatCompletionsProvider
 from modelgate.providers.chat_completions import read_error as read_chat_error
 
@@ -99,15 +99,34 @@ def _out_of_credits(payload: Any) -> str | None:
     return "the account is out of credits (add credits to bring its balance above zero)"
 
 
+#: The pool of OpenRouter's ``:free`` variants: "every request against a :free model counts toward the account-wide
+#: free-model rate limits. The limits apply to your OpenRouter account as a whole — they are not per model"
+#: (OpenRouterTeam/docs guides/routing/model-variants/free), 20 requests a minute and 50 (or 1000) a day.
+FREE_POOL = ":free"
+#: How OpenRouter's 429 names those limits: "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000
+#: free model requests per day", "...: free-models-per-day-high-balance.", "...: free-models-per-min." (issues of its
+#: users: Gitlawb/openclaude#936 and #1549, n8n-io/n8n#19117); a serving provider's own 429 is one model's.
+_FREE_LIMIT = "Rate limit exceeded: free-models-per-"
+_FREE_LIMIT_TEXT = "the account's quota of requests to :free models, for all of them together, is used up"
+
+
 def read_error(status: int, body: bytes) -> ErrorDetail:
     """Chat Completions' error body; a 400 for an unknown model id means the model is not available upstream (404):
     not the client's bad request, and a fallback may serve it. A 402 that refuses the account refuses every model
-    of it (``ErrorDetail.account_block``)."""
+    of it, and a 429 of the ``:free`` limits every ``:free`` model (``ErrorDetail.account_block``), until its
+    X-RateLimit-Reset; without one the daily limit resets at 00:00 UTC (the SDKs' ``FreeModelDailyRequests``: "the
+    counter resets at UTC midnight")."""
     detail = read_chat_error(status, body)
     if status == 400 and detail.status is None and detail.message.endswith(UNKNOWN_MODEL):
         return dataclasses.replace(detail, status=404)
     if status == 402 and (account := _out_of_credits(parse_json(body))) is not None:
         return dataclasses.replace(detail, message=f"{account}: {detail.message}", account_block=ALL_MODELS)
+    if (detail.status or status) == 429 and detail.message.startswith(_FREE_LIMIT):
+        reset = detail.retry_after
+        if reset is None and detail.message.startswith(_FREE_LIMIT + "day"):
+            reset = seconds_until_utc_midnight()
+        text = f"{_FREE_LIMIT_TEXT}; its paid models still answer: {detail.message}"
+        return dataclasses.replace(detail, message=text, retry_after=reset, account_block=FREE_POOL)
     return detail
 
 
@@ -138,6 +157,11 @@ class OpenRouter(ChatCompletionsProvider):
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
+
+    @staticmethod
+    def quota_pool(upstream_model: str) -> str | None:
+        return FREE_POOL if upstream_model.endswith(FREE_POOL) else None
+
     carries_cache_control = True
     carries_reasoning_details = True
     #: Its API reference (openrouter.ai/docs, OpenAPI ``ChatRequest.stop``: "Stop sequences (up to 4)",
