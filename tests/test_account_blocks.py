@@ -115,6 +115,29 @@ def test_openrouters_daily_free_quota_blocks_its_free_models_not_its_paid_ones(f
     assert status["models"]["acme/paid"]["status"] == "ok"
 
 
+def test_hugging_faces_monthly_credits_used_up_block_all_its_models(fakes: Fakes, tmp_path: Path) -> None:
+    """The router's 402 once the account's monthly included credits are spent refuses every routed model alike
+    (hub-docs inference-providers/pricing.md: the credits are the account's, "shared among all members" of an
+    organisation). It used to count against neither breaker, and each request called every Hugging Face model."""
+    model, sibling = "Qwen/Qwen2.5-72B-Instruct", "google/gemma-2-27b-it"
+    path = account_catalogue(tmp_path, "huggingface", model, sibling)
+    fakes.huggingface.credits_used_up = True
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert called(fakes.huggingface) == [model]
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    message = refused.json()["error"]["message"]
+    assert "every model blocked" in message and "monthly included credits" in message
+    assert status["providers"]["huggingface"]["status"] == "down"
+    assert status["models"]["acme/sibling"]["status"] == "down"
+
+
 def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
     clock = FakeClock()
     breakers = Breakers(clock)

@@ -5,6 +5,8 @@ Router (huggingface_hub ``_providers/_common.py``; ``@huggingface/inference`` ``
 ``:<provider>`` suffix), the per-model ``POST /models/{id}/v1/chat/completions``, and the free listing
 ``GET /v1/models`` — OpenAI framing by ``openai_compatible.ChatCompletionsServer`` (usage only when
 ``stream_options.include_usage`` asks). Configure the ``huggingface`` kind with ``url + "/v1"``.
+``credits_used_up`` (True): the account's monthly included credits are spent, and the router refuses every chat call
+with its 402 ``{"error": "You have exceeded your monthly included credits for Inference Providers. ..."}``.
 
 TGI (``api = "tgi"``, configured with ``url``):
 
@@ -36,6 +38,12 @@ from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeRep
 from tests.fakes.openai_compatible import ChatCompletionsServer
 
 TOKEN = "hf_test"
+#: The router's 402 once the account's monthly included credits are spent (its text, as its users met it:
+#: huggingface/agents-course#386; a ``402 Client Error: Payment Required for url: https://router.huggingface.co/...``).
+CREDITS_USED_UP = (
+    "You have exceeded your monthly included credits for Inference Providers. "
+    "Subscribe to PRO to get 20x more monthly included credits."
+)
 #: The context windows of the two serving providers the router's listing shows for every model.
 ROUTER_CONTEXT_WINDOWS = (131072, 32768)
 #: ``max_total_tokens`` of the fake TGI's ``/info`` (TGI's own default when not set by the launcher).
@@ -69,6 +77,11 @@ class FakeHuggingFace(FakeUpstream):
         ]
         self.router = ChatCompletionsServer(self, token=TOKEN, owned_by="huggingface", listing={"providers": providers})
         super().__init__()
+        self.credits_used_up = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.credits_used_up = False
 
     def reset(self) -> None:
         super().reset()
@@ -94,6 +107,9 @@ class FakeHuggingFace(FakeUpstream):
         ]
 
     async def router_chat(self, request: Request) -> Response:
+        if self.credits_used_up:
+            await self.record(request)
+            return json_error(402, {"error": CREDITS_USED_UP})
         self.router.token = self.token
         return await self.router.chat(request, model=request.path_params.get("model_id"))
 
