@@ -138,6 +138,32 @@ def test_hugging_faces_monthly_credits_used_up_block_all_its_models(fakes: Fakes
     assert status["models"]["acme/sibling"]["status"] == "down"
 
 
+def test_cloudflares_daily_allocation_used_up_blocks_all_its_models_until_midnight_utc(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    """Workers AI's "daily free allocation of 10,000 neurons" (3036, now 4006) is the account's, for every model,
+    and "All limits reset daily at 00:00 UTC" (workers-ai/platform/pricing). It was counted against the one model,
+    and each request called every Workers AI model in turn."""
+    model, sibling = "@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct"
+    path = account_catalogue(tmp_path, "cloudflare", model, sibling)
+    fakes.cloudflare.neurons_used_up = True
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert [r.path.rsplit("/ai/run/", 1)[-1] for r in fakes.cloudflare.requests] == [model]
+    assert refused.status_code == 503
+    until_midnight = 86_400 - time.time() % 86_400
+    assert abs(int(refused.headers["Retry-After"]) - until_midnight) < 30
+    assert "daily free allocation" in refused.json()["error"]["message"]
+    assert status["providers"]["cloudflare"]["status"] == "down"
+    assert status["models"]["acme/sibling"]["status"] == "down"
+
+
 def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
     clock = FakeClock()
     breakers = Breakers(clock)

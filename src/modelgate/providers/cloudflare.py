@@ -83,7 +83,7 @@ from modelgate.chat import (
     ToolCallDelta,
     Usage,
 )
-from modelgate.errors import BadRequest, UpstreamAgreementRequired, UpstreamError, UpstreamProtocolError
+from modelgate.errors import ALL_MODELS, BadRequest, UpstreamAgreementRequired, UpstreamError, UpstreamProtocolError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -92,6 +92,7 @@ from modelgate.providers._http import (
     context_window,
     estimate_prompt_tokens,
     parse_json,
+    seconds_until_utc_midnight,
     text_field,
 )
 from modelgate.providers.base import Connection, ProbeResult
@@ -127,6 +128,11 @@ _CODES: dict[int, tuple[int, bool | None]] = {
 }
 
 
+#: The codes of a used-up daily free allocation: the account's ("10,000 Neurons per day" per account, any model), and
+#: "All limits reset daily at 00:00 UTC" (developers.cloudflare.com/workers-ai/platform/pricing). Every model of the
+#: account is blocked until then (``ErrorDetail.account_block``), not called one after another.
+DAILY_ALLOCATION_USED_UP = frozenset({3036, 4006})
+
 #: "Model agreement", 403, "User has not agreed to Llama3.2 model terms" (developers.cloudflare.com/workers-ai/platform/
 #: errors); Workers AI words it "5016: Prior to using this model, you must submit the prompt 'agree'. By submitting
 #: 'agree', you hereby agree to the … Community License …". The model's page: "send an initial request … with
@@ -150,6 +156,9 @@ def _detail(errors: Any) -> ErrorDetail:
     if code == AGREEMENT_REQUIRED:
         return ErrorDetail(_AGREEMENT_REMEDY + message, status=403, transient=False, error=UpstreamAgreementRequired)
     status, transient = _CODES.get(code, (None, None)) if isinstance(code, int) else (None, None)
+    if code in DAILY_ALLOCATION_USED_UP:
+        text = f"the account's daily free allocation is used up until 00:00 UTC: {message}"
+        return ErrorDetail(text, status=status, retry_after=seconds_until_utc_midnight(), account_block=ALL_MODELS)
     return ErrorDetail(message, status=status, transient=transient)
 
 
