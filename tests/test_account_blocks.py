@@ -164,6 +164,30 @@ def test_cloudflares_daily_allocation_used_up_blocks_all_its_models_until_midnig
     assert status["models"]["acme/sibling"]["status"] == "down"
 
 
+def test_refused_credentials_block_all_the_providers_models(fakes: Fakes, tmp_path: Path) -> None:
+    """A 401 refuses the key, whichever model it asks for (OpenRouter's errors-and-debugging: "401: Invalid
+    credentials (OAuth session expired, disabled/invalid API key)"). It counted against neither breaker: every
+    request called each model of the provider, each answering 401."""
+    model, sibling = "meta-llama/llama-3.3-70b-instruct", "deepseek/deepseek-chat:free"
+    path = account_catalogue(tmp_path, "openrouter", model, sibling)
+    overrides = fakes.settings_overrides()
+    overrides["credentials"]["openrouter"] = {"OPENROUTER_API_KEY": "sk-or-revoked"}
+    app = create_app(Settings(**overrides, probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert called(fakes.openrouter) == [model]
+    assert refused.status_code == 503
+    message = refused.json()["error"]["message"]
+    assert "every model blocked" in message and "credentials were refused" in message
+    assert "check OPENROUTER_API_KEY" in message and "sk-or-revoked" not in message
+    assert status["providers"]["openrouter"]["status"] == "down"
+
+
 def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
     clock = FakeClock()
     breakers = Breakers(clock)

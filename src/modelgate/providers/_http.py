@@ -51,6 +51,7 @@ connection to the pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import math
 import ssl
@@ -67,6 +68,7 @@ import orjson
 from modelgate.chat import Finish, Message, StreamEvent
 from modelgate.deadline import Deadline
 from modelgate.errors import (
+    ALL_MODELS,
     MAX_RETRY_AFTER,
     BadRequest,
     UpstreamAuthError,
@@ -679,9 +681,12 @@ class Upstream:
         if detail.error is not None:
             cls, text = detail.error, f"the model '{model}': {message}" if model else f"the model: {message}"
         elif status == 401:
-            # Never the upstream's text here: some echo (part of) the key they refused.
+            # Never the upstream's text here: some echo (part of) the key they refused. The key is refused whichever
+            # model it asks for (OpenRouter's "401: Invalid credentials (... disabled/invalid API key)"): every model
+            # of the provider is blocked meanwhile (``account_block``).
             variables = " and ".join(self.connection.credentials) or "its credentials"
             cls, text = UpstreamAuthError, f"our credentials were refused (HTTP 401); check {variables}"
+            detail = dataclasses.replace(detail, account_block=ALL_MODELS)
         elif status == 403:
             cls, text = UpstreamAuthError, f"access denied (HTTP 403): {message}"
         elif status == 402:
