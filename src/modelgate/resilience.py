@@ -22,7 +22,7 @@ Each failure counts against one of the two (``provider_wide``). A call that got 
 (connection refused or reset, DNS, TLS, a connect timeout: ``UpstreamError.connection_failed``) is the
 provider's: every model behind that address fails the same way. What the upstream *answered* (a 429, a
 503, any 5xx, a broken reply) or was too slow to answer (a first-token timeout; the connect has its own,
-shorter ``connect_timeout``) is the model's: one OpenRouter ``:free`` model over its rate limit, or one
+shorter ``connect_timeout``) is the model's: one OpenRouter model its serving provider rate-limits, or one
 cold Hugging Face model answering 503 "currently loading", says nothing about the provider's other
 models. OpenRouter documents its statuses per model ("502: your chosen model is down", "503: no available
 model provider", https://openrouter.ai/docs/api/errors), and an Ollama 500 is one model's runner. So such
@@ -46,7 +46,7 @@ listing says nothing about a model's rate limit or whether it is warm.
 
 While open (or while half-open with its trial in flight) calls fail fast with ``CircuitOpen``
 ("provider in cooldown" or "model in cooldown", ``Retry-After`` = the cooldown left), which the gateway
-turns into a fallback when the model has one. Client errors (400, bad credentials, 404) say nothing about
+turns into a fallback when the model has one. Client errors (400, a refused 403, 404) say nothing about
 the upstream's health and count against neither.
 """
 

@@ -10,7 +10,7 @@ Two sources, neither of which costs a billed call:
   generation — at start and then every ``settings.probe_interval`` seconds, each under its own deadline
   (``probe_timeout`` of the provider's catalogue entry). Requests read the last results; no request
   ever awaits a probe. A provider that answers its listing is back: the probe closes its circuit
-  breaker (``Breakers.probe_succeeded``) and clears its run of failed attempts.
+  breaker (``Breakers.probe_succeeded``; not one blocked for the account) and clears its run of failed attempts.
 
 Status rules (first that applies), per provider:
 
@@ -25,7 +25,8 @@ Status rules (first that applies), per provider:
 ``ok``            otherwise: the last probe answered, or the traffic is healthy.
 
 Per model the same on the model's own traffic (every failure of it counts), plus: ``down`` when its
-provider is, when its own circuit breaker is open, or when the last probe listed the provider's models
+provider is, when its own circuit breaker is open or its pool's (``Provider.quota_pool``: OpenRouter's ``:free``
+models, blocked together for the account), or when the last probe listed the provider's models
 and this one's upstream id was not among them (the reason says so); ``unknown`` while its provider is
 and it has no traffic of its own; ``degraded`` when its provider is.
 
