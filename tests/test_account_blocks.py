@@ -188,6 +188,24 @@ def test_refused_credentials_block_all_the_providers_models(fakes: Fakes, tmp_pa
     assert status["providers"]["openrouter"]["status"] == "down"
 
 
+def test_a_cloudflare_account_blocked_blocks_all_its_models(fakes: Fakes, tmp_path: Path) -> None:
+    """Workers AI's "Account blocked" (3023, HTTP 403, "Service unavailable for account": workers-ai/platform/errors)
+    refuses the account, whichever model. A 403 counted against neither breaker: each model was called in turn."""
+    model, sibling = "@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct"
+    path = account_catalogue(tmp_path, "cloudflare", model, sibling)
+    fakes.cloudflare.account_blocked = True
+    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    assert [r.path.rsplit("/ai/run/", 1)[-1] for r in fakes.cloudflare.requests] == [model]
+    assert refused.status_code == 503
+    assert "3023" in refused.json()["error"]["message"] and "account" in refused.json()["error"]["message"]
+
+
 def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> None:
     clock = FakeClock()
     breakers = Breakers(clock)

@@ -11,7 +11,8 @@ An ``error_after(n)`` fault ends the stream after ``n`` tokens without ``[DONE]`
 ever writes an in-stream error event is unconfirmed; §2.4 says to model failure as a close).
 ``Fault.status(429, code=3036)`` is the daily-quota 429 (default code 3040, capacity); ``code=4006`` is the same
 exhaustion in Workers AI's current wording. ``neurons_used_up`` (True): the account's daily free allocation is used
-up, and every model answers that 429 (code 4006), as the allocation is the account's.
+up, and every model answers that 429 (code 4006), as the allocation is the account's. ``account_blocked`` (True): every
+model answers the errors page's "Account blocked" (403, code 3023, "Service unavailable for account").
 A call without ``stream: true`` gets one v4 envelope ``{"result": {"response", "tool_calls", "usage"},
 "success": true, "errors": [], "messages": []}`` once the scripted generation is over, and a failure midway as
 an error status (the envelope, code 3043 [illustrative]) (``_base.WholeReply``). Tools and JSON mode as Workers AI
@@ -137,12 +138,14 @@ class FakeCloudflare(FakeUpstream):
         #: Models whose licence the account has not accepted: 5016 until a call with ``"prompt": "agree"``.
         self.unagreed: set[str] = set()
         self.neurons_used_up = False
+        self.account_blocked = False
 
     def reset(self) -> None:
         super().reset()
         self.unstreamed = set(UNSTREAMED)
         self.unagreed = set()
         self.neurons_used_up = False
+        self.account_blocked = False
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -193,6 +196,8 @@ class FakeCloudflare(FakeUpstream):
             return envelope_error(400, 5007, f"No such model {model} or task")
         if self.neurons_used_up:
             return self.status_error(429, None, 4006, None)
+        if self.account_blocked:
+            return envelope_error(403, 3023, "Service unavailable for account")
         body = recorded.json
         if model in self.unagreed:
             if isinstance(body, dict) and body.get("prompt") == "agree":  # the model's page: accepted from now on

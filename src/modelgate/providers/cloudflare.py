@@ -132,6 +132,9 @@ _CODES: dict[int, tuple[int, bool | None]] = {
 #: "All limits reset daily at 00:00 UTC" (developers.cloudflare.com/workers-ai/platform/pricing). Every model of the
 #: account is blocked until then (``ErrorDetail.account_block``), not called one after another.
 DAILY_ALLOCATION_USED_UP = frozenset({3036, 4006})
+#: "Account blocked | 3023 | 403 | Service unavailable for account" (the same errors page): every model of the
+#: account is refused alike, until the account's owner has it lifted; blocked for the breaker's cooldown each time.
+ACCOUNT_BLOCKED = 3023
 
 #: "Model agreement", 403, "User has not agreed to Llama3.2 model terms" (developers.cloudflare.com/workers-ai/platform/
 #: errors); Workers AI words it "5016: Prior to using this model, you must submit the prompt 'agree'. By submitting
@@ -159,6 +162,9 @@ def _detail(errors: Any) -> ErrorDetail:
     if code in DAILY_ALLOCATION_USED_UP:
         text = f"the account's daily free allocation is used up until 00:00 UTC: {message}"
         return ErrorDetail(text, status=status, retry_after=seconds_until_utc_midnight(), account_block=ALL_MODELS)
+    if code == ACCOUNT_BLOCKED:
+        text = f"Workers AI refuses the Cloudflare account itself (see its dashboard): {message}"
+        return ErrorDetail(text, status=status, account_block=ALL_MODELS)
     return ErrorDetail(message, status=status, transient=transient)
 
 
