@@ -82,9 +82,6 @@ class FakeHuggingFace(FakeUpstream):
     def reset(self) -> None:
         super().reset()
         self.credits_used_up = False
-
-    def reset(self) -> None:
-        super().reset()
         self.max_stop_sequences = TGI_MAX_STOP_SEQUENCES
 
     def routes(self) -> list[BaseRoute]:
