@@ -370,3 +370,90 @@ def test_another_verbosity_is_refused(service: str, fakes: Fakes, route: str, fi
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == param
     assert fakes.openrouter.requests == []
+
+
+# --- view_image ---------------------------------------------------------------------------------------------
+
+#: ``create_view_image_tool`` (``tools/src/view_image.rs``): sent to every model Codex does not know.
+VIEW_IMAGE_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "view_image",
+    "description": "View a local image from the filesystem.",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {"path": {"type": "string", "description": "Local filesystem path to an image file"}},
+        "required": ["path"],
+        "additionalProperties": False,
+    },
+}
+PNG = "data:image/png;base64,iVBORw0KGgo="
+
+
+def _viewed(*output: dict[str, Any], then: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The history after the model called ``view_image``: Codex answers with the image as the call's output
+    (``FunctionCallOutputContentItem::InputImage``, an array ``output``), not as a user message."""
+    call = {"type": "function_call", "name": "view_image", "arguments": '{"path":"/repo/a.png"}', "call_id": "call_img"}
+    result = {"type": "function_call_output", "call_id": "call_img", "output": list(output)}
+    return [*OPENING, call, result, *(then or [])]
+
+
+def test_a_view_image_output_reaches_the_model_as_an_image(service: str, fakes: Fakes) -> None:
+    """Found from outside: the turn after Codex's ``view_image`` was a 400 ("content of type 'input_image' is not
+    supported in a function call's output"), so an agent that looked at a screenshot could go no further. Chat
+    tool messages take only text: the image follows the tool results as a user message, which says whose it is."""
+    fakes.openrouter.script(Reply(tokens=["A red square."]))
+    history = _viewed(
+        {"type": "input_text", "text": "a.png (1x1)"},
+        {"type": "input_image", "image_url": PNG},
+        then=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Describe it."}]}],
+    )
+    answer = post(service, codex_request(history, tools=[SHELL_TOOL, VIEW_IMAGE_TOOL]))
+    assert answer.status_code == 200, answer.text
+    assert CodexTurn.read(answer.text).text == "A red square."
+    sent = fakes.openrouter.last.json["messages"]
+    tool, image, prompt = sent[-3:]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "call_img"
+    assert tool["content"].startswith("a.png (1x1)")
+    assert image == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "The image output of tool call call_img:"},
+            {"type": "image_url", "image_url": {"url": PNG}},
+        ],
+    }
+    assert prompt == {"role": "user", "content": "Describe it."}
+    assert _dropped(answer) == {"include", "reasoning.summary", "prompt_cache_key", "client_metadata"}
+
+
+def test_a_view_image_output_to_a_model_without_vision_is_a_400(service: str, fakes: Fakes) -> None:
+    """The image is input like any other: a model without the vision capability refuses it by name."""
+    body = {**codex_request(_viewed({"type": "input_image", "image_url": PNG}), reasoning=False), "model": "t/qwen"}
+    answer = post(service, body)
+    assert answer.status_code == 400, answer.text
+    assert "vision" in answer.json()["error"]["message"]
+    assert fakes.huggingface.requests == []
+
+
+def test_images_of_parallel_calls_follow_all_their_results(service: str, fakes: Fakes) -> None:
+    """Two calls of one turn: their results stay right after the assistant's calls (a message between them
+    would part a result from its call); the images come after both, each named by its call."""
+    fakes.openrouter.script(Reply(tokens=["Same."]))
+    calls = [
+        {"type": "function_call", "name": "view_image", "arguments": f'{{"path":"/{n}.png"}}', "call_id": f"call_{n}"}
+        for n in ("a", "b")
+    ]
+    outputs = [
+        {"type": "function_call_output", "call_id": f"call_{n}", "output": [{"type": "input_image", "image_url": PNG}]}
+        for n in ("a", "b")
+    ]
+    answer = post(service, codex_request([*OPENING, *calls, *outputs], tools=[VIEW_IMAGE_TOOL]))
+    assert answer.status_code == 200, answer.text
+    sent = fakes.openrouter.last.json["messages"]
+    assert [m["role"] for m in sent[-4:]] == ["assistant", "tool", "tool", "user"]
+    assert [part.get("text") for part in sent[-1]["content"]] == [
+        "The image output of tool call call_a:",
+        None,
+        "The image output of tool call call_b:",
+        None,
+    ]

@@ -305,7 +305,7 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
         "input",
         ["input[0]", "call_id"],
     ),
-    "image in a tool output": (
+    "image in a tool output held to an image's limits": (
         "t/smol",
         {
             "input": [
@@ -314,7 +314,18 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, list[str]]] = {
             ]
         },
         "input",
-        ["input[1].output[0]", "input_image"],
+        ["input[1].output[0]", "data: URL or an https: URL"],
+    ),
+    "file in a tool output": (
+        "t/smol",
+        {
+            "input": [
+                {"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_file", "file_id": "f"}]},
+            ]
+        },
+        "input",
+        ["input[1].output[0]", "'input_file'", "send input_text or input_image"],
     ),
     "tools on a model without them": ("t/plain", {"tools": [TOOL]}, "tools", ["t/plain", "'tools'"]),
     "tool results on a model without tools": (

@@ -3,9 +3,11 @@
 Function tools, ``tool_choice``, ``text.format`` and ``input_image`` parts become the chat types
 ``/v1/chat/completions`` builds (``Tool``, ``ToolChoice``, ``ResponseFormat``, ``Image``, within the same image
 limits); ``function_call`` / ``function_call_output`` items become an assistant message's ``tool_calls`` and
-``tool`` messages. So every provider kind handles them as it does for Chat Completions, and a model without the
-capability gets the same 400 naming it. Shapes follow openai-python's ``types/responses`` (3.57): tools are
-flat (``{"type": "function", "name", "parameters", ...}``), not nested under ``function``.
+``tool`` messages. A call's output may hold images (Codex's ``view_image`` answers so): chat tool messages take only
+text, so they follow the call results in a user message that names the call. So every provider kind handles them
+as it does for Chat Completions, and a model without the capability gets the same 400 naming it. Shapes follow
+openai-python's ``types/responses`` (3.57): tools are flat (``{"type": "function", "name", "parameters", ...}``),
+not nested under ``function``.
 
 Stateless: whatever needs a stored response (``store: true``, ``previous_response_id``, ``conversation``,
 ``item_reference`` items, ``background``, stored ``prompt``s) is a 400 that says so. An absent ``store`` means
@@ -83,6 +85,8 @@ ENCRYPTED_REASONING = "reasoning.encrypted_content"
 _SUMMARY_FIELDS = ("summary", "generate_summary")
 
 _NOT_STORED = "responses are not stored"
+#: What a tool message whose output had images says of them: they are in the next user message.
+_IMAGES_FOLLOW = "(The image output follows in the next user message.)"
 #: ``developer`` is the newer name of ``system``.
 _ROLES: Mapping[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 #: Content parts that carry text: the caller's (``input_text``) and an earlier answer's (``output_text``).
@@ -402,6 +406,8 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
     budget = ImageBudget(settings.max_image_bytes, settings.max_images_bytes, param="input")
     messages: list[Message] = []
     called: set[str] = set()
+    #: Images of the function call outputs just read, for the user message after them (``_ImagesAfterResults``).
+    shown = _ImagesAfterResults()
     if body.instructions is not None:
         messages.append(Message(role="system", content=body.instructions))
     if isinstance(body.input, str):
@@ -409,6 +415,10 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
     else:
         for index, item in enumerate(body.input):
             where = f"input[{index}]"
+            if item.type == "function_call_output":
+                messages.append(_function_call_output(item, where, called, budget, shown))
+                continue
+            shown.flush(messages)
             if item.type == "function_call":
                 call = _function_call(item, where)
                 called.add(call.id)
@@ -420,14 +430,9 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
                     messages.append(Message(role="assistant", content="", tool_calls=(call,)))
                 continue
             message = _item_message(item, where, model, budget)
-            if message is None:
-                continue
-            if message.role == "tool" and message.tool_call_id not in called:
-                # OpenAI's API refuses it too; providers that match results by position (Ollama) would not.
-                raise BadRequest(
-                    f"{where}.call_id: '{message.tool_call_id}' answers no earlier function_call item", param="input"
-                )
-            messages.append(message)
+            if message is not None:
+                messages.append(message)
+        shown.flush(messages)
     if not any(message.role != "system" for message in messages):
         raise BadRequest("input: at least one message is required", param="input")
     if len(messages) > max_messages:
@@ -447,22 +452,52 @@ def _function_call(item: InputItem, where: str) -> ToolCall:
     return ToolCall(id=item.call_id, name=item.name, arguments=item.arguments)
 
 
-def _function_call_output(item: InputItem, where: str) -> Message:
+class _ImagesAfterResults:
+    """Images a function call returned (Codex's ``view_image`` answers with the image as its output), held for one
+    user message after the run of tool messages: chat tool messages take only text, and a message between the
+    results of one turn's calls would part them from their calls."""
+
+    def __init__(self) -> None:
+        self.parts: list[str | Image] = []
+
+    def add(self, call_id: str, images: list[Image]) -> None:
+        self.parts += [f"The image output of tool call {call_id}:", *images]
+
+    def flush(self, messages: list[Message]) -> None:
+        if self.parts:
+            messages.append(content_message("user", self.parts, separator="\n"))
+            self.parts = []
+
+
+def _function_call_output(
+    item: InputItem, where: str, called: set[str], budget: ImageBudget, shown: _ImagesAfterResults
+) -> Message:
     if not item.call_id:
         raise BadRequest(f"{where}.call_id: required on a function_call_output item", param="input")
+    if item.call_id not in called:
+        # OpenAI's API refuses it too; providers that match results by position (Ollama) would not.
+        raise BadRequest(f"{where}.call_id: '{item.call_id}' answers no earlier function_call item", param="input")
     output = item.output
     if output is None:
         raise BadRequest(f"{where}.output: required on a function_call_output item", param="input")
     if not isinstance(output, str):
-        texts = []
+        texts, images = [], []
         for index, part in enumerate(output):
-            if part.type != "input_text" or part.text is None:
+            at = f"{where}.output[{index}]"
+            if part.type == "input_image":
+                # Sent in the user message after the results, so held to what a user message's image is.
+                images.append(_image(part, at, "user", budget))
+            elif part.type == "input_text" and part.text is not None:
+                texts.append(part.text)
+            else:
                 raise BadRequest(
-                    f"{where}.output[{index}]: content of type '{part.type}' is not supported in a function call's "
-                    "output; send input_text",
+                    f"{at}: content of type '{part.type}' is not supported in a function call's output; send "
+                    "input_text or input_image",
                     param="input",
                 )
-            texts.append(part.text)
+        if images:
+            shown.add(item.call_id, images)
+            texts.append(_IMAGES_FOLLOW)
         output = "\n".join(texts)
     return Message(role="tool", content=output, tool_call_id=item.call_id)
 
@@ -479,8 +514,6 @@ def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: Im
             "themselves (AI SDK: providerOptions.openai.store = false)",
             param="input",
         )
-    if kind == "function_call_output":
-        return _function_call_output(item, where)
     if kind in _TOOL_ITEMS:
         raise BadRequest(
             f"{where}: {kind} items: only function tools are supported (model '{model.id}')", param="input"
