@@ -319,24 +319,91 @@ AGENTS_TOOL: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize(
-    ("tool", "kind", "setting"),
-    [
-        (WEB_SEARCH_TOOL, "web_search", 'web_search = "disabled"'),
-        (AGENTS_TOOL, "namespace", "[agents] enabled = false"),
-    ],
-)
-def test_codex_default_tools_it_cannot_run_here_are_refused_naming_the_setting(
-    service: str, fakes: Fakes, tool: dict[str, Any], kind: str, setting: str
-) -> None:
-    """A hosted search the model cannot run, or a namespace the chat types have no form for, is not a hint:
-    refused, with the Codex setting that leaves it out named."""
-    answer = post(service, codex_request(OPENING, tools=[SHELL_TOOL, tool]))
+def test_codex_default_web_search_is_refused_naming_the_setting(service: str, fakes: Fakes) -> None:
+    """A hosted search the model cannot run is not a hint: refused, with the Codex setting that leaves it out."""
+    answer = post(service, codex_request(OPENING, tools=[SHELL_TOOL, WEB_SEARCH_TOOL]))
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["param"] == "tools"
-    assert f"tools[1]: tools of type '{kind}' are not supported" in error["message"]
-    assert setting in error["message"]
+    assert "tools[1]: tools of type 'web_search' are not supported" in error["message"]
+    assert 'web_search = "disabled"' in error["message"]
+    assert fakes.openrouter.requests == []
+
+
+SPAWN_CALL = ToolCallScript(name="spawn_agent", arguments='{"plan":[]}', id="call_spawn")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_namespace_tools_are_offered_and_their_calls_name_the_namespace(
+    service: str, fakes: Fakes, stream: bool
+) -> None:
+    """Found from outside: Codex 0.171 sends its sub-agent tools as a ``namespace`` (on by default), and every
+    request was a 400 until ``[agents] enabled = false``. A namespace's functions are functions: the model is
+    offered them by name, and its call comes back with the ``namespace`` Codex routes it by
+    (``core/src/tools/router.rs``: ``ToolName::new(namespace, name)``; without it the call is "unsupported")."""
+    fakes.openrouter.script(Reply(tokens=(), tool_calls=(SPAWN_CALL,), finish="tool_calls"))
+    body = {**codex_request(OPENING, tools=[SHELL_TOOL, AGENTS_TOOL]), "stream": stream}
+    answer = post(service, body)
+    assert answer.status_code == 200, answer.text
+    sent = fakes.openrouter.last.json["tools"]
+    assert [tool["function"]["name"] for tool in sent] == ["shell", "spawn_agent"]
+    assert sent[1]["function"]["parameters"] == PLAN_TOOL["parameters"]
+    assert "Sub-agents." not in json.dumps(fakes.openrouter.last.json)
+    assert "tools.namespace.description" in _dropped(answer)  # the namespace's own: no place for it among functions
+    if stream:
+        calls = CodexTurn.read(answer.text).items
+        tools = None
+    else:
+        calls = answer.json()["output"]
+        tools = answer.json()["tools"]
+    assert [(c["type"], c["name"], c.get("namespace"), c["call_id"]) for c in calls] == [
+        ("function_call", "spawn_agent", "multi_agent_v1", "call_spawn")
+    ]
+    if tools is not None:  # echoed as sent, a namespace of its function
+        assert [tool["type"] for tool in tools] == ["function", "namespace"]
+        assert tools[1]["name"] == "multi_agent_v1" and tools[1]["tools"][0]["name"] == "spawn_agent"
+
+
+def test_a_namespaced_call_sent_back_is_the_function_call(service: str, fakes: Fakes) -> None:
+    """The next turn: Codex replays the call with its ``namespace``; it answers the function of that name."""
+    fakes.openrouter.script(Reply(tokens=["Spawned."]))
+    history = [
+        *OPENING,
+        {
+            "type": "function_call",
+            "name": "spawn_agent",
+            "namespace": "multi_agent_v1",
+            "arguments": '{"plan":[]}',
+            "call_id": "call_spawn",
+        },
+        {"type": "function_call_output", "call_id": "call_spawn", "output": "agent 1 started"},
+    ]
+    answer = post(service, codex_request(history, tools=[SHELL_TOOL, AGENTS_TOOL]))
+    assert answer.status_code == 200, answer.text
+    sent = fakes.openrouter.last.json["messages"]
+    assert sent[-2]["tool_calls"][0]["function"]["name"] == "spawn_agent"
+    assert sent[-1] == {"role": "tool", "content": "agent 1 started", "tool_call_id": "call_spawn"}
+
+
+@pytest.mark.parametrize(
+    ("tools", "words"),
+    [
+        ([{**AGENTS_TOOL, "tools": [{**SHELL_TOOL}]}, SHELL_TOOL], "tools[1].name: 'shell' is also tools[0].tools[0]"),
+        ([{**AGENTS_TOOL, "tools": [{"type": "custom", "name": "x"}]}], "tools[0].tools[0]: tools of type 'custom'"),
+        ([{**AGENTS_TOOL, "tools": []}], "tools[0].tools: a namespace needs at least one tool"),
+        ([{"type": "namespace", "tools": [PLAN_TOOL]}], "tools[0].name: required"),
+    ],
+)
+def test_namespaces_the_chat_tools_cannot_tell_apart_are_refused(
+    service: str, fakes: Fakes, tools: list[dict[str, Any]], words: str
+) -> None:
+    """The model is offered a namespace's functions by their own names: two tools of one name could not be told
+    apart when called, so they are a 400, as are tools inside it the chat types have no form for."""
+    answer = post(service, codex_request(OPENING, tools=tools))
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "tools"
+    assert words in error["message"]
     assert fakes.openrouter.requests == []
 
 

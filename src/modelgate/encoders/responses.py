@@ -21,7 +21,8 @@ out. Text and refusal in one reply are two parts of the one message, in the orde
 (``content_index`` 0, 1, ...).
 
 A tool call (``ToolCallDelta`` pieces of one ``index``) is a ``function_call`` item: ``response.output_item.added``
-(``call_id``, ``name``, empty ``arguments``), ``response.function_call_arguments.delta`` per fragment, then
+(``call_id``, ``name``, its ``namespace`` if the request offered the function in one, empty ``arguments``),
+``response.function_call_arguments.delta`` per fragment, then
 ``response.function_call_arguments.done`` and ``response.output_item.done`` with the whole ``arguments``. Calls
 stay open until the reply finishes (or text follows them), so pieces of two calls may interleave as upstreams
 send them; each piece finds its item by ``index``. A reply that only calls tools has no ``message`` item, as
@@ -105,6 +106,8 @@ class ResponseHead:
     #: Echoed as the request gave them (``ToolChoice``, ``FunctionTool``s, ``ResponseFormatTextConfig``).
     tool_choice: str | Mapping[str, Any] = "auto"
     tools: tuple[Mapping[str, Any], ...] = ()
+    #: The namespace of each function offered in one (``namespace`` tools): its calls name it.
+    namespaces: Mapping[str, str] = field(default_factory=dict)
     text_format: Mapping[str, Any] = field(default_factory=lambda: {"type": "text"})
     parallel_tool_calls: bool = True
     metadata: Mapping[str, str] | None = None
@@ -145,6 +148,7 @@ class _Item:
     status: str = "in_progress"
     call_id: str = ""
     name: str = ""
+    namespace: str | None = None
 
     def delta_prefix(self, part: _Part) -> bytes:
         """A delta event of ``part`` up to its text: built once per part, so a token costs one ``dumps``."""
@@ -163,7 +167,7 @@ class _Item:
     def as_output(self, *, with_content: bool = True) -> dict[str, Any]:
         if self.kind == "function_call":
             arguments = "".join(self.text) if with_content else ""
-            return {
+            call = {
                 "id": self.id,
                 "type": "function_call",
                 "call_id": self.call_id,
@@ -171,6 +175,7 @@ class _Item:
                 "arguments": arguments,
                 "status": self.status,
             }
+            return call if self.namespace is None else {**call, "namespace": self.namespace}
         content = [part.as_output() for part in self.parts] if with_content else []
         if self.kind == "message":
             return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
@@ -300,12 +305,14 @@ class ResponseBuilder:
             # Every kind's adapter names the call on its first piece; an id is made only if one did not.
             item.call_id = piece.id or f"call_{uuid.uuid4().hex}"
             item.name = piece.name or ""
+            item.namespace = self.head.namespaces.get(item.name)
             self.items.append(item)
             self._calls[piece.index] = item
             added = item.as_output(with_content=False)
             out.append({"type": "response.output_item.added", "output_index": item.output_index, "item": added})
         elif piece.name and not item.name:
             item.name = piece.name
+            item.namespace = self.head.namespaces.get(item.name)
         if piece.arguments:
             item.text.append(piece.arguments)
             where = {"item_id": item.id, "output_index": item.output_index}

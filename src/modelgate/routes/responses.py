@@ -33,6 +33,7 @@ from modelgate.routes.responses_input import (
     echo_tools,
     refuse_stateful,
     to_chat_request,
+    tool_namespaces,
 )
 
 #: As on /v1/chat/completions: a body without Content-Type is read as JSON, another media type is a 415.
@@ -77,6 +78,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         top_p=body.top_p,
         tool_choice=echo_tool_choice(body.tool_choice),
         tools=echo_tools(body),
+        namespaces=tool_namespaces(body),
         text_format=echo_text_format(body),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         metadata=body.metadata,

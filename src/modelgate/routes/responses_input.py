@@ -26,7 +26,7 @@ verbosities are refused: they ask for data or an answer the client would not get
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -124,11 +124,8 @@ _TOOL_ITEMS = frozenset(
 
 
 #: Where a client known to send such a tool by default turns it off: Codex sends the hosted ``web_search`` unless told
-#: not to (the ``cached`` default), and (0.171) its sub-agent tools as a ``namespace`` of functions.
-_TOOL_SETTINGS: Mapping[str, str] = {
-    "web_search": ' (Codex: web_search = "disabled" in config.toml)',
-    "namespace": " (Codex: [agents] enabled = false in config.toml)",
-}
+#: not to (the ``cached`` default).
+_TOOL_SETTINGS: Mapping[str, str] = {"web_search": ' (Codex: web_search = "disabled" in config.toml)'}
 
 
 class InputPart(BaseModel):
@@ -179,9 +176,10 @@ TextOrItems = Annotated[
 
 
 class ToolParam(BaseModel):
-    """``FunctionTool``, flat (not nested under ``function`` as in Chat Completions). Other tool types
-    (``web_search``, ``file_search``, ``mcp``, …) parse here only to be refused by name; the function tool
-    fields we cannot carry (``defer_loading``, ``output_schema``, …) are kept as extras to be refused."""
+    """``FunctionTool``, flat (not nested under ``function`` as in Chat Completions), or a ``namespace`` of them.
+    Other tool types (``web_search``, ``file_search``, ``mcp``, …) parse here only to be refused by name; the
+    function tool fields we cannot carry (``defer_loading``, ``output_schema``, …) are kept as extras to be
+    refused."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -190,6 +188,8 @@ class ToolParam(BaseModel):
     description: WireText | None = None
     parameters: WireJSON | None = Field(default=None, description="The arguments' JSON Schema")
     strict: bool | None = None
+    #: A ``namespace``'s own tools (``NamespaceToolParam``; Codex sends its sub-agent tools so).
+    tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
 
 
 class ToolChoiceParam(BaseModel):
@@ -339,22 +339,75 @@ def unmade_extras(body: ResponsesRequest) -> tuple[str, ...]:
 
 
 def to_tools(body: ResponsesRequest, model: CatalogueModel) -> tuple[Tool, ...]:
+    """The function tools, a ``namespace``'s among them under their own names: the chat types have no namespaces,
+    and a call names its namespace again on the way back (``tool_namespaces``). So each name must be one tool's."""
     tools: list[Tool] = []
-    for index, tool in enumerate(body.tools or ()):
-        where = f"tools[{index}]"
-        if tool.type != "function":
+    named: dict[str, str] = {}
+    for where, param in _functions(body.tools or ()):
+        tool = _function_tool(param, where, model)
+        if tool.name in named:
             raise BadRequest(
-                f"{where}: tools of type '{tool.type}' are not supported (model '{model.id}'); send function tools"
-                + _TOOL_SETTINGS.get(tool.type, ""),
+                f"{where}.name: '{tool.name}' is also {named[tool.name]}; a call could not tell them apart",
                 param="tools",
             )
-        if tool.name is None:
-            raise BadRequest(f"{where}.name: required", param="tools")
-        unsupported = sorted(name for name, value in (tool.model_extra or {}).items() if value is not None)
-        if unsupported:
-            raise BadRequest(f"{where}: {', '.join(unsupported)}: not supported (model '{model.id}')", param="tools")
-        tools.append(Tool(name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
+        named[tool.name] = where
+        tools.append(tool)
+    if len(tools) > MAX_TOOLS:
+        raise BadRequest(
+            f"tools: {len(tools)} functions (with those in namespaces) are more than the limit of {MAX_TOOLS}",
+            param="tools",
+        )
     return tuple(tools)
+
+
+def _functions(params: Sequence[ToolParam]) -> list[tuple[str, ToolParam]]:
+    """Each tool with where it was sent; a namespace stands for its own tools."""
+    found: list[tuple[str, ToolParam]] = []
+    for index, param in enumerate(params):
+        where = f"tools[{index}]"
+        if param.type != "namespace":
+            found.append((where, param))
+            continue
+        if param.name is None:
+            raise BadRequest(f"{where}.name: required", param="tools")
+        if not param.tools:
+            raise BadRequest(f"{where}.tools: a namespace needs at least one tool", param="tools")
+        found += [(f"{where}.tools[{inner}]", tool) for inner, tool in enumerate(param.tools)]
+    return found
+
+
+def _function_tool(tool: ToolParam, where: str, model: CatalogueModel) -> Tool:
+    if tool.type != "function":
+        raise BadRequest(
+            f"{where}: tools of type '{tool.type}' are not supported (model '{model.id}'); send function tools"
+            + _TOOL_SETTINGS.get(tool.type, ""),
+            param="tools",
+        )
+    if tool.name is None:
+        raise BadRequest(f"{where}.name: required", param="tools")
+    extras = {**(tool.model_extra or {}), "tools": tool.tools}
+    unsupported = sorted(name for name, value in extras.items() if value is not None)
+    if unsupported:
+        raise BadRequest(f"{where}: {', '.join(unsupported)}: not supported (model '{model.id}')", param="tools")
+    return Tool(name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict)
+
+
+def _namespace_description(body: ResponsesRequest) -> tuple[str, ...]:
+    """A namespace's own description has no place among chat tools (each function keeps its own): named dropped."""
+    described = any(tool.type == "namespace" and tool.description for tool in body.tools or ())
+    return ("tools.namespace.description",) if described else ()
+
+
+def tool_namespaces(body: ResponsesRequest) -> dict[str, str]:
+    """The namespace of each function offered in one: its calls name it (``ResponseFunctionToolCall.namespace``),
+    which is how Codex finds the tool (``ToolName::new(namespace, name)`` in ``core/src/tools/router.rs``)."""
+    return {
+        tool.name: param.name
+        for param in body.tools or ()
+        if param.type == "namespace" and param.name is not None
+        for tool in param.tools or ()
+        if tool.name is not None
+    }
 
 
 def _tool_choice(body: ResponsesRequest, tools: tuple[Tool, ...], model: CatalogueModel) -> ToolChoice | None:
@@ -587,7 +640,7 @@ def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Set
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body),
         cache=CacheBreak(body.cache_control.ttl) if body.cache_control is not None else None,
-        not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body),
+        not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body) + _namespace_description(body),
     )
 
 
@@ -599,14 +652,18 @@ def echo_text_format(body: ResponsesRequest) -> dict[str, Any]:
 
 
 def echo_tools(body: ResponsesRequest) -> tuple[dict[str, Any], ...]:
-    """The function tools as ``Response.tools`` lists them (``FunctionTool``)."""
-    return tuple(
-        {
-            "type": "function",
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-            "strict": tool.strict,
-        }
-        for tool in body.tools or ()
-    )
+    """The tools as ``Response.tools`` lists them (``FunctionTool``, ``NamespaceTool``)."""
+    return tuple(_echo_tool(tool) for tool in body.tools or ())
+
+
+def _echo_tool(tool: ToolParam) -> dict[str, Any]:
+    if tool.type == "namespace":
+        tools = [_echo_tool(inner) for inner in tool.tools or ()]
+        return {"type": "namespace", "name": tool.name, "description": tool.description, "tools": tools}
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
