@@ -392,6 +392,7 @@ def test_a_namespaced_call_sent_back_is_the_function_call(service: str, fakes: F
         ([{**AGENTS_TOOL, "tools": [{"type": "custom", "name": "x"}]}], "tools[0].tools[0]: tools of type 'custom'"),
         ([{**AGENTS_TOOL, "tools": []}], "tools[0].tools: a namespace needs at least one tool"),
         ([{"type": "namespace", "tools": [PLAN_TOOL]}], "tools[0].name: required"),
+        ([{**AGENTS_TOOL, "strict": True, "x": 1}], "tools[0]: strict, x: not a namespace's field"),
     ],
 )
 def test_namespaces_the_chat_tools_cannot_tell_apart_are_refused(

@@ -372,6 +372,11 @@ def _functions(params: Sequence[ToolParam]) -> list[tuple[str, ToolParam]]:
             raise BadRequest(f"{where}.name: required", param="tools")
         if not param.tools:
             raise BadRequest(f"{where}.tools: a namespace needs at least one tool", param="tools")
+        # A namespace is its name, description and tools (``NamespaceToolParam``): anything more is not ignored.
+        extras = {**(param.model_extra or {}), "parameters": param.parameters, "strict": param.strict}
+        unsupported = sorted(name for name, value in extras.items() if value is not None)
+        if unsupported:
+            raise BadRequest(f"{where}: {', '.join(unsupported)}: not a namespace's field", param="tools")
         found += [(f"{where}.tools[{inner}]", tool) for inner, tool in enumerate(param.tools)]
     return found
 
