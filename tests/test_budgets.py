@@ -37,6 +37,8 @@ from modelgate.budgets import (
 from modelgate.catalogue import Pricing, load_catalogue
 from modelgate.errors import CatalogueError, RateLimited
 from modelgate.ledger import Ledger
+from modelgate.providers import PROVIDERS
+from modelgate.providers.chat_completions import ChatCompletionsProvider
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import wait_for
@@ -349,6 +351,54 @@ def test_usd_budget_per_month_counts_the_priced_cost(store_kind: str, redis_url:
             states = {state.name: state for state in await budgets.state("k", budget)}
             assert states["usd_per_month"].spent == pytest.approx(0.001)
             assert states["tokens_per_day"].spent == 600
+
+    asyncio.run(scenario())
+
+
+def test_a_usd_known_only_from_the_reply_holds_the_rest_of_each_usd_limit(store_kind: str, redis_url: str) -> None:
+    """An estimate without USD (an unpriced model its upstream bills by reply) holds what is left of each USD limit,
+    whatever else the key holds, so the key's next request is told its budget is held; its tokens are held as any."""
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(usd_per_day=0.001, usd_per_month=0.01, tokens_per_day=1000)
+    priced, unknown = Charge(100, 200_000), Charge(100, 0, usd_unknown=True)  # 0.0002 USD; unknown
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            await budgets.settle(await budgets.reserve("k", "ci", budget, priced, 10), Charge(50, 300_000))
+            running = await budgets.reserve("k", "ci", budget, priced, 10)
+            unpriced = await budgets.reserve("k", "ci", budget, unknown, 10)
+            states = {state.name: state for state in await budgets.state("k", budget)}
+            nothing = pytest.approx(0, abs=1e-12)  # (USD shown as floats)
+            assert (states["usd_per_day"].reserved, states["usd_per_day"].remaining) == (pytest.approx(0.0007), nothing)
+            assert (states["usd_per_month"].reserved, states["usd_per_month"].remaining) == (
+                pytest.approx(0.0097),
+                nothing,
+            )
+            assert (states["tokens_per_day"].reserved, states["tokens_per_day"].remaining) == (200, 750)
+            with pytest.raises(RateLimited) as held:
+                await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
+            assert refusal(held)[0] == 1 and refusal(held)[2]["budget"] == "usd_per_day"
+            if store_kind == "redis":  # a reservation sent again (its reply lost) is held once, not a rest twice
+                [day] = [
+                    c for c in budgets_module.counters("k", budget, budgets.now()) if c.limit.name == "usd_per_day"
+                ]
+                assert await store.reserve([day], unpriced.id, [budgets_module.REST], budgets.now()) == []
+                assert (await budgets.state("k", budget))[1].reserved == pytest.approx(0.0007)  # usd_per_day
+
+            await budgets.settle(unpriced, Charge(60, 900_000))  # its reply said 0.0009: the day is 0.0002 over
+            states = {state.name: state for state in await budgets.state("k", budget)}
+            assert (states["usd_per_day"].spent, states["usd_per_day"].reserved) == (
+                pytest.approx(0.0012),
+                pytest.approx(0.0002),
+            )
+            assert (states["usd_per_month"].spent, states["usd_per_month"].reserved) == (
+                pytest.approx(0.0012),
+                pytest.approx(0.0002),
+            )
+            await budgets.settle(running, Charge(50, 100_000))
+            with pytest.raises(RateLimited, match=r"has spent its 0\.001 USD per day"):
+                await budgets.reserve("k", "ci", budget, unknown, 10)
 
     asyncio.run(scenario())
 
@@ -720,3 +770,51 @@ def test_a_fallback_that_may_cost_more_is_held_at_its_own_maximum(fakes: Fakes, 
         total = wait_for(spent, "the budget to be settled")
     assert statuses.count(200) >= 1
     assert isinstance(total, int) and total < limit + 8 + 100, (statuses, total)
+
+
+def test_the_kinds_that_read_what_a_reply_cost_say_so_to_the_budgets() -> None:
+    """``Provider.reports_cost`` (an unpriced model may still cost money) is set where the kind reads ``usage.cost``."""
+    for kind in PROVIDERS.values():
+        reads = getattr(kind, "read_cost", ChatCompletionsProvider.read_cost) is not ChatCompletionsProvider.read_cost
+        assert kind.reports_cost == reads, kind.name
+
+
+def test_an_unpriced_model_billed_by_its_reply_holds_the_rest_of_a_usd_budget(fakes: Fakes, tmp_path: Path) -> None:
+    """An OpenRouter model without ``[models.pricing]`` costs what its reply says (``usage.cost``), which nothing
+    knows before the call: it was held at 0 USD, so a burst of requests all passed a USD limit and spent a reply
+    each past it. While one runs it now holds the rest of the key's USD budget: the others get the budget's busy 429
+    and the key ends at most one reply over its limit."""
+    key, limit, cost = "mg-budget-unpriced", 0.001, 0.0008
+    keys = f'[[keys]]\nname = "unpriced"\nkey = "{key}"\n[keys.budget]\nusd_per_day = {limit}\n'
+    (tmp_path / "keys.toml").write_text(keys, encoding="utf-8")
+    catalogue = write_catalogue(
+        tmp_path / "catalogue.toml",
+        model_toml("acme", "unpriced", provider="openrouter", upstream="acme/unpriced"),
+        header='[server]\nkeys_file = "keys.toml"\n',
+    )
+    fakes.openrouter.default = Reply(tokens=["x"] * 40, delay=0.02, usage=(8, 40), options={"cost": cost})  # ~1 s
+    settings = ledger_settings(catalogue, tmp_path, fakes, probe_interval=0)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"model": "acme/unpriced", "messages": MESSAGES}
+            return await asyncio.gather(
+                *(client.post(f"{url}/v1/chat/completions", json=body, headers=headers) for _ in range(6))
+            )
+
+    with serve_in_thread(create_app(settings)) as url:
+        answers = asyncio.run(burst(url))
+
+        def spent() -> object | None:
+            [found] = httpx.get(f"{url}/api/usage?limit=0", headers=headers, timeout=30).json()["budget"]
+            return found["spent"] if found["reserved"] == 0 else None
+
+        total = wait_for(spent, "the budget to be settled")
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(200) >= 1
+    for refused in (answer for answer in answers if answer.status_code != 200):
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"]["message"].startswith("Budget nearly spent"), refused.text
+    assert isinstance(total, float) and total < limit + cost, (statuses, total)

@@ -8,8 +8,13 @@ else the cost at the catalogue's ``[models.pricing]`` of the model that answered
 ``Pricing.cost``: reported prompt-cache hits at ``cached_input``. An estimate prices the whole prompt at ``input``
 (hits are not known before the reply), which the catalogue requires to be at least ``cached_input``, so a
 reservation still covers a charge at the catalogue's prices. An estimate can only use the catalogue's prices (the
-upstream says what it billed once it is over): an unpriced model is held at 0 USD, and a reported cost above the
-list price is charged all the same.
+upstream says what it billed once it is over), so a reported cost above the list price is charged all the same.
+A model without prices whose upstream bills each reply (``Provider.reports_cost``: OpenRouter) has no USD
+estimate at all: its reservation holds *the rest* of each USD limit (``REST``: the limit less spent and held),
+so while it runs the key's other requests get the busy 429 and the key ends at most that one reply over its
+limit (held at 0 USD, N concurrent requests all passed the check and overspent it by N replies). The price of
+that bound: while such a request runs, its key starts nothing else; ``[models.pricing]`` (an estimate of what the
+upstream charges) lets its requests run side by side again. Other unpriced models cost 0 USD (tokens still count).
 
 **Reserve, then settle.** Each limit is a counter per key and period (``2026-12-02``, ``2026-12``) of
 two numbers: *spent* (what finished requests cost) and *held* (the reservations of requests still running).
@@ -62,7 +67,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
@@ -157,6 +162,9 @@ class Charge:
 
     tokens: int
     nano_usd: int
+    #: An estimate whose USD only the reply will tell (an unpriced model whose upstream bills by reply): it holds
+    #: the rest of each USD limit (``REST``).
+    usd_unknown: bool = False
 
     @classmethod
     def of(
@@ -169,8 +177,14 @@ class Charge:
     def units(self, measure: Measure) -> int:
         return self.tokens if measure == "tokens" else self.nano_usd
 
+    def held(self, measure: Measure) -> int:
+        """What reserving this charge holds in a ``measure`` counter."""
+        return REST if measure == "usd" and self.usd_unknown else self.units(measure)
+
 
 NOTHING = Charge(0, 0)
+#: A hold of "the rest": what is left of the counter's limit (its limit less spent and held) when it is made.
+REST = -1
 
 
 # --- periods ---------------------------------------------------------------------------------------
@@ -242,14 +256,13 @@ class BudgetCounters(Protocol):
     restore_adds: bool
 
     async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
-        """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` under ``hold_id``
-        for ``HOLD_SECONDS`` and return nothing; else hold nothing and return every full counter."""
+        """Atomically: if every counter's spent + held is below its limit, hold ``amounts`` (``REST``: what is left
+        of that limit) under ``hold_id`` for ``HOLD_SECONDS`` and return nothing; else hold nothing and return every
+        full counter."""
         ...
 
-    async def settle(
-        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
-    ) -> None:
-        """Add ``spent`` (the actual charges) and drop the hold ``hold_id`` (of ``amounts``)."""
+    async def settle(self, counters: list[Counter], hold_id: str, spent: list[int], now: datetime) -> None:
+        """Add ``spent`` (the actual charges) and drop the hold ``hold_id``."""
         ...
 
     async def read(self, counters: list[Counter], now: datetime) -> list[Usage]: ...
@@ -292,22 +305,23 @@ class MemoryCounters:
 
     async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
         stamp = now.timestamp()
+        usages = [self._usage(counter.key, stamp) for counter in counters]
         refusals = [
             refusal
-            for index, counter in enumerate(counters)
-            if (refusal := _refusal(index, self._usage(counter.key, stamp), counter.limit.units)) is not None
+            for index, (counter, usage) in enumerate(zip(counters, usages, strict=True))
+            if (refusal := _refusal(index, usage, counter.limit.units)) is not None
         ]
         if refusals:
             return refusals
-        for counter, amount in zip(counters, amounts, strict=True):
+        for counter, usage, amount in zip(counters, usages, amounts, strict=True):
+            if amount == REST:
+                amount = counter.limit.units - usage.spent - usage.held
             tally = self._tally(counter, now)
             tally.holds = {k: v for k, v in tally.holds.items() if v[0] > stamp}  # lapsed holds go
             tally.holds[hold_id] = (stamp + HOLD_SECONDS, amount)
         return []
 
-    async def settle(
-        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
-    ) -> None:
+    async def settle(self, counters: list[Counter], hold_id: str, spent: list[int], now: datetime) -> None:
         for counter, charge in zip(counters, spent, strict=True):
             tally = self._tally(counter, now)
             tally.spent += charge
@@ -341,22 +355,36 @@ class MemoryCounters:
 
 
 # Each counter is two keys: KEYS[i] = spent (an integer), KEYS[n + i] = its holds (a sorted set, member
-# "<hold id>:<amount>", score = when the hold lapses, ms on the Redis server's clock).
+# "<hold id>:<amount>", score = when the hold lapses, ms on the Redis server's clock). A hold is found by its id
+# (``_HOLD_OF``): a hold of ``REST`` is made of an amount only the script knows.
 #
 # The limiter's client sends a command again when its connection broke (``RedisBackend.start``), and the
-# first one may have run: both scripts do nothing the second time.
-#
-# Reserve: ARGV = hold id, hold ms, n limits, n amounts, n TTLs (s). Returns {} when held (or held already);
-# else, for every full counter, i (1-based) when its spent has reached its limit, -i when it is full only
+# first one may have run: every script does nothing the second time.
+_HOLD_OF = """
+local function hold_of(key, id)
+  local prefix = id .. ':'
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    if string.sub(member, 1, #prefix) == prefix then
+      return member
+    end
+  end
+  return nil
+end
+"""
+
+# Reserve: ARGV = hold id, hold ms, n limits, n amounts (-1: REST), n TTLs (s). Returns {} when held (or held
+# already); else, for every full counter, i (1-based) when its spent has reached its limit, -i when it is full only
 # because of holds.
-_RESERVE = """
+_RESERVE = (
+    _HOLD_OF
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS / 2
-if redis.call('ZSCORE', KEYS[n + 1], ARGV[1] .. ':' .. ARGV[3 + n]) then
+if hold_of(KEYS[n + 1], ARGV[1]) then
   return {}
 end
-local full = {}
+local full, rest = {}, {}
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[n + i], '-inf', now)
   local held = 0
@@ -367,34 +395,45 @@ for i = 1, n do
   if spent + held >= limit then
     full[#full + 1] = spent >= limit and i or -i
   end
+  rest[i] = limit - spent - held
 end
 if #full > 0 then
   return full
 end
 for i = 1, n do
-  redis.call('ZADD', KEYS[n + i], now + tonumber(ARGV[2]), ARGV[1] .. ':' .. ARGV[2 + n + i])
+  local amount = ARGV[2 + n + i]
+  if tonumber(amount) < 0 then
+    amount = string.format('%d', rest[i])
+  end
+  redis.call('ZADD', KEYS[n + i], now + tonumber(ARGV[2]), ARGV[1] .. ':' .. amount)
   redis.call('EXPIRE', KEYS[n + i], ARGV[2 + 2 * n + i])
 end
 return {}
 """
+)
 
-# Settle: KEYS[2n + 1] = the settlement's mark, set once per hold id; ARGV = hold id, n amounts (as held),
-# n charges, n TTLs (s), the mark's TTL (s). A charge of 0 (a hold given back) creates no counter, so
-# ``restore`` still fills a missing one.
-_SETTLE = """
+# Settle: KEYS[2n + 1] = the settlement's mark, set once per hold id; ARGV = hold id, n charges, n TTLs (s), the
+# mark's TTL (s). A charge of 0 (a hold given back) creates no counter, so ``restore`` still fills a missing one.
+_SETTLE = (
+    _HOLD_OF
+    + """
 local n = (#KEYS - 1) / 2
-if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[2 + 3 * n]) then
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[2 + 2 * n]) then
   return 0
 end
 for i = 1, n do
-  if tonumber(ARGV[1 + n + i]) > 0 then
-    redis.call('INCRBY', KEYS[i], ARGV[1 + n + i])
-    redis.call('EXPIRE', KEYS[i], ARGV[1 + 2 * n + i])
+  if tonumber(ARGV[1 + i]) > 0 then
+    redis.call('INCRBY', KEYS[i], ARGV[1 + i])
+    redis.call('EXPIRE', KEYS[i], ARGV[1 + n + i])
   end
-  redis.call('ZREM', KEYS[n + i], ARGV[1] .. ':' .. ARGV[1 + i])
+  local hold = hold_of(KEYS[n + i], ARGV[1])
+  if hold then
+    redis.call('ZREM', KEYS[n + i], hold)
+  end
 end
 return 0
 """
+)
 #: How long a settlement's mark stays: far longer than a re-send takes (at once, on a fresh connection).
 SETTLED_MARK_SECONDS = 60
 
@@ -425,11 +464,9 @@ class RedisCounters:
             raise BudgetUnavailable() from exc
         return [Refusal(abs(which) - 1, busy=which < 0) for which in found]
 
-    async def settle(
-        self, counters: list[Counter], hold_id: str, amounts: list[int], spent: list[int], now: datetime
-    ) -> None:
+    async def settle(self, counters: list[Counter], hold_id: str, spent: list[int], now: datetime) -> None:
         keys = [*self._keys(counters), f"{self.prefix}budget-settled:{hold_id}"]
-        args: list[str | int] = [hold_id, *amounts, *spent, *(c.ttl(now) for c in counters), SETTLED_MARK_SECONDS]
+        args: list[str | int] = [hold_id, *spent, *(c.ttl(now) for c in counters), SETTLED_MARK_SECONDS]
         try:
             await self._client().eval(_SETTLE, len(keys), *keys, *args)
         except self._failures as exc:
@@ -558,7 +595,7 @@ class Budgets:
             except TimeoutError:  # a ledger that does not answer: the counters start from zero, no request waits more
                 self.restored(reservation.key_id)
         held = list(reservation.counters)
-        amounts = [reservation.estimate.units(c.limit.measure) for c in held]
+        amounts = [reservation.estimate.held(c.limit.measure) for c in held]
         refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
         if refusals:
             raise refused(key_name, held, refusals, reservation.admitted_at)
@@ -599,11 +636,7 @@ class Budgets:
     async def _settle(self, reservation: Reservation, actual: Charge) -> None:
         counters = list(reservation.counters)
         await self.store.settle(
-            counters,
-            reservation.id,
-            [reservation.estimate.units(c.limit.measure) for c in counters],
-            [actual.units(c.limit.measure) for c in counters],
-            reservation.admitted_at,
+            counters, reservation.id, [actual.units(c.limit.measure) for c in counters], reservation.admitted_at
         )
 
     async def give_back(self, reservation: Reservation) -> None:
@@ -665,16 +698,20 @@ def busy(key_name: str, counter: Counter) -> RateLimited:
 # --- a request's estimate and actual charge --------------------------------------------------------
 
 
-def estimate(model: CatalogueModel, request: ChatRequest) -> tuple[Charge, int]:
+def estimate(model: CatalogueModel, request: ChatRequest, *, billed_by_reply: bool = False) -> tuple[Charge, int]:
     """The most ``request`` to ``model`` may cost (its prompt, estimated, + the most it may generate), and
-    the prompt part of it."""
+    the prompt part of it. ``billed_by_reply``: ``model``'s upstream says what each reply cost
+    (``Provider.reports_cost``), so without prices its USD is unknown, not 0."""
     from modelgate.providers._http import estimate_prompt_tokens  # not at import: auth imports this module
 
     prompt = estimate_prompt_tokens(request.messages)
     limit = model.parameters.max_new_tokens
     wanted = request.params.max_new_tokens
     completion = min(wanted, limit) if wanted is not None else limit
-    return Charge.of(prompt, completion, model.pricing), prompt
+    charge = Charge.of(prompt, completion, model.pricing)
+    if model.pricing is None and billed_by_reply:
+        charge = replace(charge, usd_unknown=True)
+    return charge, prompt
 
 
 def worst_case(estimates: Iterable[tuple[Charge, int]]) -> tuple[Charge, int]:
@@ -682,7 +719,11 @@ def worst_case(estimates: Iterable[tuple[Charge, int]]) -> tuple[Charge, int]:
     cost more per token), and the largest prompt part."""
     charges = list(estimates)
     return (
-        Charge(max(c.tokens for c, _ in charges), max(c.nano_usd for c, _ in charges)),
+        Charge(
+            max(c.tokens for c, _ in charges),
+            max(c.nano_usd for c, _ in charges),
+            any(c.usd_unknown for c, _ in charges),
+        ),
         max(prompt for _, prompt in charges),
     )
 

@@ -87,7 +87,10 @@ async def open_stream(
     if admission.budget is not None:  # first: a key that has spent it reaches no upstream (and has no ledger row)
         # Held at the most any model that may answer could cost: a fallback generating more (or priced where the
         # requested model is not) must not run on a smaller hold.
-        await admission.reserve_budget([(c, _for_model(request, c)) for c in _candidates(catalogue, model)])
+        await admission.reserve_budget(
+            [(c, _for_model(request, c)) for c in _candidates(catalogue, model)],
+            billed_by_reply={name for name, provider in providers.items() if provider.reports_cost},
+        )
     obs = current_observation()
     attempts: list[tuple[str, str]] = []
     if obs is not None:  # the log line names the requested model even when nothing answers

@@ -33,7 +33,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -639,16 +639,23 @@ class Admission:
         key = self.principal.key
         return key.budget if key is not None else None
 
-    async def reserve_budget(self, calls: Sequence[tuple[CatalogueModel, ChatRequest]]) -> None:
+    async def reserve_budget(
+        self, calls: Sequence[tuple[CatalogueModel, ChatRequest]], billed_by_reply: Container[str] = frozenset()
+    ) -> None:
         """Hold the most the request may cost in its key's budget, or raise ``RateLimited`` (429) when spent.
 
         ``calls``: the request as each model that may answer it would be sent (the requested model, admitted by
         ``admit_model``, and its fallbacks, each with its own defaults); the hold is the most any of them the key may
-        use could cost. Settled to the actual cost by ``release``."""
+        use could cost. ``billed_by_reply``: the provider instances whose upstream says what each reply cost
+        (``budgets.estimate``). Settled to the actual cost by ``release``."""
         key = self.principal.key
         if key is None or key.budget is None or self._reservation is not None or self._pending is not None:
             return
-        most, prompt = budgets.worst_case(budgets.estimate(m, r) for m, r in calls if may_call(self.principal, m.id))
+        most, prompt = budgets.worst_case(
+            budgets.estimate(m, r, billed_by_reply=m.provider in billed_by_reply)
+            for m, r in calls
+            if may_call(self.principal, m.id)
+        )
         self._obs = current_observation()
         reservation = self._limiter.budgets.reservation(key.key_id, key.budget, most, prompt)
         # Recorded before the store answers: a request cancelled meanwhile (its hold may be made in Redis, the

@@ -98,6 +98,10 @@ class Provider(ABC):
     #: on. The other kinds' servers document none (OpenAI's own refuses a field it does not know), so there they are
     #: left out and reported (``lost_hints``).
     carries_cache_control: ClassVar[bool] = False
+    #: Whether the upstream says what each reply cost (``Usage.cost``, read by the kind's ``read_cost``): a model it
+    #: serves without catalogue prices may still cost money, which no budget can price before the call
+    #: (``budgets.estimate``).
+    reports_cost: ClassVar[bool] = False
     #: The capabilities this adapter can carry at all; a model has those of its catalogue entry that are here.
     capabilities: ClassVar[frozenset[Capability]] = frozenset({"reasoning"})
     #: Tool controls (``ChatRequest.tool_controls`` names) the protocol has no form for: left to the model, reported

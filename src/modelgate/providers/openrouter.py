@@ -157,16 +157,16 @@ class OpenRouter(ChatCompletionsProvider):
     probe_with_key = False  # GET /models is free and needs no key (§3.6)
     read_error = staticmethod(read_error)
     read_cost = staticmethod(billed_cost)
-
-    @staticmethod
-    def quota_pool(upstream_model: str) -> str | None:
-        return FREE_POOL if upstream_model.endswith(FREE_POOL) else None
-
+    reports_cost = True
     carries_cache_control = True
     carries_reasoning_details = True
     #: Its API reference (openrouter.ai/docs, OpenAPI ``ChatRequest.stop``: "Stop sequences (up to 4)",
     #: ``maxItems: 4``).
     max_stop_sequences = 4
+
+    @staticmethod
+    def quota_pool(upstream_model: str) -> str | None:
+        return FREE_POOL if upstream_model.endswith(FREE_POOL) else None
 
     def build_body(self, model: CatalogueModel, request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
         body = super().build_body(model, request, stream=stream)
