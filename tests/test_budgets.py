@@ -235,8 +235,9 @@ def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatc
 
     async def scenario() -> None:
         async with stores(store_kind, redis_url) as (store,):
-            budgets = Budgets(store, clock if store_kind == "memory" else time.time)
-            await budgets.reserve("k", "ci", budget, Charge(100, 0), 10)  # and then the instance dies
+            dying, budgets = (Budgets(store, clock if store_kind == "memory" else time.time) for _ in range(2))
+            await dying.reserve("k", "ci", budget, Charge(100, 0), 10)
+            await dying.stop()  # and then its instance dies: nothing renews or settles the hold
             with pytest.raises(RateLimited, match="held by its running requests"):
                 await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
             clock.now += 2  # the memory store's clock; Redis lapses it on its own clock
@@ -252,6 +253,52 @@ def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatc
             assert state.spent == 0  # never charged: its instance died with the request
 
     asyncio.run(scenario())
+
+
+def test_a_renewal_keeps_a_running_hold_and_brings_back_no_settled_one(store_kind: str, redis_url: str) -> None:
+    clock = Clock("2026-12-02T10:00:00")
+    budget = Budget(tokens_per_day=100)
+
+    async def scenario() -> None:
+        async with stores(store_kind, redis_url) as (store,):
+            budgets = Budgets(store, clock)
+            running = await budgets.reserve("k", "ci", budget, Charge(30, 0), 10)
+            ended = await budgets.reserve("k", "ci", budget, Charge(20, 0), 10)
+            await budgets.settle(ended, Charge(15, 0))
+            current = budgets_module.counters("k", budget, budgets.now())
+            await store.renew([(current, running.id), (current, ended.id)], budgets.now())
+            assert [(s.spent, s.reserved) for s in await budgets.state("k", budget)] == [(15, 30)]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("counted_in", ["memory", "redis"])
+def test_a_call_longer_than_a_holds_life_stays_held_until_it_ends(
+    counted_in: str, fakes: Fakes, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold lapses ``HOLD_SECONDS`` after it was made (an hour), so that a killed instance's requests do not block
+    their key forever; a stream (or a slow reasoning model) running longer stopped counting, and the key's next
+    requests passed a budget the stream still spends. Its instance now renews it while it runs."""
+    monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
+    fakes.ollama.default = Reply(tokens=["x"] * 60, delay=0.05)  # 40 tokens in: 2 s, twice the hold's life
+    more = {"redis_url": redis_url} if counted_in == "redis" else {}
+    with serve_in_thread(create_app(budgeted_settings(fakes, tmp_path, **more))) as url:
+        with httpx.stream(
+            "POST", f"{url}/api/ai/ollama/tiny/chat", json={"messages": MESSAGES}, headers=bearer("capped"), timeout=30
+        ) as streaming:
+            assert streaming.status_code == 200
+            relayed = 0
+            lines = streaming.iter_lines()
+            while relayed < 40:
+                relayed += next(lines).startswith("0:")
+            # 2 s into the stream, its hold (8 + 100 of the key's 40 tokens) still fills the budget.
+            refused = chat(url, "capped")
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert budget_state(url, "capped")["tokens_per_day"]["reserved"] == PROMPT_ESTIMATE + 100
+            for _ in lines:
+                pass
+        assert settled(url, "capped")["tokens_per_day"]["spent"] == 11 + 60  # ended: its hold gone, its usage charged
 
 
 def test_an_unreachable_redis_fails_closed_with_503() -> None:

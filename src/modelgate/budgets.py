@@ -45,16 +45,17 @@ undercounts, is charged its actual usage anyway and can overshoot by that differ
 **Where the counters live.** With ``MODELGATE_REDIS_URL`` set: in that Redis (the limiter's), so every
 worker and instance shares them — ``RedisCounters``: one Lua script checks and reserves (one round trip at
 admission) and one settles (one at the end); a counter is an integer (spent) and a sorted set of holds
-(each lapsing after ``HOLD_SECONDS``), expiring an hour after its period ends. Without Redis:
-in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
+(each lapsing ``HOLD_SECONDS`` after it was made or last renewed), expiring an hour after its period ends.
+Without Redis: in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
 touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the fast
 path that enforces it, and start from it (``restore``) when an instance starts and finds no counter for
 the current period: a restarted single instance keeps its keys' spending, and so does a fleet restarted
 after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances keep
 running restarts the current periods from zero (until they restart), and a killed instance's running
 requests are never charged (their ledger rows are lost with them): their holds lapse after
-``HOLD_SECONDS`` rather than block the key until the period ends. SIGTERM drains, so a stopped instance
-settles every request first.
+``HOLD_SECONDS`` rather than block the key until the period ends. A live instance renews the holds of its running
+requests (``Budgets.start``), so a call longer than that (a long stream, a slow reasoning model) stays held
+until it settles. SIGTERM drains, so a stopped instance settles every request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
 """
@@ -265,6 +266,10 @@ class BudgetCounters(Protocol):
         """Add ``spent`` (the actual charges) and drop the hold ``hold_id``."""
         ...
 
+    async def renew(self, holds: list[tuple[list[Counter], str]], now: datetime) -> None:
+        """Hold each of ``holds`` (counters, hold id) for ``HOLD_SECONDS`` from now; a hold already dropped stays so."""
+        ...
+
     async def read(self, counters: list[Counter], now: datetime) -> list[Usage]: ...
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
@@ -274,8 +279,9 @@ class BudgetCounters(Protocol):
         ...
 
 
-#: How long a reservation holds budget at most. Settling drops it long before; this is for the request
-#: whose instance was killed (it never settles): its hold lapses instead of blocking the key to the period's end.
+#: How long a reservation holds budget unless renewed. Its instance renews it while the request runs and settling
+#: drops it; this is for the request whose instance was killed (it never settles): its hold lapses instead of
+#: blocking the key to the period's end.
 HOLD_SECONDS = 3600
 
 
@@ -326,6 +332,15 @@ class MemoryCounters:
             tally = self._tally(counter, now)
             tally.spent += charge
             tally.holds.pop(hold_id, None)
+
+    async def renew(self, holds: list[tuple[list[Counter], str]], now: datetime) -> None:
+        stamp = now.timestamp()
+        for counters, hold_id in holds:
+            for counter in counters:
+                tally = self._tallies.get(counter.key)
+                hold = tally.holds.get(hold_id) if tally is not None else None
+                if tally is not None and hold is not None:
+                    tally.holds[hold_id] = (stamp + HOLD_SECONDS, hold[1])
 
     async def read(self, counters: list[Counter], now: datetime) -> list[Usage]:
         # ``now``, the clock ``reserve`` stamped the holds with (not time.time(): a hold would lapse by another clock).
@@ -434,6 +449,22 @@ end
 return 0
 """
 )
+
+# Renew: KEYS = hold sets, ARGV = hold ms, then the hold id in each. A hold that is gone (settled) stays gone.
+_RENEW_HOLDS = (
+    _HOLD_OF
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local hold = hold_of(KEYS[i], ARGV[1 + i])
+  if hold then
+    redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), hold)
+  end
+end
+return 0
+"""
+)
 #: How long a settlement's mark stays: far longer than a re-send takes (at once, on a fresh connection).
 SETTLED_MARK_SECONDS = 60
 
@@ -469,6 +500,17 @@ class RedisCounters:
         args: list[str | int] = [hold_id, *spent, *(c.ttl(now) for c in counters), SETTLED_MARK_SECONDS]
         try:
             await self._client().eval(_SETTLE, len(keys), *keys, *args)
+        except self._failures as exc:
+            raise BudgetUnavailable() from exc
+
+    async def renew(self, holds: list[tuple[list[Counter], str]], now: datetime) -> None:
+        keys: list[str] = []
+        ids: list[str] = []
+        for counters, hold_id in holds:
+            keys += self._keys(counters)[len(counters) :]
+            ids += [hold_id] * len(counters)
+        try:
+            await self._client().eval(_RENEW_HOLDS, len(keys), *keys, HOLD_SECONDS * 1000, *ids)
         except self._failures as exc:
             raise BudgetUnavailable() from exc
 
@@ -541,6 +583,9 @@ SETTLE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 SETTLE_RETRY_WITHIN = SETTLED_MARK_SECONDS / 2
 #: The longest a key's request waits at start for ``restore`` to have started the key's Redis counters.
 RESTORE_WAIT = 10.0
+#: Running requests' holds are renewed this many times within ``HOLD_SECONDS``: one renewal the store misses (a
+#: Redis restart) still leaves the hold standing until the next.
+RENEWALS_PER_HOLD = 3
 
 
 class Budgets:
@@ -552,6 +597,9 @@ class Budgets:
         self._resends: set[asyncio.Task[None]] = set()
         #: Keys whose counters ``restore`` is starting from the ledger → set once it has (or given up).
         self._restoring: dict[str, asyncio.Event] = {}
+        #: Reservations held and not settled yet, by id: their requests run, and their holds are renewed.
+        self._running: dict[str, Reservation] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     def restoring(self, key_ids: Iterable[str]) -> None:
         """``restore`` is about to start these keys' counters: where it sets a counter only if none exists (Redis), a
@@ -599,11 +647,13 @@ class Budgets:
         refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
         if refusals:
             raise refused(key_name, held, refusals, reservation.admitted_at)
+        self._running[reservation.id] = reservation
 
     async def settle(self, reservation: Reservation, actual: Charge) -> None:
         """Charge what the request actually cost and give back its reservation. When the store does not answer
         (``BudgetUnavailable``, raised for the caller's log), the settlement is sent again in the background
         (``SETTLE_RETRY_DELAYS``)."""
+        self._running.pop(reservation.id, None)  # renewed no more: unsettled after all, it lapses
         try:
             await self._settle(reservation, actual)
         except BudgetUnavailable:
@@ -627,11 +677,36 @@ class Budgets:
             return
         log.warning("gave up settling a budget charge: its hold lapses within %d s", HOLD_SECONDS)
 
+    def start(self) -> None:
+        """Renew the holds of running requests from now on (``_renew_forever``), until ``stop``."""
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever(), name="modelgate-budget-holds")
+
     async def stop(self) -> None:
-        """Stop sending settlements again (the instance stops; their holds lapse)."""
-        for task in list(self._resends):
+        """Stop renewing holds and sending settlements again (the instance stops; what it still holds lapses)."""
+        tasks = [*self._resends, *([self._renewer] if self._renewer is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._resends, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._renewer = None
+
+    async def _renew_forever(self) -> None:
+        """Renew the running requests' holds, so a call longer than ``HOLD_SECONDS`` (a long stream, a slow reasoning
+        model) stays counted against its key's other requests until it settles."""
+        failing = False
+        while True:
+            await asyncio.sleep(HOLD_SECONDS / RENEWALS_PER_HOLD)
+            running = [(list(r.counters), r.id) for r in self._running.values()]
+            if not running:
+                continue
+            try:
+                await self.store.renew(running, self.now())
+            except BudgetUnavailable:
+                if not failing:  # once per outage
+                    log.warning("could not renew running requests' budget holds (tried again shortly)")
+                failing = True
+            else:
+                failing = False
 
     async def _settle(self, reservation: Reservation, actual: Charge) -> None:
         counters = list(reservation.counters)

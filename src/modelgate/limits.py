@@ -493,6 +493,7 @@ class Limiter:
 
     async def start(self) -> None:
         await self.backend.start()
+        self.budgets.start()
 
     async def stop(self) -> None:
         await self.budgets.stop()
