@@ -618,3 +618,44 @@ def test_an_admission_whose_answer_from_redis_was_lost_gives_back_what_redis_too
             await switch.stop()
 
     assert asyncio.run(scenario()) == ([503, 503], 0)
+
+
+def test_an_admission_whose_answer_was_lost_gives_back_its_place_in_the_requests_per_minute_window(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis ran the admission's script (the request took a place in the key's window) and both its answer and the
+    resent script's were lost: the client got a 503, and the place it never used stayed counted for the minute, so
+    its retry was refused with 429 "Rate limit exceeded" as soon as Redis answered again."""
+    catalogue = load_catalogue(write_catalogue(tmp_path / "c.toml", model_toml("a", "m")))
+    model = catalogue.by_id["a/m"]
+    key = ApiKey(digest=key_digest("mg-lost-window"), name="t", requests_per_minute=2)
+
+    async def scenario() -> list[int | str]:
+        switch = Switch(redis_url)
+        limiter = Limiter(RedisBackend(await switch.start(), prefix=f"t14-{uuid.uuid4().hex}:"))
+        await limiter.start()
+        outcomes: list[int | str] = []
+        try:
+            warm = Admission(Principal(key), limiter, catalogue)  # the scripts loaded, the epoch known: 1 of 2 used
+            await warm.admit_model(model)
+            await warm.release()
+            lost = Admission(Principal(key), limiter, catalogue)
+            switch.losing = True
+            with pytest.raises(ModelgateError) as refused:
+                await lost.admit_model(model)  # counted in Redis; the answer lost
+            switch.losing = False
+            await lost.release()  # the access middleware's cleanup
+            outcomes.append(refused.value.status)
+            retry = Admission(Principal(key), limiter, catalogue)
+            try:
+                await retry.admit_model(model)
+                outcomes.append("admitted")
+            except RateLimited as exc:
+                outcomes.append(exc.message)
+            await retry.release()
+            return outcomes
+        finally:
+            await limiter.stop()
+            await switch.stop()
+
+    assert asyncio.run(scenario()) == [503, "admitted"]

@@ -610,6 +610,8 @@ class Admission:
         #: A reservation sent to the budget store and not answered yet (see ``reserve_budget``).
         self._pending: Reservation | None = None
         self._obs: Observation | None = None
+        #: The window of an admission the store failed to answer: it may hold this request's place (``_take``).
+        self._uncounted: Window | None = None
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -677,6 +679,9 @@ class Admission:
         """Give back everything held and charge the budget what the request cost (run once it is over)."""
         await self._give_back(self.held)
         self._key_slots = self._model_slots = ()
+        uncounted, self._uncounted = self._uncounted, None
+        if uncounted is not None:
+            await self._limiter.uncount(uncounted, self._lease_id)
         reservation, self._reservation = self._reservation, None
         pending, self._pending = self._pending, None
         try:
@@ -709,6 +714,11 @@ class Admission:
         except RateLimited:  # refused: nothing was taken
             self._key_slots = tuple(k for k in self._key_slots if k not in {s.key for s in key_slots})
             self._model_slots = ()
+            raise
+        except ModelgateError:
+            # The store failed (503), perhaps after counting the request, its answer lost on the way back: the client
+            # was refused, so ``release`` gives back its place in the window too, as for a budget's refusal.
+            self._uncounted = plan.window
             raise
 
     async def _give_back(self, slots: tuple[str, ...]) -> None:
