@@ -351,7 +351,7 @@ def test_a_settlement_the_store_missed_is_sent_again_and_charged_once(redis_url:
     asyncio.run(scenario())
 
 
-def test_restore_adds_to_live_counts_in_process_and_fills_only_empty_counters_in_redis(
+def test_restore_adds_to_live_counts_in_process_and_raises_counters_to_it_in_redis(
     store_kind: str, redis_url: str
 ) -> None:
     clock = Clock("2026-12-02T10:00:00")
@@ -363,10 +363,11 @@ def test_restore_adds_to_live_counts_in_process_and_fills_only_empty_counters_in
             day, month = budgets_module.counters("k", budget, budgets.now())
             await budgets.settle(await budgets.reserve("k", "ci", budget, Charge(10, 0), 5), Charge(7, 0))
             # The day and the month both counted 7 live. In the process, that is all this process admitted since its
-            # start, and the ledger's spending from before it is added; in Redis a counter that exists was counted
-            # live by some instance, and is kept.
-            await store.restore([day, month], [50, 500], budgets.now())
-            expected = [57, 507] if store_kind == "memory" else [7, 7]
+            # start, and the ledger's spending from before it is added. In Redis the ledger's figure is the period's
+            # (every row): a counter below it lost what it counted (Redis lost its data), one above it has charges
+            # whose rows are not written yet; each keeps the larger.
+            await store.restore([day, month], [5, 500], budgets.now())
+            expected = [12, 507] if store_kind == "memory" else [7, 500]
             assert [s.spent for s in await budgets.state("k", budget)] == expected
             # Another key's counters are empty: restored.
             other = budgets_module.counters("k2", budget, budgets.now())
@@ -621,6 +622,27 @@ def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, t
         assert refused.status_code == 429
         assert refused.json()["statusMessage"].startswith("Budget exhausted: key 'capped' has spent its 40 tokens")
         assert chat(url, "cut").status_code == 200  # a key that spent nothing is unaffected
+
+
+def test_an_instance_restarted_after_redis_lost_its_data_under_it_gets_the_days_spending_back(
+    fakes: Fakes, tmp_path: Path, redis_url: str
+) -> None:
+    """Redis lost its data under a running instance: the day's counting starts again from zero (documented), until
+    the instance restarts and reads the ledger. But the first request to end after the loss had created the counter,
+    and a counter that exists was taken as counted live, the ledger's figure dropped: the restarted instance still
+    knew only what was spent since the loss, and the key could spend its day again."""
+    settings = budgeted_settings(fakes, tmp_path, redis_url=redis_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    with serve_in_thread(create_app(settings)) as url:
+        assert chat(url, "capped").status_code == 200
+        settled(url, "capped")
+        redis.Redis.from_url(redis_url).flushdb()  # Redis restarted without persistence; the instance runs on
+        assert chat(url, "capped").status_code == 200
+        assert settled(url, "capped")["tokens_per_day"]["spent"] == 15  # counted from zero since the loss
+    # Stopped (the ledger wrote both rows: 15 tokens each); started again with the same ledger and Redis:
+    with serve_in_thread(create_app(settings)) as url:
+        wait_for(lambda: budget_state(url, "capped")["tokens_per_day"]["spent"] == 30, "the day's spending restored")
+        assert budget_state(url, "capped")["tokens_per_day"]["remaining"] == 40 - 30
 
 
 def test_a_request_ending_before_the_ledger_was_read_does_not_hide_the_days_spending_in_redis(

@@ -42,20 +42,20 @@ requests are serialised by their reservations instead of all getting through. Th
 estimate is an upper bound: an upstream that generates past ``max_tokens``, or a prompt the estimator
 undercounts, is charged its actual usage anyway and can overshoot by that difference.
 
-**Where the counters live.** With ``MODELGATE_REDIS_URL`` set: in that Redis (the limiter's), so every
-worker and instance shares them — ``RedisCounters``: one Lua script checks and reserves (one round trip at
-admission) and one settles (one at the end); a counter is an integer (spent) and a sorted set of holds
-(each lapsing ``HOLD_SECONDS`` after it was made or last renewed), expiring an hour after its period ends.
-Without Redis: in the process (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never
-touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the fast
-path that enforces it, and start from it (``restore``) when an instance starts and finds no counter for
-the current period: a restarted single instance keeps its keys' spending, and so does a fleet restarted
-after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances keep
-running restarts the current periods from zero (until they restart), and a killed instance's running
-requests are never charged (their ledger rows are lost with them): their holds lapse after
-``HOLD_SECONDS`` rather than block the key until the period ends. A live instance renews the holds of its running
-requests (``Budgets.start``), so a call longer than that (a long stream, a slow reasoning model) stays held
-until it settles. SIGTERM drains, so a stopped instance settles every request first.
+**Where the counters live.** With ``MODELGATE_REDIS_URL`` set: in that Redis (the limiter's), so every worker and
+instance shares them — ``RedisCounters``: one Lua script checks and reserves (one round trip at admission) and one
+settles (one at the end); a counter is an integer (spent) and a sorted set of holds (each lapsing ``HOLD_SECONDS``
+after it was made or last renewed), expiring an hour after its period ends. Without Redis: in the process
+(``MemoryCounters``), so each worker and instance has its own. Keys without a budget never touch either. The ledger
+(``ledger.py``) is the record of what each request cost; the counters are the fast path that enforces it, and start
+from it (``restore``) when an instance starts: a restarted single instance keeps its keys' spending, and so does a
+fleet restarted after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances
+keep running restarts the current periods from zero (until one of them restarts: Redis's counters are raised to the
+ledger's figure where it is larger), and a killed instance's running requests are never charged (their ledger rows
+are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than block the key until the period ends. A
+live instance renews the holds of its running requests (``Budgets.start``), so a call longer than that (a long
+stream, a slow reasoning model) stays held until it settles. SIGTERM drains, so a stopped instance settles every
+request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
 """
@@ -252,8 +252,9 @@ class Refusal:
 
 
 class BudgetCounters(Protocol):
-    #: ``restore`` adds the ledger's figure to what was counted live (in-process), rather than setting it where no
-    #: counter exists yet (Redis): then a key's first charge must wait for it, or it would be the counter it finds.
+    #: ``restore`` adds the ledger's figure to what was counted live (in-process), rather than raising the counter to
+    #: it (Redis): then a key's first charge must wait for it, or the ledger read before its row was written would
+    #: lower that charge away.
     restore_adds: bool
 
     async def reserve(self, counters: list[Counter], hold_id: str, amounts: list[int], now: datetime) -> list[Refusal]:
@@ -273,9 +274,10 @@ class BudgetCounters(Protocol):
     async def read(self, counters: list[Counter], now: datetime) -> list[Usage]: ...
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
-        """Start each counter from ``spent``, what the ledger holds from before this process started: the
-        in-process counters add it to what they counted live since; Redis's, shared by every instance, take it
-        only where the counter does not exist (one that exists was counted live by some instance)."""
+        """Start each counter from ``spent``, what the ledger holds: the in-process counters add the rows from
+        before this process started to what they counted live since; Redis's, shared by every instance, take the
+        larger of the counter and the period's rows (the counter is the figure counted live by every instance; the
+        ledger the larger one only where Redis lost what it counted, its data, or a settlement)."""
         ...
 
 
@@ -465,6 +467,19 @@ end
 return 0
 """
 )
+# Restore: KEYS = n spent counters; ARGV = n figures from the ledger, n TTLs (s). Each counter becomes the larger of
+# the two. A counter that exists may have been started after Redis lost its data (by the first charge to settle
+# since): kept only where it is the larger (set only where missing, as before, the day spent before the loss was
+# dropped for good).
+_RESTORE = """
+for i = 1, #KEYS do
+  local counted = redis.call('GET', KEYS[i])
+  if not counted or tonumber(ARGV[i]) > tonumber(counted) then
+    redis.call('SET', KEYS[i], ARGV[i], 'EX', ARGV[#KEYS + i])
+  end
+end
+return 0
+"""
 #: How long a settlement's mark stays: far longer than a re-send takes (at once, on a fresh connection).
 SETTLED_MARK_SECONDS = 60
 
@@ -533,12 +548,9 @@ class RedisCounters:
         ]
 
     async def restore(self, counters: list[Counter], spent: list[int], now: datetime) -> None:
+        keys = self._keys(counters)[: len(counters)]
         try:
-            async with self._client().pipeline(transaction=False) as pipe:
-                for counter, amount in zip(counters, spent, strict=True):
-                    # NX: a counter that exists was counted live by some instance and is the better figure.
-                    pipe.set(self.prefix + counter.key, amount, nx=True, ex=counter.ttl(now))
-                await pipe.execute()
+            await self._client().eval(_RESTORE, len(keys), *keys, *spent, *(c.ttl(now) for c in counters))
         except self._failures as exc:
             raise BudgetUnavailable() from exc
 
@@ -602,9 +614,9 @@ class Budgets:
         self._renewer: asyncio.Task[None] | None = None
 
     def restoring(self, key_ids: Iterable[str]) -> None:
-        """``restore`` is about to start these keys' counters: where it sets a counter only if none exists (Redis), a
-        request of one of them holds nothing until it has, or the first charge to end would create the counter and
-        hide the ledger's figure (the key's whole day, after Redis lost its data)."""
+        """``restore`` is about to start these keys' counters: where it raises a counter to the ledger's figure (Redis),
+        a request of one of them holds nothing until it has, or a charge settled meanwhile, its ledger row not
+        written yet when the ledger was read, would be lost under that figure."""
         if not self.store.restore_adds:
             self._restoring.update((key_id, asyncio.Event()) for key_id in key_ids)
 
@@ -826,9 +838,10 @@ async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Bu
 
     Run once at start (``app.GatewayState.start``): a restarted single instance keeps what its keys spent
     today and this month (the in-process counters died with it), and so do instances that come back to
-    a Redis restarted without persistence. Only rows from before ``started_at`` (Unix time: this process's
-    start) count: what it served since is counted live (``BudgetCounters.restore`` says how each store
-    combines the two). Failures are logged: the counters then start from zero, as they would without a ledger.
+    a Redis restarted without persistence. In-process, only rows from before ``started_at`` (Unix time: this
+    process's start) count: what it served since is counted live; Redis's counters take every row of the period
+    (``BudgetCounters.restore`` says how each store combines the two). Failures are logged: the counters then
+    start from zero, as they would without a ledger.
     """
     from modelgate.usage_store import UsageFilter  # loaded with the ledger, in the background
 
@@ -840,7 +853,8 @@ async def restore(budgets: Budgets, ledger: Ledger, keys: Iterable[tuple[str, Bu
             spent = []
             for counter in current:
                 since = period_start(counter.limit.period, now).timestamp()
-                window = UsageFilter(key_id=key_id, since=since, until=started_at, limit=0)
+                until = started_at if budgets.store.restore_adds else None
+                window = UsageFilter(key_id=key_id, since=since, until=until, limit=0)
                 totals = (await ledger.report(window)).totals
                 if counter.limit.measure == "tokens":
                     spent.append(totals.prompt_tokens + totals.completion_tokens)
