@@ -627,10 +627,10 @@ def test_a_restarted_instance_starts_its_budgets_from_the_ledger(fakes: Fakes, t
 def test_an_instance_restarted_after_redis_lost_its_data_under_it_gets_the_days_spending_back(
     fakes: Fakes, tmp_path: Path, redis_url: str
 ) -> None:
-    """Redis lost its data under a running instance: the day's counting starts again from zero (documented), until
-    the instance restarts and reads the ledger. But the first request to end after the loss had created the counter,
-    and a counter that exists was taken as counted live, the ledger's figure dropped: the restarted instance still
-    knew only what was spent since the loss, and the key could spend its day again."""
+    """Redis lost its data under a running instance, whose day then began again from zero until it restarted and
+    read the ledger. But the first request to end after the loss had created the counter, and a counter that existed
+    was taken as counted live, the ledger's figure dropped: the restarted instance still knew only what was spent
+    since the loss, and the key could spend its day again."""
     settings = budgeted_settings(fakes, tmp_path, redis_url=redis_url)
     redis.Redis.from_url(redis_url).flushdb()
     with serve_in_thread(create_app(settings)) as url:
@@ -638,11 +638,33 @@ def test_an_instance_restarted_after_redis_lost_its_data_under_it_gets_the_days_
         settled(url, "capped")
         redis.Redis.from_url(redis_url).flushdb()  # Redis restarted without persistence; the instance runs on
         assert chat(url, "capped").status_code == 200
-        assert settled(url, "capped")["tokens_per_day"]["spent"] == 15  # counted from zero since the loss
+        settled(url, "capped")
     # Stopped (the ledger wrote both rows: 15 tokens each); started again with the same ledger and Redis:
     with serve_in_thread(create_app(settings)) as url:
         wait_for(lambda: budget_state(url, "capped")["tokens_per_day"]["spent"] == 30, "the day's spending restored")
         assert budget_state(url, "capped")["tokens_per_day"]["remaining"] == 40 - 30
+
+
+def test_redis_losing_its_data_under_a_running_instance_takes_the_days_spending_back_from_the_ledger(
+    fakes: Fakes, tmp_path: Path, redis_url: str
+) -> None:
+    """Redis restarted without persistence under a running instance: its budget counters began the day again from
+    zero until the instance restarted, and the key could spend its day twice. The admission that finds the loss (the
+    limiter's epoch) now has the counters read from the ledger again, before its own request holds anything."""
+    settings = budgeted_settings(fakes, tmp_path, redis_url=redis_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    with serve_in_thread(create_app(settings)) as url:
+        assert chat(url, "capped").status_code == 200
+        settled(url, "capped")
+
+        def rows() -> int | None:
+            found = httpx.get(f"{url}/api/usage?limit=0", headers=bearer("capped"), timeout=30).json()
+            return found["totals"]["requests"] or None
+
+        wait_for(rows, "the request's ledger row")
+        redis.Redis.from_url(redis_url).flushdb()  # the day's 15 tokens, and every lease, gone from Redis
+        assert chat(url, "capped").status_code == 200
+        assert settled(url, "capped")["tokens_per_day"]["spent"] == 15 + 15
 
 
 def test_a_request_ending_before_the_ledger_was_read_does_not_hide_the_days_spending_in_redis(

@@ -201,14 +201,21 @@ class GatewayState:
             await self.runtime_keys.start()
         self.open_upstreams()
         await self.limiter.start()
-        budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
-        if self.ledger is not None and budgeted:  # in the background: the ledger opens in its own time
-            self.limiter.budgets.restoring(key_id for key_id, _ in budgeted)
-            restoring = budgets.restore(self.limiter.budgets, self.ledger, budgeted, started_at=time.time())
-            self._restoring = asyncio.create_task(restoring)
+        self.restore_budgets()
+        self.limiter.when_store_lost(self.restore_budgets)
         self.metrics.start()
         self.redactor.install()
         self.prober.start()
+
+    def restore_budgets(self) -> None:
+        """Start the budgeted keys' counters from the ledger (``budgets.restore``), in the background (the ledger opens
+        in its own time): at start, and when Redis lost them under this instance (they began again from zero)."""
+        budgeted = [(key.key_id, key.budget) for key in self.keys.keys if key.budget is not None]
+        if self.ledger is None or not budgeted or (self._restoring is not None and not self._restoring.done()):
+            return
+        self.limiter.budgets.restoring(key_id for key_id, _ in budgeted)
+        restoring = budgets.restore(self.limiter.budgets, self.ledger, budgeted, started_at=time.time())
+        self._restoring = asyncio.create_task(restoring)
 
     async def stop(self) -> None:
         if self._restoring is not None:

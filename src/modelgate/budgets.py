@@ -49,13 +49,15 @@ after it was made or last renewed), expiring an hour after its period ends. With
 (``MemoryCounters``), so each worker and instance has its own. Keys without a budget never touch either. The ledger
 (``ledger.py``) is the record of what each request cost; the counters are the fast path that enforces it, and start
 from it (``restore``) when an instance starts: a restarted single instance keeps its keys' spending, and so does a
-fleet restarted after its Redis lost its data. What they cannot see: a Redis that loses its data while the instances
-keep running restarts the current periods from zero (until one of them restarts: Redis's counters are raised to the
-ledger's figure where it is larger), and a killed instance's running requests are never charged (their ledger rows
-are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than block the key until the period ends. A
-live instance renews the holds of its running requests (``Budgets.start``), so a call longer than that (a long
-stream, a slow reasoning model) stays held until it settles. SIGTERM drains, so a stopped instance settles every
-request first.
+fleet restarted after its Redis lost its data. A Redis that loses its data while the instances keep running is
+noticed by the limiter's epoch (``limits._ACQUIRE``, also checked by each reservation) and the counters are read
+from the ledger again, as at start, before the request that noticed holds anything (``CountersLost``,
+``Limiter.when_store_lost``). What they cannot see: the ledger rows not yet written when Redis lost its data (its
+flush interval), the holds of the requests running then, and a killed instance's running requests, never charged
+(their ledger rows are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than block the key until the
+period ends. A live instance renews the holds of its running requests (``Budgets.start``), so a call longer than
+that (a long stream, a slow reasoning model) stays held until it settles. SIGTERM drains, so a stopped instance
+settles every request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.
 """
@@ -237,6 +239,11 @@ class BudgetUnavailable(ModelgateError):
         super().__init__("Budget store unavailable; try again shortly")
 
 
+class CountersLost(BudgetUnavailable):
+    """The store lost its data, these counters with it (a Redis restarted without persistence): ask again once they
+    are restored (``Budgets.hold``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """One counter now: ``spent`` (settled charges) and ``held`` (estimates of requests still running)."""
@@ -391,13 +398,17 @@ end
 
 # Reserve: ARGV = hold id, hold ms, n limits, n amounts (-1: REST), n TTLs (s). Returns {} when held (or held
 # already); else, for every full counter, i (1-based) when its spent has reached its limit, -i when it is full only
-# because of holds.
+# because of holds. With one more key, the limiter's epoch (``limits._ACQUIRE``), and one more ARGV, the epoch this
+# process knows: {0} when they differ (Redis lost its data, these counters with it, since this process last looked).
 _RESERVE = (
     _HOLD_OF
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS / 2
+local n = math.floor(#KEYS / 2)
+if #KEYS > 2 * n and redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then
+  return {0}
+end
 if hold_of(KEYS[n + 1], ARGV[1]) then
   return {}
 end
@@ -484,16 +495,30 @@ return 0
 SETTLED_MARK_SECONDS = 60
 
 
+class Epoch(Protocol):
+    """The limiter's knowledge of Redis's epoch (``limits.RedisBackend``): changed when Redis lost its data."""
+
+    @property
+    def epoch_key(self) -> str: ...
+    @property
+    def known_epoch(self) -> str | None: ...
+    async def resync(self) -> None:
+        """Adopt the epoch in force, telling whoever waits for a loss (``Limiter.when_store_lost``)."""
+
+
 class RedisCounters:
     """Counters in the limiter's Redis, shared by every process pointing at it."""
 
     restore_adds = False
 
-    def __init__(self, client: Callable[[], redis.asyncio.Redis], prefix: str) -> None:
+    def __init__(self, client: Callable[[], redis.asyncio.Redis], prefix: str, epoch: Epoch | None = None) -> None:
         from redis.exceptions import RedisError  # here: a process without Redis never imports it for budgets
 
         self._client = client  # the limiter's client, which exists once the limiter started
         self.prefix = prefix
+        #: Checked at each reservation (no round trip of its own): a Redis that lost its data is noticed by a key's
+        #: first request after it, even where no rate limit ever asks Redis (a key with a budget only).
+        self._epoch = epoch
         self._failures = (RedisError, OSError)
 
     def _keys(self, counters: list[Counter]) -> list[str]:
@@ -504,10 +529,18 @@ class RedisCounters:
         keys = self._keys(counters)
         args: list[str | int] = [hold_id, HOLD_SECONDS * 1000, *(c.limit.units for c in counters), *amounts]
         args += [c.ttl(now) for c in counters]
+        if self._epoch is not None:
+            keys.append(self._epoch.epoch_key)
+            args.append(self._epoch.known_epoch or "")
         try:
             found = [int(which) for which in await self._client().eval(_RESERVE, len(keys), *keys, *args)]
+            if found == [0]:
+                assert self._epoch is not None
+                await self._epoch.resync()  # starts the counters' restore (app.GatewayState.restore_budgets)
         except self._failures as exc:  # fail closed, as the limiter does: unmetered spending is the risk
             raise BudgetUnavailable() from exc
+        if found == [0]:
+            raise CountersLost()
         return [Refusal(abs(which) - 1, busy=which < 0) for which in found]
 
     async def settle(self, counters: list[Counter], hold_id: str, spent: list[int], now: datetime) -> None:
@@ -648,15 +681,21 @@ class Budgets:
         """Hold ``reservation`` if its counters have room; else ``RateLimited`` (429), or ``BudgetUnavailable``
         (503) when the store does not answer. Whoever awaits this may be cancelled while the store holds it:
         ``give_back`` then undoes it."""
-        restoring = self._restoring.get(reservation.key_id)
-        if restoring is not None:
-            try:
-                await asyncio.wait_for(restoring.wait(), RESTORE_WAIT)
-            except TimeoutError:  # a ledger that does not answer: the counters start from zero, no request waits more
-                self.restored(reservation.key_id)
         held = list(reservation.counters)
         amounts = [reservation.estimate.held(c.limit.measure) for c in held]
-        refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
+        for last in (False, True):
+            restoring = self._restoring.get(reservation.key_id)
+            if restoring is not None:
+                try:
+                    await asyncio.wait_for(restoring.wait(), RESTORE_WAIT)
+                except TimeoutError:  # a ledger that does not answer: counted from zero, no request waits more
+                    self.restored(reservation.key_id)
+            try:
+                refusals = await self.store.reserve(held, reservation.id, amounts, reservation.admitted_at)
+                break
+            except CountersLost:  # their restore from the ledger has begun (``restoring``): wait for it, ask again
+                if last:
+                    raise
         if refusals:
             raise refused(key_name, held, refusals, reservation.admitted_at)
         self._running[reservation.id] = reservation

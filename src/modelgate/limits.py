@@ -310,6 +310,8 @@ class RedisBackend:
         self._renewer: asyncio.Task[None] | None = None
         #: The store's epoch when this process last (re)took its leases; None before the first call.
         self._epoch: str | None = None
+        #: Called when the store is found to have lost its data (``Limiter.when_store_lost``).
+        self.lost: Callable[[], None] | None = None
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -425,7 +427,17 @@ class RedisBackend:
         epoch = _text(await self._resync(keys=keys, args=args))
         if self._epoch is not None and epoch != self._epoch:
             log.warning("the rate-limit store lost its leases (restarted?): re-took the %d held here", len(ids))
+            if self.lost is not None:
+                self.lost()
         self._epoch = epoch
+
+    @property
+    def known_epoch(self) -> str | None:
+        return self._epoch
+
+    @property
+    def epoch_key(self) -> str:
+        return self._epoch_key
 
     def abandon(self) -> None:
         """Forget held leases without releasing them, as a crashed process would (tests use this)."""
@@ -480,7 +492,7 @@ class Limiter:
         self.backend = backend
         #: Per-key budgets, counted in the same store: Redis when the limits are shared, else this process.
         self.budgets = Budgets(
-            RedisCounters(lambda: backend.client, backend.prefix)
+            RedisCounters(lambda: backend.client, backend.prefix, backend)
             if isinstance(backend, RedisBackend)
             else MemoryCounters()
         )
@@ -494,6 +506,12 @@ class Limiter:
     async def start(self) -> None:
         await self.backend.start()
         self.budgets.start()
+
+    def when_store_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the shared store (Redis) is found to have lost its data, budgets' counters included:
+        at the admission that finds it, before that request holds any budget."""
+        if isinstance(self.backend, RedisBackend):
+            self.backend.lost = callback
 
     async def stop(self) -> None:
         await self.budgets.stop()
