@@ -31,7 +31,7 @@ def block_with(word: str) -> str:
 
 def test_every_block_is_a_valid_catalogue(tmp_path: Path) -> None:
     blocks = provider_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     kinds = []
     for i, block in enumerate(blocks):
         path = tmp_path / f"block{i}.toml"
@@ -42,6 +42,7 @@ def test_every_block_is_a_valid_catalogue(tmp_path: Path) -> None:
         kinds.append((instance.name, instance.kind, instance.api))
     assert kinds == [
         ("huggingface", "huggingface", "router"),
+        ("ollama-cloud", "ollama", None),
         ("llama", "openai", None),
         ("vllm", "openai", None),
         ("tgi", "huggingface", "tgi"),
@@ -60,6 +61,19 @@ def test_the_routing_example_pins_a_serving_provider(tmp_path: Path, fakes: Fake
     response = serve_block(tmp_path, block_with("routing"), settings, "/api/ai/huggingface/Qwen2.5-72B-Instruct/chat")
     assert response.status_code == 200
     assert fakes.huggingface.last.json["model"] == "Qwen/Qwen2.5-72B-Instruct:together"
+
+
+def test_the_ollama_cloud_example_sends_its_key_as_ollama_com_takes_it(tmp_path: Path, fakes: Fakes) -> None:
+    fakes.ollama.token = "ollama-secret"
+    fakes.ollama.thinking_models.add("gpt-oss:120b")  # it thinks, as the catalogue entry says
+    env = {"MODELGATE_OLLAMA_CLOUD_BASE_URL": fakes.ollama.url, "OLLAMA_API_KEY": "ollama-secret"}
+    response = serve_block(
+        tmp_path, block_with("ollama.com"), Settings.from_env(env), "/api/ai/ollama-cloud/gpt-oss-120b/chat"
+    )
+    assert response.status_code == 200 and '0:"Hello"' in response.text, response.text
+    sent = fakes.ollama.last
+    assert (sent.path, sent.json["model"]) == ("/api/chat", "gpt-oss:120b")
+    assert sent.headers["authorization"] == "Bearer ollama-secret"
 
 
 def test_the_llama_cpp_example_needs_no_key(tmp_path: Path, fakes: Fakes) -> None:

@@ -3,7 +3,10 @@
 Framing (§4.2): NDJSON (``application/x-ndjson``), one object per line, the last with ``done: true``,
 ``done_reason`` and the metrics (``prompt_eval_count``/``eval_count`` omitted when zero or when the
 reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's encoder writes it:
-``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication.
+``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication, as a local Ollama;
+with a ``token`` set it is ollama.com's API or an Ollama behind an authenticating proxy: a call without
+``Authorization: Bearer <token>`` is a 401 ``{"error": "unauthorized"}``, the body ollama.com answers a missing or
+wrong key with (docs/api/authentication.mdx: the key goes as ``Authorization: Bearer $OLLAMA_API_KEY``).
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
 after lines were sent (``error_after``), with no ``done`` line (§4.5). ``stream: false`` is answered with one
 ``ChatResponse`` (the final line's shape, the whole message in it) once the scripted generation is over, and a
@@ -33,7 +36,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.fakes._base import FakeUpstream, Frames, FrameStream, Reply, WholeReply, dumps, json_error
+from tests.fakes._base import (
+    FakeUpstream,
+    Frames,
+    FrameStream,
+    RecordedRequest,
+    Reply,
+    WholeReply,
+    dumps,
+    json_error,
+)
 
 CREATED_AT = "2025-02-20T10:00:00.123456789Z"
 #: What a runner failing mid-generation reports (a late NDJSON line, or a non-streamed reply's 500).
@@ -68,10 +80,18 @@ class FakeOllama(FakeUpstream):
     def __init__(self) -> None:
         super().__init__()
         self.thinking_models: set[str] = set(self.thinking_by_default)
+        #: The API key every call must carry as a bearer token (ollama.com, a proxy); None: no authentication.
+        self.token: str | None = None
 
     def reset(self) -> None:
         super().reset()
         self.thinking_models = set(self.thinking_by_default)
+        self.token = None
+
+    def refused(self, recorded: RecordedRequest) -> Response | None:
+        if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
+            return self.error(401)
+        return None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -88,7 +108,9 @@ class FakeOllama(FakeUpstream):
         return JSONResponse({"version": "0.5.12"})
 
     async def tags(self, request: Request) -> Response:
-        await self.record(request, listing=True)
+        recorded, _ = await self.record(request, listing=True)
+        if (refusal := self.refused(recorded)) is not None:
+            return refusal
         models = [
             {
                 "name": name,
@@ -104,6 +126,8 @@ class FakeOllama(FakeUpstream):
 
     async def chat(self, request: Request) -> Response:
         recorded, epoch = await self.record(request)
+        if (refusal := self.refused(recorded)) is not None:
+            return refusal
         body = recorded.json
         if not isinstance(body, dict):
             return self.error(400, "missing request body")

@@ -684,8 +684,12 @@ class Upstream:
             # Never the upstream's text here: some echo (part of) the key they refused. The key is refused whichever
             # model it asks for (OpenRouter's "401: Invalid credentials (... disabled/invalid API key)"): every model
             # of the provider is blocked meanwhile (``account_block``).
-            variables = " and ".join(self.connection.credentials) or "its credentials"
-            cls, text = UpstreamAuthError, f"our credentials were refused (HTTP 401); check {variables}"
+            variables = " and ".join(self.connection.credentials)
+            cls = UpstreamAuthError
+            if variables:
+                text = f"our credentials were refused (HTTP 401); check {variables}"
+            else:  # an instance that sends no key (an Ollama or OpenAI-compatible server) reached one that wants one
+                text = "the server asks for a key (HTTP 401) and none is sent: name its variable in api_key_env"
             detail = dataclasses.replace(detail, account_block=ALL_MODELS)
         elif status == 403:
             cls, text = UpstreamAuthError, f"access denied (HTTP 403): {message}"

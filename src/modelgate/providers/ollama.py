@@ -31,6 +31,9 @@ renderers such as Cohere's link results by, and Ollama's own OpenAI layer passes
 whole (``message.tool_calls``, arguments an object, an ``id`` since server/routes.go ``toolCallId``): each becomes
 one ``ToolCallDelta`` with that id (a generated one from versions without), and the reply finishes with
 ``tool-calls`` (Ollama says ``stop``).
+
+A local Ollama takes no key; ollama.com's API and an Ollama behind an authenticating proxy take one as a bearer token,
+which an instance names in ``api_key_env`` (``Ollama.key_header``).
 """
 
 from __future__ import annotations
@@ -271,6 +274,13 @@ class Ollama(HttpProvider):
         }
     )
 
+    def key_header(self) -> dict[str, str]:
+        """``Authorization: Bearer`` with the instance's key (``api_key_env``), as ollama.com's API takes it and
+        ollama-python sends ``OLLAMA_API_KEY`` (docs/api/authentication.mdx, ollama-python ``_client.py``); nothing
+        without one. (Ollama's Go client signs calls with a signed-in install's own key instead, api/client.go.)"""
+        key = self.connection.api_key("")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)
         for index, message in enumerate(request.messages):
@@ -321,7 +331,7 @@ class Ollama(HttpProvider):
             f"{self.connection.base_url}/api/chat",
             functools.partial(build_body, model, request),
             OllamaStream(self.upstream, request),
-            headers={"Accept": "application/x-ndjson"},
+            headers={"Accept": "application/x-ndjson", **self.key_header()},
             model=model.upstream_model,
         )
 
@@ -331,7 +341,7 @@ class Ollama(HttpProvider):
             f"{self.connection.base_url}/api/chat",
             functools.partial(build_body, model, request, stream=False),
             OllamaStream(self.upstream, request).whole,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **self.key_header()},
             model=model.upstream_model,
         )
 
@@ -344,4 +354,6 @@ class Ollama(HttpProvider):
                     # "llama3.2" and "llama3.2:latest" are the same model to Ollama.
                     yield name.removesuffix(":latest"), None
 
-        return await self.upstream.probe_listing(f"{self.connection.base_url}/api/tags", names)
+        return await self.upstream.probe_listing(
+            f"{self.connection.base_url}/api/tags", names, headers=self.key_header()
+        )
