@@ -112,14 +112,16 @@ def test_kinds_without_a_form_for_it_report_it_as_dropped(
     ("model", "effort", "think", "reported"),
     [
         ("t/thinker", "medium", "medium", False),
+        ("t/thinker", "max", "max", False),  # a level since Ollama 0.22 (api/types.go ThinkValue)
         ("t/thinker", "none", False, False),  # Ollama's switch off
         ("t/plain", "none", False, False),  # taken by any model (Ollama refuses only a think that is on)
-        # No such level in Ollama: the model thinks as it would unasked, and the caller is told.
+        # No such level in Ollama (the fake refuses it with Ollama's 400): the model thinks as it would unasked, and
+        # the caller is told.
         ("t/thinker", "minimal", True, True),
         ("t/thinker", "xhigh", True, True),
-        ("t/thinker", "max", True, True),
         # A model that cannot think: a level would be refused by Ollama ("does not support thinking").
         ("t/plain", "high", None, True),
+        ("t/plain", "max", None, True),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -132,6 +134,17 @@ def test_ollama_gets_the_think_values_it_has_and_the_rest_is_reported(
     assert dropped(response) == ({"reasoning_effort"} if reported else set())
     if think is False:
         assert "hmm" not in response.text  # it did not think
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_ollama_older_than_max_refuses_it_and_the_caller_hears_so(service: str, fakes: Fakes, stream: bool) -> None:
+    """Ollama before 0.22 has no "max" level: its 400 reaches the caller, never a level it did not ask for."""
+    fakes.ollama.think_levels = ("high", "medium", "low")
+    body = {"model": "t/thinker", "messages": MESSAGES, "stream": stream, "reasoning_effort": "max"}
+    response = httpx.post(f"{service}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert 'rejected the request: invalid think value: "max"' in response.json()["error"]["message"]
+    assert [sent.json["think"] for sent in fakes.ollama.requests] == ["max"]
 
 
 def test_supported_parameters_list_it_where_it_is_carried(service: str) -> None:

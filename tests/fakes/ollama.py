@@ -16,7 +16,9 @@ Thinking follows Ollama's ``ChatHandler`` (server/routes.go): a model with the t
 (``thinking_models``) thinks unless the request says ``think: false``, and only then does
 ``message.thinking`` appear; ``think`` asked of any other model is a 400
 ``{"error": "\"<model>\" does not support thinking"}``, and such a model never sends ``thinking``
-(a scripted ``Reply.reasoning`` is not sent).
+(a scripted ``Reply.reasoning`` is not sent). ``think`` is a bool or a level, ``"low"``, ``"medium"``, ``"high"`` or
+``"max"`` (api/types.go ``ThinkValue``, "max" since Ollama 0.22); any other value is refused with a 400 before
+anything else, as Go's JSON binding does (``ThinkValue.UnmarshalJSON``).
 
 Tool calls (``Reply.tool_calls``) as Ollama sends them: whole, in one line's ``message.tool_calls``
 (``{"id", "function": {"index", "name", "arguments": {object}}}``: api/types.go ``ToolCall``, the id minted by
@@ -69,6 +71,8 @@ def go_json(value: Any) -> bytes:
 #: The first bytes of the images Ollama decodes (PNG, JPEG; WebP is RIFF….WEBP): its OpenAI layer takes no others.
 READABLE_IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 UNREADABLE_IMAGE = "Failed to create new sequence: failed to process inputs: image: unknown format"
+#: The levels ``think`` takes besides a bool (api/types.go ``ThinkValue.UnmarshalJSON``); before Ollama 0.22, not "max".
+THINK_LEVELS = ("high", "medium", "low", "max")
 
 
 class FakeOllama(FakeUpstream):
@@ -82,11 +86,14 @@ class FakeOllama(FakeUpstream):
         self.thinking_models: set[str] = set(self.thinking_by_default)
         #: The API key every call must carry as a bearer token (ollama.com, a proxy); None: no authentication.
         self.token: str | None = None
+        #: The ``think`` levels the server takes (``THINK_LEVELS[:3]``: a server older than 0.22).
+        self.think_levels: tuple[str, ...] = THINK_LEVELS
 
     def reset(self) -> None:
         super().reset()
         self.thinking_models = set(self.thinking_by_default)
         self.token = None
+        self.think_levels = THINK_LEVELS
 
     def refused(self, recorded: RecordedRequest) -> Response | None:
         if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
@@ -131,6 +138,11 @@ class FakeOllama(FakeUpstream):
         body = recorded.json
         if not isinstance(body, dict):
             return self.error(400, "missing request body")
+        think = body.get("think")
+        if not (think is None or isinstance(think, bool) or think in self.think_levels):
+            # Go's binding fails on the field before the handler runs (server/routes.go ChatHandler: a 400).
+            choices = ", ".join(json.dumps(level) for level in self.think_levels)
+            return self.error(400, f"invalid think value: {json.dumps(think)} (must be {choices}, true, or false)")
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return self.error(400, "model is required")
@@ -145,8 +157,7 @@ class FakeOllama(FakeUpstream):
                 if not data.startswith(READABLE_IMAGES) and data[8:12] != b"WEBP":
                     # The Go runner (runner/ollamarunner/runner.go before 9db4bdb): image.Decode fails, a 500.
                     return self.error(500, UNREADABLE_IMAGE)
-        think = body.get("think")
-        asked = think is True or (isinstance(think, str) and think in ("low", "medium", "high"))
+        asked = think is True or think in self.think_levels
         if model in self.thinking_models:
             thinks = think is None or asked  # a thinking model thinks unless told not to
         elif asked:

@@ -5,15 +5,17 @@ for models the catalogue marks ``capabilities = ["reasoning"]``: Ollama refuses 
 (400 "… does not support thinking"), and only thinks — ``message.thinking``, a reasoning part here —
 when asked (ollama-python ``Client.chat(think=…)``; api/types.go ``ChatRequest.Think``).
 
-A caller's reasoning effort is ``think`` too: ``think`` is a bool or one of ``"low"``, ``"medium"``, ``"high"``
-(api/types.go ``ThinkValue.IsValid``; the levels gpt-oss takes, a plain "think" to other thinking models), so
-those levels go as they are to a reasoning model, and ``none`` is ``think: false`` (Ollama's documented switch
-off, taken by every model). The other efforts (``minimal``, ``xhigh``, ``max``) are no value Ollama has, and a
-level asked of a model that cannot think would be refused: those are not sent but reported as dropped
-(``Ollama.unenforced``), rather than rounded to a level the caller did not choose. Errors before the stream
-have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and one more
-line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which
-only a real JSON parser reads right.
+A caller's reasoning effort is ``think`` too: ``think`` is a bool or one of ``"low"``, ``"medium"``, ``"high"``,
+``"max"`` (api/types.go ``ThinkValue.UnmarshalJSON``; "max" since Ollama 0.22, an older server refuses it with a
+400 naming the value, which the caller then gets), so those levels go as they are to a reasoning model: the model's
+renderer reads the level (gpt-oss, Qwen3.8, Glimmer), or thinks plainly. ``none`` is ``think: false`` (Ollama's
+documented switch off, taken by every model). The other efforts (``minimal``, ``xhigh``) are no value Ollama has
+(it refuses them with a 400), and a level asked of a model that cannot think would be refused: those are not sent
+but reported as dropped (``Ollama.unenforced``), rather than rounded to a level the caller did not choose.
+
+Errors before the stream have a real status and ``{"error": "…"}``; after lines were sent, the status stays 200 and
+one more line ``{"error": "…"}`` ends the stream (§4.5). Its JSON escapes ``<>&`` as ``\\u003c…`` (Go), which only a
+real JSON parser reads right.
 
 A caller that wants the reply whole (``complete``) gets it as Ollama offers it: ``stream: false`` and one
 ``ChatResponse`` object — the final line's shape, with the whole ``message`` (content, thinking, tool calls) in it
@@ -80,8 +82,8 @@ if TYPE_CHECKING:
     from modelgate.catalogue import CatalogueModel
 
 _DONE_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "load": "other", "unload": "other"}
-#: The thinking levels of Ollama's ``think`` (api/types.go ``ThinkValue.IsValid``).
-THINK_LEVELS = frozenset({"low", "medium", "high"})
+#: The thinking levels of Ollama's ``think`` (api/types.go ``ThinkValue.IsValid``; "max" since 0.22, #15787).
+THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
 #: The images Ollama reads: its own OpenAI layer takes ``data:image/{jpeg,jpg,png,webp};base64,`` and no other
 #: (openai/openai.go ``decodeImageURL``); WebP is decoded by Ollama itself (server/routes.go registers it,
 #: llm/llama_server.go ``llamaServerMediaBytes`` turns it into PNG). ``images.ImageBudget`` labels JPEG image/jpeg.
