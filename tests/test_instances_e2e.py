@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from modelgate import ModelgateClient
 from modelgate.app import create_app
@@ -233,3 +235,15 @@ def test_a_server_that_refuses_max_tokens_is_callable_with_the_limit_renamed(fak
             )
         assert reply.choices[0].message.content == "Hello, world!"  # the fake's default reply, whole
         assert fakes.openai.last.json["max_completion_tokens"] == 9
+
+
+def test_ollama_behind_a_proxy_at_a_path_is_reached_through_ollama_host(fakes: Fakes) -> None:
+    """``OLLAMA_HOST=host:port/path`` (a proxy serving Ollama under a path) is ``http://host:port/path`` to Ollama's
+    own clients (envconfig.Host, ollama-python ``_parse_host``); modelgate made it ``http://host/path:port``."""
+    proxy = Starlette(routes=[Mount("/ollama", app=fakes.ollama.app)])
+    with serve_in_thread(proxy) as proxied:
+        host = proxied.removeprefix("http://") + "/ollama/"
+        with serve_in_thread(create_app(Settings.from_env({"OLLAMA_HOST": host}), load_catalogue())) as url:
+            response = chat(url, "ollama/rwkv-6-world")
+    assert response.status_code == 200 and '0:"Hello"' in response.text, response.text
+    assert fakes.ollama.last.json["model"] == "mollysama/rwkv-6-world:1.6b"

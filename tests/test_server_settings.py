@@ -103,6 +103,26 @@ def test_a_base_url_the_environment_cannot_use_names_its_variable(variable: str,
     assert expected in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "base_url"),
+    [
+        # As Ollama's own clients read OLLAMA_HOST (envconfig.Host; ollama-python _parse_host's doctests).
+        ("1.2.3.4", "http://1.2.3.4:11434"),
+        (":56789", "http://127.0.0.1:56789"),
+        ("example.com:56789/", "http://example.com:56789"),
+        ("example.com/path", "http://example.com:11434/path"),
+        ("example.com:56789/path/", "http://example.com:56789/path"),
+        ("[0001:002:003:0004::1]", "http://[0001:002:003:0004::1]:11434"),
+        ("[::1]:56789/path", "http://[::1]:56789/path"),
+        ("::1", "http://[::1]:11434"),  # envconfig.Host: a bare IPv6 address
+        ("https://example.com", "https://example.com"),  # the scheme's own port
+        ("ollama.com", "https://ollama.com:443"),  # envconfig.Host: the cloud's own name is its https port
+    ],
+)
+def test_ollama_host_is_read_as_ollamas_clients_read_it(value: str, base_url: str) -> None:
+    assert Settings.from_env({"OLLAMA_HOST": value}).base_url_override("ollama") == base_url
+
+
 def test_a_base_url_from_the_environment_is_taken_as_written() -> None:
     settings = Settings.from_env(
         {"MODELGATE_LLAMA_BASE_URL": "http://[::1]:8080/v1/", "MODELGATE_OPENROUTER_BASE_URL": "https://or.example"}

@@ -76,14 +76,25 @@ def base_url_problem(url: str) -> str | None:
 
 
 def ollama_base_url(ollama_host: str | None) -> str:
-    """``OLLAMA_HOST`` as Ollama's own clients read it: ``host``, ``host:port`` or a URL."""
+    """``OLLAMA_HOST`` as Ollama's own clients read it (envconfig.Host, ollama-python ``_parse_host``): a URL, or
+    ``host``, ``host:port``, ``[ipv6]:port``, a bare IPv6 address, each with an optional ``/path``; port 11434."""
     if not ollama_host:
         return DEFAULT_BASE_URLS["ollama"]
     value = ollama_host.strip().rstrip("/")
     if "://" in value:
         return value  # an explicit scheme keeps the scheme's default port, as Ollama does
-    host, _, port = value.partition(":")
-    return f"http://{host or '127.0.0.1'}:{port or '11434'}"
+    if value == "ollama.com":  # envconfig.Host (#12617): the cloud's own name means its https port
+        return "https://ollama.com:443"
+    hostport, _, path = value.partition("/")
+    host, port = hostport, ""
+    if hostport.startswith("[") and "]" in hostport:
+        host, _, rest = hostport.partition("]")
+        host, port = host + "]", rest.removeprefix(":")
+    elif hostport.count(":") == 1:
+        host, port = hostport.split(":")
+    elif ":" in hostport:  # a bare IPv6 address, which a URL holds in brackets
+        host = f"[{hostport}]"
+    return f"http://{host or '127.0.0.1'}:{port or '11434'}" + (f"/{path}" if path else "")
 
 
 #: The least a timeout or an interval that cannot be off may be set to (seconds); the CLI's options say the same.
