@@ -123,3 +123,17 @@ def test_an_instance_without_a_key_asked_for_one_says_to_set_api_key_env(
     unset = chat(url, "cloud/gpt-oss", stream=False)
     assert unset.status_code == 503 and "set OLLAMA_API_KEY" in unset.text, unset.text
     assert len(fakes.ollama.requests) == 1
+
+
+def test_a_local_ollama_not_signed_in_for_a_cloud_model_says_to_run_ollama_signin(
+    serve: Callable[[dict[str, str]], str], fakes: Fakes
+) -> None:
+    fakes.ollama.token = None
+    fakes.ollama.signin_url = "https://ollama.com/connect?name=gpu-box&key=c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJ"
+    url = serve({})
+    response = chat(url, "local/gemma", stream=True)
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert "not signed in to ollama.com" in message and "ollama signin" in message, message
+    assert "gemma3:4b" in message and "connect?name" not in message
+    assert len(fakes.ollama.requests) == 1  # no retry cures it

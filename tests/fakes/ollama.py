@@ -6,7 +6,9 @@ reply's usage is None, as Go's ``omitempty`` does). JSON is written the way Go's
 ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``. No authentication, as a local Ollama;
 with a ``token`` set it is ollama.com's API or an Ollama behind an authenticating proxy: a call without
 ``Authorization: Bearer <token>`` is a 401 ``{"error": "unauthorized"}``, the body ollama.com answers a missing or
-wrong key with (docs/api/authentication.mdx: the key goes as ``Authorization: Bearer $OLLAMA_API_KEY``).
+wrong key with (docs/api/authentication.mdx: the key goes as ``Authorization: Bearer $OLLAMA_API_KEY``). With a
+``signin_url`` set it is a local Ollama not signed in to ollama.com asked for a cloud model: 401
+``{"error": "unauthorized", "signin_url": …}`` (server/routes.go ChatHandler, server/cloud_proxy.go).
 Errors are ``{"error":"…"}`` with a real status before the stream, or one more line under HTTP 200
 after lines were sent (``error_after``), with no ``done`` line (§4.5). ``stream: false`` is answered with one
 ``ChatResponse`` (the final line's shape, the whole message in it) once the scripted generation is over, and a
@@ -86,6 +88,8 @@ class FakeOllama(FakeUpstream):
         self.thinking_models: set[str] = set(self.thinking_by_default)
         #: The API key every call must carry as a bearer token (ollama.com, a proxy); None: no authentication.
         self.token: str | None = None
+        #: Where a local Ollama not signed in to ollama.com sends its owner (in its 401 for a cloud model).
+        self.signin_url: str | None = None
         #: The ``think`` levels the server takes (``THINK_LEVELS[:3]``: a server older than 0.22).
         self.think_levels: tuple[str, ...] = THINK_LEVELS
 
@@ -94,10 +98,13 @@ class FakeOllama(FakeUpstream):
         self.thinking_models = set(self.thinking_by_default)
         self.token = None
         self.think_levels = THINK_LEVELS
+        self.signin_url = None
 
     def refused(self, recorded: RecordedRequest) -> Response | None:
         if self.token is not None and recorded.headers.get("authorization") != f"Bearer {self.token}":
             return self.error(401)
+        if self.signin_url is not None and recorded.path == "/api/chat":
+            return json_error(401, {"error": "unauthorized", "signin_url": self.signin_url})
         return None
 
     def routes(self) -> list[BaseRoute]:

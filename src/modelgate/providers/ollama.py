@@ -61,7 +61,7 @@ from modelgate.chat import (
     Usage,
     reported_usage,
 )
-from modelgate.errors import BadRequest, UpstreamError
+from modelgate.errors import BadRequest, UpstreamAuthError, UpstreamError
 from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
@@ -92,11 +92,18 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 #: full (server/sched.go ``ErrMaxQueue``, answered by server/routes.go ``handleScheduleError``): the whole server
 #: is busy, not the one model, so it counts against the provider's breaker (``ErrorDetail.provider_wide``).
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
+#: What a 401 with a ``signin_url`` means: the Ollama server is not signed in to ollama.com for a cloud model.
+NOT_SIGNED_IN = "the Ollama server is not signed in to ollama.com for its cloud models: run `ollama signin` there"
 
 
 def read_error(status: int, body: bytes) -> ErrorDetail:
     payload = parse_json(body)
     message = str(payload["error"])
+    if status == 401 and "signin_url" in payload:
+        # A local Ollama asked for a cloud model it cannot reach: it signs its calls to ollama.com with its own key,
+        # and has none until its owner signs in (server/routes.go ChatHandler, server/cloud_proxy.go
+        # writeCloudUnauthorized); no key of ours helps. The URL names that server and its key: not shown.
+        return ErrorDetail(NOT_SIGNED_IN, error=UpstreamAuthError)
     return ErrorDetail(message, provider_wide=status == 503 and message == SERVER_BUSY)
 
 
