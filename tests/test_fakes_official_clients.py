@@ -88,6 +88,30 @@ def test_ollama_refuses_think_for_a_model_without_thinking(fakes: Fakes, ollama_
     assert caught.value.error == f'"{NON_THINKING}" does not support thinking'
 
 
+def test_ollama_with_a_key_takes_ollama_api_key_as_ollama_python_sends_it(
+    fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes.ollama.token = "ollama-key"
+    with ollama.Client(host=fakes.ollama.root) as keyless, pytest.raises(ollama.ResponseError) as caught:
+        keyless.chat(model=NON_THINKING, messages=MESSAGES)
+    assert (caught.value.status_code, caught.value.error) == (401, "unauthorized")
+    monkeypatch.setenv("OLLAMA_API_KEY", "ollama-key")  # read when the client is made
+    with ollama.Client(host=fakes.ollama.root) as client:
+        assert client.chat(model=NON_THINKING, messages=MESSAGES).message.content == "Hello, world!"
+        assert [m.model for m in client.list().models] == list(fakes.ollama.listed())
+    assert fakes.ollama.last.headers["authorization"] == "Bearer ollama-key"
+
+
+def test_ollama_think_takes_the_levels_and_refuses_others(fakes: Fakes, ollama_client: ollama.Client) -> None:
+    fakes.ollama.script(Reply(tokens=TOKENS, reasoning=REASONING))
+    reply = ollama_client.chat(model=THINKING, messages=MESSAGES, think="max")
+    assert reply.message.thinking == "".join(REASONING)
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client.chat(model=THINKING, messages=MESSAGES, think="xhigh")
+    assert caught.value.status_code == 400
+    assert caught.value.error.startswith('invalid think value: "xhigh" (must be "high", "medium", "low", "max"')
+
+
 def test_ollama_non_thinking_model_never_sends_thinking(fakes: Fakes, ollama_client: ollama.Client) -> None:
     fakes.ollama.script(Reply(tokens=TOKENS, reasoning=REASONING))
     parts = list(ollama_client.chat(model=NON_THINKING, messages=MESSAGES, stream=True))
