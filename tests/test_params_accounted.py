@@ -143,6 +143,13 @@ def answered(text: str) -> Sent:
     return Sent(f"{text!r} in the answer", lambda _body, answer: text in answer)
 
 
+def round_trip_kept() -> Sent:
+    """``include: ["reasoning.encrypted_content"]``: the gateway keeps its promise on every reply with round-trip data
+    (a reasoning item's encrypted_content, tests/test_responses_round_trip.py), whatever the kind; a reply without
+    any, as here, has nothing to include, and a ``reasoning`` item with encrypted_content would be a lie."""
+    return Sent("no encrypted_content without round-trip data", lambda _body, answer: "encrypted_content" not in answer)
+
+
 def tools_absent() -> Sent:
     """``tool_choice: none`` where the protocol has no such field: honoured by offering no tools."""
     return Sent("no tools offered", lambda body, _answer: "tools" not in body)
@@ -458,7 +465,7 @@ RESPONSES_CASES: tuple[Case, ...] = (
     Case("background", {"background": True}),
     Case("background_options", {"background_options": {"completion_window": "2h"}}),
     Case("prompt", {"prompt": {"id": "pmpt_123"}}),
-    Case("include", {"include": ["reasoning.encrypted_content"]}),
+    Case("include", {"include": ["reasoning.encrypted_content"]}, dict.fromkeys(KINDS, round_trip_kept())),
     Case("include", {"include": ["message.output_text.logprobs"]}, label="include-logprobs"),
     Case("max_tool_calls", {"max_tool_calls": 3}),
     Case("top_logprobs", {"top_logprobs": 2}),

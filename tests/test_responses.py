@@ -508,7 +508,6 @@ def test_tools_declined_with_tool_choice_none_reach_a_model_without_tools(client
 UNMADE: dict[str, tuple[dict[str, Any], str]] = {
     "summary": ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),
     "generate_summary": ({"reasoning": {"generate_summary": "concise"}}, "reasoning.generate_summary"),
-    "encrypted_reasoning": ({"include": ["reasoning.encrypted_content"]}, "include"),
     "default_verbosity": ({"text": {"verbosity": "medium"}}, "text.verbosity"),
 }
 
@@ -521,8 +520,11 @@ def test_extra_output_nobody_makes_is_reported_as_dropped(client: openai.OpenAI,
     assert name in raw.headers["x-modelgate-dropped-params"].split(",")
 
 
-def test_an_empty_include_asks_for_nothing(client: openai.OpenAI) -> None:
-    raw = client.responses.with_raw_response.create(model=OLLAMA, input="hi", include=[])
+@pytest.mark.parametrize("include", [[], ["reasoning.encrypted_content"]])
+def test_an_include_of_encrypted_reasoning_is_honoured_not_dropped(client: openai.OpenAI, include: list[Any]) -> None:
+    """A reply's round-trip data comes in a reasoning item's encrypted_content (tests/test_responses_round_trip.py);
+    [] asks for nothing."""
+    raw = client.responses.with_raw_response.create(model=OLLAMA, input="hi", include=include)
     assert "x-modelgate-dropped-params" not in raw.headers
 
 

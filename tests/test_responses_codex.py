@@ -235,8 +235,9 @@ def test_first_turn_with_reasoning_is_served_as_codex_reads_it(service: str, fak
     assert turn.usage is not None
     # The provider did not count reasoning apart: unknown, and still a usage Codex parses.
     assert turn.usage["output_tokens_details"] is None
-    # What nobody here can make or use is accepted and named; the effort is carried.
-    assert {"include", "reasoning.summary", "prompt_cache_key", "client_metadata"} <= _dropped(answer)
+    # What nobody here can make or use is accepted and named; the effort is carried, the include honoured.
+    assert {"reasoning.summary", "prompt_cache_key", "client_metadata"} <= _dropped(answer)
+    assert "include" not in _dropped(answer)
     sent = fakes.openrouter.last.json
     assert sent["reasoning"] == {"effort": "high"}
     assert [tool["function"]["name"] for tool in sent["tools"]] == ["shell", "update_plan"]
@@ -265,7 +266,8 @@ def test_follow_up_turn_sends_back_reasoning_call_and_output(service: str, fakes
 
 def test_items_with_ids_status_summaries_and_encrypted_content_are_taken(service: str, fakes: Fakes) -> None:
     """History from another provider (OpenAI's own, or an app that keeps every field): ids, statuses, a summary
-    and encrypted reasoning. The reasoning is opaque and not replayed; the rest is read as before."""
+    and encrypted reasoning. Another server's reasoning is not replayed (and named dropped); the rest is read as
+    before."""
     fakes.openrouter.script(Reply(tokens=["ok"]))
     history = [
         *OPENING,
@@ -299,6 +301,7 @@ def test_items_with_ids_status_summaries_and_encrypted_content_are_taken(service
     assert CodexTurn.read(answer.text).text == "ok"
     sent = json.dumps(fakes.openrouter.last.json["messages"])
     assert "opaque" not in sent and "Listing files" not in sent
+    assert "input.reasoning.encrypted_content" in _dropped(answer)  # another server's: no model here reads it
 
 
 def test_a_turn_without_reasoning_reports_nothing_it_did_not_ask(service: str, fakes: Fakes) -> None:
@@ -491,7 +494,7 @@ def test_a_view_image_output_reaches_the_model_as_an_image(service: str, fakes: 
         ],
     }
     assert prompt == {"role": "user", "content": "Describe it."}
-    assert _dropped(answer) == {"include", "reasoning.summary", "prompt_cache_key", "client_metadata"}
+    assert _dropped(answer) == {"reasoning.summary", "prompt_cache_key", "client_metadata"}
 
 
 def test_a_view_image_output_to_a_model_without_vision_is_a_400(service: str, fakes: Fakes) -> None:

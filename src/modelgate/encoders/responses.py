@@ -33,6 +33,16 @@ streamed as ``response.reasoning_text.delta``/``.done``: OpenAI's shape for raw 
 models), not ``summary``, which would claim a summary we never made. Clients that read only summaries
 (the AI SDK) show an empty reasoning part; none mixes it into the answer.
 
+What the model attached to its reply for itself to read back (reasoning blocks, ``ReasoningDelta.details``; a tool
+call's ``extra_content``, ``ToolCallDelta.extra``) goes out in one more ``reasoning`` item after all the others, with
+no summary or text and its ``encrypted_content`` a token of ``modelgate.reasoning_token``: OpenAI's place for opaque
+reasoning a client replays, which Codex and the SDKs keep (a ``function_call`` item has no field for it). It comes
+whether or not the request's ``include`` asked for ``reasoning.encrypted_content``: nothing is stored here, so without
+it the next turn of a tool loop is refused upstream (openai-python's ``ResponseReasoningItem``: encrypted_content "is
+populated by default"). Streamed: its ``response.output_item.added`` and ``.done``, both whole, before the closing
+event. Its blocks and extras count toward ``MAX_HELD_OUTPUT``; more than ``MAX_REASONING_DETAILS`` blocks fail the
+reply, as on ``/v1/chat/completions``.
+
 A failure after the first byte is an ``error`` event, then ``response.failed`` with ``response.error``. The
 ``error`` event carries OpenAI's flat ``code``/``message``/``param`` and the same again under ``error``: the
 nested copy is what AI SDK 5's ``@ai-sdk/openai`` 2.x parses (it ignores the flat one and ``response.failed``),
@@ -49,11 +59,22 @@ from typing import Any, Literal
 
 import orjson
 
-from modelgate.chat import Finish, ReasoningDelta, RefusalDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from modelgate.chat import (
+    Finish,
+    ReasoningDelta,
+    ReasoningDetail,
+    RefusalDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from modelgate.encoders.base import close, ended_early, failure_message, log
 from modelgate.errors import ModelgateError, UpstreamError, UpstreamProtocolError
 from modelgate.observer import current_observation
 from modelgate.push_lane import Lane, register_encoder
+from modelgate.reasoning_token import Carried, encode
+from modelgate.wire import MAX_REASONING_DETAILS
 
 MEDIA_TYPE = "text/event-stream"
 #: ``X-Accel-Buffering: no`` keeps nginx-style proxies from batching tokens.
@@ -73,6 +94,8 @@ _TOO_LONG = (
     f"the reply passed {MAX_HELD_OUTPUT} characters of output, the most a streamed response holds"
     " (its closing event repeats the whole output); ask for less output or stream /v1/chat/completions"
 )
+
+_TOO_MANY_DETAILS = f"more than {MAX_REASONING_DETAILS} reasoning_details"
 
 #: Finish reasons that end a reply early: the response is ``incomplete`` with this reason
 #: (``IncompleteDetails.reason``), which the SDKs map back to a ``length`` / ``content-filter`` finish.
@@ -149,6 +172,8 @@ class _Item:
     call_id: str = ""
     name: str = ""
     namespace: str | None = None
+    #: A reasoning item's opaque round-trip data (``modelgate.reasoning_token``).
+    encrypted_content: str | None = None
 
     def delta_prefix(self, part: _Part) -> bytes:
         """A delta event of ``part`` up to its text: built once per part, so a token costs one ``dumps``."""
@@ -179,7 +204,10 @@ class _Item:
         content = [part.as_output() for part in self.parts] if with_content else []
         if self.kind == "message":
             return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
-        return {"id": self.id, "type": "reasoning", "status": self.status, "summary": [], "content": content}
+        reasoning = {"id": self.id, "type": "reasoning", "status": self.status, "summary": [], "content": content}
+        return (
+            reasoning if self.encrypted_content is None else {**reasoning, "encrypted_content": self.encrypted_content}
+        )
 
 
 def _new_item(kind: ItemKind, output_index: int) -> _Item:
@@ -222,14 +250,18 @@ class ResponseBuilder:
     final ``response``), so both shapes come from one state machine.
     """
 
-    def __init__(self, head: ResponseHead) -> None:
+    def __init__(self, head: ResponseHead, provider: str) -> None:
         self.head = head
+        self.provider = provider
         self.items: list[_Item] = []
         #: The open message or reasoning item (one at a time).
         self._open: _Item | None = None
         #: Open ``function_call`` items by the tool call's ``index``.
         self._calls: dict[int, _Item] = {}
         self.had_reasoning = False
+        #: What the model attached for itself: its reasoning blocks, each call's ``extra_content`` by ``call_id``.
+        self._details: list[ReasoningDetail] = []
+        self._extras: dict[str, Any] = {}
 
     def response(
         self,
@@ -293,6 +325,13 @@ class ResponseBuilder:
             self.had_reasoning = True
         return out, item, part
 
+    def reasoning_details(self, details: Sequence[ReasoningDetail]) -> bool:
+        """Reasoning blocks of the reply, for its last item (``finish``); whether they are within
+        ``MAX_REASONING_DETAILS`` (past it, ``finish`` fails the reply)."""
+        self._details += details
+        self.had_reasoning = True
+        return len(self._details) <= MAX_REASONING_DETAILS
+
     def tool_call(self, piece: ToolCallDelta) -> list[dict[str, Any]]:
         """Payloads for one piece of a tool call: its item's ``output_item.added`` (the first piece, which
         closes an open message or reasoning item), and an arguments delta when the piece has arguments."""
@@ -313,6 +352,8 @@ class ResponseBuilder:
         elif piece.name and not item.name:
             item.name = piece.name
             item.namespace = self.head.namespaces.get(item.name)
+        if piece.extra is not None:
+            self._extras[item.call_id] = piece.extra
         if piece.arguments:
             item.text.append(piece.arguments)
             where = {"item_id": item.id, "output_index": item.output_index}
@@ -322,6 +363,7 @@ class ResponseBuilder:
     def finish(self, finish: Finish, completed_at: int) -> list[dict[str, Any]]:
         reason = _INCOMPLETE.get(finish.reason)
         status = "incomplete" if reason is not None else "completed"
+        carried = self._carried()  # before any item changes: it may fail the reply
         out: list[dict[str, Any]] = []
         if self._open is not None and self._open.kind != "message":
             out += self._close("completed")
@@ -330,11 +372,27 @@ class ResponseBuilder:
         if self._open is not None:
             out += self._close(status)
         out += self._close_calls(status)
+        if carried:
+            out += self._add_carrier(carried)
         response = self.response(
             status, usage=finish.usage, incomplete_reason=reason, completed_at=completed_at if reason is None else None
         )
         out.append({"type": f"response.{status}", "response": response})
         return out
+
+    def _carried(self) -> Carried:
+        if len(self._details) > MAX_REASONING_DETAILS:  # a stream's (``collect_response`` stops at once)
+            raise UpstreamProtocolError(self.provider, _TOO_MANY_DETAILS)
+        return Carried(details=tuple(self._details), calls=self._extras)
+
+    def _add_carrier(self, carried: Carried) -> list[dict[str, Any]]:
+        """The reasoning item that carries the reply's round-trip data, added and done at once (module docstring)."""
+        item = _new_item("reasoning", len(self.items))
+        item.status = "completed"
+        item.encrypted_content = encode(carried)
+        self.items.append(item)
+        whole = {"output_index": item.output_index, "item": item.as_output()}
+        return [{"type": "response.output_item.added", **whole}, {"type": "response.output_item.done", **whole}]
 
     def fail(self, message: str, code: str = "server_error") -> list[dict[str, Any]]:
         for item in [*self._calls.values(), *([self._open] if self._open is not None else [])]:
@@ -411,7 +469,7 @@ class ResponseStreamEncoder:
     """Encodes one reply as the Responses API's server-sent events; one instance per response."""
 
     def __init__(self, head: ResponseHead, *, provider: str, clock: Callable[[], float] = time.time) -> None:
-        self._builder = ResponseBuilder(head)
+        self._builder = ResponseBuilder(head, provider)
         self._provider = provider
         self._clock = clock
         self._sequence = 0
@@ -456,9 +514,15 @@ class ResponseStreamEncoder:
                     if before:  # an item or part closed and another opened
                         out.append(self._frames(before))
                     out.append(self._delta(item, part, event.text))
+                if isinstance(event, ReasoningDelta) and event.details:
+                    if not self._hold(len(orjson.dumps(event.details))):
+                        break
+                    builder.reasoning_details(event.details)
             elif isinstance(event, ToolCallDelta):
                 # The name and id too: a call's are held, and each of up to ``MAX_TOOL_CALLS`` may be one long event.
                 size = len(event.arguments or "") + len(event.name or "") + len(event.id or "")
+                if event.extra is not None:
+                    size += len(orjson.dumps(event.extra))
                 if size and not self._hold(size):
                     break
                 out.append(self._frames(builder.tool_call(event)))
@@ -527,7 +591,7 @@ async def collect_response(
 ) -> dict[str, Any]:
     """Drain ``events`` into one ``response`` object. Raises ``ModelgateError`` on a failure (an HTTP error,
     as the chat completion route does: a non-streamed reply has no partial result to hand back)."""
-    builder = ResponseBuilder(head)
+    builder = ResponseBuilder(head, provider)
     finish: Finish | None = None
     try:
         async for batch in events:
@@ -535,6 +599,12 @@ async def collect_response(
                 if isinstance(event, TextDelta | ReasoningDelta):
                     if event.text:
                         builder.delta(_part_kind(event), event.text)
+                    if (
+                        isinstance(event, ReasoningDelta)
+                        and event.details
+                        and not builder.reasoning_details(event.details)
+                    ):
+                        raise UpstreamProtocolError(provider, _TOO_MANY_DETAILS)
                 elif isinstance(event, ToolCallDelta):
                     builder.tool_call(event)
                 else:

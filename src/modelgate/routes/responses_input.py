@@ -17,11 +17,17 @@ the chat types cannot carry (hosted tools such as ``web_search``, files, audio) 
 the model: never silently ignored. ``reasoning.effort`` is Chat Completions' ``reasoning_effort``: every provider
 kind sends it in its own form or reports it as dropped.
 
+What a reasoning model attached to its reply for itself (OpenRouter's reasoning blocks, Gemini's thought signatures
+on tool calls) comes back in a replayed ``reasoning`` item's ``encrypted_content``, a token modelgate made
+(``modelgate.reasoning_token``), and goes back on the assistant message and its calls (``_RoundTrip``). The
+``reasoning.encrypted_content`` ``include`` is honoured: such a token comes whenever a reply has any (asked or not,
+``encoders.responses``). Other reasoning items (their text, another server's ``encrypted_content``) are not replayed:
+the chat types have no place for them.
+
 Extra output no provider kind makes, whose absence leaves the answer as asked, is accepted and reported as
-dropped (``unmade_extras``): a reasoning summary (``reasoning.summary``, Codex sends ``auto``), the
-``reasoning.encrypted_content`` ``include`` (opaque reasoning for the server that made it to read back; nothing
-here makes it or reads it) and ``text.verbosity: "medium"`` (OpenAI's default). Other ``include`` values and
-verbosities are refused: they ask for data or an answer the client would not get.
+dropped (``unmade_extras``): a reasoning summary (``reasoning.summary``, Codex sends ``auto``) and
+``text.verbosity: "medium"`` (OpenAI's default). Other ``include`` values and verbosities are refused: they ask for
+data or an answer the client would not get.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from modelgate.chat import (
     ChatRequest,
     Image,
     Message,
+    ReasoningDetail,
     ReasoningEffort,
     ResponseFormat,
     Role,
@@ -48,6 +55,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
+from modelgate.reasoning_token import decode, made_here
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
     CacheControl,
@@ -64,7 +72,7 @@ from modelgate.routes.openai_request import (
     not_carried,
 )
 from modelgate.settings import Settings
-from modelgate.wire import WireJSON, WireText
+from modelgate.wire import MAX_REASONING_DETAILS, WireJSON, WireText
 
 #: Our ``GenerationParams`` fields → this API's request fields (the Chat Completions route has its own).
 RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
@@ -77,10 +85,11 @@ RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
 #: Fields reported as dropped: the server hints both APIs share, and two Responses has (``metadata`` is not here:
 #: it is echoed in the response, as OpenAI's).
 NOT_CARRIED = (*SERVER_HINTS, "access_programs", "image")
-#: The one ``include`` value accepted (and reported): the reasoning encrypted for its maker to read back in a later
-#: turn, which is what Codex asks beside every ``reasoning`` (``codex-rs/core/src/client.rs``). Reasoning items sent
-#: back are not replayed here, so there is nothing to encrypt and nothing lost.
+#: The one ``include`` value accepted: the reasoning for its maker to read back in a later turn, which is what Codex
+#: asks beside every ``reasoning`` (``codex-rs/core/src/client.rs``): modelgate's token (``reasoning_token``).
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+#: A replayed reasoning item's ``encrypted_content`` made by another server, named dropped (``_RoundTrip``).
+_FOREIGN_REASONING = "input.reasoning.encrypted_content"
 #: The reasoning fields accepted and reported: summaries (and their deprecated name) no provider kind makes.
 _SUMMARY_FIELDS = ("summary", "generate_summary")
 
@@ -168,6 +177,8 @@ class InputItem(BaseModel):
     name: FunctionName | None = None
     arguments: WireText | None = Field(default=None, description="The JSON text the model wrote")
     output: TextOrParts | None = Field(default=None, description="A function call's result")
+    #: A ``reasoning`` item's opaque reasoning: modelgate's own token (``modelgate.reasoning_token``) is read back.
+    encrypted_content: WireText | None = None
 
 
 TextOrItems = Annotated[
@@ -333,9 +344,8 @@ def unmade_extras(body: ResponsesRequest) -> tuple[str, ...]:
     (the rest is refused by ``_refuse_unsupported``): named in the dropped-parameters header."""
     reasoning = body.reasoning or ReasoningConfig()
     summaries = tuple(f"reasoning.{name}" for name in _SUMMARY_FIELDS if getattr(reasoning, name) is not None)
-    include = ("include",) if body.include else ()  # only ENCRYPTED_REASONING is left by now; [] asks for nothing
     verbosity = ("text.verbosity",) if body.text is not None and body.text.verbosity is not None else ()
-    return summaries + include + verbosity
+    return summaries + verbosity
 
 
 def to_tools(body: ResponsesRequest, model: CatalogueModel) -> tuple[Tool, ...]:
@@ -459,7 +469,86 @@ def to_response_format(body: ResponsesRequest) -> ResponseFormat | None:
     )
 
 
-def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings) -> tuple[Message, ...]:
+class _RoundTrip:
+    """The round-trip data of replayed ``reasoning`` items (``modelgate.reasoning_token``), back where the chat types
+    keep it: the reasoning blocks on their turn's assistant message, a call's ``extra_content`` on the call of that
+    ``call_id``.
+
+    A reply's token comes in its last item, after its message and calls (``encoders.responses``), so its blocks
+    belong to the assistant message before it (past the results of its calls, if a client put them first); a token
+    before any (a client that moved it) waits for the next. Another server's ``encrypted_content`` (OpenAI's, from a
+    conversation begun there) is no model's here to read: it is left out and named dropped, as reasoning items were
+    before. A token of ours that does not read back is a 400: the turn would otherwise reach the upstream without
+    what it needs, and be refused there for a reason the client could not see."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Mapping[str, Any]] = {}
+        self.foreign = False
+        #: Blocks of a token that came before its turn, and where it was.
+        self._pending: tuple[ReasoningDetail, ...] = ()
+        self._pending_where = ""
+
+    def read(self, item: InputItem, where: str, messages: list[Message]) -> None:
+        token = item.encrypted_content
+        if token is None:
+            return
+        if not made_here(token):
+            self.foreign = True
+            return
+        try:
+            carried = decode(token)
+        except ValueError as exc:
+            raise BadRequest(
+                f"{where}.encrypted_content: not as modelgate made it ({exc}); send the reasoning item back as the "
+                "response gave it",
+                param="input",
+            ) from None
+        self.calls.update(carried.calls)
+        if not carried.details:
+            return
+        turn = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role != "tool"), None)
+        if turn is not None and messages[turn].role == "assistant":
+            self._add(messages, turn, carried.details, where)
+        else:
+            self._pending += carried.details
+            self._pending_where = where
+
+    def settle(self, messages: list[Message]) -> None:
+        """After an item: blocks waiting for their turn go on the assistant message it just made."""
+        if self._pending and messages and messages[-1].role == "assistant":
+            self._add(messages, len(messages) - 1, self._pending, self._pending_where)
+            self._pending = ()
+
+    def finish(self, messages: list[Message]) -> None:
+        if self._pending:
+            raise BadRequest(
+                f"{self._pending_where}: a reasoning item modelgate made belongs beside the message or function_call "
+                "items of its turn, and none follows it",
+                param="input",
+            )
+        for index, message in enumerate(messages):
+            if any(call.id in self.calls and call.extra is None for call in message.tool_calls):
+                calls = tuple(
+                    replace(call, extra=self.calls[call.id]) if call.id in self.calls and call.extra is None else call
+                    for call in message.tool_calls
+                )
+                messages[index] = replace(message, tool_calls=calls)
+
+    @staticmethod
+    def _add(messages: list[Message], index: int, details: tuple[ReasoningDetail, ...], where: str) -> None:
+        message = messages[index]
+        blocks = (*message.reasoning_details, *details)
+        if len(blocks) > MAX_REASONING_DETAILS:
+            raise BadRequest(
+                f"{where}.encrypted_content: more than {MAX_REASONING_DETAILS} reasoning blocks for one turn",
+                param="input",
+            )
+        messages[index] = replace(message, reasoning_details=blocks)
+
+
+def _messages(
+    body: ResponsesRequest, model: CatalogueModel, settings: Settings, round_trip: _RoundTrip
+) -> tuple[Message, ...]:
     max_messages = settings.max_messages
     budget = ImageBudget(settings.max_image_bytes, settings.max_images_bytes, param="input")
     messages: list[Message] = []
@@ -476,6 +565,10 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
             if item.type == "function_call_output":
                 messages.append(_function_call_output(item, where, called, budget, shown))
                 continue
+            if item.type == "reasoning":
+                # Read before the images of call results are let out: a reply's token follows its calls.
+                round_trip.read(item, where, messages)
+                continue
             shown.flush(messages)
             if item.type == "function_call":
                 call = _function_call(item, where)
@@ -486,11 +579,12 @@ def _messages(body: ResponsesRequest, model: CatalogueModel, settings: Settings)
                     messages[-1] = replace(last, tool_calls=(*last.tool_calls, call))
                 else:
                     messages.append(Message(role="assistant", content="", tool_calls=(call,)))
+                round_trip.settle(messages)
                 continue
-            message = _item_message(item, where, model, budget)
-            if message is not None:
-                messages.append(message)
+            messages.append(_item_message(item, where, model, budget))
+            round_trip.settle(messages)
         shown.flush(messages)
+        round_trip.finish(messages)
     if not any(message.role != "system" for message in messages):
         raise BadRequest("input: at least one message is required", param="input")
     if len(messages) > max_messages:
@@ -560,12 +654,8 @@ def _function_call_output(
     return Message(role="tool", content=output, tool_call_id=item.call_id)
 
 
-def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: ImageBudget) -> Message | None:
+def _item_message(item: InputItem, where: str, model: CatalogueModel, budget: ImageBudget) -> Message:
     kind = item.type or "message"
-    if kind == "reasoning":
-        # An earlier answer's reasoning, passed back with ``response.output``: models do not read their old
-        # reasoning (OpenAI drops it from later turns too), and the chat types have no place for it.
-        return None
     if kind == "item_reference":
         raise BadRequest(
             f"{where}: item_reference: {_NOT_STORED}, so earlier items cannot be referenced; send the items "
@@ -637,15 +727,19 @@ def _image(part: InputPart, where: str, role: Role, budget: ImageBudget) -> Imag
 def to_chat_request(body: ResponsesRequest, model: CatalogueModel, settings: Settings) -> ChatRequest:
     _refuse_unsupported(body, model)
     tools = to_tools(body, model)
+    round_trip = _RoundTrip()
+    messages = _messages(body, model, settings, round_trip)
+    # Another server's reasoning (``_RoundTrip``): named, as nothing here can read it.
+    foreign = (_FOREIGN_REASONING,) if round_trip.foreign else ()
     return ChatRequest(
-        messages=_messages(body, model, settings),
+        messages=messages,
         params=call_params(body, model, RESPONSES_PARAMS),
         tools=tools,
         tool_choice=_tool_choice(body, tools, model),
         parallel_tool_calls=body.parallel_tool_calls if tools else None,
         response_format=to_response_format(body),
         cache=CacheBreak(body.cache_control.ttl) if body.cache_control is not None else None,
-        not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body) + _namespace_description(body),
+        not_carried=not_carried(body, NOT_CARRIED) + unmade_extras(body) + _namespace_description(body) + foreign,
     )
 
 
