@@ -150,14 +150,6 @@ class ResponseFormat:
     strict: bool | None = None
 
 
-#: The most ``stop`` sequences a call may carry, and the longest one may be (characters), whatever its upstream takes:
-#: bounds on hostile input (a server checks every sequence against the text after each token), far above what clients
-#: send (Continue, to an OpenAI-compatible server that is not OpenAI: every stop word of its templates, a dozen for a
-#: coder's autocomplete). An upstream's own lower limit is its provider's (``Provider.stop_limit``).
-MAX_STOP_SEQUENCES = 64
-MAX_STOP_CHARS = 1000
-
-
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     """Sampling parameters for one call. ``None`` means "leave it to the provider".

@@ -19,11 +19,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from modelgate.chat import MAX_STOP_SEQUENCES
 from modelgate.errors import CatalogueError
 from modelgate.schema import Endpoints
 from modelgate.settings import CREDENTIAL_VARIABLES, DEFAULT_BASE_URLS, base_url_problem
-from modelgate.wire import Count
+from modelgate.wire import MAX_STOP_SEQUENCES, Count
 
 #: The providers the seed's ``endpoints`` object knows, in its key order: instances that always exist.
 PROVIDER_NAMES: tuple[str, ...] = tuple(Endpoints.__annotations__)

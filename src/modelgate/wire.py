@@ -33,6 +33,12 @@ def unicode_text(value: str) -> str:
 #: The largest count a catalogue takes (tokens, concurrency, seconds): a signed 32-bit integer, what providers'
 #: token fields take (TGI's are u32) and the stores' INTEGER columns hold, well inside what JSON carries.
 MAX_COUNT = 2**31 - 1
+#: The most ``stop`` sequences a call may carry, and the longest one may be (characters), whatever its upstream takes:
+#: bounds on hostile input (a server checks every sequence against the text after each token), far above what clients
+#: send (Continue, to an OpenAI-compatible server that is not OpenAI: every stop word of its templates, a dozen for a
+#: coder's autocomplete). An upstream's own lower limit is its provider's (``Provider.stop_limit``).
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_CHARS = 1000
 #: A count as the catalogue takes it.
 Count = Annotated[int, Field(le=MAX_COUNT)]
 

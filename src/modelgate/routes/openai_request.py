@@ -20,14 +20,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from modelgate.catalogue import CatalogueModel
-from modelgate.chat import (
-    MAX_STOP_CHARS,
-    MAX_STOP_SEQUENCES,
-    CacheBreak,
-    ChatRequest,
-    GenerationParams,
-    ReasoningEffort,
-)
+from modelgate.chat import CacheBreak, ChatRequest, GenerationParams, ReasoningEffort
 from modelgate.errors import BadRequest
 from modelgate.routes.openai_input import (
     MAX_TOOLS,
@@ -42,7 +35,7 @@ from modelgate.routes.openai_input import (
     to_tools,
 )
 from modelgate.settings import Settings
-from modelgate.wire import WireInt, WireText, unicode_text
+from modelgate.wire import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, WireInt, WireText, unicode_text
 
 log = logging.getLogger("modelgate.openai")
 
