@@ -22,17 +22,14 @@ from pydantic import ValidationError
 from modelgate import budgets as budgets_module
 from modelgate.app import create_app
 from modelgate.auth import key_digest, load_keyring
+from modelgate.budget_rules import NANO_USD, REST, Budget, Charge, counters, period_of
 from modelgate.budgets import (
-    NANO_USD,
     SETTLE_RETRY_DELAYS,
-    Budget,
     BudgetCounters,
     Budgets,
     BudgetUnavailable,
-    Charge,
     MemoryCounters,
     RedisCounters,
-    period_of,
 )
 from modelgate.catalogue import Pricing, load_catalogue
 from modelgate.errors import CatalogueError, RateLimited
@@ -218,7 +215,7 @@ def test_a_key_refused_by_several_budgets_is_sent_back_when_all_of_them_let_it_i
             # The day only held by a running request, the month spent: not "try again in a second".
             budget = Budget(tokens_per_day=1000, tokens_per_month=100)
             await budgets.reserve("k2", "ci", budget, Charge(1000, 0), 10)
-            [_, month] = budgets_module.counters("k2", budget, budgets.now())
+            [_, month] = counters("k2", budget, budgets.now())
             await store.restore([month], [100], budgets.now())
             with pytest.raises(RateLimited) as spent_and_busy:
                 await budgets.reserve("k2", "ci", budget, Charge(1, 0), 1)
@@ -265,7 +262,7 @@ def test_a_renewal_keeps_a_running_hold_and_brings_back_no_settled_one(store_kin
             running = await budgets.reserve("k", "ci", budget, Charge(30, 0), 10)
             ended = await budgets.reserve("k", "ci", budget, Charge(20, 0), 10)
             await budgets.settle(ended, Charge(15, 0))
-            current = budgets_module.counters("k", budget, budgets.now())
+            current = counters("k", budget, budgets.now())
             await store.renew([(current, running.id), (current, ended.id)], budgets.now())
             assert [(s.spent, s.reserved) for s in await budgets.state("k", budget)] == [(15, 30)]
 
@@ -360,7 +357,7 @@ def test_restore_adds_to_live_counts_in_process_and_raises_counters_to_it_in_red
     async def scenario() -> None:
         async with stores(store_kind, redis_url) as (store,):
             budgets = Budgets(store, clock)
-            day, month = budgets_module.counters("k", budget, budgets.now())
+            day, month = counters("k", budget, budgets.now())
             await budgets.settle(await budgets.reserve("k", "ci", budget, Charge(10, 0), 5), Charge(7, 0))
             # The day and the month both counted 7 live. In the process, that is all this process admitted since its
             # start, and the ledger's spending from before it is added. In Redis the ledger's figure is the period's
@@ -370,7 +367,7 @@ def test_restore_adds_to_live_counts_in_process_and_raises_counters_to_it_in_red
             expected = [12, 507] if store_kind == "memory" else [7, 500]
             assert [s.spent for s in await budgets.state("k", budget)] == expected
             # Another key's counters are empty: restored.
-            other = budgets_module.counters("k2", budget, budgets.now())
+            other = counters("k2", budget, budgets.now())
             await store.restore(other, [50, 500], budgets.now())
             assert [s.spent for s in await budgets.state("k2", budget)] == [50, 500]
 
@@ -428,10 +425,8 @@ def test_a_usd_known_only_from_the_reply_holds_the_rest_of_each_usd_limit(store_
                 await budgets.reserve("k", "ci", budget, Charge(1, 0), 1)
             assert refusal(held)[0] == 1 and refusal(held)[2]["budget"] == "usd_per_day"
             if store_kind == "redis":  # a reservation sent again (its reply lost) is held once, not a rest twice
-                [day] = [
-                    c for c in budgets_module.counters("k", budget, budgets.now()) if c.limit.name == "usd_per_day"
-                ]
-                assert await store.reserve([day], unpriced.id, [budgets_module.REST], budgets.now()) == []
+                [day] = [c for c in counters("k", budget, budgets.now()) if c.limit.name == "usd_per_day"]
+                assert await store.reserve([day], unpriced.id, [REST], budgets.now()) == []
                 assert (await budgets.state("k", budget))[1].reserved == pytest.approx(0.0007)  # usd_per_day
 
             await budgets.settle(unpriced, Charge(60, 900_000))  # its reply said 0.0009: the day is 0.0002 over

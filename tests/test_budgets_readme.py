@@ -18,7 +18,8 @@ import pytest
 
 from modelgate.app import create_app
 from modelgate.auth import load_keyring
-from modelgate.budgets import Budget, Budgets, Charge, MemoryCounters
+from modelgate.budget_rules import Budget, Charge
+from modelgate.budgets import Budgets, MemoryCounters
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import RateLimited
 from modelgate.settings import Settings

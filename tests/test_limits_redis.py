@@ -19,7 +19,7 @@ import redis
 from modelgate import limits
 from modelgate.app import create_app
 from modelgate.auth import ApiKey, Principal, key_digest
-from modelgate.budgets import Budget, Charge
+from modelgate.budget_rules import Budget, Charge
 from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import ModelgateError, RateLimited

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from modelgate.auth import ApiKey, KeyRing, key_digest
-from modelgate.budgets import Budget
+from modelgate.budget_rules import Budget
 from modelgate.catalogue import load_catalogue
 from modelgate.settings import Settings
 from modelgate.workers import AUTO, cgroup_cpu_limit, in_process_limits, max_workers, parse, resolve, usable_cores

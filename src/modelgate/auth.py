@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelgate.budgets import Budget
+from modelgate.budget_rules import Budget
 from modelgate.catalogue import describe_validation_error, read_toml
 from modelgate.errors import CatalogueError, ModelgateError, Unauthorized
 

@@ -1,7 +1,7 @@
 """The run-time keys' tables, in the ledger's database (SQLite or PostgreSQL, SQLAlchemy 2's async Core).
 
 Created by step 2 of ``usage_store.MIGRATIONS``. ``modelgate_keys`` holds one row per key: its SHA-256
-digest (never the key), name, model globs, limits, budget (JSON, as ``budgets.Budget`` fields) and
+digest (never the key), name, model globs, limits, budget (JSON, as ``budget_rules.Budget`` fields) and
 times. ``modelgate_key_revision`` is one row, one counter, bumped in the transaction of every change
 to a run-time key: what each instance polls (``runtime_keys.RuntimeKeys``) to learn that something
 changed with one cheap read. Imported with the database, never at import of the service.

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelgate.auth import ApiKey, KeyRing, key_digest
-from modelgate.budgets import Budget
+from modelgate.budget_rules import Budget
 
 if TYPE_CHECKING:
     from modelgate.key_store import KeyStore
@@ -80,7 +80,7 @@ class KeyRecord:
     models: tuple[str, ...]
     requests_per_minute: int | None
     concurrent_streams: int | None
-    budget: dict[str, Any] | None  #: as ``budgets.Budget`` fields; stored as JSON
+    budget: dict[str, Any] | None  #: as ``budget_rules.Budget`` fields; stored as JSON
     created_at: float  #: Unix time
     updated_at: float
     expires_at: float | None = None

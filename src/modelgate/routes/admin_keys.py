@@ -33,7 +33,7 @@ from modelgate.auth import (
     is_admin_token,
     presented_token,
 )
-from modelgate.budgets import Budget
+from modelgate.budget_rules import Budget
 from modelgate.errors import BadRequest, Forbidden, ModelgateError, NotFound
 from modelgate.routes.openai import JSONBodyRoute
 from modelgate.runtime_keys import SOURCE_API, KeyRecord, RuntimeKeys, digest_hex, new_secret
