@@ -19,18 +19,13 @@ import redis
 import redis.asyncio
 from pydantic import ValidationError
 
+from modelgate import budget_store
 from modelgate import budgets as budgets_module
 from modelgate.app import create_app
 from modelgate.auth import key_digest, load_keyring
 from modelgate.budget_rules import NANO_USD, REST, Budget, Charge, counters, period_of
-from modelgate.budgets import (
-    SETTLE_RETRY_DELAYS,
-    BudgetCounters,
-    Budgets,
-    BudgetUnavailable,
-    MemoryCounters,
-    RedisCounters,
-)
+from modelgate.budget_store import BudgetCounters, BudgetUnavailable, MemoryCounters
+from modelgate.budgets import SETTLE_RETRY_DELAYS, Budgets, RedisCounters
 from modelgate.catalogue import Pricing, load_catalogue
 from modelgate.errors import CatalogueError, RateLimited
 from modelgate.ledger import Ledger
@@ -149,6 +144,12 @@ class Clock:
         return self.now
 
 
+def holds_last_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HOLD_SECONDS`` is 1 wherever it is read: the stores (a hold's life) and ``Budgets`` (how often it renews)."""
+    for module in (budget_store, budgets_module):
+        monkeypatch.setattr(module, "HOLD_SECONDS", 1)
+
+
 def refusal(error: pytest.ExceptionInfo[RateLimited]) -> tuple[int, str, dict[str, object]]:
     return int(error.value.headers["Retry-After"]), error.value.message, error.value.data
 
@@ -226,7 +227,7 @@ def test_a_key_refused_by_several_budgets_is_sent_back_when_all_of_them_let_it_i
 
 def test_a_hold_never_settled_lapses(store_kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request whose instance was killed never settles: its hold must not block the key until the period ends."""
-    monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
+    holds_last_a_second(monkeypatch)
     clock = Clock("2026-12-02T10:00:00")
     budget = Budget(tokens_per_month=100)
 
@@ -276,7 +277,7 @@ def test_a_call_longer_than_a_holds_life_stays_held_until_it_ends(
     """A hold lapses ``HOLD_SECONDS`` after it was made (an hour), so that a killed instance's requests do not block
     their key forever; a stream (or a slow reasoning model) running longer stopped counting, and the key's next
     requests passed a budget the stream still spends. Its instance now renews it while it runs."""
-    monkeypatch.setattr(budgets_module, "HOLD_SECONDS", 1)
+    holds_last_a_second(monkeypatch)
     fakes.ollama.default = Reply(tokens=["x"] * 60, delay=0.05)  # 40 tokens in: 2 s, twice the hold's life
     more = {"redis_url": redis_url} if counted_in == "redis" else {}
     with serve_in_thread(create_app(budgeted_settings(fakes, tmp_path, **more))) as url:

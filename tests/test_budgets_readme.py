@@ -19,7 +19,8 @@ import pytest
 from modelgate.app import create_app
 from modelgate.auth import load_keyring
 from modelgate.budget_rules import Budget, Charge
-from modelgate.budgets import Budgets, MemoryCounters
+from modelgate.budget_store import MemoryCounters
+from modelgate.budgets import Budgets
 from modelgate.catalogue import load_catalogue
 from modelgate.errors import RateLimited
 from modelgate.settings import Settings
