@@ -19,13 +19,14 @@ import redis
 import redis.asyncio
 from pydantic import ValidationError
 
-from modelgate import budget_store
+from modelgate import budget_store, budget_store_redis
 from modelgate import budgets as budgets_module
 from modelgate.app import create_app
 from modelgate.auth import key_digest, load_keyring
 from modelgate.budget_rules import NANO_USD, REST, Budget, Charge, counters, period_of
 from modelgate.budget_store import BudgetCounters, BudgetUnavailable, MemoryCounters
-from modelgate.budgets import SETTLE_RETRY_DELAYS, Budgets, RedisCounters
+from modelgate.budget_store_redis import RedisCounters
+from modelgate.budgets import SETTLE_RETRY_DELAYS, Budgets
 from modelgate.catalogue import Pricing, load_catalogue
 from modelgate.errors import CatalogueError, RateLimited
 from modelgate.ledger import Ledger
@@ -146,7 +147,7 @@ class Clock:
 
 def holds_last_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     """``HOLD_SECONDS`` is 1 wherever it is read: the stores (a hold's life) and ``Budgets`` (how often it renews)."""
-    for module in (budget_store, budgets_module):
+    for module in (budget_store, budget_store_redis, budgets_module):
         monkeypatch.setattr(module, "HOLD_SECONDS", 1)
 
 

@@ -1,6 +1,6 @@
 """Where the budget counters live: what every store does (``BudgetCounters``), and the in-process store
 (``MemoryCounters``: each worker and instance its own). The Redis one, shared by every process pointing at it, is
-``RedisCounters``; ``budgets.py`` reserves and settles through either (its docstring: the design).
+``budget_store_redis.py``; ``budgets.py`` reserves and settles through either (its docstring: the design).
 """
 
 from __future__ import annotations

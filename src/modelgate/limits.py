@@ -43,7 +43,8 @@ from modelgate import budgets
 from modelgate.auth import Principal, may_call, on_request_end, request_principal
 from modelgate.budget_rules import Budget
 from modelgate.budget_store import MemoryCounters
-from modelgate.budgets import Budgets, RedisCounters, Reservation
+from modelgate.budget_store_redis import RedisCounters
+from modelgate.budgets import Budgets, Reservation
 from modelgate.errors import Forbidden, ModelgateError, RateLimited
 from modelgate.observer import current_observation
 
