@@ -16,7 +16,8 @@ from modelgate.app import create_app
 from modelgate.auth import ANONYMOUS, ApiKey, Principal, key_digest
 from modelgate.catalogue import Catalogue, load_catalogue
 from modelgate.errors import RateLimited
-from modelgate.limits import Lease, Limiter, MemoryBackend, Plan, Slot, Window
+from modelgate.limit_store import Lease, MemoryBackend, Plan, Slot, Window
+from modelgate.limits import Limiter
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import wait_for

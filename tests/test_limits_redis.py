@@ -23,7 +23,8 @@ from modelgate.budget_rules import Budget, Charge
 from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import ModelgateError, RateLimited
-from modelgate.limits import REBUILD_SECONDS, REBUILDING, Admission, Lease, Limiter, Plan, RedisBackend, Slot, Window
+from modelgate.limit_store import Lease, Plan, Slot, Window
+from modelgate.limits import REBUILD_SECONDS, REBUILDING, Admission, Limiter, RedisBackend
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for

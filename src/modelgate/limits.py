@@ -13,8 +13,8 @@ first, then the fallback's own provider and model slots, taken before it is trie
 model's are given back. The key's own limits (its window and stream slot) are one per request,
 whichever model answers.
 
-Counters live behind ``LimitBackend``: ``MemoryBackend`` (default; one process) or ``RedisBackend``
-(``MODELGATE_REDIS_URL``), where one Lua script checks and takes every limit of a request atomically
+Counters live behind ``LimitBackend`` (``limit_store.py``): ``MemoryBackend`` (default; one process) or
+``RedisBackend`` (``MODELGATE_REDIS_URL``), where one Lua script checks and takes every limit of a request atomically
 using the Redis server's clock, so limits hold across workers and instances. A concurrency slot is a
 lease with a TTL that its holder renews while the stream runs: a crashed instance's slots free
 themselves after ``lease_ttl`` instead of leaking forever.
@@ -30,12 +30,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -46,6 +43,16 @@ from modelgate.budget_store import MemoryCounters
 from modelgate.budget_store_redis import RedisCounters
 from modelgate.budgets import Budgets, Reservation
 from modelgate.errors import Forbidden, ModelgateError, RateLimited
+from modelgate.limit_store import (
+    CONCURRENCY_RETRY_AFTER,
+    Denied,
+    Lease,
+    LimitBackend,
+    MemoryBackend,
+    Plan,
+    Slot,
+    Window,
+)
 from modelgate.observer import current_observation
 
 # redis is imported by ``RedisBackend`` only: with it comes the OpenTelemetry SDK its observability module
@@ -64,130 +71,6 @@ log = logging.getLogger("modelgate.limits")
 WINDOW_SECONDS = 60.0
 #: How long ``/ready``'s probe key lives in Redis (one a prefix, rewritten by every probe).
 READY_PROBE_TTL_MS = 60_000
-#: Retry-After for a full concurrency cap: a stream may end any moment, so "soon".
-CONCURRENCY_RETRY_AFTER = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """At most ``limit`` admissions in any ``seconds``."""
-
-    key: str
-    limit: int
-    seconds: float
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """At most ``limit`` requests holding this counter at once."""
-
-    key: str
-    limit: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    window: Window | None
-    slots: tuple[Slot, ...]
-
-    @property
-    def empty(self) -> bool:
-        return self.window is None and not self.slots
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    limit: Window | Slot
-    retry_after: float
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Slots held under one id. Releasing a ``Lease`` with some of them gives back only those."""
-
-    id: str
-    slots: tuple[str, ...]
-
-
-class LimitBackend(Protocol):
-    #: What the store raises when it cannot be reached (the limiter fails closed on them).
-    errors: tuple[type[Exception], ...]
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def problem(self) -> str | None:
-        """What keeps the store from counting (``/ready`` reports it), or None."""
-
-    async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
-        """Atomically: if every limit of ``plan`` has room, count the request and take its slots."""
-        ...
-
-    async def release(self, lease: Lease) -> None: ...
-
-    async def uncount(self, window: Window, lease_id: str) -> None:
-        """Take ``lease_id``'s admission out of ``window``: the request it counted was refused after all."""
-        ...
-
-
-# --- in-process -------------------------------------------------------------------------------------
-
-
-class MemoryBackend:
-    """One process's counters. ``acquire`` never awaits, so it is atomic under asyncio."""
-
-    errors: tuple[type[Exception], ...] = (OSError,)
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._hits: dict[str, deque[tuple[float, str]]] = {}  #: window key → (admitted at, lease id), oldest first
-        self._holders: dict[str, set[str]] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def problem(self) -> str | None:
-        return None
-
-    async def acquire(self, plan: Plan, lease_id: str) -> Denied | None:
-        now = self._clock()
-        window = plan.window
-        hits: deque[tuple[float, str]] | None = None
-        if window is not None:
-            hits = self._hits.setdefault(window.key, deque())
-            while hits and hits[0][0] <= now - window.seconds:
-                hits.popleft()
-            if len(hits) >= window.limit:
-                return Denied(window, hits[0][0] + window.seconds - now)
-        for slot in plan.slots:
-            if len(self._holders.get(slot.key, ())) >= slot.limit:
-                return Denied(slot, CONCURRENCY_RETRY_AFTER)
-        if hits is not None:
-            hits.append((now, lease_id))
-        for slot in plan.slots:
-            self._holders.setdefault(slot.key, set()).add(lease_id)
-        return None
-
-    async def release(self, lease: Lease) -> None:
-        for key in lease.slots:
-            holders = self._holders.get(key)
-            if holders is not None:
-                holders.discard(lease.id)
-                if not holders:
-                    del self._holders[key]
-
-    async def uncount(self, window: Window, lease_id: str) -> None:
-        hits = self._hits.get(window.key)
-        if hits is not None:
-            for hit in [hit for hit in hits if hit[1] == lease_id]:
-                hits.remove(hit)
-
-    def holding(self, key: str) -> int:
-        return len(self._holders.get(key, ()))
 
 
 # --- Redis ------------------------------------------------------------------------------------------
