@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from modelgate import limits
+from modelgate import limit_store_redis
 from modelgate.app import create_app
 from modelgate.auth import ApiKey, Principal, key_digest
 from modelgate.budget_rules import Budget, Charge
@@ -24,7 +24,8 @@ from modelgate.catalogue import load_catalogue
 from modelgate.chat import ChatRequest, Message
 from modelgate.errors import ModelgateError, RateLimited
 from modelgate.limit_store import Lease, Plan, Slot, Window
-from modelgate.limits import REBUILD_SECONDS, REBUILDING, Admission, Limiter, RedisBackend
+from modelgate.limit_store_redis import REBUILD_SECONDS, REBUILDING, RedisBackend
+from modelgate.limits import Admission, Limiter
 from modelgate.settings import Settings
 from tests.catalogue_files import model_toml, write_catalogue
 from tests.cli_process import serve_subprocess, wait_for
@@ -443,7 +444,7 @@ def test_a_script_sent_again_after_its_reply_was_lost_does_nothing_twice(redis_u
     )
     model = catalogue.by_id["a/m"]
     budget = Budget(tokens_per_day=100)  # full once a request's 108 is held
-    acquire = hashlib.sha1(limits._ACQUIRE.encode()).hexdigest().encode()
+    acquire = hashlib.sha1(limit_store_redis._ACQUIRE.encode()).hexdigest().encode()
 
     async def settled(lose_reply_to: bytes) -> int:
         async with proxy(redis_url, lose_reply_to=lose_reply_to) as url:

@@ -37,8 +37,9 @@ end
 
 # Reserve: ARGV = hold id, hold ms, n limits, n amounts (-1: REST), n TTLs (s). Returns {} when held (or held
 # already); else, for every full counter, i (1-based) when its spent has reached its limit, -i when it is full only
-# because of holds. With one more key, the limiter's epoch (``limits._ACQUIRE``), and one more ARGV, the epoch this
-# process knows: {0} when they differ (Redis lost its data, these counters with it, since this process last looked).
+# because of holds. With one more key, the limiter's epoch (``limit_store_redis._ACQUIRE``), and one more ARGV, the
+# epoch this process knows: {0} when they differ (Redis lost its data, these counters with it, since this process
+# last looked).
 _RESERVE = (
     _HOLD_OF
     + """
@@ -135,7 +136,8 @@ SETTLED_MARK_SECONDS = 60
 
 
 class Epoch(Protocol):
-    """The limiter's knowledge of Redis's epoch (``limits.RedisBackend``): changed when Redis lost its data."""
+    """The limiter's knowledge of Redis's epoch (``limit_store_redis.RedisBackend``): changed when Redis lost its
+    data."""
 
     @property
     def epoch_key(self) -> str: ...

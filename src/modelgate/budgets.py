@@ -50,13 +50,13 @@ in the process (``MemoryCounters``, ``budget_store.py``), so each worker and ins
 budget never touch either. The ledger (``ledger.py``) is the record of what each request cost; the counters are the
 fast path that enforces it, and start from it (``restore``) when an instance starts: a restarted single instance
 keeps its keys' spending, and so does a fleet restarted after its Redis lost its data. A Redis that loses its data
-while the instances keep running is noticed by the limiter's epoch (``limits._ACQUIRE``, also checked by each
-reservation) and the counters are read from the ledger again, as at start, before the request that noticed holds
+while the instances keep running is noticed by the limiter's epoch (``limit_store_redis._ACQUIRE``, also checked by
+each reservation) and the counters are read from the ledger again, as at start, before the request that noticed holds
 anything (``CountersLost``, ``Limiter.when_store_lost``). What they cannot see: the ledger rows not yet written when
 Redis lost its data (its flush interval), the holds of the requests running then, and a killed instance's running
 requests, never charged (their ledger rows are lost with them): their holds lapse after ``HOLD_SECONDS`` rather than
-block the key until the period ends. A live instance renews the holds of its running requests (``Budgets.start``),
-so a call longer than that (a long stream, a slow reasoning model) stays held until it settles. SIGTERM drains, so a
+block the key until the period ends. A live instance renews the holds of its running requests (``Budgets.start``), so
+a call longer than that (a long stream, a slow reasoning model) stays held until it settles. SIGTERM drains, so a
 stopped instance settles every request first.
 
 The periods follow this process's UTC clock; a request is charged in the period it was admitted in.

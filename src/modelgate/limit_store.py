@@ -1,7 +1,7 @@
 """Where the rate limits count: what a request takes (a ``Plan``: its ``Window`` and ``Slot``s, held under a
 ``Lease``), what every store does with it (``LimitBackend``), and the in-process store (``MemoryBackend``: one
-process's counters). The Redis one, shared by every process pointing at it, is ``RedisBackend`` in ``limits.py``,
-which also turns a key's and a model's limits into a ``Plan`` and admits requests through either store.
+process's counters). The Redis one, shared by every process pointing at it, is ``limit_store_redis.py``;
+``limits.py`` turns a key's and a model's limits into a ``Plan`` and admits requests through either store.
 """
 
 from __future__ import annotations
