@@ -1,6 +1,6 @@
 """The rate limits in Redis (``RedisBackend``, ``MODELGATE_REDIS_URL``): counters shared by every process pointing at
 the same Redis. One Lua script checks and takes every limit of a request atomically, on the Redis server's clock;
-a concurrency slot is a lease its holder renews while the stream runs; the store's *epoch* tells a Redis that lost
+a concurrency slot is a lease its holder renews while the stream runs; the store's *epoch* shows that Redis lost
 its data (below). The contract this keeps and the in-process store: ``limit_store.py``; admission: ``limits.py``.
 """
 
