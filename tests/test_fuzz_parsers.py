@@ -23,6 +23,8 @@ from modelgate.catalogue import default_catalogue_path, load_catalogue, parse_ca
 from modelgate.chat import ChatRequest, Finish, Message, ReasoningDelta, TextDelta
 from modelgate.errors import BadRequest, CatalogueError, UpstreamError
 from modelgate.providers._http import Connection, Upstream
+from modelgate.providers.chat_completions import ChatCompletionsStream
+from modelgate.providers.chat_completions import read_error as read_chat_error
 from modelgate.providers.ollama import OllamaStream, read_error
 from modelgate.routes.chat import parse_chat_body
 from modelgate.sse import NDJSONDecoder, ServerSentEvent, SSEDecoder, format_sse
@@ -185,6 +187,89 @@ def test_ollama_stream_any_bytes_fail_as_an_upstream_error(data: st.DataObject, 
     _, failure = run_ollama(data.draw(splits(stream)))
     assert failure is None or isinstance(failure, UpstreamError)
     assert "Traceback" not in (failure.message if failure else "")
+
+
+# --- Chat Completions ------------------------------------------------------------------------------------
+
+#: What a hostile server may put where OpenRouter's ``reasoning_details`` and Gemini's ``extra_content`` go, and where
+#: an error goes: any JSON, and the shapes past the bounds (``wire.opaque_object``) hand-made, which Hypothesis's small
+#: values would not reach.
+_PAST_BOUNDS = st.sampled_from(
+    [
+        [{"type": "reasoning.text", "text": "a"}] * 10_000,
+        [{"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": 1}}}}}}}}}}],
+        [1, "two", None, [3]],
+        {"type": "reasoning.text"},
+        [],
+    ]
+)
+_ANY = _JSON | _PAST_BOUNDS
+
+
+@st.composite
+def chat_chunks(draw: st.DrawFn) -> list[Any]:
+    """Chat Completions chunks, well-formed (text, ``reasoning_details``, a tool call with ``extra_content``, an
+    error, a finish) or with any field of their delta, call or error replaced by any JSON value."""
+    text = st.text(max_size=10)
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def call(extra: Any) -> dict[str, Any]:
+        return {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}, "extra_content": extra}
+
+    good = st.one_of(
+        st.builds(lambda c: chunk({"content": c}), text),
+        st.builds(lambda c: chunk({"reasoning_details": [{"type": "reasoning.text", "text": c}]}), text),
+        st.builds(lambda e: chunk({"tool_calls": [call(e)]}), st.just({"google": {"thought_signature": "s"}})),
+        st.builds(lambda m: {"error": {"message": m, "code": 429, "metadata": {"headers": {}}}}, text),
+        st.just(chunk({}, "stop")),
+    )
+    replaced = st.one_of(
+        st.builds(lambda v: chunk({"reasoning_details": v}), _ANY),
+        st.builds(lambda v: chunk({"tool_calls": [call(v)]}), _ANY),
+        st.builds(lambda v: {"error": v}, _ANY),
+        st.builds(lambda v: {"error": {"message": "m", "code": 429, "metadata": v}}, _ANY),
+        st.builds(lambda v: {"error": {"message": "m", "metadata": {"headers": v}}}, _ANY),
+        st.builds(lambda v: {"error": {"message": "m", "metadata": {"headers": {"X-RateLimit-Reset": v}}}}, _ANY),
+    )
+    return draw(st.lists(st.one_of(good, replaced, _JSON), max_size=6))
+
+
+def run_chat(pieces: list[bytes]) -> tuple[list[Any], UpstreamError | None]:
+    """Feed ``pieces`` as ``Upstream.stream`` does (``run_ollama``); an error ``end()`` raises is the failure."""
+    upstream = Upstream("local", Connection("http://127.0.0.1:9"), cast(Any, None), read_chat_error)
+    parser = ChatCompletionsStream(upstream, ChatRequest(messages=(Message(role="user", content="Hi"),)))
+    events: list[Any] = []
+    for piece in pieces:
+        events += parser.feed(piece)
+        if parser.done or parser.failure is not None:
+            return events, parser.failure
+    try:
+        return events + parser.end(), parser.failure
+    except UpstreamError as exc:
+        return events, exc
+
+
+@fuzz(200)
+@given(data=st.data(), items=chat_chunks())
+def test_chat_completions_stream_of_any_chunks_fails_only_as_an_upstream_error(
+    data: st.DataObject, items: list[Any]
+) -> None:
+    stream = b"".join(b"data: " + orjson.dumps(item) + b"\n\n" for item in items)
+    events, failure = run_chat(data.draw(splits(stream)))
+    assert failure is None or isinstance(failure, UpstreamError)
+    assert "Traceback" not in (failure.message if failure else "")
+    assert all(isinstance(e.text, str) for e in events if isinstance(e, TextDelta | ReasoningDelta))
+
+
+@fuzz(200)
+@given(item=chat_chunks().map(lambda items: items[0] if items else {"error": []}))
+def test_chat_completions_200_of_one_json_body_fails_only_as_an_upstream_error(item: Any) -> None:
+    """A 200 to a streamed call whose body is one JSON document, no event (``_not_a_stream``): an ``error`` in it of
+    any shape (a list, a number: a hostile server's) is an upstream error, never another exception (a 500)."""
+    _, failure = run_chat([orjson.dumps(item)])
+    assert failure is None or isinstance(failure, UpstreamError)
 
 
 # --- the AI SDK chat body -------------------------------------------------------------------------------

@@ -62,6 +62,17 @@ def test_an_error_body_under_a_200_is_the_error_it_says(hostile: HostileUpstream
     assert all(orjson.loads(r.body)["stream"] is True for r in hostile.received)
 
 
+@pytest.mark.parametrize("body", [b'{"error":[1,"two"]}', b'{"error":7}', b'{"error":{"message":"m","metadata":"s"}}'])
+def test_an_error_body_of_no_shape_under_a_200_is_a_502(hostile: HostileUpstream, service: str, body: bytes) -> None:
+    """A hostile server's ``error`` that is a list or a number (or whose ``metadata`` is text) raised an
+    AttributeError out of the parser's end: a 500 to the client."""
+    hostile.reset(answering(body, "application/json"))  # type: ignore[arg-type]
+    response = stream(service)
+    assert response.status_code == 502, response.text
+    assert "local" in response.json()["error"]["message"]  # the upstream named, the request not blamed
+    assert httpx.get(service + "/health", timeout=5).status_code == 200
+
+
 def test_a_page_is_quoted_not_called_again(hostile: HostileUpstream, service: str) -> None:
     hostile.reset(answering(b"<html><body>Service maintenance</body></html>", "text/html"))  # type: ignore[arg-type]
     response = stream(service)

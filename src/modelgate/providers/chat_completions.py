@@ -65,6 +65,7 @@ from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
     Upstream,
+    body_message,
     estimate_prompt_tokens,
     estimate_tokens,
     estimated_time,
@@ -132,8 +133,11 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     (the HTTP status it means, if it says one; the detail)."""
     if isinstance(error, str):
         return None, ErrorDetail(error)
+    if not isinstance(error, dict):  # a hostile server's list or number: shown as text, as a body in no shape is
+        return None, ErrorDetail(body_message(orjson.dumps(error)))
     code = error.get("code")
-    metadata = error.get("metadata") or {}
+    metadata = error.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
     if (flagged := _moderation(metadata, code) or _guardrail(error.get("message"), metadata, code)) is not None:
         return 403, flagged  # the status OpenRouter documents for it, also when it comes in a stream
     status = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -146,7 +150,8 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     if status is None and "http_status_code" in error:
         status = _tgi_status(str(error.get("message", "")), error["http_status_code"])
     retry_after = None
-    reset = (metadata.get("headers") or {}).get("X-RateLimit-Reset")  # OpenRouter: epoch milliseconds
+    headers = metadata.get("headers")
+    reset = headers.get("X-RateLimit-Reset") if isinstance(headers, dict) else None  # OpenRouter: epoch milliseconds
     if reset is not None:
         retry_after = seconds_until_epoch_ms(reset)
     message = str(error.get("message") or code or "unknown error")
