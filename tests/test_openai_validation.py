@@ -149,6 +149,11 @@ def test_unsupported_message_content_is_refused(
             "messages.0.content.0.type",
             "Input should be a valid string",
         ),
+        (  # named, not repeated: a refusal of an unknown type quoted the whole value back
+            {"messages": [{"role": "user", "content": [{"type": "Q" * 20_000, "text": "x"}]}]},
+            "messages.0.content.0.type",
+            "String should have at most 64 characters",
+        ),
         ({"tool_choice": "sometimes"}, "tool_choice", "Input should be 'auto', 'none' or 'required'"),
         (
             {"tools": [TOOL_G], "tool_choice": {"type": "function", "function": {"name": "bad name"}}},
@@ -166,6 +171,7 @@ def test_a_union_field_error_names_the_field_the_client_sent(
     assert isinstance(error.body, dict)
     assert error.body["param"] == param
     assert error.body["message"].startswith(f"Invalid request: {param}: {message}")
+    assert "QQQQ" not in error.body["message"]
 
 
 def test_unknown_role_is_a_validation_error_naming_the_field(client: openai.OpenAI) -> None:

@@ -411,6 +411,42 @@ def test_namespaces_the_chat_tools_cannot_tell_apart_are_refused(
     assert fakes.openrouter.requests == []
 
 
+#: A client's value far longer than any name the API has: what a refusal must name the field of, not repeat.
+LONG = "Q" * 20_000
+
+
+@pytest.mark.parametrize(
+    ("tools", "history", "field"),
+    [
+        ([{**AGENTS_TOOL, LONG: 1}], [], "tools[0]"),
+        ([{**AGENTS_TOOL, "tools": [{"type": LONG, "name": "x"}]}], [], "tools.0.tools.0.type"),
+        ([{"type": LONG}], [], "tools.0.type"),
+        ([{**AGENTS_TOOL, "tools": [{**PLAN_TOOL, LONG: 1}]}], [], "tools[0].tools[0]"),
+        (
+            [SHELL_TOOL],
+            [
+                {"type": "function_call", "name": "shell", "arguments": "{}", "call_id": "c"},
+                {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "detail": LONG}]},
+            ],
+            "input.2.output.0.detail",
+        ),
+        ([SHELL_TOOL], [{"type": LONG}], "input.1.type"),
+    ],
+    ids=["namespace-field-name", "type-in-namespace", "tool-type", "function-field-name", "image-detail", "item"],
+)
+def test_a_long_value_a_client_sent_is_refused_by_its_field_not_echoed(
+    service: str, fakes: Fakes, tools: list[dict[str, Any]], history: list[dict[str, Any]], field: str
+) -> None:
+    """A namespace's or a function's unknown field and a tool's, an item's or an image's ``type`` or ``detail`` came
+    back whole in the 400's message (20 000 characters here; as much as the body holds): a refusal names the field."""
+    answer = post(service, codex_request([*OPENING[:1], *history], tools=tools))
+    assert answer.status_code == 400, answer.text[:300]
+    message = answer.json()["error"]["message"]
+    assert field in message, message[:300]
+    assert "QQQQ" not in answer.text
+    assert fakes.openrouter.requests == []
+
+
 # --- verbosity, on both OpenAI routes ---------------------------------------------------------------------
 
 

@@ -44,6 +44,12 @@ Count = Annotated[int, Field(le=MAX_COUNT)]
 
 #: A string an upstream request can carry.
 WireText = Annotated[str, AfterValidator(unicode_text)]
+#: How long a word a client picks from a set the API names (a ``type``, a ``detail``) may be: the longest is about 30
+#: characters (``web_search_preview_2025_03_11``). A refusal names the value it refuses, so a longer one is refused
+#: by its field, never repeated back (it could be as long as the body).
+MAX_WORD = 64
+#: Such a word.
+WireWord = Annotated[str, Field(max_length=MAX_WORD), AfterValidator(unicode_text)]
 #: An integer an upstream request can carry.
 WireInt = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
 

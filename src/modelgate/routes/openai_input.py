@@ -34,7 +34,7 @@ from modelgate.chat import (
 )
 from modelgate.errors import BadRequest
 from modelgate.images import ImageBudget
-from modelgate.wire import MAX_REASONING_DETAILS, OpaqueJSON, WireJSON, WireText, unicode_text
+from modelgate.wire import MAX_REASONING_DETAILS, MAX_WORD, OpaqueJSON, WireJSON, WireText, unicode_text
 
 _closed = ConfigDict(extra="forbid")
 _open = ConfigDict(extra="ignore")
@@ -69,7 +69,7 @@ class ContentPart(BaseModel):
 
     model_config = _open
 
-    type: str
+    type: str = Field(max_length=MAX_WORD)  # a refusal names it: no longer than a name the API has (``WireWord``)
     text: str | None = None
     refusal: str | None = None
     image_url: ImageURL | None = None

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -238,6 +238,15 @@ def not_carried(body: BaseModel, names: Iterable[str]) -> tuple[str, ...]:
 #: be named there at all: a header carries printable ASCII, a client's JSON key may be anything of any length.
 MAX_NAMED_UNKNOWN = 16
 _NAMEABLE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def field_names(names: Sequence[str]) -> str:
+    """A client's field names as a refusal shows them: those ``_NAMEABLE`` (the first ``MAX_NAMED_UNKNOWN``), the
+    others counted, never repeated (a JSON key may be as long as the body)."""
+    shown = [name for name in names if _NAMEABLE.fullmatch(name)][:MAX_NAMED_UNKNOWN]
+    if hidden := len(names) - len(shown):
+        shown.append(f"{hidden} more field{'s' if hidden != 1 else ''}")
+    return ", ".join(shown)
 
 
 def unknown_fields(body: BaseModel, *, prefix: str = "") -> tuple[str, ...]:

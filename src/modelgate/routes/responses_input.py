@@ -69,10 +69,11 @@ from modelgate.routes.openai_request import (
     SERVER_HINTS,
     ServerHints,
     call_params,
+    field_names,
     not_carried,
 )
 from modelgate.settings import Settings
-from modelgate.wire import MAX_REASONING_DETAILS, WireJSON, WireText
+from modelgate.wire import MAX_REASONING_DETAILS, WireJSON, WireText, WireWord
 
 #: Our ``GenerationParams`` fields → this API's request fields (the Chat Completions route has its own).
 RESPONSES_PARAMS: Mapping[str, tuple[str, ...]] = {
@@ -142,11 +143,11 @@ class InputPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: WireText
+    type: WireWord
     text: WireText | None = None
     refusal: WireText | None = None
     image_url: WireText | None = Field(default=None, description="A data: URL (base64) or an https: URL")
-    detail: WireText | None = None
+    detail: WireWord | None = None
     file_id: WireText | None = None
     #: A prompt-caching breakpoint, as OpenRouter's Responses API takes it on a content block.
     cache_control: CacheControl | None = None
@@ -169,7 +170,7 @@ class InputItem(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: WireText | None = None
+    type: WireWord | None = None
     role: WireText | None = None
     content: TextOrParts | None = None
     call_id: WireText | None = Field(default=None, max_length=256)
@@ -194,7 +195,7 @@ class ToolParam(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: WireText
+    type: WireWord
     name: FunctionName | None = None
     description: WireText | None = None
     parameters: WireJSON | None = Field(default=None, description="The arguments' JSON Schema")
@@ -208,7 +209,7 @@ class ToolChoiceParam(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: WireText
+    type: WireWord
     name: FunctionName | None = None
 
 
@@ -386,7 +387,7 @@ def _functions(params: Sequence[ToolParam]) -> list[tuple[str, ToolParam]]:
         extras = {**(param.model_extra or {}), "parameters": param.parameters, "strict": param.strict}
         unsupported = sorted(name for name, value in extras.items() if value is not None)
         if unsupported:
-            raise BadRequest(f"{where}: {', '.join(unsupported)}: not a namespace's field", param="tools")
+            raise BadRequest(f"{where}: {field_names(unsupported)}: not a namespace's field", param="tools")
         found += [(f"{where}.tools[{inner}]", tool) for inner, tool in enumerate(param.tools)]
     return found
 
@@ -403,7 +404,7 @@ def _function_tool(tool: ToolParam, where: str, model: CatalogueModel) -> Tool:
     extras = {**(tool.model_extra or {}), "tools": tool.tools}
     unsupported = sorted(name for name, value in extras.items() if value is not None)
     if unsupported:
-        raise BadRequest(f"{where}: {', '.join(unsupported)}: not supported (model '{model.id}')", param="tools")
+        raise BadRequest(f"{where}: {field_names(unsupported)}: not supported (model '{model.id}')", param="tools")
     return Tool(name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict)
 
 
