@@ -274,3 +274,22 @@ def test_only_openrouters_own_free_limits_block_the_free_pool() -> None:
     assert per_day.retry_after is not None and 0 < per_day.retry_after <= 86_400  # 00:00 UTC
     assert OpenRouter.quota_pool("deepseek/deepseek-chat:free") == ":free"
     assert OpenRouter.quota_pool("openai/gpt-4o") is None
+
+
+@pytest.mark.parametrize("reset", [10**15, "1e30", "inf"])
+def test_a_far_off_reset_blocks_no_longer_than_what_it_is_for(reset: object) -> None:
+    """A hostile (or broken) ``X-RateLimit-Reset`` years ahead blocked the account for a day, the cap of any reset:
+    every ``:free`` model for a day on a per-minute limit, every model on a 402, which waits for the breaker's
+    cooldown (credits can be added any time). The per-minute limit's block lasts a minute at most, the 402's its
+    cooldown; the daily limit's, the day it is for."""
+    headers = {"X-RateLimit-Reset": reset}
+
+    def refused(status: int, message: str) -> bytes:
+        return json.dumps({"error": {"code": status, "message": message, "metadata": {"headers": headers}}}).encode()
+
+    per_minute = openrouter.read_error(429, refused(429, "Rate limit exceeded: free-models-per-min."))
+    per_day = openrouter.read_error(429, refused(429, "Rate limit exceeded: free-models-per-day"))
+    credits = openrouter.read_error(402, refused(402, "Insufficient credits"))
+    assert per_minute.account_block == ":free" and per_minute.retry_after == 60
+    assert per_day.retry_after is not None and 0 < per_day.retry_after <= 86_400
+    assert credits.account_block == ALL_MODELS and credits.retry_after is None

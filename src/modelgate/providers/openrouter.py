@@ -107,6 +107,8 @@ FREE_POOL = ":free"
 #: free model requests per day", "...: free-models-per-day-high-balance.", "...: free-models-per-min." (issues of its
 #: users: Gitlawb/openclaude#936 and #1549, n8n-io/n8n#19117); a serving provider's own 429 is one model's.
 _FREE_LIMIT = "Rate limit exceeded: free-models-per-"
+#: The window of the per-minute one: its reset is at most this far off.
+_MINUTE = 60.0
 _FREE_LIMIT_TEXT = "the account's quota of requests to :free models, for all of them together, is used up"
 
 
@@ -120,11 +122,15 @@ def read_error(status: int, body: bytes) -> ErrorDetail:
     if status == 400 and detail.status is None and detail.message.endswith(UNKNOWN_MODEL):
         return dataclasses.replace(detail, status=404)
     if status == 402 and (account := _out_of_credits(parse_json(body))) is not None:
-        return dataclasses.replace(detail, message=f"{account}: {detail.message}", account_block=ALL_MODELS)
+        # Until the cooldown whatever reset it names: credits can be added at any time.
+        text = f"{account}: {detail.message}"
+        return dataclasses.replace(detail, message=text, retry_after=None, account_block=ALL_MODELS)
     if (detail.status or status) == 429 and detail.message.startswith(_FREE_LIMIT):
         reset = detail.retry_after
         if reset is None and detail.message.startswith(_FREE_LIMIT + "day"):
             reset = seconds_until_utc_midnight()
+        elif reset is not None and detail.message.startswith(_FREE_LIMIT + "min"):
+            reset = min(reset, _MINUTE)  # a reset further off is not this limit's: no :free model for a day
         text = f"{_FREE_LIMIT_TEXT}; its paid models still answer: {detail.message}"
         return dataclasses.replace(detail, message=text, retry_after=reset, account_block=FREE_POOL)
     return detail
