@@ -18,6 +18,7 @@ import orjson
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from modelgate.catalogue import default_catalogue_path, load_catalogue, parse_catalogue
 from modelgate.chat import ChatRequest, Finish, Message, ReasoningDelta, TextDelta
@@ -27,6 +28,8 @@ from modelgate.providers.chat_completions import ChatCompletionsStream
 from modelgate.providers.chat_completions import read_error as read_chat_error
 from modelgate.providers.ollama import OllamaStream, read_error
 from modelgate.routes.chat import parse_chat_body
+from modelgate.routes.openai_input import to_messages
+from modelgate.routes.openai_request import ChatCompletionRequest
 from modelgate.sse import NDJSONDecoder, ServerSentEvent, SSEDecoder, format_sse
 from tests.fuzzing import fuzz
 
@@ -270,6 +273,39 @@ def test_chat_completions_200_of_one_json_body_fails_only_as_an_upstream_error(i
     any shape (a list, a number: a hostile server's) is an upstream error, never another exception (a 500)."""
     _, failure = run_chat([orjson.dumps(item)])
     assert failure is None or isinstance(failure, UpstreamError)
+
+
+@st.composite
+def chat_completion_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A /v1/chat/completions body whose fields this route hands back or on unread (an assistant message's
+    ``reasoning_details``, a tool call's ``extra_content``) or bounds per upstream (``stop``) are any JSON value,
+    values past the bounds included."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    if draw(st.booleans()):
+        call["extra_content"] = draw(_ANY)
+    assistant: dict[str, Any] = {"role": draw(st.sampled_from(["assistant", "user"])), "content": "x"}
+    if draw(st.booleans()):
+        assistant["tool_calls"] = [call]
+    if draw(st.booleans()):
+        assistant["reasoning_details"] = draw(_ANY)
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}, assistant]}
+    if draw(st.booleans()):
+        body["stop"] = draw(_ANY | st.lists(st.text(max_size=3), min_size=60, max_size=70))
+    return body
+
+
+@fuzz(200)
+@given(body=chat_completion_bodies())
+def test_chat_completion_body_of_any_carried_values_is_read_or_a_400_naming_the_field(body: dict[str, Any]) -> None:
+    """Parsed and converted as the route does: the result, or pydantic's refusal (the route's 400 naming the
+    field's location), or a ``BadRequest`` naming the message; nothing else, and no value quoted past 200 chars."""
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+        to_messages(request.messages, max_messages=50, max_image_bytes=1 << 20, max_images_bytes=1 << 22)
+    except ValidationError as exc:
+        assert all(error["loc"] for error in exc.errors())
+    except BadRequest as exc:
+        assert exc.message.startswith("messages[") and len(exc.message) < 300
 
 
 # --- the AI SDK chat body -------------------------------------------------------------------------------
