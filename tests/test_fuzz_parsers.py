@@ -9,6 +9,7 @@ error ever escapes; a bad input gives one readable line, not a traceback. Seeded
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -202,6 +203,7 @@ _PAST_BOUNDS = st.sampled_from(
         [{"type": "reasoning.text", "text": "a"}] * 10_000,
         [{"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": 1}}}}}}}}}}],
         [1, "two", None, [3]],
+        orjson.loads(b"[" * 300 + b"]" * 300),  # read (orjson: 1024 levels), but not written (255)
         {"type": "reasoning.text"},
         [],
     ]
@@ -234,6 +236,7 @@ def chat_chunks(draw: st.DrawFn) -> list[Any]:
         st.builds(lambda v: {"error": v}, _ANY),
         st.builds(lambda v: {"error": {"message": "m", "code": 429, "metadata": v}}, _ANY),
         st.builds(lambda v: {"error": {"message": "m", "metadata": {"headers": v}}}, _ANY),
+        st.builds(lambda v: {"error": {"message": "m", "metadata": {"raw": v}}}, _ANY),
         st.builds(lambda v: {"error": {"message": "m", "metadata": {"headers": {"X-RateLimit-Reset": v}}}}, _ANY),
     )
     return draw(st.lists(st.one_of(good, replaced, _JSON), max_size=6))
@@ -259,7 +262,7 @@ def run_chat(pieces: list[bytes]) -> tuple[list[Any], UpstreamError | None]:
 def test_chat_completions_stream_of_any_chunks_fails_only_as_an_upstream_error(
     data: st.DataObject, items: list[Any]
 ) -> None:
-    stream = b"".join(b"data: " + orjson.dumps(item) + b"\n\n" for item in items)
+    stream = b"".join(b"data: " + json.dumps(item).encode() + b"\n\n" for item in items)  # orjson stops at 255
     events, failure = run_chat(data.draw(splits(stream)))
     assert failure is None or isinstance(failure, UpstreamError)
     assert "Traceback" not in (failure.message if failure else "")
@@ -267,11 +270,17 @@ def test_chat_completions_stream_of_any_chunks_fails_only_as_an_upstream_error(
 
 
 @fuzz(200)
-@given(item=chat_chunks().map(lambda items: items[0] if items else {"error": []}))
+@given(
+    item=st.one_of(
+        st.builds(lambda v: {"error": v}, _ANY),
+        st.builds(lambda v: {"error": {"message": "Provider returned error", "metadata": {"raw": v}}}, _ANY),
+        chat_chunks().map(lambda items: items[0] if items else {"error": []}),
+    )
+)
 def test_chat_completions_200_of_one_json_body_fails_only_as_an_upstream_error(item: Any) -> None:
     """A 200 to a streamed call whose body is one JSON document, no event (``_not_a_stream``): an ``error`` in it of
     any shape (a list, a number: a hostile server's) is an upstream error, never another exception (a 500)."""
-    _, failure = run_chat([orjson.dumps(item)])
+    _, failure = run_chat([json.dumps(item).encode()])
     assert failure is None or isinstance(failure, UpstreamError)
 
 

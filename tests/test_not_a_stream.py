@@ -62,10 +62,25 @@ def test_an_error_body_under_a_200_is_the_error_it_says(hostile: HostileUpstream
     assert all(orjson.loads(r.body)["stream"] is True for r in hostile.received)
 
 
-@pytest.mark.parametrize("body", [b'{"error":[1,"two"]}', b'{"error":7}', b'{"error":{"message":"m","metadata":"s"}}'])
+#: Lists 300 deep: JSON orjson reads (up to 1024 levels) but does not write (255).
+DEEP = b"[" * 300 + b"]" * 300
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error":[1,"two"]}',
+        b'{"error":7}',
+        b'{"error":{"message":"m","metadata":"s"}}',
+        b'{"error":' + DEEP + b"}",
+        b'{"error":{"message":"Provider returned error","metadata":{"raw":' + DEEP + b"}}}",
+    ],
+    ids=["list", "number", "text-metadata", "deep-list", "deep-raw"],
+)
 def test_an_error_body_of_no_shape_under_a_200_is_a_502(hostile: HostileUpstream, service: str, body: bytes) -> None:
     """A hostile server's ``error`` that is a list or a number (or whose ``metadata`` is text) raised an
-    AttributeError out of the parser's end: a 500 to the client."""
+    AttributeError out of the parser's end, and one nested deeper than orjson writes (as the error, or as
+    OpenRouter's ``metadata.raw``) a TypeError: a 500 to the client."""
     hostile.reset(answering(body, "application/json"))  # type: ignore[arg-type]
     response = stream(service)
     assert response.status_code == 502, response.text

@@ -239,6 +239,15 @@ def body_message(body: bytes) -> str:
     return text[:MAX_MESSAGE] if text else "(empty body)"
 
 
+def json_message(value: object) -> str:
+    """A JSON value an error holds where text was due, as ``body_message`` shows a body: written back, clipped.
+    Nested deeper than orjson writes (255 levels; it reads 1024), it is said so, not written."""
+    try:
+        return body_message(orjson.dumps(value))
+    except TypeError:  # orjson.JSONEncodeError
+        return "(a JSON value nested too deep to show)"
+
+
 def retry_after_header(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` as seconds (RFC 9110: delay-seconds or an HTTP-date), at most ``MAX_RETRY_AFTER``."""
     value = headers.get("retry-after")

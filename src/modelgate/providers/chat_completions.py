@@ -65,10 +65,10 @@ from modelgate.providers._http import (
     ErrorDetail,
     HttpProvider,
     Upstream,
-    body_message,
     estimate_prompt_tokens,
     estimate_tokens,
     estimated_time,
+    json_message,
     openai_listing,
     parse_json,
     seconds_until_epoch_ms,
@@ -134,7 +134,7 @@ def error_detail(error: Any) -> tuple[int | None, ErrorDetail]:
     if isinstance(error, str):
         return None, ErrorDetail(error)
     if not isinstance(error, dict):  # a hostile server's list or number: shown as text, as a body in no shape is
-        return None, ErrorDetail(body_message(orjson.dumps(error)))
+        return None, ErrorDetail(json_message(error))
     code = error.get("code")
     metadata = error.get("metadata")
     metadata = metadata if isinstance(metadata, dict) else {}
@@ -223,7 +223,7 @@ def _serving_provider_reason(metadata: Any) -> str | None:
     if isinstance(raw, dict):  # {"error": {"message"}}, {"error": "text"} or {"message"}
         inner = raw.get("error", raw)
         raw = inner.get("message", inner) if isinstance(inner, dict) else inner
-    reason = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+    reason = raw if isinstance(raw, str) else json_message(raw)
     name = metadata.get("provider_name")
     return f"{name}: {reason}" if isinstance(name, str) and name else reason
 
