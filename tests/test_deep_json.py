@@ -126,3 +126,35 @@ def test_ollama_call_arguments_too_deep_are_a_400(service: str, fakes: Fakes, ro
         response = post(service, "/v1/responses", {"model": "t/llava", "input": items, "tools": tools})
     refused(response, "the arguments of 'c1'")
     assert fakes.ollama.requests == []
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("where", ["reasoning_details", "extra_content"])
+def test_carried_reasoning_and_call_extras_too_deep_are_a_400_naming_them(
+    service: str, fakes: Fakes, model: str, where: str
+) -> None:
+    """What a client hands back unread (OpenRouter's reasoning blocks, Gemini's thought signature) is bounded
+    (``wire.opaque_object``: 8 levels) on every kind, whether or not the kind carries it on."""
+    call: dict[str, Any] = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    assistant: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if where == "extra_content":
+        call["extra_content"] = nested(250)
+    else:
+        assistant["reasoning_details"] = [nested(250)]
+    messages = [*MESSAGES, assistant, {"role": "tool", "tool_call_id": "c1", "content": "1"}]
+    response = post(service, "/v1/chat/completions", {"model": model, "messages": messages, "tools": [tool({})]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert where in error["param"] and "nested deeper than 8 levels" in error["message"]
+    assert fakes[MODELS[model]].requests == []
+
+
+def test_a_namespace_tools_schema_too_deep_is_a_400(service: str, fakes: Fakes) -> None:
+    namespace = {
+        "type": "namespace",
+        "name": "n",
+        "tools": [{"type": "function", "name": "f", "parameters": nested(250)}],
+    }
+    response = post(service, "/v1/responses", {"model": "t/llava", "input": "hi", "tools": [namespace]})
+    refused(response, "parameters")
+    assert fakes.ollama.requests == []
