@@ -385,3 +385,45 @@ def test_the_maximum_stream_duration_bounds_a_whole_reply_and_says_so(
     assert "maximum stream duration of 3s" in message
     assert "whole-reply timeout" not in message
     healthy(tight_service)
+
+
+# --- account blocks -------------------------------------------------------------------------------
+
+
+def test_a_far_off_free_quota_reset_blocks_a_minute_at_most_and_status_shows_no_body(hostile: HostileUpstream) -> None:
+    """A hostile OpenRouter's 429 "free-models-per-min" with an X-RateLimit-Reset thousands of years ahead blocked
+    every ``:free`` model for a day (``MAX_RETRY_AFTER``). Its body's other fields never reach ``/api/status``."""
+    import tomllib
+
+    from modelgate.app import create_app
+    from modelgate.catalogue import parse_catalogue
+    from modelgate.settings import Settings
+    from tests.catalogue_files import model_toml
+    from tests.servers import serve_in_thread
+
+    marker = "SECRET-IN-THE-BODY"
+    error = {
+        "code": 429,
+        "message": "Rate limit exceeded: free-models-per-min.",
+        "metadata": {"headers": {"X-RateLimit-Reset": str(10**17)}, "user": marker},
+    }
+
+    async def refusing(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(429, {"Content-Type": "application/json"})
+        yield orjson.dumps({"error": error, "user_id": marker})
+
+    hostile.reset(refusing)
+    header = f'[providers.openrouter]\nkind = "openrouter"\nbase_url = "{hostile.url}"\n'
+    toml = header + model_toml("h", "free", provider="openrouter", upstream="x/y:free")
+    catalogue = parse_catalogue(tomllib.loads(toml), source="hostile.toml")
+    settings = Settings(probe_interval=0, credentials={"openrouter": {"OPENROUTER_API_KEY": OPENROUTER_KEY}})
+    body = {"model": "h/free", "messages": BODY["messages"]}
+    with serve_in_thread(create_app(settings, catalogue)) as url:
+        refused = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        blocked = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        status = httpx.get(url + "/api/status", timeout=10).text
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) <= 60, refused.headers
+    assert blocked.status_code == 503 and int(blocked.headers["Retry-After"]) <= 60, blocked.headers
+    assert "its :free models blocked" in blocked.json()["error"]["message"]
+    assert len(hostile.received) == 1  # the block held: the second request was not sent
+    assert "blocked for" in status and marker not in status and OPENROUTER_KEY not in status
