@@ -427,3 +427,34 @@ def test_a_far_off_free_quota_reset_blocks_a_minute_at_most_and_status_shows_no_
     assert "its :free models blocked" in blocked.json()["error"]["message"]
     assert len(hostile.received) == 1  # the block held: the second request was not sent
     assert "blocked for" in status and marker not in status and OPENROUTER_KEY not in status
+
+
+# --- a whole reply's size, reasoning blocks among its parts -------------------------------------------
+
+
+def _chunk(delta: dict[str, object]) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": delta}]}) + b"\n\n"
+
+
+@pytest.mark.parametrize("field", ["reasoning_details", "content"])
+def test_a_whole_chat_completion_past_the_event_limit_is_a_502_and_the_upstream_is_cut(
+    hostile: HostileUpstream, hostile_openai_service: str, field: str
+) -> None:
+    """A non-streamed /v1/chat/completions is asked of the upstream whole, one body read up to ``max_event_bytes``:
+    reasoning blocks of almost 1 MiB each (``wire.MAX_OPAQUE_BYTES``, 1024 of them allowed per reply) or text sent
+    without end, even as a stream, are not held past it."""
+    piece = "r" * 900_000
+    delta = {"reasoning_details": [{"type": "reasoning.text", "text": piece}]} if field != "content" else {field: piece}
+
+    async def flooding(_: Received) -> AsyncIterator[bytes]:
+        yield response_head(200, SSE)
+        for _ in range(40):  # 36 MB
+            yield _chunk(delta)
+        yield b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+
+    hostile.reset(flooding)
+    body = {"model": "h/m", "messages": BODY["messages"]}
+    response = httpx.post(hostile_openai_service + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 502, response.text[:200]
+    assert f"the reply is larger than {4 * MiB} bytes" in response.json()["error"]["message"]
+    assert hostile.outcomes[0].done.wait(10) and hostile.outcomes[0].cut_by_client
