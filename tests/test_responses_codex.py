@@ -431,8 +431,9 @@ LONG = "Q" * 20_000
             "input.2.output.0.detail",
         ),
         ([SHELL_TOOL], [{"type": LONG}], "input.1.type"),
+        ([SHELL_TOOL], [{"type": "message", "role": LONG, "content": "x"}], "input.1.role"),
     ],
-    ids=["namespace-field-name", "type-in-namespace", "tool-type", "function-field-name", "image-detail", "item"],
+    ids=["namespace-field", "namespaced-type", "tool-type", "function-field", "image-detail", "item", "role"],
 )
 def test_a_long_value_a_client_sent_is_refused_by_its_field_not_echoed(
     service: str, fakes: Fakes, tools: list[dict[str, Any]], history: list[dict[str, Any]], field: str
@@ -468,14 +469,19 @@ def test_the_default_verbosity_is_accepted_and_reported(service: str, fakes: Fak
     [
         ("responses", {"text": {"verbosity": "low"}}, "text.verbosity"),
         ("chat/completions", {"verbosity": "high"}, "verbosity"),
+        ("responses", {"text": {"verbosity": LONG}}, "text.verbosity"),
+        ("chat/completions", {"verbosity": LONG}, "verbosity"),
     ],
+    ids=["low", "high", "long-responses", "long-chat"],
 )
 def test_another_verbosity_is_refused(service: str, fakes: Fakes, route: str, field: Any, param: str) -> None:
-    """A shorter or longer answer than usual is an answer no provider here can be held to."""
+    """A shorter or longer answer than usual is an answer no provider here can be held to; a long value is named,
+    not repeated back (it was, whole)."""
     opening = {"input": "Hi"} if route == "responses" else {"messages": [{"role": "user", "content": "Hi"}]}
     answer = httpx.post(f"{service}/v1/{route}", json={"model": MODEL, **opening, **field}, timeout=30)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == param
+    assert "QQQQ" not in answer.text
     assert fakes.openrouter.requests == []
 
 

@@ -35,7 +35,7 @@ from modelgate.routes.openai_input import (
     to_tools,
 )
 from modelgate.settings import Settings
-from modelgate.wire import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, WireInt, WireText, unicode_text
+from modelgate.wire import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, WireInt, WireText, WireWord, unicode_text
 
 log = logging.getLogger("modelgate.openai")
 
@@ -155,7 +155,7 @@ class ChatCompletionRequest(ServerHints):
     audio: Any = None
     web_search_options: Any = None
     moderation: Any = None
-    verbosity: WireText | None = Field(
+    verbosity: WireWord | None = Field(
         default=None, description="Only 'medium', OpenAI's default (reported as dropped)"
     )
     # Accepted only so that they can be reported as dropped (``NOT_CARRIED``).

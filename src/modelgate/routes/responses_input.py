@@ -171,7 +171,7 @@ class InputItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: WireWord | None = None
-    role: WireText | None = None
+    role: WireWord | None = None
     content: TextOrParts | None = None
     call_id: WireText | None = Field(default=None, max_length=256)
     #: A function call's name: held to OpenAI's pattern, as on /v1/chat/completions (it is sent upstream).
@@ -229,7 +229,7 @@ class TextConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     format: TextFormat | None = None
-    verbosity: WireText | None = None
+    verbosity: WireWord | None = None
 
 
 class ReasoningConfig(BaseModel):
