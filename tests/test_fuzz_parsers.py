@@ -374,6 +374,23 @@ def test_chat_body_a_lone_surrogate_is_a_400() -> None:
     assert "lone surrogate" in refused.message and "valid Unicode" in refused.message  # the words /v1 uses
 
 
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"role": "Q" * 20_000, "content": "hi"}, "messages[0].role"),
+        ({"role": "user", "parts": [{"type": "Q" * 20_000}]}, "messages[0].parts[0]"),
+        ({"role": "user", "parts": [{"type": "file", "mediaType": "Q" * 20_000, "url": "x"}]}, "messages[0].parts[0]"),
+    ],
+    ids=["role", "part-type", "media-type"],
+)
+def test_chat_body_a_long_value_is_named_not_repeated(message: dict[str, Any], field: str) -> None:
+    """A role, a part's type or a file's media type the route does not take was quoted whole in the 400 (20 000
+    characters here, as many as the body holds): shown clipped, the field named."""
+    refused = parsed_or_refused(orjson.dumps({"messages": [message]}))
+    assert isinstance(refused, BadRequest)
+    assert refused.message.startswith(field) and len(refused.message) < 300, refused.message[:300]
+
+
 # --- the catalogue file ---------------------------------------------------------------------------------
 
 _BUILT_IN: dict[str, Any] = tomllib.loads(default_catalogue_path().read_text(encoding="utf-8"))

@@ -50,6 +50,15 @@ WireText = Annotated[str, AfterValidator(unicode_text)]
 MAX_WORD = 64
 #: Such a word.
 WireWord = Annotated[str, Field(max_length=MAX_WORD), AfterValidator(unicode_text)]
+
+
+def shown_word(value: object) -> str:
+    """A value a client sent where a word was due, as a refusal quotes it: its ``repr``, at most ``MAX_WORD``
+    characters of it (for a route that reads its body without a model, where ``WireWord`` cannot bound it)."""
+    shown = repr(value)
+    return shown if len(shown) <= MAX_WORD else shown[: MAX_WORD - 1] + "…"
+
+
 #: An integer an upstream request can carry.
 WireInt = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
 

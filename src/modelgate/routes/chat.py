@@ -37,6 +37,7 @@ from modelgate.relay_response import RelayResponse
 from modelgate.routes.opening import open_for_client
 from modelgate.schema import ErrorResponse
 from modelgate.settings import Settings
+from modelgate.wire import shown_word
 
 router = APIRouter(tags=["chat"])
 
@@ -140,7 +141,8 @@ def _message_parts(index: int, message: _IncomingMessage, budget: ImageBudget) -
             )
         else:
             raise BadRequest(
-                f"{where}.parts[{j}]: part type {kind!r} is not supported (only text, and image files from the user)",
+                f"{where}.parts[{j}]: part type {shown_word(kind)} is not supported "
+                "(only text, and image files from the user)",
                 data={"field": f"{where}.parts[{j}].type"},
             )
     return parts
@@ -170,7 +172,8 @@ def _image(where: str, media_type: Any, url: Any, budget: ImageBudget) -> Image:
     # AI SDK 7's FileUIPart.mediaType may be the top-level type alone ("image"), as its providers read it.
     if not isinstance(media_type, str) or media_type.partition("/")[0] != "image":
         raise BadRequest(
-            f"{where}: a file is not supported unless it is an image (media type {media_type!r})", data={"field": where}
+            f"{where}: a file is not supported unless it is an image (media type {shown_word(media_type)})",
+            data={"field": where},
         )
     if not isinstance(url, str) or not url:
         raise BadRequest(f"{where}.url must be a data: or https: URL", data={"field": f"{where}.url"})
@@ -283,7 +286,7 @@ def parse_chat_body(
     for i, message in enumerate(body.messages):
         if message.role not in _ROLES:
             raise BadRequest(
-                f"messages[{i}].role {message.role!r} is not one of {', '.join(_ROLES)}",
+                f"messages[{i}].role {shown_word(message.role)} is not one of {', '.join(_ROLES)}",
                 data={"field": f"messages[{i}].role"},
             )
         parts = _message_parts(i, message, budget)
