@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,6 +61,31 @@ def account_catalogue(tmp_path: Path, provider: str, refused: str, sibling: str,
     )
 
 
+@dataclass
+class Blocked:
+    """What a scenario's server answered: the request to ``acme/sibling`` (the blocked model, no fallback), the
+    ``also`` requests, and ``/api/status`` after them."""
+
+    refused: httpx.Response
+    status: dict[str, Any]
+    also: list[httpx.Response]
+
+
+def run_blocked(path: Path, settings: Settings, *also: str) -> Blocked:
+    """Runs the scenario of ``account_catalogue`` on a real server: two requests to ``acme/refused``, which its
+    Ollama backup must serve (its same-provider sibling skipped), then ``acme/sibling``, then the ``also`` models."""
+    app = create_app(settings, load_catalogue(path))
+    with serve_in_thread(app) as url:
+        served = [chat(url, "acme/refused") for _ in range(2)]
+        refused = chat(url, "acme/sibling")
+        answered = [chat(url, model) for model in also]
+        status = httpx.get(f"{url}/api/status").json()
+    for response in served:
+        assert response.status_code == 200, response.text
+        assert response.headers["x-modelgate-model"] == "acme/backup"
+    return Blocked(refused, status, answered)
+
+
 def test_an_openrouter_account_out_of_credits_blocks_all_its_models(fakes: Fakes, tmp_path: Path) -> None:
     """OpenRouter's 402 "Insufficient credits" (``limit_source: openrouter_credits``) refuses every model of the
     account, ``:free`` ones included (api_reference/limits.mdx). It used to count against neither breaker: each
@@ -66,14 +93,9 @@ def test_an_openrouter_account_out_of_credits_blocks_all_its_models(fakes: Fakes
     paid, sibling = "meta-llama/llama-3.3-70b-instruct", "deepseek/deepseek-chat:free"
     path = account_catalogue(tmp_path, "openrouter", paid, sibling)
     fakes.openrouter.out_of_credits = True
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-        status = httpx.get(f"{url}/api/status").json()
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**fakes.settings_overrides(), probe_interval=0))
+    refused = blocked.refused
+    status = blocked.status
     assert called(fakes.openrouter) == [paid]  # once: the sibling, and the next request, were not sent to it
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     message = refused.json()["error"]["message"]
@@ -94,15 +116,10 @@ def test_openrouters_daily_free_quota_blocks_its_free_models_not_its_paid_ones(f
         tmp_path, "openrouter", free, sibling, model_toml("acme", "paid", provider="openrouter", upstream=paid)
     )
     fakes.openrouter.free_requests_left = 0
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-        answered = chat(url, "acme/paid")
-        status = httpx.get(f"{url}/api/status").json()
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**fakes.settings_overrides(), probe_interval=0), "acme/paid")
+    refused = blocked.refused
+    status = blocked.status
+    (answered,) = blocked.also
     assert answered.status_code == 200 and answered.headers["x-modelgate-model"] == "acme/paid"
     assert called(fakes.openrouter) == [free, paid]  # one :free call, then none until the reset
     assert refused.status_code == 503
@@ -123,14 +140,9 @@ def test_hugging_faces_monthly_credits_used_up_block_all_its_models(fakes: Fakes
     model, sibling = "Qwen/Qwen2.5-72B-Instruct", "google/gemma-2-27b-it"
     path = account_catalogue(tmp_path, "huggingface", model, sibling)
     fakes.huggingface.credits_used_up = True
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-        status = httpx.get(f"{url}/api/status").json()
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**fakes.settings_overrides(), probe_interval=0))
+    refused = blocked.refused
+    status = blocked.status
     assert called(fakes.huggingface) == [model]
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     message = refused.json()["error"]["message"]
@@ -148,14 +160,9 @@ def test_cloudflares_daily_allocation_used_up_blocks_all_its_models_until_midnig
     model, sibling = "@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct"
     path = account_catalogue(tmp_path, "cloudflare", model, sibling)
     fakes.cloudflare.neurons_used_up = True
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-        status = httpx.get(f"{url}/api/status").json()
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**fakes.settings_overrides(), probe_interval=0))
+    refused = blocked.refused
+    status = blocked.status
     assert [r.path.rsplit("/ai/run/", 1)[-1] for r in fakes.cloudflare.requests] == [model]
     assert refused.status_code == 503
     until_midnight = 86_400 - time.time() % 86_400
@@ -173,14 +180,9 @@ def test_refused_credentials_block_all_the_providers_models(fakes: Fakes, tmp_pa
     path = account_catalogue(tmp_path, "openrouter", model, sibling)
     overrides = fakes.settings_overrides()
     overrides["credentials"]["openrouter"] = {"OPENROUTER_API_KEY": "sk-or-revoked"}
-    app = create_app(Settings(**overrides, probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-        status = httpx.get(f"{url}/api/status").json()
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**overrides, probe_interval=0))
+    refused = blocked.refused
+    status = blocked.status
     assert called(fakes.openrouter) == [model]
     assert refused.status_code == 503
     message = refused.json()["error"]["message"]
@@ -195,13 +197,8 @@ def test_a_cloudflare_account_blocked_blocks_all_its_models(fakes: Fakes, tmp_pa
     model, sibling = "@cf/meta/llama-3.3-70b-instruct-fp8-fast", "@cf/meta/llama-3.1-8b-instruct"
     path = account_catalogue(tmp_path, "cloudflare", model, sibling)
     fakes.cloudflare.account_blocked = True
-    app = create_app(Settings(**fakes.settings_overrides(), probe_interval=0), load_catalogue(path))
-    with serve_in_thread(app) as url:
-        served = [chat(url, "acme/refused") for _ in range(2)]
-        refused = chat(url, "acme/sibling")
-    for response in served:
-        assert response.status_code == 200, response.text
-        assert response.headers["x-modelgate-model"] == "acme/backup"
+    blocked = run_blocked(path, Settings(**fakes.settings_overrides(), probe_interval=0))
+    refused = blocked.refused
     assert [r.path.rsplit("/ai/run/", 1)[-1] for r in fakes.cloudflare.requests] == [model]
     assert refused.status_code == 503
     assert "3023" in refused.json()["error"]["message"] and "account" in refused.json()["error"]["message"]
