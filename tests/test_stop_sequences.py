@@ -19,6 +19,7 @@ import pytest
 from modelgate.app import create_app
 from modelgate.catalogue import Catalogue, parse_catalogue
 from modelgate.settings import Settings
+from tests.catalogue_files import model_toml
 from tests.fakes import Fakes, Fault, Reply
 from tests.servers import serve_in_thread
 
@@ -32,21 +33,9 @@ CONTINUE_STOPS = [
 
 
 def _model(name: str, provider: str, upstream: str, extra: str = "") -> str:
-    return f"""
-[[models]]
-publisher = "local"
-name = "{name}"
-provider = "{provider}"
-type = "chat"
-{extra}
-[models.configuration]
-model = "{upstream}"
-[models.configuration.parameters]
-max_new_tokens = 64
-typical_p = -1
-repetition_penalty = -1
-truncate = 2048
-"""
+    return model_toml(
+        "local", name, provider=provider, upstream=upstream, max_new_tokens=64, truncate=2048, extra=extra
+    )
 
 
 def stop_catalogue(fakes: Fakes) -> Catalogue:
