@@ -69,6 +69,11 @@ class Connection:
         """The bearer key: the instance's ``api_key_env`` value, else the kind's own variable's."""
         return self.credentials.get(self.key_variable or default_variable, "")
 
+    def bearer(self, default_variable: str) -> dict[str, str]:
+        """``Authorization: Bearer`` with ``api_key``; no header when there is no key (a local server takes none)."""
+        key = self.api_key(default_variable)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
     #: Bytes the reply may send without completing an event (a line, an SSE event, an NDJSON record).
     max_event_bytes: int = 4 * 1024 * 1024
     #: Seconds the whole reply may last; None: no limit.

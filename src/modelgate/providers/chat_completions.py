@@ -743,11 +743,7 @@ class ChatCompletionsProvider(HttpProvider):
         return body
 
     def headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream", **self.extra_headers}
-        key = self.connection.api_key(self.key_variable or "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {"Accept": "text/event-stream", **self.extra_headers, **self.connection.bearer(self.key_variable or "")}
 
     async def stream(self, model: CatalogueModel, request: ChatRequest) -> AsyncIterator[Sequence[StreamEvent]]:
         url, headers, name = f"{self.connection.base_url}/chat/completions", self.headers(), self.upstream_model(model)

@@ -284,11 +284,10 @@ class Ollama(HttpProvider):
     )
 
     def key_header(self) -> dict[str, str]:
-        """``Authorization: Bearer`` with the instance's key (``api_key_env``), as ollama.com's API takes it and
-        ollama-python sends ``OLLAMA_API_KEY`` (docs/api/authentication.mdx, ollama-python ``_client.py``); nothing
-        without one. (Ollama's Go client signs calls with a signed-in install's own key instead, api/client.go.)"""
-        key = self.connection.api_key("")
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        """The instance's key (``api_key_env``) as ollama.com's API takes it and ollama-python sends
+        ``OLLAMA_API_KEY`` (docs/api/authentication.mdx, ollama-python ``_client.py``); nothing without one. (Ollama's
+        Go client signs calls with a signed-in install's own key instead, api/client.go.)"""
+        return self.connection.bearer("")
 
     def check(self, model: CatalogueModel, request: ChatRequest) -> None:
         super().check(model, request)

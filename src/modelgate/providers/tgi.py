@@ -334,8 +334,7 @@ class TGI(HttpProvider):
         return parser, body, {"Authorization": f"Bearer {self.connection.api_key('HF_TOKEN')}"}
 
     async def probe(self, models: list[CatalogueModel]) -> ProbeResult | None:
-        token = self.connection.api_key("HF_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = self.connection.bearer("HF_TOKEN")
 
         def served(info: Any) -> list[ListedModel]:
             if not isinstance(info, dict) or not isinstance(info.get("model_id"), str):
