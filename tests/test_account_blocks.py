@@ -226,6 +226,29 @@ def test_a_block_holds_for_the_upstreams_reset_and_a_probe_does_not_end_it() -> 
     assert call.provider.state is BreakerState.CLOSED and call.provider.blocked is None
 
 
+def test_a_trial_out_when_the_account_is_blocked_does_not_hold_the_breaker_shut_after_the_reset() -> None:
+    """A half-open trial that answers while a block (from an attempt begun earlier) holds says nothing of the
+    account; but it must not stay the breaker's trial: once the reset passed, the next call is let through."""
+    clock = FakeClock()
+    breakers = Breakers(clock)
+    config = BreakerConfig(threshold=1, cooldown=15.0)
+    earlier = breakers.for_model("or", "a", config)
+    earlier_passage = earlier.acquire()  # begun while the provider's breaker is closed
+    later = breakers.for_model("or", "b", config)
+    dropped = UpstreamError("or", "connection refused")
+    dropped.connection_failed = True
+    later.record_failure(dropped, later.acquire())  # the provider's breaker opens
+    clock.now += 20
+    trial_passage = later.acquire()  # past the cooldown: the half-open trial
+    assert trial_passage.provider is not None
+    refusal = UpstreamError("or", "payment required (HTTP 402): the account is out of credits", retry_after=60)
+    refusal.account_block = ALL_MODELS
+    earlier.record_failure(refusal, earlier_passage)  # the earlier attempt: the account is refused
+    later.record_success()  # the trial answers during the block: ignored
+    clock.now += 61
+    assert later.acquire().provider is not None  # the reset passed: a new trial, not "in cooldown" for ever
+
+
 def openrouter_402(message: str, **metadata: str) -> bytes:
     return json.dumps({"error": {"code": 402, "message": message, "metadata": metadata}}).encode()
 

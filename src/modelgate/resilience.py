@@ -315,10 +315,13 @@ class CircuitBreaker:
         self.reason = None
         self.blocked = None
 
-    def block(self, reason: str, blocked: str, seconds: float | None, trial: Trial | None = None) -> None:
+    def block(self, reason: str, blocked: str, seconds: float | None) -> None:
         """The upstream refused the account (``UpstreamError.account_block``): open at once, without waiting for
-        ``threshold`` failures, for ``seconds`` (its reset), else for the cooldown. ``blocked`` is what it said."""
-        self._end(trial)
+        ``threshold`` failures, for ``seconds`` (its reset), else for the cooldown. ``blocked`` is what it said.
+
+        A trial out now began before the block and its answer says nothing of the account (``record_success``
+        ignores it): it stops being the trial, or the breaker would refuse every call after the reset waiting for it."""
+        self._trial = None
         self._open(self.clock(), reason, seconds if seconds is not None else self.config.cooldown)
         self.blocked = blocked
 
@@ -401,9 +404,8 @@ class CallBreakers:
         if not counts_as_failure(exc):
             self.release(passage)
         elif isinstance(exc, UpstreamError) and exc.account_block is not None:
-            breaker, trial = self._blocked_by(exc.account_block, passage)
-            self.release(passage)  # the others have no verdict (the blocked one's trial, if any, ends below)
-            breaker.block(exc.public_reason, exc.public_detail, exc.retry_after, trial)
+            self.release(passage)  # no verdict on the breakers the block does not name
+            self._blocked_by(exc.account_block).block(exc.public_reason, exc.public_detail, exc.retry_after)
         elif provider_wide(exc):
             self.provider.record_failure(exc.public_reason, passage.provider)
             self.model.release(passage.model)  # never reached: no verdict on the model
@@ -416,13 +418,13 @@ class CallBreakers:
             if self.pool is not None:
                 self.pool.record_success()
 
-    def _blocked_by(self, block: str, passage: Passage) -> tuple[CircuitBreaker, Trial | None]:
+    def _blocked_by(self, block: str) -> CircuitBreaker:
         """The breaker an account refusal blocks: the provider's, the pool's it names, else the model's own."""
         if block == ALL_MODELS:
-            return self.provider, passage.provider
+            return self.provider
         if self.pool is not None and self.pool.pool == block:
-            return self.pool, passage.pool
-        return self.model, passage.model
+            return self.pool
+        return self.model
 
     def release(self, passage: Passage) -> None:
         """The attempt ended without a verdict (cancelled, or a failure that is nobody's health)."""
